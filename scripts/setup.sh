@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Installs everything vexevent needs to build and run on a fresh Debian machine, idempotently:
+# rust-src for the nightly toolchain, bpf-linker linked against rustc's own libLLVM, the Debian
+# packages the tests use, and a mounted tracefs. Fast (a few checks) when everything is present.
+set -euo pipefail
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+[ "$(id -u)" -eq 0 ] || { say "must run as root (loading eBPF programs needs CAP_BPF/CAP_PERFMON); re-run with sudo"; exit 1; }
+
+# 1. rust-src for the nightly toolchain (the eBPF crate is built with -Z build-std=core).
+if ! rustup toolchain list | grep -q '^nightly'; then
+  say "installing the nightly toolchain"
+  rustup toolchain install nightly --profile minimal
+fi
+if ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'; then
+  say "installing rust-src for nightly"
+  rustup component add rust-src --toolchain nightly
+fi
+
+# 2. bpf-linker 0.13.0 linked against the nightly sysroot's libLLVM (Debian only ships LLVM 14).
+SYSROOT=$(rustc +nightly --print sysroot)
+LLVM_SO=$(basename "$(ls "$SYSROOT"/lib/libLLVM-*.so | head -1)")
+LLVM_LIB=${LLVM_SO#lib}; LLVM_LIB=${LLVM_LIB%.so}
+linker_ok() {
+  command -v bpf-linker >/dev/null 2>&1 || return 1
+  bpf-linker --version 2>/dev/null | grep -q '0\.13\.0' || return 1
+  ldd "$(command -v bpf-linker)" | grep -q "$SYSROOT/lib/libLLVM" || return 1
+}
+if ! linker_ok; then
+  say "building bpf-linker 0.13.0 against $LLVM_SO (about a minute)"
+  RUSTFLAGS="-L native=$SYSROOT/lib -l dylib=$LLVM_LIB -C link-arg=-Wl,-rpath,$SYSROOT/lib" \
+    cargo install bpf-linker --version 0.13.0 --locked --force --no-default-features \
+      --features llvm-22,no-llvm-linking --target x86_64-unknown-linux-gnu
+  linker_ok || { say "bpf-linker installed but not usable (check: ldd \$(command -v bpf-linker))"; exit 1; }
+fi
+
+# 3. Debian packages: FUSE (fuse3, bindfs) for the FUSE tests, e2fsprogs for ext4 images.
+missing=()
+for pkg in fuse3 bindfs e2fsprogs; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  say "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# 4. tracefs: tracepoint attach needs it mounted.
+if ! mountpoint -q /sys/kernel/tracing; then
+  say "mounting tracefs on /sys/kernel/tracing"
+  mount -t tracefs tracefs /sys/kernel/tracing
+fi
+say "ready"

@@ -1,0 +1,31 @@
+//! The kernel/userspace contract of vexevent: fixed-size `#[repr(C)]` records, operation kinds,
+//! the syscall table both sides share, map names and statistics indices. Boring on purpose.
+#![no_std]
+
+pub mod record;
+pub mod stats;
+pub mod syscalls;
+
+pub use record::*;
+pub use stats::*;
+pub use syscalls::*;
+
+/// Names of the maps in the eBPF object, so the loader and the programs cannot disagree.
+pub mod map_names {
+    pub const EVENTS: &str = "EVENTS";
+    pub const SYSCALL_SPECS: &str = "SYSCALL_SPECS";
+    pub const CONFIG: &str = "CONFIG";
+    pub const WATCH_PREFIXES: &str = "WATCH_PREFIXES";
+    pub const FD_SCOPE: &str = "FD_SCOPE";
+    pub const CWD_SCOPE: &str = "CWD_SCOPE";
+    pub const PID_FILTER: &str = "PID_FILTER";
+    pub const STATS: &str = "STATS";
+    pub const SEQ: &str = "SEQ";
+}
+
+/// Names of the programs in the eBPF object.
+pub mod program_names {
+    pub const SYS_ENTER: &str = "vexevent_sys_enter";
+    pub const SYS_EXIT: &str = "vexevent_sys_exit";
+    pub const PROCESS_FORK: &str = "vexevent_process_fork";
+}

@@ -1,0 +1,149 @@
+//! The record a probe writes into the ring buffer, and the configuration records the loader writes
+//! into maps. Integers and byte arrays only, explicit padding, sizes asserted at compile time.
+
+/// Bytes reserved for each path. `PATH_MAX` is 4096 including the NUL, so every path the kernel
+/// accepts fits; a longer one (which the syscall rejects anyway) is flagged as truncated.
+pub const PATH_BUF: usize = 4096;
+/// Bytes of a VexFS ioctl argument struct captured at syscall exit (the largest field we decode
+/// ends at byte 48 of the user struct; see design/vexfs.md).
+pub const IOCTL_ARG_BYTES: usize = 64;
+/// `TASK_COMM_LEN` in the kernel.
+pub const COMM_LEN: usize = 16;
+/// Bytes of a path the in-kernel prefix trie looks at. Watch prefixes must be shorter.
+pub const PREFIX_KEY_BYTES: usize = 256;
+/// Number of syscall arguments on x86_64.
+pub const SYSCALL_ARGS: usize = 6;
+
+/// `RecordHeader::flags` bits.
+pub mod record_flags {
+    /// The first path did not fit in `PATH_BUF` bytes.
+    pub const PATH1_TRUNCATED: u32 = 1 << 0;
+    /// The second path did not fit in `PATH_BUF` bytes.
+    pub const PATH2_TRUNCATED: u32 = 1 << 1;
+    /// Reading the first path from user memory failed (bad pointer).
+    pub const PATH1_FAULT: u32 = 1 << 2;
+    /// Reading the second path from user memory failed.
+    pub const PATH2_FAULT: u32 = 1 << 3;
+    /// `ioctl_arg` holds the first `IOCTL_ARG_BYTES` of the ioctl's argument struct.
+    pub const IOCTL_ARG_VALID: u32 = 1 << 4;
+}
+
+/// Fixed part of every record. Paths follow it: path 1 at offset `size_of::<RecordHeader>()`,
+/// path 2 at that plus `PATH_BUF`. A record without a second path ends right after path 1.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// Sequence number of this record in its shard (the CPU that produced it), from 0.
+    pub seq: u64,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) at syscall enter.
+    pub enter_ns: u64,
+    /// `bpf_ktime_get_ns` at syscall exit.
+    pub exit_ns: u64,
+    /// Syscall return value (negative errno on failure).
+    pub ret: i64,
+    /// Raw syscall arguments as passed at enter.
+    pub args: [u64; SYSCALL_ARGS],
+    /// Thread group id (the user's "pid").
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// x86_64 syscall number.
+    pub syscall_nr: u32,
+    /// An [`crate::OpKind`] value.
+    pub op: u32,
+    /// [`record_flags`] bits.
+    pub flags: u32,
+    /// The CPU (shard) that produced the record; `seq` counts per CPU.
+    pub cpu: u32,
+    /// Bytes of path 1 (without the NUL), 0 when absent.
+    pub path1_len: u32,
+    /// Bytes of path 2 (without the NUL), 0 when absent.
+    pub path2_len: u32,
+    pub comm: [u8; COMM_LEN],
+    pub ioctl_arg: [u8; IOCTL_ARG_BYTES],
+}
+
+pub const RECORD_HEADER_SIZE: usize = core::mem::size_of::<RecordHeader>();
+/// Largest record: header and two full paths. This is the per-CPU scratch buffer's size.
+pub const RECORD_MAX_SIZE: usize = RECORD_HEADER_SIZE + 2 * PATH_BUF;
+
+const _: () = assert!(RECORD_HEADER_SIZE == 200);
+const _: () = assert!(RECORD_HEADER_SIZE % 8 == 0);
+
+/// Scratch space a probe assembles a record in before copying it to the ring.
+#[repr(C)]
+pub struct RecordBuf {
+    pub header: RecordHeader,
+    pub paths: [u8; 2 * PATH_BUF],
+}
+
+const _: () = assert!(core::mem::size_of::<RecordBuf>() == RECORD_MAX_SIZE);
+
+/// How a probe finds the interesting arguments of one syscall. Written by the loader into the
+/// `SYSCALL_SPECS` map, keyed by syscall number, from [`crate::SYSCALLS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyscallSpec {
+    /// An [`crate::OpKind`] value.
+    pub op: u32,
+    /// [`crate::spec_flags`] bits.
+    pub flags: u32,
+    /// Argument index of path 1, or [`crate::NO_ARG`].
+    pub path1_arg: u8,
+    /// Argument index of the directory fd path 1 is relative to, or [`crate::NO_ARG`] (cwd).
+    pub dirfd1_arg: u8,
+    /// Argument index of path 2 (a path, or text such as an xattr name), or [`crate::NO_ARG`].
+    pub path2_arg: u8,
+    /// Argument index of the directory fd path 2 is relative to, or [`crate::NO_ARG`].
+    pub dirfd2_arg: u8,
+    /// Argument index of the fd the operation acts on, or [`crate::NO_ARG`].
+    pub fd_arg: u8,
+    pub _pad: [u8; 3],
+}
+
+const _: () = assert!(core::mem::size_of::<SyscallSpec>() == 16);
+
+/// Global settings of the probes (one entry in the `CONFIG` array).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeConfig {
+    /// Bit `1 << op` set for every [`crate::OpKind`] to capture.
+    pub op_mask: u64,
+    /// The loader's own tgid: its I/O is dropped in the kernel.
+    pub self_pid: u32,
+    /// Non-zero: every path is in scope (`--watch /`), no prefix lookups.
+    pub watch_all: u32,
+    /// Non-zero: only tgids present in `PID_FILTER` are captured.
+    pub pid_filter_enabled: u32,
+    /// Non-zero: only `uid_filter` is captured.
+    pub uid_filter_enabled: u32,
+    pub uid_filter: u32,
+    /// Non-zero: only tasks whose comm equals `comm_filter` are captured.
+    pub comm_filter_enabled: u32,
+    pub comm_filter: [u8; COMM_LEN],
+    /// Offset of `child_pid` in the `sched_process_fork` tracepoint record (read from tracefs).
+    pub fork_child_pid_offset: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 56);
+
+/// Key of the watch-prefix trie: the first `PREFIX_KEY_BYTES` of a path.
+pub type PrefixKey = [u8; PREFIX_KEY_BYTES];
+
+/// Key of the fd-scope map: `(tgid << 32) | fd`.
+#[must_use]
+pub const fn fd_scope_key(tgid: u32, fd: u32) -> u64 {
+    ((tgid as u64) << 32) | fd as u64
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `#[repr(C)]` structs of integers and byte arrays with explicit padding; every
+    // bit pattern is valid.
+    unsafe impl aya::Pod for super::SyscallSpec {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ProbeConfig {}
+}

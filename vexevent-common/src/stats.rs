@@ -1,0 +1,75 @@
+//! Indices of the kernel-side counters in the per-CPU `STATS` array, and their names.
+
+/// One kernel counter: where in `STATS` it lives and what it is called in stats output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum KernelStat {
+    /// Entries into a traced syscall (before any filter).
+    Seen = 0,
+    /// Dropped in the kernel: the caller is vexevent itself.
+    FilteredSelf,
+    /// Dropped in the kernel: operation type not selected.
+    FilteredOp,
+    /// Dropped in the kernel: pid not in the pid filter.
+    FilteredPid,
+    /// Dropped in the kernel: uid filter.
+    FilteredUid,
+    /// Dropped in the kernel: comm filter.
+    FilteredComm,
+    /// Dropped in the kernel: path or fd outside the watched directories.
+    FilteredScope,
+    /// Records written to the ring buffer.
+    Emitted,
+    /// Lost: the ring buffer was full.
+    LostRingFull,
+    /// Lost: the in-flight table was full at syscall enter.
+    LostInflightFull,
+    /// Records that carry a path read fault (the record is still emitted, flagged).
+    PathFaults,
+    /// Records that carry a truncated path (still emitted, flagged).
+    PathTruncated,
+    /// `sched_process_fork` of a process whose cwd is in scope (scope inherited).
+    ForksInherited,
+}
+
+/// Number of counters; the size of the `STATS` array.
+pub const KERNEL_STAT_COUNT: u32 = KernelStat::ForksInherited as u32 + 1;
+
+impl KernelStat {
+    /// Every counter, in index order.
+    pub const ALL: [KernelStat; KERNEL_STAT_COUNT as usize] = [
+        KernelStat::Seen,
+        KernelStat::FilteredSelf,
+        KernelStat::FilteredOp,
+        KernelStat::FilteredPid,
+        KernelStat::FilteredUid,
+        KernelStat::FilteredComm,
+        KernelStat::FilteredScope,
+        KernelStat::Emitted,
+        KernelStat::LostRingFull,
+        KernelStat::LostInflightFull,
+        KernelStat::PathFaults,
+        KernelStat::PathTruncated,
+        KernelStat::ForksInherited,
+    ];
+
+    /// Name used in stats output and metrics.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            KernelStat::Seen => "seen",
+            KernelStat::FilteredSelf => "filtered_self",
+            KernelStat::FilteredOp => "filtered_op",
+            KernelStat::FilteredPid => "filtered_pid",
+            KernelStat::FilteredUid => "filtered_uid",
+            KernelStat::FilteredComm => "filtered_comm",
+            KernelStat::FilteredScope => "filtered_scope",
+            KernelStat::Emitted => "emitted",
+            KernelStat::LostRingFull => "lost_ring_full",
+            KernelStat::LostInflightFull => "lost_inflight_full",
+            KernelStat::PathFaults => "path_faults",
+            KernelStat::PathTruncated => "path_truncated",
+            KernelStat::ForksInherited => "forks_inherited",
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! vexevent's eBPF programs. Thin on purpose: filter first, fill a record, submit, count failures.
+//! `syscalls` holds the syscall tracepoint pair, `process` the fork tracepoint; `maps` declares
+//! every map, `scope` answers "is this path or fd watched?".
+#![no_std]
+#![no_main]
+
+mod maps;
+mod process;
+mod scope;
+mod syscalls;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable in a verified program: the verifier rejects any path that could get here.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,98 @@
+//! Every map of the object, and the counter helper. Sizes the loader may override are marked.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+};
+use vexevent_common::{
+    KERNEL_STAT_COUNT, KernelStat, PrefixKey, ProbeConfig, RecordBuf, SYSCALL_ARGS, SyscallSpec,
+};
+
+/// Default ring size; the loader sets the configured size at load time.
+const DEFAULT_RING_BYTES: u32 = 16 << 20;
+/// Syscall numbers are below 512 on x86_64.
+pub const MAX_SYSCALL_NR: u32 = 512;
+
+/// Records for userspace.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+
+/// Per-CPU scratch space a record is assembled in (too large for the 512-byte stack).
+#[map]
+pub static SCRATCH: PerCpuArray<RecordBuf> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU scratch space for a prefix-trie key.
+#[map]
+pub static PREFIX_SCRATCH: PerCpuArray<aya_ebpf::maps::lpm_trie::Key<PrefixKey>> =
+    PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU sequence numbers: every record a CPU emits (or fails to emit) takes the next one.
+#[map]
+pub static SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Syscall number -> what to capture (written by the loader; `op == 0` means not traced).
+#[map]
+pub static SYSCALL_SPECS: Array<SyscallSpec> = Array::with_max_entries(MAX_SYSCALL_NR, 0);
+
+#[map]
+pub static CONFIG: Array<ProbeConfig> = Array::with_max_entries(1, 0);
+
+/// Watched path prefixes ("/dir/" and "/dir\0").
+#[map]
+pub static WATCH_PREFIXES: LpmTrie<PrefixKey, u8> = LpmTrie::with_max_entries(64, 0);
+
+/// `(tgid << 32) | fd` of open fds that refer to watched files.
+#[map]
+pub static FD_SCOPE: LruHashMap<u64, u8> = LruHashMap::with_max_entries(1 << 17, 0);
+
+/// Tgids whose cwd is inside a watched directory.
+#[map]
+pub static CWD_SCOPE: LruHashMap<u32, u8> = LruHashMap::with_max_entries(1 << 15, 0);
+
+/// Tgids to capture when the pid filter is on.
+#[map]
+pub static PID_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
+
+/// Kernel counters, indexed by `KernelStat`.
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(KERNEL_STAT_COUNT, 0);
+
+/// A syscall between enter and exit.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Inflight {
+    pub nr: u32,
+    pub _pad: u32,
+    pub enter_ns: u64,
+    pub args: [u64; SYSCALL_ARGS],
+}
+
+/// Thread id -> the syscall it is in.
+#[map]
+pub static INFLIGHT: LruHashMap<u32, Inflight> = LruHashMap::with_max_entries(1 << 15, 0);
+
+/// Adds one to a kernel counter (per CPU: no atomics needed, summed by userspace).
+#[inline(always)]
+pub fn count(stat: KernelStat) {
+    if let Some(counter) = STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: the pointer is to this CPU's slot of a map value; syscall tracepoint programs
+        // run with preemption disabled, so nothing else writes it concurrently.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// Takes this CPU's next sequence number.
+#[inline(always)]
+pub fn next_seq() -> u64 {
+    match SEQ.get_ptr_mut(0) {
+        Some(slot) => {
+            // SAFETY: as in `count`.
+            unsafe {
+                let seq = *slot;
+                *slot = seq + 1;
+                seq
+            }
+        }
+        None => 0,
+    }
+}

@@ -1,0 +1,74 @@
+//! Answers "is this watched?" for an fd, a cwd or a path, from the scope maps.
+
+use aya_ebpf::helpers::bpf_probe_read_kernel_buf;
+use vexevent_common::{PATH_BUF, PREFIX_KEY_BYTES, ProbeConfig, fd_scope_key};
+
+use crate::maps::{CWD_SCOPE, FD_SCOPE, PREFIX_SCRATCH, WATCH_PREFIXES};
+
+/// `AT_FDCWD`.
+const AT_FDCWD: i32 = -100;
+
+#[inline(always)]
+pub fn fd_in_scope(tgid: u32, fd: u64) -> bool {
+    FD_SCOPE.get_ptr(fd_scope_key(tgid, fd as u32)).is_some()
+}
+
+#[inline(always)]
+pub fn mark_fd(tgid: u32, fd: u64, watched: bool) {
+    let key = fd_scope_key(tgid, fd as u32);
+    if watched {
+        let _ = FD_SCOPE.insert(key, 1, 0);
+    } else {
+        let _ = FD_SCOPE.remove(key);
+    }
+}
+
+#[inline(always)]
+pub fn cwd_in_scope(tgid: u32) -> bool {
+    CWD_SCOPE.get_ptr(tgid).is_some()
+}
+
+#[inline(always)]
+pub fn mark_cwd(tgid: u32, watched: bool) {
+    if watched {
+        let _ = CWD_SCOPE.insert(tgid, 1, 0);
+    } else {
+        let _ = CWD_SCOPE.remove(tgid);
+    }
+}
+
+/// Whether a path (already copied to `path`, NUL-terminated, `len` bytes) is watched. Absolute
+/// paths go through the prefix trie; relative ones inherit the scope of their directory fd or of
+/// the cwd. `dirfd` is the raw directory-fd argument, `None` when the syscall has none.
+#[inline(always)]
+pub fn path_in_scope(
+    config: &ProbeConfig,
+    tgid: u32,
+    path: &[u8; PATH_BUF],
+    len: usize,
+    dirfd: Option<u64>,
+) -> bool {
+    if config.watch_all != 0 {
+        return true;
+    }
+    if len > 0 && path[0] == b'/' {
+        let Some(key) = PREFIX_SCRATCH.get_ptr_mut(0) else {
+            return false;
+        };
+        // SAFETY: this CPU's scratch slot; nothing else uses it while this program runs.
+        let key = unsafe { &mut *key };
+        key.prefix_len = (PREFIX_KEY_BYTES * 8) as u32;
+        // Bytes past the path's NUL are stale but cannot produce a false match: every trie
+        // entry ends at a '/' or the NUL, and the path's own NUL sits at `len`.
+        // SAFETY: both buffers are at least PREFIX_KEY_BYTES long.
+        let copied = unsafe {
+            let data = core::ptr::addr_of_mut!(key.data);
+            bpf_probe_read_kernel_buf(path.as_ptr(), &mut *data)
+        };
+        return copied.is_ok() && WATCH_PREFIXES.get(&*key).is_some();
+    }
+    match dirfd {
+        Some(fd) if fd as i32 != AT_FDCWD => fd_in_scope(tgid, fd),
+        _ => cwd_in_scope(tgid),
+    }
+}

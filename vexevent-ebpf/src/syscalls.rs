@@ -1,0 +1,299 @@
+//! The syscall tracepoint pair, attached to `raw_syscalls/sys_{enter,exit}`; the syscall table
+//! in `SYSCALL_SPECS` says which syscalls matter and how. Enter filters (self, op, pid, uid, comm, fd scope) and remembers the arguments; exit reads the
+//! paths (reliable only once the syscall has faulted them in), decides path scope, updates the
+//! fd/cwd scope maps and submits one record.
+
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user_buf,
+        generated::{bpf_probe_read_user, bpf_probe_read_user_str, bpf_ringbuf_output},
+    },
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use vexevent_common::{
+    IOCTL_ARG_BYTES, KernelStat, NO_ARG, PATH_BUF, ProbeConfig, RECORD_HEADER_SIZE, RecordBuf,
+    SYSCALL_ARGS, SyscallSpec, record_flags, spec_flags,
+};
+
+use crate::{
+    maps::{CONFIG, EVENTS, INFLIGHT, Inflight, PID_FILTER, SCRATCH, SYSCALL_SPECS, count, next_seq},
+    scope::{fd_in_scope, mark_cwd, mark_fd, path_in_scope},
+};
+
+/// Offset of `id` (the syscall number, a long; we read its low half) in both
+/// `raw_syscalls/sys_enter` and `raw_syscalls/sys_exit` records (tracefs format).
+const SYSCALL_NR_OFFSET: usize = 8;
+/// Offset of `args[0]` in `sys_enter` and of `ret` in `sys_exit`.
+const ARGS_OFFSET: usize = 16;
+/// The ioctl type of VexFS's vector ioctls; other ioctls are not file-system events we report.
+const VEXFS_IOCTL_TYPE: u64 = b'V' as u64;
+/// Wake the consumer early once this many bytes wait in the ring; otherwise it drains on its timer.
+const WAKEUP_THRESHOLD_BYTES: u64 = 1 << 20;
+
+#[tracepoint]
+pub fn vexevent_sys_enter(ctx: TracePointContext) -> u32 {
+    let _ = on_enter(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn vexevent_sys_exit(ctx: TracePointContext) -> u32 {
+    let _ = on_exit(&ctx);
+    0
+}
+
+#[inline(always)]
+fn spec_for(ctx: &TracePointContext) -> Option<(u32, &'static SyscallSpec)> {
+    // SAFETY: `__syscall_nr` is an int at this offset in every syscall tracepoint record.
+    let nr: i32 = unsafe { ctx.read_at(SYSCALL_NR_OFFSET) }.ok()?;
+    let spec = SYSCALL_SPECS.get(nr as u32)?;
+    if spec.op == 0 {
+        return None;
+    }
+    Some((nr as u32, spec))
+}
+
+#[inline(always)]
+fn arg(args: &[u64; SYSCALL_ARGS], index: u8) -> Option<u64> {
+    if index == NO_ARG {
+        return None;
+    }
+    args.get(usize::from(index)).copied()
+}
+
+fn on_enter(ctx: &TracePointContext) -> Option<()> {
+    let (nr, spec) = spec_for(ctx)?;
+    count(KernelStat::Seen);
+    let config = CONFIG.get(0)?;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid == config.self_pid {
+        count(KernelStat::FilteredSelf);
+        return None;
+    }
+    if config.op_mask & (1u64 << (spec.op & 63)) == 0 {
+        count(KernelStat::FilteredOp);
+        return None;
+    }
+    if config.pid_filter_enabled != 0 && PID_FILTER.get_ptr(tgid).is_none() {
+        count(KernelStat::FilteredPid);
+        return None;
+    }
+    if config.uid_filter_enabled != 0 && bpf_get_current_uid_gid() as u32 != config.uid_filter {
+        count(KernelStat::FilteredUid);
+        return None;
+    }
+    if config.comm_filter_enabled != 0 {
+        let comm = bpf_get_current_comm().ok()?;
+        if comm != config.comm_filter {
+            count(KernelStat::FilteredComm);
+            return None;
+        }
+    }
+    let mut args = [0u64; SYSCALL_ARGS];
+    let mut i = 0;
+    while i < SYSCALL_ARGS {
+        // SAFETY: `args[i]` is an 8-byte field at this offset of every sys_enter record.
+        args[i] = unsafe { ctx.read_at(ARGS_OFFSET + 8 * i) }.ok()?;
+        i += 1;
+    }
+    if spec.flags & spec_flags::IOCTL != 0 && (args[1] >> 8) & 0xff != VEXFS_IOCTL_TYPE {
+        count(KernelStat::FilteredOp);
+        return None;
+    }
+    // fd-based operations are decided here, before any work. fchdir is decided at exit because
+    // leaving the watched tree must clear the cwd scope.
+    if let Some(fd) = arg(&args, spec.fd_arg) {
+        if spec.flags & spec_flags::SETS_CWD == 0 && !fd_in_scope(tgid, fd) {
+            if spec.flags & spec_flags::DUPLICATES_FD != 0 {
+                // dup2/dup3 onto a watched fd closes it: forget it.
+                if let Some(new_fd) = args.get(1) {
+                    if nr != DUP_NR && fd_in_scope(tgid, *new_fd) {
+                        mark_fd(tgid, *new_fd, false);
+                    }
+                }
+            }
+            count(KernelStat::FilteredScope);
+            return None;
+        }
+    }
+    let inflight = Inflight { nr, _pad: 0, // SAFETY: no preconditions.
+        enter_ns: unsafe { bpf_ktime_get_ns() },
+        args,
+     };
+    if INFLIGHT.insert((pid_tgid & 0xffff_ffff) as u32, inflight, 0).is_err() {
+        count(KernelStat::LostInflightFull);
+    }
+    Some(())
+}
+
+/// `dup` (unlike dup2/dup3) has no target fd argument.
+const DUP_NR: u32 = 32;
+
+/// Copies a NUL-terminated user string into `dst`; returns its length and record flags.
+#[inline(always)]
+fn read_user_path(src: u64, dst: &mut [u8; PATH_BUF], truncated: u32, fault: u32) -> (usize, u32) {
+    // SAFETY: `dst` is PATH_BUF writable bytes; the helper bounds the copy and faults safely.
+    let copied = unsafe {
+        bpf_probe_read_user_str(dst.as_mut_ptr().cast(), PATH_BUF as u32, src as *const _)
+    };
+    if copied <= 0 {
+        count(KernelStat::PathFaults);
+        return (0, fault);
+    }
+    let len = (copied as usize - 1) & (PATH_BUF - 1);
+    if copied as usize == PATH_BUF {
+        // Filled the buffer: truncated unless the byte the NUL replaced was the NUL.
+        let mut last = [0u8; 1];
+        // SAFETY: one byte at a user address; the helper faults safely.
+        let read = unsafe { bpf_probe_read_user_buf((src + PATH_BUF as u64 - 1) as *const u8, &mut last) };
+        if read.is_err() || last[0] != 0 {
+            count(KernelStat::PathTruncated);
+            return (len, truncated);
+        }
+    }
+    (len, 0)
+}
+
+fn on_exit(ctx: &TracePointContext) -> Option<()> {
+    // Untraced syscalls leave here, before the in-flight lookup.
+    spec_for(ctx)?;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = (pid_tgid & 0xffff_ffff) as u32;
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: a value copied out of the map before the entry is removed.
+    let inflight = unsafe { *INFLIGHT.get(tid)? };
+    let _ = INFLIGHT.remove(tid);
+    // SAFETY: no preconditions.
+    let exit_ns = unsafe { bpf_ktime_get_ns() };
+    let spec = SYSCALL_SPECS.get(inflight.nr)?;
+    let config = CONFIG.get(0)?;
+    // SAFETY: `ret` is a long at this offset of every sys_exit record.
+    let ret: i64 = unsafe { ctx.read_at(ARGS_OFFSET) }.ok()?;
+    let record = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch slot; nothing else uses it while this program runs.
+    let record: &mut RecordBuf = unsafe { &mut *record };
+    let args = &inflight.args;
+
+    let mut flags = 0u32;
+    let (paths1, paths2) = record.paths.split_at_mut(PATH_BUF);
+    let path1: &mut [u8; PATH_BUF] = paths1.try_into().ok()?;
+    let path2: &mut [u8; PATH_BUF] = paths2.try_into().ok()?;
+    let mut len1 = 0usize;
+    let mut len2 = 0usize;
+    if let Some(ptr) = arg(args, spec.path1_arg) {
+        let (len, f) = read_user_path(ptr, path1, record_flags::PATH1_TRUNCATED, record_flags::PATH1_FAULT);
+        len1 = len;
+        flags |= f;
+    }
+    let has_path2 = spec.path2_arg != NO_ARG;
+    if let Some(ptr) = arg(args, spec.path2_arg) {
+        let (len, f) = read_user_path(ptr, path2, record_flags::PATH2_TRUNCATED, record_flags::PATH2_FAULT);
+        len2 = len;
+        flags |= f;
+    }
+
+    let in_scope = if let Some(fd) = arg(args, spec.fd_arg) {
+        // Checked at enter, except for fchdir.
+        spec.flags & spec_flags::SETS_CWD == 0 || fd_in_scope(tgid, fd)
+    } else if spec.path1_arg == NO_ARG {
+        true
+    } else {
+        path_in_scope(config, tgid, path1, len1, arg(args, spec.dirfd1_arg))
+            || (has_path2
+                && spec.flags & spec_flags::PATH2_IS_TEXT == 0
+                && path_in_scope(config, tgid, path2, len2, arg(args, spec.dirfd2_arg)))
+    };
+    update_scope_maps(spec, tgid, args, ret, in_scope);
+    if !in_scope {
+        count(KernelStat::FilteredScope);
+        return None;
+    }
+
+    let header = &mut record.header;
+    if spec.flags & spec_flags::IOCTL != 0 {
+        {
+            // SAFETY: the destination is IOCTL_ARG_BYTES writable bytes; the helper faults safely.
+            let read = unsafe {
+                bpf_probe_read_user(
+                    header.ioctl_arg.as_mut_ptr().cast(),
+                    IOCTL_ARG_BYTES as u32,
+                    args[2] as *const _,
+                )
+            };
+            if read == 0 {
+                flags |= record_flags::IOCTL_ARG_VALID;
+            }
+        }
+    }
+    header.seq = next_seq();
+    header.enter_ns = inflight.enter_ns;
+    header.exit_ns = exit_ns;
+    header.ret = ret;
+    header.args = *args;
+    header.pid = tgid;
+    header.tid = tid;
+    let uid_gid = bpf_get_current_uid_gid();
+    header.uid = uid_gid as u32;
+    header.gid = (uid_gid >> 32) as u32;
+    header.syscall_nr = inflight.nr;
+    header.op = spec.op;
+    header.flags = flags;
+    // SAFETY: no preconditions.
+    header.cpu = unsafe { bpf_get_smp_processor_id() };
+    header.path1_len = len1 as u32;
+    header.path2_len = len2 as u32;
+    header.comm = bpf_get_current_comm().unwrap_or_default();
+
+    let size = if has_path2 {
+        RECORD_HEADER_SIZE + PATH_BUF + (len2 & (PATH_BUF - 1))
+    } else {
+        RECORD_HEADER_SIZE + (len1 & (PATH_BUF - 1))
+    };
+    submit(record, size, config);
+    Some(())
+}
+
+/// Keeps the fd and cwd scope maps in step with what the syscall did.
+#[inline(always)]
+fn update_scope_maps(spec: &SyscallSpec, tgid: u32, args: &[u64; SYSCALL_ARGS], ret: i64, in_scope: bool) {
+    if ret < 0 {
+        return;
+    }
+    if spec.flags & spec_flags::RET_IS_NEW_FD != 0 {
+        mark_fd(tgid, ret as u64, in_scope);
+    } else if spec.flags & spec_flags::DUPLICATES_FD != 0 {
+        mark_fd(tgid, ret as u64, true);
+    } else if spec.flags & spec_flags::CLOSES_FD != 0 {
+        mark_fd(tgid, args[0], false);
+    } else if spec.flags & spec_flags::SETS_CWD != 0 {
+        mark_cwd(tgid, in_scope);
+    }
+}
+
+/// Copies `size` bytes of the record to the ring, counting a full ring as a loss.
+#[inline(always)]
+pub fn submit(record: &RecordBuf, size: usize, _config: &ProbeConfig) {
+    let wakeup = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_THRESHOLD_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    // SAFETY: `record` is RECORD_MAX_SIZE bytes and `size` never exceeds it.
+    let written = unsafe {
+        bpf_ringbuf_output(
+            core::ptr::addr_of!(EVENTS).cast_mut().cast(),
+            core::ptr::from_ref(record).cast_mut().cast(),
+            size as u64,
+            u64::from(wakeup),
+        )
+    };
+    if written < 0 {
+        count(KernelStat::LostRingFull);
+    } else {
+        count(KernelStat::Emitted);
+    }
+}

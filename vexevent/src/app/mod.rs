@@ -1,0 +1,167 @@
+//! Wiring of `vexevent run`: probes -> capture thread -> translate + sink thread, with signals,
+//! periodic stats and an orderly drain on shutdown.
+
+mod stats_file;
+
+pub use stats_file::{read_stats_file, write_stats_file};
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use crossbeam_channel::Receiver;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    capture::{Batch, RingDrainer},
+    config::Settings,
+    loader::{ProbeSettings, Probes},
+    sinks::JsonLinesSink,
+    telemetry::{Counters, StatsSnapshot},
+    translate::{TranslateOptions, Translator},
+};
+
+/// How often the stats file is refreshed.
+const STATS_FILE_PERIOD: Duration = Duration::from_secs(1);
+
+/// Why `vexevent run` stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Loader(#[from] crate::loader::LoaderError),
+    #[error(transparent)]
+    Sink(#[from] crate::sinks::SinkError),
+    #[error("cannot start the {what}: {source}")]
+    Start { what: &'static str, #[source] source: std::io::Error },
+}
+
+/// Runs capture until SIGINT or SIGTERM, then drains and returns the final stats.
+///
+/// # Errors
+/// When the probes cannot be loaded or the output cannot be opened.
+pub fn run(settings: &Settings) -> Result<StatsSnapshot, AppError> {
+    let sink = JsonLinesSink::open(settings.output.as_deref())?;
+    let probe_settings = ProbeSettings {
+        scope: settings.scope.clone(),
+        ops: settings.ops.iter().copied().collect(),
+        pids: settings.pids.clone(),
+        uid: settings.uid,
+        comm: settings.comm,
+        ring_bytes: settings.ring_bytes,
+    };
+    let mut probes = Probes::load(&probe_settings)?;
+    report_hooks(&probes);
+
+    let counters = Arc::new(Counters::default());
+    let stop_capture = Arc::new(AtomicBool::new(false));
+    let (batches_tx, batches_rx) = crossbeam_channel::bounded::<Batch>(settings.channel_batches);
+    let drainer = RingDrainer::new(probes.take_ring()?, Arc::clone(&counters));
+    let interval = settings.drain_interval;
+    let capture = {
+        let stop = Arc::clone(&stop_capture);
+        thread::Builder::new()
+            .name("vexevent-capture".into())
+            .spawn(move || drainer.run(interval, &stop, &batches_tx))
+            .map_err(|source| AppError::Start { what: "capture thread", source })?
+    };
+    let translator = Translator::new(TranslateOptions { scope: settings.scope.clone(), ops: settings.ops.clone() });
+    let pipeline = {
+        let counters = Arc::clone(&counters);
+        thread::Builder::new()
+            .name("vexevent-pipeline".into())
+            .spawn(move || translate_and_write(&batches_rx, translator, sink, &counters))
+            .map_err(|source| AppError::Start { what: "pipeline thread", source })?
+    };
+    let watching = if settings.scope.watches_all() {
+        "everything".to_owned()
+    } else {
+        settings.scope.dirs().iter().map(|d| String::from_utf8_lossy(d).into_owned()).collect::<Vec<_>>().join(", ")
+    };
+    eprintln!("vexevent: ready: watching {watching} (pid {})", std::process::id());
+
+    let started = Instant::now();
+    let snapshot = |probes: &Probes| {
+        let (kernel, sequenced) = probes.kernel_counters();
+        StatsSnapshot::new(kernel, sequenced, &counters, started.elapsed().as_secs_f64())
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| AppError::Start { what: "signal runtime", source })?;
+    runtime.block_on(async {
+        wait_for_shutdown(settings, || snapshot(&probes)).await
+    })?;
+
+    // Orderly shutdown: no new records, then drain what the ring holds, then flush the sink.
+    probes.detach();
+    stop_capture.store(true, Ordering::Release);
+    if capture.join().is_err() {
+        tracing::error!("the capture thread panicked");
+    }
+    if pipeline.join().is_err() {
+        tracing::error!("the pipeline thread panicked");
+    }
+    let mut last = snapshot(&probes);
+    last.final_snapshot = true;
+    if let Err(error) = write_stats_file(&settings.stats_file, &last) {
+        tracing::warn!(%error, "cannot write the stats file");
+    }
+    Ok(last)
+}
+
+/// Waits for SIGINT/SIGTERM; prints stats on SIGUSR1 and every stats interval; keeps the stats
+/// file current.
+async fn wait_for_shutdown(settings: &Settings, snapshot: impl Fn() -> StatsSnapshot) -> Result<(), AppError> {
+    let start = |kind: SignalKind| signal(kind).map_err(|source| AppError::Start { what: "signal handler", source });
+    let mut interrupt = start(SignalKind::interrupt())?;
+    let mut terminate = start(SignalKind::terminate())?;
+    let mut user1 = start(SignalKind::user_defined1())?;
+    let mut file_tick = tokio::time::interval(STATS_FILE_PERIOD);
+    let mut report_tick = tokio::time::interval(settings.stats_interval.unwrap_or(Duration::MAX / 4));
+    report_tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = interrupt.recv() => return Ok(()),
+            _ = terminate.recv() => return Ok(()),
+            _ = user1.recv() => eprint!("{}", snapshot()),
+            _ = report_tick.tick(), if settings.stats_interval.is_some() => eprint!("{}", snapshot()),
+            _ = file_tick.tick() => {
+                if let Err(error) = write_stats_file(&settings.stats_file, &snapshot()) {
+                    tracing::warn!(%error, "cannot write the stats file");
+                }
+            }
+        }
+    }
+}
+
+fn report_hooks(probes: &Probes) {
+    let hooks = probes.hooks();
+    let attached = hooks.iter().filter(|h| h.missing.is_none()).count();
+    eprintln!(
+        "vexevent: attached {attached} of {} hooks, tracing {} syscalls",
+        hooks.iter().filter(|h| !h.hook.starts_with("syscall ")).count(),
+        probes.traced_syscalls()
+    );
+    for hook in hooks.iter().filter(|h| h.missing.is_some()) {
+        eprintln!("vexevent:   not attached: {} ({})", hook.hook, hook.missing.as_deref().unwrap_or(""));
+    }
+}
+
+/// The pipeline thread: translate each batch and hand it to the sink, until capture ends.
+fn translate_and_write(batches: &Receiver<Batch>, mut translator: Translator, mut sink: JsonLinesSink, counters: &Counters) {
+    let mut events = Vec::new();
+    for batch in batches {
+        events.clear();
+        for record in &batch {
+            translator.translate(record, &mut events, counters);
+        }
+        if !events.is_empty() {
+            sink.write_batch(&events, counters);
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Turns the bytes of one ring-buffer record into a [`RawRecord`], checking every length first.
+
+use vexevent_common::{
+    NO_ARG, OpKind, PATH_BUF, RECORD_HEADER_SIZE, RecordHeader, spec_flags, syscall_by_nr,
+};
+
+/// A validated kernel record: its header and the paths it carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawRecord {
+    pub header: RecordHeader,
+    pub op: OpKind,
+    pub path1: Option<Vec<u8>>,
+    /// Second path or text (see `text2`).
+    pub path2: Option<Vec<u8>>,
+    /// Path 2 is text (xattr name, symlink target, mount source), not a path to resolve.
+    pub text2: bool,
+    /// Bytes of the record in the ring.
+    pub size: u32,
+}
+
+/// Why a record was rejected. Every rejection is counted under [`DecodeError::reason`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {len} bytes is shorter than its {RECORD_HEADER_SIZE}-byte header")]
+    Truncated { len: usize },
+    #[error("record has unknown operation kind {op}")]
+    UnknownOp { op: u32 },
+    #[error("record names syscall {nr}, which is not in the syscall table")]
+    UnknownSyscall { nr: u32 },
+    #[error("record path length {len} exceeds {PATH_BUF}")]
+    PathTooLong { len: u32 },
+    #[error("record is {actual} bytes but its header implies {expected}")]
+    LengthMismatch { expected: usize, actual: usize },
+}
+
+impl DecodeError {
+    /// Counter name for this rejection.
+    #[must_use]
+    pub const fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::Truncated { .. } => "decode_truncated",
+            DecodeError::UnknownOp { .. } => "decode_unknown_op",
+            DecodeError::UnknownSyscall { .. } => "decode_unknown_syscall",
+            DecodeError::PathTooLong { .. } => "decode_path_too_long",
+            DecodeError::LengthMismatch { .. } => "decode_length_mismatch",
+        }
+    }
+}
+
+/// Decodes one record.
+///
+/// # Errors
+/// A [`DecodeError`] when the bytes are not a well-formed record.
+pub fn decode(bytes: &[u8]) -> Result<RawRecord, DecodeError> {
+    if bytes.len() < RECORD_HEADER_SIZE {
+        return Err(DecodeError::Truncated { len: bytes.len() });
+    }
+    // SAFETY: the length was checked above; `RecordHeader` is `#[repr(C)]` integers and byte
+    // arrays, valid for every bit pattern; `read_unaligned` copes with any alignment.
+    let header: RecordHeader = unsafe { bytes.as_ptr().cast::<RecordHeader>().read_unaligned() };
+    let op = OpKind::try_from(header.op).map_err(|op| DecodeError::UnknownOp { op })?;
+    let (has_path1, has_path2, text2) = if op == OpKind::Fork {
+        (false, false, false)
+    } else {
+        let entry = syscall_by_nr(header.syscall_nr)
+            .ok_or(DecodeError::UnknownSyscall { nr: header.syscall_nr })?;
+        (
+            entry.spec.path1_arg != NO_ARG,
+            entry.spec.path2_arg != NO_ARG,
+            entry.spec.flags & spec_flags::PATH2_IS_TEXT != 0,
+        )
+    };
+    for len in [header.path1_len, header.path2_len] {
+        if len as usize >= PATH_BUF {
+            return Err(DecodeError::PathTooLong { len });
+        }
+    }
+    let path1_end = RECORD_HEADER_SIZE + header.path1_len as usize;
+    let expected = if has_path2 {
+        RECORD_HEADER_SIZE + PATH_BUF + header.path2_len as usize
+    } else {
+        path1_end
+    };
+    if bytes.len() != expected {
+        return Err(DecodeError::LengthMismatch { expected, actual: bytes.len() });
+    }
+    let path1 = has_path1.then(|| bytes[RECORD_HEADER_SIZE..path1_end].to_vec());
+    let path2 = has_path2.then(|| bytes[RECORD_HEADER_SIZE + PATH_BUF..expected].to_vec());
+    Ok(RawRecord {
+        header,
+        op,
+        path1,
+        path2,
+        text2,
+        size: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
+    })
+}
+
+/// Encodes a record the way the probes lay it out (for tests, replay and benchmarks).
+#[must_use]
+pub fn encode(header: &RecordHeader, path1: &[u8], path2: Option<&[u8]>) -> Vec<u8> {
+    let mut header = *header;
+    header.path1_len = u32::try_from(path1.len()).unwrap_or(u32::MAX);
+    header.path2_len = path2.map_or(0, |p| u32::try_from(p.len()).unwrap_or(u32::MAX));
+    // SAFETY: `RecordHeader` is `#[repr(C)]` plain data without padding bytes (size asserted in
+    // vexevent-common), so viewing it as bytes is sound.
+    let header_bytes = unsafe {
+        std::slice::from_raw_parts(std::ptr::from_ref(&header).cast::<u8>(), RECORD_HEADER_SIZE)
+    };
+    let mut bytes = header_bytes.to_vec();
+    bytes.extend_from_slice(path1);
+    if let Some(path2) = path2 {
+        bytes.resize(RECORD_HEADER_SIZE + PATH_BUF, 0);
+        bytes.extend_from_slice(path2);
+    }
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vexevent_common::{COMM_LEN, IOCTL_ARG_BYTES};
+
+    pub(crate) fn header(nr: u32, op: OpKind) -> RecordHeader {
+        RecordHeader {
+            seq: 7,
+            enter_ns: 1_000,
+            exit_ns: 1_500,
+            ret: 3,
+            args: [0; 6],
+            pid: 42,
+            tid: 43,
+            uid: 1000,
+            gid: 1000,
+            syscall_nr: nr,
+            op: op as u32,
+            flags: 0,
+            cpu: 1,
+            path1_len: 0,
+            path2_len: 0,
+            comm: [0; COMM_LEN],
+            ioctl_arg: [0; IOCTL_ARG_BYTES],
+        }
+    }
+
+    #[test]
+    fn round_trips_one_and_two_paths() {
+        let open = encode(&header(257, OpKind::Open), b"/w/file", None);
+        let record = decode(&open).unwrap();
+        assert_eq!(record.path1.as_deref(), Some(&b"/w/file"[..]));
+        assert_eq!(record.path2, None);
+        let rename = encode(&header(316, OpKind::Rename), b"a", Some(b"/w/b\xff"));
+        let record = decode(&rename).unwrap();
+        assert_eq!(record.path1.as_deref(), Some(&b"a"[..]));
+        assert_eq!(record.path2.as_deref(), Some(&b"/w/b\xff"[..]));
+        assert!(!record.text2);
+    }
+
+    #[test]
+    fn rejects_truncated_and_corrupt_records() {
+        let open = encode(&header(257, OpKind::Open), b"/w/file", None);
+        assert_eq!(decode(&open[..10]), Err(DecodeError::Truncated { len: 10 }));
+        assert!(matches!(decode(&open[..open.len() - 1]), Err(DecodeError::LengthMismatch { .. })));
+        let mut bad_op = header(257, OpKind::Open);
+        bad_op.op = 999;
+        assert_eq!(decode(&encode(&bad_op, b"", None)), Err(DecodeError::UnknownOp { op: 999 }));
+        let unknown_nr = header(9999, OpKind::Open);
+        assert_eq!(
+            decode(&encode(&unknown_nr, b"", None)),
+            Err(DecodeError::UnknownSyscall { nr: 9999 })
+        );
+        let mut long = open.clone();
+        long[RECORD_HEADER_SIZE - IOCTL_ARG_BYTES - COMM_LEN - 8..][..4]
+            .copy_from_slice(&(PATH_BUF as u32).to_ne_bytes());
+        assert_eq!(decode(&long), Err(DecodeError::PathTooLong { len: PATH_BUF as u32 }));
+    }
+
+    #[test]
+    fn every_reason_has_a_distinct_name() {
+        let errors = [
+            DecodeError::Truncated { len: 0 },
+            DecodeError::UnknownOp { op: 0 },
+            DecodeError::UnknownSyscall { nr: 0 },
+            DecodeError::PathTooLong { len: 0 },
+            DecodeError::LengthMismatch { expected: 0, actual: 0 },
+        ];
+        let mut names: Vec<_> = errors.iter().map(DecodeError::reason).collect();
+        names.dedup();
+        assert_eq!(names.len(), errors.len());
+    }
+}

@@ -1,0 +1,285 @@
+//! Typed, strict configuration (TOML) with working defaults: `vexevent run` needs no file.
+//! Every field is documented in README.md ("Configuration"); `Config::validate` turns it into
+//! the settings the stages use, or says exactly what is wrong.
+
+use std::{
+    collections::HashSet,
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use vexevent_common::{OpKind, PREFIX_KEY_BYTES};
+
+use crate::event::WatchScope;
+
+/// Operation types a user can select (the rest only keep path state right).
+pub const USER_OPS: [OpKind; 19] = [
+    OpKind::Open,
+    OpKind::Read,
+    OpKind::Write,
+    OpKind::Close,
+    OpKind::Rename,
+    OpKind::Unlink,
+    OpKind::Rmdir,
+    OpKind::Mkdir,
+    OpKind::Symlink,
+    OpKind::Link,
+    OpKind::Chmod,
+    OpKind::Chown,
+    OpKind::Truncate,
+    OpKind::Fsync,
+    OpKind::SetXattr,
+    OpKind::RemoveXattr,
+    OpKind::Ioctl,
+    OpKind::Mount,
+    OpKind::Umount,
+];
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub capture: CaptureConfig,
+    pub output: OutputConfig,
+    pub stats: StatsConfig,
+}
+
+/// `[capture]`: what the kernel probes capture.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureConfig {
+    /// Directories (or mount points) to watch; `/` watches everything.
+    pub watch: Vec<PathBuf>,
+    /// Operation types to report (names as in `USER_OPS`); empty means all.
+    pub ops: Vec<String>,
+    /// Only these process ids (thread-group ids); empty means all.
+    pub pids: Vec<u32>,
+    /// Only this user id.
+    pub uid: Option<u32>,
+    /// Only tasks with this name (at most 15 bytes, as the kernel stores it).
+    pub comm: Option<String>,
+    /// Ring buffer size in bytes: a power of two, at least 4096.
+    pub ring_bytes: u32,
+    /// Longest time a record waits in the ring before userspace drains it, in milliseconds.
+    pub drain_interval_ms: u64,
+    /// Batches that may wait between capture and translation before capture blocks.
+    pub channel_batches: usize,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        Self {
+            watch: vec![PathBuf::from("/")],
+            ops: Vec::new(),
+            pids: Vec::new(),
+            uid: None,
+            comm: None,
+            ring_bytes: 16 << 20,
+            drain_interval_ms: 5,
+            channel_batches: 64,
+        }
+    }
+}
+
+/// `[output]`: where events go.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputConfig {
+    /// JSON Lines file to append to; absent or `-` means stdout.
+    pub path: Option<PathBuf>,
+}
+
+/// `[stats]`: counters reporting.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatsConfig {
+    /// Seconds between stats reports on stderr; 0 turns periodic reports off.
+    pub interval_secs: u64,
+    /// File the running instance keeps its current stats in (read by `vexevent stats`).
+    pub file: PathBuf,
+}
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        Self { interval_secs: 10, file: PathBuf::from(DEFAULT_STATS_FILE) }
+    }
+}
+
+/// Where `vexevent run` keeps its stats unless told otherwise.
+pub const DEFAULT_STATS_FILE: &str = "/run/vexevent/stats.json";
+
+/// What is wrong with a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, #[source] source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("watch path {path} does not exist or is not accessible ({source}); create it or fix the path")]
+    WatchMissing { path: PathBuf, #[source] source: std::io::Error },
+    #[error("watch path {path} is not a directory; watch the directory that contains it")]
+    WatchNotDirectory { path: PathBuf },
+    #[error("watch path {path} is {len} bytes long; the kernel matches at most {max} bytes of a prefix")]
+    WatchTooLong { path: PathBuf, len: usize, max: usize },
+    #[error("unknown operation type {name:?}; choose from: {choices}")]
+    UnknownOp { name: String, choices: String },
+    #[error("comm {comm:?} is {len} bytes; the kernel keeps at most 15")]
+    CommTooLong { comm: String, len: usize },
+    #[error("ring_bytes {value} must be a power of two and at least 4096")]
+    RingSize { value: u32 },
+    #[error("{field} must be at least 1")]
+    Zero { field: &'static str },
+}
+
+/// Validated settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub scope: WatchScope,
+    pub ops: HashSet<OpKind>,
+    pub pids: Vec<u32>,
+    pub uid: Option<u32>,
+    pub comm: Option<[u8; 16]>,
+    pub ring_bytes: u32,
+    pub drain_interval: std::time::Duration,
+    pub channel_batches: usize,
+    pub output: Option<PathBuf>,
+    pub stats_interval: Option<std::time::Duration>,
+    pub stats_file: PathBuf,
+}
+
+impl Config {
+    /// Reads and parses a TOML configuration file.
+    ///
+    /// # Errors
+    /// When the file cannot be read or is not valid (unknown keys included).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })
+    }
+
+    /// Parses TOML text; the error message names the line and the problem.
+    ///
+    /// # Errors
+    /// The parser's message when the text is not a valid configuration.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|error| error.to_string().trim_end().replace('\n', " "))
+    }
+
+    /// Checks every field and resolves the watch paths.
+    ///
+    /// # Errors
+    /// The first problem found.
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        let capture = &self.capture;
+        let mut watch_dirs = Vec::new();
+        for path in &capture.watch {
+            let canonical = std::fs::canonicalize(path)
+                .map_err(|source| ConfigError::WatchMissing { path: path.clone(), source })?;
+            if !canonical.is_dir() {
+                return Err(ConfigError::WatchNotDirectory { path: path.clone() });
+            }
+            let bytes = canonical.as_os_str().as_bytes().to_vec();
+            // Room for the trailing '/' or NUL the kernel's trie entries carry.
+            if bytes.len() + 1 > PREFIX_KEY_BYTES {
+                return Err(ConfigError::WatchTooLong { path: path.clone(), len: bytes.len(), max: PREFIX_KEY_BYTES - 1 });
+            }
+            watch_dirs.push(bytes);
+        }
+        let ops = if capture.ops.is_empty() {
+            USER_OPS.into_iter().collect()
+        } else {
+            capture.ops.iter().map(|name| parse_op(name)).collect::<Result<_, _>>()?
+        };
+        let comm = match &capture.comm {
+            None => None,
+            Some(comm) if comm.len() > 15 => {
+                return Err(ConfigError::CommTooLong { comm: comm.clone(), len: comm.len() });
+            }
+            Some(comm) => {
+                let mut bytes = [0u8; 16];
+                bytes[..comm.len()].copy_from_slice(comm.as_bytes());
+                Some(bytes)
+            }
+        };
+        if !capture.ring_bytes.is_power_of_two() || capture.ring_bytes < 4096 {
+            return Err(ConfigError::RingSize { value: capture.ring_bytes });
+        }
+        if capture.drain_interval_ms == 0 {
+            return Err(ConfigError::Zero { field: "capture.drain_interval_ms" });
+        }
+        if capture.channel_batches == 0 {
+            return Err(ConfigError::Zero { field: "capture.channel_batches" });
+        }
+        Ok(Settings {
+            scope: WatchScope::new(watch_dirs),
+            ops,
+            pids: capture.pids.clone(),
+            uid: capture.uid,
+            comm,
+            ring_bytes: capture.ring_bytes,
+            drain_interval: std::time::Duration::from_millis(capture.drain_interval_ms),
+            channel_batches: capture.channel_batches,
+            output: self.output.path.clone().filter(|p| p.as_os_str() != "-"),
+            stats_interval: (self.stats.interval_secs > 0)
+                .then(|| std::time::Duration::from_secs(self.stats.interval_secs)),
+            stats_file: self.stats.file.clone(),
+        })
+    }
+}
+
+/// Parses an operation type name.
+///
+/// # Errors
+/// When the name is not one of `USER_OPS`.
+pub fn parse_op(name: &str) -> Result<OpKind, ConfigError> {
+    USER_OPS.into_iter().find(|op| op.name() == name).ok_or_else(|| ConfigError::UnknownOp {
+        name: name.to_owned(),
+        choices: USER_OPS.map(OpKind::name).join(", "),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_working_default() {
+        let config = Config::from_toml("").unwrap();
+        assert_eq!(config, Config::default());
+        let settings = config.validate().unwrap();
+        assert!(settings.scope.watches_all(), "default watches everything");
+        assert_eq!(settings.ops.len(), USER_OPS.len());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_location() {
+        let error = Config::from_toml("[capture]\nwatchh = [\"/tmp\"]\n").unwrap_err();
+        assert!(error.contains("line 2"), "{error}");
+        assert!(error.contains("unknown field `watchh`"), "{error}");
+    }
+
+    #[test]
+    fn bad_values_get_clear_errors() {
+        let mut config = Config::default();
+        config.capture.watch = vec![PathBuf::from("/definitely/not/here")];
+        assert!(matches!(config.validate(), Err(ConfigError::WatchMissing { .. })));
+        config.capture.watch = vec![PathBuf::from("/etc/hostname")];
+        assert!(matches!(config.validate(), Err(ConfigError::WatchNotDirectory { .. })));
+        config.capture.watch = vec![PathBuf::from("/tmp")];
+        config.capture.ops = vec!["opne".into()];
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("\"opne\"") && error.contains("open, read"), "{error}");
+        config.capture.ops = vec!["write".into()];
+        config.capture.ring_bytes = 5000;
+        assert!(matches!(config.validate(), Err(ConfigError::RingSize { .. })));
+    }
+
+    #[test]
+    fn the_documented_example_parses_and_validates() {
+        let text = include_str!("../../../vexevent.example.toml");
+        let config = Config::from_toml(text).unwrap();
+        config.validate().unwrap();
+    }
+}

@@ -1,0 +1,187 @@
+//! The domain model every stage meets at: [`SemanticEvent`], a VexFS semantic event with its
+//! contexts, the process that caused it and the operation's result.
+
+mod path;
+mod scope;
+mod types;
+
+pub use path::PathBytes;
+pub use scope::WatchScope;
+pub use types::{EventType, Priority, flags};
+
+use serde::Serialize;
+
+/// Version of the JSON shape of [`SemanticEvent`].
+pub const EVENT_VERSION: u16 = 1;
+
+/// One VexFS semantic event.
+#[derive(Clone, Debug, Serialize)]
+pub struct SemanticEvent {
+    /// Unique within one vexevent run, increasing.
+    pub event_id: u64,
+    pub event_type: EventType,
+    /// `event_type`'s VexFS code.
+    pub event_type_code: u16,
+    /// What produced it: the syscall name (`openat`, `unlinkat`, ...) or the VexFS ioctl name.
+    pub event_subtype: String,
+    pub timestamp: Timestamp,
+    /// Position in this instance's output stream, from 0, contiguous.
+    pub global_sequence: u64,
+    /// The kernel record's sequence number within its shard (`timestamp.cpu`).
+    pub local_sequence: u64,
+    pub flags: u32,
+    pub priority: Priority,
+    /// Bytes of the kernel record the event was translated from.
+    pub event_size: u32,
+    pub event_version: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent_event_id: Option<u64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub causality_links: Vec<u64>,
+    pub context: Context,
+    pub process: ProcessInfo,
+    pub result: OpResult,
+    /// Syscall enter to exit, in nanoseconds.
+    pub duration_ns: u64,
+}
+
+/// When the operation happened.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub struct Timestamp {
+    /// Wall clock (Unix epoch) at syscall exit, in nanoseconds.
+    pub wall_ns: u64,
+    /// CLOCK_MONOTONIC at syscall exit, in nanoseconds (the kernel's clock).
+    pub monotonic_ns: u64,
+    /// CPU that produced the record (its shard).
+    pub cpu: u32,
+    pub pid: u32,
+    /// The record's sequence number in its shard.
+    pub sequence: u64,
+}
+
+/// The contexts VexFS defines; only the ones that apply are present.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Context {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filesystem: Option<FilesystemContext>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vector: Option<VectorContext>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observability: Option<ObservabilityContext>,
+}
+
+/// What file the operation touched.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FilesystemContext {
+    /// Absolute path as the user sees it (see [`PathBytes`] for the encoding).
+    pub path: Option<PathBytes>,
+    /// The kernel could not capture the whole path (it was longer than the record allows).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub path_truncated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inode_number: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_type: Option<FileType>,
+    /// Second path: the rename/link destination, the symlink target, the mount source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_path: Option<PathBytes>,
+    /// Extended attribute name (setxattr/removexattr).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xattr_name: Option<PathBytes>,
+    /// The file descriptor the operation used, for fd-based operations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fd: Option<i32>,
+    /// Bytes read or written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// File offset for positional reads and writes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// New mode (chmod, create, mkdir), in octal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    /// New size (truncate).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
+/// Type of a file, from its mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileType {
+    Regular,
+    Directory,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+/// VexFS's vector context (from VexFS vector ioctls).
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct VectorContext {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dimensions: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub element_type: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vector_count: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub k: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metric: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub search_type: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_distance: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_results: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_flags: Option<u32>,
+    /// Results the kernel reported (only when the ioctl succeeded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub results_found: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub search_time_ns: Option<u64>,
+    /// The full ioctl command number.
+    pub ioctl_cmd: String,
+}
+
+/// VexFS's observability context.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ObservabilityContext {
+    pub metric_name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metric_value: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metric_unit: Option<String>,
+    pub service_name: String,
+    pub operation_name: String,
+}
+
+/// Who performed the operation.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Task name (up to 15 bytes, same encoding as paths).
+    pub comm: PathBytes,
+}
+
+/// How the operation ended.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct OpResult {
+    pub ok: bool,
+    /// Raw syscall return value.
+    pub ret: i64,
+    /// Errno name (`ENOENT`, ...) when the operation failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}

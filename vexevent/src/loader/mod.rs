@@ -1,0 +1,277 @@
+//! Loads the embedded eBPF object, configures its maps (syscall table, filters, watch prefixes),
+//! seeds the scope maps with what processes already have open, attaches every hook this kernel
+//! offers and reports which attached. Reads the kernel counters back.
+
+mod seed;
+mod tracefs;
+
+use std::collections::BTreeMap;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::{TracePoint, trace_point::TracePointLinkId},
+};
+use vexevent_common::{
+    COMM_LEN, KernelStat, OpKind, PREFIX_KEY_BYTES, PrefixKey, ProbeConfig, SYSCALLS, map_names,
+    program_names,
+};
+
+pub use tracefs::TRACEFS;
+
+use crate::event::WatchScope;
+
+/// The eBPF object built by build.rs.
+static PROBES_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vexevent-probes"));
+
+/// What the probes should capture.
+#[derive(Clone, Debug, Default)]
+pub struct ProbeSettings {
+    pub scope: WatchScope,
+    pub ops: Vec<OpKind>,
+    pub pids: Vec<u32>,
+    pub uid: Option<u32>,
+    pub comm: Option<[u8; COMM_LEN]>,
+    pub ring_bytes: u32,
+}
+
+/// Why the probes could not be set up. Each message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    #[error("loading eBPF programs needs root (CAP_BPF and CAP_PERFMON); run vexevent as root")]
+    NotRoot,
+    #[error("tracefs is not mounted at {TRACEFS}; run: mount -t tracefs tracefs {TRACEFS}")]
+    NoTracefs,
+    #[error("the kernel rejected the eBPF object: {0}; vexevent needs BPF ring buffers (Linux 5.8+) and syscall tracepoints")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("program {name} failed to load: {source}")]
+    Program { name: &'static str, #[source] source: Box<aya::programs::ProgramError> },
+    #[error("map {name} is missing or has the wrong type: {source}")]
+    Map { name: &'static str, #[source] source: Box<aya::maps::MapError> },
+    #[error("the syscall tracepoints could not be attached ({detail}); vexevent needs a kernel with CONFIG_FTRACE_SYSCALLS")]
+    NoHooks { detail: String },
+}
+
+fn map_error(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> LoaderError {
+    move |source| LoaderError::Map { name, source: Box::new(source) }
+}
+
+fn program_error(name: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> LoaderError {
+    move |source| LoaderError::Program { name, source: Box::new(source) }
+}
+
+/// A hook and whether it attached.
+#[derive(Clone, Debug)]
+pub struct HookReport {
+    /// `category/name` of the tracepoint.
+    pub hook: String,
+    /// `None` when attached, else why not.
+    pub missing: Option<String>,
+}
+
+/// The loaded, attached probes.
+pub struct Probes {
+    ebpf: Ebpf,
+    links: Vec<(&'static str, TracePointLinkId)>,
+    hooks: Vec<HookReport>,
+    traced_syscalls: usize,
+}
+
+impl Probes {
+    /// Loads, configures and attaches the probes.
+    ///
+    /// # Errors
+    /// When the process lacks privileges, tracefs is missing, or the kernel refuses the object.
+    pub fn load(settings: &ProbeSettings) -> Result<Self, LoaderError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(LoaderError::NotRoot);
+        }
+        if !tracefs::mounted() {
+            return Err(LoaderError::NoTracefs);
+        }
+        let ebpf = EbpfLoader::new()
+            .map_max_entries(map_names::EVENTS, settings.ring_bytes)
+            .load(PROBES_OBJECT)
+            .map_err(|error| match &error {
+                aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
+                    if io_error.raw_os_error() == Some(libc::EPERM) =>
+                {
+                    LoaderError::NotRoot
+                }
+                _ => LoaderError::Load(Box::new(error)),
+            })?;
+        let mut probes = Self { ebpf, links: Vec::new(), hooks: Vec::new(), traced_syscalls: 0 };
+        probes.configure(settings)?;
+        probes.attach()?;
+        seed::seed_scope(&mut probes.ebpf, settings)?;
+        Ok(probes)
+    }
+
+    fn configure(&mut self, settings: &ProbeSettings) -> Result<(), LoaderError> {
+        let mut op_mask = settings.ops.iter().fold(0u64, |mask, op| mask | op.mask_bit());
+        // Opens, closes, chdir and dup keep the scope maps right: always captured.
+        for op in OpKind::ALL.into_iter().filter(|op| op.is_bookkeeping()) {
+            op_mask |= op.mask_bit();
+        }
+        let mut comm_filter = [0u8; COMM_LEN];
+        if let Some(comm) = settings.comm {
+            comm_filter = comm;
+        }
+        let config = ProbeConfig {
+            op_mask,
+            self_pid: std::process::id(),
+            watch_all: u32::from(settings.scope.watches_all()),
+            pid_filter_enabled: u32::from(!settings.pids.is_empty()),
+            uid_filter_enabled: u32::from(settings.uid.is_some()),
+            uid_filter: settings.uid.unwrap_or(0),
+            comm_filter_enabled: u32::from(settings.comm.is_some()),
+            comm_filter,
+            fork_child_pid_offset: tracefs::field_offset("sched", "sched_process_fork", "child_pid").unwrap_or(0),
+            _pad: 0,
+        };
+        let mut config_map: Array<_, ProbeConfig> =
+            Array::try_from(self.ebpf.map_mut(map_names::CONFIG).ok_or_else(missing(map_names::CONFIG))?)
+                .map_err(map_error(map_names::CONFIG))?;
+        config_map.set(0, config, 0).map_err(map_error(map_names::CONFIG))?;
+
+        let mut pid_filter: HashMap<_, u32, u8> =
+            HashMap::try_from(self.ebpf.map_mut(map_names::PID_FILTER).ok_or_else(missing(map_names::PID_FILTER))?)
+                .map_err(map_error(map_names::PID_FILTER))?;
+        for pid in &settings.pids {
+            pid_filter.insert(pid, 1, 0).map_err(map_error(map_names::PID_FILTER))?;
+        }
+
+        let mut prefixes: LpmTrie<_, PrefixKey, u8> = LpmTrie::try_from(
+            self.ebpf.map_mut(map_names::WATCH_PREFIXES).ok_or_else(missing(map_names::WATCH_PREFIXES))?,
+        )
+        .map_err(map_error(map_names::WATCH_PREFIXES))?;
+        for dir in settings.scope.dirs() {
+            // "/dir/" matches everything below; "/dir\0" matches the directory itself.
+            for terminator in [b'/', 0] {
+                let mut data = [0u8; PREFIX_KEY_BYTES];
+                data[..dir.len()].copy_from_slice(dir);
+                data[dir.len()] = terminator;
+                let bits = u32::try_from((dir.len() + 1) * 8).unwrap_or(u32::MAX);
+                prefixes.insert(&Key::new(bits, data), 1, 0).map_err(map_error(map_names::WATCH_PREFIXES))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn attach(&mut self) -> Result<(), LoaderError> {
+        let mut specs: Array<_, vexevent_common::SyscallSpec> = Array::try_from(
+            self.ebpf.take_map(map_names::SYSCALL_SPECS).ok_or_else(missing(map_names::SYSCALL_SPECS))?,
+        )
+        .map_err(map_error(map_names::SYSCALL_SPECS))?;
+        for name in [program_names::SYS_ENTER, program_names::SYS_EXIT, program_names::PROCESS_FORK] {
+            let program: &mut TracePoint = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| LoaderError::NoHooks { detail: format!("program {name} missing from the object") })?
+                .try_into()
+                .map_err(program_error(name))?;
+            program.load().map_err(program_error(name))?;
+        }
+        // One enter and one exit hook for all syscalls (raw_syscalls): attaching ~100 per-syscall
+        // tracepoints costs an RCU grace period each on detach (seconds in all). The probes
+        // skip untraced syscalls with one array lookup.
+        let mut traced = 0;
+        for entry in SYSCALLS {
+            // A syscall this kernel lacks has no `syscalls/sys_enter_<name>` event.
+            if tracefs::event_exists("syscalls", &format!("sys_enter_{}", entry.name)) {
+                specs.set(entry.nr, entry.spec, 0).map_err(map_error(map_names::SYSCALL_SPECS))?;
+                traced += 1;
+            } else {
+                self.hooks.push(HookReport {
+                    hook: format!("syscall {}", entry.name),
+                    missing: Some("not in this kernel".to_owned()),
+                });
+            }
+        }
+        let attached = self.attach_one(program_names::SYS_ENTER, "raw_syscalls", "sys_enter")
+            && self.attach_one(program_names::SYS_EXIT, "raw_syscalls", "sys_exit");
+        if !attached || traced == 0 {
+            let detail = self.hooks.iter().find_map(|h| h.missing.clone()).unwrap_or_default();
+            return Err(LoaderError::NoHooks { detail });
+        }
+        self.traced_syscalls = traced;
+        self.attach_one(program_names::PROCESS_FORK, "sched", "sched_process_fork");
+        Ok(())
+    }
+
+    fn attach_one(&mut self, program: &'static str, category: &str, name: &str) -> bool {
+        let hook = format!("{category}/{name}");
+        let result = self
+            .ebpf
+            .program_mut(program)
+            .and_then(|p| <&mut TracePoint>::try_from(p).ok())
+            .map(|p| p.attach(category, name));
+        let missing = match result {
+            Some(Ok(link)) => {
+                self.links.push((program, link));
+                None
+            }
+            Some(Err(error)) => Some(error.to_string()),
+            None => Some("program missing".to_owned()),
+        };
+        let attached = missing.is_none();
+        self.hooks.push(HookReport { hook, missing });
+        attached
+    }
+
+    /// Number of syscalls the probes trace.
+    #[must_use]
+    pub fn traced_syscalls(&self) -> usize {
+        self.traced_syscalls
+    }
+
+    /// Which hooks attached and which did not.
+    #[must_use]
+    pub fn hooks(&self) -> &[HookReport] {
+        &self.hooks
+    }
+
+    /// Takes the ring buffer for the capture stage (once).
+    ///
+    /// # Errors
+    /// When the map is missing (already taken).
+    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, LoaderError> {
+        let map = self.ebpf.take_map(map_names::EVENTS).ok_or_else(missing(map_names::EVENTS))?;
+        RingBuf::try_from(map).map_err(map_error(map_names::EVENTS))
+    }
+
+    /// Detaches every hook: no new records after this returns.
+    pub fn detach(&mut self) {
+        for (program, link) in self.links.drain(..) {
+            if let Some(program) = self.ebpf.program_mut(program).and_then(|p| <&mut TracePoint>::try_from(p).ok()) {
+                if let Err(error) = program.detach(link) {
+                    tracing::warn!(%error, "failed to detach a tracepoint");
+                }
+            }
+        }
+    }
+
+    /// The kernel counters summed over CPUs, and the total of the shards' sequence numbers.
+    #[must_use]
+    pub fn kernel_counters(&self) -> (BTreeMap<String, u64>, u64) {
+        let mut counters = BTreeMap::new();
+        if let Some(Ok(stats)) = self.ebpf.map(map_names::STATS).map(PerCpuArray::<_, u64>::try_from) {
+            for stat in KernelStat::ALL {
+                let total = stats.get(&(stat as u32), 0).map_or(0, |values| values.iter().sum());
+                counters.insert(stat.name().to_owned(), total);
+            }
+        }
+        let sequenced = self
+            .ebpf
+            .map(map_names::SEQ)
+            .and_then(|map| PerCpuArray::<_, u64>::try_from(map).ok())
+            .and_then(|seq| seq.get(&0, 0).ok())
+            .map_or(0, |values| values.iter().sum());
+        (counters, sequenced)
+    }
+}
+
+fn missing(name: &'static str) -> impl FnOnce() -> LoaderError {
+    move || LoaderError::Map { name, source: Box::new(aya::maps::MapError::InvalidName { name: name.to_owned() }) }
+}

@@ -1,0 +1,164 @@
+//! The `vexevent` command line: `run` captures, `stats` reports a running instance's counters,
+//! `check-config` validates a configuration file.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use vexevent::{
+    app,
+    config::{Config, DEFAULT_STATS_FILE},
+};
+
+const RUN_EXAMPLES: &str = "\
+Examples:
+  vexevent run                                  watch the whole system, JSON Lines on stdout
+  vexevent run --watch /srv/data --output ev.jsonl
+  vexevent run --watch /mnt/vexfs --ops write,rename,unlink --comm vexfs_fuse
+  vexevent run --config /etc/vexevent.toml --stats-interval 5
+
+Stop with Ctrl-C (SIGINT) or SIGTERM: vexevent drains every captured event, prints final stats
+to stderr and exits 0. SIGUSR1 prints the current stats.";
+
+/// Capture file-system events with eBPF and emit them as VexFS semantic events (JSON Lines).
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Capture events until interrupted (needs root).
+    #[command(after_help = RUN_EXAMPLES)]
+    Run(RunArgs),
+    /// Print the counters of the running (or last) instance, from its stats file.
+    Stats {
+        /// Stats file the instance writes.
+        #[arg(long, default_value = DEFAULT_STATS_FILE)]
+        stats_file: PathBuf,
+        /// Print the raw JSON snapshot instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a configuration file and print the settings it yields.
+    CheckConfig {
+        /// The TOML file to check.
+        file: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// TOML configuration file (see vexevent.example.toml); command-line options override it.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Directory or mount to watch (repeatable). Default: the whole system (/).
+    #[arg(long, short, value_name = "PATH")]
+    watch: Vec<PathBuf>,
+    /// Append JSON Lines to FILE instead of stdout ("-" is stdout).
+    #[arg(long, short, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Comma-separated operation types to report: open, read, write, close, rename, unlink,
+    /// rmdir, mkdir, symlink, link, chmod, chown, truncate, fsync, setxattr, removexattr, ioctl,
+    /// mount, umount. Default: all.
+    #[arg(long, value_delimiter = ',', value_name = "OPS")]
+    ops: Vec<String>,
+    /// Only this process id (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pids: Vec<u32>,
+    /// Only this user id.
+    #[arg(long)]
+    uid: Option<u32>,
+    /// Only tasks with this name (at most 15 bytes).
+    #[arg(long)]
+    comm: Option<String>,
+    /// Ring buffer size in bytes (power of two).
+    #[arg(long, value_name = "BYTES")]
+    ring_bytes: Option<u32>,
+    /// Longest wait before userspace drains the ring, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    drain_interval_ms: Option<u64>,
+    /// Seconds between stats reports on stderr (0: only the final report).
+    #[arg(long, value_name = "SECS")]
+    stats_interval: Option<u64>,
+    /// File to keep current stats in, for `vexevent stats`.
+    #[arg(long, value_name = "FILE")]
+    stats_file: Option<PathBuf>,
+}
+
+impl RunArgs {
+    fn into_config(self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        let capture = &mut config.capture;
+        if !self.watch.is_empty() {
+            capture.watch = self.watch;
+        }
+        if !self.ops.is_empty() {
+            capture.ops = self.ops;
+        }
+        if !self.pids.is_empty() {
+            capture.pids = self.pids;
+        }
+        capture.uid = self.uid.or(capture.uid);
+        capture.comm = self.comm.or(capture.comm.take());
+        capture.ring_bytes = self.ring_bytes.unwrap_or(capture.ring_bytes);
+        capture.drain_interval_ms = self.drain_interval_ms.unwrap_or(capture.drain_interval_ms);
+        config.output.path = self.output.or(config.output.path);
+        config.stats.interval_secs = self.stats_interval.unwrap_or(config.stats.interval_secs);
+        config.stats.file = self.stats_file.unwrap_or(config.stats.file);
+        Ok(config)
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VEXEVENT_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("vexevent: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => {
+            let settings = args.into_config()?.validate()?;
+            let last = app::run(&settings)?;
+            eprint!("{last}");
+            Ok(())
+        }
+        Command::Stats { stats_file, json } => {
+            let snapshot = app::read_stats_file(&stats_file).with_context(|| {
+                format!("cannot read stats file {} (is `vexevent run` running, or was it given --stats-file?)", stats_file.display())
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&snapshot)?);
+            } else {
+                let running = std::path::Path::new(&format!("/proc/{}", snapshot.pid)).exists();
+                if !snapshot.final_snapshot && !running {
+                    println!("(vexevent pid {} is no longer running; last stats it wrote)", snapshot.pid);
+                }
+                print!("{snapshot}");
+            }
+            Ok(())
+        }
+        Command::CheckConfig { file } => {
+            let settings = Config::from_file(&file)?.validate()?;
+            println!("{}: valid", file.display());
+            println!("{settings:#?}");
+            Ok(())
+        }
+    }
+}

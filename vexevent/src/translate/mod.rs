@@ -1,0 +1,462 @@
+//! The only code that turns kernel records into [`SemanticEvent`]s: resolves paths against the
+//! process's cwd and fds, picks the VexFS event type, fills the contexts, and derives
+//! `ObservabilityErrorReported` for failed operations.
+
+mod errno;
+mod ioctl;
+mod paths;
+mod process;
+
+pub use errno::errno_name;
+pub use ioctl::{VexfsIoctl, decode_vexfs_ioctl};
+pub use paths::{normalize, resolve};
+pub use process::{FileInfo, ProcessTable, stat_path};
+
+use std::{
+    collections::HashSet,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use vexevent_common::{NO_ARG, OpKind, RecordHeader, record_flags, syscall_by_nr};
+
+use crate::{
+    capture::RawRecord,
+    event::{
+        Context, EVENT_VERSION, EventType, FilesystemContext, ObservabilityContext, OpResult,
+        PathBytes, Priority, ProcessInfo, SemanticEvent, Timestamp, WatchScope, flags,
+    },
+    telemetry::{Counters, add},
+};
+
+/// `O_CREAT`, `O_EXCL` for the open flags argument.
+const O_CREAT: u64 = libc::O_CREAT as u64;
+const O_EXCL: u64 = libc::O_EXCL as u64;
+/// `unlinkat`'s flag that makes it an rmdir.
+const AT_REMOVEDIR: u64 = libc::AT_REMOVEDIR as u64;
+/// File systems stamp birth times with the coarse clock, up to a tick (4 ms at HZ=250, 10 ms at
+/// HZ=100) behind the syscall's own clock.
+const BIRTH_CLOCK_SLACK: Duration = Duration::from_millis(10);
+
+/// What became of one record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Disposition {
+    /// Produced this many events.
+    Events(usize),
+    /// Only updated path state.
+    Bookkeeping,
+    /// Operation type not selected.
+    Suppressed,
+    /// Outside the watched directories once normalized.
+    OutOfScope,
+}
+
+/// Settings of translation.
+#[derive(Clone, Debug)]
+pub struct TranslateOptions {
+    pub scope: WatchScope,
+    /// Operation types to emit events for.
+    pub ops: HashSet<OpKind>,
+}
+
+/// Turns records into events, keeping per-process path state.
+pub struct Translator {
+    options: TranslateOptions,
+    processes: ProcessTable,
+    /// Wall clock minus CLOCK_MONOTONIC, in nanoseconds.
+    wall_offset_ns: i128,
+    next_sequence: u64,
+}
+
+/// Wall clock minus CLOCK_MONOTONIC now, in nanoseconds.
+#[must_use]
+pub fn wall_clock_offset_ns() -> i128 {
+    let mut mono = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut mono) };
+    let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    wall.as_nanos() as i128 - (i128::from(mono.tv_sec) * 1_000_000_000 + i128::from(mono.tv_nsec))
+}
+
+fn arg_i32(header: &RecordHeader, index: usize) -> i32 {
+    // Syscall int arguments arrive zero-extended: the low 32 bits are the value.
+    header.args[index] as u32 as i32
+}
+
+fn comm_of(header: &RecordHeader) -> PathBytes {
+    let end = header.comm.iter().position(|&b| b == 0).unwrap_or(header.comm.len());
+    PathBytes::from(&header.comm[..end])
+}
+
+/// Mode bits as the octal text users read.
+fn octal_mode(mode: u64) -> String {
+    format!("{:o}", mode & 0o7777)
+}
+
+impl Translator {
+    #[must_use]
+    pub fn new(options: TranslateOptions) -> Self {
+        Self {
+            options,
+            processes: ProcessTable::default(),
+            wall_offset_ns: wall_clock_offset_ns(),
+            next_sequence: 0,
+        }
+    }
+
+    /// Seeds what a process already had open or where it already was before the run started.
+    pub fn processes_mut(&mut self) -> &mut ProcessTable {
+        &mut self.processes
+    }
+
+    fn wall_ns(&self, monotonic_ns: u64) -> u64 {
+        u64::try_from(i128::from(monotonic_ns) + self.wall_offset_ns).unwrap_or(0)
+    }
+
+    /// Resolves path `which` (1 or 2) of a record to an absolute path.
+    fn resolve_path(&mut self, record: &RawRecord, which: u8) -> Option<Vec<u8>> {
+        let header = &record.header;
+        let (raw, dirfd_arg) = match which {
+            1 => (record.path1.as_deref()?, syscall_by_nr(header.syscall_nr)?.spec.dirfd1_arg),
+            _ => (record.path2.as_deref()?, syscall_by_nr(header.syscall_nr)?.spec.dirfd2_arg),
+        };
+        if raw.first() == Some(&b'/') {
+            return Some(normalize(raw));
+        }
+        let dirfd = (dirfd_arg != NO_ARG).then(|| arg_i32(header, usize::from(dirfd_arg)));
+        let base = match dirfd {
+            Some(fd) if fd != libc::AT_FDCWD => self.processes.fd(header.pid, fd).map(|f| f.path),
+            _ => self.processes.cwd(header.pid),
+        };
+        Some(resolve(base.as_deref(), raw))
+    }
+
+    fn fd_arg(header: &RecordHeader) -> Option<i32> {
+        let entry = syscall_by_nr(header.syscall_nr)?;
+        (entry.spec.fd_arg != NO_ARG).then(|| arg_i32(header, usize::from(entry.spec.fd_arg)))
+    }
+
+    /// Translates one record, appending its events to `out`.
+    pub fn translate(&mut self, record: &RawRecord, out: &mut Vec<SemanticEvent>, counters: &Counters) -> Disposition {
+        let disposition = self.translate_inner(record, out);
+        match disposition {
+            Disposition::Events(n) => add(&counters.events_translated, n as u64),
+            Disposition::Bookkeeping => add(&counters.bookkeeping_records, 1),
+            Disposition::Suppressed => add(&counters.suppressed_op, 1),
+            Disposition::OutOfScope => add(&counters.filtered_scope_userspace, 1),
+        }
+        disposition
+    }
+
+    #[expect(clippy::too_many_lines, reason = "one arm per operation kind reads best as one match")]
+    fn translate_inner(&mut self, record: &RawRecord, out: &mut Vec<SemanticEvent>) -> Disposition {
+        let header = &record.header;
+        let ok = header.ret >= 0;
+        let syscall = syscall_by_nr(header.syscall_nr).map_or("fork", |e| e.name);
+        let mut fs = FilesystemContext {
+            path_truncated: header.flags & record_flags::PATH1_TRUNCATED != 0,
+            ..FilesystemContext::default()
+        };
+        let mut context = Context::default();
+
+        // Bookkeeping first: state changes apply whether or not an event is emitted.
+        let event_type = match record.op {
+            OpKind::Fork => {
+                self.processes.fork(header.pid, header.ret as u32);
+                return Disposition::Bookkeeping;
+            }
+            OpKind::Chdir => {
+                if ok {
+                    let cwd = match Self::fd_arg(header) {
+                        Some(fd) => self.processes.fd(header.pid, fd).map(|f| f.path),
+                        None => self.resolve_path(record, 1),
+                    };
+                    if let Some(cwd) = cwd {
+                        self.processes.set_cwd(header.pid, cwd);
+                    }
+                }
+                return Disposition::Bookkeeping;
+            }
+            OpKind::Dup => {
+                if ok {
+                    if let Some(old) = Self::fd_arg(header) {
+                        self.processes.dup_fd(header.pid, old, header.ret as i32);
+                    }
+                }
+                return Disposition::Bookkeeping;
+            }
+            OpKind::Open => {
+                let path = self.resolve_path(record, 1).unwrap_or_default();
+                let open_flags = match syscall {
+                    "open" => header.args[1],
+                    "creat" => O_CREAT,
+                    "openat" => header.args[2],
+                    _ => 0, // openat2's flags live in a user struct the probe does not copy
+                };
+                let stat = if ok { stat_path(&path) } else { None };
+                if ok {
+                    let info = FileInfo {
+                        path: path.clone(),
+                        inode: stat.map(|s| s.inode),
+                        file_type: stat.map(|s| s.file_type),
+                    };
+                    self.processes.set_fd(header.pid, header.ret as i32, info);
+                }
+                let created = open_flags & O_CREAT != 0
+                    && (!ok || open_flags & O_EXCL != 0 || self.born_during(stat.and_then(|s| s.born), header));
+                fs.inode_number = stat.map(|s| s.inode);
+                fs.file_type = stat.map(|s| s.file_type);
+                if open_flags & O_CREAT != 0 {
+                    let mode_arg = match syscall { "open" => 2, "creat" => 1, _ => 3 };
+                    fs.mode = Some(octal_mode(header.args[mode_arg]));
+                }
+                fs.fd = ok.then_some(header.ret as i32);
+                fs.path = Some(PathBytes(path));
+                if created { EventType::FilesystemCreate } else { EventType::FilesystemRead }
+            }
+            OpKind::Close => {
+                let fd = arg_i32(header, 0);
+                let info = self.processes.fd(header.pid, fd);
+                self.processes.close_fd(header.pid, fd);
+                self.fill_from_fd(&mut fs, info, fd);
+                EventType::FilesystemRead
+            }
+            OpKind::Read | OpKind::Write | OpKind::Fsync | OpKind::Ioctl => {
+                let fd = arg_i32(header, 0);
+                let info = self.processes.fd(header.pid, fd);
+                self.fill_from_fd(&mut fs, info, fd);
+                if matches!(record.op, OpKind::Read | OpKind::Write) {
+                    fs.bytes = ok.then_some(header.ret as u64);
+                    if matches!(syscall, "pread64" | "pwrite64" | "preadv" | "pwritev" | "preadv2" | "pwritev2") {
+                        fs.offset = Some(header.args[3]);
+                    }
+                }
+                match record.op {
+                    OpKind::Read => EventType::FilesystemRead,
+                    OpKind::Write => EventType::FilesystemWrite,
+                    OpKind::Fsync => EventType::SystemSync,
+                    _ => {
+                        let arg = (header.flags & record_flags::IOCTL_ARG_VALID != 0).then_some(&header.ioctl_arg[..]);
+                        let Some(decoded) = decode_vexfs_ioctl(header.args[1], arg, ok) else {
+                            return Disposition::Suppressed;
+                        };
+                        context.vector = Some(decoded.vector);
+                        return self.emit(record, decoded.event_type, decoded.name.to_owned(), fs, context, out);
+                    }
+                }
+            }
+            op => {
+                // Path-based operations.
+                let Some(path) = self.resolve_path(record, 1) else {
+                    return self.emit_fd_based(record, op, fs, out);
+                };
+                let target = if record.text2 {
+                    record.path2.clone()
+                } else {
+                    self.resolve_path(record, 2)
+                };
+                let in_scope = self.options.scope.contains(&path)
+                    || (!record.text2 && target.as_deref().is_some_and(|t| self.options.scope.contains(t)));
+                if !in_scope {
+                    return Disposition::OutOfScope;
+                }
+                let stat = if ok && !matches!(op, OpKind::Unlink | OpKind::Rmdir | OpKind::Umount) {
+                    stat_path(if op == OpKind::Rename { target.as_deref().unwrap_or(&path) } else { &path })
+                } else {
+                    None
+                };
+                fs.inode_number = stat.map(|s| s.inode);
+                fs.file_type = stat.map(|s| s.file_type);
+                fs.path = Some(PathBytes(path));
+                self.fill_path_op(&mut fs, record, op, syscall, target)
+            }
+        };
+        if !self.options.ops.contains(&record.op) {
+            return Disposition::Suppressed;
+        }
+        context.filesystem = Some(fs);
+        self.emit(record, event_type, syscall.to_owned(), FilesystemContext::default(), context, out)
+    }
+
+    /// Operations with a path argument but no path captured (fsetxattr, fchmod, ...) act on an fd.
+    fn emit_fd_based(&mut self, record: &RawRecord, op: OpKind, mut fs: FilesystemContext, out: &mut Vec<SemanticEvent>) -> Disposition {
+        let header = &record.header;
+        let fd = Self::fd_arg(header).unwrap_or(-1);
+        let info = self.processes.fd(header.pid, fd);
+        self.fill_from_fd(&mut fs, info, fd);
+        let syscall = syscall_by_nr(header.syscall_nr).map_or("", |e| e.name);
+        let target = record.path2.clone();
+        let event_type = self.fill_path_op(&mut fs, record, op, syscall, target);
+        if !self.options.ops.contains(&op) {
+            return Disposition::Suppressed;
+        }
+        let context = Context { filesystem: Some(fs), ..Context::default() };
+        self.emit(record, event_type, syscall.to_owned(), FilesystemContext::default(), context, out)
+    }
+
+    fn fill_from_fd(&self, fs: &mut FilesystemContext, info: Option<FileInfo>, fd: i32) {
+        fs.fd = Some(fd);
+        if let Some(info) = info {
+            fs.path = Some(PathBytes(info.path));
+            fs.inode_number = info.inode;
+            fs.file_type = info.file_type;
+        }
+    }
+
+    /// Event type and operation-specific fields of path-based (and f*-variant) operations.
+    fn fill_path_op(&self, fs: &mut FilesystemContext, record: &RawRecord, op: OpKind, syscall: &str, target: Option<Vec<u8>>) -> EventType {
+        let args = &record.header.args;
+        let id = |value: u64| {
+            let id = value as u32;
+            (id != u32::MAX).then_some(id)
+        };
+        match op {
+            OpKind::Rename => {
+                fs.target_path = target.map(PathBytes);
+                EventType::FilesystemRename
+            }
+            OpKind::Unlink if syscall == "unlinkat" && args[2] & AT_REMOVEDIR != 0 => EventType::FilesystemRmdir,
+            OpKind::Unlink => EventType::FilesystemDelete,
+            OpKind::Rmdir => EventType::FilesystemRmdir,
+            OpKind::Mkdir => {
+                fs.mode = Some(octal_mode(args[if syscall == "mkdirat" { 2 } else { 1 }]));
+                EventType::FilesystemMkdir
+            }
+            OpKind::Symlink => {
+                fs.target_path = target.map(PathBytes);
+                EventType::FilesystemSymlink
+            }
+            OpKind::Link => {
+                // The event's path is the new link; the target is the existing file.
+                let new_link = target.map(PathBytes);
+                fs.target_path = fs.path.take();
+                fs.path = new_link;
+                EventType::FilesystemHardlink
+            }
+            OpKind::Chmod => {
+                fs.mode = Some(octal_mode(args[if matches!(syscall, "fchmodat" | "fchmodat2") { 2 } else { 1 }]));
+                EventType::FilesystemChmod
+            }
+            OpKind::Chown => {
+                let first = if syscall == "fchownat" { 2 } else { 1 };
+                fs.uid = id(args[first]);
+                fs.gid = id(args[first + 1]);
+                EventType::FilesystemChown
+            }
+            OpKind::Truncate => {
+                fs.size = Some(args[1]);
+                EventType::FilesystemTruncate
+            }
+            OpKind::SetXattr | OpKind::RemoveXattr => {
+                let set = op == OpKind::SetXattr;
+                let graph = target.as_deref().is_some_and(|name| name.starts_with(b"user.vexfs.graph."));
+                fs.xattr_name = target.map(PathBytes);
+                match (graph, set) {
+                    (true, true) => EventType::GraphPropertySet,
+                    (true, false) => EventType::GraphPropertyDelete,
+                    _ => EventType::FilesystemWrite,
+                }
+            }
+            OpKind::Mount => {
+                fs.target_path = target.map(PathBytes);
+                EventType::SystemMount
+            }
+            _ => EventType::SystemUnmount,
+        }
+    }
+
+    /// Whether a file's birth time falls within the syscall (allowing for the coarse clock).
+    fn born_during(&self, born: Option<SystemTime>, header: &RecordHeader) -> bool {
+        let Some(born) = born else {
+            // No birth time (file gone again, or not recorded): an O_CREAT open most likely created.
+            return true;
+        };
+        let born_ns = born.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let enter_ns = u128::from(self.wall_ns(header.enter_ns));
+        born_ns + BIRTH_CLOCK_SLACK.as_nanos() >= enter_ns
+    }
+
+    /// Appends the event (and, on failure, its ErrorReported companion).
+    fn emit(
+        &mut self,
+        record: &RawRecord,
+        event_type: EventType,
+        subtype: String,
+        fs: FilesystemContext,
+        mut context: Context,
+        out: &mut Vec<SemanticEvent>,
+    ) -> Disposition {
+        if context.filesystem.is_none() && (fs.path.is_some() || fs.fd.is_some()) {
+            context.filesystem = Some(fs);
+        }
+        let header = &record.header;
+        let ok = header.ret >= 0;
+        let errno = (!ok).then(|| i32::try_from(-header.ret).unwrap_or(i32::MAX));
+        let result = OpResult { ok, ret: header.ret, error: errno.map(errno_name) };
+        let base = self.event(record, event_type, subtype.clone(), context.clone(), result.clone(), Priority::Normal);
+        let parent = base.event_id;
+        out.push(base);
+        let Some(errno) = errno else {
+            return Disposition::Events(1);
+        };
+        context.observability = Some(ObservabilityContext {
+            metric_name: "errno".to_owned(),
+            metric_value: Some(f64::from(errno)),
+            metric_unit: Some(errno_name(errno)),
+            service_name: "vexevent".to_owned(),
+            operation_name: subtype.clone(),
+        });
+        let mut error = self.event(record, EventType::ObservabilityErrorReported, subtype, context, result, Priority::High);
+        error.parent_event_id = Some(parent);
+        error.causality_links = vec![parent];
+        out.push(error);
+        Disposition::Events(2)
+    }
+
+    fn event(
+        &mut self,
+        record: &RawRecord,
+        event_type: EventType,
+        event_subtype: String,
+        context: Context,
+        result: OpResult,
+        priority: Priority,
+    ) -> SemanticEvent {
+        let header = &record.header;
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        SemanticEvent {
+            event_id: sequence + 1,
+            event_type,
+            event_type_code: event_type.code(),
+            event_subtype,
+            timestamp: Timestamp {
+                wall_ns: self.wall_ns(header.exit_ns),
+                monotonic_ns: header.exit_ns,
+                cpu: header.cpu,
+                pid: header.pid,
+                sequence: header.seq,
+            },
+            global_sequence: sequence,
+            local_sequence: header.seq,
+            flags: flags::DEFAULT,
+            priority,
+            event_size: record.size,
+            event_version: EVENT_VERSION,
+            parent_event_id: None,
+            causality_links: Vec::new(),
+            context,
+            process: ProcessInfo {
+                pid: header.pid,
+                tid: header.tid,
+                uid: header.uid,
+                gid: header.gid,
+                comm: comm_of(header),
+            },
+            result,
+            duration_ns: header.exit_ns.saturating_sub(header.enter_ns),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,155 @@
+//! What userspace knows of each traced process: its cwd and the files behind its fds, learned
+//! from the records (chdir, open, dup, close, fork) and, for state older than the run, from /proc.
+
+use std::{
+    collections::HashMap,
+    ffi::OsStr,
+    os::unix::{ffi::OsStrExt, fs::MetadataExt},
+    time::SystemTime,
+};
+
+use crate::event::FileType;
+
+/// Processes tracked before the table is pruned of exited ones.
+const PRUNE_THRESHOLD: usize = 4096;
+
+/// A file as seen through an fd or a path.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FileInfo {
+    pub path: Vec<u8>,
+    pub inode: Option<u64>,
+    pub file_type: Option<FileType>,
+}
+
+/// Metadata of a path, read with `lstat`.
+#[derive(Clone, Copy, Debug)]
+pub struct PathStat {
+    pub inode: u64,
+    pub file_type: FileType,
+    /// Birth time, where the file system records it.
+    pub born: Option<SystemTime>,
+}
+
+/// `lstat` of a path given as bytes.
+#[must_use]
+pub fn stat_path(path: &[u8]) -> Option<PathStat> {
+    let metadata = std::fs::symlink_metadata(OsStr::from_bytes(path)).ok()?;
+    Some(PathStat {
+        inode: metadata.ino(),
+        file_type: file_type_of(metadata.mode()),
+        born: metadata.created().ok(),
+    })
+}
+
+fn file_type_of(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::Fifo,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::Regular,
+    }
+}
+
+fn read_link(path: &str) -> Option<Vec<u8>> {
+    std::fs::read_link(path).ok().map(|p| p.as_os_str().as_bytes().to_vec())
+}
+
+#[derive(Debug, Default)]
+struct ProcessState {
+    cwd: Option<Vec<u8>>,
+    fds: HashMap<i32, FileInfo>,
+}
+
+/// Per-process cwd and fd tables.
+#[derive(Debug, Default)]
+pub struct ProcessTable {
+    processes: HashMap<u32, ProcessState>,
+}
+
+impl ProcessTable {
+    fn process(&mut self, pid: u32) -> &mut ProcessState {
+        if self.processes.len() >= PRUNE_THRESHOLD && !self.processes.contains_key(&pid) {
+            self.processes.retain(|pid, _| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        }
+        self.processes.entry(pid).or_default()
+    }
+
+    /// The process's cwd: as last seen changing, else as /proc shows it now.
+    pub fn cwd(&mut self, pid: u32) -> Option<Vec<u8>> {
+        let state = self.process(pid);
+        if state.cwd.is_none() {
+            state.cwd = read_link(&format!("/proc/{pid}/cwd"));
+        }
+        state.cwd.clone()
+    }
+
+    pub fn set_cwd(&mut self, pid: u32, cwd: Vec<u8>) {
+        self.process(pid).cwd = Some(cwd);
+    }
+
+    /// A child starts with its parent's cwd.
+    pub fn fork(&mut self, parent: u32, child: u32) {
+        let cwd = self.cwd(parent);
+        self.process(child).cwd = cwd;
+    }
+
+    /// The file behind an fd: as seen opened, else as /proc shows it now.
+    pub fn fd(&mut self, pid: u32, fd: i32) -> Option<FileInfo> {
+        if let Some(info) = self.process(pid).fds.get(&fd) {
+            return Some(info.clone());
+        }
+        let path = read_link(&format!("/proc/{pid}/fd/{fd}"))?;
+        let stat = stat_path(&path);
+        let info = FileInfo {
+            inode: stat.map(|s| s.inode),
+            file_type: stat.map(|s| s.file_type),
+            path,
+        };
+        self.process(pid).fds.insert(fd, info.clone());
+        Some(info)
+    }
+
+    pub fn set_fd(&mut self, pid: u32, fd: i32, info: FileInfo) {
+        self.process(pid).fds.insert(fd, info);
+    }
+
+    pub fn close_fd(&mut self, pid: u32, fd: i32) {
+        self.process(pid).fds.remove(&fd);
+    }
+
+    /// `new_fd` now refers to what `old_fd` does.
+    pub fn dup_fd(&mut self, pid: u32, old_fd: i32, new_fd: i32) {
+        if let Some(info) = self.fd(pid, old_fd) {
+            self.set_fd(pid, new_fd, info);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracks_fds_cwd_and_forks() {
+        let mut table = ProcessTable::default();
+        let info = FileInfo { path: b"/w/a".to_vec(), inode: Some(5), file_type: Some(FileType::Regular) };
+        table.set_fd(1_000_000, 3, info.clone());
+        table.dup_fd(1_000_000, 3, 1);
+        assert_eq!(table.fd(1_000_000, 1), Some(info));
+        table.close_fd(1_000_000, 3);
+        assert_eq!(table.fd(1_000_000, 3), None, "closed, and no such process in /proc");
+        table.set_cwd(1_000_000, b"/w".to_vec());
+        table.fork(1_000_000, 1_000_001);
+        assert_eq!(table.cwd(1_000_001), Some(b"/w".to_vec()));
+    }
+
+    #[test]
+    fn falls_back_to_proc_for_state_older_than_the_run() {
+        let mut table = ProcessTable::default();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(table.cwd(std::process::id()), Some(cwd.as_os_str().as_bytes().to_vec()));
+    }
+}

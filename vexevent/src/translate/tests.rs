@@ -1,0 +1,164 @@
+//! Translation of synthetic records, without root.
+
+use std::collections::HashSet;
+
+use vexevent_common::{COMM_LEN, IOCTL_ARG_BYTES, OpKind, RecordHeader, record_flags, syscall_by_nr};
+
+use super::*;
+use crate::capture::RawRecord;
+
+const PID: u32 = 3_000_000; // no such process: nothing falls back to /proc
+
+fn translator(ops: &[OpKind]) -> Translator {
+    let mut translator = Translator::new(TranslateOptions {
+        scope: WatchScope::new(vec![b"/w".to_vec()]),
+        ops: ops.iter().copied().collect::<HashSet<_>>(),
+    });
+    translator.processes_mut().set_cwd(PID, b"/w/sub".to_vec());
+    translator
+}
+
+fn record(syscall: &str, args: [u64; 6], ret: i64, path1: Option<&[u8]>, path2: Option<&[u8]>) -> RawRecord {
+    let entry = vexevent_common::SYSCALLS.iter().find(|e| e.name == syscall).unwrap();
+    let mut comm = [0u8; COMM_LEN];
+    comm[..4].copy_from_slice(b"test");
+    RawRecord {
+        header: RecordHeader {
+            seq: 1,
+            enter_ns: 10,
+            exit_ns: 25,
+            ret,
+            args,
+            pid: PID,
+            tid: PID + 1,
+            uid: 1000,
+            gid: 100,
+            syscall_nr: entry.nr,
+            op: entry.spec.op,
+            flags: 0,
+            cpu: 0,
+            path1_len: 0,
+            path2_len: 0,
+            comm,
+            ioctl_arg: [0; IOCTL_ARG_BYTES],
+        },
+        op: OpKind::try_from(entry.spec.op).unwrap(),
+        path1: path1.map(<[u8]>::to_vec),
+        path2: path2.map(<[u8]>::to_vec),
+        text2: entry.spec.flags & vexevent_common::spec_flags::PATH2_IS_TEXT != 0,
+        size: 200,
+    }
+}
+
+fn run(translator: &mut Translator, record: &RawRecord) -> Vec<SemanticEvent> {
+    let mut out = Vec::new();
+    translator.translate(record, &mut out, &Counters::default());
+    out
+}
+
+fn path_of(event: &SemanticEvent) -> Vec<u8> {
+    event.context.filesystem.as_ref().unwrap().path.as_ref().unwrap().0.clone()
+}
+
+const AT_FDCWD: u64 = 0xffff_ff9c;
+
+#[test]
+fn relative_open_resolves_against_cwd_and_fd_ops_use_its_path() {
+    let mut t = translator(&OpKind::ALL);
+    let open = record("openat", [AT_FDCWD, 0, 0, 0, 0, 0], 5, Some(b"../f.txt"), None);
+    let events = run(&mut t, &open);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event_type, EventType::FilesystemRead);
+    assert_eq!(path_of(&events[0]), b"/w/f.txt");
+    assert_eq!(events[0].duration_ns, 15);
+    let write = record("write", [5, 0, 3, 0, 0, 0], 3, None, None);
+    let events = run(&mut t, &write);
+    assert_eq!(events[0].event_type, EventType::FilesystemWrite);
+    assert_eq!(path_of(&events[0]), b"/w/f.txt");
+    assert_eq!(events[0].context.filesystem.as_ref().unwrap().bytes, Some(3));
+    assert_eq!(events[0].global_sequence, 1);
+}
+
+#[test]
+fn dirfd_relative_paths_use_the_directory_fd() {
+    let mut t = translator(&OpKind::ALL);
+    run(&mut t, &record("openat", [AT_FDCWD, 0, 0o200_000, 0, 0, 0], 7, Some(b"/w/dir"), None));
+    let events = run(&mut t, &record("mkdirat", [7, 0, 0o755, 0, 0, 0], 0, Some(b"new"), None));
+    assert_eq!(events[0].event_type, EventType::FilesystemMkdir);
+    assert_eq!(path_of(&events[0]), b"/w/dir/new");
+    assert_eq!(events[0].context.filesystem.as_ref().unwrap().mode.as_deref(), Some("755"));
+}
+
+#[test]
+fn failures_add_an_error_reported_event_linked_to_the_operation() {
+    let mut t = translator(&OpKind::ALL);
+    let unlink = record("unlinkat", [AT_FDCWD, 0, 0, 0, 0, 0], -i64::from(libc::ENOENT), Some(b"/w/missing"), None);
+    let events = run(&mut t, &unlink);
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].event_type, EventType::FilesystemDelete);
+    assert_eq!(events[0].result.error.as_deref(), Some("ENOENT"));
+    assert!(!events[0].result.ok);
+    assert_eq!(events[1].event_type, EventType::ObservabilityErrorReported);
+    assert_eq!(events[1].parent_event_id, Some(events[0].event_id));
+    assert_eq!(events[1].causality_links, vec![events[0].event_id]);
+    assert_eq!(events[1].priority, Priority::High);
+}
+
+#[test]
+fn unlinkat_with_removedir_is_an_rmdir_and_renames_carry_both_paths() {
+    let mut t = translator(&OpKind::ALL);
+    let rmdir = record("unlinkat", [AT_FDCWD, 0, 0x200, 0, 0, 0], 0, Some(b"/w/d"), None);
+    assert_eq!(run(&mut t, &rmdir)[0].event_type, EventType::FilesystemRmdir);
+    let rename = record("renameat2", [AT_FDCWD, 0, AT_FDCWD, 0, 0, 0], 0, Some(b"a"), Some(b"/w/b"));
+    let event = &run(&mut t, &rename)[0];
+    assert_eq!(event.event_type, EventType::FilesystemRename);
+    assert_eq!(path_of(event), b"/w/sub/a");
+    assert_eq!(event.context.filesystem.as_ref().unwrap().target_path.as_ref().unwrap().0, b"/w/b");
+}
+
+#[test]
+fn dotdot_leaving_the_watch_is_out_of_scope() {
+    let mut t = translator(&OpKind::ALL);
+    let counters = Counters::default();
+    let mut out = Vec::new();
+    let escape = record("mkdir", [0, 0o700, 0, 0, 0, 0], 0, Some(b"/w/../etc/x"), None);
+    assert_eq!(t.translate(&escape, &mut out, &counters), Disposition::OutOfScope);
+    assert!(out.is_empty());
+}
+
+#[test]
+fn unselected_ops_update_state_but_emit_nothing() {
+    let mut t = translator(&[OpKind::Write]);
+    let open = record("openat", [AT_FDCWD, 0, 0, 0, 0, 0], 4, Some(b"/w/x"), None);
+    assert!(run(&mut t, &open).is_empty());
+    let write = record("write", [4, 0, 1, 0, 0, 0], 1, None, None);
+    assert_eq!(path_of(&run(&mut t, &write)[0]), b"/w/x");
+}
+
+#[test]
+fn vexfs_ioctl_becomes_a_vector_event() {
+    let mut t = translator(&OpKind::ALL);
+    run(&mut t, &record("openat", [AT_FDCWD, 0, 0, 0, 0, 0], 9, Some(b"/w/v"), None));
+    let mut ioctl = record("ioctl", [9, 0xC038_560A, 0, 0, 0, 0], -i64::from(libc::ENOTTY), None, None);
+    ioctl.header.flags = record_flags::IOCTL_ARG_VALID;
+    ioctl.header.ioctl_arg[8..12].copy_from_slice(&64u32.to_ne_bytes());
+    ioctl.header.ioctl_arg[12..16].copy_from_slice(&5u32.to_ne_bytes());
+    let events = run(&mut t, &ioctl);
+    assert_eq!(events[0].event_type, EventType::VectorSearch);
+    assert_eq!(events[0].event_subtype, "KNN_SEARCH");
+    let vector = events[0].context.vector.as_ref().unwrap();
+    assert_eq!((vector.dimensions, vector.k), (Some(64), Some(5)));
+    assert_eq!(path_of(&events[0]), b"/w/v");
+    assert_eq!(events[1].event_type, EventType::ObservabilityErrorReported);
+}
+
+#[test]
+fn hostile_names_survive_translation_and_json() {
+    let mut t = translator(&OpKind::ALL);
+    let name: &[u8] = b"/w/bad\xff\nname\x01";
+    let event = &run(&mut t, &record("mkdir", [0, 0o700, 0, 0, 0, 0], 0, Some(name), None))[0];
+    assert_eq!(path_of(event), name);
+    let json = serde_json::to_value(event).unwrap();
+    assert!(json["context"]["filesystem"]["path"]["base64"].is_string());
+    assert!(syscall_by_nr(83).is_some());
+}
