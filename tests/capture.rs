@@ -1,1 +1,468 @@
+//! Root integration tests of kernel capture: the real `vexevent` binary loads the real probes,
+//! this test performs a scripted sequence of real operations (every traced syscall family,
+//! relative and dirfd-relative paths, hostile and 4 KiB names, failures, a `VexFS` ioctl, a mount)
+//! on a real tmpfs and a real ext4 image, and asserts the exact events, zero loss, and that
+//! operations outside the watched directory produced nothing.
 
+mod support;
+
+use std::{path::Path, sync::Mutex, time::Duration};
+
+use serde_json::Value;
+use support::{bytes, c_path, event_path_bytes, root_or_skip, Mount, Vexevent};
+
+/// The scenarios chdir, which is process-wide: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// One expected event: type, absolute path, second path, errno name.
+#[derive(Debug, PartialEq, Eq, Clone)]
+struct Expected {
+    event_type: &'static str,
+    path: Vec<u8>,
+    target: Option<Vec<u8>>,
+    error: Option<&'static str>,
+}
+
+struct Script {
+    root: Vec<u8>,
+    expected: Vec<Expected>,
+}
+
+/// `KNN_SEARCH` from `VexFS`'s ioctl table.
+const VEXFS_KNN_SEARCH: libc::c_ulong = 0xC038_560A;
+
+/// Asserts a libc call succeeded; returns its result (an fd, a count, 0).
+fn check<T: Copy + TryInto<i32> + PartialOrd + Default>(ret: T, what: &str) -> i32 {
+    assert!(ret >= T::default(), "{what} failed: {}", std::io::Error::last_os_error());
+    ret.try_into().unwrap_or(i32::MAX)
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+impl Script {
+    fn path(&self, relative: &[u8]) -> Vec<u8> {
+        let mut path = self.root.clone();
+        if !relative.is_empty() {
+            path.push(b'/');
+            path.extend_from_slice(relative);
+        }
+        path
+    }
+
+    fn expect(&mut self, event_type: &'static str, relative: &[u8]) {
+        let path = self.path(relative);
+        self.expected.push(Expected { event_type, path, target: None, error: None });
+    }
+
+    fn expect_target(&mut self, event_type: &'static str, relative: &[u8], target: Vec<u8>) {
+        let path = self.path(relative);
+        self.expected.push(Expected { event_type, path, target: Some(target), error: None });
+    }
+
+    fn expect_failure(&mut self, event_type: &'static str, path: &[u8], error: &'static str) {
+        for event_type in [event_type, "ObservabilityErrorReported"] {
+            self.expected.push(Expected {
+                event_type,
+                path: path.to_vec(),
+                target: None,
+                error: Some(error),
+            });
+        }
+    }
+}
+
+/// Performs every operation in `root` (a fresh mount) and returns what vexevent must report for
+/// this thread, in order.
+#[expect(clippy::too_many_lines, reason = "one linear script reads best")]
+fn run_script(root: &Path) -> Script {
+    let mut s = Script { root: bytes(root), expected: Vec::new() };
+    let c = |p: &[u8]| c_path(p);
+    // SAFETY (whole script): plain libc calls with valid NUL-terminated paths and buffers.
+    unsafe {
+        check(libc::chdir(c(&s.root).as_ptr()), "chdir");
+
+        // Relative open with creation, then fd-based operations on it.
+        let fd = check(libc::open(c(b"rel.txt").as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644), "open");
+        s.expect("FilesystemCreate", b"rel.txt");
+        check(libc::write(fd, b"hello".as_ptr().cast(), 5), "write");
+        s.expect("FilesystemWrite", b"rel.txt");
+        check(libc::pwrite(fd, b"xy".as_ptr().cast(), 2, 10), "pwrite");
+        s.expect("FilesystemWrite", b"rel.txt");
+        check(libc::fsync(fd), "fsync");
+        s.expect("SystemSync", b"rel.txt");
+        check(libc::ftruncate(fd, 3), "ftruncate");
+        s.expect("FilesystemTruncate", b"rel.txt");
+        check(libc::fchmod(fd, 0o600), "fchmod");
+        s.expect("FilesystemChmod", b"rel.txt");
+        check(libc::fchown(fd, 1000, 1000), "fchown");
+        s.expect("FilesystemChown", b"rel.txt");
+        check(libc::fsetxattr(fd, c(b"user.test").as_ptr(), b"v".as_ptr().cast(), 1, 0), "fsetxattr");
+        s.expect("FilesystemWrite", b"rel.txt");
+        check(libc::close(fd), "close");
+        s.expect("FilesystemRead", b"rel.txt");
+
+        // Reads through an absolute path.
+        let fd = check(libc::open(c(&s.path(b"rel.txt")).as_ptr(), libc::O_RDONLY), "open");
+        s.expect("FilesystemRead", b"rel.txt");
+        let mut buf = [0u8; 16];
+        check(libc::read(fd, buf.as_mut_ptr().cast(), 16), "read");
+        s.expect("FilesystemRead", b"rel.txt");
+        check(libc::pread(fd, buf.as_mut_ptr().cast(), 2, 1), "pread");
+        s.expect("FilesystemRead", b"rel.txt");
+        let iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: 4 };
+        check(libc::preadv(fd, &raw const iov, 1, 0), "preadv");
+        s.expect("FilesystemRead", b"rel.txt");
+        // A VexFS vector ioctl: not served by this file system (ENOTTY), decoded all the same.
+        let mut knn = [0u32; 16];
+        knn[2] = 128; // dimensions @8
+        knn[3] = 10; // k @12
+        knn[4] = 1; // metric @16
+        assert_eq!(libc::ioctl(fd, VEXFS_KNN_SEARCH, knn.as_mut_ptr()), -1);
+        assert_eq!(errno(), libc::ENOTTY);
+        s.expect_failure("VectorSearch", &s.path(b"rel.txt"), "ENOTTY");
+        check(libc::close(fd), "close");
+        s.expect("FilesystemRead", b"rel.txt");
+
+        // Directories and dirfd-relative operations.
+        check(libc::mkdir(c(b"sub").as_ptr(), 0o755), "mkdir");
+        s.expect("FilesystemMkdir", b"sub");
+        assert_eq!(libc::mkdir(c(b"sub").as_ptr(), 0o755), -1);
+        s.expect_failure("FilesystemMkdir", &s.path(b"sub"), "EEXIST");
+        let dirfd = check(libc::open(c(b"sub").as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY), "open dir");
+        s.expect("FilesystemRead", b"sub");
+        let fd = check(
+            libc::openat(dirfd, c(b"in.txt").as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600),
+            "openat",
+        );
+        s.expect("FilesystemCreate", b"sub/in.txt");
+        check(libc::close(fd), "close");
+        s.expect("FilesystemRead", b"sub/in.txt");
+        check(
+            libc::renameat(dirfd, c(b"in.txt").as_ptr(), libc::AT_FDCWD, c(b"moved.txt").as_ptr()),
+            "renameat",
+        );
+        s.expect_target("FilesystemRename", b"sub/in.txt", s.path(b"moved.txt"));
+        check(
+            libc::linkat(libc::AT_FDCWD, c(b"moved.txt").as_ptr(), dirfd, c(b"hard").as_ptr(), 0),
+            "linkat",
+        );
+        s.expect_target("FilesystemHardlink", b"sub/hard", s.path(b"moved.txt"));
+        check(libc::symlink(c(b"moved.txt").as_ptr(), c(b"sym").as_ptr()), "symlink");
+        s.expect_target("FilesystemSymlink", b"sym", b"moved.txt".to_vec());
+        check(libc::chmod(c(b"moved.txt").as_ptr(), 0o640), "chmod");
+        s.expect("FilesystemChmod", b"moved.txt");
+        check(libc::chown(c(b"moved.txt").as_ptr(), 1000, 1000), "chown");
+        s.expect("FilesystemChown", b"moved.txt");
+        check(libc::truncate(c(b"moved.txt").as_ptr(), 1), "truncate");
+        s.expect("FilesystemTruncate", b"moved.txt");
+        let graph = c(b"user.vexfs.graph.color");
+        check(
+            libc::setxattr(c(b"moved.txt").as_ptr(), graph.as_ptr(), b"red".as_ptr().cast(), 3, 0),
+            "setxattr",
+        );
+        s.expect("GraphPropertySet", b"moved.txt");
+        check(libc::removexattr(c(b"moved.txt").as_ptr(), graph.as_ptr()), "removexattr");
+        s.expect("GraphPropertyDelete", b"moved.txt");
+
+        // dup2 keeps the path: a write through the duplicate names the file.
+        let fd = check(
+            libc::open(c(b"dup.txt").as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o644),
+            "open",
+        );
+        s.expect("FilesystemCreate", b"dup.txt");
+        check(libc::dup2(fd, 100), "dup2");
+        check(libc::close(fd), "close");
+        s.expect("FilesystemRead", b"dup.txt");
+        check(libc::write(100, b"d".as_ptr().cast(), 1), "write dup");
+        s.expect("FilesystemWrite", b"dup.txt");
+        check(libc::close(100), "close dup");
+        s.expect("FilesystemRead", b"dup.txt");
+
+        // Hostile names: invalid UTF-8, newline, control character.
+        let hostile: &[u8] = b"bad\xff\nname\x01";
+        let fd = check(
+            libc::open(c(hostile).as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o644),
+            "hostile",
+        );
+        s.expect("FilesystemCreate", hostile);
+        check(libc::close(fd), "close");
+        s.expect("FilesystemRead", hostile);
+        check(libc::unlink(c(hostile).as_ptr()), "unlink hostile");
+        s.expect("FilesystemDelete", hostile);
+
+        // A path close to PATH_MAX, built from 200-byte components.
+        let mut long = Vec::new();
+        while s.root.len() + long.len() + 202 < 3900 {
+            if !long.is_empty() {
+                long.push(b'/');
+            }
+            long.extend(std::iter::repeat_n(b'd', 200));
+            check(libc::mkdir(c(&s.path(&long)).as_ptr(), 0o755), "mkdir long");
+            s.expect("FilesystemMkdir", &long.clone());
+        }
+        let mut long_file = long.clone();
+        long_file.extend_from_slice(b"/file");
+        let fd = check(
+            libc::open(c(&s.path(&long_file)).as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o644),
+            "open long",
+        );
+        assert!(s.path(&long_file).len() > 3800);
+        s.expect("FilesystemCreate", &long_file);
+        check(libc::close(fd), "close");
+        s.expect("FilesystemRead", &long_file);
+        // Longer than PATH_MAX: the kernel refuses it; the event says the path was cut.
+        let too_long: Vec<u8> = s.path(&vec![b'x'; 5000]);
+        assert_eq!(libc::open(c(&too_long).as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644), -1);
+        assert_eq!(errno(), libc::ENAMETOOLONG);
+        s.expect_failure("FilesystemCreate", &too_long[..4095], "ENAMETOOLONG");
+
+        // Failures.
+        assert_eq!(libc::unlink(c(b"missing").as_ptr()), -1);
+        s.expect_failure("FilesystemDelete", &s.path(b"missing"), "ENOENT");
+
+        // Removal, including unlinkat with AT_REMOVEDIR.
+        check(libc::unlink(c(b"sym").as_ptr()), "unlink sym");
+        s.expect("FilesystemDelete", b"sym");
+        check(libc::unlinkat(dirfd, c(b"hard").as_ptr(), 0), "unlinkat");
+        s.expect("FilesystemDelete", b"sub/hard");
+        check(libc::close(dirfd), "close dirfd");
+        s.expect("FilesystemRead", b"sub");
+        check(libc::unlinkat(libc::AT_FDCWD, c(b"sub").as_ptr(), libc::AT_REMOVEDIR), "unlinkat dir");
+        s.expect("FilesystemRmdir", b"sub");
+
+        // Mount and unmount inside the watched tree.
+        check(libc::mkdir(c(b"mnt").as_ptr(), 0o755), "mkdir mnt");
+        s.expect("FilesystemMkdir", b"mnt");
+        let mount_point = c(&s.path(b"mnt"));
+        check(
+            libc::mount(
+                c(b"vexevent-inner").as_ptr(),
+                mount_point.as_ptr(),
+                c(b"tmpfs").as_ptr(),
+                0,
+                std::ptr::null(),
+            ),
+            "mount",
+        );
+        s.expect_target("SystemMount", b"mnt", b"vexevent-inner".to_vec());
+        check(libc::umount2(mount_point.as_ptr(), 0), "umount");
+        s.expect("SystemUnmount", b"mnt");
+        check(libc::rmdir(c(b"mnt").as_ptr()), "rmdir");
+        s.expect("FilesystemRmdir", b"mnt");
+
+        check(libc::chdir(c(b"/").as_ptr()), "chdir /");
+    }
+    s
+}
+
+/// Operations outside the watched directory: must produce nothing.
+fn run_outside(dir: &Path) {
+    let file = dir.join("outside.txt");
+    std::fs::write(&file, b"nope").unwrap();
+    let _ = std::fs::read(&file).unwrap();
+    std::fs::rename(&file, dir.join("outside2.txt")).unwrap();
+    std::fs::remove_file(dir.join("outside2.txt")).unwrap();
+}
+
+fn summarize(event: &Value) -> Expected {
+    let fs = &event["context"]["filesystem"];
+    let leak = |s: &str| -> &'static str { Box::leak(s.to_owned().into_boxed_str()) };
+    Expected {
+        event_type: leak(event["event_type"].as_str().unwrap()),
+        path: event_path_bytes(&fs["path"]).unwrap_or_default(),
+        target: event_path_bytes(&fs["target_path"]),
+        error: event["result"]["error"].as_str().map(leak),
+    }
+}
+
+fn gettid() -> u64 {
+    // SAFETY: no preconditions.
+    u64::try_from(unsafe { libc::gettid() }).unwrap()
+}
+
+fn capture_scenario(mount: &Mount) {
+    let outside = tempfile::tempdir().unwrap();
+    let vexevent = Vexevent::start(&[&mount.path], &[]);
+    let script = run_script(&mount.path);
+    run_outside(outside.path());
+    // A child process with its cwd inside the watch: fork inherits the scope, the shell's relative
+    // redirect resolves against the inherited cwd.
+    let child = std::process::Command::new("sh")
+        .args(["-c", "echo child > child.txt"])
+        .current_dir(&mount.path)
+        .status()
+        .unwrap();
+    assert!(child.success());
+    let child_path = bytes(&mount.path.join("child.txt"));
+    vexevent.wait_for("the child's write", Duration::from_secs(30), |events| {
+        events.iter().any(|e| {
+            e["event_type"] == "FilesystemWrite"
+                && event_path_bytes(&e["context"]["filesystem"]["path"]).as_deref() == Some(&child_path[..])
+        })
+    });
+    let finished = vexevent.stop();
+    assert!(finished.exit_ok, "vexevent exit status: {:?}", finished.stderr);
+
+    // Exactly the scripted events, in order, for this thread.
+    let tid = gettid();
+    let ours: Vec<&Value> =
+        finished.events.iter().filter(|e| e["process"]["tid"].as_u64() == Some(tid)).collect();
+    let actual: Vec<Expected> = ours.iter().map(|e| summarize(e)).collect();
+    for (i, (a, e)) in actual.iter().zip(&script.expected).enumerate() {
+        assert_eq!(a, e, "event {i} differs: {}", ours[i]);
+    }
+    assert_eq!(
+        actual.len(),
+        script.expected.len(),
+        "event count; extra: {:?}",
+        actual.get(script.expected.len()..)
+    );
+
+    // Field details.
+    let find = |event_type: &str, subtype: &str| -> &Value {
+        ours.iter()
+            .find(|e| e["event_type"] == event_type && e["event_subtype"] == subtype)
+            .unwrap_or_else(|| panic!("no {event_type}/{subtype} event"))
+    };
+    let pid = u64::from(std::process::id());
+    for event in &ours {
+        assert_eq!(event["process"]["pid"].as_u64(), Some(pid));
+        assert!(event["timestamp"]["wall_ns"].as_u64().unwrap() > 1_600_000_000_000_000_000);
+        assert!(event["event_type_code"].as_u64().unwrap() >> 8 > 0);
+    }
+    assert_eq!(find("FilesystemCreate", "openat")["event_type_code"], 0x0101);
+    assert_eq!(find("FilesystemWrite", "write")["context"]["filesystem"]["bytes"], 5);
+    assert_eq!(find("FilesystemWrite", "pwrite64")["context"]["filesystem"]["offset"], 10);
+    assert_eq!(find("FilesystemTruncate", "ftruncate")["context"]["filesystem"]["size"], 3);
+    assert_eq!(find("FilesystemChmod", "fchmod")["context"]["filesystem"]["mode"], "600");
+    assert_eq!(find("FilesystemChown", "chown")["context"]["filesystem"]["uid"], 1000);
+    assert_eq!(find("FilesystemMkdir", "mkdir")["context"]["filesystem"]["mode"], "755");
+    assert_eq!(find("FilesystemWrite", "fsetxattr")["context"]["filesystem"]["xattr_name"], "user.test");
+    assert_eq!(find("FilesystemRmdir", "unlinkat")["event_type_code"], 0x010A);
+    let vector = find("VectorSearch", "KNN_SEARCH");
+    assert_eq!(vector["event_type_code"], 0x0304);
+    assert_eq!(vector["context"]["vector"]["dimensions"], 128);
+    assert_eq!(vector["context"]["vector"]["k"], 10);
+    assert_eq!(vector["context"]["vector"]["metric"], 1);
+    let error = ours.iter().find(|e| e["event_type"] == "ObservabilityErrorReported").unwrap();
+    assert!(error["parent_event_id"].as_u64().is_some());
+    assert_eq!(error["event_type_code"], 0x0808);
+    let created = find("FilesystemCreate", "openat");
+    assert!(created["context"]["filesystem"]["inode_number"].as_u64().unwrap() > 0);
+    assert_eq!(created["context"]["filesystem"]["file_type"], "regular");
+    assert!(created["duration_ns"].as_u64().unwrap() > 0);
+    let hostile = ours.iter().find(|e| e["context"]["filesystem"]["path"].is_object()).unwrap();
+    assert!(hostile["context"]["filesystem"]["path"]["lossy"]
+        .as_str()
+        .unwrap()
+        .ends_with("bad\u{fffd}\nname\u{1}"));
+    let cut = ours.iter().find(|e| e["result"]["error"] == "ENAMETOOLONG").unwrap();
+    assert_eq!(cut["context"]["filesystem"]["path_truncated"], true);
+
+    // The child: its relative redirect resolved against the cwd it was started in.
+    let child_events: Vec<&Value> = finished
+        .events
+        .iter()
+        .filter(|e| event_path_bytes(&e["context"]["filesystem"]["path"]).as_deref() == Some(&child_path[..]))
+        .collect();
+    assert!(child_events
+        .iter()
+        .any(|e| e["event_type"] == "FilesystemCreate" && e["process"]["comm"] == "sh"));
+    assert!(child_events.iter().all(|e| e["process"]["pid"].as_u64() != Some(pid)));
+
+    // Nothing from outside the watch reached userspace.
+    let outside_bytes = bytes(outside.path());
+    for event in &finished.events {
+        let path = event_path_bytes(&event["context"]["filesystem"]["path"]).unwrap_or_default();
+        assert!(!path.starts_with(&outside_bytes), "event outside the watch: {event}");
+        assert!(path.starts_with(&bytes(&mount.path)), "event outside the watch: {event}");
+    }
+
+    // Every event delivered, nothing lost, the output stream contiguous.
+    let stats = &finished.stats;
+    assert_eq!(stats["final_snapshot"], true, "{stats}");
+    assert_eq!(stats["loss"]["missing_by_sequence"], 0, "{stats}");
+    assert_eq!(stats["loss"]["lost_ring_full"], 0, "{stats}");
+    assert_eq!(stats["loss"]["decode_errors"], 0, "{stats}");
+    assert_eq!(stats["userspace"]["events_delivered"].as_u64(), Some(finished.events.len() as u64));
+    assert!(stats["kernel"]["filtered_scope"].as_u64().unwrap() > 0, "kernel scope filter counted: {stats}");
+    for (i, event) in finished.events.iter().enumerate() {
+        assert_eq!(event["global_sequence"].as_u64(), Some(i as u64));
+    }
+    assert!(finished.stderr.iter().any(|l| l.contains("final stats")), "{:?}", finished.stderr);
+}
+
+#[test]
+fn captures_every_operation_on_tmpfs() {
+    if !root_or_skip("captures_every_operation_on_tmpfs") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    capture_scenario(&Mount::tmpfs());
+}
+
+#[test]
+fn captures_every_operation_on_ext4() {
+    if !root_or_skip("captures_every_operation_on_ext4") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    capture_scenario(&Mount::ext4());
+}
+
+#[test]
+fn kernel_filters_by_comm_and_operation_type() {
+    if !root_or_skip("kernel_filters_by_comm_and_operation_type") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mount = Mount::tmpfs();
+    let vexevent = Vexevent::start(&[&mount.path], &["--ops", "mkdir", "--comm", "mkdir"]);
+    let made = mount.path.join("by-mkdir");
+    assert!(std::process::Command::new("mkdir").arg(&made).status().unwrap().success());
+    // Same operation from another comm, and another operation type from the right comm.
+    std::fs::create_dir(mount.path.join("by-test")).unwrap();
+    std::fs::write(mount.path.join("file"), b"x").unwrap();
+    let made_bytes = bytes(&made);
+    vexevent.wait_for("the mkdir event", Duration::from_secs(30), |events| {
+        events.iter().any(|e| {
+            event_path_bytes(&e["context"]["filesystem"]["path"]).as_deref() == Some(&made_bytes[..])
+        })
+    });
+    let finished = vexevent.stop();
+    assert_eq!(finished.events.len(), 1, "{:?}", finished.events);
+    assert_eq!(finished.events[0]["event_type"], "FilesystemMkdir");
+    assert_eq!(finished.events[0]["process"]["comm"], "mkdir");
+    assert!(finished.stats["kernel"]["filtered_comm"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn bad_input_fails_with_one_clear_line() {
+    let exe = env!("CARGO_BIN_EXE_vexevent");
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(exe).args(args).output().unwrap();
+        (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    let (ok, err) = run(&["run", "--watch", "/no/such/dir"]);
+    assert!(!ok);
+    assert!(err.contains("watch path /no/such/dir does not exist"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[capture]\nwatch = [\"/tmp\"]\nbogus = 1\n").unwrap();
+    let (ok, err) = run(&["run", "--config", config.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("unknown field `bogus`") && err.contains("line 3"), "{err}");
+    let (ok, err) = run(&["run", "--ops", "open,frobnicate"]);
+    assert!(!ok);
+    assert!(err.contains("unknown operation type \"frobnicate\""), "{err}");
+    let (ok, err) = run(&["check-config", "../vexevent.example.toml"]);
+    assert!(ok, "{err}");
+    let (ok, help) = {
+        let output = std::process::Command::new(exe).args(["run", "--help"]).output().unwrap();
+        (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    assert!(ok && help.contains("--watch") && help.contains("Examples:"), "{help}");
+}

@@ -4,14 +4,14 @@
 /// Bytes reserved for each path. `PATH_MAX` is 4096 including the NUL, so every path the kernel
 /// accepts fits; a longer one (which the syscall rejects anyway) is flagged as truncated.
 pub const PATH_BUF: usize = 4096;
-/// Bytes of a VexFS ioctl argument struct captured at syscall exit (the largest field we decode
+/// Bytes of a `VexFS` ioctl argument struct captured at syscall exit (the largest field we decode
 /// ends at byte 48 of the user struct; see design/vexfs.md).
 pub const IOCTL_ARG_BYTES: usize = 64;
 /// `TASK_COMM_LEN` in the kernel.
 pub const COMM_LEN: usize = 16;
 /// Bytes of a path the in-kernel prefix trie looks at. Watch prefixes must be shorter.
 pub const PREFIX_KEY_BYTES: usize = 256;
-/// Number of syscall arguments on x86_64.
+/// Number of syscall arguments on `x86_64`.
 pub const SYSCALL_ARGS: usize = 6;
 
 /// `RecordHeader::flags` bits.
@@ -35,7 +35,7 @@ pub mod record_flags {
 pub struct RecordHeader {
     /// Sequence number of this record in its shard (the CPU that produced it), from 0.
     pub seq: u64,
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) at syscall enter.
+    /// `bpf_ktime_get_ns` (`CLOCK_MONOTONIC`) at syscall enter.
     pub enter_ns: u64,
     /// `bpf_ktime_get_ns` at syscall exit.
     pub exit_ns: u64,
@@ -49,7 +49,7 @@ pub struct RecordHeader {
     pub tid: u32,
     pub uid: u32,
     pub gid: u32,
-    /// x86_64 syscall number.
+    /// `x86_64` syscall number.
     pub syscall_nr: u32,
     /// An [`crate::OpKind`] value.
     pub op: u32,
@@ -70,7 +70,7 @@ pub const RECORD_HEADER_SIZE: usize = core::mem::size_of::<RecordHeader>();
 pub const RECORD_MAX_SIZE: usize = RECORD_HEADER_SIZE + 2 * PATH_BUF;
 
 const _: () = assert!(RECORD_HEADER_SIZE == 200);
-const _: () = assert!(RECORD_HEADER_SIZE % 8 == 0);
+const _: () = assert!(RECORD_HEADER_SIZE.is_multiple_of(8));
 
 /// Scratch space a probe assembles a record in before copying it to the ring.
 #[repr(C)]
@@ -100,7 +100,7 @@ pub struct SyscallSpec {
     pub dirfd2_arg: u8,
     /// Argument index of the fd the operation acts on, or [`crate::NO_ARG`].
     pub fd_arg: u8,
-    pub _pad: [u8; 3],
+    pub padding: [u8; 3],
 }
 
 const _: () = assert!(core::mem::size_of::<SyscallSpec>() == 16);
@@ -125,7 +125,7 @@ pub struct ProbeConfig {
     pub comm_filter: [u8; COMM_LEN],
     /// Offset of `child_pid` in the `sched_process_fork` tracepoint record (read from tracefs).
     pub fork_child_pid_offset: u32,
-    pub _pad: u32,
+    pub padding: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 56);

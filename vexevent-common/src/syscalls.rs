@@ -1,4 +1,4 @@
-//! Operation kinds and the table of traced x86_64 syscalls: which argument is a path, a directory
+//! Operation kinds and the table of traced `x86_64` syscalls: which argument is a path, a directory
 //! fd or an fd. The loader writes it into `SYSCALL_SPECS`; the probes read it; userspace decodes
 //! with it. One table, so the two sides cannot drift.
 
@@ -133,14 +133,14 @@ pub mod spec_flags {
     pub const DUPLICATES_FD: u32 = 1 << 3;
     /// Sets the cwd to path 1 (chdir) or to the fd argument (fchdir).
     pub const SETS_CWD: u32 = 1 << 4;
-    /// The probe copies the ioctl argument struct when the ioctl type is VexFS's.
+    /// The probe copies the ioctl argument struct when the ioctl type is `VexFS`'s.
     pub const IOCTL: u32 = 1 << 5;
 }
 
 /// One row of the syscall table.
 #[derive(Clone, Copy, Debug)]
 pub struct SyscallEntry {
-    /// x86_64 syscall number.
+    /// `x86_64` syscall number.
     pub nr: u32,
     /// Kernel name of the syscall (its `syscalls/sys_enter_<name>` tracepoint; umount2 is `umount`).
     pub name: &'static str,
@@ -166,7 +166,7 @@ const fn entry(
             path2_arg: paths[2],
             dirfd2_arg: paths[3],
             fd_arg,
-            _pad: [0; 3],
+            padding: [0; 3],
         },
     }
 }
@@ -181,7 +181,7 @@ const P1D0: [u8; 4] = [1, 0, N, N];
 
 use spec_flags::{CLOSES_FD, DUPLICATES_FD, IOCTL, PATH2_IS_TEXT, RET_IS_NEW_FD, SETS_CWD};
 
-/// Every traced syscall (x86_64 numbers). Tracepoints missing on a kernel are reported and skipped.
+/// Every traced syscall (`x86_64` numbers). Tracepoints missing on a kernel are reported and skipped.
 pub const SYSCALLS: &[SyscallEntry] = &[
     entry(0, "read", OpKind::Read, 0, NP, 0),
     entry(1, "write", OpKind::Write, 0, NP, 0),

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use vexevent_common::{
-    KERNEL_STAT_COUNT, KernelStat, PrefixKey, ProbeConfig, RecordBuf, SYSCALL_ARGS, SyscallSpec,
+    KernelStat, PrefixKey, ProbeConfig, RecordBuf, SyscallSpec, KERNEL_STAT_COUNT, SYSCALL_ARGS,
 };
 
 /// Default ring size; the loader sets the configured size at load time.

@@ -1,14 +1,14 @@
 //! `sched/sched_process_fork`: a child inherits its parent's cwd, so it inherits its cwd scope.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_get_smp_processor_id, bpf_get_current_comm},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::tracepoint,
     programs::TracePointContext,
 };
 use vexevent_common::{KernelStat, OpKind, RECORD_HEADER_SIZE};
 
 use crate::{
-    maps::{CONFIG, SCRATCH, count, next_seq},
+    maps::{count, next_seq, CONFIG, SCRATCH},
     scope::{cwd_in_scope, mark_cwd},
     syscalls::submit,
 };

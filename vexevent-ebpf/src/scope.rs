@@ -1,7 +1,7 @@
 //! Answers "is this watched?" for an fd, a cwd or a path, from the scope maps.
 
 use aya_ebpf::helpers::bpf_probe_read_kernel_buf;
-use vexevent_common::{PATH_BUF, PREFIX_KEY_BYTES, ProbeConfig, fd_scope_key};
+use vexevent_common::{fd_scope_key, ProbeConfig, PATH_BUF, PREFIX_KEY_BYTES};
 
 use crate::maps::{CWD_SCOPE, FD_SCOPE, PREFIX_SCRATCH, WATCH_PREFIXES};
 

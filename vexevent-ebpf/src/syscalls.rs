@@ -6,20 +6,20 @@
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_probe_read_user_buf,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_get_smp_processor_id,
+        bpf_ktime_get_ns, bpf_probe_read_user_buf,
         generated::{bpf_probe_read_user, bpf_probe_read_user_str, bpf_ringbuf_output},
     },
     macros::tracepoint,
     programs::TracePointContext,
 };
 use vexevent_common::{
-    IOCTL_ARG_BYTES, KernelStat, NO_ARG, PATH_BUF, ProbeConfig, RECORD_HEADER_SIZE, RecordBuf,
-    SYSCALL_ARGS, SyscallSpec, record_flags, spec_flags,
+    record_flags, spec_flags, KernelStat, ProbeConfig, RecordBuf, SyscallSpec, IOCTL_ARG_BYTES, NO_ARG,
+    PATH_BUF, RECORD_HEADER_SIZE, SYSCALL_ARGS,
 };
 
 use crate::{
-    maps::{CONFIG, EVENTS, INFLIGHT, Inflight, PID_FILTER, SCRATCH, SYSCALL_SPECS, count, next_seq},
+    maps::{count, next_seq, Inflight, CONFIG, EVENTS, INFLIGHT, PID_FILTER, SCRATCH, SYSCALL_SPECS},
     scope::{fd_in_scope, mark_cwd, mark_fd, path_in_scope},
 };
 
@@ -120,10 +120,12 @@ fn on_enter(ctx: &TracePointContext) -> Option<()> {
             return None;
         }
     }
-    let inflight = Inflight { nr, _pad: 0, // SAFETY: no preconditions.
+    let inflight = Inflight {
+        nr,
+        _pad: 0, // SAFETY: no preconditions.
         enter_ns: unsafe { bpf_ktime_get_ns() },
         args,
-     };
+    };
     if INFLIGHT.insert((pid_tgid & 0xffff_ffff) as u32, inflight, 0).is_err() {
         count(KernelStat::LostInflightFull);
     }
@@ -137,9 +139,8 @@ const DUP_NR: u32 = 32;
 #[inline(always)]
 fn read_user_path(src: u64, dst: &mut [u8; PATH_BUF], truncated: u32, fault: u32) -> (usize, u32) {
     // SAFETY: `dst` is PATH_BUF writable bytes; the helper bounds the copy and faults safely.
-    let copied = unsafe {
-        bpf_probe_read_user_str(dst.as_mut_ptr().cast(), PATH_BUF as u32, src as *const _)
-    };
+    let copied =
+        unsafe { bpf_probe_read_user_str(dst.as_mut_ptr().cast(), PATH_BUF as u32, src as *const _) };
     if copied <= 0 {
         count(KernelStat::PathFaults);
         return (0, fault);

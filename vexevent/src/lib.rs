@@ -1,4 +1,4 @@
-//! vexevent: captures file-system events with eBPF and propagates them as VexFS semantic events.
+//! vexevent: captures file-system events with eBPF and propagates them as `VexFS` semantic events.
 //!
 //! Data flows one way: `loader` attaches the probes, `capture` drains their ring buffers,
 //! `translate` turns records into [`event::SemanticEvent`]s, `sinks` write them out; `telemetry`

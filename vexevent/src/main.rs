@@ -20,7 +20,7 @@ Examples:
 Stop with Ctrl-C (SIGINT) or SIGTERM: vexevent drains every captured event, prints final stats
 to stderr and exits 0. SIGUSR1 prints the current stats.";
 
-/// Capture file-system events with eBPF and emit them as VexFS semantic events (JSON Lines).
+/// Capture file-system events with eBPF and emit them as `VexFS` semantic events (JSON Lines).
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None, propagate_version = true)]
 struct Cli {
@@ -141,7 +141,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Stats { stats_file, json } => {
             let snapshot = app::read_stats_file(&stats_file).with_context(|| {
-                format!("cannot read stats file {} (is `vexevent run` running, or was it given --stats-file?)", stats_file.display())
+                format!(
+                    "cannot read stats file {} (is `vexevent run` running, or was it given --stats-file?)",
+                    stats_file.display()
+                )
             })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&snapshot)?);

@@ -1,1 +1,129 @@
-fn main(){}
+//! Developer tasks: `cargo xtask build-ebpf` builds the eBPF object alone and reports its
+//! programs and sizes; `cargo xtask bench` runs every benchmark.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SectionKind};
+
+/// Bytes per eBPF instruction.
+const BPF_INSN_BYTES: u64 = 8;
+
+#[derive(Parser)]
+#[command(about = "vexevent developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build the eBPF object (vexevent-ebpf) alone and print its programs, maps and sizes.
+    BuildEbpf {
+        /// Build with the debug profile instead of release.
+        #[arg(long)]
+        debug: bool,
+    },
+    /// Run the benchmarks: end-to-end capture overhead (needs root) and per-stage criterion runs.
+    Bench,
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    let status = command.status().with_context(|| format!("cannot start {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn build_ebpf(debug: bool) -> anyhow::Result<()> {
+    let root = workspace_root();
+    let mut cargo = Command::new("cargo");
+    cargo
+        .current_dir(&root)
+        .args(["+nightly", "build", "--package", "vexevent-ebpf", "--target", "bpfel-unknown-none"])
+        .args(["-Z", "build-std=core"])
+        // The same flags aya-build passes when vexevent/build.rs embeds the object.
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "--cfg=bpf_target_arch=\"x86_64\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf",
+        )
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    if !debug {
+        cargo.arg("--release");
+    }
+    run(&mut cargo).context("building the eBPF object (is bpf-linker installed? run scripts/setup.sh)")?;
+    let profile = if debug { "debug" } else { "release" };
+    let object_path = root.join("target/bpfel-unknown-none").join(profile).join("vexevent-probes");
+    report(&object_path)
+}
+
+/// Prints the object's programs (with instruction counts) and maps.
+fn report(path: &Path) -> anyhow::Result<()> {
+    let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file = object::File::parse(&*data).context("the eBPF object is not valid ELF")?;
+    println!("{} ({} bytes)", path.display(), data.len());
+    println!("programs:");
+    for symbol in file.symbols().filter(|s| s.kind() == object::SymbolKind::Text && s.size() > 0) {
+        let section = symbol.section_index().and_then(|i| file.section_by_index(i).ok());
+        let section_name = section.as_ref().and_then(|s| s.name().ok()).unwrap_or("?");
+        if section_name == ".text" {
+            continue;
+        }
+        println!(
+            "  {:<28} {:<28} {:>6} bytes {:>6} instructions",
+            symbol.name().unwrap_or("?"),
+            section_name,
+            symbol.size(),
+            symbol.size() / BPF_INSN_BYTES
+        );
+    }
+    if let Some(text) = file.section_by_name(".text").filter(|s| s.size() > 0) {
+        println!("  {:<28} {:<28} {:>6} bytes (shared functions)", "(.text)", ".text", text.size());
+    }
+    println!("maps:");
+    for symbol in file.symbols().filter(|s| s.kind() == object::SymbolKind::Data) {
+        let section = symbol.section_index().and_then(|i| file.section_by_index(i).ok());
+        if section
+            .as_ref()
+            .is_some_and(|s| s.name().is_ok_and(|n| n == "maps") && s.kind() != SectionKind::Text)
+        {
+            println!("  {}", symbol.name().unwrap_or("?"));
+        }
+    }
+    Ok(())
+}
+
+fn bench() -> anyhow::Result<()> {
+    let root = workspace_root();
+    run(Command::new("cargo").current_dir(&root).args([
+        "bench",
+        "--package",
+        "vexevent",
+        "--bench",
+        "capture_overhead",
+    ]))?;
+    run(Command::new("cargo").current_dir(&root).args([
+        "bench",
+        "--package",
+        "vexevent",
+        "--bench",
+        "stages",
+    ]))
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::BuildEbpf { debug } => build_ebpf(debug),
+        Task::Bench => bench(),
+    }
+}

@@ -7,15 +7,15 @@ pub use stats_file::{read_stats_file, write_stats_file};
 
 use std::{
     sync::{
-        Arc,
         atomic::{AtomicBool, Ordering},
+        Arc,
     },
     thread,
     time::{Duration, Instant},
 };
 
 use crossbeam_channel::Receiver;
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
     capture::{Batch, RingDrainer},
@@ -37,7 +37,11 @@ pub enum AppError {
     #[error(transparent)]
     Sink(#[from] crate::sinks::SinkError),
     #[error("cannot start the {what}: {source}")]
-    Start { what: &'static str, #[source] source: std::io::Error },
+    Start {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Runs capture until SIGINT or SIGTERM, then drains and returns the final stats.
@@ -69,7 +73,8 @@ pub fn run(settings: &Settings) -> Result<StatsSnapshot, AppError> {
             .spawn(move || drainer.run(interval, &stop, &batches_tx))
             .map_err(|source| AppError::Start { what: "capture thread", source })?
     };
-    let translator = Translator::new(TranslateOptions { scope: settings.scope.clone(), ops: settings.ops.clone() });
+    let translator =
+        Translator::new(TranslateOptions { scope: settings.scope.clone(), ops: settings.ops.clone() });
     let pipeline = {
         let counters = Arc::clone(&counters);
         thread::Builder::new()
@@ -80,7 +85,13 @@ pub fn run(settings: &Settings) -> Result<StatsSnapshot, AppError> {
     let watching = if settings.scope.watches_all() {
         "everything".to_owned()
     } else {
-        settings.scope.dirs().iter().map(|d| String::from_utf8_lossy(d).into_owned()).collect::<Vec<_>>().join(", ")
+        settings
+            .scope
+            .dirs()
+            .iter()
+            .map(|d| String::from_utf8_lossy(d).into_owned())
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     eprintln!("vexevent: ready: watching {watching} (pid {})", std::process::id());
 
@@ -93,9 +104,7 @@ pub fn run(settings: &Settings) -> Result<StatsSnapshot, AppError> {
         .enable_all()
         .build()
         .map_err(|source| AppError::Start { what: "signal runtime", source })?;
-    runtime.block_on(async {
-        wait_for_shutdown(settings, || snapshot(&probes)).await
-    })?;
+    runtime.block_on(async { wait_for_shutdown(settings, || snapshot(&probes)).await })?;
 
     // Orderly shutdown: no new records, then drain what the ring holds, then flush the sink.
     probes.detach();
@@ -116,8 +125,12 @@ pub fn run(settings: &Settings) -> Result<StatsSnapshot, AppError> {
 
 /// Waits for SIGINT/SIGTERM; prints stats on SIGUSR1 and every stats interval; keeps the stats
 /// file current.
-async fn wait_for_shutdown(settings: &Settings, snapshot: impl Fn() -> StatsSnapshot) -> Result<(), AppError> {
-    let start = |kind: SignalKind| signal(kind).map_err(|source| AppError::Start { what: "signal handler", source });
+async fn wait_for_shutdown(
+    settings: &Settings,
+    snapshot: impl Fn() -> StatsSnapshot,
+) -> Result<(), AppError> {
+    let start =
+        |kind: SignalKind| signal(kind).map_err(|source| AppError::Start { what: "signal handler", source });
     let mut interrupt = start(SignalKind::interrupt())?;
     let mut terminate = start(SignalKind::terminate())?;
     let mut user1 = start(SignalKind::user_defined1())?;
@@ -153,7 +166,12 @@ fn report_hooks(probes: &Probes) {
 }
 
 /// The pipeline thread: translate each batch and hand it to the sink, until capture ends.
-fn translate_and_write(batches: &Receiver<Batch>, mut translator: Translator, mut sink: JsonLinesSink, counters: &Counters) {
+fn translate_and_write(
+    batches: &Receiver<Batch>,
+    mut translator: Translator,
+    mut sink: JsonLinesSink,
+    counters: &Counters,
+) {
     let mut events = Vec::new();
     for batch in batches {
         events.clear();

@@ -1,7 +1,7 @@
 //! Turns the bytes of one ring-buffer record into a [`RawRecord`], checking every length first.
 
 use vexevent_common::{
-    NO_ARG, OpKind, PATH_BUF, RECORD_HEADER_SIZE, RecordHeader, spec_flags, syscall_by_nr,
+    spec_flags, syscall_by_nr, OpKind, RecordHeader, NO_ARG, PATH_BUF, RECORD_HEADER_SIZE,
 };
 
 /// A validated kernel record: its header and the paths it carries.
@@ -62,8 +62,8 @@ pub fn decode(bytes: &[u8]) -> Result<RawRecord, DecodeError> {
     let (has_path1, has_path2, text2) = if op == OpKind::Fork {
         (false, false, false)
     } else {
-        let entry = syscall_by_nr(header.syscall_nr)
-            .ok_or(DecodeError::UnknownSyscall { nr: header.syscall_nr })?;
+        let entry =
+            syscall_by_nr(header.syscall_nr).ok_or(DecodeError::UnknownSyscall { nr: header.syscall_nr })?;
         (
             entry.spec.path1_arg != NO_ARG,
             entry.spec.path2_arg != NO_ARG,
@@ -76,24 +76,14 @@ pub fn decode(bytes: &[u8]) -> Result<RawRecord, DecodeError> {
         }
     }
     let path1_end = RECORD_HEADER_SIZE + header.path1_len as usize;
-    let expected = if has_path2 {
-        RECORD_HEADER_SIZE + PATH_BUF + header.path2_len as usize
-    } else {
-        path1_end
-    };
+    let expected =
+        if has_path2 { RECORD_HEADER_SIZE + PATH_BUF + header.path2_len as usize } else { path1_end };
     if bytes.len() != expected {
         return Err(DecodeError::LengthMismatch { expected, actual: bytes.len() });
     }
     let path1 = has_path1.then(|| bytes[RECORD_HEADER_SIZE..path1_end].to_vec());
     let path2 = has_path2.then(|| bytes[RECORD_HEADER_SIZE + PATH_BUF..expected].to_vec());
-    Ok(RawRecord {
-        header,
-        op,
-        path1,
-        path2,
-        text2,
-        size: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
-    })
+    Ok(RawRecord { header, op, path1, path2, text2, size: u32::try_from(bytes.len()).unwrap_or(u32::MAX) })
 }
 
 /// Encodes a record the way the probes lay it out (for tests, replay and benchmarks).
@@ -104,9 +94,8 @@ pub fn encode(header: &RecordHeader, path1: &[u8], path2: Option<&[u8]>) -> Vec<
     header.path2_len = path2.map_or(0, |p| u32::try_from(p.len()).unwrap_or(u32::MAX));
     // SAFETY: `RecordHeader` is `#[repr(C)]` plain data without padding bytes (size asserted in
     // vexevent-common), so viewing it as bytes is sound.
-    let header_bytes = unsafe {
-        std::slice::from_raw_parts(std::ptr::from_ref(&header).cast::<u8>(), RECORD_HEADER_SIZE)
-    };
+    let header_bytes =
+        unsafe { std::slice::from_raw_parts(std::ptr::from_ref(&header).cast::<u8>(), RECORD_HEADER_SIZE) };
     let mut bytes = header_bytes.to_vec();
     bytes.extend_from_slice(path1);
     if let Some(path2) = path2 {
@@ -165,14 +154,12 @@ mod tests {
         bad_op.op = 999;
         assert_eq!(decode(&encode(&bad_op, b"", None)), Err(DecodeError::UnknownOp { op: 999 }));
         let unknown_nr = header(9999, OpKind::Open);
-        assert_eq!(
-            decode(&encode(&unknown_nr, b"", None)),
-            Err(DecodeError::UnknownSyscall { nr: 9999 })
-        );
+        assert_eq!(decode(&encode(&unknown_nr, b"", None)), Err(DecodeError::UnknownSyscall { nr: 9999 }));
+        let too_long = u32::try_from(PATH_BUF).unwrap();
         let mut long = open.clone();
         long[RECORD_HEADER_SIZE - IOCTL_ARG_BYTES - COMM_LEN - 8..][..4]
-            .copy_from_slice(&(PATH_BUF as u32).to_ne_bytes());
-        assert_eq!(decode(&long), Err(DecodeError::PathTooLong { len: PATH_BUF as u32 }));
+            .copy_from_slice(&too_long.to_ne_bytes());
+        assert_eq!(decode(&long), Err(DecodeError::PathTooLong { len: too_long }));
     }
 
     #[test]

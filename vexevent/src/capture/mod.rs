@@ -4,14 +4,14 @@
 mod decode;
 mod sequence;
 
-pub use decode::{DecodeError, RawRecord, decode, encode};
+pub use decode::{decode, encode, DecodeError, RawRecord};
 pub use sequence::SequenceTracker;
 
 use std::{
     os::fd::AsRawFd,
     sync::{
-        Arc,
         atomic::{AtomicBool, Ordering},
+        Arc,
     },
     time::Duration,
 };
@@ -19,7 +19,7 @@ use std::{
 use aya::maps::{MapData, RingBuf};
 use crossbeam_channel::Sender;
 
-use crate::telemetry::{Counters, add};
+use crate::telemetry::{add, Counters};
 
 /// A batch of records drained together.
 pub type Batch = Vec<RawRecord>;
@@ -58,8 +58,7 @@ impl RingDrainer {
 
     /// Waits until the kernel signals data or `timeout` passes.
     fn wait(&self, timeout: Duration) {
-        let mut poll_fd =
-            libc::pollfd { fd: self.ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut poll_fd = libc::pollfd { fd: self.ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
         // SAFETY: one valid pollfd for the duration of the call.
         unsafe { libc::poll(&raw mut poll_fd, 1, millis) };

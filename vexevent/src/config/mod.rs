@@ -113,11 +113,19 @@ pub const DEFAULT_STATS_FILE: &str = "/run/vexevent/stats.json";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, #[source] source: std::io::Error },
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("watch path {path} does not exist or is not accessible ({source}); create it or fix the path")]
-    WatchMissing { path: PathBuf, #[source] source: std::io::Error },
+    WatchMissing {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("watch path {path} is not a directory; watch the directory that contains it")]
     WatchNotDirectory { path: PathBuf },
     #[error("watch path {path} is {len} bytes long; the kernel matches at most {max} bytes of a prefix")]
@@ -183,7 +191,11 @@ impl Config {
             let bytes = canonical.as_os_str().as_bytes().to_vec();
             // Room for the trailing '/' or NUL the kernel's trie entries carry.
             if bytes.len() + 1 > PREFIX_KEY_BYTES {
-                return Err(ConfigError::WatchTooLong { path: path.clone(), len: bytes.len(), max: PREFIX_KEY_BYTES - 1 });
+                return Err(ConfigError::WatchTooLong {
+                    path: path.clone(),
+                    len: bytes.len(),
+                    max: PREFIX_KEY_BYTES - 1,
+                });
             }
             watch_dirs.push(bytes);
         }

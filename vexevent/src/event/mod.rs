@@ -1,4 +1,4 @@
-//! The domain model every stage meets at: [`SemanticEvent`], a VexFS semantic event with its
+//! The domain model every stage meets at: [`SemanticEvent`], a `VexFS` semantic event with its
 //! contexts, the process that caused it and the operation's result.
 
 mod path;
@@ -7,22 +7,22 @@ mod types;
 
 pub use path::PathBytes;
 pub use scope::WatchScope;
-pub use types::{EventType, Priority, flags};
+pub use types::{flags, EventType, Priority};
 
 use serde::Serialize;
 
 /// Version of the JSON shape of [`SemanticEvent`].
 pub const EVENT_VERSION: u16 = 1;
 
-/// One VexFS semantic event.
+/// One `VexFS` semantic event.
 #[derive(Clone, Debug, Serialize)]
 pub struct SemanticEvent {
     /// Unique within one vexevent run, increasing.
     pub event_id: u64,
     pub event_type: EventType,
-    /// `event_type`'s VexFS code.
+    /// `event_type`'s `VexFS` code.
     pub event_type_code: u16,
-    /// What produced it: the syscall name (`openat`, `unlinkat`, ...) or the VexFS ioctl name.
+    /// What produced it: the syscall name (`openat`, `unlinkat`, ...) or the `VexFS` ioctl name.
     pub event_subtype: String,
     pub timestamp: Timestamp,
     /// Position in this instance's output stream, from 0, contiguous.
@@ -50,7 +50,7 @@ pub struct SemanticEvent {
 pub struct Timestamp {
     /// Wall clock (Unix epoch) at syscall exit, in nanoseconds.
     pub wall_ns: u64,
-    /// CLOCK_MONOTONIC at syscall exit, in nanoseconds (the kernel's clock).
+    /// `CLOCK_MONOTONIC` at syscall exit, in nanoseconds (the kernel's clock).
     pub monotonic_ns: u64,
     /// CPU that produced the record (its shard).
     pub cpu: u32,
@@ -59,7 +59,7 @@ pub struct Timestamp {
     pub sequence: u64,
 }
 
-/// The contexts VexFS defines; only the ones that apply are present.
+/// The contexts `VexFS` defines; only the ones that apply are present.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Context {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -122,7 +122,7 @@ pub enum FileType {
     BlockDevice,
 }
 
-/// VexFS's vector context (from VexFS vector ioctls).
+/// `VexFS`'s vector context (from `VexFS` vector ioctls).
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct VectorContext {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -152,7 +152,7 @@ pub struct VectorContext {
     pub ioctl_cmd: String,
 }
 
-/// VexFS's observability context.
+/// `VexFS`'s observability context.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ObservabilityContext {
     pub metric_name: String,

@@ -7,7 +7,7 @@
 use std::{borrow::Cow, fmt};
 
 use base64::Engine as _;
-use serde::{Serialize, Serializer, ser::SerializeStruct};
+use serde::{ser::SerializeStruct, Serialize, Serializer};
 
 /// Raw bytes of a path or name.
 #[derive(Clone, PartialEq, Eq, Hash, Default)]
@@ -46,14 +46,13 @@ impl fmt::Debug for PathBytes {
 
 impl Serialize for PathBytes {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match std::str::from_utf8(&self.0) {
-            Ok(text) => serializer.serialize_str(text),
-            Err(_) => {
-                let mut object = serializer.serialize_struct("PathBytes", 2)?;
-                object.serialize_field("base64", &base64::engine::general_purpose::STANDARD.encode(&self.0))?;
-                object.serialize_field("lossy", &self.lossy())?;
-                object.end()
-            }
+        if let Ok(text) = std::str::from_utf8(&self.0) {
+            serializer.serialize_str(text)
+        } else {
+            let mut object = serializer.serialize_struct("PathBytes", 2)?;
+            object.serialize_field("base64", &base64::engine::general_purpose::STANDARD.encode(&self.0))?;
+            object.serialize_field("lossy", &self.lossy())?;
+            object.end()
         }
     }
 }
@@ -75,9 +74,8 @@ mod tests {
     fn non_utf8_is_base64_plus_lossy() {
         let path = PathBytes(b"/w/bad\xff\xfe".to_vec());
         let value = serde_json::to_value(&path).unwrap();
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(value["base64"].as_str().unwrap())
-            .unwrap();
+        let raw =
+            base64::engine::general_purpose::STANDARD.decode(value["base64"].as_str().unwrap()).unwrap();
         assert_eq!(raw, path.as_bytes());
         assert_eq!(value["lossy"], "/w/bad\u{fffd}\u{fffd}");
     }

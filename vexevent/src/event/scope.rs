@@ -25,9 +25,10 @@ impl WatchScope {
     #[must_use]
     pub fn contains(&self, path: &[u8]) -> bool {
         self.watches_all()
-            || self.dirs.iter().any(|dir| {
-                path.starts_with(dir) && (path.len() == dir.len() || path[dir.len()] == b'/')
-            })
+            || self
+                .dirs
+                .iter()
+                .any(|dir| path.starts_with(dir) && (path.len() == dir.len() || path[dir.len()] == b'/'))
     }
 
     /// The watched directories (empty when everything is watched).

@@ -1,11 +1,11 @@
-//! VexFS's semantic event types with their numeric codes (`category << 8 | n`), flags and
-//! priorities, kept identical to VexFS so its consumers can read our events unchanged.
+//! `VexFS`'s semantic event types with their numeric codes (`category << 8 | n`), flags and
+//! priorities, kept identical to `VexFS` so its consumers can read our events unchanged.
 
 use serde::{Serialize, Serializer};
 
 macro_rules! event_types {
     ($($variant:ident = $code:literal,)*) => {
-        /// A VexFS semantic event type. Serialized as its variant name (e.g. `FilesystemCreate`).
+        /// A `VexFS` semantic event type. Serialized as its variant name (e.g. `FilesystemCreate`).
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
         pub enum EventType {
             $($variant,)*
@@ -15,7 +15,7 @@ macro_rules! event_types {
             /// Every type, in code order.
             pub const ALL: &'static [EventType] = &[$(EventType::$variant,)*];
 
-            /// VexFS's numeric code.
+            /// `VexFS`'s numeric code.
             #[must_use]
             pub const fn code(self) -> u16 {
                 match self {
@@ -90,7 +90,7 @@ impl EventType {
     }
 }
 
-/// VexFS event flag bits.
+/// `VexFS` event flag bits.
 pub mod flags {
     pub const ATOMIC: u32 = 0x01;
     pub const TRANSACTIONAL: u32 = 0x02;
@@ -100,11 +100,11 @@ pub mod flags {
     pub const COMPRESSED: u32 = 0x20;
     pub const INDEXED: u32 = 0x40;
     pub const REPLICATED: u32 = 0x80;
-    /// VexFS's default: causal | agent-visible | deterministic | indexed.
+    /// `VexFS`'s default: causal | agent-visible | deterministic | indexed.
     pub const DEFAULT: u32 = 0x5C;
 }
 
-/// VexFS event priority.
+/// `VexFS` event priority.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Priority {
     Critical = 1,
@@ -131,7 +131,10 @@ mod tests {
         assert_eq!(EventType::VectorSearch.code(), 0x0304);
         assert_eq!(EventType::SystemOptimization.code(), 0x0506);
         assert_eq!(EventType::ObservabilityErrorReported.code(), 0x0808);
-        assert_eq!(flags::DEFAULT, flags::CAUSAL | flags::AGENT_VISIBLE | flags::DETERMINISTIC | flags::INDEXED);
+        assert_eq!(
+            flags::DEFAULT,
+            flags::CAUSAL | flags::AGENT_VISIBLE | flags::DETERMINISTIC | flags::INDEXED
+        );
     }
 
     #[test]

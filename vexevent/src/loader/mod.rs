@@ -8,13 +8,13 @@ mod tracefs;
 use std::collections::BTreeMap;
 
 use aya::{
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
+    programs::{trace_point::TracePointLinkId, TracePoint},
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{TracePoint, trace_point::TracePointLinkId},
 };
 use vexevent_common::{
-    COMM_LEN, KernelStat, OpKind, PREFIX_KEY_BYTES, PrefixKey, ProbeConfig, SYSCALLS, map_names,
-    program_names,
+    map_names, program_names, KernelStat, OpKind, PrefixKey, ProbeConfig, COMM_LEN, PREFIX_KEY_BYTES,
+    SYSCALLS,
 };
 
 pub use tracefs::TRACEFS;
@@ -45,9 +45,17 @@ pub enum LoaderError {
     #[error("the kernel rejected the eBPF object: {0}; vexevent needs BPF ring buffers (Linux 5.8+) and syscall tracepoints")]
     Load(#[source] Box<aya::EbpfError>),
     #[error("program {name} failed to load: {source}")]
-    Program { name: &'static str, #[source] source: Box<aya::programs::ProgramError> },
+    Program {
+        name: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
     #[error("map {name} is missing or has the wrong type: {source}")]
-    Map { name: &'static str, #[source] source: Box<aya::maps::MapError> },
+    Map {
+        name: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
     #[error("the syscall tracepoints could not be attached ({detail}); vexevent needs a kernel with CONFIG_FTRACE_SYSCALLS")]
     NoHooks { detail: String },
 }
@@ -127,17 +135,19 @@ impl Probes {
             uid_filter: settings.uid.unwrap_or(0),
             comm_filter_enabled: u32::from(settings.comm.is_some()),
             comm_filter,
-            fork_child_pid_offset: tracefs::field_offset("sched", "sched_process_fork", "child_pid").unwrap_or(0),
-            _pad: 0,
+            fork_child_pid_offset: tracefs::field_offset("sched", "sched_process_fork", "child_pid")
+                .unwrap_or(0),
+            padding: 0,
         };
         let mut config_map: Array<_, ProbeConfig> =
             Array::try_from(self.ebpf.map_mut(map_names::CONFIG).ok_or_else(missing(map_names::CONFIG))?)
                 .map_err(map_error(map_names::CONFIG))?;
         config_map.set(0, config, 0).map_err(map_error(map_names::CONFIG))?;
 
-        let mut pid_filter: HashMap<_, u32, u8> =
-            HashMap::try_from(self.ebpf.map_mut(map_names::PID_FILTER).ok_or_else(missing(map_names::PID_FILTER))?)
-                .map_err(map_error(map_names::PID_FILTER))?;
+        let mut pid_filter: HashMap<_, u32, u8> = HashMap::try_from(
+            self.ebpf.map_mut(map_names::PID_FILTER).ok_or_else(missing(map_names::PID_FILTER))?,
+        )
+        .map_err(map_error(map_names::PID_FILTER))?;
         for pid in &settings.pids {
             pid_filter.insert(pid, 1, 0).map_err(map_error(map_names::PID_FILTER))?;
         }
@@ -168,7 +178,9 @@ impl Probes {
             let program: &mut TracePoint = self
                 .ebpf
                 .program_mut(name)
-                .ok_or_else(|| LoaderError::NoHooks { detail: format!("program {name} missing from the object") })?
+                .ok_or_else(|| LoaderError::NoHooks {
+                    detail: format!("program {name} missing from the object"),
+                })?
                 .try_into()
                 .map_err(program_error(name))?;
             program.load().map_err(program_error(name))?;
@@ -244,7 +256,9 @@ impl Probes {
     /// Detaches every hook: no new records after this returns.
     pub fn detach(&mut self) {
         for (program, link) in self.links.drain(..) {
-            if let Some(program) = self.ebpf.program_mut(program).and_then(|p| <&mut TracePoint>::try_from(p).ok()) {
+            if let Some(program) =
+                self.ebpf.program_mut(program).and_then(|p| <&mut TracePoint>::try_from(p).ok())
+            {
                 if let Err(error) = program.detach(link) {
                     tracing::warn!(%error, "failed to detach a tracepoint");
                 }
@@ -273,5 +287,8 @@ impl Probes {
 }
 
 fn missing(name: &'static str) -> impl FnOnce() -> LoaderError {
-    move || LoaderError::Map { name, source: Box::new(aya::maps::MapError::InvalidName { name: name.to_owned() }) }
+    move || LoaderError::Map {
+        name,
+        source: Box::new(aya::maps::MapError::InvalidName { name: name.to_owned() }),
+    }
 }

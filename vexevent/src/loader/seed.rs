@@ -3,10 +3,10 @@
 
 use std::os::unix::ffi::OsStrExt;
 
-use aya::{Ebpf, maps::HashMap};
+use aya::{maps::HashMap, Ebpf};
 use vexevent_common::{fd_scope_key, map_names};
 
-use super::{LoaderError, ProbeSettings, map_error, missing};
+use super::{map_error, missing, LoaderError, ProbeSettings};
 
 fn watched(settings: &ProbeSettings, path: &[u8]) -> bool {
     path.first() == Some(&b'/') && settings.scope.contains(path)
@@ -32,7 +32,9 @@ pub(super) fn seed_scope(ebpf: &mut Ebpf, settings: &ProbeSettings) -> Result<()
         }
         let Ok(fd_entries) = std::fs::read_dir(entry.path().join("fd")) else { continue };
         for fd_entry in fd_entries.flatten() {
-            let Some(fd) = fd_entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            let Some(fd) = fd_entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
             if link_target(&fd_entry.path()).is_some_and(|target| watched(settings, &target)) {
                 fds.push(fd_scope_key(pid, fd));
             }

@@ -21,7 +21,9 @@ pub fn event_exists(category: &str, name: &str) -> bool {
 /// Offset of a field in a tracepoint's record, from its `format` file.
 #[must_use]
 pub fn field_offset(category: &str, name: &str, field: &str) -> Option<u32> {
-    let format = std::fs::read_to_string(Path::new(TRACEFS).join("events").join(category).join(name).join("format")).ok()?;
+    let format =
+        std::fs::read_to_string(Path::new(TRACEFS).join("events").join(category).join(name).join("format"))
+            .ok()?;
     parse_field_offset(&format, field)
 }
 

@@ -9,14 +9,18 @@ use std::{
 
 use crate::{
     event::SemanticEvent,
-    telemetry::{Counters, add},
+    telemetry::{add, Counters},
 };
 
 /// Why the sink could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("cannot open output file {path}: {source}; check the directory exists and is writable")]
-    Open { path: PathBuf, #[source] source: io::Error },
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Writes events as JSON Lines.

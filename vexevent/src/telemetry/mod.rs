@@ -8,8 +8,8 @@ pub use snapshot::{LossSummary, StatsSnapshot};
 use std::{
     collections::VecDeque,
     sync::{
-        Mutex,
         atomic::{AtomicU64, Ordering},
+        Mutex,
     },
 };
 

@@ -133,7 +133,14 @@ impl fmt::Display for StatsSnapshot {
             writeln!(f, "  filtered in kernel by reason: {}", details.join(" "))?;
         }
         for gap in &self.recent_gaps {
-            writeln!(f, "  gap: cpu {} seq {}..{} ({} records)", gap.cpu, gap.first, gap.first + gap.count - 1, gap.count)?;
+            writeln!(
+                f,
+                "  gap: cpu {} seq {}..{} ({} records)",
+                gap.cpu,
+                gap.first,
+                gap.first + gap.count - 1,
+                gap.count
+            )?;
         }
         Ok(())
     }

@@ -1,13 +1,13 @@
-//! VexFS vector ioctls (magic 'V'): which semantic event each one is and the fields of its user
+//! `VexFS` vector ioctls (magic 'V'): which semantic event each one is and the fields of its user
 //! struct (byte offsets from design/vexfs.md). Decoded on (type, nr) rather than the full command:
 //! kernel and userspace struct sizes differ for nr 22-26.
 
 use crate::event::{EventType, VectorContext};
 
-/// ioctl type of VexFS vector ioctls.
+/// ioctl type of `VexFS` vector ioctls.
 pub const VEXFS_VECTOR_MAGIC: u8 = b'V';
 
-/// A decoded VexFS ioctl.
+/// A decoded `VexFS` ioctl.
 #[derive(Debug, PartialEq)]
 pub struct VexfsIoctl {
     pub name: &'static str,
@@ -23,7 +23,7 @@ fn u64_at(arg: &[u8], offset: usize) -> Option<u64> {
     arg.get(offset..offset + 8).and_then(|b| b.try_into().ok()).map(u64::from_ne_bytes)
 }
 
-/// Decodes a VexFS vector ioctl. `arg` is the captured start of its argument struct (None when
+/// Decodes a `VexFS` vector ioctl. `arg` is the captured start of its argument struct (None when
 /// it could not be read); output fields are only reported when the call succeeded.
 #[must_use]
 pub fn decode_vexfs_ioctl(cmd: u64, arg: Option<&[u8]>, succeeded: bool) -> Option<VexfsIoctl> {

@@ -1,5 +1,5 @@
 //! The only code that turns kernel records into [`SemanticEvent`]s: resolves paths against the
-//! process's cwd and fds, picks the VexFS event type, fills the contexts, and derives
+//! process's cwd and fds, picks the `VexFS` event type, fills the contexts, and derives
 //! `ObservabilityErrorReported` for failed operations.
 
 mod errno;
@@ -8,24 +8,24 @@ mod paths;
 mod process;
 
 pub use errno::errno_name;
-pub use ioctl::{VexfsIoctl, decode_vexfs_ioctl};
+pub use ioctl::{decode_vexfs_ioctl, VexfsIoctl};
 pub use paths::{normalize, resolve};
-pub use process::{FileInfo, ProcessTable, stat_path};
+pub use process::{stat_path, FileInfo, ProcessTable};
 
 use std::{
     collections::HashSet,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use vexevent_common::{NO_ARG, OpKind, RecordHeader, record_flags, syscall_by_nr};
+use vexevent_common::{record_flags, syscall_by_nr, OpKind, RecordHeader, NO_ARG};
 
 use crate::{
     capture::RawRecord,
     event::{
-        Context, EVENT_VERSION, EventType, FilesystemContext, ObservabilityContext, OpResult,
-        PathBytes, Priority, ProcessInfo, SemanticEvent, Timestamp, WatchScope, flags,
+        flags, Context, EventType, FilesystemContext, ObservabilityContext, OpResult, PathBytes, Priority,
+        ProcessInfo, SemanticEvent, Timestamp, WatchScope, EVENT_VERSION,
     },
-    telemetry::{Counters, add},
+    telemetry::{add, Counters},
 };
 
 /// `O_CREAT`, `O_EXCL` for the open flags argument.
@@ -62,24 +62,39 @@ pub struct TranslateOptions {
 pub struct Translator {
     options: TranslateOptions,
     processes: ProcessTable,
-    /// Wall clock minus CLOCK_MONOTONIC, in nanoseconds.
+    /// Wall clock minus `CLOCK_MONOTONIC`, in nanoseconds.
     wall_offset_ns: i128,
     next_sequence: u64,
 }
 
-/// Wall clock minus CLOCK_MONOTONIC now, in nanoseconds.
+/// Wall clock minus `CLOCK_MONOTONIC` now, in nanoseconds.
 #[must_use]
 pub fn wall_clock_offset_ns() -> i128 {
     let mut mono = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: a valid timespec to fill.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut mono) };
     let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    wall.as_nanos() as i128 - (i128::from(mono.tv_sec) * 1_000_000_000 + i128::from(mono.tv_nsec))
+    i128::try_from(wall.as_nanos()).unwrap_or(i128::MAX)
+        - (i128::from(mono.tv_sec) * 1_000_000_000 + i128::from(mono.tv_nsec))
+}
+
+/// The C `int` in a 64-bit syscall register or return value: its low 32 bits.
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    reason = "C int ABI: the low half is the value"
+)]
+const fn low_int(value: u64) -> i32 {
+    value as u32 as i32
 }
 
 fn arg_i32(header: &RecordHeader, index: usize) -> i32 {
-    // Syscall int arguments arrive zero-extended: the low 32 bits are the value.
-    header.args[index] as u32 as i32
+    low_int(header.args[index])
+}
+
+/// A successful return value that is an fd or a pid.
+fn ret_int(header: &RecordHeader) -> i32 {
+    low_int(header.ret.cast_unsigned())
 }
 
 fn comm_of(header: &RecordHeader) -> PathBytes {
@@ -136,7 +151,12 @@ impl Translator {
     }
 
     /// Translates one record, appending its events to `out`.
-    pub fn translate(&mut self, record: &RawRecord, out: &mut Vec<SemanticEvent>, counters: &Counters) -> Disposition {
+    pub fn translate(
+        &mut self,
+        record: &RawRecord,
+        out: &mut Vec<SemanticEvent>,
+        counters: &Counters,
+    ) -> Disposition {
         let disposition = self.translate_inner(record, out);
         match disposition {
             Disposition::Events(n) => add(&counters.events_translated, n as u64),
@@ -161,7 +181,7 @@ impl Translator {
         // Bookkeeping first: state changes apply whether or not an event is emitted.
         let event_type = match record.op {
             OpKind::Fork => {
-                self.processes.fork(header.pid, header.ret as u32);
+                self.processes.fork(header.pid, ret_int(header).cast_unsigned());
                 return Disposition::Bookkeeping;
             }
             OpKind::Chdir => {
@@ -179,7 +199,7 @@ impl Translator {
             OpKind::Dup => {
                 if ok {
                     if let Some(old) = Self::fd_arg(header) {
-                        self.processes.dup_fd(header.pid, old, header.ret as i32);
+                        self.processes.dup_fd(header.pid, old, ret_int(header));
                     }
                 }
                 return Disposition::Bookkeeping;
@@ -199,34 +219,47 @@ impl Translator {
                         inode: stat.map(|s| s.inode),
                         file_type: stat.map(|s| s.file_type),
                     };
-                    self.processes.set_fd(header.pid, header.ret as i32, info);
+                    self.processes.set_fd(header.pid, ret_int(header), info);
                 }
                 let created = open_flags & O_CREAT != 0
-                    && (!ok || open_flags & O_EXCL != 0 || self.born_during(stat.and_then(|s| s.born), header));
+                    && (!ok
+                        || open_flags & O_EXCL != 0
+                        || self.born_during(stat.and_then(|s| s.born), header));
                 fs.inode_number = stat.map(|s| s.inode);
                 fs.file_type = stat.map(|s| s.file_type);
                 if open_flags & O_CREAT != 0 {
-                    let mode_arg = match syscall { "open" => 2, "creat" => 1, _ => 3 };
+                    let mode_arg = match syscall {
+                        "open" => 2,
+                        "creat" => 1,
+                        _ => 3,
+                    };
                     fs.mode = Some(octal_mode(header.args[mode_arg]));
                 }
-                fs.fd = ok.then_some(header.ret as i32);
+                fs.fd = ok.then_some(ret_int(header));
                 fs.path = Some(PathBytes(path));
-                if created { EventType::FilesystemCreate } else { EventType::FilesystemRead }
+                if created {
+                    EventType::FilesystemCreate
+                } else {
+                    EventType::FilesystemRead
+                }
             }
             OpKind::Close => {
                 let fd = arg_i32(header, 0);
                 let info = self.processes.fd(header.pid, fd);
                 self.processes.close_fd(header.pid, fd);
-                self.fill_from_fd(&mut fs, info, fd);
+                Self::fill_from_fd(&mut fs, info, fd);
                 EventType::FilesystemRead
             }
             OpKind::Read | OpKind::Write | OpKind::Fsync | OpKind::Ioctl => {
                 let fd = arg_i32(header, 0);
                 let info = self.processes.fd(header.pid, fd);
-                self.fill_from_fd(&mut fs, info, fd);
+                Self::fill_from_fd(&mut fs, info, fd);
                 if matches!(record.op, OpKind::Read | OpKind::Write) {
-                    fs.bytes = ok.then_some(header.ret as u64);
-                    if matches!(syscall, "pread64" | "pwrite64" | "preadv" | "pwritev" | "preadv2" | "pwritev2") {
+                    fs.bytes = ok.then_some(header.ret.cast_unsigned());
+                    if matches!(
+                        syscall,
+                        "pread64" | "pwrite64" | "preadv" | "pwritev" | "preadv2" | "pwritev2"
+                    ) {
                         fs.offset = Some(header.args[3]);
                     }
                 }
@@ -235,12 +268,20 @@ impl Translator {
                     OpKind::Write => EventType::FilesystemWrite,
                     OpKind::Fsync => EventType::SystemSync,
                     _ => {
-                        let arg = (header.flags & record_flags::IOCTL_ARG_VALID != 0).then_some(&header.ioctl_arg[..]);
+                        let arg = (header.flags & record_flags::IOCTL_ARG_VALID != 0)
+                            .then_some(&header.ioctl_arg[..]);
                         let Some(decoded) = decode_vexfs_ioctl(header.args[1], arg, ok) else {
                             return Disposition::Suppressed;
                         };
                         context.vector = Some(decoded.vector);
-                        return self.emit(record, decoded.event_type, decoded.name.to_owned(), fs, context, out);
+                        return self.emit(
+                            record,
+                            decoded.event_type,
+                            decoded.name.to_owned(),
+                            fs,
+                            context,
+                            out,
+                        );
                     }
                 }
             }
@@ -249,11 +290,7 @@ impl Translator {
                 let Some(path) = self.resolve_path(record, 1) else {
                     return self.emit_fd_based(record, op, fs, out);
                 };
-                let target = if record.text2 {
-                    record.path2.clone()
-                } else {
-                    self.resolve_path(record, 2)
-                };
+                let target = if record.text2 { record.path2.clone() } else { self.resolve_path(record, 2) };
                 let in_scope = self.options.scope.contains(&path)
                     || (!record.text2 && target.as_deref().is_some_and(|t| self.options.scope.contains(t)));
                 if !in_scope {
@@ -267,7 +304,7 @@ impl Translator {
                 fs.inode_number = stat.map(|s| s.inode);
                 fs.file_type = stat.map(|s| s.file_type);
                 fs.path = Some(PathBytes(path));
-                self.fill_path_op(&mut fs, record, op, syscall, target)
+                Self::fill_path_op(&mut fs, record, op, syscall, target)
             }
         };
         if !self.options.ops.contains(&record.op) {
@@ -278,14 +315,20 @@ impl Translator {
     }
 
     /// Operations with a path argument but no path captured (fsetxattr, fchmod, ...) act on an fd.
-    fn emit_fd_based(&mut self, record: &RawRecord, op: OpKind, mut fs: FilesystemContext, out: &mut Vec<SemanticEvent>) -> Disposition {
+    fn emit_fd_based(
+        &mut self,
+        record: &RawRecord,
+        op: OpKind,
+        mut fs: FilesystemContext,
+        out: &mut Vec<SemanticEvent>,
+    ) -> Disposition {
         let header = &record.header;
         let fd = Self::fd_arg(header).unwrap_or(-1);
         let info = self.processes.fd(header.pid, fd);
-        self.fill_from_fd(&mut fs, info, fd);
+        Self::fill_from_fd(&mut fs, info, fd);
         let syscall = syscall_by_nr(header.syscall_nr).map_or("", |e| e.name);
         let target = record.path2.clone();
-        let event_type = self.fill_path_op(&mut fs, record, op, syscall, target);
+        let event_type = Self::fill_path_op(&mut fs, record, op, syscall, target);
         if !self.options.ops.contains(&op) {
             return Disposition::Suppressed;
         }
@@ -293,7 +336,7 @@ impl Translator {
         self.emit(record, event_type, syscall.to_owned(), FilesystemContext::default(), context, out)
     }
 
-    fn fill_from_fd(&self, fs: &mut FilesystemContext, info: Option<FileInfo>, fd: i32) {
+    fn fill_from_fd(fs: &mut FilesystemContext, info: Option<FileInfo>, fd: i32) {
         fs.fd = Some(fd);
         if let Some(info) = info {
             fs.path = Some(PathBytes(info.path));
@@ -303,18 +346,27 @@ impl Translator {
     }
 
     /// Event type and operation-specific fields of path-based (and f*-variant) operations.
-    fn fill_path_op(&self, fs: &mut FilesystemContext, record: &RawRecord, op: OpKind, syscall: &str, target: Option<Vec<u8>>) -> EventType {
+    fn fill_path_op(
+        fs: &mut FilesystemContext,
+        record: &RawRecord,
+        op: OpKind,
+        syscall: &str,
+        target: Option<Vec<u8>>,
+    ) -> EventType {
         let args = &record.header.args;
+        // -1 means "leave unchanged".
         let id = |value: u64| {
-            let id = value as u32;
-            (id != u32::MAX).then_some(id)
+            let id = low_int(value);
+            (id != -1).then_some(id.cast_unsigned())
         };
         match op {
             OpKind::Rename => {
                 fs.target_path = target.map(PathBytes);
                 EventType::FilesystemRename
             }
-            OpKind::Unlink if syscall == "unlinkat" && args[2] & AT_REMOVEDIR != 0 => EventType::FilesystemRmdir,
+            OpKind::Unlink if syscall == "unlinkat" && args[2] & AT_REMOVEDIR != 0 => {
+                EventType::FilesystemRmdir
+            }
             OpKind::Unlink => EventType::FilesystemDelete,
             OpKind::Rmdir => EventType::FilesystemRmdir,
             OpKind::Mkdir => {
@@ -333,7 +385,8 @@ impl Translator {
                 EventType::FilesystemHardlink
             }
             OpKind::Chmod => {
-                fs.mode = Some(octal_mode(args[if matches!(syscall, "fchmodat" | "fchmodat2") { 2 } else { 1 }]));
+                fs.mode =
+                    Some(octal_mode(args[if matches!(syscall, "fchmodat" | "fchmodat2") { 2 } else { 1 }]));
                 EventType::FilesystemChmod
             }
             OpKind::Chown => {
@@ -375,7 +428,7 @@ impl Translator {
         born_ns + BIRTH_CLOCK_SLACK.as_nanos() >= enter_ns
     }
 
-    /// Appends the event (and, on failure, its ErrorReported companion).
+    /// Appends the event (and, on failure, its `ErrorReported` companion).
     fn emit(
         &mut self,
         record: &RawRecord,
@@ -392,7 +445,14 @@ impl Translator {
         let ok = header.ret >= 0;
         let errno = (!ok).then(|| i32::try_from(-header.ret).unwrap_or(i32::MAX));
         let result = OpResult { ok, ret: header.ret, error: errno.map(errno_name) };
-        let base = self.event(record, event_type, subtype.clone(), context.clone(), result.clone(), Priority::Normal);
+        let base = self.event(
+            record,
+            event_type,
+            subtype.clone(),
+            context.clone(),
+            result.clone(),
+            Priority::Normal,
+        );
         let parent = base.event_id;
         out.push(base);
         let Some(errno) = errno else {
@@ -405,7 +465,14 @@ impl Translator {
             service_name: "vexevent".to_owned(),
             operation_name: subtype.clone(),
         });
-        let mut error = self.event(record, EventType::ObservabilityErrorReported, subtype, context, result, Priority::High);
+        let mut error = self.event(
+            record,
+            EventType::ObservabilityErrorReported,
+            subtype,
+            context,
+            result,
+            Priority::High,
+        );
         error.parent_event_id = Some(parent);
         error.causality_links = vec![parent];
         out.push(error);

@@ -103,11 +103,7 @@ impl ProcessTable {
         }
         let path = read_link(&format!("/proc/{pid}/fd/{fd}"))?;
         let stat = stat_path(&path);
-        let info = FileInfo {
-            inode: stat.map(|s| s.inode),
-            file_type: stat.map(|s| s.file_type),
-            path,
-        };
+        let info = FileInfo { inode: stat.map(|s| s.inode), file_type: stat.map(|s| s.file_type), path };
         self.process(pid).fds.insert(fd, info.clone());
         Some(info)
     }

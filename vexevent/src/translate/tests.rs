@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use vexevent_common::{COMM_LEN, IOCTL_ARG_BYTES, OpKind, RecordHeader, record_flags, syscall_by_nr};
+use vexevent_common::{record_flags, syscall_by_nr, OpKind, RecordHeader, COMM_LEN, IOCTL_ARG_BYTES};
 
 use super::*;
 use crate::capture::RawRecord;
@@ -92,7 +92,8 @@ fn dirfd_relative_paths_use_the_directory_fd() {
 #[test]
 fn failures_add_an_error_reported_event_linked_to_the_operation() {
     let mut t = translator(&OpKind::ALL);
-    let unlink = record("unlinkat", [AT_FDCWD, 0, 0, 0, 0, 0], -i64::from(libc::ENOENT), Some(b"/w/missing"), None);
+    let unlink =
+        record("unlinkat", [AT_FDCWD, 0, 0, 0, 0, 0], -i64::from(libc::ENOENT), Some(b"/w/missing"), None);
     let events = run(&mut t, &unlink);
     assert_eq!(events.len(), 2);
     assert_eq!(events[0].event_type, EventType::FilesystemDelete);

@@ -1,0 +1,218 @@
+//! Shared by the root integration tests and the end-to-end benchmarks: runs the real `vexevent`
+//! binary, waits for it to be ready, stops it with SIGINT and reads what it wrote; mounts real
+//! file systems (tmpfs, ext4 image) for the scenarios.
+#![allow(dead_code, reason = "each test or bench target uses a different part of this module")]
+
+use std::{
+    ffi::CString,
+    io::{BufRead, BufReader},
+    os::unix::ffi::OsStrExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// How long vexevent may take to load and attach.
+const READY_DEADLINE: Duration = Duration::from_mins(1);
+/// How long vexevent may take to drain and exit after SIGINT.
+const EXIT_DEADLINE: Duration = Duration::from_mins(1);
+
+/// Whether we can load eBPF programs; prints why not when we cannot.
+pub fn root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("SKIP {test}: needs root to load eBPF programs (run scripts/test.sh as root)");
+    }
+    root
+}
+
+/// A running `vexevent run`.
+pub struct Vexevent {
+    child: Child,
+    pub output: PathBuf,
+    pub stats_file: PathBuf,
+    stderr_lines: mpsc::Receiver<String>,
+    pub stderr: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+/// What a finished run wrote.
+pub struct Finished {
+    pub events: Vec<Value>,
+    pub stats: Value,
+    pub stderr: Vec<String>,
+    pub exit_ok: bool,
+}
+
+impl Vexevent {
+    /// Starts `vexevent run --watch <watch>... <extra>` and waits until it is capturing.
+    pub fn start(watch: &[&Path], extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let output = dir.path().join("events.jsonl");
+        let stats_file = dir.path().join("stats.json");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_vexevent"));
+        command.arg("run").arg("--output").arg(&output).arg("--stats-file").arg(&stats_file);
+        command.args(["--stats-interval", "0"]);
+        for path in watch {
+            command.arg("--watch").arg(path);
+        }
+        command.args(extra).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = command.spawn().expect("start vexevent");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut vexevent =
+            Self { child, output, stats_file, stderr_lines: rx, stderr: Vec::new(), _dir: dir };
+        let deadline = Instant::now() + READY_DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match vexevent.stderr_lines.recv_timeout(left) {
+                Ok(line) => {
+                    let ready = line.contains("vexevent: ready");
+                    vexevent.stderr.push(line);
+                    if ready {
+                        return vexevent;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("vexevent did not become ready: {:?}", vexevent.stderr)
+                }
+            }
+        }
+    }
+
+    /// Pid of the vexevent process.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Events written so far.
+    pub fn events_so_far(&self) -> Vec<Value> {
+        read_events(&self.output)
+    }
+
+    /// Waits until `predicate` holds for the events written so far (deadline, no fixed sleep).
+    pub fn wait_for(&self, what: &str, deadline: Duration, predicate: impl Fn(&[Value]) -> bool) {
+        let end = Instant::now() + deadline;
+        while Instant::now() < end {
+            if predicate(&self.events_so_far()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    /// SIGINT, wait for the orderly exit, read events and final stats.
+    pub fn stop(mut self) -> Finished {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        let deadline = Instant::now() + EXIT_DEADLINE;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "vexevent did not exit after SIGINT");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        while let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_secs(2)) {
+            self.stderr.push(line);
+        }
+        let final_stats = std::fs::read(&self.stats_file)
+            .ok()
+            .and_then(|raw| serde_json::from_slice(&raw).ok())
+            .unwrap_or(Value::Null);
+        Finished {
+            events: read_events(&self.output),
+            stats: final_stats,
+            stderr: self.stderr,
+            exit_ok: status.success(),
+        }
+    }
+}
+
+/// Parses a JSON Lines file (missing file: no events).
+pub fn read_events(path: &Path) -> Vec<Value> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
+    text.lines()
+        .filter(|line| !line.is_empty())
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}")))
+        .collect()
+}
+
+/// A path's bytes as the event encodes them: a string, or `{base64, lossy}`.
+pub fn event_path_bytes(value: &Value) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    match value {
+        Value::String(text) => Some(text.as_bytes().to_vec()),
+        Value::Object(object) => {
+            base64::engine::general_purpose::STANDARD.decode(object.get("base64")?.as_str()?).ok()
+        }
+        _ => None,
+    }
+}
+
+/// A mounted file system that is unmounted (and cleaned up) on drop.
+pub struct Mount {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+    image: Option<PathBuf>,
+}
+
+fn run(command: &mut Command) {
+    let output = command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    assert!(output.status.success(), "{command:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+impl Mount {
+    /// A fresh tmpfs.
+    pub fn tmpfs() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("tmpfs");
+        std::fs::create_dir(&path).expect("mount point");
+        run(Command::new("mount").args(["-t", "tmpfs", "-o", "size=64m", "vexevent-test"]).arg(&path));
+        Self { path, _dir: dir, image: None }
+    }
+
+    /// A fresh ext4 file system in a loop-mounted image file.
+    pub fn ext4() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let image = dir.path().join("ext4.img");
+        let path = dir.path().join("ext4");
+        std::fs::create_dir(&path).expect("mount point");
+        std::fs::File::create(&image).and_then(|f| f.set_len(64 << 20)).expect("image");
+        run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image));
+        run(Command::new("mount").args(["-o", "loop"]).arg(&image).arg(&path));
+        Self { path, _dir: dir, image: Some(image) }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).status();
+        if let Some(image) = &self.image {
+            let _ = std::fs::remove_file(image);
+        }
+    }
+}
+
+/// A path as a C string.
+pub fn c_path(path: &[u8]) -> CString {
+    CString::new(path).expect("no NUL in path")
+}
+
+/// A `Path` as bytes.
+pub fn bytes(path: &Path) -> Vec<u8> {
+    path.as_os_str().as_bytes().to_vec()
+}
