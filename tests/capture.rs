@@ -466,3 +466,69 @@ fn bad_input_fails_with_one_clear_line() {
     };
     assert!(ok && help.contains("--watch") && help.contains("Examples:"), "{help}");
 }
+
+#[test]
+fn stats_are_available_while_running_and_on_sigusr1() {
+    if !root_or_skip("stats_are_available_while_running_and_on_sigusr1") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mount = Mount::tmpfs();
+    let mut vexevent = Vexevent::start(&[&mount.path], &[]);
+    std::fs::write(mount.path.join("f"), b"x").unwrap();
+    vexevent.wait_for("the write", Duration::from_secs(30), |events| {
+        events.iter().any(|e| e["event_type"] == "FilesystemWrite")
+    });
+    // The stats file is refreshed every second: wait until it shows the delivered events.
+    let exe = env!("CARGO_BIN_EXE_vexevent");
+    let stats_file = vexevent.stats_file.to_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let summary = loop {
+        let output =
+            std::process::Command::new(exe).args(["stats", "--stats-file", &stats_file]).output().unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        if output.status.success() && !text.contains("delivered 0 ") {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "stats never showed the events: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(summary.contains("kernel:") && summary.contains("filtered"), "{summary}");
+    let json = std::process::Command::new(exe)
+        .args(["stats", "--json", "--stats-file", &stats_file])
+        .output()
+        .unwrap();
+    let snapshot: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(snapshot["pid"].as_u64(), Some(u64::from(vexevent.pid())));
+    assert!(snapshot["kernel"]["emitted"].as_u64().unwrap() > 0);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(libc::pid_t::try_from(vexevent.pid()).unwrap(), libc::SIGUSR1) };
+    vexevent.wait_for_stderr("vexevent stats (pid", Duration::from_secs(30));
+    let finished = vexevent.stop();
+    let reports = finished.stderr.iter().filter(|l| l.starts_with("vexevent stats")).count();
+    assert_eq!(reports, 1, "SIGUSR1 prints one report: {:?}", finished.stderr);
+}
+
+#[test]
+fn missing_privileges_and_tracefs_are_clear_errors() {
+    if !root_or_skip("missing_privileges_and_tracefs_are_clear_errors") {
+        return;
+    }
+    let exe = env!("CARGO_BIN_EXE_vexevent");
+    let as_nobody = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", exe, "run", "--watch", "/tmp"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&as_nobody.stderr);
+    assert!(!as_nobody.status.success());
+    assert!(err.contains("needs root") && err.contains("run vexevent as root"), "{err}");
+    // In a private mount namespace without tracefs.
+    let without_tracefs = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!("umount -l /sys/kernel/tracing; umount -l /sys/kernel/debug 2>/dev/null; exec {exe} run --watch /tmp"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&without_tracefs.stderr);
+    assert!(!without_tracefs.status.success());
+    assert!(err.contains("tracefs is not mounted") && err.contains("mount -t tracefs"), "{err}");
+}

@@ -113,6 +113,18 @@ impl Vexevent {
         panic!("timed out waiting for {what}");
     }
 
+    /// Waits until vexevent prints a stderr line containing `needle`.
+    pub fn wait_for_stderr(&mut self, needle: &str, deadline: Duration) {
+        let end = Instant::now() + deadline;
+        while !self.stderr.iter().any(|line| line.contains(needle)) {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.stderr_lines.recv_timeout(left) {
+                Ok(line) => self.stderr.push(line),
+                Err(_) => panic!("vexevent never printed {needle:?}: {:?}", self.stderr),
+            }
+        }
+    }
+
     /// SIGINT, wait for the orderly exit, read events and final stats.
     pub fn stop(mut self) -> Finished {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid");

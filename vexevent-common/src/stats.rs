@@ -4,7 +4,7 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum KernelStat {
-    /// Entries into a traced syscall (before any filter).
+    /// Entries into a traced syscall (before any filter), plus forks of watched processes.
     Seen = 0,
     /// Dropped in the kernel: the caller is vexevent itself.
     FilteredSelf,

@@ -29,6 +29,8 @@ fn on_fork(ctx: &TracePointContext) -> Option<()> {
     // SAFETY: the loader read this offset of `child_pid` from the tracepoint's format file.
     let child: i32 = unsafe { ctx.read_at(config.fork_child_pid_offset as usize) }.ok()?;
     mark_cwd(child as u32, true);
+    // Counted as seen too, so that seen = filtered + emitted + lost (+ syscalls still in flight).
+    count(KernelStat::Seen);
     count(KernelStat::ForksInherited);
 
     let record = SCRATCH.get_ptr_mut(0)?;
