@@ -120,7 +120,7 @@ impl Vexevent {
             let left = end.saturating_duration_since(Instant::now());
             match self.stderr_lines.recv_timeout(left) {
                 Ok(line) => self.stderr.push(line),
-                Err(_) => panic!("vexevent never printed {needle:?}: {:?}", self.stderr),
+                Err(error) => panic!("vexevent never printed {needle:?} ({error}): {:?}", self.stderr),
             }
         }
     }
