@@ -1,7 +1,8 @@
 //! End-to-end capture overhead: a tight open/close loop on a watched tmpfs, run untraced and
 //! traced (every open and close delivered as JSON Lines to a file on disk) side by side in
 //! alternating rounds, reporting the slowdown ratio, events delivered vs performed, loss, and the
-//! CPU vexevent used. Needs root. Run: `cargo bench --bench capture_overhead` (or
+//! CPU vexevent used. A third run per round attaches the probes but filters everything at
+//! syscall entry, to show what the hooks alone cost. Needs root. Run: `cargo bench --bench capture_overhead` (or
 //! `cargo xtask bench`). Environment: `VEXEVENT_BENCH_OPS` (default 200000), `VEXEVENT_BENCH_ROUNDS`
 //! (default 3).
 
@@ -15,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{root_or_skip, Mount, Vexevent};
+use support::{Mount, Vexevent, root_or_skip};
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -69,6 +70,15 @@ fn traced_round(mount: &Mount, file: &Path, ops: u64) -> TracedRound {
     TracedRound { rate, delivered, lost, cpu }
 }
 
+/// The workload with the probes attached but every syscall filtered at enter (`--pid 1`): the
+/// floor that the hooks alone cost.
+fn hooks_only_round(mount: &Mount, file: &Path, ops: u64) -> f64 {
+    let vexevent = Vexevent::start(&[&mount.path], &["--pid", "1"]);
+    let rate = open_close_loop(file, ops);
+    vexevent.stop();
+    rate
+}
+
 fn main() {
     if !root_or_skip("capture_overhead") {
         return;
@@ -83,20 +93,28 @@ fn main() {
 
     println!("capture_overhead: tight open+close loop, {ops} iterations per run, {rounds} rounds");
     println!(
-        "{:<6} {:>14} {:>14} {:>7} {:>22} {:>6} {:>14}",
-        "round", "untraced op/s", "traced op/s", "ratio", "events delivered", "lost", "vexevent CPU"
+        "{:<6} {:>14} {:>16} {:>14} {:>7} {:>22} {:>6} {:>14}",
+        "round",
+        "untraced op/s",
+        "hooks-only op/s",
+        "traced op/s",
+        "ratio",
+        "events delivered",
+        "lost",
+        "vexevent CPU"
     );
     let mut ratios = Vec::new();
     let mut all_delivered = true;
     for round in 1..=rounds {
         let untraced = open_close_loop(&file, ops);
+        let hooks_only = hooks_only_round(&mount, &file, ops);
         let traced = traced_round(&mount, &file, ops);
         let ratio = traced.rate / untraced;
         ratios.push(ratio);
         let performed = 2 * ops;
         all_delivered &= traced.delivered == performed && traced.lost == 0;
         println!(
-            "{round:<6} {untraced:>14.0} {:>14.0} {ratio:>7.2} {:>22} {:>6} {:>13.2}s",
+            "{round:<6} {untraced:>14.0} {hooks_only:>16.0} {:>14.0} {ratio:>7.2} {:>22} {:>6} {:>13.2}s",
             traced.rate,
             format!("{}/{performed}", traced.delivered),
             traced.lost,

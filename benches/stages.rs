@@ -1,1 +1,90 @@
-fn main() {}
+//! Per-stage cost in userspace (criterion): decoding a ring record, translating it into a `VexFS`
+//! semantic event (an fd-based write, and an open that stats its file), and serializing the event
+//! as a JSON line. Run: `cargo bench --bench stages`.
+
+use std::{collections::HashSet, hint::black_box, os::unix::ffi::OsStrExt};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use vexevent::{
+    capture::{decode, encode},
+    config::USER_OPS,
+    event::WatchScope,
+    telemetry::Counters,
+    translate::{TranslateOptions, Translator},
+};
+use vexevent_common::{COMM_LEN, IOCTL_ARG_BYTES, RecordHeader, SYSCALLS};
+
+fn header(syscall: &str, args: [u64; 6], ret: i64) -> RecordHeader {
+    let entry = SYSCALLS.iter().find(|e| e.name == syscall).expect("syscall in table");
+    RecordHeader {
+        seq: 0,
+        enter_ns: 1_000,
+        exit_ns: 2_000,
+        ret,
+        args,
+        pid: std::process::id(),
+        tid: std::process::id(),
+        uid: 0,
+        gid: 0,
+        syscall_nr: entry.nr,
+        op: entry.spec.op,
+        flags: 0,
+        cpu: 0,
+        path1_len: 0,
+        path2_len: 0,
+        comm: [b'b'; COMM_LEN],
+        ioctl_arg: [0; IOCTL_ARG_BYTES],
+    }
+}
+
+/// `AT_FDCWD` as a zero-extended syscall argument.
+const AT_FDCWD: u64 = 0xffff_ff9c;
+
+fn stages(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("bench.txt");
+    std::fs::write(&file, b"x").expect("file");
+    let path = file.as_os_str().as_bytes();
+    let open = encode(&header("openat", [AT_FDCWD, 0, 0, 0, 0, 0], 7), path, None);
+    let write = encode(&header("write", [7, 0, 4096, 0, 0, 0], 4096), b"", None);
+    let options = TranslateOptions {
+        scope: WatchScope::new(vec![]),
+        ops: USER_OPS.into_iter().collect::<HashSet<_>>(),
+    };
+    let counters = Counters::default();
+
+    let mut group = c.benchmark_group("stages");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("decode_open_record", |b| b.iter(|| decode(black_box(&open)).expect("valid")));
+    let open_record = decode(&open).expect("valid");
+    let write_record = decode(&write).expect("valid");
+    let mut translator = Translator::new(options);
+    let mut events = Vec::with_capacity(4);
+    translator.translate(&open_record, &mut events, &counters);
+    group.bench_function("translate_write", |b| {
+        b.iter(|| {
+            events.clear();
+            translator.translate(black_box(&write_record), &mut events, &counters);
+        });
+    });
+    group.bench_function("translate_open_with_stat", |b| {
+        b.iter(|| {
+            events.clear();
+            translator.translate(black_box(&open_record), &mut events, &counters);
+        });
+    });
+    events.clear();
+    translator.translate(&write_record, &mut events, &counters);
+    let event = events[0].clone();
+    let mut line = Vec::with_capacity(1024);
+    group.bench_function("serialize_json_line", |b| {
+        b.iter(|| {
+            line.clear();
+            serde_json::to_writer(&mut line, black_box(&event)).expect("serializable");
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, stages);
+criterion_main!(benches);

@@ -9,7 +9,7 @@ mod support;
 use std::{path::Path, sync::Mutex, time::Duration};
 
 use serde_json::Value;
-use support::{bytes, c_path, event_path_bytes, root_or_skip, Mount, Vexevent};
+use support::{Mount, Vexevent, bytes, c_path, event_path_bytes, root_or_skip};
 
 /// The scenarios chdir, which is process-wide: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -282,9 +282,54 @@ fn gettid() -> u64 {
     u64::try_from(unsafe { libc::gettid() }).unwrap()
 }
 
-fn capture_scenario(mount: &Mount) {
+/// The operation-specific fields of the scripted events.
+fn assert_fields(ours: &[&Value]) {
+    let find = |event_type: &str, subtype: &str| -> &Value {
+        ours.iter()
+            .find(|e| e["event_type"] == event_type && e["event_subtype"] == subtype)
+            .unwrap_or_else(|| panic!("no {event_type}/{subtype} event"))
+    };
+    let pid = u64::from(std::process::id());
+    for event in ours {
+        assert_eq!(event["process"]["pid"].as_u64(), Some(pid));
+        assert!(event["timestamp"]["wall_ns"].as_u64().unwrap() > 1_600_000_000_000_000_000);
+        assert!(event["event_type_code"].as_u64().unwrap() >> 8 > 0);
+    }
+    assert_eq!(find("FilesystemCreate", "openat")["event_type_code"], 0x0101);
+    assert_eq!(find("FilesystemWrite", "write")["context"]["filesystem"]["bytes"], 5);
+    assert_eq!(find("FilesystemWrite", "pwrite64")["context"]["filesystem"]["offset"], 10);
+    assert_eq!(find("FilesystemTruncate", "ftruncate")["context"]["filesystem"]["size"], 3);
+    assert_eq!(find("FilesystemChmod", "fchmod")["context"]["filesystem"]["mode"], "600");
+    assert_eq!(find("FilesystemChown", "chown")["context"]["filesystem"]["uid"], 1000);
+    assert_eq!(find("FilesystemMkdir", "mkdir")["context"]["filesystem"]["mode"], "755");
+    assert_eq!(find("FilesystemWrite", "fsetxattr")["context"]["filesystem"]["xattr_name"], "user.test");
+    assert_eq!(find("FilesystemRmdir", "unlinkat")["event_type_code"], 0x010A);
+    let vector = find("VectorSearch", "KNN_SEARCH");
+    assert_eq!(vector["event_type_code"], 0x0304);
+    assert_eq!(vector["context"]["vector"]["dimensions"], 128);
+    assert_eq!(vector["context"]["vector"]["k"], 10);
+    assert_eq!(vector["context"]["vector"]["metric"], 1);
+    let error = ours.iter().find(|e| e["event_type"] == "ObservabilityErrorReported").unwrap();
+    assert!(error["parent_event_id"].as_u64().is_some());
+    assert_eq!(error["event_type_code"], 0x0808);
+    let created = find("FilesystemCreate", "openat");
+    assert!(created["context"]["filesystem"]["inode_number"].as_u64().unwrap() > 0);
+    assert_eq!(created["context"]["filesystem"]["file_type"], "regular");
+    assert!(created["duration_ns"].as_u64().unwrap() > 0);
+    let hostile = ours.iter().find(|e| e["context"]["filesystem"]["path"].is_object()).unwrap();
+    assert!(
+        hostile["context"]["filesystem"]["path"]["lossy"]
+            .as_str()
+            .unwrap()
+            .ends_with("bad\u{fffd}\nname\u{1}")
+    );
+    let cut = ours.iter().find(|e| e["result"]["error"] == "ENAMETOOLONG").unwrap();
+    assert_eq!(cut["context"]["filesystem"]["path_truncated"], true);
+}
+
+fn capture_scenario(mount: &Mount, extra: &[&str]) {
     let outside = tempfile::tempdir().unwrap();
-    let vexevent = Vexevent::start(&[&mount.path], &[]);
+    let vexevent = Vexevent::start(&[&mount.path], extra);
     let script = run_script(&mount.path);
     run_outside(outside.path());
     // A child process with its cwd inside the watch: fork inherits the scope, the shell's relative
@@ -320,46 +365,7 @@ fn capture_scenario(mount: &Mount) {
         actual.get(script.expected.len()..)
     );
 
-    // Field details.
-    let find = |event_type: &str, subtype: &str| -> &Value {
-        ours.iter()
-            .find(|e| e["event_type"] == event_type && e["event_subtype"] == subtype)
-            .unwrap_or_else(|| panic!("no {event_type}/{subtype} event"))
-    };
-    let pid = u64::from(std::process::id());
-    for event in &ours {
-        assert_eq!(event["process"]["pid"].as_u64(), Some(pid));
-        assert!(event["timestamp"]["wall_ns"].as_u64().unwrap() > 1_600_000_000_000_000_000);
-        assert!(event["event_type_code"].as_u64().unwrap() >> 8 > 0);
-    }
-    assert_eq!(find("FilesystemCreate", "openat")["event_type_code"], 0x0101);
-    assert_eq!(find("FilesystemWrite", "write")["context"]["filesystem"]["bytes"], 5);
-    assert_eq!(find("FilesystemWrite", "pwrite64")["context"]["filesystem"]["offset"], 10);
-    assert_eq!(find("FilesystemTruncate", "ftruncate")["context"]["filesystem"]["size"], 3);
-    assert_eq!(find("FilesystemChmod", "fchmod")["context"]["filesystem"]["mode"], "600");
-    assert_eq!(find("FilesystemChown", "chown")["context"]["filesystem"]["uid"], 1000);
-    assert_eq!(find("FilesystemMkdir", "mkdir")["context"]["filesystem"]["mode"], "755");
-    assert_eq!(find("FilesystemWrite", "fsetxattr")["context"]["filesystem"]["xattr_name"], "user.test");
-    assert_eq!(find("FilesystemRmdir", "unlinkat")["event_type_code"], 0x010A);
-    let vector = find("VectorSearch", "KNN_SEARCH");
-    assert_eq!(vector["event_type_code"], 0x0304);
-    assert_eq!(vector["context"]["vector"]["dimensions"], 128);
-    assert_eq!(vector["context"]["vector"]["k"], 10);
-    assert_eq!(vector["context"]["vector"]["metric"], 1);
-    let error = ours.iter().find(|e| e["event_type"] == "ObservabilityErrorReported").unwrap();
-    assert!(error["parent_event_id"].as_u64().is_some());
-    assert_eq!(error["event_type_code"], 0x0808);
-    let created = find("FilesystemCreate", "openat");
-    assert!(created["context"]["filesystem"]["inode_number"].as_u64().unwrap() > 0);
-    assert_eq!(created["context"]["filesystem"]["file_type"], "regular");
-    assert!(created["duration_ns"].as_u64().unwrap() > 0);
-    let hostile = ours.iter().find(|e| e["context"]["filesystem"]["path"].is_object()).unwrap();
-    assert!(hostile["context"]["filesystem"]["path"]["lossy"]
-        .as_str()
-        .unwrap()
-        .ends_with("bad\u{fffd}\nname\u{1}"));
-    let cut = ours.iter().find(|e| e["result"]["error"] == "ENAMETOOLONG").unwrap();
-    assert_eq!(cut["context"]["filesystem"]["path_truncated"], true);
+    assert_fields(&ours);
 
     // The child: its relative redirect resolved against the cwd it was started in.
     let child_events: Vec<&Value> = finished
@@ -367,9 +373,10 @@ fn capture_scenario(mount: &Mount) {
         .iter()
         .filter(|e| event_path_bytes(&e["context"]["filesystem"]["path"]).as_deref() == Some(&child_path[..]))
         .collect();
-    assert!(child_events
-        .iter()
-        .any(|e| e["event_type"] == "FilesystemCreate" && e["process"]["comm"] == "sh"));
+    assert!(
+        child_events.iter().any(|e| e["event_type"] == "FilesystemCreate" && e["process"]["comm"] == "sh")
+    );
+    let pid = u64::from(std::process::id());
     assert!(child_events.iter().all(|e| e["process"]["pid"].as_u64() != Some(pid)));
 
     // Nothing from outside the watch reached userspace.
@@ -392,6 +399,8 @@ fn capture_scenario(mount: &Mount) {
         assert_eq!(event["global_sequence"].as_u64(), Some(i as u64));
     }
     assert!(finished.stderr.iter().any(|l| l.contains("final stats")), "{:?}", finished.stderr);
+    let attached = if extra.contains(&"tracepoint") { "raw_syscalls/sys_enter" } else { "tp_btf/sys_enter" };
+    assert!(finished.stderr.iter().any(|l| l.contains(attached)), "{:?}", finished.stderr);
 }
 
 #[test]
@@ -400,7 +409,7 @@ fn captures_every_operation_on_tmpfs() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    capture_scenario(&Mount::tmpfs());
+    capture_scenario(&Mount::tmpfs(), &[]);
 }
 
 #[test]
@@ -409,7 +418,16 @@ fn captures_every_operation_on_ext4() {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    capture_scenario(&Mount::ext4());
+    capture_scenario(&Mount::ext4(), &[]);
+}
+
+#[test]
+fn captures_every_operation_through_the_tracepoint_fallback() {
+    if !root_or_skip("captures_every_operation_through_the_tracepoint_fallback") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    capture_scenario(&Mount::tmpfs(), &["--syscall-hooks", "tracepoint"]);
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! Builds the eBPF object (vexevent-ebpf) with the nightly toolchain so the loader can embed it.
-use anyhow::{anyhow, Context as _};
+use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {

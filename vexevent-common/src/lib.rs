@@ -25,6 +25,10 @@ pub mod map_names {
 
 /// Names of the programs in the eBPF object.
 pub mod program_names {
+    /// The syscall pair as BTF raw tracepoints (`tp_btf/sys_enter`, `tp_btf/sys_exit`).
+    pub const BTF_SYS_ENTER: &str = "vexevent_btf_sys_enter";
+    pub const BTF_SYS_EXIT: &str = "vexevent_btf_sys_exit";
+    /// The same as classic tracepoints (`raw_syscalls/sys_enter`, `raw_syscalls/sys_exit`).
     pub const SYS_ENTER: &str = "vexevent_sys_enter";
     pub const SYS_EXIT: &str = "vexevent_sys_exit";
     pub const PROCESS_FORK: &str = "vexevent_process_fork";

@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use vexevent_common::{
-    KernelStat, PrefixKey, ProbeConfig, RecordBuf, SyscallSpec, KERNEL_STAT_COUNT, SYSCALL_ARGS,
+    KERNEL_STAT_COUNT, KernelStat, PrefixKey, ProbeConfig, RecordBuf, SYSCALL_ARGS, SyscallSpec,
 };
 
 /// Default ring size; the loader sets the configured size at load time.
@@ -62,7 +62,8 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(KERNEL_STAT_C
 #[derive(Clone, Copy)]
 pub struct Inflight {
     pub nr: u32,
-    pub _pad: u32,
+    /// 1 between enter and exit; slots are reused, never deleted, in the steady state.
+    pub active: u32,
     pub enter_ns: u64,
     pub args: [u64; SYSCALL_ARGS],
 }

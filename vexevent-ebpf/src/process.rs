@@ -8,7 +8,7 @@ use aya_ebpf::{
 use vexevent_common::{KernelStat, OpKind, RECORD_HEADER_SIZE};
 
 use crate::{
-    maps::{count, next_seq, CONFIG, SCRATCH},
+    maps::{CONFIG, SCRATCH, count, next_seq},
     scope::{cwd_in_scope, mark_cwd},
     syscalls::submit,
 };

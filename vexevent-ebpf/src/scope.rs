@@ -1,40 +1,52 @@
 //! Answers "is this watched?" for an fd, a cwd or a path, from the scope maps.
 
 use aya_ebpf::helpers::bpf_probe_read_kernel_buf;
-use vexevent_common::{fd_scope_key, ProbeConfig, PATH_BUF, PREFIX_KEY_BYTES};
+use vexevent_common::{PATH_BUF, PREFIX_KEY_BYTES, ProbeConfig, fd_scope_key};
+
+use aya_ebpf::maps::LruHashMap;
 
 use crate::maps::{CWD_SCOPE, FD_SCOPE, PREFIX_SCRATCH, WATCH_PREFIXES};
 
 /// `AT_FDCWD`.
 const AT_FDCWD: i32 = -100;
 
+// Scope entries hold 1 (watched) or 0 (not): an existing entry is flipped in place, which costs a
+// store, where insert and delete would each cost a map update on every open and close.
+
+#[inline(always)]
+fn flag_set<K>(map: &LruHashMap<K, u8>, key: K) -> bool {
+    // SAFETY: a map value read; a racing flip only makes the answer one event early or late.
+    map.get_ptr(key).is_some_and(|flag| unsafe { *flag } != 0)
+}
+
+#[inline(always)]
+fn flag_store<K>(map: &LruHashMap<K, u8>, key: K, watched: bool) {
+    if let Some(flag) = map.get_ptr_mut(&key) {
+        // SAFETY: a map value of this process's fd or cwd.
+        unsafe { *flag = u8::from(watched) };
+    } else if watched {
+        let _ = map.insert(key, 1, 0);
+    }
+}
+
 #[inline(always)]
 pub fn fd_in_scope(tgid: u32, fd: u64) -> bool {
-    FD_SCOPE.get_ptr(fd_scope_key(tgid, fd as u32)).is_some()
+    flag_set(&FD_SCOPE, fd_scope_key(tgid, fd as u32))
 }
 
 #[inline(always)]
 pub fn mark_fd(tgid: u32, fd: u64, watched: bool) {
-    let key = fd_scope_key(tgid, fd as u32);
-    if watched {
-        let _ = FD_SCOPE.insert(key, 1, 0);
-    } else {
-        let _ = FD_SCOPE.remove(key);
-    }
+    flag_store(&FD_SCOPE, fd_scope_key(tgid, fd as u32), watched);
 }
 
 #[inline(always)]
 pub fn cwd_in_scope(tgid: u32) -> bool {
-    CWD_SCOPE.get_ptr(tgid).is_some()
+    flag_set(&CWD_SCOPE, tgid)
 }
 
 #[inline(always)]
 pub fn mark_cwd(tgid: u32, watched: bool) {
-    if watched {
-        let _ = CWD_SCOPE.insert(tgid, 1, 0);
-    } else {
-        let _ = CWD_SCOPE.remove(tgid);
-    }
+    flag_store(&CWD_SCOPE, tgid, watched);
 }
 
 /// Whether a path (already copied to `path`, NUL-terminated, `len` bytes) is watched. Absolute

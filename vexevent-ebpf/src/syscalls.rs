@@ -4,26 +4,27 @@
 //! fd/cwd scope maps and submits one record.
 
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_get_smp_processor_id,
         bpf_ktime_get_ns, bpf_probe_read_user_buf,
         generated::{bpf_probe_read_user, bpf_probe_read_user_str, bpf_ringbuf_output},
     },
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use vexevent_common::{
-    record_flags, spec_flags, KernelStat, ProbeConfig, RecordBuf, SyscallSpec, IOCTL_ARG_BYTES, NO_ARG,
-    PATH_BUF, RECORD_HEADER_SIZE, SYSCALL_ARGS,
+    IOCTL_ARG_BYTES, KernelStat, NO_ARG, PATH_BUF, ProbeConfig, RECORD_HEADER_SIZE, RecordBuf, SYSCALL_ARGS,
+    SyscallSpec, record_flags, spec_flags,
 };
 
 use crate::{
-    maps::{count, next_seq, Inflight, CONFIG, EVENTS, INFLIGHT, PID_FILTER, SCRATCH, SYSCALL_SPECS},
+    maps::{CONFIG, EVENTS, INFLIGHT, Inflight, PID_FILTER, SCRATCH, SYSCALL_SPECS, count, next_seq},
     scope::{fd_in_scope, mark_cwd, mark_fd, path_in_scope},
 };
 
-/// Offset of `id` (the syscall number, a long; we read its low half) in both
+/// Offset of `id` (the syscall number, a long) in both
 /// `raw_syscalls/sys_enter` and `raw_syscalls/sys_exit` records (tracefs format).
 const SYSCALL_NR_OFFSET: usize = 8;
 /// Offset of `args[0]` in `sys_enter` and of `ret` in `sys_exit`.
@@ -33,27 +34,76 @@ const VEXFS_IOCTL_TYPE: u64 = b'V' as u64;
 /// Wake the consumer early once this many bytes wait in the ring; otherwise it drains on its timer.
 const WAKEUP_THRESHOLD_BYTES: u64 = 1 << 20;
 
+// Two hook types share the logic below: BTF raw tracepoints (`tp_btf`, cheapest: no perf
+// buffer, direct loads from `pt_regs`) and, where the kernel lacks BTF, classic tracepoints. The
+// loader picks one pair and reports which.
+
+/// Offsets in x86_64 `struct pt_regs` of the syscall arguments (di, si, dx, r10, r8, r9) and of
+/// `orig_ax` (the syscall number).
+const PT_REGS_ARG_OFFSETS: [usize; SYSCALL_ARGS] = [112, 104, 96, 56, 72, 64];
+const PT_REGS_ORIG_AX: usize = 120;
+
+#[btf_tracepoint(function = "sys_enter")]
+pub fn vexevent_btf_sys_enter(ctx: BtfTracePointContext) -> i32 {
+    let regs: *const u8 = ctx.arg(0);
+    let nr: i64 = ctx.arg(1);
+    let _ = on_enter(nr, || PT_REGS_ARG_OFFSETS.map(|offset| regs_field(regs, offset)));
+    0
+}
+
+#[btf_tracepoint(function = "sys_exit")]
+pub fn vexevent_btf_sys_exit(ctx: BtfTracePointContext) -> i32 {
+    let regs: *const u8 = ctx.arg(0);
+    let ret: i64 = ctx.arg(1);
+    let _ = on_exit(regs_field(regs, PT_REGS_ORIG_AX) as i64, ret);
+    0
+}
+
+/// Loads a field of `pt_regs` (a BTF pointer: the verifier checks the access, no helper needed).
+#[inline(always)]
+fn regs_field(regs: *const u8, offset: usize) -> u64 {
+    // SAFETY: `regs` is the tracepoint's `struct pt_regs *`; offsets are of its u64 fields.
+    unsafe { core::ptr::read_volatile(regs.add(offset).cast::<u64>()) }
+}
+
 #[tracepoint]
 pub fn vexevent_sys_enter(ctx: TracePointContext) -> u32 {
-    let _ = on_enter(&ctx);
+    let nr: i64 = field(&ctx, SYSCALL_NR_OFFSET);
+    // One load per field: the verifier accepts ctx loads at constant offsets only.
+    let _ = on_enter(nr, || {
+        [
+            field(&ctx, ARGS_OFFSET),
+            field(&ctx, ARGS_OFFSET + 8),
+            field(&ctx, ARGS_OFFSET + 16),
+            field(&ctx, ARGS_OFFSET + 24),
+            field(&ctx, ARGS_OFFSET + 32),
+            field(&ctx, ARGS_OFFSET + 40),
+        ]
+    });
     0
 }
 
 #[tracepoint]
 pub fn vexevent_sys_exit(ctx: TracePointContext) -> u32 {
-    let _ = on_exit(&ctx);
+    let _ = on_exit(field(&ctx, SYSCALL_NR_OFFSET), field(&ctx, ARGS_OFFSET));
     0
 }
 
+/// Reads a field of the tracepoint record directly (the verifier allows ctx loads; no helper).
 #[inline(always)]
-fn spec_for(ctx: &TracePointContext) -> Option<(u32, &'static SyscallSpec)> {
-    // SAFETY: `__syscall_nr` is an int at this offset in every syscall tracepoint record.
-    let nr: i32 = unsafe { ctx.read_at(SYSCALL_NR_OFFSET) }.ok()?;
-    let spec = SYSCALL_SPECS.get(nr as u32)?;
+fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    // SAFETY: callers pass offsets of fields inside the raw_syscalls records (tracefs format).
+    unsafe { core::ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
+}
+
+#[inline(always)]
+fn spec_for(nr: i64) -> Option<(u32, &'static SyscallSpec)> {
+    let nr = u32::try_from(nr).ok()?;
+    let spec = SYSCALL_SPECS.get(nr)?;
     if spec.op == 0 {
         return None;
     }
-    Some((nr as u32, spec))
+    Some((nr, spec))
 }
 
 #[inline(always)]
@@ -64,8 +114,9 @@ fn arg(args: &[u64; SYSCALL_ARGS], index: u8) -> Option<u64> {
     args.get(usize::from(index)).copied()
 }
 
-fn on_enter(ctx: &TracePointContext) -> Option<()> {
-    let (nr, spec) = spec_for(ctx)?;
+#[inline(always)]
+fn on_enter(nr: i64, read_args: impl FnOnce() -> [u64; SYSCALL_ARGS]) -> Option<()> {
+    let (nr, spec) = spec_for(nr)?;
     count(KernelStat::Seen);
     let config = CONFIG.get(0)?;
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -93,13 +144,7 @@ fn on_enter(ctx: &TracePointContext) -> Option<()> {
             return None;
         }
     }
-    let mut args = [0u64; SYSCALL_ARGS];
-    let mut i = 0;
-    while i < SYSCALL_ARGS {
-        // SAFETY: `args[i]` is an 8-byte field at this offset of every sys_enter record.
-        args[i] = unsafe { ctx.read_at(ARGS_OFFSET + 8 * i) }.ok()?;
-        i += 1;
-    }
+    let args = read_args();
     if spec.flags & spec_flags::IOCTL != 0 && (args[1] >> 8) & 0xff != VEXFS_IOCTL_TYPE {
         count(KernelStat::FilteredOp);
         return None;
@@ -122,11 +167,17 @@ fn on_enter(ctx: &TracePointContext) -> Option<()> {
     }
     let inflight = Inflight {
         nr,
-        _pad: 0, // SAFETY: no preconditions.
+        active: 1,
+        // SAFETY: no preconditions.
         enter_ns: unsafe { bpf_ktime_get_ns() },
         args,
     };
-    if INFLIGHT.insert((pid_tgid & 0xffff_ffff) as u32, inflight, 0).is_err() {
+    let tid = (pid_tgid & 0xffff_ffff) as u32;
+    // A thread's slot is reused in place (no map update in the steady state).
+    if let Some(slot) = INFLIGHT.get_ptr_mut(tid) {
+        // SAFETY: a map value of this thread; only this thread's enter/exit touch it.
+        unsafe { *slot = inflight };
+    } else if INFLIGHT.insert(tid, inflight, 0).is_err() {
         count(KernelStat::LostInflightFull);
     }
     Some(())
@@ -159,21 +210,25 @@ fn read_user_path(src: u64, dst: &mut [u8; PATH_BUF], truncated: u32, fault: u32
     (len, 0)
 }
 
-fn on_exit(ctx: &TracePointContext) -> Option<()> {
+#[inline(always)]
+fn on_exit(nr: i64, ret: i64) -> Option<()> {
     // Untraced syscalls leave here, before the in-flight lookup.
-    spec_for(ctx)?;
+    let (nr, _) = spec_for(nr)?;
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = (pid_tgid & 0xffff_ffff) as u32;
     let tgid = (pid_tgid >> 32) as u32;
-    // SAFETY: a value copied out of the map before the entry is removed.
-    let inflight = unsafe { *INFLIGHT.get(tid)? };
-    let _ = INFLIGHT.remove(tid);
+    let slot = INFLIGHT.get_ptr_mut(tid)?;
+    // SAFETY: this thread's slot; only this thread's enter/exit touch it.
+    let inflight = unsafe { *slot };
+    if inflight.active == 0 || inflight.nr != nr {
+        return None;
+    }
+    // SAFETY: as above.
+    unsafe { (*slot).active = 0 };
     // SAFETY: no preconditions.
     let exit_ns = unsafe { bpf_ktime_get_ns() };
     let spec = SYSCALL_SPECS.get(inflight.nr)?;
     let config = CONFIG.get(0)?;
-    // SAFETY: `ret` is a long at this offset of every sys_exit record.
-    let ret: i64 = unsafe { ctx.read_at(ARGS_OFFSET) }.ok()?;
     let record = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's scratch slot; nothing else uses it while this program runs.
     let record: &mut RecordBuf = unsafe { &mut *record };
@@ -275,14 +330,14 @@ fn update_scope_maps(spec: &SyscallSpec, tgid: u32, args: &[u64; SYSCALL_ARGS], 
     }
 }
 
-/// Copies `size` bytes of the record to the ring, counting a full ring as a loss.
+/// Copies `size` bytes of the record to the ring, counting a full ring as a loss. The consumer is
+/// woken only when this record makes the waiting data cross the threshold; otherwise it drains on
+/// its timer (a wakeup per record would cost more than the record).
 #[inline(always)]
 pub fn submit(record: &RecordBuf, size: usize, _config: &ProbeConfig) {
-    let wakeup = if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= WAKEUP_THRESHOLD_BYTES {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
+    let waiting = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+    let crossing = waiting < WAKEUP_THRESHOLD_BYTES && waiting + size as u64 >= WAKEUP_THRESHOLD_BYTES;
+    let wakeup = if crossing { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
     // SAFETY: `record` is RECORD_MAX_SIZE bytes and `size` never exceeds it.
     let written = unsafe {
         bpf_ringbuf_output(

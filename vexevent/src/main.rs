@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use vexevent::{
     app,
     config::{Config, DEFAULT_STATS_FILE},
+    loader::SyscallHooks,
 };
 
 const RUN_EXAMPLES: &str = "\
@@ -77,6 +78,10 @@ struct RunArgs {
     /// Ring buffer size in bytes (power of two).
     #[arg(long, value_name = "BYTES")]
     ring_bytes: Option<u32>,
+    /// Hook type of the syscall probes: BTF raw tracepoints where available (auto), only those
+    /// (btf), or classic tracepoints (tracepoint).
+    #[arg(long, value_enum, value_name = "TYPE")]
+    syscall_hooks: Option<SyscallHooks>,
     /// Longest wait before userspace drains the ring, in milliseconds.
     #[arg(long, value_name = "MS")]
     drain_interval_ms: Option<u64>,
@@ -107,6 +112,7 @@ impl RunArgs {
         capture.uid = self.uid.or(capture.uid);
         capture.comm = self.comm.or(capture.comm.take());
         capture.ring_bytes = self.ring_bytes.unwrap_or(capture.ring_bytes);
+        capture.syscall_hooks = self.syscall_hooks.unwrap_or(capture.syscall_hooks);
         capture.drain_interval_ms = self.drain_interval_ms.unwrap_or(capture.drain_interval_ms);
         config.output.path = self.output.or(config.output.path);
         config.stats.interval_secs = self.stats_interval.unwrap_or(config.stats.interval_secs);

@@ -7,15 +7,15 @@ pub use stats_file::{read_stats_file, write_stats_file};
 
 use std::{
     sync::{
-        atomic::{AtomicBool, Ordering},
         Arc,
+        atomic::{AtomicBool, Ordering},
     },
     thread,
     time::{Duration, Instant},
 };
 
 use crossbeam_channel::Receiver;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     capture::{Batch, RingDrainer},
@@ -57,6 +57,7 @@ pub fn run(settings: &Settings) -> Result<StatsSnapshot, AppError> {
         uid: settings.uid,
         comm: settings.comm,
         ring_bytes: settings.ring_bytes,
+        syscall_hooks: settings.syscall_hooks,
     };
     let mut probes = Probes::load(&probe_settings)?;
     report_hooks(&probes);
@@ -154,12 +155,8 @@ async fn wait_for_shutdown(
 
 fn report_hooks(probes: &Probes) {
     let hooks = probes.hooks();
-    let attached = hooks.iter().filter(|h| h.missing.is_none()).count();
-    eprintln!(
-        "vexevent: attached {attached} of {} hooks, tracing {} syscalls",
-        hooks.iter().filter(|h| !h.hook.starts_with("syscall ")).count(),
-        probes.traced_syscalls()
-    );
+    let attached: Vec<&str> = hooks.iter().filter(|h| h.missing.is_none()).map(|h| h.hook.as_str()).collect();
+    eprintln!("vexevent: attached {}; tracing {} syscalls", attached.join(", "), probes.traced_syscalls());
     for hook in hooks.iter().filter(|h| h.missing.is_some()) {
         eprintln!("vexevent:   not attached: {} ({})", hook.hook, hook.missing.as_deref().unwrap_or(""));
     }

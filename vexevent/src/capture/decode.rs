@@ -1,7 +1,7 @@
 //! Turns the bytes of one ring-buffer record into a [`RawRecord`], checking every length first.
 
 use vexevent_common::{
-    spec_flags, syscall_by_nr, OpKind, RecordHeader, NO_ARG, PATH_BUF, RECORD_HEADER_SIZE,
+    NO_ARG, OpKind, PATH_BUF, RECORD_HEADER_SIZE, RecordHeader, spec_flags, syscall_by_nr,
 };
 
 /// A validated kernel record: its header and the paths it carries.

@@ -4,14 +4,14 @@
 mod decode;
 mod sequence;
 
-pub use decode::{decode, encode, DecodeError, RawRecord};
+pub use decode::{DecodeError, RawRecord, decode, encode};
 pub use sequence::SequenceTracker;
 
 use std::{
     os::fd::AsRawFd,
     sync::{
-        atomic::{AtomicBool, Ordering},
         Arc,
+        atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
@@ -19,7 +19,7 @@ use std::{
 use aya::maps::{MapData, RingBuf};
 use crossbeam_channel::Sender;
 
-use crate::telemetry::{add, Counters};
+use crate::telemetry::{Counters, add};
 
 /// A batch of records drained together.
 pub type Batch = Vec<RawRecord>;

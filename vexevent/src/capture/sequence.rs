@@ -1,6 +1,6 @@
 //! Follows each shard's sequence numbers to find exactly which records never arrived.
 
-use crate::telemetry::{add, Counters, Gap};
+use crate::telemetry::{Counters, Gap, add};
 
 /// Next expected sequence number per shard (CPU).
 #[derive(Debug, Default)]

@@ -11,7 +11,7 @@ use std::{
 use serde::Deserialize;
 use vexevent_common::{OpKind, PREFIX_KEY_BYTES};
 
-use crate::event::WatchScope;
+use crate::{event::WatchScope, loader::SyscallHooks};
 
 /// Operation types a user can select (the rest only keep path state right).
 pub const USER_OPS: [OpKind; 19] = [
@@ -65,6 +65,8 @@ pub struct CaptureConfig {
     pub drain_interval_ms: u64,
     /// Batches that may wait between capture and translation before capture blocks.
     pub channel_batches: usize,
+    /// Hook type of the syscall probes: `auto`, `btf` or `tracepoint`.
+    pub syscall_hooks: SyscallHooks,
 }
 
 impl Default for CaptureConfig {
@@ -78,6 +80,7 @@ impl Default for CaptureConfig {
             ring_bytes: 16 << 20,
             drain_interval_ms: 5,
             channel_batches: 64,
+            syscall_hooks: SyscallHooks::Auto,
         }
     }
 }
@@ -151,6 +154,7 @@ pub struct Settings {
     pub ring_bytes: u32,
     pub drain_interval: std::time::Duration,
     pub channel_batches: usize,
+    pub syscall_hooks: SyscallHooks,
     pub output: Option<PathBuf>,
     pub stats_interval: Option<std::time::Duration>,
     pub stats_file: PathBuf,
@@ -233,6 +237,7 @@ impl Config {
             ring_bytes: capture.ring_bytes,
             drain_interval: std::time::Duration::from_millis(capture.drain_interval_ms),
             channel_batches: capture.channel_batches,
+            syscall_hooks: capture.syscall_hooks,
             output: self.output.path.clone().filter(|p| p.as_os_str() != "-"),
             stats_interval: (self.stats.interval_secs > 0)
                 .then(|| std::time::Duration::from_secs(self.stats.interval_secs)),

@@ -7,7 +7,7 @@ mod types;
 
 pub use path::PathBytes;
 pub use scope::WatchScope;
-pub use types::{flags, EventType, Priority};
+pub use types::{EventType, Priority, flags};
 
 use serde::Serialize;
 

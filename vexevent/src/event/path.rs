@@ -7,7 +7,7 @@
 use std::{borrow::Cow, fmt};
 
 use base64::Engine as _;
-use serde::{ser::SerializeStruct, Serialize, Serializer};
+use serde::{Serialize, Serializer, ser::SerializeStruct};
 
 /// Raw bytes of a path or name.
 #[derive(Clone, PartialEq, Eq, Hash, Default)]

@@ -2,22 +2,24 @@
 //! seeds the scope maps with what processes already have open, attaches every hook this kernel
 //! offers and reports which attached. Reads the kernel counters back.
 
+mod hooks;
 mod seed;
 mod tracefs;
 
 use std::collections::BTreeMap;
 
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
-    programs::{trace_point::TracePointLinkId, TracePoint},
     Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use vexevent_common::{
-    map_names, program_names, KernelStat, OpKind, PrefixKey, ProbeConfig, COMM_LEN, PREFIX_KEY_BYTES,
-    SYSCALLS,
+    COMM_LEN, KernelStat, OpKind, PREFIX_KEY_BYTES, PrefixKey, ProbeConfig, SYSCALLS, map_names,
 };
 
+pub use hooks::{HookReport, SyscallHooks};
 pub use tracefs::TRACEFS;
+
+use hooks::Hooks;
 
 use crate::event::WatchScope;
 
@@ -33,6 +35,7 @@ pub struct ProbeSettings {
     pub uid: Option<u32>,
     pub comm: Option<[u8; COMM_LEN]>,
     pub ring_bytes: u32,
+    pub syscall_hooks: SyscallHooks,
 }
 
 /// Why the probes could not be set up. Each message says what to do.
@@ -42,7 +45,9 @@ pub enum LoaderError {
     NotRoot,
     #[error("tracefs is not mounted at {TRACEFS}; run: mount -t tracefs tracefs {TRACEFS}")]
     NoTracefs,
-    #[error("the kernel rejected the eBPF object: {0}; vexevent needs BPF ring buffers (Linux 5.8+) and syscall tracepoints")]
+    #[error(
+        "the kernel rejected the eBPF object: {0}; vexevent needs BPF ring buffers (Linux 5.8+) and syscall tracepoints"
+    )]
     Load(#[source] Box<aya::EbpfError>),
     #[error("program {name} failed to load: {source}")]
     Program {
@@ -56,7 +61,9 @@ pub enum LoaderError {
         #[source]
         source: Box<aya::maps::MapError>,
     },
-    #[error("the syscall tracepoints could not be attached ({detail}); vexevent needs a kernel with CONFIG_FTRACE_SYSCALLS")]
+    #[error(
+        "the syscall tracepoints could not be attached ({detail}); vexevent needs a kernel with CONFIG_FTRACE_SYSCALLS"
+    )]
     NoHooks { detail: String },
 }
 
@@ -68,20 +75,10 @@ fn program_error(name: &'static str) -> impl FnOnce(aya::programs::ProgramError)
     move |source| LoaderError::Program { name, source: Box::new(source) }
 }
 
-/// A hook and whether it attached.
-#[derive(Clone, Debug)]
-pub struct HookReport {
-    /// `category/name` of the tracepoint.
-    pub hook: String,
-    /// `None` when attached, else why not.
-    pub missing: Option<String>,
-}
-
 /// The loaded, attached probes.
 pub struct Probes {
     ebpf: Ebpf,
-    links: Vec<(&'static str, TracePointLinkId)>,
-    hooks: Vec<HookReport>,
+    hooks: Hooks,
     traced_syscalls: usize,
 }
 
@@ -109,9 +106,9 @@ impl Probes {
                 }
                 _ => LoaderError::Load(Box::new(error)),
             })?;
-        let mut probes = Self { ebpf, links: Vec::new(), hooks: Vec::new(), traced_syscalls: 0 };
+        let mut probes = Self { ebpf, hooks: Hooks::default(), traced_syscalls: 0 };
         probes.configure(settings)?;
-        probes.attach()?;
+        probes.attach(settings.syscall_hooks)?;
         seed::seed_scope(&mut probes.ebpf, settings)?;
         Ok(probes)
     }
@@ -169,25 +166,11 @@ impl Probes {
         Ok(())
     }
 
-    fn attach(&mut self) -> Result<(), LoaderError> {
+    fn attach(&mut self, syscall_hooks: SyscallHooks) -> Result<(), LoaderError> {
         let mut specs: Array<_, vexevent_common::SyscallSpec> = Array::try_from(
             self.ebpf.take_map(map_names::SYSCALL_SPECS).ok_or_else(missing(map_names::SYSCALL_SPECS))?,
         )
         .map_err(map_error(map_names::SYSCALL_SPECS))?;
-        for name in [program_names::SYS_ENTER, program_names::SYS_EXIT, program_names::PROCESS_FORK] {
-            let program: &mut TracePoint = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| LoaderError::NoHooks {
-                    detail: format!("program {name} missing from the object"),
-                })?
-                .try_into()
-                .map_err(program_error(name))?;
-            program.load().map_err(program_error(name))?;
-        }
-        // One enter and one exit hook for all syscalls (raw_syscalls): attaching ~100 per-syscall
-        // tracepoints costs an RCU grace period each on detach (seconds in all). The probes
-        // skip untraced syscalls with one array lookup.
         let mut traced = 0;
         for entry in SYSCALLS {
             // A syscall this kernel lacks has no `syscalls/sys_enter_<name>` event.
@@ -195,41 +178,16 @@ impl Probes {
                 specs.set(entry.nr, entry.spec, 0).map_err(map_error(map_names::SYSCALL_SPECS))?;
                 traced += 1;
             } else {
-                self.hooks.push(HookReport {
-                    hook: format!("syscall {}", entry.name),
-                    missing: Some("not in this kernel".to_owned()),
-                });
+                self.hooks.report(format!("syscall {}", entry.name), Some("not in this kernel".to_owned()));
             }
         }
-        let attached = self.attach_one(program_names::SYS_ENTER, "raw_syscalls", "sys_enter")
-            && self.attach_one(program_names::SYS_EXIT, "raw_syscalls", "sys_exit");
-        if !attached || traced == 0 {
-            let detail = self.hooks.iter().find_map(|h| h.missing.clone()).unwrap_or_default();
-            return Err(LoaderError::NoHooks { detail });
+        if traced == 0 {
+            return Err(LoaderError::NoHooks { detail: "no traced syscall exists".to_owned() });
         }
+        self.hooks.attach_syscalls(&mut self.ebpf, syscall_hooks)?;
         self.traced_syscalls = traced;
-        self.attach_one(program_names::PROCESS_FORK, "sched", "sched_process_fork");
+        self.hooks.attach_fork(&mut self.ebpf);
         Ok(())
-    }
-
-    fn attach_one(&mut self, program: &'static str, category: &str, name: &str) -> bool {
-        let hook = format!("{category}/{name}");
-        let result = self
-            .ebpf
-            .program_mut(program)
-            .and_then(|p| <&mut TracePoint>::try_from(p).ok())
-            .map(|p| p.attach(category, name));
-        let missing = match result {
-            Some(Ok(link)) => {
-                self.links.push((program, link));
-                None
-            }
-            Some(Err(error)) => Some(error.to_string()),
-            None => Some("program missing".to_owned()),
-        };
-        let attached = missing.is_none();
-        self.hooks.push(HookReport { hook, missing });
-        attached
     }
 
     /// Number of syscalls the probes trace.
@@ -241,7 +199,7 @@ impl Probes {
     /// Which hooks attached and which did not.
     #[must_use]
     pub fn hooks(&self) -> &[HookReport] {
-        &self.hooks
+        self.hooks.reports()
     }
 
     /// Takes the ring buffer for the capture stage (once).
@@ -255,15 +213,7 @@ impl Probes {
 
     /// Detaches every hook: no new records after this returns.
     pub fn detach(&mut self) {
-        for (program, link) in self.links.drain(..) {
-            if let Some(program) =
-                self.ebpf.program_mut(program).and_then(|p| <&mut TracePoint>::try_from(p).ok())
-            {
-                if let Err(error) = program.detach(link) {
-                    tracing::warn!(%error, "failed to detach a tracepoint");
-                }
-            }
-        }
+        self.hooks.detach(&mut self.ebpf);
     }
 
     /// The kernel counters summed over CPUs, and the total of the shards' sequence numbers.

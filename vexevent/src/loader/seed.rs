@@ -3,10 +3,10 @@
 
 use std::os::unix::ffi::OsStrExt;
 
-use aya::{maps::HashMap, Ebpf};
+use aya::{Ebpf, maps::HashMap};
 use vexevent_common::{fd_scope_key, map_names};
 
-use super::{map_error, missing, LoaderError, ProbeSettings};
+use super::{LoaderError, ProbeSettings, map_error, missing};
 
 fn watched(settings: &ProbeSettings, path: &[u8]) -> bool {
     path.first() == Some(&b'/') && settings.scope.contains(path)

@@ -9,7 +9,7 @@ use std::{
 
 use crate::{
     event::SemanticEvent,
-    telemetry::{add, Counters},
+    telemetry::{Counters, add},
 };
 
 /// Why the sink could not be opened.

@@ -8,8 +8,8 @@ pub use snapshot::{LossSummary, StatsSnapshot};
 use std::{
     collections::VecDeque,
     sync::{
-        atomic::{AtomicU64, Ordering},
         Mutex,
+        atomic::{AtomicU64, Ordering},
     },
 };
 

@@ -8,24 +8,24 @@ mod paths;
 mod process;
 
 pub use errno::errno_name;
-pub use ioctl::{decode_vexfs_ioctl, VexfsIoctl};
+pub use ioctl::{VexfsIoctl, decode_vexfs_ioctl};
 pub use paths::{normalize, resolve};
-pub use process::{stat_path, FileInfo, ProcessTable};
+pub use process::{FileInfo, ProcessTable, stat_path};
 
 use std::{
     collections::HashSet,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use vexevent_common::{record_flags, syscall_by_nr, OpKind, RecordHeader, NO_ARG};
+use vexevent_common::{NO_ARG, OpKind, RecordHeader, record_flags, syscall_by_nr};
 
 use crate::{
     capture::RawRecord,
     event::{
-        flags, Context, EventType, FilesystemContext, ObservabilityContext, OpResult, PathBytes, Priority,
-        ProcessInfo, SemanticEvent, Timestamp, WatchScope, EVENT_VERSION,
+        Context, EVENT_VERSION, EventType, FilesystemContext, ObservabilityContext, OpResult, PathBytes,
+        Priority, ProcessInfo, SemanticEvent, Timestamp, WatchScope, flags,
     },
-    telemetry::{add, Counters},
+    telemetry::{Counters, add},
 };
 
 /// `O_CREAT`, `O_EXCL` for the open flags argument.
@@ -237,11 +237,7 @@ impl Translator {
                 }
                 fs.fd = ok.then_some(ret_int(header));
                 fs.path = Some(PathBytes(path));
-                if created {
-                    EventType::FilesystemCreate
-                } else {
-                    EventType::FilesystemRead
-                }
+                if created { EventType::FilesystemCreate } else { EventType::FilesystemRead }
             }
             OpKind::Close => {
                 let fd = arg_i32(header, 0);

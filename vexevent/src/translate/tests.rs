@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use vexevent_common::{record_flags, syscall_by_nr, OpKind, RecordHeader, COMM_LEN, IOCTL_ARG_BYTES};
+use vexevent_common::{COMM_LEN, IOCTL_ARG_BYTES, OpKind, RecordHeader, record_flags, syscall_by_nr};
 
 use super::*;
 use crate::capture::RawRecord;

@@ -1,0 +1,173 @@
+//! Attaching the probes, with fallbacks: the syscall pair as BTF raw tracepoints (`tp_btf`, the
+//! cheapest hook: no perf buffer per event) where the kernel has BTF, else as classic
+//! `raw_syscalls` tracepoints; plus `sched_process_fork`. Records what attached, and why
+//! something did not, for the start-up report.
+
+use aya::{
+    Btf, Ebpf,
+    programs::{BtfTracePoint, TracePoint, tp_btf::BtfTracePointLinkId, trace_point::TracePointLinkId},
+};
+use vexevent_common::program_names;
+
+use super::{LoaderError, program_error};
+
+/// Which hook type carries the syscall enter/exit pair.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SyscallHooks {
+    /// BTF raw tracepoints where the kernel has BTF, else classic tracepoints.
+    #[default]
+    Auto,
+    /// BTF raw tracepoints only (fail when unavailable).
+    Btf,
+    /// Classic `raw_syscalls` tracepoints only.
+    Tracepoint,
+}
+
+/// A hook and whether it attached.
+#[derive(Clone, Debug)]
+pub struct HookReport {
+    /// The hook (`tp_btf/sys_enter`, `raw_syscalls/sys_enter`, `syscall umount`, ...).
+    pub hook: String,
+    /// `None` when attached, else why not.
+    pub missing: Option<String>,
+}
+
+enum Link {
+    TracePoint(&'static str, TracePointLinkId),
+    Btf(&'static str, BtfTracePointLinkId),
+}
+
+/// The attached hooks.
+#[derive(Default)]
+pub struct Hooks {
+    links: Vec<Link>,
+    reports: Vec<HookReport>,
+}
+
+impl Hooks {
+    pub fn reports(&self) -> &[HookReport] {
+        &self.reports
+    }
+
+    pub fn report(&mut self, hook: String, missing: Option<String>) {
+        self.reports.push(HookReport { hook, missing });
+    }
+
+    /// Attaches the syscall enter/exit pair: BTF raw tracepoints, else classic tracepoints.
+    pub fn attach_syscalls(&mut self, ebpf: &mut Ebpf, mode: SyscallHooks) -> Result<(), LoaderError> {
+        let btf_error = match Btf::from_sys_fs() {
+            _ if mode == SyscallHooks::Tracepoint => "not selected".to_owned(),
+            Ok(btf) => {
+                let enter = self.attach_btf(ebpf, program_names::BTF_SYS_ENTER, "sys_enter", &btf);
+                let exit =
+                    enter.and_then(|()| self.attach_btf(ebpf, program_names::BTF_SYS_EXIT, "sys_exit", &btf));
+                match exit {
+                    Ok(()) => return Ok(()),
+                    Err(error) => error,
+                }
+            }
+            Err(error) => format!("no kernel BTF: {error}"),
+        };
+        if mode == SyscallHooks::Btf {
+            return Err(LoaderError::NoHooks { detail: btf_error });
+        }
+        // Undo a half attach before falling back, so no syscall is seen twice.
+        self.detach(ebpf);
+        self.report(
+            "tp_btf/sys_enter, tp_btf/sys_exit".to_owned(),
+            Some(format!("{btf_error}; using raw_syscalls tracepoints")),
+        );
+        for (program, name) in
+            [(program_names::SYS_ENTER, "sys_enter"), (program_names::SYS_EXIT, "sys_exit")]
+        {
+            self.attach_tracepoint(ebpf, program, "raw_syscalls", name)
+                .map_err(|detail| LoaderError::NoHooks { detail })?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the fork tracepoint (cwd scope inheritance); its absence is reported, not fatal.
+    pub fn attach_fork(&mut self, ebpf: &mut Ebpf) {
+        let _ = self.attach_tracepoint(ebpf, program_names::PROCESS_FORK, "sched", "sched_process_fork");
+    }
+
+    fn attach_btf(
+        &mut self,
+        ebpf: &mut Ebpf,
+        program: &'static str,
+        tracepoint: &str,
+        btf: &Btf,
+    ) -> Result<(), String> {
+        let hook = format!("tp_btf/{tracepoint}");
+        let result = (|| {
+            let prog: &mut BtfTracePoint = ebpf
+                .program_mut(program)
+                .ok_or_else(|| format!("program {program} missing from the object"))?
+                .try_into()
+                .map_err(|e| format!("{}", program_error(program)(e)))?;
+            prog.load(tracepoint, btf).map_err(|e| format!("{}", program_error(program)(e)))?;
+            prog.attach().map_err(|e| format!("{hook}: {e}"))
+        })();
+        match result {
+            Ok(link) => {
+                self.links.push(Link::Btf(program, link));
+                self.report(hook, None);
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    fn attach_tracepoint(
+        &mut self,
+        ebpf: &mut Ebpf,
+        program: &'static str,
+        category: &str,
+        name: &str,
+    ) -> Result<(), String> {
+        let hook = format!("{category}/{name}");
+        let result = (|| {
+            let prog: &mut TracePoint = ebpf
+                .program_mut(program)
+                .ok_or_else(|| format!("program {program} missing from the object"))?
+                .try_into()
+                .map_err(|e| format!("{}", program_error(program)(e)))?;
+            if prog.fd().is_err() {
+                prog.load().map_err(|e| format!("{}", program_error(program)(e)))?;
+            }
+            prog.attach(category, name).map_err(|e| format!("{hook}: {e}"))
+        })();
+        match result {
+            Ok(link) => {
+                self.links.push(Link::TracePoint(program, link));
+                self.report(hook, None);
+                Ok(())
+            }
+            Err(error) => {
+                self.report(hook, Some(error.clone()));
+                Err(error)
+            }
+        }
+    }
+
+    /// Detaches every hook.
+    pub fn detach(&mut self, ebpf: &mut Ebpf) {
+        for link in self.links.drain(..) {
+            let result = match link {
+                Link::TracePoint(program, link) => ebpf
+                    .program_mut(program)
+                    .and_then(|p| <&mut TracePoint>::try_from(p).ok())
+                    .map(|p| p.detach(link)),
+                Link::Btf(program, link) => ebpf
+                    .program_mut(program)
+                    .and_then(|p| <&mut BtfTracePoint>::try_from(p).ok())
+                    .map(|p| p.detach(link)),
+            };
+            if let Some(Err(error)) = result {
+                tracing::warn!(%error, "failed to detach a hook");
+            }
+        }
+        self.reports.retain(|r| r.missing.is_some());
+    }
+}
