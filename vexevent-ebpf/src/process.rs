@@ -56,6 +56,6 @@ fn on_fork(ctx: &TracePointContext) -> Option<()> {
     header.path2_len = 0;
     header.comm = bpf_get_current_comm().unwrap_or_default();
     // SAFETY: as above; the reference lives only for the copy.
-    submit(unsafe { &*record }, RECORD_HEADER_SIZE, config);
+    submit(unsafe { &*record }, RECORD_HEADER_SIZE);
     Some(())
 }

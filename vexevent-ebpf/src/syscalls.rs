@@ -15,8 +15,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 use vexevent_common::{
-    IOCTL_ARG_BYTES, KernelStat, NO_ARG, PATH_BUF, ProbeConfig, RECORD_HEADER_SIZE, RecordBuf, SYSCALL_ARGS,
-    SyscallSpec, record_flags, spec_flags,
+    IOCTL_ARG_BYTES, KernelStat, NO_ARG, PATH_BUF, RECORD_HEADER_SIZE, RecordBuf, SYSCALL_ARGS, SyscallSpec,
+    record_flags, spec_flags,
 };
 
 use crate::{
@@ -309,7 +309,7 @@ fn on_exit(nr: i64, ret: i64) -> Option<()> {
     } else {
         RECORD_HEADER_SIZE + (len1 & (PATH_BUF - 1))
     };
-    submit(record, size, config);
+    submit(record, size);
     Some(())
 }
 
@@ -334,7 +334,7 @@ fn update_scope_maps(spec: &SyscallSpec, tgid: u32, args: &[u64; SYSCALL_ARGS], 
 /// woken only when this record makes the waiting data cross the threshold; otherwise it drains on
 /// its timer (a wakeup per record would cost more than the record).
 #[inline(always)]
-pub fn submit(record: &RecordBuf, size: usize, _config: &ProbeConfig) {
+pub fn submit(record: &RecordBuf, size: usize) {
     let waiting = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
     let crossing = waiting < WAKEUP_THRESHOLD_BYTES && waiting + size as u64 >= WAKEUP_THRESHOLD_BYTES;
     let wakeup = if crossing { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };

@@ -51,10 +51,11 @@ fn build_ebpf(debug: bool) -> anyhow::Result<()> {
         .current_dir(&root)
         .args(["+nightly", "build", "--package", "vexevent-ebpf", "--target", "bpfel-unknown-none"])
         .args(["-Z", "build-std=core"])
-        // The same flags aya-build passes when vexevent/build.rs embeds the object.
+        // The flags aya-build passes when vexevent/build.rs embeds the object, and warnings as
+        // errors (the probes are checked here, not by the workspace clippy run).
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
-            "--cfg=bpf_target_arch=\"x86_64\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf",
+            "--cfg=bpf_target_arch=\"x86_64\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf\x1f-Dwarnings",
         )
         .env_remove("RUSTC")
         .env_remove("RUSTC_WORKSPACE_WRAPPER");

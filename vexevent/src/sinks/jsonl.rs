@@ -79,10 +79,64 @@ impl JsonLinesSink {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex, atomic::Ordering};
+
     use super::*;
+    use crate::event::{Context, EventType, OpResult, PathBytes, Priority, ProcessInfo, Timestamp, flags};
+
+    fn event(id: u64) -> SemanticEvent {
+        SemanticEvent {
+            event_id: id,
+            event_type: EventType::FilesystemWrite,
+            event_type_code: EventType::FilesystemWrite.code(),
+            event_subtype: "write".into(),
+            timestamp: Timestamp { wall_ns: 1, monotonic_ns: 1, cpu: 0, pid: 1, sequence: id },
+            global_sequence: id,
+            local_sequence: id,
+            flags: flags::DEFAULT,
+            priority: Priority::Normal,
+            event_size: 200,
+            event_version: 1,
+            parent_event_id: None,
+            causality_links: Vec::new(),
+            context: Context::default(),
+            process: ProcessInfo { pid: 1, tid: 1, uid: 0, gid: 0, comm: PathBytes::from("t") },
+            result: OpResult { ok: true, ret: 1, error: None },
+            duration_ns: 1,
+        }
+    }
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
 
     #[test]
-    fn a_failing_writer_counts_every_event() {
+    fn writes_one_line_per_event_and_counts_them() {
+        let counters = Counters::default();
+        let out = Shared::default();
+        let mut sink = JsonLinesSink::new(Box::new(out.clone()));
+        sink.write_batch(&[event(0), event(1)], &counters);
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let ids: Vec<u64> = text
+            .lines()
+            .map(|line| {
+                serde_json::from_str::<serde_json::Value>(line).unwrap()["event_id"].as_u64().unwrap()
+            })
+            .collect();
+        assert_eq!(ids, vec![0, 1]);
+        assert_eq!(counters.events_delivered.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_failing_writer_counts_every_event_it_lost() {
         struct Broken;
         impl Write for Broken {
             fn write(&mut self, _: &[u8]) -> io::Result<usize> {
@@ -94,7 +148,8 @@ mod tests {
         }
         let counters = Counters::default();
         let mut sink = JsonLinesSink::new(Box::new(Broken));
-        sink.write_batch(&[], &counters);
-        assert_eq!(counters.sink_errors.load(std::sync::atomic::Ordering::Relaxed), 0);
+        sink.write_batch(&[event(0), event(1), event(2)], &counters);
+        assert_eq!(counters.sink_errors.load(Ordering::Relaxed), 3);
+        assert_eq!(counters.events_delivered.load(Ordering::Relaxed), 0);
     }
 }

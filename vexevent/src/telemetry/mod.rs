@@ -6,7 +6,7 @@ mod snapshot;
 pub use snapshot::{LossSummary, StatsSnapshot};
 
 use std::{
-    collections::VecDeque,
+    collections::{BTreeMap, VecDeque},
     sync::{
         Mutex,
         atomic::{AtomicU64, Ordering},
@@ -25,13 +25,18 @@ macro_rules! counters {
         pub struct Counters {
             $($(#[$doc])* pub $name: AtomicU64,)*
             recent_gaps: Mutex<VecDeque<Gap>>,
+            /// Decoder rejections by reason (rare: a mutex is cheap enough).
+            decode_errors_by_reason: Mutex<BTreeMap<&'static str, u64>>,
         }
 
         impl Counters {
-            /// Every counter with its name, in declaration order.
+            /// Every counter with its name: the fixed ones in declaration order, then the decode
+            /// rejections by reason.
             #[must_use]
             pub fn values(&self) -> Vec<(&'static str, u64)> {
-                vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*]
+                let mut values = vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*];
+                values.extend(lock(&self.decode_errors_by_reason).iter().map(|(k, v)| (*k, *v)));
+                values
             }
         }
     };
@@ -40,13 +45,8 @@ macro_rules! counters {
 counters! {
     /// Records read from the ring buffers.
     records_received,
-    /// Records rejected by the decoder (sum of the `decode_*` counters).
+    /// Records rejected by the decoder (by reason: the `decode_*` counters).
     decode_errors,
-    decode_truncated,
-    decode_unknown_op,
-    decode_unknown_syscall,
-    decode_path_too_long,
-    decode_length_mismatch,
     /// Records whose shard sequence number was lower than expected (should stay 0).
     records_out_of_order,
     /// Records missing from the shard sequences (lost before reaching userspace).
@@ -65,6 +65,11 @@ counters! {
     events_delivered,
     /// Semantic events the sink failed to write.
     sink_errors,
+}
+
+/// Locks a counter mutex; a panic elsewhere does not make counts unreadable.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Adds `n` to a counter.
@@ -86,7 +91,7 @@ impl Counters {
     /// Records a gap in a shard's sequence.
     pub fn record_gap(&self, gap: Gap) {
         add(&self.records_missing, gap.count);
-        let mut gaps = self.recent_gaps.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut gaps = lock(&self.recent_gaps);
         if gaps.len() == RECENT_GAPS {
             gaps.pop_front();
         }
@@ -96,20 +101,12 @@ impl Counters {
     /// The most recent gaps, oldest first.
     #[must_use]
     pub fn recent_gaps(&self) -> Vec<Gap> {
-        let gaps = self.recent_gaps.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        gaps.iter().copied().collect()
+        lock(&self.recent_gaps).iter().copied().collect()
     }
 
     /// Counts a decode rejection under its reason.
-    pub fn record_decode_error(&self, reason: &str) {
+    pub fn record_decode_error(&self, reason: &'static str) {
         add(&self.decode_errors, 1);
-        let counter = match reason {
-            "decode_truncated" => &self.decode_truncated,
-            "decode_unknown_op" => &self.decode_unknown_op,
-            "decode_unknown_syscall" => &self.decode_unknown_syscall,
-            "decode_path_too_long" => &self.decode_path_too_long,
-            _ => &self.decode_length_mismatch,
-        };
-        add(counter, 1);
+        *lock(&self.decode_errors_by_reason).entry(reason).or_default() += 1;
     }
 }

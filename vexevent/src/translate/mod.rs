@@ -172,6 +172,7 @@ impl Translator {
         let header = &record.header;
         let ok = header.ret >= 0;
         let syscall = syscall_by_nr(header.syscall_nr).map_or("fork", |e| e.name);
+        let mut subtype = syscall;
         let mut fs = FilesystemContext {
             path_truncated: header.flags & record_flags::PATH1_TRUNCATED != 0,
             ..FilesystemContext::default()
@@ -270,14 +271,8 @@ impl Translator {
                             return Disposition::Suppressed;
                         };
                         context.vector = Some(decoded.vector);
-                        return self.emit(
-                            record,
-                            decoded.event_type,
-                            decoded.name.to_owned(),
-                            fs,
-                            context,
-                            out,
-                        );
+                        subtype = decoded.name;
+                        decoded.event_type
                     }
                 }
             }
@@ -307,7 +302,7 @@ impl Translator {
             return Disposition::Suppressed;
         }
         context.filesystem = Some(fs);
-        self.emit(record, event_type, syscall.to_owned(), FilesystemContext::default(), context, out)
+        self.emit(record, event_type, subtype, context, out)
     }
 
     /// Operations with a path argument but no path captured (fsetxattr, fchmod, ...) act on an fd.
@@ -329,7 +324,7 @@ impl Translator {
             return Disposition::Suppressed;
         }
         let context = Context { filesystem: Some(fs), ..Context::default() };
-        self.emit(record, event_type, syscall.to_owned(), FilesystemContext::default(), context, out)
+        self.emit(record, event_type, syscall, context, out)
     }
 
     fn fill_from_fd(fs: &mut FilesystemContext, info: Option<FileInfo>, fd: i32) {
@@ -429,14 +424,10 @@ impl Translator {
         &mut self,
         record: &RawRecord,
         event_type: EventType,
-        subtype: String,
-        fs: FilesystemContext,
+        subtype: &str,
         mut context: Context,
         out: &mut Vec<SemanticEvent>,
     ) -> Disposition {
-        if context.filesystem.is_none() && (fs.path.is_some() || fs.fd.is_some()) {
-            context.filesystem = Some(fs);
-        }
         let header = &record.header;
         let ok = header.ret >= 0;
         let errno = (!ok).then(|| i32::try_from(-header.ret).unwrap_or(i32::MAX));
@@ -444,7 +435,7 @@ impl Translator {
         let base = self.event(
             record,
             event_type,
-            subtype.clone(),
+            subtype.to_owned(),
             context.clone(),
             result.clone(),
             Priority::Normal,
@@ -459,12 +450,12 @@ impl Translator {
             metric_value: Some(f64::from(errno)),
             metric_unit: Some(errno_name(errno)),
             service_name: "vexevent".to_owned(),
-            operation_name: subtype.clone(),
+            operation_name: subtype.to_owned(),
         });
         let mut error = self.event(
             record,
             EventType::ObservabilityErrorReported,
-            subtype,
+            subtype.to_owned(),
             context,
             result,
             Priority::High,
