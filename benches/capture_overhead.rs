@@ -66,7 +66,11 @@ fn traced_round(mount: &Mount, file: &Path, ops: u64) -> TracedRound {
     let pid = u64::from(std::process::id());
     let delivered =
         finished.events.iter().filter(|e| e["process"]["pid"].as_u64() == Some(pid)).count() as u64;
-    let lost = finished.stats["loss"]["missing_by_sequence"].as_u64().unwrap_or(u64::MAX);
+    let summary = &finished.stats["loss"];
+    let lost = ["lost_reported", "unaccounted"]
+        .iter()
+        .map(|field| summary[field].as_u64().unwrap_or(u64::MAX))
+        .fold(0u64, u64::saturating_add);
     TracedRound { rate, delivered, lost, cpu }
 }
 

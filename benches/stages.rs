@@ -60,21 +60,21 @@ fn stages(c: &mut Criterion) {
     let write_record = decode(&write).expect("valid");
     let mut translator = Translator::new(options);
     let mut events = Vec::with_capacity(4);
-    translator.translate(&open_record, &mut events, &counters);
+    translator.translate_captured(&open_record, &mut events, &counters);
     group.bench_function("translate_write", |b| {
         b.iter(|| {
             events.clear();
-            translator.translate(black_box(&write_record), &mut events, &counters);
+            translator.translate_captured(black_box(&write_record), &mut events, &counters);
         });
     });
     group.bench_function("translate_open_with_stat", |b| {
         b.iter(|| {
             events.clear();
-            translator.translate(black_box(&open_record), &mut events, &counters);
+            translator.translate_captured(black_box(&open_record), &mut events, &counters);
         });
     });
     events.clear();
-    translator.translate(&write_record, &mut events, &counters);
+    translator.translate_captured(&write_record, &mut events, &counters);
     let event = events[0].clone();
     let mut line = Vec::with_capacity(1024);
     group.bench_function("serialize_json_line", |b| {

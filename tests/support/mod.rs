@@ -154,10 +154,13 @@ impl Vexevent {
     }
 }
 
-/// Parses a JSON Lines file (missing file: no events).
+/// Parses the complete lines of a JSON Lines file (missing file: no events). A last line still
+/// being written (no newline yet) is left for the next read.
 pub fn read_events(path: &Path) -> Vec<Value> {
     let Ok(text) = std::fs::read_to_string(path) else { return Vec::new() };
-    text.lines()
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
+        .lines()
         .filter(|line| !line.is_empty())
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("bad JSON line {line:?}: {e}")))
         .collect()

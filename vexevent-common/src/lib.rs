@@ -12,7 +12,13 @@ pub use syscalls::*;
 
 /// Names of the maps in the eBPF object, so the loader and the programs cannot disagree.
 pub mod map_names {
-    pub const EVENTS: &str = "EVENTS";
+    /// Ring buffers, one per shard.
+    pub const EVENTS: [&str; crate::MAX_SHARDS] =
+        ["EVENTS_0", "EVENTS_1", "EVENTS_2", "EVENTS_3", "EVENTS_4", "EVENTS_5", "EVENTS_6", "EVENTS_7"];
+    /// Per-CPU records lost and not yet reported in a gap record.
+    pub const PENDING_LOSS: &str = "PENDING_LOSS";
+    /// Per-CPU records lost, by `OpKind` value (cumulative).
+    pub const LOST_BY_KIND: &str = "LOST_BY_KIND";
     pub const SYSCALL_SPECS: &str = "SYSCALL_SPECS";
     pub const CONFIG: &str = "CONFIG";
     pub const WATCH_PREFIXES: &str = "WATCH_PREFIXES";

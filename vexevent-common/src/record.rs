@@ -125,10 +125,39 @@ pub struct ProbeConfig {
     pub comm_filter: [u8; COMM_LEN],
     /// Offset of `child_pid` in the `sched_process_fork` tracepoint record (read from tracefs).
     pub fork_child_pid_offset: u32,
+    /// Number of ring buffers in use (1..=`MAX_SHARDS`); CPU `c` writes to ring
+    /// `(c / cpus_per_shard) % shard_count`.
+    pub shard_count: u32,
+    pub cpus_per_shard: u32,
     pub padding: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 56);
+const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 64);
+
+/// Most ring buffers (shards) the object declares (`EVENTS_0` .. `EVENTS_7`).
+pub const MAX_SHARDS: usize = 8;
+
+/// `RecordHeader::op` of a gap record: the CPU lost `ret` records starting at sequence `seq`;
+/// the payload after the header is `[u32; GAP_KINDS]`, lost records by `OpKind` value.
+pub const GAP_OP: u32 = 0xFFFF_0001;
+/// Entries in a gap record's per-kind counts (index = `OpKind` value; 0 unused).
+pub const GAP_KINDS: usize = 24;
+/// Size of a gap record.
+pub const GAP_RECORD_SIZE: usize = RECORD_HEADER_SIZE + 4 * GAP_KINDS;
+
+/// Records a CPU failed to write and has not yet reported in a gap record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingLoss {
+    /// Sequence number of the first unreported lost record.
+    pub first_seq: u64,
+    /// Unreported lost records.
+    pub total: u64,
+    /// Unreported lost records by `OpKind` value.
+    pub by_kind: [u32; GAP_KINDS],
+}
+
+const _: () = assert!(core::mem::size_of::<PendingLoss>() == 16 + 4 * GAP_KINDS);
 
 /// Key of the watch-prefix trie: the first `PREFIX_KEY_BYTES` of a path.
 pub type PrefixKey = [u8; PREFIX_KEY_BYTES];
@@ -146,4 +175,6 @@ mod pod {
     unsafe impl aya::Pod for super::SyscallSpec {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ProbeConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PendingLoss {}
 }

@@ -1,11 +1,12 @@
 //! vexevent's eBPF programs. Thin on purpose: filter first, fill a record, submit, count failures.
 //! `syscalls` holds the syscall tracepoint pair, `process` the fork tracepoint; `maps` declares
-//! every map, `scope` answers "is this path or fd watched?".
+//! every map, `scope` answers "is this path or fd watched?", `ring` submits records.
 #![no_std]
 #![no_main]
 
 mod maps;
 mod process;
+mod ring;
 mod scope;
 mod syscalls;
 

@@ -5,7 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use vexevent_common::{
-    KERNEL_STAT_COUNT, KernelStat, PrefixKey, ProbeConfig, RecordBuf, SYSCALL_ARGS, SyscallSpec,
+    GAP_KINDS, KERNEL_STAT_COUNT, KernelStat, PendingLoss, PrefixKey, ProbeConfig, RecordBuf, RecordHeader,
+    SYSCALL_ARGS, SyscallSpec,
 };
 
 /// Default ring size; the loader sets the configured size at load time.
@@ -13,9 +14,43 @@ const DEFAULT_RING_BYTES: u32 = 16 << 20;
 /// Syscall numbers are below 512 on x86_64.
 pub const MAX_SYSCALL_NR: u32 = 512;
 
-/// Records for userspace.
+/// Records for userspace, one ring per shard (group of CPUs); the loader sizes the ones in use
+/// and shrinks the rest to one page.
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+pub static EVENTS_0: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map]
+pub static EVENTS_1: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map]
+pub static EVENTS_2: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map]
+pub static EVENTS_3: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map]
+pub static EVENTS_4: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map]
+pub static EVENTS_5: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map]
+pub static EVENTS_6: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+#[map]
+pub static EVENTS_7: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+
+/// Per-CPU records lost and not yet reported in a gap record.
+#[map]
+pub static PENDING_LOSS: PerCpuArray<PendingLoss> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU records lost, by `OpKind` value (cumulative, for stats).
+#[map]
+pub static LOST_BY_KIND: PerCpuArray<u64> = PerCpuArray::with_max_entries(GAP_KINDS as u32, 0);
+
+/// A gap record: header and lost counts by kind.
+#[repr(C)]
+pub struct GapBuf {
+    pub header: RecordHeader,
+    pub by_kind: [u32; GAP_KINDS],
+}
+
+/// Per-CPU scratch space a gap record is assembled in.
+#[map]
+pub static GAP_SCRATCH: PerCpuArray<GapBuf> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU scratch space a record is assembled in (too large for the 512-byte stack).
 #[map]

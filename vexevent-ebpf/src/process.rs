@@ -9,8 +9,8 @@ use vexevent_common::{KernelStat, OpKind, RECORD_HEADER_SIZE};
 
 use crate::{
     maps::{CONFIG, SCRATCH, count, next_seq},
+    ring::submit,
     scope::{cwd_in_scope, mark_cwd},
-    syscalls::submit,
 };
 
 #[tracepoint]

@@ -5,11 +5,10 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_get_smp_processor_id,
         bpf_ktime_get_ns, bpf_probe_read_user_buf,
-        generated::{bpf_probe_read_user, bpf_probe_read_user_str, bpf_ringbuf_output},
+        generated::{bpf_probe_read_user, bpf_probe_read_user_str},
     },
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
@@ -20,7 +19,8 @@ use vexevent_common::{
 };
 
 use crate::{
-    maps::{CONFIG, EVENTS, INFLIGHT, Inflight, PID_FILTER, SCRATCH, SYSCALL_SPECS, count, next_seq},
+    maps::{CONFIG, INFLIGHT, Inflight, PID_FILTER, SCRATCH, SYSCALL_SPECS, count, next_seq},
+    ring::submit,
     scope::{fd_in_scope, mark_cwd, mark_fd, path_in_scope},
 };
 
@@ -31,8 +31,6 @@ const SYSCALL_NR_OFFSET: usize = 8;
 const ARGS_OFFSET: usize = 16;
 /// The ioctl type of VexFS's vector ioctls; other ioctls are not file-system events we report.
 const VEXFS_IOCTL_TYPE: u64 = b'V' as u64;
-/// Wake the consumer early once this many bytes wait in the ring; otherwise it drains on its timer.
-const WAKEUP_THRESHOLD_BYTES: u64 = 1 << 20;
 
 // Two hook types share the logic below: BTF raw tracepoints (`tp_btf`, cheapest: no perf
 // buffer, direct loads from `pt_regs`) and, where the kernel lacks BTF, classic tracepoints. The
@@ -327,29 +325,5 @@ fn update_scope_maps(spec: &SyscallSpec, tgid: u32, args: &[u64; SYSCALL_ARGS], 
         mark_fd(tgid, args[0], false);
     } else if spec.flags & spec_flags::SETS_CWD != 0 {
         mark_cwd(tgid, in_scope);
-    }
-}
-
-/// Copies `size` bytes of the record to the ring, counting a full ring as a loss. The consumer is
-/// woken only when this record makes the waiting data cross the threshold; otherwise it drains on
-/// its timer (a wakeup per record would cost more than the record).
-#[inline(always)]
-pub fn submit(record: &RecordBuf, size: usize) {
-    let waiting = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
-    let crossing = waiting < WAKEUP_THRESHOLD_BYTES && waiting + size as u64 >= WAKEUP_THRESHOLD_BYTES;
-    let wakeup = if crossing { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
-    // SAFETY: `record` is RECORD_MAX_SIZE bytes and `size` never exceeds it.
-    let written = unsafe {
-        bpf_ringbuf_output(
-            core::ptr::addr_of!(EVENTS).cast_mut().cast(),
-            core::ptr::from_ref(record).cast_mut().cast(),
-            size as u64,
-            u64::from(wakeup),
-        )
-    };
-    if written < 0 {
-        count(KernelStat::LostRingFull);
-    } else {
-        count(KernelStat::Emitted);
     }
 }

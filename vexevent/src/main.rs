@@ -33,7 +33,7 @@ struct Cli {
 enum Command {
     /// Capture events until interrupted (needs root).
     #[command(after_help = RUN_EXAMPLES)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the counters of the running (or last) instance, from its stats file.
     Stats {
         /// Stats file the instance writes.
@@ -75,16 +75,23 @@ struct RunArgs {
     /// Only tasks with this name (at most 15 bytes).
     #[arg(long)]
     comm: Option<String>,
-    /// Ring buffer size in bytes (power of two).
+    /// Size of each shard's ring buffer in bytes (power of two).
     #[arg(long, value_name = "BYTES")]
     ring_bytes: Option<u32>,
     /// Hook type of the syscall probes: BTF raw tracepoints where available (auto), only those
     /// (btf), or classic tracepoints (tracepoint).
     #[arg(long, value_enum, value_name = "TYPE")]
     syscall_hooks: Option<SyscallHooks>,
-    /// Longest wait before userspace drains the ring, in milliseconds.
-    #[arg(long, value_name = "MS")]
-    drain_interval_ms: Option<u64>,
+    /// Ring buffers (shards): 0 is one per CPU (at most 8).
+    #[arg(long, value_name = "N")]
+    shards: Option<usize>,
+    /// Time to let records accumulate after a wakeup before draining, in microseconds.
+    #[arg(long, value_name = "US")]
+    batch_window_us: Option<u64>,
+    /// How late a record may arrive relative to other shards' before order is given up, in
+    /// microseconds.
+    #[arg(long, value_name = "US")]
+    reorder_window_us: Option<u64>,
     /// Seconds between stats reports on stderr (0: only the final report).
     #[arg(long, value_name = "SECS")]
     stats_interval: Option<u64>,
@@ -113,7 +120,9 @@ impl RunArgs {
         capture.comm = self.comm.or(capture.comm.take());
         capture.ring_bytes = self.ring_bytes.unwrap_or(capture.ring_bytes);
         capture.syscall_hooks = self.syscall_hooks.unwrap_or(capture.syscall_hooks);
-        capture.drain_interval_ms = self.drain_interval_ms.unwrap_or(capture.drain_interval_ms);
+        capture.shards = self.shards.unwrap_or(capture.shards);
+        capture.batch_window_us = self.batch_window_us.unwrap_or(capture.batch_window_us);
+        capture.reorder_window_us = self.reorder_window_us.unwrap_or(capture.reorder_window_us);
         config.output.path = self.output.or(config.output.path);
         config.stats.interval_secs = self.stats_interval.unwrap_or(config.stats.interval_secs);
         config.stats.file = self.stats_file.unwrap_or(config.stats.file);
@@ -140,6 +149,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
+            let args = *args;
             let settings = args.into_config()?.validate()?;
             let last = app::run(&settings)?;
             eprint!("{last}");

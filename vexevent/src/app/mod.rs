@@ -18,11 +18,11 @@ use crossbeam_channel::Receiver;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    capture::{Batch, RingDrainer},
+    capture::{Batch, DrainSettings, RingDrainer},
     config::Settings,
     loader::{ProbeSettings, Probes},
     sinks::JsonLinesSink,
-    telemetry::{Counters, StatsSnapshot},
+    telemetry::{Counters, StatsSnapshot, monotonic_ns},
     translate::{TranslateOptions, Translator},
 };
 
@@ -57,6 +57,7 @@ pub fn run(settings: &Settings) -> Result<StatsSnapshot, AppError> {
         uid: settings.uid,
         comm: settings.comm,
         ring_bytes: settings.ring_bytes,
+        shards: settings.shards,
         syscall_hooks: settings.syscall_hooks,
     };
     let mut probes = Probes::load(&probe_settings)?;
@@ -65,13 +66,22 @@ pub fn run(settings: &Settings) -> Result<StatsSnapshot, AppError> {
     let counters = Arc::new(Counters::default());
     let stop_capture = Arc::new(AtomicBool::new(false));
     let (batches_tx, batches_rx) = crossbeam_channel::bounded::<Batch>(settings.channel_batches);
-    let drainer = RingDrainer::new(probes.take_ring()?, Arc::clone(&counters));
-    let interval = settings.drain_interval;
+    let drain_settings = DrainSettings {
+        batch_window: settings.batch_window,
+        reorder_window: settings.reorder_window,
+        one_cpu_per_shard: probes.layout().cpus_per_shard == 1,
+    };
+    let drainer = RingDrainer::new(
+        probes.take_rings()?,
+        probes.take_pending_loss()?,
+        &drain_settings,
+        Arc::clone(&counters),
+    );
     let capture = {
         let stop = Arc::clone(&stop_capture);
         thread::Builder::new()
             .name("vexevent-capture".into())
-            .spawn(move || drainer.run(interval, &stop, &batches_tx))
+            .spawn(move || drainer.run(&drain_settings, &stop, &batches_tx))
             .map_err(|source| AppError::Start { what: "capture thread", source })?
     };
     let translator =
@@ -98,8 +108,7 @@ pub fn run(settings: &Settings) -> Result<StatsSnapshot, AppError> {
 
     let started = Instant::now();
     let snapshot = |probes: &Probes| {
-        let (kernel, sequenced) = probes.kernel_counters();
-        StatsSnapshot::new(kernel, sequenced, &counters, started.elapsed().as_secs_f64())
+        StatsSnapshot::new(probes.kernel_counters(), &counters, started.elapsed().as_secs_f64())
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -172,11 +181,14 @@ fn translate_and_write(
     let mut events = Vec::new();
     for batch in batches {
         events.clear();
-        for record in &batch {
-            translator.translate(record, &mut events, counters);
+        for captured in &batch {
+            translator.translate_captured(captured, &mut events, counters);
         }
-        if !events.is_empty() {
-            sink.write_batch(&events, counters);
+        if !events.is_empty() && sink.write_batch(&events, counters) {
+            let delivered = monotonic_ns();
+            counters.record_latencies(
+                events.iter().map(|event| delivered.saturating_sub(event.timestamp.monotonic_ns) / 1_000),
+            );
         }
     }
 }

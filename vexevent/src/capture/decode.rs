@@ -1,8 +1,48 @@
 //! Turns the bytes of one ring-buffer record into a [`RawRecord`], checking every length first.
 
 use vexevent_common::{
-    NO_ARG, OpKind, PATH_BUF, RECORD_HEADER_SIZE, RecordHeader, spec_flags, syscall_by_nr,
+    GAP_KINDS, GAP_OP, GAP_RECORD_SIZE, NO_ARG, OpKind, PATH_BUF, RECORD_HEADER_SIZE, RecordHeader,
+    spec_flags, syscall_by_nr,
 };
+
+/// What one ring record holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Captured {
+    Record(Box<RawRecord>),
+    Gap(GapRecord),
+}
+
+impl Captured {
+    /// `CLOCK_MONOTONIC` time the merge orders by (syscall exit, or when the gap was reported).
+    #[must_use]
+    pub fn timestamp_ns(&self) -> u64 {
+        match self {
+            Captured::Record(record) => record.header.exit_ns,
+            Captured::Gap(gap) => gap.reported_ns,
+        }
+    }
+
+    /// CPU that produced it.
+    #[must_use]
+    pub fn cpu(&self) -> u32 {
+        match self {
+            Captured::Record(record) => record.header.cpu,
+            Captured::Gap(gap) => gap.cpu,
+        }
+    }
+}
+
+/// Records a CPU's ring could not take: sequence numbers `first_seq .. first_seq + count`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GapRecord {
+    pub cpu: u32,
+    pub first_seq: u64,
+    pub count: u64,
+    /// Lost records by operation kind (non-zero entries only).
+    pub by_kind: Vec<(OpKind, u64)>,
+    /// When the probe reported the gap (`CLOCK_MONOTONIC`).
+    pub reported_ns: u64,
+}
 
 /// A validated kernel record: its header and the paths it carries.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +71,8 @@ pub enum DecodeError {
     PathTooLong { len: u32 },
     #[error("record is {actual} bytes but its header implies {expected}")]
     LengthMismatch { expected: usize, actual: usize },
+    #[error("gap record counts {by_kind} lost records by kind but {total} in all")]
+    GapMismatch { total: u64, by_kind: u64 },
 }
 
 impl DecodeError {
@@ -43,6 +85,7 @@ impl DecodeError {
             DecodeError::UnknownSyscall { .. } => "decode_unknown_syscall",
             DecodeError::PathTooLong { .. } => "decode_path_too_long",
             DecodeError::LengthMismatch { .. } => "decode_length_mismatch",
+            DecodeError::GapMismatch { .. } => "decode_gap_mismatch",
         }
     }
 }
@@ -51,13 +94,50 @@ impl DecodeError {
 ///
 /// # Errors
 /// A [`DecodeError`] when the bytes are not a well-formed record.
-pub fn decode(bytes: &[u8]) -> Result<RawRecord, DecodeError> {
+pub fn decode(bytes: &[u8]) -> Result<Captured, DecodeError> {
     if bytes.len() < RECORD_HEADER_SIZE {
         return Err(DecodeError::Truncated { len: bytes.len() });
     }
     // SAFETY: the length was checked above; `RecordHeader` is `#[repr(C)]` integers and byte
     // arrays, valid for every bit pattern; `read_unaligned` copes with any alignment.
     let header: RecordHeader = unsafe { bytes.as_ptr().cast::<RecordHeader>().read_unaligned() };
+    if header.op == GAP_OP {
+        return decode_gap(&header, bytes).map(Captured::Gap);
+    }
+    decode_record(header, bytes).map(|record| Captured::Record(Box::new(record)))
+}
+
+fn decode_gap(header: &RecordHeader, bytes: &[u8]) -> Result<GapRecord, DecodeError> {
+    if bytes.len() != GAP_RECORD_SIZE {
+        return Err(DecodeError::LengthMismatch { expected: GAP_RECORD_SIZE, actual: bytes.len() });
+    }
+    let counts = &bytes[RECORD_HEADER_SIZE..];
+    let mut by_kind = Vec::new();
+    let mut sum = 0u64;
+    for (kind, count) in counts.chunks_exact(4).take(GAP_KINDS).enumerate() {
+        let count = u64::from(u32::from_ne_bytes([count[0], count[1], count[2], count[3]]));
+        if count == 0 {
+            continue;
+        }
+        let kind = u32::try_from(kind).unwrap_or(u32::MAX);
+        let op = OpKind::try_from(kind).map_err(|op| DecodeError::UnknownOp { op })?;
+        by_kind.push((op, count));
+        sum += count;
+    }
+    let total = header.ret.cast_unsigned();
+    if sum != total {
+        return Err(DecodeError::GapMismatch { total, by_kind: sum });
+    }
+    Ok(GapRecord {
+        cpu: header.cpu,
+        first_seq: header.seq,
+        count: total,
+        by_kind,
+        reported_ns: header.exit_ns,
+    })
+}
+
+fn decode_record(header: RecordHeader, bytes: &[u8]) -> Result<RawRecord, DecodeError> {
     let op = OpKind::try_from(header.op).map_err(|op| DecodeError::UnknownOp { op })?;
     let (has_path1, has_path2, text2) = if op == OpKind::Fork {
         (false, false, false)
@@ -86,17 +166,20 @@ pub fn decode(bytes: &[u8]) -> Result<RawRecord, DecodeError> {
     Ok(RawRecord { header, op, path1, path2, text2, size: u32::try_from(bytes.len()).unwrap_or(u32::MAX) })
 }
 
+fn header_bytes(header: &RecordHeader) -> Vec<u8> {
+    // SAFETY: `RecordHeader` is `#[repr(C)]` plain data without padding bytes (size asserted in
+    // vexevent-common), so viewing it as bytes is sound.
+    unsafe { std::slice::from_raw_parts(std::ptr::from_ref(header).cast::<u8>(), RECORD_HEADER_SIZE) }
+        .to_vec()
+}
+
 /// Encodes a record the way the probes lay it out (for tests, replay and benchmarks).
 #[must_use]
 pub fn encode(header: &RecordHeader, path1: &[u8], path2: Option<&[u8]>) -> Vec<u8> {
     let mut header = *header;
     header.path1_len = u32::try_from(path1.len()).unwrap_or(u32::MAX);
     header.path2_len = path2.map_or(0, |p| u32::try_from(p.len()).unwrap_or(u32::MAX));
-    // SAFETY: `RecordHeader` is `#[repr(C)]` plain data without padding bytes (size asserted in
-    // vexevent-common), so viewing it as bytes is sound.
-    let header_bytes =
-        unsafe { std::slice::from_raw_parts(std::ptr::from_ref(&header).cast::<u8>(), RECORD_HEADER_SIZE) };
-    let mut bytes = header_bytes.to_vec();
+    let mut bytes = header_bytes(&header);
     bytes.extend_from_slice(path1);
     if let Some(path2) = path2 {
         bytes.resize(RECORD_HEADER_SIZE + PATH_BUF, 0);
@@ -105,10 +188,32 @@ pub fn encode(header: &RecordHeader, path1: &[u8], path2: Option<&[u8]>) -> Vec<
     bytes
 }
 
+/// Encodes a gap record the way the probes lay it out (for tests and replay).
+#[must_use]
+pub fn encode_gap(header: &RecordHeader, by_kind: &[(OpKind, u32)]) -> Vec<u8> {
+    let mut header = *header;
+    header.op = GAP_OP;
+    header.ret = by_kind.iter().map(|(_, n)| i64::from(*n)).sum();
+    let mut counts = [0u32; GAP_KINDS];
+    for (op, n) in by_kind {
+        counts[*op as usize] += n;
+    }
+    let mut bytes = header_bytes(&header);
+    bytes.extend(counts.iter().flat_map(|n| n.to_ne_bytes()));
+    bytes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use vexevent_common::{COMM_LEN, IOCTL_ARG_BYTES};
+
+    fn record(captured: Result<Captured, DecodeError>) -> Result<RawRecord, DecodeError> {
+        captured.map(|c| match c {
+            Captured::Record(r) => *r,
+            Captured::Gap(g) => panic!("unexpected gap {g:?}"),
+        })
+    }
 
     pub(crate) fn header(nr: u32, op: OpKind) -> RecordHeader {
         RecordHeader {
@@ -135,31 +240,46 @@ mod tests {
     #[test]
     fn round_trips_one_and_two_paths() {
         let open = encode(&header(257, OpKind::Open), b"/w/file", None);
-        let record = decode(&open).unwrap();
-        assert_eq!(record.path1.as_deref(), Some(&b"/w/file"[..]));
-        assert_eq!(record.path2, None);
+        let decoded = record(decode(&open)).unwrap();
+        assert_eq!(decoded.path1.as_deref(), Some(&b"/w/file"[..]));
+        assert_eq!(decoded.path2, None);
         let rename = encode(&header(316, OpKind::Rename), b"a", Some(b"/w/b\xff"));
-        let record = decode(&rename).unwrap();
-        assert_eq!(record.path1.as_deref(), Some(&b"a"[..]));
-        assert_eq!(record.path2.as_deref(), Some(&b"/w/b\xff"[..]));
-        assert!(!record.text2);
+        let decoded = record(decode(&rename)).unwrap();
+        assert_eq!(decoded.path1.as_deref(), Some(&b"a"[..]));
+        assert_eq!(decoded.path2.as_deref(), Some(&b"/w/b\xff"[..]));
+        assert!(!decoded.text2);
     }
 
     #[test]
     fn rejects_truncated_and_corrupt_records() {
         let open = encode(&header(257, OpKind::Open), b"/w/file", None);
-        assert_eq!(decode(&open[..10]), Err(DecodeError::Truncated { len: 10 }));
-        assert!(matches!(decode(&open[..open.len() - 1]), Err(DecodeError::LengthMismatch { .. })));
+        assert_eq!(record(decode(&open[..10])), Err(DecodeError::Truncated { len: 10 }));
+        assert!(matches!(record(decode(&open[..open.len() - 1])), Err(DecodeError::LengthMismatch { .. })));
         let mut bad_op = header(257, OpKind::Open);
         bad_op.op = 999;
-        assert_eq!(decode(&encode(&bad_op, b"", None)), Err(DecodeError::UnknownOp { op: 999 }));
+        assert_eq!(record(decode(&encode(&bad_op, b"", None))), Err(DecodeError::UnknownOp { op: 999 }));
         let unknown_nr = header(9999, OpKind::Open);
-        assert_eq!(decode(&encode(&unknown_nr, b"", None)), Err(DecodeError::UnknownSyscall { nr: 9999 }));
+        assert_eq!(
+            record(decode(&encode(&unknown_nr, b"", None))),
+            Err(DecodeError::UnknownSyscall { nr: 9999 })
+        );
         let too_long = u32::try_from(PATH_BUF).unwrap();
         let mut long = open.clone();
         long[RECORD_HEADER_SIZE - IOCTL_ARG_BYTES - COMM_LEN - 8..][..4]
             .copy_from_slice(&too_long.to_ne_bytes());
-        assert_eq!(decode(&long), Err(DecodeError::PathTooLong { len: too_long }));
+        assert_eq!(record(decode(&long)), Err(DecodeError::PathTooLong { len: too_long }));
+    }
+
+    #[test]
+    fn gap_records_round_trip_and_must_add_up() {
+        let bytes = encode_gap(&header(0, OpKind::Open), &[(OpKind::Open, 3), (OpKind::Close, 2)]);
+        let Ok(Captured::Gap(gap)) = decode(&bytes) else { panic!("not a gap") };
+        assert_eq!((gap.cpu, gap.first_seq, gap.count), (1, 7, 5));
+        assert_eq!(gap.by_kind, vec![(OpKind::Open, 3), (OpKind::Close, 2)]);
+        let mut corrupt = bytes.clone();
+        corrupt[24..32].copy_from_slice(&9i64.to_ne_bytes());
+        assert_eq!(decode(&corrupt), Err(DecodeError::GapMismatch { total: 9, by_kind: 5 }));
+        assert!(matches!(decode(&bytes[..bytes.len() - 4]), Err(DecodeError::LengthMismatch { .. })));
     }
 
     #[test]
@@ -170,6 +290,7 @@ mod tests {
             DecodeError::UnknownSyscall { nr: 0 },
             DecodeError::PathTooLong { len: 0 },
             DecodeError::LengthMismatch { expected: 0, actual: 0 },
+            DecodeError::GapMismatch { total: 0, by_kind: 0 },
         ];
         let mut names: Vec<_> = errors.iter().map(DecodeError::reason).collect();
         names.dedup();

@@ -1,10 +1,13 @@
-//! The only code that reads the ring buffers: drains them in batches on a timer (with an early
-//! wakeup from the kernel when they fill), validates each record and hands batches on.
+//! The only code that reads the ring buffers: waits for the kernel's wakeup (sent when a ring goes
+//! from empty to non-empty, or fills past a threshold), lets a short batch window pass, drains
+//! every shard, validates each record, merges the shards by timestamp and hands ordered batches on.
 
 mod decode;
+mod merge;
 mod sequence;
 
-pub use decode::{DecodeError, RawRecord, decode, encode};
+pub use decode::{Captured, DecodeError, GapRecord, RawRecord, decode, encode, encode_gap};
+pub use merge::Merger;
 pub use sequence::SequenceTracker;
 
 use std::{
@@ -16,70 +19,160 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{MapData, RingBuf};
+use aya::maps::{MapData, PerCpuArray, RingBuf};
 use crossbeam_channel::Sender;
+use vexevent_common::{OpKind, PendingLoss};
 
-use crate::telemetry::{Counters, add};
+use crate::telemetry::{Counters, add, monotonic_ns};
 
-/// A batch of records drained together.
-pub type Batch = Vec<RawRecord>;
+/// A batch of records drained and merged together, in timestamp order.
+pub type Batch = Vec<Captured>;
 
-/// Drains one ring buffer.
+/// Longest sleep when nothing arrives (a safety net: the kernel wakes us when data lands).
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+/// How the drainer batches and orders.
+#[derive(Clone, Copy, Debug)]
+pub struct DrainSettings {
+    /// Time to let records accumulate after a wakeup before draining.
+    pub batch_window: Duration,
+    /// Bound on how late a record may arrive relative to another shard's (see `merge`).
+    pub reorder_window: Duration,
+    /// Each shard is a single CPU (its records arrive in timestamp order).
+    pub one_cpu_per_shard: bool,
+}
+
+/// Drains the shards' ring buffers.
 pub struct RingDrainer {
-    ring: RingBuf<MapData>,
+    rings: Vec<RingBuf<MapData>>,
+    pending_loss: PerCpuArray<MapData, PendingLoss>,
     sequences: SequenceTracker,
+    merger: Merger,
     counters: Arc<Counters>,
 }
 
 impl RingDrainer {
     #[must_use]
-    pub fn new(ring: RingBuf<MapData>, counters: Arc<Counters>) -> Self {
-        Self { ring, sequences: SequenceTracker::default(), counters }
+    pub fn new(
+        rings: Vec<RingBuf<MapData>>,
+        pending_loss: PerCpuArray<MapData, PendingLoss>,
+        settings: &DrainSettings,
+        counters: Arc<Counters>,
+    ) -> Self {
+        let window_ns = u64::try_from(settings.reorder_window.as_nanos()).unwrap_or(u64::MAX);
+        let merger = Merger::new(rings.len(), settings.one_cpu_per_shard, window_ns);
+        Self { rings, pending_loss, sequences: SequenceTracker::default(), merger, counters }
     }
 
-    /// Reads every record available now into `batch`.
-    pub fn drain_into(&mut self, batch: &mut Batch) {
+    /// After the probes are detached and the rings drained: reports, as gap records, the losses
+    /// no later record of their CPU could report.
+    fn report_pending_losses(&mut self) {
+        let Ok(per_cpu) = self.pending_loss.get(&0, 0) else {
+            tracing::warn!("cannot read the pending-loss map; unreported losses stay unaccounted");
+            return;
+        };
+        let now = monotonic_ns();
+        for (cpu, pending) in per_cpu.iter().enumerate() {
+            if pending.total == 0 {
+                continue;
+            }
+            let by_kind = pending
+                .by_kind
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .filter_map(|(kind, n)| {
+                    OpKind::try_from(u32::try_from(kind).ok()?).ok().map(|op| (op, u64::from(*n)))
+                })
+                .collect();
+            let cpu = u32::try_from(cpu).unwrap_or(u32::MAX);
+            let gap = GapRecord {
+                cpu,
+                first_seq: pending.first_seq,
+                count: pending.total,
+                by_kind,
+                reported_ns: now,
+            };
+            self.sequences.observe_reported_gap(cpu, gap.first_seq, gap.count, &self.counters);
+            self.merger.push(0, Captured::Gap(gap));
+        }
+    }
+
+    /// Reads every record available now from every shard into the merge.
+    fn drain(&mut self) {
         let mut received = 0;
-        while let Some(item) = self.ring.next() {
-            received += 1;
-            match decode(&item) {
-                Ok(record) => {
-                    self.sequences.observe(record.header.cpu, record.header.seq, &self.counters);
-                    batch.push(record);
-                }
-                Err(error) => {
-                    tracing::debug!(%error, "rejected a ring record");
-                    self.counters.record_decode_error(error.reason());
+        for (shard, ring) in self.rings.iter_mut().enumerate() {
+            while let Some(item) = ring.next() {
+                received += 1;
+                match decode(&item) {
+                    Ok(captured) => {
+                        match &captured {
+                            Captured::Record(record) => {
+                                self.sequences.observe(record.header.cpu, record.header.seq, &self.counters);
+                            }
+                            Captured::Gap(gap) => self.sequences.observe_reported_gap(
+                                gap.cpu,
+                                gap.first_seq,
+                                gap.count,
+                                &self.counters,
+                            ),
+                        }
+                        self.merger.push(shard, captured);
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "rejected a ring record");
+                        self.counters.record_decode_error(error.reason());
+                    }
                 }
             }
         }
         add(&self.counters.records_received, received);
     }
 
-    /// Waits until the kernel signals data or `timeout` passes.
+    /// Waits until a ring has data or `timeout` passes.
     fn wait(&self, timeout: Duration) {
-        let mut poll_fd = libc::pollfd { fd: self.ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: one valid pollfd for the duration of the call.
-        unsafe { libc::poll(&raw mut poll_fd, 1, millis) };
+        let mut fds: Vec<libc::pollfd> = self
+            .rings
+            .iter()
+            .map(|ring| libc::pollfd { fd: ring.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+            .collect();
+        let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX).max(1);
+        let count = libc::nfds_t::try_from(fds.len()).unwrap_or(libc::nfds_t::MAX);
+        // SAFETY: `fds` is a valid array of `count` pollfds for the duration of the call.
+        unsafe { libc::poll(fds.as_mut_ptr(), count, millis) };
     }
 
-    /// Drains every `interval` (or earlier when the kernel wakes us) and sends non-empty batches,
-    /// blocking when the channel is full (backpressure: records wait in the ring). Once `stop`
-    /// is set (after the probes are detached) it drains what is left and returns.
-    pub fn run(mut self, interval: Duration, stop: &AtomicBool, out: &Sender<Batch>) {
+    /// Drains until `stop` is set (after the probes are detached), then drains what is left,
+    /// releases everything held for ordering and returns. Sending blocks when the channel is full
+    /// (backpressure: records wait in the rings).
+    pub fn run(mut self, settings: &DrainSettings, stop: &AtomicBool, out: &Sender<Batch>) {
         loop {
             let stopping = stop.load(Ordering::Acquire);
+            if !stopping {
+                // Records held for ordering are due within the reorder window.
+                let timeout = if self.merger.is_empty() { IDLE_POLL } else { settings.reorder_window };
+                self.wait(timeout);
+                if !settings.batch_window.is_zero() {
+                    std::thread::sleep(settings.batch_window);
+                }
+            }
+            let drain_started = monotonic_ns();
+            self.drain();
             let mut batch = Vec::new();
-            self.drain_into(&mut batch);
+            if stopping {
+                self.report_pending_losses();
+                self.merger.flush(&mut batch);
+            } else {
+                self.merger.release(drain_started, &mut batch);
+            }
+            add(&self.counters.records_late, std::mem::take(&mut self.merger.late));
             if !batch.is_empty() && out.send(batch).is_err() {
-                tracing::warn!("the pipeline stopped before capture; leaving the ring");
+                tracing::warn!("the pipeline stopped before capture; leaving the rings");
                 return;
             }
             if stopping {
                 return;
             }
-            self.wait(interval);
         }
     }
 }

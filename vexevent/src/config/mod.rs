@@ -59,10 +59,16 @@ pub struct CaptureConfig {
     pub uid: Option<u32>,
     /// Only tasks with this name (at most 15 bytes, as the kernel stores it).
     pub comm: Option<String>,
-    /// Ring buffer size in bytes: a power of two, at least 4096.
+    /// Size of each shard's ring buffer in bytes: a power of two, at least 4096.
     pub ring_bytes: u32,
-    /// Longest time a record waits in the ring before userspace drains it, in milliseconds.
-    pub drain_interval_ms: u64,
+    /// Ring buffers (shards); 0 means one per CPU, at most 8.
+    pub shards: usize,
+    /// After the kernel wakes userspace, time to let records accumulate before draining, in
+    /// microseconds (trades a little latency for fewer wakeups under load).
+    pub batch_window_us: u64,
+    /// Bound on how late a record may reach userspace relative to other shards' records, in
+    /// microseconds; events are released in timestamp order once this has passed.
+    pub reorder_window_us: u64,
     /// Batches that may wait between capture and translation before capture blocks.
     pub channel_batches: usize,
     /// Hook type of the syscall probes: `auto`, `btf` or `tracepoint`.
@@ -78,7 +84,9 @@ impl Default for CaptureConfig {
             uid: None,
             comm: None,
             ring_bytes: 16 << 20,
-            drain_interval_ms: 5,
+            shards: 0,
+            batch_window_us: 200,
+            reorder_window_us: 250,
             channel_batches: 64,
             syscall_hooks: SyscallHooks::Auto,
         }
@@ -152,7 +160,9 @@ pub struct Settings {
     pub uid: Option<u32>,
     pub comm: Option<[u8; 16]>,
     pub ring_bytes: u32,
-    pub drain_interval: std::time::Duration,
+    pub shards: usize,
+    pub batch_window: std::time::Duration,
+    pub reorder_window: std::time::Duration,
     pub channel_batches: usize,
     pub syscall_hooks: SyscallHooks,
     pub output: Option<PathBuf>,
@@ -222,8 +232,8 @@ impl Config {
         if !capture.ring_bytes.is_power_of_two() || capture.ring_bytes < 4096 {
             return Err(ConfigError::RingSize { value: capture.ring_bytes });
         }
-        if capture.drain_interval_ms == 0 {
-            return Err(ConfigError::Zero { field: "capture.drain_interval_ms" });
+        if capture.reorder_window_us == 0 {
+            return Err(ConfigError::Zero { field: "capture.reorder_window_us" });
         }
         if capture.channel_batches == 0 {
             return Err(ConfigError::Zero { field: "capture.channel_batches" });
@@ -235,7 +245,9 @@ impl Config {
             uid: capture.uid,
             comm,
             ring_bytes: capture.ring_bytes,
-            drain_interval: std::time::Duration::from_millis(capture.drain_interval_ms),
+            shards: capture.shards,
+            batch_window: std::time::Duration::from_micros(capture.batch_window_us),
+            reorder_window: std::time::Duration::from_micros(capture.reorder_window_us),
             channel_batches: capture.channel_batches,
             syscall_hooks: capture.syscall_hooks,
             output: self.output.path.clone().filter(|p| p.as_os_str() != "-"),

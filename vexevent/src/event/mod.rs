@@ -39,8 +39,12 @@ pub struct SemanticEvent {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub causality_links: Vec<u64>,
     pub context: Context,
-    pub process: ProcessInfo,
-    pub result: OpResult,
+    /// Who performed the operation (absent on events about vexevent itself, such as gaps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessInfo>,
+    /// How the operation ended (absent on events that are not operations).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<OpResult>,
     /// Syscall enter to exit, in nanoseconds.
     pub duration_ns: u64,
 }
@@ -68,6 +72,22 @@ pub struct Context {
     pub vector: Option<VectorContext>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub observability: Option<ObservabilityContext>,
+    /// On `ObservabilityAlertTriggered` gap events: which records were lost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gap: Option<GapContext>,
+}
+
+/// Records the kernel could not deliver (its ring was full): a lower bound for downstream counts.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct GapContext {
+    /// CPU whose records were lost.
+    pub cpu: u32,
+    /// First lost sequence number of that CPU (`local_sequence` of the records around it).
+    pub first_sequence: u64,
+    /// Number of records lost.
+    pub count: u64,
+    /// Lost records by operation type (`open`, `write`, ...).
+    pub lost_by_operation: std::collections::BTreeMap<String, u64>,
 }
 
 /// What file the operation touched.

@@ -72,6 +72,7 @@ event_types! {
     SystemRecovery = 0x0505,
     SystemOptimization = 0x0506,
     ObservabilityMetricCollected = 0x0801,
+    ObservabilityAlertTriggered = 0x0805,
     ObservabilityErrorReported = 0x0808,
     ObservabilityAuditEvent = 0x0809,
 }

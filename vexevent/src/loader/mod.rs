@@ -6,14 +6,13 @@ mod hooks;
 mod seed;
 mod tracefs;
 
-use std::collections::BTreeMap;
-
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use vexevent_common::{
-    COMM_LEN, KernelStat, OpKind, PREFIX_KEY_BYTES, PrefixKey, ProbeConfig, SYSCALLS, map_names,
+    COMM_LEN, KernelStat, MAX_SHARDS, OpKind, PREFIX_KEY_BYTES, PendingLoss, PrefixKey, ProbeConfig,
+    SYSCALLS, map_names,
 };
 
 pub use hooks::{HookReport, SyscallHooks};
@@ -21,7 +20,7 @@ pub use tracefs::TRACEFS;
 
 use hooks::Hooks;
 
-use crate::event::WatchScope;
+use crate::{event::WatchScope, telemetry::KernelCounters};
 
 /// The eBPF object built by build.rs.
 static PROBES_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vexevent-probes"));
@@ -34,7 +33,10 @@ pub struct ProbeSettings {
     pub pids: Vec<u32>,
     pub uid: Option<u32>,
     pub comm: Option<[u8; COMM_LEN]>,
+    /// Bytes of each shard's ring.
     pub ring_bytes: u32,
+    /// Ring buffers (0: one per CPU, at most `MAX_SHARDS`).
+    pub shards: usize,
     pub syscall_hooks: SyscallHooks,
 }
 
@@ -80,6 +82,28 @@ pub struct Probes {
     ebpf: Ebpf,
     hooks: Hooks,
     traced_syscalls: usize,
+    layout: ShardLayout,
+}
+
+/// Size of a ring that is not in use (the kernel's minimum: one page).
+const UNUSED_RING_BYTES: u32 = 4096;
+
+/// How CPUs map to ring buffers: CPU `c` writes to ring `(c / cpus_per_shard) % shard_count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardLayout {
+    pub shard_count: usize,
+    pub cpus_per_shard: usize,
+}
+
+impl ShardLayout {
+    /// `requested` shards (0: one per CPU), at most `MAX_SHARDS`, CPUs spread evenly.
+    #[must_use]
+    pub fn new(requested: usize) -> Self {
+        let cpus = aya::util::nr_cpus().unwrap_or(1).max(1);
+        let wanted = if requested == 0 { cpus } else { requested };
+        let shard_count = wanted.clamp(1, MAX_SHARDS).min(cpus);
+        Self { shard_count, cpus_per_shard: cpus.div_ceil(shard_count) }
+    }
 }
 
 impl Probes {
@@ -95,18 +119,22 @@ impl Probes {
         if !tracefs::mounted() {
             return Err(LoaderError::NoTracefs);
         }
-        let ebpf = EbpfLoader::new()
-            .map_max_entries(map_names::EVENTS, settings.ring_bytes)
-            .load(PROBES_OBJECT)
-            .map_err(|error| match &error {
-                aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
-                    if io_error.raw_os_error() == Some(libc::EPERM) =>
-                {
-                    LoaderError::NotRoot
-                }
-                _ => LoaderError::Load(Box::new(error)),
-            })?;
-        let mut probes = Self { ebpf, hooks: Hooks::default(), traced_syscalls: 0 };
+        let layout = ShardLayout::new(settings.shards);
+        let mut loader = EbpfLoader::new();
+        for (shard, name) in map_names::EVENTS.into_iter().enumerate() {
+            // Rings beyond the shards in use shrink to the minimum (one page).
+            let size = if shard < layout.shard_count { settings.ring_bytes } else { UNUSED_RING_BYTES };
+            loader.map_max_entries(name, size);
+        }
+        let ebpf = loader.load(PROBES_OBJECT).map_err(|error| match &error {
+            aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EPERM) =>
+            {
+                LoaderError::NotRoot
+            }
+            _ => LoaderError::Load(Box::new(error)),
+        })?;
+        let mut probes = Self { ebpf, hooks: Hooks::default(), traced_syscalls: 0, layout };
         probes.configure(settings)?;
         probes.attach(settings.syscall_hooks)?;
         seed::seed_scope(&mut probes.ebpf, settings)?;
@@ -134,6 +162,8 @@ impl Probes {
             comm_filter,
             fork_child_pid_offset: tracefs::field_offset("sched", "sched_process_fork", "child_pid")
                 .unwrap_or(0),
+            shard_count: u32::try_from(self.layout.shard_count).unwrap_or(1),
+            cpus_per_shard: u32::try_from(self.layout.cpus_per_shard).unwrap_or(1),
             padding: 0,
         };
         let mut config_map: Array<_, ProbeConfig> =
@@ -202,13 +232,34 @@ impl Probes {
         self.hooks.reports()
     }
 
-    /// Takes the ring buffer for the capture stage (once).
+    /// How CPUs map to rings.
+    #[must_use]
+    pub fn layout(&self) -> ShardLayout {
+        self.layout
+    }
+
+    /// Takes the per-CPU pending-loss map for the capture stage (once): after the last drain it
+    /// reports the losses the probes had no later record to report with.
     ///
     /// # Errors
     /// When the map is missing (already taken).
-    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, LoaderError> {
-        let map = self.ebpf.take_map(map_names::EVENTS).ok_or_else(missing(map_names::EVENTS))?;
-        RingBuf::try_from(map).map_err(map_error(map_names::EVENTS))
+    pub fn take_pending_loss(&mut self) -> Result<PerCpuArray<MapData, PendingLoss>, LoaderError> {
+        let map = self.ebpf.take_map(map_names::PENDING_LOSS).ok_or_else(missing(map_names::PENDING_LOSS))?;
+        PerCpuArray::try_from(map).map_err(map_error(map_names::PENDING_LOSS))
+    }
+
+    /// Takes the shards' ring buffers for the capture stage (once), in shard order.
+    ///
+    /// # Errors
+    /// When a map is missing (already taken).
+    pub fn take_rings(&mut self) -> Result<Vec<RingBuf<MapData>>, LoaderError> {
+        map_names::EVENTS[..self.layout.shard_count]
+            .iter()
+            .map(|&name| {
+                let map = self.ebpf.take_map(name).ok_or_else(missing(name))?;
+                RingBuf::try_from(map).map_err(map_error(name))
+            })
+            .collect()
     }
 
     /// Detaches every hook: no new records after this returns.
@@ -216,23 +267,26 @@ impl Probes {
         self.hooks.detach(&mut self.ebpf);
     }
 
-    /// The kernel counters summed over CPUs, and the total of the shards' sequence numbers.
+    /// The kernel counters summed over CPUs.
     #[must_use]
-    pub fn kernel_counters(&self) -> (BTreeMap<String, u64>, u64) {
-        let mut counters = BTreeMap::new();
-        if let Some(Ok(stats)) = self.ebpf.map(map_names::STATS).map(PerCpuArray::<_, u64>::try_from) {
-            for stat in KernelStat::ALL {
-                let total = stats.get(&(stat as u32), 0).map_or(0, |values| values.iter().sum());
-                counters.insert(stat.name().to_owned(), total);
-            }
-        }
-        let sequenced = self
-            .ebpf
-            .map(map_names::SEQ)
-            .and_then(|map| PerCpuArray::<_, u64>::try_from(map).ok())
-            .and_then(|seq| seq.get(&0, 0).ok())
-            .map_or(0, |values| values.iter().sum());
-        (counters, sequenced)
+    pub fn kernel_counters(&self) -> KernelCounters {
+        let per_cpu_sum = |name: &str, index: u32| -> u64 {
+            self.ebpf
+                .map(name)
+                .and_then(|map| PerCpuArray::<_, u64>::try_from(map).ok())
+                .and_then(|array| array.get(&index, 0).ok())
+                .map_or(0, |values| values.iter().sum())
+        };
+        let stats = KernelStat::ALL
+            .iter()
+            .map(|&stat| (stat.name().to_owned(), per_cpu_sum(map_names::STATS, stat as u32)))
+            .collect();
+        let lost_by_kind = OpKind::ALL
+            .iter()
+            .map(|&op| (op.name().to_owned(), per_cpu_sum(map_names::LOST_BY_KIND, op as u32)))
+            .filter(|(_, lost)| *lost > 0)
+            .collect();
+        KernelCounters { stats, records_sequenced: per_cpu_sum(map_names::SEQ, 0), lost_by_kind }
     }
 }
 

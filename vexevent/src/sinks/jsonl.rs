@@ -54,9 +54,9 @@ impl JsonLinesSink {
         Self { writer: BufWriter::with_capacity(1 << 16, out), failing: false }
     }
 
-    /// Writes a batch and flushes it. Events that cannot be written are counted in
-    /// `sink_errors`; the first failure is logged.
-    pub fn write_batch(&mut self, events: &[SemanticEvent], counters: &Counters) {
+    /// Writes a batch and flushes it; true when it was written. Events that cannot be written
+    /// are counted in `sink_errors`; the first failure is logged.
+    pub fn write_batch(&mut self, events: &[SemanticEvent], counters: &Counters) -> bool {
         let result = events.iter().try_for_each(|event| {
             serde_json::to_writer(&mut self.writer, event).map_err(io::Error::from)?;
             self.writer.write_all(b"\n")
@@ -65,6 +65,7 @@ impl JsonLinesSink {
             Ok(()) => {
                 add(&counters.events_delivered, events.len() as u64);
                 self.failing = false;
+                true
             }
             Err(error) => {
                 if !self.failing {
@@ -72,6 +73,7 @@ impl JsonLinesSink {
                 }
                 self.failing = true;
                 add(&counters.sink_errors, events.len() as u64);
+                false
             }
         }
     }
@@ -100,8 +102,8 @@ mod tests {
             parent_event_id: None,
             causality_links: Vec::new(),
             context: Context::default(),
-            process: ProcessInfo { pid: 1, tid: 1, uid: 0, gid: 0, comm: PathBytes::from("t") },
-            result: OpResult { ok: true, ret: 1, error: None },
+            process: Some(ProcessInfo { pid: 1, tid: 1, uid: 0, gid: 0, comm: PathBytes::from("t") }),
+            result: Some(OpResult { ok: true, ret: 1, error: None }),
             duration_ns: 1,
         }
     }

@@ -3,7 +3,7 @@
 
 mod snapshot;
 
-pub use snapshot::{LossSummary, StatsSnapshot};
+pub use snapshot::{KernelCounters, LatencySummary, LossSummary, StatsSnapshot};
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -13,8 +13,11 @@ use std::{
     },
 };
 
+use hdrhistogram::Histogram;
 use serde::Serialize;
 
+/// Largest latency the histogram tracks exactly (one minute); larger values count as this.
+const LATENCY_MAX_US: u64 = 60_000_000;
 /// How many recent sequence gaps are kept for reports.
 const RECENT_GAPS: usize = 32;
 
@@ -27,6 +30,8 @@ macro_rules! counters {
             recent_gaps: Mutex<VecDeque<Gap>>,
             /// Decoder rejections by reason (rare: a mutex is cheap enough).
             decode_errors_by_reason: Mutex<BTreeMap<&'static str, u64>>,
+            /// Kernel-to-sink latency of delivered events, in microseconds.
+            latency_us: Mutex<Option<Histogram<u64>>>,
         }
 
         impl Counters {
@@ -43,14 +48,22 @@ macro_rules! counters {
 }
 
 counters! {
-    /// Records read from the ring buffers.
+    /// Data records read from the ring buffers.
     records_received,
+    /// Gap records read from the ring buffers.
+    gap_records,
     /// Records rejected by the decoder (by reason: the `decode_*` counters).
     decode_errors,
     /// Records whose shard sequence number was lower than expected (should stay 0).
     records_out_of_order,
-    /// Records missing from the shard sequences (lost before reaching userspace).
+    /// Records missing from the shard sequences without a gap record explaining them (must stay
+    /// 0: the probes report every loss).
     records_missing,
+    /// Records the probes reported lost in gap records (ring full).
+    lost_reported,
+    /// Records released by the merge after its watermark had passed them (reorder window too
+    /// short).
+    records_late,
     /// Records that only keep path state right (chdir, dup, fork): no event by design.
     bookkeeping_records,
     /// Records of operation types the op filter left out (opens and closes are always captured
@@ -72,6 +85,15 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// `CLOCK_MONOTONIC` now, in nanoseconds: the clock the probes stamp records with.
+#[must_use]
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
+    u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
+}
+
 /// Adds `n` to a counter.
 pub fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
@@ -85,12 +107,14 @@ pub struct Gap {
     pub first: u64,
     /// Number of missing records.
     pub count: u64,
+    /// Whether the probe reported it in a gap record (else it was only seen missing).
+    pub reported: bool,
 }
 
 impl Counters {
     /// Records a gap in a shard's sequence.
     pub fn record_gap(&self, gap: Gap) {
-        add(&self.records_missing, gap.count);
+        add(if gap.reported { &self.lost_reported } else { &self.records_missing }, gap.count);
         let mut gaps = lock(&self.recent_gaps);
         if gaps.len() == RECENT_GAPS {
             gaps.pop_front();
@@ -102,6 +126,29 @@ impl Counters {
     #[must_use]
     pub fn recent_gaps(&self) -> Vec<Gap> {
         lock(&self.recent_gaps).iter().copied().collect()
+    }
+
+    /// Records the kernel-to-sink latency of delivered events (one lock per batch).
+    pub fn record_latencies(&self, latencies_us: impl IntoIterator<Item = u64>) {
+        let mut histogram = lock(&self.latency_us);
+        let histogram = histogram.get_or_insert_with(|| {
+            #[expect(clippy::missing_panics_doc, reason = "constant, valid bounds")]
+            Histogram::new_with_bounds(1, LATENCY_MAX_US, 3).expect("valid histogram bounds")
+        });
+        for latency in latencies_us {
+            histogram.saturating_record(latency.max(1));
+        }
+    }
+
+    /// Latency percentiles so far.
+    #[must_use]
+    pub fn latency_summary(&self) -> LatencySummary {
+        lock(&self.latency_us).as_ref().map_or_else(LatencySummary::default, |h| LatencySummary {
+            events: h.len(),
+            p50_us: h.value_at_quantile(0.5),
+            p99_us: h.value_at_quantile(0.99),
+            max_us: h.max(),
+        })
     }
 
     /// Counts a decode rejection under its reason.

@@ -7,6 +7,17 @@ use serde::{Deserialize, Serialize};
 
 use super::{Counters, Gap};
 
+/// What the kernel side reports, summed over CPUs (filled by the loader).
+#[derive(Clone, Debug, Default)]
+pub struct KernelCounters {
+    /// Counters by name (see `KernelStat`).
+    pub stats: BTreeMap<String, u64>,
+    /// Sequence numbers taken by all CPUs: every record written or lost.
+    pub records_sequenced: u64,
+    /// Records lost (ring full) by operation kind.
+    pub lost_by_kind: BTreeMap<String, u64>,
+}
+
 /// Every counter of a running (or finished) instance.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct StatsSnapshot {
@@ -23,6 +34,8 @@ pub struct StatsSnapshot {
     /// Userspace counters (see `Counters`).
     pub userspace: BTreeMap<String, u64>,
     pub loss: LossSummary,
+    /// Kernel-to-sink latency of delivered events.
+    pub latency: LatencySummary,
     /// Most recent sequence gaps.
     pub recent_gaps: Vec<GapReport>,
 }
@@ -33,61 +46,75 @@ pub struct GapReport {
     pub cpu: u32,
     pub first: u64,
     pub count: u64,
+    /// Reported by the probe in a gap record (else only seen missing).
+    pub reported: bool,
 }
 
-/// Where the events went, in one place.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+/// Where every record went: `records_sequenced = records_received + lost_reported +
+/// unaccounted`. While running, `unaccounted` covers records still in the rings and losses not yet
+/// reported (a CPU reports a loss with its next record, or at shutdown); in a final snapshot it
+/// must be 0.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LossSummary {
-    /// Records the probes produced or tried to (sum of the shards' sequence counters).
     pub records_sequenced: u64,
-    /// Records that reached userspace.
+    /// Data records that reached userspace.
     pub records_received: u64,
-    /// Lost in the kernel because the ring buffer was full.
-    pub lost_ring_full: u64,
-    /// Missing from the sequences, whatever the reason (equals `lost_ring_full` when every loss
-    /// is explained; records still in the ring count here until drained).
-    pub missing_by_sequence: u64,
+    /// Lost (ring full) and reported in the stream by gap events.
+    pub lost_reported: u64,
+    /// Neither received nor reported lost (yet).
+    pub unaccounted: u64,
+    /// Records lost, by operation kind (from the probes' counters).
+    pub lost_by_kind: BTreeMap<String, u64>,
     /// Rejected by the decoder.
     pub decode_errors: u64,
     /// Events the sink could not write.
     pub sink_errors: u64,
 }
 
+/// Kernel-to-sink latency percentiles, in microseconds.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LatencySummary {
+    pub events: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
+}
+
 impl StatsSnapshot {
     /// Builds a snapshot from the kernel counters and the userspace ones.
     #[must_use]
-    pub fn new(
-        kernel: BTreeMap<String, u64>,
-        records_sequenced: u64,
-        counters: &Counters,
-        uptime_secs: f64,
-    ) -> Self {
+    pub fn new(kernel: KernelCounters, counters: &Counters, uptime_secs: f64) -> Self {
         let userspace: BTreeMap<String, u64> =
             counters.values().into_iter().map(|(name, value)| (name.to_owned(), value)).collect();
-        let get = |map: &BTreeMap<String, u64>, key: &str| map.get(key).copied().unwrap_or(0);
+        let get = |key: &str| userspace.get(key).copied().unwrap_or(0);
+        let records_received = get("records_received");
+        let lost_reported = get("lost_reported");
         let loss = LossSummary {
-            records_sequenced,
-            records_received: get(&userspace, "records_received"),
-            lost_ring_full: get(&kernel, "lost_ring_full"),
-            missing_by_sequence: records_sequenced.saturating_sub(get(&userspace, "records_received")),
-            decode_errors: get(&userspace, "decode_errors"),
-            sink_errors: get(&userspace, "sink_errors"),
+            records_sequenced: kernel.records_sequenced,
+            records_received,
+            lost_reported,
+            unaccounted: kernel.records_sequenced.saturating_sub(records_received + lost_reported),
+            lost_by_kind: kernel.lost_by_kind,
+            decode_errors: get("decode_errors"),
+            sink_errors: get("sink_errors"),
         };
         let at_unix_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let latency = counters.latency_summary();
         Self {
             pid: std::process::id(),
             at_unix_ms,
             uptime_secs,
             final_snapshot: false,
-            kernel,
+            kernel: kernel.stats,
             userspace,
             loss,
+            latency,
             recent_gaps: counters
                 .recent_gaps()
                 .into_iter()
-                .map(|Gap { cpu, first, count }| GapReport { cpu, first, count })
+                .map(|Gap { cpu, first, count, reported }| GapReport { cpu, first, count, reported })
                 .collect(),
         }
     }
@@ -118,11 +145,24 @@ impl fmt::Display for StatsSnapshot {
             u("suppressed_op"),
             u("filtered_scope_userspace")
         )?;
+        let loss = &self.loss;
         writeln!(
             f,
-            "  loss:      missing by sequence {}  decode errors {}  sink errors {}",
-            self.loss.missing_by_sequence, self.loss.decode_errors, self.loss.sink_errors
+            "  loss:      reported {}  unaccounted {}  decode errors {}  sink errors {}",
+            loss.lost_reported, loss.unaccounted, loss.decode_errors, loss.sink_errors
         )?;
+        if !loss.lost_by_kind.is_empty() {
+            let kinds: Vec<String> = loss.lost_by_kind.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            writeln!(f, "  lost by operation: {}", kinds.join(" "))?;
+        }
+        let latency = &self.latency;
+        if latency.events > 0 {
+            writeln!(
+                f,
+                "  latency:   kernel to sink p50 {} us  p99 {} us  max {} us ({} events)",
+                latency.p50_us, latency.p99_us, latency.max_us, latency.events
+            )?;
+        }
         let details: Vec<String> = self
             .kernel
             .iter()
@@ -133,9 +173,10 @@ impl fmt::Display for StatsSnapshot {
             writeln!(f, "  filtered in kernel by reason: {}", details.join(" "))?;
         }
         for gap in &self.recent_gaps {
+            let how = if gap.reported { "reported lost" } else { "missing" };
             writeln!(
                 f,
-                "  gap: cpu {} seq {}..{} ({} records)",
+                "  gap: cpu {} seq {}..{} ({} records, {how})",
                 gap.cpu,
                 gap.first,
                 gap.first + gap.count - 1,

@@ -17,13 +17,13 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use vexevent_common::{NO_ARG, OpKind, RecordHeader, record_flags, syscall_by_nr};
+use vexevent_common::{GAP_RECORD_SIZE, NO_ARG, OpKind, RecordHeader, record_flags, syscall_by_nr};
 
 use crate::{
-    capture::RawRecord,
+    capture::{Captured, GapRecord, RawRecord},
     event::{
-        Context, EVENT_VERSION, EventType, FilesystemContext, ObservabilityContext, OpResult, PathBytes,
-        Priority, ProcessInfo, SemanticEvent, Timestamp, WatchScope, flags,
+        Context, EVENT_VERSION, EventType, FilesystemContext, GapContext, ObservabilityContext, OpResult,
+        PathBytes, Priority, ProcessInfo, SemanticEvent, Timestamp, WatchScope, flags,
     },
     telemetry::{Counters, add},
 };
@@ -148,6 +148,72 @@ impl Translator {
     fn fd_arg(header: &RecordHeader) -> Option<i32> {
         let entry = syscall_by_nr(header.syscall_nr)?;
         (entry.spec.fd_arg != NO_ARG).then(|| arg_i32(header, usize::from(entry.spec.fd_arg)))
+    }
+
+    /// Translates what capture delivered: an operation record or a gap report.
+    pub fn translate_captured(
+        &mut self,
+        captured: &Captured,
+        out: &mut Vec<SemanticEvent>,
+        counters: &Counters,
+    ) -> Disposition {
+        match captured {
+            Captured::Record(record) => self.translate(record, out, counters),
+            Captured::Gap(gap) => {
+                add(&counters.gap_records, 1);
+                out.push(self.gap_event(gap));
+                add(&counters.events_translated, 1);
+                Disposition::Events(1)
+            }
+        }
+    }
+
+    /// An `ObservabilityAlertTriggered` event saying which records a CPU lost.
+    fn gap_event(&mut self, gap: &GapRecord) -> SemanticEvent {
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        let lost_by_operation = gap.by_kind.iter().map(|(op, n)| (op.name().to_owned(), *n)).collect();
+        SemanticEvent {
+            event_id: sequence + 1,
+            event_type: EventType::ObservabilityAlertTriggered,
+            event_type_code: EventType::ObservabilityAlertTriggered.code(),
+            event_subtype: "records_lost".to_owned(),
+            timestamp: Timestamp {
+                wall_ns: self.wall_ns(gap.reported_ns),
+                monotonic_ns: gap.reported_ns,
+                cpu: gap.cpu,
+                pid: 0,
+                sequence: gap.first_seq,
+            },
+            global_sequence: sequence,
+            local_sequence: gap.first_seq,
+            flags: flags::DEFAULT,
+            priority: Priority::Critical,
+            event_size: u32::try_from(GAP_RECORD_SIZE).unwrap_or(u32::MAX),
+            event_version: EVENT_VERSION,
+            parent_event_id: None,
+            causality_links: Vec::new(),
+            context: Context {
+                observability: Some(ObservabilityContext {
+                    metric_name: "records_lost".to_owned(),
+                    #[expect(clippy::cast_precision_loss, reason = "a count shown as a metric value")]
+                    metric_value: Some(gap.count as f64),
+                    metric_unit: Some("records".to_owned()),
+                    service_name: "vexevent".to_owned(),
+                    operation_name: "capture".to_owned(),
+                }),
+                gap: Some(GapContext {
+                    cpu: gap.cpu,
+                    first_sequence: gap.first_seq,
+                    count: gap.count,
+                    lost_by_operation,
+                }),
+                ..Context::default()
+            },
+            process: None,
+            result: None,
+            duration_ns: 0,
+        }
     }
 
     /// Translates one record, appending its events to `out`.
@@ -499,14 +565,14 @@ impl Translator {
             parent_event_id: None,
             causality_links: Vec::new(),
             context,
-            process: ProcessInfo {
+            process: Some(ProcessInfo {
                 pid: header.pid,
                 tid: header.tid,
                 uid: header.uid,
                 gid: header.gid,
                 comm: comm_of(header),
-            },
-            result,
+            }),
+            result: Some(result),
             duration_ns: header.exit_ns.saturating_sub(header.enter_ns),
         }
     }

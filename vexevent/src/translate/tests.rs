@@ -97,8 +97,8 @@ fn failures_add_an_error_reported_event_linked_to_the_operation() {
     let events = run(&mut t, &unlink);
     assert_eq!(events.len(), 2);
     assert_eq!(events[0].event_type, EventType::FilesystemDelete);
-    assert_eq!(events[0].result.error.as_deref(), Some("ENOENT"));
-    assert!(!events[0].result.ok);
+    assert_eq!(events[0].result.as_ref().unwrap().error.as_deref(), Some("ENOENT"));
+    assert!(!events[0].result.as_ref().unwrap().ok);
     assert_eq!(events[1].event_type, EventType::ObservabilityErrorReported);
     assert_eq!(events[1].parent_event_id, Some(events[0].event_id));
     assert_eq!(events[1].causality_links, vec![events[0].event_id]);

@@ -1,0 +1,150 @@
+//! Root tests of capture at its limits: a deliberately small ring overloaded by a tight loop must
+//! account for every record exactly (delivered + reported lost == performed, per operation type),
+//! and events from different CPUs must come out in kernel-timestamp order, so that per-file
+//! causality (create before write before rename) holds even when the writer hops between CPUs.
+
+mod support;
+
+use std::{collections::BTreeMap, ffi::CString, os::unix::ffi::OsStrExt, sync::Mutex, time::Duration};
+
+use support::{Mount, Vexevent, event_path_bytes, root_or_skip};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn open_close(path: &CString, times: u64) {
+    for _ in 0..times {
+        // SAFETY: a valid path; the fd is closed at once.
+        unsafe {
+            let fd = libc::open(path.as_ptr(), libc::O_RDONLY);
+            assert!(fd >= 0, "open failed");
+            libc::close(fd);
+        }
+    }
+}
+
+#[test]
+fn overload_is_accounted_exactly_per_operation_type() {
+    const PERFORMED: u64 = 20_000;
+    if !root_or_skip("overload_is_accounted_exactly_per_operation_type") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mount = Mount::tmpfs();
+    let file = mount.path.join("hot");
+    std::fs::write(&file, b"x").unwrap();
+    // One page of ring per CPU and a long batch window: the loop overruns it many times over.
+    let vexevent = Vexevent::start(
+        &[&mount.path],
+        &["--ops", "open,close", "--ring-bytes", "4096", "--batch-window-us", "20000"],
+    );
+    open_close(&CString::new(file.as_os_str().as_bytes()).unwrap(), PERFORMED);
+    let finished = vexevent.stop();
+    assert!(finished.exit_ok, "{:?}", finished.stderr);
+
+    let pid = u64::from(std::process::id());
+    let mut delivered: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut reported: BTreeMap<String, u64> = BTreeMap::new();
+    for event in &finished.events {
+        if let Some(gap) = event["context"].get("gap") {
+            assert_eq!(event["event_type"], "ObservabilityAlertTriggered");
+            let mut sum = 0;
+            for (op, n) in gap["lost_by_operation"].as_object().unwrap() {
+                *reported.entry(op.clone()).or_default() += n.as_u64().unwrap();
+                sum += n.as_u64().unwrap();
+            }
+            assert_eq!(gap["count"].as_u64(), Some(sum), "a gap's counts add up: {event}");
+        } else if event["process"]["pid"].as_u64() == Some(pid) {
+            let op = if event["event_subtype"] == "close" { "close" } else { "open" };
+            *delivered.entry(op).or_default() += 1;
+        }
+    }
+    let stats = &finished.stats;
+    let lost: u64 = reported.values().sum();
+    assert!(lost > 0, "the ring was meant to overflow: {stats}");
+    for op in ["open", "close"] {
+        let total = delivered.get(op).copied().unwrap_or(0) + reported.get(op).copied().unwrap_or(0);
+        assert_eq!(total, PERFORMED, "{op}: delivered {delivered:?} + reported lost {reported:?}");
+    }
+    assert_eq!(stats["loss"]["unaccounted"], 0, "{stats}");
+    assert_eq!(stats["loss"]["lost_reported"].as_u64(), Some(lost), "{stats}");
+    assert_eq!(stats["userspace"]["records_missing"], 0, "every gap came with a gap record: {stats}");
+    assert_eq!(stats["kernel"]["lost_ring_full"].as_u64(), Some(lost), "{stats}");
+}
+
+/// Pins the calling thread to one CPU.
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity get valid pointers.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set), 0);
+    }
+}
+
+#[test]
+fn merged_order_keeps_per_file_causality_across_cpus() {
+    const FILES: usize = 300;
+    if !root_or_skip("merged_order_keeps_per_file_causality_across_cpus") {
+        return;
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    if cpus < 2 {
+        eprintln!("SKIP merged_order_keeps_per_file_causality_across_cpus: needs 2 CPUs, have {cpus}");
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mount = Mount::tmpfs();
+    let vexevent = Vexevent::start(&[&mount.path], &["--ops", "open,write,rename"]);
+    // A thread of its own, so that pinning does not affect the test harness.
+    let root = mount.path.clone();
+    std::thread::spawn(move || {
+        for i in 0..FILES {
+            let path = root.join(format!("f{i}"));
+            pin_to(i % 2);
+            std::fs::File::create(&path).unwrap();
+            pin_to((i + 1) % 2);
+            // Opened without O_CREAT: only the File::create above is a creation.
+            std::io::Write::write_all(
+                &mut std::fs::OpenOptions::new().write(true).open(&path).unwrap(),
+                b"data",
+            )
+            .unwrap();
+            pin_to(i % 2);
+            std::fs::rename(&path, root.join(format!("g{i}"))).unwrap();
+        }
+    })
+    .join()
+    .unwrap();
+    let last = mount.path.join(format!("f{}", FILES - 1));
+    let last = last.as_os_str().as_bytes().to_vec();
+    vexevent.wait_for("the last rename", Duration::from_secs(30), |events| {
+        events.iter().any(|e| {
+            e["event_type"] == "FilesystemRename"
+                && event_path_bytes(&e["context"]["filesystem"]["path"]).as_deref() == Some(&last[..])
+        })
+    });
+    let finished = vexevent.stop();
+    // Per file: the create, then the write, then the rename, in stream order.
+    let mut steps: BTreeMap<Vec<u8>, Vec<String>> = BTreeMap::new();
+    let mut cpus_seen = std::collections::BTreeSet::new();
+    for event in &finished.events {
+        let Some(path) = event_path_bytes(&event["context"]["filesystem"]["path"]) else { continue };
+        let step = match (event["event_type"].as_str().unwrap(), event["event_subtype"].as_str().unwrap()) {
+            ("FilesystemCreate", _) => "create",
+            ("FilesystemWrite", "write") => "write",
+            ("FilesystemRename", _) => "rename",
+            _ => continue,
+        };
+        cpus_seen.insert(event["timestamp"]["cpu"].as_u64().unwrap());
+        steps.entry(path).or_default().push(step.to_owned());
+    }
+    assert_eq!(steps.len(), FILES, "one history per file");
+    for (path, history) in &steps {
+        assert_eq!(history, &["create", "write", "rename"], "{}", String::from_utf8_lossy(path));
+    }
+    assert!(cpus_seen.len() >= 2, "the writer ran on both CPUs: {cpus_seen:?}");
+    assert_eq!(finished.stats["userspace"]["records_late"], 0, "{}", finished.stats);
+    let timestamps: Vec<u64> =
+        finished.events.iter().map(|e| e["timestamp"]["monotonic_ns"].as_u64().unwrap()).collect();
+    assert!(timestamps.windows(2).all(|w| w[0] <= w[1]), "the stream is in timestamp order");
+}
