@@ -1,10 +1,16 @@
-//! End-to-end capture overhead: a tight open/close loop on a watched tmpfs, run untraced and
-//! traced (every open and close delivered as JSON Lines to a file on disk) side by side in
-//! alternating rounds, reporting the slowdown ratio, events delivered vs performed, loss, and the
-//! CPU vexevent used. A third run per round attaches the probes but filters everything at
-//! syscall entry, to show what the hooks alone cost. Needs root. Run: `cargo bench --bench capture_overhead` (or
-//! `cargo xtask bench`). Environment: `VEXEVENT_BENCH_OPS` (default 200000), `VEXEVENT_BENCH_ROUNDS`
-//! (default 3).
+//! End-to-end capture benchmark: workloads run untraced and traced side by side (alternating runs
+//! in one process, because these machines are shared and noisy), reporting the workload's
+//! slowdown ratio, events delivered / performed / lost, events per second, the CPU vexevent used
+//! and kernel-to-sink latency. Traced means every event delivered as JSON Lines to a file on disk.
+//!
+//! Workloads: `open-close` (one thread, tight loop), `mixed` (create, write 4 KiB, close, rename,
+//! unlink over 100 files), `threads` (one open/close thread per CPU), `paced` (100,000 events/s
+//! for latency), and `hooks-only` (probes attached, everything filtered at entry: what the hooks
+//! alone cost). With `bpftrace` installed, the open/close loop also runs under a bpftrace script
+//! printing every open, for comparison.
+//!
+//! Needs root. Run: `cargo bench --bench capture_overhead` or `cargo xtask bench`. Environment:
+//! `VEXEVENT_BENCH_OPS` (iterations per run, default 200000), `VEXEVENT_BENCH_ROUNDS` (default 3).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -12,31 +18,110 @@ mod support;
 use std::{
     ffi::CString,
     os::unix::ffi::OsStrExt,
-    path::Path,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
+use serde_json::Value;
 use support::{Mount, Vexevent, root_or_skip};
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// Opens and closes `path` `ops` times; returns opens per second.
-fn open_close_loop(path: &Path, ops: u64) -> f64 {
-    let path = CString::new(path.as_os_str().as_bytes()).expect("path");
+fn c_path(path: &Path) -> CString {
+    CString::new(path.as_os_str().as_bytes()).expect("path")
+}
+
+fn check(ret: i32, what: &str) {
+    assert!(ret >= 0, "{what} failed: {}", std::io::Error::last_os_error());
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Workload {
+    OpenClose,
+    Mixed,
+    Threads,
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::OpenClose => "open-close",
+            Workload::Mixed => "mixed",
+            Workload::Threads => "threads",
+        }
+    }
+
+    /// Events one iteration performs (per thread).
+    fn events_per_iteration(self) -> u64 {
+        match self {
+            Workload::OpenClose | Workload::Threads => 2,
+            Workload::Mixed => 5,
+        }
+    }
+
+    fn threads(self) -> u64 {
+        match self {
+            Workload::Threads => {
+                u64::try_from(std::thread::available_parallelism().map_or(1, usize::from)).unwrap_or(1)
+            }
+            _ => 1,
+        }
+    }
+}
+
+/// One thread's loop; returns iterations per second.
+fn run_loop(workload: Workload, dir: &Path, thread: u64, ops: u64, pace: Option<Duration>) -> f64 {
+    let file = c_path(&dir.join(format!("target-{thread}")));
+    let names: Vec<(CString, CString)> = (0..100)
+        .map(|i| (c_path(&dir.join(format!("m{thread}-{i}"))), c_path(&dir.join(format!("r{thread}-{i}")))))
+        .collect();
+    let block = [7u8; 4096];
     let start = Instant::now();
-    for _ in 0..ops {
-        // SAFETY: a valid NUL-terminated path; the fd is closed right away.
+    for i in 0..ops {
+        if let Some(pace) = pace {
+            let due = start + pace.saturating_mul(u32::try_from(i).unwrap_or(u32::MAX));
+            while Instant::now() < due {
+                std::hint::spin_loop();
+            }
+        }
+        // SAFETY: valid NUL-terminated paths and buffers; fds are closed in the same iteration.
         unsafe {
-            let fd = libc::open(path.as_ptr(), libc::O_RDONLY);
-            assert!(fd >= 0, "open failed");
-            libc::close(fd);
+            match workload {
+                Workload::OpenClose | Workload::Threads => {
+                    let fd = libc::open(file.as_ptr(), libc::O_RDONLY);
+                    check(fd, "open");
+                    libc::close(fd);
+                }
+                Workload::Mixed => {
+                    let (name, renamed) = &names[usize::try_from(i % 100).unwrap_or(0)];
+                    let fd = libc::open(name.as_ptr(), libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o644);
+                    check(fd, "create");
+                    check(i32::from(libc::write(fd, block.as_ptr().cast(), block.len()) > 0), "write");
+                    libc::close(fd);
+                    check(libc::rename(name.as_ptr(), renamed.as_ptr()), "rename");
+                    check(libc::unlink(renamed.as_ptr()), "unlink");
+                }
+            }
         }
     }
     #[expect(clippy::cast_precision_loss, reason = "a rate needs no more than 52 bits")]
     let ops = ops as f64;
     ops / start.elapsed().as_secs_f64()
+}
+
+/// Runs the workload on all its threads; returns total iterations per second.
+fn run_workload(workload: Workload, dir: &Path, ops: u64, pace: Option<Duration>) -> f64 {
+    let dir = dir.to_path_buf();
+    let handles: Vec<_> = (0..workload.threads())
+        .map(|thread| {
+            let dir = dir.clone();
+            std::thread::spawn(move || run_loop(workload, &dir, thread, ops, pace))
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().expect("workload thread")).sum()
 }
 
 /// CPU time (user + system) a process has used so far.
@@ -50,17 +135,23 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_millis(ticks * 1000 / hz)
 }
 
-struct TracedRound {
+struct Traced {
     rate: f64,
     delivered: u64,
     lost: u64,
     cpu: Duration,
+    elapsed: Duration,
+    stats: Value,
 }
 
-fn traced_round(mount: &Mount, file: &Path, ops: u64) -> TracedRound {
-    let vexevent = Vexevent::start(&[&mount.path], &["--ops", "open,close"]);
+fn traced_run(mount: &Mount, workload: Workload, ops: u64, pace: Option<Duration>) -> Traced {
+    let ops_filter =
+        if workload == Workload::Mixed { "open,write,close,rename,unlink" } else { "open,close" };
+    let vexevent = Vexevent::start(&[&mount.path], &["--ops", ops_filter]);
     let cpu_before = cpu_time(vexevent.pid());
-    let rate = open_close_loop(file, ops);
+    let started = Instant::now();
+    let rate = run_workload(workload, &mount.path, ops, pace);
+    let elapsed = started.elapsed();
     let cpu = cpu_time(vexevent.pid()).saturating_sub(cpu_before);
     let finished = vexevent.stop();
     let pid = u64::from(std::process::id());
@@ -71,16 +162,54 @@ fn traced_round(mount: &Mount, file: &Path, ops: u64) -> TracedRound {
         .iter()
         .map(|field| summary[field].as_u64().unwrap_or(u64::MAX))
         .fold(0u64, u64::saturating_add);
-    TracedRound { rate, delivered, lost, cpu }
+    Traced { rate, delivered, lost, cpu, elapsed, stats: finished.stats }
 }
 
-/// The workload with the probes attached but every syscall filtered at enter (`--pid 1`): the
-/// floor that the hooks alone cost.
-fn hooks_only_round(mount: &Mount, file: &Path, ops: u64) -> f64 {
-    let vexevent = Vexevent::start(&[&mount.path], &["--pid", "1"]);
-    let rate = open_close_loop(file, ops);
-    vexevent.stop();
-    rate
+/// The open/close loop under a bpftrace script that prints every open to a file.
+fn bpftrace_run(mount: &Mount, ops: u64) -> Option<f64> {
+    let bpftrace = which("bpftrace")?;
+    let out: PathBuf = mount.path.join("bpftrace.out");
+    let script = format!(
+        "tracepoint:syscalls:sys_enter_openat /pid == {}/ {{ printf(\"%s\\n\", str(args->filename)); }}",
+        std::process::id()
+    );
+    let mut child = Command::new(bpftrace)
+        .args(["-o", out.to_str()?, "-e", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    // bpftrace writes "Attaching 1 probe..." to its output once attached.
+    let deadline = Instant::now() + Duration::from_mins(1);
+    while !std::fs::read_to_string(&out).is_ok_and(|t| t.contains("Attaching")) {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rate = run_workload(Workload::OpenClose, &mount.path, ops, None);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(libc::pid_t::try_from(child.id()).ok()?, libc::SIGINT) };
+    let _ = child.wait();
+    Some(rate)
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(program))
+        .find(|p| p.is_file())
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn latency(stats: &Value) -> String {
+    format!("{}/{}", stats["latency"]["p50_us"], stats["latency"]["p99_us"])
 }
 
 fn main() {
@@ -90,42 +219,84 @@ fn main() {
     let ops = env_or("VEXEVENT_BENCH_OPS", 200_000);
     let rounds = env_or("VEXEVENT_BENCH_ROUNDS", 3);
     let mount = Mount::tmpfs();
-    let file = mount.path.join("target");
-    std::fs::write(&file, b"x").expect("workload file");
-    // Warm up caches and the CPU frequency once.
-    open_close_loop(&file, ops / 4);
-
-    println!("capture_overhead: tight open+close loop, {ops} iterations per run, {rounds} rounds");
-    println!(
-        "{:<6} {:>14} {:>16} {:>14} {:>7} {:>22} {:>6} {:>14}",
-        "round",
-        "untraced op/s",
-        "hooks-only op/s",
-        "traced op/s",
-        "ratio",
-        "events delivered",
-        "lost",
-        "vexevent CPU"
-    );
-    let mut ratios = Vec::new();
-    let mut all_delivered = true;
-    for round in 1..=rounds {
-        let untraced = open_close_loop(&file, ops);
-        let hooks_only = hooks_only_round(&mount, &file, ops);
-        let traced = traced_round(&mount, &file, ops);
-        let ratio = traced.rate / untraced;
-        ratios.push(ratio);
-        let performed = 2 * ops;
-        all_delivered &= traced.delivered == performed && traced.lost == 0;
-        println!(
-            "{round:<6} {untraced:>14.0} {hooks_only:>16.0} {:>14.0} {ratio:>7.2} {:>22} {:>6} {:>13.2}s",
-            traced.rate,
-            format!("{}/{performed}", traced.delivered),
-            traced.lost,
-            traced.cpu.as_secs_f64()
-        );
+    for thread in 0..Workload::Threads.threads() {
+        std::fs::write(mount.path.join(format!("target-{thread}")), b"x").expect("workload file");
     }
-    ratios.sort_by(f64::total_cmp);
-    let median = ratios[ratios.len() / 2];
-    println!("median slowdown ratio (traced/untraced): {median:.2}x; every event delivered: {all_delivered}");
+    // Warm up caches and the CPU frequency once.
+    run_workload(Workload::OpenClose, &mount.path, ops / 4, None);
+
+    println!(
+        "capture_overhead: {ops} iterations per thread per run, {rounds} rounds, tmpfs, JSON Lines to disk"
+    );
+    println!(
+        "{:<11} {:>5} {:>13} {:>13} {:>6} {:>24} {:>6} {:>11} {:>9} {:>16}",
+        "workload",
+        "round",
+        "untraced it/s",
+        "traced it/s",
+        "ratio",
+        "delivered/performed",
+        "lost",
+        "events/s",
+        "cpu",
+        "p50/p99 us"
+    );
+    for workload in [Workload::OpenClose, Workload::Mixed, Workload::Threads] {
+        let mut ratios = Vec::new();
+        for round in 1..=rounds {
+            let untraced = run_workload(workload, &mount.path, ops, None);
+            let traced = traced_run(&mount, workload, ops, None);
+            let ratio = traced.rate / untraced;
+            ratios.push(ratio);
+            let performed = ops * workload.events_per_iteration() * workload.threads();
+            #[expect(clippy::cast_precision_loss, reason = "a rate")]
+            let events_per_sec = traced.delivered as f64 / traced.elapsed.as_secs_f64();
+            println!(
+                "{:<11} {round:>5} {untraced:>13.0} {:>13.0} {ratio:>6.2} {:>24} {:>6} {events_per_sec:>11.0} {:>8.2}s {:>16}",
+                workload.name(),
+                traced.rate,
+                format!("{}/{performed}", traced.delivered),
+                traced.lost,
+                traced.cpu.as_secs_f64(),
+                latency(&traced.stats),
+            );
+        }
+        println!("{:<11} median slowdown ratio (traced/untraced): {:.2}x", workload.name(), median(ratios));
+    }
+
+    // What the hooks alone cost: attached, every syscall filtered at entry.
+    let mut ratios = Vec::new();
+    for _ in 0..rounds {
+        let untraced = run_workload(Workload::OpenClose, &mount.path, ops, None);
+        let vexevent = Vexevent::start(&[&mount.path], &["--pid", "1"]);
+        let hooked = run_workload(Workload::OpenClose, &mount.path, ops, None);
+        vexevent.stop();
+        ratios.push(hooked / untraced);
+    }
+    println!(
+        "hooks-only  median ratio, probes attached but filtering everything at entry: {:.2}x",
+        median(ratios)
+    );
+
+    // Latency at a steady 100,000 events/s (50,000 open+close per second).
+    let paced_ops = 100_000;
+    let traced = traced_run(&mount, Workload::OpenClose, paced_ops, Some(Duration::from_micros(20)));
+    println!(
+        "paced       100000 events/s for {:.1}s: delivered {}/{} lost {} latency p50/p99/max {}/{}/{} us",
+        traced.elapsed.as_secs_f64(),
+        traced.delivered,
+        paced_ops * 2,
+        traced.lost,
+        traced.stats["latency"]["p50_us"],
+        traced.stats["latency"]["p99_us"],
+        traced.stats["latency"]["max_us"],
+    );
+
+    match bpftrace_run(&mount, ops) {
+        Some(rate) => {
+            let untraced = run_workload(Workload::OpenClose, &mount.path, ops, None);
+            println!("bpftrace    open-close printing every open: ratio {:.2}x", rate / untraced);
+        }
+        None => println!("bpftrace    not installed: comparison skipped"),
+    }
 }

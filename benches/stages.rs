@@ -1,5 +1,5 @@
 //! Per-stage cost in userspace (criterion): decoding a ring record, translating it into a `VexFS`
-//! semantic event (an fd-based write, and an open that stats its file), and serializing the event
+//! semantic event (an fd-based write, and a repeated open whose stat is cached), and serializing the event
 //! as a JSON line. Run: `cargo bench --bench stages`.
 
 use std::{collections::HashSet, hint::black_box, os::unix::ffi::OsStrExt};
@@ -67,7 +67,7 @@ fn stages(c: &mut Criterion) {
             translator.translate_captured(black_box(&write_record), &mut events, &counters);
         });
     });
-    group.bench_function("translate_open_with_stat", |b| {
+    group.bench_function("translate_open_cached_stat", |b| {
         b.iter(|| {
             events.clear();
             translator.translate_captured(black_box(&open_record), &mut events, &counters);

@@ -162,6 +162,11 @@ fn on_enter(nr: i64, read_args: impl FnOnce() -> [u64; SYSCALL_ARGS]) -> Option<
             count(KernelStat::FilteredScope);
             return None;
         }
+        if spec.flags & spec_flags::CLOSES_FD != 0 {
+            // Forget the fd now, not at exit: once close releases the number, another thread's
+            // open may get it and mark it before this close's exit would run.
+            mark_fd(tgid, fd, false);
+        }
     }
     let inflight = Inflight {
         nr,
@@ -261,7 +266,7 @@ fn on_exit(nr: i64, ret: i64) -> Option<()> {
                 && spec.flags & spec_flags::PATH2_IS_TEXT == 0
                 && path_in_scope(config, tgid, path2, len2, arg(args, spec.dirfd2_arg)))
     };
-    update_scope_maps(spec, tgid, args, ret, in_scope);
+    update_scope_maps(spec, tgid, ret, in_scope);
     if !in_scope {
         count(KernelStat::FilteredScope);
         return None;
@@ -313,7 +318,7 @@ fn on_exit(nr: i64, ret: i64) -> Option<()> {
 
 /// Keeps the fd and cwd scope maps in step with what the syscall did.
 #[inline(always)]
-fn update_scope_maps(spec: &SyscallSpec, tgid: u32, args: &[u64; SYSCALL_ARGS], ret: i64, in_scope: bool) {
+fn update_scope_maps(spec: &SyscallSpec, tgid: u32, ret: i64, in_scope: bool) {
     if ret < 0 {
         return;
     }
@@ -321,8 +326,6 @@ fn update_scope_maps(spec: &SyscallSpec, tgid: u32, args: &[u64; SYSCALL_ARGS], 
         mark_fd(tgid, ret as u64, in_scope);
     } else if spec.flags & spec_flags::DUPLICATES_FD != 0 {
         mark_fd(tgid, ret as u64, true);
-    } else if spec.flags & spec_flags::CLOSES_FD != 0 {
-        mark_fd(tgid, args[0], false);
     } else if spec.flags & spec_flags::SETS_CWD != 0 {
         mark_cwd(tgid, in_scope);
     }

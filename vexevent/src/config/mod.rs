@@ -85,8 +85,8 @@ impl Default for CaptureConfig {
             comm: None,
             ring_bytes: 16 << 20,
             shards: 0,
-            batch_window_us: 200,
-            reorder_window_us: 250,
+            batch_window_us: 100,
+            reorder_window_us: 100,
             channel_batches: 64,
             syscall_hooks: SyscallHooks::Auto,
         }

@@ -6,6 +6,7 @@ mod errno;
 mod ioctl;
 mod paths;
 mod process;
+mod stat_cache;
 
 pub use errno::errno_name;
 pub use ioctl::{VexfsIoctl, decode_vexfs_ioctl};
@@ -62,6 +63,7 @@ pub struct TranslateOptions {
 pub struct Translator {
     options: TranslateOptions,
     processes: ProcessTable,
+    stats: stat_cache::StatCache,
     /// Wall clock minus `CLOCK_MONOTONIC`, in nanoseconds.
     wall_offset_ns: i128,
     next_sequence: u64,
@@ -113,6 +115,7 @@ impl Translator {
         Self {
             options,
             processes: ProcessTable::default(),
+            stats: stat_cache::StatCache::default(),
             wall_offset_ns: wall_clock_offset_ns(),
             next_sequence: 0,
         }
@@ -266,7 +269,7 @@ impl Translator {
             OpKind::Dup => {
                 if ok {
                     if let Some(old) = Self::fd_arg(header) {
-                        self.processes.dup_fd(header.pid, old, ret_int(header));
+                        self.processes.dup_fd(header.pid, old, ret_int(header), header.exit_ns);
                     }
                 }
                 return Disposition::Bookkeeping;
@@ -279,14 +282,24 @@ impl Translator {
                     "openat" => header.args[2],
                     _ => 0, // openat2's flags live in a user struct the probe does not copy
                 };
-                let stat = if ok { stat_path(&path) } else { None };
+                let creating = open_flags & O_CREAT != 0;
+                if creating {
+                    self.stats.invalidate(&path);
+                }
+                let stat = if !ok {
+                    None
+                } else if creating {
+                    stat_path(&path)
+                } else {
+                    self.stats.stat(&path)
+                };
                 if ok {
                     let info = FileInfo {
                         path: path.clone(),
                         inode: stat.map(|s| s.inode),
                         file_type: stat.map(|s| s.file_type),
                     };
-                    self.processes.set_fd(header.pid, ret_int(header), info);
+                    self.processes.set_fd(header.pid, ret_int(header), info, header.exit_ns);
                 }
                 let created = open_flags & O_CREAT != 0
                     && (!ok
@@ -309,7 +322,7 @@ impl Translator {
             OpKind::Close => {
                 let fd = arg_i32(header, 0);
                 let info = self.processes.fd(header.pid, fd);
-                self.processes.close_fd(header.pid, fd);
+                self.processes.close_fd(header.pid, fd, header.enter_ns);
                 Self::fill_from_fd(&mut fs, info, fd);
                 EventType::FilesystemRead
             }
@@ -352,6 +365,10 @@ impl Translator {
                     || (!record.text2 && target.as_deref().is_some_and(|t| self.options.scope.contains(t)));
                 if !in_scope {
                     return Disposition::OutOfScope;
+                }
+                self.stats.invalidate(&path);
+                if let Some(target) = target.as_deref().filter(|_| !record.text2) {
+                    self.stats.invalidate(target);
                 }
                 let stat = if ok && !matches!(op, OpKind::Unlink | OpKind::Rmdir | OpKind::Umount) {
                     stat_path(if op == OpKind::Rename { target.as_deref().unwrap_or(&path) } else { &path })

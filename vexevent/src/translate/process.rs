@@ -60,7 +60,8 @@ fn read_link(path: &str) -> Option<Vec<u8>> {
 #[derive(Debug, Default)]
 struct ProcessState {
     cwd: Option<Vec<u8>>,
-    fds: HashMap<i32, FileInfo>,
+    /// Open fds: the file, and when the fd got it (`CLOCK_MONOTONIC`; 0 when learned from /proc).
+    fds: HashMap<i32, (FileInfo, u64)>,
 }
 
 /// Per-process cwd and fd tables.
@@ -98,28 +99,35 @@ impl ProcessTable {
 
     /// The file behind an fd: as seen opened, else as /proc shows it now.
     pub fn fd(&mut self, pid: u32, fd: i32) -> Option<FileInfo> {
-        if let Some(info) = self.process(pid).fds.get(&fd) {
+        if let Some((info, _)) = self.process(pid).fds.get(&fd) {
             return Some(info.clone());
         }
         let path = read_link(&format!("/proc/{pid}/fd/{fd}"))?;
         let stat = stat_path(&path);
         let info = FileInfo { inode: stat.map(|s| s.inode), file_type: stat.map(|s| s.file_type), path };
-        self.process(pid).fds.insert(fd, info.clone());
+        self.process(pid).fds.insert(fd, (info.clone(), 0));
         Some(info)
     }
 
-    pub fn set_fd(&mut self, pid: u32, fd: i32, info: FileInfo) {
-        self.process(pid).fds.insert(fd, info);
+    /// `fd` refers to `info` since `since_ns` (the syscall's exit).
+    pub fn set_fd(&mut self, pid: u32, fd: i32, info: FileInfo, since_ns: u64) {
+        self.process(pid).fds.insert(fd, (info, since_ns));
     }
 
-    pub fn close_fd(&mut self, pid: u32, fd: i32) {
-        self.process(pid).fds.remove(&fd);
+    /// A close of `fd` that began at `close_entered_ns`. In a multi-threaded process another
+    /// thread may already have reused the number (its open ends after this close began): that
+    /// newer file is kept.
+    pub fn close_fd(&mut self, pid: u32, fd: i32, close_entered_ns: u64) {
+        let fds = &mut self.process(pid).fds;
+        if fds.get(&fd).is_some_and(|(_, since)| *since <= close_entered_ns) {
+            fds.remove(&fd);
+        }
     }
 
     /// `new_fd` now refers to what `old_fd` does.
-    pub fn dup_fd(&mut self, pid: u32, old_fd: i32, new_fd: i32) {
+    pub fn dup_fd(&mut self, pid: u32, old_fd: i32, new_fd: i32, since_ns: u64) {
         if let Some(info) = self.fd(pid, old_fd) {
-            self.set_fd(pid, new_fd, info);
+            self.set_fd(pid, new_fd, info, since_ns);
         }
     }
 }
@@ -132,11 +140,15 @@ mod tests {
     fn tracks_fds_cwd_and_forks() {
         let mut table = ProcessTable::default();
         let info = FileInfo { path: b"/w/a".to_vec(), inode: Some(5), file_type: Some(FileType::Regular) };
-        table.set_fd(1_000_000, 3, info.clone());
-        table.dup_fd(1_000_000, 3, 1);
-        assert_eq!(table.fd(1_000_000, 1), Some(info));
-        table.close_fd(1_000_000, 3);
+        table.set_fd(1_000_000, 3, info.clone(), 10);
+        table.dup_fd(1_000_000, 3, 1, 20);
+        assert_eq!(table.fd(1_000_000, 1), Some(info.clone()));
+        table.close_fd(1_000_000, 3, 30);
         assert_eq!(table.fd(1_000_000, 3), None, "closed, and no such process in /proc");
+        // Another thread reopened fd 1 after a close of it began: the close keeps the new file.
+        table.set_fd(1_000_000, 1, info.clone(), 50);
+        table.close_fd(1_000_000, 1, 40);
+        assert_eq!(table.fd(1_000_000, 1), Some(info));
         table.set_cwd(1_000_000, b"/w".to_vec());
         table.fork(1_000_000, 1_000_001);
         assert_eq!(table.cwd(1_000_001), Some(b"/w".to_vec()));
