@@ -1,5 +1,6 @@
 //! Per-stage cost in userspace (criterion): decoding a ring record, translating it into a `VexFS`
-//! semantic event (an fd-based write, and a repeated open whose stat is cached), and serializing the event
+//! semantic event (an fd-based write, a repeated open whose stat is cached, an `O_CREAT` open that
+//! must stat), and serializing the event
 //! as a JSON line. Run: `cargo bench --bench stages`.
 
 use std::{collections::HashSet, hint::black_box, os::unix::ffi::OsStrExt};
@@ -47,6 +48,8 @@ fn stages(c: &mut Criterion) {
     let path = file.as_os_str().as_bytes();
     let open = encode(&header("openat", [AT_FDCWD, 0, 0, 0, 0, 0], 7), path, None);
     let write = encode(&header("write", [7, 0, 4096, 0, 0, 0], 4096), b"", None);
+    let o_creat = u64::try_from(libc::O_CREAT).expect("flag");
+    let create = encode(&header("openat", [AT_FDCWD, 0, o_creat, 0o644, 0, 0], 8), path, None);
     let options = TranslateOptions {
         scope: WatchScope::new(vec![]),
         ops: USER_OPS.into_iter().collect::<HashSet<_>>(),
@@ -57,6 +60,7 @@ fn stages(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.bench_function("decode_open_record", |b| b.iter(|| decode(black_box(&open)).expect("valid")));
     let open_record = decode(&open).expect("valid");
+    let create_record = decode(&create).expect("valid");
     let write_record = decode(&write).expect("valid");
     let mut translator = Translator::new(options);
     let mut events = Vec::with_capacity(4);
@@ -71,6 +75,12 @@ fn stages(c: &mut Criterion) {
         b.iter(|| {
             events.clear();
             translator.translate_captured(black_box(&open_record), &mut events, &counters);
+        });
+    });
+    group.bench_function("translate_open_creating_with_stat", |b| {
+        b.iter(|| {
+            events.clear();
+            translator.translate_captured(black_box(&create_record), &mut events, &counters);
         });
     });
     events.clear();
