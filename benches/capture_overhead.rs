@@ -6,8 +6,8 @@
 //! Workloads: `open-close` (one thread, tight loop), `mixed` (create, write 4 KiB, close, rename,
 //! unlink over 100 files), `threads` (one open/close thread per CPU), `paced` (100,000 events/s
 //! for latency), and `hooks-only` (probes attached, everything filtered at entry: what the hooks
-//! alone cost). With `bpftrace` installed, the open/close loop also runs under a bpftrace script
-//! printing every open, for comparison.
+//! alone cost). With `bpftrace` or libbpf-tools `opensnoop` installed, the open/close loop also
+//! runs under them printing every open, for comparison.
 //!
 //! Needs root. Run: `cargo bench --bench capture_overhead` or `cargo xtask bench`. Environment:
 //! `VEXEVENT_BENCH_OPS` (iterations per run, default 200000), `VEXEVENT_BENCH_ROUNDS` (default 3).
@@ -165,23 +165,44 @@ fn traced_run(mount: &Mount, workload: Workload, ops: u64, pace: Option<Duration
     Traced { rate, delivered, lost, cpu, elapsed, stats: finished.stats }
 }
 
-/// The open/close loop under a bpftrace script that prints every open to a file.
-fn bpftrace_run(mount: &Mount, ops: u64) -> Option<f64> {
-    let bpftrace = which("bpftrace")?;
-    let out: PathBuf = mount.path.join("bpftrace.out");
-    let script = format!(
-        "tracepoint:syscalls:sys_enter_openat /pid == {}/ {{ printf(\"%s\\n\", str(args->filename)); }}",
-        std::process::id()
-    );
-    let mut child = Command::new(bpftrace)
-        .args(["-o", out.to_str()?, "-e", &script])
-        .stdout(Stdio::null())
+/// A peer tool that prints every open of this process: its command line, and the text its
+/// output contains once it is attached.
+struct Peer {
+    name: &'static str,
+    args: Vec<String>,
+    ready_marker: &'static str,
+}
+
+fn peers() -> Vec<Peer> {
+    let pid = std::process::id();
+    vec![
+        Peer {
+            name: "bpftrace",
+            args: vec![
+                "-e".into(),
+                format!(
+                    "tracepoint:syscalls:sys_enter_openat /pid == {pid}/ {{ printf(\"%s\\n\", str(args->filename)); }}"
+                ),
+            ],
+            ready_marker: "Attaching",
+        },
+        // libbpf-tools opensnoop: prints a header once its probes are attached.
+        Peer { name: "opensnoop", args: vec!["-p".into(), pid.to_string()], ready_marker: "PID" },
+    ]
+}
+
+/// The open/close loop while `peer` prints every open to a file; None when it is not installed.
+fn peer_run(peer: &Peer, mount: &Mount, ops: u64) -> Option<f64> {
+    let program = which(peer.name)?;
+    let out: PathBuf = mount.path.join(format!("{}.out", peer.name));
+    let mut child = Command::new(program)
+        .args(&peer.args)
+        .stdout(std::fs::File::create(&out).ok()?)
         .stderr(Stdio::null())
         .spawn()
         .ok()?;
-    // bpftrace writes "Attaching 1 probe..." to its output once attached.
     let deadline = Instant::now() + Duration::from_mins(1);
-    while !std::fs::read_to_string(&out).is_ok_and(|t| t.contains("Attaching")) {
+    while !std::fs::read_to_string(&out).is_ok_and(|t| t.contains(peer.ready_marker)) {
         if Instant::now() > deadline {
             let _ = child.kill();
             return None;
@@ -292,11 +313,13 @@ fn main() {
         traced.stats["latency"]["max_us"],
     );
 
-    match bpftrace_run(&mount, ops) {
-        Some(rate) => {
-            let untraced = run_workload(Workload::OpenClose, &mount.path, ops, None);
-            println!("bpftrace    open-close printing every open: ratio {:.2}x", rate / untraced);
+    for peer in peers() {
+        match peer_run(&peer, &mount, ops) {
+            Some(rate) => {
+                let untraced = run_workload(Workload::OpenClose, &mount.path, ops, None);
+                println!("{:<11} open-close printing every open: ratio {:.2}x", peer.name, rate / untraced);
+            }
+            None => println!("{:<11} not installed (or did not attach): comparison skipped", peer.name),
         }
-        None => println!("bpftrace    not installed: comparison skipped"),
     }
 }

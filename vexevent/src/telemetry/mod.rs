@@ -157,3 +157,31 @@ impl Counters {
         *lock(&self.decode_errors_by_reason).entry(reason).or_default() += 1;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_rejections_are_counted_by_reason_and_listed() {
+        let counters = Counters::default();
+        counters.record_decode_error("decode_truncated");
+        counters.record_decode_error("decode_truncated");
+        counters.record_decode_error("decode_gap_mismatch");
+        let values: BTreeMap<_, _> = counters.values().into_iter().collect();
+        assert_eq!(values["decode_errors"], 3);
+        assert_eq!(values["decode_truncated"], 2);
+        assert_eq!(values["decode_gap_mismatch"], 1);
+    }
+
+    #[test]
+    fn latency_percentiles_come_from_recorded_values() {
+        let counters = Counters::default();
+        counters.record_latencies((1..=100).map(|us| us * 10));
+        let summary = counters.latency_summary();
+        assert_eq!(summary.events, 100);
+        assert!((495..=505).contains(&summary.p50_us), "{summary:?}");
+        assert!((985..=995).contains(&summary.p99_us), "{summary:?}");
+        assert_eq!(summary.max_us, 1000);
+    }
+}
