@@ -26,6 +26,9 @@ pub mod map_names {
     pub const CWD_SCOPE: &str = "CWD_SCOPE";
     pub const PID_FILTER: &str = "PID_FILTER";
     pub const STATS: &str = "STATS";
+    pub const FUSE_CONFIG: &str = "FUSE_CONFIG";
+    /// Watched FUSE connections (the mount's device number, kernel encoding).
+    pub const FUSE_CONNECTIONS: &str = "FUSE_CONNECTIONS";
     pub const SEQ: &str = "SEQ";
 }
 
@@ -38,4 +41,6 @@ pub mod program_names {
     pub const SYS_ENTER: &str = "vexevent_sys_enter";
     pub const SYS_EXIT: &str = "vexevent_sys_exit";
     pub const PROCESS_FORK: &str = "vexevent_process_fork";
+    pub const FUSE_SEND: &str = "vexevent_fuse_request_send";
+    pub const FUSE_END: &str = "vexevent_fuse_request_end";
 }

@@ -159,6 +159,48 @@ pub struct PendingLoss {
 
 const _: () = assert!(core::mem::size_of::<PendingLoss>() == 16 + 4 * GAP_KINDS);
 
+/// Where the FUSE tracepoints keep their fields (byte offsets read from tracefs `format` files at
+/// start), and whether every FUSE connection is watched. One entry in the `FUSE_CONFIG` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FuseConfig {
+    /// Non-zero: every connection is watched (else only those in `FUSE_CONNECTIONS`).
+    pub watch_all: u32,
+    pub send_connection: u32,
+    pub send_unique: u32,
+    pub send_opcode: u32,
+    pub send_len: u32,
+    pub end_connection: u32,
+    pub end_unique: u32,
+    pub end_len: u32,
+    pub end_error: u32,
+    pub padding: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<FuseConfig>() == 40);
+
+/// Key of the in-flight FUSE request table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FuseRequestKey {
+    pub connection: u32,
+    pub padding: u32,
+    pub unique: u64,
+}
+
+/// Where a `FuseRequest` record keeps its fields: `RecordHeader::args` indices. `enter_ns` is
+/// when the request was queued, `exit_ns` when it ended, `ret` its error, `pid`/`tid`/`uid`/`gid`/
+/// `comm` those of the requester.
+pub mod fuse_args {
+    pub const CONNECTION: usize = 0;
+    pub const UNIQUE: usize = 1;
+    pub const OPCODE: usize = 2;
+    pub const REQUEST_LEN: usize = 3;
+    pub const REPLY_LEN: usize = 4;
+    /// `(tgid << 32) | tid` of the daemon thread that replied.
+    pub const DAEMON: usize = 5;
+}
+
 /// Key of the watch-prefix trie: the first `PREFIX_KEY_BYTES` of a path.
 pub type PrefixKey = [u8; PREFIX_KEY_BYTES];
 
@@ -177,4 +219,6 @@ mod pod {
     unsafe impl aya::Pod for super::ProbeConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PendingLoss {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FuseConfig {}
 }

@@ -30,10 +30,16 @@ pub enum KernelStat {
     PathTruncated,
     /// `sched_process_fork` of a process whose cwd is in scope (scope inherited).
     ForksInherited,
+    /// FUSE requests queued on a watched connection.
+    FuseRequests,
+    /// FUSE requests on connections that are not watched.
+    FuseFilteredConnection,
+    /// FUSE request ends without a matching send (queued before vexevent started).
+    FuseUnmatchedEnd,
 }
 
 /// Number of counters; the size of the `STATS` array.
-pub const KERNEL_STAT_COUNT: u32 = KernelStat::ForksInherited as u32 + 1;
+pub const KERNEL_STAT_COUNT: u32 = KernelStat::FuseUnmatchedEnd as u32 + 1;
 
 impl KernelStat {
     /// Every counter, in index order.
@@ -51,6 +57,9 @@ impl KernelStat {
         KernelStat::PathFaults,
         KernelStat::PathTruncated,
         KernelStat::ForksInherited,
+        KernelStat::FuseRequests,
+        KernelStat::FuseFilteredConnection,
+        KernelStat::FuseUnmatchedEnd,
     ];
 
     /// Name used in stats output and metrics.
@@ -70,6 +79,9 @@ impl KernelStat {
             KernelStat::PathFaults => "path_faults",
             KernelStat::PathTruncated => "path_truncated",
             KernelStat::ForksInherited => "forks_inherited",
+            KernelStat::FuseRequests => "fuse_requests",
+            KernelStat::FuseFilteredConnection => "filtered_fuse_connection",
+            KernelStat::FuseUnmatchedEnd => "fuse_unmatched_end",
         }
     }
 }

@@ -38,11 +38,14 @@ pub enum OpKind {
     Dup,
     /// A process forked (from `sched_process_fork`); carries the child pid in `ret`.
     Fork,
+    /// A FUSE request from queueing to reply (`fuse_request_send`/`fuse_request_end`); see
+    /// [`crate::fuse_args`] for where its fields sit in the record.
+    FuseRequest,
 }
 
 impl OpKind {
     /// Every kind, in code order.
-    pub const ALL: [OpKind; 22] = [
+    pub const ALL: [OpKind; 23] = [
         OpKind::Open,
         OpKind::Read,
         OpKind::Write,
@@ -65,6 +68,7 @@ impl OpKind {
         OpKind::Chdir,
         OpKind::Dup,
         OpKind::Fork,
+        OpKind::FuseRequest,
     ];
 
     /// The name used on the command line and in configuration.
@@ -93,6 +97,7 @@ impl OpKind {
             OpKind::Chdir => "chdir",
             OpKind::Dup => "dup",
             OpKind::Fork => "fork",
+            OpKind::FuseRequest => "fuse",
         }
     }
 
@@ -100,6 +105,12 @@ impl OpKind {
     #[must_use]
     pub const fn mask_bit(self) -> u64 {
         1 << (self as u32)
+    }
+
+    /// Kinds that do not come from the syscall table (their records carry no paths).
+    #[must_use]
+    pub const fn is_syscall(self) -> bool {
+        !matches!(self, OpKind::Fork | OpKind::FuseRequest)
     }
 
     /// Kinds that keep the probes' scope state right; always captured whatever the op filter.
@@ -114,7 +125,7 @@ impl TryFrom<u32> for OpKind {
 
     fn try_from(value: u32) -> Result<Self, Self::Error> {
         match value {
-            1..=22 => Ok(OpKind::ALL[value as usize - 1]),
+            1..=23 => Ok(OpKind::ALL[value as usize - 1]),
             other => Err(other),
         }
     }

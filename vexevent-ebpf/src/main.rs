@@ -1,9 +1,11 @@
 //! vexevent's eBPF programs. Thin on purpose: filter first, fill a record, submit, count failures.
-//! `syscalls` holds the syscall tracepoint pair, `process` the fork tracepoint; `maps` declares
+//! `syscalls` holds the syscall tracepoint pair, `process` the fork tracepoint, `fuse` the FUSE
+//! request pair; `maps` declares
 //! every map, `scope` answers "is this path or fd watched?", `ring` submits records.
 #![no_std]
 #![no_main]
 
+mod fuse;
 mod maps;
 mod process;
 mod ring;

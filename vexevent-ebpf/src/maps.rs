@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use vexevent_common::{
-    GAP_KINDS, KERNEL_STAT_COUNT, KernelStat, PendingLoss, PrefixKey, ProbeConfig, RecordBuf, RecordHeader,
-    SYSCALL_ARGS, SyscallSpec,
+    FuseConfig, FuseRequestKey, GAP_KINDS, KERNEL_STAT_COUNT, KernelStat, PendingLoss, PrefixKey,
+    ProbeConfig, RecordBuf, RecordHeader, SYSCALL_ARGS, SyscallSpec,
 };
 
 /// Default ring size; the loader sets the configured size at load time.
@@ -91,6 +91,31 @@ pub static PID_FILTER: HashMap<u32, u8> = HashMap::with_max_entries(1024, 0);
 /// Kernel counters, indexed by `KernelStat`.
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(KERNEL_STAT_COUNT, 0);
+
+#[map]
+pub static FUSE_CONFIG: Array<FuseConfig> = Array::with_max_entries(1, 0);
+
+/// Watched FUSE connections (device numbers, kernel encoding).
+#[map]
+pub static FUSE_CONNECTIONS: HashMap<u32, u8> = HashMap::with_max_entries(256, 0);
+
+/// A FUSE request between queueing and reply.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FuseInflight {
+    pub opcode: u32,
+    pub len: u32,
+    pub queued_ns: u64,
+    /// `(tgid << 32) | tid` of the requester.
+    pub requester: u64,
+    pub uid_gid: u64,
+    pub comm: [u8; 16],
+}
+
+/// (connection, unique) -> the queued request. LRU: requests the daemon never answers (it died)
+/// age out.
+#[map]
+pub static FUSE_INFLIGHT: LruHashMap<FuseRequestKey, FuseInflight> = LruHashMap::with_max_entries(1 << 14, 0);
 
 /// A syscall between enter and exit.
 #[repr(C)]

@@ -1,12 +1,14 @@
 //! vexevent: captures file-system events with eBPF and propagates them as `VexFS` semantic events.
 //!
 //! Data flows one way: `loader` attaches the probes, `capture` drains their ring buffers,
-//! `translate` turns records into [`event::SemanticEvent`]s, `sinks` write them out; `telemetry`
+//! `translate` turns records into [`event::SemanticEvent`]s, `correlate` joins the boundaries of
+//! one operation (syscall and FUSE requests), `sinks` write them out; `telemetry`
 //! counts everything that does not make it; `app` wires the stages; `config` feeds them.
 
 pub mod app;
 pub mod capture;
 pub mod config;
+pub mod correlate;
 pub mod event;
 pub mod loader;
 pub mod sinks;

@@ -92,6 +92,12 @@ struct RunArgs {
     /// microseconds.
     #[arg(long, value_name = "US")]
     reorder_window_us: Option<u64>,
+    /// Report FUSE lookups, attribute reads and flushes that no syscall claims.
+    #[arg(long)]
+    fuse_metadata: bool,
+    /// Also report every FUSE request as an event of its own (joined or not).
+    #[arg(long)]
+    fuse_raw: bool,
     /// Seconds between stats reports on stderr (0: only the final report).
     #[arg(long, value_name = "SECS")]
     stats_interval: Option<u64>,
@@ -123,6 +129,8 @@ impl RunArgs {
         capture.shards = self.shards.unwrap_or(capture.shards);
         capture.batch_window_us = self.batch_window_us.unwrap_or(capture.batch_window_us);
         capture.reorder_window_us = self.reorder_window_us.unwrap_or(capture.reorder_window_us);
+        config.fuse.include_metadata |= self.fuse_metadata;
+        config.fuse.raw_boundaries |= self.fuse_raw;
         config.output.path = self.output.or(config.output.path);
         config.stats.interval_secs = self.stats_interval.unwrap_or(config.stats.interval_secs);
         config.stats.file = self.stats_file.unwrap_or(config.stats.file);

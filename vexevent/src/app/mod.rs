@@ -20,6 +20,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     capture::{Batch, DrainSettings, RingDrainer},
     config::Settings,
+    correlate::Correlator,
+    event::SemanticEvent,
     loader::{ProbeSettings, Probes},
     sinks::JsonLinesSink,
     telemetry::{Counters, StatsSnapshot, monotonic_ns},
@@ -86,11 +88,12 @@ pub fn run(settings: &Settings) -> Result<StatsSnapshot, AppError> {
     };
     let translator =
         Translator::new(TranslateOptions { scope: settings.scope.clone(), ops: settings.ops.clone() });
+    let correlator = Correlator::new(settings.correlate);
     let pipeline = {
         let counters = Arc::clone(&counters);
         thread::Builder::new()
             .name("vexevent-pipeline".into())
-            .spawn(move || translate_and_write(&batches_rx, translator, sink, &counters))
+            .spawn(move || translate_and_write(&batches_rx, translator, correlator, sink, &counters))
             .map_err(|source| AppError::Start { what: "pipeline thread", source })?
     };
     let watching = if settings.scope.watches_all() {
@@ -166,29 +169,70 @@ fn report_hooks(probes: &Probes) {
     let hooks = probes.hooks();
     let attached: Vec<&str> = hooks.iter().filter(|h| h.missing.is_none()).map(|h| h.hook.as_str()).collect();
     eprintln!("vexevent: attached {}; tracing {} syscalls", attached.join(", "), probes.traced_syscalls());
+    for mount in probes.fuse_mounts() {
+        eprintln!(
+            "vexevent:   FUSE mount {} ({}, connection {})",
+            String::from_utf8_lossy(&mount.mount_point),
+            mount.fstype,
+            mount.connection
+        );
+    }
     for hook in hooks.iter().filter(|h| h.missing.is_some()) {
         eprintln!("vexevent:   not attached: {} ({})", hook.hook, hook.missing.as_deref().unwrap_or(""));
     }
 }
 
-/// The pipeline thread: translate each batch and hand it to the sink, until capture ends.
+/// The pipeline thread: translate each batch, join the boundaries of each operation, number the
+/// events in output order and hand them to the sink, until capture ends.
 fn translate_and_write(
     batches: &Receiver<Batch>,
     mut translator: Translator,
+    mut correlator: Correlator,
     mut sink: JsonLinesSink,
     counters: &Counters,
 ) {
-    let mut events = Vec::new();
-    for batch in batches {
-        events.clear();
-        for captured in &batch {
-            translator.translate_captured(captured, &mut events, counters);
+    let mut translated = Vec::new();
+    let mut ready = Vec::new();
+    let mut next_sequence = 0u64;
+    let mut output = |ready: &mut Vec<SemanticEvent>, sink: &mut JsonLinesSink| {
+        if ready.is_empty() {
+            return;
         }
-        if !events.is_empty() && sink.write_batch(&events, counters) {
+        for event in ready.iter_mut() {
+            event.global_sequence = next_sequence;
+            next_sequence += 1;
+        }
+        if sink.write_batch(ready, counters) {
             let delivered = monotonic_ns();
             counters.record_latencies(
-                events.iter().map(|event| delivered.saturating_sub(event.timestamp.monotonic_ns) / 1_000),
+                ready.iter().map(|event| delivered.saturating_sub(event.timestamp.monotonic_ns) / 1_000),
             );
         }
+        ready.clear();
+    };
+    loop {
+        // Wake up at least every join window, so that pending FUSE requests are released.
+        match batches.recv_timeout(correlator_tick()) {
+            Ok(batch) => {
+                translated.clear();
+                for captured in &batch {
+                    translator.translate_captured(captured, &mut translated, counters);
+                }
+                for event in translated.drain(..) {
+                    correlator.push(event, counters);
+                }
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        }
+        correlator.drain(monotonic_ns(), &mut ready, counters);
+        output(&mut ready, &mut sink);
     }
+    correlator.flush(&mut ready, counters);
+    output(&mut ready, &mut sink);
+}
+
+/// How often the pipeline checks for FUSE requests whose join window has passed.
+const fn correlator_tick() -> Duration {
+    Duration::from_millis(5)
 }

@@ -139,9 +139,7 @@ fn decode_gap(header: &RecordHeader, bytes: &[u8]) -> Result<GapRecord, DecodeEr
 
 fn decode_record(header: RecordHeader, bytes: &[u8]) -> Result<RawRecord, DecodeError> {
     let op = OpKind::try_from(header.op).map_err(|op| DecodeError::UnknownOp { op })?;
-    let (has_path1, has_path2, text2) = if op == OpKind::Fork {
-        (false, false, false)
-    } else {
+    let (has_path1, has_path2, text2) = if op.is_syscall() {
         let entry =
             syscall_by_nr(header.syscall_nr).ok_or(DecodeError::UnknownSyscall { nr: header.syscall_nr })?;
         (
@@ -149,6 +147,8 @@ fn decode_record(header: RecordHeader, bytes: &[u8]) -> Result<RawRecord, Decode
             entry.spec.path2_arg != NO_ARG,
             entry.spec.flags & spec_flags::PATH2_IS_TEXT != 0,
         )
+    } else {
+        (false, false, false)
     };
     for len in [header.path1_len, header.path2_len] {
         if len as usize >= PATH_BUF {

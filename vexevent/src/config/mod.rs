@@ -11,7 +11,7 @@ use std::{
 use serde::Deserialize;
 use vexevent_common::{OpKind, PREFIX_KEY_BYTES};
 
-use crate::{event::WatchScope, loader::SyscallHooks};
+use crate::{correlate::CorrelateOptions, event::WatchScope, loader::SyscallHooks};
 
 /// Operation types a user can select (the rest only keep path state right).
 pub const USER_OPS: [OpKind; 19] = [
@@ -41,8 +41,27 @@ pub const USER_OPS: [OpKind; 19] = [
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub capture: CaptureConfig,
+    pub fuse: FuseSection,
     pub output: OutputConfig,
     pub stats: StatsConfig,
+}
+
+/// `[fuse]`: how FUSE requests are joined to the syscalls that caused them.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FuseSection {
+    /// Longest a FUSE request waits for its caller's syscall, in milliseconds.
+    pub join_window_ms: u64,
+    /// Report lookups, attribute reads and flushes that no syscall claims.
+    pub include_metadata: bool,
+    /// Also report every FUSE request as an event of its own.
+    pub raw_boundaries: bool,
+}
+
+impl Default for FuseSection {
+    fn default() -> Self {
+        Self { join_window_ms: 20, include_metadata: false, raw_boundaries: false }
+    }
 }
 
 /// `[capture]`: what the kernel probes capture.
@@ -165,6 +184,7 @@ pub struct Settings {
     pub reorder_window: std::time::Duration,
     pub channel_batches: usize,
     pub syscall_hooks: SyscallHooks,
+    pub correlate: CorrelateOptions,
     pub output: Option<PathBuf>,
     pub stats_interval: Option<std::time::Duration>,
     pub stats_file: PathBuf,
@@ -250,6 +270,11 @@ impl Config {
             reorder_window: std::time::Duration::from_micros(capture.reorder_window_us),
             channel_batches: capture.channel_batches,
             syscall_hooks: capture.syscall_hooks,
+            correlate: CorrelateOptions {
+                window: std::time::Duration::from_millis(self.fuse.join_window_ms),
+                include_metadata: self.fuse.include_metadata,
+                raw_boundaries: self.fuse.raw_boundaries,
+            },
             output: self.output.path.clone().filter(|p| p.as_os_str() != "-"),
             stats_interval: (self.stats.interval_secs > 0)
                 .then(|| std::time::Duration::from_secs(self.stats.interval_secs)),

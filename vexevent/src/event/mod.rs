@@ -14,6 +14,14 @@ use serde::Serialize;
 /// Version of the JSON shape of [`SemanticEvent`].
 pub const EVENT_VERSION: u16 = 1;
 
+static NEXT_EVENT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A new event id: unique within this process, increasing.
+#[must_use]
+pub fn next_event_id() -> u64 {
+    NEXT_EVENT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// One `VexFS` semantic event.
 #[derive(Clone, Debug, Serialize)]
 pub struct SemanticEvent {
@@ -25,7 +33,7 @@ pub struct SemanticEvent {
     /// What produced it: the syscall name (`openat`, `unlinkat`, ...) or the `VexFS` ioctl name.
     pub event_subtype: String,
     pub timestamp: Timestamp,
-    /// Position in this instance's output stream, from 0, contiguous.
+    /// Position in this instance's output stream, from 0, contiguous (set just before output).
     pub global_sequence: u64,
     /// The kernel record's sequence number within its shard (`timestamp.cpu`).
     pub local_sequence: u64,
@@ -47,6 +55,74 @@ pub struct SemanticEvent {
     pub result: Option<OpResult>,
     /// Syscall enter to exit, in nanoseconds.
     pub duration_ns: u64,
+    /// Where the time went, for operations seen at several boundaries (FUSE).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<Timeline>,
+}
+
+impl SemanticEvent {
+    /// The `ObservabilityErrorReported` event `VexFS` derives from a failed operation, linked to it.
+    #[must_use]
+    pub fn error_companion(&self) -> Option<SemanticEvent> {
+        let result = self.result.as_ref().filter(|r| !r.ok)?;
+        let mut error = self.clone();
+        error.event_id = next_event_id();
+        error.event_type = EventType::ObservabilityErrorReported;
+        error.event_type_code = EventType::ObservabilityErrorReported.code();
+        error.priority = Priority::High;
+        error.parent_event_id = Some(self.event_id);
+        error.causality_links = vec![self.event_id];
+        #[expect(clippy::cast_precision_loss, reason = "an errno shown as a metric value")]
+        let errno = result.ret.unsigned_abs() as f64;
+        error.context.observability = Some(ObservabilityContext {
+            metric_name: "errno".to_owned(),
+            metric_value: Some(errno),
+            metric_unit: result.error.clone(),
+            service_name: "vexevent".to_owned(),
+            operation_name: self.event_subtype.clone(),
+        });
+        Some(error)
+    }
+}
+
+/// The boundaries of one operation that crossed into a FUSE daemon, as `CLOCK_MONOTONIC`
+/// nanoseconds, and where its time went: `before_fuse_ns + fuse_ns + after_fuse_ns` is the whole
+/// operation (syscall enter to exit).
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Timeline {
+    pub syscall_enter_ns: u64,
+    /// The first FUSE request of the operation was queued for the daemon.
+    pub request_queued_ns: u64,
+    /// The last FUSE request of the operation got the daemon's reply.
+    pub request_ended_ns: u64,
+    pub syscall_exit_ns: u64,
+    /// In the kernel before the first request was queued.
+    pub before_fuse_ns: u64,
+    /// From the first request queued to the last reply (kernel queue and daemon).
+    pub fuse_ns: u64,
+    /// From the last reply to the syscall's return.
+    pub after_fuse_ns: u64,
+}
+
+/// One FUSE request: the kernel queued it for the daemon and the daemon replied.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct FuseRequest {
+    /// The connection: the FUSE mount's device number (kernel encoding).
+    pub connection: u32,
+    /// The request's id on its connection.
+    pub unique: u64,
+    pub opcode: u32,
+    /// `LOOKUP`, `CREATE`, ...
+    pub opcode_name: String,
+    pub requester_pid: u32,
+    pub requester_tid: u32,
+    /// The daemon thread that replied.
+    pub daemon_pid: u32,
+    pub daemon_tid: u32,
+    pub queued_ns: u64,
+    pub ended_ns: u64,
+    /// The daemon's error (negative errno), 0 on success.
+    pub error: i32,
 }
 
 /// When the operation happened.
@@ -75,6 +151,10 @@ pub struct Context {
     /// On `ObservabilityAlertTriggered` gap events: which records were lost.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gap: Option<GapContext>,
+    /// The FUSE requests the operation caused, in order (or the one request, on a FUSE event with
+    /// no caller syscall).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fuse: Vec<FuseRequest>,
 }
 
 /// Records the kernel could not deliver (its ring was full): a lower bound for downstream counts.

@@ -92,6 +92,26 @@ impl Hooks {
         let _ = self.attach_tracepoint(ebpf, program_names::PROCESS_FORK, "sched", "sched_process_fork");
     }
 
+    /// Attaches the FUSE request pair where the kernel has its tracepoints (Linux 6.12+); reports
+    /// their absence otherwise.
+    pub fn attach_fuse(&mut self, ebpf: &mut Ebpf) {
+        if !super::tracefs::event_exists("fuse", "fuse_request_send") {
+            self.report(
+                "fuse/fuse_request_send, fuse/fuse_request_end".to_owned(),
+                Some(
+                    "no FUSE tracepoints in this kernel (Linux < 6.12): FUSE requests are not seen"
+                        .to_owned(),
+                ),
+            );
+            return;
+        }
+        for (program, name) in
+            [(program_names::FUSE_SEND, "fuse_request_send"), (program_names::FUSE_END, "fuse_request_end")]
+        {
+            let _ = self.attach_tracepoint(ebpf, program, "fuse", name);
+        }
+    }
+
     fn attach_btf(
         &mut self,
         ebpf: &mut Ebpf,

@@ -2,6 +2,7 @@
 //! seeds the scope maps with what processes already have open, attaches every hook this kernel
 //! offers and reports which attached. Reads the kernel counters back.
 
+mod fuse_mounts;
 mod hooks;
 mod seed;
 mod tracefs;
@@ -11,10 +12,11 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use vexevent_common::{
-    COMM_LEN, KernelStat, MAX_SHARDS, OpKind, PREFIX_KEY_BYTES, PendingLoss, PrefixKey, ProbeConfig,
-    SYSCALLS, map_names,
+    COMM_LEN, FuseConfig, KernelStat, MAX_SHARDS, OpKind, PREFIX_KEY_BYTES, PendingLoss, PrefixKey,
+    ProbeConfig, SYSCALLS, map_names,
 };
 
+pub use fuse_mounts::{FuseMount, parse_fuse_mounts};
 pub use hooks::{HookReport, SyscallHooks};
 pub use tracefs::TRACEFS;
 
@@ -83,6 +85,7 @@ pub struct Probes {
     hooks: Hooks,
     traced_syscalls: usize,
     layout: ShardLayout,
+    fuse_mounts: Vec<FuseMount>,
 }
 
 /// Size of a ring that is not in use (the kernel's minimum: one page).
@@ -134,8 +137,10 @@ impl Probes {
             }
             _ => LoaderError::Load(Box::new(error)),
         })?;
-        let mut probes = Self { ebpf, hooks: Hooks::default(), traced_syscalls: 0, layout };
+        let mut probes =
+            Self { ebpf, hooks: Hooks::default(), traced_syscalls: 0, layout, fuse_mounts: Vec::new() };
         probes.configure(settings)?;
+        probes.configure_fuse(settings)?;
         probes.attach(settings.syscall_hooks)?;
         seed::seed_scope(&mut probes.ebpf, settings)?;
         Ok(probes)
@@ -196,6 +201,46 @@ impl Probes {
         Ok(())
     }
 
+    /// FUSE tracepoint field offsets and the watched connections.
+    fn configure_fuse(&mut self, settings: &ProbeSettings) -> Result<(), LoaderError> {
+        let send = |field| tracefs::field_offset("fuse", "fuse_request_send", field).unwrap_or(0);
+        let end = |field| tracefs::field_offset("fuse", "fuse_request_end", field).unwrap_or(0);
+        let config = FuseConfig {
+            watch_all: u32::from(settings.scope.watches_all()),
+            send_connection: send("connection"),
+            send_unique: send("unique"),
+            send_opcode: send("opcode"),
+            send_len: send("len"),
+            end_connection: end("connection"),
+            end_unique: end("unique"),
+            end_len: end("len"),
+            end_error: end("error"),
+            padding: 0,
+        };
+        let mut config_map: Array<_, FuseConfig> = Array::try_from(
+            self.ebpf.map_mut(map_names::FUSE_CONFIG).ok_or_else(missing(map_names::FUSE_CONFIG))?,
+        )
+        .map_err(map_error(map_names::FUSE_CONFIG))?;
+        config_map.set(0, config, 0).map_err(map_error(map_names::FUSE_CONFIG))?;
+        self.fuse_mounts = fuse_mounts::watched_fuse_mounts(&settings.scope);
+        let mut connections: HashMap<_, u32, u8> = HashMap::try_from(
+            self.ebpf
+                .map_mut(map_names::FUSE_CONNECTIONS)
+                .ok_or_else(missing(map_names::FUSE_CONNECTIONS))?,
+        )
+        .map_err(map_error(map_names::FUSE_CONNECTIONS))?;
+        for mount in &self.fuse_mounts {
+            connections.insert(mount.connection, 1, 0).map_err(map_error(map_names::FUSE_CONNECTIONS))?;
+        }
+        Ok(())
+    }
+
+    /// The FUSE mounts watched at start (all FUSE traffic is watched when everything is).
+    #[must_use]
+    pub fn fuse_mounts(&self) -> &[FuseMount] {
+        &self.fuse_mounts
+    }
+
     fn attach(&mut self, syscall_hooks: SyscallHooks) -> Result<(), LoaderError> {
         let mut specs: Array<_, vexevent_common::SyscallSpec> = Array::try_from(
             self.ebpf.take_map(map_names::SYSCALL_SPECS).ok_or_else(missing(map_names::SYSCALL_SPECS))?,
@@ -217,6 +262,7 @@ impl Probes {
         self.hooks.attach_syscalls(&mut self.ebpf, syscall_hooks)?;
         self.traced_syscalls = traced;
         self.hooks.attach_fork(&mut self.ebpf);
+        self.hooks.attach_fuse(&mut self.ebpf);
         Ok(())
     }
 

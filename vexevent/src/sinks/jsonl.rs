@@ -105,6 +105,7 @@ mod tests {
             process: Some(ProcessInfo { pid: 1, tid: 1, uid: 0, gid: 0, comm: PathBytes::from("t") }),
             result: Some(OpResult { ok: true, ret: 1, error: None }),
             duration_ns: 1,
+            timeline: None,
         }
     }
 

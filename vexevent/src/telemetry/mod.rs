@@ -72,6 +72,12 @@ counters! {
     /// Records whose normalized path is outside the watched directories (the kernel's prefix
     /// check is lexical; `..` can leave the tree).
     filtered_scope_userspace,
+    /// FUSE requests folded into the event of the syscall that caused them.
+    fuse_joined,
+    /// FUSE requests no syscall claimed, reported on their own.
+    fuse_standalone,
+    /// Metadata FUSE requests (lookups, attribute reads, flushes) no syscall claimed, left out.
+    fuse_metadata_suppressed,
     /// Semantic events produced.
     events_translated,
     /// Semantic events written by the sink.

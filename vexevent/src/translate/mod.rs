@@ -3,6 +3,7 @@
 //! `ObservabilityErrorReported` for failed operations.
 
 mod errno;
+mod fuse;
 mod ioctl;
 mod paths;
 mod process;
@@ -24,7 +25,7 @@ use crate::{
     capture::{Captured, GapRecord, RawRecord},
     event::{
         Context, EVENT_VERSION, EventType, FilesystemContext, GapContext, ObservabilityContext, OpResult,
-        PathBytes, Priority, ProcessInfo, SemanticEvent, Timestamp, WatchScope, flags,
+        PathBytes, Priority, ProcessInfo, SemanticEvent, Timestamp, WatchScope, flags, next_event_id,
     },
     telemetry::{Counters, add},
 };
@@ -66,7 +67,6 @@ pub struct Translator {
     stats: stat_cache::StatCache,
     /// Wall clock minus `CLOCK_MONOTONIC`, in nanoseconds.
     wall_offset_ns: i128,
-    next_sequence: u64,
 }
 
 /// Wall clock minus `CLOCK_MONOTONIC` now, in nanoseconds.
@@ -117,7 +117,6 @@ impl Translator {
             processes: ProcessTable::default(),
             stats: stat_cache::StatCache::default(),
             wall_offset_ns: wall_clock_offset_ns(),
-            next_sequence: 0,
         }
     }
 
@@ -172,12 +171,10 @@ impl Translator {
     }
 
     /// An `ObservabilityAlertTriggered` event saying which records a CPU lost.
-    fn gap_event(&mut self, gap: &GapRecord) -> SemanticEvent {
-        let sequence = self.next_sequence;
-        self.next_sequence += 1;
+    fn gap_event(&self, gap: &GapRecord) -> SemanticEvent {
         let lost_by_operation = gap.by_kind.iter().map(|(op, n)| (op.name().to_owned(), *n)).collect();
         SemanticEvent {
-            event_id: sequence + 1,
+            event_id: next_event_id(),
             event_type: EventType::ObservabilityAlertTriggered,
             event_type_code: EventType::ObservabilityAlertTriggered.code(),
             event_subtype: "records_lost".to_owned(),
@@ -188,7 +185,7 @@ impl Translator {
                 pid: 0,
                 sequence: gap.first_seq,
             },
-            global_sequence: sequence,
+            global_sequence: 0,
             local_sequence: gap.first_seq,
             flags: flags::DEFAULT,
             priority: Priority::Critical,
@@ -216,7 +213,21 @@ impl Translator {
             process: None,
             result: None,
             duration_ns: 0,
+            timeline: None,
         }
+    }
+
+    /// A FUSE request on its own (the correlate stage joins it to the syscall that caused it).
+    /// Metadata requests (lookups, attribute reads, flushes) get priority Background.
+    fn fuse_event(&self, record: &RawRecord) -> SemanticEvent {
+        let request = fuse::request_of(&record.header);
+        let (event_type, metadata) = fuse::opcode_event_type(request.opcode);
+        let error = (request.error != 0).then(|| errno_name(request.error.saturating_neg()));
+        let result = OpResult { ok: request.error == 0, ret: i64::from(request.error), error };
+        let priority = if metadata { Priority::Background } else { Priority::Normal };
+        let subtype = format!("FUSE_{}", request.opcode_name);
+        let context = Context { fuse: vec![request], ..Context::default() };
+        self.event(record, event_type, subtype, context, result, priority)
     }
 
     /// Translates one record, appending its events to `out`.
@@ -248,6 +259,10 @@ impl Translator {
         };
         let mut context = Context::default();
 
+        if record.op == OpKind::FuseRequest {
+            out.push(self.fuse_event(record));
+            return Disposition::Events(1);
+        }
         // Bookkeeping first: state changes apply whether or not an event is emitted.
         let event_type = match record.op {
             OpKind::Fork => {
@@ -508,49 +523,27 @@ impl Translator {
         record: &RawRecord,
         event_type: EventType,
         subtype: &str,
-        mut context: Context,
+        context: Context,
         out: &mut Vec<SemanticEvent>,
     ) -> Disposition {
         let header = &record.header;
         let ok = header.ret >= 0;
         let errno = (!ok).then(|| i32::try_from(-header.ret).unwrap_or(i32::MAX));
         let result = OpResult { ok, ret: header.ret, error: errno.map(errno_name) };
-        let base = self.event(
-            record,
-            event_type,
-            subtype.to_owned(),
-            context.clone(),
-            result.clone(),
-            Priority::Normal,
-        );
-        let parent = base.event_id;
-        out.push(base);
-        let Some(errno) = errno else {
-            return Disposition::Events(1);
-        };
-        context.observability = Some(ObservabilityContext {
-            metric_name: "errno".to_owned(),
-            metric_value: Some(f64::from(errno)),
-            metric_unit: Some(errno_name(errno)),
-            service_name: "vexevent".to_owned(),
-            operation_name: subtype.to_owned(),
-        });
-        let mut error = self.event(
-            record,
-            EventType::ObservabilityErrorReported,
-            subtype.to_owned(),
-            context,
-            result,
-            Priority::High,
-        );
-        error.parent_event_id = Some(parent);
-        error.causality_links = vec![parent];
-        out.push(error);
-        Disposition::Events(2)
+        let event = self.event(record, event_type, subtype.to_owned(), context, result, Priority::Normal);
+        let companion = event.error_companion();
+        out.push(event);
+        match companion {
+            Some(error) => {
+                out.push(error);
+                Disposition::Events(2)
+            }
+            None => Disposition::Events(1),
+        }
     }
 
     fn event(
-        &mut self,
+        &self,
         record: &RawRecord,
         event_type: EventType,
         event_subtype: String,
@@ -559,10 +552,8 @@ impl Translator {
         priority: Priority,
     ) -> SemanticEvent {
         let header = &record.header;
-        let sequence = self.next_sequence;
-        self.next_sequence += 1;
         SemanticEvent {
-            event_id: sequence + 1,
+            event_id: next_event_id(),
             event_type,
             event_type_code: event_type.code(),
             event_subtype,
@@ -573,7 +564,7 @@ impl Translator {
                 pid: header.pid,
                 sequence: header.seq,
             },
-            global_sequence: sequence,
+            global_sequence: 0,
             local_sequence: header.seq,
             flags: flags::DEFAULT,
             priority,
@@ -591,6 +582,7 @@ impl Translator {
             }),
             result: Some(result),
             duration_ns: header.exit_ns.saturating_sub(header.enter_ns),
+            timeline: None,
         }
     }
 }

@@ -1,0 +1,201 @@
+//! Root tests of FUSE capture on a real FUSE file system (Debian's bindfs, not ours): every file
+//! operation on the mount is one event that carries the FUSE requests it caused (opcode,
+//! connection, requester, daemon, error) and a timeline whose parts sum to the whole; requests no
+//! syscall claims (asynchronous releases) are events of their own; daemon error replies and
+//! kernel permission failures are reported as failures; nothing is lost.
+
+mod support;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use support::{Vexevent, bytes, event_path_bytes, root_or_skip};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// bindfs in the foreground (so its pid is the daemon's), unmounted on drop.
+struct Bindfs {
+    child: Child,
+    mount_point: PathBuf,
+    _dirs: tempfile::TempDir,
+}
+
+impl Bindfs {
+    /// Mounts a fresh directory at `<watched>/fuse`; `None` (with the reason printed) without bindfs.
+    fn mount(watched: &Path) -> Option<Self> {
+        let dirs = tempfile::tempdir().ok()?;
+        let source = dirs.path().join("source");
+        std::fs::create_dir(&source).ok()?;
+        let mount_point = watched.join("fuse");
+        std::fs::create_dir(&mount_point).ok()?;
+        let Ok(child) = Command::new("bindfs").arg("-f").arg(&source).arg(&mount_point).spawn() else {
+            eprintln!("SKIP: bindfs is not installed (scripts/setup.sh installs it)");
+            return None;
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !is_mount_point(&mount_point) {
+            assert!(Instant::now() < deadline, "bindfs did not mount {}", mount_point.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(Self { child, mount_point, _dirs: dirs })
+    }
+}
+
+fn is_mount_point(path: &Path) -> bool {
+    let wanted = bytes(path);
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|line| line.split(' ').nth(4).is_some_and(|mp| mp.as_bytes() == wanted.as_slice()))
+}
+
+impl Drop for Bindfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.mount_point).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn opcodes(event: &Value) -> Vec<String> {
+    event["context"]["fuse"]
+        .as_array()
+        .map(|requests| requests.iter().map(|r| r["opcode_name"].as_str().unwrap_or("").to_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// Each operation is one event that carries the FUSE request that served it, with a timeline.
+fn assert_joined_operations(ours: &[&Value], root: &Path, pid: u64, daemon_pid: u64) {
+    let find = |event_type: &str, name: &str| -> &Value {
+        let path = bytes(&root.join(name));
+        ours.iter()
+            .find(|e| {
+                e["event_type"] == event_type
+                    && event_path_bytes(&e["context"]["filesystem"]["path"]).as_deref() == Some(&path[..])
+            })
+            .unwrap_or_else(|| panic!("no {event_type} event for {name}: {ours:#?}"))
+    };
+    for (event_type, name, opcode) in [
+        ("FilesystemCreate", "file.txt", "CREATE"),
+        ("FilesystemWrite", "file.txt", "WRITE"),
+        ("FilesystemMkdir", "dir", "MKDIR"),
+        ("FilesystemRename", "file.txt", "RENAME"),
+        ("FilesystemDelete", "moved.txt", "UNLINK"),
+        ("FilesystemRmdir", "dir", "RMDIR"),
+    ] {
+        let event = find(event_type, name);
+        assert!(opcodes(event).iter().any(|o| o == opcode), "{event_type} {name}: {event}");
+        for request in event["context"]["fuse"].as_array().unwrap() {
+            assert_eq!(request["requester_pid"].as_u64(), Some(pid), "{request}");
+            assert_eq!(request["daemon_pid"].as_u64(), Some(daemon_pid), "{request}");
+            assert!(request["connection"].as_u64().unwrap() > 0);
+        }
+        let t = &event["timeline"];
+        let at = |k: &str| t[k].as_u64().unwrap();
+        assert!(at("syscall_enter_ns") <= at("request_queued_ns"), "{t}");
+        assert!(at("request_queued_ns") <= at("request_ended_ns"), "{t}");
+        assert!(at("request_ended_ns") <= at("syscall_exit_ns"), "{t}");
+        assert_eq!(
+            at("before_fuse_ns") + at("fuse_ns") + at("after_fuse_ns"),
+            event["duration_ns"].as_u64().unwrap(),
+            "{t}"
+        );
+    }
+}
+
+#[test]
+fn fuse_operations_are_joined_to_their_syscalls_with_a_timeline() {
+    if !root_or_skip("fuse_operations_are_joined_to_their_syscalls_with_a_timeline") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let watched = tempfile::tempdir().unwrap();
+    let Some(bindfs) = Bindfs::mount(watched.path()) else { return };
+    let daemon_pid = u64::from(bindfs.child.id());
+    let vexevent = Vexevent::start(&[watched.path()], &[]);
+    let root = bindfs.mount_point.clone();
+    let file = root.join("file.txt");
+
+    std::fs::write(&file, b"hello").unwrap();
+    assert_eq!(std::fs::read(&file).unwrap(), b"hello");
+    std::fs::create_dir(root.join("dir")).unwrap();
+    std::fs::rename(&file, root.join("moved.txt")).unwrap();
+    assert_eq!(std::fs::remove_file(root.join("missing")).unwrap_err().raw_os_error(), Some(libc::ENOENT));
+    std::fs::remove_file(root.join("moved.txt")).unwrap();
+    std::fs::remove_dir(root.join("dir")).unwrap();
+    // A file only its owner may read, read by another user: the kernel refuses (EACCES) after
+    // asking the daemon for its attributes.
+    let secret = root.join("secret");
+    std::fs::write(&secret, b"s").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let denied = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+        .arg(&secret)
+        .output()
+        .unwrap();
+    assert!(!denied.status.success());
+
+    let last = bytes(&root.join("dir"));
+    vexevent.wait_for("the rmdir", Duration::from_secs(30), |events| {
+        events.iter().any(|e| {
+            e["event_type"] == "FilesystemRmdir"
+                && event_path_bytes(&e["context"]["filesystem"]["path"]).as_deref() == Some(&last[..])
+        })
+    });
+    let finished = vexevent.stop();
+    assert!(finished.exit_ok, "{:?}", finished.stderr);
+    assert!(finished.stderr.iter().any(|l| l.contains("fuse/fuse_request_send")), "{:?}", finished.stderr);
+
+    let pid = u64::from(std::process::id());
+    let ours: Vec<&Value> =
+        finished.events.iter().filter(|e| e["process"]["pid"].as_u64() == Some(pid)).collect();
+    let find = |event_type: &str, name: &str| -> &Value {
+        let path = bytes(&root.join(name));
+        ours.iter()
+            .find(|e| {
+                e["event_type"] == event_type
+                    && event_path_bytes(&e["context"]["filesystem"]["path"]).as_deref() == Some(&path[..])
+            })
+            .unwrap_or_else(|| panic!("no {event_type} event for {name}: {ours:#?}"))
+    };
+    assert_joined_operations(&ours, &root, pid, daemon_pid);
+    let read = ours
+        .iter()
+        .find(|e| e["event_subtype"] == "read" && opcodes(e).iter().any(|o| o == "READ"))
+        .expect("a read served by a FUSE READ");
+    assert_eq!(read["context"]["filesystem"]["bytes"], 5);
+    // The daemon's error reply: the unlink of a missing file fails on the LOOKUP.
+    let missing = find("FilesystemDelete", "missing");
+    assert_eq!(missing["result"]["error"], "ENOENT");
+    assert!(
+        missing["context"]["fuse"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["opcode_name"] == "LOOKUP" && r["error"] == -2),
+        "{missing}"
+    );
+    // The kernel's permission failure, after asking the daemon.
+    let denied = finished
+        .events
+        .iter()
+        .find(|e| e["result"]["error"] == "EACCES" && e["process"]["comm"] == "cat")
+        .expect("the denied open");
+    assert!(denied["context"]["fuse"].as_array().is_some_and(|requests| !requests.is_empty()), "{denied}");
+    // Requests nobody was waiting for (the release after a close) are events of their own.
+    assert!(finished.events.iter().any(|e| e["event_subtype"] == "FUSE_RELEASE"), "no standalone RELEASE");
+    // A joined request is not reported twice.
+    let standalone_creates = finished.events.iter().filter(|e| e["event_subtype"] == "FUSE_CREATE").count();
+    assert_eq!(standalone_creates, 0);
+
+    let stats = &finished.stats;
+    assert_eq!(stats["loss"]["unaccounted"], 0, "{stats}");
+    assert_eq!(stats["loss"]["lost_reported"], 0, "{stats}");
+    assert!(stats["userspace"]["fuse_joined"].as_u64().unwrap() > 0, "{stats}");
+    assert!(stats["kernel"]["fuse_requests"].as_u64().unwrap() > 0, "{stats}");
+}

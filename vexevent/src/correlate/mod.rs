@@ -1,0 +1,173 @@
+//! Joins the boundaries of one operation: the FUSE requests a syscall caused (same thread, queued
+//! between the syscall's enter and exit) are folded into the syscall's event, with a timeline of
+//! where the time went, and not reported again on their own (unless raw boundary events are asked
+//! for). A request no syscall claims (writeback, readahead, an asynchronous release, a caller
+//! outside the watch) becomes an event of its own, once its thread has moved on or `window` has
+//! passed. Events leave in the order they came in; a pending request holds back the events behind
+//! it for at most `window`.
+
+use std::{collections::HashMap, collections::VecDeque, time::Duration};
+
+use crate::{
+    event::{Priority, SemanticEvent, Timeline},
+    telemetry::{Counters, add},
+};
+
+/// Settings of the correlate stage.
+#[derive(Clone, Copy, Debug)]
+pub struct CorrelateOptions {
+    /// Longest a FUSE request waits for the syscall that caused it.
+    pub window: Duration,
+    /// Report metadata requests (lookups, attribute reads, flushes) that no syscall claims.
+    pub include_metadata: bool,
+    /// Also report every FUSE request as an event of its own, joined or not.
+    pub raw_boundaries: bool,
+}
+
+enum Slot {
+    Ready(SemanticEvent),
+    /// A FUSE request waiting for its caller.
+    Pending(SemanticEvent),
+    /// A request that was folded into its caller's event.
+    Joined,
+}
+
+/// The correlate stage.
+pub struct Correlator {
+    options: CorrelateOptions,
+    queue: VecDeque<Slot>,
+    /// Absolute position of `queue[0]`.
+    base: u64,
+    /// Requester thread -> absolute positions of its pending requests.
+    pending: HashMap<u32, Vec<u64>>,
+}
+
+fn is_fuse_request(event: &SemanticEvent) -> bool {
+    event.context.fuse.len() == 1
+        && event.context.filesystem.is_none()
+        && event.event_subtype.starts_with("FUSE_")
+}
+
+impl Correlator {
+    #[must_use]
+    pub fn new(options: CorrelateOptions) -> Self {
+        Self { options, queue: VecDeque::new(), base: 0, pending: HashMap::new() }
+    }
+
+    /// Takes the next event of the stream.
+    pub fn push(&mut self, mut event: SemanticEvent, counters: &Counters) {
+        if is_fuse_request(&event) {
+            if self.options.raw_boundaries {
+                self.queue.push_back(Slot::Ready(event.clone()));
+            }
+            let tid = event.context.fuse[0].requester_tid;
+            self.pending.entry(tid).or_default().push(self.base + self.queue.len() as u64);
+            self.queue.push_back(Slot::Pending(event));
+            return;
+        }
+        if let Some(tid) = event.process.as_ref().map(|p| p.tid) {
+            if let Some(positions) = self.pending.remove(&tid) {
+                self.claim(&mut event, positions, counters);
+            }
+        }
+        self.queue.push_back(Slot::Ready(event));
+    }
+
+    /// Folds the pending requests of the event's thread that fall within its syscall into it;
+    /// the thread's older requests had no caller and stand alone.
+    fn claim(&mut self, event: &mut SemanticEvent, positions: Vec<u64>, counters: &Counters) {
+        let exit = event.timestamp.monotonic_ns;
+        let enter = exit.saturating_sub(event.duration_ns);
+        for position in positions {
+            let index = usize::try_from(position - self.base).unwrap_or(usize::MAX);
+            let Some(slot) = self.queue.get_mut(index) else { continue };
+            let Slot::Pending(request) = std::mem::replace(slot, Slot::Joined) else { continue };
+            let fuse = &request.context.fuse[0];
+            if (enter..=exit).contains(&fuse.queued_ns) {
+                event.context.fuse.push(fuse.clone());
+                add(&counters.fuse_joined, 1);
+            } else {
+                let resolved = self.standalone(request, counters);
+                if let Some(slot) = self.queue.get_mut(index) {
+                    *slot = resolved;
+                }
+            }
+        }
+        if let (Some(first), Some(last)) = (event.context.fuse.first(), event.context.fuse.last()) {
+            let queued = first.queued_ns.max(enter);
+            let ended = last.ended_ns.clamp(queued, exit);
+            event.timeline = Some(Timeline {
+                syscall_enter_ns: enter,
+                request_queued_ns: queued,
+                request_ended_ns: ended,
+                syscall_exit_ns: exit,
+                before_fuse_ns: queued - enter,
+                fuse_ns: ended - queued,
+                after_fuse_ns: exit - ended,
+            });
+        }
+    }
+
+    /// A request no syscall claimed: reported on its own (with its error companion), or left out
+    /// when it is metadata traffic nobody asked for.
+    fn standalone(&self, request: SemanticEvent, counters: &Counters) -> Slot {
+        if self.options.raw_boundaries {
+            // Already reported as a raw boundary event.
+            return Slot::Joined;
+        }
+        if request.priority == Priority::Background && !self.options.include_metadata {
+            add(&counters.fuse_metadata_suppressed, 1);
+            return Slot::Joined;
+        }
+        add(&counters.fuse_standalone, 1);
+        Slot::Ready(request)
+    }
+
+    /// Moves the events that are ready, in order, to `out`. A request still pending at the front
+    /// waits until `now_ns` (`CLOCK_MONOTONIC`) is `window` past its reply.
+    pub fn drain(&mut self, now_ns: u64, out: &mut Vec<SemanticEvent>, counters: &Counters) {
+        let window = u64::try_from(self.options.window.as_nanos()).unwrap_or(u64::MAX);
+        while let Some(front) = self.queue.front() {
+            if let Slot::Pending(request) = front {
+                if request.timestamp.monotonic_ns.saturating_add(window) > now_ns {
+                    return;
+                }
+            }
+            self.pop_front(out, counters);
+        }
+    }
+
+    /// Releases everything (at shutdown).
+    pub fn flush(&mut self, out: &mut Vec<SemanticEvent>, counters: &Counters) {
+        while !self.queue.is_empty() {
+            self.pop_front(out, counters);
+        }
+    }
+
+    fn pop_front(&mut self, out: &mut Vec<SemanticEvent>, counters: &Counters) {
+        let Some(slot) = self.queue.pop_front() else { return };
+        let position = self.base;
+        self.base += 1;
+        let slot = match slot {
+            Slot::Pending(request) => {
+                let tid = request.context.fuse[0].requester_tid;
+                if let Some(positions) = self.pending.get_mut(&tid) {
+                    positions.retain(|p| *p != position);
+                    if positions.is_empty() {
+                        self.pending.remove(&tid);
+                    }
+                }
+                self.standalone(request, counters)
+            }
+            other => other,
+        };
+        if let Slot::Ready(event) = slot {
+            let companion = if is_fuse_request(&event) { event.error_companion() } else { None };
+            out.push(event);
+            out.extend(companion);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

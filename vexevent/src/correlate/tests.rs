@@ -1,0 +1,137 @@
+//! The correlate stage on synthetic events.
+
+use super::*;
+use crate::event::{
+    Context, EventType, FilesystemContext, FuseRequest, OpResult, PathBytes, ProcessInfo, Timestamp,
+    next_event_id,
+};
+
+fn options() -> CorrelateOptions {
+    CorrelateOptions { window: Duration::from_millis(20), include_metadata: false, raw_boundaries: false }
+}
+
+fn syscall(tid: u32, enter: u64, exit: u64, ok: bool) -> SemanticEvent {
+    SemanticEvent {
+        event_id: next_event_id(),
+        event_type: EventType::FilesystemCreate,
+        event_type_code: EventType::FilesystemCreate.code(),
+        event_subtype: "openat".into(),
+        timestamp: Timestamp { wall_ns: exit, monotonic_ns: exit, cpu: 0, pid: 1, sequence: 0 },
+        global_sequence: 0,
+        local_sequence: 0,
+        flags: 0,
+        priority: Priority::Normal,
+        event_size: 0,
+        event_version: 1,
+        parent_event_id: None,
+        causality_links: Vec::new(),
+        context: Context {
+            filesystem: Some(FilesystemContext { path: Some(PathBytes::from("/f/x")), ..Default::default() }),
+            ..Context::default()
+        },
+        process: Some(ProcessInfo { pid: 1, tid, uid: 0, gid: 0, comm: PathBytes::from("t") }),
+        result: Some(OpResult { ok, ret: if ok { 0 } else { -2 }, error: (!ok).then(|| "ENOENT".into()) }),
+        duration_ns: exit - enter,
+        timeline: None,
+    }
+}
+
+fn request(
+    tid: u32,
+    opcode_name: &str,
+    queued: u64,
+    ended: u64,
+    error: i32,
+    metadata: bool,
+) -> SemanticEvent {
+    let mut event = syscall(tid, queued, ended, error == 0);
+    event.event_subtype = format!("FUSE_{opcode_name}");
+    event.priority = if metadata { Priority::Background } else { Priority::Normal };
+    event.context = Context {
+        fuse: vec![FuseRequest {
+            opcode_name: opcode_name.into(),
+            requester_tid: tid,
+            queued_ns: queued,
+            ended_ns: ended,
+            error,
+            ..FuseRequest::default()
+        }],
+        ..Context::default()
+    };
+    event
+}
+
+fn run(events: Vec<SemanticEvent>, options: CorrelateOptions) -> (Vec<SemanticEvent>, Counters) {
+    let counters = Counters::default();
+    let mut correlator = Correlator::new(options);
+    let mut out = Vec::new();
+    for event in events {
+        correlator.push(event, &counters);
+    }
+    correlator.flush(&mut out, &counters);
+    (out, counters)
+}
+
+#[test]
+fn requests_within_a_syscall_fold_into_it_with_a_timeline() {
+    let events = vec![
+        request(7, "LOOKUP", 110, 150, 0, true),
+        request(7, "CREATE", 160, 200, 0, false),
+        syscall(7, 100, 230, true),
+    ];
+    let (out, counters) = run(events, options());
+    assert_eq!(out.len(), 1);
+    let event = &out[0];
+    let names: Vec<&str> = event.context.fuse.iter().map(|r| r.opcode_name.as_str()).collect();
+    assert_eq!(names, ["LOOKUP", "CREATE"]);
+    let timeline = event.timeline.unwrap();
+    assert_eq!((timeline.before_fuse_ns, timeline.fuse_ns, timeline.after_fuse_ns), (10, 90, 30));
+    assert_eq!(timeline.before_fuse_ns + timeline.fuse_ns + timeline.after_fuse_ns, event.duration_ns);
+    assert_eq!(counters.fuse_joined.load(std::sync::atomic::Ordering::Relaxed), 2);
+}
+
+#[test]
+fn unclaimed_requests_stand_alone_in_order_and_metadata_is_left_out() {
+    let events = vec![
+        request(9, "WRITE", 10, 20, 0, false),  // writeback: no caller
+        request(9, "GETATTR", 30, 40, 0, true), // metadata, no caller
+        request(7, "UNLINK", 110, 150, -2, false),
+        syscall(7, 100, 160, false),
+        syscall(8, 170, 180, true),
+    ];
+    let (out, _) = run(events, options());
+    let kinds: Vec<&str> = out.iter().map(|e| e.event_subtype.as_str()).collect();
+    assert_eq!(kinds, ["FUSE_WRITE", "openat", "openat"]);
+    assert_eq!(out[1].context.fuse[0].error, -2, "the failed request is folded into its caller");
+}
+
+#[test]
+fn a_failed_standalone_request_gets_its_error_companion() {
+    let (out, _) = run(vec![request(9, "READ", 10, 20, -5, false)], options());
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[1].event_type, EventType::ObservabilityErrorReported);
+    assert_eq!(out[1].parent_event_id, Some(out[0].event_id));
+}
+
+#[test]
+fn raw_boundaries_keep_every_request_and_still_join() {
+    let raw = CorrelateOptions { raw_boundaries: true, ..options() };
+    let (out, _) = run(vec![request(7, "CREATE", 110, 150, 0, false), syscall(7, 100, 160, true)], raw);
+    let kinds: Vec<&str> = out.iter().map(|e| e.event_subtype.as_str()).collect();
+    assert_eq!(kinds, ["FUSE_CREATE", "openat"]);
+    assert_eq!(out[1].context.fuse.len(), 1);
+}
+
+#[test]
+fn a_pending_request_holds_the_stream_back_at_most_the_window() {
+    let counters = Counters::default();
+    let mut correlator = Correlator::new(options());
+    correlator.push(request(9, "WRITE", 1_000, 2_000, 0, false), &counters);
+    correlator.push(syscall(8, 2_100, 2_200, true), &counters);
+    let mut out = Vec::new();
+    correlator.drain(2_300, &mut out, &counters);
+    assert!(out.is_empty(), "the request may still be claimed");
+    correlator.drain(2_000 + 20_000_000, &mut out, &counters);
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0].event_subtype, "FUSE_WRITE");
+}
