@@ -53,6 +53,7 @@ fn stages(c: &mut Criterion) {
     let options = TranslateOptions {
         scope: WatchScope::new(vec![]),
         ops: USER_OPS.into_iter().collect::<HashSet<_>>(),
+        fuse_mounts: Vec::new(),
     };
     let counters = Counters::default();
 

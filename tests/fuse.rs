@@ -62,6 +62,15 @@ impl Drop for Bindfs {
     }
 }
 
+/// The first FUSE request with this opcode among the events.
+fn find_request<'a>(events: &[&'a Value], opcode: &str) -> &'a Value {
+    events
+        .iter()
+        .flat_map(|e| e["context"]["fuse"].as_array().into_iter().flatten())
+        .find(|r| r["opcode_name"] == opcode)
+        .unwrap_or_else(|| panic!("no {opcode} request"))
+}
+
 fn opcodes(event: &Value) -> Vec<String> {
     event["context"]["fuse"]
         .as_array()
@@ -96,7 +105,7 @@ fn assert_joined_operations(ours: &[&Value], root: &Path, pid: u64, daemon_pid: 
             assert!(request["connection"].as_u64().unwrap() > 0);
         }
         let t = &event["timeline"];
-        let at = |k: &str| t[k].as_u64().unwrap();
+        let at = |k: &str| t[k].as_u64().unwrap_or_else(|| panic!("{k} in {event}"));
         assert!(at("syscall_enter_ns") <= at("request_queued_ns"), "{t}");
         assert!(at("request_queued_ns") <= at("request_ended_ns"), "{t}");
         assert!(at("request_ended_ns") <= at("syscall_exit_ns"), "{t}");
@@ -106,6 +115,50 @@ fn assert_joined_operations(ours: &[&Value], root: &Path, pid: u64, daemon_pid: 
             "{t}"
         );
     }
+}
+
+/// What the daemon side adds: paths of requests no syscall claimed (from node ids), names, the
+/// daemon's own boundaries in order, and where the FUSE time went.
+fn assert_daemon_side(events: &[Value], ours: &[&Value], file: &Path) {
+    // Requests nobody was waiting for (the release after a close) are events of their own, with
+    // the path of their node, learned from the daemon's replies (CREATE named it; RENAME moved it).
+    let released: Vec<Vec<u8>> = events
+        .iter()
+        .filter(|e| e["event_subtype"] == "FUSE_RELEASE")
+        .filter_map(|e| event_path_bytes(&e["context"]["filesystem"]["path"]))
+        .collect();
+    assert!(released.contains(&bytes(file)), "RELEASE of file.txt by node id: {released:?}");
+    // The daemon side of each request: read by the daemon, then replied, in order, and the
+    // names the requests carried.
+    let create = find_request(ours, "CREATE");
+    assert_eq!(create["name"], "file.txt");
+    assert!(create["entry_nodeid"].as_u64().unwrap() > 1, "{create}");
+    for request in ours.iter().flat_map(|e| e["context"]["fuse"].as_array().into_iter().flatten()) {
+        let (Some(received), Some(replied)) =
+            (request["daemon_received_ns"].as_u64(), request["daemon_replied_ns"].as_u64())
+        else {
+            continue;
+        };
+        let queued = request["queued_ns"].as_u64().unwrap();
+        let ended = request["ended_ns"].as_u64().unwrap();
+        assert!(queued <= received && received <= replied && replied <= ended, "{request}");
+    }
+    // Where the FUSE time went: kernel queue + daemon + reply is all of it for one request and
+    // part of it for several (the kernel works between them).
+    let mut single = 0;
+    for event in ours.iter().filter(|e| e["timeline"]["daemon_ns"].is_u64()) {
+        let t = &event["timeline"];
+        let parts: u64 =
+            ["kernel_queue_ns", "daemon_ns", "reply_ns"].iter().map(|k| t[k].as_u64().unwrap()).sum();
+        let fuse = t["fuse_ns"].as_u64().unwrap();
+        if opcodes(event).len() == 1 {
+            assert_eq!(parts, fuse, "{event}");
+            single += 1;
+        } else {
+            assert!(parts <= fuse, "{event}");
+        }
+    }
+    assert!(single > 0, "some operations were served by one request with the daemon side seen");
 }
 
 #[test]
@@ -187,8 +240,7 @@ fn fuse_operations_are_joined_to_their_syscalls_with_a_timeline() {
         .find(|e| e["result"]["error"] == "EACCES" && e["process"]["comm"] == "cat")
         .expect("the denied open");
     assert!(denied["context"]["fuse"].as_array().is_some_and(|requests| !requests.is_empty()), "{denied}");
-    // Requests nobody was waiting for (the release after a close) are events of their own.
-    assert!(finished.events.iter().any(|e| e["event_subtype"] == "FUSE_RELEASE"), "no standalone RELEASE");
+    assert_daemon_side(&finished.events, &ours, &file);
     // A joined request is not reported twice.
     let standalone_creates = finished.events.iter().filter(|e| e["event_subtype"] == "FUSE_CREATE").count();
     assert_eq!(standalone_creates, 0);

@@ -29,6 +29,8 @@ pub mod map_names {
     pub const FUSE_CONFIG: &str = "FUSE_CONFIG";
     /// Watched FUSE connections (the mount's device number, kernel encoding).
     pub const FUSE_CONNECTIONS: &str = "FUSE_CONNECTIONS";
+    /// FUSE daemon tgid -> the connection it serves (learned from replies).
+    pub const FUSE_DAEMONS: &str = "FUSE_DAEMONS";
     pub const SEQ: &str = "SEQ";
 }
 

@@ -201,6 +201,31 @@ pub mod fuse_args {
     pub const DAEMON: usize = 5;
 }
 
+/// Bytes of a name the daemon side captures from a FUSE request (`NAME_MAX` + NUL).
+pub const FUSE_NAME_BYTES: usize = 256;
+
+/// What the daemon side adds to a `FuseRequest` record, stored in `RecordHeader::ioctl_arg`
+/// (all zero when the daemon's read or reply was not seen). The request's names travel as the
+/// record's paths (path 1: the entry name; path 2: the second name of RENAME or SYMLINK).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FuseDaemonSide {
+    /// `CLOCK_MONOTONIC` when the daemon's read of the request returned.
+    pub received_ns: u64,
+    /// When the daemon started writing its reply.
+    pub replied_ns: u64,
+    /// The node the request is about (`fuse_in_header.nodeid`).
+    pub nodeid: u64,
+    /// The node an entry reply (LOOKUP, CREATE, MKDIR, MKNOD, SYMLINK, LINK) names.
+    pub reply_nodeid: u64,
+    /// RENAME's new parent, LINK's old node.
+    pub aux_nodeid: u64,
+    /// `(tgid << 32) | tid` of the daemon thread that read the request.
+    pub reader: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<FuseDaemonSide>() <= IOCTL_ARG_BYTES);
+
 /// Key of the watch-prefix trie: the first `PREFIX_KEY_BYTES` of a path.
 pub type PrefixKey = [u8; PREFIX_KEY_BYTES];
 

@@ -36,10 +36,14 @@ pub enum KernelStat {
     FuseFilteredConnection,
     /// FUSE request ends without a matching send (queued before vexevent started).
     FuseUnmatchedEnd,
+    /// FUSE requests whose reading by the daemon was seen (/dev/fuse reads).
+    FuseDaemonReads,
+    /// FUSE replies whose writing by the daemon was seen (/dev/fuse writes).
+    FuseDaemonReplies,
 }
 
 /// Number of counters; the size of the `STATS` array.
-pub const KERNEL_STAT_COUNT: u32 = KernelStat::FuseUnmatchedEnd as u32 + 1;
+pub const KERNEL_STAT_COUNT: u32 = KernelStat::FuseDaemonReplies as u32 + 1;
 
 impl KernelStat {
     /// Every counter, in index order.
@@ -60,6 +64,8 @@ impl KernelStat {
         KernelStat::FuseRequests,
         KernelStat::FuseFilteredConnection,
         KernelStat::FuseUnmatchedEnd,
+        KernelStat::FuseDaemonReads,
+        KernelStat::FuseDaemonReplies,
     ];
 
     /// Name used in stats output and metrics.
@@ -82,6 +88,8 @@ impl KernelStat {
             KernelStat::FuseRequests => "fuse_requests",
             KernelStat::FuseFilteredConnection => "filtered_fuse_connection",
             KernelStat::FuseUnmatchedEnd => "fuse_unmatched_end",
+            KernelStat::FuseDaemonReads => "fuse_daemon_reads",
+            KernelStat::FuseDaemonReplies => "fuse_daemon_replies",
         }
     }
 }

@@ -2,20 +2,29 @@
 //! request is queued for the daemon) and `fuse/fuse_request_end` (in the daemon's context, when
 //! its reply arrives), paired by (connection, unique) into one record with both times, the opcode,
 //! the error, the requester and the daemon thread. Field offsets come from tracefs via
-//! `FUSE_CONFIG`.
+//! `FUSE_CONFIG`. The daemon side (any daemon, no symbols): the syscall probes hand the reads and
+//! writes of processes known to serve a connection to `daemon_read`/`daemon_write`, which
+//! recognise requests and replies by their headers and note when the daemon got each request, its
+//! node, its names, and when it replied.
 
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_get_smp_processor_id,
-        bpf_ktime_get_ns,
+        bpf_ktime_get_ns, bpf_probe_read_kernel_buf, bpf_probe_read_user, generated,
     },
     macros::tracepoint,
     programs::TracePointContext,
 };
-use vexevent_common::{FuseRequestKey, KernelStat, OpKind, RECORD_HEADER_SIZE, fuse_args};
+use vexevent_common::{
+    FUSE_NAME_BYTES, FuseDaemonSide, FuseRequestKey, KernelStat, OpKind, PATH_BUF, RECORD_HEADER_SIZE,
+    fuse_args,
+};
 
 use crate::{
-    maps::{CONFIG, FUSE_CONFIG, FUSE_CONNECTIONS, FUSE_INFLIGHT, FuseInflight, SCRATCH, count, next_seq},
+    maps::{
+        CONFIG, FUSE_CONFIG, FUSE_CONNECTIONS, FUSE_DAEMONS, FUSE_INFLIGHT, FUSE_SCRATCH, SCRATCH, count,
+        next_seq,
+    },
     ring::submit,
 };
 
@@ -55,16 +64,21 @@ fn on_send(ctx: &TracePointContext) -> Option<()> {
         return None;
     }
     let key = FuseRequestKey { connection, padding: 0, unique: read(ctx, fuse.send_unique)? };
-    let request = FuseInflight {
-        opcode: read(ctx, fuse.send_opcode)?,
-        len: read(ctx, fuse.send_len)?,
-        // SAFETY: no preconditions.
-        queued_ns: unsafe { bpf_ktime_get_ns() },
-        requester: pid_tgid,
-        uid_gid: bpf_get_current_uid_gid(),
-        comm: bpf_get_current_comm().unwrap_or_default(),
-    };
-    if FUSE_INFLIGHT.insert(key, request, 0).is_err() {
+    // Too large for the stack: assembled in per-CPU scratch space.
+    let request = FUSE_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch slot; nothing else uses it while this program runs.
+    let request = unsafe { &mut *request };
+    request.opcode = read(ctx, fuse.send_opcode)?;
+    request.len = read(ctx, fuse.send_len)?;
+    // SAFETY: no preconditions.
+    request.queued_ns = unsafe { bpf_ktime_get_ns() };
+    request.requester = pid_tgid;
+    request.uid_gid = bpf_get_current_uid_gid();
+    request.comm = bpf_get_current_comm().unwrap_or_default();
+    request.daemon = FuseDaemonSide::default();
+    request.name1_len = 0;
+    request.name2_len = 0;
+    if FUSE_INFLIGHT.insert(key, &*request, 0).is_err() {
         count(KernelStat::LostInflightFull);
         return None;
     }
@@ -85,39 +99,222 @@ fn on_end(ctx: &TracePointContext) -> Option<()> {
         }
         return None;
     };
-    // SAFETY: copied out before the entry is removed.
-    let request = unsafe { *request };
-    let _ = FUSE_INFLIGHT.remove(&key);
-    let error: i32 = read(ctx, fuse.end_error)?;
-    let reply_len: u32 = read(ctx, fuse.end_len)?;
+    // The reply arrives in the daemon's context: remember which connection it serves, so that
+    // its /dev/fuse reads and writes are recognised.
+    let daemon = bpf_get_current_pid_tgid();
+    let _ = FUSE_DAEMONS.insert((daemon >> 32) as u32, key.connection, 0);
     let record = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's scratch slot; nothing else uses it while this program runs.
     let record = unsafe { &mut *record };
+    // SAFETY: the entry is read before it is removed, and only this program removes it.
+    let request = unsafe { &*request };
+    let name1_len = (request.name1_len as usize).min(FUSE_NAME_BYTES - 1);
+    let name2_len = (request.name2_len as usize).min(FUSE_NAME_BYTES - 1);
+    let (paths1, paths2) = record.paths.split_at_mut(PATH_BUF);
+    // SAFETY: both buffers hold at least FUSE_NAME_BYTES bytes of map values.
+    unsafe {
+        let _ = bpf_probe_read_kernel_buf(request.name1.as_ptr(), &mut paths1[..FUSE_NAME_BYTES]);
+        let _ = bpf_probe_read_kernel_buf(request.name2.as_ptr(), &mut paths2[..FUSE_NAME_BYTES]);
+    }
+    let daemon_side = request.daemon;
+    let (opcode, len, queued_ns, requester, uid_gid, comm) =
+        (request.opcode, request.len, request.queued_ns, request.requester, request.uid_gid, request.comm);
+    let _ = FUSE_INFLIGHT.remove(&key);
+    let error: i32 = read(ctx, fuse.end_error)?;
+    let reply_len: u32 = read(ctx, fuse.end_len)?;
     let header = &mut record.header;
     header.seq = next_seq();
-    header.enter_ns = request.queued_ns;
+    header.enter_ns = queued_ns;
     // SAFETY: no preconditions.
     header.exit_ns = unsafe { bpf_ktime_get_ns() };
     header.ret = i64::from(error);
     header.args = [0; 6];
     header.args[fuse_args::CONNECTION] = u64::from(key.connection);
     header.args[fuse_args::UNIQUE] = key.unique;
-    header.args[fuse_args::OPCODE] = u64::from(request.opcode);
-    header.args[fuse_args::REQUEST_LEN] = u64::from(request.len);
+    header.args[fuse_args::OPCODE] = u64::from(opcode);
+    header.args[fuse_args::REQUEST_LEN] = u64::from(len);
     header.args[fuse_args::REPLY_LEN] = u64::from(reply_len);
-    header.args[fuse_args::DAEMON] = bpf_get_current_pid_tgid();
-    header.pid = (request.requester >> 32) as u32;
-    header.tid = request.requester as u32;
-    header.uid = request.uid_gid as u32;
-    header.gid = (request.uid_gid >> 32) as u32;
+    header.args[fuse_args::DAEMON] = daemon;
+    header.pid = (requester >> 32) as u32;
+    header.tid = requester as u32;
+    header.uid = uid_gid as u32;
+    header.gid = (uid_gid >> 32) as u32;
     header.syscall_nr = NOT_A_SYSCALL;
     header.op = OpKind::FuseRequest as u32;
     header.flags = 0;
     // SAFETY: no preconditions.
     header.cpu = unsafe { bpf_get_smp_processor_id() };
-    header.path1_len = 0;
-    header.path2_len = 0;
-    header.comm = request.comm;
-    submit(record, RECORD_HEADER_SIZE);
+    header.path1_len = name1_len as u32;
+    header.path2_len = name2_len as u32;
+    header.comm = comm;
+    // SAFETY: `FuseDaemonSide` fits in `ioctl_arg` (asserted in vexevent-common); plain data.
+    unsafe { header.ioctl_arg.as_mut_ptr().cast::<FuseDaemonSide>().write_unaligned(daemon_side) };
+    let size = if name2_len > 0 {
+        RECORD_HEADER_SIZE + PATH_BUF + (name2_len & (FUSE_NAME_BYTES - 1))
+    } else {
+        RECORD_HEADER_SIZE + (name1_len & (FUSE_NAME_BYTES - 1))
+    };
+    submit(record, size);
+    Some(())
+}
+
+/// `fuse_in_header`, what the daemon reads from /dev/fuse before the request's body.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct InHeader {
+    len: u32,
+    opcode: u32,
+    unique: u64,
+    nodeid: u64,
+    uid: u32,
+    gid: u32,
+    pid: u32,
+    extlen: u16,
+    padding: u16,
+}
+
+/// `fuse_out_header`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct OutHeader {
+    len: u32,
+    error: i32,
+    unique: u64,
+}
+
+/// `struct iovec`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct IoVec {
+    base: u64,
+    len: u64,
+}
+
+/// Opcodes with entry replies (`fuse_entry_out` after the header).
+const ENTRY_REPLY_OPCODES: [u32; 6] = [1, 6, 8, 9, 13, 35];
+
+/// Where the names start in a request body (after the opcode's fixed struct), and whether a
+/// second name follows the first; `None` for opcodes without names.
+#[inline(always)]
+fn name_layout(opcode: u32) -> Option<(u64, bool)> {
+    match opcode {
+        1 | 10 | 11 => Some((0, false)), // LOOKUP, UNLINK, RMDIR: name
+        6 => Some((0, true)),            // SYMLINK: name, target
+        9 | 13 => Some((8, false)),      // MKDIR (mode, umask), LINK (oldnodeid): name
+        8 | 35 => Some((16, false)),     // MKNOD, CREATE: name
+        12 => Some((8, true)),           // RENAME (newdir): old name, new name
+        45 => Some((16, true)),          // RENAME2 (newdir, flags): old name, new name
+        _ => None,
+    }
+}
+
+/// The connection a FUSE daemon serves, when `tgid` is one.
+#[inline(always)]
+pub fn daemon_connection(tgid: u32) -> Option<u32> {
+    // SAFETY: a plain value read.
+    FUSE_DAEMONS.get_ptr(tgid).map(|connection| unsafe { *connection })
+}
+
+/// The user buffer of a read/write (`buf`) or of the first iovec of a readv/writev.
+#[inline(always)]
+fn first_buffer(vectored: bool, arg: u64) -> Option<u64> {
+    if !vectored {
+        return Some(arg);
+    }
+    // SAFETY: an iovec in user memory; the helper faults safely.
+    let base: u64 = unsafe { bpf_probe_read_user(arg as *const u64) }.ok()?;
+    Some(base)
+}
+
+/// A daemon's read returned `len` bytes into `buffer`: when it is a request vexevent is
+/// following, note when the daemon got it, its node and its names.
+#[inline(always)]
+pub fn daemon_read(connection: u32, vectored: bool, buffer: u64, len: i64, reader: u64) -> Option<()> {
+    if len < core::mem::size_of::<InHeader>() as i64 {
+        return None;
+    }
+    let buffer = first_buffer(vectored, buffer)?;
+    // SAFETY: user memory; the helper faults safely.
+    let header: InHeader = unsafe { bpf_probe_read_user(buffer as *const InHeader) }.ok()?;
+    let key = FuseRequestKey { connection, padding: 0, unique: header.unique };
+    let request = FUSE_INFLIGHT.get_ptr_mut(&key)?;
+    // SAFETY: the entry of a request in flight; only the daemon thread that read it writes here.
+    let request = unsafe { &mut *request };
+    // SAFETY: no preconditions.
+    request.daemon.received_ns = unsafe { bpf_ktime_get_ns() };
+    request.daemon.nodeid = header.nodeid;
+    request.daemon.reader = reader;
+    count(KernelStat::FuseDaemonReads);
+    let (skip, two_names) = name_layout(header.opcode)?;
+    let body = buffer + core::mem::size_of::<InHeader>() as u64;
+    if matches!(header.opcode, 12 | 13 | 45) {
+        // SAFETY: user memory; the helper faults safely.
+        request.daemon.aux_nodeid = unsafe { bpf_probe_read_user(body as *const u64) }.unwrap_or(0);
+    }
+    // SAFETY: the destination is FUSE_NAME_BYTES of map value; the helper bounds the copy.
+    let copied = unsafe {
+        generated::bpf_probe_read_user_str(
+            request.name1.as_mut_ptr().cast(),
+            FUSE_NAME_BYTES as u32,
+            (body + skip) as *const _,
+        )
+    };
+    if copied <= 0 {
+        return None;
+    }
+    request.name1_len = (copied - 1) as u32;
+    if two_names {
+        // SAFETY: as above.
+        let copied2 = unsafe {
+            generated::bpf_probe_read_user_str(
+                request.name2.as_mut_ptr().cast(),
+                FUSE_NAME_BYTES as u32,
+                (body + skip + copied as u64) as *const _,
+            )
+        };
+        if copied2 > 0 {
+            request.name2_len = (copied2 - 1) as u32;
+        }
+    }
+    Some(())
+}
+
+/// Where a reply's body starts: right after the header in the same buffer, or (libfuse writes
+/// the header as an iovec of its own) at the second iovec.
+#[inline(always)]
+fn reply_body(vectored: bool, arg: u64) -> Option<(u64, u64)> {
+    const HEADER: u64 = core::mem::size_of::<OutHeader>() as u64;
+    if !vectored {
+        return Some((arg, arg + HEADER));
+    }
+    // SAFETY: iovecs in user memory; the helper faults safely.
+    let first: IoVec = unsafe { bpf_probe_read_user(arg as *const IoVec) }.ok()?;
+    if first.len > HEADER {
+        return Some((first.base, first.base + HEADER));
+    }
+    // SAFETY: as above.
+    let second: IoVec = unsafe { bpf_probe_read_user((arg + 16) as *const IoVec) }.ok()?;
+    Some((first.base, second.base))
+}
+
+/// A daemon is about to write `buffer`: when it is a reply to a request vexevent is following,
+/// note when, and the node an entry reply names.
+#[inline(always)]
+pub fn daemon_write(connection: u32, vectored: bool, buffer: u64) -> Option<()> {
+    let (buffer, body) = reply_body(vectored, buffer)?;
+    // SAFETY: user memory; the helper faults safely.
+    let header: OutHeader = unsafe { bpf_probe_read_user(buffer as *const OutHeader) }.ok()?;
+    let key = FuseRequestKey { connection, padding: 0, unique: header.unique };
+    let request = FUSE_INFLIGHT.get_ptr_mut(&key)?;
+    // SAFETY: the entry of a request in flight.
+    let request = unsafe { &mut *request };
+    // SAFETY: no preconditions.
+    request.daemon.replied_ns = unsafe { bpf_ktime_get_ns() };
+    let is_entry_reply = ENTRY_REPLY_OPCODES.iter().any(|&op| op == request.opcode);
+    if header.error == 0 && is_entry_reply && header.len as usize >= core::mem::size_of::<OutHeader>() + 8 {
+        // SAFETY: user memory; the helper faults safely. `fuse_entry_out` starts with the nodeid.
+        request.daemon.reply_nodeid = unsafe { bpf_probe_read_user(body as *const u64) }.unwrap_or(0);
+    }
+    count(KernelStat::FuseDaemonReplies);
     Some(())
 }

@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use vexevent_common::{
-    FuseConfig, FuseRequestKey, GAP_KINDS, KERNEL_STAT_COUNT, KernelStat, PendingLoss, PrefixKey,
-    ProbeConfig, RecordBuf, RecordHeader, SYSCALL_ARGS, SyscallSpec,
+    FUSE_NAME_BYTES, FuseConfig, FuseDaemonSide, FuseRequestKey, GAP_KINDS, KERNEL_STAT_COUNT, KernelStat,
+    PendingLoss, PrefixKey, ProbeConfig, RecordBuf, RecordHeader, SYSCALL_ARGS, SyscallSpec,
 };
 
 /// Default ring size; the loader sets the configured size at load time.
@@ -110,12 +110,26 @@ pub struct FuseInflight {
     pub requester: u64,
     pub uid_gid: u64,
     pub comm: [u8; 16],
+    /// Filled in by the daemon-side probes.
+    pub daemon: FuseDaemonSide,
+    pub name1_len: u32,
+    pub name2_len: u32,
+    pub name1: [u8; FUSE_NAME_BYTES],
+    pub name2: [u8; FUSE_NAME_BYTES],
 }
+
+/// Per-CPU space a queued FUSE request is assembled in (too large for the stack).
+#[map]
+pub static FUSE_SCRATCH: PerCpuArray<FuseInflight> = PerCpuArray::with_max_entries(1, 0);
+
+/// FUSE daemon tgid -> the connection it serves (learned when it replies).
+#[map]
+pub static FUSE_DAEMONS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(256, 0);
 
 /// (connection, unique) -> the queued request. LRU: requests the daemon never answers (it died)
 /// age out.
 #[map]
-pub static FUSE_INFLIGHT: LruHashMap<FuseRequestKey, FuseInflight> = LruHashMap::with_max_entries(1 << 14, 0);
+pub static FUSE_INFLIGHT: LruHashMap<FuseRequestKey, FuseInflight> = LruHashMap::with_max_entries(1 << 12, 0);
 
 /// A syscall between enter and exit.
 #[repr(C)]

@@ -19,6 +19,7 @@ use vexevent_common::{
 };
 
 use crate::{
+    fuse::{daemon_connection, daemon_read, daemon_write},
     maps::{CONFIG, INFLIGHT, Inflight, PID_FILTER, SCRATCH, SYSCALL_SPECS, count, next_seq},
     ring::submit,
     scope::{fd_in_scope, mark_cwd, mark_fd, path_in_scope},
@@ -113,7 +114,7 @@ fn arg(args: &[u64; SYSCALL_ARGS], index: u8) -> Option<u64> {
 }
 
 #[inline(always)]
-fn on_enter(nr: i64, read_args: impl FnOnce() -> [u64; SYSCALL_ARGS]) -> Option<()> {
+fn on_enter(nr: i64, read_args: impl Fn() -> [u64; SYSCALL_ARGS]) -> Option<()> {
     let (nr, spec) = spec_for(nr)?;
     count(KernelStat::Seen);
     let config = CONFIG.get(0)?;
@@ -122,6 +123,22 @@ fn on_enter(nr: i64, read_args: impl FnOnce() -> [u64; SYSCALL_ARGS]) -> Option<
     if tgid == config.self_pid {
         count(KernelStat::FilteredSelf);
         return None;
+    }
+    // A FUSE daemon's /dev/fuse traffic feeds the FUSE request records, whatever the op filter.
+    if matches!(nr, READ_NR | WRITE_NR | READV_NR | WRITEV_NR) {
+        if let Some(connection) = daemon_connection(tgid) {
+            let args = read_args();
+            if !fd_in_scope(tgid, args[0]) {
+                count(KernelStat::FilteredScope);
+                if matches!(nr, WRITE_NR | WRITEV_NR) {
+                    // The reply ends the request inside this write: look at it now.
+                    let _ = daemon_write(connection, nr == WRITEV_NR, args[1]);
+                    return None;
+                }
+                // The request is in the buffer only once the read returns.
+                return remember(pid_tgid, nr, DAEMON_READ, args);
+            }
+        }
     }
     if config.op_mask & (1u64 << (spec.op & 63)) == 0 {
         count(KernelStat::FilteredOp);
@@ -168,9 +185,23 @@ fn on_enter(nr: i64, read_args: impl FnOnce() -> [u64; SYSCALL_ARGS]) -> Option<
             mark_fd(tgid, fd, false);
         }
     }
+    remember(pid_tgid, nr, SYSCALL, args)
+}
+
+/// `Inflight::active` of a traced syscall, and of a FUSE daemon's read of /dev/fuse.
+const SYSCALL: u32 = 1;
+const DAEMON_READ: u32 = 2;
+const READ_NR: u32 = 0;
+const WRITE_NR: u32 = 1;
+const READV_NR: u32 = 19;
+const WRITEV_NR: u32 = 20;
+
+/// Keeps a syscall's arguments until its exit.
+#[inline(always)]
+fn remember(pid_tgid: u64, nr: u32, active: u32, args: [u64; SYSCALL_ARGS]) -> Option<()> {
     let inflight = Inflight {
         nr,
-        active: 1,
+        active,
         // SAFETY: no preconditions.
         enter_ns: unsafe { bpf_ktime_get_ns() },
         args,
@@ -228,6 +259,10 @@ fn on_exit(nr: i64, ret: i64) -> Option<()> {
     }
     // SAFETY: as above.
     unsafe { (*slot).active = 0 };
+    if inflight.active == DAEMON_READ {
+        let connection = daemon_connection(tgid)?;
+        return daemon_read(connection, nr == READV_NR, inflight.args[1], ret, pid_tgid);
+    }
     // SAFETY: no preconditions.
     let exit_ns = unsafe { bpf_ktime_get_ns() };
     let spec = SYSCALL_SPECS.get(inflight.nr)?;

@@ -86,8 +86,11 @@ pub fn run(settings: &Settings) -> Result<StatsSnapshot, AppError> {
             .spawn(move || drainer.run(&drain_settings, &stop, &batches_tx))
             .map_err(|source| AppError::Start { what: "capture thread", source })?
     };
-    let translator =
-        Translator::new(TranslateOptions { scope: settings.scope.clone(), ops: settings.ops.clone() });
+    let translator = Translator::new(TranslateOptions {
+        scope: settings.scope.clone(),
+        ops: settings.ops.clone(),
+        fuse_mounts: probes.fuse_mounts().iter().map(|m| (m.connection, m.mount_point.clone())).collect(),
+    });
     let correlator = Correlator::new(settings.correlate);
     let pipeline = {
         let counters = Arc::clone(&counters);

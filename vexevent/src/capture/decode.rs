@@ -147,6 +147,9 @@ fn decode_record(header: RecordHeader, bytes: &[u8]) -> Result<RawRecord, Decode
             entry.spec.path2_arg != NO_ARG,
             entry.spec.flags & spec_flags::PATH2_IS_TEXT != 0,
         )
+    } else if op == OpKind::FuseRequest {
+        // The request's names, when the daemon side saw them; never resolved as paths.
+        (header.path1_len > 0, header.path2_len > 0, true)
     } else {
         (false, false, false)
     };

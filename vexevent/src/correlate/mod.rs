@@ -42,10 +42,9 @@ pub struct Correlator {
     pending: HashMap<u32, Vec<u64>>,
 }
 
+/// FUSE request events (subtype `FUSE_<OPCODE>`; syscall subtypes are syscall names).
 fn is_fuse_request(event: &SemanticEvent) -> bool {
-    event.context.fuse.len() == 1
-        && event.context.filesystem.is_none()
-        && event.event_subtype.starts_with("FUSE_")
+    event.context.fuse.len() == 1 && event.event_subtype.starts_with("FUSE_")
 }
 
 impl Correlator {
@@ -96,6 +95,15 @@ impl Correlator {
         if let (Some(first), Some(last)) = (event.context.fuse.first(), event.context.fuse.last()) {
             let queued = first.queued_ns.max(enter);
             let ended = last.ended_ns.clamp(queued, exit);
+            // The daemon's share, when its side of every request was seen.
+            let requests = &event.context.fuse;
+            let daemon_side: Option<Vec<(u64, u64, u64, u64)>> = requests
+                .iter()
+                .map(|r| Some((r.queued_ns, r.daemon_received_ns?, r.daemon_replied_ns?, r.ended_ns)))
+                .collect();
+            let sum = |part: fn(&(u64, u64, u64, u64)) -> u64| {
+                daemon_side.as_ref().map(|sides| sides.iter().map(part).sum::<u64>())
+            };
             event.timeline = Some(Timeline {
                 syscall_enter_ns: enter,
                 request_queued_ns: queued,
@@ -104,6 +112,9 @@ impl Correlator {
                 before_fuse_ns: queued - enter,
                 fuse_ns: ended - queued,
                 after_fuse_ns: exit - ended,
+                kernel_queue_ns: sum(|&(q, received, _, _)| received.saturating_sub(q)),
+                daemon_ns: sum(|&(_, received, replied, _)| replied.saturating_sub(received)),
+                reply_ns: sum(|&(_, _, replied, e)| e.saturating_sub(replied)),
             });
         }
     }

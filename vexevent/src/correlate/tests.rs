@@ -135,3 +135,13 @@ fn a_pending_request_holds_the_stream_back_at_most_the_window() {
     assert_eq!(out.len(), 2);
     assert_eq!(out[0].event_subtype, "FUSE_WRITE");
 }
+
+#[test]
+fn requests_with_a_known_path_still_fold_into_their_syscall() {
+    let mut lookup = request(7, "LOOKUP", 110, 150, -2, true);
+    lookup.context.filesystem =
+        Some(FilesystemContext { path: Some(PathBytes::from("/f/x")), ..Default::default() });
+    let (out, _) = run(vec![lookup, syscall(7, 100, 230, true)], options());
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].context.fuse.len(), 1);
+}

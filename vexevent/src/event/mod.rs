@@ -87,7 +87,7 @@ impl SemanticEvent {
 
 /// The boundaries of one operation that crossed into a FUSE daemon, as `CLOCK_MONOTONIC`
 /// nanoseconds, and where its time went: `before_fuse_ns + fuse_ns + after_fuse_ns` is the whole
-/// operation (syscall enter to exit).
+/// operation (syscall enter to exit). The daemon's own boundaries are in `context.fuse`.
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct Timeline {
     pub syscall_enter_ns: u64,
@@ -102,6 +102,15 @@ pub struct Timeline {
     pub fuse_ns: u64,
     /// From the last reply to the syscall's return.
     pub after_fuse_ns: u64,
+    /// Where `fuse_ns` went, summed over the requests, when the daemon side was seen: queued to
+    /// read by the daemon, read to reply, reply to the request's end. Together they equal
+    /// `fuse_ns` for a single request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_queue_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daemon_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_ns: Option<u64>,
 }
 
 /// One FUSE request: the kernel queued it for the daemon and the daemon replied.
@@ -120,9 +129,30 @@ pub struct FuseRequest {
     pub daemon_pid: u32,
     pub daemon_tid: u32,
     pub queued_ns: u64,
+    /// When the daemon's read of the request returned (daemon side seen).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daemon_received_ns: Option<u64>,
+    /// When the daemon began writing its reply (daemon side seen).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daemon_replied_ns: Option<u64>,
     pub ended_ns: u64,
     /// The daemon's error (negative errno), 0 on success.
     pub error: i32,
+    /// The node the request is about (daemon side seen).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nodeid: Option<u64>,
+    /// The node an entry reply (LOOKUP, CREATE, MKDIR, MKNOD, SYMLINK, LINK) named.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entry_nodeid: Option<u64>,
+    /// RENAME's new parent node, LINK's existing node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aux_nodeid: Option<u64>,
+    /// The name the request carries (LOOKUP, CREATE, MKDIR, UNLINK, ...; RENAME's old name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<PathBytes>,
+    /// RENAME's new name, SYMLINK's target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub second_name: Option<PathBytes>,
 }
 
 /// When the operation happened.

@@ -1,9 +1,12 @@
 //! FUSE requests seen in the kernel: opcode names, and the `VexFS` event type each opcode stands
 //! for (design/vexfs.md, "FUSE opcode to semantic type").
 
-use vexevent_common::{RecordHeader, fuse_args};
+use vexevent_common::{FuseDaemonSide, fuse_args};
 
-use crate::event::{EventType, FuseRequest};
+use crate::{
+    capture::RawRecord,
+    event::{EventType, FuseRequest, PathBytes},
+};
 
 /// The kernel's FUSE opcodes we name (include/uapi/linux/fuse.h).
 const OPCODES: &[(u32, &str)] = &[
@@ -90,12 +93,39 @@ pub fn opcode_event_type(opcode: u32) -> (EventType, bool) {
     }
 }
 
+/// `FUSE_SYMLINK`: its second name is the link's target.
+pub const SYMLINK_OPCODE: u32 = 6;
+
+/// Opcodes that name an entry of the directory node they are about.
+#[must_use]
+pub fn names_child(opcode: u32) -> bool {
+    matches!(opcode, 1 | 6 | 8 | 9 | 10 | 11 | 12 | 13 | 35 | 45)
+}
+
+/// Whether an opcode is a rename.
+#[must_use]
+pub fn is_rename(opcode: u32) -> bool {
+    matches!(opcode, 12 | 45)
+}
+
 /// The request a `FuseRequest` record describes.
 #[must_use]
-pub fn request_of(header: &RecordHeader) -> FuseRequest {
+pub fn request_of(record: &RawRecord) -> FuseRequest {
+    let header = &record.header;
     let daemon = header.args[fuse_args::DAEMON];
     let opcode = u32::try_from(header.args[fuse_args::OPCODE]).unwrap_or(u32::MAX);
+    // SAFETY: `ioctl_arg` holds a `FuseDaemonSide` in FUSE records (vexevent-common asserts it
+    // fits); it is plain integers, valid for every bit pattern, read unaligned.
+    let side: FuseDaemonSide = unsafe { header.ioctl_arg.as_ptr().cast::<FuseDaemonSide>().read_unaligned() };
+    let seen = |ns: u64| (ns != 0).then_some(ns);
     FuseRequest {
+        daemon_received_ns: seen(side.received_ns),
+        daemon_replied_ns: seen(side.replied_ns),
+        nodeid: (side.received_ns != 0).then_some(side.nodeid),
+        entry_nodeid: seen(side.reply_nodeid),
+        aux_nodeid: seen(side.aux_nodeid),
+        name: record.path1.as_deref().map(PathBytes::from),
+        second_name: record.path2.as_deref().map(PathBytes::from),
         connection: u32::try_from(header.args[fuse_args::CONNECTION]).unwrap_or(u32::MAX),
         unique: header.args[fuse_args::UNIQUE],
         opcode,

@@ -4,6 +4,7 @@
 
 mod errno;
 mod fuse;
+mod fuse_nodes;
 mod ioctl;
 mod paths;
 mod process;
@@ -24,8 +25,9 @@ use vexevent_common::{GAP_RECORD_SIZE, NO_ARG, OpKind, RecordHeader, record_flag
 use crate::{
     capture::{Captured, GapRecord, RawRecord},
     event::{
-        Context, EVENT_VERSION, EventType, FilesystemContext, GapContext, ObservabilityContext, OpResult,
-        PathBytes, Priority, ProcessInfo, SemanticEvent, Timestamp, WatchScope, flags, next_event_id,
+        Context, EVENT_VERSION, EventType, FilesystemContext, FuseRequest, GapContext, ObservabilityContext,
+        OpResult, PathBytes, Priority, ProcessInfo, SemanticEvent, Timestamp, WatchScope, flags,
+        next_event_id,
     },
     telemetry::{Counters, add},
 };
@@ -58,6 +60,8 @@ pub struct TranslateOptions {
     pub scope: WatchScope,
     /// Operation types to emit events for.
     pub ops: HashSet<OpKind>,
+    /// FUSE connections and their mount points (the root node's path).
+    pub fuse_mounts: Vec<(u32, Vec<u8>)>,
 }
 
 /// Turns records into events, keeping per-process path state.
@@ -65,6 +69,7 @@ pub struct Translator {
     options: TranslateOptions,
     processes: ProcessTable,
     stats: stat_cache::StatCache,
+    fuse_nodes: fuse_nodes::FuseNodes,
     /// Wall clock minus `CLOCK_MONOTONIC`, in nanoseconds.
     wall_offset_ns: i128,
 }
@@ -112,7 +117,12 @@ fn octal_mode(mode: u64) -> String {
 impl Translator {
     #[must_use]
     pub fn new(options: TranslateOptions) -> Self {
+        let mut fuse_nodes = fuse_nodes::FuseNodes::default();
+        for (connection, mount_point) in &options.fuse_mounts {
+            fuse_nodes.add_mount(*connection, mount_point.clone());
+        }
         Self {
+            fuse_nodes,
             options,
             processes: ProcessTable::default(),
             stats: stat_cache::StatCache::default(),
@@ -217,17 +227,56 @@ impl Translator {
         }
     }
 
-    /// A FUSE request on its own (the correlate stage joins it to the syscall that caused it).
-    /// Metadata requests (lookups, attribute reads, flushes) get priority Background.
-    fn fuse_event(&self, record: &RawRecord) -> SemanticEvent {
-        let request = fuse::request_of(&record.header);
+    /// A FUSE request on its own (the correlate stage joins it to the syscall that caused it),
+    /// with the path of its node when the daemon side was seen. Metadata requests (lookups,
+    /// attribute reads, flushes) get priority Background.
+    fn fuse_event(&mut self, record: &RawRecord) -> SemanticEvent {
+        let request = fuse::request_of(record);
         let (event_type, metadata) = fuse::opcode_event_type(request.opcode);
         let error = (request.error != 0).then(|| errno_name(request.error.saturating_neg()));
         let result = OpResult { ok: request.error == 0, ret: i64::from(request.error), error };
         let priority = if metadata { Priority::Background } else { Priority::Normal };
         let subtype = format!("FUSE_{}", request.opcode_name);
-        let context = Context { fuse: vec![request], ..Context::default() };
+        let filesystem = self.fuse_paths(&request);
+        let context = Context { fuse: vec![request], filesystem, ..Context::default() };
         self.event(record, event_type, subtype, context, result, priority)
+    }
+
+    /// The paths a FUSE request is about, from its node and names; learns the nodes its reply
+    /// names and follows renames.
+    fn fuse_paths(&mut self, request: &FuseRequest) -> Option<FilesystemContext> {
+        let node = request.nodeid?;
+        let connection = request.connection;
+        let name = request.name.as_ref().map(PathBytes::as_bytes);
+        let path = match name {
+            Some(name) if fuse::names_child(request.opcode) => {
+                self.fuse_nodes.child(connection, node, name)?
+            }
+            _ => self.fuse_nodes.path(connection, node)?.to_vec(),
+        };
+        let mut target = None;
+        if request.error == 0 {
+            if let Some(entry) = request.entry_nodeid {
+                self.fuse_nodes.learn(connection, entry, path.clone());
+            }
+        }
+        if fuse::is_rename(request.opcode) {
+            // RENAME's new parent travels as the auxiliary node, its new name as the second name.
+            let new_path = request.second_name.as_ref().and_then(|new_name| {
+                self.fuse_nodes.child(connection, request.aux_nodeid?, new_name.as_bytes())
+            });
+            if let (Some(new_path), 0) = (&new_path, request.error) {
+                self.fuse_nodes.rename(connection, &path, new_path);
+            }
+            target = new_path.map(PathBytes);
+        } else if request.opcode == fuse::SYMLINK_OPCODE {
+            target.clone_from(&request.second_name);
+        }
+        Some(FilesystemContext {
+            path: Some(PathBytes(path)),
+            target_path: target,
+            ..FilesystemContext::default()
+        })
     }
 
     /// Translates one record, appending its events to `out`.

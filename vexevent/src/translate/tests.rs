@@ -13,6 +13,7 @@ fn translator(ops: &[OpKind]) -> Translator {
     let mut translator = Translator::new(TranslateOptions {
         scope: WatchScope::new(vec![b"/w".to_vec()]),
         ops: ops.iter().copied().collect::<HashSet<_>>(),
+        fuse_mounts: Vec::new(),
     });
     translator.processes_mut().set_cwd(PID, b"/w/sub".to_vec());
     translator
