@@ -26,6 +26,9 @@ pub mod record_flags {
     pub const PATH2_FAULT: u32 = 1 << 3;
     /// `ioctl_arg` holds the first `IOCTL_ARG_BYTES` of the ioctl's argument struct.
     pub const IOCTL_ARG_VALID: u32 = 1 << 4;
+    /// Path 2's slot holds the first bytes a write wrote (writes to `VexFS` special files:
+    /// `*.vec`, `*.search`, `_vexfs/search`, `_vexfs/control`).
+    pub const PAYLOAD: u32 = 1 << 5;
 }
 
 /// Fixed part of every record. Paths follow it: path 1 at offset `size_of::<RecordHeader>()`,

@@ -22,7 +22,10 @@ use crate::{
     fuse::{daemon_connection, daemon_read, daemon_write},
     maps::{CONFIG, INFLIGHT, Inflight, PID_FILTER, SCRATCH, SYSCALL_SPECS, count, next_seq},
     ring::submit,
-    scope::{fd_in_scope, mark_cwd, mark_fd, path_in_scope},
+    scope::{
+        NOT_WATCHED, VEXFS_SPECIAL, WATCHED, fd_flag, fd_in_scope, is_vexfs_special, mark_cwd, mark_fd,
+        path_in_scope,
+    },
 };
 
 /// Offset of `id` (the syscall number, a long) in both
@@ -172,7 +175,7 @@ fn on_enter(nr: i64, read_args: impl Fn() -> [u64; SYSCALL_ARGS]) -> Option<()> 
                 // dup2/dup3 onto a watched fd closes it: forget it.
                 if let Some(new_fd) = args.get(1) {
                     if nr != DUP_NR && fd_in_scope(tgid, *new_fd) {
-                        mark_fd(tgid, *new_fd, false);
+                        mark_fd(tgid, *new_fd, NOT_WATCHED);
                     }
                 }
             }
@@ -182,7 +185,7 @@ fn on_enter(nr: i64, read_args: impl Fn() -> [u64; SYSCALL_ARGS]) -> Option<()> 
         if spec.flags & spec_flags::CLOSES_FD != 0 {
             // Forget the fd now, not at exit: once close releases the number, another thread's
             // open may get it and mark it before this close's exit would run.
-            mark_fd(tgid, fd, false);
+            mark_fd(tgid, fd, NOT_WATCHED);
         }
     }
     remember(pid_tgid, nr, SYSCALL, args)
@@ -194,6 +197,7 @@ const DAEMON_READ: u32 = 2;
 const READ_NR: u32 = 0;
 const WRITE_NR: u32 = 1;
 const READV_NR: u32 = 19;
+const PWRITE64_NR: u32 = 18;
 const WRITEV_NR: u32 = 20;
 
 /// Keeps a syscall's arguments until its exit.
@@ -301,10 +305,34 @@ fn on_exit(nr: i64, ret: i64) -> Option<()> {
                 && spec.flags & spec_flags::PATH2_IS_TEXT == 0
                 && path_in_scope(config, tgid, path2, len2, arg(args, spec.dirfd2_arg)))
     };
-    update_scope_maps(spec, tgid, ret, in_scope);
+    let fd_value = if !in_scope {
+        NOT_WATCHED
+    } else if spec.flags & spec_flags::RET_IS_NEW_FD != 0 && is_vexfs_special(path1, len1) {
+        VEXFS_SPECIAL
+    } else {
+        WATCHED
+    };
+    update_scope_maps(spec, tgid, args, ret, fd_value);
     if !in_scope {
         count(KernelStat::FilteredScope);
         return None;
+    }
+    // Writes to VexFS special files carry their meaning in their data: keep its first bytes.
+    let mut payload_len = 0usize;
+    if matches!(inflight.nr, WRITE_NR | PWRITE64_NR) && ret > 0 && fd_flag(tgid, args[0]) == VEXFS_SPECIAL {
+        let wanted = (ret as usize).min(PATH_BUF - 1);
+        // SAFETY: the destination is PATH_BUF writable bytes; the helper faults safely.
+        let read = unsafe {
+            bpf_probe_read_user(
+                path2.as_mut_ptr().cast(),
+                (wanted & (PATH_BUF - 1)) as u32,
+                args[1] as *const _,
+            )
+        };
+        if read == 0 {
+            payload_len = wanted & (PATH_BUF - 1);
+            flags |= record_flags::PAYLOAD;
+        }
     }
 
     let header = &mut record.header;
@@ -339,10 +367,12 @@ fn on_exit(nr: i64, ret: i64) -> Option<()> {
     // SAFETY: no preconditions.
     header.cpu = unsafe { bpf_get_smp_processor_id() };
     header.path1_len = len1 as u32;
-    header.path2_len = len2 as u32;
+    header.path2_len = if payload_len > 0 { payload_len as u32 } else { len2 as u32 };
     header.comm = bpf_get_current_comm().unwrap_or_default();
 
-    let size = if has_path2 {
+    let size = if payload_len > 0 {
+        RECORD_HEADER_SIZE + PATH_BUF + (payload_len & (PATH_BUF - 1))
+    } else if has_path2 {
         RECORD_HEADER_SIZE + PATH_BUF + (len2 & (PATH_BUF - 1))
     } else {
         RECORD_HEADER_SIZE + (len1 & (PATH_BUF - 1))
@@ -353,15 +383,16 @@ fn on_exit(nr: i64, ret: i64) -> Option<()> {
 
 /// Keeps the fd and cwd scope maps in step with what the syscall did.
 #[inline(always)]
-fn update_scope_maps(spec: &SyscallSpec, tgid: u32, ret: i64, in_scope: bool) {
+fn update_scope_maps(spec: &SyscallSpec, tgid: u32, args: &[u64; SYSCALL_ARGS], ret: i64, fd_value: u8) {
     if ret < 0 {
         return;
     }
     if spec.flags & spec_flags::RET_IS_NEW_FD != 0 {
-        mark_fd(tgid, ret as u64, in_scope);
+        mark_fd(tgid, ret as u64, fd_value);
     } else if spec.flags & spec_flags::DUPLICATES_FD != 0 {
-        mark_fd(tgid, ret as u64, true);
+        // The duplicate is what the original is (watched, or a watched special file).
+        mark_fd(tgid, ret as u64, fd_flag(tgid, args[0]));
     } else if spec.flags & spec_flags::SETS_CWD != 0 {
-        mark_cwd(tgid, in_scope);
+        mark_cwd(tgid, fd_value != NOT_WATCHED);
     }
 }

@@ -2,7 +2,7 @@
 
 use vexevent_common::{
     GAP_KINDS, GAP_OP, GAP_RECORD_SIZE, NO_ARG, OpKind, PATH_BUF, RECORD_HEADER_SIZE, RecordHeader,
-    spec_flags, syscall_by_nr,
+    record_flags, spec_flags, syscall_by_nr,
 };
 
 /// What one ring record holds.
@@ -54,6 +54,8 @@ pub struct RawRecord {
     pub path2: Option<Vec<u8>>,
     /// Path 2 is text (xattr name, symlink target, mount source), not a path to resolve.
     pub text2: bool,
+    /// The first bytes a write wrote (`VexFS` special files only).
+    pub payload: Option<Vec<u8>>,
     /// Bytes of the record in the ring.
     pub size: u32,
 }
@@ -159,14 +161,28 @@ fn decode_record(header: RecordHeader, bytes: &[u8]) -> Result<RawRecord, Decode
         }
     }
     let path1_end = RECORD_HEADER_SIZE + header.path1_len as usize;
-    let expected =
-        if has_path2 { RECORD_HEADER_SIZE + PATH_BUF + header.path2_len as usize } else { path1_end };
+    let has_payload = header.flags & record_flags::PAYLOAD != 0;
+    let expected = if has_path2 || has_payload {
+        RECORD_HEADER_SIZE + PATH_BUF + header.path2_len as usize
+    } else {
+        path1_end
+    };
     if bytes.len() != expected {
         return Err(DecodeError::LengthMismatch { expected, actual: bytes.len() });
     }
     let path1 = has_path1.then(|| bytes[RECORD_HEADER_SIZE..path1_end].to_vec());
-    let path2 = has_path2.then(|| bytes[RECORD_HEADER_SIZE + PATH_BUF..expected].to_vec());
-    Ok(RawRecord { header, op, path1, path2, text2, size: u32::try_from(bytes.len()).unwrap_or(u32::MAX) })
+    let second_slot = || bytes[RECORD_HEADER_SIZE + PATH_BUF..expected].to_vec();
+    let path2 = (has_path2 && !has_payload).then(second_slot);
+    let payload = has_payload.then(second_slot);
+    Ok(RawRecord {
+        header,
+        op,
+        path1,
+        path2,
+        text2,
+        payload,
+        size: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
+    })
 }
 
 fn header_bytes(header: &RecordHeader) -> Vec<u8> {

@@ -47,6 +47,7 @@ fn record(syscall: &str, args: [u64; 6], ret: i64, path1: Option<&[u8]>, path2: 
         path1: path1.map(<[u8]>::to_vec),
         path2: path2.map(<[u8]>::to_vec),
         text2: entry.spec.flags & vexevent_common::spec_flags::PATH2_IS_TEXT != 0,
+        payload: None,
         size: 200,
     }
 }
