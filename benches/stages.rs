@@ -11,7 +11,7 @@ use vexevent::{
     config::USER_OPS,
     event::WatchScope,
     telemetry::Counters,
-    translate::{TranslateOptions, Translator},
+    translate::{TranslateOptions, Translator, VexfsRoots},
 };
 use vexevent_common::{COMM_LEN, IOCTL_ARG_BYTES, RecordHeader, SYSCALLS};
 
@@ -54,6 +54,7 @@ fn stages(c: &mut Criterion) {
         scope: WatchScope::new(vec![]),
         ops: USER_OPS.into_iter().collect::<HashSet<_>>(),
         fuse_mounts: Vec::new(),
+        vexfs: VexfsRoots::default(),
     };
     let counters = Counters::default();
 

@@ -22,10 +22,10 @@ use crate::{
     config::Settings,
     correlate::Correlator,
     event::SemanticEvent,
-    loader::{ProbeSettings, Probes},
+    loader::{ProbeSettings, Probes, vexfs_mount_points},
     sinks::JsonLinesSink,
     telemetry::{Counters, StatsSnapshot, monotonic_ns},
-    translate::{TranslateOptions, Translator},
+    translate::{TranslateOptions, Translator, VexfsRoots},
 };
 
 /// How often the stats file is refreshed.
@@ -90,6 +90,7 @@ pub fn run(settings: &Settings) -> Result<StatsSnapshot, AppError> {
         scope: settings.scope.clone(),
         ops: settings.ops.clone(),
         fuse_mounts: probes.fuse_mounts().iter().map(|m| (m.connection, m.mount_point.clone())).collect(),
+        vexfs: VexfsRoots(settings.vexfs_paths.iter().cloned().chain(vexfs_mount_points()).collect()),
     });
     let correlator = Correlator::new(settings.correlate);
     let pipeline = {

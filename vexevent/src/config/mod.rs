@@ -42,8 +42,17 @@ pub const USER_OPS: [OpKind; 19] = [
 pub struct Config {
     pub capture: CaptureConfig,
     pub fuse: FuseSection,
+    pub vexfs: VexfsSection,
     pub output: OutputConfig,
     pub stats: StatsConfig,
+}
+
+/// `[vexfs]`: where `VexFS` semantics apply besides detected `VexFS` mounts.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct VexfsSection {
+    /// Directories whose files follow `VexFS` conventions (special files, graph events).
+    pub paths: Vec<PathBuf>,
 }
 
 /// `[fuse]`: how FUSE requests are joined to the syscalls that caused them.
@@ -185,6 +194,8 @@ pub struct Settings {
     pub channel_batches: usize,
     pub syscall_hooks: SyscallHooks,
     pub correlate: CorrelateOptions,
+    /// Configured `VexFS` directories (canonical); detected `VexFS` mounts are added at start.
+    pub vexfs_paths: Vec<Vec<u8>>,
     pub output: Option<PathBuf>,
     pub stats_interval: Option<std::time::Duration>,
     pub stats_file: PathBuf,
@@ -270,6 +281,14 @@ impl Config {
             reorder_window: std::time::Duration::from_micros(capture.reorder_window_us),
             channel_batches: capture.channel_batches,
             syscall_hooks: capture.syscall_hooks,
+            vexfs_paths: self
+                .vexfs
+                .paths
+                .iter()
+                .map(|p| {
+                    std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()).as_os_str().as_bytes().to_vec()
+                })
+                .collect(),
             correlate: CorrelateOptions {
                 window: std::time::Duration::from_millis(self.fuse.join_window_ms),
                 include_metadata: self.fuse.include_metadata,

@@ -6,7 +6,7 @@ mod scope;
 mod types;
 
 pub use path::PathBytes;
-pub use scope::WatchScope;
+pub use scope::{WatchScope, is_under};
 pub use types::{EventType, Priority, flags};
 
 use serde::Serialize;
@@ -181,6 +181,12 @@ pub struct Context {
     /// On `ObservabilityAlertTriggered` gap events: which records were lost.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gap: Option<GapContext>,
+    /// `VexFS` graph context, on Graph events derived from file operations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub graph: Option<GraphContext>,
+    /// Settings written to `_vexfs/control` (`SystemOptimization`).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub parameters: std::collections::BTreeMap<String, String>,
     /// The FUSE requests the operation caused, in order (or the one request, on a FUSE event with
     /// no caller syscall).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -278,8 +284,34 @@ pub struct VectorContext {
     pub results_found: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub search_time_ns: Option<u64>,
-    /// The full ioctl command number.
-    pub ioctl_cmd: String,
+    /// The full ioctl command number (vector ioctls).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ioctl_cmd: Option<String>,
+}
+
+/// `VexFS`'s graph context: the file system as a graph of nodes (files, directories) joined by
+/// `Contains` edges from each directory to its entries.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct GraphContext {
+    /// The node: the file's path.
+    pub node: PathBytes,
+    /// The file's inode number, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<u64>,
+    /// On edge events: the edge.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edge: Option<GraphEdge>,
+    /// The file operation the graph event derives from (`create`, `write`, `rename`, ...).
+    pub operation_type: String,
+}
+
+/// A directed edge between two nodes.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct GraphEdge {
+    pub from: PathBytes,
+    pub to: PathBytes,
+    /// `Contains` (directory to entry).
+    pub kind: String,
 }
 
 /// `VexFS`'s observability context.

@@ -1,5 +1,11 @@
 //! [`WatchScope`]: the watched directories, and whether a normalized absolute path is inside one.
 
+/// Whether `path` is `dir` or inside it (whole components: `/a/bc` is not inside `/a/b`).
+#[must_use]
+pub fn is_under(path: &[u8], dir: &[u8]) -> bool {
+    dir == b"/" || (path.starts_with(dir) && (path.len() == dir.len() || path[dir.len()] == b'/'))
+}
+
 /// The watched directories, as userspace checks them.
 #[derive(Clone, Debug, Default)]
 pub struct WatchScope {
@@ -24,11 +30,7 @@ impl WatchScope {
     /// Whether an absolute, normalized path is inside a watched directory (or is one).
     #[must_use]
     pub fn contains(&self, path: &[u8]) -> bool {
-        self.watches_all()
-            || self
-                .dirs
-                .iter()
-                .any(|dir| path.starts_with(dir) && (path.len() == dir.len() || path[dir.len()] == b'/'))
+        self.watches_all() || self.dirs.iter().any(|dir| is_under(path, dir))
     }
 
     /// The watched directories (empty when everything is watched).

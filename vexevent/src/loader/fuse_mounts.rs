@@ -1,5 +1,5 @@
-//! Which FUSE connections to watch: the FUSE mounts (from /proc/self/mountinfo) that lie inside a
-//! watched directory or contain one. A connection is the mount's device number in the kernel's
+//! Mounts that matter, from /proc/self/mountinfo: which FUSE connections to watch (the FUSE mounts
+//! that lie inside a watched directory or contain one), and where `VexFS` is mounted. A connection is the mount's device number in the kernel's
 //! encoding (`major << 20 | minor`), the value the FUSE tracepoints carry.
 
 use crate::event::WatchScope;
@@ -32,22 +32,39 @@ fn unescape(field: &str) -> Vec<u8> {
     out
 }
 
-/// Parses mountinfo text into its FUSE mounts.
-#[must_use]
-pub fn parse_fuse_mounts(mountinfo: &str) -> Vec<FuseMount> {
+/// Parses every mount of mountinfo text (the device number in kernel encoding).
+fn parse_mounts(mountinfo: &str) -> Vec<FuseMount> {
     mountinfo
         .lines()
         .filter_map(|line| {
             let (before, after) = line.split_once(" - ")?;
             let fields: Vec<&str> = before.split(' ').collect();
             let fstype = after.split(' ').next()?;
-            if !(fstype == "fuse" || fstype == "fuseblk" || fstype.starts_with("fuse.")) {
-                return None;
-            }
             let (major, minor) = fields.get(2)?.split_once(':')?;
             let connection = (major.parse::<u32>().ok()? << 20) | minor.parse::<u32>().ok()?;
             Some(FuseMount { connection, mount_point: unescape(fields.get(4)?), fstype: fstype.to_owned() })
         })
+        .collect()
+}
+
+/// Parses mountinfo text into its FUSE mounts.
+#[must_use]
+pub fn parse_fuse_mounts(mountinfo: &str) -> Vec<FuseMount> {
+    parse_mounts(mountinfo)
+        .into_iter()
+        .filter(|m| m.fstype == "fuse" || m.fstype == "fuseblk" || m.fstype.starts_with("fuse."))
+        .collect()
+}
+
+/// Mount points of `VexFS` file systems: its FUSE daemon (`fuse.vexfs`) or its kernel module
+/// (`vexfs_v2_b62`, `vexfs_fixed`, ...).
+#[must_use]
+pub fn vexfs_mount_points() -> Vec<Vec<u8>> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    parse_mounts(&mountinfo)
+        .into_iter()
+        .filter(|m| m.fstype == "fuse.vexfs" || m.fstype.starts_with("vexfs"))
+        .map(|m| m.mount_point)
         .collect()
 }
 

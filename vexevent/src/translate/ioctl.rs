@@ -51,7 +51,7 @@ pub fn decode_vexfs_ioctl(cmd: u64, arg: Option<&[u8]>, succeeded: bool) -> Opti
         26 => ("HYBRID_SEARCH", EventType::VectorSearch),
         _ => return None,
     };
-    let mut vector = VectorContext { ioctl_cmd: format!("{cmd:#x}"), ..VectorContext::default() };
+    let mut vector = VectorContext { ioctl_cmd: Some(format!("{cmd:#x}")), ..VectorContext::default() };
     if let Some(arg) = arg {
         let out = |value: Option<u32>| if succeeded { value } else { None };
         match nr {

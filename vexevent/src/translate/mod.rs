@@ -9,11 +9,13 @@ mod ioctl;
 mod paths;
 mod process;
 mod stat_cache;
+mod vexfs;
 
 pub use errno::errno_name;
 pub use ioctl::{VexfsIoctl, decode_vexfs_ioctl};
 pub use paths::{normalize, resolve};
 pub use process::{FileInfo, ProcessTable, stat_path};
+pub use vexfs::VexfsRoots;
 
 use std::{
     collections::HashSet,
@@ -62,6 +64,8 @@ pub struct TranslateOptions {
     pub ops: HashSet<OpKind>,
     /// FUSE connections and their mount points (the root node's path).
     pub fuse_mounts: Vec<(u32, Vec<u8>)>,
+    /// Where `VexFS` semantics apply.
+    pub vexfs: VexfsRoots,
 }
 
 /// Turns records into events, keeping per-process path state.
@@ -579,16 +583,23 @@ impl Translator {
         let ok = header.ret >= 0;
         let errno = (!ok).then(|| i32::try_from(-header.ret).unwrap_or(i32::MAX));
         let result = OpResult { ok, ret: header.ret, error: errno.map(errno_name) };
-        let event = self.event(record, event_type, subtype.to_owned(), context, result, Priority::Normal);
-        let companion = event.error_companion();
-        out.push(event);
-        match companion {
-            Some(error) => {
-                out.push(error);
-                Disposition::Events(2)
-            }
-            None => Disposition::Events(1),
+        let mut event = self.event(record, event_type, subtype.to_owned(), context, result, Priority::Normal);
+        let on_vexfs = event
+            .context
+            .filesystem
+            .as_ref()
+            .and_then(|fs| fs.path.as_ref())
+            .is_some_and(|path| self.options.vexfs.contains(path.as_bytes()));
+        if on_vexfs {
+            vexfs::reinterpret(&mut event, record.payload.as_deref());
         }
+        let companion = event.error_companion();
+        let derived = if on_vexfs { vexfs::derive_graph(&event) } else { Vec::new() };
+        let count = 1 + usize::from(companion.is_some()) + derived.len();
+        out.push(event);
+        out.extend(companion);
+        out.extend(derived);
+        Disposition::Events(count)
     }
 
     fn event(

@@ -14,6 +14,7 @@ fn translator(ops: &[OpKind]) -> Translator {
         scope: WatchScope::new(vec![b"/w".to_vec()]),
         ops: ops.iter().copied().collect::<HashSet<_>>(),
         fuse_mounts: Vec::new(),
+        vexfs: VexfsRoots(vec![b"/w/vexfs".to_vec()]),
     });
     translator.processes_mut().set_cwd(PID, b"/w/sub".to_vec());
     translator
@@ -165,4 +166,29 @@ fn hostile_names_survive_translation_and_json() {
     let json = serde_json::to_value(event).unwrap();
     assert!(json["context"]["filesystem"]["path"]["base64"].is_string());
     assert!(syscall_by_nr(83).is_some());
+}
+
+#[test]
+fn vexfs_special_files_and_graph_derivation() {
+    let mut t = translator(&OpKind::ALL);
+    run(&mut t, &record("openat", [AT_FDCWD, 0, 0o1, 0, 0, 0], 11, Some(b"/w/vexfs/a.vec"), None));
+    let mut write = record("write", [11, 0, 11, 0, 0, 0], 11, None, None);
+    write.payload = Some(b"0.1,0.2,0.3".to_vec());
+    let events = run(&mut t, &write);
+    assert_eq!(events[0].event_type, EventType::VectorCreate);
+    assert_eq!(events[0].context.vector.as_ref().unwrap().dimensions, Some(3));
+    assert_eq!(events[1].event_type, EventType::GraphNodeUpdate);
+    assert_eq!(events[1].parent_event_id, Some(events[0].event_id));
+    assert_eq!(events[1].causality_links, vec![events[0].event_id]);
+    let mkdir = run(&mut t, &record("mkdir", [0, 0o755, 0, 0, 0, 0], 0, Some(b"/w/vexfs/d"), None));
+    let types: Vec<EventType> = mkdir.iter().map(|e| e.event_type).collect();
+    assert_eq!(types, [EventType::FilesystemMkdir, EventType::GraphNodeCreate, EventType::GraphEdgeCreate]);
+    let edge = mkdir[2].context.graph.as_ref().unwrap().edge.as_ref().unwrap();
+    assert_eq!(
+        (edge.from.as_bytes(), edge.to.as_bytes(), edge.kind.as_str()),
+        (&b"/w/vexfs"[..], &b"/w/vexfs/d"[..], "Contains")
+    );
+    // Outside VexFS: plain file events only.
+    let plain = run(&mut t, &record("mkdir", [0, 0o755, 0, 0, 0, 0], 0, Some(b"/w/other"), None));
+    assert_eq!(plain.len(), 1);
 }
