@@ -45,4 +45,7 @@ pub mod program_names {
     pub const PROCESS_FORK: &str = "vexevent_process_fork";
     pub const FUSE_SEND: &str = "vexevent_fuse_request_send";
     pub const FUSE_END: &str = "vexevent_fuse_request_end";
+    /// Uprobe and uretprobe on the configured FUSE daemon functions.
+    pub const DAEMON_FN_ENTRY: &str = "vexevent_daemon_fn_entry";
+    pub const DAEMON_FN_RETURN: &str = "vexevent_daemon_fn_return";
 }

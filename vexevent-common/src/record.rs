@@ -225,6 +225,11 @@ pub struct FuseDaemonSide {
     pub aux_nodeid: u64,
     /// `(tgid << 32) | tid` of the daemon thread that read the request.
     pub reader: u64,
+    /// Time spent in the configured daemon functions (uprobes) while serving the request.
+    pub functions_ns: u64,
+    /// Calls of those functions while serving the request.
+    pub function_calls: u32,
+    pub padding: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<FuseDaemonSide>() <= IOCTL_ARG_BYTES);

@@ -22,8 +22,8 @@ use vexevent_common::{
 
 use crate::{
     maps::{
-        CONFIG, FUSE_CONFIG, FUSE_CONNECTIONS, FUSE_DAEMONS, FUSE_INFLIGHT, FUSE_SCRATCH, SCRATCH, count,
-        next_seq,
+        CONFIG, DAEMON_SERVING, FUSE_CONFIG, FUSE_CONNECTIONS, FUSE_DAEMONS, FUSE_INFLIGHT, FUSE_SCRATCH,
+        SCRATCH, count, next_seq,
     },
     ring::submit,
 };
@@ -244,6 +244,7 @@ pub fn daemon_read(connection: u32, vectored: bool, buffer: u64, len: i64, reade
     request.daemon.received_ns = unsafe { bpf_ktime_get_ns() };
     request.daemon.nodeid = header.nodeid;
     request.daemon.reader = reader;
+    let _ = DAEMON_SERVING.insert((reader & 0xffff_ffff) as u32, key, 0);
     count(KernelStat::FuseDaemonReads);
     let (skip, two_names) = name_layout(header.opcode)?;
     let body = buffer + core::mem::size_of::<InHeader>() as u64;

@@ -1,10 +1,11 @@
 //! vexevent's eBPF programs. Thin on purpose: filter first, fill a record, submit, count failures.
 //! `syscalls` holds the syscall tracepoint pair, `process` the fork tracepoint, `fuse` the FUSE
-//! request pair; `maps` declares
+//! request pair, `daemon_functions` the uprobes on FUSE daemon functions; `maps` declares
 //! every map, `scope` answers "is this path or fd watched?", `ring` submits records.
 #![no_std]
 #![no_main]
 
+mod daemon_functions;
 mod fuse;
 mod maps;
 mod process;

@@ -122,6 +122,14 @@ pub struct FuseInflight {
 #[map]
 pub static FUSE_SCRATCH: PerCpuArray<FuseInflight> = PerCpuArray::with_max_entries(1, 0);
 
+/// Daemon thread -> the request it read last (the one it is serving).
+#[map]
+pub static DAEMON_SERVING: LruHashMap<u32, FuseRequestKey> = LruHashMap::with_max_entries(1024, 0);
+
+/// Daemon thread -> when it entered a configured daemon function.
+#[map]
+pub static DAEMON_FN_START: LruHashMap<u32, u64> = LruHashMap::with_max_entries(1024, 0);
+
 /// FUSE daemon tgid -> the connection it serves (learned when it replies).
 #[map]
 pub static FUSE_DAEMONS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(256, 0);

@@ -98,6 +98,13 @@ struct RunArgs {
     /// Also report every FUSE request as an event of its own (joined or not).
     #[arg(long)]
     fuse_raw: bool,
+    /// Unstripped FUSE daemon binary whose functions --fuse-daemon-function times.
+    #[arg(long, value_name = "PATH")]
+    fuse_daemon_binary: Option<PathBuf>,
+    /// Daemon function to time inside the requests it serves (repeatable): a symbol or a demangled
+    /// Rust path such as vexfs::fuse_impl::VexFSFuse::search_vectors.
+    #[arg(long = "fuse-daemon-function", value_name = "NAME")]
+    fuse_daemon_functions: Vec<String>,
     /// Seconds between stats reports on stderr (0: only the final report).
     #[arg(long, value_name = "SECS")]
     stats_interval: Option<u64>,
@@ -131,6 +138,10 @@ impl RunArgs {
         capture.reorder_window_us = self.reorder_window_us.unwrap_or(capture.reorder_window_us);
         config.fuse.include_metadata |= self.fuse_metadata;
         config.fuse.raw_boundaries |= self.fuse_raw;
+        config.fuse.daemon_binary = self.fuse_daemon_binary.or(config.fuse.daemon_binary);
+        if !self.fuse_daemon_functions.is_empty() {
+            config.fuse.daemon_functions = self.fuse_daemon_functions;
+        }
         config.output.path = self.output.or(config.output.path);
         config.stats.interval_secs = self.stats_interval.unwrap_or(config.stats.interval_secs);
         config.stats.file = self.stats_file.unwrap_or(config.stats.file);

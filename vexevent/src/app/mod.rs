@@ -60,6 +60,8 @@ pub fn run(settings: &Settings) -> Result<StatsSnapshot, AppError> {
         comm: settings.comm,
         ring_bytes: settings.ring_bytes,
         shards: settings.shards,
+        daemon_binary: settings.daemon_binary.clone(),
+        daemon_functions: settings.daemon_functions.clone(),
         syscall_hooks: settings.syscall_hooks,
     };
     let mut probes = Probes::load(&probe_settings)?;

@@ -65,11 +65,21 @@ pub struct FuseSection {
     pub include_metadata: bool,
     /// Also report every FUSE request as an event of its own.
     pub raw_boundaries: bool,
+    /// An unstripped FUSE daemon binary whose functions to time (uprobes).
+    pub daemon_binary: Option<PathBuf>,
+    /// Functions of `daemon_binary` to time: symbol or demangled Rust path (`crate::Type::fn`).
+    pub daemon_functions: Vec<String>,
 }
 
 impl Default for FuseSection {
     fn default() -> Self {
-        Self { join_window_ms: 20, include_metadata: false, raw_boundaries: false }
+        Self {
+            join_window_ms: 20,
+            include_metadata: false,
+            raw_boundaries: false,
+            daemon_binary: None,
+            daemon_functions: Vec::new(),
+        }
     }
 }
 
@@ -177,6 +187,8 @@ pub enum ConfigError {
     RingSize { value: u32 },
     #[error("{field} must be at least 1")]
     Zero { field: &'static str },
+    #[error("fuse.daemon_functions needs fuse.daemon_binary (the daemon's executable)")]
+    DaemonBinaryMissing,
 }
 
 /// Validated settings.
@@ -194,6 +206,8 @@ pub struct Settings {
     pub channel_batches: usize,
     pub syscall_hooks: SyscallHooks,
     pub correlate: CorrelateOptions,
+    pub daemon_binary: Option<PathBuf>,
+    pub daemon_functions: Vec<String>,
     /// Configured `VexFS` directories (canonical); detected `VexFS` mounts are added at start.
     pub vexfs_paths: Vec<Vec<u8>>,
     pub output: Option<PathBuf>,
@@ -266,6 +280,9 @@ impl Config {
         if capture.reorder_window_us == 0 {
             return Err(ConfigError::Zero { field: "capture.reorder_window_us" });
         }
+        if !self.fuse.daemon_functions.is_empty() && self.fuse.daemon_binary.is_none() {
+            return Err(ConfigError::DaemonBinaryMissing);
+        }
         if capture.channel_batches == 0 {
             return Err(ConfigError::Zero { field: "capture.channel_batches" });
         }
@@ -281,6 +298,8 @@ impl Config {
             reorder_window: std::time::Duration::from_micros(capture.reorder_window_us),
             channel_batches: capture.channel_batches,
             syscall_hooks: capture.syscall_hooks,
+            daemon_binary: self.fuse.daemon_binary.clone(),
+            daemon_functions: self.fuse.daemon_functions.clone(),
             vexfs_paths: self
                 .vexfs
                 .paths

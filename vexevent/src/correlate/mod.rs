@@ -115,6 +115,10 @@ impl Correlator {
                 kernel_queue_ns: sum(|&(q, received, _, _)| received.saturating_sub(q)),
                 daemon_ns: sum(|&(_, received, replied, _)| replied.saturating_sub(received)),
                 reply_ns: sum(|&(_, _, replied, e)| e.saturating_sub(replied)),
+                daemon_functions_ns: requests
+                    .iter()
+                    .filter_map(|r| r.daemon_functions_ns)
+                    .reduce(|a, b| a + b),
             });
         }
     }

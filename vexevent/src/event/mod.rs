@@ -111,6 +111,9 @@ pub struct Timeline {
     pub daemon_ns: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reply_ns: Option<u64>,
+    /// Part of `daemon_ns` spent in the configured daemon functions (uprobes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daemon_functions_ns: Option<u64>,
 }
 
 /// One FUSE request: the kernel queued it for the daemon and the daemon replied.
@@ -153,6 +156,11 @@ pub struct FuseRequest {
     /// RENAME's new name, SYMLINK's target.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub second_name: Option<PathBytes>,
+    /// Time the daemon spent in the configured functions while serving this request (uprobes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daemon_functions_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daemon_function_calls: Option<u32>,
 }
 
 /// When the operation happened.

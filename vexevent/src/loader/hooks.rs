@@ -3,9 +3,16 @@
 //! `raw_syscalls` tracepoints; plus `sched_process_fork`. Records what attached, and why
 //! something did not, for the start-up report.
 
+use std::path::Path;
+
 use aya::{
     Btf, Ebpf,
-    programs::{BtfTracePoint, TracePoint, tp_btf::BtfTracePointLinkId, trace_point::TracePointLinkId},
+    programs::{
+        BtfTracePoint, TracePoint, UProbe,
+        tp_btf::BtfTracePointLinkId,
+        trace_point::TracePointLinkId,
+        uprobe::{UProbeLinkId, UProbeScope},
+    },
 };
 use vexevent_common::program_names;
 
@@ -36,6 +43,7 @@ pub struct HookReport {
 enum Link {
     TracePoint(&'static str, TracePointLinkId),
     Btf(&'static str, BtfTracePointLinkId),
+    UProbe(&'static str, UProbeLinkId),
 }
 
 /// The attached hooks.
@@ -112,6 +120,42 @@ impl Hooks {
         }
     }
 
+    /// Attaches the entry and return uprobes to each configured daemon function; a function that
+    /// cannot be found or attached is reported, not fatal.
+    pub fn attach_daemon_functions(&mut self, ebpf: &mut Ebpf, binary: &Path, functions: &[String]) {
+        if functions.is_empty() {
+            return;
+        }
+        let resolved = match super::symbols::resolve(binary, functions) {
+            Ok(resolved) => resolved,
+            Err(error) => {
+                self.report(format!("uprobes on {}", binary.display()), Some(error));
+                return;
+            }
+        };
+        for (wanted, symbol) in resolved {
+            let hook = format!("uprobe {wanted}");
+            let attached = symbol.and_then(|symbol| {
+                for program in [program_names::DAEMON_FN_ENTRY, program_names::DAEMON_FN_RETURN] {
+                    let prog: &mut UProbe = ebpf
+                        .program_mut(program)
+                        .ok_or_else(|| format!("program {program} missing from the object"))?
+                        .try_into()
+                        .map_err(|e| format!("{}", program_error(program)(e)))?;
+                    if prog.fd().is_err() {
+                        prog.load().map_err(|e| format!("{}", program_error(program)(e)))?;
+                    }
+                    let link = prog
+                        .attach(symbol.as_str(), binary, UProbeScope::AllProcesses)
+                        .map_err(|e| format!("{symbol} in {}: {e}", binary.display()))?;
+                    self.links.push(Link::UProbe(program, link));
+                }
+                Ok(())
+            });
+            self.report(hook, attached.err());
+        }
+    }
+
     fn attach_btf(
         &mut self,
         ebpf: &mut Ebpf,
@@ -182,6 +226,10 @@ impl Hooks {
                 Link::Btf(program, link) => ebpf
                     .program_mut(program)
                     .and_then(|p| <&mut BtfTracePoint>::try_from(p).ok())
+                    .map(|p| p.detach(link)),
+                Link::UProbe(program, link) => ebpf
+                    .program_mut(program)
+                    .and_then(|p| <&mut UProbe>::try_from(p).ok())
                     .map(|p| p.detach(link)),
             };
             if let Some(Err(error)) = result {

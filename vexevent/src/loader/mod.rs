@@ -5,6 +5,7 @@
 mod fuse_mounts;
 mod hooks;
 mod seed;
+mod symbols;
 mod tracefs;
 
 use aya::{
@@ -39,6 +40,9 @@ pub struct ProbeSettings {
     pub ring_bytes: u32,
     /// Ring buffers (0: one per CPU, at most `MAX_SHARDS`).
     pub shards: usize,
+    /// A FUSE daemon binary and functions in it to time (uprobes).
+    pub daemon_binary: Option<std::path::PathBuf>,
+    pub daemon_functions: Vec<String>,
     pub syscall_hooks: SyscallHooks,
 }
 
@@ -142,6 +146,7 @@ impl Probes {
         probes.configure(settings)?;
         probes.configure_fuse(settings)?;
         probes.attach(settings.syscall_hooks)?;
+        probes.attach_daemon_functions(settings);
         seed::seed_scope(&mut probes.ebpf, settings)?;
         Ok(probes)
     }
@@ -264,6 +269,13 @@ impl Probes {
         self.hooks.attach_fork(&mut self.ebpf);
         self.hooks.attach_fuse(&mut self.ebpf);
         Ok(())
+    }
+
+    /// Attaches the uprobes on the configured daemon functions.
+    fn attach_daemon_functions(&mut self, settings: &ProbeSettings) {
+        if let Some(binary) = &settings.daemon_binary {
+            self.hooks.attach_daemon_functions(&mut self.ebpf, binary, &settings.daemon_functions);
+        }
     }
 
     /// Number of syscalls the probes trace.

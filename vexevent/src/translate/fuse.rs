@@ -126,6 +126,8 @@ pub fn request_of(record: &RawRecord) -> FuseRequest {
         aux_nodeid: seen(side.aux_nodeid),
         name: record.path1.as_deref().map(PathBytes::from),
         second_name: record.path2.as_deref().map(PathBytes::from),
+        daemon_functions_ns: (side.function_calls > 0).then_some(side.functions_ns),
+        daemon_function_calls: (side.function_calls > 0).then_some(side.function_calls),
         connection: u32::try_from(header.args[fuse_args::CONNECTION]).unwrap_or(u32::MAX),
         unique: header.args[fuse_args::UNIQUE],
         opcode,
