@@ -102,7 +102,7 @@ struct RunArgs {
     #[arg(long, value_name = "PATH")]
     fuse_daemon_binary: Option<PathBuf>,
     /// Daemon function to time inside the requests it serves (repeatable): a symbol or a demangled
-    /// Rust path such as vexfs::fuse_impl::VexFSFuse::search_vectors.
+    /// Rust path such as `vexfs::fuse_impl::VexFSFuse::search_vectors`.
     #[arg(long = "fuse-daemon-function", value_name = "NAME")]
     fuse_daemon_functions: Vec<String>,
     /// Seconds between stats reports on stderr (0: only the final report).
