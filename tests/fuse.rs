@@ -6,61 +6,12 @@
 
 mod support;
 
-use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command},
-    sync::Mutex,
-    time::{Duration, Instant},
-};
+use std::{path::Path, process::Command, sync::Mutex, time::Duration};
 
 use serde_json::Value;
-use support::{Vexevent, bytes, event_path_bytes, root_or_skip};
+use support::{Bindfs, Vexevent, bytes, event_path_bytes, root_or_skip};
 
 static SERIAL: Mutex<()> = Mutex::new(());
-
-/// bindfs in the foreground (so its pid is the daemon's), unmounted on drop.
-struct Bindfs {
-    child: Child,
-    mount_point: PathBuf,
-    _dirs: tempfile::TempDir,
-}
-
-impl Bindfs {
-    /// Mounts a fresh directory at `<watched>/fuse`; `None` (with the reason printed) without bindfs.
-    fn mount(watched: &Path) -> Option<Self> {
-        let dirs = tempfile::tempdir().ok()?;
-        let source = dirs.path().join("source");
-        std::fs::create_dir(&source).ok()?;
-        let mount_point = watched.join("fuse");
-        std::fs::create_dir(&mount_point).ok()?;
-        let Ok(child) = Command::new("bindfs").arg("-f").arg(&source).arg(&mount_point).spawn() else {
-            eprintln!("SKIP: bindfs is not installed (scripts/setup.sh installs it)");
-            return None;
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !is_mount_point(&mount_point) {
-            assert!(Instant::now() < deadline, "bindfs did not mount {}", mount_point.display());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Some(Self { child, mount_point, _dirs: dirs })
-    }
-}
-
-fn is_mount_point(path: &Path) -> bool {
-    let wanted = bytes(path);
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .any(|line| line.split(' ').nth(4).is_some_and(|mp| mp.as_bytes() == wanted.as_slice()))
-}
-
-impl Drop for Bindfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mount_point).status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The first FUSE request with this opcode among the events.
 fn find_request<'a>(events: &[&'a Value], opcode: &str) -> &'a Value {
