@@ -59,6 +59,11 @@ fn vexfs_special_files_graph_events_and_daemon_functions() {
     std::fs::write(&control, b"ef_search=64\n").unwrap();
     let stats = root.join("_vexfs/stats");
     assert!(!std::fs::read(&stats).unwrap().is_empty());
+    // The daemon refuses writes to the stats file: an EACCES error reply.
+    let mut stats_file = std::fs::OpenOptions::new().write(true).open(&stats).unwrap();
+    let refused = std::io::Write::write(&mut stats_file, b"x").unwrap_err();
+    assert_eq!(refused.raw_os_error(), Some(libc::EACCES));
+    drop(stats_file);
     let moved = docs.join("b.vec");
     std::fs::rename(&vector, &moved).unwrap();
     std::fs::remove_file(&moved).unwrap();
@@ -119,6 +124,19 @@ fn vexfs_special_files_graph_events_and_daemon_functions() {
     assert_eq!(graph, ["GraphEdgeDelete", "GraphEdgeCreate"]);
     assert_eq!(derived(events, find(events, "FilesystemDelete", &moved))[0]["event_type"], "GraphNodeDelete");
     assert_eq!(derived(events, find(events, "FilesystemRmdir", &docs))[0]["event_type"], "GraphNodeDelete");
+    let refused = events
+        .iter()
+        .find(|e| e["event_subtype"] == "write" && path_is(e, &stats))
+        .expect("the refused write");
+    assert_eq!(refused["result"]["error"], "EACCES");
+    assert!(
+        refused["context"]["fuse"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["opcode_name"] == "WRITE" && r["error"] == -13),
+        "{refused}"
+    );
     let missing = find(events, "FilesystemDelete", &root.join("missing"));
     assert_eq!(missing["result"]["error"], "ENOENT");
     assert!(derived(events, missing).iter().all(|e| e["event_type"] == "ObservabilityErrorReported"));
