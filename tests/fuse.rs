@@ -13,6 +13,20 @@ use support::{Bindfs, Vexevent, bytes, event_path_bytes, root_or_skip};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// The event of this type for this path.
+fn find_event<'a>(events: &[&'a Value], event_type: &str, path: &Path) -> &'a Value {
+    let path = bytes(path);
+    events
+        .iter()
+        .find(|e| {
+            e["event_type"] == event_type
+                && event_path_bytes(&e["context"]["filesystem"]["path"]).as_deref() == Some(&path[..])
+        })
+        .unwrap_or_else(|| {
+            panic!("no {event_type} event for {}: {events:#?}", String::from_utf8_lossy(&path))
+        })
+}
+
 /// The first FUSE request with this opcode among the events.
 fn find_request<'a>(events: &[&'a Value], opcode: &str) -> &'a Value {
     events
@@ -31,15 +45,7 @@ fn opcodes(event: &Value) -> Vec<String> {
 
 /// Each operation is one event that carries the FUSE request that served it, with a timeline.
 fn assert_joined_operations(ours: &[&Value], root: &Path, pid: u64, daemon_pid: u64) {
-    let find = |event_type: &str, name: &str| -> &Value {
-        let path = bytes(&root.join(name));
-        ours.iter()
-            .find(|e| {
-                e["event_type"] == event_type
-                    && event_path_bytes(&e["context"]["filesystem"]["path"]).as_deref() == Some(&path[..])
-            })
-            .unwrap_or_else(|| panic!("no {event_type} event for {name}: {ours:#?}"))
-    };
+    let find = |event_type: &str, name: &str| find_event(ours, event_type, &root.join(name));
     for (event_type, name, opcode) in [
         ("FilesystemCreate", "file.txt", "CREATE"),
         ("FilesystemWrite", "file.txt", "WRITE"),
@@ -158,15 +164,7 @@ fn fuse_operations_are_joined_to_their_syscalls_with_a_timeline() {
     let pid = u64::from(std::process::id());
     let ours: Vec<&Value> =
         finished.events.iter().filter(|e| e["process"]["pid"].as_u64() == Some(pid)).collect();
-    let find = |event_type: &str, name: &str| -> &Value {
-        let path = bytes(&root.join(name));
-        ours.iter()
-            .find(|e| {
-                e["event_type"] == event_type
-                    && event_path_bytes(&e["context"]["filesystem"]["path"]).as_deref() == Some(&path[..])
-            })
-            .unwrap_or_else(|| panic!("no {event_type} event for {name}: {ours:#?}"))
-    };
+    let find = |event_type: &str, name: &str| find_event(&ours, event_type, &root.join(name));
     assert_joined_operations(&ours, &root, pid, daemon_pid);
     let read = ours
         .iter()

@@ -8,7 +8,7 @@ use std::path::Path;
 use aya::{
     Btf, Ebpf,
     programs::{
-        BtfTracePoint, TracePoint, UProbe,
+        BtfTracePoint, Program, ProgramError, TracePoint, UProbe,
         tp_btf::BtfTracePointLinkId,
         trace_point::TracePointLinkId,
         uprobe::{UProbeLinkId, UProbeScope},
@@ -29,6 +29,22 @@ pub enum SyscallHooks {
     Btf,
     /// Classic `raw_syscalls` tracepoints only.
     Tracepoint,
+}
+
+/// A program of the object, as its type.
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, String>
+where
+    &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| format!("program {name} missing from the object"))?
+        .try_into()
+        .map_err(load_error(name))
+}
+
+/// A program error, as the start-up report says it.
+fn load_error(name: &'static str) -> impl FnOnce(ProgramError) -> String {
+    move |error| program_error(name)(error).to_string()
 }
 
 /// A hook and whether it attached.
@@ -136,19 +152,15 @@ impl Hooks {
         for (wanted, symbol) in resolved {
             let hook = format!("uprobe {wanted}");
             let attached = symbol.and_then(|symbol| {
-                for program in [program_names::DAEMON_FN_ENTRY, program_names::DAEMON_FN_RETURN] {
-                    let prog: &mut UProbe = ebpf
-                        .program_mut(program)
-                        .ok_or_else(|| format!("program {program} missing from the object"))?
-                        .try_into()
-                        .map_err(|e| format!("{}", program_error(program)(e)))?;
+                for program_name in [program_names::DAEMON_FN_ENTRY, program_names::DAEMON_FN_RETURN] {
+                    let prog: &mut UProbe = program(ebpf, program_name)?;
                     if prog.fd().is_err() {
-                        prog.load().map_err(|e| format!("{}", program_error(program)(e)))?;
+                        prog.load().map_err(load_error(program_name))?;
                     }
                     let link = prog
                         .attach(symbol.as_str(), binary, UProbeScope::AllProcesses)
                         .map_err(|e| format!("{symbol} in {}: {e}", binary.display()))?;
-                    self.links.push(Link::UProbe(program, link));
+                    self.links.push(Link::UProbe(program_name, link));
                 }
                 Ok(())
             });
@@ -159,52 +171,37 @@ impl Hooks {
     fn attach_btf(
         &mut self,
         ebpf: &mut Ebpf,
-        program: &'static str,
+        program_name: &'static str,
         tracepoint: &str,
         btf: &Btf,
     ) -> Result<(), String> {
         let hook = format!("tp_btf/{tracepoint}");
-        let result = (|| {
-            let prog: &mut BtfTracePoint = ebpf
-                .program_mut(program)
-                .ok_or_else(|| format!("program {program} missing from the object"))?
-                .try_into()
-                .map_err(|e| format!("{}", program_error(program)(e)))?;
-            prog.load(tracepoint, btf).map_err(|e| format!("{}", program_error(program)(e)))?;
-            prog.attach().map_err(|e| format!("{hook}: {e}"))
-        })();
-        match result {
-            Ok(link) => {
-                self.links.push(Link::Btf(program, link));
-                self.report(hook, None);
-                Ok(())
-            }
-            Err(error) => Err(error),
-        }
+        let prog: &mut BtfTracePoint = program(ebpf, program_name)?;
+        prog.load(tracepoint, btf).map_err(load_error(program_name))?;
+        let link = prog.attach().map_err(|e| format!("{hook}: {e}"))?;
+        self.links.push(Link::Btf(program_name, link));
+        self.report(hook, None);
+        Ok(())
     }
 
     fn attach_tracepoint(
         &mut self,
         ebpf: &mut Ebpf,
-        program: &'static str,
+        program_name: &'static str,
         category: &str,
         name: &str,
     ) -> Result<(), String> {
         let hook = format!("{category}/{name}");
         let result = (|| {
-            let prog: &mut TracePoint = ebpf
-                .program_mut(program)
-                .ok_or_else(|| format!("program {program} missing from the object"))?
-                .try_into()
-                .map_err(|e| format!("{}", program_error(program)(e)))?;
+            let prog: &mut TracePoint = program(ebpf, program_name)?;
             if prog.fd().is_err() {
-                prog.load().map_err(|e| format!("{}", program_error(program)(e)))?;
+                prog.load().map_err(load_error(program_name))?;
             }
             prog.attach(category, name).map_err(|e| format!("{hook}: {e}"))
         })();
         match result {
             Ok(link) => {
-                self.links.push(Link::TracePoint(program, link));
+                self.links.push(Link::TracePoint(program_name, link));
                 self.report(hook, None);
                 Ok(())
             }
