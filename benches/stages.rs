@@ -1,6 +1,6 @@
 //! Per-stage cost in userspace (criterion): decoding a ring record, translating it into a `VexFS`
 //! semantic event (an fd-based write, a repeated open whose stat is cached, an `O_CREAT` open that
-//! must stat), and serializing the event
+//! must stat), evaluating a 10-clause filter, and serializing the event
 //! as a JSON line. Run: `cargo bench --bench stages`.
 
 use std::{collections::HashSet, hint::black_box, os::unix::ffi::OsStrExt};
@@ -10,6 +10,7 @@ use vexevent::{
     capture::{decode, encode},
     config::USER_OPS,
     event::WatchScope,
+    filter::Filter,
     telemetry::Counters,
     translate::{TranslateOptions, Translator, VexfsRoots},
 };
@@ -89,6 +90,17 @@ fn stages(c: &mut Criterion) {
     translator.translate_captured(&write_record, &mut events, &counters);
     let event = events[0].clone();
     let mut line = Vec::with_capacity(1024);
+    // A 10-clause filter over the write event (it matches: every clause is evaluated).
+    let ten_clauses = Filter::new(
+        "bench",
+        r#"type in [FilesystemWrite, FilesystemCreate] and category == filesystem and pid > 0 and uid >= 0
+           and comm != "nobody" and ok == true and bytes >= 1 and flags has 0x04 and priority <= 3
+           and not path matches "\.log$""#,
+        &std::collections::BTreeMap::new(),
+    )
+    .expect("valid filter");
+    assert!(ten_clauses.matches(&event));
+    group.bench_function("filter_10_clauses", |b| b.iter(|| ten_clauses.matches(black_box(&event))));
     group.bench_function("serialize_json_line", |b| {
         b.iter(|| {
             line.clear();

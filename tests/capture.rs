@@ -553,3 +553,38 @@ fn missing_privileges_and_tracefs_are_clear_errors() {
     assert!(!without_tracefs.status.success());
     assert!(err.contains("tracefs is not mounted") && err.contains("mount -t tracefs"), "{err}");
 }
+
+#[test]
+fn filter_expressions_run_in_userspace_and_push_down_to_the_kernel() {
+    if !root_or_skip("filter_expressions_run_in_userspace_and_push_down_to_the_kernel") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mount = Mount::tmpfs();
+    let glob = format!("path glob {:?}", format!("{}/keep-*", mount.path.display()));
+    let vexevent = Vexevent::start(
+        &[&mount.path],
+        &["--filter", r#"comm == "mkdir" and type == FilesystemMkdir"#, "--filter", &glob],
+    );
+    let kept = mount.path.join("keep-1");
+    for dir in [&kept, &mount.path.join("other")] {
+        assert!(std::process::Command::new("mkdir").arg(dir).status().unwrap().success());
+    }
+    std::fs::create_dir(mount.path.join("keep-2")).unwrap(); // not by `mkdir`
+    std::fs::write(mount.path.join("keep-3"), b"x").unwrap(); // not a mkdir
+    let kept_bytes = bytes(&kept);
+    vexevent.wait_for("the kept mkdir", Duration::from_secs(30), |events| {
+        events.iter().any(|e| {
+            event_path_bytes(&e["context"]["filesystem"]["path"]).as_deref() == Some(&kept_bytes[..])
+        })
+    });
+    let finished = vexevent.stop();
+    assert_eq!(finished.events.len(), 1, "{:#?}", finished.events);
+    assert_eq!(finished.events[0]["event_type"], "FilesystemMkdir");
+    let stats = &finished.stats;
+    // Pushed down: the comm and the operation type are checked in the kernel...
+    assert!(stats["kernel"]["filtered_comm"].as_u64().unwrap() > 0, "{stats}");
+    assert!(stats["kernel"]["filtered_op"].as_u64().unwrap() > 0, "{stats}");
+    // ...the path glob in userspace (it dropped the mkdir of `other`).
+    assert!(stats["userspace"]["filtered_expression"].as_u64().unwrap() >= 1, "{stats}");
+}

@@ -10,6 +10,7 @@ pub mod capture;
 pub mod config;
 pub mod correlate;
 pub mod event;
+pub mod filter;
 pub mod loader;
 pub mod sinks;
 pub mod telemetry;

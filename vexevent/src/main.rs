@@ -48,6 +48,15 @@ enum Command {
         /// The TOML file to check.
         file: PathBuf,
     },
+    /// Show which part of a filter the kernel evaluates and which part userspace does.
+    Explain {
+        /// TOML configuration file whose [filter] to explain.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Filter expression (repeatable: all must match); see README, "Filters".
+        #[arg(long)]
+        filter: Vec<String>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -66,6 +75,10 @@ struct RunArgs {
     /// mount, umount. Default: all.
     #[arg(long, value_delimiter = ',', value_name = "OPS")]
     ops: Vec<String>,
+    /// Filter expression (repeatable: all must match), e.g.
+    /// `type == FilesystemWrite and path glob "/srv/**/*.vec"`. See README, "Filters".
+    #[arg(long, value_name = "EXPR")]
+    filter: Vec<String>,
     /// Only this process id (repeatable).
     #[arg(long = "pid", value_name = "PID")]
     pids: Vec<u32>,
@@ -129,6 +142,7 @@ impl RunArgs {
         if !self.pids.is_empty() {
             capture.pids = self.pids;
         }
+        config.filter.expressions.extend(self.filter);
         capture.uid = self.uid.or(capture.uid);
         capture.comm = self.comm.or(capture.comm.take());
         capture.ring_bytes = self.ring_bytes.unwrap_or(capture.ring_bytes);
@@ -196,6 +210,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let settings = Config::from_file(&file)?.validate()?;
             println!("{}: valid", file.display());
             println!("{settings:#?}");
+            Ok(())
+        }
+        Command::Explain { config, filter } => {
+            let mut config = match &config {
+                Some(path) => Config::from_file(path)?,
+                None => Config::default(),
+            };
+            config.filter.expressions.extend(filter);
+            let settings = config.validate()?;
+            if settings.filter.expressions.is_empty() {
+                println!("no filter: every event passes");
+                return Ok(());
+            }
+            println!("filter ({:?} of):", settings.filter.mode);
+            for expression in &settings.filter.expressions {
+                println!("  userspace: {expression}");
+            }
+            print!("{}", settings.kernel_filter);
             Ok(())
         }
     }

@@ -22,9 +22,10 @@ use crate::{
     config::Settings,
     correlate::Correlator,
     event::SemanticEvent,
+    filter::FilterChain,
     loader::{ProbeSettings, Probes, vexfs_mount_points},
     sinks::JsonLinesSink,
-    telemetry::{Counters, StatsSnapshot, monotonic_ns},
+    telemetry::{Counters, StatsSnapshot, add, monotonic_ns},
     translate::{TranslateOptions, Translator, VexfsRoots},
 };
 
@@ -38,6 +39,8 @@ pub enum AppError {
     Loader(#[from] crate::loader::LoaderError),
     #[error(transparent)]
     Sink(#[from] crate::sinks::SinkError),
+    #[error(transparent)]
+    Filter(Box<crate::filter::FilterError>),
     #[error("cannot start the {what}: {source}")]
     Start {
         what: &'static str,
@@ -95,11 +98,12 @@ pub fn run(settings: &Settings) -> Result<StatsSnapshot, AppError> {
         vexfs: VexfsRoots(settings.vexfs_paths.iter().cloned().chain(vexfs_mount_points()).collect()),
     });
     let correlator = Correlator::new(settings.correlate);
+    let filter = settings.filter.build().map_err(|e| AppError::Filter(Box::new(e)))?;
     let pipeline = {
         let counters = Arc::clone(&counters);
         thread::Builder::new()
             .name("vexevent-pipeline".into())
-            .spawn(move || translate_and_write(&batches_rx, translator, correlator, sink, &counters))
+            .spawn(move || translate_and_write(&batches_rx, translator, correlator, &filter, sink, &counters))
             .map_err(|source| AppError::Start { what: "pipeline thread", source })?
     };
     let watching = if settings.scope.watches_all() {
@@ -194,6 +198,7 @@ fn translate_and_write(
     batches: &Receiver<Batch>,
     mut translator: Translator,
     mut correlator: Correlator,
+    filter: &FilterChain,
     mut sink: JsonLinesSink,
     counters: &Counters,
 ) {
@@ -201,6 +206,11 @@ fn translate_and_write(
     let mut ready = Vec::new();
     let mut next_sequence = 0u64;
     let mut output = |ready: &mut Vec<SemanticEvent>, sink: &mut JsonLinesSink| {
+        if !filter.is_empty() {
+            let before = ready.len();
+            ready.retain(|event| filter.check(event).is_some());
+            add(&counters.filtered_expression, (before - ready.len()) as u64);
+        }
         if ready.is_empty() {
             return;
         }

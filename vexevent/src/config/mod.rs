@@ -3,7 +3,7 @@
 //! the settings the stages use, or says exactly what is wrong.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, HashSet},
     os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
 };
@@ -11,7 +11,12 @@ use std::{
 use serde::Deserialize;
 use vexevent_common::{OpKind, PREFIX_KEY_BYTES};
 
-use crate::{correlate::CorrelateOptions, event::WatchScope, loader::SyscallHooks};
+use crate::{
+    correlate::CorrelateOptions,
+    event::WatchScope,
+    filter::{ChainMode, Filter, FilterChain, FilterError, KernelPart, parse_macros, pushdown},
+    loader::SyscallHooks,
+};
 
 /// Operation types a user can select (the rest only keep path state right).
 pub const USER_OPS: [OpKind; 19] = [
@@ -41,10 +46,40 @@ pub const USER_OPS: [OpKind; 19] = [
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub capture: CaptureConfig,
+    pub filter: FilterSection,
     pub fuse: FuseSection,
     pub vexfs: VexfsSection,
     pub output: OutputConfig,
     pub stats: StatsConfig,
+}
+
+/// `[filter]`: which events reach the output (see README, "Filters").
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilterSection {
+    /// How the expressions combine: `all`, `any` or `first-match`.
+    pub mode: ChainMode,
+    /// Filter expressions; none means every event passes.
+    pub expressions: Vec<String>,
+    /// Named expressions usable as `@name`.
+    pub macros: BTreeMap<String, String>,
+}
+
+impl FilterSection {
+    /// Compiles the chain.
+    ///
+    /// # Errors
+    /// The first expression or macro that does not parse or compile, with its location.
+    pub fn build(&self) -> Result<FilterChain, FilterError> {
+        let macros = parse_macros(&self.macros)?;
+        let filters = self
+            .expressions
+            .iter()
+            .enumerate()
+            .map(|(i, text)| Filter::new(&format!("filter.expressions[{i}]"), text, &macros))
+            .collect::<Result<_, _>>()?;
+        Ok(FilterChain { mode: self.mode, filters })
+    }
 }
 
 /// `[vexfs]`: where `VexFS` semantics apply besides detected `VexFS` mounts.
@@ -189,6 +224,8 @@ pub enum ConfigError {
     Zero { field: &'static str },
     #[error("fuse.daemon_functions needs fuse.daemon_binary (the daemon's executable)")]
     DaemonBinaryMissing,
+    #[error(transparent)]
+    Filter(#[from] FilterError),
 }
 
 /// Validated settings.
@@ -206,6 +243,9 @@ pub struct Settings {
     pub channel_batches: usize,
     pub syscall_hooks: SyscallHooks,
     pub correlate: CorrelateOptions,
+    pub filter: FilterSection,
+    /// What of the filter the probes apply.
+    pub kernel_filter: KernelPart,
     pub daemon_binary: Option<PathBuf>,
     pub daemon_functions: Vec<String>,
     /// Configured `VexFS` directories (canonical); detected `VexFS` mounts are added at start.
@@ -240,6 +280,9 @@ impl Config {
     /// The first problem found.
     pub fn validate(&self) -> Result<Settings, ConfigError> {
         let capture = &self.capture;
+        // The filter compiles now (errors at start, with their location); what the kernel can
+        // evaluate of it narrows the probes' own filters where the configuration leaves them open.
+        let kernel_filter = pushdown(&self.filter.build()?);
         let mut watch_dirs = Vec::new();
         for path in &capture.watch {
             let canonical = std::fs::canonicalize(path)
@@ -258,12 +301,29 @@ impl Config {
             }
             watch_dirs.push(bytes);
         }
-        let ops = if capture.ops.is_empty() {
+        let mut ops: HashSet<OpKind> = if capture.ops.is_empty() {
             USER_OPS.into_iter().collect()
         } else {
             capture.ops.iter().map(|name| parse_op(name)).collect::<Result<_, _>>()?
         };
-        let comm = match &capture.comm {
+        if let Some(pushed) = &kernel_filter.ops {
+            ops.retain(|op| pushed.contains(op));
+        }
+        if watch_dirs.is_empty() {
+            if let Some(dirs) = &kernel_filter.dirs {
+                watch_dirs = dirs
+                    .iter()
+                    .filter_map(|d| std::fs::canonicalize(d).ok())
+                    .map(|d| d.as_os_str().as_bytes().to_vec())
+                    .collect();
+            }
+        }
+        let pids = if capture.pids.is_empty() {
+            kernel_filter.pids.clone().unwrap_or_default()
+        } else {
+            capture.pids.clone()
+        };
+        let comm = match capture.comm.as_ref().or(kernel_filter.comm.as_ref()) {
             None => None,
             Some(comm) if comm.len() > 15 => {
                 return Err(ConfigError::CommTooLong { comm: comm.clone(), len: comm.len() });
@@ -289,8 +349,8 @@ impl Config {
         Ok(Settings {
             scope: WatchScope::new(watch_dirs),
             ops,
-            pids: capture.pids.clone(),
-            uid: capture.uid,
+            pids,
+            uid: capture.uid.or(kernel_filter.uid),
             comm,
             ring_bytes: capture.ring_bytes,
             shards: capture.shards,
@@ -308,6 +368,8 @@ impl Config {
                     std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()).as_os_str().as_bytes().to_vec()
                 })
                 .collect(),
+            filter: self.filter.clone(),
+            kernel_filter,
             correlate: CorrelateOptions {
                 window: std::time::Duration::from_millis(self.fuse.join_window_ms),
                 include_metadata: self.fuse.include_metadata,

@@ -80,6 +80,8 @@ counters! {
     fuse_metadata_suppressed,
     /// Semantic events produced.
     events_translated,
+    /// Events the filter expressions left out.
+    filtered_expression,
     /// Semantic events written by the sink.
     events_delivered,
     /// Semantic events the sink failed to write.

@@ -1,0 +1,126 @@
+//! The filter stage on synthetic events.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::event::{
+    Context, EventType, FilesystemContext, OpResult, PathBytes, Priority, ProcessInfo, Timestamp, flags,
+};
+
+fn event(event_type: EventType, path: &str, pid: u32, comm: &str, ok: bool) -> SemanticEvent {
+    SemanticEvent {
+        event_id: 1,
+        event_type,
+        event_type_code: event_type.code(),
+        event_subtype: "openat".into(),
+        timestamp: Timestamp { wall_ns: 0, monotonic_ns: 0, cpu: 0, pid, sequence: 0 },
+        global_sequence: 0,
+        local_sequence: 0,
+        flags: flags::DEFAULT,
+        priority: Priority::Normal,
+        event_size: 0,
+        event_version: 1,
+        parent_event_id: None,
+        causality_links: Vec::new(),
+        context: Context {
+            filesystem: Some(FilesystemContext {
+                path: Some(PathBytes::from(path)),
+                bytes: Some(10),
+                ..Default::default()
+            }),
+            ..Context::default()
+        },
+        process: Some(ProcessInfo { pid, tid: pid, uid: 1000, gid: 1000, comm: PathBytes::from(comm) }),
+        result: Some(OpResult { ok, ret: if ok { 0 } else { -2 }, error: (!ok).then(|| "ENOENT".into()) }),
+        duration_ns: 5_000,
+        timeline: None,
+    }
+}
+
+fn filter(text: &str) -> Filter {
+    Filter::new("test", text, &BTreeMap::new()).unwrap()
+}
+
+#[test]
+fn evaluates_every_kind_of_condition() {
+    let create = event(EventType::FilesystemCreate, "/srv/data/a.txt", 42, "writer", true);
+    for (text, expected) in [
+        ("type == FilesystemCreate", true),
+        ("category == filesystem and code == 257", true),
+        (r#"path glob "/srv/data/*.txt""#, true),
+        (r#"path glob "/srv/*.txt""#, false),
+        (r#"path glob "/srv/**/*.txt""#, true),
+        (r#"path prefix "/srv/" and not path matches "\.log$""#, true),
+        (r#"comm in ["writer", "reader"] and pid >= 40 and pid < 50"#, true),
+        ("ok == false or error == ENOENT", false),
+        ("flags has 0x04 and priority <= 3 and bytes > 9 and duration_ns < 10000", true),
+        ("source == syscall and uid != 0", true),
+        (r#"path contains "data/a""#, true),
+    ] {
+        assert_eq!(filter(text).matches(&create), expected, "{text}");
+    }
+    let failed = event(EventType::FilesystemDelete, "/srv/x", 1, "rm", false);
+    assert!(filter("ok == false and error == ENOENT").matches(&failed));
+}
+
+#[test]
+fn macros_expand_and_bad_filters_say_why() {
+    let mut definitions = BTreeMap::new();
+    definitions.insert("writes".to_owned(), "type in [FilesystemWrite, FilesystemCreate]".to_owned());
+    definitions.insert("loop".to_owned(), "@loop".to_owned());
+    let macros = parse_macros(&definitions).unwrap();
+    let writes = Filter::new("w", "@writes and pid == 42", &macros).unwrap();
+    assert!(writes.matches(&event(EventType::FilesystemCreate, "/x", 42, "c", true)));
+    let error = |text: &str| {
+        let error = Filter::new("f", text, &macros).err().unwrap();
+        format!("{error}: {}", std::error::Error::source(&error).unwrap())
+    };
+    assert!(error("@loop").contains("refers to itself"));
+    assert!(error("@nope").contains("unknown macro"));
+    assert!(error("size == 3").contains("unknown field `size`"));
+    assert!(error("type == FilesystemCreat").contains("not an event type"));
+    assert!(error("pid == abc").contains("is a number"));
+    assert!(error(r#"path matches "(""#).contains("invalid pattern"));
+    assert!(error("pid glob \"1*\"").contains("applies to text fields"));
+    assert!(error("pid ==").contains("line 1, column 7"));
+}
+
+#[test]
+fn chains_combine_all_any_and_first_match() {
+    let e = event(EventType::FilesystemCreate, "/srv/a", 7, "c", true);
+    let chain = |mode, texts: &[&str]| FilterChain {
+        mode,
+        filters: texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Filter::new(&format!("f{i}"), t, &BTreeMap::new()).unwrap())
+            .collect(),
+    };
+    assert_eq!(chain(ChainMode::All, &["pid == 7", "comm == c"]).check(&e), Some(""));
+    assert_eq!(chain(ChainMode::All, &["pid == 7", "comm == x"]).check(&e), None);
+    assert_eq!(chain(ChainMode::Any, &["pid == 8", "comm == c"]).check(&e), Some(""));
+    assert_eq!(chain(ChainMode::FirstMatch, &["pid == 8", "comm == c", "true"]).check(&e), Some("f1"));
+    assert_eq!(FilterChain::default().check(&e), Some(""));
+}
+
+#[test]
+fn pushes_certain_conditions_down_to_the_kernel() {
+    let chain = FilterChain {
+        mode: ChainMode::All,
+        filters: vec![filter(
+            r#"pid in [1, 2] and comm == "mkdir" and type in [FilesystemMkdir, FilesystemDelete] and path glob "/tmp/*""#,
+        )],
+    };
+    let part = pushdown(&chain);
+    assert_eq!(part.pids, Some(vec![1, 2]));
+    assert_eq!(part.comm.as_deref(), Some("mkdir"));
+    let ops = part.ops.unwrap();
+    assert!(ops.contains(&vexevent_common::OpKind::Mkdir) && ops.contains(&vexevent_common::OpKind::Unlink));
+    assert_eq!(part.dirs, Some(vec![std::path::PathBuf::from("/tmp/")]));
+    // An `or` at the top, or a graph type, cannot be pushed down.
+    let loose = FilterChain {
+        mode: ChainMode::All,
+        filters: vec![filter("pid == 1 or comm == x"), filter("type == GraphNodeCreate")],
+    };
+    assert_eq!(pushdown(&loose), KernelPart::default());
+}
