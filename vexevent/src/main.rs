@@ -1,6 +1,8 @@
 //! The `vexevent` command line: `run` captures, `stats` reports a running instance's counters,
 //! `check-config` validates a configuration file.
 
+mod tail;
+
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
@@ -40,6 +42,21 @@ enum Command {
         #[arg(long, default_value = DEFAULT_STATS_FILE)]
         stats_file: PathBuf,
         /// Print the raw JSON snapshot instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a running instance's live event stream (it must run with --stream-addr).
+    Tail {
+        /// The instance's stream address.
+        #[arg(long, default_value = "127.0.0.1:7878")]
+        addr: String,
+        /// Only events matching this filter expression (see README, "Filters").
+        #[arg(long, value_name = "EXPR")]
+        filter: Option<String>,
+        /// Token, when the stream requires one.
+        #[arg(long, env = "VEXEVENT_STREAM_TOKEN")]
+        token: Option<String>,
+        /// Print each event as JSON instead of one readable line.
         #[arg(long)]
         json: bool,
     },
@@ -121,6 +138,13 @@ struct RunArgs {
     /// Seconds between stats reports on stderr (0: only the final report).
     #[arg(long, value_name = "SECS")]
     stats_interval: Option<u64>,
+    /// Serve the live event stream (WebSocket, /api/v1/semantic/events/stream) on this address,
+    /// e.g. 127.0.0.1:7878 (port 0: any free port); `vexevent tail` follows it.
+    #[arg(long, value_name = "ADDR")]
+    stream_addr: Option<std::net::SocketAddr>,
+    /// Token stream subscribers must present (required for a non-loopback --stream-addr).
+    #[arg(long, env = "VEXEVENT_STREAM_TOKEN", value_name = "TOKEN")]
+    stream_token: Option<String>,
     /// File to keep current stats in, for `vexevent stats`.
     #[arg(long, value_name = "FILE")]
     stats_file: Option<PathBuf>,
@@ -157,6 +181,8 @@ impl RunArgs {
             config.fuse.daemon_functions = self.fuse_daemon_functions;
         }
         config.output.path = self.output.or(config.output.path);
+        config.stream.addr = self.stream_addr.or(config.stream.addr);
+        config.stream.token = self.stream_token.or(config.stream.token.take());
         config.stats.interval_secs = self.stats_interval.unwrap_or(config.stats.interval_secs);
         config.stats.file = self.stats_file.unwrap_or(config.stats.file);
         Ok(config)
@@ -211,6 +237,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}: valid", file.display());
             println!("{settings:#?}");
             Ok(())
+        }
+        Command::Tail { addr, filter, token, json } => {
+            tail::follow(&addr, filter.as_deref(), token.as_deref(), json)
         }
         Command::Explain { config, filter } => {
             let mut config = match &config {

@@ -24,7 +24,7 @@ use crate::{
     event::SemanticEvent,
     filter::FilterChain,
     loader::{ProbeSettings, Probes, vexfs_mount_points},
-    sinks::JsonLinesSink,
+    sinks::{Broadcaster, JsonLinesSink, STREAM_PATH, StreamServer},
     telemetry::{Counters, StatsSnapshot, add, monotonic_ns},
     translate::{TranslateOptions, Translator, VexfsRoots},
 };
@@ -41,6 +41,8 @@ pub enum AppError {
     Sink(#[from] crate::sinks::SinkError),
     #[error(transparent)]
     Filter(Box<crate::filter::FilterError>),
+    #[error(transparent)]
+    Stream(#[from] crate::sinks::StreamError),
     #[error("cannot start the {what}: {source}")]
     Start {
         what: &'static str,
@@ -55,19 +57,7 @@ pub enum AppError {
 /// When the probes cannot be loaded or the output cannot be opened.
 pub fn run(settings: &Settings) -> Result<StatsSnapshot, AppError> {
     let sink = JsonLinesSink::open(settings.output.as_deref())?;
-    let probe_settings = ProbeSettings {
-        scope: settings.scope.clone(),
-        ops: settings.ops.iter().copied().collect(),
-        pids: settings.pids.clone(),
-        uid: settings.uid,
-        comm: settings.comm,
-        ring_bytes: settings.ring_bytes,
-        shards: settings.shards,
-        daemon_binary: settings.daemon_binary.clone(),
-        daemon_functions: settings.daemon_functions.clone(),
-        syscall_hooks: settings.syscall_hooks,
-    };
-    let mut probes = Probes::load(&probe_settings)?;
+    let mut probes = Probes::load(&probe_settings(settings))?;
     report_hooks(&probes);
 
     let counters = Arc::new(Counters::default());
@@ -91,33 +81,32 @@ pub fn run(settings: &Settings) -> Result<StatsSnapshot, AppError> {
             .spawn(move || drainer.run(&drain_settings, &stop, &batches_tx))
             .map_err(|source| AppError::Start { what: "capture thread", source })?
     };
-    let translator = Translator::new(TranslateOptions {
-        scope: settings.scope.clone(),
-        ops: settings.ops.clone(),
-        fuse_mounts: probes.fuse_mounts().iter().map(|m| (m.connection, m.mount_point.clone())).collect(),
-        vexfs: VexfsRoots(settings.vexfs_paths.iter().cloned().chain(vexfs_mount_points()).collect()),
-    });
+    let translator = translator(settings, &probes);
     let correlator = Correlator::new(settings.correlate);
     let filter = settings.filter.build().map_err(|e| AppError::Filter(Box::new(e)))?;
+    let stream = match settings.stream.addr {
+        Some(addr) => Some(StreamServer::start(addr, settings.stream.token.clone())?),
+        None => None,
+    };
+    let broadcaster = stream.as_ref().map(|s| Arc::clone(&s.broadcaster));
     let pipeline = {
         let counters = Arc::clone(&counters);
         thread::Builder::new()
             .name("vexevent-pipeline".into())
-            .spawn(move || translate_and_write(&batches_rx, translator, correlator, &filter, sink, &counters))
+            .spawn(move || {
+                translate_and_write(
+                    &batches_rx,
+                    translator,
+                    correlator,
+                    &filter,
+                    sink,
+                    broadcaster.as_deref(),
+                    &counters,
+                );
+            })
             .map_err(|source| AppError::Start { what: "pipeline thread", source })?
     };
-    let watching = if settings.scope.watches_all() {
-        "everything".to_owned()
-    } else {
-        settings
-            .scope
-            .dirs()
-            .iter()
-            .map(|d| String::from_utf8_lossy(d).into_owned())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    eprintln!("vexevent: ready: watching {watching} (pid {})", std::process::id());
+    report_ready(settings, stream.as_ref());
 
     let started = Instant::now();
     let snapshot = |probes: &Probes| {
@@ -144,6 +133,47 @@ pub fn run(settings: &Settings) -> Result<StatsSnapshot, AppError> {
         tracing::warn!(%error, "cannot write the stats file");
     }
     Ok(last)
+}
+
+/// What the probes need of the settings.
+fn probe_settings(settings: &Settings) -> ProbeSettings {
+    ProbeSettings {
+        scope: settings.scope.clone(),
+        ops: settings.ops.iter().copied().collect(),
+        pids: settings.pids.clone(),
+        uid: settings.uid,
+        comm: settings.comm,
+        ring_bytes: settings.ring_bytes,
+        shards: settings.shards,
+        daemon_binary: settings.daemon_binary.clone(),
+        daemon_functions: settings.daemon_functions.clone(),
+        syscall_hooks: settings.syscall_hooks,
+    }
+}
+
+/// The translate stage, knowing the watched FUSE mounts and where `VexFS` lives.
+fn translator(settings: &Settings, probes: &Probes) -> Translator {
+    Translator::new(TranslateOptions {
+        scope: settings.scope.clone(),
+        ops: settings.ops.clone(),
+        fuse_mounts: probes.fuse_mounts().iter().map(|m| (m.connection, m.mount_point.clone())).collect(),
+        vexfs: VexfsRoots(settings.vexfs_paths.iter().cloned().chain(vexfs_mount_points()).collect()),
+    })
+}
+
+/// The "ready" line tests and scripts wait for (after the stream address, when there is one).
+fn report_ready(settings: &Settings, stream: Option<&StreamServer>) {
+    let watching = if settings.scope.watches_all() {
+        "everything".to_owned()
+    } else {
+        let dirs: Vec<String> =
+            settings.scope.dirs().iter().map(|d| String::from_utf8_lossy(d).into_owned()).collect();
+        dirs.join(", ")
+    };
+    if let Some(stream) = stream {
+        eprintln!("vexevent: event stream at ws://{}{STREAM_PATH}", stream.addr);
+    }
+    eprintln!("vexevent: ready: watching {watching} (pid {})", std::process::id());
 }
 
 /// Waits for SIGINT/SIGTERM; prints stats on SIGUSR1 and every stats interval; keeps the stats
@@ -200,6 +230,7 @@ fn translate_and_write(
     mut correlator: Correlator,
     filter: &FilterChain,
     mut sink: JsonLinesSink,
+    stream: Option<&Broadcaster>,
     counters: &Counters,
 ) {
     let mut translated = Vec::new();
@@ -224,6 +255,9 @@ fn translate_and_write(
                 ready.iter().map(|event| delivered.saturating_sub(event.timestamp.monotonic_ns) / 1_000),
             );
         }
+        if let Some(stream) = stream {
+            stream.publish(ready, counters);
+        }
         ready.clear();
     };
     loop {
@@ -243,6 +277,9 @@ fn translate_and_write(
         }
         correlator.drain(monotonic_ns(), &mut ready, counters);
         output(&mut ready, &mut sink);
+        if let Some(stream) = stream {
+            stream.flush_gap_notices();
+        }
     }
     correlator.flush(&mut ready, counters);
     output(&mut ready, &mut sink);

@@ -16,6 +16,7 @@ use crate::{
     event::WatchScope,
     filter::{ChainMode, Filter, FilterChain, FilterError, KernelPart, parse_macros, pushdown},
     loader::SyscallHooks,
+    sinks::{StreamError, require_token_for_remote},
 };
 
 /// Operation types a user can select (the rest only keep path state right).
@@ -50,6 +51,7 @@ pub struct Config {
     pub fuse: FuseSection,
     pub vexfs: VexfsSection,
     pub output: OutputConfig,
+    pub stream: StreamSection,
     pub stats: StatsConfig,
 }
 
@@ -174,6 +176,17 @@ pub struct OutputConfig {
     pub path: Option<PathBuf>,
 }
 
+/// `[stream]`: the live WebSocket stream (`vexevent tail` and other subscribers).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamSection {
+    /// Address to serve `/api/v1/semantic/events/stream` on (e.g. "127.0.0.1:7878"); absent:
+    /// no stream. A non-loopback address needs `token`.
+    pub addr: Option<std::net::SocketAddr>,
+    /// Token subscribers must present (`Authorization: Bearer <token>` or `?token=`).
+    pub token: Option<String>,
+}
+
 /// `[stats]`: counters reporting.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -226,6 +239,8 @@ pub enum ConfigError {
     DaemonBinaryMissing,
     #[error(transparent)]
     Filter(#[from] FilterError),
+    #[error(transparent)]
+    Stream(#[from] StreamError),
 }
 
 /// Validated settings.
@@ -251,6 +266,7 @@ pub struct Settings {
     /// Configured `VexFS` directories (canonical); detected `VexFS` mounts are added at start.
     pub vexfs_paths: Vec<Vec<u8>>,
     pub output: Option<PathBuf>,
+    pub stream: StreamSection,
     pub stats_interval: Option<std::time::Duration>,
     pub stats_file: PathBuf,
 }
@@ -283,24 +299,7 @@ impl Config {
         // The filter compiles now (errors at start, with their location); what the kernel can
         // evaluate of it narrows the probes' own filters where the configuration leaves them open.
         let kernel_filter = pushdown(&self.filter.build()?);
-        let mut watch_dirs = Vec::new();
-        for path in &capture.watch {
-            let canonical = std::fs::canonicalize(path)
-                .map_err(|source| ConfigError::WatchMissing { path: path.clone(), source })?;
-            if !canonical.is_dir() {
-                return Err(ConfigError::WatchNotDirectory { path: path.clone() });
-            }
-            let bytes = canonical.as_os_str().as_bytes().to_vec();
-            // Room for the trailing '/' or NUL the kernel's trie entries carry.
-            if bytes.len() + 1 > PREFIX_KEY_BYTES {
-                return Err(ConfigError::WatchTooLong {
-                    path: path.clone(),
-                    len: bytes.len(),
-                    max: PREFIX_KEY_BYTES - 1,
-                });
-            }
-            watch_dirs.push(bytes);
-        }
+        let mut watch_dirs = canonical_watch_dirs(&capture.watch)?;
         let mut ops: HashSet<OpKind> = if capture.ops.is_empty() {
             USER_OPS.into_iter().collect()
         } else {
@@ -340,6 +339,9 @@ impl Config {
         if capture.reorder_window_us == 0 {
             return Err(ConfigError::Zero { field: "capture.reorder_window_us" });
         }
+        if let Some(addr) = self.stream.addr {
+            require_token_for_remote(addr, self.stream.token.as_deref())?;
+        }
         if !self.fuse.daemon_functions.is_empty() && self.fuse.daemon_binary.is_none() {
             return Err(ConfigError::DaemonBinaryMissing);
         }
@@ -376,11 +378,35 @@ impl Config {
                 raw_boundaries: self.fuse.raw_boundaries,
             },
             output: self.output.path.clone().filter(|p| p.as_os_str() != "-"),
+            stream: self.stream.clone(),
             stats_interval: (self.stats.interval_secs > 0)
                 .then(|| std::time::Duration::from_secs(self.stats.interval_secs)),
             stats_file: self.stats.file.clone(),
         })
     }
+}
+
+/// The watched directories, canonical, as bytes.
+fn canonical_watch_dirs(paths: &[PathBuf]) -> Result<Vec<Vec<u8>>, ConfigError> {
+    let mut watch_dirs = Vec::new();
+    for path in paths {
+        let canonical = std::fs::canonicalize(path)
+            .map_err(|source| ConfigError::WatchMissing { path: path.clone(), source })?;
+        if !canonical.is_dir() {
+            return Err(ConfigError::WatchNotDirectory { path: path.clone() });
+        }
+        let bytes = canonical.as_os_str().as_bytes().to_vec();
+        // Room for the trailing '/' or NUL the kernel's trie entries carry.
+        if bytes.len() + 1 > PREFIX_KEY_BYTES {
+            return Err(ConfigError::WatchTooLong {
+                path: path.clone(),
+                len: bytes.len(),
+                max: PREFIX_KEY_BYTES - 1,
+            });
+        }
+        watch_dirs.push(bytes);
+    }
+    Ok(watch_dirs)
 }
 
 /// Parses an operation type name.

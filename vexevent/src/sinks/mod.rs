@@ -1,5 +1,7 @@
-//! Where events end up. Today: JSON Lines on stdout or in a file.
+//! Where events end up: JSON Lines on stdout or in a file, and the live WebSocket stream.
 
 mod jsonl;
+mod websocket;
 
 pub use jsonl::{JsonLinesSink, SinkError};
+pub use websocket::{Broadcaster, STREAM_PATH, StreamError, StreamServer, require_token_for_remote};

@@ -82,6 +82,10 @@ counters! {
     events_translated,
     /// Events the filter expressions left out.
     filtered_expression,
+    /// Events a slow stream subscriber missed (each reported to it in a gap notice).
+    stream_dropped,
+    /// Stream subscribers disconnected for being slow (`slow=disconnect`).
+    stream_disconnected,
     /// Semantic events written by the sink.
     events_delivered,
     /// Semantic events the sink failed to write.
