@@ -14,28 +14,21 @@ use vexevent::{
     telemetry::Counters,
     translate::{TranslateOptions, Translator, VexfsRoots},
 };
-use vexevent_common::{COMM_LEN, IOCTL_ARG_BYTES, RecordHeader, SYSCALLS};
+use vexevent_common::{COMM_LEN, RecordHeader, SYSCALLS};
 
 fn header(syscall: &str, args: [u64; 6], ret: i64) -> RecordHeader {
     let entry = SYSCALLS.iter().find(|e| e.name == syscall).expect("syscall in table");
     RecordHeader {
-        seq: 0,
         enter_ns: 1_000,
         exit_ns: 2_000,
         ret,
         args,
         pid: std::process::id(),
         tid: std::process::id(),
-        uid: 0,
-        gid: 0,
         syscall_nr: entry.nr,
         op: entry.spec.op,
-        flags: 0,
-        cpu: 0,
-        path1_len: 0,
-        path2_len: 0,
         comm: [b'b'; COMM_LEN],
-        ioctl_arg: [0; IOCTL_ARG_BYTES],
+        ..RecordHeader::ZEROED
     }
 }
 

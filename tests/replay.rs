@@ -13,7 +13,7 @@ use vexevent::{
     telemetry::Counters,
     translate::{TranslateOptions, Translator, VexfsRoots},
 };
-use vexevent_common::{COMM_LEN, IOCTL_ARG_BYTES, OpKind, RecordHeader, SYSCALLS, fuse_args};
+use vexevent_common::{COMM_LEN, OpKind, RecordHeader, SYSCALLS, fuse_args};
 
 const PID: u32 = 4_000_000;
 const AT_FDCWD: u64 = 0xffff_ff9c;
@@ -27,16 +27,10 @@ fn header(op: OpKind, nr: u32, seq: u64, enter: u64, exit: u64, ret: i64, args: 
         args,
         pid: PID,
         tid: PID,
-        uid: 0,
-        gid: 0,
         syscall_nr: nr,
         op: op as u32,
-        flags: 0,
-        cpu: 0,
-        path1_len: 0,
-        path2_len: 0,
         comm: [b'r'; COMM_LEN],
-        ioctl_arg: [0; IOCTL_ARG_BYTES],
+        ..RecordHeader::ZEROED
     }
 }
 

@@ -68,6 +68,30 @@ pub struct RecordHeader {
     pub ioctl_arg: [u8; IOCTL_ARG_BYTES],
 }
 
+impl RecordHeader {
+    /// A header with every field zero (a starting point for building records in tests, replay
+    /// and benchmarks).
+    pub const ZEROED: RecordHeader = RecordHeader {
+        seq: 0,
+        enter_ns: 0,
+        exit_ns: 0,
+        ret: 0,
+        args: [0; SYSCALL_ARGS],
+        pid: 0,
+        tid: 0,
+        uid: 0,
+        gid: 0,
+        syscall_nr: 0,
+        op: 0,
+        flags: 0,
+        cpu: 0,
+        path1_len: 0,
+        path2_len: 0,
+        comm: [0; COMM_LEN],
+        ioctl_arg: [0; IOCTL_ARG_BYTES],
+    };
+}
+
 pub const RECORD_HEADER_SIZE: usize = core::mem::size_of::<RecordHeader>();
 /// Largest record: header and two full paths. This is the per-CPU scratch buffer's size.
 pub const RECORD_MAX_SIZE: usize = RECORD_HEADER_SIZE + 2 * PATH_BUF;

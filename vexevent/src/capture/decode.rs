@@ -240,19 +240,14 @@ mod tests {
             enter_ns: 1_000,
             exit_ns: 1_500,
             ret: 3,
-            args: [0; 6],
             pid: 42,
             tid: 43,
             uid: 1000,
             gid: 1000,
             syscall_nr: nr,
             op: op as u32,
-            flags: 0,
             cpu: 1,
-            path1_len: 0,
-            path2_len: 0,
-            comm: [0; COMM_LEN],
-            ioctl_arg: [0; IOCTL_ARG_BYTES],
+            ..RecordHeader::ZEROED
         }
     }
 

@@ -1,39 +1,18 @@
 //! The correlate stage on synthetic events.
 
 use super::*;
-use crate::event::{
-    Context, EventType, FilesystemContext, FuseRequest, OpResult, PathBytes, ProcessInfo, Timestamp,
-    next_event_id,
-};
+use crate::event::{Context, EventType, FilesystemContext, FuseRequest, PathBytes};
 
 fn options() -> CorrelateOptions {
     CorrelateOptions { window: Duration::from_millis(20), include_metadata: false, raw_boundaries: false }
 }
 
 fn syscall(tid: u32, enter: u64, exit: u64, ok: bool) -> SemanticEvent {
-    SemanticEvent {
-        event_id: next_event_id(),
-        event_type: EventType::FilesystemCreate,
-        event_type_code: EventType::FilesystemCreate.code(),
-        event_subtype: "openat".into(),
-        timestamp: Timestamp { wall_ns: exit, monotonic_ns: exit, cpu: 0, pid: 1, sequence: 0 },
-        global_sequence: 0,
-        local_sequence: 0,
-        flags: 0,
-        priority: Priority::Normal,
-        event_size: 0,
-        event_version: 1,
-        parent_event_id: None,
-        causality_links: Vec::new(),
-        context: Context {
-            filesystem: Some(FilesystemContext { path: Some(PathBytes::from("/f/x")), ..Default::default() }),
-            ..Context::default()
-        },
-        process: Some(ProcessInfo { pid: 1, tid, uid: 0, gid: 0, comm: PathBytes::from("t") }),
-        result: Some(OpResult { ok, ret: if ok { 0 } else { -2 }, error: (!ok).then(|| "ENOENT".into()) }),
-        duration_ns: exit - enter,
-        timeline: None,
-    }
+    let mut event = SemanticEvent::sample(EventType::FilesystemCreate, "/f/x", 1, "t", ok);
+    event.process.as_mut().unwrap().tid = tid;
+    event.timestamp.monotonic_ns = exit;
+    event.duration_ns = exit - enter;
+    event
 }
 
 fn request(

@@ -61,6 +61,43 @@ pub struct SemanticEvent {
 }
 
 impl SemanticEvent {
+    /// An event for unit tests: `event_type` on `path` by process `pid`/`comm`, succeeded or
+    /// failed with ENOENT, default flags and priority; tests change what they need.
+    #[cfg(test)]
+    #[must_use]
+    pub fn sample(event_type: EventType, path: &str, pid: u32, comm: &str, ok: bool) -> Self {
+        Self {
+            event_id: next_event_id(),
+            event_type,
+            event_type_code: event_type.code(),
+            event_subtype: "openat".into(),
+            timestamp: Timestamp { wall_ns: 0, monotonic_ns: 0, cpu: 0, pid, sequence: 0 },
+            global_sequence: 0,
+            local_sequence: 0,
+            flags: flags::DEFAULT,
+            priority: Priority::Normal,
+            event_size: 0,
+            event_version: EVENT_VERSION,
+            parent_event_id: None,
+            causality_links: Vec::new(),
+            context: Context {
+                filesystem: Some(FilesystemContext {
+                    path: Some(PathBytes::from(path)),
+                    ..FilesystemContext::default()
+                }),
+                ..Context::default()
+            },
+            process: Some(ProcessInfo { pid, tid: pid, uid: 0, gid: 0, comm: PathBytes::from(comm) }),
+            result: Some(OpResult {
+                ok,
+                ret: if ok { 0 } else { -2 },
+                error: (!ok).then(|| "ENOENT".into()),
+            }),
+            duration_ns: 0,
+            timeline: None,
+        }
+    }
+
     /// The `ObservabilityErrorReported` event `VexFS` derives from a failed operation, linked to it.
     #[must_use]
     pub fn error_companion(&self) -> Option<SemanticEvent> {

@@ -3,38 +3,15 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::event::{
-    Context, EventType, FilesystemContext, OpResult, PathBytes, Priority, ProcessInfo, Timestamp, flags,
-};
+use crate::event::EventType;
 
 fn event(event_type: EventType, path: &str, pid: u32, comm: &str, ok: bool) -> SemanticEvent {
-    SemanticEvent {
-        event_id: 1,
-        event_type,
-        event_type_code: event_type.code(),
-        event_subtype: "openat".into(),
-        timestamp: Timestamp { wall_ns: 0, monotonic_ns: 0, cpu: 0, pid, sequence: 0 },
-        global_sequence: 0,
-        local_sequence: 0,
-        flags: flags::DEFAULT,
-        priority: Priority::Normal,
-        event_size: 0,
-        event_version: 1,
-        parent_event_id: None,
-        causality_links: Vec::new(),
-        context: Context {
-            filesystem: Some(FilesystemContext {
-                path: Some(PathBytes::from(path)),
-                bytes: Some(10),
-                ..Default::default()
-            }),
-            ..Context::default()
-        },
-        process: Some(ProcessInfo { pid, tid: pid, uid: 1000, gid: 1000, comm: PathBytes::from(comm) }),
-        result: Some(OpResult { ok, ret: if ok { 0 } else { -2 }, error: (!ok).then(|| "ENOENT".into()) }),
-        duration_ns: 5_000,
-        timeline: None,
-    }
+    let mut event = SemanticEvent::sample(event_type, path, pid, comm, ok);
+    event.context.filesystem.as_mut().unwrap().bytes = Some(10);
+    let process = event.process.as_mut().unwrap();
+    (process.uid, process.gid) = (1000, 1000);
+    event.duration_ns = 5_000;
+    event
 }
 
 fn filter(text: &str) -> Filter {

@@ -84,29 +84,12 @@ mod tests {
     use std::sync::{Arc, Mutex, atomic::Ordering};
 
     use super::*;
-    use crate::event::{Context, EventType, OpResult, PathBytes, Priority, ProcessInfo, Timestamp, flags};
+    use crate::event::EventType;
 
     fn event(id: u64) -> SemanticEvent {
-        SemanticEvent {
-            event_id: id,
-            event_type: EventType::FilesystemWrite,
-            event_type_code: EventType::FilesystemWrite.code(),
-            event_subtype: "write".into(),
-            timestamp: Timestamp { wall_ns: 1, monotonic_ns: 1, cpu: 0, pid: 1, sequence: id },
-            global_sequence: id,
-            local_sequence: id,
-            flags: flags::DEFAULT,
-            priority: Priority::Normal,
-            event_size: 200,
-            event_version: 1,
-            parent_event_id: None,
-            causality_links: Vec::new(),
-            context: Context::default(),
-            process: Some(ProcessInfo { pid: 1, tid: 1, uid: 0, gid: 0, comm: PathBytes::from("t") }),
-            result: Some(OpResult { ok: true, ret: 1, error: None }),
-            duration_ns: 1,
-            timeline: None,
-        }
+        let mut event = SemanticEvent::sample(EventType::FilesystemWrite, "/w/f", 1, "t", true);
+        event.event_id = id;
+        event
     }
 
     #[derive(Clone, Default)]

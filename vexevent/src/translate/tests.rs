@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use vexevent_common::{COMM_LEN, IOCTL_ARG_BYTES, OpKind, RecordHeader, record_flags, syscall_by_nr};
+use vexevent_common::{COMM_LEN, OpKind, RecordHeader, record_flags, syscall_by_nr};
 
 use super::*;
 use crate::capture::RawRecord;
@@ -37,12 +37,8 @@ fn record(syscall: &str, args: [u64; 6], ret: i64, path1: Option<&[u8]>, path2: 
             gid: 100,
             syscall_nr: entry.nr,
             op: entry.spec.op,
-            flags: 0,
-            cpu: 0,
-            path1_len: 0,
-            path2_len: 0,
             comm,
-            ioctl_arg: [0; IOCTL_ARG_BYTES],
+            ..RecordHeader::ZEROED
         },
         op: OpKind::try_from(entry.spec.op).unwrap(),
         path1: path1.map(<[u8]>::to_vec),
