@@ -56,7 +56,7 @@ pub enum AppError {
 /// # Errors
 /// When the probes cannot be loaded or the output cannot be opened.
 pub fn run(settings: &Settings) -> Result<StatsSnapshot, AppError> {
-    let sink = JsonLinesSink::open(settings.output.as_deref())?;
+    let sink = JsonLinesSink::open(settings.output.as_deref(), settings.rotation)?;
     let mut probes = Probes::load(&probe_settings(settings))?;
     report_hooks(&probes);
 

@@ -16,7 +16,7 @@ use crate::{
     event::WatchScope,
     filter::{ChainMode, Filter, FilterChain, FilterError, KernelPart, parse_macros, pushdown},
     loader::SyscallHooks,
-    sinks::{StreamError, require_token_for_remote},
+    sinks::{Rotation, StreamError, require_token_for_remote},
 };
 
 /// Operation types a user can select (the rest only keep path state right).
@@ -169,11 +169,23 @@ impl Default for CaptureConfig {
 }
 
 /// `[output]`: where events go.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputConfig {
     /// JSON Lines file to append to; absent or `-` means stdout.
     pub path: Option<PathBuf>,
+    /// Start a new file once the current one holds this many bytes (0: never).
+    pub rotate_bytes: u64,
+    /// Start a new file once the current one is this many seconds old (0: never).
+    pub rotate_secs: u64,
+    /// Rotated files to keep (`path.1` is the newest).
+    pub keep: usize,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        Self { path: None, rotate_bytes: 0, rotate_secs: 0, keep: 5 }
+    }
 }
 
 /// `[stream]`: the live WebSocket stream (`vexevent tail` and other subscribers).
@@ -266,6 +278,7 @@ pub struct Settings {
     /// Configured `VexFS` directories (canonical); detected `VexFS` mounts are added at start.
     pub vexfs_paths: Vec<Vec<u8>>,
     pub output: Option<PathBuf>,
+    pub rotation: Rotation,
     pub stream: StreamSection,
     pub stats_interval: Option<std::time::Duration>,
     pub stats_file: PathBuf,
@@ -378,6 +391,12 @@ impl Config {
                 raw_boundaries: self.fuse.raw_boundaries,
             },
             output: self.output.path.clone().filter(|p| p.as_os_str() != "-"),
+            rotation: Rotation {
+                max_bytes: (self.output.rotate_bytes > 0).then_some(self.output.rotate_bytes),
+                max_age: (self.output.rotate_secs > 0)
+                    .then(|| std::time::Duration::from_secs(self.output.rotate_secs)),
+                keep: self.output.keep,
+            },
             stream: self.stream.clone(),
             stats_interval: (self.stats.interval_secs > 0)
                 .then(|| std::time::Duration::from_secs(self.stats.interval_secs)),

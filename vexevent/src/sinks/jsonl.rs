@@ -1,10 +1,13 @@
 //! JSON Lines sink: one event per line, appended to a file or written to stdout, flushed after
-//! every batch so readers see events within one drain interval.
+//! every batch so readers see events within one drain interval. A file can rotate by size or age
+//! (`file.jsonl` -> `file.jsonl.1` -> ... -> `file.jsonl.<keep>`), always between batches, so no
+//! line is ever split.
 
 use std::{
-    fs::OpenOptions,
+    fs::{File, OpenOptions},
     io::{self, BufWriter, Write},
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use crate::{
@@ -23,48 +26,116 @@ pub enum SinkError {
     },
 }
 
+/// When a file output starts a new file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rotation {
+    /// Rotate once the file holds this many bytes.
+    pub max_bytes: Option<u64>,
+    /// Rotate once the file is this old.
+    pub max_age: Option<Duration>,
+    /// Rotated files kept (`.1` newest); older ones are deleted.
+    pub keep: usize,
+}
+
+/// A file being written, and when it rotates.
+struct RotatingFile {
+    path: PathBuf,
+    rotation: Rotation,
+    written: u64,
+    opened: Instant,
+}
+
+fn open_append(path: &Path) -> Result<File, SinkError> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|source| SinkError::Open { path: path.to_owned(), source })
+}
+
+/// `file.jsonl.N`.
+fn numbered(path: &Path, n: usize) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
+}
+
 /// Writes events as JSON Lines.
 pub struct JsonLinesSink {
     writer: BufWriter<Box<dyn Write + Send>>,
+    file: Option<RotatingFile>,
     failing: bool,
 }
 
 impl JsonLinesSink {
-    /// Appends to `path`, or writes to stdout when `None`.
+    /// Appends to `path` (rotating as `rotation` says), or writes to stdout when `None`.
     ///
     /// # Errors
     /// When the file cannot be opened.
-    pub fn open(path: Option<&Path>) -> Result<Self, SinkError> {
-        let out: Box<dyn Write + Send> = match path {
-            None => Box::new(io::stdout()),
-            Some(path) => Box::new(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|source| SinkError::Open { path: path.to_owned(), source })?,
-            ),
-        };
-        Ok(Self::new(out))
+    pub fn open(path: Option<&Path>, rotation: Rotation) -> Result<Self, SinkError> {
+        let Some(path) = path else { return Ok(Self::new(Box::new(io::stdout()))) };
+        let file = open_append(path)?;
+        let written = file.metadata().map_or(0, |m| m.len());
+        let mut sink = Self::new(Box::new(file));
+        sink.file = Some(RotatingFile { path: path.to_owned(), rotation, written, opened: Instant::now() });
+        Ok(sink)
     }
 
     /// Writes to any writer (tests, benchmarks).
     #[must_use]
     pub fn new(out: Box<dyn Write + Send>) -> Self {
-        Self { writer: BufWriter::with_capacity(1 << 16, out), failing: false }
+        Self { writer: BufWriter::with_capacity(1 << 16, out), file: None, failing: false }
+    }
+
+    /// Starts a new file when the current one is due, shifting the older ones.
+    fn rotate_if_due(&mut self) -> Result<(), SinkError> {
+        let Some(file) = &mut self.file else { return Ok(()) };
+        let rotation = file.rotation;
+        let due = rotation.max_bytes.is_some_and(|max| file.written >= max)
+            || rotation.max_age.is_some_and(|max| file.opened.elapsed() >= max);
+        if !due {
+            return Ok(());
+        }
+        let shift = |from: &Path, to: &Path| match std::fs::rename(from, to) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(SinkError::Open { path: to.to_owned(), source }),
+        };
+        if rotation.keep == 0 {
+            let _ = std::fs::remove_file(&file.path);
+        } else {
+            let _ = std::fs::remove_file(numbered(&file.path, rotation.keep));
+            for n in (1..rotation.keep).rev() {
+                shift(&numbered(&file.path, n), &numbered(&file.path, n + 1))?;
+            }
+            shift(&file.path, &numbered(&file.path, 1))?;
+        }
+        self.writer = BufWriter::with_capacity(1 << 16, Box::new(open_append(&file.path)?));
+        file.written = 0;
+        file.opened = Instant::now();
+        Ok(())
     }
 
     /// Writes a batch and flushes it; true when it was written. Events that cannot be written
     /// are counted in `sink_errors`; the first failure is logged.
     pub fn write_batch(&mut self, events: &[SemanticEvent], counters: &Counters) -> bool {
+        let mut bytes = 0u64;
         let result = events.iter().try_for_each(|event| {
-            serde_json::to_writer(&mut self.writer, event).map_err(io::Error::from)?;
+            let line = serde_json::to_vec(event).map_err(io::Error::from)?;
+            bytes += line.len() as u64 + 1;
+            self.writer.write_all(&line)?;
             self.writer.write_all(b"\n")
         });
         match result.and_then(|()| self.writer.flush()) {
             Ok(()) => {
                 add(&counters.events_delivered, events.len() as u64);
                 self.failing = false;
+                if let Some(file) = &mut self.file {
+                    file.written += bytes;
+                }
+                if let Err(error) = self.rotate_if_due() {
+                    tracing::warn!(%error, "cannot rotate the output file; writing on to the current one");
+                }
                 true
             }
             Err(error) => {
@@ -119,6 +190,32 @@ mod tests {
             .collect();
         assert_eq!(ids, vec![0, 1]);
         assert_eq!(counters.events_delivered.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn rotates_between_batches_and_keeps_the_newest_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let rotation = Rotation { max_bytes: Some(1), max_age: None, keep: 2 };
+        let counters = Counters::default();
+        let mut sink = JsonLinesSink::open(Some(&path), rotation).unwrap();
+        for id in 0..4 {
+            sink.write_batch(&[event(id), event(id + 100)], &counters);
+        }
+        let ids = |p: &Path| -> Vec<u64> {
+            std::fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event_id"].as_u64().unwrap())
+                .collect()
+        };
+        // Every batch rotated: the current file is empty, `.1` holds the last batch, `.2` the one
+        // before, and older batches are gone.
+        assert_eq!(ids(&path), Vec::<u64>::new());
+        assert_eq!(ids(&numbered(&path, 1)), vec![3, 103]);
+        assert_eq!(ids(&numbered(&path, 2)), vec![2, 102]);
+        assert!(!numbered(&path, 3).exists());
+        assert_eq!(counters.events_delivered.load(Ordering::Relaxed), 8);
     }
 
     #[test]
