@@ -481,6 +481,23 @@ fn bad_input_fails_with_one_clear_line() {
     assert!(err.contains("unknown operation type \"frobnicate\""), "{err}");
     let (ok, err) = run(&["check-config", "../vexevent.example.toml"]);
     assert!(ok, "{err}");
+    // check-config lists every problem, each with where it is.
+    let several = dir.path().join("several.toml");
+    std::fs::write(
+        &several,
+        "[capture]\nwatch = [\"/no/such/dir\"]\nops = [\"opne\"]\nring_bytes = 5000\n[filter]\nexpressions = [\"pid ==\"]\n",
+    )
+    .unwrap();
+    let output =
+        std::process::Command::new(exe).args(["check-config", several.to_str().unwrap()]).output().unwrap();
+    let listed = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success());
+    assert_eq!(listed.lines().count(), 4, "{listed}");
+    assert!(
+        listed.contains("/no/such/dir") && listed.contains("\"opne\"") && listed.contains("5000"),
+        "{listed}"
+    );
+    assert!(listed.contains("filter.expressions[0]") && listed.contains("line 1, column 7"), "{listed}");
     let (ok, help) = {
         let output = std::process::Command::new(exe).args(["run", "--help"]).output().unwrap();
         (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned())

@@ -233,7 +233,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::CheckConfig { file } => {
-            let settings = Config::from_file(&file)?.validate()?;
+            let config = Config::from_file(&file)?;
+            let problems = config.problems();
+            if !problems.is_empty() {
+                for problem in &problems {
+                    // Causes the message does not already quote (a filter's line and column).
+                    let message = problem.to_string();
+                    let cause = std::error::Error::source(problem)
+                        .map(ToString::to_string)
+                        .filter(|cause| !message.contains(cause.as_str()))
+                        .map(|cause| format!(": {cause}"))
+                        .unwrap_or_default();
+                    println!("{}: {message}{cause}", file.display());
+                }
+                anyhow::bail!("{}: {} problem(s)", file.display(), problems.len());
+            }
+            let settings = config.validate()?;
             println!("{}: valid", file.display());
             println!("{settings:#?}");
             Ok(())

@@ -68,6 +68,25 @@ pub struct FilterSection {
 }
 
 impl FilterSection {
+    /// Every macro and expression that does not parse or compile.
+    #[must_use]
+    pub fn problems(&self) -> Vec<FilterError> {
+        let mut problems = Vec::new();
+        let mut macros = BTreeMap::new();
+        for (name, text) in &self.macros {
+            match parse_macros(&BTreeMap::from([(name.clone(), text.clone())])) {
+                Ok(parsed) => macros.extend(parsed),
+                Err(error) => problems.push(error),
+            }
+        }
+        for (i, text) in self.expressions.iter().enumerate() {
+            if let Err(error) = Filter::new(&format!("filter.expressions[{i}]"), text, &macros) {
+                problems.push(error);
+            }
+        }
+        problems
+    }
+
     /// Compiles the chain.
     ///
     /// # Errors
@@ -303,16 +322,50 @@ impl Config {
         toml::from_str(text).map_err(|error| error.to_string().trim_end().replace('\n', " "))
     }
 
+    /// Every problem of the configuration, in field order (`check-config` lists them all).
+    #[must_use]
+    pub fn problems(&self) -> Vec<ConfigError> {
+        let capture = &self.capture;
+        let mut problems: Vec<ConfigError> =
+            capture.watch.iter().filter_map(|path| canonical_watch_dir(path).err()).collect();
+        problems.extend(capture.ops.iter().filter_map(|name| parse_op(name).err()));
+        if let Some(comm) = capture.comm.as_ref().filter(|comm| comm.len() > 15) {
+            problems.push(ConfigError::CommTooLong { comm: comm.clone(), len: comm.len() });
+        }
+        if !capture.ring_bytes.is_power_of_two() || capture.ring_bytes < 4096 {
+            problems.push(ConfigError::RingSize { value: capture.ring_bytes });
+        }
+        if capture.reorder_window_us == 0 {
+            problems.push(ConfigError::Zero { field: "capture.reorder_window_us" });
+        }
+        if capture.channel_batches == 0 {
+            problems.push(ConfigError::Zero { field: "capture.channel_batches" });
+        }
+        problems.extend(self.filter.problems().into_iter().map(ConfigError::Filter));
+        if !self.fuse.daemon_functions.is_empty() && self.fuse.daemon_binary.is_none() {
+            problems.push(ConfigError::DaemonBinaryMissing);
+        }
+        if let Some(addr) = self.stream.addr {
+            problems.extend(
+                require_token_for_remote(addr, self.stream.token.as_deref()).err().map(ConfigError::Stream),
+            );
+        }
+        problems
+    }
+
     /// Checks every field and resolves the watch paths.
     ///
     /// # Errors
     /// The first problem found.
     pub fn validate(&self) -> Result<Settings, ConfigError> {
+        if let Some(first) = self.problems().into_iter().next() {
+            return Err(first);
+        }
         let capture = &self.capture;
         // The filter compiles now (errors at start, with their location); what the kernel can
         // evaluate of it narrows the probes' own filters where the configuration leaves them open.
         let kernel_filter = pushdown(&self.filter.build()?);
-        let mut watch_dirs = canonical_watch_dirs(&capture.watch)?;
+        let mut watch_dirs = capture.watch.iter().map(canonical_watch_dir).collect::<Result<Vec<_>, _>>()?;
         let mut ops: HashSet<OpKind> = if capture.ops.is_empty() {
             USER_OPS.into_iter().collect()
         } else {
@@ -335,32 +388,12 @@ impl Config {
         } else {
             capture.pids.clone()
         };
-        let comm = match capture.comm.as_ref().or(kernel_filter.comm.as_ref()) {
-            None => None,
-            Some(comm) if comm.len() > 15 => {
-                return Err(ConfigError::CommTooLong { comm: comm.clone(), len: comm.len() });
-            }
-            Some(comm) => {
-                let mut bytes = [0u8; 16];
-                bytes[..comm.len()].copy_from_slice(comm.as_bytes());
-                Some(bytes)
-            }
-        };
-        if !capture.ring_bytes.is_power_of_two() || capture.ring_bytes < 4096 {
-            return Err(ConfigError::RingSize { value: capture.ring_bytes });
-        }
-        if capture.reorder_window_us == 0 {
-            return Err(ConfigError::Zero { field: "capture.reorder_window_us" });
-        }
-        if let Some(addr) = self.stream.addr {
-            require_token_for_remote(addr, self.stream.token.as_deref())?;
-        }
-        if !self.fuse.daemon_functions.is_empty() && self.fuse.daemon_binary.is_none() {
-            return Err(ConfigError::DaemonBinaryMissing);
-        }
-        if capture.channel_batches == 0 {
-            return Err(ConfigError::Zero { field: "capture.channel_batches" });
-        }
+        // Checked by `problems` (a pushed-down comm is at most 15 bytes).
+        let comm = capture.comm.as_ref().or(kernel_filter.comm.as_ref()).map(|comm| {
+            let mut bytes = [0u8; 16];
+            bytes[..comm.len().min(15)].copy_from_slice(&comm.as_bytes()[..comm.len().min(15)]);
+            bytes
+        });
         Ok(Settings {
             scope: WatchScope::new(watch_dirs),
             ops,
@@ -405,27 +438,23 @@ impl Config {
     }
 }
 
-/// The watched directories, canonical, as bytes.
-fn canonical_watch_dirs(paths: &[PathBuf]) -> Result<Vec<Vec<u8>>, ConfigError> {
-    let mut watch_dirs = Vec::new();
-    for path in paths {
-        let canonical = std::fs::canonicalize(path)
-            .map_err(|source| ConfigError::WatchMissing { path: path.clone(), source })?;
-        if !canonical.is_dir() {
-            return Err(ConfigError::WatchNotDirectory { path: path.clone() });
-        }
-        let bytes = canonical.as_os_str().as_bytes().to_vec();
-        // Room for the trailing '/' or NUL the kernel's trie entries carry.
-        if bytes.len() + 1 > PREFIX_KEY_BYTES {
-            return Err(ConfigError::WatchTooLong {
-                path: path.clone(),
-                len: bytes.len(),
-                max: PREFIX_KEY_BYTES - 1,
-            });
-        }
-        watch_dirs.push(bytes);
+/// A watched directory, canonical, as bytes.
+fn canonical_watch_dir(path: &PathBuf) -> Result<Vec<u8>, ConfigError> {
+    let canonical = std::fs::canonicalize(path)
+        .map_err(|source| ConfigError::WatchMissing { path: path.clone(), source })?;
+    if !canonical.is_dir() {
+        return Err(ConfigError::WatchNotDirectory { path: path.clone() });
     }
-    Ok(watch_dirs)
+    let bytes = canonical.as_os_str().as_bytes().to_vec();
+    // Room for the trailing '/' or NUL the kernel's trie entries carry.
+    if bytes.len() + 1 > PREFIX_KEY_BYTES {
+        return Err(ConfigError::WatchTooLong {
+            path: path.clone(),
+            len: bytes.len(),
+            max: PREFIX_KEY_BYTES - 1,
+        });
+    }
+    Ok(bytes)
 }
 
 /// Parses an operation type name.
