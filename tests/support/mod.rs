@@ -148,8 +148,18 @@ impl Vexevent {
         Finished {
             events: read_events(&self.output),
             stats: final_stats,
-            stderr: self.stderr,
+            stderr: std::mem::take(&mut self.stderr),
             exit_ok: status.success(),
+        }
+    }
+}
+
+impl Drop for Vexevent {
+    /// A test that fails before `stop` must not leave the loader running.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }
