@@ -6,13 +6,12 @@
 
 mod support;
 
-use std::{path::Path, sync::Mutex, time::Duration};
+use std::{path::Path, time::Duration};
 
 use serde_json::Value;
-use support::{Mount, Vexevent, bytes, c_path, event_path_bytes, root_or_skip};
-
-/// The scenarios chdir, which is process-wide: one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
+use support::{
+    Mount, Vexevent, bytes, c_path, event_path_bytes, exclusive_root_test, has_path_bytes, root_or_skip,
+};
 
 /// One expected event: type, absolute path, second path, errno name.
 #[derive(Debug, PartialEq, Eq, Clone)]
@@ -342,10 +341,7 @@ fn capture_scenario(mount: &Mount, extra: &[&str]) {
     assert!(child.success());
     let child_path = bytes(&mount.path.join("child.txt"));
     vexevent.wait_for("the child's write", Duration::from_secs(30), |events| {
-        events.iter().any(|e| {
-            e["event_type"] == "FilesystemWrite"
-                && event_path_bytes(&e["context"]["filesystem"]["path"]).as_deref() == Some(&child_path[..])
-        })
+        events.iter().any(|e| e["event_type"] == "FilesystemWrite" && has_path_bytes(e, &child_path))
     });
     let finished = vexevent.stop();
     assert!(finished.exit_ok, "vexevent exit status: {:?}", finished.stderr);
@@ -368,11 +364,8 @@ fn capture_scenario(mount: &Mount, extra: &[&str]) {
     assert_fields(&ours);
 
     // The child: its relative redirect resolved against the cwd it was started in.
-    let child_events: Vec<&Value> = finished
-        .events
-        .iter()
-        .filter(|e| event_path_bytes(&e["context"]["filesystem"]["path"]).as_deref() == Some(&child_path[..]))
-        .collect();
+    let child_events: Vec<&Value> =
+        finished.events.iter().filter(|e| has_path_bytes(e, &child_path)).collect();
     assert!(
         child_events.iter().any(|e| e["event_type"] == "FilesystemCreate" && e["process"]["comm"] == "sh")
     );
@@ -408,37 +401,28 @@ fn capture_scenario(mount: &Mount, extra: &[&str]) {
 
 #[test]
 fn captures_every_operation_on_tmpfs() {
-    if !root_or_skip("captures_every_operation_on_tmpfs") {
-        return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(_serial) = exclusive_root_test("captures_every_operation_on_tmpfs") else { return };
     capture_scenario(&Mount::tmpfs(), &[]);
 }
 
 #[test]
 fn captures_every_operation_on_ext4() {
-    if !root_or_skip("captures_every_operation_on_ext4") {
-        return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(_serial) = exclusive_root_test("captures_every_operation_on_ext4") else { return };
     capture_scenario(&Mount::ext4(), &[]);
 }
 
 #[test]
 fn captures_every_operation_through_the_tracepoint_fallback() {
-    if !root_or_skip("captures_every_operation_through_the_tracepoint_fallback") {
+    let Some(_serial) = exclusive_root_test("captures_every_operation_through_the_tracepoint_fallback")
+    else {
         return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    };
     capture_scenario(&Mount::tmpfs(), &["--syscall-hooks", "tracepoint"]);
 }
 
 #[test]
 fn kernel_filters_by_comm_and_operation_type() {
-    if !root_or_skip("kernel_filters_by_comm_and_operation_type") {
-        return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(_serial) = exclusive_root_test("kernel_filters_by_comm_and_operation_type") else { return };
     let mount = Mount::tmpfs();
     let vexevent = Vexevent::start(&[&mount.path], &["--ops", "mkdir", "--comm", "mkdir"]);
     let made = mount.path.join("by-mkdir");
@@ -448,9 +432,7 @@ fn kernel_filters_by_comm_and_operation_type() {
     std::fs::write(mount.path.join("file"), b"x").unwrap();
     let made_bytes = bytes(&made);
     vexevent.wait_for("the mkdir event", Duration::from_secs(30), |events| {
-        events.iter().any(|e| {
-            event_path_bytes(&e["context"]["filesystem"]["path"]).as_deref() == Some(&made_bytes[..])
-        })
+        events.iter().any(|e| has_path_bytes(e, &made_bytes))
     });
     let finished = vexevent.stop();
     assert_eq!(finished.events.len(), 1, "{:?}", finished.events);
@@ -507,10 +489,9 @@ fn bad_input_fails_with_one_clear_line() {
 
 #[test]
 fn stats_are_available_while_running_and_on_sigusr1() {
-    if !root_or_skip("stats_are_available_while_running_and_on_sigusr1") {
+    let Some(_serial) = exclusive_root_test("stats_are_available_while_running_and_on_sigusr1") else {
         return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    };
     let mount = Mount::tmpfs();
     let mut vexevent = Vexevent::start(&[&mount.path], &[]);
     std::fs::write(mount.path.join("f"), b"x").unwrap();
@@ -573,10 +554,11 @@ fn missing_privileges_and_tracefs_are_clear_errors() {
 
 #[test]
 fn filter_expressions_run_in_userspace_and_push_down_to_the_kernel() {
-    if !root_or_skip("filter_expressions_run_in_userspace_and_push_down_to_the_kernel") {
+    let Some(_serial) =
+        exclusive_root_test("filter_expressions_run_in_userspace_and_push_down_to_the_kernel")
+    else {
         return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    };
     let mount = Mount::tmpfs();
     let glob = format!("path glob {:?}", format!("{}/keep-*", mount.path.display()));
     let vexevent = Vexevent::start(
@@ -591,9 +573,7 @@ fn filter_expressions_run_in_userspace_and_push_down_to_the_kernel() {
     std::fs::write(mount.path.join("keep-3"), b"x").unwrap(); // not a mkdir
     let kept_bytes = bytes(&kept);
     vexevent.wait_for("the kept mkdir", Duration::from_secs(30), |events| {
-        events.iter().any(|e| {
-            event_path_bytes(&e["context"]["filesystem"]["path"]).as_deref() == Some(&kept_bytes[..])
-        })
+        events.iter().any(|e| has_path_bytes(e, &kept_bytes))
     });
     let finished = vexevent.stop();
     assert_eq!(finished.events.len(), 1, "{:#?}", finished.events);

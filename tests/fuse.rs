@@ -6,26 +6,10 @@
 
 mod support;
 
-use std::{path::Path, process::Command, sync::Mutex, time::Duration};
+use std::{path::Path, process::Command, time::Duration};
 
 use serde_json::Value;
-use support::{Bindfs, Vexevent, bytes, event_path_bytes, root_or_skip};
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// The event of this type for this path.
-fn find_event<'a>(events: &[&'a Value], event_type: &str, path: &Path) -> &'a Value {
-    let path = bytes(path);
-    events
-        .iter()
-        .find(|e| {
-            e["event_type"] == event_type
-                && event_path_bytes(&e["context"]["filesystem"]["path"]).as_deref() == Some(&path[..])
-        })
-        .unwrap_or_else(|| {
-            panic!("no {event_type} event for {}: {events:#?}", String::from_utf8_lossy(&path))
-        })
-}
+use support::{Bindfs, Vexevent, bytes, event_path_bytes, exclusive_root_test, find_event, has_path_bytes};
 
 /// The first FUSE request with this opcode among the events.
 fn find_request<'a>(events: &[&'a Value], opcode: &str) -> &'a Value {
@@ -120,10 +104,10 @@ fn assert_daemon_side(events: &[Value], ours: &[&Value], file: &Path) {
 
 #[test]
 fn fuse_operations_are_joined_to_their_syscalls_with_a_timeline() {
-    if !root_or_skip("fuse_operations_are_joined_to_their_syscalls_with_a_timeline") {
+    let Some(_serial) = exclusive_root_test("fuse_operations_are_joined_to_their_syscalls_with_a_timeline")
+    else {
         return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    };
     let watched = tempfile::tempdir().unwrap();
     let Some(bindfs) = Bindfs::mount(watched.path()) else { return };
     let daemon_pid = u64::from(bindfs.child.id());
@@ -152,10 +136,7 @@ fn fuse_operations_are_joined_to_their_syscalls_with_a_timeline() {
 
     let last = bytes(&root.join("dir"));
     vexevent.wait_for("the rmdir", Duration::from_secs(30), |events| {
-        events.iter().any(|e| {
-            e["event_type"] == "FilesystemRmdir"
-                && event_path_bytes(&e["context"]["filesystem"]["path"]).as_deref() == Some(&last[..])
-        })
+        events.iter().any(|e| e["event_type"] == "FilesystemRmdir" && has_path_bytes(e, &last))
     });
     let finished = vexevent.stop();
     assert!(finished.exit_ok, "{:?}", finished.stderr);

@@ -5,11 +5,9 @@
 
 mod support;
 
-use std::{collections::BTreeMap, ffi::CString, os::unix::ffi::OsStrExt, sync::Mutex, time::Duration};
+use std::{collections::BTreeMap, ffi::CString, os::unix::ffi::OsStrExt, time::Duration};
 
-use support::{Mount, Vexevent, event_path_bytes, root_or_skip};
-
-static SERIAL: Mutex<()> = Mutex::new(());
+use support::{Mount, Vexevent, event_path_bytes, exclusive_root_test, has_path_bytes};
 
 fn open_close(path: &CString, times: u64) {
     for _ in 0..times {
@@ -25,10 +23,9 @@ fn open_close(path: &CString, times: u64) {
 #[test]
 fn overload_is_accounted_exactly_per_operation_type() {
     const PERFORMED: u64 = 20_000;
-    if !root_or_skip("overload_is_accounted_exactly_per_operation_type") {
+    let Some(_serial) = exclusive_root_test("overload_is_accounted_exactly_per_operation_type") else {
         return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    };
     let mount = Mount::tmpfs();
     let file = mount.path.join("hot");
     std::fs::write(&file, b"x").unwrap();
@@ -84,15 +81,14 @@ fn pin_to(cpu: usize) {
 #[test]
 fn merged_order_keeps_per_file_causality_across_cpus() {
     const FILES: usize = 300;
-    if !root_or_skip("merged_order_keeps_per_file_causality_across_cpus") {
+    let Some(_serial) = exclusive_root_test("merged_order_keeps_per_file_causality_across_cpus") else {
         return;
-    }
+    };
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     if cpus < 2 {
         eprintln!("SKIP merged_order_keeps_per_file_causality_across_cpus: needs 2 CPUs, have {cpus}");
         return;
     }
-    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let mount = Mount::tmpfs();
     let vexevent = Vexevent::start(&[&mount.path], &["--ops", "open,write,rename"]);
     // A thread of its own, so that pinning does not affect the test harness.
@@ -118,10 +114,7 @@ fn merged_order_keeps_per_file_causality_across_cpus() {
     let last = mount.path.join(format!("f{}", FILES - 1));
     let last = last.as_os_str().as_bytes().to_vec();
     vexevent.wait_for("the last rename", Duration::from_secs(30), |events| {
-        events.iter().any(|e| {
-            e["event_type"] == "FilesystemRename"
-                && event_path_bytes(&e["context"]["filesystem"]["path"]).as_deref() == Some(&last[..])
-        })
+        events.iter().any(|e| e["event_type"] == "FilesystemRename" && has_path_bytes(e, &last))
     });
     let finished = vexevent.stop();
     // Per file: the create, then the write, then the rename, in stream order.

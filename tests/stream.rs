@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use serde_json::Value;
-use support::{Mount, Vexevent, event_path_bytes, root_or_skip};
+use support::{Mount, Vexevent, event_path_bytes, has_path_bytes, root_or_skip};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
 
 type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
@@ -84,11 +84,7 @@ fn subscribers_get_exactly_their_events_and_slow_ones_get_gap_notices() {
     }
     let last = support::bytes(&mount.path.join("f99"));
     vexevent.wait_for("the last write", Duration::from_secs(30), |events| {
-        events
-            .iter()
-            .filter(|e| event_path_bytes(&e["context"]["filesystem"]["path"]).as_deref() == Some(&last[..]))
-            .count()
-            >= 3
+        events.iter().filter(|e| has_path_bytes(e, &last)).count() >= 3
     });
     // Ground truth: what the JSON Lines output received.
     let output = vexevent.events_so_far();

@@ -8,21 +8,10 @@ mod support;
 #[path = "vexfs_fs.rs"]
 mod vexfs_fs;
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use serde_json::Value;
-use support::{Vexevent, bytes, event_path_bytes, root_or_skip};
-
-fn path_is(event: &Value, path: &Path) -> bool {
-    event_path_bytes(&event["context"]["filesystem"]["path"]).as_deref() == Some(&bytes(path)[..])
-}
-
-fn find<'a>(events: &'a [Value], event_type: &str, path: &Path) -> &'a Value {
-    events
-        .iter()
-        .find(|e| e["event_type"] == event_type && path_is(e, path))
-        .unwrap_or_else(|| panic!("no {event_type} for {}", path.display()))
-}
+use support::{Vexevent, bytes, event_path_bytes, find_event, path_is, root_or_skip};
 
 /// The events derived from `parent`, by type.
 fn derived<'a>(events: &'a [Value], parent: &Value) -> Vec<&'a Value> {
@@ -77,10 +66,11 @@ fn vexfs_special_files_graph_events_and_daemon_functions() {
     let finished = vexevent.stop();
     assert!(finished.exit_ok, "{:?}", finished.stderr);
     let events = &finished.events;
+    let find = |event_type: &str, path: &std::path::Path| find_event(events, event_type, path);
 
     // Vector store: a write to *.vec, one event, dimensions from the data, joined to its FUSE
     // WRITE, and the node update it derives.
-    let store = find(events, "VectorCreate", &vector);
+    let store = find("VectorCreate", &vector);
     assert_eq!(store["event_type_code"], 0x0301);
     assert_eq!(store["context"]["vector"]["dimensions"], 4);
     assert!(
@@ -93,7 +83,7 @@ fn vexfs_special_files_graph_events_and_daemon_functions() {
 
     // Searches: k parsed, or VexFS's defaults; the daemon's search function timed inside the
     // request that served it.
-    let search = find(events, "VectorSearch", &query);
+    let search = find("VectorSearch", &query);
     assert_eq!(
         (search["context"]["vector"]["k"].as_u64(), search["context"]["vector"]["dimensions"].as_u64()),
         (Some(3), Some(4))
@@ -105,25 +95,25 @@ fn vexfs_special_files_graph_events_and_daemon_functions() {
     let daemon = write["daemon_replied_ns"].as_u64().unwrap() - write["daemon_received_ns"].as_u64().unwrap();
     assert!(in_function > 0 && in_function <= daemon, "{write}");
     assert!(search["timeline"]["daemon_functions_ns"].as_u64().unwrap() > 0, "{search}");
-    assert_eq!(find(events, "VectorSearch", &control_search)["context"]["vector"]["k"], 10);
+    assert_eq!(find("VectorSearch", &control_search)["context"]["vector"]["k"], 10);
 
     // Control and stats files.
-    assert_eq!(find(events, "SystemOptimization", &control)["context"]["parameters"]["ef_search"], "64");
-    assert_eq!(find(events, "ObservabilityMetricCollected", &stats)["event_type_code"], 0x0801);
+    assert_eq!(find("SystemOptimization", &control)["context"]["parameters"]["ef_search"], "64");
+    assert_eq!(find("ObservabilityMetricCollected", &stats)["event_type_code"], 0x0801);
 
     // Graph events from file operations, each naming its cause.
-    let mkdir = find(events, "FilesystemMkdir", &docs);
+    let mkdir = find("FilesystemMkdir", &docs);
     let graph: Vec<&str> = derived(events, mkdir).iter().map(|e| e["event_type"].as_str().unwrap()).collect();
     assert_eq!(graph, ["GraphNodeCreate", "GraphEdgeCreate"]);
     let edge = &derived(events, mkdir)[1]["context"]["graph"]["edge"];
     assert_eq!(event_path_bytes(&edge["from"]), Some(bytes(&root)));
     assert_eq!(edge["kind"], "Contains");
-    let rename = find(events, "FilesystemRename", &vector);
+    let rename = find("FilesystemRename", &vector);
     let graph: Vec<&str> =
         derived(events, rename).iter().map(|e| e["event_type"].as_str().unwrap()).collect();
     assert_eq!(graph, ["GraphEdgeDelete", "GraphEdgeCreate"]);
-    assert_eq!(derived(events, find(events, "FilesystemDelete", &moved))[0]["event_type"], "GraphNodeDelete");
-    assert_eq!(derived(events, find(events, "FilesystemRmdir", &docs))[0]["event_type"], "GraphNodeDelete");
+    assert_eq!(derived(events, find("FilesystemDelete", &moved))[0]["event_type"], "GraphNodeDelete");
+    assert_eq!(derived(events, find("FilesystemRmdir", &docs))[0]["event_type"], "GraphNodeDelete");
     let refused = events
         .iter()
         .find(|e| e["event_subtype"] == "write" && path_is(e, &stats))
@@ -137,7 +127,7 @@ fn vexfs_special_files_graph_events_and_daemon_functions() {
             .any(|r| r["opcode_name"] == "WRITE" && r["error"] == -13),
         "{refused}"
     );
-    let missing = find(events, "FilesystemDelete", &root.join("missing"));
+    let missing = find("FilesystemDelete", &root.join("missing"));
     assert_eq!(missing["result"]["error"], "ENOENT");
     assert!(derived(events, missing).iter().all(|e| e["event_type"] == "ObservabilityErrorReported"));
 

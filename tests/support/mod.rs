@@ -188,6 +188,37 @@ pub fn event_path_bytes(value: &Value) -> Option<Vec<u8>> {
     }
 }
 
+/// Whether an event's file-system path is `path`.
+pub fn path_is(event: &Value, path: &Path) -> bool {
+    has_path_bytes(event, &bytes(path))
+}
+
+/// Whether an event's file-system path is these bytes.
+pub fn has_path_bytes(event: &Value, path: &[u8]) -> bool {
+    event_path_bytes(&event["context"]["filesystem"]["path"]).as_deref() == Some(path)
+}
+
+/// The first event of this type for this path.
+pub fn find_event<'a, E: std::borrow::Borrow<Value>>(
+    events: &'a [E],
+    event_type: &str,
+    path: &Path,
+) -> &'a Value {
+    events
+        .iter()
+        .map(std::borrow::Borrow::borrow)
+        .find(|e| e["event_type"] == event_type && path_is(e, path))
+        .unwrap_or_else(|| panic!("no {event_type} event for {}", path.display()))
+}
+
+/// The suite's serial lock: tests that chdir, mount or watch the same places run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes the serial lock for a root test; `None` (with the reason printed) when not root.
+pub fn exclusive_root_test(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
+    root_or_skip(test).then(|| SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+}
+
 /// A mounted file system that is unmounted (and cleaned up) on drop.
 pub struct Mount {
     pub path: PathBuf,

@@ -9,8 +9,8 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_get_smp_processor_id,
-        bpf_ktime_get_ns, bpf_probe_read_kernel_buf, bpf_probe_read_user, generated,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
+        bpf_probe_read_kernel_buf, bpf_probe_read_user, generated,
     },
     macros::tracepoint,
     programs::TracePointContext,
@@ -23,7 +23,7 @@ use vexevent_common::{
 use crate::{
     maps::{
         CONFIG, DAEMON_SERVING, FUSE_CONFIG, FUSE_CONNECTIONS, FUSE_DAEMONS, FUSE_INFLIGHT, FUSE_SCRATCH,
-        SCRATCH, count, next_seq,
+        SCRATCH, count,
     },
     ring::submit,
 };
@@ -123,7 +123,6 @@ fn on_end(ctx: &TracePointContext) -> Option<()> {
     let error: i32 = read(ctx, fuse.end_error)?;
     let reply_len: u32 = read(ctx, fuse.end_len)?;
     let header = &mut record.header;
-    header.seq = next_seq();
     header.enter_ns = queued_ns;
     // SAFETY: no preconditions.
     header.exit_ns = unsafe { bpf_ktime_get_ns() };
@@ -142,8 +141,6 @@ fn on_end(ctx: &TracePointContext) -> Option<()> {
     header.syscall_nr = NOT_A_SYSCALL;
     header.op = OpKind::FuseRequest as u32;
     header.flags = 0;
-    // SAFETY: no preconditions.
-    header.cpu = unsafe { bpf_get_smp_processor_id() };
     header.path1_len = name1_len as u32;
     header.path2_len = name2_len as u32;
     header.comm = comm;

@@ -1,14 +1,14 @@
 //! `sched/sched_process_fork`: a child inherits its parent's cwd, so it inherits its cwd scope.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::tracepoint,
     programs::TracePointContext,
 };
 use vexevent_common::{KernelStat, OpKind, RECORD_HEADER_SIZE};
 
 use crate::{
-    maps::{CONFIG, SCRATCH, count, next_seq},
+    maps::{CONFIG, SCRATCH, count},
     ring::submit,
     scope::{cwd_in_scope, mark_cwd},
 };
@@ -38,7 +38,6 @@ fn on_fork(ctx: &TracePointContext) -> Option<()> {
     let header = unsafe { &mut (*record).header };
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    header.seq = next_seq();
     header.enter_ns = now;
     header.exit_ns = now;
     header.ret = i64::from(child);
@@ -50,12 +49,10 @@ fn on_fork(ctx: &TracePointContext) -> Option<()> {
     header.syscall_nr = u32::MAX;
     header.op = OpKind::Fork as u32;
     header.flags = 0;
-    // SAFETY: no preconditions.
-    header.cpu = unsafe { bpf_get_smp_processor_id() };
     header.path1_len = 0;
     header.path2_len = 0;
     header.comm = bpf_get_current_comm().unwrap_or_default();
-    // SAFETY: as above; the reference lives only for the copy.
-    submit(unsafe { &*record }, RECORD_HEADER_SIZE);
+    // SAFETY: as above.
+    submit(unsafe { &mut *record }, RECORD_HEADER_SIZE);
     Some(())
 }

@@ -4,14 +4,14 @@
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
-    helpers::{bpf_ktime_get_ns, generated::bpf_ringbuf_output},
+    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, generated::bpf_ringbuf_output},
     maps::RingBuf,
 };
 use vexevent_common::{GAP_KINDS, GAP_OP, GAP_RECORD_SIZE, KernelStat, MAX_SHARDS, RecordBuf};
 
 use crate::maps::{
     CONFIG, EVENTS_0, EVENTS_1, EVENTS_2, EVENTS_3, EVENTS_4, EVENTS_5, EVENTS_6, EVENTS_7, GAP_SCRATCH,
-    LOST_BY_KIND, PENDING_LOSS, count,
+    LOST_BY_KIND, PENDING_LOSS, count, next_seq,
 };
 
 /// Wake the consumer once this many bytes wait in a ring, even mid-batch.
@@ -107,9 +107,14 @@ fn record_loss(seq: u64, op: u32) {
     }
 }
 
-/// Submits the first `size` bytes of a record to its CPU's shard.
+/// Stamps a record with this CPU and its next sequence number, then submits its first `size`
+/// bytes to the CPU's shard. Stamping here, right before the write, is what makes a gap in a
+/// CPU's sequence mean exactly "records this CPU could not write".
 #[inline(always)]
-pub fn submit(record: &RecordBuf, size: usize) {
+pub fn submit(record: &mut RecordBuf, size: usize) {
+    // SAFETY: no preconditions.
+    record.header.cpu = unsafe { bpf_get_smp_processor_id() };
+    record.header.seq = next_seq();
     let header = &record.header;
     let shard = match CONFIG.get(0) {
         Some(config) if config.shard_count > 0 && config.cpus_per_shard > 0 => {

@@ -6,8 +6,8 @@
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_get_smp_processor_id,
-        bpf_ktime_get_ns, bpf_probe_read_user_buf,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
+        bpf_probe_read_user_buf,
         generated::{bpf_probe_read_user, bpf_probe_read_user_str},
     },
     macros::{btf_tracepoint, tracepoint},
@@ -20,7 +20,7 @@ use vexevent_common::{
 
 use crate::{
     fuse::{daemon_connection, daemon_read, daemon_write},
-    maps::{CONFIG, INFLIGHT, Inflight, PID_FILTER, SCRATCH, SYSCALL_SPECS, count, next_seq},
+    maps::{CONFIG, INFLIGHT, Inflight, PID_FILTER, SCRATCH, SYSCALL_SPECS, count},
     ring::submit,
     scope::{
         NOT_WATCHED, VEXFS_SPECIAL, WATCHED, fd_flag, fd_in_scope, is_vexfs_special, mark_cwd, mark_fd,
@@ -351,7 +351,6 @@ fn on_exit(nr: i64, ret: i64) -> Option<()> {
             }
         }
     }
-    header.seq = next_seq();
     header.enter_ns = inflight.enter_ns;
     header.exit_ns = exit_ns;
     header.ret = ret;
@@ -364,8 +363,6 @@ fn on_exit(nr: i64, ret: i64) -> Option<()> {
     header.syscall_nr = inflight.nr;
     header.op = spec.op;
     header.flags = flags;
-    // SAFETY: no preconditions.
-    header.cpu = unsafe { bpf_get_smp_processor_id() };
     header.path1_len = len1 as u32;
     header.path2_len = if payload_len > 0 { payload_len as u32 } else { len2 as u32 };
     header.comm = bpf_get_current_comm().unwrap_or_default();

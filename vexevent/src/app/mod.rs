@@ -24,7 +24,7 @@ use crate::{
     event::SemanticEvent,
     filter::FilterChain,
     loader::{ProbeSettings, Probes, vexfs_mount_points},
-    sinks::{Broadcaster, JsonLinesSink, STREAM_PATH, StreamServer},
+    sinks::{Broadcaster, JsonLinesSink, STREAM_PATH, StreamServer, to_json_lines},
     telemetry::{Counters, StatsSnapshot, add, monotonic_ns},
     translate::{TranslateOptions, Translator, VexfsRoots},
 };
@@ -249,14 +249,15 @@ fn translate_and_write(
             event.global_sequence = next_sequence;
             next_sequence += 1;
         }
-        if sink.write_batch(ready, counters) {
+        let lines = to_json_lines(ready, counters);
+        if sink.write_batch(&lines, counters) {
             let delivered = monotonic_ns();
             counters.record_latencies(
                 ready.iter().map(|event| delivered.saturating_sub(event.timestamp.monotonic_ns) / 1_000),
             );
         }
         if let Some(stream) = stream {
-            stream.publish(ready, counters);
+            stream.publish(ready, &lines, counters);
         }
         ready.clear();
     };

@@ -42,9 +42,9 @@ pub struct Correlator {
     pending: HashMap<u32, Vec<u64>>,
 }
 
-/// FUSE request events (subtype `FUSE_<OPCODE>`; syscall subtypes are syscall names).
+/// A FUSE request event, carrying its one request.
 fn is_fuse_request(event: &SemanticEvent) -> bool {
-    event.context.fuse.len() == 1 && event.event_subtype.starts_with("FUSE_")
+    event.is_fuse_request() && event.context.fuse.len() == 1
 }
 
 impl Correlator {

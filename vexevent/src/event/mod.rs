@@ -61,6 +61,13 @@ pub struct SemanticEvent {
 }
 
 impl SemanticEvent {
+    /// Whether this is a FUSE request on its own (subtype `FUSE_<OPCODE>`), rather than an
+    /// operation seen at a syscall (subtype: the syscall's name).
+    #[must_use]
+    pub fn is_fuse_request(&self) -> bool {
+        self.event_subtype.starts_with("FUSE_")
+    }
+
     /// An event for unit tests: `event_type` on `path` by process `pid`/`comm`, succeeded or
     /// failed with ENOENT, default flags and priority; tests change what they need.
     #[cfg(test)]

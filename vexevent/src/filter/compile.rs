@@ -90,7 +90,7 @@ fn category(code: u16) -> &'static str {
 fn source(event: &SemanticEvent) -> &'static str {
     if event.context.gap.is_some() {
         "gap"
-    } else if event.event_subtype.starts_with("FUSE_") {
+    } else if event.is_fuse_request() {
         "fuse"
     } else {
         "syscall"

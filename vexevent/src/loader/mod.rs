@@ -17,7 +17,7 @@ use vexevent_common::{
     ProbeConfig, SYSCALLS, map_names,
 };
 
-pub use fuse_mounts::{FuseMount, parse_fuse_mounts, vexfs_mount_points};
+pub use fuse_mounts::{FuseMount, vexfs_mount_points};
 pub use hooks::{HookReport, SyscallHooks};
 pub use tracefs::TRACEFS;
 

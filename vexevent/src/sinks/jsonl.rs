@@ -26,6 +26,21 @@ pub enum SinkError {
     },
 }
 
+/// Serializes events once, for every sink. An event that cannot be serialized (none can today)
+/// becomes a line saying so, counted in `sink_errors`, so it is never lost silently.
+pub fn to_json_lines(events: &[SemanticEvent], counters: &Counters) -> Vec<String> {
+    events
+        .iter()
+        .map(|event| {
+            serde_json::to_string(event).unwrap_or_else(|error| {
+                add(&counters.sink_errors, 1);
+                serde_json::json!({ "event_id": event.event_id, "serialization_error": error.to_string() })
+                    .to_string()
+            })
+        })
+        .collect()
+}
+
 /// When a file output starts a new file.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Rotation {
@@ -116,19 +131,19 @@ impl JsonLinesSink {
         Ok(())
     }
 
-    /// Writes a batch and flushes it; true when it was written. Events that cannot be written
-    /// are counted in `sink_errors`; the first failure is logged.
-    pub fn write_batch(&mut self, events: &[SemanticEvent], counters: &Counters) -> bool {
+    /// Writes a batch of serialized events (see [`to_json_lines`]) and flushes it; true when it
+    /// was written. Events that cannot be written are counted in `sink_errors`; the first failure
+    /// is logged.
+    pub fn write_batch(&mut self, lines: &[String], counters: &Counters) -> bool {
         let mut bytes = 0u64;
-        let result = events.iter().try_for_each(|event| {
-            let line = serde_json::to_vec(event).map_err(io::Error::from)?;
+        let result = lines.iter().try_for_each(|line| {
             bytes += line.len() as u64 + 1;
-            self.writer.write_all(&line)?;
+            self.writer.write_all(line.as_bytes())?;
             self.writer.write_all(b"\n")
         });
         match result.and_then(|()| self.writer.flush()) {
             Ok(()) => {
-                add(&counters.events_delivered, events.len() as u64);
+                add(&counters.events_delivered, lines.len() as u64);
                 self.failing = false;
                 if let Some(file) = &mut self.file {
                     file.written += bytes;
@@ -143,7 +158,7 @@ impl JsonLinesSink {
                     tracing::error!(%error, "the output sink failed; events are counted as sink_errors");
                 }
                 self.failing = true;
-                add(&counters.sink_errors, events.len() as u64);
+                add(&counters.sink_errors, lines.len() as u64);
                 false
             }
         }
@@ -180,7 +195,7 @@ mod tests {
         let counters = Counters::default();
         let out = Shared::default();
         let mut sink = JsonLinesSink::new(Box::new(out.clone()));
-        sink.write_batch(&[event(0), event(1)], &counters);
+        sink.write_batch(&to_json_lines(&[event(0), event(1)], &counters), &counters);
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         let ids: Vec<u64> = text
             .lines()
@@ -200,7 +215,7 @@ mod tests {
         let counters = Counters::default();
         let mut sink = JsonLinesSink::open(Some(&path), rotation).unwrap();
         for id in 0..4 {
-            sink.write_batch(&[event(id), event(id + 100)], &counters);
+            sink.write_batch(&to_json_lines(&[event(id), event(id + 100)], &counters), &counters);
         }
         let ids = |p: &Path| -> Vec<u64> {
             std::fs::read_to_string(p)
@@ -231,7 +246,7 @@ mod tests {
         }
         let counters = Counters::default();
         let mut sink = JsonLinesSink::new(Box::new(Broken));
-        sink.write_batch(&[event(0), event(1), event(2)], &counters);
+        sink.write_batch(&to_json_lines(&[event(0), event(1), event(2)], &counters), &counters);
         assert_eq!(counters.sink_errors.load(Ordering::Relaxed), 3);
         assert_eq!(counters.events_delivered.load(Ordering::Relaxed), 0);
     }

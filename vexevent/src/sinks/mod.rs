@@ -3,5 +3,5 @@
 mod jsonl;
 mod websocket;
 
-pub use jsonl::{JsonLinesSink, Rotation, SinkError};
+pub use jsonl::{JsonLinesSink, Rotation, SinkError, to_json_lines};
 pub use websocket::{Broadcaster, STREAM_PATH, StreamError, StreamServer, require_token_for_remote};

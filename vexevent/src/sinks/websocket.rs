@@ -90,16 +90,12 @@ pub struct Broadcaster {
 }
 
 impl Broadcaster {
-    /// Offers events (in output order) to every subscriber; never blocks.
-    pub fn publish(&self, events: &[SemanticEvent], counters: &Counters) {
+    /// Offers events (in output order, with their JSON from `to_json_lines`) to every
+    /// subscriber; never blocks.
+    pub fn publish(&self, events: &[SemanticEvent], lines: &[String], counters: &Counters) {
         let mut subscribers = self.subscribers.lock().unwrap_or_else(PoisonError::into_inner);
-        if subscribers.is_empty() {
-            return;
-        }
-        let serialized: Vec<String> =
-            events.iter().map(|e| serde_json::to_string(e).unwrap_or_default()).collect();
         subscribers.retain_mut(|subscriber| {
-            for (event, json) in events.iter().zip(&serialized) {
+            for (event, json) in events.iter().zip(lines) {
                 if subscriber.filter.check(event).is_none() {
                     continue;
                 }
@@ -133,12 +129,6 @@ impl Broadcaster {
 
     fn subscribe(&self, subscriber: Subscriber) {
         self.subscribers.lock().unwrap_or_else(PoisonError::into_inner).push(subscriber);
-    }
-
-    /// Current subscribers.
-    #[must_use]
-    pub fn subscriber_count(&self) -> usize {
-        self.subscribers.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 }
 
