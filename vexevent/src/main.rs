@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use vexevent::{
     app,
-    config::{Config, DEFAULT_STATS_FILE},
+    config::{Config, ConfigError, DEFAULT_STATS_FILE},
     loader::SyscallHooks,
 };
 
@@ -21,7 +21,9 @@ Examples:
   vexevent run --config /etc/vexevent.toml --stats-interval 5
 
 Stop with Ctrl-C (SIGINT) or SIGTERM: vexevent drains every captured event, prints final stats
-to stderr and exits 0. SIGUSR1 prints the current stats.";
+to stderr and exits 0. SIGUSR1 prints the current stats. SIGHUP (or POST
+/api/v1/control/reload with --control-addr) reloads [filter], [[routes]] and [routing] from the
+config file between two batches: no event is lost or delivered twice.";
 
 /// Capture file-system events with eBPF and emit them as `VexFS` semantic events (JSON Lines).
 #[derive(Parser, Debug)]
@@ -145,30 +147,37 @@ struct RunArgs {
     /// Token stream subscribers must present (required for a non-loopback --stream-addr).
     #[arg(long, env = "VEXEVENT_STREAM_TOKEN", value_name = "TOKEN")]
     stream_token: Option<String>,
+    /// Serve the control API (reload, stats) on this address, e.g. 127.0.0.1:7879.
+    #[arg(long, value_name = "ADDR")]
+    control_addr: Option<std::net::SocketAddr>,
+    /// Token control API requests must present (required for a non-loopback --control-addr).
+    #[arg(long, env = "VEXEVENT_CONTROL_TOKEN", value_name = "TOKEN")]
+    control_token: Option<String>,
     /// File to keep current stats in, for `vexevent stats`.
     #[arg(long, value_name = "FILE")]
     stats_file: Option<PathBuf>,
 }
 
 impl RunArgs {
-    fn into_config(self) -> anyhow::Result<Config> {
+    /// The configuration file (read again on every reload) with the options applied over it.
+    fn config(&self) -> Result<Config, ConfigError> {
         let mut config = match &self.config {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
         };
         let capture = &mut config.capture;
         if !self.watch.is_empty() {
-            capture.watch = self.watch;
+            capture.watch.clone_from(&self.watch);
         }
         if !self.ops.is_empty() {
-            capture.ops = self.ops;
+            capture.ops.clone_from(&self.ops);
         }
         if !self.pids.is_empty() {
-            capture.pids = self.pids;
+            capture.pids.clone_from(&self.pids);
         }
-        config.filter.expressions.extend(self.filter);
+        config.filter.expressions.extend(self.filter.iter().cloned());
         capture.uid = self.uid.or(capture.uid);
-        capture.comm = self.comm.or(capture.comm.take());
+        capture.comm = self.comm.clone().or(capture.comm.take());
         capture.ring_bytes = self.ring_bytes.unwrap_or(capture.ring_bytes);
         capture.syscall_hooks = self.syscall_hooks.unwrap_or(capture.syscall_hooks);
         capture.shards = self.shards.unwrap_or(capture.shards);
@@ -176,15 +185,17 @@ impl RunArgs {
         capture.reorder_window_us = self.reorder_window_us.unwrap_or(capture.reorder_window_us);
         config.fuse.include_metadata |= self.fuse_metadata;
         config.fuse.raw_boundaries |= self.fuse_raw;
-        config.fuse.daemon_binary = self.fuse_daemon_binary.or(config.fuse.daemon_binary);
+        config.fuse.daemon_binary = self.fuse_daemon_binary.clone().or(config.fuse.daemon_binary);
         if !self.fuse_daemon_functions.is_empty() {
-            config.fuse.daemon_functions = self.fuse_daemon_functions;
+            config.fuse.daemon_functions.clone_from(&self.fuse_daemon_functions);
         }
-        config.output.path = self.output.or(config.output.path);
+        config.output.path = self.output.clone().or(config.output.path);
         config.stream.addr = self.stream_addr.or(config.stream.addr);
-        config.stream.token = self.stream_token.or(config.stream.token.take());
+        config.stream.token = self.stream_token.clone().or(config.stream.token.take());
+        config.control.addr = self.control_addr.or(config.control.addr);
+        config.control.token = self.control_token.clone().or(config.control.token.take());
         config.stats.interval_secs = self.stats_interval.unwrap_or(config.stats.interval_secs);
-        config.stats.file = self.stats_file.unwrap_or(config.stats.file);
+        config.stats.file = self.stats_file.clone().unwrap_or(config.stats.file);
         Ok(config)
     }
 }
@@ -208,9 +219,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
-            let args = *args;
-            let settings = args.into_config()?.validate()?;
-            let last = app::run(&settings)?;
+            let config = args.config()?;
+            let settings = config.validate()?;
+            let last = app::run(&settings, config, Box::new(move || args.config()))?;
             eprint!("{last}");
             Ok(())
         }

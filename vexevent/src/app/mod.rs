@@ -1,8 +1,13 @@
-//! Wiring of `vexevent run`: probes -> capture thread -> translate + sink thread, with signals,
+//! Wiring of `vexevent run`: probes -> capture thread -> pipeline thread (translate, correlate,
+//! filter, route) -> sink workers and the live stream; signals, the control API, reloads,
 //! periodic stats and an orderly drain on shutdown.
 
+mod control;
+mod reload;
 mod stats_file;
 
+pub use control::{RELOAD_PATH, STATS_PATH};
+pub use reload::{ConfigSource, ReloadError, Reloaded, Routing};
 pub use stats_file::{read_stats_file, write_stats_file};
 
 use std::{
@@ -14,23 +19,26 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     capture::{Batch, DrainSettings, RingDrainer},
-    config::Settings,
+    config::{Config, Settings},
     correlate::Correlator,
-    event::SemanticEvent,
-    filter::FilterChain,
+    event::{Priority, SemanticEvent},
     loader::{ProbeSettings, Probes, vexfs_mount_points},
-    sinks::{Broadcaster, JsonLinesSink, STREAM_PATH, StreamServer, to_json_lines},
+    sinks::{Broadcaster, Queued, STREAM_PATH, Sinks, StreamServer, to_json_lines},
     telemetry::{Counters, StatsSnapshot, add, monotonic_ns},
     translate::{TranslateOptions, Translator, VexfsRoots},
 };
+use control::ControlRequest;
 
 /// How often the stats file is refreshed.
 const STATS_FILE_PERIOD: Duration = Duration::from_secs(1);
+/// How long, once vexevent stops, a sink that is down keeps retrying before its events are
+/// counted as dropped.
+const SINK_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Why `vexevent run` stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -51,16 +59,18 @@ pub enum AppError {
     },
 }
 
-/// Runs capture until SIGINT or SIGTERM, then drains and returns the final stats.
+/// Runs capture until SIGINT or SIGTERM, then drains and returns the final stats. `config` is
+/// the configuration `settings` came from; `source` reads it again on reload.
 ///
 /// # Errors
-/// When the probes cannot be loaded or the output cannot be opened.
-pub fn run(settings: &Settings) -> Result<StatsSnapshot, AppError> {
-    let sink = JsonLinesSink::open(settings.output.as_deref(), settings.rotation)?;
+/// When the probes cannot be loaded or an output cannot be opened.
+pub fn run(settings: &Settings, config: Config, source: ConfigSource) -> Result<StatsSnapshot, AppError> {
+    let counters = Arc::new(Counters::default());
+    let sinks = Sinks::start(&settings.outputs.sinks, &counters)?;
+    let give_up = sinks.give_up_handle();
     let mut probes = Probes::load(&probe_settings(settings))?;
     report_hooks(&probes);
 
-    let counters = Arc::new(Counters::default());
     let stop_capture = Arc::new(AtomicBool::new(false));
     let (batches_tx, batches_rx) = crossbeam_channel::bounded::<Batch>(settings.channel_batches);
     let drain_settings = DrainSettings {
@@ -83,7 +93,11 @@ pub fn run(settings: &Settings) -> Result<StatsSnapshot, AppError> {
     };
     let translator = translator(settings, &probes);
     let correlator = Correlator::new(settings.correlate);
-    let filter = settings.filter.build().map_err(|e| AppError::Filter(Box::new(e)))?;
+    let routing = Routing {
+        filter: settings.filter.build().map_err(|e| AppError::Filter(Box::new(e)))?,
+        router: settings.router().map_err(|e| AppError::Filter(Box::new(e)))?,
+    };
+    let (reloads_tx, reloads_rx) = crossbeam_channel::bounded::<Routing>(1);
     let stream = match settings.stream.addr {
         Some(addr) => Some(StreamServer::start(addr, settings.stream.token.clone())?),
         None => None,
@@ -94,19 +108,11 @@ pub fn run(settings: &Settings) -> Result<StatsSnapshot, AppError> {
         thread::Builder::new()
             .name("vexevent-pipeline".into())
             .spawn(move || {
-                translate_and_write(
-                    &batches_rx,
-                    translator,
-                    correlator,
-                    &filter,
-                    sink,
-                    broadcaster.as_deref(),
-                    &counters,
-                );
+                let stages = Stages { translator, correlator, routing, sinks };
+                run_pipeline(&batches_rx, &reloads_rx, stages, broadcaster.as_deref(), &counters)
             })
             .map_err(|source| AppError::Start { what: "pipeline thread", source })?
     };
-    report_ready(settings, stream.as_ref());
 
     let started = Instant::now();
     let snapshot = |probes: &Probes| {
@@ -116,15 +122,31 @@ pub fn run(settings: &Settings) -> Result<StatsSnapshot, AppError> {
         .enable_all()
         .build()
         .map_err(|source| AppError::Start { what: "signal runtime", source })?;
-    runtime.block_on(async { wait_for_shutdown(settings, || snapshot(&probes)).await })?;
+    let control = match settings.control.addr {
+        Some(addr) => {
+            let (bound, requests) = runtime
+                .block_on(control::start(addr, settings.control.token.clone()))
+                .map_err(|source| AppError::Start { what: "control API", source })?;
+            eprintln!("vexevent: control API at http://{bound}{RELOAD_PATH} and {STATS_PATH}");
+            Some(requests)
+        }
+        None => None,
+    };
+    report_ready(settings, stream.as_ref());
+    let reloader = Reloader { running: config, source, pipeline: reloads_tx };
+    runtime.block_on(wait_for_shutdown(settings, control, &reloader, || snapshot(&probes)))?;
 
-    // Orderly shutdown: no new records, then drain what the ring holds, then flush the sink.
+    // Orderly shutdown: no new records, then drain what the ring holds, then flush the sinks
+    // (a sink that is down gets a grace period, then its events are counted as dropped).
     probes.detach();
     stop_capture.store(true, Ordering::Release);
+    let _ = give_up.set(Instant::now() + SINK_SHUTDOWN_GRACE);
     if capture.join().is_err() {
         tracing::error!("the capture thread panicked");
     }
-    if pipeline.join().is_err() {
+    if let Ok(sinks) = pipeline.join() {
+        sinks.finish();
+    } else {
         tracing::error!("the pipeline thread panicked");
     }
     let mut last = snapshot(&probes);
@@ -176,10 +198,37 @@ fn report_ready(settings: &Settings, stream: Option<&StreamServer>) {
     eprintln!("vexevent: ready: watching {watching} (pid {})", std::process::id());
 }
 
-/// Waits for SIGINT/SIGTERM; prints stats on SIGUSR1 and every stats interval; keeps the stats
-/// file current.
+/// Applies reloads: reads the configuration again and hands the new routing to the pipeline.
+struct Reloader {
+    running: Config,
+    source: ConfigSource,
+    pipeline: Sender<Routing>,
+}
+
+impl Reloader {
+    fn reload(&self) -> Result<Reloaded, ReloadError> {
+        let (routing, reloaded) = reload::prepare(&self.running, &self.source)?;
+        self.pipeline.send(routing).map_err(|_| ReloadError::Stopped)?;
+        Ok(reloaded)
+    }
+
+    /// Reloads and says how it went on stderr; the outcome as text for the control API.
+    fn reload_and_report(&self) -> Result<String, String> {
+        let outcome = self.reload().map(|r| r.to_string()).map_err(|e| e.to_string());
+        match &outcome {
+            Ok(report) => eprintln!("vexevent: {report}"),
+            Err(error) => eprintln!("vexevent: {error}"),
+        }
+        outcome
+    }
+}
+
+/// Waits for SIGINT/SIGTERM; reloads on SIGHUP; prints stats on SIGUSR1 and every stats
+/// interval; keeps the stats file current; answers the control API.
 async fn wait_for_shutdown(
     settings: &Settings,
+    mut control: Option<tokio::sync::mpsc::Receiver<ControlRequest>>,
+    reloader: &Reloader,
     snapshot: impl Fn() -> StatsSnapshot,
 ) -> Result<(), AppError> {
     let start =
@@ -187,14 +236,32 @@ async fn wait_for_shutdown(
     let mut interrupt = start(SignalKind::interrupt())?;
     let mut terminate = start(SignalKind::terminate())?;
     let mut user1 = start(SignalKind::user_defined1())?;
+    let mut hangup = start(SignalKind::hangup())?;
     let mut file_tick = tokio::time::interval(STATS_FILE_PERIOD);
     let mut report_tick = tokio::time::interval(settings.stats_interval.unwrap_or(Duration::MAX / 4));
     report_tick.tick().await;
     loop {
+        let control_request = async {
+            match control.as_mut() {
+                Some(requests) => requests.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = interrupt.recv() => return Ok(()),
             _ = terminate.recv() => return Ok(()),
             _ = user1.recv() => eprint!("{}", snapshot()),
+            _ = hangup.recv() => {
+                let _ = reloader.reload_and_report();
+            }
+            Some(request) = control_request => match request {
+                ControlRequest::Reload(answer) => {
+                    let _ = answer.send(reloader.reload_and_report());
+                }
+                ControlRequest::Stats(answer) => {
+                    let _ = answer.send(snapshot());
+                }
+            },
             _ = report_tick.tick(), if settings.stats_interval.is_some() => eprint!("{}", snapshot()),
             _ = file_tick.tick() => {
                 if let Err(error) = write_stats_file(&settings.stats_file, &snapshot()) {
@@ -222,21 +289,25 @@ fn report_hooks(probes: &Probes) {
     }
 }
 
-/// The pipeline thread: translate each batch, join the boundaries of each operation, number the
-/// events in output order and hand them to the sink, until capture ends.
-fn translate_and_write(
-    batches: &Receiver<Batch>,
-    mut translator: Translator,
-    mut correlator: Correlator,
-    filter: &FilterChain,
-    mut sink: JsonLinesSink,
-    stream: Option<&Broadcaster>,
-    counters: &Counters,
-) {
-    let mut translated = Vec::new();
-    let mut ready = Vec::new();
-    let mut next_sequence = 0u64;
-    let mut output = |ready: &mut Vec<SemanticEvent>, sink: &mut JsonLinesSink| {
+/// What the pipeline thread owns.
+struct Stages {
+    translator: Translator,
+    correlator: Correlator,
+    routing: Routing,
+    sinks: Sinks,
+}
+
+impl Stages {
+    /// Filters the events ready for output, numbers them in output order, serializes each once
+    /// and hands it to the outputs its routes name, and to the live stream.
+    fn output(
+        &mut self,
+        ready: &mut Vec<SemanticEvent>,
+        next_sequence: &mut u64,
+        stream: Option<&Broadcaster>,
+        counters: &Counters,
+    ) {
+        let filter = &self.routing.filter;
         if !filter.is_empty() {
             let before = ready.len();
             ready.retain(|event| filter.check(event).is_some());
@@ -246,44 +317,75 @@ fn translate_and_write(
             return;
         }
         for event in ready.iter_mut() {
-            event.global_sequence = next_sequence;
-            next_sequence += 1;
+            event.global_sequence = *next_sequence;
+            *next_sequence += 1;
         }
         let lines = to_json_lines(ready, counters);
-        if sink.write_batch(&lines, counters) {
-            let delivered = monotonic_ns();
-            counters.record_latencies(
-                ready.iter().map(|event| delivered.saturating_sub(event.timestamp.monotonic_ns) / 1_000),
-            );
+        let sinks = &self.sinks;
+        let up = |index: usize| sinks.is_up(index);
+        let mut targets = Vec::new();
+        for (event, line) in ready.iter().zip(&lines) {
+            self.routing.router.route(event, &up, &mut targets);
+            let Some((&last, rest)) = targets.split_last() else { continue };
+            let queued = Queued {
+                line: Arc::from(line.as_str()),
+                urgent: event.priority <= Priority::High,
+                monotonic_ns: event.timestamp.monotonic_ns,
+            };
+            for &target in rest {
+                sinks.offer(target, queued.clone(), counters);
+            }
+            sinks.offer(last, queued, counters);
         }
+        add(&counters.events_unrouted, self.routing.router.take_unrouted());
+        counters.outputs.add_route_matches(self.routing.router.take_matched());
         if let Some(stream) = stream {
             stream.publish(ready, &lines, counters);
         }
         ready.clear();
-    };
+    }
+}
+
+/// The pipeline thread: translate each batch, join the boundaries of each operation, then
+/// filter, route and hand the events to the outputs, until capture ends; switches to reloaded
+/// filters and routes between batches. Returns the outputs, to be flushed.
+fn run_pipeline(
+    batches: &Receiver<Batch>,
+    reloads: &Receiver<Routing>,
+    mut stages: Stages,
+    stream: Option<&Broadcaster>,
+    counters: &Counters,
+) -> Sinks {
+    let mut translated = Vec::new();
+    let mut ready = Vec::new();
+    let mut next_sequence = 0u64;
     loop {
+        if let Ok(routing) = reloads.try_recv() {
+            stages.routing = routing;
+        }
         // Wake up at least every join window, so that pending FUSE requests are released.
         match batches.recv_timeout(correlator_tick()) {
             Ok(batch) => {
                 translated.clear();
                 for captured in &batch {
-                    translator.translate_captured(captured, &mut translated, counters);
+                    stages.translator.translate_captured(captured, &mut translated, counters);
                 }
                 for event in translated.drain(..) {
-                    correlator.push(event, counters);
+                    stages.correlator.push(event, counters);
                 }
             }
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         }
-        correlator.drain(monotonic_ns(), &mut ready, counters);
-        output(&mut ready, &mut sink);
+        stages.correlator.drain(monotonic_ns(), &mut ready, counters);
+        stages.output(&mut ready, &mut next_sequence, stream, counters);
         if let Some(stream) = stream {
             stream.flush_gap_notices();
         }
     }
-    correlator.flush(&mut ready, counters);
-    output(&mut ready, &mut sink);
+    stages.correlator.flush(&mut ready, counters);
+    stages.output(&mut ready, &mut next_sequence, stream, counters);
+    stages.sinks
 }
 
 /// How often the pipeline checks for FUSE requests whose join window has passed.

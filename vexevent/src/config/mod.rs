@@ -2,6 +2,10 @@
 //! Every field is documented in README.md ("Configuration"); `Config::validate` turns it into
 //! the settings the stages use, or says exactly what is wrong.
 
+mod outputs;
+
+pub use outputs::{DEFAULT_SINK, Outputs, RouteConfig, RoutingSection, SinkConfig, SinkType};
+
 use std::{
     collections::{BTreeMap, HashSet},
     os::unix::ffi::OsStrExt,
@@ -16,7 +20,8 @@ use crate::{
     event::WatchScope,
     filter::{ChainMode, Filter, FilterChain, FilterError, KernelPart, parse_macros, pushdown},
     loader::SyscallHooks,
-    sinks::{Rotation, StreamError, require_token_for_remote},
+    route::Router,
+    sinks::{StreamError, require_token_for_remote},
 };
 
 /// Operation types a user can select (the rest only keep path state right).
@@ -51,8 +56,24 @@ pub struct Config {
     pub fuse: FuseSection,
     pub vexfs: VexfsSection,
     pub output: OutputConfig,
+    /// Named outputs (`[sinks.NAME]`); none: `[output]` is the one sink.
+    pub sinks: BTreeMap<String, SinkConfig>,
+    pub routes: Vec<RouteConfig>,
+    pub routing: RoutingSection,
     pub stream: StreamSection,
+    pub control: ControlSection,
     pub stats: StatsConfig,
+}
+
+/// `[control]`: the control API (reload, stats) over HTTP.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlSection {
+    /// Address to serve `/api/v1/control/*` on (e.g. "127.0.0.1:7879"); absent: no control API
+    /// (SIGHUP still reloads). A non-loopback address needs `token`.
+    pub addr: Option<std::net::SocketAddr>,
+    /// Token every request must present (`Authorization: Bearer <token>`).
+    pub token: Option<String>,
 }
 
 /// `[filter]`: which events reach the output (see README, "Filters").
@@ -272,6 +293,16 @@ pub enum ConfigError {
     Filter(#[from] FilterError),
     #[error(transparent)]
     Stream(#[from] StreamError),
+    #[error("sinks.{name}: {message}")]
+    Sink { name: String, message: String },
+    #[error("{what}: {message}")]
+    Route { what: String, message: String },
+    #[error("{what}: {sink:?} is not a configured sink; sinks: {known}")]
+    UnknownSink { what: String, sink: String, known: String },
+    #[error(
+        "output.path (or --output) is set while [sinks] are configured; add the file as a sink: [sinks.NAME] type = \"file\", path = ..."
+    )]
+    OutputWithSinks,
 }
 
 /// Validated settings.
@@ -296,11 +327,24 @@ pub struct Settings {
     pub daemon_functions: Vec<String>,
     /// Configured `VexFS` directories (canonical); detected `VexFS` mounts are added at start.
     pub vexfs_paths: Vec<Vec<u8>>,
-    pub output: Option<PathBuf>,
-    pub rotation: Rotation,
+    /// Sinks, routes, unmatched outputs.
+    pub outputs: Outputs,
     pub stream: StreamSection,
+    pub control: ControlSection,
     pub stats_interval: Option<std::time::Duration>,
     pub stats_file: PathBuf,
+}
+
+impl Settings {
+    /// The routes, compiled (with the filter macros).
+    ///
+    /// # Errors
+    /// A route expression or macro that does not compile (validated configurations compile).
+    pub fn router(&self) -> Result<Router, FilterError> {
+        let macros = parse_macros(&self.filter.macros)?;
+        let outputs = &self.outputs;
+        Router::new(&outputs.routes, outputs.unmatched.clone(), outputs.sinks.len(), &macros)
+    }
 }
 
 impl Config {
@@ -350,7 +394,29 @@ impl Config {
                 require_token_for_remote(addr, self.stream.token.as_deref()).err().map(ConfigError::Stream),
             );
         }
+        if let Some(addr) = self.control.addr {
+            problems.extend(
+                require_token_for_remote(addr, self.control.token.as_deref()).err().map(ConfigError::Stream),
+            );
+        }
+        if let Err(errors) = self.outputs() {
+            problems.extend(errors);
+        }
+        let macros = parse_macros(&self.filter.macros).unwrap_or_default();
+        for route in &self.routes {
+            if let Err(error) = Filter::new(&format!("routes.{}", route.name), &route.match_expr, &macros) {
+                problems.push(ConfigError::Filter(error));
+            }
+        }
         problems
+    }
+
+    /// Sinks, routes and unmatched outputs, resolved.
+    ///
+    /// # Errors
+    /// Every problem of `[output]`, `[sinks]`, `[[routes]]` and `[routing]`.
+    pub fn outputs(&self) -> Result<Outputs, Vec<ConfigError>> {
+        outputs::outputs(&self.output, &self.sinks, &self.routes, &self.routing)
     }
 
     /// Checks every field and resolves the watch paths.
@@ -423,14 +489,9 @@ impl Config {
                 include_metadata: self.fuse.include_metadata,
                 raw_boundaries: self.fuse.raw_boundaries,
             },
-            output: self.output.path.clone().filter(|p| p.as_os_str() != "-"),
-            rotation: Rotation {
-                max_bytes: (self.output.rotate_bytes > 0).then_some(self.output.rotate_bytes),
-                max_age: (self.output.rotate_secs > 0)
-                    .then(|| std::time::Duration::from_secs(self.output.rotate_secs)),
-                keep: self.output.keep,
-            },
+            outputs: self.outputs().map_err(|mut errors| errors.remove(0))?,
             stream: self.stream.clone(),
+            control: self.control.clone(),
             stats_interval: (self.stats.interval_secs > 0)
                 .then(|| std::time::Duration::from_secs(self.stats.interval_secs)),
             stats_file: self.stats.file.clone(),

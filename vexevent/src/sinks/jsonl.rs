@@ -10,21 +10,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::{DeliveryError, SinkError, queue::Queued, worker::Deliver};
 use crate::{
     event::SemanticEvent,
     telemetry::{Counters, add},
 };
-
-/// Why the sink could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    #[error("cannot open output file {path}: {source}; check the directory exists and is writable")]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-}
 
 /// Serializes events once, for every sink. An event that cannot be serialized (none can today)
 /// becomes a line saying so, counted in `sink_errors`, so it is never lost silently.
@@ -79,7 +69,6 @@ fn numbered(path: &Path, n: usize) -> PathBuf {
 pub struct JsonLinesSink {
     writer: BufWriter<Box<dyn Write + Send>>,
     file: Option<RotatingFile>,
-    failing: bool,
 }
 
 impl JsonLinesSink {
@@ -99,7 +88,7 @@ impl JsonLinesSink {
     /// Writes to any writer (tests, benchmarks).
     #[must_use]
     pub fn new(out: Box<dyn Write + Send>) -> Self {
-        Self { writer: BufWriter::with_capacity(1 << 16, out), file: None, failing: false }
+        Self { writer: BufWriter::with_capacity(1 << 16, out), file: None }
     }
 
     /// Starts a new file when the current one is due, shifting the older ones.
@@ -130,52 +119,48 @@ impl JsonLinesSink {
         file.opened = Instant::now();
         Ok(())
     }
+}
 
-    /// Writes a batch of serialized events (see [`to_json_lines`]) and flushes it; true when it
-    /// was written. Events that cannot be written are counted in `sink_errors`; the first failure
-    /// is logged.
-    pub fn write_batch(&mut self, lines: &[String], counters: &Counters) -> bool {
+impl Deliver for JsonLinesSink {
+    /// Writes the batch and flushes it; then rotates the file when it is due.
+    fn deliver(&mut self, batch: &[Queued]) -> Result<(), DeliveryError> {
         let mut bytes = 0u64;
-        let result = lines.iter().try_for_each(|line| {
-            bytes += line.len() as u64 + 1;
-            self.writer.write_all(line.as_bytes())?;
+        batch.iter().try_for_each(|queued| {
+            bytes += queued.line.len() as u64 + 1;
+            self.writer.write_all(queued.line.as_bytes())?;
             self.writer.write_all(b"\n")
-        });
-        match result.and_then(|()| self.writer.flush()) {
-            Ok(()) => {
-                add(&counters.events_delivered, lines.len() as u64);
-                self.failing = false;
-                if let Some(file) = &mut self.file {
-                    file.written += bytes;
-                }
-                if let Err(error) = self.rotate_if_due() {
-                    tracing::warn!(%error, "cannot rotate the output file; writing on to the current one");
-                }
-                true
-            }
-            Err(error) => {
-                if !self.failing {
-                    tracing::error!(%error, "the output sink failed; events are counted as sink_errors");
-                }
-                self.failing = true;
-                add(&counters.sink_errors, lines.len() as u64);
-                false
-            }
+        })?;
+        self.writer.flush()?;
+        if let Some(file) = &mut self.file {
+            file.written += bytes;
         }
+        if let Err(error) = self.rotate_if_due() {
+            tracing::warn!(%error, "cannot rotate the output file; writing on to the current one");
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex, atomic::Ordering};
+    use std::sync::{Arc, Mutex};
 
     use super::*;
     use crate::event::EventType;
 
-    fn event(id: u64) -> SemanticEvent {
-        let mut event = SemanticEvent::sample(EventType::FilesystemWrite, "/w/f", 1, "t", true);
-        event.event_id = id;
-        event
+    fn batch(ids: &[u64]) -> Vec<Queued> {
+        let events: Vec<SemanticEvent> = ids
+            .iter()
+            .map(|&id| {
+                let mut event = SemanticEvent::sample(EventType::FilesystemWrite, "/w/f", 1, "t", true);
+                event.event_id = id;
+                event
+            })
+            .collect();
+        to_json_lines(&events, &Counters::default())
+            .into_iter()
+            .map(|line| Queued { line: line.into(), urgent: false, monotonic_ns: 0 })
+            .collect()
     }
 
     #[derive(Clone, Default)]
@@ -191,11 +176,10 @@ mod tests {
     }
 
     #[test]
-    fn writes_one_line_per_event_and_counts_them() {
-        let counters = Counters::default();
+    fn writes_one_line_per_event() {
         let out = Shared::default();
         let mut sink = JsonLinesSink::new(Box::new(out.clone()));
-        sink.write_batch(&to_json_lines(&[event(0), event(1)], &counters), &counters);
+        sink.deliver(&batch(&[0, 1])).unwrap();
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         let ids: Vec<u64> = text
             .lines()
@@ -204,7 +188,6 @@ mod tests {
             })
             .collect();
         assert_eq!(ids, vec![0, 1]);
-        assert_eq!(counters.events_delivered.load(Ordering::Relaxed), 2);
     }
 
     #[test]
@@ -212,10 +195,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
         let rotation = Rotation { max_bytes: Some(1), max_age: None, keep: 2 };
-        let counters = Counters::default();
         let mut sink = JsonLinesSink::open(Some(&path), rotation).unwrap();
         for id in 0..4 {
-            sink.write_batch(&to_json_lines(&[event(id), event(id + 100)], &counters), &counters);
+            sink.deliver(&batch(&[id, id + 100])).unwrap();
         }
         let ids = |p: &Path| -> Vec<u64> {
             std::fs::read_to_string(p)
@@ -230,24 +212,5 @@ mod tests {
         assert_eq!(ids(&numbered(&path, 1)), vec![3, 103]);
         assert_eq!(ids(&numbered(&path, 2)), vec![2, 102]);
         assert!(!numbered(&path, 3).exists());
-        assert_eq!(counters.events_delivered.load(Ordering::Relaxed), 8);
-    }
-
-    #[test]
-    fn a_failing_writer_counts_every_event_it_lost() {
-        struct Broken;
-        impl Write for Broken {
-            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
-                Err(io::Error::from(io::ErrorKind::BrokenPipe))
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Err(io::Error::from(io::ErrorKind::BrokenPipe))
-            }
-        }
-        let counters = Counters::default();
-        let mut sink = JsonLinesSink::new(Box::new(Broken));
-        sink.write_batch(&to_json_lines(&[event(0), event(1), event(2)], &counters), &counters);
-        assert_eq!(counters.sink_errors.load(Ordering::Relaxed), 3);
-        assert_eq!(counters.events_delivered.load(Ordering::Relaxed), 0);
     }
 }

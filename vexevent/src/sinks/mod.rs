@@ -1,7 +1,198 @@
-//! Where events end up: JSON Lines on stdout or in a file, and the live WebSocket stream.
+//! Where events end up. Named outputs (stdout, JSON Lines file, webhook, Unix/TCP socket, null),
+//! each with its own bounded two-lane queue, full-queue policy and worker thread that batches,
+//! retries and counts; and the live WebSocket stream.
 
 mod jsonl;
+mod queue;
+mod socket;
+mod webhook;
 mod websocket;
+mod worker;
 
-pub use jsonl::{JsonLinesSink, Rotation, SinkError, to_json_lines};
+use std::{
+    path::PathBuf,
+    sync::{Arc, atomic::Ordering},
+    thread::JoinHandle,
+};
+
+pub use jsonl::{JsonLinesSink, Rotation, to_json_lines};
+pub use queue::{Pushed, Queued, SinkQueue, WhenFull};
+pub use socket::{SocketAddress, SocketSink};
+pub use webhook::{Webhook, WebhookSettings};
 pub use websocket::{Broadcaster, STREAM_PATH, StreamError, StreamServer, require_token_for_remote};
+pub use worker::{Deliver, Delivery, GiveUpAt, Worker};
+
+use crate::telemetry::{Counters, SinkCounters, add};
+
+/// Why a sink could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("cannot open output file {path}: {source}; check the directory exists and is writable")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the worker thread of sink {name}: {source}")]
+    Thread {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why one delivery attempt failed (the batch is retried).
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("HTTP request failed: {0}")]
+    Http(String),
+    #[error("the receiver answered HTTP {0}")]
+    Status(u16),
+}
+
+/// What an output writes to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    Stdout,
+    File {
+        path: PathBuf,
+        rotation: Rotation,
+    },
+    Webhook(WebhookSettings),
+    Socket(SocketAddress),
+    /// Discards events (counted as delivered): benchmarks, or a route that only counts.
+    Null,
+}
+
+/// One configured output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SinkSpec {
+    pub name: String,
+    pub destination: Destination,
+    /// Events each lane of the queue holds.
+    pub queue: usize,
+    pub when_full: WhenFull,
+    pub delivery: Delivery,
+}
+
+struct Null;
+
+impl Deliver for Null {
+    fn deliver(&mut self, _: &[Queued]) -> Result<(), DeliveryError> {
+        Ok(())
+    }
+}
+
+struct Output {
+    name: String,
+    queue: Arc<SinkQueue>,
+    counters: Arc<SinkCounters>,
+    worker: JoinHandle<()>,
+}
+
+/// The running outputs, addressed by index (their order in the configuration).
+pub struct Sinks {
+    outputs: Vec<Output>,
+    give_up_at: GiveUpAt,
+}
+
+impl Sinks {
+    /// Opens every output (files now, so a bad path fails at start; network ones connect on
+    /// first delivery) and starts its worker.
+    ///
+    /// # Errors
+    /// A file that cannot be opened, or a thread that cannot start.
+    pub fn start(specs: &[SinkSpec], counters: &Arc<Counters>) -> Result<Self, SinkError> {
+        let give_up_at = GiveUpAt::default();
+        let mut outputs = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let destination: Box<dyn Deliver> = match &spec.destination {
+                Destination::Stdout => Box::new(JsonLinesSink::new(Box::new(std::io::stdout()))),
+                Destination::File { path, rotation } => Box::new(JsonLinesSink::open(Some(path), *rotation)?),
+                Destination::Webhook(settings) => Box::new(Webhook::new(settings.clone())),
+                Destination::Socket(address) => Box::new(SocketSink::new(address.clone())),
+                Destination::Null => Box::new(Null),
+            };
+            let queue = Arc::new(SinkQueue::new(spec.queue, spec.when_full));
+            let sink_counters = counters.outputs.register_sink(&spec.name);
+            let worker = Worker {
+                name: spec.name.clone(),
+                queue: Arc::clone(&queue),
+                destination,
+                delivery: spec.delivery,
+                sink: Arc::clone(&sink_counters),
+                counters: Arc::clone(counters),
+                give_up_at: Arc::clone(&give_up_at),
+            };
+            let worker = std::thread::Builder::new()
+                .name(format!("sink-{}", spec.name))
+                .spawn(move || worker.run())
+                .map_err(|source| SinkError::Thread { name: spec.name.clone(), source })?;
+            outputs.push(Output { name: spec.name.clone(), queue, counters: sink_counters, worker });
+        }
+        Ok(Self { outputs, give_up_at })
+    }
+
+    /// Index of the output called `name`.
+    #[must_use]
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.outputs.iter().position(|o| o.name == name)
+    }
+
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.outputs.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.outputs.is_empty()
+    }
+
+    /// Whether output `index` is delivering (its last attempt did not fail).
+    #[must_use]
+    pub fn is_up(&self, index: usize) -> bool {
+        self.outputs.get(index).is_some_and(|o| !o.counters.down.load(Ordering::Relaxed))
+    }
+
+    /// Queues an event for output `index`, counting what the queue's policy drops.
+    pub fn offer(&self, index: usize, item: Queued, counters: &Counters) {
+        let Some(output) = self.outputs.get(index) else { return };
+        match output.queue.push(item) {
+            Pushed::Queued => add(&output.counters.queued, 1),
+            Pushed::DroppedOldest | Pushed::DroppedNewest => {
+                add(&output.counters.dropped_full, 1);
+                add(&counters.sink_errors, 1);
+            }
+            Pushed::Abandoned => {
+                add(&output.counters.dropped_shutdown, 1);
+                add(&counters.sink_errors, 1);
+            }
+        }
+    }
+
+    /// Set once, when vexevent stops: from that instant on, outputs that are down stop
+    /// retrying and count what they hold as dropped (stopping cannot hang on a dead
+    /// destination).
+    #[must_use]
+    pub fn give_up_handle(&self) -> GiveUpAt {
+        Arc::clone(&self.give_up_at)
+    }
+
+    /// Delivers what is queued and stops the workers.
+    pub fn finish(self) {
+        for output in &self.outputs {
+            output.queue.close();
+        }
+        for output in self.outputs {
+            if output.worker.join().is_err() {
+                tracing::error!(sink = %output.name, "the sink's worker panicked");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

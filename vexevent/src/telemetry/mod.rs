@@ -1,8 +1,10 @@
 //! Userspace counters and drop accounting, and the stats snapshot that joins them with the
 //! kernel's counters for `vexevent stats`, periodic stderr reports and the stats file.
 
+mod outputs;
 mod snapshot;
 
+pub use outputs::{OutputCounters, SinkCounters, SinkSummary};
 pub use snapshot::{KernelCounters, LatencySummary, LossSummary, StatsSnapshot};
 
 use std::{
@@ -32,6 +34,8 @@ macro_rules! counters {
             decode_errors_by_reason: Mutex<BTreeMap<&'static str, u64>>,
             /// Kernel-to-sink latency of delivered events, in microseconds.
             latency_us: Mutex<Option<Histogram<u64>>>,
+            /// Routes and sinks.
+            pub outputs: OutputCounters,
         }
 
         impl Counters {
@@ -82,13 +86,16 @@ counters! {
     events_translated,
     /// Events the filter expressions left out.
     filtered_expression,
+    /// Events no route matched, with no `unmatched` output configured.
+    events_unrouted,
     /// Events a slow stream subscriber missed (each reported to it in a gap notice).
     stream_dropped,
     /// Stream subscribers disconnected for being slow (`slow=disconnect`).
     stream_disconnected,
-    /// Semantic events written by the sink.
+    /// Deliveries to sinks (an event routed to two sinks counts twice; per sink in `sinks`).
     events_delivered,
-    /// Semantic events the sink failed to write.
+    /// Events that could not be serialized, or that a sink dropped (per sink and reason in
+    /// `sinks`).
     sink_errors,
 }
 

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Counters, Gap};
+use super::{Counters, Gap, SinkSummary};
 
 /// What the kernel side reports, summed over CPUs (filled by the loader).
 #[derive(Clone, Debug, Default)]
@@ -38,6 +38,12 @@ pub struct StatsSnapshot {
     pub latency: LatencySummary,
     /// Most recent sequence gaps.
     pub recent_gaps: Vec<GapReport>,
+    /// Per sink: delivered, dropped by reason, queued, down.
+    #[serde(default)]
+    pub sinks: BTreeMap<String, SinkSummary>,
+    /// Events each route matched.
+    #[serde(default)]
+    pub routes: BTreeMap<String, u64>,
 }
 
 /// One sequence gap, as reported.
@@ -116,6 +122,8 @@ impl StatsSnapshot {
                 .into_iter()
                 .map(|Gap { cpu, first, count, reported }| GapReport { cpu, first, count, reported })
                 .collect(),
+            sinks: counters.outputs.sinks(),
+            routes: counters.outputs.routes(),
         }
     }
 }
@@ -162,6 +170,23 @@ impl fmt::Display for StatsSnapshot {
                 "  latency:   kernel to sink p50 {} us  p99 {} us  max {} us ({} events)",
                 latency.p50_us, latency.p99_us, latency.max_us, latency.events
             )?;
+        }
+        for (name, sink) in &self.sinks {
+            writeln!(
+                f,
+                "  sink {name}: delivered {}  queued {}  dropped: full {} shutdown {} failed {}  failed attempts {}{}",
+                sink.delivered,
+                sink.queued,
+                sink.dropped_full,
+                sink.dropped_shutdown,
+                sink.dropped_failed,
+                sink.failed_attempts,
+                if sink.down { "  DOWN" } else { "" }
+            )?;
+        }
+        if !self.routes.is_empty() || u("events_unrouted") > 0 {
+            let routes: Vec<String> = self.routes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            writeln!(f, "  routes matched: {}  unrouted {}", routes.join(" "), u("events_unrouted"))?;
         }
         let details: Vec<String> = self
             .kernel

@@ -1,0 +1,98 @@
+//! The control API over HTTP: `POST /api/v1/control/reload` reloads filters and routes (like
+//! SIGHUP) and answers whether it worked; `GET /api/v1/control/stats` returns the current stats
+//! snapshot as JSON. Loopback by default; with a token every request must carry
+//! `Authorization: Bearer <token>`. Requests are served by the main loop, which owns the state.
+
+use std::net::SocketAddr;
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::telemetry::StatsSnapshot;
+
+/// The control API's paths.
+pub const RELOAD_PATH: &str = "/api/v1/control/reload";
+pub const STATS_PATH: &str = "/api/v1/control/stats";
+
+/// A request for the main loop.
+pub enum ControlRequest {
+    /// Reload; the answer is the outcome as text.
+    Reload(oneshot::Sender<Result<String, String>>),
+    Stats(oneshot::Sender<StatsSnapshot>),
+}
+
+#[derive(Clone)]
+struct ControlState {
+    requests: mpsc::Sender<ControlRequest>,
+    token: Option<String>,
+}
+
+impl ControlState {
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = &self.token else { return true };
+        headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
+            == Some(token.as_str())
+    }
+
+    /// Hands a request to the main loop and waits for its answer.
+    async fn ask<T>(&self, request: impl FnOnce(oneshot::Sender<T>) -> ControlRequest) -> Option<T> {
+        let (answer, answered) = oneshot::channel();
+        self.requests.send(request(answer)).await.ok()?;
+        answered.await.ok()
+    }
+}
+
+const UNAUTHORIZED: (StatusCode, &str) =
+    (StatusCode::UNAUTHORIZED, "a valid token is required (Authorization: Bearer <token>)\n");
+const STOPPING: (StatusCode, &str) = (StatusCode::SERVICE_UNAVAILABLE, "vexevent is stopping\n");
+
+async fn reload(State(state): State<ControlState>, headers: HeaderMap) -> Response {
+    if !state.authorized(&headers) {
+        return UNAUTHORIZED.into_response();
+    }
+    match state.ask(ControlRequest::Reload).await {
+        Some(Ok(report)) => (StatusCode::OK, format!("{report}\n")).into_response(),
+        Some(Err(error)) => (StatusCode::UNPROCESSABLE_ENTITY, format!("{error}\n")).into_response(),
+        None => STOPPING.into_response(),
+    }
+}
+
+async fn stats(State(state): State<ControlState>, headers: HeaderMap) -> Response {
+    if !state.authorized(&headers) {
+        return UNAUTHORIZED.into_response();
+    }
+    match state.ask(ControlRequest::Stats).await {
+        Some(snapshot) => Json(snapshot).into_response(),
+        None => STOPPING.into_response(),
+    }
+}
+
+/// Binds `addr` and serves the API on the current tokio runtime; requests arrive on the
+/// returned receiver.
+///
+/// # Errors
+/// When the address cannot be bound.
+pub async fn start(
+    addr: SocketAddr,
+    token: Option<String>,
+) -> std::io::Result<(SocketAddr, mpsc::Receiver<ControlRequest>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let (requests, received) = mpsc::channel(8);
+    let app = Router::new()
+        .route(RELOAD_PATH, post(reload))
+        .route(STATS_PATH, get(stats))
+        .with_state(ControlState { requests, token });
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, app).await {
+            tracing::error!(%error, "the control API stopped");
+        }
+    });
+    Ok((bound, received))
+}

@@ -1,0 +1,269 @@
+//! A sink's bounded queue: two lanes (urgent for Critical/High events, bulk for the rest) so that
+//! urgent events are taken first and never wait behind, or get dropped for, bulk traffic; and a
+//! policy for a full lane (block the pipeline, drop the newest event, drop the oldest).
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError},
+    time::{Duration, Instant},
+};
+
+use serde::Deserialize;
+
+/// One serialized event waiting for a sink.
+#[derive(Clone, Debug)]
+pub struct Queued {
+    /// The event as one JSON line (shared by every sink it goes to).
+    pub line: Arc<str>,
+    /// Critical or High priority: taken before bulk events.
+    pub urgent: bool,
+    /// Kernel timestamp, for the kernel-to-sink latency.
+    pub monotonic_ns: u64,
+}
+
+/// What a sink's queue does with an event when its lane is full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WhenFull {
+    /// The pipeline waits for room (backpressure reaches the kernel rings, whose losses are
+    /// reported exactly).
+    #[default]
+    Block,
+    /// The new event is dropped (counted).
+    DropNewest,
+    /// The oldest queued event of the lane is dropped (counted) to make room.
+    DropOldest,
+}
+
+/// What happened to an offered event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// Queued, and the oldest event of its lane was dropped for it.
+    DroppedOldest,
+    /// Not queued: the lane was full.
+    DroppedNewest,
+    /// Not queued: the sink has given up (shutdown with the sink down).
+    Abandoned,
+}
+
+#[derive(Default)]
+struct Lanes {
+    urgent: VecDeque<Queued>,
+    bulk: VecDeque<Queued>,
+    /// No more events will be offered: the worker drains what is left and stops.
+    closed: bool,
+    /// The worker stopped taking events; offers are refused.
+    abandoned: bool,
+}
+
+impl Lanes {
+    fn len(&self) -> usize {
+        self.urgent.len() + self.bulk.len()
+    }
+}
+
+/// The queue between the pipeline and one sink's worker.
+pub struct SinkQueue {
+    lanes: Mutex<Lanes>,
+    readable: Condvar,
+    writable: Condvar,
+    /// Events each lane holds.
+    capacity: usize,
+    when_full: WhenFull,
+}
+
+impl SinkQueue {
+    #[must_use]
+    pub fn new(capacity: usize, when_full: WhenFull) -> Self {
+        Self {
+            lanes: Mutex::default(),
+            readable: Condvar::new(),
+            writable: Condvar::new(),
+            capacity: capacity.max(1),
+            when_full,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Lanes> {
+        self.lanes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Offers an event; with `WhenFull::Block` waits until its lane has room.
+    pub fn push(&self, item: Queued) -> Pushed {
+        let mut lanes = self.lock();
+        let full = |lanes: &Lanes, urgent: bool| {
+            let lane = if urgent { &lanes.urgent } else { &lanes.bulk };
+            lane.len() >= self.capacity
+        };
+        let mut pushed = Pushed::Queued;
+        if full(&lanes, item.urgent) {
+            match self.when_full {
+                WhenFull::Block => {
+                    while full(&lanes, item.urgent) && !lanes.abandoned {
+                        lanes = self.writable.wait(lanes).unwrap_or_else(PoisonError::into_inner);
+                    }
+                }
+                WhenFull::DropNewest => return Pushed::DroppedNewest,
+                WhenFull::DropOldest => {
+                    let lane = if item.urgent { &mut lanes.urgent } else { &mut lanes.bulk };
+                    lane.pop_front();
+                    pushed = Pushed::DroppedOldest;
+                }
+            }
+        }
+        if lanes.abandoned {
+            return Pushed::Abandoned;
+        }
+        if item.urgent {
+            lanes.urgent.push_back(item);
+        } else {
+            lanes.bulk.push_back(item);
+        }
+        drop(lanes);
+        self.readable.notify_one();
+        pushed
+    }
+
+    /// Moves up to `max` events into `out`, urgent ones first. Waits for the first event; then,
+    /// while fewer than `max` are there, up to `linger` for more (batching sinks). Returns false
+    /// once the queue is closed and empty.
+    pub fn take(&self, max: usize, linger: Duration, out: &mut Vec<Queued>) -> bool {
+        let mut lanes = self.lock();
+        while lanes.len() == 0 {
+            if lanes.closed {
+                return false;
+            }
+            lanes = self.readable.wait(lanes).unwrap_or_else(PoisonError::into_inner);
+        }
+        let deadline = Instant::now() + linger;
+        while lanes.len() < max && !lanes.closed {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            lanes = self.readable.wait_timeout(lanes, left).unwrap_or_else(PoisonError::into_inner).0;
+        }
+        for _ in 0..max {
+            let Some(item) = lanes.urgent.pop_front().or_else(|| lanes.bulk.pop_front()) else { break };
+            out.push(item);
+        }
+        drop(lanes);
+        self.writable.notify_all();
+        true
+    }
+
+    /// No more events will come: the worker delivers what is queued and stops.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.readable.notify_all();
+    }
+
+    /// The worker gives up (shutdown with the sink down): refuses further events and returns how
+    /// many were still queued (the caller counts them).
+    pub fn abandon(&self) -> usize {
+        let mut lanes = self.lock();
+        lanes.abandoned = true;
+        let left = lanes.len();
+        lanes.urgent.clear();
+        lanes.bulk.clear();
+        drop(lanes);
+        self.writable.notify_all();
+        left
+    }
+
+    /// Events waiting.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether nothing is waiting.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(n: u64, urgent: bool) -> Queued {
+        Queued { line: n.to_string().into(), urgent, monotonic_ns: n }
+    }
+
+    fn take_all(queue: &SinkQueue) -> Vec<String> {
+        let mut out = Vec::new();
+        queue.take(usize::MAX, Duration::ZERO, &mut out);
+        out.iter().map(|q| q.line.to_string()).collect()
+    }
+
+    #[test]
+    fn urgent_events_are_taken_before_bulk_ones() {
+        let queue = SinkQueue::new(10, WhenFull::Block);
+        for (n, urgent) in [(1, false), (2, false), (3, true), (4, false), (5, true)] {
+            queue.push(item(n, urgent));
+        }
+        assert_eq!(take_all(&queue), ["3", "5", "1", "2", "4"]);
+    }
+
+    #[test]
+    fn a_full_bulk_lane_neither_blocks_nor_drops_urgent_events() {
+        let queue = SinkQueue::new(2, WhenFull::DropNewest);
+        assert_eq!(queue.push(item(1, false)), Pushed::Queued);
+        assert_eq!(queue.push(item(2, false)), Pushed::Queued);
+        assert_eq!(queue.push(item(3, false)), Pushed::DroppedNewest);
+        assert_eq!(queue.push(item(4, true)), Pushed::Queued);
+        assert_eq!(take_all(&queue), ["4", "1", "2"]);
+    }
+
+    #[test]
+    fn drop_oldest_keeps_the_newest_events() {
+        let queue = SinkQueue::new(2, WhenFull::DropOldest);
+        for n in 1..=4 {
+            queue.push(item(n, false));
+        }
+        assert_eq!(take_all(&queue), ["3", "4"]);
+    }
+
+    #[test]
+    fn block_waits_for_the_worker_to_make_room() {
+        let queue = Arc::new(SinkQueue::new(1, WhenFull::Block));
+        queue.push(item(1, false));
+        let pusher = {
+            let queue = Arc::clone(&queue);
+            std::thread::spawn(move || queue.push(item(2, false)))
+        };
+        let mut taken = Vec::new();
+        while taken.len() < 2 {
+            queue.take(1, Duration::ZERO, &mut taken);
+        }
+        assert_eq!(pusher.join().unwrap(), Pushed::Queued);
+        assert_eq!(taken.iter().map(|q| q.line.to_string()).collect::<Vec<_>>(), ["1", "2"]);
+    }
+
+    #[test]
+    fn abandoning_releases_a_blocked_pipeline_and_counts_what_was_queued() {
+        let queue = Arc::new(SinkQueue::new(1, WhenFull::Block));
+        queue.push(item(1, false));
+        let pusher = {
+            let queue = Arc::clone(&queue);
+            std::thread::spawn(move || queue.push(item(2, false)))
+        };
+        // Whether the pusher is already waiting or not, it is refused once the queue is abandoned.
+        assert_eq!(queue.abandon(), 1);
+        assert_eq!(pusher.join().unwrap(), Pushed::Abandoned);
+    }
+
+    #[test]
+    fn a_closed_queue_hands_out_what_is_left_then_ends() {
+        let queue = SinkQueue::new(4, WhenFull::Block);
+        queue.push(item(1, false));
+        queue.close();
+        let mut out = Vec::new();
+        assert!(queue.take(8, Duration::from_secs(5), &mut out));
+        assert_eq!(out.len(), 1);
+        assert!(!queue.take(8, Duration::from_secs(5), &mut out));
+    }
+}

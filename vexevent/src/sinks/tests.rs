@@ -1,0 +1,163 @@
+//! Sinks against real receivers: an HTTP server that fails and recovers, a Unix socket listener,
+//! and a destination that never comes up.
+
+use std::{
+    io::{BufRead, BufReader},
+    os::unix::net::UnixListener,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{extract::State, http::HeaderMap, http::StatusCode, routing::post};
+
+use super::*;
+
+fn delivery(batch_events: usize) -> Delivery {
+    Delivery {
+        batch_events,
+        linger: Duration::from_millis(5),
+        retry_initial: Duration::from_millis(5),
+        retry_max: Duration::from_millis(20),
+        max_retries: 0,
+    }
+}
+
+fn spec(name: &str, destination: Destination, queue: usize, when_full: WhenFull) -> SinkSpec {
+    SinkSpec { name: name.into(), destination, queue, when_full, delivery: delivery(10) }
+}
+
+fn item(n: u64) -> Queued {
+    Queued { line: format!(r#"{{"n":{n}}}"#).into(), urgent: false, monotonic_ns: 0 }
+}
+
+/// What the test receiver saw: every request's batch header and events, and how many requests
+/// it still refuses.
+#[derive(Default)]
+struct Received {
+    refuse: usize,
+    batches: Vec<(String, Vec<u64>)>,
+}
+
+async fn receive(
+    State(received): State<Arc<Mutex<Received>>>,
+    headers: HeaderMap,
+    body: String,
+) -> StatusCode {
+    let mut received = received.lock().unwrap();
+    let events: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    let batch = headers["x-vexevent-batch"].to_str().unwrap().to_owned();
+    if received.refuse > 0 {
+        received.refuse -= 1;
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    received.batches.push((batch, events.iter().map(|e| e["n"].as_u64().unwrap()).collect()));
+    StatusCode::OK
+}
+
+/// Serves the receiver on a loopback port, in its own runtime thread.
+fn webhook_receiver(refuse: usize) -> (String, Arc<Mutex<Received>>) {
+    let received = Arc::new(Mutex::new(Received { refuse, ..Received::default() }));
+    let state = Arc::clone(&received);
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addr_tx.send(listener.local_addr().unwrap()).unwrap();
+            let app = axum::Router::new().route("/hook", post(receive)).with_state(state);
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    (format!("http://{}/hook", addr_rx.recv().unwrap()), received)
+}
+
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_webhook_that_fails_then_recovers_gets_every_batch_once_in_order() {
+    let (url, received) = webhook_receiver(3);
+    let counters = Arc::new(Counters::default());
+    let settings = WebhookSettings { url, timeout: Duration::from_secs(5), headers: Vec::new() };
+    let sinks =
+        Sinks::start(&[spec("hook", Destination::Webhook(settings), 1000, WhenFull::Block)], &counters)
+            .unwrap();
+    for n in 0..95 {
+        sinks.offer(0, item(n), &counters);
+    }
+    sinks.finish();
+    let received = received.lock().unwrap();
+    let events: Vec<u64> = received.batches.iter().flat_map(|(_, events)| events.clone()).collect();
+    assert_eq!(events, (0..95).collect::<Vec<_>>(), "every event once, in order");
+    let ids: std::collections::BTreeSet<&String> = received.batches.iter().map(|(id, _)| id).collect();
+    assert_eq!(ids.len(), received.batches.len(), "batch numbers are unique");
+    let summary = &counters.outputs.sinks()["hook"];
+    assert_eq!(summary.delivered, 95);
+    assert_eq!(summary.failed_attempts, 3);
+    assert_eq!(counters.sink_errors.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert!(!summary.down);
+}
+
+#[test]
+fn a_socket_sink_writes_json_lines_to_a_local_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tool.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let counters = Arc::new(Counters::default());
+    let address = SocketAddress::Unix(path);
+    let sinks =
+        Sinks::start(&[spec("tool", Destination::Socket(address), 100, WhenFull::Block)], &counters).unwrap();
+    for n in 0..20 {
+        sinks.offer(0, item(n), &counters);
+    }
+    let (stream, _) = listener.accept().unwrap();
+    sinks.finish();
+    let lines: Vec<String> = BufReader::new(stream).lines().map(Result::unwrap).collect();
+    let expected: Vec<String> = (0..20).map(|n| format!(r#"{{"n":{n}}}"#)).collect();
+    assert_eq!(lines, expected);
+}
+
+#[test]
+fn a_sink_that_stays_down_counts_every_event_it_could_not_deliver() {
+    let dir = tempfile::tempdir().unwrap();
+    let address = SocketAddress::Unix(dir.path().join("nobody-listens.sock"));
+    let counters = Arc::new(Counters::default());
+    let sinks =
+        Sinks::start(&[spec("down", Destination::Socket(address), 4, WhenFull::DropNewest)], &counters)
+            .unwrap();
+    for n in 0..50 {
+        sinks.offer(0, item(n), &counters);
+    }
+    wait_until("the sink to be marked down", || !sinks.is_up(0));
+    let _ = sinks.give_up_handle().set(Instant::now());
+    sinks.finish();
+    let summary = &counters.outputs.sinks()["down"];
+    assert_eq!(summary.delivered, 0);
+    assert!(summary.dropped_full > 0, "{summary:?}");
+    assert_eq!(summary.dropped_full + summary.dropped_shutdown, 50, "{summary:?}");
+    assert_eq!(counters.sink_errors.load(std::sync::atomic::Ordering::Relaxed), 50);
+    assert_eq!(summary.queued, 0);
+}
+
+#[test]
+fn max_retries_drops_a_batch_and_counts_it() {
+    let (url, received) = webhook_receiver(usize::MAX);
+    let counters = Arc::new(Counters::default());
+    let settings = WebhookSettings { url, timeout: Duration::from_secs(5), headers: Vec::new() };
+    let mut spec = spec("hook", Destination::Webhook(settings), 100, WhenFull::Block);
+    spec.delivery.max_retries = 2;
+    let sinks = Sinks::start(&[spec], &counters).unwrap();
+    for n in 0..5 {
+        sinks.offer(0, item(n), &counters);
+    }
+    sinks.finish();
+    let summary = &counters.outputs.sinks()["hook"];
+    assert_eq!(summary.dropped_failed, 5, "{summary:?}");
+    assert_eq!(summary.failed_attempts % 3, 0, "each batch: the attempt and 2 retries");
+    assert!(received.lock().unwrap().batches.is_empty());
+}
