@@ -215,8 +215,6 @@ const _: () = assert!(core::mem::size_of::<FuseConfig>() == 40);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FuseKprobeLayout {
-    /// Which argument of the send hook is the `struct fuse_req *` (0-based).
-    pub send_req_arg: u32,
     /// `fuse_req.args` (`struct fuse_args *`).
     pub req_args: u32,
     /// `fuse_req.fm` (`struct fuse_mount *`).
@@ -239,7 +237,7 @@ pub struct FuseKprobeLayout {
     pub in_arg_size: u32,
     /// `sizeof(struct fuse_in_header)`.
     pub in_header_size: u32,
-    pub padding: u32,
+    pub padding: [u32; 2],
 }
 
 const _: () = assert!(core::mem::size_of::<FuseKprobeLayout>() == 64);

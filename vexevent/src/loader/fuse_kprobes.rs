@@ -6,11 +6,12 @@ use vexevent_common::FuseKprobeLayout;
 
 use super::kernel_btf::{BtfError, Field, KernelBtf};
 
-/// The function every request goes through when it is queued, and which of its arguments is the
-/// request. Up to Linux 6.10 `queue_request_and_unlock(fiq, req)` is the one place that sets
-/// `in.h.len` and puts a request on the pending list (the unique is already set); 6.11 replaced
-/// it by `fuse_dev_queue_req`, which assigns the unique itself, and 6.12 added the tracepoints.
-const SEND_FUNCTIONS: [(&str, u32); 1] = [("queue_request_and_unlock", 1)];
+/// The functions every request goes through when it is queued, with the request as second
+/// argument (the send kprobe reads it there). Up to Linux 6.10 `queue_request_and_unlock(fiq,
+/// req)` is the one place that sets `in.h.len` and puts a request on the pending list (the unique
+/// is already set); 6.11 replaced it by `fuse_dev_queue_req`, which assigns the unique itself, and
+/// 6.12 added the tracepoints.
+const SEND_FUNCTIONS: [&str; 1] = ["queue_request_and_unlock"];
 
 /// Ends every request with its reply (or an error) in every kernel since FUSE exists; exported,
 /// so never inlined.
@@ -46,11 +47,11 @@ pub struct FuseKprobePlan {
 pub fn plan() -> Result<FuseKprobePlan, FuseKprobeError> {
     let btf = KernelBtf::running_kernel(FUSE_MODULE).map_err(FuseKprobeError::Layout)?;
     let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
-    let (send_function, send_req_arg) =
-        SEND_FUNCTIONS.into_iter().find(|(name, _)| kallsyms_has(&kallsyms, name)).ok_or_else(|| {
-            FuseKprobeError::NoSendFunction { candidates: SEND_FUNCTIONS.map(|(name, _)| name).join(", ") }
-        })?;
-    Ok(FuseKprobePlan { send_function, layout: layout(&btf, send_req_arg)? })
+    let send_function = SEND_FUNCTIONS
+        .into_iter()
+        .find(|name| kallsyms_has(&kallsyms, name))
+        .ok_or_else(|| FuseKprobeError::NoSendFunction { candidates: SEND_FUNCTIONS.join(", ") })?;
+    Ok(FuseKprobePlan { send_function, layout: layout(&btf)? })
 }
 
 /// Whether kallsyms text lists a function (`addr t name` or `addr t name [module]`).
@@ -79,11 +80,10 @@ fn sized(
 ///
 /// # Errors
 /// When a struct or member is missing, or has a size the probes do not read.
-pub fn layout(btf: &KernelBtf, send_req_arg: u32) -> Result<FuseKprobeLayout, FuseKprobeError> {
+pub fn layout(btf: &KernelBtf) -> Result<FuseKprobeLayout, FuseKprobeError> {
     let field = |ty: &str, path: &[&str]| btf.field(ty, path).map_err(FuseKprobeError::Layout);
     let numargs = field("fuse_args", &["in_numargs"])?;
     Ok(FuseKprobeLayout {
-        send_req_arg,
         req_args: sized(field("fuse_req", &["args"])?, "fuse_req.args", &[8], "a pointer")?,
         req_fm: sized(field("fuse_req", &["fm"])?, "fuse_req.fm", &[8], "a pointer")?,
         req_in_unique: sized(field("fuse_req", &["in", "h", "unique"])?, "fuse_req.in.h.unique", &[8], "8")?,
@@ -98,7 +98,7 @@ pub fn layout(btf: &KernelBtf, send_req_arg: u32) -> Result<FuseKprobeLayout, Fu
         in_arg_stride: field("fuse_in_arg", &[])?.size,
         in_arg_size: sized(field("fuse_in_arg", &["size"])?, "fuse_in_arg.size", &[4], "4")?,
         in_header_size: field("fuse_in_header", &[])?.size,
-        padding: 0,
+        padding: [0; 2],
     })
 }
 
@@ -132,7 +132,7 @@ mod tests {
             eprintln!("skipped: this kernel's BTF has no struct fuse_req (fuse module not loaded)");
             return;
         }
-        let layout = layout(&btf, 1).unwrap();
+        let layout = layout(&btf).unwrap();
         // `struct fuse_in_header` and `fuse_out_header` are uapi: their layout is fixed.
         assert_eq!(layout.in_header_size, 40);
         assert_eq!(layout.req_in_opcode + 4, layout.req_in_unique);
