@@ -22,8 +22,10 @@ use serde_json::Value;
 use crate::{run, workspace_root};
 
 /// The Debian 6.1 kernel: `CONFIG_KPROBES=y`, BTF for vmlinux and modules, FUSE as a module.
+/// When the mirror has moved on to a newer ABI, the newest `linux-image-6.1.0-N-cloud-amd64-unsigned`
+/// it has is used instead.
 const KERNEL_PACKAGE: &str = "linux-image-6.1.0-47-cloud-amd64-unsigned";
-const KERNEL_RELEASE: &str = "6.1.0-47-cloud-amd64";
+const KERNEL_PACKAGE_PATTERN: &str = r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64-unsigned$";
 /// A static busybox: the VM's shell and tools.
 const BUSYBOX_PACKAGE: &str = "busybox-static";
 /// The whole VM run, boot to power-off; software emulation, so generous.
@@ -103,11 +105,11 @@ pub fn vm_test() -> anyhow::Result<()> {
     std::fs::create_dir_all(&cache).with_context(|| format!("cannot create {}", cache.display()))?;
     let qemu = which("qemu-system-x86_64")
         .context("qemu-system-x86_64 is missing: run scripts/setup.sh (installs qemu-system-x86)")?;
-    let kernel_root = fetch_package(&cache, KERNEL_PACKAGE)?;
+    let (kernel_root, release) = fetch_kernel(&cache)?;
     let busybox_root = fetch_package(&cache, BUSYBOX_PACKAGE)?;
-    let vmlinuz = kernel_root.join(format!("boot/vmlinuz-{KERNEL_RELEASE}"));
-    let fuse_ko = kernel_root.join(format!("lib/modules/{KERNEL_RELEASE}/kernel/fs/fuse/fuse.ko"));
-    ensure!(vmlinuz.is_file() && fuse_ko.is_file(), "{KERNEL_PACKAGE} lacks vmlinuz or fuse.ko");
+    let vmlinuz = kernel_root.join(format!("boot/vmlinuz-{release}"));
+    let fuse_ko = kernel_root.join(format!("lib/modules/{release}/kernel/fs/fuse/fuse.ko"));
+    ensure!(vmlinuz.is_file() && fuse_ko.is_file(), "the {release} kernel package lacks vmlinuz or fuse.ko");
 
     eprintln!("vm-test: building vexevent");
     run(Command::new("cargo").current_dir(&root).args([
@@ -144,7 +146,7 @@ pub fn vm_test() -> anyhow::Result<()> {
 
     let results = cache.join("results.txt");
     let _ = std::fs::remove_file(&results);
-    eprintln!("vm-test: booting Linux {KERNEL_RELEASE} under QEMU (software emulation)");
+    eprintln!("vm-test: booting Linux {release} under QEMU (software emulation)");
     let started = Instant::now();
     let console = boot(&qemu, &vmlinuz, &initramfs, &results)?;
     eprintln!("vm-test: VM finished in {:.1} s", started.elapsed().as_secs_f64());
@@ -157,7 +159,7 @@ pub fn vm_test() -> anyhow::Result<()> {
         "the VM never printed {PASS_LINE} (see the console above)"
     );
     check_results(&results)?;
-    println!("vm-test: PASS (Linux {KERNEL_RELEASE}: FUSE requests captured through kprobes)");
+    println!("vm-test: PASS (Linux {release}: FUSE requests captured through kprobes)");
     Ok(())
 }
 
@@ -248,6 +250,11 @@ fn check_results(results: &str) -> anyhow::Result<()> {
     let stats: Value =
         serde_json::from_str(section(results, "stats").trim()).context("the stats are not JSON")?;
     eprintln!("vm-test: final stats: {stats}");
+    let kernel =
+        |name: &str| stats["kernel"][name].as_u64().with_context(|| format!("no kernel.{name} in the stats"));
+    ensure!(kernel("fuse_read_faults")? == 0, "the kprobes failed to read struct fuse_req fields: {stats}");
+    ensure!(kernel("fuse_requests")? >= 6, "fewer FUSE requests than operations: {stats}");
+    ensure!(stats["loss"]["unaccounted"].as_u64() == Some(0), "events lost without account: {stats}");
     Ok(())
 }
 
@@ -280,6 +287,38 @@ fn which(program: &str) -> anyhow::Result<PathBuf> {
         .map(|dir| dir.join(program))
         .find(|path| path.is_file())
         .with_context(|| format!("{program} not found in PATH"))
+}
+
+/// The 6.1 kernel package, unpacked, and its release (`6.1.0-47-cloud-amd64`).
+fn fetch_kernel(cache: &Path) -> anyhow::Result<(PathBuf, String)> {
+    let unpacked = match fetch_package(cache, KERNEL_PACKAGE) {
+        Ok(unpacked) => unpacked,
+        Err(error) => {
+            eprintln!("vm-test: {error:#}; looking for another 6.1 cloud kernel package");
+            let output = Command::new("apt-cache")
+                .args(["search", "--names-only", KERNEL_PACKAGE_PATTERN])
+                .output()
+                .context("cannot run apt-cache")?;
+            let newest = String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .filter_map(|line| line.split_whitespace().next())
+                .filter_map(|name| {
+                    let abi =
+                        name.strip_prefix("linux-image-6.1.0-")?.split('-').next()?.parse::<u32>().ok()?;
+                    Some((abi, name.to_owned()))
+                })
+                .max()
+                .with_context(|| {
+                    format!("apt knows no package matching {KERNEL_PACKAGE_PATTERN}: {error:#}")
+                })?;
+            fetch_package(cache, &newest.1)?
+        }
+    };
+    let release = std::fs::read_dir(unpacked.join("boot"))?
+        .filter_map(Result::ok)
+        .find_map(|entry| entry.file_name().to_str()?.strip_prefix("vmlinuz-").map(str::to_owned))
+        .context("the kernel package has no boot/vmlinuz-*")?;
+    Ok((unpacked, release))
 }
 
 /// Downloads (once) and unpacks (once) a Debian package into the cache; returns where.
