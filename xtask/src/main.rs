@@ -36,7 +36,12 @@ enum Task {
     /// Boot Debian's Linux 6.1 under QEMU (no FUSE tracepoints, kprobes allowed) and check that
     /// vexevent captures FUSE requests there through its kprobe fallback. Needs root, apt and
     /// qemu-system-x86; caches downloads in target/vm-test.
-    VmTest,
+    VmTest {
+        /// Another Debian kernel package to boot (same checks), e.g.
+        /// linux-image-6.1.0-53-cloud-amd64-unsigned.
+        #[arg(long)]
+        kernel_package: Option<String>,
+    },
 }
 
 fn workspace_root() -> PathBuf {
@@ -133,6 +138,6 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::BuildEbpf { debug } => build_ebpf(debug),
         Task::Bench => bench(),
-        Task::VmTest => vm_test::vm_test(),
+        Task::VmTest { kernel_package } => vm_test::vm_test(kernel_package.as_deref()),
     }
 }

@@ -98,14 +98,14 @@ echo "VEXEVENT-VM-TEST: PASS"
 poweroff -f
 "#;
 
-/// Runs the VM test.
-pub fn vm_test() -> anyhow::Result<()> {
+/// Runs the VM test on the pinned 6.1 kernel, or on `kernel_package`.
+pub fn vm_test(kernel_package: Option<&str>) -> anyhow::Result<()> {
     let root = workspace_root();
     let cache = root.join("target/vm-test");
     std::fs::create_dir_all(&cache).with_context(|| format!("cannot create {}", cache.display()))?;
     let qemu = which("qemu-system-x86_64")
         .context("qemu-system-x86_64 is missing: run scripts/setup.sh (installs qemu-system-x86)")?;
-    let (kernel_root, release) = fetch_kernel(&cache)?;
+    let (kernel_root, release) = fetch_kernel(&cache, kernel_package)?;
     let busybox_root = fetch_package(&cache, BUSYBOX_PACKAGE)?;
     let vmlinuz = kernel_root.join(format!("boot/vmlinuz-{release}"));
     let fuse_ko = kernel_root.join(format!("lib/modules/{release}/kernel/fs/fuse/fuse.ko"));
@@ -290,8 +290,12 @@ fn which(program: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// The 6.1 kernel package, unpacked, and its release (`6.1.0-47-cloud-amd64`).
-fn fetch_kernel(cache: &Path) -> anyhow::Result<(PathBuf, String)> {
-    let unpacked = match fetch_package(cache, KERNEL_PACKAGE) {
+fn fetch_kernel(cache: &Path, package: Option<&str>) -> anyhow::Result<(PathBuf, String)> {
+    let fetched = match package {
+        Some(package) => return fetch_package(cache, package).and_then(with_release),
+        None => fetch_package(cache, KERNEL_PACKAGE),
+    };
+    let unpacked = match fetched {
         Ok(unpacked) => unpacked,
         Err(error) => {
             eprintln!("vm-test: {error:#}; looking for another 6.1 cloud kernel package");
@@ -314,6 +318,11 @@ fn fetch_kernel(cache: &Path) -> anyhow::Result<(PathBuf, String)> {
             fetch_package(cache, &newest.1)?
         }
     };
+    with_release(unpacked)
+}
+
+/// An unpacked kernel package and the release of its kernel.
+fn with_release(unpacked: PathBuf) -> anyhow::Result<(PathBuf, String)> {
     let release = std::fs::read_dir(unpacked.join("boot"))?
         .filter_map(Result::ok)
         .find_map(|entry| entry.file_name().to_str()?.strip_prefix("vmlinuz-").map(str::to_owned))
