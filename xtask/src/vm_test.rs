@@ -169,6 +169,8 @@ fn boot(qemu: &Path, vmlinuz: &Path, initramfs: &Path, results: &Path) -> anyhow
     let console_file = std::fs::File::create(&console_log)?;
     let mut child = Command::new(qemu)
         .args(["-cpu", "max", "-m", "1G", "-smp", "1", "-display", "none", "-no-reboot", "-monitor", "none"])
+        // No network: the test needs none, and the VM must not reach anything.
+        .args(["-nic", "none"])
         .arg("-kernel")
         .arg(vmlinuz)
         .arg("-initrd")
