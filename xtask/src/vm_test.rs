@@ -47,6 +47,25 @@ mount -t tracefs tracefs /sys/kernel/tracing
 fail() { echo "VEXEVENT-VM-TEST: FAIL $*"; poweroff -f; sleep 10; }
 out() { echo "$*" >/dev/ttyS1; }
 echo "vm: kernel $(uname -r)"
+# Waits until the vexevent with pid $2 writing stderr to $1 is capturing.
+ready() {
+  i=0
+  until grep -q "vexevent: ready" "$1"; do
+    i=$((i + 1))
+    if [ $i -gt 600 ] || ! kill -0 "$2" 2>/dev/null; then cat "$1"; fail "vexevent did not become ready"; fi
+    sleep 0.2
+  done
+}
+# Before fuse.ko is loaded: the start-up report must say why no FUSE hook attached.
+vexevent run --watch /tmp --output /tmp/before.jsonl --stats-file /tmp/before.json --stats-interval 0 \
+  </dev/null >/dev/null 2>/tmp/before.err &
+VX=$!
+ready /tmp/before.err $VX
+kill -INT $VX
+wait $VX
+cat /tmp/before.err
+out "@@before"
+cat /tmp/before.err >/dev/ttyS1
 insmod /lib/modules/fuse.ko || fail "insmod fuse.ko"
 [ -d /sys/kernel/btf/fuse ] || [ -f /sys/kernel/btf/fuse ] || fail "no BTF for the fuse module"
 [ -d /sys/kernel/tracing/events/fuse ] && echo "vm: this kernel has FUSE tracepoints"
@@ -61,15 +80,10 @@ printf '[fuse]\njoin_window_ms = 3000\n' >/tmp/vexevent.toml
 vexevent run --config /tmp/vexevent.toml --watch /tmp/mnt --output /tmp/events.jsonl --stats-file /tmp/stats.json \
   --stats-interval 0 </dev/null >/tmp/vexevent.out 2>/tmp/vexevent.err &
 VX=$!
-i=0
-until grep -q "vexevent: ready" /tmp/vexevent.err; do
-  i=$((i + 1))
-  if [ $i -gt 600 ] || ! kill -0 $VX 2>/dev/null; then cat /tmp/vexevent.err; fail "vexevent did not become ready"; fi
-  sleep 0.2
-done
+ready /tmp/vexevent.err $VX
 cat /tmp/vexevent.err
-# The operations, in one shell process whose pid the requests must carry.
-sh -c 'echo $$ >/tmp/ops.pid; echo hello >/tmp/mnt/file.txt; cat /tmp/mnt/file.txt >/dev/null;
+# The operations; each FUSE request must carry the pid of the process whose syscall caused it.
+sh -c 'echo hello >/tmp/mnt/file.txt; cat /tmp/mnt/file.txt >/dev/null;
   mkdir /tmp/mnt/dir; mv /tmp/mnt/file.txt /tmp/mnt/moved.txt; rm /tmp/mnt/moved.txt;
   rm /tmp/mnt/missing 2>/dev/null; rmdir /tmp/mnt/dir'
 i=0
@@ -219,6 +233,12 @@ fn check_results(results: &str) -> anyhow::Result<()> {
         .find_map(|l| l.strip_prefix("@@daemon "))
         .and_then(|pid| pid.trim().parse().ok())
         .context("the VM did not report the bindfs pid")?;
+    let before = section(results, "before");
+    ensure!(
+        before.contains("not attached: kprobe FUSE request pair")
+            && before.contains("is the fuse module loaded?"),
+        "without fuse.ko the start-up report does not say why no FUSE hook attached:\n{before}"
+    );
     let stderr = section(results, "stderr");
     let attached = stderr.lines().find(|l| l.contains("vexevent: attached")).context("no start-up report")?;
     for hook in ["kprobe/queue_request_and_unlock", "kprobe/fuse_request_end", "tp_btf/sys_enter"] {

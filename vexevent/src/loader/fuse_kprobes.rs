@@ -45,13 +45,16 @@ pub struct FuseKprobePlan {
 /// # Errors
 /// When the kernel has no BTF for FUSE (module not loaded) or no known queueing function.
 pub fn plan() -> Result<FuseKprobePlan, FuseKprobeError> {
+    // The layout first: without the fuse module neither its BTF nor its functions exist, and
+    // "load the module" is the useful thing to say.
     let btf = KernelBtf::running_kernel(FUSE_MODULE).map_err(FuseKprobeError::Layout)?;
+    let layout = layout(&btf)?;
     let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
     let send_function = SEND_FUNCTIONS
         .into_iter()
         .find(|name| kallsyms_has(&kallsyms, name))
         .ok_or_else(|| FuseKprobeError::NoSendFunction { candidates: SEND_FUNCTIONS.join(", ") })?;
-    Ok(FuseKprobePlan { send_function, layout: layout(&btf)? })
+    Ok(FuseKprobePlan { send_function, layout })
 }
 
 /// Whether kallsyms text lists a function (`addr t name` or `addr t name [module]`).
