@@ -469,3 +469,42 @@ impl Cpio {
         self.data
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpio_entries_are_newc_and_aligned() {
+        let mut archive = Cpio::default();
+        archive.file("a/b/init", b"hello", 0o755);
+        archive.symlink("etc/mtab", "/proc/mounts");
+        let data = archive.finish();
+        // Directories a, a/b, then the file, then etc and the symlink, then the trailer.
+        let names: Vec<&str> = data
+            .windows(6)
+            .enumerate()
+            .filter(|(_, w)| *w == b"070701")
+            .map(|(at, _)| {
+                let header = &data[at..at + 110];
+                let name_size =
+                    usize::from_str_radix(std::str::from_utf8(&header[94..102]).unwrap(), 16).unwrap();
+                std::str::from_utf8(&data[at + 110..at + 110 + name_size - 1]).unwrap()
+            })
+            .collect();
+        assert_eq!(names, ["a", "a/b", "a/b/init", "etc", "etc/mtab", "TRAILER!!!"]);
+        assert_eq!(data.len() % 4, 0);
+        let file = data.windows(8).position(|w| w == b"a/b/init").unwrap();
+        let mode =
+            u32::from_str_radix(std::str::from_utf8(&data[file - 110 + 14..file - 110 + 22]).unwrap(), 16);
+        assert_eq!(mode.unwrap(), 0o100_755);
+    }
+
+    #[test]
+    fn finds_the_sections_the_vm_wrote() {
+        let results = "@@daemon 88\n@@stderr\nline 1\nline 2\n@@stats\n{}\n@@events\n{\"a\":1}\n@@end\n";
+        assert_eq!(section(results, "stderr"), "line 1\nline 2\n");
+        assert_eq!(section(results, "events"), "{\"a\":1}\n");
+        assert_eq!(section(results, "missing"), "");
+    }
+}
