@@ -35,9 +35,10 @@ if ! linker_ok; then
   linker_ok || { say "bpf-linker installed but not usable (check: ldd \$(command -v bpf-linker))"; exit 1; }
 fi
 
-# 3. Debian packages: FUSE (fuse3, bindfs) for the FUSE tests, e2fsprogs for ext4 images.
+# 3. Debian packages: FUSE (fuse3, bindfs) for the FUSE tests, e2fsprogs for ext4 images, QEMU
+# for the VM test on an older kernel (`cargo xtask vm-test`, which fetches the kernel itself).
 missing=()
-for pkg in fuse3 bindfs e2fsprogs; do
+for pkg in fuse3 bindfs e2fsprogs qemu-system-x86; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
 done
 if ((${#missing[@]})); then

@@ -27,6 +27,8 @@ pub mod map_names {
     pub const PID_FILTER: &str = "PID_FILTER";
     pub const STATS: &str = "STATS";
     pub const FUSE_CONFIG: &str = "FUSE_CONFIG";
+    /// `struct fuse_req` field offsets for the FUSE kprobes (from the kernel's BTF).
+    pub const FUSE_KPROBE_LAYOUT: &str = "FUSE_KPROBE_LAYOUT";
     /// Watched FUSE connections (the mount's device number, kernel encoding).
     pub const FUSE_CONNECTIONS: &str = "FUSE_CONNECTIONS";
     /// FUSE daemon tgid -> the connection it serves (learned from replies).
@@ -45,6 +47,9 @@ pub mod program_names {
     pub const PROCESS_FORK: &str = "vexevent_process_fork";
     pub const FUSE_SEND: &str = "vexevent_fuse_request_send";
     pub const FUSE_END: &str = "vexevent_fuse_request_end";
+    /// The same pair as kprobes, for kernels without the FUSE tracepoints (before Linux 6.12).
+    pub const FUSE_KPROBE_SEND: &str = "vexevent_fuse_kprobe_send";
+    pub const FUSE_KPROBE_END: &str = "vexevent_fuse_kprobe_end";
     /// Uprobe and uretprobe on the configured FUSE daemon functions.
     pub const DAEMON_FN_ENTRY: &str = "vexevent_daemon_fn_entry";
     pub const DAEMON_FN_RETURN: &str = "vexevent_daemon_fn_return";

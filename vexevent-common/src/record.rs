@@ -206,6 +206,46 @@ pub struct FuseConfig {
 
 const _: () = assert!(core::mem::size_of::<FuseConfig>() == 40);
 
+/// Where `struct fuse_req` and the structs it points to keep the fields the FUSE kprobes read
+/// (byte offsets from the running kernel's BTF), for kernels without the FUSE tracepoints
+/// (before Linux 6.12). The kprobes compute what the tracepoints would carry:
+/// `connection = req->fm->fc->dev`, `unique`/`opcode` from `req->in.h`, `len` as the kernel does
+/// (`sizeof(fuse_in_header)` plus the sizes of `req->args->in_args[..in_numargs]`), and
+/// `error`/reply `len` from `req->out.h`. One entry in the `FUSE_KPROBE_LAYOUT` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FuseKprobeLayout {
+    /// `fuse_req.args` (`struct fuse_args *`).
+    pub req_args: u32,
+    /// `fuse_req.fm` (`struct fuse_mount *`).
+    pub req_fm: u32,
+    pub req_in_unique: u32,
+    pub req_in_opcode: u32,
+    pub req_out_len: u32,
+    pub req_out_error: u32,
+    /// `fuse_mount.fc` (`struct fuse_conn *`).
+    pub mount_fc: u32,
+    /// `fuse_conn.dev` (`dev_t`, the connection number the tracepoints carry).
+    pub conn_dev: u32,
+    pub args_in_numargs: u32,
+    /// Bytes of `fuse_args.in_numargs` (1 or 2 depending on the kernel).
+    pub args_in_numargs_size: u32,
+    pub args_in_args: u32,
+    /// `sizeof(struct fuse_in_arg)`: the stride of `in_args`.
+    pub in_arg_stride: u32,
+    /// `fuse_in_arg.size`.
+    pub in_arg_size: u32,
+    /// `sizeof(struct fuse_in_header)`.
+    pub in_header_size: u32,
+    pub padding: [u32; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<FuseKprobeLayout>() == 64);
+
+/// Most request arguments a FUSE request carries (`fuse_args.in_args` has 3 entries in every
+/// kernel with `struct fuse_args`); the kprobe sums at most this many sizes.
+pub const FUSE_MAX_IN_ARGS: u32 = 3;
+
 /// Key of the in-flight FUSE request table.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -278,4 +318,6 @@ mod pod {
     unsafe impl aya::Pod for super::PendingLoss {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FuseConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FuseKprobeLayout {}
 }

@@ -40,10 +40,13 @@ pub enum KernelStat {
     FuseDaemonReads,
     /// FUSE replies whose writing by the daemon was seen (/dev/fuse writes).
     FuseDaemonReplies,
+    /// FUSE kprobes (kernels without the FUSE tracepoints) that could not read a `fuse_req`
+    /// field: the request is not captured.
+    FuseReadFaults,
 }
 
 /// Number of counters; the size of the `STATS` array.
-pub const KERNEL_STAT_COUNT: u32 = KernelStat::FuseDaemonReplies as u32 + 1;
+pub const KERNEL_STAT_COUNT: u32 = KernelStat::FuseReadFaults as u32 + 1;
 
 impl KernelStat {
     /// Every counter, in index order.
@@ -66,6 +69,7 @@ impl KernelStat {
         KernelStat::FuseUnmatchedEnd,
         KernelStat::FuseDaemonReads,
         KernelStat::FuseDaemonReplies,
+        KernelStat::FuseReadFaults,
     ];
 
     /// Name used in stats output and metrics.
@@ -90,6 +94,7 @@ impl KernelStat {
             KernelStat::FuseUnmatchedEnd => "fuse_unmatched_end",
             KernelStat::FuseDaemonReads => "fuse_daemon_reads",
             KernelStat::FuseDaemonReplies => "fuse_daemon_replies",
+            KernelStat::FuseReadFaults => "fuse_read_faults",
         }
     }
 }

@@ -2,7 +2,10 @@
 //! request is queued for the daemon) and `fuse/fuse_request_end` (in the daemon's context, when
 //! its reply arrives), paired by (connection, unique) into one record with both times, the opcode,
 //! the error, the requester and the daemon thread. Field offsets come from tracefs via
-//! `FUSE_CONFIG`. The daemon side (any daemon, no symbols): the syscall probes hand the reads and
+//! `FUSE_CONFIG`. Kernels without those tracepoints (before 6.12) get the same pair as kprobes on
+//! the functions that queue and end a request, reading `struct fuse_req` at offsets the loader
+//! found in the kernel's BTF (`FUSE_KPROBE_LAYOUT`); both feed the same pairing, so the records
+//! are the same. The daemon side (any daemon, no symbols): the syscall probes hand the reads and
 //! writes of processes known to serve a connection to `daemon_read`/`daemon_write`, which
 //! recognise requests and replies by their headers and note when the daemon got each request, its
 //! node, its names, and when it replied.
@@ -10,20 +13,20 @@
 use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
-        bpf_probe_read_kernel_buf, bpf_probe_read_user, generated,
+        bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_probe_read_user, generated,
     },
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{kprobe, tracepoint},
+    programs::{ProbeContext, TracePointContext},
 };
 use vexevent_common::{
-    FUSE_NAME_BYTES, FuseDaemonSide, FuseRequestKey, KernelStat, OpKind, PATH_BUF, RECORD_HEADER_SIZE,
-    fuse_args,
+    FUSE_MAX_IN_ARGS, FUSE_NAME_BYTES, FuseDaemonSide, FuseKprobeLayout, FuseRequestKey, KernelStat, OpKind,
+    PATH_BUF, RECORD_HEADER_SIZE, fuse_args,
 };
 
 use crate::{
     maps::{
-        CONFIG, DAEMON_SERVING, FUSE_CONFIG, FUSE_CONNECTIONS, FUSE_DAEMONS, FUSE_INFLIGHT, FUSE_SCRATCH,
-        SCRATCH, count,
+        CONFIG, DAEMON_SERVING, FUSE_CONFIG, FUSE_CONNECTIONS, FUSE_DAEMONS, FUSE_INFLIGHT,
+        FUSE_KPROBE_LAYOUT, FUSE_SCRATCH, SCRATCH, count,
     },
     ring::submit,
 };
@@ -49,11 +52,112 @@ pub fn vexevent_fuse_request_end(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Kprobe on the function that queues a request for the daemon (`queue_request_and_unlock` up
+/// to Linux 6.10): what `fuse/fuse_request_send` carries, read from the `struct fuse_req`.
+#[kprobe]
+pub fn vexevent_fuse_kprobe_send(ctx: ProbeContext) -> u32 {
+    let _ = on_kprobe_send(&ctx);
+    0
+}
+
+/// Kprobe on `fuse_request_end`: what `fuse/fuse_request_end` carries.
+#[kprobe]
+pub fn vexevent_fuse_kprobe_end(ctx: ProbeContext) -> u32 {
+    let _ = on_kprobe_end(&ctx);
+    0
+}
+
 fn on_send(ctx: &TracePointContext) -> Option<()> {
+    let fuse = FUSE_CONFIG.get(0)?;
+    let connection: u32 = read(ctx, fuse.send_connection)?;
+    queued(connection, || {
+        Some((read(ctx, fuse.send_unique)?, read(ctx, fuse.send_opcode)?, read(ctx, fuse.send_len)?))
+    })
+}
+
+fn on_end(ctx: &TracePointContext) -> Option<()> {
+    let fuse = FUSE_CONFIG.get(0)?;
+    let key = FuseRequestKey {
+        connection: read(ctx, fuse.end_connection)?,
+        padding: 0,
+        unique: read(ctx, fuse.end_unique)?,
+    };
+    ended(&key, || Some((read(ctx, fuse.end_error)?, read(ctx, fuse.end_len)?)))
+}
+
+/// A kernel value at `base + offset`; a fault is counted.
+#[inline(always)]
+fn kernel<T>(base: u64, offset: u32) -> Option<T> {
+    // SAFETY: kernel memory read through the helper, which faults safely.
+    let value = unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) };
+    if value.is_err() {
+        count(KernelStat::FuseReadFaults);
+    }
+    value.ok()
+}
+
+/// `req->fm->fc->dev`: the connection number the tracepoints carry.
+#[inline(always)]
+fn connection_of(layout: &FuseKprobeLayout, req: u64) -> Option<u32> {
+    let mount: u64 = kernel(req, layout.req_fm)?;
+    let conn: u64 = kernel(mount, layout.mount_fc)?;
+    kernel(conn, layout.conn_dev)
+}
+
+/// `req->in.h.len` as the kernel sets it when it queues the request (after this probe runs):
+/// the header and every request argument.
+#[inline(always)]
+fn request_len(layout: &FuseKprobeLayout, req: u64) -> Option<u32> {
+    let args: u64 = kernel(req, layout.req_args)?;
+    let numargs = if layout.args_in_numargs_size == 1 {
+        u32::from(kernel::<u8>(args, layout.args_in_numargs)?)
+    } else {
+        u32::from(kernel::<u16>(args, layout.args_in_numargs)?)
+    };
+    let mut len = layout.in_header_size;
+    for i in 0..FUSE_MAX_IN_ARGS {
+        if i >= numargs {
+            break;
+        }
+        let size: u32 = kernel(args, layout.args_in_args + i * layout.in_arg_stride + layout.in_arg_size)?;
+        len = len.wrapping_add(size);
+    }
+    Some(len)
+}
+
+fn on_kprobe_send(ctx: &ProbeContext) -> Option<()> {
+    let layout = FUSE_KPROBE_LAYOUT.get(0)?;
+    // `queue_request_and_unlock(fiq, req)`: the request is the second argument. (A constant:
+    // the verifier refuses a context read at an offset chosen at run time.)
+    let req: u64 = ctx.arg(1)?;
+    let connection = connection_of(layout, req)?;
+    queued(connection, || {
+        Some((
+            kernel(req, layout.req_in_unique)?,
+            kernel(req, layout.req_in_opcode)?,
+            request_len(layout, req)?,
+        ))
+    })
+}
+
+fn on_kprobe_end(ctx: &ProbeContext) -> Option<()> {
+    let layout = FUSE_KPROBE_LAYOUT.get(0)?;
+    let req: u64 = ctx.arg(0)?;
+    let key = FuseRequestKey {
+        connection: connection_of(layout, req)?,
+        padding: 0,
+        unique: kernel(req, layout.req_in_unique)?,
+    };
+    ended(&key, || Some((kernel(req, layout.req_out_error)?, kernel(req, layout.req_out_len)?)))
+}
+
+/// A request was queued for the daemon on `connection`: remember it (unique, opcode, len from
+/// `fields`, read only once the connection is known to be watched) with its requester.
+#[inline(always)]
+fn queued(connection: u32, fields: impl FnOnce() -> Option<(u64, u32, u32)>) -> Option<()> {
     let fuse = FUSE_CONFIG.get(0)?;
     let config = CONFIG.get(0)?;
     count(KernelStat::Seen);
-    let connection: u32 = read(ctx, fuse.send_connection)?;
     let pid_tgid = bpf_get_current_pid_tgid();
     if (pid_tgid >> 32) as u32 == config.self_pid {
         count(KernelStat::FilteredSelf);
@@ -63,13 +167,14 @@ fn on_send(ctx: &TracePointContext) -> Option<()> {
         count(KernelStat::FuseFilteredConnection);
         return None;
     }
-    let key = FuseRequestKey { connection, padding: 0, unique: read(ctx, fuse.send_unique)? };
+    let (unique, opcode, len) = fields()?;
+    let key = FuseRequestKey { connection, padding: 0, unique };
     // Too large for the stack: assembled in per-CPU scratch space.
     let request = FUSE_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's scratch slot; nothing else uses it while this program runs.
     let request = unsafe { &mut *request };
-    request.opcode = read(ctx, fuse.send_opcode)?;
-    request.len = read(ctx, fuse.send_len)?;
+    request.opcode = opcode;
+    request.len = len;
     // SAFETY: no preconditions.
     request.queued_ns = unsafe { bpf_ktime_get_ns() };
     request.requester = pid_tgid;
@@ -86,14 +191,11 @@ fn on_send(ctx: &TracePointContext) -> Option<()> {
     Some(())
 }
 
-fn on_end(ctx: &TracePointContext) -> Option<()> {
+/// The reply to the request `key` arrived (error and reply length from `reply`): one record.
+#[inline(always)]
+fn ended(key: &FuseRequestKey, reply: impl FnOnce() -> Option<(i32, u32)>) -> Option<()> {
     let fuse = FUSE_CONFIG.get(0)?;
-    let key = FuseRequestKey {
-        connection: read(ctx, fuse.end_connection)?,
-        padding: 0,
-        unique: read(ctx, fuse.end_unique)?,
-    };
-    let Some(request) = FUSE_INFLIGHT.get_ptr(&key) else {
+    let Some(request) = FUSE_INFLIGHT.get_ptr(key) else {
         if fuse.watch_all != 0 || FUSE_CONNECTIONS.get_ptr(key.connection).is_some() {
             count(KernelStat::FuseUnmatchedEnd);
         }
@@ -119,9 +221,8 @@ fn on_end(ctx: &TracePointContext) -> Option<()> {
     let daemon_side = request.daemon;
     let (opcode, len, queued_ns, requester, uid_gid, comm) =
         (request.opcode, request.len, request.queued_ns, request.requester, request.uid_gid, request.comm);
-    let _ = FUSE_INFLIGHT.remove(&key);
-    let error: i32 = read(ctx, fuse.end_error)?;
-    let reply_len: u32 = read(ctx, fuse.end_len)?;
+    let _ = FUSE_INFLIGHT.remove(key);
+    let (error, reply_len) = reply()?;
     let header = &mut record.header;
     header.enter_ns = queued_ns;
     // SAFETY: no preconditions.

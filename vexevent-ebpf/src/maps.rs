@@ -5,8 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use vexevent_common::{
-    FUSE_NAME_BYTES, FuseConfig, FuseDaemonSide, FuseRequestKey, GAP_KINDS, KERNEL_STAT_COUNT, KernelStat,
-    PendingLoss, PrefixKey, ProbeConfig, RecordBuf, RecordHeader, SYSCALL_ARGS, SyscallSpec,
+    FUSE_NAME_BYTES, FuseConfig, FuseDaemonSide, FuseKprobeLayout, FuseRequestKey, GAP_KINDS,
+    KERNEL_STAT_COUNT, KernelStat, PendingLoss, PrefixKey, ProbeConfig, RecordBuf, RecordHeader,
+    SYSCALL_ARGS, SyscallSpec,
 };
 
 /// Default ring size; the loader sets the configured size at load time.
@@ -94,6 +95,10 @@ pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(KERNEL_STAT_C
 
 #[map]
 pub static FUSE_CONFIG: Array<FuseConfig> = Array::with_max_entries(1, 0);
+
+/// `struct fuse_req` field offsets for the FUSE kprobes (written by the loader from BTF).
+#[map]
+pub static FUSE_KPROBE_LAYOUT: Array<FuseKprobeLayout> = Array::with_max_entries(1, 0);
 
 /// Watched FUSE connections (device numbers, kernel encoding).
 #[map]

@@ -1,5 +1,8 @@
 //! Developer tasks: `cargo xtask build-ebpf` builds the eBPF object alone and reports its
-//! programs and sizes; `cargo xtask bench` runs every benchmark.
+//! programs and sizes; `cargo xtask bench` runs every benchmark; `cargo xtask vm-test` runs
+//! vexevent on an older kernel (Debian's 6.1) under QEMU.
+
+mod vm_test;
 
 use std::{
     path::{Path, PathBuf},
@@ -30,6 +33,15 @@ enum Task {
     },
     /// Run the benchmarks: end-to-end capture overhead (needs root) and per-stage criterion runs.
     Bench,
+    /// Boot Debian's Linux 6.1 under QEMU (no FUSE tracepoints, kprobes allowed) and check that
+    /// vexevent captures FUSE requests there through its kprobe fallback. Needs root, apt and
+    /// qemu-system-x86; caches downloads in target/vm-test.
+    VmTest {
+        /// Another Debian kernel package to boot (same checks), e.g.
+        /// linux-image-6.1.0-53-cloud-amd64-unsigned.
+        #[arg(long)]
+        kernel_package: Option<String>,
+    },
 }
 
 fn workspace_root() -> PathBuf {
@@ -126,5 +138,6 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::BuildEbpf { debug } => build_ebpf(debug),
         Task::Bench => bench(),
+        Task::VmTest { kernel_package } => vm_test::vm_test(kernel_package.as_deref()),
     }
 }

@@ -1,22 +1,25 @@
 //! Attaching the probes, with fallbacks: the syscall pair as BTF raw tracepoints (`tp_btf`, the
 //! cheapest hook: no perf buffer per event) where the kernel has BTF, else as classic
-//! `raw_syscalls` tracepoints; plus `sched_process_fork`. Records what attached, and why
-//! something did not, for the start-up report.
+//! `raw_syscalls` tracepoints; plus `sched_process_fork`; the FUSE request pair as tracepoints
+//! (Linux 6.12+), else as kprobes on the kernel's FUSE request functions. Records what attached,
+//! and why something did not, for the start-up report.
 
 use std::path::Path;
 
 use aya::{
     Btf, Ebpf,
+    maps::Array,
     programs::{
-        BtfTracePoint, Program, ProgramError, TracePoint, UProbe,
+        BtfTracePoint, KProbe, Program, ProgramError, TracePoint, UProbe,
+        kprobe::KProbeLinkId,
         tp_btf::BtfTracePointLinkId,
         trace_point::TracePointLinkId,
         uprobe::{UProbeLinkId, UProbeScope},
     },
 };
-use vexevent_common::program_names;
+use vexevent_common::{FuseKprobeLayout, map_names, program_names};
 
-use super::{LoaderError, program_error};
+use super::{LoaderError, fuse_kprobes, program_error};
 
 /// Which hook type carries the syscall enter/exit pair.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
@@ -60,6 +63,7 @@ enum Link {
     TracePoint(&'static str, TracePointLinkId),
     Btf(&'static str, BtfTracePointLinkId),
     UProbe(&'static str, UProbeLinkId),
+    KProbe(&'static str, KProbeLinkId),
 }
 
 /// The attached hooks.
@@ -116,23 +120,83 @@ impl Hooks {
         let _ = self.attach_tracepoint(ebpf, program_names::PROCESS_FORK, "sched", "sched_process_fork");
     }
 
-    /// Attaches the FUSE request pair where the kernel has its tracepoints (Linux 6.12+); reports
-    /// their absence otherwise.
+    /// Attaches the FUSE request pair: the tracepoints where the kernel has them (Linux 6.12+),
+    /// else kprobes on the functions that queue and end a request; reports what attached, or why
+    /// nothing did.
     pub fn attach_fuse(&mut self, ebpf: &mut Ebpf) {
-        if !super::tracefs::event_exists("fuse", "fuse_request_send") {
+        if super::tracefs::event_exists("fuse", "fuse_request_send") {
+            for (program, name) in [
+                (program_names::FUSE_SEND, "fuse_request_send"),
+                (program_names::FUSE_END, "fuse_request_end"),
+            ] {
+                let _ = self.attach_tracepoint(ebpf, program, "fuse", name);
+            }
+            return;
+        }
+        self.report(
+            "fuse/fuse_request_send, fuse/fuse_request_end".to_owned(),
+            Some("no FUSE tracepoints in this kernel (Linux < 6.12); trying kprobes".to_owned()),
+        );
+        let plan = match fuse_kprobes::plan() {
+            Ok(plan) => plan,
+            Err(error) => {
+                self.report(
+                    "kprobe FUSE request pair".to_owned(),
+                    Some(format!("{error}: FUSE requests are not seen")),
+                );
+                return;
+            }
+        };
+        if let Err(error) = write_kprobe_layout(ebpf, plan.layout) {
             self.report(
-                "fuse/fuse_request_send, fuse/fuse_request_end".to_owned(),
-                Some(
-                    "no FUSE tracepoints in this kernel (Linux < 6.12): FUSE requests are not seen"
-                        .to_owned(),
-                ),
+                "kprobe FUSE request pair".to_owned(),
+                Some(format!("{error}: FUSE requests are not seen")),
             );
             return;
         }
-        for (program, name) in
-            [(program_names::FUSE_SEND, "fuse_request_send"), (program_names::FUSE_END, "fuse_request_end")]
-        {
-            let _ = self.attach_tracepoint(ebpf, program, "fuse", name);
+        // Both or neither: a send without its end fills the in-flight table, an end without its
+        // send counts every request as unmatched.
+        let before = self.links.len();
+        let attached =
+            self.attach_kprobe(ebpf, program_names::FUSE_KPROBE_SEND, plan.send_function).and_then(|()| {
+                self.attach_kprobe(ebpf, program_names::FUSE_KPROBE_END, fuse_kprobes::END_FUNCTION)
+            });
+        if attached.is_err() {
+            let partial: Vec<Link> = self.links.drain(before..).collect();
+            Self::detach_links(ebpf, partial);
+            self.reports.retain(|r| !(r.hook.starts_with("kprobe/") && r.missing.is_none()));
+            self.report(
+                format!("kprobe/{}, kprobe/{}", plan.send_function, fuse_kprobes::END_FUNCTION),
+                Some("not both attached: FUSE requests are not seen".to_owned()),
+            );
+        }
+    }
+
+    fn attach_kprobe(
+        &mut self,
+        ebpf: &mut Ebpf,
+        program_name: &'static str,
+        function: &str,
+    ) -> Result<(), String> {
+        let hook = format!("kprobe/{function}");
+        let result = (|| {
+            let prog: &mut KProbe = program(ebpf, program_name)?;
+            if prog.fd().is_err() {
+                prog.load().map_err(load_error(program_name))?;
+            }
+            prog.attach(function, 0)
+                .map_err(|e| format!("{hook}: {e} (does this kernel have CONFIG_KPROBES?)"))
+        })();
+        match result {
+            Ok(link) => {
+                self.links.push(Link::KProbe(program_name, link));
+                self.report(hook, None);
+                Ok(())
+            }
+            Err(error) => {
+                self.report(hook, Some(error.clone()));
+                Err(error)
+            }
         }
     }
 
@@ -214,7 +278,13 @@ impl Hooks {
 
     /// Detaches every hook.
     pub fn detach(&mut self, ebpf: &mut Ebpf) {
-        for link in self.links.drain(..) {
+        let links: Vec<Link> = self.links.drain(..).collect();
+        Self::detach_links(ebpf, links);
+        self.reports.retain(|r| r.missing.is_some());
+    }
+
+    fn detach_links(ebpf: &mut Ebpf, links: Vec<Link>) {
+        for link in links {
             let result = match link {
                 Link::TracePoint(program, link) => ebpf
                     .program_mut(program)
@@ -228,11 +298,23 @@ impl Hooks {
                     .program_mut(program)
                     .and_then(|p| <&mut UProbe>::try_from(p).ok())
                     .map(|p| p.detach(link)),
+                Link::KProbe(program, link) => ebpf
+                    .program_mut(program)
+                    .and_then(|p| <&mut KProbe>::try_from(p).ok())
+                    .map(|p| p.detach(link)),
             };
             if let Some(Err(error)) = result {
                 tracing::warn!(%error, "failed to detach a hook");
             }
         }
-        self.reports.retain(|r| r.missing.is_some());
     }
+}
+
+/// Hands the FUSE kprobes the `struct fuse_req` layout of this kernel.
+fn write_kprobe_layout(ebpf: &mut Ebpf, layout: FuseKprobeLayout) -> Result<(), String> {
+    let name = map_names::FUSE_KPROBE_LAYOUT;
+    let map = ebpf.map_mut(name).ok_or_else(|| format!("map {name} missing from the object"))?;
+    let mut array: Array<_, FuseKprobeLayout> =
+        Array::try_from(map).map_err(|e| format!("map {name}: {e}"))?;
+    array.set(0, layout, 0).map_err(|e| format!("map {name}: {e}"))
 }

@@ -1,9 +1,12 @@
 //! Loads the embedded eBPF object, configures its maps (syscall table, filters, watch prefixes),
 //! seeds the scope maps with what processes already have open, attaches every hook this kernel
-//! offers and reports which attached. Reads the kernel counters back.
+//! offers (with fallbacks: BTF or classic syscall tracepoints, FUSE tracepoints or kprobes) and
+//! reports which attached. Reads the kernel counters back.
 
+mod fuse_kprobes;
 mod fuse_mounts;
 mod hooks;
+mod kernel_btf;
 mod seed;
 mod symbols;
 mod tracefs;

@@ -1,0 +1,510 @@
+//! `cargo xtask vm-test`: runs the real `vexevent` binary on an older kernel, Debian's 6.1 (no
+//! FUSE tracepoints, kprobes allowed), under QEMU, and checks that FUSE requests on a bindfs
+//! mount are captured through the kprobe fallback with the right opcodes, paths, requesters and
+//! timelines, and that the start-up report names the kprobe hooks.
+//!
+//! Everything it needs is fetched with apt into `target/vm-test/` once (idempotent): the kernel
+//! package (vmlinuz and fuse.ko) and a static busybox. The initramfs holds busybox, fuse.ko, the
+//! host's bindfs and vexevent with their shared libraries, and `/init` (the test script). The VM
+//! writes its console to stdout and its results to a second serial port (a file), which this
+//! task checks.
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail, ensure};
+use serde_json::Value;
+
+use crate::{run, workspace_root};
+
+/// The Debian 6.1 kernel: `CONFIG_KPROBES=y`, BTF for vmlinux and modules, FUSE as a module.
+/// When the mirror has moved on to a newer ABI, the newest `linux-image-6.1.0-N-cloud-amd64-unsigned`
+/// it has is used instead.
+const KERNEL_PACKAGE: &str = "linux-image-6.1.0-47-cloud-amd64-unsigned";
+const KERNEL_PACKAGE_PATTERN: &str = r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64-unsigned$";
+/// A static busybox: the VM's shell and tools.
+const BUSYBOX_PACKAGE: &str = "busybox-static";
+/// The whole VM run, boot to power-off; software emulation, so generous.
+const VM_DEADLINE: Duration = Duration::from_mins(10);
+/// Markers the VM prints on the console.
+const PASS_LINE: &str = "VEXEVENT-VM-TEST: PASS";
+const FAIL_LINE: &str = "VEXEVENT-VM-TEST: FAIL";
+
+/// The VM's /init: mounts, loads fuse.ko, mounts bindfs, runs vexevent watching it, performs file
+/// operations, stops vexevent and writes its report and events to the second serial port.
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp
+mount -t tracefs tracefs /sys/kernel/tracing
+fail() { echo "VEXEVENT-VM-TEST: FAIL $*"; poweroff -f; sleep 10; }
+out() { echo "$*" >/dev/ttyS1; }
+echo "vm: kernel $(uname -r)"
+# Waits until the vexevent with pid $2 writing stderr to $1 is capturing.
+ready() {
+  i=0
+  until grep -q "vexevent: ready" "$1"; do
+    i=$((i + 1))
+    if [ $i -gt 600 ] || ! kill -0 "$2" 2>/dev/null; then cat "$1"; fail "vexevent did not become ready"; fi
+    sleep 0.2
+  done
+}
+# Before fuse.ko is loaded: the start-up report must say why no FUSE hook attached.
+vexevent run --watch /tmp --output /tmp/before.jsonl --stats-file /tmp/before.json --stats-interval 0 \
+  </dev/null >/dev/null 2>/tmp/before.err &
+VX=$!
+ready /tmp/before.err $VX
+kill -INT $VX
+wait $VX
+cat /tmp/before.err
+out "@@before"
+cat /tmp/before.err >/dev/ttyS1
+insmod /lib/modules/fuse.ko || fail "insmod fuse.ko"
+[ -d /sys/kernel/btf/fuse ] || [ -f /sys/kernel/btf/fuse ] || fail "no BTF for the fuse module"
+[ -d /sys/kernel/tracing/events/fuse ] && echo "vm: this kernel has FUSE tracepoints"
+mkdir -p /tmp/src /tmp/mnt
+bindfs /tmp/src /tmp/mnt || fail "bindfs mount"
+DAEMON=$(pidof bindfs)
+echo "vm: bindfs pid $DAEMON"
+# Under software emulation the (debug) consumer runs tens of ms behind the kernel, longer than
+# the default 20 ms a FUSE request waits for its syscall (measured against the current time):
+# a longer join window keeps the joins this test checks.
+printf '[fuse]\njoin_window_ms = 3000\n' >/tmp/vexevent.toml
+vexevent run --config /tmp/vexevent.toml --watch /tmp/mnt --output /tmp/events.jsonl --stats-file /tmp/stats.json \
+  --stats-interval 0 </dev/null >/tmp/vexevent.out 2>/tmp/vexevent.err &
+VX=$!
+ready /tmp/vexevent.err $VX
+cat /tmp/vexevent.err
+# The operations; each FUSE request must carry the pid of the process whose syscall caused it.
+sh -c 'echo hello >/tmp/mnt/file.txt; cat /tmp/mnt/file.txt >/dev/null;
+  mkdir /tmp/mnt/dir; mv /tmp/mnt/file.txt /tmp/mnt/moved.txt; rm /tmp/mnt/moved.txt;
+  rm /tmp/mnt/missing 2>/dev/null; rmdir /tmp/mnt/dir'
+i=0
+until grep -q '"FilesystemRmdir"' /tmp/events.jsonl 2>/dev/null; do
+  i=$((i + 1))
+  [ $i -gt 300 ] && break
+  sleep 0.2
+done
+kill -INT $VX
+wait $VX
+echo "vm: vexevent exited with $?"
+cat /tmp/vexevent.err
+out "@@daemon $DAEMON"
+out "@@stderr"
+cat /tmp/vexevent.err >/dev/ttyS1
+out "@@stats"
+cat /tmp/stats.json >/dev/ttyS1
+out ""
+out "@@events"
+cat /tmp/events.jsonl >/dev/ttyS1
+out "@@end"
+grep -q "attached.*kprobe/queue_request_and_unlock" /tmp/vexevent.err || fail "no kprobe hooks in the start-up report"
+grep -q '"opcode_name":"CREATE"' /tmp/events.jsonl || fail "no FUSE CREATE request in the events"
+umount /tmp/mnt
+echo "VEXEVENT-VM-TEST: PASS"
+poweroff -f
+"#;
+
+/// Runs the VM test on the pinned 6.1 kernel, or on `kernel_package`.
+pub fn vm_test(kernel_package: Option<&str>) -> anyhow::Result<()> {
+    let root = workspace_root();
+    let cache = root.join("target/vm-test");
+    std::fs::create_dir_all(&cache).with_context(|| format!("cannot create {}", cache.display()))?;
+    let qemu = which("qemu-system-x86_64")
+        .context("qemu-system-x86_64 is missing: run scripts/setup.sh (installs qemu-system-x86)")?;
+    let (kernel_root, release) = fetch_kernel(&cache, kernel_package)?;
+    let busybox_root = fetch_package(&cache, BUSYBOX_PACKAGE)?;
+    let vmlinuz = kernel_root.join(format!("boot/vmlinuz-{release}"));
+    let fuse_ko = kernel_root.join(format!("lib/modules/{release}/kernel/fs/fuse/fuse.ko"));
+    ensure!(vmlinuz.is_file() && fuse_ko.is_file(), "the {release} kernel package lacks vmlinuz or fuse.ko");
+
+    eprintln!("vm-test: building vexevent");
+    run(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "--package",
+        "vexevent",
+        "--bin",
+        "vexevent",
+    ]))?;
+    let vexevent = cache.join("vexevent");
+    // Stripped: the debug binary's debug info would make the initramfs ten times larger.
+    run(Command::new("objcopy").arg("--strip-debug").arg(root.join("target/debug/vexevent")).arg(&vexevent))?;
+
+    let initramfs = cache.join("initramfs.cpio");
+    let mut archive = Cpio::default();
+    archive.file("init", INIT.as_bytes(), 0o755);
+    archive.file("bin/busybox", &read(&busybox_root.join("bin/busybox"))?, 0o755);
+    archive.file("lib/modules/fuse.ko", &read(&fuse_ko)?, 0o644);
+    archive.symlink("etc/mtab", "/proc/mounts");
+    for dir in ["proc", "sys", "dev", "tmp"] {
+        archive.dir(dir);
+    }
+    let bindfs = which("bindfs").context("bindfs is missing: run scripts/setup.sh")?;
+    let mut libraries = BTreeSet::new();
+    for (binary, name) in [(&bindfs, "bin/bindfs"), (&vexevent, "bin/vexevent")] {
+        archive.file(name, &read(binary)?, 0o755);
+        libraries.extend(shared_libraries(binary)?);
+    }
+    for library in libraries {
+        let inside = library.strip_prefix("/").unwrap_or(&library).to_string_lossy().into_owned();
+        archive.file(&inside, &read(&library)?, 0o755);
+    }
+    std::fs::write(&initramfs, archive.finish()).context("cannot write the initramfs")?;
+
+    let results = cache.join("results.txt");
+    let _ = std::fs::remove_file(&results);
+    eprintln!("vm-test: booting Linux {release} under QEMU (software emulation)");
+    let started = Instant::now();
+    let console = boot(&qemu, &vmlinuz, &initramfs, &results)?;
+    eprintln!("vm-test: VM finished in {:.1} s", started.elapsed().as_secs_f64());
+    let results = std::fs::read_to_string(&results).unwrap_or_default().replace('\r', "");
+    if let Some(line) = console.lines().find(|l| l.contains(FAIL_LINE)) {
+        bail!("the VM test failed: {line}");
+    }
+    ensure!(
+        console.lines().any(|l| l.trim() == PASS_LINE),
+        "the VM never printed {PASS_LINE} (see the console above)"
+    );
+    check_results(&results)?;
+    println!("vm-test: PASS (Linux {release}: FUSE requests captured through kprobes)");
+    Ok(())
+}
+
+/// Boots the VM, echoing and returning its console; the results land in `results`.
+fn boot(qemu: &Path, vmlinuz: &Path, initramfs: &Path, results: &Path) -> anyhow::Result<String> {
+    let console_log = results.with_file_name("console.txt");
+    let console_file = std::fs::File::create(&console_log)?;
+    let mut child = Command::new(qemu)
+        .args(["-cpu", "max", "-m", "1G", "-smp", "1", "-display", "none", "-no-reboot", "-monitor", "none"])
+        // No network: the test needs none, and the VM must not reach anything.
+        .args(["-nic", "none"])
+        .arg("-kernel")
+        .arg(vmlinuz)
+        .arg("-initrd")
+        .arg(initramfs)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .args(["-serial", "stdio", "-serial"])
+        .arg(format!("file:{}", results.display()))
+        .stdin(Stdio::null())
+        .stdout(console_file)
+        .spawn()
+        .context("cannot start qemu-system-x86_64")?;
+    let deadline = Instant::now() + VM_DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            // Our own child, by pid.
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let console = std::fs::read_to_string(&console_log).unwrap_or_default().replace('\r', "");
+    eprintln!("----- VM console -----\n{}\n----- end of VM console -----", console.trim_end());
+    match status {
+        None => bail!("the VM did not finish within {} s", VM_DEADLINE.as_secs()),
+        Some(status) if !status.success() => bail!("qemu failed ({status})"),
+        Some(_) => Ok(console),
+    }
+}
+
+/// The sections the VM wrote to its second serial port.
+fn section<'a>(results: &'a str, name: &str) -> &'a str {
+    let marker = format!("@@{name}\n");
+    let Some(start) = results.find(&marker) else { return "" };
+    let rest = &results[start + marker.len()..];
+    rest.find("\n@@").map_or(rest, |end| &rest[..=end])
+}
+
+/// What the test requires of the captured events.
+fn check_results(results: &str) -> anyhow::Result<()> {
+    let daemon: u64 = results
+        .lines()
+        .find_map(|l| l.strip_prefix("@@daemon "))
+        .and_then(|pid| pid.trim().parse().ok())
+        .context("the VM did not report the bindfs pid")?;
+    let before = section(results, "before");
+    ensure!(
+        before.contains("not attached: kprobe FUSE request pair")
+            && before.contains("is the fuse module loaded?"),
+        "without fuse.ko the start-up report does not say why no FUSE hook attached:\n{before}"
+    );
+    let stderr = section(results, "stderr");
+    let attached = stderr.lines().find(|l| l.contains("vexevent: attached")).context("no start-up report")?;
+    for hook in ["kprobe/queue_request_and_unlock", "kprobe/fuse_request_end", "tp_btf/sys_enter"] {
+        ensure!(attached.contains(hook), "the start-up report does not name {hook} as attached: {attached}");
+    }
+    ensure!(
+        stderr.contains("not attached: fuse/fuse_request_send"),
+        "the start-up report does not say the FUSE tracepoints are missing:\n{stderr}"
+    );
+    let events: Vec<Value> = section(results, "events")
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .context("an event line is not JSON")?;
+    eprintln!("vm-test: {} events from the VM", events.len());
+    for (event_type, path, opcode) in [
+        ("FilesystemCreate", "/tmp/mnt/file.txt", "CREATE"),
+        ("FilesystemWrite", "/tmp/mnt/file.txt", "WRITE"),
+        ("FilesystemMkdir", "/tmp/mnt/dir", "MKDIR"),
+        ("FilesystemRename", "/tmp/mnt/file.txt", "RENAME"),
+        ("FilesystemDelete", "/tmp/mnt/moved.txt", "UNLINK"),
+        ("FilesystemRmdir", "/tmp/mnt/dir", "RMDIR"),
+    ] {
+        let event = events
+            .iter()
+            .find(|e| e["event_type"] == event_type && e["context"]["filesystem"]["path"] == path)
+            .with_context(|| format!("no {event_type} event for {path}"))?;
+        check_event(event, opcode, daemon).with_context(|| format!("{event_type} {path}: {event}"))?;
+    }
+    let stats: Value =
+        serde_json::from_str(section(results, "stats").trim()).context("the stats are not JSON")?;
+    eprintln!("vm-test: final stats: {stats}");
+    let kernel =
+        |name: &str| stats["kernel"][name].as_u64().with_context(|| format!("no kernel.{name} in the stats"));
+    ensure!(kernel("fuse_read_faults")? == 0, "the kprobes failed to read struct fuse_req fields: {stats}");
+    ensure!(kernel("fuse_requests")? >= 6, "fewer FUSE requests than operations: {stats}");
+    ensure!(stats["loss"]["unaccounted"].as_u64() == Some(0), "events lost without account: {stats}");
+    Ok(())
+}
+
+/// One operation's event carries its FUSE request, made by the operation's process and served by
+/// the daemon, inside the syscall's time.
+fn check_event(event: &Value, opcode: &str, daemon: u64) -> anyhow::Result<()> {
+    let requests = event["context"]["fuse"].as_array().context("no FUSE requests")?;
+    ensure!(requests.iter().any(|r| r["opcode_name"] == opcode), "no {opcode} request");
+    let pid = event["process"]["pid"].as_u64().context("no pid")?;
+    for request in requests {
+        ensure!(request["requester_pid"].as_u64() == Some(pid), "requester is not the caller: {request}");
+        ensure!(request["daemon_pid"].as_u64() == Some(daemon), "daemon is not bindfs: {request}");
+        ensure!(request["connection"].as_u64().is_some_and(|c| c > 0), "no connection: {request}");
+    }
+    let at = |key: &str| event["timeline"][key].as_u64().with_context(|| format!("no timeline {key}"));
+    ensure!(at("syscall_enter_ns")? <= at("request_queued_ns")?, "request queued before the syscall");
+    ensure!(at("request_queued_ns")? <= at("request_ended_ns")?, "request ended before it was queued");
+    ensure!(at("request_ended_ns")? <= at("syscall_exit_ns")?, "request ended after the syscall");
+    Ok(())
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn which(program: &str) -> anyhow::Result<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
+        .with_context(|| format!("{program} not found in PATH"))
+}
+
+/// The 6.1 kernel package, unpacked, and its release (`6.1.0-47-cloud-amd64`).
+fn fetch_kernel(cache: &Path, package: Option<&str>) -> anyhow::Result<(PathBuf, String)> {
+    let fetched = match package {
+        Some(package) => return fetch_package(cache, package).and_then(with_release),
+        None => fetch_package(cache, KERNEL_PACKAGE),
+    };
+    let unpacked = match fetched {
+        Ok(unpacked) => unpacked,
+        Err(error) => {
+            eprintln!("vm-test: {error:#}; looking for another 6.1 cloud kernel package");
+            let output = Command::new("apt-cache")
+                .args(["search", "--names-only", KERNEL_PACKAGE_PATTERN])
+                .output()
+                .context("cannot run apt-cache")?;
+            let newest = String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .filter_map(|line| line.split_whitespace().next())
+                .filter_map(|name| {
+                    let abi =
+                        name.strip_prefix("linux-image-6.1.0-")?.split('-').next()?.parse::<u32>().ok()?;
+                    Some((abi, name.to_owned()))
+                })
+                .max()
+                .with_context(|| {
+                    format!("apt knows no package matching {KERNEL_PACKAGE_PATTERN}: {error:#}")
+                })?;
+            fetch_package(cache, &newest.1)?
+        }
+    };
+    with_release(unpacked)
+}
+
+/// An unpacked kernel package and the release of its kernel.
+fn with_release(unpacked: PathBuf) -> anyhow::Result<(PathBuf, String)> {
+    let release = std::fs::read_dir(unpacked.join("boot"))?
+        .filter_map(Result::ok)
+        .find_map(|entry| entry.file_name().to_str()?.strip_prefix("vmlinuz-").map(str::to_owned))
+        .context("the kernel package has no boot/vmlinuz-*")?;
+    Ok((unpacked, release))
+}
+
+/// Downloads (once) and unpacks (once) a Debian package into the cache; returns where.
+fn fetch_package(cache: &Path, package: &str) -> anyhow::Result<PathBuf> {
+    let unpacked = cache.join(package);
+    let done = unpacked.join(".unpacked");
+    if done.exists() {
+        return Ok(unpacked);
+    }
+    let debs = cache.join("debs");
+    std::fs::create_dir_all(&debs)?;
+    let find_deb = || -> Option<PathBuf> {
+        std::fs::read_dir(&debs).ok()?.filter_map(Result::ok).map(|e| e.path()).find(|p| {
+            p.extension().is_some_and(|e| e == "deb")
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{package}_")))
+        })
+    };
+    if find_deb().is_none() {
+        eprintln!("vm-test: downloading {package} with apt");
+        let download =
+            || Command::new("apt-get").current_dir(&debs).args(["download", "-q", package]).status();
+        if !download().is_ok_and(|s| s.success()) {
+            // A clean machine may not have package lists yet.
+            run(Command::new("apt-get").args(["update", "-q"]))?;
+            ensure!(
+                download().is_ok_and(|s| s.success()),
+                "cannot download {package} with apt-get: the VM test needs it (is the Debian mirror reachable?)"
+            );
+        }
+    }
+    let deb = find_deb()
+        .with_context(|| format!("apt-get download {package} left no .deb in {}", debs.display()))?;
+    let _ = std::fs::remove_dir_all(&unpacked);
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
+    std::fs::write(&done, b"")?;
+    Ok(unpacked)
+}
+
+/// The shared libraries a binary loads (and the dynamic loader), from `ldd`.
+fn shared_libraries(binary: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let output = Command::new("ldd").arg(binary).output().context("cannot run ldd")?;
+    ensure!(output.status.success(), "ldd {} failed", binary.display());
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let path = line.split("=>").last()?.split_whitespace().next()?;
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect())
+}
+
+/// A `newc` cpio archive (what the kernel unpacks as an initramfs), built in memory.
+#[derive(Default)]
+struct Cpio {
+    data: Vec<u8>,
+    dirs: BTreeSet<String>,
+    inode: u32,
+}
+
+impl Cpio {
+    fn entry(&mut self, name: &str, mode: u32, body: &[u8]) {
+        self.inode += 1;
+        let size = u32::try_from(body.len()).expect("initramfs files are under 4 GiB");
+        let name_size = u32::try_from(name.len() + 1).expect("short names");
+        let fields = [self.inode, mode, 0, 0, 1, 0, size, 0, 0, 0, 0, name_size, 0];
+        self.data.extend_from_slice(b"070701");
+        for field in fields {
+            self.data.extend_from_slice(format!("{field:08x}").as_bytes());
+        }
+        self.data.extend_from_slice(name.as_bytes());
+        self.data.push(0);
+        self.pad();
+        self.data.extend_from_slice(body);
+        self.pad();
+    }
+
+    fn pad(&mut self) {
+        while !self.data.len().is_multiple_of(4) {
+            self.data.push(0);
+        }
+    }
+
+    /// A directory and its parents (each once).
+    fn dir(&mut self, path: &str) {
+        let mut prefix = String::new();
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(part);
+            if self.dirs.insert(prefix.clone()) {
+                self.entry(&prefix.clone(), 0o040_755, &[]);
+            }
+        }
+    }
+
+    fn parent(&mut self, path: &str) {
+        if let Some((parent, _)) = path.rsplit_once('/') {
+            self.dir(parent);
+        }
+    }
+
+    fn file(&mut self, path: &str, body: &[u8], permissions: u32) {
+        self.parent(path);
+        self.entry(path, 0o100_000 | permissions, body);
+    }
+
+    fn symlink(&mut self, path: &str, target: &str) {
+        self.parent(path);
+        self.entry(path, 0o120_777, target.as_bytes());
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.entry("TRAILER!!!", 0, &[]);
+        self.data
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpio_entries_are_newc_and_aligned() {
+        let mut archive = Cpio::default();
+        archive.file("a/b/init", b"hello", 0o755);
+        archive.symlink("etc/mtab", "/proc/mounts");
+        let data = archive.finish();
+        // Directories a, a/b, then the file, then etc and the symlink, then the trailer.
+        let names: Vec<&str> = data
+            .windows(6)
+            .enumerate()
+            .filter(|(_, w)| *w == b"070701")
+            .map(|(at, _)| {
+                let header = &data[at..at + 110];
+                let name_size =
+                    usize::from_str_radix(std::str::from_utf8(&header[94..102]).unwrap(), 16).unwrap();
+                std::str::from_utf8(&data[at + 110..at + 110 + name_size - 1]).unwrap()
+            })
+            .collect();
+        assert_eq!(names, ["a", "a/b", "a/b/init", "etc", "etc/mtab", "TRAILER!!!"]);
+        assert_eq!(data.len() % 4, 0);
+        let file = data.windows(8).position(|w| w == b"a/b/init").unwrap();
+        let mode =
+            u32::from_str_radix(std::str::from_utf8(&data[file - 110 + 14..file - 110 + 22]).unwrap(), 16);
+        assert_eq!(mode.unwrap(), 0o100_755);
+    }
+
+    #[test]
+    fn finds_the_sections_the_vm_wrote() {
+        let results = "@@daemon 88\n@@stderr\nline 1\nline 2\n@@stats\n{}\n@@events\n{\"a\":1}\n@@end\n";
+        assert_eq!(section(results, "stderr"), "line 1\nline 2\n");
+        assert_eq!(section(results, "events"), "{\"a\":1}\n");
+        assert_eq!(section(results, "missing"), "");
+    }
+}
