@@ -191,12 +191,27 @@ impl Broadcaster {
         });
     }
 
-    fn subscribe(&self, subscriber: Subscriber, exact_path: Option<Vec<u8>>) {
+    /// Adds the subscription a stream request's query describes; its messages come out of the
+    /// returned receiver.
+    fn subscribe_query(
+        &self,
+        query: &BTreeMap<String, String>,
+    ) -> Result<mpsc::Receiver<String>, FilterError> {
+        let filter = subscription_filter(query)?;
+        let policy = if query.get("slow").is_some_and(|p| p == "disconnect") {
+            SlowPolicy::Disconnect
+        } else {
+            SlowPolicy::Drop
+        };
+        let buffer = query.get("buffer").and_then(|b| b.parse().ok()).unwrap_or(SUBSCRIBER_BUFFER).max(1);
+        let (sender, receiver) = mpsc::channel(buffer);
+        let subscriber = Subscriber { filter, sender, policy, next: 0, dropped: 0 };
         let mut subscribers = self.subscribers.lock().unwrap_or_else(PoisonError::into_inner);
-        match exact_path {
-            Some(path) => subscribers.by_path.entry(path).or_default().push(subscriber),
+        match exact_path(query) {
+            Some(path) => subscribers.by_path.entry(path.as_bytes().to_vec()).or_default().push(subscriber),
             None => subscribers.others.push(subscriber),
         }
+        Ok(receiver)
     }
 }
 
@@ -262,22 +277,13 @@ async fn stream(
         return (StatusCode::UNAUTHORIZED, "a valid token is required (Authorization: Bearer <token>)\n")
             .into_response();
     }
-    let filter = match subscription_filter(&query) {
-        Ok(filter) => filter,
+    let receiver = match state.broadcaster.subscribe_query(&query) {
+        Ok(receiver) => receiver,
         Err(error) => {
             let cause = std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default();
             return (StatusCode::BAD_REQUEST, format!("{error}: {cause}\n")).into_response();
         }
     };
-    let policy = if query.get("slow").is_some_and(|p| p == "disconnect") {
-        SlowPolicy::Disconnect
-    } else {
-        SlowPolicy::Drop
-    };
-    let buffer = query.get("buffer").and_then(|b| b.parse().ok()).unwrap_or(SUBSCRIBER_BUFFER).max(1);
-    let (sender, receiver) = mpsc::channel(buffer);
-    let subscriber = Subscriber { filter, sender, policy, next: 0, dropped: 0 };
-    state.broadcaster.subscribe(subscriber, exact_path(&query).map(|path| path.as_bytes().to_vec()));
     upgrade
         .read_buffer_size(READ_BUFFER)
         .max_message_size(MAX_INCOMING_MESSAGE)
@@ -352,5 +358,81 @@ impl StreamServer {
             }
         });
         Ok(Self { broadcaster, addr, _runtime: runtime })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{event::EventType, sinks::to_json_lines};
+
+    fn subscribe(broadcaster: &Broadcaster, query: &[(&str, &str)]) -> mpsc::Receiver<String> {
+        let query = query.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        broadcaster.subscribe_query(&query).unwrap()
+    }
+
+    fn publish(broadcaster: &Broadcaster, events: &[(EventType, &str)], counters: &Counters) {
+        let events: Vec<SemanticEvent> =
+            events.iter().map(|(kind, path)| SemanticEvent::sample(*kind, path, 1, "test", true)).collect();
+        broadcaster.publish(&events, &to_json_lines(&events, counters), counters);
+    }
+
+    /// (`subscription_sequence`, event path) of every message waiting.
+    fn received(receiver: &mut mpsc::Receiver<String>) -> Vec<(u64, String)> {
+        std::iter::from_fn(|| receiver.try_recv().ok())
+            .map(|text| {
+                let message: serde_json::Value = serde_json::from_str(&text).unwrap();
+                let path = message["event"]["context"]["filesystem"]["path"].as_str().unwrap().to_owned();
+                (message["subscription_sequence"].as_u64().unwrap(), path)
+            })
+            .collect()
+    }
+
+    fn count(broadcaster: &Broadcaster) -> usize {
+        let subscribers = broadcaster.subscribers.lock().unwrap();
+        subscribers.others.len() + subscribers.by_path.values().map(Vec::len).sum::<usize>()
+    }
+
+    #[test]
+    fn exact_paths_globs_and_types_each_get_their_events_in_order() {
+        let broadcaster = Broadcaster::default();
+        let counters = Counters::default();
+        let mut exact = subscribe(&broadcaster, &[("path_pattern", "/w/a")]);
+        let mut exact_write =
+            subscribe(&broadcaster, &[("path_pattern", "/w/a"), ("event_types", "FilesystemWrite")]);
+        let mut glob = subscribe(&broadcaster, &[("path_pattern", "/w/[ab]")]);
+        let mut mkdirs = subscribe(&broadcaster, &[("event_types", "FilesystemMkdir")]);
+        assert_eq!(broadcaster.subscribers.lock().unwrap().by_path.len(), 1, "the exact path is indexed");
+        for _ in 0..2 {
+            publish(
+                &broadcaster,
+                &[
+                    (EventType::FilesystemCreate, "/w/a"),
+                    (EventType::FilesystemWrite, "/w/b"),
+                    (EventType::FilesystemWrite, "/w/a"),
+                    (EventType::FilesystemMkdir, "/w/d"),
+                    (EventType::FilesystemWrite, "/w/ab"),
+                ],
+                &counters,
+            );
+        }
+        let numbered = |paths: &[&str]| -> Vec<(u64, String)> {
+            paths.iter().enumerate().map(|(i, p)| (i as u64, (*p).to_owned())).collect()
+        };
+        assert_eq!(received(&mut exact), numbered(&["/w/a"; 4]));
+        assert_eq!(received(&mut exact_write), numbered(&["/w/a"; 2]));
+        assert_eq!(received(&mut glob), numbered(&["/w/a", "/w/b", "/w/a", "/w/a", "/w/b", "/w/a"]));
+        assert_eq!(received(&mut mkdirs), numbered(&["/w/d"; 2]));
+    }
+
+    #[test]
+    fn a_subscriber_that_has_gone_is_forgotten_without_an_event_for_it() {
+        let broadcaster = Broadcaster::default();
+        let exact = subscribe(&broadcaster, &[("path_pattern", "/w/a")]);
+        let other = subscribe(&broadcaster, &[("event_types", "FilesystemMkdir")]);
+        let _stays = subscribe(&broadcaster, &[("path_pattern", "/w/b")]);
+        drop((exact, other));
+        broadcaster.flush_gap_notices();
+        assert_eq!(count(&broadcaster), 1);
     }
 }
