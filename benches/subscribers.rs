@@ -11,8 +11,10 @@
 //!
 //! The clients run here and vexevent in a child process: each side needs one descriptor per
 //! connection. Needs root. Run: `cargo bench --bench subscribers`. Environment:
-//! `VEXEVENT_BENCH_SUBSCRIBERS` (comma-separated steps, default `1000,5000,10000`),
-//! `VEXEVENT_BENCH_CONNECT_CONCURRENCY` (connections in flight, default 256).
+//! `VEXEVENT_BENCH_SUBSCRIBERS` (comma-separated steps, default `1000,5000,10000,15000`),
+//! `VEXEVENT_BENCH_CONNECT_CONCURRENCY` (connections in flight, default 256),
+//! `VEXEVENT_BENCH_PATTERN=glob` (each file subscriber writes its path as a glob, `s<i>.[x]`,
+//! which selects the same file but is checked against every event instead of looked up).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -50,7 +52,7 @@ fn env_or(name: &str, default: u64) -> u64 {
 
 fn steps() -> Vec<usize> {
     std::env::var("VEXEVENT_BENCH_SUBSCRIBERS")
-        .unwrap_or_else(|_| "1000,5000,10000".to_owned())
+        .unwrap_or_else(|_| "1000,5000,10000,15000".to_owned())
         .split(',')
         .filter_map(|step| step.trim().parse().ok())
         .collect()
@@ -101,20 +103,28 @@ fn encode(value: &str) -> String {
 
 /// What subscriber `i` asks for.
 enum Query {
-    /// Its own file, `s<i>`.
-    File(PathBuf),
+    /// Its own file, `s<i>.x`, as the exact path (or as a glob selecting only it).
+    File { path: PathBuf, glob: bool },
     /// Every `FilesystemMkdir`.
     Mkdirs,
 }
 
 impl Query {
-    fn of(i: usize, dir: &Path) -> Self {
-        if i % TYPE_EVERY == TYPE_EVERY - 1 { Query::Mkdirs } else { Query::File(dir.join(format!("s{i}"))) }
+    fn of(i: usize, dir: &Path, glob: bool) -> Self {
+        if i % TYPE_EVERY == TYPE_EVERY - 1 {
+            Query::Mkdirs
+        } else {
+            Query::File { path: file(dir, i), glob }
+        }
     }
 
     fn url(&self, addr: &str) -> String {
         let query = match self {
-            Query::File(path) => format!("path_pattern={}", encode(&path.to_string_lossy())),
+            Query::File { path, glob: false } => format!("path_pattern={}", encode(&path.to_string_lossy())),
+            Query::File { path, glob: true } => {
+                let pattern = path.to_string_lossy().replace(".x", ".[x]");
+                format!("path_pattern={}", encode(&pattern))
+            }
             Query::Mkdirs => "event_types=FilesystemMkdir".to_owned(),
         };
         format!("ws://{addr}/api/v1/semantic/events/stream?{query}")
@@ -138,10 +148,15 @@ fn expected_sequences(queries: &[Query], output: &[Value]) -> Vec<Vec<u64>> {
     queries
         .iter()
         .map(|query| match query {
-            Query::File(path) => by_path.get(&support::bytes(path)).cloned().unwrap_or_default(),
+            Query::File { path, .. } => by_path.get(&support::bytes(path)).cloned().unwrap_or_default(),
             Query::Mkdirs => mkdirs.clone(),
         })
         .collect()
+}
+
+/// Subscriber `i`'s file.
+fn file(dir: &Path, i: usize) -> PathBuf {
+    dir.join(format!("s{i}.x"))
 }
 
 /// What one subscriber received: each message with the time it arrived.
@@ -244,7 +259,7 @@ fn mib(kib: u64) -> String {
 }
 
 #[expect(clippy::too_many_lines, reason = "one step of the benchmark, read top to bottom")]
-fn run_step(runtime: &tokio::runtime::Runtime, n: usize, concurrency: usize) -> Step {
+fn run_step(runtime: &tokio::runtime::Runtime, n: usize, concurrency: usize, glob: bool) -> Step {
     let mount = Mount::tmpfs();
     let vexevent = Vexevent::start(&[&mount.path], &["--stream-addr", "127.0.0.1:0"]);
     let pid = vexevent.pid();
@@ -253,7 +268,7 @@ fn run_step(runtime: &tokio::runtime::Runtime, n: usize, concurrency: usize) -> 
         .iter()
         .find_map(|line| line.split("ws://").nth(1)?.split('/').next().map(str::to_owned))
         .expect("the stream address on stderr");
-    let queries: Vec<Query> = (0..n).map(|i| Query::of(i, &mount.path)).collect();
+    let queries: Vec<Query> = (0..n).map(|i| Query::of(i, &mount.path, glob)).collect();
     let counts: Vec<Arc<AtomicUsize>> = (0..n).map(|_| Arc::new(AtomicUsize::new(0))).collect();
 
     // Connect everyone.
@@ -296,7 +311,7 @@ fn run_step(runtime: &tokio::runtime::Runtime, n: usize, concurrency: usize) -> 
     let cpu_before = cpu_time(pid);
     let workload_start = Instant::now();
     for i in 0..n {
-        std::fs::write(mount.path.join(format!("s{i}")), b"x").expect("workload file");
+        std::fs::write(file(&mount.path, i), b"x").expect("workload file");
     }
     for d in 0..DIRS {
         std::fs::create_dir(mount.path.join(format!("d{d}"))).expect("workload directory");
@@ -399,10 +414,12 @@ fn main() {
     let fds = raise_fd_limit();
     let concurrency =
         usize::try_from(env_or("VEXEVENT_BENCH_CONNECT_CONCURRENCY", 256)).unwrap_or(256).max(1);
+    let glob = std::env::var("VEXEVENT_BENCH_PATTERN").is_ok_and(|p| p == "glob");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("client runtime");
     println!(
         "subscribers: real WebSocket clients in this process, vexevent in a child; one file per subscriber \
-         plus {DIRS} directories; {concurrency} connections in flight"
+         plus {DIRS} directories; file subscribers by {}; {concurrency} connections in flight",
+        if glob { "glob" } else { "exact path" }
     );
     println!(
         "{:>6} {:>9} {:>7} {:>8} {:>9} {:>8} {:>9} {:>7} {:>9} {:>9} {:>15} {:>9} {:>9} {:>11} {:>6} {:>6}",
@@ -431,7 +448,7 @@ fn main() {
             );
             continue;
         }
-        let step = run_step(&runtime, n, concurrency);
+        let step = run_step(&runtime, n, concurrency, glob);
         print_step(&step);
     }
 }
