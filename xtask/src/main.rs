@@ -28,7 +28,8 @@ enum Task {
         #[arg(long)]
         debug: bool,
     },
-    /// Run the benchmarks: end-to-end capture overhead (needs root) and per-stage criterion runs.
+    /// Run the benchmarks: end-to-end capture overhead and WebSocket subscribers (need root) and
+    /// per-stage criterion runs.
     Bench,
 }
 
@@ -112,6 +113,13 @@ fn bench() -> anyhow::Result<()> {
         "vexevent",
         "--bench",
         "capture_overhead",
+    ]))?;
+    run(Command::new("cargo").current_dir(&root).args([
+        "bench",
+        "--package",
+        "vexevent",
+        "--bench",
+        "subscribers",
     ]))?;
     run(Command::new("cargo").current_dir(&root).args([
         "bench",
