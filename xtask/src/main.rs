@@ -31,7 +31,8 @@ enum Task {
         #[arg(long)]
         debug: bool,
     },
-    /// Run the benchmarks: end-to-end capture overhead (needs root) and per-stage criterion runs.
+    /// Run the benchmarks: end-to-end capture overhead and WebSocket subscribers (need root) and
+    /// per-stage criterion runs.
     Bench,
     /// Boot Debian's Linux 6.1 under QEMU (no FUSE tracepoints, kprobes allowed) and check that
     /// vexevent captures FUSE requests there through its kprobe fallback. Needs root, apt and
@@ -124,6 +125,13 @@ fn bench() -> anyhow::Result<()> {
         "vexevent",
         "--bench",
         "capture_overhead",
+    ]))?;
+    run(Command::new("cargo").current_dir(&root).args([
+        "bench",
+        "--package",
+        "vexevent",
+        "--bench",
+        "subscribers",
     ]))?;
     run(Command::new("cargo").current_dir(&root).args([
         "bench",

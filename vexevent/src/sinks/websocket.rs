@@ -4,9 +4,11 @@
 //! not allowed to stall the others: its excess events are dropped and it gets a gap notice with
 //! the count before the next event (or, with `slow=disconnect`, it is disconnected). The server
 //! binds to loopback unless a token is configured; with a token every request must carry it.
+//! Subscriptions to one exact path are indexed by it, so that thousands of them cost one lookup
+//! per event rather than one filter check each.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     net::SocketAddr,
     sync::{Arc, Mutex, PoisonError},
 };
@@ -34,6 +36,18 @@ pub const STREAM_PATH: &str = "/api/v1/semantic/events/stream";
 
 /// Messages a subscriber's buffer holds before it counts as slow.
 const SUBSCRIBER_BUFFER: usize = 4096;
+
+/// Initial read buffer of a connection (tungstenite's default is 128 KiB, touched on the first
+/// read): subscribers only send control frames (close, ping), at most 139 bytes each, and the
+/// buffer grows if a larger frame comes.
+const READ_BUFFER: usize = 256;
+
+/// Largest message a subscriber may send: it has nothing to say beyond control frames, and an
+/// unbounded message would let one client make the server allocate without limit.
+const MAX_INCOMING_MESSAGE: usize = 64 * 1024;
+
+/// Characters that make a `path_pattern` a glob rather than one exact path (`\` escapes).
+const GLOB_CHARACTERS: [char; 7] = ['*', '?', '[', ']', '{', '}', '\\'];
 
 /// Why the server cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +86,35 @@ struct Subscriber {
 }
 
 impl Subscriber {
+    /// Offers events (in output order) to this subscriber; false when it is to be removed
+    /// (closed, or slow with `slow=disconnect`).
+    fn offer<'a>(
+        &mut self,
+        events: impl Iterator<Item = (&'a SemanticEvent, &'a String)>,
+        counters: &Counters,
+    ) -> bool {
+        for (event, json) in events {
+            if self.filter.check(event).is_none() {
+                continue;
+            }
+            self.send_gap_notice();
+            let message = format!(r#"{{"subscription_sequence":{},"event":{json}}}"#, self.next);
+            match self.sender.try_send(message) {
+                Ok(()) => self.next += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    add(&counters.stream_dropped, 1);
+                    if self.policy == SlowPolicy::Disconnect {
+                        add(&counters.stream_disconnected, 1);
+                        return false;
+                    }
+                    self.dropped += 1;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            }
+        }
+        true
+    }
+
     /// Tells the subscriber how many events it missed since the last notice, if any and if
     /// there is room.
     fn send_gap_notice(&mut self) {
@@ -83,10 +126,25 @@ impl Subscriber {
     }
 }
 
+/// The subscriptions, indexed so that an event is offered only to those that can select it.
+#[derive(Default)]
+struct Subscribers {
+    /// Subscriptions whose `path_pattern` is one exact path, by that path (their other
+    /// conditions are `and`ed to it, so no event of another path can pass them).
+    by_path: HashMap<Vec<u8>, Vec<Subscriber>>,
+    /// Every other subscription is offered every event.
+    others: Vec<Subscriber>,
+}
+
+/// The path an exact-path subscription is indexed by.
+fn event_path(event: &SemanticEvent) -> Option<&[u8]> {
+    event.context.filesystem.as_ref()?.path.as_ref().map(crate::event::PathBytes::as_bytes)
+}
+
 /// Hands events to every subscriber; shared by the pipeline and the server.
 #[derive(Default)]
 pub struct Broadcaster {
-    subscribers: Mutex<Vec<Subscriber>>,
+    subscribers: Mutex<Subscribers>,
 }
 
 impl Broadcaster {
@@ -94,42 +152,72 @@ impl Broadcaster {
     /// subscriber; never blocks.
     pub fn publish(&self, events: &[SemanticEvent], lines: &[String], counters: &Counters) {
         let mut subscribers = self.subscribers.lock().unwrap_or_else(PoisonError::into_inner);
-        subscribers.retain_mut(|subscriber| {
-            for (event, json) in events.iter().zip(lines) {
-                if subscriber.filter.check(event).is_none() {
-                    continue;
-                }
-                subscriber.send_gap_notice();
-                let message = format!(r#"{{"subscription_sequence":{},"event":{json}}}"#, subscriber.next);
-                match subscriber.sender.try_send(message) {
-                    Ok(()) => subscriber.next += 1,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        add(&counters.stream_dropped, 1);
-                        if subscriber.policy == SlowPolicy::Disconnect {
-                            add(&counters.stream_disconnected, 1);
-                            return false;
-                        }
-                        subscriber.dropped += 1;
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => return false,
-                }
+        let Subscribers { by_path, others } = &mut *subscribers;
+        others.retain_mut(|subscriber| subscriber.offer(events.iter().zip(lines), counters));
+        if by_path.is_empty() {
+            return;
+        }
+        // The batch's events grouped by path (in order), each group offered to its path's
+        // subscriptions only.
+        let mut batch: HashMap<&[u8], Vec<usize>> = HashMap::new();
+        for (i, event) in events.iter().enumerate() {
+            if let Some(path) = event_path(event) {
+                batch.entry(path).or_default().push(i);
             }
-            true
-        });
-    }
-
-    /// Sends the gap notices still owed (a subscriber that missed events and has room again
-    /// learns how many even when no further event comes).
-    pub fn flush_gap_notices(&self) {
-        let mut subscribers = self.subscribers.lock().unwrap_or_else(PoisonError::into_inner);
-        for subscriber in subscribers.iter_mut() {
-            subscriber.send_gap_notice();
+        }
+        for (path, indices) in batch {
+            let Some(subscribers) = by_path.get_mut(path) else { continue };
+            let group = indices.iter().map(|&i| (&events[i], &lines[i]));
+            subscribers.retain_mut(|subscriber| subscriber.offer(group.clone(), counters));
+            if subscribers.is_empty() {
+                by_path.remove(path);
+            }
         }
     }
 
-    fn subscribe(&self, subscriber: Subscriber) {
-        self.subscribers.lock().unwrap_or_else(PoisonError::into_inner).push(subscriber);
+    /// Sends the gap notices still owed (a subscriber that missed events and has room again
+    /// learns how many even when no further event comes), and forgets subscribers that have
+    /// gone (whether or not an event for them came since).
+    pub fn flush_gap_notices(&self) {
+        let mut subscribers = self.subscribers.lock().unwrap_or_else(PoisonError::into_inner);
+        let keep = |subscriber: &mut Subscriber| {
+            subscriber.send_gap_notice();
+            !subscriber.sender.is_closed()
+        };
+        subscribers.others.retain_mut(keep);
+        subscribers.by_path.retain(|_, subscribers| {
+            subscribers.retain_mut(keep);
+            !subscribers.is_empty()
+        });
     }
+
+    /// Adds the subscription a stream request's query describes; its messages come out of the
+    /// returned receiver.
+    fn subscribe_query(
+        &self,
+        query: &BTreeMap<String, String>,
+    ) -> Result<mpsc::Receiver<String>, FilterError> {
+        let filter = subscription_filter(query)?;
+        let policy = if query.get("slow").is_some_and(|p| p == "disconnect") {
+            SlowPolicy::Disconnect
+        } else {
+            SlowPolicy::Drop
+        };
+        let buffer = query.get("buffer").and_then(|b| b.parse().ok()).unwrap_or(SUBSCRIBER_BUFFER).max(1);
+        let (sender, receiver) = mpsc::channel(buffer);
+        let subscriber = Subscriber { filter, sender, policy, next: 0, dropped: 0 };
+        let mut subscribers = self.subscribers.lock().unwrap_or_else(PoisonError::into_inner);
+        match exact_path(query) {
+            Some(path) => subscribers.by_path.entry(path.as_bytes().to_vec()).or_default().push(subscriber),
+            None => subscribers.others.push(subscriber),
+        }
+        Ok(receiver)
+    }
+}
+
+/// The exact path a `path_pattern` without glob characters names.
+fn exact_path(query: &BTreeMap<String, String>) -> Option<&str> {
+    query.get("path_pattern").map(String::as_str).filter(|pattern| !pattern.contains(GLOB_CHARACTERS))
 }
 
 #[derive(Clone)]
@@ -151,7 +239,10 @@ fn subscription_filter(query: &BTreeMap<String, String>) -> Result<FilterChain, 
     if let Some(categories) = query.get("categories") {
         expressions.push(format!("category in [{}]", list(categories)));
     }
-    if let Some(pattern) = query.get("path_pattern") {
+    if let Some(path) = exact_path(query) {
+        // The same events as the glob, compared without a regex.
+        expressions.push(format!("path == {path:?}"));
+    } else if let Some(pattern) = query.get("path_pattern") {
         expressions.push(format!("path glob {pattern:?}"));
     }
     if let Some(flags) = query.get("required_flags") {
@@ -186,29 +277,35 @@ async fn stream(
         return (StatusCode::UNAUTHORIZED, "a valid token is required (Authorization: Bearer <token>)\n")
             .into_response();
     }
-    let filter = match subscription_filter(&query) {
-        Ok(filter) => filter,
+    let receiver = match state.broadcaster.subscribe_query(&query) {
+        Ok(receiver) => receiver,
         Err(error) => {
             let cause = std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default();
             return (StatusCode::BAD_REQUEST, format!("{error}: {cause}\n")).into_response();
         }
     };
-    let policy = if query.get("slow").is_some_and(|p| p == "disconnect") {
-        SlowPolicy::Disconnect
-    } else {
-        SlowPolicy::Drop
-    };
-    let buffer = query.get("buffer").and_then(|b| b.parse().ok()).unwrap_or(SUBSCRIBER_BUFFER).max(1);
-    let (sender, receiver) = mpsc::channel(buffer);
-    state.broadcaster.subscribe(Subscriber { filter, sender, policy, next: 0, dropped: 0 });
-    upgrade.on_upgrade(move |socket| forward(socket, receiver))
+    upgrade
+        .read_buffer_size(READ_BUFFER)
+        .max_message_size(MAX_INCOMING_MESSAGE)
+        .max_frame_size(MAX_INCOMING_MESSAGE)
+        .on_upgrade(move |socket| forward(socket, receiver))
 }
 
-/// Writes a subscription's messages to its socket until either side closes.
+/// Writes a subscription's messages to its socket until either side closes. Reading the socket
+/// answers pings and notices a client that has gone even when no event comes for it.
 async fn forward(mut socket: WebSocket, mut receiver: mpsc::Receiver<String>) {
-    while let Some(message) = receiver.recv().await {
-        if socket.send(Message::Text(message.into())).await.is_err() {
-            break;
+    loop {
+        tokio::select! {
+            message = receiver.recv() => {
+                let Some(message) = message else { break };
+                if socket.send(Message::Text(message.into())).await.is_err() {
+                    break;
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+                Some(Ok(_)) => {}
+            },
         }
     }
     let _ = socket.send(Message::Close(None)).await;
@@ -261,5 +358,81 @@ impl StreamServer {
             }
         });
         Ok(Self { broadcaster, addr, _runtime: runtime })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{event::EventType, sinks::to_json_lines};
+
+    fn subscribe(broadcaster: &Broadcaster, query: &[(&str, &str)]) -> mpsc::Receiver<String> {
+        let query = query.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        broadcaster.subscribe_query(&query).unwrap()
+    }
+
+    fn publish(broadcaster: &Broadcaster, events: &[(EventType, &str)], counters: &Counters) {
+        let events: Vec<SemanticEvent> =
+            events.iter().map(|(kind, path)| SemanticEvent::sample(*kind, path, 1, "test", true)).collect();
+        broadcaster.publish(&events, &to_json_lines(&events, counters), counters);
+    }
+
+    /// (`subscription_sequence`, event path) of every message waiting.
+    fn received(receiver: &mut mpsc::Receiver<String>) -> Vec<(u64, String)> {
+        std::iter::from_fn(|| receiver.try_recv().ok())
+            .map(|text| {
+                let message: serde_json::Value = serde_json::from_str(&text).unwrap();
+                let path = message["event"]["context"]["filesystem"]["path"].as_str().unwrap().to_owned();
+                (message["subscription_sequence"].as_u64().unwrap(), path)
+            })
+            .collect()
+    }
+
+    fn count(broadcaster: &Broadcaster) -> usize {
+        let subscribers = broadcaster.subscribers.lock().unwrap();
+        subscribers.others.len() + subscribers.by_path.values().map(Vec::len).sum::<usize>()
+    }
+
+    #[test]
+    fn exact_paths_globs_and_types_each_get_their_events_in_order() {
+        let broadcaster = Broadcaster::default();
+        let counters = Counters::default();
+        let mut exact = subscribe(&broadcaster, &[("path_pattern", "/w/a")]);
+        let mut exact_write =
+            subscribe(&broadcaster, &[("path_pattern", "/w/a"), ("event_types", "FilesystemWrite")]);
+        let mut glob = subscribe(&broadcaster, &[("path_pattern", "/w/[ab]")]);
+        let mut mkdirs = subscribe(&broadcaster, &[("event_types", "FilesystemMkdir")]);
+        assert_eq!(broadcaster.subscribers.lock().unwrap().by_path.len(), 1, "the exact path is indexed");
+        for _ in 0..2 {
+            publish(
+                &broadcaster,
+                &[
+                    (EventType::FilesystemCreate, "/w/a"),
+                    (EventType::FilesystemWrite, "/w/b"),
+                    (EventType::FilesystemWrite, "/w/a"),
+                    (EventType::FilesystemMkdir, "/w/d"),
+                    (EventType::FilesystemWrite, "/w/ab"),
+                ],
+                &counters,
+            );
+        }
+        let numbered = |paths: &[&str]| -> Vec<(u64, String)> {
+            paths.iter().enumerate().map(|(i, p)| (i as u64, (*p).to_owned())).collect()
+        };
+        assert_eq!(received(&mut exact), numbered(&["/w/a"; 4]));
+        assert_eq!(received(&mut exact_write), numbered(&["/w/a"; 2]));
+        assert_eq!(received(&mut glob), numbered(&["/w/a", "/w/b", "/w/a", "/w/a", "/w/b", "/w/a"]));
+        assert_eq!(received(&mut mkdirs), numbered(&["/w/d"; 2]));
+    }
+
+    #[test]
+    fn a_subscriber_that_has_gone_is_forgotten_without_an_event_for_it() {
+        let broadcaster = Broadcaster::default();
+        let exact = subscribe(&broadcaster, &[("path_pattern", "/w/a")]);
+        let other = subscribe(&broadcaster, &[("event_types", "FilesystemMkdir")]);
+        let _stays = subscribe(&broadcaster, &[("path_pattern", "/w/b")]);
+        drop((exact, other));
+        broadcaster.flush_gap_notices();
+        assert_eq!(count(&broadcaster), 1);
     }
 }
