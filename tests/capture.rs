@@ -520,8 +520,7 @@ fn stats_are_available_while_running_and_on_sigusr1() {
     let snapshot: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(snapshot["pid"].as_u64(), Some(u64::from(vexevent.pid())));
     assert!(snapshot["kernel"]["emitted"].as_u64().unwrap() > 0);
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(libc::pid_t::try_from(vexevent.pid()).unwrap(), libc::SIGUSR1) };
+    vexevent.signal(libc::SIGUSR1);
     vexevent.wait_for_stderr("vexevent stats (pid", Duration::from_secs(30));
     let finished = vexevent.stop();
     let reports = finished.stderr.iter().filter(|l| l.starts_with("vexevent stats")).count();

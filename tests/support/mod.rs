@@ -49,13 +49,26 @@ pub struct Finished {
 }
 
 impl Vexevent {
-    /// Starts `vexevent run --watch <watch>... <extra>` and waits until it is capturing.
+    /// Starts `vexevent run --watch <watch>... <extra>` and waits until it is capturing; events
+    /// go to `output`.
     pub fn start(watch: &[&Path], extra: &[&str]) -> Self {
+        Self::spawn(watch, extra, true)
+    }
+
+    /// Like `start`, without `--output`: the configuration given in `extra` names the sinks.
+    pub fn start_with_own_sinks(watch: &[&Path], extra: &[&str]) -> Self {
+        Self::spawn(watch, extra, false)
+    }
+
+    fn spawn(watch: &[&Path], extra: &[&str], with_output: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let output = dir.path().join("events.jsonl");
         let stats_file = dir.path().join("stats.json");
         let mut command = Command::new(env!("CARGO_BIN_EXE_vexevent"));
-        command.arg("run").arg("--output").arg(&output).arg("--stats-file").arg(&stats_file);
+        command.arg("run").arg("--stats-file").arg(&stats_file);
+        if with_output {
+            command.arg("--output").arg(&output);
+        }
         command.args(["--stats-interval", "0"]);
         for path in watch {
             command.arg("--watch").arg(path);
@@ -96,6 +109,12 @@ impl Vexevent {
         self.child.id()
     }
 
+    /// Sends `signal` to the vexevent process.
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(libc::pid_t::try_from(self.pid()).expect("pid"), signal) };
+    }
+
     /// Events written so far.
     pub fn events_so_far(&self) -> Vec<Value> {
         read_events(&self.output)
@@ -115,8 +134,13 @@ impl Vexevent {
 
     /// Waits until vexevent prints a stderr line containing `needle`.
     pub fn wait_for_stderr(&mut self, needle: &str, deadline: Duration) {
+        self.wait_for_stderr_times(needle, 1, deadline);
+    }
+
+    /// Waits until vexevent has printed `times` stderr lines containing `needle`.
+    pub fn wait_for_stderr_times(&mut self, needle: &str, times: usize, deadline: Duration) {
         let end = Instant::now() + deadline;
-        while !self.stderr.iter().any(|line| line.contains(needle)) {
+        while self.stderr.iter().filter(|line| line.contains(needle)).count() < times {
             let left = end.saturating_duration_since(Instant::now());
             match self.stderr_lines.recv_timeout(left) {
                 Ok(line) => self.stderr.push(line),
@@ -127,9 +151,7 @@ impl Vexevent {
 
     /// SIGINT, wait for the orderly exit, read events and final stats.
     pub fn stop(mut self) -> Finished {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(pid, libc::SIGINT) };
+        self.signal(libc::SIGINT);
         let deadline = Instant::now() + EXIT_DEADLINE;
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("wait") {

@@ -330,6 +330,7 @@ impl Stages {
             let queued = Queued {
                 line: Arc::from(line.as_str()),
                 urgent: event.priority <= Priority::High,
+                sequence: event.global_sequence,
                 monotonic_ns: event.timestamp.monotonic_ns,
             };
             for &target in rest {

@@ -159,7 +159,8 @@ mod tests {
             .collect();
         to_json_lines(&events, &Counters::default())
             .into_iter()
-            .map(|line| Queued { line: line.into(), urgent: false, monotonic_ns: 0 })
+            .zip(0..)
+            .map(|(line, sequence)| Queued { line: line.into(), urgent: false, sequence, monotonic_ns: 0 })
             .collect()
     }
 

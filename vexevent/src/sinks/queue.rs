@@ -1,6 +1,8 @@
 //! A sink's bounded queue: two lanes (urgent for Critical/High events, bulk for the rest) so that
-//! urgent events are taken first and never wait behind, or get dropped for, bulk traffic; and a
-//! policy for a full lane (block the pipeline, drop the newest event, drop the oldest).
+//! urgent events never wait behind, or get dropped for, bulk traffic: when more is queued than
+//! one batch takes, urgent events go first; when the whole backlog fits in the batch, events
+//! keep their output order. A full lane follows the sink's policy (block the pipeline, drop the
+//! newest event, drop the oldest).
 
 use std::{
     collections::VecDeque,
@@ -17,6 +19,8 @@ pub struct Queued {
     pub line: Arc<str>,
     /// Critical or High priority: taken before bulk events.
     pub urgent: bool,
+    /// Position in the output stream (events that fit in one batch keep this order).
+    pub sequence: u64,
     /// Kernel timestamp, for the kernel-to-sink latency.
     pub monotonic_ns: u64,
 }
@@ -125,7 +129,8 @@ impl SinkQueue {
         pushed
     }
 
-    /// Moves up to `max` events into `out`, urgent ones first. Waits for the first event; then,
+    /// Moves up to `max` events into `out`: in output order when all that is queued fits, else
+    /// urgent ones first. Waits for the first event; then,
     /// while fewer than `max` are there, up to `linger` for more (batching sinks). Returns false
     /// once the queue is closed and empty.
     pub fn take(&self, max: usize, linger: Duration, out: &mut Vec<Queued>) -> bool {
@@ -144,8 +149,14 @@ impl SinkQueue {
             }
             lanes = self.readable.wait_timeout(lanes, left).unwrap_or_else(PoisonError::into_inner).0;
         }
+        let in_order = lanes.len() <= max;
         for _ in 0..max {
-            let Some(item) = lanes.urgent.pop_front().or_else(|| lanes.bulk.pop_front()) else { break };
+            let Lanes { urgent, bulk, .. } = &mut *lanes;
+            let bulk_first = in_order
+                && bulk.front().is_some_and(|b| urgent.front().is_none_or(|u| b.sequence < u.sequence));
+            let item =
+                if bulk_first { bulk.pop_front() } else { urgent.pop_front().or_else(|| bulk.pop_front()) };
+            let Some(item) = item else { break };
             out.push(item);
         }
         drop(lanes);
@@ -190,22 +201,36 @@ mod tests {
     use super::*;
 
     fn item(n: u64, urgent: bool) -> Queued {
-        Queued { line: n.to_string().into(), urgent, monotonic_ns: n }
+        Queued { line: n.to_string().into(), urgent, sequence: n, monotonic_ns: n }
     }
 
-    fn take_all(queue: &SinkQueue) -> Vec<String> {
+    fn take(queue: &SinkQueue, max: usize) -> Vec<String> {
         let mut out = Vec::new();
-        queue.take(usize::MAX, Duration::ZERO, &mut out);
+        queue.take(max, Duration::ZERO, &mut out);
         out.iter().map(|q| q.line.to_string()).collect()
     }
 
+    fn take_all(queue: &SinkQueue) -> Vec<String> {
+        take(queue, usize::MAX)
+    }
+
     #[test]
-    fn urgent_events_are_taken_before_bulk_ones() {
+    fn with_a_backlog_urgent_events_are_taken_before_bulk_ones() {
         let queue = SinkQueue::new(10, WhenFull::Block);
         for (n, urgent) in [(1, false), (2, false), (3, true), (4, false), (5, true)] {
             queue.push(item(n, urgent));
         }
-        assert_eq!(take_all(&queue), ["3", "5", "1", "2", "4"]);
+        assert_eq!(take(&queue, 3), ["3", "5", "1"]);
+        assert_eq!(take(&queue, 3), ["2", "4"]);
+    }
+
+    #[test]
+    fn what_fits_in_one_batch_keeps_its_output_order() {
+        let queue = SinkQueue::new(10, WhenFull::Block);
+        for (n, urgent) in [(1, false), (2, true), (3, false), (4, true)] {
+            queue.push(item(n, urgent));
+        }
+        assert_eq!(take(&queue, 4), ["1", "2", "3", "4"]);
     }
 
     #[test]
@@ -215,7 +240,7 @@ mod tests {
         assert_eq!(queue.push(item(2, false)), Pushed::Queued);
         assert_eq!(queue.push(item(3, false)), Pushed::DroppedNewest);
         assert_eq!(queue.push(item(4, true)), Pushed::Queued);
-        assert_eq!(take_all(&queue), ["4", "1", "2"]);
+        assert_eq!(take_all(&queue), ["1", "2", "4"]);
     }
 
     #[test]

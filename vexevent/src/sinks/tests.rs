@@ -27,7 +27,7 @@ fn spec(name: &str, destination: Destination, queue: usize, when_full: WhenFull)
 }
 
 fn item(n: u64) -> Queued {
-    Queued { line: format!(r#"{{"n":{n}}}"#).into(), urgent: false, monotonic_ns: 0 }
+    Queued { line: format!(r#"{{"n":{n}}}"#).into(), urgent: false, sequence: n, monotonic_ns: 0 }
 }
 
 /// What the test receiver saw: every request's batch header and events, and how many requests

@@ -1,0 +1,257 @@
+//! Root tests of routing and sinks with real receivers: routes send each event to the sinks they
+//! name (and the rest to `unmatched`), a webhook receiver that fails and then recovers gets every
+//! batch once, and reloading routes under load (SIGHUP and the control API) loses and duplicates
+//! nothing; a bad reload is refused and the running routes stay.
+
+mod support;
+
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{extract::State, http::StatusCode, routing::post};
+use serde_json::Value;
+use support::{Mount, Vexevent, path_is, read_events, root_or_skip};
+
+/// What the webhook receiver got: one entry per accepted request, and how many it still refuses.
+#[derive(Default)]
+struct Hook {
+    refuse: usize,
+    refused: usize,
+    batches: Vec<Vec<Value>>,
+}
+
+async fn receive(State(hook): State<Arc<Mutex<Hook>>>, body: String) -> StatusCode {
+    let mut hook = hook.lock().unwrap();
+    if hook.refuse > 0 {
+        hook.refuse -= 1;
+        hook.refused += 1;
+        return StatusCode::INTERNAL_SERVER_ERROR;
+    }
+    hook.batches.push(serde_json::from_str(&body).expect("a JSON array of events"));
+    StatusCode::OK
+}
+
+/// A webhook receiver on loopback that refuses its first `refuse` requests.
+fn webhook_receiver(refuse: usize) -> (String, Arc<Mutex<Hook>>) {
+    let hook = Arc::new(Mutex::new(Hook { refuse, ..Hook::default() }));
+    let state = Arc::clone(&hook);
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addr_tx.send(listener.local_addr().unwrap()).unwrap();
+            let app = axum::Router::new().route("/events", post(receive)).with_state(state);
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    (format!("http://{}/events", addr_rx.recv().unwrap()), hook)
+}
+
+fn types(events: &[Value]) -> BTreeSet<String> {
+    events.iter().map(|e| e["event_type"].as_str().unwrap().to_owned()).collect()
+}
+
+fn ids(events: &[Value]) -> Vec<u64> {
+    events.iter().map(|e| e["event_id"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn routes_deliver_each_event_to_its_sinks_and_a_failing_webhook_gets_every_batch_once() {
+    if !root_or_skip("routes_deliver_each_event_to_its_sinks_and_a_failing_webhook_gets_every_batch_once") {
+        return;
+    }
+    let mount = Mount::tmpfs();
+    let out = tempfile::tempdir().unwrap();
+    let (url, hook) = webhook_receiver(3);
+    let file = |name: &str| out.path().join(name);
+    let config = format!(
+        r#"
+[sinks.writes]
+type = "file"
+path = "{writes}"
+[sinks.dirs]
+type = "file"
+path = "{dirs}"
+[sinks.rest]
+type = "file"
+path = "{rest}"
+[sinks.hook]
+type = "webhook"
+url = "{url}"
+batch_events = 4
+retry_initial_ms = 20
+
+[[routes]]
+name = "writes"
+match = "type == FilesystemWrite"
+targets = ["writes", "hook"]
+
+[[routes]]
+name = "dirs"
+match = "type == FilesystemMkdir"
+targets = ["dirs"]
+
+[routing]
+unmatched = ["rest"]
+"#,
+        writes = file("writes.jsonl").display(),
+        dirs = file("dirs.jsonl").display(),
+        rest = file("rest.jsonl").display(),
+    );
+    std::fs::write(file("vexevent.toml"), config).unwrap();
+    let vexevent = Vexevent::start_with_own_sinks(
+        &[&mount.path],
+        &["--config", file("vexevent.toml").to_str().unwrap()],
+    );
+    for i in 0..10 {
+        std::fs::write(mount.path.join(format!("f{i}")), b"data").unwrap();
+    }
+    for i in 0..5 {
+        std::fs::create_dir(mount.path.join(format!("d{i}"))).unwrap();
+    }
+    for i in 0..3 {
+        std::fs::remove_file(mount.path.join(format!("f{i}"))).unwrap();
+    }
+    let finished = vexevent.stop();
+    assert!(finished.exit_ok, "{:?}", finished.stderr);
+
+    let writes = read_events(&file("writes.jsonl"));
+    let dirs = read_events(&file("dirs.jsonl"));
+    let rest = read_events(&file("rest.jsonl"));
+    assert_eq!(writes.len(), 10, "{writes:?}");
+    assert_eq!(types(&writes), BTreeSet::from(["FilesystemWrite".to_owned()]));
+    for i in 0..10 {
+        assert!(writes.iter().any(|e| path_is(e, &mount.path.join(format!("f{i}")))), "write to f{i}");
+    }
+    assert_eq!(dirs.len(), 5);
+    assert_eq!(types(&dirs), BTreeSet::from(["FilesystemMkdir".to_owned()]));
+    assert!(!types(&rest).contains("FilesystemWrite") && !types(&rest).contains("FilesystemMkdir"));
+    assert!(types(&rest).contains("FilesystemDelete"), "{:?}", types(&rest));
+
+    // Every event went to exactly one file sink: the union of their global sequence numbers is
+    // 0..n, each once.
+    let mut sequences: Vec<u64> = [&writes, &dirs, &rest]
+        .iter()
+        .flat_map(|events| events.iter())
+        .map(|e| e["global_sequence"].as_u64().unwrap())
+        .collect();
+    sequences.sort_unstable();
+    assert_eq!(sequences, (0..sequences.len() as u64).collect::<Vec<_>>());
+
+    // The webhook refused three requests, then got every write once, in order.
+    let hook = hook.lock().unwrap();
+    assert_eq!(hook.refused, 3);
+    let posted: Vec<Value> = hook.batches.iter().flatten().cloned().collect();
+    assert_eq!(ids(&posted), ids(&writes), "the webhook got the writes once, in order");
+    assert!(hook.batches.iter().all(|b| b.len() <= 4));
+
+    let sinks = &finished.stats["sinks"];
+    assert_eq!(sinks["hook"]["delivered"].as_u64(), Some(10));
+    assert_eq!(sinks["hook"]["failed_attempts"].as_u64(), Some(3));
+    assert_eq!(sinks["writes"]["delivered"].as_u64(), Some(10));
+    assert_eq!(sinks["dirs"]["delivered"].as_u64(), Some(5));
+    assert_eq!(finished.stats["routes"]["writes"].as_u64(), Some(10));
+    assert_eq!(finished.stats["userspace"]["sink_errors"].as_u64(), Some(0));
+    assert_eq!(finished.stats["userspace"]["events_unrouted"].as_u64(), Some(0));
+}
+
+/// A configuration sending everything to `target`.
+fn everything_to(out: &Path, target: &str) -> String {
+    format!(
+        r#"
+[sinks.first]
+type = "file"
+path = "{}"
+[sinks.second]
+type = "file"
+path = "{}"
+
+[[routes]]
+name = "everything"
+match = "true"
+targets = ["{target}"]
+"#,
+        out.join("first.jsonl").display(),
+        out.join("second.jsonl").display(),
+    )
+}
+
+fn post_reload(url: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut response = agent.post(url).send("").expect("the control API answers");
+    (response.status().as_u16(), response.body_mut().read_to_string().unwrap())
+}
+
+#[test]
+fn reloading_routes_under_load_loses_and_duplicates_nothing() {
+    if !root_or_skip("reloading_routes_under_load_loses_and_duplicates_nothing") {
+        return;
+    }
+    let mount = Mount::tmpfs();
+    let out = tempfile::tempdir().unwrap();
+    let config = out.path().join("vexevent.toml");
+    std::fs::write(&config, everything_to(out.path(), "first")).unwrap();
+    let mut vexevent = Vexevent::start_with_own_sinks(
+        &[&mount.path],
+        &["--config", config.to_str().unwrap(), "--control-addr", "127.0.0.1:0"],
+    );
+    let control = vexevent
+        .stderr
+        .iter()
+        .find_map(|line| line.split("http://").nth(1)?.split('/').next().map(str::to_owned))
+        .expect("the control API address on stderr");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (stop, dir) = (Arc::clone(&stop), mount.path.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                std::fs::create_dir(dir.join(format!("d{n}"))).unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    for round in 0..6 {
+        let target = if round % 2 == 0 { "second" } else { "first" };
+        std::fs::write(&config, everything_to(out.path(), target)).unwrap();
+        if round % 2 == 0 {
+            vexevent.signal(libc::SIGHUP);
+        } else {
+            let (status, body) = post_reload(&format!("http://{control}/api/v1/control/reload"));
+            assert_eq!(status, 200, "{body}");
+            assert!(body.contains("reloaded: 1 route(s)"), "{body}");
+        }
+        vexevent.wait_for_stderr_times("vexevent: reloaded", round + 1, Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A configuration that does not compile is refused; the running routes stay.
+    std::fs::write(&config, everything_to(out.path(), "nowhere")).unwrap();
+    let (status, body) = post_reload(&format!("http://{control}/api/v1/control/reload"));
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("reload refused") && body.contains("\"nowhere\""), "{body}");
+    stop.store(true, Ordering::Relaxed);
+    let made = load.join().unwrap();
+    let finished = vexevent.stop();
+    assert!(finished.exit_ok, "{:?}", finished.stderr);
+
+    let first = read_events(&out.path().join("first.jsonl"));
+    let second = read_events(&out.path().join("second.jsonl"));
+    assert!(!first.is_empty() && !second.is_empty(), "both sinks were used");
+    let all: Vec<&Value> = first.iter().chain(&second).collect();
+    let mut sequences: Vec<u64> = all.iter().map(|e| e["global_sequence"].as_u64().unwrap()).collect();
+    sequences.sort_unstable();
+    assert_eq!(sequences, (0..sequences.len() as u64).collect::<Vec<_>>(), "no event lost or duplicated");
+    let mkdirs = all.iter().filter(|e| e["event_type"] == "FilesystemMkdir").count() as u64;
+    assert_eq!(mkdirs, made, "every mkdir of the load, once");
+    assert_eq!(finished.stats["loss"]["lost_reported"].as_u64(), Some(0), "no loss in the kernel either");
+}
