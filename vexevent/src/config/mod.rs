@@ -566,9 +566,68 @@ mod tests {
     }
 
     #[test]
-    fn the_documented_example_parses_and_validates() {
-        let text = include_str!("../../../vexevent.example.toml");
-        let config = Config::from_toml(text).unwrap();
-        config.validate().unwrap();
+    fn the_documented_examples_parse_and_validate() {
+        for text in [
+            include_str!("../../../vexevent.example.toml"),
+            include_str!("../../../vexevent.routing.example.toml"),
+        ] {
+            let config = Config::from_toml(text).unwrap();
+            config.validate().unwrap();
+        }
+        let routing = Config::from_toml(include_str!("../../../vexevent.routing.example.toml")).unwrap();
+        let outputs = routing.outputs().unwrap();
+        assert_eq!(outputs.sinks.len(), 6);
+        assert_eq!(outputs.routes.len(), 3);
+        routing.validate().unwrap().router().unwrap();
+    }
+
+    #[test]
+    fn every_sink_and_route_problem_is_listed_with_its_place() {
+        let config = Config::from_toml(
+            r#"
+[output]
+path = "/tmp/x.jsonl"
+[sinks.hook]
+type = "webhook"
+path = "/tmp/y"
+[sinks.sock]
+type = "socket"
+address = "udp:1.2.3.4:5"
+[sinks.file]
+type = "file"
+queue = 0
+[[routes]]
+name = "a"
+match = "type =="
+targets = ["hook", "nope"]
+key = "pid"
+[[routes]]
+name = "a"
+match = "true"
+targets = []
+[routing]
+unmatched = ["gone"]
+"#,
+        )
+        .unwrap();
+        let problems: Vec<String> = config.problems().iter().map(ToString::to_string).collect();
+        let expect = [
+            "output.path (or --output) is set while [sinks] are configured",
+            "sinks.file: type File needs `path`",
+            "sinks.file: `queue` must be at least 1",
+            "sinks.hook: `path` does not apply to type Webhook",
+            "sinks.hook: type Webhook needs `url`",
+            "must start with unix: or tcp:",
+            "routes[0] (a): `key` only applies with balance = \"key\"",
+            "routes[0] (a): \"nope\" is not a configured sink; sinks: file, hook, sock",
+            "routes[1] (a): the name is used twice",
+            "routes[1] (a): `targets` is empty",
+            "routing.unmatched: \"gone\" is not a configured sink",
+            "filter \"routes.a\" does not parse",
+        ];
+        for expected in expect {
+            assert!(problems.iter().any(|p| p.contains(expected)), "missing {expected:?} in {problems:#?}");
+        }
+        assert_eq!(problems.len(), expect.len(), "{problems:#?}");
     }
 }
