@@ -2,7 +2,7 @@
 //! semantic event (an fd-based write, a repeated open whose stat is cached, an `O_CREAT` open that
 //! must stat), evaluating a 10-clause filter, routing through 20 routes, and serializing the
 //! event as a JSON line; then the whole userspace path per event: decode -> translate -> filter
-//! -> route -> serialize -> a null sink's queue and worker. Run: `cargo bench --bench stages`.
+//! -> route -> serialize -> the queues and workers of four null sinks. Run: `cargo bench --bench stages`.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -149,8 +149,8 @@ fn pipeline(c: &mut Criterion) {
     let mut targets = Vec::new();
     let up = |_: usize| true;
     let counters = Arc::new(Counters::default());
-    let null = SinkSpec {
-        name: "null".into(),
+    let null = |n: usize| SinkSpec {
+        name: format!("null{n}"),
         destination: Destination::Null,
         queue: 1 << 16,
         when_full: WhenFull::Block,
@@ -162,10 +162,12 @@ fn pipeline(c: &mut Criterion) {
             max_retries: 0,
         },
     };
-    let sinks = Sinks::start(&[null], &counters).expect("null sink");
+    // The four outputs the routes name, each a null sink with its queue and worker.
+    let sinks = Sinks::start(&(0..4).map(null).collect::<Vec<_>>(), &counters).expect("null sinks");
     let records: Vec<Vec<u8>> =
         (0..PIPELINE_BATCH).map(|i| if i % 2 == 0 { open.clone() } else { write.clone() }).collect();
     let mut translated: Vec<SemanticEvent> = Vec::with_capacity(PIPELINE_BATCH);
+    let mut per_sink: Vec<Vec<Queued>> = vec![Vec::new(); sinks.len()];
     let mut group = c.benchmark_group("pipeline");
     group.throughput(Throughput::Elements(PIPELINE_BATCH as u64));
     group.bench_function("decode_translate_filter_route_null_sink", |b| {
@@ -179,15 +181,14 @@ fn pipeline(c: &mut Criterion) {
             let lines = to_json_lines(&translated, &counters);
             for (event, line) in translated.iter().zip(&lines) {
                 router.route(event, &up, &mut targets);
+                let queued =
+                    Queued { line: Arc::from(line.as_str()), urgent: false, sequence: 0, monotonic_ns: 0 };
                 for &target in &targets {
-                    let queued = Queued {
-                        line: Arc::from(line.as_str()),
-                        urgent: false,
-                        sequence: 0,
-                        monotonic_ns: 0,
-                    };
-                    sinks.offer(target % sinks.len(), queued, &counters);
+                    per_sink[target].push(queued.clone());
                 }
+            }
+            for (index, queued) in per_sink.iter_mut().enumerate() {
+                sinks.offer(index, queued.drain(..), &counters);
             }
         });
     });

@@ -89,7 +89,7 @@ fn a_recorded_stream_replays_into_ordered_joined_events() {
         }
     }
     for event in translated {
-        correlator.push(event, &counters);
+        correlator.push(event, 0, &counters);
     }
     let mut out = Vec::new();
     correlator.flush(&mut out, &counters);

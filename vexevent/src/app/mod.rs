@@ -108,7 +108,7 @@ pub fn run(settings: &Settings, config: Config, source: ConfigSource) -> Result<
         thread::Builder::new()
             .name("vexevent-pipeline".into())
             .spawn(move || {
-                let stages = Stages { translator, correlator, routing, sinks };
+                let stages = Stages { translator, correlator, routing, sinks, per_sink: Vec::new() };
                 run_pipeline(&batches_rx, &reloads_rx, stages, broadcaster.as_deref(), &counters)
             })
             .map_err(|source| AppError::Start { what: "pipeline thread", source })?
@@ -295,6 +295,8 @@ struct Stages {
     correlator: Correlator,
     routing: Routing,
     sinks: Sinks,
+    /// Events of the current batch for each sink (kept to reuse the allocations).
+    per_sink: Vec<Vec<Queued>>,
 }
 
 impl Stages {
@@ -324,19 +326,26 @@ impl Stages {
         let sinks = &self.sinks;
         let up = |index: usize| sinks.is_up(index);
         let mut targets = Vec::new();
+        self.per_sink.resize_with(sinks.len(), Vec::new);
         for (event, line) in ready.iter().zip(&lines) {
             self.routing.router.route(event, &up, &mut targets);
-            let Some((&last, rest)) = targets.split_last() else { continue };
+            if targets.is_empty() {
+                continue;
+            }
             let queued = Queued {
                 line: Arc::from(line.as_str()),
                 urgent: event.priority <= Priority::High,
                 sequence: event.global_sequence,
                 monotonic_ns: event.timestamp.monotonic_ns,
             };
-            for &target in rest {
-                sinks.offer(target, queued.clone(), counters);
+            for &target in &targets {
+                self.per_sink[target].push(queued.clone());
             }
-            sinks.offer(last, queued, counters);
+        }
+        for (index, queued) in self.per_sink.iter_mut().enumerate() {
+            if !queued.is_empty() {
+                sinks.offer(index, queued.drain(..), counters);
+            }
         }
         add(&counters.events_unrouted, self.routing.router.take_unrouted());
         counters.outputs.add_route_matches(self.routing.router.take_matched());
@@ -371,8 +380,9 @@ fn run_pipeline(
                 for captured in &batch {
                     stages.translator.translate_captured(captured, &mut translated, counters);
                 }
+                let arrived = monotonic_ns();
                 for event in translated.drain(..) {
-                    stages.correlator.push(event, counters);
+                    stages.correlator.push(event, arrived, counters);
                 }
             }
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}

@@ -3,8 +3,9 @@
 //! where the time went, and not reported again on their own (unless raw boundary events are asked
 //! for). A request no syscall claims (writeback, readahead, an asynchronous release, a caller
 //! outside the watch) becomes an event of its own, once its thread has moved on or `window` has
-//! passed. Events leave in the order they came in; a pending request holds back the events behind
-//! it for at most `window`.
+//! passed since the request reached userspace (not since the kernel stamped it: a pipeline that
+//! lags behind must not give up on callers whose records are right behind). Events leave in the
+//! order they came in; a pending request holds back the events behind it for at most `window`.
 
 use std::{collections::HashMap, collections::VecDeque, time::Duration};
 
@@ -26,8 +27,9 @@ pub struct CorrelateOptions {
 
 enum Slot {
     Ready(SemanticEvent),
-    /// A FUSE request waiting for its caller.
-    Pending(SemanticEvent),
+    /// A FUSE request waiting for its caller, and when it reached this stage
+    /// (`CLOCK_MONOTONIC`, ns).
+    Pending(SemanticEvent, u64),
     /// A request that was folded into its caller's event.
     Joined,
 }
@@ -53,15 +55,16 @@ impl Correlator {
         Self { options, queue: VecDeque::new(), base: 0, pending: HashMap::new() }
     }
 
-    /// Takes the next event of the stream.
-    pub fn push(&mut self, mut event: SemanticEvent, counters: &Counters) {
+    /// Takes the next event of the stream, which reached userspace at `arrived_ns`
+    /// (`CLOCK_MONOTONIC`).
+    pub fn push(&mut self, mut event: SemanticEvent, arrived_ns: u64, counters: &Counters) {
         if is_fuse_request(&event) {
             if self.options.raw_boundaries {
                 self.queue.push_back(Slot::Ready(event.clone()));
             }
             let tid = event.context.fuse[0].requester_tid;
             self.pending.entry(tid).or_default().push(self.base + self.queue.len() as u64);
-            self.queue.push_back(Slot::Pending(event));
+            self.queue.push_back(Slot::Pending(event, arrived_ns));
             return;
         }
         if let Some(tid) = event.process.as_ref().map(|p| p.tid) {
@@ -80,7 +83,7 @@ impl Correlator {
         for position in positions {
             let index = usize::try_from(position - self.base).unwrap_or(usize::MAX);
             let Some(slot) = self.queue.get_mut(index) else { continue };
-            let Slot::Pending(request) = std::mem::replace(slot, Slot::Joined) else { continue };
+            let Slot::Pending(request, _) = std::mem::replace(slot, Slot::Joined) else { continue };
             let fuse = &request.context.fuse[0];
             if (enter..=exit).contains(&fuse.queued_ns) {
                 event.context.fuse.push(fuse.clone());
@@ -139,12 +142,12 @@ impl Correlator {
     }
 
     /// Moves the events that are ready, in order, to `out`. A request still pending at the front
-    /// waits until `now_ns` (`CLOCK_MONOTONIC`) is `window` past its reply.
+    /// waits until `now_ns` (`CLOCK_MONOTONIC`) is `window` past its reply and past its arrival.
     pub fn drain(&mut self, now_ns: u64, out: &mut Vec<SemanticEvent>, counters: &Counters) {
         let window = u64::try_from(self.options.window.as_nanos()).unwrap_or(u64::MAX);
         while let Some(front) = self.queue.front() {
-            if let Slot::Pending(request) = front {
-                if request.timestamp.monotonic_ns.saturating_add(window) > now_ns {
+            if let Slot::Pending(request, arrived_ns) = front {
+                if request.timestamp.monotonic_ns.max(*arrived_ns).saturating_add(window) > now_ns {
                     return;
                 }
             }
@@ -164,7 +167,7 @@ impl Correlator {
         let position = self.base;
         self.base += 1;
         let slot = match slot {
-            Slot::Pending(request) => {
+            Slot::Pending(request, _) => {
                 let tid = request.context.fuse[0].requester_tid;
                 if let Some(positions) = self.pending.get_mut(&tid) {
                     positions.retain(|p| *p != position);

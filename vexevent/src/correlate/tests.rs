@@ -45,7 +45,7 @@ fn run(events: Vec<SemanticEvent>, options: CorrelateOptions) -> (Vec<SemanticEv
     let mut correlator = Correlator::new(options);
     let mut out = Vec::new();
     for event in events {
-        correlator.push(event, &counters);
+        correlator.push(event, 0, &counters);
     }
     correlator.flush(&mut out, &counters);
     (out, counters)
@@ -105,14 +105,29 @@ fn raw_boundaries_keep_every_request_and_still_join() {
 fn a_pending_request_holds_the_stream_back_at_most_the_window() {
     let counters = Counters::default();
     let mut correlator = Correlator::new(options());
-    correlator.push(request(9, "WRITE", 1_000, 2_000, 0, false), &counters);
-    correlator.push(syscall(8, 2_100, 2_200, true), &counters);
+    correlator.push(request(9, "WRITE", 1_000, 2_000, 0, false), 0, &counters);
+    correlator.push(syscall(8, 2_100, 2_200, true), 0, &counters);
     let mut out = Vec::new();
     correlator.drain(2_300, &mut out, &counters);
     assert!(out.is_empty(), "the request may still be claimed");
     correlator.drain(2_000 + 20_000_000, &mut out, &counters);
     assert_eq!(out.len(), 2);
     assert_eq!(out[0].event_subtype, "FUSE_WRITE");
+}
+
+#[test]
+fn a_lagging_pipeline_still_gives_callers_the_window_from_arrival() {
+    let counters = Counters::default();
+    let mut correlator = Correlator::new(options());
+    let arrived = 50_000_000;
+    correlator.push(request(9, "WRITE", 1_000, 2_000, 0, false), arrived, &counters);
+    let mut out = Vec::new();
+    correlator.drain(2_000 + 20_000_001, &mut out, &counters);
+    assert!(out.is_empty(), "the window runs from arrival, not from the kernel's timestamp");
+    correlator.push(syscall(9, 900, 2_100, true), arrived, &counters);
+    correlator.drain(arrived + 1, &mut out, &counters);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].context.fuse.len(), 1, "joined to its caller");
 }
 
 #[test]

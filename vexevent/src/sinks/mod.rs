@@ -157,20 +157,22 @@ impl Sinks {
         self.outputs.get(index).is_some_and(|o| !o.counters.down.load(Ordering::Relaxed))
     }
 
-    /// Queues an event for output `index`, counting what the queue's policy drops.
-    pub fn offer(&self, index: usize, item: Queued, counters: &Counters) {
+    /// Queues events for output `index` (in order, under one lock), counting what the queue's
+    /// policy drops.
+    pub fn offer(&self, index: usize, items: impl IntoIterator<Item = Queued>, counters: &Counters) {
         let Some(output) = self.outputs.get(index) else { return };
-        match output.queue.push(item) {
-            Pushed::Queued => add(&output.counters.queued, 1),
+        let sink = &output.counters;
+        output.queue.push_all(items, |pushed| match pushed {
+            Pushed::Queued => add(&sink.queued, 1),
             Pushed::DroppedOldest | Pushed::DroppedNewest => {
-                add(&output.counters.dropped_full, 1);
+                add(&sink.dropped_full, 1);
                 add(&counters.sink_errors, 1);
             }
             Pushed::Abandoned => {
-                add(&output.counters.dropped_shutdown, 1);
+                add(&sink.dropped_shutdown, 1);
                 add(&counters.sink_errors, 1);
             }
-        }
+        });
     }
 
     /// Set once, when vexevent stops: from that instant on, outputs that are down stop

@@ -95,38 +95,54 @@ impl SinkQueue {
 
     /// Offers an event; with `WhenFull::Block` waits until its lane has room.
     pub fn push(&self, item: Queued) -> Pushed {
-        let mut lanes = self.lock();
+        let mut pushed = Pushed::Queued;
+        self.push_all([item], |outcome| pushed = outcome);
+        pushed
+    }
+
+    /// Offers events in order under one lock (a batch costs one lock, not one per event);
+    /// `outcome` learns what happened to each.
+    pub fn push_all(&self, items: impl IntoIterator<Item = Queued>, mut outcome: impl FnMut(Pushed)) {
         let full = |lanes: &Lanes, urgent: bool| {
             let lane = if urgent { &lanes.urgent } else { &lanes.bulk };
             lane.len() >= self.capacity
         };
-        let mut pushed = Pushed::Queued;
-        if full(&lanes, item.urgent) {
-            match self.when_full {
-                WhenFull::Block => {
-                    while full(&lanes, item.urgent) && !lanes.abandoned {
-                        lanes = self.writable.wait(lanes).unwrap_or_else(PoisonError::into_inner);
+        let mut lanes = self.lock();
+        for item in items {
+            let mut pushed = Pushed::Queued;
+            if full(&lanes, item.urgent) {
+                match self.when_full {
+                    WhenFull::Block => {
+                        while full(&lanes, item.urgent) && !lanes.abandoned {
+                            // What is queued so far must reach the worker before we wait for it.
+                            self.readable.notify_one();
+                            lanes = self.writable.wait(lanes).unwrap_or_else(PoisonError::into_inner);
+                        }
+                    }
+                    WhenFull::DropNewest => {
+                        outcome(Pushed::DroppedNewest);
+                        continue;
+                    }
+                    WhenFull::DropOldest => {
+                        let lane = if item.urgent { &mut lanes.urgent } else { &mut lanes.bulk };
+                        lane.pop_front();
+                        pushed = Pushed::DroppedOldest;
                     }
                 }
-                WhenFull::DropNewest => return Pushed::DroppedNewest,
-                WhenFull::DropOldest => {
-                    let lane = if item.urgent { &mut lanes.urgent } else { &mut lanes.bulk };
-                    lane.pop_front();
-                    pushed = Pushed::DroppedOldest;
-                }
             }
-        }
-        if lanes.abandoned {
-            return Pushed::Abandoned;
-        }
-        if item.urgent {
-            lanes.urgent.push_back(item);
-        } else {
-            lanes.bulk.push_back(item);
+            if lanes.abandoned {
+                outcome(Pushed::Abandoned);
+                continue;
+            }
+            if item.urgent {
+                lanes.urgent.push_back(item);
+            } else {
+                lanes.bulk.push_back(item);
+            }
+            outcome(pushed);
         }
         drop(lanes);
         self.readable.notify_one();
-        pushed
     }
 
     /// Moves up to `max` events into `out`: in output order when all that is queued fits, else

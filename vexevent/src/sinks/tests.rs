@@ -88,7 +88,7 @@ fn a_webhook_that_fails_then_recovers_gets_every_batch_once_in_order() {
         Sinks::start(&[spec("hook", Destination::Webhook(settings), 1000, WhenFull::Block)], &counters)
             .unwrap();
     for n in 0..95 {
-        sinks.offer(0, item(n), &counters);
+        sinks.offer(0, [item(n)], &counters);
     }
     sinks.finish();
     let received = received.lock().unwrap();
@@ -113,7 +113,7 @@ fn a_socket_sink_writes_json_lines_to_a_local_listener() {
     let sinks =
         Sinks::start(&[spec("tool", Destination::Socket(address), 100, WhenFull::Block)], &counters).unwrap();
     for n in 0..20 {
-        sinks.offer(0, item(n), &counters);
+        sinks.offer(0, [item(n)], &counters);
     }
     let (stream, _) = listener.accept().unwrap();
     sinks.finish();
@@ -131,7 +131,7 @@ fn a_sink_that_stays_down_counts_every_event_it_could_not_deliver() {
         Sinks::start(&[spec("down", Destination::Socket(address), 4, WhenFull::DropNewest)], &counters)
             .unwrap();
     for n in 0..50 {
-        sinks.offer(0, item(n), &counters);
+        sinks.offer(0, [item(n)], &counters);
     }
     wait_until("the sink to be marked down", || !sinks.is_up(0));
     let _ = sinks.give_up_handle().set(Instant::now());
@@ -153,7 +153,7 @@ fn max_retries_drops_a_batch_and_counts_it() {
     spec.delivery.max_retries = 2;
     let sinks = Sinks::start(&[spec], &counters).unwrap();
     for n in 0..5 {
-        sinks.offer(0, item(n), &counters);
+        sinks.offer(0, [item(n)], &counters);
     }
     sinks.finish();
     let summary = &counters.outputs.sinks()["hook"];
