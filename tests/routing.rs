@@ -1,7 +1,8 @@
 //! Root tests of routing and sinks with real receivers: routes send each event to the sinks they
 //! name (and the rest to `unmatched`), a webhook receiver that fails and then recovers gets every
-//! batch once, and reloading routes under load (SIGHUP and the control API) loses and duplicates
-//! nothing; a bad reload is refused and the running routes stay.
+//! batch once, reloading routes under load (SIGHUP and the control API) loses and duplicates
+//! nothing (a bad reload is refused and the running routes stay), and failover sends to the
+//! standby while the primary is down, counting what the primary held at shutdown.
 
 mod support;
 
@@ -254,4 +255,74 @@ fn reloading_routes_under_load_loses_and_duplicates_nothing() {
     let mkdirs = all.iter().filter(|e| e["event_type"] == "FilesystemMkdir").count() as u64;
     assert_eq!(mkdirs, made, "every mkdir of the load, once");
     assert_eq!(finished.stats["loss"]["lost_reported"].as_u64(), Some(0), "no loss in the kernel either");
+}
+
+#[test]
+fn failover_sends_to_the_standby_while_the_primary_is_down_and_counts_what_the_primary_held() {
+    if !root_or_skip(
+        "failover_sends_to_the_standby_while_the_primary_is_down_and_counts_what_the_primary_held",
+    ) {
+        return;
+    }
+    let mount = Mount::tmpfs();
+    let out = tempfile::tempdir().unwrap();
+    let (url, hook) = webhook_receiver(usize::MAX);
+    let standby = out.path().join("standby.jsonl");
+    let config = out.path().join("vexevent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[sinks.primary]
+type = "webhook"
+url = "{url}"
+batch_ms = 0
+[sinks.standby]
+type = "file"
+path = "{}"
+
+[[routes]]
+name = "mkdirs"
+match = "type == FilesystemMkdir"
+targets = ["primary", "standby"]
+failover = true
+"#,
+            standby.display()
+        ),
+    )
+    .unwrap();
+    let vexevent = Vexevent::start_with_own_sinks(&[&mount.path], &["--config", config.to_str().unwrap()]);
+    std::fs::create_dir(mount.path.join("first")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats: Value = std::fs::read(&vexevent.stats_file)
+            .ok()
+            .and_then(|raw| serde_json::from_slice(&raw).ok())
+            .unwrap_or_default();
+        if stats["sinks"]["primary"]["down"] == true {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the primary never went down: {stats}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for i in 0..10 {
+        std::fs::create_dir(mount.path.join(format!("d{i}"))).unwrap();
+    }
+    vexevent.wait_for("the standby to get the mkdirs", Duration::from_secs(30), |_| {
+        read_events(&standby).len() >= 10
+    });
+    let finished = vexevent.stop();
+    assert!(finished.exit_ok, "{:?}", finished.stderr);
+
+    let delivered = read_events(&standby);
+    assert_eq!(delivered.len(), 10, "every mkdir after the primary went down: {delivered:?}");
+    let primary = &finished.stats["sinks"]["primary"];
+    assert_eq!(primary["delivered"].as_u64(), Some(0));
+    assert_eq!(
+        primary["dropped_shutdown"].as_u64(),
+        Some(1),
+        "the first mkdir, held by the primary: {primary}"
+    );
+    assert_eq!(finished.stats["userspace"]["sink_errors"].as_u64(), Some(1));
+    assert!(hook.lock().unwrap().refused >= 1);
 }

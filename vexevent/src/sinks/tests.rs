@@ -103,22 +103,33 @@ fn a_webhook_that_fails_then_recovers_gets_every_batch_once_in_order() {
     assert!(!summary.down);
 }
 
-#[test]
-fn a_socket_sink_writes_json_lines_to_a_local_listener() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tool.sock");
-    let listener = UnixListener::bind(&path).unwrap();
+/// Runs a socket sink against a listener and returns the lines the listener read.
+fn lines_through_socket(
+    address: SocketAddress,
+    accept: impl FnOnce() -> Box<dyn std::io::Read>,
+) -> Vec<String> {
     let counters = Arc::new(Counters::default());
-    let address = SocketAddress::Unix(path);
     let sinks =
         Sinks::start(&[spec("tool", Destination::Socket(address), 100, WhenFull::Block)], &counters).unwrap();
     for n in 0..20 {
         sinks.offer(0, [item(n)], &counters);
     }
-    let (stream, _) = listener.accept().unwrap();
+    let stream = accept();
     sinks.finish();
-    let lines: Vec<String> = BufReader::new(stream).lines().map(Result::unwrap).collect();
+    BufReader::new(stream).lines().map(Result::unwrap).collect()
+}
+
+#[test]
+fn a_socket_sink_writes_json_lines_to_a_unix_or_tcp_listener() {
     let expected: Vec<String> = (0..20).map(|n| format!(r#"{{"n":{n}}}"#)).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tool.sock");
+    let unix = UnixListener::bind(&path).unwrap();
+    let lines = lines_through_socket(SocketAddress::Unix(path), || Box::new(unix.accept().unwrap().0));
+    assert_eq!(lines, expected);
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = SocketAddress::Tcp(tcp.local_addr().unwrap().to_string());
+    let lines = lines_through_socket(address, || Box::new(tcp.accept().unwrap().0));
     assert_eq!(lines, expected);
 }
 
