@@ -24,7 +24,7 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{Bindfs, Mount, Vexevent, root_or_skip};
+use support::{Bindfs, Mount, Vexevent, process::cpu_time, root_or_skip};
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -114,17 +114,6 @@ fn run_workload(workload: Workload, dir: &Path, ops: u64, pace: Option<Duration>
         })
         .collect();
     handles.into_iter().map(|h| h.join().expect("workload thread")).sum()
-}
-
-/// CPU time (user + system) a process has used so far.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks: u64 = fields.get(11..13).map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
-    // SAFETY: sysconf has no preconditions.
-    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
-    Duration::from_millis(ticks * 1000 / hz)
 }
 
 struct Traced {

@@ -10,51 +10,14 @@ use std::{
     collections::BTreeSet,
     path::Path,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
 
-use axum::{extract::State, http::StatusCode, routing::post};
 use serde_json::Value;
-use support::{Mount, Vexevent, path_is, read_events, root_or_skip};
-
-/// What the webhook receiver got: one entry per accepted request, and how many it still refuses.
-#[derive(Default)]
-struct Hook {
-    refuse: usize,
-    refused: usize,
-    batches: Vec<Vec<Value>>,
-}
-
-async fn receive(State(hook): State<Arc<Mutex<Hook>>>, body: String) -> StatusCode {
-    let mut hook = hook.lock().unwrap();
-    if hook.refuse > 0 {
-        hook.refuse -= 1;
-        hook.refused += 1;
-        return StatusCode::INTERNAL_SERVER_ERROR;
-    }
-    hook.batches.push(serde_json::from_str(&body).expect("a JSON array of events"));
-    StatusCode::OK
-}
-
-/// A webhook receiver on loopback that refuses its first `refuse` requests.
-fn webhook_receiver(refuse: usize) -> (String, Arc<Mutex<Hook>>) {
-    let hook = Arc::new(Mutex::new(Hook { refuse, ..Hook::default() }));
-    let state = Arc::clone(&hook);
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            addr_tx.send(listener.local_addr().unwrap()).unwrap();
-            let app = axum::Router::new().route("/events", post(receive)).with_state(state);
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-    (format!("http://{}/events", addr_rx.recv().unwrap()), hook)
-}
+use support::{Mount, Vexevent, path_is, read_events, root_or_skip, webhook::webhook_receiver};
 
 fn types(events: &[Value]) -> BTreeSet<String> {
     events.iter().map(|e| e["event_type"].as_str().unwrap().to_owned()).collect()
@@ -150,9 +113,8 @@ unmatched = ["rest"]
     // The webhook refused three requests, then got every write once, in order.
     let hook = hook.lock().unwrap();
     assert_eq!(hook.refused, 3);
-    let posted: Vec<Value> = hook.batches.iter().flatten().cloned().collect();
-    assert_eq!(ids(&posted), ids(&writes), "the webhook got the writes once, in order");
-    assert!(hook.batches.iter().all(|b| b.len() <= 4));
+    assert_eq!(ids(&hook.events()), ids(&writes), "the webhook got the writes once, in order");
+    assert!(hook.batches.iter().all(|(_, events)| events.len() <= 4));
 
     let sinks = &finished.stats["sinks"];
     assert_eq!(sinks["hook"]["delivered"].as_u64(), Some(10));

@@ -1,7 +1,10 @@
 //! Shared by the root integration tests and the end-to-end benchmarks: runs the real `vexevent`
 //! binary, waits for it to be ready, stops it with SIGINT and reads what it wrote; mounts real
-//! file systems (tmpfs, ext4 image) for the scenarios.
+//! file systems (tmpfs, ext4 image) for the scenarios; a webhook receiver; process usage.
 #![allow(dead_code, reason = "each test or bench target uses a different part of this module")]
+
+pub mod process;
+pub mod webhook;
 
 use std::{
     ffi::CString,

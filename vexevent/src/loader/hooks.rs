@@ -187,17 +187,7 @@ impl Hooks {
             prog.attach(function, 0)
                 .map_err(|e| format!("{hook}: {e} (does this kernel have CONFIG_KPROBES?)"))
         })();
-        match result {
-            Ok(link) => {
-                self.links.push(Link::KProbe(program_name, link));
-                self.report(hook, None);
-                Ok(())
-            }
-            Err(error) => {
-                self.report(hook, Some(error.clone()));
-                Err(error)
-            }
-        }
+        self.keep(hook, result.map(|link| Link::KProbe(program_name, link)))
     }
 
     /// Attaches the entry and return uprobes to each configured daemon function; a function that
@@ -263,9 +253,14 @@ impl Hooks {
             }
             prog.attach(category, name).map_err(|e| format!("{hook}: {e}"))
         })();
-        match result {
+        self.keep(hook, result.map(|link| Link::TracePoint(program_name, link)))
+    }
+
+    /// Keeps an attached hook's link, and reports the hook either way.
+    fn keep(&mut self, hook: String, attached: Result<Link, String>) -> Result<(), String> {
+        match attached {
             Ok(link) => {
-                self.links.push(Link::TracePoint(program_name, link));
+                self.links.push(link);
                 self.report(hook, None);
                 Ok(())
             }

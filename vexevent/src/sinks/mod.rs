@@ -195,6 +195,3 @@ impl Sinks {
         }
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -1,16 +1,21 @@
-//! Sinks against real receivers: an HTTP server that fails and recovers, a Unix socket listener,
-//! and a destination that never comes up.
+//! Sinks against real receivers, without root: a webhook receiver that fails and recovers, Unix
+//! and TCP listeners, and a destination that never comes up; every event delivered once, in
+//! order, or counted.
+
+mod support;
 
 use std::{
     io::{BufRead, BufReader},
     os::unix::net::UnixListener,
-    sync::{Arc, Mutex},
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
-use axum::{extract::State, http::HeaderMap, http::StatusCode, routing::post};
-
-use super::*;
+use support::webhook::webhook_receiver;
+use vexevent::{
+    sinks::{Delivery, Destination, Queued, SinkSpec, Sinks, SocketAddress, WebhookSettings, WhenFull},
+    telemetry::Counters,
+};
 
 fn delivery(batch_events: usize) -> Delivery {
     Delivery {
@@ -28,47 +33,6 @@ fn spec(name: &str, destination: Destination, queue: usize, when_full: WhenFull)
 
 fn item(n: u64) -> Queued {
     Queued { line: format!(r#"{{"n":{n}}}"#).into(), urgent: false, sequence: n, monotonic_ns: 0 }
-}
-
-/// What the test receiver saw: every request's batch header and events, and how many requests
-/// it still refuses.
-#[derive(Default)]
-struct Received {
-    refuse: usize,
-    batches: Vec<(String, Vec<u64>)>,
-}
-
-async fn receive(
-    State(received): State<Arc<Mutex<Received>>>,
-    headers: HeaderMap,
-    body: String,
-) -> StatusCode {
-    let mut received = received.lock().unwrap();
-    let events: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
-    let batch = headers["x-vexevent-batch"].to_str().unwrap().to_owned();
-    if received.refuse > 0 {
-        received.refuse -= 1;
-        return StatusCode::SERVICE_UNAVAILABLE;
-    }
-    received.batches.push((batch, events.iter().map(|e| e["n"].as_u64().unwrap()).collect()));
-    StatusCode::OK
-}
-
-/// Serves the receiver on a loopback port, in its own runtime thread.
-fn webhook_receiver(refuse: usize) -> (String, Arc<Mutex<Received>>) {
-    let received = Arc::new(Mutex::new(Received { refuse, ..Received::default() }));
-    let state = Arc::clone(&received);
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            addr_tx.send(listener.local_addr().unwrap()).unwrap();
-            let app = axum::Router::new().route("/hook", post(receive)).with_state(state);
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-    (format!("http://{}/hook", addr_rx.recv().unwrap()), received)
 }
 
 fn wait_until(what: &str, done: impl Fn() -> bool) {
@@ -92,14 +56,14 @@ fn a_webhook_that_fails_then_recovers_gets_every_batch_once_in_order() {
     }
     sinks.finish();
     let received = received.lock().unwrap();
-    let events: Vec<u64> = received.batches.iter().flat_map(|(_, events)| events.clone()).collect();
+    let events: Vec<u64> = received.events().iter().map(|e| e["n"].as_u64().unwrap()).collect();
     assert_eq!(events, (0..95).collect::<Vec<_>>(), "every event once, in order");
     let ids: std::collections::BTreeSet<&String> = received.batches.iter().map(|(id, _)| id).collect();
     assert_eq!(ids.len(), received.batches.len(), "batch numbers are unique");
     let summary = &counters.outputs.sinks()["hook"];
     assert_eq!(summary.delivered, 95);
     assert_eq!(summary.failed_attempts, 3);
-    assert_eq!(counters.sink_errors.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(counters.sink_errors.load(Ordering::Relaxed), 0);
     assert!(!summary.down);
 }
 
@@ -151,7 +115,7 @@ fn a_sink_that_stays_down_counts_every_event_it_could_not_deliver() {
     assert_eq!(summary.delivered, 0);
     assert!(summary.dropped_full > 0, "{summary:?}");
     assert_eq!(summary.dropped_full + summary.dropped_shutdown, 50, "{summary:?}");
-    assert_eq!(counters.sink_errors.load(std::sync::atomic::Ordering::Relaxed), 50);
+    assert_eq!(counters.sink_errors.load(Ordering::Relaxed), 50);
     assert_eq!(summary.queued, 0);
 }
 
