@@ -227,6 +227,8 @@ struct Step {
     missing: usize,
     stream_dropped: u64,
     lost: u64,
+    /// Kernel-to-file p99 of the JSON Lines output running beside the stream, in microseconds.
+    file_p99_us: u64,
 }
 
 fn percentile(sorted: &[Duration], p: usize) -> Duration {
@@ -354,6 +356,7 @@ fn run_step(runtime: &tokio::runtime::Runtime, n: usize, concurrency: usize, glo
             .iter()
             .map(|field| finished.stats["loss"][field].as_u64().unwrap_or(u64::MAX))
             .fold(0, u64::saturating_add),
+        file_p99_us: finished.stats["latency"]["p99_us"].as_u64().unwrap_or(0),
     };
     let mut first_error = None;
     for (received, wanted) in received.iter().zip(&expected) {
@@ -406,7 +409,7 @@ fn main() {
         if glob { "glob" } else { "exact path" }
     );
     println!(
-        "{:>6} {:>9} {:>7} {:>8} {:>9} {:>8} {:>9} {:>7} {:>9} {:>9} {:>15} {:>9} {:>9} {:>11} {:>6} {:>6}",
+        "{:>6} {:>9} {:>7} {:>8} {:>9} {:>8} {:>9} {:>7} {:>9} {:>9} {:>15} {:>9} {:>9} {:>11} {:>6} {:>6} {:>9}",
         "subs",
         "connect",
         "conn/s",
@@ -423,6 +426,7 @@ fn main() {
         "exact",
         "gaps",
         "lost",
+        "file p99",
     );
     for n in steps() {
         let needed = n as u64 + SPARE_FDS;
@@ -445,7 +449,7 @@ fn print_step(step: &Step) {
         (added as f64 / connected.max(1) as f64, connected as f64 / step.connect.as_secs_f64());
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
-        "{:>6} {:>8.2}s {:>7.0} {:>8} {:>9} {:>8.1} {:>9} {:>7} {:>9} {:>8.0}ms {:>15} {:>8.2}s {:>8.2}s {:>11} {:>6} {:>6}",
+        "{:>6} {:>8.2}s {:>7.0} {:>8} {:>9} {:>8.1} {:>9} {:>7} {:>9} {:>8.0}ms {:>15} {:>8.2}s {:>8.2}s {:>11} {:>6} {:>6} {:>7.1}ms",
         step.subscribers,
         step.connect.as_secs_f64(),
         rate,
@@ -462,6 +466,7 @@ fn print_step(step: &Step) {
         format!("{}/{}", step.exact, step.subscribers),
         step.gaps,
         step.lost,
+        ms(Duration::from_micros(step.file_p99_us)),
     );
     if step.connect_failures > 0 || step.extra > 0 || step.missing > 0 || step.stream_dropped > 0 {
         println!(
