@@ -8,7 +8,7 @@
 //! per event rather than one filter check each.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::SocketAddr,
     sync::{Arc, Mutex, PoisonError},
 };
@@ -129,14 +129,24 @@ impl Subscriber {
 /// The subscriptions, indexed so that an event is offered only to those that can select it.
 #[derive(Default)]
 struct Subscribers {
-    /// Subscriptions whose `path_pattern` is one exact path, by that path (their other
-    /// conditions are `and`ed to it, so no event of another path can pass them).
-    by_path: HashMap<Vec<u8>, Vec<Subscriber>>,
+    /// Subscriptions with a `path_pattern`, by the pattern's literal prefix (up to its first
+    /// glob character; the whole path for an exact one): no event whose path does not start
+    /// with it can pass them (their other conditions are `and`ed to the pattern).
+    by_prefix: HashMap<Vec<u8>, Vec<Subscriber>>,
+    /// The distinct lengths of those prefixes: an event's path is looked up at these only.
+    prefix_lengths: BTreeSet<usize>,
     /// Every other subscription is offered every event.
     others: Vec<Subscriber>,
 }
 
-/// The path an exact-path subscription is indexed by.
+impl Subscribers {
+    fn forget_empty_prefixes(&mut self) {
+        self.by_prefix.retain(|_, subscribers| !subscribers.is_empty());
+        self.prefix_lengths = self.by_prefix.keys().map(Vec::len).collect();
+    }
+}
+
+/// The path the prefix index looks up.
 fn event_path(event: &SemanticEvent) -> Option<&[u8]> {
     event.context.filesystem.as_ref()?.path.as_ref().map(crate::event::PathBytes::as_bytes)
 }
@@ -152,26 +162,32 @@ impl Broadcaster {
     /// subscriber; never blocks.
     pub fn publish(&self, events: &[SemanticEvent], lines: &[String], counters: &Counters) {
         let mut subscribers = self.subscribers.lock().unwrap_or_else(PoisonError::into_inner);
-        let Subscribers { by_path, others } = &mut *subscribers;
+        let Subscribers { by_prefix, prefix_lengths, others } = &mut *subscribers;
         others.retain_mut(|subscriber| subscriber.offer(events.iter().zip(lines), counters));
-        if by_path.is_empty() {
+        if by_prefix.is_empty() {
             return;
         }
-        // The batch's events grouped by path (in order), each group offered to its path's
-        // subscriptions only.
+        // The batch's events grouped by the indexed prefixes their paths start with (in order),
+        // each group offered to that prefix's subscriptions only.
         let mut batch: HashMap<&[u8], Vec<usize>> = HashMap::new();
         for (i, event) in events.iter().enumerate() {
-            if let Some(path) = event_path(event) {
-                batch.entry(path).or_default().push(i);
+            let Some(path) = event_path(event) else { continue };
+            for &length in prefix_lengths.range(..=path.len()) {
+                let prefix = &path[..length];
+                if by_prefix.contains_key(prefix) {
+                    batch.entry(prefix).or_default().push(i);
+                }
             }
         }
-        for (path, indices) in batch {
-            let Some(subscribers) = by_path.get_mut(path) else { continue };
+        let mut emptied = false;
+        for (prefix, indices) in batch {
+            let Some(subscribers) = by_prefix.get_mut(prefix) else { continue };
             let group = indices.iter().map(|&i| (&events[i], &lines[i]));
             subscribers.retain_mut(|subscriber| subscriber.offer(group.clone(), counters));
-            if subscribers.is_empty() {
-                by_path.remove(path);
-            }
+            emptied |= subscribers.is_empty();
+        }
+        if emptied {
+            subscribers.forget_empty_prefixes();
         }
     }
 
@@ -185,10 +201,14 @@ impl Broadcaster {
             !subscriber.sender.is_closed()
         };
         subscribers.others.retain_mut(keep);
-        subscribers.by_path.retain(|_, subscribers| {
+        let before = subscribers.by_prefix.len();
+        subscribers.by_prefix.retain(|_, subscribers| {
             subscribers.retain_mut(keep);
             !subscribers.is_empty()
         });
+        if subscribers.by_prefix.len() != before {
+            subscribers.forget_empty_prefixes();
+        }
     }
 
     /// Adds the subscription a stream request's query describes; its messages come out of the
@@ -207,17 +227,22 @@ impl Broadcaster {
         let (sender, receiver) = mpsc::channel(buffer);
         let subscriber = Subscriber { filter, sender, policy, next: 0, dropped: 0 };
         let mut subscribers = self.subscribers.lock().unwrap_or_else(PoisonError::into_inner);
-        match exact_path(query) {
-            Some(path) => subscribers.by_path.entry(path.as_bytes().to_vec()).or_default().push(subscriber),
+        match path_prefix(query) {
+            Some(prefix) => {
+                subscribers.prefix_lengths.insert(prefix.len());
+                subscribers.by_prefix.entry(prefix.as_bytes().to_vec()).or_default().push(subscriber);
+            }
             None => subscribers.others.push(subscriber),
         }
         Ok(receiver)
     }
 }
 
-/// The exact path a `path_pattern` without glob characters names.
-fn exact_path(query: &BTreeMap<String, String>) -> Option<&str> {
-    query.get("path_pattern").map(String::as_str).filter(|pattern| !pattern.contains(GLOB_CHARACTERS))
+/// The literal start of a subscription's `path_pattern` (all of it when it has no glob
+/// characters): every path the pattern matches starts with it.
+fn path_prefix(query: &BTreeMap<String, String>) -> Option<&str> {
+    let pattern = query.get("path_pattern")?;
+    Some(pattern.find(GLOB_CHARACTERS).map_or(pattern.as_str(), |end| &pattern[..end]))
 }
 
 #[derive(Clone)]
@@ -239,11 +264,13 @@ fn subscription_filter(query: &BTreeMap<String, String>) -> Result<FilterChain, 
     if let Some(categories) = query.get("categories") {
         expressions.push(format!("category in [{}]", list(categories)));
     }
-    if let Some(path) = exact_path(query) {
-        // The same events as the glob, compared without a regex.
-        expressions.push(format!("path == {path:?}"));
-    } else if let Some(pattern) = query.get("path_pattern") {
-        expressions.push(format!("path glob {pattern:?}"));
+    if let Some(pattern) = query.get("path_pattern") {
+        if pattern.contains(GLOB_CHARACTERS) {
+            expressions.push(format!("path glob {pattern:?}"));
+        } else {
+            // The same events as the glob, compared without a regex.
+            expressions.push(format!("path == {pattern:?}"));
+        }
     }
     if let Some(flags) = query.get("required_flags") {
         expressions.push(format!("flags has {flags}"));
@@ -390,7 +417,7 @@ mod tests {
 
     fn count(broadcaster: &Broadcaster) -> usize {
         let subscribers = broadcaster.subscribers.lock().unwrap();
-        subscribers.others.len() + subscribers.by_path.values().map(Vec::len).sum::<usize>()
+        subscribers.others.len() + subscribers.by_prefix.values().map(Vec::len).sum::<usize>()
     }
 
     #[test]
@@ -402,7 +429,12 @@ mod tests {
             subscribe(&broadcaster, &[("path_pattern", "/w/a"), ("event_types", "FilesystemWrite")]);
         let mut glob = subscribe(&broadcaster, &[("path_pattern", "/w/[ab]")]);
         let mut mkdirs = subscribe(&broadcaster, &[("event_types", "FilesystemMkdir")]);
-        assert_eq!(broadcaster.subscribers.lock().unwrap().by_path.len(), 1, "the exact path is indexed");
+        let mut far = subscribe(&broadcaster, &[("path_pattern", "/elsewhere/**")]);
+        {
+            let subscribers = broadcaster.subscribers.lock().unwrap();
+            assert_eq!(subscribers.by_prefix.len(), 3, "exact path and globs are indexed by literal prefix");
+            assert_eq!(subscribers.others.len(), 1);
+        }
         for _ in 0..2 {
             publish(
                 &broadcaster,
@@ -423,6 +455,7 @@ mod tests {
         assert_eq!(received(&mut exact_write), numbered(&["/w/a"; 2]));
         assert_eq!(received(&mut glob), numbered(&["/w/a", "/w/b", "/w/a", "/w/a", "/w/b", "/w/a"]));
         assert_eq!(received(&mut mkdirs), numbered(&["/w/d"; 2]));
+        assert!(received(&mut far).is_empty());
     }
 
     #[test]
