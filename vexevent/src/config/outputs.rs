@@ -227,7 +227,7 @@ impl SinkConfig {
 
 /// A file sink's rotation (0 turns a limit off).
 #[must_use]
-pub fn rotation(bytes: u64, secs: u64, keep: usize) -> Rotation {
+fn rotation(bytes: u64, secs: u64, keep: usize) -> Rotation {
     Rotation {
         max_bytes: (bytes > 0).then_some(bytes),
         max_age: (secs > 0).then(|| Duration::from_secs(secs)),

@@ -107,13 +107,6 @@ impl Router {
         Ok(Self { routes, unmatched, outputs, unrouted: 0 })
     }
 
-    /// Everything to the given outputs (no routes configured).
-    #[must_use]
-    pub fn everything_to(outputs: Vec<usize>) -> Self {
-        let count = outputs.iter().max().map_or(0, |max| max + 1);
-        Self { routes: Vec::new(), unmatched: outputs, outputs: count, unrouted: 0 }
-    }
-
     /// The outputs `event` goes to, each once, in `out` (cleared first). `up` says whether an
     /// output is currently delivering (for failover).
     pub fn route(&mut self, event: &SemanticEvent, up: &dyn Fn(usize) -> bool, out: &mut Vec<usize>) {

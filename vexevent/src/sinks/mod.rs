@@ -15,14 +15,19 @@ use std::{
     thread::JoinHandle,
 };
 
-pub use jsonl::{JsonLinesSink, Rotation, to_json_lines};
-pub use queue::{Pushed, Queued, SinkQueue, WhenFull};
-pub use socket::{SocketAddress, SocketSink};
-pub use webhook::{Webhook, WebhookSettings};
+pub use jsonl::{Rotation, to_json_lines};
+pub use queue::{Queued, WhenFull};
+pub use socket::SocketAddress;
+pub use webhook::WebhookSettings;
 pub use websocket::{Broadcaster, STREAM_PATH, StreamError, StreamServer, require_token_for_remote};
-pub use worker::{Deliver, Delivery, GiveUpAt, Worker};
+pub use worker::{Delivery, GiveUpAt};
 
 use crate::telemetry::{Counters, SinkCounters, add};
+use jsonl::JsonLinesSink;
+use queue::{Pushed, SinkQueue};
+use socket::SocketSink;
+use webhook::Webhook;
+use worker::{Deliver, Worker};
 
 /// Why a sink could not start.
 #[derive(Debug, thiserror::Error)]
@@ -133,12 +138,6 @@ impl Sinks {
             outputs.push(Output { name: spec.name.clone(), queue, counters: sink_counters, worker });
         }
         Ok(Self { outputs, give_up_at })
-    }
-
-    /// Index of the output called `name`.
-    #[must_use]
-    pub fn index(&self, name: &str) -> Option<usize> {
-        self.outputs.iter().position(|o| o.name == name)
     }
 
     #[must_use]

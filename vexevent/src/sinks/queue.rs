@@ -93,13 +93,6 @@ impl SinkQueue {
         self.lanes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Offers an event; with `WhenFull::Block` waits until its lane has room.
-    pub fn push(&self, item: Queued) -> Pushed {
-        let mut pushed = Pushed::Queued;
-        self.push_all([item], |outcome| pushed = outcome);
-        pushed
-    }
-
     /// Offers events in order under one lock (a batch costs one lock, not one per event);
     /// `outcome` learns what happened to each.
     pub fn push_all(&self, items: impl IntoIterator<Item = Queued>, mut outcome: impl FnMut(Pushed)) {
@@ -198,23 +191,18 @@ impl SinkQueue {
         self.writable.notify_all();
         left
     }
-
-    /// Events waiting.
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Whether nothing is waiting.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Offers one event; what happened to it.
+    fn push(queue: &SinkQueue, item: Queued) -> Pushed {
+        let mut pushed = Pushed::Queued;
+        queue.push_all([item], |outcome| pushed = outcome);
+        pushed
+    }
 
     fn item(n: u64, urgent: bool) -> Queued {
         Queued { line: n.to_string().into(), urgent, sequence: n, monotonic_ns: n }
@@ -234,7 +222,7 @@ mod tests {
     fn with_a_backlog_urgent_events_are_taken_before_bulk_ones() {
         let queue = SinkQueue::new(10, WhenFull::Block);
         for (n, urgent) in [(1, false), (2, false), (3, true), (4, false), (5, true)] {
-            queue.push(item(n, urgent));
+            push(&queue, item(n, urgent));
         }
         assert_eq!(take(&queue, 3), ["3", "5", "1"]);
         assert_eq!(take(&queue, 3), ["2", "4"]);
@@ -244,7 +232,7 @@ mod tests {
     fn what_fits_in_one_batch_keeps_its_output_order() {
         let queue = SinkQueue::new(10, WhenFull::Block);
         for (n, urgent) in [(1, false), (2, true), (3, false), (4, true)] {
-            queue.push(item(n, urgent));
+            push(&queue, item(n, urgent));
         }
         assert_eq!(take(&queue, 4), ["1", "2", "3", "4"]);
     }
@@ -252,10 +240,10 @@ mod tests {
     #[test]
     fn a_full_bulk_lane_neither_blocks_nor_drops_urgent_events() {
         let queue = SinkQueue::new(2, WhenFull::DropNewest);
-        assert_eq!(queue.push(item(1, false)), Pushed::Queued);
-        assert_eq!(queue.push(item(2, false)), Pushed::Queued);
-        assert_eq!(queue.push(item(3, false)), Pushed::DroppedNewest);
-        assert_eq!(queue.push(item(4, true)), Pushed::Queued);
+        assert_eq!(push(&queue, item(1, false)), Pushed::Queued);
+        assert_eq!(push(&queue, item(2, false)), Pushed::Queued);
+        assert_eq!(push(&queue, item(3, false)), Pushed::DroppedNewest);
+        assert_eq!(push(&queue, item(4, true)), Pushed::Queued);
         assert_eq!(take_all(&queue), ["1", "2", "4"]);
     }
 
@@ -263,7 +251,7 @@ mod tests {
     fn drop_oldest_keeps_the_newest_events() {
         let queue = SinkQueue::new(2, WhenFull::DropOldest);
         for n in 1..=4 {
-            queue.push(item(n, false));
+            push(&queue, item(n, false));
         }
         assert_eq!(take_all(&queue), ["3", "4"]);
     }
@@ -271,10 +259,10 @@ mod tests {
     #[test]
     fn block_waits_for_the_worker_to_make_room() {
         let queue = Arc::new(SinkQueue::new(1, WhenFull::Block));
-        queue.push(item(1, false));
+        push(&queue, item(1, false));
         let pusher = {
             let queue = Arc::clone(&queue);
-            std::thread::spawn(move || queue.push(item(2, false)))
+            std::thread::spawn(move || push(&queue, item(2, false)))
         };
         let mut taken = Vec::new();
         while taken.len() < 2 {
@@ -287,10 +275,10 @@ mod tests {
     #[test]
     fn abandoning_releases_a_blocked_pipeline_and_counts_what_was_queued() {
         let queue = Arc::new(SinkQueue::new(1, WhenFull::Block));
-        queue.push(item(1, false));
+        push(&queue, item(1, false));
         let pusher = {
             let queue = Arc::clone(&queue);
-            std::thread::spawn(move || queue.push(item(2, false)))
+            std::thread::spawn(move || push(&queue, item(2, false)))
         };
         // Whether the pusher is already waiting or not, it is refused once the queue is abandoned.
         assert_eq!(queue.abandon(), 1);
@@ -300,7 +288,7 @@ mod tests {
     #[test]
     fn a_closed_queue_hands_out_what_is_left_then_ends() {
         let queue = SinkQueue::new(4, WhenFull::Block);
-        queue.push(item(1, false));
+        push(&queue, item(1, false));
         queue.close();
         let mut out = Vec::new();
         assert!(queue.take(8, Duration::from_secs(5), &mut out));

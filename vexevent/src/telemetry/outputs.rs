@@ -60,13 +60,6 @@ impl SinkCounters {
             down: self.down.load(Ordering::Relaxed),
         }
     }
-
-    /// Events this sink dropped, for any reason.
-    #[must_use]
-    pub fn dropped(&self) -> u64 {
-        let s = self.summary();
-        s.dropped_full + s.dropped_shutdown + s.dropped_failed
-    }
 }
 
 /// The sinks' and routes' counters of a run.
