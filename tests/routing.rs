@@ -147,10 +147,19 @@ targets = ["{target}"]
     )
 }
 
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder().http_status_as_error(false).build().into()
+}
+
 fn post_reload(url: &str) -> (u16, String) {
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let mut response = agent.post(url).send("").expect("the control API answers");
+    let mut response = agent().post(url).send("").expect("the control API answers");
     (response.status().as_u16(), response.body_mut().read_to_string().unwrap())
+}
+
+fn get(url: &str) -> String {
+    let mut response = agent().get(url).call().expect("the control API answers");
+    assert_eq!(response.status().as_u16(), 200, "{url}");
+    response.body_mut().read_to_string().unwrap()
 }
 
 #[test]
@@ -204,6 +213,16 @@ fn reloading_routes_under_load_loses_and_duplicates_nothing() {
     assert!(body.contains("reload refused") && body.contains("\"nowhere\""), "{body}");
     stop.store(true, Ordering::Relaxed);
     let made = load.join().unwrap();
+    // The same counters through the control API: JSON stats and Prometheus metrics.
+    let snapshot: Value = serde_json::from_str(&get(&format!("http://{control}/api/v1/control/stats"))).unwrap();
+    assert!(snapshot["sinks"]["first"]["delivered"].as_u64().unwrap() > 0, "{snapshot}");
+    let metrics = get(&format!("http://{control}/metrics"));
+    for family in [
+        r#"vexevent_sink_delivered_total{sink="second"}"#,
+        r#"vexevent_route_matched_total{route="everything"}"#,
+    ] {
+        assert!(metrics.contains(family), "{family} missing from:\n{metrics}");
+    }
     let finished = vexevent.stop();
     assert!(finished.exit_ok, "{:?}", finished.stderr);
 

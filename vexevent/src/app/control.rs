@@ -1,6 +1,6 @@
 //! The control API over HTTP: `POST /api/v1/control/reload` reloads filters and routes (like
 //! SIGHUP) and answers whether it worked; `GET /api/v1/control/stats` returns the current stats
-//! snapshot as JSON. Loopback by default; with a token every request must carry
+//! snapshot as JSON, and `GET /metrics` the same counters for Prometheus. Loopback by default; with a token every request must carry
 //! `Authorization: Bearer <token>`. Requests are served by the main loop, which owns the state.
 
 use std::net::SocketAddr;
@@ -8,17 +8,18 @@ use std::net::SocketAddr;
 use axum::{
     Json, Router,
     extract::State,
-    http::{HeaderMap, StatusCode},
+    http::{HeaderMap, StatusCode, header::CONTENT_TYPE},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::telemetry::StatsSnapshot;
+use crate::telemetry::{StatsSnapshot, prometheus_text};
 
 /// The control API's paths.
 pub const RELOAD_PATH: &str = "/api/v1/control/reload";
 pub const STATS_PATH: &str = "/api/v1/control/stats";
+pub const METRICS_PATH: &str = "/metrics";
 
 /// A request for the main loop.
 pub enum ControlRequest {
@@ -73,6 +74,18 @@ async fn stats(State(state): State<ControlState>, headers: HeaderMap) -> Respons
     }
 }
 
+async fn metrics(State(state): State<ControlState>, headers: HeaderMap) -> Response {
+    if !state.authorized(&headers) {
+        return UNAUTHORIZED.into_response();
+    }
+    let Some(snapshot) = state.ask(ControlRequest::Stats).await else { return STOPPING.into_response() };
+    match prometheus_text(snapshot) {
+        Ok(text) => ([(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+            .into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode the metrics\n").into_response(),
+    }
+}
+
 /// Binds `addr` and serves the API on the current tokio runtime; requests arrive on the
 /// returned receiver.
 ///
@@ -88,6 +101,7 @@ pub async fn start(
     let app = Router::new()
         .route(RELOAD_PATH, post(reload))
         .route(STATS_PATH, get(stats))
+        .route(METRICS_PATH, get(metrics))
         .with_state(ControlState { requests, token });
     tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {

@@ -6,7 +6,7 @@ mod control;
 mod reload;
 mod stats_file;
 
-pub use control::{RELOAD_PATH, STATS_PATH};
+pub use control::{METRICS_PATH, RELOAD_PATH, STATS_PATH};
 pub use reload::{ConfigSource, ReloadError, Reloaded, Routing};
 pub use stats_file::{read_stats_file, write_stats_file};
 
@@ -127,7 +127,9 @@ pub fn run(settings: &Settings, config: Config, source: ConfigSource) -> Result<
             let (bound, requests) = runtime
                 .block_on(control::start(addr, settings.control.token.clone()))
                 .map_err(|source| AppError::Start { what: "control API", source })?;
-            eprintln!("vexevent: control API at http://{bound}{RELOAD_PATH} and {STATS_PATH}");
+            eprintln!(
+                "vexevent: control API at http://{bound}{RELOAD_PATH}, {STATS_PATH} and {METRICS_PATH}"
+            );
             Some(requests)
         }
         None => None,

@@ -2,9 +2,11 @@
 //! kernel's counters for `vexevent stats`, periodic stderr reports and the stats file.
 
 mod outputs;
+mod prometheus;
 mod snapshot;
 
 pub use outputs::{OutputCounters, SinkCounters, SinkSummary};
+pub use prometheus::prometheus_text;
 pub use snapshot::{KernelCounters, LatencySummary, LossSummary, StatsSnapshot};
 
 use std::{

@@ -1,0 +1,161 @@
+//! The stats snapshot as Prometheus (`OpenMetrics`) text (`GET /metrics` on the control API):
+//! every kernel and userspace counter, loss accounting, per-sink and per-route counts and the
+//! kernel-to-sink latency, encoded by `prometheus-client` from one snapshot per scrape.
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+
+use super::StatsSnapshot;
+
+/// Encodes `snapshot` in the `OpenMetrics` text format.
+///
+/// # Errors
+/// Only if formatting fails (it does not for in-memory text).
+pub fn prometheus_text(snapshot: StatsSnapshot) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::with_prefix("vexevent");
+    registry.register_collector(Box::new(SnapshotCollector(snapshot)));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)?;
+    Ok(text)
+}
+
+#[derive(Debug)]
+struct SnapshotCollector(StatsSnapshot);
+
+/// One metric family: a name, help, and its labelled values.
+fn family<'a, L: EncodeLabelSet + 'a, M: EncodeMetric + 'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: impl IntoIterator<Item = (L, M)>,
+) -> Result<(), std::fmt::Error> {
+    let mut values = values.into_iter().peekable();
+    let Some((_, first)) = values.peek() else { return Ok(()) };
+    let mut metric_encoder = encoder.encode_descriptor(name, help, None, first.metric_type())?;
+    for (labels, metric) in values {
+        metric.encode(metric_encoder.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for SnapshotCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.0;
+        let counter = |v: u64| ConstCounter::new(v);
+        let gauge = |v: u64| ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+        family(
+            &mut encoder,
+            "kernel",
+            "Kernel-side counters summed over CPUs (seen, filtered_* by reason, emitted, lost_*, fuse_*)",
+            s.kernel.iter().map(|(name, v)| ([("counter", name.as_str())], counter(*v))),
+        )?;
+        family(
+            &mut encoder,
+            "userspace",
+            "Userspace counters (records, decode errors by reason, filtered, delivered, sink errors, ...)",
+            s.userspace.iter().map(|(name, v)| ([("counter", name.as_str())], counter(*v))),
+        )?;
+        let unaccounted = gauge(s.loss.unaccounted);
+        unaccounted.encode(encoder.encode_descriptor(
+            "records_unaccounted",
+            "Sequenced records neither received nor reported lost yet (still in the rings)",
+            None,
+            unaccounted.metric_type(),
+        )?)?;
+        family(
+            &mut encoder,
+            "records_lost",
+            "Records lost in the kernel (ring full), by operation type",
+            s.loss.lost_by_kind.iter().map(|(kind, v)| ([("operation", kind.as_str())], counter(*v))),
+        )?;
+        family(
+            &mut encoder,
+            "sink_delivered",
+            "Events delivered, per sink",
+            s.sinks.iter().map(|(name, sink)| ([("sink", name.as_str())], counter(sink.delivered))),
+        )?;
+        family(
+            &mut encoder,
+            "sink_dropped",
+            "Events a sink dropped, per sink and reason (full queue, down at shutdown, retries exhausted)",
+            s.sinks.iter().flat_map(|(name, sink)| {
+                [
+                    ("full", sink.dropped_full),
+                    ("shutdown", sink.dropped_shutdown),
+                    ("failed", sink.dropped_failed),
+                ]
+                .map(|(reason, v)| ([("sink", name.as_str()), ("reason", reason)], counter(v)))
+            }),
+        )?;
+        family(
+            &mut encoder,
+            "sink_failed_attempts",
+            "Delivery attempts that failed (each retried or counted as dropped), per sink",
+            s.sinks.iter().map(|(name, sink)| ([("sink", name.as_str())], counter(sink.failed_attempts))),
+        )?;
+        family(
+            &mut encoder,
+            "sink_queued",
+            "Events waiting in a sink's queue",
+            s.sinks.iter().map(|(name, sink)| ([("sink", name.as_str())], gauge(sink.queued))),
+        )?;
+        family(
+            &mut encoder,
+            "sink_down",
+            "1 when a sink's last delivery attempt failed",
+            s.sinks.iter().map(|(name, sink)| ([("sink", name.as_str())], gauge(u64::from(sink.down)))),
+        )?;
+        family(
+            &mut encoder,
+            "route_matched",
+            "Events each route matched",
+            s.routes.iter().map(|(name, v)| ([("route", name.as_str())], counter(*v))),
+        )?;
+        let latency = &s.latency;
+        family(
+            &mut encoder,
+            "latency_microseconds",
+            "Kernel-to-sink latency of delivered events (HDR histogram quantiles)",
+            [("0.5", latency.p50_us), ("0.99", latency.p99_us), ("1", latency.max_us)]
+                .map(|(quantile, v)| ([("quantile", quantile)], gauge(v))),
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::SinkSummary;
+
+    #[test]
+    fn every_counter_sink_and_route_is_exported() {
+        let mut snapshot = StatsSnapshot::default();
+        snapshot.kernel.insert("lost_ring_full".into(), 3);
+        snapshot.userspace.insert("events_delivered".into(), 42);
+        snapshot.sinks.insert(
+            "hook".into(),
+            SinkSummary { delivered: 40, dropped_full: 2, down: true, ..SinkSummary::default() },
+        );
+        snapshot.routes.insert("writes".into(), 7);
+        snapshot.latency.p99_us = 350;
+        let text = prometheus_text(snapshot).unwrap();
+        for line in [
+            r#"vexevent_kernel_total{counter="lost_ring_full"} 3"#,
+            r#"vexevent_userspace_total{counter="events_delivered"} 42"#,
+            r#"vexevent_sink_delivered_total{sink="hook"} 40"#,
+            r#"vexevent_sink_dropped_total{sink="hook",reason="full"} 2"#,
+            r#"vexevent_sink_down{sink="hook"} 1"#,
+            r#"vexevent_route_matched_total{route="writes"} 7"#,
+            r#"vexevent_latency_microseconds{quantile="0.99"} 350"#,
+            "vexevent_records_unaccounted 0",
+            "# EOF",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+        }
+    }
+}
