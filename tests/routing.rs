@@ -214,7 +214,8 @@ fn reloading_routes_under_load_loses_and_duplicates_nothing() {
     stop.store(true, Ordering::Relaxed);
     let made = load.join().unwrap();
     // The same counters through the control API: JSON stats and Prometheus metrics.
-    let snapshot: Value = serde_json::from_str(&get(&format!("http://{control}/api/v1/control/stats"))).unwrap();
+    let snapshot: Value =
+        serde_json::from_str(&get(&format!("http://{control}/api/v1/control/stats"))).unwrap();
     assert!(snapshot["sinks"]["first"]["delivered"].as_u64().unwrap() > 0, "{snapshot}");
     let metrics = get(&format!("http://{control}/metrics"));
     for family in [

@@ -147,7 +147,8 @@ struct RunArgs {
     /// Token stream subscribers must present (required for a non-loopback --stream-addr).
     #[arg(long, env = "VEXEVENT_STREAM_TOKEN", value_name = "TOKEN")]
     stream_token: Option<String>,
-    /// Serve the control API (reload, stats) on this address, e.g. 127.0.0.1:7879.
+    /// Serve the control API (reload, stats, Prometheus /metrics) on this address, e.g.
+    /// 127.0.0.1:7879.
     #[arg(long, value_name = "ADDR")]
     control_addr: Option<std::net::SocketAddr>,
     /// Token control API requests must present (required for a non-loopback --control-addr).
