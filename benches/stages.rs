@@ -181,8 +181,7 @@ fn pipeline(c: &mut Criterion) {
             let lines = to_json_lines(&translated, &counters);
             for (event, line) in translated.iter().zip(&lines) {
                 router.route(event, &up, &mut targets);
-                let queued =
-                    Queued { line: Arc::from(line.as_str()), urgent: false, sequence: 0, monotonic_ns: 0 };
+                let queued = Queued { line: Arc::clone(line), urgent: false, sequence: 0, monotonic_ns: 0 };
                 for &target in &targets {
                     per_sink[target].push(queued.clone());
                 }

@@ -335,7 +335,7 @@ impl Stages {
                 continue;
             }
             let queued = Queued {
-                line: Arc::from(line.as_str()),
+                line: Arc::clone(line),
                 urgent: event.priority <= Priority::High,
                 sequence: event.global_sequence,
                 monotonic_ns: event.timestamp.monotonic_ns,

@@ -7,6 +7,7 @@ use std::{
     fs::{File, OpenOptions},
     io::{self, BufWriter, Write},
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -16,17 +17,25 @@ use crate::{
     telemetry::{Counters, add},
 };
 
-/// Serializes events once, for every sink. An event that cannot be serialized (none can today)
-/// becomes a line saying so, counted in `sink_errors`, so it is never lost silently.
-pub fn to_json_lines(events: &[SemanticEvent], counters: &Counters) -> Vec<String> {
+/// Serializes events once, for every sink and the stream: each line is written into one reused
+/// buffer and then shared (one allocation per event). An event that cannot be serialized (none
+/// can today) becomes a line saying so, counted in `sink_errors`, so it is never lost silently.
+pub fn to_json_lines(events: &[SemanticEvent], counters: &Counters) -> Vec<Arc<str>> {
+    let mut buffer = Vec::with_capacity(1024);
     events
         .iter()
         .map(|event| {
-            serde_json::to_string(event).unwrap_or_else(|error| {
-                add(&counters.sink_errors, 1);
-                serde_json::json!({ "event_id": event.event_id, "serialization_error": error.to_string() })
-                    .to_string()
-            })
+            buffer.clear();
+            match serde_json::to_writer(&mut buffer, event) {
+                // SAFETY: serde_json writes valid UTF-8 when it succeeds.
+                Ok(()) => Arc::from(unsafe { std::str::from_utf8_unchecked(&buffer) }),
+                Err(error) => {
+                    add(&counters.sink_errors, 1);
+                    let message =
+                        serde_json::json!({ "event_id": event.event_id, "serialization_error": error.to_string() });
+                    Arc::from(message.to_string())
+                }
+            }
         })
         .collect()
 }
@@ -160,7 +169,7 @@ mod tests {
         to_json_lines(&events, &Counters::default())
             .into_iter()
             .zip(0..)
-            .map(|(line, sequence)| Queued { line: line.into(), urgent: false, sequence, monotonic_ns: 0 })
+            .map(|(line, sequence)| Queued { line, urgent: false, sequence, monotonic_ns: 0 })
             .collect()
     }
 

@@ -90,7 +90,7 @@ impl Subscriber {
     /// (closed, or slow with `slow=disconnect`).
     fn offer<'a>(
         &mut self,
-        events: impl Iterator<Item = (&'a SemanticEvent, &'a String)>,
+        events: impl Iterator<Item = (&'a SemanticEvent, &'a Arc<str>)>,
         counters: &Counters,
     ) -> bool {
         for (event, json) in events {
@@ -160,7 +160,7 @@ pub struct Broadcaster {
 impl Broadcaster {
     /// Offers events (in output order, with their JSON from `to_json_lines`) to every
     /// subscriber; never blocks.
-    pub fn publish(&self, events: &[SemanticEvent], lines: &[String], counters: &Counters) {
+    pub fn publish(&self, events: &[SemanticEvent], lines: &[Arc<str>], counters: &Counters) {
         let mut subscribers = self.subscribers.lock().unwrap_or_else(PoisonError::into_inner);
         let Subscribers { by_prefix, prefix_lengths, others } = &mut *subscribers;
         others.retain_mut(|subscriber| subscriber.offer(events.iter().zip(lines), counters));
