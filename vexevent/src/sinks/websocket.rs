@@ -26,7 +26,7 @@ use axum::{
 use tokio::sync::mpsc;
 
 use crate::{
-    event::SemanticEvent,
+    event::{EventType, SemanticEvent},
     filter::{Filter, FilterChain, FilterError},
     telemetry::{Counters, add},
 };
@@ -135,6 +135,9 @@ struct Subscribers {
     by_prefix: HashMap<Vec<u8>, Vec<Subscriber>>,
     /// The distinct lengths of those prefixes: an event's path is looked up at these only.
     prefix_lengths: BTreeSet<usize>,
+    /// Subscriptions with `event_types` (and no `path_pattern`), by their set of type codes:
+    /// each group is offered only the events of its types.
+    by_types: HashMap<BTreeSet<u16>, Vec<Subscriber>>,
     /// Every other subscription is offered every event.
     others: Vec<Subscriber>,
 }
@@ -162,8 +165,13 @@ impl Broadcaster {
     /// subscriber; never blocks.
     pub fn publish(&self, events: &[SemanticEvent], lines: &[Arc<str>], counters: &Counters) {
         let mut subscribers = self.subscribers.lock().unwrap_or_else(PoisonError::into_inner);
-        let Subscribers { by_prefix, prefix_lengths, others } = &mut *subscribers;
+        let Subscribers { by_prefix, prefix_lengths, by_types, others } = &mut *subscribers;
         others.retain_mut(|subscriber| subscriber.offer(events.iter().zip(lines), counters));
+        by_types.retain(|types, subscribers| {
+            let group = events.iter().zip(lines).filter(|(event, _)| types.contains(&event.event_type_code));
+            subscribers.retain_mut(|subscriber| subscriber.offer(group.clone(), counters));
+            !subscribers.is_empty()
+        });
         if by_prefix.is_empty() {
             return;
         }
@@ -201,6 +209,10 @@ impl Broadcaster {
             !subscriber.sender.is_closed()
         };
         subscribers.others.retain_mut(keep);
+        subscribers.by_types.retain(|_, subscribers| {
+            subscribers.retain_mut(keep);
+            !subscribers.is_empty()
+        });
         let before = subscribers.by_prefix.len();
         subscribers.by_prefix.retain(|_, subscribers| {
             subscribers.retain_mut(keep);
@@ -227,15 +239,28 @@ impl Broadcaster {
         let (sender, receiver) = mpsc::channel(buffer);
         let subscriber = Subscriber { filter, sender, policy, next: 0, dropped: 0 };
         let mut subscribers = self.subscribers.lock().unwrap_or_else(PoisonError::into_inner);
-        match path_prefix(query) {
-            Some(prefix) => {
-                subscribers.prefix_lengths.insert(prefix.len());
-                subscribers.by_prefix.entry(prefix.as_bytes().to_vec()).or_default().push(subscriber);
-            }
-            None => subscribers.others.push(subscriber),
+        if let Some(prefix) = path_prefix(query) {
+            subscribers.prefix_lengths.insert(prefix.len());
+            subscribers.by_prefix.entry(prefix.as_bytes().to_vec()).or_default().push(subscriber);
+        } else if let Some(types) = type_codes(query) {
+            subscribers.by_types.entry(types).or_default().push(subscriber);
+        } else {
+            subscribers.others.push(subscriber);
         }
         Ok(receiver)
     }
+}
+
+/// The type codes a subscription's `event_types` names (when every name is known; otherwise the
+/// filter reports the unknown one).
+fn type_codes(query: &BTreeMap<String, String>) -> Option<BTreeSet<u16>> {
+    query
+        .get("event_types")?
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(|name| EventType::from_name(name).map(EventType::code))
+        .collect()
 }
 
 /// The literal start of a subscription's `path_pattern` (all of it when it has no glob
@@ -417,7 +442,9 @@ mod tests {
 
     fn count(broadcaster: &Broadcaster) -> usize {
         let subscribers = broadcaster.subscribers.lock().unwrap();
-        subscribers.others.len() + subscribers.by_prefix.values().map(Vec::len).sum::<usize>()
+        subscribers.others.len()
+            + subscribers.by_prefix.values().map(Vec::len).sum::<usize>()
+            + subscribers.by_types.values().map(Vec::len).sum::<usize>()
     }
 
     #[test]
@@ -429,11 +456,14 @@ mod tests {
             subscribe(&broadcaster, &[("path_pattern", "/w/a"), ("event_types", "FilesystemWrite")]);
         let mut glob = subscribe(&broadcaster, &[("path_pattern", "/w/[ab]")]);
         let mut mkdirs = subscribe(&broadcaster, &[("event_types", "FilesystemMkdir")]);
+        let mut creates_and_writes =
+            subscribe(&broadcaster, &[("event_types", "FilesystemWrite, FilesystemCreate")]);
         let mut far = subscribe(&broadcaster, &[("path_pattern", "/elsewhere/**")]);
         {
             let subscribers = broadcaster.subscribers.lock().unwrap();
             assert_eq!(subscribers.by_prefix.len(), 3, "exact path and globs are indexed by literal prefix");
-            assert_eq!(subscribers.others.len(), 1);
+            assert_eq!(subscribers.by_types.len(), 2, "types are indexed by their set");
+            assert!(subscribers.others.is_empty());
         }
         for _ in 0..2 {
             publish(
@@ -455,6 +485,11 @@ mod tests {
         assert_eq!(received(&mut exact_write), numbered(&["/w/a"; 2]));
         assert_eq!(received(&mut glob), numbered(&["/w/a", "/w/b", "/w/a", "/w/a", "/w/b", "/w/a"]));
         assert_eq!(received(&mut mkdirs), numbered(&["/w/d"; 2]));
+        assert_eq!(
+            received(&mut creates_and_writes),
+            numbered(&["/w/a", "/w/b", "/w/a", "/w/ab", "/w/a", "/w/b", "/w/a", "/w/ab"]),
+            "in output order across its types"
+        );
         assert!(received(&mut far).is_empty());
     }
 
