@@ -5,15 +5,18 @@
 set -euo pipefail
 
 say() { printf 'setup: %s\n' "$*" >&2; }
+# Whether a command's output contains a match. Not `cmd | grep -q`: with pipefail, grep leaving
+# at its first match can make the command die of SIGPIPE and the check fail at random.
+has() { local pattern=$1; shift; grep -q -- "$pattern" <<<"$("$@" 2>/dev/null)"; }
 
 [ "$(id -u)" -eq 0 ] || { say "must run as root (loading eBPF programs needs CAP_BPF/CAP_PERFMON); re-run with sudo"; exit 1; }
 
 # 1. rust-src for the nightly toolchain (the eBPF crate is built with -Z build-std=core).
-if ! rustup toolchain list | grep -q '^nightly'; then
+if ! has '^nightly' rustup toolchain list; then
   say "installing the nightly toolchain"
   rustup toolchain install nightly --profile minimal
 fi
-if ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'; then
+if ! has '^rust-src' rustup component list --toolchain nightly --installed; then
   say "installing rust-src for nightly"
   rustup component add rust-src --toolchain nightly
 fi
@@ -24,8 +27,8 @@ LLVM_SO=$(basename "$(ls "$SYSROOT"/lib/libLLVM-*.so | head -1)")
 LLVM_LIB=${LLVM_SO#lib}; LLVM_LIB=${LLVM_LIB%.so}
 linker_ok() {
   command -v bpf-linker >/dev/null 2>&1 || return 1
-  bpf-linker --version 2>/dev/null | grep -q '0\.13\.0' || return 1
-  ldd "$(command -v bpf-linker)" | grep -q "$SYSROOT/lib/libLLVM" || return 1
+  has '0\.13\.0' bpf-linker --version || return 1
+  has "$SYSROOT/lib/libLLVM" ldd "$(command -v bpf-linker)" || return 1
 }
 if ! linker_ok; then
   say "building bpf-linker 0.13.0 against $LLVM_SO (about a minute)"
@@ -39,7 +42,7 @@ fi
 # for the VM test on an older kernel (`cargo xtask vm-test`, which fetches the kernel itself).
 missing=()
 for pkg in fuse3 bindfs e2fsprogs qemu-system-x86; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+  has 'install ok installed' dpkg-query -W -f='${Status}' "$pkg" || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
   say "installing Debian packages: ${missing[*]}"
