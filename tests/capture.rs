@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::{path::Path, time::Duration};
+use std::{io::Write as _, path::Path, time::Duration};
 
 use serde_json::Value;
 use support::{
@@ -583,4 +583,40 @@ fn filter_expressions_run_in_userspace_and_push_down_to_the_kernel() {
     assert!(stats["kernel"]["filtered_op"].as_u64().unwrap() > 0, "{stats}");
     // ...the path glob in userspace (it dropped the mkdir of `other`).
     assert!(stats["userspace"]["filtered_expression"].as_u64().unwrap() >= 1, "{stats}");
+}
+
+#[test]
+fn files_opened_before_the_run_keep_their_paths_after_the_process_exits() {
+    let Some(_serial) =
+        exclusive_root_test("files_opened_before_the_run_keep_their_paths_after_the_process_exits")
+    else {
+        return;
+    };
+    let mount = Mount::tmpfs();
+    let file = mount.path.join("opened-early.txt");
+    // The shell opens the file before vexevent starts, writes once told to, and exits at once:
+    // by the time its write is translated, /proc no longer shows the fd.
+    let mut shell = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec 3>>'{}'; read go; echo hi >&3", file.display()))
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let fd3 = format!("/proc/{}/fd/3", shell.id());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read_link(&fd3).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the shell never opened the file");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let vexevent = Vexevent::start(&[&mount.path], &[]);
+    shell.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert!(shell.wait().unwrap().success());
+    let pid = u64::from(shell.id());
+    let is_the_write =
+        |e: &Value| e["event_type"] == "FilesystemWrite" && e["process"]["pid"].as_u64() == Some(pid);
+    vexevent.wait_for("the shell's write", Duration::from_secs(30), |events| events.iter().any(is_the_write));
+    let finished = vexevent.stop();
+    let write = finished.events.iter().find(|e| is_the_write(e)).unwrap();
+    assert_eq!(event_path_bytes(&write["context"]["filesystem"]["path"]), Some(bytes(&file)), "{write}");
+    assert!(write["context"]["filesystem"]["inode_number"].as_u64().is_some(), "{write}");
 }

@@ -175,14 +175,23 @@ fn probe_settings(settings: &Settings) -> ProbeSettings {
     }
 }
 
-/// The translate stage, knowing the watched FUSE mounts and where `VexFS` lives.
+/// The translate stage, knowing the watched FUSE mounts, where `VexFS` lives, and what processes
+/// already had open (and where they were) inside the watch.
 fn translator(settings: &Settings, probes: &Probes) -> Translator {
-    Translator::new(TranslateOptions {
+    let mut translator = Translator::new(TranslateOptions {
         scope: settings.scope.clone(),
         ops: settings.ops.clone(),
         fuse_mounts: probes.fuse_mounts().iter().map(|m| (m.connection, m.mount_point.clone())).collect(),
         vexfs: VexfsRoots(settings.vexfs_paths.iter().cloned().chain(vexfs_mount_points()).collect()),
-    })
+    });
+    let processes = translator.processes_mut();
+    for (pid, cwd) in &probes.seeded().cwds {
+        processes.set_cwd(*pid, cwd.clone());
+    }
+    for (pid, fd, path) in &probes.seeded().fds {
+        processes.seed_fd(*pid, *fd, path.clone());
+    }
+    translator
 }
 
 /// The "ready" line tests and scripts wait for (after the stream address, when there is one).

@@ -22,6 +22,7 @@ use vexevent_common::{
 
 pub use fuse_mounts::{FuseMount, vexfs_mount_points};
 pub use hooks::{HookReport, SyscallHooks};
+pub use seed::Seeded;
 pub use tracefs::TRACEFS;
 
 use hooks::Hooks;
@@ -93,6 +94,8 @@ pub struct Probes {
     traced_syscalls: usize,
     layout: ShardLayout,
     fuse_mounts: Vec<FuseMount>,
+    /// Watched cwds and fds found in /proc at start.
+    seeded: Seeded,
 }
 
 /// Size of a ring that is not in use (the kernel's minimum: one page).
@@ -144,13 +147,19 @@ impl Probes {
             }
             _ => LoaderError::Load(Box::new(error)),
         })?;
-        let mut probes =
-            Self { ebpf, hooks: Hooks::default(), traced_syscalls: 0, layout, fuse_mounts: Vec::new() };
+        let mut probes = Self {
+            ebpf,
+            hooks: Hooks::default(),
+            traced_syscalls: 0,
+            layout,
+            fuse_mounts: Vec::new(),
+            seeded: Seeded::default(),
+        };
         probes.configure(settings)?;
         probes.configure_fuse(settings)?;
         probes.attach(settings.syscall_hooks)?;
         probes.attach_daemon_functions(settings);
-        seed::seed_scope(&mut probes.ebpf, settings)?;
+        probes.seeded = seed::seed_scope(&mut probes.ebpf, settings)?;
         Ok(probes)
     }
 
@@ -241,6 +250,12 @@ impl Probes {
             connections.insert(mount.connection, 1, 0).map_err(map_error(map_names::FUSE_CONNECTIONS))?;
         }
         Ok(())
+    }
+
+    /// Watched cwds and open fds that processes had when the run started.
+    #[must_use]
+    pub fn seeded(&self) -> &Seeded {
+        &self.seeded
     }
 
     /// The FUSE mounts watched at start (all FUSE traffic is watched when everything is).

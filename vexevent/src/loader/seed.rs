@@ -1,5 +1,7 @@
 //! Seeds the scope maps with state older than the run: processes whose cwd is already inside a
-//! watched directory, and fds already open on watched files (read from /proc).
+//! watched directory, and fds already open on watched files (read from /proc). The same scan,
+//! with the paths, is kept for userspace: a process that exits (or an fd that is closed) before
+//! its records are translated can no longer be looked up in /proc.
 
 use std::os::unix::ffi::OsStrExt;
 
@@ -16,41 +18,52 @@ fn link_target(path: &std::path::Path) -> Option<Vec<u8>> {
     std::fs::read_link(path).ok().map(|target| target.as_os_str().as_bytes().to_vec())
 }
 
-/// Walks /proc once and marks watched cwds and fds in the kernel maps.
-pub(super) fn seed_scope(ebpf: &mut Ebpf, settings: &ProbeSettings) -> Result<(), LoaderError> {
+/// What processes had inside the watch when the run started.
+#[derive(Clone, Debug, Default)]
+pub struct Seeded {
+    /// Processes whose cwd was watched, with the cwd.
+    pub cwds: Vec<(u32, Vec<u8>)>,
+    /// Open fds on watched files: process, fd, path.
+    pub fds: Vec<(u32, i32, Vec<u8>)>,
+}
+
+/// Walks /proc once and marks watched cwds and fds in the kernel maps; returns what it found.
+pub(super) fn seed_scope(ebpf: &mut Ebpf, settings: &ProbeSettings) -> Result<Seeded, LoaderError> {
     let own_pid = std::process::id();
-    let mut cwds = Vec::new();
-    let mut fds = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Ok(()) };
+    let mut seeded = Seeded::default();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Ok(seeded) };
     for entry in entries.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
         if pid == own_pid {
             continue;
         }
-        if link_target(&entry.path().join("cwd")).is_some_and(|cwd| watched(settings, &cwd)) {
-            cwds.push(pid);
+        if let Some(cwd) = link_target(&entry.path().join("cwd")).filter(|cwd| watched(settings, cwd)) {
+            seeded.cwds.push((pid, cwd));
         }
         let Ok(fd_entries) = std::fs::read_dir(entry.path().join("fd")) else { continue };
         for fd_entry in fd_entries.flatten() {
-            let Some(fd) = fd_entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            let Some(fd) = fd_entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
                 continue;
             };
-            if link_target(&fd_entry.path()).is_some_and(|target| watched(settings, &target)) {
-                fds.push(fd_scope_key(pid, fd));
+            if let Some(target) = link_target(&fd_entry.path()).filter(|target| watched(settings, target)) {
+                seeded.fds.push((pid, fd, target));
             }
         }
     }
     let mut cwd_scope: HashMap<_, u32, u8> =
         HashMap::try_from(ebpf.map_mut(map_names::CWD_SCOPE).ok_or_else(missing(map_names::CWD_SCOPE))?)
             .map_err(map_error(map_names::CWD_SCOPE))?;
-    for pid in cwds {
+    for (pid, _) in &seeded.cwds {
         cwd_scope.insert(pid, 1, 0).map_err(map_error(map_names::CWD_SCOPE))?;
     }
     let mut fd_scope: HashMap<_, u64, u8> =
         HashMap::try_from(ebpf.map_mut(map_names::FD_SCOPE).ok_or_else(missing(map_names::FD_SCOPE))?)
             .map_err(map_error(map_names::FD_SCOPE))?;
-    for key in fds {
-        fd_scope.insert(key, 1, 0).map_err(map_error(map_names::FD_SCOPE))?;
+    for &(pid, fd, _) in &seeded.fds {
+        // fds are never negative in /proc.
+        fd_scope
+            .insert(fd_scope_key(pid, fd.unsigned_abs()), 1, 0)
+            .map_err(map_error(map_names::FD_SCOPE))?;
     }
-    Ok(())
+    Ok(seeded)
 }

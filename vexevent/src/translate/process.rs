@@ -109,6 +109,13 @@ impl ProcessTable {
         Some(info)
     }
 
+    /// `fd` was open on `path` before the run started.
+    pub fn seed_fd(&mut self, pid: u32, fd: i32, path: Vec<u8>) {
+        let stat = stat_path(&path);
+        let info = FileInfo { inode: stat.map(|s| s.inode), file_type: stat.map(|s| s.file_type), path };
+        self.process(pid).fds.insert(fd, (info, 0));
+    }
+
     /// `fd` refers to `info` since `since_ns` (the syscall's exit).
     pub fn set_fd(&mut self, pid: u32, fd: i32, info: FileInfo, since_ns: u64) {
         self.process(pid).fds.insert(fd, (info, since_ns));
