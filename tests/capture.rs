@@ -620,3 +620,24 @@ fn files_opened_before_the_run_keep_their_paths_after_the_process_exits() {
     assert_eq!(event_path_bytes(&write["context"]["filesystem"]["path"]), Some(bytes(&file)), "{write}");
     assert!(write["context"]["filesystem"]["inode_number"].as_u64().is_some(), "{write}");
 }
+
+#[test]
+fn signals_right_after_ready_are_handled_not_fatal() {
+    let Some(_serial) = exclusive_root_test("signals_right_after_ready_are_handled_not_fatal") else {
+        return;
+    };
+    let mount = Mount::tmpfs();
+    for _ in 0..3 {
+        // SIGHUP at once: a reload (of the defaults here), not the default action that ends the
+        // process.
+        let mut vexevent = Vexevent::start(&[&mount.path], &[]);
+        vexevent.signal(libc::SIGHUP);
+        vexevent.wait_for_stderr("vexevent: reloaded", Duration::from_secs(30));
+        let finished = vexevent.stop();
+        assert!(finished.exit_ok, "{:?}", finished.stderr);
+        // SIGINT at once: an orderly stop with final stats.
+        let finished = Vexevent::start(&[&mount.path], &[]).stop();
+        assert!(finished.exit_ok, "{:?}", finished.stderr);
+        assert!(finished.stderr.iter().any(|l| l.contains("final stats")), "{:?}", finished.stderr);
+    }
+}

@@ -20,7 +20,7 @@ use std::{
 };
 
 use crossbeam_channel::{Receiver, Sender};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
     capture::{Batch, DrainSettings, RingDrainer},
@@ -134,9 +134,15 @@ pub fn run(settings: &Settings, config: Config, source: ConfigSource) -> Result<
         }
         None => None,
     };
+    // The handlers exist before "ready" is printed: a signal sent right after it must not find
+    // the default action (which would end the process without draining).
+    let signals = {
+        let _context = runtime.enter();
+        Signals::install()?
+    };
     report_ready(settings, stream.as_ref());
     let reloader = Reloader { running: config, source, pipeline: reloads_tx };
-    runtime.block_on(wait_for_shutdown(settings, control, &reloader, || snapshot(&probes)))?;
+    runtime.block_on(wait_for_shutdown(settings, signals, control, &reloader, || snapshot(&probes)))?;
 
     // Orderly shutdown: no new records, then drain what the ring holds, then flush the sinks
     // (a sink that is down gets a grace period, then its events are counted as dropped).
@@ -236,18 +242,37 @@ impl Reloader {
 
 /// Waits for SIGINT/SIGTERM; reloads on SIGHUP; prints stats on SIGUSR1 and every stats
 /// interval; keeps the stats file current; answers the control API.
+/// The signals `vexevent run` handles.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+    user1: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    /// Installs the handlers (inside a tokio runtime's context).
+    fn install() -> Result<Self, AppError> {
+        let start = |kind: SignalKind| {
+            signal(kind).map_err(|source| AppError::Start { what: "signal handler", source })
+        };
+        Ok(Self {
+            interrupt: start(SignalKind::interrupt())?,
+            terminate: start(SignalKind::terminate())?,
+            user1: start(SignalKind::user_defined1())?,
+            hangup: start(SignalKind::hangup())?,
+        })
+    }
+}
+
 async fn wait_for_shutdown(
     settings: &Settings,
+    signals: Signals,
     mut control: Option<tokio::sync::mpsc::Receiver<ControlRequest>>,
     reloader: &Reloader,
     snapshot: impl Fn() -> StatsSnapshot,
 ) -> Result<(), AppError> {
-    let start =
-        |kind: SignalKind| signal(kind).map_err(|source| AppError::Start { what: "signal handler", source });
-    let mut interrupt = start(SignalKind::interrupt())?;
-    let mut terminate = start(SignalKind::terminate())?;
-    let mut user1 = start(SignalKind::user_defined1())?;
-    let mut hangup = start(SignalKind::hangup())?;
+    let Signals { mut interrupt, mut terminate, mut user1, mut hangup } = signals;
     let mut file_tick = tokio::time::interval(STATS_FILE_PERIOD);
     let mut report_tick = tokio::time::interval(settings.stats_interval.unwrap_or(Duration::MAX / 4));
     report_tick.tick().await;
