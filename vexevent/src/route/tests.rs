@@ -1,3 +1,6 @@
+//! The router: which outputs each event reaches, with every balance mode, failover and the
+//! unmatched output.
+
 use std::collections::BTreeMap;
 
 use super::*;
