@@ -1,6 +1,6 @@
 //! Root tests of routing and sinks with real receivers: routes send each event to the sinks they
 //! name (and the rest to `unmatched`), a webhook receiver that fails and then recovers gets every
-//! batch once, reloading routes under load (SIGHUP and the control API) loses and duplicates
+//! batch once, reloading routes under load (SIGHUP, the control API, `vexevent reload`) loses and duplicates
 //! nothing (a bad reload is refused and the running routes stay), and failover sends to the
 //! standby while the primary is down, counting what the primary held at shutdown.
 
@@ -156,6 +156,17 @@ fn post_reload(url: &str) -> (u16, String) {
     (response.status().as_u16(), response.body_mut().read_to_string().unwrap())
 }
 
+/// Runs `vexevent reload ARGS`: whether it succeeded, its stdout and stderr.
+fn reload_command(args: &[&str]) -> (bool, String, String) {
+    let output =
+        std::process::Command::new(env!("CARGO_BIN_EXE_vexevent")).arg("reload").args(args).output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 fn get(url: &str) -> String {
     let mut response = agent().get(url).call().expect("the control API answers");
     assert_eq!(response.status().as_u16(), 200, "{url}");
@@ -193,15 +204,26 @@ fn reloading_routes_under_load_loses_and_duplicates_nothing() {
             n
         })
     };
-    for round in 0..6 {
+    let stats_file = vexevent.stats_file.to_str().unwrap().to_owned();
+    for round in 0..8 {
         let target = if round % 2 == 0 { "second" } else { "first" };
         std::fs::write(&config, everything_to(out.path(), target)).unwrap();
-        if round % 2 == 0 {
-            vexevent.signal(libc::SIGHUP);
-        } else {
-            let (status, body) = post_reload(&format!("http://{control}/api/v1/control/reload"));
-            assert_eq!(status, 200, "{body}");
-            assert!(body.contains("reloaded: 1 route(s)"), "{body}");
+        // Every way in: SIGHUP, the HTTP API, and `vexevent reload` through either.
+        match round % 4 {
+            0 => vexevent.signal(libc::SIGHUP),
+            1 => {
+                let (status, body) = post_reload(&format!("http://{control}/api/v1/control/reload"));
+                assert_eq!(status, 200, "{body}");
+                assert!(body.contains("reloaded: 1 route(s)"), "{body}");
+            }
+            2 => {
+                let (ok, stdout, stderr) = reload_command(&["--control-addr", &control]);
+                assert!(ok && stdout.contains("reloaded: 1 route(s)"), "{stdout} {stderr}");
+            }
+            _ => {
+                let (ok, stdout, stderr) = reload_command(&["--stats-file", &stats_file]);
+                assert!(ok && stdout.contains("sent SIGHUP"), "{stdout} {stderr}");
+            }
         }
         vexevent.wait_for_stderr_times("vexevent: reloaded", round + 1, Duration::from_secs(30));
         std::thread::sleep(Duration::from_millis(50));
@@ -211,6 +233,8 @@ fn reloading_routes_under_load_loses_and_duplicates_nothing() {
     let (status, body) = post_reload(&format!("http://{control}/api/v1/control/reload"));
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("reload refused") && body.contains("\"nowhere\""), "{body}");
+    let (ok, _, stderr) = reload_command(&["--control-addr", &control]);
+    assert!(!ok && stderr.contains("reload refused"), "{stderr}");
     stop.store(true, Ordering::Relaxed);
     let made = load.join().unwrap();
     // The same counters through the control API: JSON stats and Prometheus metrics.

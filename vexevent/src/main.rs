@@ -1,6 +1,8 @@
 //! The `vexevent` command line: `run` captures, `stats` reports a running instance's counters,
-//! `check-config` validates a configuration file.
+//! `tail` follows its stream, `reload` reloads its filters and routes, `check-config` validates a
+//! configuration file, `explain` shows where a filter runs.
 
+mod reload;
 mod tail;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -61,6 +63,19 @@ enum Command {
         /// Print each event as JSON instead of one readable line.
         #[arg(long)]
         json: bool,
+    },
+    /// Reload a running instance's filters and routes from its configuration file: through its
+    /// control API when given its address (and print the outcome), else with SIGHUP.
+    Reload {
+        /// The instance's control API address (`vexevent run --control-addr`).
+        #[arg(long, value_name = "ADDR")]
+        control_addr: Option<std::net::SocketAddr>,
+        /// Token, when the control API requires one.
+        #[arg(long, env = "VEXEVENT_CONTROL_TOKEN")]
+        token: Option<String>,
+        /// Without --control-addr: the stats file naming the instance's pid.
+        #[arg(long, default_value = DEFAULT_STATS_FILE)]
+        stats_file: PathBuf,
     },
     /// Validate a configuration file and print the settings it yields.
     CheckConfig {
@@ -265,6 +280,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{settings:#?}");
             Ok(())
         }
+        Command::Reload { control_addr, token, stats_file } => match control_addr {
+            Some(addr) => reload::through_api(addr, token.as_deref()),
+            None => reload::with_signal(&stats_file),
+        },
         Command::Tail { addr, filter, token, json } => {
             tail::follow(&addr, filter.as_deref(), token.as_deref(), json)
         }
