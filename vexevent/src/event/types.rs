@@ -89,6 +89,21 @@ impl EventType {
     pub fn from_code(code: u16) -> Option<Self> {
         Self::ALL.iter().copied().find(|t| t.code() == code)
     }
+
+    /// `VexFS`'s category name (the code's high byte).
+    #[must_use]
+    pub const fn category(self) -> &'static str {
+        match self.code() >> 8 {
+            0x01 => "filesystem",
+            0x02 => "graph",
+            0x03 => "vector",
+            0x04 => "agent",
+            0x05 => "system",
+            0x06 => "semantic",
+            0x08 => "observability",
+            _ => "other",
+        }
+    }
 }
 
 /// `VexFS` event flag bits.

@@ -47,7 +47,7 @@ fn fs(event: &SemanticEvent) -> Option<&crate::event::FilesystemContext> {
 fn field(name: &str) -> Result<Field, CompileError> {
     Ok(match name {
         "type" => Field::Bytes(|e| Some(e.event_type.name().as_bytes())),
-        "category" => Field::Bytes(|e| Some(category(e.event_type.code()).as_bytes())),
+        "category" => Field::Bytes(|e| Some(e.event_type.category().as_bytes())),
         "subtype" => Field::Bytes(|e| Some(e.event_subtype.as_bytes())),
         "source" => Field::Bytes(|e| Some(source(e).as_bytes())),
         "path" => Field::Bytes(|e| fs(e)?.path.as_ref().map(crate::event::PathBytes::as_bytes)),
@@ -70,20 +70,6 @@ fn field(name: &str) -> Result<Field, CompileError> {
             return Err(CompileError::UnknownField { field: other.to_owned(), choices: FIELDS.to_owned() });
         }
     })
-}
-
-/// `VexFS` category name of a type code.
-fn category(code: u16) -> &'static str {
-    match code >> 8 {
-        0x01 => "filesystem",
-        0x02 => "graph",
-        0x03 => "vector",
-        0x04 => "agent",
-        0x05 => "system",
-        0x06 => "semantic",
-        0x08 => "observability",
-        _ => "other",
-    }
 }
 
 /// Which boundary an event comes from.

@@ -135,8 +135,8 @@ struct Subscribers {
     by_prefix: HashMap<Vec<u8>, Vec<Subscriber>>,
     /// The distinct lengths of those prefixes: an event's path is looked up at these only.
     prefix_lengths: BTreeSet<usize>,
-    /// Subscriptions with `event_types` (and no `path_pattern`), by their set of type codes:
-    /// each group is offered only the events of its types.
+    /// Subscriptions with `event_types` or `categories` (and no `path_pattern`), by the set of
+    /// type codes they can select: each group is offered only the events of its types.
     by_types: HashMap<BTreeSet<u16>, Vec<Subscriber>>,
     /// Every other subscription is offered every event.
     others: Vec<Subscriber>,
@@ -251,16 +251,35 @@ impl Broadcaster {
     }
 }
 
-/// The type codes a subscription's `event_types` names (when every name is known; otherwise the
-/// filter reports the unknown one).
+/// The type codes a subscription can select by its `event_types` and `categories` (both must
+/// match); `None` when it names neither, or a name that is not known (the filter reports it).
 fn type_codes(query: &BTreeMap<String, String>) -> Option<BTreeSet<u16>> {
-    query
-        .get("event_types")?
-        .split(',')
-        .map(str::trim)
-        .filter(|name| !name.is_empty())
-        .map(|name| EventType::from_name(name).map(EventType::code))
-        .collect()
+    let names = |key: &str| {
+        query
+            .get(key)
+            .map(|list| list.split(',').map(str::trim).filter(|n| !n.is_empty()).collect::<Vec<_>>())
+    };
+    let (types, categories) = (names("event_types"), names("categories"));
+    if types.is_none() && categories.is_none() {
+        return None;
+    }
+    let by_type: Option<BTreeSet<u16>> = match types {
+        Some(types) => Some(
+            types
+                .iter()
+                .map(|name| EventType::from_name(name).map(EventType::code))
+                .collect::<Option<_>>()?,
+        ),
+        None => None,
+    };
+    Some(
+        EventType::ALL
+            .iter()
+            .filter(|t| categories.as_ref().is_none_or(|c| c.contains(&t.category())))
+            .map(|t| t.code())
+            .filter(|code| by_type.as_ref().is_none_or(|codes| codes.contains(code)))
+            .collect(),
+    )
 }
 
 /// The literal start of a subscription's `path_pattern` (all of it when it has no glob
@@ -458,11 +477,15 @@ mod tests {
         let mut mkdirs = subscribe(&broadcaster, &[("event_types", "FilesystemMkdir")]);
         let mut creates_and_writes =
             subscribe(&broadcaster, &[("event_types", "FilesystemWrite, FilesystemCreate")]);
+        let mut filesystem = subscribe(&broadcaster, &[("categories", "filesystem")]);
+        let mut vector = subscribe(&broadcaster, &[("categories", "vector")]);
+        let mut mkdirs_by_both =
+            subscribe(&broadcaster, &[("categories", "filesystem"), ("event_types", "FilesystemMkdir")]);
         let mut far = subscribe(&broadcaster, &[("path_pattern", "/elsewhere/**")]);
         {
             let subscribers = broadcaster.subscribers.lock().unwrap();
             assert_eq!(subscribers.by_prefix.len(), 3, "exact path and globs are indexed by literal prefix");
-            assert_eq!(subscribers.by_types.len(), 2, "types are indexed by their set");
+            assert_eq!(subscribers.by_types.len(), 4, "types and categories are indexed by type set");
             assert!(subscribers.others.is_empty());
         }
         for _ in 0..2 {
@@ -490,6 +513,9 @@ mod tests {
             numbered(&["/w/a", "/w/b", "/w/a", "/w/ab", "/w/a", "/w/b", "/w/a", "/w/ab"]),
             "in output order across its types"
         );
+        assert_eq!(received(&mut filesystem).len(), 10);
+        assert!(received(&mut vector).is_empty());
+        assert_eq!(received(&mut mkdirs_by_both), numbered(&["/w/d"; 2]));
         assert!(received(&mut far).is_empty());
     }
 
