@@ -3,6 +3,8 @@
 //! periodic stats and an orderly drain on shutdown.
 
 mod control;
+mod main_loop;
+mod pipeline;
 mod reload;
 mod stats_file;
 
@@ -19,23 +21,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crossbeam_channel::{Receiver, Sender};
-use tokio::signal::unix::{Signal, SignalKind, signal};
-
 use crate::{
     capture::{Batch, DrainSettings, RingDrainer},
     config::{Config, Settings},
     correlate::Correlator,
-    event::{Priority, SemanticEvent},
     loader::{ProbeSettings, Probes, vexfs_mount_points},
-    sinks::{Broadcaster, Queued, STREAM_PATH, Sinks, StreamServer, to_json_lines},
-    telemetry::{Counters, StatsSnapshot, add, monotonic_ns},
+    sinks::{STREAM_PATH, Sinks, StreamServer},
+    telemetry::{Counters, StatsSnapshot},
     translate::{TranslateOptions, Translator, VexfsRoots},
 };
-use control::ControlRequest;
-
-/// How often the stats file is refreshed.
-const STATS_FILE_PERIOD: Duration = Duration::from_secs(1);
+use main_loop::{Reloader, Signals, wait_for_shutdown};
+use pipeline::{Stages, run_pipeline};
 /// How long, once vexevent stops, a sink that is down keeps retrying before its events are
 /// counted as dropped.
 const SINK_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -215,99 +211,6 @@ fn report_ready(settings: &Settings, stream: Option<&StreamServer>) {
     eprintln!("vexevent: ready: watching {watching} (pid {})", std::process::id());
 }
 
-/// Applies reloads: reads the configuration again and hands the new routing to the pipeline.
-struct Reloader {
-    running: Config,
-    source: ConfigSource,
-    pipeline: Sender<Routing>,
-}
-
-impl Reloader {
-    fn reload(&self) -> Result<Reloaded, ReloadError> {
-        let (routing, reloaded) = reload::prepare(&self.running, &self.source)?;
-        self.pipeline.send(routing).map_err(|_| ReloadError::Stopped)?;
-        Ok(reloaded)
-    }
-
-    /// Reloads and says how it went on stderr; the outcome as text for the control API.
-    fn reload_and_report(&self) -> Result<String, String> {
-        let outcome = self.reload().map(|r| r.to_string()).map_err(|e| e.to_string());
-        match &outcome {
-            Ok(report) => eprintln!("vexevent: {report}"),
-            Err(error) => eprintln!("vexevent: {error}"),
-        }
-        outcome
-    }
-}
-
-/// Waits for SIGINT/SIGTERM; reloads on SIGHUP; prints stats on SIGUSR1 and every stats
-/// interval; keeps the stats file current; answers the control API.
-/// The signals `vexevent run` handles.
-struct Signals {
-    interrupt: Signal,
-    terminate: Signal,
-    user1: Signal,
-    hangup: Signal,
-}
-
-impl Signals {
-    /// Installs the handlers (inside a tokio runtime's context).
-    fn install() -> Result<Self, AppError> {
-        let start = |kind: SignalKind| {
-            signal(kind).map_err(|source| AppError::Start { what: "signal handler", source })
-        };
-        Ok(Self {
-            interrupt: start(SignalKind::interrupt())?,
-            terminate: start(SignalKind::terminate())?,
-            user1: start(SignalKind::user_defined1())?,
-            hangup: start(SignalKind::hangup())?,
-        })
-    }
-}
-
-async fn wait_for_shutdown(
-    settings: &Settings,
-    signals: Signals,
-    mut control: Option<tokio::sync::mpsc::Receiver<ControlRequest>>,
-    reloader: &Reloader,
-    snapshot: impl Fn() -> StatsSnapshot,
-) -> Result<(), AppError> {
-    let Signals { mut interrupt, mut terminate, mut user1, mut hangup } = signals;
-    let mut file_tick = tokio::time::interval(STATS_FILE_PERIOD);
-    let mut report_tick = tokio::time::interval(settings.stats_interval.unwrap_or(Duration::MAX / 4));
-    report_tick.tick().await;
-    loop {
-        let control_request = async {
-            match control.as_mut() {
-                Some(requests) => requests.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = interrupt.recv() => return Ok(()),
-            _ = terminate.recv() => return Ok(()),
-            _ = user1.recv() => eprint!("{}", snapshot()),
-            _ = hangup.recv() => {
-                let _ = reloader.reload_and_report();
-            }
-            Some(request) = control_request => match request {
-                ControlRequest::Reload(answer) => {
-                    let _ = answer.send(reloader.reload_and_report());
-                }
-                ControlRequest::Stats(answer) => {
-                    let _ = answer.send(snapshot());
-                }
-            },
-            _ = report_tick.tick(), if settings.stats_interval.is_some() => eprint!("{}", snapshot()),
-            _ = file_tick.tick() => {
-                if let Err(error) = write_stats_file(&settings.stats_file, &snapshot()) {
-                    tracing::warn!(%error, "cannot write the stats file");
-                }
-            }
-        }
-    }
-}
-
 fn report_hooks(probes: &Probes) {
     let hooks = probes.hooks();
     let attached: Vec<&str> = hooks.iter().filter(|h| h.missing.is_none()).map(|h| h.hook.as_str()).collect();
@@ -323,119 +226,4 @@ fn report_hooks(probes: &Probes) {
     for hook in hooks.iter().filter(|h| h.missing.is_some()) {
         eprintln!("vexevent:   not attached: {} ({})", hook.hook, hook.missing.as_deref().unwrap_or(""));
     }
-}
-
-/// What the pipeline thread owns.
-struct Stages {
-    translator: Translator,
-    correlator: Correlator,
-    routing: Routing,
-    sinks: Sinks,
-    /// Events of the current batch for each sink (kept to reuse the allocations).
-    per_sink: Vec<Vec<Queued>>,
-}
-
-impl Stages {
-    /// Filters the events ready for output, numbers them in output order, serializes each once
-    /// and hands it to the outputs its routes name, and to the live stream.
-    fn output(
-        &mut self,
-        ready: &mut Vec<SemanticEvent>,
-        next_sequence: &mut u64,
-        stream: Option<&Broadcaster>,
-        counters: &Counters,
-    ) {
-        let filter = &self.routing.filter;
-        if !filter.is_empty() {
-            let before = ready.len();
-            ready.retain(|event| filter.check(event).is_some());
-            add(&counters.filtered_expression, (before - ready.len()) as u64);
-        }
-        if ready.is_empty() {
-            return;
-        }
-        for event in ready.iter_mut() {
-            event.global_sequence = *next_sequence;
-            *next_sequence += 1;
-        }
-        let lines = to_json_lines(ready, counters);
-        let sinks = &self.sinks;
-        let up = |index: usize| sinks.is_up(index);
-        let mut targets = Vec::new();
-        self.per_sink.resize_with(sinks.len(), Vec::new);
-        for (event, line) in ready.iter().zip(&lines) {
-            self.routing.router.route(event, &up, &mut targets);
-            if targets.is_empty() {
-                continue;
-            }
-            let queued = Queued {
-                line: Arc::clone(line),
-                urgent: event.priority <= Priority::High,
-                sequence: event.global_sequence,
-                monotonic_ns: event.timestamp.monotonic_ns,
-            };
-            for &target in &targets {
-                self.per_sink[target].push(queued.clone());
-            }
-        }
-        for (index, queued) in self.per_sink.iter_mut().enumerate() {
-            if !queued.is_empty() {
-                sinks.offer(index, queued.drain(..), counters);
-            }
-        }
-        add(&counters.events_unrouted, self.routing.router.take_unrouted());
-        counters.outputs.add_route_matches(self.routing.router.take_matched());
-        if let Some(stream) = stream {
-            stream.publish(ready, &lines, counters);
-        }
-        ready.clear();
-    }
-}
-
-/// The pipeline thread: translate each batch, join the boundaries of each operation, then
-/// filter, route and hand the events to the outputs, until capture ends; switches to reloaded
-/// filters and routes between batches. Returns the outputs, to be flushed.
-fn run_pipeline(
-    batches: &Receiver<Batch>,
-    reloads: &Receiver<Routing>,
-    mut stages: Stages,
-    stream: Option<&Broadcaster>,
-    counters: &Counters,
-) -> Sinks {
-    let mut translated = Vec::new();
-    let mut ready = Vec::new();
-    let mut next_sequence = 0u64;
-    loop {
-        if let Ok(routing) = reloads.try_recv() {
-            stages.routing = routing;
-        }
-        // Wake up at least every join window, so that pending FUSE requests are released.
-        match batches.recv_timeout(correlator_tick()) {
-            Ok(batch) => {
-                translated.clear();
-                for captured in &batch {
-                    stages.translator.translate_captured(captured, &mut translated, counters);
-                }
-                let arrived = monotonic_ns();
-                for event in translated.drain(..) {
-                    stages.correlator.push(event, arrived, counters);
-                }
-            }
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
-        }
-        stages.correlator.drain(monotonic_ns(), &mut ready, counters);
-        stages.output(&mut ready, &mut next_sequence, stream, counters);
-        if let Some(stream) = stream {
-            stream.flush_gap_notices();
-        }
-    }
-    stages.correlator.flush(&mut ready, counters);
-    stages.output(&mut ready, &mut next_sequence, stream, counters);
-    stages.sinks
-}
-
-/// How often the pipeline checks for FUSE requests whose join window has passed.
-const fn correlator_tick() -> Duration {
-    Duration::from_millis(5)
 }

@@ -1,0 +1,111 @@
+//! The main thread's loop while capturing: signals (SIGINT/SIGTERM stop, SIGHUP reloads, SIGUSR1
+//! prints stats), the control API's requests, periodic stats reports and the stats file.
+
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+use super::{
+    AppError, ConfigSource, ReloadError, Reloaded, Routing, control::ControlRequest, reload, write_stats_file,
+};
+use crate::{
+    config::{Config, Settings},
+    telemetry::StatsSnapshot,
+};
+
+/// How often the stats file is refreshed.
+const STATS_FILE_PERIOD: Duration = Duration::from_secs(1);
+
+/// Applies reloads: reads the configuration again and hands the new routing to the pipeline.
+pub(super) struct Reloader {
+    pub(super) running: Config,
+    pub(super) source: ConfigSource,
+    pub(super) pipeline: Sender<Routing>,
+}
+
+impl Reloader {
+    fn reload(&self) -> Result<Reloaded, ReloadError> {
+        let (routing, reloaded) = reload::prepare(&self.running, &self.source)?;
+        self.pipeline.send(routing).map_err(|_| ReloadError::Stopped)?;
+        Ok(reloaded)
+    }
+
+    /// Reloads and says how it went on stderr; the outcome as text for the control API.
+    fn reload_and_report(&self) -> Result<String, String> {
+        let outcome = self.reload().map(|r| r.to_string()).map_err(|e| e.to_string());
+        match &outcome {
+            Ok(report) => eprintln!("vexevent: {report}"),
+            Err(error) => eprintln!("vexevent: {error}"),
+        }
+        outcome
+    }
+}
+
+/// The signals `vexevent run` handles.
+pub(super) struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+    user1: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    /// Installs the handlers (inside a tokio runtime's context).
+    pub(super) fn install() -> Result<Self, AppError> {
+        let start = |kind: SignalKind| {
+            signal(kind).map_err(|source| AppError::Start { what: "signal handler", source })
+        };
+        Ok(Self {
+            interrupt: start(SignalKind::interrupt())?,
+            terminate: start(SignalKind::terminate())?,
+            user1: start(SignalKind::user_defined1())?,
+            hangup: start(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// Waits for SIGINT/SIGTERM; reloads on SIGHUP; prints stats on SIGUSR1 and every stats
+/// interval; keeps the stats file current; answers the control API.
+pub(super) async fn wait_for_shutdown(
+    settings: &Settings,
+    signals: Signals,
+    mut control: Option<tokio::sync::mpsc::Receiver<ControlRequest>>,
+    reloader: &Reloader,
+    snapshot: impl Fn() -> StatsSnapshot,
+) -> Result<(), AppError> {
+    let Signals { mut interrupt, mut terminate, mut user1, mut hangup } = signals;
+    let mut file_tick = tokio::time::interval(STATS_FILE_PERIOD);
+    let mut report_tick = tokio::time::interval(settings.stats_interval.unwrap_or(Duration::MAX / 4));
+    report_tick.tick().await;
+    loop {
+        let control_request = async {
+            match control.as_mut() {
+                Some(requests) => requests.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = interrupt.recv() => return Ok(()),
+            _ = terminate.recv() => return Ok(()),
+            _ = user1.recv() => eprint!("{}", snapshot()),
+            _ = hangup.recv() => {
+                let _ = reloader.reload_and_report();
+            }
+            Some(request) = control_request => match request {
+                ControlRequest::Reload(answer) => {
+                    let _ = answer.send(reloader.reload_and_report());
+                }
+                ControlRequest::Stats(answer) => {
+                    let _ = answer.send(snapshot());
+                }
+            },
+            _ = report_tick.tick(), if settings.stats_interval.is_some() => eprint!("{}", snapshot()),
+            _ = file_tick.tick() => {
+                if let Err(error) = write_stats_file(&settings.stats_file, &snapshot()) {
+                    tracing::warn!(%error, "cannot write the stats file");
+                }
+            }
+        }
+    }
+}
