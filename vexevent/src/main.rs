@@ -223,7 +223,15 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        // Commands that print, like any Unix filter, end quietly when their reader goes away
+        // (`vexevent tail | head`) instead of panicking on a broken pipe. `run` keeps SIGPIPE
+        // ignored: a sink whose reader goes away is counted and retried, not fatal.
+        // SAFETY: setting a signal disposition before any thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("vexevent: error: {error:#}");
