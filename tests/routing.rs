@@ -332,3 +332,48 @@ failover = true
     assert_eq!(finished.stats["userspace"]["sink_errors"].as_u64(), Some(1));
     assert!(hook.lock().unwrap().refused >= 1);
 }
+
+#[test]
+fn a_reload_moves_the_part_of_the_filter_the_kernel_applies() {
+    if !root_or_skip("a_reload_moves_the_part_of_the_filter_the_kernel_applies") {
+        return;
+    }
+    let mount = Mount::tmpfs();
+    let out = tempfile::tempdir().unwrap();
+    let config = out.path().join("vexevent.toml");
+    let only = |comm: &str| format!("[filter]\nexpressions = ['comm == \"{comm}\"']\n");
+    std::fs::write(&config, only("touch")).unwrap();
+    let mut vexevent = Vexevent::start(&[&mount.path], &["--config", config.to_str().unwrap()]);
+    let run = |program: &str, name: &str| {
+        let status = std::process::Command::new(program).arg(mount.path.join(name)).status().unwrap();
+        assert!(status.success(), "{program} {name}");
+    };
+    let has = |events: &[Value], event_type: &str, name: &str| {
+        events.iter().any(|e| e["event_type"] == event_type && path_is(e, &mount.path.join(name)))
+    };
+    run("mkdir", "before");
+    run("touch", "before.txt");
+    vexevent.wait_for("the touch", Duration::from_secs(30), |events| {
+        has(events, "FilesystemCreate", "before.txt")
+    });
+
+    // The kernel now filters by the new comm: without setting it again, mkdir's events would stay
+    // filtered in the kernel and never reach the new filter.
+    std::fs::write(&config, only("mkdir")).unwrap();
+    vexevent.signal(libc::SIGHUP);
+    vexevent.wait_for_stderr("vexevent: reloaded", Duration::from_secs(30));
+    run("touch", "after.txt");
+    run("mkdir", "after");
+    vexevent.wait_for("the mkdir", Duration::from_secs(30), |events| has(events, "FilesystemMkdir", "after"));
+    let finished = vexevent.stop();
+    assert!(finished.exit_ok, "{:?}", finished.stderr);
+    let events = &finished.events;
+    assert!(!has(events, "FilesystemMkdir", "before"), "mkdir was filtered before the reload");
+    assert!(!has(events, "FilesystemCreate", "after.txt"), "touch is filtered after the reload");
+    assert!(finished.stats["kernel"]["filtered_comm"].as_u64().unwrap() > 0, "filtered in the kernel");
+    assert!(
+        !finished.stderr.iter().any(|l| l.contains("restart")),
+        "nothing about this reload waits for a restart: {:?}",
+        finished.stderr
+    );
+}

@@ -1,33 +1,56 @@
 //! The main thread's loop while capturing: signals (SIGINT/SIGTERM stop, SIGHUP reloads, SIGUSR1
 //! prints stats), the control API's requests, periodic stats reports and the stats file.
 
-use std::time::Duration;
+use std::{cell::RefCell, time::Duration};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{RecvTimeoutError, SendTimeoutError, Sender};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::{
-    AppError, ConfigSource, ReloadError, Reloaded, Routing, control::ControlRequest, reload, write_stats_file,
+    AppError, ConfigSource, ReloadError, Reloaded, Switch, control::ControlRequest, probe_settings, reload,
+    write_stats_file,
 };
 use crate::{
     config::{Config, Settings},
+    loader::Probes,
     telemetry::StatsSnapshot,
 };
 
 /// How often the stats file is refreshed.
 const STATS_FILE_PERIOD: Duration = Duration::from_secs(1);
+/// How long a reload waits for the pipeline to switch (it switches within one 5 ms tick unless
+/// a blocking sink holds it).
+const PIPELINE_SWITCH_WAIT: Duration = Duration::from_secs(5);
 
 /// Applies reloads: reads the configuration again and hands the new routing to the pipeline.
-pub(super) struct Reloader {
+pub(super) struct Reloader<'a> {
     pub(super) running: Config,
     pub(super) source: ConfigSource,
-    pub(super) pipeline: Sender<Routing>,
+    pub(super) pipeline: Sender<Switch>,
+    pub(super) probes: &'a RefCell<Probes>,
 }
 
-impl Reloader {
+impl Reloader<'_> {
+    /// The pipeline switches first (between two batches; this waits for it), then the kernel's
+    /// filters follow. A pipeline that is blocked (a full sink with `when_full = "block"`) is
+    /// waited for a bounded time, so that signals keep being served.
     fn reload(&self) -> Result<Reloaded, ReloadError> {
-        let (routing, reloaded) = reload::prepare(&self.running, &self.source)?;
-        self.pipeline.send(routing).map_err(|_| ReloadError::Stopped)?;
+        let (settings, routing, mut reloaded) = reload::prepare(&self.running, &self.source)?;
+        let (switched, has_switched) = crossbeam_channel::bounded(1);
+        self.pipeline.send_timeout(Switch { routing, switched }, PIPELINE_SWITCH_WAIT).map_err(|error| {
+            match error {
+                SendTimeoutError::Timeout(_) => ReloadError::Busy,
+                SendTimeoutError::Disconnected(_) => ReloadError::Stopped,
+            }
+        })?;
+        match has_switched.recv_timeout(PIPELINE_SWITCH_WAIT) {
+            Ok(()) => {}
+            Err(RecvTimeoutError::Timeout) => reloaded.warnings.push(
+                "the pipeline is blocked (a full sink with when_full = \"block\"?): it switches when it resumes".into(),
+            ),
+            Err(RecvTimeoutError::Disconnected) => return Err(ReloadError::Stopped),
+        }
+        self.probes.borrow_mut().set_filters(&probe_settings(&settings))?;
         Ok(reloaded)
     }
 
@@ -71,7 +94,7 @@ pub(super) async fn wait_for_shutdown(
     settings: &Settings,
     signals: Signals,
     mut control: Option<tokio::sync::mpsc::Receiver<ControlRequest>>,
-    reloader: &Reloader,
+    reloader: &Reloader<'_>,
     snapshot: impl Fn() -> StatsSnapshot,
 ) -> Result<(), AppError> {
     let Signals { mut interrupt, mut terminate, mut user1, mut hangup } = signals;

@@ -9,10 +9,11 @@ mod reload;
 mod stats_file;
 
 pub use control::{METRICS_PATH, RELOAD_PATH, STATS_PATH};
-pub use reload::{ConfigSource, ReloadError, Reloaded, Routing};
+pub use reload::{ConfigSource, ReloadError, Reloaded, Routing, Switch};
 pub use stats_file::{read_stats_file, write_stats_file};
 
 use std::{
+    cell::RefCell,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -89,11 +90,8 @@ pub fn run(settings: &Settings, config: Config, source: ConfigSource) -> Result<
     };
     let translator = translator(settings, &probes);
     let correlator = Correlator::new(settings.correlate);
-    let routing = Routing {
-        filter: settings.filter.build().map_err(|e| AppError::Filter(Box::new(e)))?,
-        router: settings.router().map_err(|e| AppError::Filter(Box::new(e)))?,
-    };
-    let (reloads_tx, reloads_rx) = crossbeam_channel::bounded::<Routing>(1);
+    let routing = Routing::new(settings).map_err(|e| AppError::Filter(Box::new(e)))?;
+    let (reloads_tx, reloads_rx) = crossbeam_channel::bounded::<Switch>(1);
     let stream = match settings.stream.addr {
         Some(addr) => Some(StreamServer::start(addr, settings.stream.token.clone())?),
         None => None,
@@ -137,8 +135,12 @@ pub fn run(settings: &Settings, config: Config, source: ConfigSource) -> Result<
         Signals::install()?
     };
     report_ready(settings, stream.as_ref());
-    let reloader = Reloader { running: config, source, pipeline: reloads_tx };
-    runtime.block_on(wait_for_shutdown(settings, signals, control, &reloader, || snapshot(&probes)))?;
+    // Reloads set the kernel's filters while the loop reads the kernel's counters.
+    let probes = RefCell::new(probes);
+    let reloader = Reloader { running: config, source, pipeline: reloads_tx, probes: &probes };
+    runtime
+        .block_on(wait_for_shutdown(settings, signals, control, &reloader, || snapshot(&probes.borrow())))?;
+    let mut probes = probes.into_inner();
 
     // Orderly shutdown: no new records, then drain what the ring holds, then flush the sinks
     // (a sink that is down gets a grace period, then its events are counted as dropped).

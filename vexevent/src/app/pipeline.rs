@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use crossbeam_channel::Receiver;
 
-use super::Routing;
+use super::{Routing, Switch};
 use crate::{
     capture::Batch,
     correlate::Correlator,
@@ -88,7 +88,7 @@ impl Stages {
 /// filters and routes between batches. Returns the outputs, to be flushed.
 pub(super) fn run_pipeline(
     batches: &Receiver<Batch>,
-    reloads: &Receiver<Routing>,
+    reloads: &Receiver<Switch>,
     mut stages: Stages,
     stream: Option<&Broadcaster>,
     counters: &Counters,
@@ -97,8 +97,10 @@ pub(super) fn run_pipeline(
     let mut ready = Vec::new();
     let mut next_sequence = 0u64;
     loop {
-        if let Ok(routing) = reloads.try_recv() {
+        if let Ok(Switch { routing, switched }) = reloads.try_recv() {
+            stages.translator.set_ops(routing.ops.clone());
             stages.routing = routing;
+            let _ = switched.send(());
         }
         // Wake up at least every join window, so that pending FUSE requests are released.
         match batches.recv_timeout(correlator_tick()) {

@@ -1,10 +1,15 @@
 //! Reloading filters and routes while running (SIGHUP, control API): the configuration is read
 //! again, validated whole, compiled, and handed to the pipeline thread, which switches between
-//! two batches (so no event is lost or delivered twice). Only `[filter]`, `[[routes]]` and
-//! `[routing]` change; sinks must stay the same, other sections apply at restart.
+//! two batches (so no event is lost or delivered twice); the part of the filter the kernel
+//! evaluates (operation types, pids, uid, comm) is set in the probes again. Only `[filter]`,
+//! `[[routes]]` and `[routing]` change; sinks must stay the same, other sections apply at restart.
+
+use std::collections::HashSet;
+
+use vexevent_common::OpKind;
 
 use crate::{
-    config::{Config, ConfigError},
+    config::{Config, ConfigError, Settings},
     filter::{FilterChain, FilterError},
     route::Router,
 };
@@ -16,6 +21,25 @@ pub type ConfigSource = Box<dyn Fn() -> Result<Config, ConfigError> + Send>;
 pub struct Routing {
     pub filter: FilterChain,
     pub router: Router,
+    /// Operation types to emit events for.
+    pub ops: HashSet<OpKind>,
+}
+
+/// A reload on its way to the pipeline: the new routing, and where the pipeline says it has
+/// switched (so that "reloaded" means every event output from then on uses it).
+pub struct Switch {
+    pub routing: Routing,
+    pub switched: crossbeam_channel::Sender<()>,
+}
+
+impl Routing {
+    /// The pipeline's part of `settings`.
+    ///
+    /// # Errors
+    /// A filter or route that does not compile (validated settings compile).
+    pub fn new(settings: &Settings) -> Result<Self, FilterError> {
+        Ok(Self { filter: settings.filter.build()?, router: settings.router()?, ops: settings.ops.clone() })
+    }
 }
 
 /// Why a reload was refused (the running filters and routes stay).
@@ -29,6 +53,12 @@ pub enum ReloadError {
     SinksChanged,
     #[error("reload refused: the pipeline has stopped")]
     Stopped,
+    #[error(
+        "reload refused: the pipeline has not taken the previous reload yet (a full sink with when_full = \"block\"?); try again"
+    )]
+    Busy,
+    #[error("reload applied in userspace, but the kernel's filters could not be set: {0}")]
+    Kernel(#[from] crate::loader::LoaderError),
 }
 
 /// A successful reload.
@@ -50,11 +80,15 @@ impl std::fmt::Display for Reloaded {
     }
 }
 
-/// Builds the new routing from `source`, checking it against the configuration running now.
+/// Builds the new settings and routing from `source`, checking them against the configuration
+/// running now.
 ///
 /// # Errors
 /// When the new configuration is invalid or changes the sinks.
-pub fn prepare(running: &Config, source: &ConfigSource) -> Result<(Routing, Reloaded), ReloadError> {
+pub fn prepare(
+    running: &Config,
+    source: &ConfigSource,
+) -> Result<(Settings, Routing, Reloaded), ReloadError> {
     let config = source()?;
     let settings = config.validate()?;
     if config.sinks != running.sinks || config.output != running.output {
@@ -74,15 +108,12 @@ pub fn prepare(running: &Config, source: &ConfigSource) -> Result<(Routing, Relo
             warnings.push(format!("{section} changed and applies at restart"));
         }
     }
-    let running_kernel = running.validate().map(|s| s.kernel_filter).ok();
-    if running_kernel.as_ref() != Some(&settings.kernel_filter) {
-        warnings.push(
-            "the kernel keeps the filter part pushed down at start (events it drops stay dropped until restart)"
-                .to_owned(),
-        );
+    let running_dirs = running.validate().map(|s| s.scope.dirs().to_vec()).ok();
+    if running_dirs.as_deref() != Some(settings.scope.dirs()) {
+        warnings.push("the watched directories (from [capture] or the filter) change at restart".to_owned());
     }
-    let routing = Routing { filter: settings.filter.build()?, router: settings.router()? };
+    let routing = Routing::new(&settings)?;
     let reloaded =
         Reloaded { routes: config.routes.len(), filters: config.filter.expressions.len(), warnings };
-    Ok((routing, reloaded))
+    Ok((settings, routing, reloaded))
 }

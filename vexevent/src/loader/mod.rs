@@ -163,7 +163,13 @@ impl Probes {
         Ok(probes)
     }
 
-    fn configure(&mut self, settings: &ProbeSettings) -> Result<(), LoaderError> {
+    /// Sets the kernel's filters: operation types, pids, uid and comm (at start, and again when
+    /// a reload changes what the filter pushes down). New pids are added before the switch and
+    /// stale ones removed after it, so no process in both sets is filtered in between.
+    ///
+    /// # Errors
+    /// When a map cannot be written.
+    pub fn set_filters(&mut self, settings: &ProbeSettings) -> Result<(), LoaderError> {
         let mut op_mask = settings.ops.iter().fold(0u64, |mask, op| mask | op.mask_bit());
         // Opens, closes, chdir and dup keep the scope maps right: always captured.
         for op in OpKind::ALL.into_iter().filter(|op| op.is_bookkeeping()) {
@@ -188,19 +194,32 @@ impl Probes {
             cpus_per_shard: u32::try_from(self.layout.cpus_per_shard).unwrap_or(1),
             padding: 0,
         };
+        let stale: Vec<u32> = {
+            let mut pid_filter: HashMap<_, u32, u8> = HashMap::try_from(
+                self.ebpf.map_mut(map_names::PID_FILTER).ok_or_else(missing(map_names::PID_FILTER))?,
+            )
+            .map_err(map_error(map_names::PID_FILTER))?;
+            for pid in &settings.pids {
+                pid_filter.insert(pid, 1, 0).map_err(map_error(map_names::PID_FILTER))?;
+            }
+            pid_filter.keys().filter_map(Result::ok).filter(|pid| !settings.pids.contains(pid)).collect()
+        };
         let mut config_map: Array<_, ProbeConfig> =
             Array::try_from(self.ebpf.map_mut(map_names::CONFIG).ok_or_else(missing(map_names::CONFIG))?)
                 .map_err(map_error(map_names::CONFIG))?;
         config_map.set(0, config, 0).map_err(map_error(map_names::CONFIG))?;
-
         let mut pid_filter: HashMap<_, u32, u8> = HashMap::try_from(
             self.ebpf.map_mut(map_names::PID_FILTER).ok_or_else(missing(map_names::PID_FILTER))?,
         )
         .map_err(map_error(map_names::PID_FILTER))?;
-        for pid in &settings.pids {
-            pid_filter.insert(pid, 1, 0).map_err(map_error(map_names::PID_FILTER))?;
+        for pid in stale {
+            pid_filter.remove(&pid).map_err(map_error(map_names::PID_FILTER))?;
         }
+        Ok(())
+    }
 
+    fn configure(&mut self, settings: &ProbeSettings) -> Result<(), LoaderError> {
+        self.set_filters(settings)?;
         let mut prefixes: LpmTrie<_, PrefixKey, u8> = LpmTrie::try_from(
             self.ebpf.map_mut(map_names::WATCH_PREFIXES).ok_or_else(missing(map_names::WATCH_PREFIXES))?,
         )

@@ -134,6 +134,11 @@ impl Translator {
         }
     }
 
+    /// The operation types to emit events for, from now on (a reload).
+    pub fn set_ops(&mut self, ops: HashSet<OpKind>) {
+        self.options.ops = ops;
+    }
+
     /// Seeds what a process already had open or where it already was before the run started.
     pub fn processes_mut(&mut self) -> &mut ProcessTable {
         &mut self.processes
