@@ -45,6 +45,36 @@ where
         .map_err(load_error(name))
 }
 
+/// Programs that load without arguments: loaded when first attached.
+trait LoadOnce {
+    fn load_once(&mut self) -> Result<(), ProgramError>;
+}
+
+macro_rules! load_once {
+    ($($program:ty),*) => {$(
+        impl LoadOnce for $program {
+            fn load_once(&mut self) -> Result<(), ProgramError> {
+                if self.fd().is_err() {
+                    self.load()?;
+                }
+                Ok(())
+            }
+        }
+    )*};
+}
+
+load_once!(KProbe, UProbe, TracePoint);
+
+/// A program of the object, as its type, loaded.
+fn loaded<'a, P: LoadOnce>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, String>
+where
+    &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    let prog: &mut P = program(ebpf, name)?;
+    prog.load_once().map_err(load_error(name))?;
+    Ok(prog)
+}
+
 /// A program error, as the start-up report says it.
 fn load_error(name: &'static str) -> impl FnOnce(ProgramError) -> String {
     move |error| program_error(name)(error).to_string()
@@ -180,10 +210,7 @@ impl Hooks {
     ) -> Result<(), String> {
         let hook = format!("kprobe/{function}");
         let result = (|| {
-            let prog: &mut KProbe = program(ebpf, program_name)?;
-            if prog.fd().is_err() {
-                prog.load().map_err(load_error(program_name))?;
-            }
+            let prog: &mut KProbe = loaded(ebpf, program_name)?;
             prog.attach(function, 0)
                 .map_err(|e| format!("{hook}: {e} (does this kernel have CONFIG_KPROBES?)"))
         })();
@@ -207,10 +234,7 @@ impl Hooks {
             let hook = format!("uprobe {wanted}");
             let attached = symbol.and_then(|symbol| {
                 for program_name in [program_names::DAEMON_FN_ENTRY, program_names::DAEMON_FN_RETURN] {
-                    let prog: &mut UProbe = program(ebpf, program_name)?;
-                    if prog.fd().is_err() {
-                        prog.load().map_err(load_error(program_name))?;
-                    }
+                    let prog: &mut UProbe = loaded(ebpf, program_name)?;
                     let link = prog
                         .attach(symbol.as_str(), binary, UProbeScope::AllProcesses)
                         .map_err(|e| format!("{symbol} in {}: {e}", binary.display()))?;
@@ -247,10 +271,7 @@ impl Hooks {
     ) -> Result<(), String> {
         let hook = format!("{category}/{name}");
         let result = (|| {
-            let prog: &mut TracePoint = program(ebpf, program_name)?;
-            if prog.fd().is_err() {
-                prog.load().map_err(load_error(program_name))?;
-            }
+            let prog: &mut TracePoint = loaded(ebpf, program_name)?;
             prog.attach(category, name).map_err(|e| format!("{hook}: {e}"))
         })();
         self.keep(hook, result.map(|link| Link::TracePoint(program_name, link)))
