@@ -173,6 +173,46 @@ fn get(url: &str) -> String {
     response.body_mut().read_to_string().unwrap()
 }
 
+/// Directories created in a loop on another thread until `finish` (or until dropped, when a test
+/// fails, so that the mount can still be unmounted).
+struct MkdirLoad {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl MkdirLoad {
+    fn start(dir: &Path) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (stop, dir) = (Arc::clone(&stop), dir.to_owned());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    std::fs::create_dir(dir.join(format!("d{n}"))).unwrap();
+                    n += 1;
+                }
+                n
+            })
+        };
+        Self { stop, thread: Some(thread) }
+    }
+
+    /// Stops the load; how many directories it made.
+    fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().map_or(0, |thread| thread.join().unwrap())
+    }
+}
+
+impl Drop for MkdirLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 #[test]
 fn reloading_routes_under_load_loses_and_duplicates_nothing() {
     if !root_or_skip("reloading_routes_under_load_loses_and_duplicates_nothing") {
@@ -192,18 +232,7 @@ fn reloading_routes_under_load_loses_and_duplicates_nothing() {
         .find_map(|line| line.split("http://").nth(1)?.split('/').next().map(str::to_owned))
         .expect("the control API address on stderr");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let load = {
-        let (stop, dir) = (Arc::clone(&stop), mount.path.clone());
-        std::thread::spawn(move || {
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                std::fs::create_dir(dir.join(format!("d{n}"))).unwrap();
-                n += 1;
-            }
-            n
-        })
-    };
+    let load = MkdirLoad::start(&mount.path);
     let stats_file = vexevent.stats_file.to_str().unwrap().to_owned();
     for round in 0..8 {
         let target = if round % 2 == 0 { "second" } else { "first" };
@@ -235,8 +264,7 @@ fn reloading_routes_under_load_loses_and_duplicates_nothing() {
     assert!(body.contains("reload refused") && body.contains("\"nowhere\""), "{body}");
     let (ok, _, stderr) = reload_command(&["--control-addr", &control]);
     assert!(!ok && stderr.contains("reload refused"), "{stderr}");
-    stop.store(true, Ordering::Relaxed);
-    let made = load.join().unwrap();
+    let made = load.finish();
     // The same counters through the control API: JSON stats and Prometheus metrics.
     let snapshot: Value =
         serde_json::from_str(&get(&format!("http://{control}/api/v1/control/stats"))).unwrap();
