@@ -254,15 +254,12 @@ fn main() {
     // The mixed workload also runs on a FUSE file system (Debian's bindfs) inside the watch:
     // every operation crosses into the daemon, and vexevent joins the FUSE requests to it.
     let bindfs = Bindfs::mount(&mount.path);
-    let mut runs = vec![
+    let runs = [
         ("open-close", Workload::OpenClose, mount.path.clone(), ops),
         ("mixed", Workload::Mixed, mount.path.clone(), ops),
         ("threads", Workload::Threads, mount.path.clone(), ops),
+        ("fuse-mixed", Workload::Mixed, bindfs.mount_point.clone(), ops / 10),
     ];
-    match &bindfs {
-        Some(bindfs) => runs.push(("fuse-mixed", Workload::Mixed, bindfs.mount_point.clone(), ops / 10)),
-        None => println!("fuse-mixed  bindfs not installed: FUSE workload skipped"),
-    }
     for (name, workload, dir, ops) in runs {
         let mut ratios = Vec::new();
         for round in 1..=rounds {

@@ -109,7 +109,7 @@ fn fuse_operations_are_joined_to_their_syscalls_with_a_timeline() {
         return;
     };
     let watched = tempfile::tempdir().unwrap();
-    let Some(bindfs) = Bindfs::mount(watched.path()) else { return };
+    let bindfs = Bindfs::mount(watched.path());
     let daemon_pid = u64::from(bindfs.child.id());
     let vexevent = Vexevent::start(&[watched.path()], &[]);
     let root = bindfs.mount_point.clone();

@@ -138,11 +138,23 @@ fn subscribers_get_exactly_their_events_and_slow_ones_get_gap_notices() {
 
 #[test]
 fn a_remote_stream_needs_a_token() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_vexevent"))
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vexevent"))
         .args(["run", "--watch", "/tmp", "--stream-addr", "0.0.0.0:0"])
         .env_remove("VEXEVENT_STREAM_TOKEN")
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    // Refused at once; were the check to regress (as root), vexevent would run: end it, fail.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("vexevent started on a non-loopback address without a token");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(err.contains("not loopback") && err.contains("--stream-token"), "{err}");

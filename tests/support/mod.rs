@@ -296,23 +296,26 @@ pub struct Bindfs {
 }
 
 impl Bindfs {
-    /// Mounts a fresh directory at `<watched>/fuse`; `None` (with the reason printed) without bindfs.
-    pub fn mount(watched: &Path) -> Option<Self> {
-        let dirs = tempfile::tempdir().ok()?;
+    /// Mounts a fresh directory at `<watched>/fuse` with Debian's bindfs (which
+    /// `scripts/setup.sh` installs: a missing bindfs fails the test, it does not skip it).
+    pub fn mount(watched: &Path) -> Self {
+        let dirs = tempfile::tempdir().expect("temp dir");
         let source = dirs.path().join("source");
-        std::fs::create_dir(&source).ok()?;
+        std::fs::create_dir(&source).expect("bindfs source directory");
         let mount_point = watched.join("fuse");
-        std::fs::create_dir(&mount_point).ok()?;
-        let Ok(child) = Command::new("bindfs").arg("-f").arg(&source).arg(&mount_point).spawn() else {
-            eprintln!("SKIP: bindfs is not installed (scripts/setup.sh installs it)");
-            return None;
-        };
+        std::fs::create_dir(&mount_point).expect("bindfs mount point");
+        let child = Command::new("bindfs")
+            .arg("-f")
+            .arg(&source)
+            .arg(&mount_point)
+            .spawn()
+            .expect("bindfs is not installed: run scripts/setup.sh");
         let deadline = Instant::now() + Duration::from_secs(30);
         while !is_mount_point(&mount_point) {
             assert!(Instant::now() < deadline, "bindfs did not mount {}", mount_point.display());
             std::thread::sleep(Duration::from_millis(20));
         }
-        Some(Self { child, mount_point, _dirs: dirs })
+        Self { child, mount_point, _dirs: dirs }
     }
 }
 

@@ -83,7 +83,7 @@ cat /tmp/vexevent.err
 # The operations; each FUSE request must carry the pid of the process whose syscall caused it.
 sh -c 'echo hello >/tmp/mnt/file.txt; cat /tmp/mnt/file.txt >/dev/null;
   mkdir /tmp/mnt/dir; mv /tmp/mnt/file.txt /tmp/mnt/moved.txt; rm /tmp/mnt/moved.txt;
-  rm /tmp/mnt/missing 2>/dev/null; rmdir /tmp/mnt/dir'
+  rm /tmp/mnt/missing 2>/dev/null; rmdir /tmp/mnt/nodir 2>/dev/null; rmdir /tmp/mnt/dir'
 i=0
 until grep -q '"FilesystemRmdir"' /tmp/events.jsonl 2>/dev/null; do
   i=$((i + 1))
@@ -91,8 +91,8 @@ until grep -q '"FilesystemRmdir"' /tmp/events.jsonl 2>/dev/null; do
   sleep 0.2
 done
 kill -INT $VX
-wait $VX
-echo "vm: vexevent exited with $?"
+wait $VX || fail "vexevent exited with $?"
+echo "vm: vexevent exited with 0"
 cat /tmp/vexevent.err
 out "@@daemon $DAEMON"
 out "@@stderr"
@@ -267,6 +267,25 @@ fn check_results(results: &str) -> anyhow::Result<()> {
             .with_context(|| format!("no {event_type} event for {path}"))?;
         check_event(event, opcode, daemon).with_context(|| format!("{event_type} {path}: {event}"))?;
     }
+    // The daemon's error reaches the caller's event: the reply's `out.h.error` offset is right.
+    let refused = events
+        .iter()
+        .find(|e| {
+            e["event_type"] == "FilesystemRmdir" && e["context"]["filesystem"]["path"] == "/tmp/mnt/nodir"
+        })
+        .context("no FilesystemRmdir event for /tmp/mnt/nodir")?;
+    ensure!(
+        refused["context"]["fuse"].as_array().is_some_and(|r| r.iter().any(|r| r["error"] == -2)),
+        "the daemon's ENOENT is not in the event (wrong out.h.error offset?): {refused}"
+    );
+    // The daemon side joins the kernel's requests by `unique`: the `in.h.unique` offset is right.
+    let joined = events
+        .iter()
+        .filter_map(|e| e["context"]["fuse"].as_array())
+        .flatten()
+        .filter(|r| r["daemon_received_ns"].is_u64())
+        .count();
+    ensure!(joined >= 5, "only {joined} requests joined to the daemon's reads (wrong in.h.unique offset?)");
     let stats: Value =
         serde_json::from_str(section(results, "stats").trim()).context("the stats are not JSON")?;
     eprintln!("vm-test: final stats: {stats}");

@@ -14,7 +14,10 @@ use axum::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::telemetry::{StatsSnapshot, prometheus_text};
+use crate::{
+    sinks::bearer_token,
+    telemetry::{StatsSnapshot, prometheus_text},
+};
 
 /// The control API's paths.
 pub const RELOAD_PATH: &str = "/api/v1/control/reload";
@@ -37,8 +40,7 @@ struct ControlState {
 impl ControlState {
     fn authorized(&self, headers: &HeaderMap) -> bool {
         let Some(token) = &self.token else { return true };
-        headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
-            == Some(token.as_str())
+        bearer_token(headers) == Some(token.as_str())
     }
 
     /// Hands a request to the main loop and waits for its answer.

@@ -119,9 +119,6 @@ pub(super) fn run_pipeline(
         }
         stages.correlator.drain(monotonic_ns(), &mut ready, counters);
         stages.output(&mut ready, &mut next_sequence, stream, counters);
-        if let Some(stream) = stream {
-            stream.flush_gap_notices();
-        }
     }
     stages.correlator.flush(&mut ready, counters);
     stages.output(&mut ready, &mut next_sequence, stream, counters);

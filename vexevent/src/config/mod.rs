@@ -21,7 +21,7 @@ use crate::{
     filter::{ChainMode, Filter, FilterChain, FilterError, KernelPart, parse_macros, pushdown},
     loader::SyscallHooks,
     route::Router,
-    sinks::{StreamError, require_token_for_remote},
+    sinks::{STREAM_SERVER, STREAM_TOKEN_FLAG, StreamError, require_token_for_remote},
 };
 
 /// Operation types a user can select (the rest only keep path state right).
@@ -391,12 +391,26 @@ impl Config {
         }
         if let Some(addr) = self.stream.addr {
             problems.extend(
-                require_token_for_remote(addr, self.stream.token.as_deref()).err().map(ConfigError::Stream),
+                require_token_for_remote(
+                    STREAM_SERVER,
+                    STREAM_TOKEN_FLAG,
+                    addr,
+                    self.stream.token.as_deref(),
+                )
+                .err()
+                .map(ConfigError::Stream),
             );
         }
         if let Some(addr) = self.control.addr {
             problems.extend(
-                require_token_for_remote(addr, self.control.token.as_deref()).err().map(ConfigError::Stream),
+                require_token_for_remote(
+                    "control API",
+                    "--control-token",
+                    addr,
+                    self.control.token.as_deref(),
+                )
+                .err()
+                .map(ConfigError::Stream),
             );
         }
         if let Err(errors) = self.outputs() {

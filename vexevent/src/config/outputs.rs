@@ -75,6 +75,30 @@ pub struct SinkConfig {
     pub address: Option<String>,
 }
 
+impl Default for SinkConfig {
+    /// A stdout sink with every default.
+    fn default() -> Self {
+        Self {
+            kind: SinkType::Stdout,
+            queue: default_queue(),
+            when_full: WhenFull::default(),
+            batch_events: None,
+            batch_ms: None,
+            retry_initial_ms: default_retry_initial_ms(),
+            retry_max_ms: default_retry_max_ms(),
+            max_retries: 0,
+            path: None,
+            rotate_bytes: 0,
+            rotate_secs: 0,
+            keep: None,
+            url: None,
+            headers: BTreeMap::new(),
+            timeout_ms: None,
+            address: None,
+        }
+    }
+}
+
 const fn default_queue() -> usize {
     10_000
 }
@@ -236,27 +260,20 @@ fn rotation(bytes: u64, secs: u64, keep: usize) -> Rotation {
 }
 
 /// The one sink `[output]` describes.
-fn default_sink(output: &OutputConfig) -> SinkSpec {
-    let destination = match output.path.as_ref().filter(|p| p.as_os_str() != "-") {
-        Some(path) => Destination::File {
-            path: path.clone(),
-            rotation: rotation(output.rotate_bytes, output.rotate_secs, output.keep),
+fn default_sink(output: &OutputConfig) -> Result<SinkSpec, Vec<ConfigError>> {
+    let sink = match output.path.clone().filter(|p| p.as_os_str() != "-") {
+        Some(path) => SinkConfig {
+            kind: SinkType::File,
+            path: Some(path),
+            rotate_bytes: output.rotate_bytes,
+            rotate_secs: output.rotate_secs,
+            keep: Some(output.keep),
+            ..SinkConfig::default()
         },
-        None => Destination::Stdout,
+        // Rotation means nothing on stdout: `[output]` ignores it there.
+        None => SinkConfig::default(),
     };
-    SinkSpec {
-        name: DEFAULT_SINK.to_owned(),
-        destination,
-        queue: default_queue(),
-        when_full: WhenFull::Block,
-        delivery: Delivery {
-            batch_events: 4096,
-            linger: Duration::ZERO,
-            retry_initial: Duration::from_millis(default_retry_initial_ms()),
-            retry_max: Duration::from_millis(default_retry_max_ms()),
-            max_retries: 0,
-        },
-    }
+    sink.spec(DEFAULT_SINK)
 }
 
 /// Resolves sinks, routes and the unmatched outputs; collects every problem.
@@ -271,7 +288,7 @@ pub fn outputs(
 ) -> Result<Outputs, Vec<ConfigError>> {
     let mut problems = Vec::new();
     let specs: Vec<SinkSpec> = if sinks.is_empty() {
-        vec![default_sink(output)]
+        default_sink(output).map_err(|errors| problems.extend(errors)).into_iter().collect()
     } else {
         if output.path.as_ref().is_some_and(|p| p.as_os_str() != "-") {
             problems.push(ConfigError::OutputWithSinks);

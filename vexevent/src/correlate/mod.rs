@@ -83,10 +83,9 @@ impl Correlator {
         for position in positions {
             let index = usize::try_from(position - self.base).unwrap_or(usize::MAX);
             let Some(slot) = self.queue.get_mut(index) else { continue };
-            let Slot::Pending(request, _) = std::mem::replace(slot, Slot::Joined) else { continue };
-            let fuse = &request.context.fuse[0];
-            if (enter..=exit).contains(&fuse.queued_ns) {
-                event.context.fuse.push(fuse.clone());
+            let Slot::Pending(mut request, _) = std::mem::replace(slot, Slot::Joined) else { continue };
+            if (enter..=exit).contains(&request.context.fuse[0].queued_ns) {
+                event.context.fuse.append(&mut request.context.fuse);
                 add(&counters.fuse_joined, 1);
             } else {
                 let resolved = self.standalone(request, counters);

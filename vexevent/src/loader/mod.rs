@@ -96,6 +96,8 @@ pub struct Probes {
     fuse_mounts: Vec<FuseMount>,
     /// Watched cwds and fds found in /proc at start.
     seeded: Seeded,
+    /// Where `sched_process_fork` keeps the child's pid (read from tracefs once).
+    fork_child_pid_offset: u32,
 }
 
 /// Size of a ring that is not in use (the kernel's minimum: one page).
@@ -154,6 +156,8 @@ impl Probes {
             layout,
             fuse_mounts: Vec::new(),
             seeded: Seeded::default(),
+            fork_child_pid_offset: tracefs::field_offset("sched", "sched_process_fork", "child_pid")
+                .unwrap_or(0),
         };
         probes.configure(settings)?;
         probes.configure_fuse(settings)?;
@@ -188,8 +192,7 @@ impl Probes {
             uid_filter: settings.uid.unwrap_or(0),
             comm_filter_enabled: u32::from(settings.comm.is_some()),
             comm_filter,
-            fork_child_pid_offset: tracefs::field_offset("sched", "sched_process_fork", "child_pid")
-                .unwrap_or(0),
+            fork_child_pid_offset: self.fork_child_pid_offset,
             shard_count: u32::try_from(self.layout.shard_count).unwrap_or(1),
             cpus_per_shard: u32::try_from(self.layout.cpus_per_shard).unwrap_or(1),
             padding: 0,

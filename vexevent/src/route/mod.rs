@@ -61,6 +61,7 @@ pub struct RouteSpec {
 }
 
 struct Route {
+    name: String,
     filter: Filter,
     targets: Vec<usize>,
     balance: Balance,
@@ -94,6 +95,7 @@ impl Router {
             .iter()
             .map(|spec| {
                 Ok(Route {
+                    name: spec.name.clone(),
                     filter: Filter::new(&format!("routes.{}", spec.name), &spec.match_expr, macros)?,
                     targets: spec.targets.clone(),
                     balance: spec.balance,
@@ -160,10 +162,7 @@ impl Router {
 
     /// Events each route matched since the last call, by route name (for the stats).
     pub fn take_matched(&mut self) -> Vec<(&str, u64)> {
-        self.routes
-            .iter_mut()
-            .map(|r| (r.filter.name.trim_start_matches("routes."), std::mem::take(&mut r.matched)))
-            .collect()
+        self.routes.iter_mut().map(|r| (r.name.as_str(), std::mem::take(&mut r.matched))).collect()
     }
 
     /// Events that went nowhere (no route matched, no unmatched output), and resets the count.

@@ -85,8 +85,7 @@ impl JsonLinesSink {
     ///
     /// # Errors
     /// When the file cannot be opened.
-    pub fn open(path: Option<&Path>, rotation: Rotation) -> Result<Self, SinkError> {
-        let Some(path) = path else { return Ok(Self::new(Box::new(io::stdout()))) };
+    pub fn open(path: &Path, rotation: Rotation) -> Result<Self, SinkError> {
         let file = open_append(path)?;
         let written = file.metadata().map_or(0, |m| m.len());
         let mut sink = Self::new(Box::new(file));
@@ -205,7 +204,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
         let rotation = Rotation { max_bytes: Some(1), max_age: None, keep: 2 };
-        let mut sink = JsonLinesSink::open(Some(&path), rotation).unwrap();
+        let mut sink = JsonLinesSink::open(&path, rotation).unwrap();
         for id in 0..4 {
             sink.deliver(&batch(&[id, id + 100])).unwrap();
         }

@@ -19,7 +19,10 @@ pub use jsonl::{Rotation, to_json_lines};
 pub use queue::{Queued, WhenFull};
 pub use socket::SocketAddress;
 pub use webhook::WebhookSettings;
-pub use websocket::{Broadcaster, STREAM_PATH, StreamError, StreamServer, require_token_for_remote};
+pub use websocket::{
+    Broadcaster, STREAM_PATH, STREAM_SERVER, STREAM_TOKEN_FLAG, StreamError, StreamServer, bearer_token,
+    require_token_for_remote,
+};
 pub use worker::{Delivery, GiveUpAt};
 
 use crate::telemetry::{Counters, SinkCounters, add};
@@ -115,7 +118,7 @@ impl Sinks {
         for spec in specs {
             let destination: Box<dyn Deliver> = match &spec.destination {
                 Destination::Stdout => Box::new(JsonLinesSink::new(Box::new(std::io::stdout()))),
-                Destination::File { path, rotation } => Box::new(JsonLinesSink::open(Some(path), *rotation)?),
+                Destination::File { path, rotation } => Box::new(JsonLinesSink::open(path, *rotation)?),
                 Destination::Webhook(settings) => Box::new(Webhook::new(settings.clone())),
                 Destination::Socket(address) => Box::new(SocketSink::new(address.clone())),
                 Destination::Null => Box::new(Null),

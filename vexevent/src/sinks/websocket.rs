@@ -46,16 +46,23 @@ const READ_BUFFER: usize = 256;
 /// unbounded message would let one client make the server allocate without limit.
 const MAX_INCOMING_MESSAGE: usize = 64 * 1024;
 
+/// How often owed gap notices are sent and departed subscribers forgotten.
+const GAP_NOTICE_PERIOD: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Characters that make a `path_pattern` a glob rather than one exact path (`\` escapes).
 const GLOB_CHARACTERS: [char; 7] = ['*', '?', '[', ']', '{', '}', '\\'];
+
+/// The stream server and its token option, as errors name them.
+pub const STREAM_SERVER: &str = "event stream";
+pub const STREAM_TOKEN_FLAG: &str = "--stream-token";
 
 /// Why the server cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
     #[error(
-        "the event stream would listen on {addr}, which is not loopback; set a token (--stream-token) for remote access"
+        "the {server} would listen on {addr}, which is not loopback; set a token ({flag}) for remote access"
     )]
-    RemoteWithoutToken { addr: SocketAddr },
+    RemoteWithoutToken { server: &'static str, flag: &'static str, addr: SocketAddr },
     #[error("cannot listen on {addr}: {source}; choose another --stream-addr")]
     Bind {
         addr: SocketAddr,
@@ -202,7 +209,7 @@ impl Broadcaster {
     /// Sends the gap notices still owed (a subscriber that missed events and has room again
     /// learns how many even when no further event comes), and forgets subscribers that have
     /// gone (whether or not an event for them came since).
-    pub fn flush_gap_notices(&self) {
+    fn flush_gap_notices(&self) {
         let mut subscribers = self.subscribers.lock().unwrap_or_else(PoisonError::into_inner);
         let keep = |subscriber: &mut Subscriber| {
             subscriber.send_gap_notice();
@@ -333,9 +340,7 @@ fn subscription_filter(query: &BTreeMap<String, String>) -> Result<FilterChain, 
 
 fn authorized(state: &ServerState, headers: &HeaderMap, query: &BTreeMap<String, String>) -> bool {
     let Some(token) = &state.token else { return true };
-    let bearer =
-        headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    bearer == Some(token.as_str()) || query.get("token") == Some(token)
+    bearer_token(headers) == Some(token.as_str()) || query.get("token") == Some(token)
 }
 
 async fn stream(
@@ -382,15 +387,27 @@ async fn forward(mut socket: WebSocket, mut receiver: mpsc::Receiver<String>) {
     let _ = socket.send(Message::Close(None)).await;
 }
 
-/// Refuses a non-loopback stream address without a token.
+/// Refuses a non-loopback address without a token, for the `server` (the event stream, the
+/// control API) whose token option is `flag`.
 ///
 /// # Errors
 /// `RemoteWithoutToken` when `addr` is not loopback and there is no token.
-pub fn require_token_for_remote(addr: SocketAddr, token: Option<&str>) -> Result<(), StreamError> {
+pub fn require_token_for_remote(
+    server: &'static str,
+    flag: &'static str,
+    addr: SocketAddr,
+    token: Option<&str>,
+) -> Result<(), StreamError> {
     if !addr.ip().is_loopback() && token.is_none() {
-        return Err(StreamError::RemoteWithoutToken { addr });
+        return Err(StreamError::RemoteWithoutToken { server, flag, addr });
     }
     Ok(())
+}
+
+/// The token an HTTP request presents as `Authorization: Bearer <token>`.
+#[must_use]
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
 }
 
 /// A running stream server.
@@ -406,7 +423,7 @@ impl StreamServer {
     /// # Errors
     /// A non-loopback address without a token, or an address that cannot be bound.
     pub fn start(addr: SocketAddr, token: Option<String>) -> Result<Self, StreamError> {
-        require_token_for_remote(addr, token.as_deref())?;
+        require_token_for_remote(STREAM_SERVER, STREAM_TOKEN_FLAG, addr, token.as_deref())?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("vexevent-stream")
@@ -426,6 +443,16 @@ impl StreamServer {
         runtime.spawn(async move {
             if let Err(error) = axum::serve(listener, app).await {
                 tracing::error!(%error, "the event stream server stopped");
+            }
+        });
+        // Owed gap notices and departed subscribers are dealt with here, on the server's own
+        // threads, not on the pipeline thread that publishes.
+        let notices = Arc::clone(&broadcaster);
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(GAP_NOTICE_PERIOD);
+            loop {
+                tick.tick().await;
+                notices.flush_gap_notices();
             }
         });
         Ok(Self { broadcaster, addr, _runtime: runtime })

@@ -113,7 +113,6 @@ impl Worker {
         let n = batch.len() as u64;
         add(&self.sink.delivered, n);
         add(&self.sink.batches, 1);
-        add(&self.counters.events_delivered, n);
         if self.sink.down.swap(false, Ordering::Relaxed) {
             tracing::info!(sink = %self.name, "sink recovered");
         }

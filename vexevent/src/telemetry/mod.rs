@@ -94,8 +94,6 @@ counters! {
     stream_dropped,
     /// Stream subscribers disconnected for being slow (`slow=disconnect`).
     stream_disconnected,
-    /// Deliveries to sinks (an event routed to two sinks counts twice; per sink in `sinks`).
-    events_delivered,
     /// Events that could not be serialized, or that a sink dropped (per sink and reason in
     /// `sinks`).
     sink_errors,

@@ -90,8 +90,11 @@ impl StatsSnapshot {
     /// Builds a snapshot from the kernel counters and the userspace ones.
     #[must_use]
     pub fn new(kernel: KernelCounters, counters: &Counters, uptime_secs: f64) -> Self {
-        let userspace: BTreeMap<String, u64> =
+        let sinks = counters.outputs.sinks();
+        let mut userspace: BTreeMap<String, u64> =
             counters.values().into_iter().map(|(name, value)| (name.to_owned(), value)).collect();
+        // Deliveries to sinks, summed (an event routed to two sinks counts twice).
+        userspace.insert("events_delivered".to_owned(), sinks.values().map(|sink| sink.delivered).sum());
         let get = |key: &str| userspace.get(key).copied().unwrap_or(0);
         let records_received = get("records_received");
         let lost_reported = get("lost_reported");
@@ -122,7 +125,7 @@ impl StatsSnapshot {
                 .into_iter()
                 .map(|Gap { cpu, first, count, reported }| GapReport { cpu, first, count, reported })
                 .collect(),
-            sinks: counters.outputs.sinks(),
+            sinks,
             routes: counters.outputs.routes(),
         }
     }

@@ -81,12 +81,8 @@ pub struct Translator {
 /// Wall clock minus `CLOCK_MONOTONIC` now, in nanoseconds.
 #[must_use]
 pub fn wall_clock_offset_ns() -> i128 {
-    let mut mono = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut mono) };
     let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    i128::try_from(wall.as_nanos()).unwrap_or(i128::MAX)
-        - (i128::from(mono.tv_sec) * 1_000_000_000 + i128::from(mono.tv_nsec))
+    i128::try_from(wall.as_nanos()).unwrap_or(i128::MAX) - i128::from(crate::telemetry::monotonic_ns())
 }
 
 /// The C `int` in a 64-bit syscall register or return value: its low 32 bits.

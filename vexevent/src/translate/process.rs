@@ -65,15 +65,25 @@ struct ProcessState {
 }
 
 /// Per-process cwd and fd tables.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ProcessTable {
     processes: HashMap<u32, ProcessState>,
+    /// Table size at which exited processes are pruned next: twice what survived the last
+    /// prune, so a table of live processes is not walked again for every new pid.
+    prune_at: usize,
+}
+
+impl Default for ProcessTable {
+    fn default() -> Self {
+        Self { processes: HashMap::new(), prune_at: PRUNE_THRESHOLD }
+    }
 }
 
 impl ProcessTable {
     fn process(&mut self, pid: u32) -> &mut ProcessState {
-        if self.processes.len() >= PRUNE_THRESHOLD && !self.processes.contains_key(&pid) {
+        if self.processes.len() >= self.prune_at && !self.processes.contains_key(&pid) {
             self.processes.retain(|pid, _| std::path::Path::new(&format!("/proc/{pid}")).exists());
+            self.prune_at = (self.processes.len() * 2).max(PRUNE_THRESHOLD);
         }
         self.processes.entry(pid).or_default()
     }
