@@ -105,17 +105,25 @@ impl SemanticEvent {
         }
     }
 
+    /// A new event of type `event_type` derived from this one: a copy with its own id, linked
+    /// to this one as parent and cause.
+    #[must_use]
+    pub fn derive(&self, event_type: EventType) -> SemanticEvent {
+        let mut derived = self.clone();
+        derived.event_id = next_event_id();
+        derived.event_type = event_type;
+        derived.event_type_code = event_type.code();
+        derived.parent_event_id = Some(self.event_id);
+        derived.causality_links = vec![self.event_id];
+        derived
+    }
+
     /// The `ObservabilityErrorReported` event `VexFS` derives from a failed operation, linked to it.
     #[must_use]
     pub fn error_companion(&self) -> Option<SemanticEvent> {
         let result = self.result.as_ref().filter(|r| !r.ok)?;
-        let mut error = self.clone();
-        error.event_id = next_event_id();
-        error.event_type = EventType::ObservabilityErrorReported;
-        error.event_type_code = EventType::ObservabilityErrorReported.code();
+        let mut error = self.derive(EventType::ObservabilityErrorReported);
         error.priority = Priority::High;
-        error.parent_event_id = Some(self.event_id);
-        error.causality_links = vec![self.event_id];
         #[expect(clippy::cast_precision_loss, reason = "an errno shown as a metric value")]
         let errno = result.ret.unsigned_abs() as f64;
         error.context.observability = Some(ObservabilityContext {

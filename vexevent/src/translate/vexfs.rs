@@ -7,9 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::event::{
-    EventType, GraphContext, GraphEdge, PathBytes, SemanticEvent, VectorContext, is_under, next_event_id,
-};
+use crate::event::{EventType, GraphContext, GraphEdge, PathBytes, SemanticEvent, VectorContext, is_under};
 
 /// Default `k` of a `*.search` file and of `_vexfs/search`.
 const SEARCH_K: u32 = 5;
@@ -120,12 +118,7 @@ pub fn derive_graph(event: &SemanticEvent) -> Vec<SemanticEvent> {
         kind: "Contains".to_owned(),
     };
     let derived = |event_type: EventType, node: PathBytes, edge: Option<GraphEdge>| {
-        let mut graph = event.clone();
-        graph.event_id = next_event_id();
-        graph.event_type = event_type;
-        graph.event_type_code = event_type.code();
-        graph.parent_event_id = Some(event.event_id);
-        graph.causality_links = vec![event.event_id];
+        let mut graph = event.derive(event_type);
         graph.context.graph =
             Some(GraphContext { node, node_id, edge, operation_type: event.event_subtype.clone() });
         graph.context.vector = None;
