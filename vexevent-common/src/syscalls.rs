@@ -149,7 +149,7 @@ pub mod spec_flags {
 }
 
 /// One row of the syscall table.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SyscallEntry {
     /// `x86_64` syscall number.
     pub nr: u32,

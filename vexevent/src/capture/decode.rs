@@ -2,7 +2,7 @@
 
 use vexevent_common::{
     GAP_KINDS, GAP_OP, GAP_RECORD_SIZE, NO_ARG, OpKind, PATH_BUF, RECORD_HEADER_SIZE, RecordHeader,
-    record_flags, spec_flags, syscall_by_nr,
+    SyscallEntry, record_flags, spec_flags, syscall_by_nr,
 };
 
 /// What one ring record holds.
@@ -58,6 +58,8 @@ pub struct RawRecord {
     pub payload: Option<Vec<u8>>,
     /// Bytes of the record in the ring.
     pub size: u32,
+    /// The syscall's table entry (syscall operations only), looked up once here.
+    pub syscall: Option<&'static SyscallEntry>,
 }
 
 /// Why a record was rejected. Every rejection is counted under [`DecodeError::reason`].
@@ -141,9 +143,12 @@ fn decode_gap(header: &RecordHeader, bytes: &[u8]) -> Result<GapRecord, DecodeEr
 
 fn decode_record(header: RecordHeader, bytes: &[u8]) -> Result<RawRecord, DecodeError> {
     let op = OpKind::try_from(header.op).map_err(|op| DecodeError::UnknownOp { op })?;
-    let (has_path1, has_path2, text2) = if op.is_syscall() {
-        let entry =
-            syscall_by_nr(header.syscall_nr).ok_or(DecodeError::UnknownSyscall { nr: header.syscall_nr })?;
+    let syscall = if op.is_syscall() {
+        Some(syscall_by_nr(header.syscall_nr).ok_or(DecodeError::UnknownSyscall { nr: header.syscall_nr })?)
+    } else {
+        None
+    };
+    let (has_path1, has_path2, text2) = if let Some(entry) = syscall {
         (
             entry.spec.path1_arg != NO_ARG,
             entry.spec.path2_arg != NO_ARG,
@@ -182,6 +187,7 @@ fn decode_record(header: RecordHeader, bytes: &[u8]) -> Result<RawRecord, Decode
         text2,
         payload,
         size: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
+        syscall,
     })
 }
 

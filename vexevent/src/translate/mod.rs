@@ -22,7 +22,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use vexevent_common::{GAP_RECORD_SIZE, NO_ARG, OpKind, RecordHeader, record_flags, syscall_by_nr};
+use vexevent_common::{GAP_RECORD_SIZE, NO_ARG, OpKind, RecordHeader, record_flags};
 
 use crate::{
     capture::{Captured, GapRecord, RawRecord},
@@ -148,8 +148,8 @@ impl Translator {
     fn resolve_path(&mut self, record: &RawRecord, which: u8) -> Option<Vec<u8>> {
         let header = &record.header;
         let (raw, dirfd_arg) = match which {
-            1 => (record.path1.as_deref()?, syscall_by_nr(header.syscall_nr)?.spec.dirfd1_arg),
-            _ => (record.path2.as_deref()?, syscall_by_nr(header.syscall_nr)?.spec.dirfd2_arg),
+            1 => (record.path1.as_deref()?, record.syscall?.spec.dirfd1_arg),
+            _ => (record.path2.as_deref()?, record.syscall?.spec.dirfd2_arg),
         };
         if raw.first() == Some(&b'/') {
             return Some(normalize(raw));
@@ -162,9 +162,9 @@ impl Translator {
         Some(resolve(base.as_deref(), raw))
     }
 
-    fn fd_arg(header: &RecordHeader) -> Option<i32> {
-        let entry = syscall_by_nr(header.syscall_nr)?;
-        (entry.spec.fd_arg != NO_ARG).then(|| arg_i32(header, usize::from(entry.spec.fd_arg)))
+    fn fd_arg(record: &RawRecord) -> Option<i32> {
+        let entry = record.syscall?;
+        (entry.spec.fd_arg != NO_ARG).then(|| arg_i32(&record.header, usize::from(entry.spec.fd_arg)))
     }
 
     /// Translates what capture delivered: an operation record or a gap report.
@@ -305,7 +305,7 @@ impl Translator {
     fn translate_inner(&mut self, record: &RawRecord, out: &mut Vec<SemanticEvent>) -> Disposition {
         let header = &record.header;
         let ok = header.ret >= 0;
-        let syscall = syscall_by_nr(header.syscall_nr).map_or("fork", |e| e.name);
+        let syscall = record.syscall.map_or("fork", |e| e.name);
         let mut subtype = syscall;
         let mut fs = FilesystemContext {
             path_truncated: header.flags & record_flags::PATH1_TRUNCATED != 0,
@@ -325,7 +325,7 @@ impl Translator {
             }
             OpKind::Chdir => {
                 if ok {
-                    let cwd = match Self::fd_arg(header) {
+                    let cwd = match Self::fd_arg(record) {
                         Some(fd) => self.processes.fd(header.pid, fd).map(|f| f.path),
                         None => self.resolve_path(record, 1),
                     };
@@ -337,7 +337,7 @@ impl Translator {
             }
             OpKind::Dup => {
                 if ok {
-                    if let Some(old) = Self::fd_arg(header) {
+                    if let Some(old) = Self::fd_arg(record) {
                         self.processes.dup_fd(header.pid, old, ret_int(header), header.exit_ns);
                     }
                 }
@@ -466,10 +466,10 @@ impl Translator {
         out: &mut Vec<SemanticEvent>,
     ) -> Disposition {
         let header = &record.header;
-        let fd = Self::fd_arg(header).unwrap_or(-1);
+        let fd = Self::fd_arg(record).unwrap_or(-1);
         let info = self.processes.fd(header.pid, fd);
         Self::fill_from_fd(&mut fs, info, fd);
-        let syscall = syscall_by_nr(header.syscall_nr).map_or("", |e| e.name);
+        let syscall = record.syscall.map_or("", |e| e.name);
         let target = record.path2.clone();
         let event_type = Self::fill_path_op(&mut fs, record, op, syscall, target);
         if !self.options.ops.contains(&op) {

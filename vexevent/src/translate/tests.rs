@@ -46,6 +46,7 @@ fn record(syscall: &str, args: [u64; 6], ret: i64, path1: Option<&[u8]>, path2: 
         text2: entry.spec.flags & vexevent_common::spec_flags::PATH2_IS_TEXT != 0,
         payload: None,
         size: 200,
+        syscall: Some(entry),
     }
 }
 
