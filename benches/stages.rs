@@ -1,27 +1,33 @@
 //! Per-stage cost in userspace (criterion): decoding a ring record, translating it into a `VexFS`
 //! semantic event (an fd-based write, a repeated open whose stat is cached, an `O_CREAT` open that
 //! must stat), evaluating a 10-clause filter, routing through 20 routes, and serializing the
-//! event as a JSON line; then the whole userspace path per event: decode -> translate -> filter
-//! -> route -> serialize -> the queues and workers of four null sinks. Run: `cargo bench --bench stages`.
+//! event as a JSON line; then the pipeline `vexevent run` builds (`app::build_pipeline`), per
+//! event, on its own thread: kernel source (translate) -> correlate -> filter -> sequence -> route
+//! (serialize once) -> the queues and workers of four null sinks, for batches of decoded records
+//! (decoding is the capture thread's, measured above). Two inputs: every event reaches the sinks
+//! (`all_events`), and the 10-clause filter passes half of them (`half_filtered`).
+//! Run: `cargo bench --bench stages`.
 
 use std::{
     collections::{BTreeMap, HashSet},
+    fmt::Write as _,
     hint::black_box,
     os::unix::ffi::OsStrExt,
     sync::Arc,
-    time::Duration,
+    time::Instant,
 };
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use vexevent::{
-    capture::{decode, encode},
-    config::USER_OPS,
-    event::{SemanticEvent, WatchScope},
-    filter::Filter,
+    app::build_pipeline,
+    capture::{Batch, decode, encode},
+    config::{Config, USER_OPS},
+    event::WatchScope,
+    expr::Filter,
     route::{Balance, BalanceKey, RouteSpec, Router},
-    sinks::{Delivery, Destination, Queued, SinkSpec, Sinks, WhenFull, to_json_lines},
+    sinks::Sinks,
     telemetry::Counters,
-    translate::{TranslateOptions, Translator, VexfsRoots},
+    translate::{KernelSource, TranslateOptions, Translator, VexfsRoots},
 };
 use vexevent_common::{COMM_LEN, RecordHeader, SYSCALLS};
 
@@ -76,15 +82,12 @@ fn translator() -> Translator {
 }
 
 /// A 10-clause filter that a write event matches (so every clause is evaluated).
+const TEN_CLAUSES: &str = r#"type in [FilesystemWrite, FilesystemCreate] and category == filesystem and pid > 0
+    and uid >= 0 and comm != "nobody" and ok == true and bytes >= 1 and flags has 0x04 and priority <= 3
+    and not path matches "\.log$""#;
+
 fn ten_clauses() -> Filter {
-    Filter::new(
-        "bench",
-        r#"type in [FilesystemWrite, FilesystemCreate] and category == filesystem and pid > 0 and uid >= 0
-           and comm != "nobody" and ok == true and bytes >= 1 and flags has 0x04 and priority <= 3
-           and not path matches "\.log$""#,
-        &BTreeMap::new(),
-    )
-    .expect("valid filter")
+    Filter::new("bench", TEN_CLAUSES, &BTreeMap::new()).expect("valid filter")
 }
 
 fn stages(c: &mut Criterion) {
@@ -140,91 +143,69 @@ fn stages(c: &mut Criterion) {
     group.finish();
 }
 
-/// The whole userspace path, per event, for a batch of opens and writes.
+/// The pipeline `vexevent run` builds, per event, for batches of opens and writes.
 fn pipeline(c: &mut Criterion) {
     let Records { open, write, _dir, .. } = records();
-    let mut translator = translator();
-    let ten_clauses = ten_clauses();
-    let mut router = twenty_routes();
-    let mut targets = Vec::new();
-    let up = |_: usize| true;
-    let counters = Arc::new(Counters::default());
-    let null = |n: usize| SinkSpec {
-        name: format!("null{n}"),
-        destination: Destination::Null,
-        queue: 1 << 16,
-        when_full: WhenFull::Block,
-        delivery: Delivery {
-            batch_events: 4096,
-            linger: Duration::ZERO,
-            retry_initial: Duration::from_millis(1),
-            retry_max: Duration::from_millis(1),
-            max_retries: 0,
-        },
-    };
-    // The four outputs the routes name, each a null sink with its queue and worker.
-    let sinks = Sinks::start(&(0..4).map(null).collect::<Vec<_>>(), &counters).expect("null sinks");
-    let records: Vec<Vec<u8>> =
-        (0..PIPELINE_BATCH).map(|i| if i % 2 == 0 { open.clone() } else { write.clone() }).collect();
-    let mut translated: Vec<SemanticEvent> = Vec::with_capacity(PIPELINE_BATCH);
-    let mut per_sink: Vec<Vec<Queued>> = vec![Vec::new(); sinks.len()];
+    let raw: Vec<&Vec<u8>> = (0..PIPELINE_BATCH).map(|i| if i % 2 == 0 { &open } else { &write }).collect();
     let mut group = c.benchmark_group("pipeline");
     group.throughput(Throughput::Elements(PIPELINE_BATCH as u64));
-    group.bench_function("decode_translate_filter_route_null_sink", |b| {
-        b.iter(|| {
-            translated.clear();
-            for raw in &records {
-                let record = decode(raw).expect("valid");
-                translator.translate_captured(&record, &mut translated, &counters);
-            }
-            translated.retain(|event| ten_clauses.matches(event));
-            let lines = to_json_lines(&translated, &counters);
-            for (event, line) in translated.iter().zip(&lines) {
-                router.route(event, &up, &mut targets);
-                let queued = Queued { line: Arc::clone(line), urgent: false, sequence: 0, monotonic_ns: 0 };
-                for &target in &targets {
-                    per_sink[target].push(queued.clone());
+    for (name, filtered) in [("all_events_to_4_null_sinks", false), ("half_filtered_to_4_null_sinks", true)] {
+        let settings =
+            Config::from_toml(&pipeline_config(filtered)).expect("valid TOML").validate().expect("valid");
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let counters = Arc::new(Counters::default());
+                let sinks = Sinks::start(&settings.outputs.sinks, &counters).expect("null sinks");
+                let (batches, captured) = crossbeam_channel::unbounded();
+                for _ in 0..iters {
+                    let records = raw.iter().map(|r| decode(r).expect("valid")).collect();
+                    batches.send(Batch { records, watermark_ns: 0 }).expect("open channel");
                 }
-            }
-            for (index, queued) in per_sink.iter_mut().enumerate() {
-                sinks.offer(index, queued.drain(..), &counters);
-            }
+                drop(batches);
+                let source = KernelSource::new(captured, translator(), Arc::clone(&counters));
+                let pipeline = build_pipeline(Box::new(source), &settings, sinks, None, &counters)
+                    .expect("valid pipeline");
+                let started = Instant::now();
+                pipeline.run(&crossbeam_channel::never());
+                started.elapsed()
+            });
         });
-    });
+    }
     group.finish();
-    sinks.finish();
+}
+
+/// Four null sinks (large queues, backpressure), the twenty routes of [`ROUTES`] over them, and
+/// optionally the 10-clause filter, as a configuration file.
+fn pipeline_config(filtered: bool) -> String {
+    let mut toml = String::new();
+    if filtered {
+        writeln!(toml, "[filter]\nexpressions = [{TEN_CLAUSES:?}]").expect("string");
+    }
+    for n in 0..4 {
+        writeln!(toml, "[sinks.null{n}]\ntype = \"null\"\nqueue = 65536\nbatch_events = 4096")
+            .expect("string");
+    }
+    for (i, expr) in ROUTES.iter().enumerate() {
+        let balance = if i % 3 == 0 { "key" } else { "all" };
+        writeln!(
+            toml,
+            "[[routes]]\nname = \"r{i}\"\nmatch = {expr:?}\ntargets = [\"null{}\", \"null{}\"]\nbalance = \"{balance}\"\nfailover = {}",
+            i % 4,
+            (i + 1) % 4,
+            i % 2 == 0
+        )
+        .expect("string");
+    }
+    toml.push_str("[routing]\nunmatched = [\"null3\"]\n");
+    toml
 }
 
 /// Events per iteration of the pipeline benchmark.
 const PIPELINE_BATCH: usize = 1024;
 
-/// Twenty routes of the kinds users write (types, path prefixes and globs, processes, errors),
-/// over four outputs; the benchmark's write event matches a few of them, so most are evaluated
-/// to the end.
+/// The twenty [`ROUTES`] over four outputs.
 fn twenty_routes() -> Router {
-    let expressions = [
-        "type == FilesystemCreate",
-        "type == FilesystemDelete",
-        "type in [FilesystemRename, FilesystemHardlink, FilesystemSymlink]",
-        "category == vector",
-        "category == graph",
-        r#"path prefix "/srv/data""#,
-        r#"path prefix "/var/lib/vexfs""#,
-        r#"path glob "/home/**/*.vec""#,
-        r#"path glob "**/_vexfs/*""#,
-        r#"comm == "vexfs_fuse""#,
-        r#"comm in ["postgres", "redis-server", "nginx"]"#,
-        "uid == 1000",
-        "ok == false",
-        "error == EACCES",
-        "priority <= 2",
-        "bytes > 1048576",
-        r#"path matches "\.(tmp|swp)$""#,
-        "type == FilesystemWrite and bytes >= 4096",
-        "pid < 100",
-        "type == FilesystemWrite",
-    ];
-    let routes: Vec<RouteSpec> = expressions
+    let routes: Vec<RouteSpec> = ROUTES
         .iter()
         .enumerate()
         .map(|(i, expr)| RouteSpec {
@@ -238,6 +219,31 @@ fn twenty_routes() -> Router {
         .collect();
     Router::new(&routes, vec![3], 4, &BTreeMap::new()).expect("valid routes")
 }
+
+/// Twenty route expressions of the kinds users write (types, path prefixes and globs, processes,
+/// errors); the benchmark's write event matches a few of them, so most are evaluated to the end.
+const ROUTES: [&str; 20] = [
+    "type == FilesystemCreate",
+    "type == FilesystemDelete",
+    "type in [FilesystemRename, FilesystemHardlink, FilesystemSymlink]",
+    "category == vector",
+    "category == graph",
+    r#"path prefix "/srv/data""#,
+    r#"path prefix "/var/lib/vexfs""#,
+    r#"path glob "/home/**/*.vec""#,
+    r#"path glob "**/_vexfs/*""#,
+    r#"comm == "vexfs_fuse""#,
+    r#"comm in ["postgres", "redis-server", "nginx"]"#,
+    "uid == 1000",
+    "ok == false",
+    "error == EACCES",
+    "priority <= 2",
+    "bytes > 1048576",
+    r#"path matches "\.(tmp|swp)$""#,
+    "type == FilesystemWrite and bytes >= 4096",
+    "pid < 100",
+    "type == FilesystemWrite",
+];
 
 criterion_group!(benches, stages, pipeline);
 criterion_main!(benches);

@@ -1,17 +1,24 @@
-//! Replays a recorded raw stream (ring records as the probes lay them out) through the userspace
-//! pipeline, without root: decode -> translate -> correlate. Checks that a FUSE request is folded
-//! into the syscall that caused it, a gap record becomes a gap event where the loss happened, a
-//! corrupt record is rejected and counted, and the rest comes out in order.
+//! Replays a recorded raw stream (ring records as the probes lay them out) through the pipeline
+//! `vexevent run` builds, without root: decode -> kernel source (translate) -> correlate ->
+//! filter -> sequence -> route, plus a stage the test registers at the end to collect what comes
+//! out. Checks that a FUSE request is folded into the syscall that caused it, a gap record
+//! becomes a gap event where the loss happened, a corrupt record is rejected and counted, the
+//! rest comes out in order, and the pipeline counts every stage under its name.
 
-use std::{collections::HashSet, sync::atomic::Ordering, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex, atomic::Ordering},
+};
 
 use vexevent::{
-    capture::{Captured, decode, encode, encode_gap},
-    config::USER_OPS,
-    correlate::{CorrelateOptions, Correlator},
-    event::{EventType, WatchScope},
+    app::build_pipeline,
+    capture::{Batch, Captured, decode, encode, encode_gap},
+    config::{Config, USER_OPS},
+    event::{EventType, SemanticEvent, WatchScope},
+    pipeline::{EventBatch, Stage},
+    sinks::Sinks,
     telemetry::Counters,
-    translate::{TranslateOptions, Translator, VexfsRoots},
+    translate::{KernelSource, TranslateOptions, Translator, VexfsRoots},
 };
 use vexevent_common::{COMM_LEN, OpKind, RecordHeader, SYSCALLS, fuse_args};
 
@@ -63,36 +70,42 @@ fn a_recorded_stream_replays_into_ordered_joined_events() {
         // Garbage: a truncated record.
         vec![1, 2, 3],
     ];
-    let counters = Counters::default();
-    let mut translator = Translator::new(TranslateOptions {
+    let counters = Arc::new(Counters::default());
+    let translator = Translator::new(TranslateOptions {
         scope: WatchScope::new(vec![b"/m".to_vec()]),
         ops: USER_OPS.into_iter().collect::<HashSet<_>>(),
         fuse_mounts: vec![(53, b"/m/f".to_vec())],
         vexfs: VexfsRoots::default(),
     });
-    let options = CorrelateOptions {
-        window: Duration::from_millis(20),
-        include_metadata: false,
-        raw_boundaries: false,
-    };
-    let mut correlator = Correlator::new(options);
-    let mut translated = Vec::new();
+    // What the capture thread would hand over: the decoded records, one batch.
+    let mut records = Vec::new();
     for bytes in &stream {
         match decode(bytes) {
             Ok(captured) => {
-                translator.translate_captured(&captured, &mut translated, &counters);
                 if let Captured::Gap(gap) = &captured {
                     assert_eq!((gap.first_seq, gap.count), (2, 3));
                 }
+                records.push(captured);
             }
             Err(error) => counters.record_decode_error(error.reason()),
         }
     }
-    for event in translated {
-        correlator.push(event, 0, &counters);
-    }
-    let mut out = Vec::new();
-    correlator.flush(&mut out, &counters);
+    let (batches, captured) = crossbeam_channel::bounded(1);
+    batches.send(Batch { records, watermark_ns: 2_100 }).unwrap();
+    drop(batches);
+
+    // The default configuration (no filter, the default 20 ms FUSE join window) with a null
+    // output, and one more stage, registered with one line: it collects every event reaching it.
+    let settings = Config::from_toml("[sinks.null]\ntype = \"null\"").unwrap().validate().unwrap();
+    let collected = Arc::new(Mutex::new(Vec::new()));
+    let source = KernelSource::new(captured, translator, Arc::clone(&counters));
+    let sinks = Sinks::start(&settings.outputs.sinks, &counters).unwrap();
+    let pipeline = build_pipeline(Box::new(source), &settings, sinks, None, &counters)
+        .unwrap()
+        .then(Box::new(Collect(Arc::clone(&collected))));
+    assert_eq!(pipeline.graph(), ["kernel", "correlate", "filter", "sequence", "route", "collect"]);
+    pipeline.run(&crossbeam_channel::never());
+    let out = collected.lock().unwrap();
 
     let kinds: Vec<(EventType, &str)> =
         out.iter().map(|e| (e.event_type, e.event_subtype.as_str())).collect();
@@ -115,4 +128,28 @@ fn a_recorded_stream_replays_into_ordered_joined_events() {
     assert_eq!(gap.lost_by_operation.get("close"), Some(&1));
     assert_eq!(counters.decode_errors.load(Ordering::Relaxed), 1);
     assert_eq!(counters.fuse_joined.load(Ordering::Relaxed), 1);
+    let sequences: Vec<u64> = out.iter().map(|e| e.global_sequence).collect();
+    assert_eq!(sequences, [0, 1, 2, 3], "numbered in output order");
+
+    // Every stage is counted under its name: the collecting stage saw all four events, the
+    // correlate stage took five (the FUSE request and the openat) and passed four on.
+    let stages = counters.stages.summaries();
+    assert_eq!((stages["collect"].events_in, stages["collect"].events_out), (4, 4));
+    assert_eq!((stages["correlate"].events_in, stages["correlate"].events_out), (5, 4));
+    assert_eq!(stages["kernel"].events_out, 5);
+    assert_eq!(stages["collect"].position, 5);
+    assert_eq!(counters.outputs.sinks()["null"].delivered, 4, "every event reached the output");
+}
+
+/// A stage that keeps a copy of every event reaching it.
+struct Collect(Arc<Mutex<Vec<SemanticEvent>>>);
+
+impl Stage for Collect {
+    fn name(&self) -> &'static str {
+        "collect"
+    }
+
+    fn process(&mut self, batch: &mut EventBatch) {
+        self.0.lock().unwrap().extend(batch.events.iter().cloned());
+    }
 }

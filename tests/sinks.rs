@@ -13,7 +13,8 @@ use std::{
 
 use support::webhook::webhook_receiver;
 use vexevent::{
-    sinks::{Delivery, Destination, Queued, SinkSpec, Sinks, SocketAddress, WebhookSettings, WhenFull},
+    pipeline::WhenFull,
+    sinks::{Delivery, Destination, Queued, SinkSpec, Sinks, SocketAddress, WebhookSettings},
     telemetry::Counters,
 };
 

@@ -285,6 +285,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let settings = config.validate()?;
             println!("{}: valid", file.display());
+            println!("stages: {}", app::stage_graph("kernel", &settings).join(" -> "));
             println!("{settings:#?}");
             Ok(())
         }

@@ -7,12 +7,13 @@ use crossbeam_channel::{RecvTimeoutError, SendTimeoutError, Sender};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::{
-    AppError, ConfigSource, ReloadError, Reloaded, Switch, control::ControlRequest, probe_settings, reload,
+    AppError, ConfigSource, ReloadError, Reloaded, control::ControlRequest, probe_settings, reload,
     write_stats_file,
 };
 use crate::{
     config::{Config, Settings},
     loader::Probes,
+    pipeline::Reconfigure,
     telemetry::StatsSnapshot,
 };
 
@@ -26,7 +27,7 @@ const PIPELINE_SWITCH_WAIT: Duration = Duration::from_secs(5);
 pub(super) struct Reloader<'a> {
     pub(super) running: Config,
     pub(super) source: ConfigSource,
-    pub(super) pipeline: Sender<Switch>,
+    pub(super) pipeline: Sender<Reconfigure>,
     pub(super) probes: &'a RefCell<Probes>,
 }
 
@@ -37,11 +38,10 @@ impl Reloader<'_> {
     fn reload(&self) -> Result<Reloaded, ReloadError> {
         let (settings, routing, mut reloaded) = reload::prepare(&self.running, &self.source)?;
         let (switched, has_switched) = crossbeam_channel::bounded(1);
-        self.pipeline.send_timeout(Switch { routing, switched }, PIPELINE_SWITCH_WAIT).map_err(|error| {
-            match error {
-                SendTimeoutError::Timeout(_) => ReloadError::Busy,
-                SendTimeoutError::Disconnected(_) => ReloadError::Stopped,
-            }
+        let change = Reconfigure { updates: routing.into_updates(), switched };
+        self.pipeline.send_timeout(change, PIPELINE_SWITCH_WAIT).map_err(|error| match error {
+            SendTimeoutError::Timeout(_) => ReloadError::Busy,
+            SendTimeoutError::Disconnected(_) => ReloadError::Stopped,
         })?;
         match has_switched.recv_timeout(PIPELINE_SWITCH_WAIT) {
             Ok(()) => {}

@@ -4,12 +4,13 @@
 
 mod control;
 mod main_loop;
-mod pipeline;
 mod reload;
+mod stages;
 mod stats_file;
 
 pub use control::{METRICS_PATH, RELOAD_PATH, STATS_PATH};
-pub use reload::{ConfigSource, ReloadError, Reloaded, Routing, Switch};
+pub use reload::{ConfigSource, ReloadError, Reloaded, Routing};
+pub use stages::{STAGES, build_pipeline, stage_graph};
 pub use stats_file::{read_stats_file, write_stats_file};
 
 use std::{
@@ -25,14 +26,13 @@ use std::{
 use crate::{
     capture::{Batch, DrainSettings, RingDrainer},
     config::{Config, Settings},
-    correlate::Correlator,
     loader::{ProbeSettings, Probes, vexfs_mount_points},
+    pipeline::Reconfigure,
     sinks::{STREAM_PATH, Sinks, StreamServer},
     telemetry::{Counters, StatsSnapshot},
-    translate::{TranslateOptions, Translator, VexfsRoots},
+    translate::{KernelSource, TranslateOptions, Translator, VexfsRoots},
 };
 use main_loop::{Reloader, Signals, wait_for_shutdown};
-use pipeline::{Stages, run_pipeline};
 /// How long, once vexevent stops, a sink that is down keeps retrying before its events are
 /// counted as dropped.
 const SINK_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -45,7 +45,7 @@ pub enum AppError {
     #[error(transparent)]
     Sink(#[from] crate::sinks::SinkError),
     #[error(transparent)]
-    Filter(Box<crate::filter::FilterError>),
+    Filter(Box<crate::expr::FilterError>),
     #[error(transparent)]
     Stream(#[from] crate::sinks::StreamError),
     #[error("cannot start the {what}: {source}")]
@@ -88,25 +88,18 @@ pub fn run(settings: &Settings, config: Config, source: ConfigSource) -> Result<
             .spawn(move || drainer.run(&drain_settings, &stop, &batches_tx))
             .map_err(|source| AppError::Start { what: "capture thread", source })?
     };
-    let translator = translator(settings, &probes);
-    let correlator = Correlator::new(settings.correlate);
-    let routing = Routing::new(settings).map_err(|e| AppError::Filter(Box::new(e)))?;
-    let (reloads_tx, reloads_rx) = crossbeam_channel::bounded::<Switch>(1);
+    let kernel = KernelSource::new(batches_rx, translator(settings, &probes), Arc::clone(&counters));
+    let (reloads_tx, reloads_rx) = crossbeam_channel::bounded::<Reconfigure>(1);
     let stream = match settings.stream.addr {
         Some(addr) => Some(StreamServer::start(addr, settings.stream.token.clone())?),
         None => None,
     };
     let broadcaster = stream.as_ref().map(|s| Arc::clone(&s.broadcaster));
-    let pipeline = {
-        let counters = Arc::clone(&counters);
-        thread::Builder::new()
-            .name("vexevent-pipeline".into())
-            .spawn(move || {
-                let stages = Stages { translator, correlator, routing, sinks, per_sink: Vec::new() };
-                run_pipeline(&batches_rx, &reloads_rx, stages, broadcaster.as_deref(), &counters)
-            })
-            .map_err(|source| AppError::Start { what: "pipeline thread", source })?
-    };
+    let pipeline = build_pipeline(Box::new(kernel), settings, sinks, broadcaster, &counters)?;
+    let pipeline = thread::Builder::new()
+        .name("vexevent-pipeline".into())
+        .spawn(move || pipeline.run(&reloads_rx))
+        .map_err(|source| AppError::Start { what: "pipeline thread", source })?;
 
     let started = Instant::now();
     let snapshot = |probes: &Probes| {
@@ -150,9 +143,9 @@ pub fn run(settings: &Settings, config: Config, source: ConfigSource) -> Result<
     if capture.join().is_err() {
         tracing::error!("the capture thread panicked");
     }
-    if let Ok(sinks) = pipeline.join() {
-        sinks.finish();
-    } else {
+    // The pipeline ends when capture has handed over its last batch: each stage flushes what it
+    // holds, then the outputs deliver what is queued.
+    if pipeline.join().is_err() {
         tracing::error!("the pipeline thread panicked");
     }
     let mut last = snapshot(&probes);

@@ -10,26 +10,20 @@ use vexevent_common::OpKind;
 
 use crate::{
     config::{Config, ConfigError, Settings},
-    filter::{FilterChain, FilterError},
+    expr::{FilterChain, FilterError},
+    pipeline::Update,
     route::Router,
 };
 
 /// Reads the configuration again (the file, with the command-line options applied over it).
 pub type ConfigSource = Box<dyn Fn() -> Result<Config, ConfigError> + Send>;
 
-/// What the pipeline switches to.
+/// What the pipeline switches to on a reload.
 pub struct Routing {
     pub filter: FilterChain,
     pub router: Router,
     /// Operation types to emit events for.
     pub ops: HashSet<OpKind>,
-}
-
-/// A reload on its way to the pipeline: the new routing, and where the pipeline says it has
-/// switched (so that "reloaded" means every event output from then on uses it).
-pub struct Switch {
-    pub routing: Routing,
-    pub switched: crossbeam_channel::Sender<()>,
 }
 
 impl Routing {
@@ -39,6 +33,16 @@ impl Routing {
     /// A filter or route that does not compile (validated settings compile).
     pub fn new(settings: &Settings) -> Result<Self, FilterError> {
         Ok(Self { filter: settings.filter.build()?, router: settings.router()?, ops: settings.ops.clone() })
+    }
+
+    /// The updates for the stages that take them (the kernel source, filter, route).
+    #[must_use]
+    pub fn into_updates(self) -> Vec<(&'static str, Update)> {
+        vec![
+            ("kernel", Box::new(self.ops)),
+            ("filter", Box::new(self.filter)),
+            ("route", Box::new(self.router)),
+        ]
     }
 }
 

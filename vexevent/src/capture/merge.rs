@@ -44,6 +44,8 @@ pub struct Merger {
     ordered_shards: bool,
     window_ns: u64,
     released_up_to: u64,
+    /// The highest watermark released under.
+    watermark: u64,
     arrivals: u64,
     /// Items released after the watermark had passed them.
     pub late: u64,
@@ -58,6 +60,7 @@ impl Merger {
             ordered_shards,
             window_ns,
             released_up_to: 0,
+            watermark: 0,
             arrivals: 0,
             late: 0,
         }
@@ -83,7 +86,15 @@ impl Merger {
             .map(|&newest| if self.ordered_shards { newest.max(in_flight_bound) } else { in_flight_bound })
             .min()
             .unwrap_or(in_flight_bound);
+        self.watermark = self.watermark.max(watermark);
         self.release_below(watermark, out);
+    }
+
+    /// Kernel time below which everything has been released (after a flush: the newest
+    /// released).
+    #[must_use]
+    pub fn watermark(&self) -> u64 {
+        self.watermark
     }
 
     /// Whether nothing is held back.
@@ -95,6 +106,7 @@ impl Merger {
     /// Releases everything (at shutdown, after the final drain).
     pub fn flush(&mut self, out: &mut Vec<Captured>) {
         self.release_below(u64::MAX, out);
+        self.watermark = self.watermark.max(self.released_up_to);
     }
 
     fn release_below(&mut self, watermark: u64, out: &mut Vec<Captured>) {
@@ -135,6 +147,7 @@ mod tests {
         // Drain began at 45: shard 1 has shown up to 40 and nothing older can come from it.
         merger.release(45, &mut out);
         assert_eq!(stamps(&out), vec![10, 20, 30]);
+        assert_eq!(merger.watermark(), 40, "the idle shard's newest bounds what may still come");
         out.clear();
         merger.flush(&mut out);
         assert_eq!(stamps(&out), vec![40, 50]);

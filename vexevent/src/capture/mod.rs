@@ -25,8 +25,14 @@ use vexevent_common::{OpKind, PendingLoss};
 
 use crate::telemetry::{Counters, add, monotonic_ns};
 
-/// A batch of records drained and merged together, in timestamp order.
-pub type Batch = Vec<Captured>;
+/// Records drained and merged together, in timestamp order.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub records: Vec<Captured>,
+    /// Kernel time (`CLOCK_MONOTONIC`, ns) below which every record has been released: no
+    /// record stamped earlier can follow (late records excepted, which are counted).
+    pub watermark_ns: u64,
+}
 
 /// Longest sleep when nothing arrives (a safety net: the kernel wakes us when data lands).
 const IDLE_POLL: Duration = Duration::from_millis(100);
@@ -169,15 +175,16 @@ impl RingDrainer {
             }
             let drain_started = monotonic_ns();
             self.drain();
-            let mut batch = Vec::new();
+            let mut records = Vec::new();
             if stopping {
                 self.report_pending_losses();
-                self.merger.flush(&mut batch);
+                self.merger.flush(&mut records);
             } else {
-                self.merger.release(drain_started, &mut batch);
+                self.merger.release(drain_started, &mut records);
             }
             add(&self.counters.records_late, std::mem::take(&mut self.merger.late));
-            if !batch.is_empty() && out.send(batch).is_err() {
+            let batch = Batch { records, watermark_ns: self.merger.watermark() };
+            if !batch.records.is_empty() && out.send(batch).is_err() {
                 tracing::warn!("the pipeline stopped before capture; leaving the rings");
                 return;
             }

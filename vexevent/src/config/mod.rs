@@ -18,7 +18,8 @@ use vexevent_common::{OpKind, PREFIX_KEY_BYTES};
 use crate::{
     correlate::CorrelateOptions,
     event::WatchScope,
-    filter::{ChainMode, Filter, FilterChain, FilterError, KernelPart, parse_macros, pushdown},
+    expr::{Filter, FilterError, parse_macros},
+    filter::{FilterConfig, KernelPart, pushdown},
     loader::SyscallHooks,
     route::Router,
     sinks::{STREAM_SERVER, STREAM_TOKEN_FLAG, StreamError, require_token_for_remote},
@@ -52,7 +53,7 @@ pub const USER_OPS: [OpKind; 19] = [
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub capture: CaptureConfig,
-    pub filter: FilterSection,
+    pub filter: FilterConfig,
     pub fuse: FuseSection,
     pub vexfs: VexfsSection,
     pub output: OutputConfig,
@@ -74,54 +75,6 @@ pub struct ControlSection {
     pub addr: Option<std::net::SocketAddr>,
     /// Token every request must present (`Authorization: Bearer <token>`).
     pub token: Option<String>,
-}
-
-/// `[filter]`: which events reach the output (see README, "Filters").
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct FilterSection {
-    /// How the expressions combine: `all`, `any` or `first-match`.
-    pub mode: ChainMode,
-    /// Filter expressions; none means every event passes.
-    pub expressions: Vec<String>,
-    /// Named expressions usable as `@name`.
-    pub macros: BTreeMap<String, String>,
-}
-
-impl FilterSection {
-    /// Every macro and expression that does not parse or compile.
-    #[must_use]
-    pub fn problems(&self) -> Vec<FilterError> {
-        let mut problems = Vec::new();
-        let mut macros = BTreeMap::new();
-        for (name, text) in &self.macros {
-            match parse_macros(&BTreeMap::from([(name.clone(), text.clone())])) {
-                Ok(parsed) => macros.extend(parsed),
-                Err(error) => problems.push(error),
-            }
-        }
-        for (i, text) in self.expressions.iter().enumerate() {
-            if let Err(error) = Filter::new(&format!("filter.expressions[{i}]"), text, &macros) {
-                problems.push(error);
-            }
-        }
-        problems
-    }
-
-    /// Compiles the chain.
-    ///
-    /// # Errors
-    /// The first expression or macro that does not parse or compile, with its location.
-    pub fn build(&self) -> Result<FilterChain, FilterError> {
-        let macros = parse_macros(&self.macros)?;
-        let filters = self
-            .expressions
-            .iter()
-            .enumerate()
-            .map(|(i, text)| Filter::new(&format!("filter.expressions[{i}]"), text, &macros))
-            .collect::<Result<_, _>>()?;
-        Ok(FilterChain { mode: self.mode, filters })
-    }
 }
 
 /// `[vexfs]`: where `VexFS` semantics apply besides detected `VexFS` mounts.
@@ -320,7 +273,7 @@ pub struct Settings {
     pub channel_batches: usize,
     pub syscall_hooks: SyscallHooks,
     pub correlate: CorrelateOptions,
-    pub filter: FilterSection,
+    pub filter: FilterConfig,
     /// What of the filter the probes apply.
     pub kernel_filter: KernelPart,
     pub daemon_binary: Option<PathBuf>,

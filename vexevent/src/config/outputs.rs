@@ -11,8 +11,9 @@ use serde::Deserialize;
 
 use super::{ConfigError, OutputConfig};
 use crate::{
+    pipeline::WhenFull,
     route::{Balance, BalanceKey, RouteSpec},
-    sinks::{Delivery, Destination, Rotation, SinkSpec, SocketAddress, WebhookSettings, WhenFull},
+    sinks::{Delivery, Destination, Rotation, SinkSpec, SocketAddress, WebhookSettings},
 };
 
 /// The sink `[output]` becomes when no `[sinks]` are configured.

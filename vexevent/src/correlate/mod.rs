@@ -7,11 +7,12 @@
 //! lags behind must not give up on callers whose records are right behind). Events leave in the
 //! order they came in; a pending request holds back the events behind it for at most `window`.
 
-use std::{collections::HashMap, collections::VecDeque, time::Duration};
+use std::{collections::HashMap, collections::VecDeque, sync::Arc, time::Duration};
 
 use crate::{
     event::{Priority, SemanticEvent, Timeline},
-    telemetry::{Counters, add},
+    pipeline::{EventBatch, Stage},
+    telemetry::{Counters, add, monotonic_ns},
 };
 
 /// Settings of the correlate stage.
@@ -154,6 +155,14 @@ impl Correlator {
         }
     }
 
+    /// Kernel time of the oldest event held back (events leave in order: the front).
+    fn oldest_held_ns(&self) -> Option<u64> {
+        self.queue.iter().find_map(|slot| match slot {
+            Slot::Ready(event) | Slot::Pending(event, _) => Some(event.timestamp.monotonic_ns),
+            Slot::Joined => None,
+        })
+    }
+
     /// Releases everything (at shutdown).
     pub fn flush(&mut self, out: &mut Vec<SemanticEvent>, counters: &Counters) {
         while !self.queue.is_empty() {
@@ -183,6 +192,50 @@ impl Correlator {
             out.push(event);
             out.extend(companion);
         }
+    }
+}
+
+/// The correlate stage on the pipeline: joins each batch's events as they arrive, releases
+/// what is ready (on batches and ticks), and holds the rest back, lowering the batch's watermark
+/// to the oldest event it holds.
+pub struct CorrelateStage {
+    correlator: Correlator,
+    counters: Arc<Counters>,
+}
+
+impl CorrelateStage {
+    #[must_use]
+    pub fn new(options: CorrelateOptions, counters: Arc<Counters>) -> Self {
+        Self { correlator: Correlator::new(options), counters }
+    }
+
+    fn release(&mut self, now_ns: u64, batch: &mut EventBatch) {
+        self.correlator.drain(now_ns, &mut batch.events, &self.counters);
+        if let Some(oldest) = self.correlator.oldest_held_ns() {
+            batch.watermark_ns = batch.watermark_ns.min(oldest);
+        }
+    }
+}
+
+impl Stage for CorrelateStage {
+    fn name(&self) -> &'static str {
+        "correlate"
+    }
+
+    fn process(&mut self, batch: &mut EventBatch) {
+        let arrived = monotonic_ns();
+        for event in batch.events.drain(..) {
+            self.correlator.push(event, arrived, &self.counters);
+        }
+        self.release(monotonic_ns(), batch);
+    }
+
+    fn tick(&mut self, now_ns: u64, batch: &mut EventBatch) {
+        self.release(now_ns, batch);
+    }
+
+    fn flush(&mut self, batch: &mut EventBatch) {
+        self.correlator.flush(&mut batch.events, &self.counters);
     }
 }
 

@@ -1,10 +1,12 @@
 //! The domain model every stage meets at: [`SemanticEvent`], a `VexFS` semantic event with its
 //! contexts, the process that caused it and the operation's result.
 
+mod operations;
 mod path;
 mod scope;
 mod types;
 
+pub use operations::{event_types_of, ops_yielding};
 pub use path::PathBytes;
 pub use scope::{WatchScope, is_under};
 pub use types::{EventType, Priority, flags};

@@ -1,115 +1,100 @@
-//! The filter stage: a small language over every event field (see `parse` for the grammar),
-//! compiled once into a matcher; filters chain (all, any, first match); the part of a filter the
-//! kernel can evaluate is pushed into the probes' settings (`pushdown`).
+//! The filter stage: filter expressions (the `expr` language) chained (all, any, first match)
+//! keep the events the user asked for and count the rest; the part of a filter the kernel can
+//! evaluate is pushed into the probes' settings (`pushdown`). Owns `[filter]`.
 
-mod compile;
-mod parse;
 mod pushdown;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
-pub use compile::{CompileError, Matcher};
-pub use parse::{Expr, ParseError, parse};
 pub use pushdown::{KernelPart, pushdown};
+use serde::Deserialize;
 
-use crate::event::SemanticEvent;
+use crate::{
+    expr::{ChainMode, Filter, FilterChain, FilterError, parse_macros},
+    pipeline::{EventBatch, Stage, Update, settings_for},
+    telemetry::{Counters, add},
+};
 
-/// Why a filter is not usable.
-#[derive(Debug, thiserror::Error)]
-pub enum FilterError {
-    #[error("filter {name:?} does not parse")]
-    Parse {
-        name: String,
-        #[source]
-        source: ParseError,
-    },
-    #[error("filter {name:?} is not valid")]
-    Compile {
-        name: String,
-        #[source]
-        source: CompileError,
-    },
+/// `[filter]`: which events reach the outputs (see README, "Filters").
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilterConfig {
+    /// How the expressions combine: `all`, `any` or `first-match`.
+    pub mode: ChainMode,
+    /// Filter expressions; none means every event passes.
+    pub expressions: Vec<String>,
+    /// Named expressions usable as `@name`.
+    pub macros: BTreeMap<String, String>,
 }
 
-/// A named, compiled filter.
-pub struct Filter {
-    pub name: String,
-    pub expr: Expr,
-    matcher: Matcher,
-}
+impl FilterConfig {
+    /// Every macro and expression that does not parse or compile.
+    #[must_use]
+    pub fn problems(&self) -> Vec<FilterError> {
+        let mut problems = Vec::new();
+        let mut macros = BTreeMap::new();
+        for (name, text) in &self.macros {
+            match parse_macros(&BTreeMap::from([(name.clone(), text.clone())])) {
+                Ok(parsed) => macros.extend(parsed),
+                Err(error) => problems.push(error),
+            }
+        }
+        for (i, text) in self.expressions.iter().enumerate() {
+            if let Err(error) = Filter::new(&format!("filter.expressions[{i}]"), text, &macros) {
+                problems.push(error);
+            }
+        }
+        problems
+    }
 
-impl Filter {
-    /// Parses and compiles `source` with the given macros (name -> filter text).
+    /// Compiles the chain.
     ///
     /// # Errors
-    /// A parse error with its line and column, or a compile error.
-    pub fn new(name: &str, source: &str, macros: &BTreeMap<String, Expr>) -> Result<Self, FilterError> {
-        let expr = parse(source).map_err(|source| FilterError::Parse { name: name.to_owned(), source })?;
-        let matcher = compile::compile(&expr, macros)
-            .map_err(|source| FilterError::Compile { name: name.to_owned(), source })?;
-        Ok(Self { name: name.to_owned(), expr, matcher })
+    /// The first expression or macro that does not parse or compile, with its location.
+    pub fn build(&self) -> Result<FilterChain, FilterError> {
+        let macros = parse_macros(&self.macros)?;
+        let filters = self
+            .expressions
+            .iter()
+            .enumerate()
+            .map(|(i, text)| Filter::new(&format!("filter.expressions[{i}]"), text, &macros))
+            .collect::<Result<_, _>>()?;
+        Ok(FilterChain { mode: self.mode, filters })
+    }
+}
+
+/// The filter stage: drops the events its chain does not pass (`filtered_expression`). A reload
+/// sends a new [`FilterChain`].
+pub struct FilterStage {
+    chain: FilterChain,
+    counters: Arc<Counters>,
+}
+
+impl FilterStage {
+    #[must_use]
+    pub fn new(chain: FilterChain, counters: Arc<Counters>) -> Self {
+        Self { chain, counters }
+    }
+}
+
+impl Stage for FilterStage {
+    fn name(&self) -> &'static str {
+        "filter"
     }
 
-    #[must_use]
-    pub fn matches(&self, event: &SemanticEvent) -> bool {
-        (self.matcher)(event)
-    }
-}
-
-/// Parses macro definitions (name -> filter text).
-///
-/// # Errors
-/// The first macro that does not parse.
-pub fn parse_macros(definitions: &BTreeMap<String, String>) -> Result<BTreeMap<String, Expr>, FilterError> {
-    definitions
-        .iter()
-        .map(|(name, text)| {
-            parse(text)
-                .map(|expr| (name.clone(), expr))
-                .map_err(|source| FilterError::Parse { name: format!("@{name}"), source })
-        })
-        .collect()
-}
-
-/// How a chain combines its filters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ChainMode {
-    /// An event passes when every filter matches.
-    #[default]
-    All,
-    /// An event passes when any filter matches.
-    Any,
-    /// An event passes when a filter matches; the first one that does names it.
-    FirstMatch,
-}
-
-/// Filters applied together.
-#[derive(Default)]
-pub struct FilterChain {
-    pub mode: ChainMode,
-    pub filters: Vec<Filter>,
-}
-
-impl FilterChain {
-    /// The filter an event passes by: `Some("")` for an empty chain or `All`/`Any`, the name of
-    /// the first matching filter for `FirstMatch`, `None` when it does not pass.
-    #[must_use]
-    pub fn check(&self, event: &SemanticEvent) -> Option<&str> {
-        if self.filters.is_empty() {
-            return Some("");
+    fn process(&mut self, batch: &mut EventBatch) {
+        if self.chain.is_empty() {
+            return;
         }
-        match self.mode {
-            ChainMode::All => self.filters.iter().all(|f| f.matches(event)).then_some(""),
-            ChainMode::Any => self.filters.iter().any(|f| f.matches(event)).then_some(""),
-            ChainMode::FirstMatch => self.filters.iter().find(|f| f.matches(event)).map(|f| f.name.as_str()),
-        }
+        let before = batch.len();
+        batch.events.retain(|event| self.chain.check(event).is_some());
+        add(&self.counters.filtered_expression, (before - batch.len()) as u64);
     }
 
-    /// Whether the chain passes everything.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.filters.is_empty()
+    fn reconfigure(&mut self, update: Update) {
+        if let Some(chain) = settings_for::<FilterChain>("filter", update) {
+            self.chain = chain;
+        }
     }
 }
 

@@ -7,11 +7,11 @@ use std::{collections::HashSet, fmt, path::PathBuf};
 
 use vexevent_common::OpKind;
 
-use super::{
-    ChainMode, FilterChain,
-    parse::{CompareOp, Expr, TextOp, Value},
+use super::{ChainMode, FilterChain};
+use crate::{
+    event::{EventType, ops_yielding},
+    expr::{CompareOp, Expr, TextOp, Value},
 };
-use crate::event::EventType;
 
 /// Conditions the probes can apply (`None`: no condition).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -22,29 +22,6 @@ pub struct KernelPart {
     pub ops: Option<HashSet<OpKind>>,
     /// Directories every matching path lies in.
     pub dirs: Option<Vec<PathBuf>>,
-}
-
-/// Operations whose records can become an event of this type (`None`: too many to narrow).
-fn ops_of(event_type: EventType) -> Option<&'static [OpKind]> {
-    use OpKind as O;
-    Some(match event_type {
-        EventType::FilesystemCreate => &[O::Open],
-        EventType::FilesystemRead => &[O::Open, O::Read, O::Close],
-        EventType::FilesystemWrite => &[O::Write, O::SetXattr, O::RemoveXattr],
-        EventType::FilesystemDelete => &[O::Unlink],
-        EventType::FilesystemRmdir => &[O::Unlink, O::Rmdir],
-        EventType::FilesystemRename => &[O::Rename],
-        EventType::FilesystemChmod => &[O::Chmod],
-        EventType::FilesystemChown => &[O::Chown],
-        EventType::FilesystemTruncate => &[O::Truncate],
-        EventType::FilesystemMkdir => &[O::Mkdir],
-        EventType::FilesystemSymlink => &[O::Symlink],
-        EventType::FilesystemHardlink => &[O::Link],
-        EventType::SystemSync => &[O::Fsync],
-        EventType::SystemMount => &[O::Mount],
-        EventType::SystemUnmount => &[O::Umount],
-        _ => return None,
-    })
 }
 
 fn numbers(values: &[Value]) -> Option<Vec<i64>> {
@@ -83,10 +60,10 @@ fn apply(term: &Expr, part: &mut KernelPart) {
             }
             "type" => {
                 let ops: Option<HashSet<OpKind>> = texts(values).and_then(|names| {
-                    names.iter().map(|name| EventType::from_name(name).and_then(ops_of)).try_fold(
+                    names.iter().map(|name| EventType::from_name(name).and_then(ops_yielding)).try_fold(
                         HashSet::new(),
                         |mut set, ops| {
-                            set.extend(ops?.iter().copied());
+                            set.extend(ops?);
                             Some(set)
                         },
                     )

@@ -5,16 +5,17 @@
 //! such as the path so that one file's events stay on one target), and with failover skips
 //! targets that are down. Targets are output indices: the caller owns the outputs.
 
-use std::{
-    collections::BTreeMap,
-    hash::{BuildHasher, Hash, Hasher},
-};
+mod stage;
+
+pub use stage::RouteStage;
+
+use std::hash::{BuildHasher, Hash, Hasher};
 
 use serde::Deserialize;
 
 use crate::{
     event::{PathBytes, SemanticEvent},
-    filter::{Expr, Filter, FilterError},
+    expr::{Filter, FilterError, Macros},
 };
 
 /// How a route spreads events over its targets.
@@ -89,7 +90,7 @@ impl Router {
         routes: &[RouteSpec],
         unmatched: Vec<usize>,
         outputs: usize,
-        macros: &BTreeMap<String, Expr>,
+        macros: &Macros,
     ) -> Result<Self, FilterError> {
         let routes = routes
             .iter()

@@ -7,38 +7,10 @@ use std::{
     fs::{File, OpenOptions},
     io::{self, BufWriter, Write},
     path::{Path, PathBuf},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
 use super::{DeliveryError, SinkError, queue::Queued, worker::Deliver};
-use crate::{
-    event::SemanticEvent,
-    telemetry::{Counters, add},
-};
-
-/// Serializes events once, for every sink and the stream: each line is written into one reused
-/// buffer and then shared (one allocation per event). An event that cannot be serialized (none
-/// can today) becomes a line saying so, counted in `sink_errors`, so it is never lost silently.
-pub fn to_json_lines(events: &[SemanticEvent], counters: &Counters) -> Vec<Arc<str>> {
-    let mut buffer = Vec::with_capacity(1024);
-    events
-        .iter()
-        .map(|event| {
-            buffer.clear();
-            match serde_json::to_writer(&mut buffer, event) {
-                // SAFETY: serde_json writes valid UTF-8 when it succeeds.
-                Ok(()) => Arc::from(unsafe { std::str::from_utf8_unchecked(&buffer) }),
-                Err(error) => {
-                    add(&counters.sink_errors, 1);
-                    let message =
-                        serde_json::json!({ "event_id": event.event_id, "serialization_error": error.to_string() });
-                    Arc::from(message.to_string())
-                }
-            }
-        })
-        .collect()
-}
 
 /// When a file output starts a new file.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -154,7 +126,11 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::event::EventType;
+    use crate::{
+        event::{EventType, SemanticEvent},
+        pipeline::to_json_lines,
+        telemetry::Counters,
+    };
 
     fn batch(ids: &[u64]) -> Vec<Queued> {
         let events: Vec<SemanticEvent> = ids

@@ -5,6 +5,7 @@
 mod jsonl;
 mod queue;
 mod socket;
+mod stream_stage;
 mod webhook;
 mod websocket;
 mod worker;
@@ -15,9 +16,10 @@ use std::{
     thread::JoinHandle,
 };
 
-pub use jsonl::{Rotation, to_json_lines};
-pub use queue::{Queued, WhenFull};
+pub use jsonl::Rotation;
+pub use queue::Queued;
 pub use socket::SocketAddress;
+pub use stream_stage::StreamStage;
 pub use webhook::WebhookSettings;
 pub use websocket::{
     Broadcaster, STREAM_PATH, STREAM_SERVER, STREAM_TOKEN_FLAG, StreamError, StreamServer, bearer_token,
@@ -25,7 +27,10 @@ pub use websocket::{
 };
 pub use worker::{Delivery, GiveUpAt};
 
-use crate::telemetry::{Counters, SinkCounters, add};
+use crate::{
+    pipeline::WhenFull,
+    telemetry::{Counters, SinkCounters, add},
+};
 use jsonl::JsonLinesSink;
 use queue::{Pushed, SinkQueue};
 use socket::SocketSink;

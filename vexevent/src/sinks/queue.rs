@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::Deserialize;
+use crate::pipeline::WhenFull;
 
 /// One serialized event waiting for a sink.
 #[derive(Clone, Debug)]
@@ -23,20 +23,6 @@ pub struct Queued {
     pub sequence: u64,
     /// Kernel timestamp, for the kernel-to-sink latency.
     pub monotonic_ns: u64,
-}
-
-/// What a sink's queue does with an event when its lane is full.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum WhenFull {
-    /// The pipeline waits for room (backpressure reaches the kernel rings, whose losses are
-    /// reported exactly).
-    #[default]
-    Block,
-    /// The new event is dropped (counted).
-    DropNewest,
-    /// The oldest queued event of the lane is dropped (counted) to make room.
-    DropOldest,
 }
 
 /// What happened to an offered event.

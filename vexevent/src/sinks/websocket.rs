@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     event::{EventType, SemanticEvent},
-    filter::{Filter, FilterChain, FilterError},
+    expr::{Filter, FilterChain, FilterError},
     telemetry::{Counters, add},
 };
 
@@ -462,7 +462,7 @@ impl StreamServer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{event::EventType, sinks::to_json_lines};
+    use crate::{event::EventType, pipeline::to_json_lines};
 
     fn subscribe(broadcaster: &Broadcaster, query: &[(&str, &str)]) -> mpsc::Receiver<String> {
         let query = query.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();

@@ -4,10 +4,12 @@
 mod outputs;
 mod prometheus;
 mod snapshot;
+mod stages;
 
 pub use outputs::{OutputCounters, SinkCounters, SinkSummary};
 pub use prometheus::prometheus_text;
 pub use snapshot::{KernelCounters, LatencySummary, LossSummary, StatsSnapshot};
+pub use stages::{StageCounters, StageSummary, StageTable};
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -38,6 +40,8 @@ macro_rules! counters {
             latency_us: Mutex<Option<Histogram<u64>>>,
             /// Routes and sinks.
             pub outputs: OutputCounters,
+            /// Every pipeline stage, by name.
+            pub stages: StageTable,
         }
 
         impl Counters {

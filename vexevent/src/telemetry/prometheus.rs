@@ -115,6 +115,24 @@ impl Collector for SnapshotCollector {
             "Events each route matched",
             s.routes.iter().map(|(name, v)| ([("route", name.as_str())], counter(*v))),
         )?;
+        family(
+            &mut encoder,
+            "stage_events_in",
+            "Events each pipeline stage was given",
+            s.stages.iter().map(|(name, stage)| ([("stage", name.as_str())], counter(stage.events_in))),
+        )?;
+        family(
+            &mut encoder,
+            "stage_events_out",
+            "Events each pipeline stage passed on",
+            s.stages.iter().map(|(name, stage)| ([("stage", name.as_str())], counter(stage.events_out))),
+        )?;
+        family(
+            &mut encoder,
+            "stage_busy_nanoseconds",
+            "Time each pipeline stage spent processing",
+            s.stages.iter().map(|(name, stage)| ([("stage", name.as_str())], counter(stage.busy_ns))),
+        )?;
         let latency = &s.latency;
         family(
             &mut encoder,

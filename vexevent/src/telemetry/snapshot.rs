@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Counters, Gap, SinkSummary};
+use super::{Counters, Gap, SinkSummary, StageSummary};
 
 /// What the kernel side reports, summed over CPUs (filled by the loader).
 #[derive(Clone, Debug, Default)]
@@ -44,6 +44,9 @@ pub struct StatsSnapshot {
     /// Events each route matched.
     #[serde(default)]
     pub routes: BTreeMap<String, u64>,
+    /// Per pipeline stage: batches, events in and out, time spent.
+    #[serde(default)]
+    pub stages: BTreeMap<String, StageSummary>,
 }
 
 /// One sequence gap, as reported.
@@ -127,6 +130,7 @@ impl StatsSnapshot {
                 .collect(),
             sinks,
             routes: counters.outputs.routes(),
+            stages: counters.stages.summaries(),
         }
     }
 }
@@ -190,6 +194,19 @@ impl fmt::Display for StatsSnapshot {
         if !self.routes.is_empty() || u("events_unrouted") > 0 {
             let routes: Vec<String> = self.routes.iter().map(|(k, v)| format!("{k}={v}")).collect();
             writeln!(f, "  routes matched: {}  unrouted {}", routes.join(" "), u("events_unrouted"))?;
+        }
+        let mut stages: Vec<(&String, &StageSummary)> = self.stages.iter().collect();
+        stages.sort_by_key(|(_, stage)| stage.position);
+        for (name, stage) in stages {
+            #[expect(clippy::cast_precision_loss, reason = "a ratio for display")]
+            let per_event = stage.busy_ns as f64 / stage.events_in.max(1) as f64;
+            writeln!(
+                f,
+                "  stage {name}: in {}  out {}  busy {} ms  {per_event:.0} ns/event",
+                stage.events_in,
+                stage.events_out,
+                stage.busy_ns / 1_000_000
+            )?;
         }
         let details: Vec<String> = self
             .kernel

@@ -8,6 +8,7 @@ mod fuse_nodes;
 mod ioctl;
 mod paths;
 mod process;
+mod source;
 mod stat_cache;
 mod vexfs;
 
@@ -15,6 +16,7 @@ pub use errno::errno_name;
 pub use ioctl::{VexfsIoctl, decode_vexfs_ioctl};
 pub use paths::{normalize, resolve};
 pub use process::{FileInfo, ProcessTable, stat_path};
+pub use source::KernelSource;
 pub use vexfs::VexfsRoots;
 
 use std::{

@@ -189,3 +189,31 @@ fn vexfs_special_files_and_graph_derivation() {
     let plain = run(&mut t, &record("mkdir", [0, 0o755, 0, 0, 0, 0], 0, Some(b"/w/other"), None));
     assert_eq!(plain.len(), 1);
 }
+
+#[test]
+fn every_event_type_translate_gives_an_operation_is_in_the_operation_table() {
+    let mut translator = translator(&crate::config::USER_OPS);
+    let mut checked = HashSet::new();
+    for entry in vexevent_common::SYSCALLS {
+        let Ok(op) = OpKind::try_from(entry.spec.op) else { continue };
+        if crate::event::event_types_of(op).is_empty() {
+            continue;
+        }
+        // Path arguments under the watch, an fd-less call, success; then O_CREAT and
+        // AT_REMOVEDIR variants through the flag arguments.
+        for flags in [0, 0o100, 0x200] {
+            let args = [AT_FDCWD, 0, flags, flags, flags, 0];
+            let record = record(entry.name, args, 0, Some(b"/w/a"), Some(b"/w/b"));
+            for event in run(&mut translator, &record).iter().take(1) {
+                assert!(
+                    crate::event::event_types_of(op).contains(&event.event_type),
+                    "{} ({op:?}) gave {:?}, which the operation table does not list",
+                    entry.name,
+                    event.event_type
+                );
+                checked.insert(op);
+            }
+        }
+    }
+    assert!(checked.len() >= 15, "too few operations produced an event to check: {checked:?}");
+}
