@@ -101,3 +101,6 @@ pub enum WhenFull {
     /// Drop the oldest queued event to make room and count it.
     DropOldest,
 }
+
+#[cfg(test)]
+mod tests;

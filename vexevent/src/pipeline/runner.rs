@@ -79,7 +79,10 @@ impl Pipeline {
             batch.clear();
         }
         for index in 0..self.stages.len() {
-            self.stages[index].stage.flush(&mut batch);
+            let started = Instant::now();
+            let registered = &mut self.stages[index];
+            registered.stage.flush(&mut batch);
+            record(&registered.counters, 0, batch.len(), started);
             self.process(index + 1, &mut batch);
             batch.clear();
         }
@@ -102,7 +105,10 @@ impl Pipeline {
     fn tick(&mut self, batch: &mut EventBatch) {
         let now = monotonic_ns();
         for index in 0..self.stages.len() {
-            self.stages[index].stage.tick(now, batch);
+            let started = Instant::now();
+            let registered = &mut self.stages[index];
+            registered.stage.tick(now, batch);
+            record(&registered.counters, 0, batch.len(), started);
             if !batch.is_empty() {
                 self.process(index + 1, batch);
                 batch.clear();
