@@ -11,7 +11,7 @@ pub use path::PathBytes;
 pub use scope::{WatchScope, is_under};
 pub use types::{EventType, Priority, flags};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Version of the JSON shape of [`SemanticEvent`].
 pub const EVENT_VERSION: u16 = 1;
@@ -25,7 +25,7 @@ pub fn next_event_id() -> u64 {
 }
 
 /// One `VexFS` semantic event.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SemanticEvent {
     /// Unique within one vexevent run, increasing.
     pub event_id: u64,
@@ -46,7 +46,7 @@ pub struct SemanticEvent {
     pub event_version: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parent_event_id: Option<u64>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub causality_links: Vec<u64>,
     pub context: Context,
     /// Who performed the operation (absent on events about vexevent itself, such as gaps).
@@ -142,7 +142,7 @@ impl SemanticEvent {
 /// The boundaries of one operation that crossed into a FUSE daemon, as `CLOCK_MONOTONIC`
 /// nanoseconds, and where its time went: `before_fuse_ns + fuse_ns + after_fuse_ns` is the whole
 /// operation (syscall enter to exit). The daemon's own boundaries are in `context.fuse`.
-#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Timeline {
     pub syscall_enter_ns: u64,
     /// The first FUSE request of the operation was queued for the daemon.
@@ -171,7 +171,7 @@ pub struct Timeline {
 }
 
 /// One FUSE request: the kernel queued it for the daemon and the daemon replied.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FuseRequest {
     /// The connection: the FUSE mount's device number (kernel encoding).
     pub connection: u32,
@@ -218,7 +218,7 @@ pub struct FuseRequest {
 }
 
 /// When the operation happened.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Timestamp {
     /// Wall clock (Unix epoch) at syscall exit, in nanoseconds.
     pub wall_ns: u64,
@@ -232,7 +232,7 @@ pub struct Timestamp {
 }
 
 /// The contexts `VexFS` defines; only the ones that apply are present.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Context {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub filesystem: Option<FilesystemContext>,
@@ -247,16 +247,16 @@ pub struct Context {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub graph: Option<GraphContext>,
     /// Settings written to `_vexfs/control` (`SystemOptimization`).
-    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub parameters: std::collections::BTreeMap<String, String>,
     /// The FUSE requests the operation caused, in order (or the one request, on a FUSE event with
     /// no caller syscall).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fuse: Vec<FuseRequest>,
 }
 
 /// Records the kernel could not deliver (its ring was full): a lower bound for downstream counts.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct GapContext {
     /// CPU whose records were lost.
     pub cpu: u32,
@@ -269,12 +269,12 @@ pub struct GapContext {
 }
 
 /// What file the operation touched.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct FilesystemContext {
     /// Absolute path as the user sees it (see [`PathBytes`] for the encoding).
     pub path: Option<PathBytes>,
     /// The kernel could not capture the whole path (it was longer than the record allows).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub path_truncated: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inode_number: Option<u64>,
@@ -308,7 +308,7 @@ pub struct FilesystemContext {
 }
 
 /// Type of a file, from its mode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FileType {
     Regular,
@@ -321,7 +321,7 @@ pub enum FileType {
 }
 
 /// `VexFS`'s vector context (from `VexFS` vector ioctls).
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct VectorContext {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dimensions: Option<u32>,
@@ -353,7 +353,7 @@ pub struct VectorContext {
 
 /// `VexFS`'s graph context: the file system as a graph of nodes (files, directories) joined by
 /// `Contains` edges from each directory to its entries.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct GraphContext {
     /// The node: the file's path.
     pub node: PathBytes,
@@ -368,7 +368,7 @@ pub struct GraphContext {
 }
 
 /// A directed edge between two nodes.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct GraphEdge {
     pub from: PathBytes,
     pub to: PathBytes,
@@ -377,7 +377,7 @@ pub struct GraphEdge {
 }
 
 /// `VexFS`'s observability context.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ObservabilityContext {
     pub metric_name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -389,7 +389,7 @@ pub struct ObservabilityContext {
 }
 
 /// Who performed the operation.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ProcessInfo {
     pub pid: u32,
     pub tid: u32,
@@ -400,7 +400,7 @@ pub struct ProcessInfo {
 }
 
 /// How the operation ended.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct OpResult {
     pub ok: bool,
     /// Raw syscall return value.
@@ -408,4 +408,32 @@ pub struct OpResult {
     /// Errno name (`ENOENT`, ...) when the operation failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_reads_back_what_it_writes() {
+        let mut event = SemanticEvent::sample(EventType::FilesystemRename, "/w/a", 7, "mv", false);
+        let fs = event.context.filesystem.as_mut().unwrap();
+        fs.target_path = Some(PathBytes(b"/w/b\xff\n".to_vec()));
+        fs.path_truncated = true;
+        event.context.fuse.push(FuseRequest {
+            opcode: 12,
+            opcode_name: "RENAME".into(),
+            ..FuseRequest::default()
+        });
+        event.context.parameters.insert("k".into(), "v".into());
+        event.causality_links = vec![3, 4];
+        event.priority = Priority::High;
+        event.timeline = Some(Timeline { fuse_ns: 5, daemon_ns: Some(2), ..Timeline::default() });
+        let line = serde_json::to_string(&event).unwrap();
+        let back: SemanticEvent = serde_json::from_str(&line).unwrap();
+        assert_eq!(serde_json::to_string(&back).unwrap(), line);
+        assert!(
+            serde_json::from_str::<SemanticEvent>(&line.replace("\"priority\":2", "\"priority\":9")).is_err()
+        );
+    }
 }

@@ -7,7 +7,7 @@
 use std::{borrow::Cow, fmt};
 
 use base64::Engine as _;
-use serde::{Serialize, Serializer, ser::SerializeStruct};
+use serde::{Deserialize, Deserializer, Serialize, Serializer, ser::SerializeStruct};
 
 /// Raw bytes of a path or name.
 #[derive(Clone, PartialEq, Eq, Hash, Default)]
@@ -57,6 +57,25 @@ impl Serialize for PathBytes {
     }
 }
 
+impl<'de> Deserialize<'de> for PathBytes {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// The two encodings `serialize` writes.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Encoded {
+            Text(String),
+            Raw { base64: String },
+        }
+        match Encoded::deserialize(deserializer)? {
+            Encoded::Text(text) => Ok(Self(text.into_bytes())),
+            Encoded::Raw { base64 } => base64::engine::general_purpose::STANDARD
+                .decode(base64)
+                .map(Self)
+                .map_err(|error| serde::de::Error::custom(format!("path: invalid base64: {error}"))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,5 +97,7 @@ mod tests {
             base64::engine::general_purpose::STANDARD.decode(value["base64"].as_str().unwrap()).unwrap();
         assert_eq!(raw, path.as_bytes());
         assert_eq!(value["lossy"], "/w/bad\u{fffd}\u{fffd}");
+        let back: PathBytes = serde_json::from_value(value).unwrap();
+        assert_eq!(back, path, "reads back the exact bytes");
     }
 }

@@ -1,12 +1,12 @@
 //! `VexFS`'s semantic event types with their numeric codes (`category << 8 | n`), flags and
 //! priorities, kept identical to `VexFS` so its consumers can read our events unchanged.
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 macro_rules! event_types {
     ($($variant:ident = $code:literal,)*) => {
         /// A `VexFS` semantic event type. Serialized as its variant name (e.g. `FilesystemCreate`).
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
         pub enum EventType {
             $($variant,)*
         }
@@ -133,6 +133,23 @@ pub enum Priority {
 impl Serialize for Priority {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_u8(*self as u8)
+    }
+}
+
+impl<'de> Deserialize<'de> for Priority {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(match u8::deserialize(deserializer)? {
+            1 => Priority::Critical,
+            2 => Priority::High,
+            3 => Priority::Normal,
+            4 => Priority::Low,
+            5 => Priority::Background,
+            other => {
+                return Err(serde::de::Error::custom(format!(
+                    "priority {other} is not 1 (critical) to 5 (background)"
+                )));
+            }
+        })
     }
 }
 
