@@ -2,8 +2,7 @@
 //! `tail` follows its stream, `reload` reloads its filters and routes, `check-config` validates a
 //! configuration file, `explain` shows where a filter runs.
 
-mod reload;
-mod tail;
+mod commands;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -245,7 +244,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => {
             let config = args.config()?;
             let settings = config.validate()?;
-            let last = app::run(&settings, config, Box::new(move || args.config()))?;
+            let last =
+                app::run(&settings, config, Box::new(move || args.config()), &commands::run::print_notice)?;
             eprint!("{last}");
             Ok(())
         }
@@ -290,11 +290,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Reload { control_addr, token, stats_file } => match control_addr {
-            Some(addr) => reload::through_api(addr, token.as_deref()),
-            None => reload::with_signal(&stats_file),
+            Some(addr) => commands::reload::through_api(addr, token.as_deref()),
+            None => commands::reload::with_signal(&stats_file),
         },
         Command::Tail { addr, filter, token, json } => {
-            tail::follow(&addr, filter.as_deref(), token.as_deref(), json)
+            commands::tail::follow(&addr, filter.as_deref(), token.as_deref(), json)
         }
         Command::Explain { config, filter } => {
             let mut config = match &config {

@@ -7,8 +7,8 @@ use crossbeam_channel::{RecvTimeoutError, SendTimeoutError, Sender};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::{
-    AppError, ConfigSource, ReloadError, Reloaded, control::ControlRequest, probe_settings, reload,
-    write_stats_file,
+    AppError, ConfigSource, Notice, Notify, ReloadError, Reloaded, control::ControlRequest, probe_settings,
+    reload, write_stats_file,
 };
 use crate::{
     config::{Config, Settings},
@@ -29,6 +29,7 @@ pub(super) struct Reloader<'a> {
     pub(super) source: ConfigSource,
     pub(super) pipeline: Sender<Reconfigure>,
     pub(super) probes: &'a RefCell<Probes>,
+    pub(super) notify: Notify<'a>,
 }
 
 impl Reloader<'_> {
@@ -54,14 +55,11 @@ impl Reloader<'_> {
         Ok(reloaded)
     }
 
-    /// Reloads and says how it went on stderr; the outcome as text for the control API.
+    /// Reloads and says how it went; the outcome as text for the control API.
     fn reload_and_report(&self) -> Result<String, String> {
-        let outcome = self.reload().map(|r| r.to_string()).map_err(|e| e.to_string());
-        match &outcome {
-            Ok(report) => eprintln!("vexevent: {report}"),
-            Err(error) => eprintln!("vexevent: {error}"),
-        }
-        outcome
+        let outcome = self.reload();
+        (self.notify)(Notice::Reload(&outcome));
+        outcome.map(|r| r.to_string()).map_err(|e| e.to_string())
     }
 }
 
@@ -111,7 +109,7 @@ pub(super) async fn wait_for_shutdown(
         tokio::select! {
             _ = interrupt.recv() => return Ok(()),
             _ = terminate.recv() => return Ok(()),
-            _ = user1.recv() => eprint!("{}", snapshot()),
+            _ = user1.recv() => (reloader.notify)(Notice::Stats(&snapshot())),
             _ = hangup.recv() => {
                 let _ = reloader.reload_and_report();
             }
@@ -123,7 +121,9 @@ pub(super) async fn wait_for_shutdown(
                     let _ = answer.send(snapshot());
                 }
             },
-            _ = report_tick.tick(), if settings.stats_interval.is_some() => eprint!("{}", snapshot()),
+            _ = report_tick.tick(), if settings.stats_interval.is_some() => {
+                (reloader.notify)(Notice::Stats(&snapshot()));
+            }
             _ = file_tick.tick() => {
                 if let Err(error) = write_stats_file(&settings.stats_file, &snapshot()) {
                     tracing::warn!(%error, "cannot write the stats file");

@@ -4,11 +4,13 @@
 
 mod control;
 mod main_loop;
+mod notice;
 mod reload;
 mod stages;
 mod stats_file;
 
 pub use control::{METRICS_PATH, RELOAD_PATH, STATS_PATH};
+pub use notice::{Notice, Notify};
 pub use reload::{ConfigSource, ReloadError, Reloaded, Routing};
 pub use stages::{STAGES, build_pipeline, stage_graph};
 pub use stats_file::{read_stats_file, write_stats_file};
@@ -28,7 +30,7 @@ use crate::{
     config::{Config, Settings},
     loader::{ProbeSettings, Probes, vexfs_mount_points},
     pipeline::Reconfigure,
-    sinks::{STREAM_PATH, Sinks, StreamServer},
+    sinks::{Sinks, StreamServer},
     telemetry::{Counters, StatsSnapshot},
     translate::{KernelSource, TranslateOptions, Translator, VexfsRoots},
 };
@@ -57,16 +59,26 @@ pub enum AppError {
 }
 
 /// Runs capture until SIGINT or SIGTERM, then drains and returns the final stats. `config` is
-/// the configuration `settings` came from; `source` reads it again on reload.
+/// the configuration `settings` came from; `source` reads it again on reload; `notify` hears
+/// what the user should know while it runs.
 ///
 /// # Errors
 /// When the probes cannot be loaded or an output cannot be opened.
-pub fn run(settings: &Settings, config: Config, source: ConfigSource) -> Result<StatsSnapshot, AppError> {
+pub fn run(
+    settings: &Settings,
+    config: Config,
+    source: ConfigSource,
+    notify: Notify<'_>,
+) -> Result<StatsSnapshot, AppError> {
     let counters = Arc::new(Counters::default());
     let sinks = Sinks::start(&settings.outputs.sinks, &counters)?;
     let give_up = sinks.give_up_handle();
     let mut probes = Probes::load(&probe_settings(settings))?;
-    report_hooks(&probes);
+    notify(Notice::Attached {
+        hooks: probes.hooks(),
+        traced_syscalls: probes.traced_syscalls(),
+        fuse_mounts: probes.fuse_mounts(),
+    });
 
     let stop_capture = Arc::new(AtomicBool::new(false));
     let (batches_tx, batches_rx) = crossbeam_channel::bounded::<Batch>(settings.channel_batches);
@@ -114,9 +126,7 @@ pub fn run(settings: &Settings, config: Config, source: ConfigSource) -> Result<
             let (bound, requests) = runtime
                 .block_on(control::start(addr, settings.control.token.clone()))
                 .map_err(|source| AppError::Start { what: "control API", source })?;
-            eprintln!(
-                "vexevent: control API at http://{bound}{RELOAD_PATH}, {STATS_PATH} and {METRICS_PATH}"
-            );
+            notify(Notice::ControlApi(bound));
             Some(requests)
         }
         None => None,
@@ -127,10 +137,18 @@ pub fn run(settings: &Settings, config: Config, source: ConfigSource) -> Result<
         let _context = runtime.enter();
         Signals::install()?
     };
-    report_ready(settings, stream.as_ref());
+    if let Some(stream) = &stream {
+        notify(Notice::Stream(stream.addr));
+    }
+    let watching = if settings.scope.watches_all() {
+        Vec::new()
+    } else {
+        settings.scope.dirs().iter().map(|d| String::from_utf8_lossy(d).into_owned()).collect()
+    };
+    notify(Notice::Ready { watching });
     // Reloads set the kernel's filters while the loop reads the kernel's counters.
     let probes = RefCell::new(probes);
-    let reloader = Reloader { running: config, source, pipeline: reloads_tx, probes: &probes };
+    let reloader = Reloader { running: config, source, pipeline: reloads_tx, probes: &probes, notify };
     runtime
         .block_on(wait_for_shutdown(settings, signals, control, &reloader, || snapshot(&probes.borrow())))?;
     let mut probes = probes.into_inner();
@@ -189,36 +207,4 @@ fn translator(settings: &Settings, probes: &Probes) -> Translator {
         processes.seed_fd(*pid, *fd, path.clone());
     }
     translator
-}
-
-/// The "ready" line tests and scripts wait for (after the stream address, when there is one).
-fn report_ready(settings: &Settings, stream: Option<&StreamServer>) {
-    let watching = if settings.scope.watches_all() {
-        "everything".to_owned()
-    } else {
-        let dirs: Vec<String> =
-            settings.scope.dirs().iter().map(|d| String::from_utf8_lossy(d).into_owned()).collect();
-        dirs.join(", ")
-    };
-    if let Some(stream) = stream {
-        eprintln!("vexevent: event stream at ws://{}{STREAM_PATH}", stream.addr);
-    }
-    eprintln!("vexevent: ready: watching {watching} (pid {})", std::process::id());
-}
-
-fn report_hooks(probes: &Probes) {
-    let hooks = probes.hooks();
-    let attached: Vec<&str> = hooks.iter().filter(|h| h.missing.is_none()).map(|h| h.hook.as_str()).collect();
-    eprintln!("vexevent: attached {}; tracing {} syscalls", attached.join(", "), probes.traced_syscalls());
-    for mount in probes.fuse_mounts() {
-        eprintln!(
-            "vexevent:   FUSE mount {} ({}, connection {})",
-            String::from_utf8_lossy(&mount.mount_point),
-            mount.fstype,
-            mount.connection
-        );
-    }
-    for hook in hooks.iter().filter(|h| h.missing.is_some()) {
-        eprintln!("vexevent:   not attached: {} ({})", hook.hook, hook.missing.as_deref().unwrap_or(""));
-    }
 }

@@ -1,0 +1,30 @@
+//! What `vexevent run` tells its user while it runs, as typed notices: the library prints
+//! nothing; the binary decides how each notice reads (and tests and scripts wait for its lines).
+
+use std::net::SocketAddr;
+
+use super::{ReloadError, Reloaded};
+use crate::{
+    loader::{FuseMount, HookReport},
+    telemetry::StatsSnapshot,
+};
+
+/// Something the running instance reports.
+pub enum Notice<'a> {
+    /// The probes are loaded: the hooks (attached, or why not), how many syscalls are traced,
+    /// the FUSE mounts being followed.
+    Attached { hooks: &'a [HookReport], traced_syscalls: usize, fuse_mounts: &'a [FuseMount] },
+    /// The control API listens here.
+    ControlApi(SocketAddr),
+    /// The live stream listens here.
+    Stream(SocketAddr),
+    /// Capturing: signals are handled from now on. `watching` is empty when everything is.
+    Ready { watching: Vec<String> },
+    /// A reload was applied or refused.
+    Reload(&'a Result<Reloaded, ReloadError>),
+    /// Current counters (SIGUSR1, the stats interval).
+    Stats(&'a StatsSnapshot),
+}
+
+/// Where notices go.
+pub type Notify<'a> = &'a dyn Fn(Notice<'_>);

@@ -1,0 +1,6 @@
+//! The binary's own subcommands and output: what `run` prints while it runs, and the commands
+//! that talk to a running instance (`reload`, `tail`).
+
+pub mod reload;
+pub mod run;
+pub mod tail;

@@ -1,0 +1,42 @@
+//! How `vexevent run` reports while it runs: each notice of the library as the lines users,
+//! scripts and tests read on stderr.
+
+use vexevent::{
+    app::{METRICS_PATH, Notice, RELOAD_PATH, STATS_PATH},
+    sinks::STREAM_PATH,
+};
+
+/// Prints a notice on stderr.
+pub fn print_notice(notice: Notice<'_>) {
+    match notice {
+        Notice::Attached { hooks, traced_syscalls, fuse_mounts } => {
+            let attached: Vec<&str> =
+                hooks.iter().filter(|h| h.missing.is_none()).map(|h| h.hook.as_str()).collect();
+            eprintln!("vexevent: attached {}; tracing {traced_syscalls} syscalls", attached.join(", "));
+            for mount in fuse_mounts {
+                eprintln!(
+                    "vexevent:   FUSE mount {} ({}, connection {})",
+                    String::from_utf8_lossy(&mount.mount_point),
+                    mount.fstype,
+                    mount.connection
+                );
+            }
+            for hook in hooks {
+                if let Some(why) = &hook.missing {
+                    eprintln!("vexevent:   not attached: {} ({why})", hook.hook);
+                }
+            }
+        }
+        Notice::ControlApi(addr) => {
+            eprintln!("vexevent: control API at http://{addr}{RELOAD_PATH}, {STATS_PATH} and {METRICS_PATH}");
+        }
+        Notice::Stream(addr) => eprintln!("vexevent: event stream at ws://{addr}{STREAM_PATH}"),
+        Notice::Ready { watching } => {
+            let watching = if watching.is_empty() { "everything".to_owned() } else { watching.join(", ") };
+            eprintln!("vexevent: ready: watching {watching} (pid {})", std::process::id());
+        }
+        Notice::Reload(Ok(reloaded)) => eprintln!("vexevent: {reloaded}"),
+        Notice::Reload(Err(error)) => eprintln!("vexevent: {error}"),
+        Notice::Stats(snapshot) => eprint!("{snapshot}"),
+    }
+}
