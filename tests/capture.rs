@@ -465,7 +465,8 @@ fn bad_input_fails_with_one_clear_line() {
     let (ok, err) = run(&["check-config", "../vexevent.example.toml"]);
     assert!(ok, "{err}");
     // ... and prints the stage graph the configuration gives.
-    let checked = std::process::Command::new(exe).args(["check-config", "../vexevent.example.toml"]).output().unwrap();
+    let checked =
+        std::process::Command::new(exe).args(["check-config", "../vexevent.example.toml"]).output().unwrap();
     let graph = String::from_utf8_lossy(&checked.stdout);
     assert!(graph.contains("stages: kernel -> correlate -> filter -> sequence -> route"), "{graph}");
     // check-config lists every problem, each with where it is.

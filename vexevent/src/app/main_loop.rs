@@ -7,8 +7,8 @@ use crossbeam_channel::{RecvTimeoutError, SendTimeoutError, Sender};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::{
-    AppError, ConfigSource, Notice, Notify, ReloadError, Reloaded, control::ControlRequest, probe_settings,
-    reload, write_stats_file,
+    AppError, ConfigSource, Notice, Notify, ReloadError, Reloaded, control::ControlRequest, reload,
+    write_stats_file,
 };
 use crate::{
     config::{Config, Settings},
@@ -51,7 +51,7 @@ impl Reloader<'_> {
             ),
             Err(RecvTimeoutError::Disconnected) => return Err(ReloadError::Stopped),
         }
-        self.probes.borrow_mut().set_filters(&probe_settings(&settings))?;
+        self.probes.borrow_mut().set_filters(&settings.probes)?;
         Ok(reloaded)
     }
 

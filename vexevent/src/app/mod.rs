@@ -26,9 +26,9 @@ use std::{
 };
 
 use crate::{
-    capture::{Batch, DrainSettings, RingDrainer},
+    capture::{Batch, RingDrainer},
     config::{Config, Settings},
-    loader::{ProbeSettings, Probes, vexfs_mount_points},
+    loader::{Probes, vexfs_mount_points},
     pipeline::Reconfigure,
     sinks::{Sinks, StreamServer},
     telemetry::{Counters, StatsSnapshot},
@@ -73,7 +73,7 @@ pub fn run(
     let counters = Arc::new(Counters::default());
     let sinks = Sinks::start(&settings.outputs.sinks, &counters)?;
     let give_up = sinks.give_up_handle();
-    let mut probes = Probes::load(&probe_settings(settings))?;
+    let mut probes = Probes::load(&settings.probes)?;
     notify(Notice::Attached {
         hooks: probes.hooks(),
         traced_syscalls: probes.traced_syscalls(),
@@ -81,23 +81,22 @@ pub fn run(
     });
 
     let stop_capture = Arc::new(AtomicBool::new(false));
-    let (batches_tx, batches_rx) = crossbeam_channel::bounded::<Batch>(settings.channel_batches);
-    let drain_settings = DrainSettings {
-        batch_window: settings.batch_window,
-        reorder_window: settings.reorder_window,
-        one_cpu_per_shard: probes.layout().cpus_per_shard == 1,
-    };
+    let (batches_tx, batches_rx) = crossbeam_channel::bounded::<Batch>(settings.drain.channel_batches);
     let drainer = RingDrainer::new(
         probes.take_rings()?,
         probes.take_pending_loss()?,
-        &drain_settings,
+        &settings.drain,
+        probes.layout().cpus_per_shard == 1,
         Arc::clone(&counters),
     );
     let capture = {
         let stop = Arc::clone(&stop_capture);
         thread::Builder::new()
             .name("vexevent-capture".into())
-            .spawn(move || drainer.run(&drain_settings, &stop, &batches_tx))
+            .spawn({
+                let drain = settings.drain;
+                move || drainer.run(&drain, &stop, &batches_tx)
+            })
             .map_err(|source| AppError::Start { what: "capture thread", source })?
     };
     let kernel = KernelSource::new(batches_rx, translator(settings, &probes), Arc::clone(&counters));
@@ -140,10 +139,11 @@ pub fn run(
     if let Some(stream) = &stream {
         notify(Notice::Stream(stream.addr));
     }
-    let watching = if settings.scope.watches_all() {
+    let scope = &settings.probes.scope;
+    let watching = if scope.watches_all() {
         Vec::new()
     } else {
-        settings.scope.dirs().iter().map(|d| String::from_utf8_lossy(d).into_owned()).collect()
+        scope.dirs().iter().map(|d| String::from_utf8_lossy(d).into_owned()).collect()
     };
     notify(Notice::Ready { watching });
     // Reloads set the kernel's filters while the loop reads the kernel's counters.
@@ -174,27 +174,11 @@ pub fn run(
     Ok(last)
 }
 
-/// What the probes need of the settings.
-fn probe_settings(settings: &Settings) -> ProbeSettings {
-    ProbeSettings {
-        scope: settings.scope.clone(),
-        ops: settings.ops.iter().copied().collect(),
-        pids: settings.pids.clone(),
-        uid: settings.uid,
-        comm: settings.comm,
-        ring_bytes: settings.ring_bytes,
-        shards: settings.shards,
-        daemon_binary: settings.daemon_binary.clone(),
-        daemon_functions: settings.daemon_functions.clone(),
-        syscall_hooks: settings.syscall_hooks,
-    }
-}
-
 /// The translate stage, knowing the watched FUSE mounts, where `VexFS` lives, and what processes
 /// already had open (and where they were) inside the watch.
 fn translator(settings: &Settings, probes: &Probes) -> Translator {
     let mut translator = Translator::new(TranslateOptions {
-        scope: settings.scope.clone(),
+        scope: settings.probes.scope.clone(),
         ops: settings.ops.clone(),
         fuse_mounts: probes.fuse_mounts().iter().map(|m| (m.connection, m.mount_point.clone())).collect(),
         vexfs: VexfsRoots(settings.vexfs_paths.iter().cloned().chain(vexfs_mount_points()).collect()),

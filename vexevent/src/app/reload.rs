@@ -112,8 +112,8 @@ pub fn prepare(
             warnings.push(format!("{section} changed and applies at restart"));
         }
     }
-    let running_dirs = running.validate().map(|s| s.scope.dirs().to_vec()).ok();
-    if running_dirs.as_deref() != Some(settings.scope.dirs()) {
+    let running_dirs = running.validate().map(|s| s.probes.scope.dirs().to_vec()).ok();
+    if running_dirs.as_deref() != Some(settings.probes.scope.dirs()) {
         warnings.push("the watched directories (from [capture] or the filter) change at restart".to_owned());
     }
     let routing = Routing::new(&settings)?;

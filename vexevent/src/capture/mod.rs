@@ -46,8 +46,9 @@ pub struct DrainSettings {
     pub batch_window: Duration,
     /// Bound on how late a record may arrive relative to another shard's (see `merge`).
     pub reorder_window: Duration,
-    /// Each shard is a single CPU (its records arrive in timestamp order).
-    pub one_cpu_per_shard: bool,
+    /// Batches that may wait for the pipeline before capture blocks (records then wait in the
+    /// rings).
+    pub channel_batches: usize,
 }
 
 /// Drains the shards' ring buffers.
@@ -60,15 +61,18 @@ pub struct RingDrainer {
 }
 
 impl RingDrainer {
+    /// A drainer of `rings`; `one_cpu_per_shard` when each ring is a single CPU's (its records
+    /// then arrive in timestamp order).
     #[must_use]
     pub fn new(
         rings: Vec<RingBuf<MapData>>,
         pending_loss: PerCpuArray<MapData, PendingLoss>,
         settings: &DrainSettings,
+        one_cpu_per_shard: bool,
         counters: Arc<Counters>,
     ) -> Self {
         let window_ns = u64::try_from(settings.reorder_window.as_nanos()).unwrap_or(u64::MAX);
-        let merger = Merger::new(rings.len(), settings.one_cpu_per_shard, window_ns);
+        let merger = Merger::new(rings.len(), one_cpu_per_shard, window_ns);
         Self { rings, pending_loss, sequences: SequenceTracker::default(), merger, counters }
     }
 

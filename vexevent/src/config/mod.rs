@@ -16,11 +16,12 @@ use serde::Deserialize;
 use vexevent_common::{OpKind, PREFIX_KEY_BYTES};
 
 use crate::{
+    capture::DrainSettings,
     correlate::CorrelateOptions,
     event::WatchScope,
     expr::{Filter, FilterError, parse_macros},
     filter::{FilterConfig, KernelPart, pushdown},
-    loader::SyscallHooks,
+    loader::{ProbeSettings, SyscallHooks},
     route::Router,
     sinks::{STREAM_SERVER, STREAM_TOKEN_FLAG, StreamError, require_token_for_remote},
 };
@@ -258,26 +259,21 @@ pub enum ConfigError {
     OutputWithSinks,
 }
 
-/// Validated settings.
+/// Validated settings: what each component is built from.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    pub scope: WatchScope,
+    /// The probes: scope, kernel filters, rings, hooks (`[capture]`, `[fuse]`'s daemon, and what
+    /// the filter pushes down).
+    pub probes: ProbeSettings,
+    /// The capture thread (`[capture]`'s batching and ordering).
+    pub drain: DrainSettings,
+    /// Operation types to emit events for.
     pub ops: HashSet<OpKind>,
-    pub pids: Vec<u32>,
-    pub uid: Option<u32>,
-    pub comm: Option<[u8; 16]>,
-    pub ring_bytes: u32,
-    pub shards: usize,
-    pub batch_window: std::time::Duration,
-    pub reorder_window: std::time::Duration,
-    pub channel_batches: usize,
-    pub syscall_hooks: SyscallHooks,
+    /// The correlate stage (`[fuse]`'s join).
     pub correlate: CorrelateOptions,
     pub filter: FilterConfig,
     /// What of the filter the probes apply.
     pub kernel_filter: KernelPart,
-    pub daemon_binary: Option<PathBuf>,
-    pub daemon_functions: Vec<String>,
     /// Configured `VexFS` directories (canonical); detected `VexFS` mounts are added at start.
     pub vexfs_paths: Vec<Vec<u8>>,
     /// Sinks, routes, unmatched outputs.
@@ -428,19 +424,24 @@ impl Config {
             bytes
         });
         Ok(Settings {
-            scope: WatchScope::new(watch_dirs),
+            probes: ProbeSettings {
+                scope: WatchScope::new(watch_dirs),
+                ops: ops.iter().copied().collect(),
+                pids,
+                uid: capture.uid.or(kernel_filter.uid),
+                comm,
+                ring_bytes: capture.ring_bytes,
+                shards: capture.shards,
+                daemon_binary: self.fuse.daemon_binary.clone(),
+                daemon_functions: self.fuse.daemon_functions.clone(),
+                syscall_hooks: capture.syscall_hooks,
+            },
+            drain: DrainSettings {
+                batch_window: std::time::Duration::from_micros(capture.batch_window_us),
+                reorder_window: std::time::Duration::from_micros(capture.reorder_window_us),
+                channel_batches: capture.channel_batches,
+            },
             ops,
-            pids,
-            uid: capture.uid.or(kernel_filter.uid),
-            comm,
-            ring_bytes: capture.ring_bytes,
-            shards: capture.shards,
-            batch_window: std::time::Duration::from_micros(capture.batch_window_us),
-            reorder_window: std::time::Duration::from_micros(capture.reorder_window_us),
-            channel_batches: capture.channel_batches,
-            syscall_hooks: capture.syscall_hooks,
-            daemon_binary: self.fuse.daemon_binary.clone(),
-            daemon_functions: self.fuse.daemon_functions.clone(),
             vexfs_paths: self
                 .vexfs
                 .paths
@@ -505,7 +506,7 @@ mod tests {
         let config = Config::from_toml("").unwrap();
         assert_eq!(config, Config::default());
         let settings = config.validate().unwrap();
-        assert!(settings.scope.watches_all(), "default watches everything");
+        assert!(settings.probes.scope.watches_all(), "default watches everything");
         assert_eq!(settings.ops.len(), USER_OPS.len());
     }
 
