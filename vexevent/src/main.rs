@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use vexevent::{
     app,
     config::{Config, ConfigError, DEFAULT_STATS_FILE},
+    http::{self, AuthError, Token},
     loader::SyscallHooks,
 };
 
@@ -160,18 +161,26 @@ struct RunArgs {
     #[arg(long, value_name = "ADDR")]
     stream_addr: Option<std::net::SocketAddr>,
     /// Token stream subscribers must present (required for a non-loopback --stream-addr).
-    #[arg(long, env = "VEXEVENT_STREAM_TOKEN", value_name = "TOKEN")]
-    stream_token: Option<String>,
+    #[arg(long, env = "VEXEVENT_STREAM_TOKEN", value_name = "TOKEN", value_parser = stream_token)]
+    stream_token: Option<Token>,
     /// Serve the control API (reload, stats, Prometheus /metrics) on this address, e.g.
     /// 127.0.0.1:7879.
     #[arg(long, value_name = "ADDR")]
     control_addr: Option<std::net::SocketAddr>,
     /// Token control API requests must present (required for a non-loopback --control-addr).
-    #[arg(long, env = "VEXEVENT_CONTROL_TOKEN", value_name = "TOKEN")]
-    control_token: Option<String>,
+    #[arg(long, env = "VEXEVENT_CONTROL_TOKEN", value_name = "TOKEN", value_parser = control_token)]
+    control_token: Option<Token>,
     /// File to keep current stats in, for `vexevent stats`.
     #[arg(long, value_name = "FILE")]
     stats_file: Option<PathBuf>,
+}
+
+fn stream_token(text: &str) -> Result<Token, AuthError> {
+    Token::new(http::STREAM_SERVER, http::STREAM_TOKEN_FLAG, text.to_owned())
+}
+
+fn control_token(text: &str) -> Result<Token, AuthError> {
+    Token::new(http::CONTROL_SERVER, http::CONTROL_TOKEN_FLAG, text.to_owned())
 }
 
 impl RunArgs {

@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, path::Path};
 
 use anyhow::{Context as _, bail};
-use vexevent::app::{RELOAD_PATH, read_stats_file};
+use vexevent::{app::read_stats_file, http::RELOAD_PATH};
 
 /// Reloads through the control API at `addr`; fails with the instance's answer when refused.
 pub fn through_api(addr: SocketAddr, token: Option<&str>) -> anyhow::Result<()> {

@@ -5,7 +5,7 @@ use anyhow::{Context as _, bail};
 use futures_util::StreamExt as _;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _, http::HeaderValue};
-use vexevent::sinks::STREAM_PATH;
+use vexevent::http::STREAM_PATH;
 
 /// Percent-encodes a query value.
 fn encode(value: &str) -> String {

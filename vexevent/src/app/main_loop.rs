@@ -7,11 +7,11 @@ use crossbeam_channel::{RecvTimeoutError, SendTimeoutError, Sender};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::{
-    AppError, ConfigSource, ReloadError, Reloaded, Switch, control::ControlRequest, probe_settings, reload,
-    write_stats_file,
+    AppError, ConfigSource, ReloadError, Reloaded, Switch, probe_settings, reload, write_stats_file,
 };
 use crate::{
     config::{Config, Settings},
+    http::ControlRequest,
     loader::Probes,
     telemetry::StatsSnapshot,
 };

@@ -2,13 +2,11 @@
 //! filter, route) -> sink workers and the live stream; signals, the control API, reloads,
 //! periodic stats and an orderly drain on shutdown.
 
-mod control;
 mod main_loop;
 mod pipeline;
 mod reload;
 mod stats_file;
 
-pub use control::{METRICS_PATH, RELOAD_PATH, STATS_PATH};
 pub use reload::{ConfigSource, ReloadError, Reloaded, Routing, Switch};
 pub use stats_file::{read_stats_file, write_stats_file};
 
@@ -26,8 +24,9 @@ use crate::{
     capture::{Batch, DrainSettings, RingDrainer},
     config::{Config, Settings},
     correlate::Correlator,
+    http::{METRICS_PATH, RELOAD_PATH, STATS_PATH, STREAM_PATH, StreamServer, control},
     loader::{ProbeSettings, Probes, vexfs_mount_points},
-    sinks::{STREAM_PATH, Sinks, StreamServer},
+    sinks::Sinks,
     telemetry::{Counters, StatsSnapshot},
     translate::{TranslateOptions, Translator, VexfsRoots},
 };
@@ -47,7 +46,7 @@ pub enum AppError {
     #[error(transparent)]
     Filter(Box<crate::filter::FilterError>),
     #[error(transparent)]
-    Stream(#[from] crate::sinks::StreamError),
+    Stream(#[from] crate::http::StreamError),
     #[error("cannot start the {what}: {source}")]
     Start {
         what: &'static str,

@@ -11,7 +11,8 @@ use crate::{
     capture::Batch,
     correlate::Correlator,
     event::{Priority, SemanticEvent},
-    sinks::{Broadcaster, Queued, Sinks, to_json_lines},
+    http::Broadcaster,
+    sinks::{Queued, Sinks, to_json_lines},
     telemetry::{Counters, add, monotonic_ns},
     translate::Translator,
 };

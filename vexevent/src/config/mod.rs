@@ -19,9 +19,9 @@ use crate::{
     correlate::CorrelateOptions,
     event::WatchScope,
     filter::{ChainMode, Filter, FilterChain, FilterError, KernelPart, parse_macros, pushdown},
+    http::{AuthError, ControlConfig, StreamConfig},
     loader::SyscallHooks,
     route::Router,
-    sinks::{STREAM_SERVER, STREAM_TOKEN_FLAG, StreamError, require_token_for_remote},
 };
 
 /// Operation types a user can select (the rest only keep path state right).
@@ -60,20 +60,9 @@ pub struct Config {
     pub sinks: BTreeMap<String, SinkConfig>,
     pub routes: Vec<RouteConfig>,
     pub routing: RoutingSection,
-    pub stream: StreamSection,
-    pub control: ControlSection,
+    pub stream: StreamConfig,
+    pub control: ControlConfig,
     pub stats: StatsConfig,
-}
-
-/// `[control]`: the control API (reload, stats) over HTTP.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ControlSection {
-    /// Address to serve `/api/v1/control/*` on (e.g. "127.0.0.1:7879"); absent: no control API
-    /// (SIGHUP still reloads). A non-loopback address needs `token`.
-    pub addr: Option<std::net::SocketAddr>,
-    /// Token every request must present (`Authorization: Bearer <token>`).
-    pub token: Option<String>,
 }
 
 /// `[filter]`: which events reach the output (see README, "Filters").
@@ -228,17 +217,6 @@ impl Default for OutputConfig {
     }
 }
 
-/// `[stream]`: the live WebSocket stream (`vexevent tail` and other subscribers).
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct StreamSection {
-    /// Address to serve `/api/v1/semantic/events/stream` on (e.g. "127.0.0.1:7878"); absent:
-    /// no stream. A non-loopback address needs `token`.
-    pub addr: Option<std::net::SocketAddr>,
-    /// Token subscribers must present (`Authorization: Bearer <token>` or `?token=`).
-    pub token: Option<String>,
-}
-
 /// `[stats]`: counters reporting.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -292,7 +270,7 @@ pub enum ConfigError {
     #[error(transparent)]
     Filter(#[from] FilterError),
     #[error(transparent)]
-    Stream(#[from] StreamError),
+    Access(#[from] AuthError),
     #[error("sinks.{name}: {message}")]
     Sink { name: String, message: String },
     #[error("{what}: {message}")]
@@ -329,8 +307,8 @@ pub struct Settings {
     pub vexfs_paths: Vec<Vec<u8>>,
     /// Sinks, routes, unmatched outputs.
     pub outputs: Outputs,
-    pub stream: StreamSection,
-    pub control: ControlSection,
+    pub stream: StreamConfig,
+    pub control: ControlConfig,
     pub stats_interval: Option<std::time::Duration>,
     pub stats_file: PathBuf,
 }
@@ -389,30 +367,8 @@ impl Config {
         if !self.fuse.daemon_functions.is_empty() && self.fuse.daemon_binary.is_none() {
             problems.push(ConfigError::DaemonBinaryMissing);
         }
-        if let Some(addr) = self.stream.addr {
-            problems.extend(
-                require_token_for_remote(
-                    STREAM_SERVER,
-                    STREAM_TOKEN_FLAG,
-                    addr,
-                    self.stream.token.as_deref(),
-                )
-                .err()
-                .map(ConfigError::Stream),
-            );
-        }
-        if let Some(addr) = self.control.addr {
-            problems.extend(
-                require_token_for_remote(
-                    "control API",
-                    "--control-token",
-                    addr,
-                    self.control.token.as_deref(),
-                )
-                .err()
-                .map(ConfigError::Stream),
-            );
-        }
+        problems.extend(self.stream.problem().map(ConfigError::Access));
+        problems.extend(self.control.problem().map(ConfigError::Access));
         if let Err(errors) = self.outputs() {
             problems.extend(errors);
         }

@@ -1,12 +1,11 @@
 //! Where events end up. Named outputs (stdout, JSON Lines file, webhook, Unix/TCP socket, null),
 //! each with its own bounded two-lane queue, full-queue policy and worker thread that batches,
-//! retries and counts; and the live WebSocket stream.
+//! retries and counts.
 
 mod jsonl;
 mod queue;
 mod socket;
 mod webhook;
-mod websocket;
 mod worker;
 
 use std::{
@@ -19,10 +18,6 @@ pub use jsonl::{Rotation, to_json_lines};
 pub use queue::{Queued, WhenFull};
 pub use socket::SocketAddress;
 pub use webhook::WebhookSettings;
-pub use websocket::{
-    Broadcaster, STREAM_PATH, STREAM_SERVER, STREAM_TOKEN_FLAG, StreamError, StreamServer, bearer_token,
-    require_token_for_remote,
-};
 pub use worker::{Delivery, GiveUpAt};
 
 use crate::telemetry::{Counters, SinkCounters, add};

@@ -14,15 +14,36 @@ use axum::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{
-    sinks::bearer_token,
-    telemetry::{StatsSnapshot, prometheus_text},
-};
+use super::auth::{AuthError, Token, bearer_token, require_token_for_remote};
+use crate::telemetry::{StatsSnapshot, prometheus_text};
 
 /// The control API's paths.
 pub const RELOAD_PATH: &str = "/api/v1/control/reload";
 pub const STATS_PATH: &str = "/api/v1/control/stats";
 pub const METRICS_PATH: &str = "/metrics";
+
+/// The control API and its token option, as errors name them.
+pub const CONTROL_SERVER: &str = "control API";
+pub const CONTROL_TOKEN_FLAG: &str = "--control-token";
+
+/// `[control]`: the control API (reload, stats, metrics) over HTTP.
+#[derive(Clone, Debug, Default, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Address to serve `/api/v1/control/*` and `/metrics` on (e.g. "127.0.0.1:7879"); absent:
+    /// no control API (SIGHUP still reloads). A non-loopback address needs `token`.
+    pub addr: Option<SocketAddr>,
+    /// Token every request must present (`Authorization: Bearer <token>`).
+    pub token: Option<Token>,
+}
+
+impl ControlConfig {
+    /// What is wrong with it: a non-loopback address without a token.
+    #[must_use]
+    pub fn problem(&self) -> Option<AuthError> {
+        require_token_for_remote(CONTROL_SERVER, CONTROL_TOKEN_FLAG, self.addr?, self.token.as_ref()).err()
+    }
+}
 
 /// A request for the main loop.
 pub enum ControlRequest {
@@ -34,13 +55,13 @@ pub enum ControlRequest {
 #[derive(Clone)]
 struct ControlState {
     requests: mpsc::Sender<ControlRequest>,
-    token: Option<String>,
+    token: Option<Token>,
 }
 
 impl ControlState {
     fn authorized(&self, headers: &HeaderMap) -> bool {
         let Some(token) = &self.token else { return true };
-        bearer_token(headers) == Some(token.as_str())
+        bearer_token(headers).is_some_and(|presented| token.matches(presented))
     }
 
     /// Hands a request to the main loop and waits for its answer.
@@ -95,7 +116,7 @@ async fn metrics(State(state): State<ControlState>, headers: HeaderMap) -> Respo
 /// When the address cannot be bound.
 pub async fn start(
     addr: SocketAddr,
-    token: Option<String>,
+    token: Option<Token>,
 ) -> std::io::Result<(SocketAddr, mpsc::Receiver<ControlRequest>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;

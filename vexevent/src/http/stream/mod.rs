@@ -1,0 +1,188 @@
+//! The live stream server: a WebSocket endpoint at `/api/v1/semantic/events/stream` (`VexFS`'s
+//! path) on its own runtime, where each subscriber gets the events its query selects (see
+//! `query`), numbered per subscription, through the subscriber index (see `subscribers`). The
+//! server binds to loopback unless a token is configured; with a token every request must carry
+//! it.
+
+mod query;
+mod subscribers;
+
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
+
+use axum::{
+    Router,
+    extract::{
+        Query, State,
+        ws::{Message, WebSocket, WebSocketUpgrade},
+    },
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use tokio::sync::mpsc;
+
+pub use query::QueryError;
+pub use subscribers::Broadcaster;
+
+use super::auth::{AuthError, Token, bearer_token, require_token_for_remote};
+use query::Subscription;
+
+/// The stream's path, as `VexFS`'s semantic API defined it.
+pub const STREAM_PATH: &str = "/api/v1/semantic/events/stream";
+
+/// Initial read buffer of a connection (tungstenite's default is 128 KiB, touched on the first
+/// read): subscribers only send control frames (close, ping), at most 139 bytes each, and the
+/// buffer grows if a larger frame comes.
+const READ_BUFFER: usize = 256;
+
+/// Largest message a subscriber may send: it has nothing to say beyond control frames, and an
+/// unbounded message would let one client make the server allocate without limit.
+const MAX_INCOMING_MESSAGE: usize = 64 * 1024;
+
+/// How often owed gap notices are sent and departed subscribers forgotten.
+const GAP_NOTICE_PERIOD: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The stream server and its token option, as errors name them.
+pub const STREAM_SERVER: &str = "event stream";
+pub const STREAM_TOKEN_FLAG: &str = "--stream-token";
+
+/// Why the server cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("cannot listen on {addr}: {source}; choose another --stream-addr")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the stream runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// `[stream]`: the live WebSocket stream (`vexevent tail` and other subscribers).
+#[derive(Clone, Debug, Default, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamConfig {
+    /// Address to serve `/api/v1/semantic/events/stream` on (e.g. "127.0.0.1:7878"); absent:
+    /// no stream. A non-loopback address needs `token`.
+    pub addr: Option<SocketAddr>,
+    /// Token subscribers must present (`Authorization: Bearer <token>` or `?token=`).
+    pub token: Option<Token>,
+}
+
+impl StreamConfig {
+    /// What is wrong with it: a non-loopback address without a token.
+    #[must_use]
+    pub fn problem(&self) -> Option<AuthError> {
+        require_token_for_remote(STREAM_SERVER, STREAM_TOKEN_FLAG, self.addr?, self.token.as_ref()).err()
+    }
+}
+
+#[derive(Clone)]
+struct ServerState {
+    broadcaster: Arc<Broadcaster>,
+    token: Option<Token>,
+}
+
+fn authorized(state: &ServerState, headers: &HeaderMap, query: &BTreeMap<String, String>) -> bool {
+    let Some(token) = &state.token else { return true };
+    [bearer_token(headers), query.get("token").map(String::as_str)]
+        .into_iter()
+        .flatten()
+        .any(|presented| token.matches(presented))
+}
+
+async fn stream(
+    State(state): State<ServerState>,
+    Query(query): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if !authorized(&state, &headers, &query) {
+        return (StatusCode::UNAUTHORIZED, "a valid token is required (Authorization: Bearer <token>)\n")
+            .into_response();
+    }
+    let receiver = match Subscription::parse(&query) {
+        Ok(subscription) => state.broadcaster.subscribe(subscription),
+        Err(error) => {
+            let cause = std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default();
+            return (StatusCode::BAD_REQUEST, format!("{error}: {cause}\n")).into_response();
+        }
+    };
+    upgrade
+        .read_buffer_size(READ_BUFFER)
+        .max_message_size(MAX_INCOMING_MESSAGE)
+        .max_frame_size(MAX_INCOMING_MESSAGE)
+        .on_upgrade(move |socket| forward(socket, receiver))
+}
+
+/// Writes a subscription's messages to its socket until either side closes. Reading the socket
+/// answers pings and notices a client that has gone even when no event comes for it.
+async fn forward(mut socket: WebSocket, mut receiver: mpsc::Receiver<String>) {
+    loop {
+        tokio::select! {
+            message = receiver.recv() => {
+                let Some(message) = message else { break };
+                if socket.send(Message::Text(message.into())).await.is_err() {
+                    break;
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    let _ = socket.send(Message::Close(None)).await;
+}
+
+/// A running stream server.
+pub struct StreamServer {
+    pub broadcaster: Arc<Broadcaster>,
+    pub addr: SocketAddr,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl StreamServer {
+    /// Starts serving on `addr` (its own runtime, two worker threads).
+    ///
+    /// # Errors
+    /// A non-loopback address without a token, or an address that cannot be bound.
+    pub fn start(addr: SocketAddr, token: Option<Token>) -> Result<Self, StreamError> {
+        require_token_for_remote(STREAM_SERVER, STREAM_TOKEN_FLAG, addr, token.as_ref())?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("vexevent-stream")
+            // No signal driver here: signals belong to the main runtime (with two signal
+            // drivers, SIGINT would wake the wrong one).
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(StreamError::Runtime)?;
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .map_err(|source| StreamError::Bind { addr, source })?;
+        let addr = listener.local_addr().map_err(|source| StreamError::Bind { addr, source })?;
+        let broadcaster = Arc::new(Broadcaster::default());
+        let state = ServerState { broadcaster: Arc::clone(&broadcaster), token };
+        let app = Router::new().route(STREAM_PATH, get(stream)).with_state(state);
+        runtime.spawn(async move {
+            if let Err(error) = axum::serve(listener, app).await {
+                tracing::error!(%error, "the event stream server stopped");
+            }
+        });
+        // Owed gap notices and departed subscribers are dealt with here, on the server's own
+        // threads, not on the pipeline thread that publishes.
+        let notices = Arc::clone(&broadcaster);
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(GAP_NOTICE_PERIOD);
+            loop {
+                tick.tick().await;
+                notices.flush_gap_notices();
+            }
+        });
+        Ok(Self { broadcaster, addr, _runtime: runtime })
+    }
+}
