@@ -92,7 +92,7 @@ pub fn run(settings: &Settings, config: Config, source: ConfigSource) -> Result<
     let routing = Routing::new(settings).map_err(|e| AppError::Filter(Box::new(e)))?;
     let (reloads_tx, reloads_rx) = crossbeam_channel::bounded::<Switch>(1);
     let stream = match settings.stream.addr {
-        Some(addr) => Some(StreamServer::start(addr, settings.stream.token.clone())?),
+        Some(addr) => Some(StreamServer::start(addr, &settings.stream, Arc::clone(&counters))?),
         None => None,
     };
     let broadcaster = stream.as_ref().map(|s| Arc::clone(&s.broadcaster));
@@ -118,7 +118,7 @@ pub fn run(settings: &Settings, config: Config, source: ConfigSource) -> Result<
     let control = match settings.control.addr {
         Some(addr) => {
             let (bound, requests) = runtime
-                .block_on(control::start(addr, settings.control.token.clone()))
+                .block_on(control::start(addr, &settings.control, Arc::clone(&counters)))
                 .map_err(|source| AppError::Start { what: "control API", source })?;
             eprintln!(
                 "vexevent: control API at http://{bound}{RELOAD_PATH}, {STATS_PATH} and {METRICS_PATH}"

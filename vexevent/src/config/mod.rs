@@ -12,6 +12,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use std::io::Read as _;
+
 use serde::Deserialize;
 use vexevent_common::{OpKind, PREFIX_KEY_BYTES};
 
@@ -233,6 +235,9 @@ impl Default for StatsConfig {
     }
 }
 
+/// Largest configuration file read, in bytes (a real one is a few KiB).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 /// Where `vexevent run` keeps its stats unless told otherwise.
 pub const DEFAULT_STATS_FILE: &str = "/run/vexevent/stats.json";
 
@@ -245,6 +250,8 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    #[error("config file {path} is larger than {limit} bytes; a configuration is a few KiB")]
+    TooLarge { path: PathBuf, limit: u64 },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("watch path {path} does not exist or is not accessible ({source}); create it or fix the path")]
@@ -331,8 +338,14 @@ impl Config {
     /// # Errors
     /// When the file cannot be read or is not valid (unknown keys included).
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let read = |source| ConfigError::Read { path: path.to_owned(), source };
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|file| std::io::Read::take(file, MAX_CONFIG_BYTES + 1).read_to_string(&mut text))
+            .map_err(read)?;
+        if text.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge { path: path.to_owned(), limit: MAX_CONFIG_BYTES });
+        }
         Self::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })
     }
 
@@ -517,6 +530,20 @@ mod tests {
         let error = Config::from_toml("[capture]\nwatchh = [\"/tmp\"]\n").unwrap_err();
         assert!(error.contains("line 2"), "{error}");
         assert!(error.contains("unknown field `watchh`"), "{error}");
+    }
+
+    #[test]
+    fn an_oversized_or_deeply_nested_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.toml");
+        std::fs::write(&path, format!("# {}\n", "x".repeat(usize::try_from(MAX_CONFIG_BYTES).unwrap())))
+            .unwrap();
+        let error = Config::from_file(&path).unwrap_err();
+        assert!(matches!(error, ConfigError::TooLarge { .. }), "{error}");
+        assert!(error.to_string().contains("larger than 1048576 bytes"), "{error}");
+        // Nesting in TOML itself: the parser's own recursion limit answers with an error.
+        let nested = format!("a = {}1{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(Config::from_toml(&nested).is_err());
     }
 
     #[test]

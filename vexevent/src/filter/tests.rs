@@ -63,6 +63,22 @@ fn macros_expand_and_bad_filters_say_why() {
 }
 
 #[test]
+fn macros_nest_a_bounded_number_of_levels() {
+    // m0 = pid == 1, m1 = @m0, ..., each level one more macro deep.
+    let chain = |levels: usize| -> BTreeMap<String, String> {
+        (0..=levels)
+            .map(|i| (format!("m{i}"), if i == 0 { "pid == 1".to_owned() } else { format!("@m{}", i - 1) }))
+            .collect()
+    };
+    let limit = 16;
+    let macros = parse_macros(&chain(limit)).unwrap();
+    assert!(Filter::new("f", &format!("@m{}", limit - 1), &macros).is_ok());
+    let error = Filter::new("f", &format!("@m{limit}"), &macros).err().unwrap();
+    let cause = std::error::Error::source(&error).unwrap().to_string();
+    assert!(cause.contains("at most 16 may nest"), "{cause}");
+}
+
+#[test]
 fn chains_combine_all_any_and_first_match() {
     let e = event(EventType::FilesystemCreate, "/srv/a", 7, "c", true);
     let chain = |mode, texts: &[&str]| FilterChain {

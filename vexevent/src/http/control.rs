@@ -1,9 +1,10 @@
 //! The control API over HTTP: `POST /api/v1/control/reload` reloads filters and routes (like
 //! SIGHUP) and answers whether it worked; `GET /api/v1/control/stats` returns the current stats
-//! snapshot as JSON, and `GET /metrics` the same counters for Prometheus. Loopback by default; with a token every request must carry
-//! `Authorization: Bearer <token>`. Requests are served by the main loop, which owns the state.
+//! snapshot as JSON, and `GET /metrics` the same counters for Prometheus. Loopback by default;
+//! with a token every request must carry `Authorization: Bearer <token>`. Requests are served by
+//! the main loop, which owns the state.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, num::NonZeroUsize, sync::Arc};
 
 use axum::{
     Json, Router,
@@ -14,8 +15,11 @@ use axum::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::auth::{AuthError, Token, bearer_token, require_token_for_remote};
-use crate::telemetry::{StatsSnapshot, prometheus_text};
+use super::{
+    auth::{AuthError, Token, bearer_token, require_token_for_remote},
+    serve,
+};
+use crate::telemetry::{Counters, StatsSnapshot, prometheus_text};
 
 /// The control API's paths.
 pub const RELOAD_PATH: &str = "/api/v1/control/reload";
@@ -27,7 +31,7 @@ pub const CONTROL_SERVER: &str = "control API";
 pub const CONTROL_TOKEN_FLAG: &str = "--control-token";
 
 /// `[control]`: the control API (reload, stats, metrics) over HTTP.
-#[derive(Clone, Debug, Default, serde::Deserialize, PartialEq)]
+#[derive(Clone, Debug, serde::Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlConfig {
     /// Address to serve `/api/v1/control/*` and `/metrics` on (e.g. "127.0.0.1:7879"); absent:
@@ -35,6 +39,15 @@ pub struct ControlConfig {
     pub addr: Option<SocketAddr>,
     /// Token every request must present (`Authorization: Bearer <token>`).
     pub token: Option<Token>,
+    /// Connections held at once; more are refused.
+    pub max_connections: NonZeroUsize,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        // A few operators and a Prometheus server, with room to spare.
+        Self { addr: None, token: None, max_connections: NonZeroUsize::new(64).expect("non-zero") }
+    }
 }
 
 impl ControlConfig {
@@ -109,14 +122,15 @@ async fn metrics(State(state): State<ControlState>, headers: HeaderMap) -> Respo
     }
 }
 
-/// Binds `addr` and serves the API on the current tokio runtime; requests arrive on the
-/// returned receiver.
+/// Binds `addr` and serves the API on the current tokio runtime as `config` says (refusals
+/// counted in `counters`); requests arrive on the returned receiver.
 ///
 /// # Errors
 /// When the address cannot be bound.
 pub async fn start(
     addr: SocketAddr,
-    token: Option<Token>,
+    config: &ControlConfig,
+    counters: Arc<Counters>,
 ) -> std::io::Result<(SocketAddr, mpsc::Receiver<ControlRequest>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
@@ -125,11 +139,8 @@ pub async fn start(
         .route(RELOAD_PATH, post(reload))
         .route(STATS_PATH, get(stats))
         .route(METRICS_PATH, get(metrics))
-        .with_state(ControlState { requests, token });
-    tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app).await {
-            tracing::error!(%error, "the control API stopped");
-        }
-    });
+        .with_state(ControlState { requests, token: config.token.clone() });
+    let runtime = tokio::runtime::Handle::current();
+    serve(&runtime, listener, app, CONTROL_SERVER, config.max_connections.get(), counters);
     Ok((bound, received))
 }

@@ -7,7 +7,7 @@
 mod query;
 mod subscribers;
 
-use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
+use std::{collections::BTreeMap, net::SocketAddr, num::NonZeroUsize, sync::Arc};
 
 use axum::{
     Router,
@@ -19,12 +19,16 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 pub use query::QueryError;
 pub use subscribers::Broadcaster;
 
-use super::auth::{AuthError, Token, bearer_token, require_token_for_remote};
+use super::{
+    auth::{AuthError, Token, bearer_token, require_token_for_remote},
+    serve,
+};
+use crate::telemetry::Counters;
 use query::Subscription;
 
 /// The stream's path, as `VexFS`'s semantic API defined it.
@@ -62,7 +66,7 @@ pub enum StreamError {
 }
 
 /// `[stream]`: the live WebSocket stream (`vexevent tail` and other subscribers).
-#[derive(Clone, Debug, Default, serde::Deserialize, PartialEq)]
+#[derive(Clone, Debug, serde::Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StreamConfig {
     /// Address to serve `/api/v1/semantic/events/stream` on (e.g. "127.0.0.1:7878"); absent:
@@ -70,6 +74,26 @@ pub struct StreamConfig {
     pub addr: Option<SocketAddr>,
     /// Token subscribers must present (`Authorization: Bearer <token>` or `?token=`).
     pub token: Option<Token>,
+    /// Connections held at once (subscribers and requests being answered); more are refused.
+    pub max_connections: NonZeroUsize,
+    /// Subscriptions at once; more are refused.
+    pub max_subscribers: NonZeroUsize,
+    /// Largest `buffer` (messages) a subscription may ask for.
+    pub max_buffer: NonZeroUsize,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            addr: None,
+            token: None,
+            // Room for the 15,000 subscribers the benchmark connects (4.5 KiB each).
+            max_connections: NonZeroUsize::new(16_384).expect("non-zero"),
+            max_subscribers: NonZeroUsize::new(16_384).expect("non-zero"),
+            // 16 times the default buffer; a full one holds tens of MiB of events.
+            max_buffer: NonZeroUsize::new(65_536).expect("non-zero"),
+        }
+    }
 }
 
 impl StreamConfig {
@@ -84,6 +108,10 @@ impl StreamConfig {
 struct ServerState {
     broadcaster: Arc<Broadcaster>,
     token: Option<Token>,
+    /// One permit per subscription, held until its connection ends.
+    subscriptions: Arc<Semaphore>,
+    max_subscribers: usize,
+    max_buffer: usize,
 }
 
 fn authorized(state: &ServerState, headers: &HeaderMap, query: &BTreeMap<String, String>) -> bool {
@@ -104,23 +132,33 @@ async fn stream(
         return (StatusCode::UNAUTHORIZED, "a valid token is required (Authorization: Bearer <token>)\n")
             .into_response();
     }
-    let receiver = match Subscription::parse(&query) {
-        Ok(subscription) => state.broadcaster.subscribe(subscription),
+    let subscription = match Subscription::parse(&query, state.max_buffer) {
+        Ok(subscription) => subscription,
         Err(error) => {
-            let cause = std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default();
-            return (StatusCode::BAD_REQUEST, format!("{error}: {cause}\n")).into_response();
+            let cause = std::error::Error::source(&error).map(|c| format!(": {c}")).unwrap_or_default();
+            return (StatusCode::BAD_REQUEST, format!("{error}{cause}\n")).into_response();
         }
     };
+    let Ok(place) = Arc::clone(&state.subscriptions).try_acquire_owned() else {
+        let limit = state.max_subscribers;
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("the stream holds its limit of {limit} subscribers; try again later\n"),
+        )
+            .into_response();
+    };
+    let receiver = state.broadcaster.subscribe(subscription);
     upgrade
         .read_buffer_size(READ_BUFFER)
         .max_message_size(MAX_INCOMING_MESSAGE)
         .max_frame_size(MAX_INCOMING_MESSAGE)
-        .on_upgrade(move |socket| forward(socket, receiver))
+        .on_upgrade(move |socket| forward(socket, receiver, place))
 }
 
 /// Writes a subscription's messages to its socket until either side closes. Reading the socket
 /// answers pings and notices a client that has gone even when no event comes for it.
-async fn forward(mut socket: WebSocket, mut receiver: mpsc::Receiver<String>) {
+/// The subscription's `place` under the limit is given back when this returns.
+async fn forward(mut socket: WebSocket, mut receiver: mpsc::Receiver<String>, place: OwnedSemaphorePermit) {
     loop {
         tokio::select! {
             message = receiver.recv() => {
@@ -136,6 +174,7 @@ async fn forward(mut socket: WebSocket, mut receiver: mpsc::Receiver<String>) {
         }
     }
     let _ = socket.send(Message::Close(None)).await;
+    drop(place);
 }
 
 /// A running stream server.
@@ -146,11 +185,17 @@ pub struct StreamServer {
 }
 
 impl StreamServer {
-    /// Starts serving on `addr` (its own runtime, two worker threads).
+    /// Starts serving on `addr` (its own runtime, two worker threads) as `config` says;
+    /// refusals are counted in `counters`.
     ///
     /// # Errors
     /// A non-loopback address without a token, or an address that cannot be bound.
-    pub fn start(addr: SocketAddr, token: Option<Token>) -> Result<Self, StreamError> {
+    pub fn start(
+        addr: SocketAddr,
+        config: &StreamConfig,
+        counters: Arc<Counters>,
+    ) -> Result<Self, StreamError> {
+        let token = config.token.clone();
         require_token_for_remote(STREAM_SERVER, STREAM_TOKEN_FLAG, addr, token.as_ref())?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -166,13 +211,15 @@ impl StreamServer {
             .map_err(|source| StreamError::Bind { addr, source })?;
         let addr = listener.local_addr().map_err(|source| StreamError::Bind { addr, source })?;
         let broadcaster = Arc::new(Broadcaster::default());
-        let state = ServerState { broadcaster: Arc::clone(&broadcaster), token };
+        let state = ServerState {
+            broadcaster: Arc::clone(&broadcaster),
+            token,
+            subscriptions: Arc::new(Semaphore::new(config.max_subscribers.get())),
+            max_subscribers: config.max_subscribers.get(),
+            max_buffer: config.max_buffer.get(),
+        };
         let app = Router::new().route(STREAM_PATH, get(stream)).with_state(state);
-        runtime.spawn(async move {
-            if let Err(error) = axum::serve(listener, app).await {
-                tracing::error!(%error, "the event stream server stopped");
-            }
-        });
+        serve(runtime.handle(), listener, app, STREAM_SERVER, config.max_connections.get(), counters);
         // Owed gap notices and departed subscribers are dealt with here, on the server's own
         // threads, not on the pipeline thread that publishes.
         let notices = Arc::clone(&broadcaster);

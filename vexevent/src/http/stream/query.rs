@@ -21,6 +21,12 @@ const GLOB_CHARACTERS: [char; 7] = ['*', '?', '[', ']', '{', '}', '\\'];
 pub enum QueryError {
     #[error(transparent)]
     Filter(#[from] FilterError),
+    #[error("buffer={value} is not a number of messages")]
+    BufferNotANumber { value: String },
+    #[error("buffer={value} is over the limit of {limit} messages; ask for at most {limit}")]
+    BufferOverLimit { value: usize, limit: usize },
+    #[error("slow={value}: expected drop or disconnect")]
+    Slow { value: String },
 }
 
 /// What a slow subscriber gets.
@@ -54,18 +60,31 @@ pub(super) struct Subscription {
 }
 
 impl Subscription {
-    /// Reads a stream request's query.
+    /// Reads a stream request's query; a subscription's buffer holds at most `max_buffer`
+    /// messages.
     ///
     /// # Errors
-    /// A filter (or a `VexFS` parameter turned into one) that does not parse or compile.
-    pub(super) fn parse(query: &BTreeMap<String, String>) -> Result<Self, QueryError> {
-        let filter = subscription_filter(query)?;
-        let policy = if query.get("slow").is_some_and(|p| p == "disconnect") {
-            SlowPolicy::Disconnect
-        } else {
-            SlowPolicy::Drop
+    /// A filter (or a `VexFS` parameter turned into one) that does not parse or compile (or is
+    /// over the language's limits), a `buffer` that is not a number or over `max_buffer`, a
+    /// `slow` that is neither `drop` nor `disconnect`.
+    pub(super) fn parse(query: &BTreeMap<String, String>, max_buffer: usize) -> Result<Self, QueryError> {
+        let policy = match query.get("slow").map(String::as_str) {
+            None | Some("drop") => SlowPolicy::Drop,
+            Some("disconnect") => SlowPolicy::Disconnect,
+            Some(other) => return Err(QueryError::Slow { value: other.to_owned() }),
         };
-        let buffer = query.get("buffer").and_then(|b| b.parse().ok()).unwrap_or(DEFAULT_BUFFER).max(1);
+        let buffer = match query.get("buffer") {
+            None => DEFAULT_BUFFER.min(max_buffer),
+            Some(text) => {
+                let value: usize =
+                    text.parse().map_err(|_| QueryError::BufferNotANumber { value: text.clone() })?;
+                if value > max_buffer {
+                    return Err(QueryError::BufferOverLimit { value, limit: max_buffer });
+                }
+                value.max(1)
+            }
+        };
+        let filter = subscription_filter(query)?;
         let index = match (path_prefix(query), type_codes(query)) {
             (Some(prefix), _) => Index::Prefix(prefix.as_bytes().to_vec()),
             (None, Some(types)) => Index::Types(types),
@@ -154,7 +173,7 @@ mod tests {
     use super::*;
 
     fn parse(query: &[(&str, &str)]) -> Result<Subscription, QueryError> {
-        Subscription::parse(&query.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
+        Subscription::parse(&query.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(), 1000)
     }
 
     #[test]
@@ -167,8 +186,25 @@ mod tests {
             Index::Types(BTreeSet::from([mkdir]))
         );
         assert_eq!(parse(&[("filter", "pid == 1")]).unwrap().index, Index::All);
-        let defaults = parse(&[]).unwrap();
+        let defaults = Subscription::parse(&BTreeMap::new(), 1 << 20).unwrap();
         assert_eq!((defaults.buffer, defaults.policy), (DEFAULT_BUFFER, SlowPolicy::Drop));
         assert!(parse(&[("filter", "pid ==")]).is_err());
+    }
+
+    #[test]
+    fn buffers_and_policies_are_bounded_and_checked() {
+        assert_eq!(parse(&[("buffer", "1000")]).unwrap().buffer, 1000);
+        assert_eq!(parse(&[("buffer", "0")]).unwrap().buffer, 1);
+        assert_eq!(parse(&[("slow", "disconnect")]).unwrap().policy, SlowPolicy::Disconnect);
+        // What panicked the stream thread (issue 11): tokio's channel cannot hold that many.
+        let error = parse(&[("buffer", "18446744073709551615")]).err().unwrap();
+        assert!(error.to_string().contains("over the limit of 1000 messages"), "{error}");
+        let error = parse(&[("buffer", "184467440737095516150")]).err().unwrap();
+        assert!(error.to_string().contains("not a number"), "{error}");
+        assert!(parse(&[("slow", "later")]).err().unwrap().to_string().contains("drop or disconnect"));
+        let deep = format!("{}true{}", "(".repeat(3000), ")".repeat(3000));
+        let error = parse(&[("filter", &deep)]).err().unwrap();
+        let cause = std::error::Error::source(&error).unwrap().to_string();
+        assert!(cause.contains("at most 64 levels"), "{cause}");
     }
 }

@@ -191,7 +191,7 @@ mod tests {
 
     fn subscribe(broadcaster: &Broadcaster, query: &[(&str, &str)]) -> mpsc::Receiver<String> {
         let query = query.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-        broadcaster.subscribe(Subscription::parse(&query).unwrap())
+        broadcaster.subscribe(Subscription::parse(&query, 4096).unwrap())
     }
 
     fn publish(broadcaster: &Broadcaster, events: &[(EventType, &str)], counters: &Counters) {
