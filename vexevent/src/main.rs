@@ -58,9 +58,12 @@ enum Command {
         /// Only events matching this filter expression (see README, "Filters").
         #[arg(long, value_name = "EXPR")]
         filter: Option<String>,
-        /// Token, when the stream requires one.
+        /// Token to present (when the stream has one of its own); default: the token file's.
         #[arg(long, env = "VEXEVENT_STREAM_TOKEN")]
         token: Option<String>,
+        /// The instance's token file (beside its stats file), read when no --token is given.
+        #[arg(long, value_name = "FILE", default_value_os_t = default_token_file())]
+        token_file: PathBuf,
         /// Print each event as JSON instead of one readable line.
         #[arg(long)]
         json: bool,
@@ -71,9 +74,13 @@ enum Command {
         /// The instance's control API address (`vexevent run --control-addr`).
         #[arg(long, value_name = "ADDR")]
         control_addr: Option<std::net::SocketAddr>,
-        /// Token, when the control API requires one.
+        /// Token to present (when the control API has one of its own); default: the token
+        /// file's.
         #[arg(long, env = "VEXEVENT_CONTROL_TOKEN")]
         token: Option<String>,
+        /// The instance's token file (beside its stats file), read when no --token is given.
+        #[arg(long, value_name = "FILE", default_value_os_t = default_token_file())]
+        token_file: PathBuf,
         /// Without --control-addr: the stats file naming the instance's pid.
         #[arg(long, default_value = DEFAULT_STATS_FILE)]
         stats_file: PathBuf,
@@ -175,6 +182,19 @@ struct RunArgs {
     stats_file: Option<PathBuf>,
 }
 
+/// Where `vexevent run` writes its token unless given another stats file: beside it.
+fn default_token_file() -> PathBuf {
+    std::path::Path::new(DEFAULT_STATS_FILE).with_file_name(http::TOKEN_FILE)
+}
+
+/// The token a client presents: the one given, else the token file's.
+fn client_token(token: Option<String>, token_file: &std::path::Path) -> anyhow::Result<String> {
+    match token {
+        Some(token) => Ok(token),
+        None => Ok(http::read_token_file(token_file)?.expose().to_owned()),
+    }
+}
+
 fn stream_token(text: &str) -> Result<Token, AuthError> {
     Token::new(http::STREAM_SERVER, http::STREAM_TOKEN_FLAG, text.to_owned())
 }
@@ -228,7 +248,9 @@ impl RunArgs {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VEXEVENT_LOG").unwrap_or_else(|_| "warn".into()),
+            // Every accepted and refused HTTP request is logged (`vexevent::http`).
+            tracing_subscriber::EnvFilter::try_from_env("VEXEVENT_LOG")
+                .unwrap_or_else(|_| "warn,vexevent::http=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -297,12 +319,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{settings:#?}");
             Ok(())
         }
-        Command::Reload { control_addr, token, stats_file } => match control_addr {
-            Some(addr) => reload::through_api(addr, token.as_deref()),
+        Command::Reload { control_addr, token, token_file, stats_file } => match control_addr {
+            Some(addr) => reload::through_api(addr, &client_token(token, &token_file)?),
             None => reload::with_signal(&stats_file),
         },
-        Command::Tail { addr, filter, token, json } => {
-            tail::follow(&addr, filter.as_deref(), token.as_deref(), json)
+        Command::Tail { addr, filter, token, token_file, json } => {
+            tail::follow(&addr, filter.as_deref(), &client_token(token, &token_file)?, json)
         }
         Command::Explain { config, filter } => {
             let mut config = match &config {

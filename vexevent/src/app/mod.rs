@@ -24,7 +24,7 @@ use crate::{
     capture::{Batch, DrainSettings, RingDrainer},
     config::{Config, Settings},
     correlate::Correlator,
-    http::{METRICS_PATH, RELOAD_PATH, STATS_PATH, STREAM_PATH, StreamServer, control},
+    http::{Keys, METRICS_PATH, RELOAD_PATH, STATS_PATH, STREAM_PATH, StreamServer, control},
     loader::{ProbeSettings, Probes, vexfs_mount_points},
     sinks::Sinks,
     telemetry::{Counters, StatsSnapshot},
@@ -47,6 +47,8 @@ pub enum AppError {
     Filter(Box<crate::filter::FilterError>),
     #[error(transparent)]
     Stream(#[from] crate::http::StreamError),
+    #[error(transparent)]
+    Auth(#[from] crate::http::AuthError),
     #[error("cannot start the {what}: {source}")]
     Start {
         what: &'static str,
@@ -91,9 +93,12 @@ pub fn run(settings: &Settings, config: Config, source: ConfigSource) -> Result<
     let correlator = Correlator::new(settings.correlate);
     let routing = Routing::new(settings).map_err(|e| AppError::Filter(Box::new(e)))?;
     let (reloads_tx, reloads_rx) = crossbeam_channel::bounded::<Switch>(1);
-    let stream = match settings.stream.addr {
-        Some(addr) => Some(StreamServer::start(addr, &settings.stream, Arc::clone(&counters))?),
-        None => None,
+    let keys = http_keys(settings)?;
+    let stream = match (settings.stream.addr, &keys) {
+        (Some(addr), Some(keys)) => {
+            Some(StreamServer::start(addr, &settings.stream, keys, Arc::clone(&counters))?)
+        }
+        _ => None,
     };
     let broadcaster = stream.as_ref().map(|s| Arc::clone(&s.broadcaster));
     let pipeline = {
@@ -115,17 +120,17 @@ pub fn run(settings: &Settings, config: Config, source: ConfigSource) -> Result<
         .enable_all()
         .build()
         .map_err(|source| AppError::Start { what: "signal runtime", source })?;
-    let control = match settings.control.addr {
-        Some(addr) => {
+    let control = match (settings.control.addr, &keys) {
+        (Some(addr), Some(keys)) => {
             let (bound, requests) = runtime
-                .block_on(control::start(addr, &settings.control, Arc::clone(&counters)))
+                .block_on(control::start(addr, &settings.control, keys, Arc::clone(&counters)))
                 .map_err(|source| AppError::Start { what: "control API", source })?;
             eprintln!(
                 "vexevent: control API at http://{bound}{RELOAD_PATH}, {STATS_PATH} and {METRICS_PATH}"
             );
             Some(requests)
         }
-        None => None,
+        _ => None,
     };
     // The handlers exist before "ready" is printed: a signal sent right after it must not find
     // the default action (which would end the process without draining).
@@ -160,6 +165,22 @@ pub fn run(settings: &Settings, config: Config, source: ConfigSource) -> Result<
         tracing::warn!(%error, "cannot write the stats file");
     }
     Ok(last)
+}
+
+/// The tokens of the HTTP servers, generated into files beside the stats file, when there is a
+/// server.
+fn http_keys(settings: &Settings) -> Result<Option<Keys>, AppError> {
+    if settings.stream.addr.is_none() && settings.control.addr.is_none() {
+        return Ok(None);
+    }
+    let dir = settings.stats_file.parent().unwrap_or(std::path::Path::new("."));
+    let keys = Keys::generate(dir, settings.control.metrics_gid()?)?;
+    eprintln!(
+        "vexevent: API token in {} (metrics token in {})",
+        keys.token_file.display(),
+        keys.metrics_token_file.display()
+    );
+    Ok(Some(keys))
 }
 
 /// What the probes need of the settings.

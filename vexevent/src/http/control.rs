@@ -16,7 +16,7 @@ use axum::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    auth::{AuthError, Token, bearer_token, require_token_for_remote},
+    auth::{AuthError, Keys, Token, bearer_token, require_token_for_remote, resolve_group},
     serve,
 };
 use crate::telemetry::{Counters, StatsSnapshot, prometheus_text};
@@ -37,8 +37,12 @@ pub struct ControlConfig {
     /// Address to serve `/api/v1/control/*` and `/metrics` on (e.g. "127.0.0.1:7879"); absent:
     /// no control API (SIGHUP still reloads). A non-loopback address needs `token`.
     pub addr: Option<SocketAddr>,
-    /// Token every request must present (`Authorization: Bearer <token>`).
+    /// Token every request must present (`Authorization: Bearer <token>`); absent: the token
+    /// generated at start (in the token file).
     pub token: Option<Token>,
+    /// Group (name or id) that may read the metrics token file, for a Prometheus server that
+    /// does not run as root; absent: root only.
+    pub metrics_group: Option<String>,
     /// Connections held at once; more are refused.
     pub max_connections: NonZeroUsize,
 }
@@ -46,15 +50,32 @@ pub struct ControlConfig {
 impl Default for ControlConfig {
     fn default() -> Self {
         // A few operators and a Prometheus server, with room to spare.
-        Self { addr: None, token: None, max_connections: NonZeroUsize::new(64).expect("non-zero") }
+        Self {
+            addr: None,
+            token: None,
+            metrics_group: None,
+            max_connections: NonZeroUsize::new(64).expect("non-zero"),
+        }
     }
 }
 
 impl ControlConfig {
-    /// What is wrong with it: a non-loopback address without a token.
+    /// What is wrong with it: a non-loopback address without a token, a metrics group that
+    /// does not exist.
     #[must_use]
     pub fn problem(&self) -> Option<AuthError> {
+        if let Err(error) = self.metrics_gid() {
+            return Some(error);
+        }
         require_token_for_remote(CONTROL_SERVER, CONTROL_TOKEN_FLAG, self.addr?, self.token.as_ref()).err()
+    }
+
+    /// The group that may read the metrics token, if one is configured.
+    ///
+    /// # Errors
+    /// When it is not a known group.
+    pub fn metrics_gid(&self) -> Result<Option<u32>, AuthError> {
+        self.metrics_group.as_deref().map(resolve_group).transpose()
     }
 }
 
@@ -68,13 +89,18 @@ pub enum ControlRequest {
 #[derive(Clone)]
 struct ControlState {
     requests: mpsc::Sender<ControlRequest>,
-    token: Option<Token>,
+    /// Admits to everything.
+    token: Token,
+    /// Admits to reading the counters.
+    metrics: Token,
 }
 
 impl ControlState {
-    fn authorized(&self, headers: &HeaderMap) -> bool {
-        let Some(token) = &self.token else { return true };
-        bearer_token(headers).is_some_and(|presented| token.matches(presented))
+    /// Whether the request may do everything (`read_only` false) or read the counters.
+    fn authorized(&self, headers: &HeaderMap, read_only: bool) -> bool {
+        bearer_token(headers).is_some_and(|presented| {
+            self.token.matches(presented) || (read_only && self.metrics.matches(presented))
+        })
     }
 
     /// Hands a request to the main loop and waits for its answer.
@@ -90,7 +116,7 @@ const UNAUTHORIZED: (StatusCode, &str) =
 const STOPPING: (StatusCode, &str) = (StatusCode::SERVICE_UNAVAILABLE, "vexevent is stopping\n");
 
 async fn reload(State(state): State<ControlState>, headers: HeaderMap) -> Response {
-    if !state.authorized(&headers) {
+    if !state.authorized(&headers, false) {
         return UNAUTHORIZED.into_response();
     }
     match state.ask(ControlRequest::Reload).await {
@@ -101,7 +127,7 @@ async fn reload(State(state): State<ControlState>, headers: HeaderMap) -> Respon
 }
 
 async fn stats(State(state): State<ControlState>, headers: HeaderMap) -> Response {
-    if !state.authorized(&headers) {
+    if !state.authorized(&headers, true) {
         return UNAUTHORIZED.into_response();
     }
     match state.ask(ControlRequest::Stats).await {
@@ -111,7 +137,7 @@ async fn stats(State(state): State<ControlState>, headers: HeaderMap) -> Respons
 }
 
 async fn metrics(State(state): State<ControlState>, headers: HeaderMap) -> Response {
-    if !state.authorized(&headers) {
+    if !state.authorized(&headers, true) {
         return UNAUTHORIZED.into_response();
     }
     let Some(snapshot) = state.ask(ControlRequest::Stats).await else { return STOPPING.into_response() };
@@ -122,14 +148,16 @@ async fn metrics(State(state): State<ControlState>, headers: HeaderMap) -> Respo
     }
 }
 
-/// Binds `addr` and serves the API on the current tokio runtime as `config` says (refusals
-/// counted in `counters`); requests arrive on the returned receiver.
+/// Binds `addr` and serves the API on the current tokio runtime as `config` says (with the
+/// generated `keys` unless it has a token of its own; refusals counted in `counters`); requests
+/// arrive on the returned receiver.
 ///
 /// # Errors
 /// When the address cannot be bound.
 pub async fn start(
     addr: SocketAddr,
     config: &ControlConfig,
+    keys: &Keys,
     counters: Arc<Counters>,
 ) -> std::io::Result<(SocketAddr, mpsc::Receiver<ControlRequest>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -139,7 +167,11 @@ pub async fn start(
         .route(RELOAD_PATH, post(reload))
         .route(STATS_PATH, get(stats))
         .route(METRICS_PATH, get(metrics))
-        .with_state(ControlState { requests, token: config.token.clone() });
+        .with_state(ControlState {
+            requests,
+            token: config.token.clone().unwrap_or_else(|| keys.token.clone()),
+            metrics: keys.metrics.clone(),
+        });
     let runtime = tokio::runtime::Handle::current();
     serve(&runtime, listener, app, CONTROL_SERVER, config.max_connections.get(), counters);
     Ok((bound, received))

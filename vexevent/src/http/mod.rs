@@ -1,5 +1,6 @@
 //! The HTTP edge: everything vexevent serves over HTTP (the live event stream, the control API
-//! with its Prometheus endpoint) and who may use it (bearer tokens).
+//! with its Prometheus endpoint), who may use it (bearer tokens, generated at start into files
+//! only root can read; no cross-site browser requests) and how much of it (limits).
 
 mod auth;
 pub mod control;
@@ -16,7 +17,7 @@ use crate::telemetry::Counters;
 use guard::Guard;
 use listener::{BoundedListener, Peer};
 
-pub use auth::{AuthError, Token};
+pub use auth::{AuthError, Keys, METRICS_TOKEN_FILE, TOKEN_FILE, Token, read_token_file};
 pub use control::{
     CONTROL_SERVER, CONTROL_TOKEN_FLAG, ControlConfig, ControlRequest, METRICS_PATH, RELOAD_PATH, STATS_PATH,
 };

@@ -25,7 +25,7 @@ pub use query::QueryError;
 pub use subscribers::Broadcaster;
 
 use super::{
-    auth::{AuthError, Token, bearer_token, require_token_for_remote},
+    auth::{AuthError, Keys, Token, bearer_token, require_token_for_remote},
     serve,
 };
 use crate::telemetry::Counters;
@@ -72,7 +72,8 @@ pub struct StreamConfig {
     /// Address to serve `/api/v1/semantic/events/stream` on (e.g. "127.0.0.1:7878"); absent:
     /// no stream. A non-loopback address needs `token`.
     pub addr: Option<SocketAddr>,
-    /// Token subscribers must present (`Authorization: Bearer <token>` or `?token=`).
+    /// Token subscribers must present (`Authorization: Bearer <token>` or `?token=`); absent:
+    /// the token generated at start (in the token file).
     pub token: Option<Token>,
     /// Connections held at once (subscribers and requests being answered); more are refused.
     pub max_connections: NonZeroUsize,
@@ -107,7 +108,7 @@ impl StreamConfig {
 #[derive(Clone)]
 struct ServerState {
     broadcaster: Arc<Broadcaster>,
-    token: Option<Token>,
+    token: Token,
     /// One permit per subscription, held until its connection ends.
     subscriptions: Arc<Semaphore>,
     max_subscribers: usize,
@@ -115,11 +116,10 @@ struct ServerState {
 }
 
 fn authorized(state: &ServerState, headers: &HeaderMap, query: &BTreeMap<String, String>) -> bool {
-    let Some(token) = &state.token else { return true };
     [bearer_token(headers), query.get("token").map(String::as_str)]
         .into_iter()
         .flatten()
-        .any(|presented| token.matches(presented))
+        .any(|presented| state.token.matches(presented))
 }
 
 async fn stream(
@@ -185,18 +185,20 @@ pub struct StreamServer {
 }
 
 impl StreamServer {
-    /// Starts serving on `addr` (its own runtime, two worker threads) as `config` says;
-    /// refusals are counted in `counters`.
+    /// Starts serving on `addr` (its own runtime, two worker threads) as `config` says, with
+    /// the generated `keys` unless it has a token of its own; refusals are counted in
+    /// `counters`.
     ///
     /// # Errors
     /// A non-loopback address without a token, or an address that cannot be bound.
     pub fn start(
         addr: SocketAddr,
         config: &StreamConfig,
+        keys: &Keys,
         counters: Arc<Counters>,
     ) -> Result<Self, StreamError> {
-        let token = config.token.clone();
-        require_token_for_remote(STREAM_SERVER, STREAM_TOKEN_FLAG, addr, token.as_ref())?;
+        require_token_for_remote(STREAM_SERVER, STREAM_TOKEN_FLAG, addr, config.token.as_ref())?;
+        let token = config.token.clone().unwrap_or_else(|| keys.token.clone());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("vexevent-stream")
