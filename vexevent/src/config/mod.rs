@@ -4,7 +4,9 @@
 
 mod outputs;
 
-pub use outputs::{DEFAULT_SINK, Outputs, RouteConfig, RoutingSection, SinkConfig, SinkType};
+pub use outputs::{
+    DEFAULT_FILE_MODE, DEFAULT_SINK, Outputs, RouteConfig, RoutingSection, SinkConfig, SinkType,
+};
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -211,11 +213,13 @@ pub struct OutputConfig {
     pub rotate_secs: u64,
     /// Rotated files to keep (`path.1` is the newest).
     pub keep: usize,
+    /// Permission bits of the file (TOML octal, e.g. `0o640`).
+    pub mode: u32,
 }
 
 impl Default for OutputConfig {
     fn default() -> Self {
-        Self { path: None, rotate_bytes: 0, rotate_secs: 0, keep: 5 }
+        Self { path: None, rotate_bytes: 0, rotate_secs: 0, keep: 5, mode: DEFAULT_FILE_MODE }
     }
 }
 

@@ -36,6 +36,10 @@ pub enum SinkError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "output file {path} is a symbolic link; outputs are not written through links (another user could plant one): give the real path"
+    )]
+    Symlink { path: PathBuf },
     #[error("cannot start the worker thread of sink {name}: {source}")]
     Thread {
         name: String,
@@ -62,9 +66,15 @@ pub enum Destination {
     File {
         path: PathBuf,
         rotation: Rotation,
+        /// Permission bits of the file (0600 unless configured).
+        mode: u32,
     },
     Webhook(WebhookSettings),
-    Socket(SocketAddress),
+    Socket {
+        address: SocketAddress,
+        /// How long connecting, and each write, may take.
+        timeout: std::time::Duration,
+    },
     /// Discards events (counted as delivered): benchmarks, or a route that only counts.
     Null,
 }
@@ -113,9 +123,13 @@ impl Sinks {
         for spec in specs {
             let destination: Box<dyn Deliver> = match &spec.destination {
                 Destination::Stdout => Box::new(JsonLinesSink::new(Box::new(std::io::stdout()))),
-                Destination::File { path, rotation } => Box::new(JsonLinesSink::open(path, *rotation)?),
+                Destination::File { path, rotation, mode } => {
+                    Box::new(JsonLinesSink::open(path, *rotation, *mode)?)
+                }
                 Destination::Webhook(settings) => Box::new(Webhook::new(settings.clone())),
-                Destination::Socket(address) => Box::new(SocketSink::new(address.clone())),
+                Destination::Socket { address, timeout } => {
+                    Box::new(SocketSink::new(address.clone(), *timeout))
+                }
                 Destination::Null => Box::new(Null),
             };
             let queue = Arc::new(SinkQueue::new(spec.queue, spec.when_full));
