@@ -102,7 +102,7 @@ impl Query {
         }
     }
 
-    fn url(&self, addr: &str) -> String {
+    fn url(&self, addr: &str, token: &str) -> String {
         let query = match self {
             Query::File { path, glob: false } => format!("path_pattern={}", encode(&path.to_string_lossy())),
             Query::File { path, glob: true } => {
@@ -111,7 +111,7 @@ impl Query {
             }
             Query::Mkdirs => "event_types=FilesystemMkdir".to_owned(),
         };
-        format!("ws://{addr}/api/v1/semantic/events/stream?{query}")
+        format!("ws://{addr}/api/v1/semantic/events/stream?token={token}&{query}")
     }
 }
 
@@ -254,6 +254,7 @@ fn run_step(runtime: &tokio::runtime::Runtime, n: usize, concurrency: usize, glo
         .iter()
         .find_map(|line| line.split("ws://").nth(1)?.split('/').next().map(str::to_owned))
         .expect("the stream address on stderr");
+    let token = vexevent.token();
     let queries: Vec<Query> = (0..n).map(|i| Query::of(i, &mount.path, glob)).collect();
     let counts: Vec<Arc<AtomicUsize>> = (0..n).map(|_| Arc::new(AtomicUsize::new(0))).collect();
 
@@ -269,7 +270,7 @@ fn run_step(runtime: &tokio::runtime::Runtime, n: usize, concurrency: usize, glo
         .zip(&counts)
         .map(|(query, count)| {
             runtime.spawn(subscriber(
-                query.url(&addr),
+                query.url(&addr, &token),
                 Arc::clone(&slots),
                 connected_tx.clone(),
                 Arc::clone(count),

@@ -151,8 +151,12 @@ fn agent() -> ureq::Agent {
     ureq::Agent::config_builder().http_status_as_error(false).build().into()
 }
 
-fn post_reload(url: &str) -> (u16, String) {
-    let mut response = agent().post(url).send("").expect("the control API answers");
+fn post_reload(url: &str, token: &str) -> (u16, String) {
+    let mut response = agent()
+        .post(url)
+        .header("authorization", format!("Bearer {token}"))
+        .send("")
+        .expect("the control API answers");
     (response.status().as_u16(), response.body_mut().read_to_string().unwrap())
 }
 
@@ -167,8 +171,12 @@ fn reload_command(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-fn get(url: &str) -> String {
-    let mut response = agent().get(url).call().expect("the control API answers");
+fn get(url: &str, token: &str) -> String {
+    let mut response = agent()
+        .get(url)
+        .header("authorization", format!("Bearer {token}"))
+        .call()
+        .expect("the control API answers");
     assert_eq!(response.status().as_u16(), 200, "{url}");
     response.body_mut().read_to_string().unwrap()
 }
@@ -237,6 +245,7 @@ fn reloading_routes_under_load_loses_and_duplicates_nothing() {
 
     let load = MkdirLoad::start(&mount.path);
     let stats_file = vexevent.stats_file.to_str().unwrap().to_owned();
+    let (token, token_file) = (vexevent.token(), vexevent.token_file().to_str().unwrap().to_owned());
     for round in 0..8 {
         let target = if round % 2 == 0 { "second" } else { "first" };
         std::fs::write(&config, everything_to(out.path(), target)).unwrap();
@@ -244,12 +253,13 @@ fn reloading_routes_under_load_loses_and_duplicates_nothing() {
         match round % 4 {
             0 => vexevent.signal(libc::SIGHUP),
             1 => {
-                let (status, body) = post_reload(&format!("http://{control}/api/v1/control/reload"));
+                let (status, body) = post_reload(&format!("http://{control}/api/v1/control/reload"), &token);
                 assert_eq!(status, 200, "{body}");
                 assert!(body.contains("reloaded: 1 route(s)"), "{body}");
             }
             2 => {
-                let (ok, stdout, stderr) = reload_command(&["--control-addr", &control]);
+                let (ok, stdout, stderr) =
+                    reload_command(&["--control-addr", &control, "--token-file", &token_file]);
                 assert!(ok && stdout.contains("reloaded: 1 route(s)"), "{stdout} {stderr}");
             }
             _ => {
@@ -262,17 +272,17 @@ fn reloading_routes_under_load_loses_and_duplicates_nothing() {
     }
     // A configuration that does not compile is refused; the running routes stay.
     std::fs::write(&config, everything_to(out.path(), "nowhere")).unwrap();
-    let (status, body) = post_reload(&format!("http://{control}/api/v1/control/reload"));
+    let (status, body) = post_reload(&format!("http://{control}/api/v1/control/reload"), &token);
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("reload refused") && body.contains("\"nowhere\""), "{body}");
-    let (ok, _, stderr) = reload_command(&["--control-addr", &control]);
+    let (ok, _, stderr) = reload_command(&["--control-addr", &control, "--token-file", &token_file]);
     assert!(!ok && stderr.contains("reload refused"), "{stderr}");
     let made = load.finish();
     // The same counters through the control API: JSON stats and Prometheus metrics.
     let snapshot: Value =
-        serde_json::from_str(&get(&format!("http://{control}/api/v1/control/stats"))).unwrap();
+        serde_json::from_str(&get(&format!("http://{control}/api/v1/control/stats"), &token)).unwrap();
     assert!(snapshot["sinks"]["first"]["delivered"].as_u64().unwrap() > 0, "{snapshot}");
-    let metrics = get(&format!("http://{control}/metrics"));
+    let metrics = get(&format!("http://{control}/metrics"), &token);
     for family in [
         r#"vexevent_sink_delivered_total{sink="second"}"#,
         r#"vexevent_route_matched_total{route="everything"}"#,

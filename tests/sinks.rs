@@ -74,8 +74,16 @@ fn lines_through_socket(
     accept: impl FnOnce() -> Box<dyn std::io::Read>,
 ) -> Vec<String> {
     let counters = Arc::new(Counters::default());
-    let sinks =
-        Sinks::start(&[spec("tool", Destination::Socket(address), 100, WhenFull::Block)], &counters).unwrap();
+    let sinks = Sinks::start(
+        &[spec(
+            "tool",
+            Destination::Socket { address, timeout: Duration::from_secs(5) },
+            100,
+            WhenFull::Block,
+        )],
+        &counters,
+    )
+    .unwrap();
     for n in 0..20 {
         sinks.offer(0, [item(n)], &counters);
     }
@@ -103,9 +111,16 @@ fn a_sink_that_stays_down_counts_every_event_it_could_not_deliver() {
     let dir = tempfile::tempdir().unwrap();
     let address = SocketAddress::Unix(dir.path().join("nobody-listens.sock"));
     let counters = Arc::new(Counters::default());
-    let sinks =
-        Sinks::start(&[spec("down", Destination::Socket(address), 4, WhenFull::DropNewest)], &counters)
-            .unwrap();
+    let sinks = Sinks::start(
+        &[spec(
+            "down",
+            Destination::Socket { address, timeout: Duration::from_secs(5) },
+            4,
+            WhenFull::DropNewest,
+        )],
+        &counters,
+    )
+    .unwrap();
     for n in 0..50 {
         sinks.offer(0, [item(n)], &counters);
     }

@@ -23,8 +23,8 @@ fn encode(value: &str) -> String {
         .collect()
 }
 
-async fn subscribe(addr: &str, query: &str) -> Socket {
-    let url = format!("ws://{addr}/api/v1/semantic/events/stream?{query}");
+async fn subscribe(addr: &str, token: &str, query: &str) -> Socket {
+    let url = format!("ws://{addr}/api/v1/semantic/events/stream?token={token}&{query}");
     tokio_tungstenite::connect_async(url).await.expect("connect to the stream").0
 }
 
@@ -64,15 +64,17 @@ fn subscribers_get_exactly_their_events_and_slow_ones_get_gap_notices() {
         .expect("the stream address on stderr");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let files_glob = format!("{}/f*", mount.path.display());
+    let token = vexevent.token();
     let (mut mkdirs, mut files, mut slow) = runtime.block_on(async {
         (
-            subscribe(&addr, "event_types=FilesystemMkdir").await,
+            subscribe(&addr, &token, "event_types=FilesystemMkdir").await,
             subscribe(
                 &addr,
+                &token,
                 &format!("categories=filesystem&filter={}", encode(&format!("path glob {files_glob:?}"))),
             )
             .await,
-            subscribe(&addr, "buffer=1").await,
+            subscribe(&addr, &token, "buffer=1").await,
         )
     });
 

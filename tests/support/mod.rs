@@ -107,6 +107,16 @@ impl Vexevent {
         }
     }
 
+    /// The token file vexevent writes beside its stats file.
+    pub fn token_file(&self) -> PathBuf {
+        self.stats_file.with_file_name("token")
+    }
+
+    /// The token its HTTP servers take (from its token file).
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.token_file()).expect("the token file").trim_end().to_owned()
+    }
+
     /// Pid of the vexevent process.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -3,7 +3,7 @@
 //! Data flows one way: `loader` attaches the probes, `capture` drains their ring buffers,
 //! `translate` turns records into [`event::SemanticEvent`]s, `correlate` joins the boundaries of
 //! one operation (syscall and FUSE requests), `filter` keeps what was asked for, `route` picks
-//! the outputs, `sinks` deliver to them; `telemetry`
+//! the outputs, `sinks` deliver to them, `http` serves the live stream and the control API; `telemetry`
 //! counts everything that does not make it; `app` wires the stages; `config` feeds them.
 
 pub mod app;
@@ -13,6 +13,7 @@ pub mod correlate;
 pub mod event;
 pub mod expr;
 pub mod filter;
+pub mod http;
 pub mod loader;
 pub mod pipeline;
 pub mod route;

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use vexevent::{
     app,
     config::{Config, ConfigError, DEFAULT_STATS_FILE},
+    http::{self, AuthError, Token},
     loader::SyscallHooks,
 };
 
@@ -56,9 +57,12 @@ enum Command {
         /// Only events matching this filter expression (see README, "Filters").
         #[arg(long, value_name = "EXPR")]
         filter: Option<String>,
-        /// Token, when the stream requires one.
+        /// Token to present (when the stream has one of its own); default: the token file's.
         #[arg(long, env = "VEXEVENT_STREAM_TOKEN")]
         token: Option<String>,
+        /// The instance's token file (beside its stats file), read when no --token is given.
+        #[arg(long, value_name = "FILE", default_value_os_t = default_token_file())]
+        token_file: PathBuf,
         /// Print each event as JSON instead of one readable line.
         #[arg(long)]
         json: bool,
@@ -69,9 +73,13 @@ enum Command {
         /// The instance's control API address (`vexevent run --control-addr`).
         #[arg(long, value_name = "ADDR")]
         control_addr: Option<std::net::SocketAddr>,
-        /// Token, when the control API requires one.
+        /// Token to present (when the control API has one of its own); default: the token
+        /// file's.
         #[arg(long, env = "VEXEVENT_CONTROL_TOKEN")]
         token: Option<String>,
+        /// The instance's token file (beside its stats file), read when no --token is given.
+        #[arg(long, value_name = "FILE", default_value_os_t = default_token_file())]
+        token_file: PathBuf,
         /// Without --control-addr: the stats file naming the instance's pid.
         #[arg(long, default_value = DEFAULT_STATS_FILE)]
         stats_file: PathBuf,
@@ -159,18 +167,39 @@ struct RunArgs {
     #[arg(long, value_name = "ADDR")]
     stream_addr: Option<std::net::SocketAddr>,
     /// Token stream subscribers must present (required for a non-loopback --stream-addr).
-    #[arg(long, env = "VEXEVENT_STREAM_TOKEN", value_name = "TOKEN")]
-    stream_token: Option<String>,
+    #[arg(long, env = "VEXEVENT_STREAM_TOKEN", value_name = "TOKEN", value_parser = stream_token)]
+    stream_token: Option<Token>,
     /// Serve the control API (reload, stats, Prometheus /metrics) on this address, e.g.
     /// 127.0.0.1:7879.
     #[arg(long, value_name = "ADDR")]
     control_addr: Option<std::net::SocketAddr>,
     /// Token control API requests must present (required for a non-loopback --control-addr).
-    #[arg(long, env = "VEXEVENT_CONTROL_TOKEN", value_name = "TOKEN")]
-    control_token: Option<String>,
+    #[arg(long, env = "VEXEVENT_CONTROL_TOKEN", value_name = "TOKEN", value_parser = control_token)]
+    control_token: Option<Token>,
     /// File to keep current stats in, for `vexevent stats`.
     #[arg(long, value_name = "FILE")]
     stats_file: Option<PathBuf>,
+}
+
+/// Where `vexevent run` writes its token unless given another stats file: beside it.
+fn default_token_file() -> PathBuf {
+    std::path::Path::new(DEFAULT_STATS_FILE).with_file_name(http::TOKEN_FILE)
+}
+
+/// The token a client presents: the one given, else the token file's.
+fn client_token(token: Option<String>, token_file: &std::path::Path) -> anyhow::Result<String> {
+    match token {
+        Some(token) => Ok(token),
+        None => Ok(http::read_token_file(token_file)?.expose().to_owned()),
+    }
+}
+
+fn stream_token(text: &str) -> Result<Token, AuthError> {
+    Token::new(http::STREAM_SERVER, http::STREAM_TOKEN_FLAG, text.to_owned())
+}
+
+fn control_token(text: &str) -> Result<Token, AuthError> {
+    Token::new(http::CONTROL_SERVER, http::CONTROL_TOKEN_FLAG, text.to_owned())
 }
 
 impl RunArgs {
@@ -218,7 +247,9 @@ impl RunArgs {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VEXEVENT_LOG").unwrap_or_else(|_| "warn".into()),
+            // Every accepted and refused HTTP request is logged (`vexevent::http`).
+            tracing_subscriber::EnvFilter::try_from_env("VEXEVENT_LOG")
+                .unwrap_or_else(|_| "warn,vexevent::http=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -289,12 +320,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{settings:#?}");
             Ok(())
         }
-        Command::Reload { control_addr, token, stats_file } => match control_addr {
-            Some(addr) => commands::reload::through_api(addr, token.as_deref()),
+        Command::Reload { control_addr, token, token_file, stats_file } => match control_addr {
+            Some(addr) => commands::reload::through_api(addr, &client_token(token, &token_file)?),
             None => commands::reload::with_signal(&stats_file),
         },
-        Command::Tail { addr, filter, token, json } => {
-            commands::tail::follow(&addr, filter.as_deref(), token.as_deref(), json)
+        Command::Tail { addr, filter, token, token_file, json } => {
+            commands::tail::follow(&addr, filter.as_deref(), &client_token(token, &token_file)?, json)
         }
         Command::Explain { config, filter } => {
             let mut config = match &config {

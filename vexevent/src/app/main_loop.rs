@@ -6,12 +6,10 @@ use std::{cell::RefCell, time::Duration};
 use crossbeam_channel::{RecvTimeoutError, SendTimeoutError, Sender};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-use super::{
-    AppError, ConfigSource, Notice, Notify, ReloadError, Reloaded, control::ControlRequest, reload,
-    write_stats_file,
-};
+use super::{AppError, ConfigSource, Notice, Notify, ReloadError, Reloaded, reload, write_stats_file};
 use crate::{
     config::{Config, Settings},
+    http::ControlRequest,
     loader::Probes,
     pipeline::Reconfigure,
     telemetry::StatsSnapshot,

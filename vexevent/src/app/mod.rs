@@ -2,14 +2,12 @@
 //! filter, route) -> sink workers and the live stream; signals, the control API, reloads,
 //! periodic stats and an orderly drain on shutdown.
 
-mod control;
 mod main_loop;
 mod notice;
 mod reload;
 mod stages;
 mod stats_file;
 
-pub use control::{METRICS_PATH, RELOAD_PATH, STATS_PATH};
 pub use notice::{Notice, Notify};
 pub use reload::{ConfigSource, ReloadError, Reloaded, Routing};
 pub use stages::{STAGES, build_pipeline, stage_graph};
@@ -28,9 +26,10 @@ use std::{
 use crate::{
     capture::{Batch, RingDrainer},
     config::{Config, Settings},
+    http::{Keys, StreamServer, control},
     loader::{Probes, vexfs_mount_points},
     pipeline::Reconfigure,
-    sinks::{Sinks, StreamServer},
+    sinks::Sinks,
     telemetry::{Counters, StatsSnapshot},
     translate::{KernelSource, TranslateOptions, Translator, VexfsRoots},
 };
@@ -49,7 +48,9 @@ pub enum AppError {
     #[error(transparent)]
     Filter(Box<crate::expr::FilterError>),
     #[error(transparent)]
-    Stream(#[from] crate::sinks::StreamError),
+    Stream(#[from] crate::http::StreamError),
+    #[error(transparent)]
+    Auth(#[from] crate::http::AuthError),
     #[error("cannot start the {what}: {source}")]
     Start {
         what: &'static str,
@@ -101,9 +102,12 @@ pub fn run(
     };
     let kernel = KernelSource::new(batches_rx, translator(settings, &probes), Arc::clone(&counters));
     let (reloads_tx, reloads_rx) = crossbeam_channel::bounded::<Reconfigure>(1);
-    let stream = match settings.stream.addr {
-        Some(addr) => Some(StreamServer::start(addr, settings.stream.token.clone())?),
-        None => None,
+    let keys = http_keys(settings, notify)?;
+    let stream = match (settings.stream.addr, &keys) {
+        (Some(addr), Some(keys)) => {
+            Some(StreamServer::start(addr, &settings.stream, keys, Arc::clone(&counters))?)
+        }
+        _ => None,
     };
     let broadcaster = stream.as_ref().map(|s| Arc::clone(&s.broadcaster));
     let pipeline = build_pipeline(Box::new(kernel), settings, sinks, broadcaster, &counters)?;
@@ -120,15 +124,15 @@ pub fn run(
         .enable_all()
         .build()
         .map_err(|source| AppError::Start { what: "signal runtime", source })?;
-    let control = match settings.control.addr {
-        Some(addr) => {
+    let control = match (settings.control.addr, &keys) {
+        (Some(addr), Some(keys)) => {
             let (bound, requests) = runtime
-                .block_on(control::start(addr, settings.control.token.clone()))
+                .block_on(control::start(addr, &settings.control, keys, Arc::clone(&counters)))
                 .map_err(|source| AppError::Start { what: "control API", source })?;
             notify(Notice::ControlApi(bound));
             Some(requests)
         }
-        None => None,
+        _ => None,
     };
     // The handlers exist before "ready" is printed: a signal sent right after it must not find
     // the default action (which would end the process without draining).
@@ -172,6 +176,18 @@ pub fn run(
         tracing::warn!(%error, "cannot write the stats file");
     }
     Ok(last)
+}
+
+/// The tokens of the HTTP servers, generated into files beside the stats file, when there is a
+/// server.
+fn http_keys(settings: &Settings, notify: Notify<'_>) -> Result<Option<Keys>, AppError> {
+    if settings.stream.addr.is_none() && settings.control.addr.is_none() {
+        return Ok(None);
+    }
+    let dir = settings.stats_file.parent().unwrap_or(std::path::Path::new("."));
+    let keys = Keys::generate(dir, settings.control.metrics_gid()?)?;
+    notify(Notice::Tokens { token_file: &keys.token_file, metrics_token_file: &keys.metrics_token_file });
+    Ok(Some(keys))
 }
 
 /// The translate stage, knowing the watched FUSE mounts, where `VexFS` lives, and what processes

@@ -1,7 +1,7 @@
 //! What `vexevent run` tells its user while it runs, as typed notices: the library prints
 //! nothing; the binary decides how each notice reads (and tests and scripts wait for its lines).
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::Path};
 
 use super::{ReloadError, Reloaded};
 use crate::{
@@ -14,6 +14,8 @@ pub enum Notice<'a> {
     /// The probes are loaded: the hooks (attached, or why not), how many syscalls are traced,
     /// the FUSE mounts being followed.
     Attached { hooks: &'a [HookReport], traced_syscalls: usize, fuse_mounts: &'a [FuseMount] },
+    /// The HTTP servers' tokens were written to these files.
+    Tokens { token_file: &'a Path, metrics_token_file: &'a Path },
     /// The control API listens here.
     ControlApi(SocketAddr),
     /// The live stream listens here.

@@ -8,9 +8,10 @@ use crate::{
     config::Settings,
     correlate::CorrelateStage,
     filter::FilterStage,
+    http::{Broadcaster, StreamStage},
     pipeline::{Pipeline, Sequencer, Source},
     route::RouteStage,
-    sinks::{Broadcaster, Sinks, StreamStage},
+    sinks::Sinks,
     telemetry::Counters,
 };
 

@@ -4,15 +4,13 @@
 use std::{net::SocketAddr, path::Path};
 
 use anyhow::{Context as _, bail};
-use vexevent::app::{RELOAD_PATH, read_stats_file};
+use vexevent::{app::read_stats_file, http::RELOAD_PATH};
 
 /// Reloads through the control API at `addr`; fails with the instance's answer when refused.
-pub fn through_api(addr: SocketAddr, token: Option<&str>) -> anyhow::Result<()> {
+pub fn through_api(addr: SocketAddr, token: &str) -> anyhow::Result<()> {
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let mut request = agent.post(format!("http://{addr}{RELOAD_PATH}"));
-    if let Some(token) = token {
-        request = request.header("authorization", format!("Bearer {token}"));
-    }
+    let request =
+        agent.post(format!("http://{addr}{RELOAD_PATH}")).header("authorization", format!("Bearer {token}"));
     let mut response = request.send("").with_context(|| {
         format!("cannot reach the control API at {addr} (is vexevent running with --control-addr {addr}?)")
     })?;

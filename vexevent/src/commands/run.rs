@@ -2,8 +2,8 @@
 //! scripts and tests read on stderr.
 
 use vexevent::{
-    app::{METRICS_PATH, Notice, RELOAD_PATH, STATS_PATH},
-    sinks::STREAM_PATH,
+    app::Notice,
+    http::{METRICS_PATH, RELOAD_PATH, STATS_PATH, STREAM_PATH},
 };
 
 /// Prints a notice on stderr.
@@ -27,6 +27,11 @@ pub fn print_notice(notice: Notice<'_>) {
                 }
             }
         }
+        Notice::Tokens { token_file, metrics_token_file } => eprintln!(
+            "vexevent: API token in {} (metrics token in {})",
+            token_file.display(),
+            metrics_token_file.display()
+        ),
         Notice::ControlApi(addr) => {
             eprintln!("vexevent: control API at http://{addr}{RELOAD_PATH}, {STATS_PATH} and {METRICS_PATH}");
         }

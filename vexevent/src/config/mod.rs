@@ -4,13 +4,17 @@
 
 mod outputs;
 
-pub use outputs::{DEFAULT_SINK, Outputs, RouteConfig, RoutingSection, SinkConfig, SinkType};
+pub use outputs::{
+    DEFAULT_FILE_MODE, DEFAULT_SINK, Outputs, RouteConfig, RoutingSection, SinkConfig, SinkType,
+};
 
 use std::{
     collections::{BTreeMap, HashSet},
     os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
 };
+
+use std::io::Read as _;
 
 use serde::Deserialize;
 use vexevent_common::{OpKind, PREFIX_KEY_BYTES};
@@ -21,9 +25,9 @@ use crate::{
     event::WatchScope,
     expr::{Filter, FilterError, parse_macros},
     filter::{FilterConfig, KernelPart, pushdown},
+    http::{AuthError, ControlConfig, StreamConfig},
     loader::{ProbeSettings, SyscallHooks},
     route::Router,
-    sinks::{STREAM_SERVER, STREAM_TOKEN_FLAG, StreamError, require_token_for_remote},
 };
 
 /// Operation types a user can select (the rest only keep path state right).
@@ -62,20 +66,9 @@ pub struct Config {
     pub sinks: BTreeMap<String, SinkConfig>,
     pub routes: Vec<RouteConfig>,
     pub routing: RoutingSection,
-    pub stream: StreamSection,
-    pub control: ControlSection,
+    pub stream: StreamConfig,
+    pub control: ControlConfig,
     pub stats: StatsConfig,
-}
-
-/// `[control]`: the control API (reload, stats) over HTTP.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ControlSection {
-    /// Address to serve `/api/v1/control/*` on (e.g. "127.0.0.1:7879"); absent: no control API
-    /// (SIGHUP still reloads). A non-loopback address needs `token`.
-    pub addr: Option<std::net::SocketAddr>,
-    /// Token every request must present (`Authorization: Bearer <token>`).
-    pub token: Option<String>,
 }
 
 /// `[vexfs]`: where `VexFS` semantics apply besides detected `VexFS` mounts.
@@ -174,23 +167,14 @@ pub struct OutputConfig {
     pub rotate_secs: u64,
     /// Rotated files to keep (`path.1` is the newest).
     pub keep: usize,
+    /// Permission bits of the file (TOML octal, e.g. `0o640`).
+    pub mode: u32,
 }
 
 impl Default for OutputConfig {
     fn default() -> Self {
-        Self { path: None, rotate_bytes: 0, rotate_secs: 0, keep: 5 }
+        Self { path: None, rotate_bytes: 0, rotate_secs: 0, keep: 5, mode: DEFAULT_FILE_MODE }
     }
-}
-
-/// `[stream]`: the live WebSocket stream (`vexevent tail` and other subscribers).
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct StreamSection {
-    /// Address to serve `/api/v1/semantic/events/stream` on (e.g. "127.0.0.1:7878"); absent:
-    /// no stream. A non-loopback address needs `token`.
-    pub addr: Option<std::net::SocketAddr>,
-    /// Token subscribers must present (`Authorization: Bearer <token>` or `?token=`).
-    pub token: Option<String>,
 }
 
 /// `[stats]`: counters reporting.
@@ -209,6 +193,9 @@ impl Default for StatsConfig {
     }
 }
 
+/// Largest configuration file read, in bytes (a real one is a few KiB).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 /// Where `vexevent run` keeps its stats unless told otherwise.
 pub const DEFAULT_STATS_FILE: &str = "/run/vexevent/stats.json";
 
@@ -221,6 +208,8 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    #[error("config file {path} is larger than {limit} bytes; a configuration is a few KiB")]
+    TooLarge { path: PathBuf, limit: u64 },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("watch path {path} does not exist or is not accessible ({source}); create it or fix the path")]
@@ -246,7 +235,7 @@ pub enum ConfigError {
     #[error(transparent)]
     Filter(#[from] FilterError),
     #[error(transparent)]
-    Stream(#[from] StreamError),
+    Access(#[from] AuthError),
     #[error("sinks.{name}: {message}")]
     Sink { name: String, message: String },
     #[error("{what}: {message}")]
@@ -278,8 +267,8 @@ pub struct Settings {
     pub vexfs_paths: Vec<Vec<u8>>,
     /// Sinks, routes, unmatched outputs.
     pub outputs: Outputs,
-    pub stream: StreamSection,
-    pub control: ControlSection,
+    pub stream: StreamConfig,
+    pub control: ControlConfig,
     pub stats_interval: Option<std::time::Duration>,
     pub stats_file: PathBuf,
 }
@@ -302,8 +291,14 @@ impl Config {
     /// # Errors
     /// When the file cannot be read or is not valid (unknown keys included).
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let read = |source| ConfigError::Read { path: path.to_owned(), source };
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|file| std::io::Read::take(file, MAX_CONFIG_BYTES + 1).read_to_string(&mut text))
+            .map_err(read)?;
+        if text.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(ConfigError::TooLarge { path: path.to_owned(), limit: MAX_CONFIG_BYTES });
+        }
         Self::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })
     }
 
@@ -338,30 +333,8 @@ impl Config {
         if !self.fuse.daemon_functions.is_empty() && self.fuse.daemon_binary.is_none() {
             problems.push(ConfigError::DaemonBinaryMissing);
         }
-        if let Some(addr) = self.stream.addr {
-            problems.extend(
-                require_token_for_remote(
-                    STREAM_SERVER,
-                    STREAM_TOKEN_FLAG,
-                    addr,
-                    self.stream.token.as_deref(),
-                )
-                .err()
-                .map(ConfigError::Stream),
-            );
-        }
-        if let Some(addr) = self.control.addr {
-            problems.extend(
-                require_token_for_remote(
-                    "control API",
-                    "--control-token",
-                    addr,
-                    self.control.token.as_deref(),
-                )
-                .err()
-                .map(ConfigError::Stream),
-            );
-        }
+        problems.extend(self.stream.problem().map(ConfigError::Access));
+        problems.extend(self.control.problem().map(ConfigError::Access));
         if let Err(errors) = self.outputs() {
             problems.extend(errors);
         }
@@ -515,6 +488,20 @@ mod tests {
         let error = Config::from_toml("[capture]\nwatchh = [\"/tmp\"]\n").unwrap_err();
         assert!(error.contains("line 2"), "{error}");
         assert!(error.contains("unknown field `watchh`"), "{error}");
+    }
+
+    #[test]
+    fn an_oversized_or_deeply_nested_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.toml");
+        std::fs::write(&path, format!("# {}\n", "x".repeat(usize::try_from(MAX_CONFIG_BYTES).unwrap())))
+            .unwrap();
+        let error = Config::from_file(&path).unwrap_err();
+        assert!(matches!(error, ConfigError::TooLarge { .. }), "{error}");
+        assert!(error.to_string().contains("larger than 1048576 bytes"), "{error}");
+        // Nesting in TOML itself: the parser's own recursion limit answers with an error.
+        let nested = format!("a = {}1{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(Config::from_toml(&nested).is_err());
     }
 
     #[test]

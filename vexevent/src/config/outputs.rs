@@ -65,12 +65,14 @@ pub struct SinkConfig {
     pub rotate_secs: u64,
     /// `file`: rotated files kept.
     pub keep: Option<usize>,
+    /// `file`: permission bits of the file (TOML octal, e.g. `0o640`); default 0o600.
+    pub mode: Option<u32>,
     /// `webhook`: the `http://` or `https://` URL to POST batches to.
     pub url: Option<String>,
     /// `webhook`: extra request headers.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// `webhook`: whole-request timeout, in milliseconds.
+    /// `webhook`: whole-request timeout; `socket`: connect and write timeout; in milliseconds.
     pub timeout_ms: Option<u64>,
     /// `socket`: `unix:/path` or `tcp:host:port` to connect to.
     pub address: Option<String>,
@@ -92,6 +94,7 @@ impl Default for SinkConfig {
             rotate_bytes: 0,
             rotate_secs: 0,
             keep: None,
+            mode: None,
             url: None,
             headers: BTreeMap::new(),
             timeout_ms: None,
@@ -110,7 +113,9 @@ const fn default_retry_max_ms() -> u64 {
     10_000
 }
 const DEFAULT_KEEP: usize = 5;
-const DEFAULT_WEBHOOK_TIMEOUT_MS: u64 = 5_000;
+/// Events are every user's file activity: readable by root only unless configured.
+pub const DEFAULT_FILE_MODE: u32 = 0o600;
+const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 
 /// `[[routes]]`: a match expression and the sinks its events go to.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -159,9 +164,10 @@ impl SinkConfig {
             ("rotate_bytes", self.rotate_bytes > 0 && !file),
             ("rotate_secs", self.rotate_secs > 0 && !file),
             ("keep", self.keep.is_some() && !file),
+            ("mode", self.mode.is_some() && !file),
             ("url", self.url.is_some() && !webhook),
             ("headers", !self.headers.is_empty() && !webhook),
-            ("timeout_ms", self.timeout_ms.is_some() && !webhook),
+            ("timeout_ms", self.timeout_ms.is_some() && !webhook && self.kind != SinkType::Socket),
             ("address", self.address.is_some() && self.kind != SinkType::Socket),
         ]
         .into_iter()
@@ -192,13 +198,14 @@ impl SinkConfig {
                         self.rotate_secs,
                         self.keep.unwrap_or(DEFAULT_KEEP),
                     ),
+                    mode: self.mode.unwrap_or(DEFAULT_FILE_MODE),
                 })
             }
             SinkType::Webhook => match &self.url {
                 Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
                     Some(Destination::Webhook(WebhookSettings {
                         url: url.clone(),
-                        timeout: Duration::from_millis(self.timeout_ms.unwrap_or(DEFAULT_WEBHOOK_TIMEOUT_MS)),
+                        timeout: Duration::from_millis(self.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS)),
                         headers: self.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                     }))
                 }
@@ -212,7 +219,10 @@ impl SinkConfig {
                 }
             },
             SinkType::Socket => match self.address.as_deref().map(str::parse::<SocketAddress>) {
-                Some(Ok(address)) => Some(Destination::Socket(address)),
+                Some(Ok(address)) => Some(Destination::Socket {
+                    address,
+                    timeout: Duration::from_millis(self.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS)),
+                }),
                 Some(Err(message)) => {
                     problems.push(problem(message));
                     None
@@ -223,6 +233,9 @@ impl SinkConfig {
                 }
             },
         };
+        if let Some(mode) = self.mode.filter(|mode| *mode > 0o777) {
+            problems.push(problem(format!("`mode` {mode:#o} is not permission bits (0o000 to 0o777)")));
+        }
         for (field, value) in [("queue", self.queue), ("batch_events", self.batch_events.unwrap_or(1))] {
             if value == 0 {
                 problems.push(problem(format!("`{field}` must be at least 1")));
@@ -269,6 +282,7 @@ fn default_sink(output: &OutputConfig) -> Result<SinkSpec, Vec<ConfigError>> {
             rotate_bytes: output.rotate_bytes,
             rotate_secs: output.rotate_secs,
             keep: Some(output.keep),
+            mode: Some(output.mode),
             ..SinkConfig::default()
         },
         // Rotation means nothing on stdout: `[output]` ignores it there.

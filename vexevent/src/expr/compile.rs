@@ -29,7 +29,13 @@ pub enum CompileError {
     UnknownMacro { name: String },
     #[error("macro `@{name}` refers to itself")]
     RecursiveMacro { name: String },
+    #[error("macro `@{name}` is expanded inside {limit} other macros; at most {limit} may nest")]
+    MacroNesting { name: String, limit: usize },
 }
+
+/// How deep macros may expand inside each other: each level may nest `MAX_NESTING` deep itself,
+/// and compiling recurses once per level of both.
+const MAX_MACRO_NESTING: usize = 16;
 
 /// What a field yields for one event.
 enum Field {
@@ -225,6 +231,9 @@ fn compile_in(
                 return Err(CompileError::RecursiveMacro { name: name.clone() });
             }
             let body = macros.get(name).ok_or_else(|| CompileError::UnknownMacro { name: name.clone() })?;
+            if expanding.len() == MAX_MACRO_NESTING {
+                return Err(CompileError::MacroNesting { name: name.clone(), limit: MAX_MACRO_NESTING });
+            }
             expanding.push(name.clone());
             let compiled = compile_in(body, macros, expanding)?;
             expanding.pop();

@@ -13,6 +13,14 @@
 
 use std::fmt;
 
+/// Longest filter text accepted, in bytes: far beyond any written by hand, small enough that
+/// parsing and compiling it stays cheap (the stream's `filter=` comes from any local client).
+pub const MAX_FILTER_BYTES: usize = 64 * 1024;
+
+/// Deepest nesting of parentheses and `not` accepted: the parser and the compiler recurse once
+/// per level, and a thread's stack must not be what limits them.
+pub const MAX_NESTING: usize = 64;
+
 /// A parsed filter expression.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Expr {
@@ -197,6 +205,8 @@ fn lex(source: &str) -> Result<Vec<Spanned>, ParseError> {
 struct Parser {
     tokens: Vec<Spanned>,
     position: usize,
+    /// Parentheses and `not`s open around the current token.
+    depth: usize,
 }
 
 impl Parser {
@@ -213,6 +223,27 @@ impl Parser {
     fn error_here(&self, expected: &str) -> ParseError {
         let (token, line, column) = &self.tokens[self.position.min(self.tokens.len() - 1)];
         ParseError { line: *line, column: *column, message: format!("expected {expected}, found {token}") }
+    }
+
+    /// Parses one level deeper (inside `(` or after `not`), refusing to go past `MAX_NESTING`.
+    fn nested(
+        &mut self,
+        parse: impl FnOnce(&mut Self) -> Result<Expr, ParseError>,
+    ) -> Result<Expr, ParseError> {
+        if self.depth == MAX_NESTING {
+            let (_, line, column) = &self.tokens[self.position.min(self.tokens.len() - 1)];
+            return Err(ParseError {
+                line: *line,
+                column: *column,
+                message: format!(
+                    "parentheses and `not` nest more than {MAX_NESTING} deep; at most {MAX_NESTING} levels are allowed"
+                ),
+            });
+        }
+        self.depth += 1;
+        let parsed = parse(self);
+        self.depth -= 1;
+        parsed
     }
 
     fn is_word(&self, word: &str) -> bool {
@@ -248,20 +279,20 @@ impl Parser {
 
     fn unary(&mut self) -> Result<Expr, ParseError> {
         match self.peek().clone() {
-            Token::Word(w) if w == "not" => {
-                self.next();
-                Ok(Expr::Not(Box::new(self.unary()?)))
-            }
+            Token::Word(w) if w == "not" => self.nested(|parser| {
+                parser.next();
+                Ok(Expr::Not(Box::new(parser.unary()?)))
+            }),
             Token::Word(w) if w == "true" || w == "false" => {
                 self.next();
                 Ok(Expr::Const(w == "true"))
             }
-            Token::Op("(") => {
-                self.next();
-                let inner = self.expr()?;
-                self.expect_op(")", "`)`")?;
+            Token::Op("(") => self.nested(|parser| {
+                parser.next();
+                let inner = parser.expr()?;
+                parser.expect_op(")", "`)`")?;
                 Ok(inner)
-            }
+            }),
             Token::Op("@") => {
                 self.next();
                 if let Token::Word(name) = self.next().0 {
@@ -343,9 +374,20 @@ impl Parser {
 /// Parses a filter expression.
 ///
 /// # Errors
-/// Where the text stops being a filter, and what was expected there.
+/// Where the text stops being a filter, and what was expected there; a text longer than
+/// `MAX_FILTER_BYTES` or nested deeper than `MAX_NESTING`.
 pub fn parse(source: &str) -> Result<Expr, ParseError> {
-    let mut parser = Parser { tokens: lex(source)?, position: 0 };
+    if source.len() > MAX_FILTER_BYTES {
+        return Err(ParseError {
+            line: 1,
+            column: 1,
+            message: format!(
+                "the filter is {} bytes long; at most {MAX_FILTER_BYTES} are allowed",
+                source.len()
+            ),
+        });
+    }
+    let mut parser = Parser { tokens: lex(source)?, position: 0, depth: 0 };
     let expr = parser.expr()?;
     if *parser.peek() != Token::End {
         return Err(parser.error_here("`and`, `or` or the end of the filter"));
@@ -385,5 +427,23 @@ mod tests {
         assert!(parse("(pid == 1").unwrap_err().message.contains("`)`"));
         assert!(parse("pid == 1 pid").unwrap_err().message.contains("`and`, `or`"));
         assert!(parse("comm == \"x").unwrap_err().message.contains("unterminated"));
+    }
+
+    #[test]
+    fn nesting_and_length_are_bounded_with_the_limit_named() {
+        let nested = |levels: usize| format!("{}true{}", "(".repeat(levels), ")".repeat(levels));
+        assert_eq!(parse(&nested(MAX_NESTING)).unwrap(), Expr::Const(true));
+        let error = parse(&nested(MAX_NESTING + 1)).unwrap_err();
+        assert_eq!((error.line, error.column), (1, MAX_NESTING + 1), "{error}");
+        assert!(error.message.contains("at most 64 levels"), "{error}");
+        // What used to overflow the stack (issue 11): 20,000 parentheses, 5,000 `not`s.
+        assert!(parse(&nested(20_000)).is_err());
+        assert!(
+            parse(&format!("{}true", "not ".repeat(5_000))).unwrap_err().message.contains("nest more than")
+        );
+        assert!(parse(&"not ".repeat(MAX_NESTING)).unwrap_err().message.contains("expected a field"));
+        let long = format!("comm == \"{}\"", "x".repeat(MAX_FILTER_BYTES));
+        let error = parse(&long).unwrap_err();
+        assert!(error.message.contains(&format!("at most {MAX_FILTER_BYTES}")), "{error}");
     }
 }

@@ -61,3 +61,19 @@ fn macros_expand_and_bad_filters_say_why() {
     assert!(error("pid glob \"1*\"").contains("applies to text fields"));
     assert!(error("pid ==").contains("line 1, column 7"));
 }
+
+#[test]
+fn macros_nest_a_bounded_number_of_levels() {
+    // m0 = pid == 1, m1 = @m0, ..., each level one more macro deep.
+    let chain = |levels: usize| -> BTreeMap<String, String> {
+        (0..=levels)
+            .map(|i| (format!("m{i}"), if i == 0 { "pid == 1".to_owned() } else { format!("@m{}", i - 1) }))
+            .collect()
+    };
+    let limit = 16;
+    let macros = parse_macros(&chain(limit)).unwrap();
+    assert!(Filter::new("f", &format!("@m{}", limit - 1), &macros).is_ok());
+    let error = Filter::new("f", &format!("@m{limit}"), &macros).err().unwrap();
+    let cause = std::error::Error::source(&error).unwrap().to_string();
+    assert!(cause.contains("at most 16 may nest"), "{cause}");
+}

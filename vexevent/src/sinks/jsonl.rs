@@ -1,11 +1,14 @@
 //! JSON Lines sink: one event per line, appended to a file or written to stdout, flushed after
 //! every batch so readers see events within one drain interval. A file can rotate by size or age
 //! (`file.jsonl` -> `file.jsonl.1` -> ... -> `file.jsonl.<keep>`), always between batches, so no
-//! line is ever split.
+//! line is ever split. Files are private to root unless configured otherwise (mode 0600), and a
+//! symbolic link where a file is expected is refused rather than followed (another user could
+//! plant one to make root write or truncate elsewhere).
 
 use std::{
-    fs::{File, OpenOptions},
+    fs::{File, OpenOptions, Permissions},
     io::{self, BufWriter, Write},
+    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -27,16 +30,34 @@ pub struct Rotation {
 struct RotatingFile {
     path: PathBuf,
     rotation: Rotation,
+    /// Permission bits of the file.
+    mode: u32,
     written: u64,
     opened: Instant,
 }
 
-fn open_append(path: &Path) -> Result<File, SinkError> {
-    OpenOptions::new()
+/// Opens `path` to append, creating it with `mode`; never through a symbolic link. A regular file
+/// that already exists gets `mode` too (whatever created it, its events are as private).
+fn open_append(path: &Path, mode: u32) -> Result<File, SinkError> {
+    let open_error = |source: io::Error| {
+        if source.raw_os_error() == Some(libc::ELOOP) {
+            SinkError::Symlink { path: path.to_owned() }
+        } else {
+            SinkError::Open { path: path.to_owned(), source }
+        }
+    };
+    let file = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-        .map_err(|source| SinkError::Open { path: path.to_owned(), source })
+        .map_err(open_error)?;
+    // Not a device or a FIFO the user pointed the output at (`/dev/null`'s mode is not ours).
+    if file.metadata().map_err(open_error)?.is_file() {
+        file.set_permissions(Permissions::from_mode(mode)).map_err(open_error)?;
+    }
+    Ok(file)
 }
 
 /// `file.jsonl.N`.
@@ -53,15 +74,16 @@ pub struct JsonLinesSink {
 }
 
 impl JsonLinesSink {
-    /// Appends to `path` (rotating as `rotation` says), or writes to stdout when `None`.
+    /// Appends to `path` (with permission bits `mode`, rotating as `rotation` says).
     ///
     /// # Errors
-    /// When the file cannot be opened.
-    pub fn open(path: &Path, rotation: Rotation) -> Result<Self, SinkError> {
-        let file = open_append(path)?;
+    /// When the file cannot be opened, or `path` is a symbolic link.
+    pub fn open(path: &Path, rotation: Rotation, mode: u32) -> Result<Self, SinkError> {
+        let file = open_append(path, mode)?;
         let written = file.metadata().map_or(0, |m| m.len());
         let mut sink = Self::new(Box::new(file));
-        sink.file = Some(RotatingFile { path: path.to_owned(), rotation, written, opened: Instant::now() });
+        sink.file =
+            Some(RotatingFile { path: path.to_owned(), rotation, mode, written, opened: Instant::now() });
         Ok(sink)
     }
 
@@ -94,7 +116,7 @@ impl JsonLinesSink {
             }
             shift(&file.path, &numbered(&file.path, 1))?;
         }
-        self.writer = BufWriter::with_capacity(1 << 16, Box::new(open_append(&file.path)?));
+        self.writer = BufWriter::with_capacity(1 << 16, Box::new(open_append(&file.path, file.mode)?));
         file.written = 0;
         file.opened = Instant::now();
         Ok(())
@@ -180,7 +202,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
         let rotation = Rotation { max_bytes: Some(1), max_age: None, keep: 2 };
-        let mut sink = JsonLinesSink::open(&path, rotation).unwrap();
+        let mut sink = JsonLinesSink::open(&path, rotation, 0o600).unwrap();
         for id in 0..4 {
             sink.deliver(&batch(&[id, id + 100])).unwrap();
         }
@@ -197,5 +219,44 @@ mod tests {
         assert_eq!(ids(&numbered(&path, 1)), vec![3, 103]);
         assert_eq!(ids(&numbered(&path, 2)), vec![2, 102]);
         assert!(!numbered(&path, 3).exists());
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn files_are_private_unless_configured_and_rotated_ones_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let rotation = Rotation { max_bytes: Some(1), max_age: None, keep: 1 };
+        let mut sink = JsonLinesSink::open(&path, rotation, 0o600).unwrap();
+        sink.deliver(&batch(&[0])).unwrap();
+        assert_eq!((mode(&path), mode(&numbered(&path, 1))), (0o600, 0o600));
+        // A file that exists with wider permissions is narrowed; a configured mode is kept.
+        let shared = dir.path().join("shared.jsonl");
+        std::fs::write(&shared, "").unwrap();
+        std::fs::set_permissions(&shared, Permissions::from_mode(0o666)).unwrap();
+        JsonLinesSink::open(&shared, Rotation::default(), 0o600).unwrap();
+        assert_eq!(mode(&shared), 0o600);
+        JsonLinesSink::open(&shared, Rotation::default(), 0o640).unwrap();
+        assert_eq!(mode(&shared), 0o640);
+        // A device keeps its own mode.
+        let null_mode = mode(Path::new("/dev/null"));
+        JsonLinesSink::open(Path::new("/dev/null"), Rotation::default(), 0o600).unwrap();
+        assert_eq!(mode(Path::new("/dev/null")), null_mode);
+    }
+
+    #[test]
+    fn a_symlink_where_the_output_goes_is_refused_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, "precious\n").unwrap();
+        let link = dir.path().join("events.jsonl");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let Err(error) = JsonLinesSink::open(&link, Rotation::default(), 0o600) else { panic!("opened") };
+        assert!(matches!(error, SinkError::Symlink { .. }), "{error}");
+        assert!(error.to_string().contains("is a symbolic link"), "{error}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
     }
 }

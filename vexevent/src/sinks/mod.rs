@@ -1,13 +1,11 @@
 //! Where events end up. Named outputs (stdout, JSON Lines file, webhook, Unix/TCP socket, null),
 //! each with its own bounded two-lane queue, full-queue policy and worker thread that batches,
-//! retries and counts; and the live WebSocket stream.
+//! retries and counts.
 
 mod jsonl;
 mod queue;
 mod socket;
-mod stream_stage;
 mod webhook;
-mod websocket;
 mod worker;
 
 use std::{
@@ -19,12 +17,7 @@ use std::{
 pub use jsonl::Rotation;
 pub use queue::Queued;
 pub use socket::SocketAddress;
-pub use stream_stage::StreamStage;
 pub use webhook::WebhookSettings;
-pub use websocket::{
-    Broadcaster, STREAM_PATH, STREAM_SERVER, STREAM_TOKEN_FLAG, StreamError, StreamServer, bearer_token,
-    require_token_for_remote,
-};
 pub use worker::{Delivery, GiveUpAt};
 
 use crate::{
@@ -46,6 +39,10 @@ pub enum SinkError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "output file {path} is a symbolic link; outputs are not written through links (another user could plant one): give the real path"
+    )]
+    Symlink { path: PathBuf },
     #[error("cannot start the worker thread of sink {name}: {source}")]
     Thread {
         name: String,
@@ -72,9 +69,15 @@ pub enum Destination {
     File {
         path: PathBuf,
         rotation: Rotation,
+        /// Permission bits of the file (0600 unless configured).
+        mode: u32,
     },
     Webhook(WebhookSettings),
-    Socket(SocketAddress),
+    Socket {
+        address: SocketAddress,
+        /// How long connecting, and each write, may take.
+        timeout: std::time::Duration,
+    },
     /// Discards events (counted as delivered): benchmarks, or a route that only counts.
     Null,
 }
@@ -123,9 +126,13 @@ impl Sinks {
         for spec in specs {
             let destination: Box<dyn Deliver> = match &spec.destination {
                 Destination::Stdout => Box::new(JsonLinesSink::new(Box::new(std::io::stdout()))),
-                Destination::File { path, rotation } => Box::new(JsonLinesSink::open(path, *rotation)?),
+                Destination::File { path, rotation, mode } => {
+                    Box::new(JsonLinesSink::open(path, *rotation, *mode)?)
+                }
                 Destination::Webhook(settings) => Box::new(Webhook::new(settings.clone())),
-                Destination::Socket(address) => Box::new(SocketSink::new(address.clone())),
+                Destination::Socket { address, timeout } => {
+                    Box::new(SocketSink::new(address.clone(), *timeout))
+                }
                 Destination::Null => Box::new(Null),
             };
             let queue = Arc::new(SinkQueue::new(spec.queue, spec.when_full));

@@ -98,6 +98,17 @@ counters! {
     stream_dropped,
     /// Stream subscribers disconnected for being slow (`slow=disconnect`).
     stream_disconnected,
+    /// HTTP requests served (stream subscriptions, control API calls, metrics scrapes).
+    http_accepted,
+    /// HTTP requests refused for want of a valid token (401).
+    http_unauthorized,
+    /// Cross-site browser requests refused (403: an `Origin` other than the server's own).
+    http_forbidden,
+    /// HTTP requests refused for what they ask (400: an invalid query or filter, or one over a
+    /// limit; 413: a body; 414: a query too long; 404, 405).
+    http_bad_request,
+    /// Connections and subscriptions refused because the server holds its limit (429).
+    http_over_capacity,
     /// Events that could not be serialized, or that a sink dropped (per sink and reason in
     /// `sinks`).
     sink_errors,

@@ -1,0 +1,178 @@
+//! The control API over HTTP: `POST /api/v1/control/reload` reloads filters and routes (like
+//! SIGHUP) and answers whether it worked; `GET /api/v1/control/stats` returns the current stats
+//! snapshot as JSON, and `GET /metrics` the same counters for Prometheus. Loopback by default;
+//! with a token every request must carry `Authorization: Bearer <token>`. Requests are served by
+//! the main loop, which owns the state.
+
+use std::{net::SocketAddr, num::NonZeroUsize, sync::Arc};
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{HeaderMap, StatusCode, header::CONTENT_TYPE},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    auth::{AuthError, Keys, Token, bearer_token, require_token_for_remote, resolve_group},
+    serve,
+};
+use crate::telemetry::{Counters, StatsSnapshot, prometheus_text};
+
+/// The control API's paths.
+pub const RELOAD_PATH: &str = "/api/v1/control/reload";
+pub const STATS_PATH: &str = "/api/v1/control/stats";
+pub const METRICS_PATH: &str = "/metrics";
+
+/// The control API and its token option, as errors name them.
+pub const CONTROL_SERVER: &str = "control API";
+pub const CONTROL_TOKEN_FLAG: &str = "--control-token";
+
+/// `[control]`: the control API (reload, stats, metrics) over HTTP.
+#[derive(Clone, Debug, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Address to serve `/api/v1/control/*` and `/metrics` on (e.g. "127.0.0.1:7879"); absent:
+    /// no control API (SIGHUP still reloads). A non-loopback address needs `token`.
+    pub addr: Option<SocketAddr>,
+    /// Token every request must present (`Authorization: Bearer <token>`); absent: the token
+    /// generated at start (in the token file).
+    pub token: Option<Token>,
+    /// Group (name or id) that may read the metrics token file, for a Prometheus server that
+    /// does not run as root; absent: root only.
+    pub metrics_group: Option<String>,
+    /// Connections held at once; more are refused.
+    pub max_connections: NonZeroUsize,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        // A few operators and a Prometheus server, with room to spare.
+        Self {
+            addr: None,
+            token: None,
+            metrics_group: None,
+            max_connections: NonZeroUsize::new(64).expect("non-zero"),
+        }
+    }
+}
+
+impl ControlConfig {
+    /// What is wrong with it: a non-loopback address without a token, a metrics group that
+    /// does not exist.
+    #[must_use]
+    pub fn problem(&self) -> Option<AuthError> {
+        if let Err(error) = self.metrics_gid() {
+            return Some(error);
+        }
+        require_token_for_remote(CONTROL_SERVER, CONTROL_TOKEN_FLAG, self.addr?, self.token.as_ref()).err()
+    }
+
+    /// The group that may read the metrics token, if one is configured.
+    ///
+    /// # Errors
+    /// When it is not a known group.
+    pub fn metrics_gid(&self) -> Result<Option<u32>, AuthError> {
+        self.metrics_group.as_deref().map(resolve_group).transpose()
+    }
+}
+
+/// A request for the main loop.
+pub enum ControlRequest {
+    /// Reload; the answer is the outcome as text.
+    Reload(oneshot::Sender<Result<String, String>>),
+    Stats(oneshot::Sender<StatsSnapshot>),
+}
+
+#[derive(Clone)]
+struct ControlState {
+    requests: mpsc::Sender<ControlRequest>,
+    /// Admits to everything.
+    token: Token,
+    /// Admits to reading the counters.
+    metrics: Token,
+}
+
+impl ControlState {
+    /// Whether the request may do everything (`read_only` false) or read the counters.
+    fn authorized(&self, headers: &HeaderMap, read_only: bool) -> bool {
+        bearer_token(headers).is_some_and(|presented| {
+            self.token.matches(presented) || (read_only && self.metrics.matches(presented))
+        })
+    }
+
+    /// Hands a request to the main loop and waits for its answer.
+    async fn ask<T>(&self, request: impl FnOnce(oneshot::Sender<T>) -> ControlRequest) -> Option<T> {
+        let (answer, answered) = oneshot::channel();
+        self.requests.send(request(answer)).await.ok()?;
+        answered.await.ok()
+    }
+}
+
+const UNAUTHORIZED: (StatusCode, &str) =
+    (StatusCode::UNAUTHORIZED, "a valid token is required (Authorization: Bearer <token>)\n");
+const STOPPING: (StatusCode, &str) = (StatusCode::SERVICE_UNAVAILABLE, "vexevent is stopping\n");
+
+async fn reload(State(state): State<ControlState>, headers: HeaderMap) -> Response {
+    if !state.authorized(&headers, false) {
+        return UNAUTHORIZED.into_response();
+    }
+    match state.ask(ControlRequest::Reload).await {
+        Some(Ok(report)) => (StatusCode::OK, format!("{report}\n")).into_response(),
+        Some(Err(error)) => (StatusCode::UNPROCESSABLE_ENTITY, format!("{error}\n")).into_response(),
+        None => STOPPING.into_response(),
+    }
+}
+
+async fn stats(State(state): State<ControlState>, headers: HeaderMap) -> Response {
+    if !state.authorized(&headers, true) {
+        return UNAUTHORIZED.into_response();
+    }
+    match state.ask(ControlRequest::Stats).await {
+        Some(snapshot) => Json(snapshot).into_response(),
+        None => STOPPING.into_response(),
+    }
+}
+
+async fn metrics(State(state): State<ControlState>, headers: HeaderMap) -> Response {
+    if !state.authorized(&headers, true) {
+        return UNAUTHORIZED.into_response();
+    }
+    let Some(snapshot) = state.ask(ControlRequest::Stats).await else { return STOPPING.into_response() };
+    match prometheus_text(snapshot) {
+        Ok(text) => ([(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+            .into_response(),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode the metrics\n").into_response(),
+    }
+}
+
+/// Binds `addr` and serves the API on the current tokio runtime as `config` says (with the
+/// generated `keys` unless it has a token of its own; refusals counted in `counters`); requests
+/// arrive on the returned receiver.
+///
+/// # Errors
+/// When the address cannot be bound.
+pub async fn start(
+    addr: SocketAddr,
+    config: &ControlConfig,
+    keys: &Keys,
+    counters: Arc<Counters>,
+) -> std::io::Result<(SocketAddr, mpsc::Receiver<ControlRequest>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let (requests, received) = mpsc::channel(8);
+    let app = Router::new()
+        .route(RELOAD_PATH, post(reload))
+        .route(STATS_PATH, get(stats))
+        .route(METRICS_PATH, get(metrics))
+        .with_state(ControlState {
+            requests,
+            token: config.token.clone().unwrap_or_else(|| keys.token.clone()),
+            metrics: keys.metrics.clone(),
+        });
+    let runtime = tokio::runtime::Handle::current();
+    serve(&runtime, listener, app, CONTROL_SERVER, config.max_connections.get(), counters);
+    Ok((bound, received))
+}

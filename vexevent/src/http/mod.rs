@@ -1,0 +1,47 @@
+//! The HTTP edge: everything vexevent serves over HTTP (the live event stream, the control API
+//! with its Prometheus endpoint), who may use it (bearer tokens, generated at start into files
+//! only root can read; no cross-site browser requests) and how much of it (limits).
+
+mod auth;
+pub mod control;
+mod guard;
+mod listener;
+mod stream;
+
+use std::sync::Arc;
+
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::telemetry::Counters;
+use guard::Guard;
+use listener::{BoundedListener, Peer};
+
+pub use auth::{AuthError, Keys, METRICS_TOKEN_FILE, TOKEN_FILE, Token, read_token_file};
+pub use control::{
+    CONTROL_SERVER, CONTROL_TOKEN_FLAG, ControlConfig, ControlRequest, METRICS_PATH, RELOAD_PATH, STATS_PATH,
+};
+pub use stream::{
+    Broadcaster, QueryError, STREAM_PATH, STREAM_SERVER, STREAM_TOKEN_FLAG, StreamConfig, StreamError,
+    StreamServer, StreamStage,
+};
+
+/// Serves `router` as `server` on `listener` (on `runtime`), at most `max_connections` at a
+/// time, every request through the guard.
+fn serve(
+    runtime: &tokio::runtime::Handle,
+    listener: TcpListener,
+    router: Router,
+    server: &'static str,
+    max_connections: usize,
+    counters: Arc<Counters>,
+) {
+    let guard = Guard { server, counters: Arc::clone(&counters) };
+    let app = router.layer(axum::middleware::from_fn_with_state(guard, guard::guard));
+    let listener = BoundedListener::new(listener, max_connections, server, counters);
+    runtime.spawn(async move {
+        if let Err(error) = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>()).await {
+            tracing::error!(%error, server, "the server stopped");
+        }
+    });
+}

@@ -1,0 +1,239 @@
+//! The live stream server: a WebSocket endpoint at `/api/v1/semantic/events/stream` (`VexFS`'s
+//! path) on its own runtime, where each subscriber gets the events its query selects (see
+//! `query`), numbered per subscription, through the subscriber index (see `subscribers`). The
+//! server binds to loopback unless a token is configured; with a token every request must carry
+//! it.
+
+mod query;
+mod stage;
+mod subscribers;
+
+use std::{collections::BTreeMap, net::SocketAddr, num::NonZeroUsize, sync::Arc};
+
+use axum::{
+    Router,
+    extract::{
+        Query, State,
+        ws::{Message, WebSocket, WebSocketUpgrade},
+    },
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+pub use query::QueryError;
+pub use stage::StreamStage;
+pub use subscribers::Broadcaster;
+
+use super::{
+    auth::{AuthError, Keys, Token, bearer_token, require_token_for_remote},
+    serve,
+};
+use crate::telemetry::Counters;
+use query::Subscription;
+
+/// The stream's path, as `VexFS`'s semantic API defined it.
+pub const STREAM_PATH: &str = "/api/v1/semantic/events/stream";
+
+/// Initial read buffer of a connection (tungstenite's default is 128 KiB, touched on the first
+/// read): subscribers only send control frames (close, ping), at most 139 bytes each, and the
+/// buffer grows if a larger frame comes.
+const READ_BUFFER: usize = 256;
+
+/// Largest message a subscriber may send: it has nothing to say beyond control frames, and an
+/// unbounded message would let one client make the server allocate without limit.
+const MAX_INCOMING_MESSAGE: usize = 64 * 1024;
+
+/// How often owed gap notices are sent and departed subscribers forgotten.
+const GAP_NOTICE_PERIOD: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The stream server and its token option, as errors name them.
+pub const STREAM_SERVER: &str = "event stream";
+pub const STREAM_TOKEN_FLAG: &str = "--stream-token";
+
+/// Why the server cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("cannot listen on {addr}: {source}; choose another --stream-addr")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the stream runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// `[stream]`: the live WebSocket stream (`vexevent tail` and other subscribers).
+#[derive(Clone, Debug, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamConfig {
+    /// Address to serve `/api/v1/semantic/events/stream` on (e.g. "127.0.0.1:7878"); absent:
+    /// no stream. A non-loopback address needs `token`.
+    pub addr: Option<SocketAddr>,
+    /// Token subscribers must present (`Authorization: Bearer <token>` or `?token=`); absent:
+    /// the token generated at start (in the token file).
+    pub token: Option<Token>,
+    /// Connections held at once (subscribers and requests being answered); more are refused.
+    pub max_connections: NonZeroUsize,
+    /// Subscriptions at once; more are refused.
+    pub max_subscribers: NonZeroUsize,
+    /// Largest `buffer` (messages) a subscription may ask for.
+    pub max_buffer: NonZeroUsize,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            addr: None,
+            token: None,
+            // Room for the 15,000 subscribers the benchmark connects (4.5 KiB each).
+            max_connections: NonZeroUsize::new(16_384).expect("non-zero"),
+            max_subscribers: NonZeroUsize::new(16_384).expect("non-zero"),
+            // 16 times the default buffer; a full one holds tens of MiB of events.
+            max_buffer: NonZeroUsize::new(65_536).expect("non-zero"),
+        }
+    }
+}
+
+impl StreamConfig {
+    /// What is wrong with it: a non-loopback address without a token.
+    #[must_use]
+    pub fn problem(&self) -> Option<AuthError> {
+        require_token_for_remote(STREAM_SERVER, STREAM_TOKEN_FLAG, self.addr?, self.token.as_ref()).err()
+    }
+}
+
+#[derive(Clone)]
+struct ServerState {
+    broadcaster: Arc<Broadcaster>,
+    token: Token,
+    /// One permit per subscription, held until its connection ends.
+    subscriptions: Arc<Semaphore>,
+    max_subscribers: usize,
+    max_buffer: usize,
+}
+
+fn authorized(state: &ServerState, headers: &HeaderMap, query: &BTreeMap<String, String>) -> bool {
+    [bearer_token(headers), query.get("token").map(String::as_str)]
+        .into_iter()
+        .flatten()
+        .any(|presented| state.token.matches(presented))
+}
+
+async fn stream(
+    State(state): State<ServerState>,
+    Query(query): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if !authorized(&state, &headers, &query) {
+        return (StatusCode::UNAUTHORIZED, "a valid token is required (Authorization: Bearer <token>)\n")
+            .into_response();
+    }
+    let subscription = match Subscription::parse(&query, state.max_buffer) {
+        Ok(subscription) => subscription,
+        Err(error) => {
+            let cause = std::error::Error::source(&error).map(|c| format!(": {c}")).unwrap_or_default();
+            return (StatusCode::BAD_REQUEST, format!("{error}{cause}\n")).into_response();
+        }
+    };
+    let Ok(place) = Arc::clone(&state.subscriptions).try_acquire_owned() else {
+        let limit = state.max_subscribers;
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("the stream holds its limit of {limit} subscribers; try again later\n"),
+        )
+            .into_response();
+    };
+    let receiver = state.broadcaster.subscribe(subscription);
+    upgrade
+        .read_buffer_size(READ_BUFFER)
+        .max_message_size(MAX_INCOMING_MESSAGE)
+        .max_frame_size(MAX_INCOMING_MESSAGE)
+        .on_upgrade(move |socket| forward(socket, receiver, place))
+}
+
+/// Writes a subscription's messages to its socket until either side closes. Reading the socket
+/// answers pings and notices a client that has gone even when no event comes for it.
+/// The subscription's `place` under the limit is given back when this returns.
+async fn forward(mut socket: WebSocket, mut receiver: mpsc::Receiver<String>, place: OwnedSemaphorePermit) {
+    loop {
+        tokio::select! {
+            message = receiver.recv() => {
+                let Some(message) = message else { break };
+                if socket.send(Message::Text(message.into())).await.is_err() {
+                    break;
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    let _ = socket.send(Message::Close(None)).await;
+    drop(place);
+}
+
+/// A running stream server.
+pub struct StreamServer {
+    pub broadcaster: Arc<Broadcaster>,
+    pub addr: SocketAddr,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl StreamServer {
+    /// Starts serving on `addr` (its own runtime, two worker threads) as `config` says, with
+    /// the generated `keys` unless it has a token of its own; refusals are counted in
+    /// `counters`.
+    ///
+    /// # Errors
+    /// A non-loopback address without a token, or an address that cannot be bound.
+    pub fn start(
+        addr: SocketAddr,
+        config: &StreamConfig,
+        keys: &Keys,
+        counters: Arc<Counters>,
+    ) -> Result<Self, StreamError> {
+        require_token_for_remote(STREAM_SERVER, STREAM_TOKEN_FLAG, addr, config.token.as_ref())?;
+        let token = config.token.clone().unwrap_or_else(|| keys.token.clone());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("vexevent-stream")
+            // No signal driver here: signals belong to the main runtime (with two signal
+            // drivers, SIGINT would wake the wrong one).
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(StreamError::Runtime)?;
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .map_err(|source| StreamError::Bind { addr, source })?;
+        let addr = listener.local_addr().map_err(|source| StreamError::Bind { addr, source })?;
+        let broadcaster = Arc::new(Broadcaster::default());
+        let state = ServerState {
+            broadcaster: Arc::clone(&broadcaster),
+            token,
+            subscriptions: Arc::new(Semaphore::new(config.max_subscribers.get())),
+            max_subscribers: config.max_subscribers.get(),
+            max_buffer: config.max_buffer.get(),
+        };
+        let app = Router::new().route(STREAM_PATH, get(stream)).with_state(state);
+        serve(runtime.handle(), listener, app, STREAM_SERVER, config.max_connections.get(), counters);
+        // Owed gap notices and departed subscribers are dealt with here, on the server's own
+        // threads, not on the pipeline thread that publishes.
+        let notices = Arc::clone(&broadcaster);
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(GAP_NOTICE_PERIOD);
+            loop {
+                tick.tick().await;
+                notices.flush_gap_notices();
+            }
+        });
+        Ok(Self { broadcaster, addr, _runtime: runtime })
+    }
+}
