@@ -20,3 +20,4 @@ pub mod route;
 pub mod sinks;
 pub mod telemetry;
 pub mod translate;
+pub mod window;

@@ -1,0 +1,154 @@
+//! Keyed event-time windows, shared by the stages that aggregate over time (rules, analytics):
+//! tumbling or sliding windows on the kernel timestamp, per key, with a bounded number of keys,
+//! closed when the pipeline's watermark passes their end. Each window carries the records the
+//! kernel lost while it was open (from the gap events' time spans), so a count or an absence over
+//! it is known to be complete or not.
+//!
+//! ```
+//! use vexevent::window::{WindowSpec, Windows};
+//! let mut windows: Windows<&str, u64> = Windows::new(WindowSpec::tumbling(1_000), 100);
+//! windows.add(&"a", 1_500, |count| *count += 1);
+//! windows.add(&"a", 1_700, |count| *count += 1);
+//! let mut closed = Vec::new();
+//! windows.close(2_000, &mut closed);
+//! assert_eq!((closed[0].start_ns, closed[0].value, closed[0].lost), (1_000, 2, 0));
+//! ```
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    hash::Hash,
+};
+
+/// Window length and step, in nanoseconds of kernel time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowSpec {
+    pub size_ns: u64,
+    /// Distance between window starts: `size_ns` for tumbling windows, less for sliding ones.
+    pub slide_ns: u64,
+}
+
+impl WindowSpec {
+    /// Back-to-back windows of `size_ns`.
+    #[must_use]
+    pub const fn tumbling(size_ns: u64) -> Self {
+        Self { size_ns, slide_ns: size_ns }
+    }
+
+    /// Windows of `size_ns` starting every `slide_ns` (each event is in `size / slide` of them).
+    #[must_use]
+    pub const fn sliding(size_ns: u64, slide_ns: u64) -> Self {
+        Self { size_ns, slide_ns }
+    }
+
+    /// Starts of the windows that contain `time_ns`, oldest first.
+    fn starts(self, time_ns: u64) -> impl Iterator<Item = u64> {
+        let slide = self.slide_ns.max(1);
+        let last = time_ns - time_ns % slide;
+        let first = (time_ns + 1).saturating_sub(self.size_ns).div_ceil(slide) * slide;
+        (first..=last).step_by(usize::try_from(slide).unwrap_or(usize::MAX))
+    }
+}
+
+/// A window that has closed: its key, its aggregate, and what was lost while it was open.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Closed<K, A> {
+    pub key: K,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub value: A,
+    /// Records the kernel reported lost (of any key) within the window's time: when not 0, the
+    /// aggregate may be short by up to that many events.
+    pub lost: u64,
+}
+
+/// One window's keys.
+struct Open<K, A> {
+    keys: HashMap<K, A>,
+    lost: u64,
+}
+
+/// Open windows by start, each holding an aggregate `A` per key.
+pub struct Windows<K, A> {
+    spec: WindowSpec,
+    open: BTreeMap<u64, Open<K, A>>,
+    /// Keys one window may hold; events of further keys are counted in `evicted`.
+    max_keys: usize,
+    /// Everything before this has been closed.
+    closed_up_to: u64,
+    /// Events for keys beyond `max_keys` (not aggregated).
+    pub evicted: u64,
+    /// Events older than a window already closed (not aggregated).
+    pub late: u64,
+}
+
+impl<K: Hash + Eq + Clone, A: Default> Windows<K, A> {
+    #[must_use]
+    pub fn new(spec: WindowSpec, max_keys: usize) -> Self {
+        Self { spec, open: BTreeMap::new(), max_keys, closed_up_to: 0, evicted: 0, late: 0 }
+    }
+
+    /// Updates `key`'s aggregate in every window containing `time_ns` with `update`.
+    pub fn add(&mut self, key: &K, time_ns: u64, mut update: impl FnMut(&mut A)) {
+        for start in self.spec.starts(time_ns) {
+            if start < self.closed_up_to {
+                self.late += 1;
+                continue;
+            }
+            let window = self.open.entry(start).or_insert_with(|| Open { keys: HashMap::new(), lost: 0 });
+            if let Some(value) = window.keys.get_mut(key) {
+                update(value);
+            } else if window.keys.len() < self.max_keys {
+                update(window.keys.entry(key.clone()).or_default());
+            } else {
+                self.evicted += 1;
+            }
+        }
+    }
+
+    /// Records `count` records lost between `from_ns` and `to_ns` (a gap event's span): every
+    /// window overlapping it, open now or opened later, carries them.
+    pub fn record_loss(&mut self, from_ns: u64, to_ns: u64, count: u64) {
+        let slide = self.spec.slide_ns.max(1);
+        let first = (from_ns + 1).saturating_sub(self.spec.size_ns).div_ceil(slide) * slide;
+        let last = to_ns - to_ns % slide;
+        let mut start = first.max(self.closed_up_to.div_ceil(slide) * slide);
+        while start <= last {
+            self.open.entry(start).or_insert_with(|| Open { keys: HashMap::new(), lost: 0 }).lost += count;
+            start += slide;
+        }
+    }
+
+    /// Closes, in time order, every window that ends at or before `watermark_ns`.
+    pub fn close(&mut self, watermark_ns: u64, out: &mut Vec<Closed<K, A>>) {
+        while let Some(entry) = self.open.first_entry() {
+            let start = *entry.key();
+            let end = start.saturating_add(self.spec.size_ns);
+            if end > watermark_ns {
+                break;
+            }
+            let window = entry.remove();
+            out.extend(window.keys.into_iter().map(|(key, value)| Closed {
+                key,
+                start_ns: start,
+                end_ns: end,
+                value,
+                lost: window.lost,
+            }));
+            self.closed_up_to = self.closed_up_to.max(start + self.spec.slide_ns.max(1));
+        }
+    }
+
+    /// Closes every window (at the end of the stream: as at shutdown, the last ones are partial).
+    pub fn close_all(&mut self, out: &mut Vec<Closed<K, A>>) {
+        self.close(u64::MAX, out);
+    }
+
+    /// Keys held over all open windows (for memory accounting).
+    #[must_use]
+    pub fn open_keys(&self) -> usize {
+        self.open.values().map(|window| window.keys.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests;
