@@ -5,15 +5,13 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use vexevent_common::{
-    FUSE_NAME_BYTES, FuseConfig, FuseDaemonSide, FuseKprobeLayout, FuseRequestKey, GAP_KINDS,
-    KERNEL_STAT_COUNT, KernelStat, PendingLoss, PrefixKey, ProbeConfig, RecordBuf, RecordHeader,
-    SYSCALL_ARGS, SyscallSpec,
+    COMM_LEN, FUSE_NAME_BYTES, FuseConfig, FuseDaemonSide, FuseKprobeLayout, FuseRequestKey, GAP_KINDS,
+    GapRecordBuf, KERNEL_STAT_COUNT, KernelStat, MAX_SYSCALL_NR, PendingLoss, PrefixKey, ProbeConfig,
+    RecordBuf, SYSCALL_ARGS, SyscallSpec,
 };
 
 /// Default ring size; the loader sets the configured size at load time.
 const DEFAULT_RING_BYTES: u32 = 16 << 20;
-/// Syscall numbers are below 512 on x86_64.
-pub const MAX_SYSCALL_NR: u32 = 512;
 
 /// Records for userspace, one ring per shard (group of CPUs); the loader sizes the ones in use
 /// and shrinks the rest to one page.
@@ -42,16 +40,9 @@ pub static PENDING_LOSS: PerCpuArray<PendingLoss> = PerCpuArray::with_max_entrie
 #[map]
 pub static LOST_BY_KIND: PerCpuArray<u64> = PerCpuArray::with_max_entries(GAP_KINDS as u32, 0);
 
-/// A gap record: header and lost counts by kind.
-#[repr(C)]
-pub struct GapBuf {
-    pub header: RecordHeader,
-    pub by_kind: [u32; GAP_KINDS],
-}
-
 /// Per-CPU scratch space a gap record is assembled in.
 #[map]
-pub static GAP_SCRATCH: PerCpuArray<GapBuf> = PerCpuArray::with_max_entries(1, 0);
+pub static GAP_SCRATCH: PerCpuArray<GapRecordBuf> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU scratch space a record is assembled in (too large for the 512-byte stack).
 #[map]
@@ -114,7 +105,7 @@ pub struct FuseInflight {
     /// `(tgid << 32) | tid` of the requester.
     pub requester: u64,
     pub uid_gid: u64,
-    pub comm: [u8; 16],
+    pub comm: [u8; COMM_LEN],
     /// Filled in by the daemon-side probes.
     pub daemon: FuseDaemonSide,
     pub name1_len: u32,

@@ -176,6 +176,7 @@ fn probe_settings(settings: &Settings) -> ProbeSettings {
         daemon_binary: settings.daemon_binary.clone(),
         daemon_functions: settings.daemon_functions.clone(),
         syscall_hooks: settings.syscall_hooks,
+        debug_probes: settings.debug_probes,
     }
 }
 

@@ -188,6 +188,8 @@ pub struct CaptureConfig {
     pub channel_batches: usize,
     /// Hook type of the syscall probes: `auto`, `btf` or `tracepoint`.
     pub syscall_hooks: SyscallHooks,
+    /// Turn the probes' own diagnostics on and print them (off: they cost nothing).
+    pub debug_probes: bool,
 }
 
 impl Default for CaptureConfig {
@@ -204,6 +206,7 @@ impl Default for CaptureConfig {
             reorder_window_us: 100,
             channel_batches: 64,
             syscall_hooks: SyscallHooks::Auto,
+            debug_probes: false,
         }
     }
 }
@@ -319,6 +322,7 @@ pub struct Settings {
     pub reorder_window: std::time::Duration,
     pub channel_batches: usize,
     pub syscall_hooks: SyscallHooks,
+    pub debug_probes: bool,
     pub correlate: CorrelateOptions,
     pub filter: FilterSection,
     /// What of the filter the probes apply.
@@ -486,6 +490,7 @@ impl Config {
             reorder_window: std::time::Duration::from_micros(capture.reorder_window_us),
             channel_batches: capture.channel_batches,
             syscall_hooks: capture.syscall_hooks,
+            debug_probes: capture.debug_probes,
             daemon_binary: self.fuse.daemon_binary.clone(),
             daemon_functions: self.fuse.daemon_functions.clone(),
             vexfs_paths: self
