@@ -41,12 +41,14 @@ fn read<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
 }
 
 #[tracepoint]
+#[expect(clippy::needless_pass_by_value, reason = "aya-ebpf's program macros pass the context by value")]
 pub fn vexevent_fuse_request_send(ctx: TracePointContext) -> u32 {
     let _ = on_send(&ctx);
     0
 }
 
 #[tracepoint]
+#[expect(clippy::needless_pass_by_value, reason = "aya-ebpf's program macros pass the context by value")]
 pub fn vexevent_fuse_request_end(ctx: TracePointContext) -> u32 {
     let _ = on_end(&ctx);
     0
@@ -55,6 +57,7 @@ pub fn vexevent_fuse_request_end(ctx: TracePointContext) -> u32 {
 /// Kprobe on the function that queues a request for the daemon (`queue_request_and_unlock` up
 /// to Linux 6.10): what `fuse/fuse_request_send` carries, read from the `struct fuse_req`.
 #[kprobe]
+#[expect(clippy::needless_pass_by_value, reason = "aya-ebpf's program macros pass the context by value")]
 pub fn vexevent_fuse_kprobe_send(ctx: ProbeContext) -> u32 {
     let _ = on_kprobe_send(&ctx);
     0
@@ -62,6 +65,7 @@ pub fn vexevent_fuse_kprobe_send(ctx: ProbeContext) -> u32 {
 
 /// Kprobe on `fuse_request_end`: what `fuse/fuse_request_end` carries.
 #[kprobe]
+#[expect(clippy::needless_pass_by_value, reason = "aya-ebpf's program macros pass the context by value")]
 pub fn vexevent_fuse_kprobe_end(ctx: ProbeContext) -> u32 {
     let _ = on_kprobe_end(&ctx);
     0
@@ -184,7 +188,10 @@ fn queued(connection: u32, fields: impl FnOnce() -> Option<(u64, u32, u32)>) -> 
     request.daemon = FuseDaemonSide::default();
     request.name1_len = 0;
     request.name2_len = 0;
-    if FUSE_INFLIGHT.insert(key, &*request, 0).is_err() {
+    // By reference: a copy of the ~600-byte request would not fit the 512-byte eBPF stack.
+    #[expect(clippy::needless_borrows_for_generic_args, reason = "a copy would not fit the eBPF stack")]
+    let inserted = FUSE_INFLIGHT.insert(key, &*request, 0);
+    if inserted.is_err() {
         count(KernelStat::LostInflightFull);
         return None;
     }
@@ -314,7 +321,7 @@ pub fn daemon_read(connection: u32, vectored: bool, buffer: u64, len: i64, reade
     // SAFETY: user memory; the helper faults safely.
     let header: InHeader = unsafe { bpf_probe_read_user(buffer as *const InHeader) }.ok()?;
     let key = FuseRequestKey { connection, padding: 0, unique: header.unique };
-    let request = FUSE_INFLIGHT.get_ptr_mut(&key)?;
+    let request = FUSE_INFLIGHT.get_ptr_mut(key)?;
     // SAFETY: the entry of a request in flight; only the daemon thread that read it writes here.
     let request = unsafe { &mut *request };
     // SAFETY: no preconditions.
@@ -383,7 +390,7 @@ pub fn daemon_write(connection: u32, vectored: bool, buffer: u64) -> Option<()> 
     // SAFETY: user memory; the helper faults safely.
     let header: OutHeader = unsafe { bpf_probe_read_user(buffer as *const OutHeader) }.ok()?;
     let key = FuseRequestKey { connection, padding: 0, unique: header.unique };
-    let request = FUSE_INFLIGHT.get_ptr_mut(&key)?;
+    let request = FUSE_INFLIGHT.get_ptr_mut(key)?;
     // SAFETY: the entry of a request in flight.
     let request = unsafe { &mut *request };
     // SAFETY: no preconditions.

@@ -6,6 +6,18 @@
 //! verifier then removes them) unless asked (`vexevent run --debug-probes`).
 #![no_std]
 #![no_main]
+// Helpers are inlined into each program: the verifier checks a program with its helpers in place
+// (bpf-to-bpf calls lose what it knows of pointer arguments), and calls cost stack frames.
+#![expect(clippy::inline_always, reason = "eBPF programs inline their helpers")]
+// Kernel ABI values change width on purpose: syscall registers are u64 carrying C ints and fds,
+// ids come packed in pairs, lengths are bounded by masks the verifier can follow (a checked
+// conversion would add branches it must explore).
+#![expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    clippy::cast_sign_loss,
+    reason = "kernel ABI conversions, bounded by masks the verifier follows"
+)]
 
 mod daemon_functions;
 mod fuse;

@@ -12,6 +12,7 @@ use crate::{
 };
 
 #[tracepoint]
+#[expect(clippy::needless_pass_by_value, reason = "aya-ebpf's program macros pass the context by value")]
 pub fn vexevent_process_fork(ctx: TracePointContext) -> u32 {
     let _ = on_fork(&ctx);
     0

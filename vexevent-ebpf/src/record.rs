@@ -36,7 +36,6 @@ pub const fn high(pair: u64) -> u32 {
 
 /// The low half (`tid`, `uid`).
 #[inline(always)]
-#[expect(clippy::cast_possible_truncation, reason = "the low half of a packed id pair")]
 pub const fn low(pair: u64) -> u32 {
     pair as u32
 }

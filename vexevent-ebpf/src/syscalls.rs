@@ -40,12 +40,13 @@ const ARGS_OFFSET: usize = 16;
 // buffer, direct loads from `pt_regs`) and, where the kernel lacks BTF, classic tracepoints. The
 // loader picks one pair and reports which.
 
-/// Offsets in x86_64 `struct pt_regs` of the syscall arguments (di, si, dx, r10, r8, r9) and of
+/// Offsets in `x86_64` `struct pt_regs` of the syscall arguments (di, si, dx, r10, r8, r9) and of
 /// `orig_ax` (the syscall number).
 const PT_REGS_ARG_OFFSETS: [usize; SYSCALL_ARGS] = [112, 104, 96, 56, 72, 64];
 const PT_REGS_ORIG_AX: usize = 120;
 
 #[btf_tracepoint(function = "sys_enter")]
+#[expect(clippy::needless_pass_by_value, reason = "aya-ebpf's program macros pass the context by value")]
 pub fn vexevent_btf_sys_enter(ctx: BtfTracePointContext) -> i32 {
     let regs: *const u8 = ctx.arg(0);
     let nr: i64 = ctx.arg(1);
@@ -54,6 +55,7 @@ pub fn vexevent_btf_sys_enter(ctx: BtfTracePointContext) -> i32 {
 }
 
 #[btf_tracepoint(function = "sys_exit")]
+#[expect(clippy::needless_pass_by_value, reason = "aya-ebpf's program macros pass the context by value")]
 pub fn vexevent_btf_sys_exit(ctx: BtfTracePointContext) -> i32 {
     let regs: *const u8 = ctx.arg(0);
     let ret: i64 = ctx.arg(1);
@@ -64,11 +66,16 @@ pub fn vexevent_btf_sys_exit(ctx: BtfTracePointContext) -> i32 {
 /// Loads a field of `pt_regs` (a BTF pointer: the verifier checks the access, no helper needed).
 #[inline(always)]
 fn regs_field(regs: *const u8, offset: usize) -> u64 {
-    // SAFETY: `regs` is the tracepoint's `struct pt_regs *`; offsets are of its u64 fields.
-    unsafe { core::ptr::read_volatile(regs.add(offset).cast::<u64>()) }
+    // SAFETY: `regs` is the tracepoint's `struct pt_regs *` (8-byte aligned); offsets are of its
+    // u64 fields.
+    #[expect(clippy::cast_ptr_alignment, reason = "offsets of u64 fields of an aligned struct")]
+    unsafe {
+        core::ptr::read_volatile(regs.add(offset).cast::<u64>())
+    }
 }
 
 #[tracepoint]
+#[expect(clippy::needless_pass_by_value, reason = "aya-ebpf's program macros pass the context by value")]
 pub fn vexevent_sys_enter(ctx: TracePointContext) -> u32 {
     let nr: i64 = field(&ctx, SYSCALL_NR_OFFSET);
     // One load per field: the verifier accepts ctx loads at constant offsets only.
@@ -86,6 +93,7 @@ pub fn vexevent_sys_enter(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint]
+#[expect(clippy::needless_pass_by_value, reason = "aya-ebpf's program macros pass the context by value")]
 pub fn vexevent_sys_exit(ctx: TracePointContext) -> u32 {
     let _ = on_exit(field(&ctx, SYSCALL_NR_OFFSET), field(&ctx, ARGS_OFFSET));
     0
@@ -140,7 +148,8 @@ fn on_enter(nr: i64, read_args: impl Fn() -> [u64; SYSCALL_ARGS]) -> Option<()> 
                     return None;
                 }
                 // The request is in the buffer only once the read returns.
-                return remember(pid_tgid, nr, DAEMON_READ, args);
+                remember(pid_tgid, nr, DAEMON_READ, args);
+                return None;
             }
         }
     }
@@ -189,7 +198,8 @@ fn on_enter(nr: i64, read_args: impl Fn() -> [u64; SYSCALL_ARGS]) -> Option<()> 
             mark_fd(tgid, fd, NOT_WATCHED);
         }
     }
-    remember(pid_tgid, nr, SYSCALL, args)
+    remember(pid_tgid, nr, SYSCALL, args);
+    Some(())
 }
 
 /// `Inflight::active` of a traced syscall, and of a FUSE daemon's read of /dev/fuse.
@@ -198,7 +208,7 @@ const DAEMON_READ: u32 = 2;
 
 /// Keeps a syscall's arguments until its exit.
 #[inline(always)]
-fn remember(pid_tgid: u64, nr: u32, active: u32, args: [u64; SYSCALL_ARGS]) -> Option<()> {
+fn remember(pid_tgid: u64, nr: u32, active: u32, args: [u64; SYSCALL_ARGS]) {
     let inflight = Inflight {
         nr,
         active,
@@ -215,7 +225,6 @@ fn remember(pid_tgid: u64, nr: u32, active: u32, args: [u64; SYSCALL_ARGS]) -> O
         count(KernelStat::LostInflightFull);
         warn!(&(), "in-flight table full: syscall {} of thread {} not captured", nr, tid);
     }
-    Some(())
 }
 
 /// Copies a NUL-terminated user string into `dst`; returns its length and record flags.
@@ -243,6 +252,8 @@ fn read_user_path(src: u64, dst: &mut [u8; PATH_BUF], truncated: u32, fault: u32
 }
 
 #[inline(always)]
+#[expect(clippy::similar_names, reason = "tid and tgid are the kernel's names")]
+#[expect(clippy::too_many_lines, reason = "one exit path: read, decide scope, fill, submit")]
 fn on_exit(nr: i64, ret: i64) -> Option<()> {
     // Untraced syscalls leave here, before the in-flight lookup.
     let (nr, spec) = spec_for(nr)?;
