@@ -565,7 +565,7 @@ impl Translator {
             .and_then(|fs| fs.path.as_ref())
             .is_some_and(|path| self.options.vexfs.contains(path.as_bytes()));
         if on_vexfs {
-            vexfs::reinterpret(&mut event, record.payload.as_deref());
+            vexfs::reinterpret(&mut event, record.op, record.payload.as_deref());
         }
         let companion = event.error_companion();
         let derived = if on_vexfs { vexfs::derive_graph(&event) } else { Vec::new() };
