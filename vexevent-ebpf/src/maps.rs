@@ -135,6 +135,16 @@ pub static FUSE_DAEMONS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(256
 #[map]
 pub static FUSE_INFLIGHT: LruHashMap<FuseRequestKey, FuseInflight> = LruHashMap::with_max_entries(1 << 12, 0);
 
+/// Slots for a syscall's arguments in the probes: `SYSCALL_ARGS` padded to a power of two, so an
+/// argument index from the syscall table can be masked into range. (Older verifiers, Linux 6.1
+/// for one, lose the bound of an index the compiler spilled to the stack and reject the read; a
+/// mask on the register itself they follow.)
+pub const ARG_SLOTS: usize = 8;
+const _: () = assert!(ARG_SLOTS.is_power_of_two() && ARG_SLOTS >= SYSCALL_ARGS);
+
+/// A syscall's arguments, padded to `ARG_SLOTS` with zeros.
+pub type Args = [u64; ARG_SLOTS];
+
 /// A syscall between enter and exit.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -143,7 +153,7 @@ pub struct Inflight {
     /// 1 between enter and exit; slots are reused, never deleted, in the steady state.
     pub active: u32,
     pub enter_ns: u64,
-    pub args: [u64; SYSCALL_ARGS],
+    pub args: Args,
 }
 
 /// Thread id -> the syscall it is in.

@@ -21,7 +21,7 @@ use vexevent_common::{
 
 use crate::{
     fuse::{daemon_connection, daemon_read, daemon_write},
-    maps::{CONFIG, INFLIGHT, Inflight, PID_FILTER, SCRATCH, SYSCALL_SPECS, count},
+    maps::{ARG_SLOTS, Args, CONFIG, INFLIGHT, Inflight, PID_FILTER, SCRATCH, SYSCALL_SPECS, count},
     record::{Task, header, high, low},
     ring::submit,
     scope::{
@@ -116,12 +116,21 @@ fn spec_for(nr: i64) -> Option<(u32, &'static SyscallSpec)> {
     Some((nr, spec))
 }
 
+/// The raw arguments padded to `ARG_SLOTS`.
 #[inline(always)]
-fn arg(args: &[u64; SYSCALL_ARGS], index: u8) -> Option<u64> {
+fn padded(args: [u64; SYSCALL_ARGS]) -> Args {
+    let [a0, a1, a2, a3, a4, a5] = args;
+    [a0, a1, a2, a3, a4, a5, 0, 0]
+}
+
+#[inline(always)]
+fn arg(args: &Args, index: u8) -> Option<u64> {
     if index == NO_ARG {
         return None;
     }
-    args.get(usize::from(index)).copied()
+    // Masked, not compared: see `ARG_SLOTS`. Table indices are below `SYSCALL_ARGS` (asserted in
+    // vexevent-common), so the mask never changes one.
+    Some(args[usize::from(index) & (ARG_SLOTS - 1)])
 }
 
 #[inline(always)]
@@ -138,7 +147,7 @@ fn on_enter(nr: i64, read_args: impl Fn() -> [u64; SYSCALL_ARGS]) -> Option<()> 
     // A FUSE daemon's /dev/fuse traffic feeds the FUSE request records, whatever the op filter.
     if spec.flags & spec_flags::FUSE_DAEMON_IO != 0 {
         if let Some(connection) = daemon_connection(tgid) {
-            let args = read_args();
+            let args = padded(read_args());
             if !fd_in_scope(tgid, arg(&args, spec.fd_arg)?) {
                 count(KernelStat::FilteredScope);
                 if spec.op == OpKind::Write as u32 {
@@ -172,7 +181,7 @@ fn on_enter(nr: i64, read_args: impl Fn() -> [u64; SYSCALL_ARGS]) -> Option<()> 
             return None;
         }
     }
-    let args = read_args();
+    let args = padded(read_args());
     if spec.flags & spec_flags::IOCTL != 0
         && arg(&args, spec.cmd_arg).map(|cmd| (cmd >> 8) & 0xff) != Some(u64::from(VEXFS_IOCTL_TYPE))
     {
@@ -208,7 +217,7 @@ const DAEMON_READ: u32 = 2;
 
 /// Keeps a syscall's arguments until its exit.
 #[inline(always)]
-fn remember(pid_tgid: u64, nr: u32, active: u32, args: [u64; SYSCALL_ARGS]) {
+fn remember(pid_tgid: u64, nr: u32, active: u32, args: Args) {
     let inflight = Inflight {
         nr,
         active,
@@ -364,7 +373,8 @@ fn on_exit(nr: i64, ret: i64) -> Option<()> {
     record.header.flags = flags;
     record.header.path1_len = len1 as u32;
     record.header.path2_len = if payload_len > 0 { payload_len as u32 } else { len2 as u32 };
-    record.body.syscall.args = *args;
+    let [a0, a1, a2, a3, a4, a5, _, _] = *args;
+    record.body.syscall.args = [a0, a1, a2, a3, a4, a5];
 
     let size = if payload_len > 0 {
         RECORD_PATHS_OFFSET + PATH_BUF + (payload_len & (PATH_BUF - 1))
@@ -379,7 +389,7 @@ fn on_exit(nr: i64, ret: i64) -> Option<()> {
 
 /// Keeps the fd and cwd scope maps in step with what the syscall did.
 #[inline(always)]
-fn update_scope_maps(spec: &SyscallSpec, tgid: u32, args: &[u64; SYSCALL_ARGS], ret: i64, fd_value: u8) {
+fn update_scope_maps(spec: &SyscallSpec, tgid: u32, args: &Args, ret: i64, fd_value: u8) {
     if ret < 0 {
         return;
     }
