@@ -20,7 +20,7 @@ use std::{
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use vexevent::{
     app::build_pipeline,
-    capture::{Batch, decode, encode},
+    capture::{Batch, decode, encode, syscall_body},
     config::{Config, USER_OPS},
     event::WatchScope,
     expr::Filter,
@@ -31,13 +31,12 @@ use vexevent::{
 };
 use vexevent_common::{COMM_LEN, RecordHeader, SYSCALLS};
 
-fn header(syscall: &str, args: [u64; 6], ret: i64) -> RecordHeader {
+fn header(syscall: &str, ret: i64) -> RecordHeader {
     let entry = SYSCALLS.iter().find(|e| e.name == syscall).expect("syscall in table");
     RecordHeader {
         enter_ns: 1_000,
         exit_ns: 2_000,
         ret,
-        args,
         pid: std::process::id(),
         tid: std::process::id(),
         syscall_nr: entry.nr,
@@ -65,9 +64,9 @@ fn records() -> Records {
     let path = file.as_os_str().as_bytes();
     let o_creat = u64::try_from(libc::O_CREAT).expect("flag");
     Records {
-        open: encode(&header("openat", [AT_FDCWD, 0, 0, 0, 0, 0], 7), path, None),
-        write: encode(&header("write", [7, 0, 4096, 0, 0, 0], 4096), b"", None),
-        create: encode(&header("openat", [AT_FDCWD, 0, o_creat, 0o644, 0, 0], 8), path, None),
+        open: encode(&header("openat", 7), &syscall_body([AT_FDCWD, 0, 0, 0, 0, 0]), path, None),
+        write: encode(&header("write", 4096), &syscall_body([7, 0, 4096, 0, 0, 0]), b"", None),
+        create: encode(&header("openat", 8), &syscall_body([AT_FDCWD, 0, o_creat, 0o644, 0, 0]), path, None),
         _dir: dir,
     }
 }

@@ -11,7 +11,8 @@ has() { local pattern=$1; shift; grep -q -- "$pattern" <<<"$("$@" 2>/dev/null)";
 
 [ "$(id -u)" -eq 0 ] || { say "must run as root (loading eBPF programs needs CAP_BPF/CAP_PERFMON); re-run with sudo"; exit 1; }
 
-# 1. rust-src for the nightly toolchain (the eBPF crate is built with -Z build-std=core).
+# 1. rust-src for the nightly toolchain (the eBPF crate is built with -Z build-std=core), and
+#    clippy for it.
 if ! has '^nightly' rustup toolchain list; then
   say "installing the nightly toolchain"
   rustup toolchain install nightly --profile minimal
@@ -19,6 +20,11 @@ fi
 if ! has '^rust-src' rustup component list --toolchain nightly --installed; then
   say "installing rust-src for nightly"
   rustup component add rust-src --toolchain nightly
+fi
+# clippy for nightly: `cargo xtask clippy-ebpf` lints the eBPF crate for its target.
+if ! has '^clippy' rustup component list --toolchain nightly --installed; then
+  say "installing clippy for nightly"
+  rustup component add clippy --toolchain nightly
 fi
 
 # 2. bpf-linker 0.13.0 linked against the nightly sysroot's libLLVM (Debian only ships LLVM 14).

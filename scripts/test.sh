@@ -10,6 +10,8 @@ echo "test: formatting" >&2
 cargo fmt --all --check
 echo "test: clippy (workspace lints, warnings are errors)" >&2
 cargo clippy --all-targets --quiet -- -D warnings
+echo "test: clippy on the eBPF crate (bpf target, nightly; warnings are errors)" >&2
+cargo xtask clippy-ebpf
 echo "test: building the eBPF object alone" >&2
 cargo xtask build-ebpf >/dev/null
 echo "test: cargo test (unit + root integration tests)" >&2

@@ -660,3 +660,36 @@ fn signals_right_after_ready_are_handled_not_fatal() {
         assert!(finished.stderr.iter().any(|l| l.contains("final stats")), "{:?}", finished.stderr);
     }
 }
+
+/// Opens a path at a bad user address: the probe's path read faults (EFAULT for the caller).
+fn open_bad_pointer() {
+    // SAFETY: the kernel rejects the address with EFAULT; nothing is dereferenced here.
+    let fd = unsafe { libc::open(std::ptr::dangling::<libc::c_char>(), libc::O_RDONLY) };
+    assert_eq!((fd, errno()), (-1, libc::EFAULT));
+}
+
+#[test]
+fn probe_diagnostics_are_off_by_default_and_printed_with_debug_probes() {
+    let Some(_serial) =
+        exclusive_root_test("probe_diagnostics_are_off_by_default_and_printed_with_debug_probes")
+    else {
+        return;
+    };
+    let mount = Mount::tmpfs();
+    let ours = format!("of pid {}", std::process::id());
+    // Off by default: the same fault prints nothing.
+    let quiet = Vexevent::start(&[&mount.path], &[]);
+    open_bad_pointer();
+    let finished = quiet.stop();
+    assert!(finished.exit_ok, "{:?}", finished.stderr);
+    assert!(!finished.stderr.iter().any(|l| l.contains("vexevent::probes")), "{:?}", finished.stderr);
+    // With --debug-probes the probe says which syscall of which process it could not read.
+    let mut debugging = Vexevent::start(&[&mount.path], &["--debug-probes"]);
+    open_bad_pointer();
+    let needle = format!("{ours} (record flags");
+    debugging.wait_for_stderr(&needle, Duration::from_secs(30));
+    let line = debugging.stderr.iter().find(|l| l.contains(&needle)).cloned().unwrap_or_default();
+    let finished = debugging.stop();
+    assert!(finished.exit_ok, "{:?}", finished.stderr);
+    assert!(line.contains("vexevent::probes") && line.contains("path read fault"), "{line}");
+}

@@ -12,7 +12,7 @@ use std::{
 
 use vexevent::{
     app::build_pipeline,
-    capture::{Batch, Captured, decode, encode, encode_gap},
+    capture::{Batch, Captured, decode, encode, encode_gap, syscall_body},
     config::{Config, USER_OPS},
     event::{EventType, SemanticEvent, WatchScope},
     pipeline::{EventBatch, Stage},
@@ -20,18 +20,19 @@ use vexevent::{
     telemetry::Counters,
     translate::{KernelSource, TranslateOptions, Translator, VexfsRoots},
 };
-use vexevent_common::{COMM_LEN, OpKind, RecordHeader, SYSCALLS, fuse_args};
+use vexevent_common::{
+    COMM_LEN, FuseBody, NOT_A_SYSCALL, OpKind, RecordBody, RecordHeader, SYSCALLS, fuse_opcode,
+};
 
 const PID: u32 = 4_000_000;
 const AT_FDCWD: u64 = 0xffff_ff9c;
 
-fn header(op: OpKind, nr: u32, seq: u64, enter: u64, exit: u64, ret: i64, args: [u64; 6]) -> RecordHeader {
+fn header(op: OpKind, nr: u32, seq: u64, enter: u64, exit: u64, ret: i64) -> RecordHeader {
     RecordHeader {
         seq,
         enter_ns: enter,
         exit_ns: exit,
         ret,
-        args,
         pid: PID,
         tid: PID,
         syscall_nr: nr,
@@ -44,26 +45,25 @@ fn header(op: OpKind, nr: u32, seq: u64, enter: u64, exit: u64, ret: i64, args: 
 fn syscall(name: &str, seq: u64, enter: u64, exit: u64, ret: i64, args: [u64; 6], path: &[u8]) -> Vec<u8> {
     let entry = SYSCALLS.iter().find(|e| e.name == name).expect("traced syscall");
     let op = OpKind::try_from(entry.spec.op).expect("op");
-    encode(&header(op, entry.nr, seq, enter, exit, ret, args), path, None)
+    encode(&header(op, entry.nr, seq, enter, exit, ret), &syscall_body(args), path, None)
 }
 
-fn fuse_request(seq: u64, queued: u64, ended: u64, opcode: u64) -> Vec<u8> {
-    let mut args = [0u64; 6];
-    args[fuse_args::CONNECTION] = 53;
-    args[fuse_args::UNIQUE] = 9;
-    args[fuse_args::OPCODE] = opcode;
-    encode(&header(OpKind::FuseRequest, u32::MAX, seq, queued, ended, 0, args), b"", None)
+fn fuse_request(seq: u64, queued: u64, ended: u64, opcode: u32) -> Vec<u8> {
+    let mut body = RecordBody::ZEROED;
+    body.fuse = FuseBody { connection: 53, unique: 9, opcode, ..FuseBody::default() };
+    encode(&header(OpKind::FuseRequest, NOT_A_SYSCALL, seq, queued, ended, 0), &body, b"", None)
 }
 
 #[test]
 fn a_recorded_stream_replays_into_ordered_joined_events() {
     let stream: Vec<Vec<u8>> = vec![
-        // A FUSE CREATE (opcode 35) queued inside the openat below, then the openat itself.
-        fuse_request(0, 1_100, 1_500, 35),
+        // A FUSE CREATE queued inside the openat below, then the openat itself.
+        fuse_request(0, 1_100, 1_500, fuse_opcode::CREATE),
         syscall("openat", 1, 1_000, 1_600, 3, [AT_FDCWD, 0, 0o101, 0o644, 0, 0], b"/m/f/new.txt"),
-        // Records 2..4 lost in the kernel: two writes and a close.
+        // Records 2..4 lost in the kernel: two writes and a close, from 1 650 to 1 690 ns.
         encode_gap(
-            &header(OpKind::Write, 0, 2, 1_700, 1_700, 0, [0; 6]),
+            &header(OpKind::Write, 0, 2, 1_700, 1_700, 0),
+            (1_650, 1_690),
             &[(OpKind::Write, 2), (OpKind::Close, 1)],
         ),
         syscall("unlinkat", 5, 2_000, 2_100, -2, [AT_FDCWD, 0, 0, 0, 0, 0], b"/m/f/missing"),
@@ -84,6 +84,7 @@ fn a_recorded_stream_replays_into_ordered_joined_events() {
             Ok(captured) => {
                 if let Captured::Gap(gap) = &captured {
                     assert_eq!((gap.first_seq, gap.count), (2, 3));
+                    assert_eq!((gap.lost_from_ns, gap.lost_to_ns, gap.reported_ns), (1_650, 1_690, 1_700));
                 }
                 records.push(captured);
             }
@@ -126,6 +127,13 @@ fn a_recorded_stream_replays_into_ordered_joined_events() {
     let gap = out[1].context.gap.as_ref().expect("gap context");
     assert_eq!(gap.lost_by_operation.get("write"), Some(&2));
     assert_eq!(gap.lost_by_operation.get("close"), Some(&1));
+    // The loss's own time span, so a window can tell whether it fell inside: after the openat
+    // (exit 1 600), before the unlinkat (enter 2 000), reported at 1 700.
+    assert_eq!((gap.lost_from_ns, gap.lost_to_ns), (1_650, 1_690));
+    assert_eq!(out[1].timestamp.monotonic_ns, 1_700);
+    assert!(
+        gap.lost_from_ns > out[0].timestamp.monotonic_ns && gap.lost_to_ns < out[2].timestamp.monotonic_ns
+    );
     assert_eq!(counters.decode_errors.load(Ordering::Relaxed), 1);
     assert_eq!(counters.fuse_joined.load(Ordering::Relaxed), 1);
     let sequences: Vec<u64> = out.iter().map(|e| e.global_sequence).collect();

@@ -1,11 +1,38 @@
 //! The kernel/userspace contract of vexevent: fixed-size `#[repr(C)]` records, operation kinds,
-//! the syscall table both sides share, map names and statistics indices. Boring on purpose.
+//! the syscall table and FUSE opcodes both sides share, map names and statistics indices. Boring
+//! on purpose.
 #![no_std]
 
+/// Declares a fieldless `#[repr(u32)]` enum and its `ALL` array (every variant, in declaration
+/// order) from one list, so a new variant cannot be left out of `ALL` or of the counts derived
+/// from `ALL.len()`.
+macro_rules! counted_enum {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            $($(#[$variant_meta:meta])* $variant:ident $(= $value:literal)?,)+
+        }
+    ) => {
+        $(#[$meta])*
+        #[repr(u32)]
+        $vis enum $name {
+            $($(#[$variant_meta])* $variant $(= $value)?,)+
+        }
+
+        impl $name {
+            /// Every variant, in declaration (and value) order.
+            pub const ALL: [$name; [$($name::$variant),+].len()] = [$($name::$variant),+];
+        }
+    };
+}
+pub(crate) use counted_enum;
+
+pub mod fuse;
 pub mod record;
 pub mod stats;
 pub mod syscalls;
 
+pub use fuse::*;
 pub use record::*;
 pub use stats::*;
 pub use syscalls::*;

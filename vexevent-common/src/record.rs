@@ -24,37 +24,38 @@ pub mod record_flags {
     pub const PATH1_FAULT: u32 = 1 << 2;
     /// Reading the second path from user memory failed.
     pub const PATH2_FAULT: u32 = 1 << 3;
-    /// `ioctl_arg` holds the first `IOCTL_ARG_BYTES` of the ioctl's argument struct.
+    /// `SyscallBody::ioctl_arg` holds the first `IOCTL_ARG_BYTES` of the ioctl's argument struct.
     pub const IOCTL_ARG_VALID: u32 = 1 << 4;
     /// Path 2's slot holds the first bytes a write wrote (writes to `VexFS` special files:
     /// `*.vec`, `*.search`, `_vexfs/search`, `_vexfs/control`).
     pub const PAYLOAD: u32 = 1 << 5;
 }
 
-/// Fixed part of every record. Paths follow it: path 1 at offset `size_of::<RecordHeader>()`,
-/// path 2 at that plus `PATH_BUF`. A record without a second path ends right after path 1.
+/// The part every record starts with, whatever its kind. A [`RecordBody`] follows it (which of
+/// its variants `op` says), then the paths: path 1 at [`RECORD_PATHS_OFFSET`], path 2 at that
+/// plus `PATH_BUF`. A record without a second path ends right after path 1.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordHeader {
-    /// Sequence number of this record in its shard (the CPU that produced it), from 0.
+    /// Sequence number of this record in its shard (the CPU that produced it), from 0; a gap
+    /// record's is the first lost record's.
     pub seq: u64,
-    /// `bpf_ktime_get_ns` (`CLOCK_MONOTONIC`) at syscall enter.
+    /// `bpf_ktime_get_ns` (`CLOCK_MONOTONIC`) at syscall enter (FUSE: when the request was
+    /// queued).
     pub enter_ns: u64,
-    /// `bpf_ktime_get_ns` at syscall exit.
+    /// `bpf_ktime_get_ns` at syscall exit (FUSE: when the request ended; gap: when reported).
     pub exit_ns: u64,
-    /// Syscall return value (negative errno on failure).
+    /// Return value (negative errno on failure; FUSE: the reply's error).
     pub ret: i64,
-    /// Raw syscall arguments as passed at enter.
-    pub args: [u64; SYSCALL_ARGS],
-    /// Thread group id (the user's "pid").
+    /// Thread group id (the user's "pid"); FUSE: the requester's.
     pub pid: u32,
     /// Thread id.
     pub tid: u32,
     pub uid: u32,
     pub gid: u32,
-    /// `x86_64` syscall number.
+    /// `x86_64` syscall number ([`NOT_A_SYSCALL`] for other kinds).
     pub syscall_nr: u32,
-    /// An [`crate::OpKind`] value.
+    /// An [`crate::OpKind`] value, or [`GAP_OP`].
     pub op: u32,
     /// [`record_flags`] bits.
     pub flags: u32,
@@ -65,7 +66,6 @@ pub struct RecordHeader {
     /// Bytes of path 2 (without the NUL), 0 when absent.
     pub path2_len: u32,
     pub comm: [u8; COMM_LEN],
-    pub ioctl_arg: [u8; IOCTL_ARG_BYTES],
 }
 
 impl RecordHeader {
@@ -76,7 +76,6 @@ impl RecordHeader {
         enter_ns: 0,
         exit_ns: 0,
         ret: 0,
-        args: [0; SYSCALL_ARGS],
         pid: 0,
         tid: 0,
         uid: 0,
@@ -88,28 +87,114 @@ impl RecordHeader {
         path1_len: 0,
         path2_len: 0,
         comm: [0; COMM_LEN],
-        ioctl_arg: [0; IOCTL_ARG_BYTES],
     };
 }
 
-pub const RECORD_HEADER_SIZE: usize = core::mem::size_of::<RecordHeader>();
-/// Largest record: header and two full paths. This is the per-CPU scratch buffer's size.
-pub const RECORD_MAX_SIZE: usize = RECORD_HEADER_SIZE + 2 * PATH_BUF;
+/// `RecordHeader::syscall_nr` of records that do not come from a syscall (fork, FUSE, gap).
+pub const NOT_A_SYSCALL: u32 = u32::MAX;
 
-const _: () = assert!(RECORD_HEADER_SIZE == 200);
-const _: () = assert!(RECORD_HEADER_SIZE.is_multiple_of(8));
+/// What a syscall record carries after its header.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyscallBody {
+    /// Raw syscall arguments as passed at enter; [`crate::SyscallSpec`] says which is what.
+    pub args: [u64; SYSCALL_ARGS],
+    /// The first bytes of a `VexFS` ioctl's argument struct, read at exit (valid when
+    /// [`record_flags::IOCTL_ARG_VALID`] is set).
+    pub ioctl_arg: [u8; IOCTL_ARG_BYTES],
+}
+
+/// What a FUSE request record carries after its header. The header's `enter_ns` is when the
+/// request was queued, `exit_ns` when it ended, `ret` its error, `pid`/`tid`/`uid`/`gid`/`comm`
+/// those of the requester; the request's names travel as the record's paths (path 1: the entry
+/// name; path 2: the second name of RENAME or SYMLINK).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FuseBody {
+    /// The connection (the mount's device number, kernel encoding).
+    pub connection: u32,
+    /// A [`crate::fuse_opcode`] value.
+    pub opcode: u32,
+    pub unique: u64,
+    /// Bytes of the request (header and arguments).
+    pub request_len: u32,
+    /// Bytes of the reply.
+    pub reply_len: u32,
+    /// The daemon thread that replied.
+    pub daemon_pid: u32,
+    pub daemon_tid: u32,
+    /// What the daemon-side probes saw (all zero when they saw neither read nor reply).
+    pub daemon: FuseDaemonSide,
+}
+
+/// What a fork record carries after its header (`sched_process_fork`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForkBody {
+    /// The new process's pid.
+    pub child_pid: u32,
+    pub padding: u32,
+}
+
+/// What a gap record carries after its header: the CPU lost `lost` records with sequence numbers
+/// from the header's `seq`, whose own timestamps (`exit_ns`, what the merge orders by) spanned
+/// `lost_from_ns ..= lost_to_ns`. Their counts by kind follow the body (`[u32; GAP_KINDS]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GapBody {
+    pub lost: u64,
+    /// Timestamp of the first lost record (`CLOCK_MONOTONIC`).
+    pub lost_from_ns: u64,
+    /// Timestamp of the last lost record.
+    pub lost_to_ns: u64,
+}
+
+/// The kind-specific part of a record, right after its [`RecordHeader`]; `RecordHeader::op`
+/// says which variant is written. Every variant is plain integers (valid for any bit pattern).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub union RecordBody {
+    pub syscall: SyscallBody,
+    pub fuse: FuseBody,
+    pub fork: ForkBody,
+    pub gap: GapBody,
+}
+
+impl RecordBody {
+    /// Every byte zero.
+    pub const ZEROED: RecordBody =
+        RecordBody { syscall: SyscallBody { args: [0; SYSCALL_ARGS], ioctl_arg: [0; IOCTL_ARG_BYTES] } };
+}
+
+pub const RECORD_HEADER_SIZE: usize = core::mem::size_of::<RecordHeader>();
+pub const RECORD_BODY_SIZE: usize = core::mem::size_of::<RecordBody>();
+/// Where path 1 starts: after the header and the body.
+pub const RECORD_PATHS_OFFSET: usize = RECORD_HEADER_SIZE + RECORD_BODY_SIZE;
+/// Largest record: header, body and two full paths. This is the per-CPU scratch buffer's size.
+pub const RECORD_MAX_SIZE: usize = RECORD_PATHS_OFFSET + 2 * PATH_BUF;
+
+const _: () = assert!(RECORD_HEADER_SIZE == 88);
+const _: () = assert!(core::mem::size_of::<SyscallBody>() == 112);
+const _: () = assert!(core::mem::size_of::<FuseBody>() == 96);
+const _: () = assert!(core::mem::size_of::<ForkBody>() == 8);
+const _: () = assert!(core::mem::size_of::<GapBody>() == 24);
+const _: () = assert!(RECORD_BODY_SIZE == 112);
+const _: () = assert!(RECORD_PATHS_OFFSET.is_multiple_of(8));
 
 /// Scratch space a probe assembles a record in before copying it to the ring.
 #[repr(C)]
 pub struct RecordBuf {
     pub header: RecordHeader,
+    pub body: RecordBody,
     pub paths: [u8; 2 * PATH_BUF],
 }
 
 const _: () = assert!(core::mem::size_of::<RecordBuf>() == RECORD_MAX_SIZE);
 
-/// How a probe finds the interesting arguments of one syscall. Written by the loader into the
-/// `SYSCALL_SPECS` map, keyed by syscall number, from [`crate::SYSCALLS`].
+/// Where a syscall keeps what vexevent reads from its arguments: each field is an argument index
+/// or [`crate::NO_ARG`]. The probes read the path, fd, buffer and command positions; userspace
+/// decodes the rest (flags, mode, offset, ...) from the record's raw arguments. Written by the
+/// loader into the `SYSCALL_SPECS` map, keyed by syscall number, from [`crate::SYSCALLS`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SyscallSpec {
@@ -117,20 +202,39 @@ pub struct SyscallSpec {
     pub op: u32,
     /// [`crate::spec_flags`] bits.
     pub flags: u32,
-    /// Argument index of path 1, or [`crate::NO_ARG`].
+    /// Path 1.
     pub path1_arg: u8,
-    /// Argument index of the directory fd path 1 is relative to, or [`crate::NO_ARG`] (cwd).
+    /// The directory fd path 1 is relative to ([`crate::NO_ARG`]: the cwd).
     pub dirfd1_arg: u8,
-    /// Argument index of path 2 (a path, or text such as an xattr name), or [`crate::NO_ARG`].
+    /// Path 2 (a path, or text such as an xattr name).
     pub path2_arg: u8,
-    /// Argument index of the directory fd path 2 is relative to, or [`crate::NO_ARG`].
+    /// The directory fd path 2 is relative to.
     pub dirfd2_arg: u8,
-    /// Argument index of the fd the operation acts on, or [`crate::NO_ARG`].
+    /// The fd the operation acts on.
     pub fd_arg: u8,
-    pub padding: [u8; 3],
+    /// The fd dup2/dup3 duplicate onto.
+    pub new_fd_arg: u8,
+    /// The user buffer (read/write), iovec array (readv/writev) or ioctl argument pointer.
+    pub buf_arg: u8,
+    /// The ioctl command.
+    pub cmd_arg: u8,
+    /// The `O_*` open flags.
+    pub open_flags_arg: u8,
+    /// The mode bits (creating opens, mkdir, chmod).
+    pub mode_arg: u8,
+    /// The file offset (pread/pwrite family).
+    pub offset_arg: u8,
+    /// The new size (truncate).
+    pub size_arg: u8,
+    /// The new owner (chown family).
+    pub uid_arg: u8,
+    pub gid_arg: u8,
+    /// The `AT_*` flags (`AT_REMOVEDIR` makes unlinkat an rmdir).
+    pub at_flags_arg: u8,
+    pub padding: u8,
 }
 
-const _: () = assert!(core::mem::size_of::<SyscallSpec>() == 16);
+const _: () = assert!(core::mem::size_of::<SyscallSpec>() == 24);
 
 /// Global settings of the probes (one entry in the `CONFIG` array).
 #[repr(C)]
@@ -164,13 +268,24 @@ const _: () = assert!(core::mem::size_of::<ProbeConfig>() == 64);
 /// Most ring buffers (shards) the object declares (`EVENTS_0` .. `EVENTS_7`).
 pub const MAX_SHARDS: usize = 8;
 
-/// `RecordHeader::op` of a gap record: the CPU lost `ret` records starting at sequence `seq`;
-/// the payload after the header is `[u32; GAP_KINDS]`, lost records by `OpKind` value.
+/// `RecordHeader::op` of a gap record (see [`GapBody`]).
 pub const GAP_OP: u32 = 0xFFFF_0001;
 /// Entries in a gap record's per-kind counts (index = `OpKind` value; 0 unused).
-pub const GAP_KINDS: usize = 24;
-/// Size of a gap record.
-pub const GAP_RECORD_SIZE: usize = RECORD_HEADER_SIZE + 4 * GAP_KINDS;
+pub const GAP_KINDS: usize = crate::OpKind::ALL.len() + 1;
+/// Size of a gap record: header, body, counts by kind.
+pub const GAP_RECORD_SIZE: usize = RECORD_PATHS_OFFSET + 4 * GAP_KINDS;
+
+/// A gap record as the probe writes it.
+#[repr(C)]
+pub struct GapRecordBuf {
+    pub header: RecordHeader,
+    /// Its [`GapBody`] variant.
+    pub body: RecordBody,
+    /// Lost records by `OpKind` value.
+    pub by_kind: [u32; GAP_KINDS],
+}
+
+const _: () = assert!(core::mem::size_of::<GapRecordBuf>() == GAP_RECORD_SIZE);
 
 /// Records a CPU failed to write and has not yet reported in a gap record.
 #[repr(C)]
@@ -180,11 +295,15 @@ pub struct PendingLoss {
     pub first_seq: u64,
     /// Unreported lost records.
     pub total: u64,
+    /// Timestamp (`exit_ns`) of the first unreported lost record.
+    pub first_ns: u64,
+    /// Timestamp of the last one.
+    pub last_ns: u64,
     /// Unreported lost records by `OpKind` value.
     pub by_kind: [u32; GAP_KINDS],
 }
 
-const _: () = assert!(core::mem::size_of::<PendingLoss>() == 16 + 4 * GAP_KINDS);
+const _: () = assert!(core::mem::size_of::<PendingLoss>() == 32 + 4 * GAP_KINDS);
 
 /// Where the FUSE tracepoints keep their fields (byte offsets read from tracefs `format` files at
 /// start), and whether every FUSE connection is watched. One entry in the `FUSE_CONFIG` array.
@@ -255,25 +374,11 @@ pub struct FuseRequestKey {
     pub unique: u64,
 }
 
-/// Where a `FuseRequest` record keeps its fields: `RecordHeader::args` indices. `enter_ns` is
-/// when the request was queued, `exit_ns` when it ended, `ret` its error, `pid`/`tid`/`uid`/`gid`/
-/// `comm` those of the requester.
-pub mod fuse_args {
-    pub const CONNECTION: usize = 0;
-    pub const UNIQUE: usize = 1;
-    pub const OPCODE: usize = 2;
-    pub const REQUEST_LEN: usize = 3;
-    pub const REPLY_LEN: usize = 4;
-    /// `(tgid << 32) | tid` of the daemon thread that replied.
-    pub const DAEMON: usize = 5;
-}
-
 /// Bytes of a name the daemon side captures from a FUSE request (`NAME_MAX` + NUL).
 pub const FUSE_NAME_BYTES: usize = 256;
 
-/// What the daemon side adds to a `FuseRequest` record, stored in `RecordHeader::ioctl_arg`
-/// (all zero when the daemon's read or reply was not seen). The request's names travel as the
-/// record's paths (path 1: the entry name; path 2: the second name of RENAME or SYMLINK).
+/// What the daemon side adds to a `FuseRequest` record ([`FuseBody::daemon`]; all zero when the
+/// daemon's read or reply was not seen).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FuseDaemonSide {
@@ -296,7 +401,7 @@ pub struct FuseDaemonSide {
     pub padding: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<FuseDaemonSide>() <= IOCTL_ARG_BYTES);
+const _: () = assert!(core::mem::size_of::<FuseDaemonSide>() == 64);
 
 /// Key of the watch-prefix trie: the first `PREFIX_KEY_BYTES` of a path.
 pub type PrefixKey = [u8; PREFIX_KEY_BYTES];

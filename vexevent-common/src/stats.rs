@@ -1,77 +1,65 @@
 //! Indices of the kernel-side counters in the per-CPU `STATS` array, and their names.
 
-/// One kernel counter: where in `STATS` it lives and what it is called in stats output.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u32)]
-pub enum KernelStat {
-    /// Entries into a traced syscall (before any filter), plus forks of watched processes.
-    Seen = 0,
-    /// Dropped in the kernel: the caller is vexevent itself.
-    FilteredSelf,
-    /// Dropped in the kernel: operation type not selected.
-    FilteredOp,
-    /// Dropped in the kernel: pid not in the pid filter.
-    FilteredPid,
-    /// Dropped in the kernel: uid filter.
-    FilteredUid,
-    /// Dropped in the kernel: comm filter.
-    FilteredComm,
-    /// Dropped in the kernel: path or fd outside the watched directories.
-    FilteredScope,
-    /// Records written to the ring buffer.
-    Emitted,
-    /// Lost: the ring buffer was full.
-    LostRingFull,
-    /// Lost: the in-flight table was full at syscall enter.
-    LostInflightFull,
-    /// Records that carry a path read fault (the record is still emitted, flagged).
-    PathFaults,
-    /// Records that carry a truncated path (still emitted, flagged).
-    PathTruncated,
-    /// `sched_process_fork` of a process whose cwd is in scope (scope inherited).
-    ForksInherited,
-    /// FUSE requests queued on a watched connection.
-    FuseRequests,
-    /// FUSE requests on connections that are not watched.
-    FuseFilteredConnection,
-    /// FUSE request ends without a matching send (queued before vexevent started).
-    FuseUnmatchedEnd,
-    /// FUSE requests whose reading by the daemon was seen (/dev/fuse reads).
-    FuseDaemonReads,
-    /// FUSE replies whose writing by the daemon was seen (/dev/fuse writes).
-    FuseDaemonReplies,
-    /// FUSE kprobes (kernels without the FUSE tracepoints) that could not read a `fuse_req`
-    /// field: the request is not captured.
-    FuseReadFaults,
+crate::counted_enum! {
+    /// One kernel counter: where in `STATS` it lives and what it is called in stats output.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum KernelStat {
+        /// Entries into a traced syscall (before any filter), plus forks of watched processes.
+        Seen = 0,
+        /// Dropped in the kernel: the caller is vexevent itself.
+        FilteredSelf,
+        /// Dropped in the kernel: operation type not selected.
+        FilteredOp,
+        /// Dropped in the kernel: pid not in the pid filter.
+        FilteredPid,
+        /// Dropped in the kernel: uid filter.
+        FilteredUid,
+        /// Dropped in the kernel: comm filter.
+        FilteredComm,
+        /// Dropped in the kernel: path or fd outside the watched directories.
+        FilteredScope,
+        /// Records written to the ring buffer.
+        Emitted,
+        /// Lost: the ring buffer was full.
+        LostRingFull,
+        /// Lost: the in-flight table was full at syscall enter.
+        LostInflightFull,
+        /// Records that carry a path read fault (the record is still emitted, flagged).
+        PathFaults,
+        /// Records that carry a truncated path (still emitted, flagged).
+        PathTruncated,
+        /// `sched_process_fork` of a process whose cwd is in scope (scope inherited).
+        ForksInherited,
+        /// FUSE requests queued on a watched connection.
+        FuseRequests,
+        /// FUSE requests on connections that are not watched.
+        FuseFilteredConnection,
+        /// FUSE request ends without a matching send (queued before vexevent started).
+        FuseUnmatchedEnd,
+        /// FUSE requests whose reading by the daemon was seen (/dev/fuse reads).
+        FuseDaemonReads,
+        /// FUSE replies whose writing by the daemon was seen (/dev/fuse writes).
+        FuseDaemonReplies,
+        /// FUSE kprobes (kernels without the FUSE tracepoints) that could not read a `fuse_req`
+        /// field: the request is not captured.
+        FuseReadFaults,
+    }
 }
 
 /// Number of counters; the size of the `STATS` array.
-pub const KERNEL_STAT_COUNT: u32 = KernelStat::FuseReadFaults as u32 + 1;
+#[expect(clippy::cast_possible_truncation, reason = "a few dozen counters")]
+pub const KERNEL_STAT_COUNT: u32 = KernelStat::ALL.len() as u32;
+
+// Counter values are their indices in `ALL` (and in `STATS`).
+const _: () = {
+    let mut i = 0;
+    while i < KernelStat::ALL.len() {
+        assert!(KernelStat::ALL[i] as usize == i);
+        i += 1;
+    }
+};
 
 impl KernelStat {
-    /// Every counter, in index order.
-    pub const ALL: [KernelStat; KERNEL_STAT_COUNT as usize] = [
-        KernelStat::Seen,
-        KernelStat::FilteredSelf,
-        KernelStat::FilteredOp,
-        KernelStat::FilteredPid,
-        KernelStat::FilteredUid,
-        KernelStat::FilteredComm,
-        KernelStat::FilteredScope,
-        KernelStat::Emitted,
-        KernelStat::LostRingFull,
-        KernelStat::LostInflightFull,
-        KernelStat::PathFaults,
-        KernelStat::PathTruncated,
-        KernelStat::ForksInherited,
-        KernelStat::FuseRequests,
-        KernelStat::FuseFilteredConnection,
-        KernelStat::FuseUnmatchedEnd,
-        KernelStat::FuseDaemonReads,
-        KernelStat::FuseDaemonReplies,
-        KernelStat::FuseReadFaults,
-    ];
-
     /// Name used in stats output and metrics.
     #[must_use]
     pub const fn name(self) -> &'static str {

@@ -9,68 +9,53 @@ pub const NO_ARG: u8 = 0xff;
 /// `AT_FDCWD` as it appears in a 64-bit syscall argument (the int -100, zero-extended).
 pub const AT_FDCWD_ARG: u64 = 0xffff_ff9c;
 
-/// What a traced syscall does, as far as vexevent cares.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u32)]
-pub enum OpKind {
-    Open = 1,
-    Read,
-    Write,
-    Close,
-    Rename,
-    Unlink,
-    Rmdir,
-    Mkdir,
-    Symlink,
-    Link,
-    Chmod,
-    Chown,
-    Truncate,
-    Fsync,
-    SetXattr,
-    RemoveXattr,
-    Ioctl,
-    Mount,
-    Umount,
-    /// Changes the cwd: keeps scope and path resolution right; no semantic event of its own.
-    Chdir,
-    /// Duplicates an fd: keeps scope and path resolution right; no semantic event of its own.
-    Dup,
-    /// A process forked (from `sched_process_fork`); carries the child pid in `ret`.
-    Fork,
-    /// A FUSE request from queueing to reply (`fuse_request_send`/`fuse_request_end`); see
-    /// [`crate::fuse_args`] for where its fields sit in the record.
-    FuseRequest,
+crate::counted_enum! {
+    /// What a traced syscall does, as far as vexevent cares.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub enum OpKind {
+        Open = 1,
+        Read,
+        Write,
+        Close,
+        Rename,
+        Unlink,
+        Rmdir,
+        Mkdir,
+        Symlink,
+        Link,
+        Chmod,
+        Chown,
+        Truncate,
+        Fsync,
+        SetXattr,
+        RemoveXattr,
+        Ioctl,
+        Mount,
+        Umount,
+        /// Changes the cwd: keeps scope and path resolution right; no semantic event of its own.
+        Chdir,
+        /// Duplicates an fd: keeps scope and path resolution right; no semantic event of its own.
+        Dup,
+        /// A process forked (from `sched_process_fork`); see [`crate::ForkBody`].
+        Fork,
+        /// A FUSE request from queueing to reply (`fuse_request_send`/`fuse_request_end`); see
+        /// [`crate::FuseBody`].
+        FuseRequest,
+    }
 }
 
-impl OpKind {
-    /// Every kind, in code order.
-    pub const ALL: [OpKind; 23] = [
-        OpKind::Open,
-        OpKind::Read,
-        OpKind::Write,
-        OpKind::Close,
-        OpKind::Rename,
-        OpKind::Unlink,
-        OpKind::Rmdir,
-        OpKind::Mkdir,
-        OpKind::Symlink,
-        OpKind::Link,
-        OpKind::Chmod,
-        OpKind::Chown,
-        OpKind::Truncate,
-        OpKind::Fsync,
-        OpKind::SetXattr,
-        OpKind::RemoveXattr,
-        OpKind::Ioctl,
-        OpKind::Mount,
-        OpKind::Umount,
-        OpKind::Chdir,
-        OpKind::Dup,
-        OpKind::Fork,
-        OpKind::FuseRequest,
-    ];
+// `OpKind` values are 1..=ALL.len(), in `ALL`'s order (0 means "not traced" in `SYSCALL_SPECS`).
+const _: () = {
+    let mut i = 0;
+    while i < OpKind::ALL.len() {
+        assert!(OpKind::ALL[i] as usize == i + 1);
+        i += 1;
+    }
+    // Every kind has a bit in `ProbeConfig::op_mask`.
+    assert!(OpKind::ALL.len() < 64);
+};
 
+impl OpKind {
     /// The name used on the command line and in configuration.
     #[must_use]
     pub const fn name(self) -> &'static str {
@@ -124,9 +109,9 @@ impl TryFrom<u32> for OpKind {
     type Error = u32;
 
     fn try_from(value: u32) -> Result<Self, Self::Error> {
-        match value {
-            1..=23 => Ok(OpKind::ALL[value as usize - 1]),
-            other => Err(other),
+        match (value as usize).checked_sub(1).and_then(|index| OpKind::ALL.get(index)) {
+            Some(op) => Ok(*op),
+            None => Err(value),
         }
     }
 }
@@ -139,14 +124,28 @@ pub mod spec_flags {
     pub const CLOSES_FD: u32 = 1 << 1;
     /// Path 2 is text (xattr name, symlink target, mount source), not a path to scope or resolve.
     pub const PATH2_IS_TEXT: u32 = 1 << 2;
-    /// A non-negative return value duplicates the fd argument (dup family; for dup2/dup3 it is
-    /// also argument 1).
+    /// A non-negative return value duplicates the fd argument (dup family; dup2/dup3 also name
+    /// the new fd in an argument).
     pub const DUPLICATES_FD: u32 = 1 << 3;
     /// Sets the cwd to path 1 (chdir) or to the fd argument (fchdir).
     pub const SETS_CWD: u32 = 1 << 4;
     /// The probe copies the ioctl argument struct when the ioctl type is `VexFS`'s.
     pub const IOCTL: u32 = 1 << 5;
+    /// Creates like `open(path, O_CREAT | O_WRONLY | O_TRUNC, mode)` without a flags argument
+    /// (creat).
+    pub const IMPLIES_CREATE: u32 = 1 << 6;
+    /// The buffer argument is an iovec array.
+    pub const VECTORED: u32 = 1 << 7;
+    /// A FUSE daemon reads requests and writes replies on /dev/fuse with this call: the probes
+    /// look at its buffer when the caller is a known daemon.
+    pub const FUSE_DAEMON_IO: u32 = 1 << 8;
+    /// The probe keeps the first bytes written when the fd is a `VexFS` special file.
+    pub const CAPTURES_DATA: u32 = 1 << 9;
 }
+
+/// The ioctl type (`_IOC_TYPE`, bits 8..16 of the command) of `VexFS`'s vector ioctls; other
+/// ioctls are not file-system events vexevent reports.
+pub const VEXFS_IOCTL_TYPE: u8 = b'V';
 
 /// One row of the syscall table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,103 +157,228 @@ pub struct SyscallEntry {
     pub spec: SyscallSpec,
 }
 
-const fn entry(
-    nr: u32,
-    name: &'static str,
-    op: OpKind,
-    flags: u32,
-    paths: [u8; 4],
-    fd_arg: u8,
-) -> SyscallEntry {
+const N: u8 = NO_ARG;
+
+/// A row with no argument positions; the methods below add them.
+const fn sys(nr: u32, name: &'static str, op: OpKind) -> SyscallEntry {
     SyscallEntry {
         nr,
         name,
         spec: SyscallSpec {
             op: op as u32,
-            flags,
-            path1_arg: paths[0],
-            dirfd1_arg: paths[1],
-            path2_arg: paths[2],
-            dirfd2_arg: paths[3],
-            fd_arg,
-            padding: [0; 3],
+            flags: 0,
+            path1_arg: N,
+            dirfd1_arg: N,
+            path2_arg: N,
+            dirfd2_arg: N,
+            fd_arg: N,
+            new_fd_arg: N,
+            buf_arg: N,
+            cmd_arg: N,
+            open_flags_arg: N,
+            mode_arg: N,
+            offset_arg: N,
+            size_arg: N,
+            uid_arg: N,
+            gid_arg: N,
+            at_flags_arg: N,
+            padding: 0,
         },
     }
 }
 
-const N: u8 = NO_ARG;
-/// No paths.
-const NP: [u8; 4] = [N, N, N, N];
-/// Path in argument 0, relative to the cwd.
-const P0: [u8; 4] = [0, N, N, N];
-/// Path in argument 1, relative to the dirfd in argument 0.
-const P1D0: [u8; 4] = [1, 0, N, N];
+impl SyscallEntry {
+    const fn flags(mut self, flags: u32) -> Self {
+        self.spec.flags = flags;
+        self
+    }
 
-use spec_flags::{CLOSES_FD, DUPLICATES_FD, IOCTL, PATH2_IS_TEXT, RET_IS_NEW_FD, SETS_CWD};
+    /// Path 1, relative to the cwd.
+    const fn path(mut self, arg: u8) -> Self {
+        self.spec.path1_arg = arg;
+        self
+    }
 
-/// Every traced syscall (`x86_64` numbers). Tracepoints missing on a kernel are reported and skipped.
+    /// Path 1, relative to the directory fd `dirfd`.
+    const fn path_at(mut self, dirfd: u8, arg: u8) -> Self {
+        self.spec.dirfd1_arg = dirfd;
+        self.spec.path1_arg = arg;
+        self
+    }
+
+    /// Path 2 (or text), relative to the cwd.
+    const fn path2(mut self, arg: u8) -> Self {
+        self.spec.path2_arg = arg;
+        self
+    }
+
+    /// Path 2, relative to the directory fd `dirfd`.
+    const fn path2_at(mut self, dirfd: u8, arg: u8) -> Self {
+        self.spec.dirfd2_arg = dirfd;
+        self.spec.path2_arg = arg;
+        self
+    }
+
+    const fn fd(mut self, arg: u8) -> Self {
+        self.spec.fd_arg = arg;
+        self
+    }
+
+    const fn new_fd(mut self, arg: u8) -> Self {
+        self.spec.new_fd_arg = arg;
+        self
+    }
+
+    const fn buf(mut self, arg: u8) -> Self {
+        self.spec.buf_arg = arg;
+        self
+    }
+
+    const fn cmd(mut self, arg: u8) -> Self {
+        self.spec.cmd_arg = arg;
+        self
+    }
+
+    const fn open_flags(mut self, arg: u8) -> Self {
+        self.spec.open_flags_arg = arg;
+        self
+    }
+
+    const fn mode(mut self, arg: u8) -> Self {
+        self.spec.mode_arg = arg;
+        self
+    }
+
+    const fn offset(mut self, arg: u8) -> Self {
+        self.spec.offset_arg = arg;
+        self
+    }
+
+    const fn size(mut self, arg: u8) -> Self {
+        self.spec.size_arg = arg;
+        self
+    }
+
+    const fn owner(mut self, uid: u8, gid: u8) -> Self {
+        self.spec.uid_arg = uid;
+        self.spec.gid_arg = gid;
+        self
+    }
+
+    const fn at_flags(mut self, arg: u8) -> Self {
+        self.spec.at_flags_arg = arg;
+        self
+    }
+}
+
+use spec_flags::{
+    CAPTURES_DATA, CLOSES_FD, DUPLICATES_FD, FUSE_DAEMON_IO, IMPLIES_CREATE, IOCTL, PATH2_IS_TEXT,
+    RET_IS_NEW_FD, SETS_CWD, VECTORED,
+};
+
+/// Every traced syscall (`x86_64` numbers): the only place syscall numbers and argument positions
+/// are written down. Tracepoints missing on a kernel are reported and skipped.
 pub const SYSCALLS: &[SyscallEntry] = &[
-    entry(0, "read", OpKind::Read, 0, NP, 0),
-    entry(1, "write", OpKind::Write, 0, NP, 0),
-    entry(2, "open", OpKind::Open, RET_IS_NEW_FD, P0, N),
-    entry(3, "close", OpKind::Close, CLOSES_FD, NP, 0),
-    entry(16, "ioctl", OpKind::Ioctl, IOCTL, NP, 0),
-    entry(17, "pread64", OpKind::Read, 0, NP, 0),
-    entry(18, "pwrite64", OpKind::Write, 0, NP, 0),
-    entry(19, "readv", OpKind::Read, 0, NP, 0),
-    entry(20, "writev", OpKind::Write, 0, NP, 0),
-    entry(32, "dup", OpKind::Dup, DUPLICATES_FD, NP, 0),
-    entry(33, "dup2", OpKind::Dup, DUPLICATES_FD, NP, 0),
-    entry(74, "fsync", OpKind::Fsync, 0, NP, 0),
-    entry(75, "fdatasync", OpKind::Fsync, 0, NP, 0),
-    entry(76, "truncate", OpKind::Truncate, 0, P0, N),
-    entry(77, "ftruncate", OpKind::Truncate, 0, NP, 0),
-    entry(80, "chdir", OpKind::Chdir, SETS_CWD, P0, N),
-    entry(81, "fchdir", OpKind::Chdir, SETS_CWD, NP, 0),
-    entry(82, "rename", OpKind::Rename, 0, [0, N, 1, N], N),
-    entry(83, "mkdir", OpKind::Mkdir, 0, P0, N),
-    entry(84, "rmdir", OpKind::Rmdir, 0, P0, N),
-    entry(85, "creat", OpKind::Open, RET_IS_NEW_FD, P0, N),
-    entry(86, "link", OpKind::Link, 0, [0, N, 1, N], N),
-    entry(87, "unlink", OpKind::Unlink, 0, P0, N),
+    sys(0, "read", OpKind::Read).fd(0).buf(1).flags(FUSE_DAEMON_IO),
+    sys(1, "write", OpKind::Write).fd(0).buf(1).flags(FUSE_DAEMON_IO | CAPTURES_DATA),
+    sys(2, "open", OpKind::Open).path(0).open_flags(1).mode(2).flags(RET_IS_NEW_FD),
+    sys(3, "close", OpKind::Close).fd(0).flags(CLOSES_FD),
+    sys(16, "ioctl", OpKind::Ioctl).fd(0).cmd(1).buf(2).flags(IOCTL),
+    sys(17, "pread64", OpKind::Read).fd(0).buf(1).offset(3),
+    sys(18, "pwrite64", OpKind::Write).fd(0).buf(1).offset(3).flags(CAPTURES_DATA),
+    sys(19, "readv", OpKind::Read).fd(0).buf(1).flags(VECTORED | FUSE_DAEMON_IO),
+    sys(20, "writev", OpKind::Write).fd(0).buf(1).flags(VECTORED | FUSE_DAEMON_IO),
+    sys(32, "dup", OpKind::Dup).fd(0).flags(DUPLICATES_FD),
+    sys(33, "dup2", OpKind::Dup).fd(0).new_fd(1).flags(DUPLICATES_FD),
+    sys(74, "fsync", OpKind::Fsync).fd(0),
+    sys(75, "fdatasync", OpKind::Fsync).fd(0),
+    sys(76, "truncate", OpKind::Truncate).path(0).size(1),
+    sys(77, "ftruncate", OpKind::Truncate).fd(0).size(1),
+    sys(80, "chdir", OpKind::Chdir).path(0).flags(SETS_CWD),
+    sys(81, "fchdir", OpKind::Chdir).fd(0).flags(SETS_CWD),
+    sys(82, "rename", OpKind::Rename).path(0).path2(1),
+    sys(83, "mkdir", OpKind::Mkdir).path(0).mode(1),
+    sys(84, "rmdir", OpKind::Rmdir).path(0),
+    sys(85, "creat", OpKind::Open).path(0).mode(1).flags(RET_IS_NEW_FD | IMPLIES_CREATE),
+    sys(86, "link", OpKind::Link).path(0).path2(1),
+    sys(87, "unlink", OpKind::Unlink).path(0),
     // symlink(target, linkpath): path 1 is the new link, path 2 the target text.
-    entry(88, "symlink", OpKind::Symlink, PATH2_IS_TEXT, [1, N, 0, N], N),
-    entry(90, "chmod", OpKind::Chmod, 0, P0, N),
-    entry(91, "fchmod", OpKind::Chmod, 0, NP, 0),
-    entry(92, "chown", OpKind::Chown, 0, P0, N),
-    entry(93, "fchown", OpKind::Chown, 0, NP, 0),
-    entry(94, "lchown", OpKind::Chown, 0, P0, N),
+    sys(88, "symlink", OpKind::Symlink).path(1).path2(0).flags(PATH2_IS_TEXT),
+    sys(90, "chmod", OpKind::Chmod).path(0).mode(1),
+    sys(91, "fchmod", OpKind::Chmod).fd(0).mode(1),
+    sys(92, "chown", OpKind::Chown).path(0).owner(1, 2),
+    sys(93, "fchown", OpKind::Chown).fd(0).owner(1, 2),
+    sys(94, "lchown", OpKind::Chown).path(0).owner(1, 2),
     // mount(source, target, fstype, flags, data): path 1 is the mount point, path 2 the source.
-    entry(165, "mount", OpKind::Mount, PATH2_IS_TEXT, [1, N, 0, N], N),
-    entry(166, "umount", OpKind::Umount, 0, P0, N),
-    entry(188, "setxattr", OpKind::SetXattr, PATH2_IS_TEXT, [0, N, 1, N], N),
-    entry(189, "lsetxattr", OpKind::SetXattr, PATH2_IS_TEXT, [0, N, 1, N], N),
-    entry(190, "fsetxattr", OpKind::SetXattr, PATH2_IS_TEXT, [N, N, 1, N], 0),
-    entry(197, "removexattr", OpKind::RemoveXattr, PATH2_IS_TEXT, [0, N, 1, N], N),
-    entry(198, "lremovexattr", OpKind::RemoveXattr, PATH2_IS_TEXT, [0, N, 1, N], N),
-    entry(199, "fremovexattr", OpKind::RemoveXattr, PATH2_IS_TEXT, [N, N, 1, N], 0),
-    entry(257, "openat", OpKind::Open, RET_IS_NEW_FD, P1D0, N),
-    entry(258, "mkdirat", OpKind::Mkdir, 0, P1D0, N),
-    entry(260, "fchownat", OpKind::Chown, 0, P1D0, N),
-    // unlinkat with AT_REMOVEDIR is an rmdir; userspace decides from the flags argument.
-    entry(263, "unlinkat", OpKind::Unlink, 0, P1D0, N),
-    entry(264, "renameat", OpKind::Rename, 0, [1, 0, 3, 2], N),
-    entry(265, "linkat", OpKind::Link, 0, [1, 0, 3, 2], N),
+    sys(165, "mount", OpKind::Mount).path(1).path2(0).flags(PATH2_IS_TEXT),
+    sys(166, "umount", OpKind::Umount).path(0),
+    sys(188, "setxattr", OpKind::SetXattr).path(0).path2(1).flags(PATH2_IS_TEXT),
+    sys(189, "lsetxattr", OpKind::SetXattr).path(0).path2(1).flags(PATH2_IS_TEXT),
+    sys(190, "fsetxattr", OpKind::SetXattr).fd(0).path2(1).flags(PATH2_IS_TEXT),
+    sys(197, "removexattr", OpKind::RemoveXattr).path(0).path2(1).flags(PATH2_IS_TEXT),
+    sys(198, "lremovexattr", OpKind::RemoveXattr).path(0).path2(1).flags(PATH2_IS_TEXT),
+    sys(199, "fremovexattr", OpKind::RemoveXattr).fd(0).path2(1).flags(PATH2_IS_TEXT),
+    sys(257, "openat", OpKind::Open).path_at(0, 1).open_flags(2).mode(3).flags(RET_IS_NEW_FD),
+    sys(258, "mkdirat", OpKind::Mkdir).path_at(0, 1).mode(2),
+    sys(260, "fchownat", OpKind::Chown).path_at(0, 1).owner(2, 3).at_flags(4),
+    // unlinkat with AT_REMOVEDIR is an rmdir.
+    sys(263, "unlinkat", OpKind::Unlink).path_at(0, 1).at_flags(2),
+    sys(264, "renameat", OpKind::Rename).path_at(0, 1).path2_at(2, 3),
+    sys(265, "linkat", OpKind::Link).path_at(0, 1).path2_at(2, 3).at_flags(4),
     // symlinkat(target, newdirfd, linkpath)
-    entry(266, "symlinkat", OpKind::Symlink, PATH2_IS_TEXT, [2, 1, 0, N], N),
-    entry(268, "fchmodat", OpKind::Chmod, 0, P1D0, N),
-    entry(292, "dup3", OpKind::Dup, DUPLICATES_FD, NP, 0),
-    entry(295, "preadv", OpKind::Read, 0, NP, 0),
-    entry(296, "pwritev", OpKind::Write, 0, NP, 0),
-    entry(316, "renameat2", OpKind::Rename, 0, [1, 0, 3, 2], N),
-    entry(327, "preadv2", OpKind::Read, 0, NP, 0),
-    entry(328, "pwritev2", OpKind::Write, 0, NP, 0),
-    entry(437, "openat2", OpKind::Open, RET_IS_NEW_FD, P1D0, N),
-    entry(452, "fchmodat2", OpKind::Chmod, 0, P1D0, N),
+    sys(266, "symlinkat", OpKind::Symlink).path_at(1, 2).path2(0).flags(PATH2_IS_TEXT),
+    sys(268, "fchmodat", OpKind::Chmod).path_at(0, 1).mode(2),
+    sys(292, "dup3", OpKind::Dup).fd(0).new_fd(1).flags(DUPLICATES_FD),
+    sys(295, "preadv", OpKind::Read).fd(0).buf(1).offset(3).flags(VECTORED),
+    sys(296, "pwritev", OpKind::Write).fd(0).buf(1).offset(3).flags(VECTORED),
+    sys(316, "renameat2", OpKind::Rename).path_at(0, 1).path2_at(2, 3),
+    sys(327, "preadv2", OpKind::Read).fd(0).buf(1).offset(3).flags(VECTORED),
+    sys(328, "pwritev2", OpKind::Write).fd(0).buf(1).offset(3).flags(VECTORED),
+    // openat2's flags and mode live in a user struct the probe does not copy.
+    sys(437, "openat2", OpKind::Open).path_at(0, 1).flags(RET_IS_NEW_FD),
+    sys(452, "fchmodat2", OpKind::Chmod).path_at(0, 1).mode(2).at_flags(3),
     // setxattrat(dfd, path, at_flags, name, args, size), removexattrat(dfd, path, at_flags, name)
-    entry(463, "setxattrat", OpKind::SetXattr, PATH2_IS_TEXT, [1, 0, 3, N], N),
-    entry(466, "removexattrat", OpKind::RemoveXattr, PATH2_IS_TEXT, [1, 0, 3, N], N),
+    sys(463, "setxattrat", OpKind::SetXattr).path_at(0, 1).at_flags(2).path2(3).flags(PATH2_IS_TEXT),
+    sys(466, "removexattrat", OpKind::RemoveXattr).path_at(0, 1).at_flags(2).path2(3).flags(PATH2_IS_TEXT),
 ];
+
+/// Syscall numbers are below this on `x86_64`: the size of the `SYSCALL_SPECS` array.
+pub const MAX_SYSCALL_NR: u32 = 512;
+
+// Every row: a number the `SYSCALL_SPECS` array holds, argument positions that exist, and only
+// syscall kinds.
+const _: () = {
+    let mut i = 0;
+    while i < SYSCALLS.len() {
+        let entry = &SYSCALLS[i];
+        assert!(entry.nr < MAX_SYSCALL_NR);
+        assert!(OpKind::ALL[entry.spec.op as usize - 1].is_syscall());
+        let spec = &entry.spec;
+        let positions = [
+            spec.path1_arg,
+            spec.dirfd1_arg,
+            spec.path2_arg,
+            spec.dirfd2_arg,
+            spec.fd_arg,
+            spec.new_fd_arg,
+            spec.buf_arg,
+            spec.cmd_arg,
+            spec.open_flags_arg,
+            spec.mode_arg,
+            spec.offset_arg,
+            spec.size_arg,
+            spec.uid_arg,
+            spec.gid_arg,
+            spec.at_flags_arg,
+        ];
+        let mut j = 0;
+        while j < positions.len() {
+            assert!(positions[j] == NO_ARG || (positions[j] as usize) < crate::SYSCALL_ARGS);
+            j += 1;
+        }
+        i += 1;
+    }
+};
 
 /// Looks a syscall up by number.
 #[must_use]

@@ -40,7 +40,7 @@ fn on_return() -> Option<()> {
     let elapsed = unsafe { bpf_ktime_get_ns() }.saturating_sub(start);
     // SAFETY: a plain value read.
     let key = unsafe { *DAEMON_SERVING.get_ptr(tid)? };
-    let request = FUSE_INFLIGHT.get_ptr_mut(&key)?;
+    let request = FUSE_INFLIGHT.get_ptr_mut(key)?;
     // SAFETY: the entry of the request this thread is serving.
     unsafe {
         (*request).daemon.functions_ns += elapsed;

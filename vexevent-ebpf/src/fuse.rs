@@ -18,9 +18,11 @@ use aya_ebpf::{
     macros::{kprobe, tracepoint},
     programs::{ProbeContext, TracePointContext},
 };
+use aya_log_ebpf::{info, warn};
 use vexevent_common::{
-    FUSE_MAX_IN_ARGS, FUSE_NAME_BYTES, FuseDaemonSide, FuseKprobeLayout, FuseRequestKey, KernelStat, OpKind,
-    PATH_BUF, RECORD_HEADER_SIZE, fuse_args,
+    FUSE_MAX_IN_ARGS, FUSE_NAME_BYTES, FuseBody, FuseDaemonSide, FuseKprobeLayout, FuseRequestKey,
+    KernelStat, NOT_A_SYSCALL, OpKind, PATH_BUF, RECORD_PATHS_OFFSET, fuse_has_aux_node,
+    fuse_has_entry_reply, fuse_name_layout,
 };
 
 use crate::{
@@ -28,11 +30,9 @@ use crate::{
         CONFIG, DAEMON_SERVING, FUSE_CONFIG, FUSE_CONNECTIONS, FUSE_DAEMONS, FUSE_INFLIGHT,
         FUSE_KPROBE_LAYOUT, FUSE_SCRATCH, SCRATCH, count,
     },
+    record::{Task, header, high, low},
     ring::submit,
 };
-
-/// `RecordHeader::syscall_nr` of FUSE records (not a syscall).
-const NOT_A_SYSCALL: u32 = u32::MAX;
 
 #[inline(always)]
 fn read<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
@@ -41,12 +41,14 @@ fn read<T>(ctx: &TracePointContext, offset: u32) -> Option<T> {
 }
 
 #[tracepoint]
+#[expect(clippy::needless_pass_by_value, reason = "aya-ebpf's program macros pass the context by value")]
 pub fn vexevent_fuse_request_send(ctx: TracePointContext) -> u32 {
     let _ = on_send(&ctx);
     0
 }
 
 #[tracepoint]
+#[expect(clippy::needless_pass_by_value, reason = "aya-ebpf's program macros pass the context by value")]
 pub fn vexevent_fuse_request_end(ctx: TracePointContext) -> u32 {
     let _ = on_end(&ctx);
     0
@@ -55,6 +57,7 @@ pub fn vexevent_fuse_request_end(ctx: TracePointContext) -> u32 {
 /// Kprobe on the function that queues a request for the daemon (`queue_request_and_unlock` up
 /// to Linux 6.10): what `fuse/fuse_request_send` carries, read from the `struct fuse_req`.
 #[kprobe]
+#[expect(clippy::needless_pass_by_value, reason = "aya-ebpf's program macros pass the context by value")]
 pub fn vexevent_fuse_kprobe_send(ctx: ProbeContext) -> u32 {
     let _ = on_kprobe_send(&ctx);
     0
@@ -62,6 +65,7 @@ pub fn vexevent_fuse_kprobe_send(ctx: ProbeContext) -> u32 {
 
 /// Kprobe on `fuse_request_end`: what `fuse/fuse_request_end` carries.
 #[kprobe]
+#[expect(clippy::needless_pass_by_value, reason = "aya-ebpf's program macros pass the context by value")]
 pub fn vexevent_fuse_kprobe_end(ctx: ProbeContext) -> u32 {
     let _ = on_kprobe_end(&ctx);
     0
@@ -92,6 +96,7 @@ fn kernel<T>(base: u64, offset: u32) -> Option<T> {
     let value = unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) };
     if value.is_err() {
         count(KernelStat::FuseReadFaults);
+        warn!(&(), "FUSE kprobe: cannot read the kernel field at offset {}", offset);
     }
     value.ok()
 }
@@ -183,7 +188,10 @@ fn queued(connection: u32, fields: impl FnOnce() -> Option<(u64, u32, u32)>) -> 
     request.daemon = FuseDaemonSide::default();
     request.name1_len = 0;
     request.name2_len = 0;
-    if FUSE_INFLIGHT.insert(key, &*request, 0).is_err() {
+    // By reference: a copy of the ~600-byte request would not fit the 512-byte eBPF stack.
+    #[expect(clippy::needless_borrows_for_generic_args, reason = "a copy would not fit the eBPF stack")]
+    let inserted = FUSE_INFLIGHT.insert(key, &*request, 0);
+    if inserted.is_err() {
         count(KernelStat::LostInflightFull);
         return None;
     }
@@ -204,7 +212,10 @@ fn ended(key: &FuseRequestKey, reply: impl FnOnce() -> Option<(i32, u32)>) -> Op
     // The reply arrives in the daemon's context: remember which connection it serves, so that
     // its /dev/fuse reads and writes are recognised.
     let daemon = bpf_get_current_pid_tgid();
-    let _ = FUSE_DAEMONS.insert((daemon >> 32) as u32, key.connection, 0);
+    if daemon_connection(high(daemon)) != Some(key.connection) {
+        let _ = FUSE_DAEMONS.insert(high(daemon), key.connection, 0);
+        info!(&(), "FUSE: pid {} is the daemon of connection {}", high(daemon), key.connection);
+    }
     let record = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's scratch slot; nothing else uses it while this program runs.
     let record = unsafe { &mut *record };
@@ -223,34 +234,27 @@ fn ended(key: &FuseRequestKey, reply: impl FnOnce() -> Option<(i32, u32)>) -> Op
         (request.opcode, request.len, request.queued_ns, request.requester, request.uid_gid, request.comm);
     let _ = FUSE_INFLIGHT.remove(key);
     let (error, reply_len) = reply()?;
-    let header = &mut record.header;
-    header.enter_ns = queued_ns;
+    let requester = Task { pid_tgid: requester, uid_gid, comm };
     // SAFETY: no preconditions.
-    header.exit_ns = unsafe { bpf_ktime_get_ns() };
-    header.ret = i64::from(error);
-    header.args = [0; 6];
-    header.args[fuse_args::CONNECTION] = u64::from(key.connection);
-    header.args[fuse_args::UNIQUE] = key.unique;
-    header.args[fuse_args::OPCODE] = u64::from(opcode);
-    header.args[fuse_args::REQUEST_LEN] = u64::from(len);
-    header.args[fuse_args::REPLY_LEN] = u64::from(reply_len);
-    header.args[fuse_args::DAEMON] = daemon;
-    header.pid = (requester >> 32) as u32;
-    header.tid = requester as u32;
-    header.uid = uid_gid as u32;
-    header.gid = (uid_gid >> 32) as u32;
-    header.syscall_nr = NOT_A_SYSCALL;
-    header.op = OpKind::FuseRequest as u32;
-    header.flags = 0;
-    header.path1_len = name1_len as u32;
-    header.path2_len = name2_len as u32;
-    header.comm = comm;
-    // SAFETY: `FuseDaemonSide` fits in `ioctl_arg` (asserted in vexevent-common); plain data.
-    unsafe { header.ioctl_arg.as_mut_ptr().cast::<FuseDaemonSide>().write_unaligned(daemon_side) };
+    let now = unsafe { bpf_ktime_get_ns() };
+    record.header =
+        header(OpKind::FuseRequest as u32, NOT_A_SYSCALL, &requester, queued_ns, now, i64::from(error));
+    record.header.path1_len = name1_len as u32;
+    record.header.path2_len = name2_len as u32;
+    record.body.fuse = FuseBody {
+        connection: key.connection,
+        opcode,
+        unique: key.unique,
+        request_len: len,
+        reply_len,
+        daemon_pid: high(daemon),
+        daemon_tid: low(daemon),
+        daemon: daemon_side,
+    };
     let size = if name2_len > 0 {
-        RECORD_HEADER_SIZE + PATH_BUF + (name2_len & (FUSE_NAME_BYTES - 1))
+        RECORD_PATHS_OFFSET + PATH_BUF + (name2_len & (FUSE_NAME_BYTES - 1))
     } else {
-        RECORD_HEADER_SIZE + (name1_len & (FUSE_NAME_BYTES - 1))
+        RECORD_PATHS_OFFSET + (name1_len & (FUSE_NAME_BYTES - 1))
     };
     submit(record, size);
     Some(())
@@ -288,24 +292,6 @@ struct IoVec {
     len: u64,
 }
 
-/// Opcodes with entry replies (`fuse_entry_out` after the header).
-const ENTRY_REPLY_OPCODES: [u32; 6] = [1, 6, 8, 9, 13, 35];
-
-/// Where the names start in a request body (after the opcode's fixed struct), and whether a
-/// second name follows the first; `None` for opcodes without names.
-#[inline(always)]
-fn name_layout(opcode: u32) -> Option<(u64, bool)> {
-    match opcode {
-        1 | 10 | 11 => Some((0, false)), // LOOKUP, UNLINK, RMDIR: name
-        6 => Some((0, true)),            // SYMLINK: name, target
-        9 | 13 => Some((8, false)),      // MKDIR (mode, umask), LINK (oldnodeid): name
-        8 | 35 => Some((16, false)),     // MKNOD, CREATE: name
-        12 => Some((8, true)),           // RENAME (newdir): old name, new name
-        45 => Some((16, true)),          // RENAME2 (newdir, flags): old name, new name
-        _ => None,
-    }
-}
-
 /// The connection a FUSE daemon serves, when `tgid` is one.
 #[inline(always)]
 pub fn daemon_connection(tgid: u32) -> Option<u32> {
@@ -335,18 +321,18 @@ pub fn daemon_read(connection: u32, vectored: bool, buffer: u64, len: i64, reade
     // SAFETY: user memory; the helper faults safely.
     let header: InHeader = unsafe { bpf_probe_read_user(buffer as *const InHeader) }.ok()?;
     let key = FuseRequestKey { connection, padding: 0, unique: header.unique };
-    let request = FUSE_INFLIGHT.get_ptr_mut(&key)?;
+    let request = FUSE_INFLIGHT.get_ptr_mut(key)?;
     // SAFETY: the entry of a request in flight; only the daemon thread that read it writes here.
     let request = unsafe { &mut *request };
     // SAFETY: no preconditions.
     request.daemon.received_ns = unsafe { bpf_ktime_get_ns() };
     request.daemon.nodeid = header.nodeid;
     request.daemon.reader = reader;
-    let _ = DAEMON_SERVING.insert((reader & 0xffff_ffff) as u32, key, 0);
+    let _ = DAEMON_SERVING.insert(low(reader), key, 0);
     count(KernelStat::FuseDaemonReads);
-    let (skip, two_names) = name_layout(header.opcode)?;
+    let (skip, two_names) = fuse_name_layout(header.opcode)?;
     let body = buffer + core::mem::size_of::<InHeader>() as u64;
-    if matches!(header.opcode, 12 | 13 | 45) {
+    if fuse_has_aux_node(header.opcode) {
         // SAFETY: user memory; the helper faults safely.
         request.daemon.aux_nodeid = unsafe { bpf_probe_read_user(body as *const u64) }.unwrap_or(0);
     }
@@ -404,13 +390,15 @@ pub fn daemon_write(connection: u32, vectored: bool, buffer: u64) -> Option<()> 
     // SAFETY: user memory; the helper faults safely.
     let header: OutHeader = unsafe { bpf_probe_read_user(buffer as *const OutHeader) }.ok()?;
     let key = FuseRequestKey { connection, padding: 0, unique: header.unique };
-    let request = FUSE_INFLIGHT.get_ptr_mut(&key)?;
+    let request = FUSE_INFLIGHT.get_ptr_mut(key)?;
     // SAFETY: the entry of a request in flight.
     let request = unsafe { &mut *request };
     // SAFETY: no preconditions.
     request.daemon.replied_ns = unsafe { bpf_ktime_get_ns() };
-    let is_entry_reply = ENTRY_REPLY_OPCODES.iter().any(|&op| op == request.opcode);
-    if header.error == 0 && is_entry_reply && header.len as usize >= core::mem::size_of::<OutHeader>() + 8 {
+    if header.error == 0
+        && fuse_has_entry_reply(request.opcode)
+        && header.len as usize >= core::mem::size_of::<OutHeader>() + 8
+    {
         // SAFETY: user memory; the helper faults safely. `fuse_entry_out` starts with the nodeid.
         request.daemon.reply_nodeid = unsafe { bpf_probe_read_user(body as *const u64) }.unwrap_or(0);
     }

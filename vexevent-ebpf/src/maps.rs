@@ -5,15 +5,13 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use vexevent_common::{
-    FUSE_NAME_BYTES, FuseConfig, FuseDaemonSide, FuseKprobeLayout, FuseRequestKey, GAP_KINDS,
-    KERNEL_STAT_COUNT, KernelStat, PendingLoss, PrefixKey, ProbeConfig, RecordBuf, RecordHeader,
-    SYSCALL_ARGS, SyscallSpec,
+    COMM_LEN, FUSE_NAME_BYTES, FuseConfig, FuseDaemonSide, FuseKprobeLayout, FuseRequestKey, GAP_KINDS,
+    GapRecordBuf, KERNEL_STAT_COUNT, KernelStat, MAX_SYSCALL_NR, PendingLoss, PrefixKey, ProbeConfig,
+    RecordBuf, SYSCALL_ARGS, SyscallSpec,
 };
 
 /// Default ring size; the loader sets the configured size at load time.
 const DEFAULT_RING_BYTES: u32 = 16 << 20;
-/// Syscall numbers are below 512 on x86_64.
-pub const MAX_SYSCALL_NR: u32 = 512;
 
 /// Records for userspace, one ring per shard (group of CPUs); the loader sizes the ones in use
 /// and shrinks the rest to one page.
@@ -42,16 +40,9 @@ pub static PENDING_LOSS: PerCpuArray<PendingLoss> = PerCpuArray::with_max_entrie
 #[map]
 pub static LOST_BY_KIND: PerCpuArray<u64> = PerCpuArray::with_max_entries(GAP_KINDS as u32, 0);
 
-/// A gap record: header and lost counts by kind.
-#[repr(C)]
-pub struct GapBuf {
-    pub header: RecordHeader,
-    pub by_kind: [u32; GAP_KINDS],
-}
-
 /// Per-CPU scratch space a gap record is assembled in.
 #[map]
-pub static GAP_SCRATCH: PerCpuArray<GapBuf> = PerCpuArray::with_max_entries(1, 0);
+pub static GAP_SCRATCH: PerCpuArray<GapRecordBuf> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU scratch space a record is assembled in (too large for the 512-byte stack).
 #[map]
@@ -114,7 +105,7 @@ pub struct FuseInflight {
     /// `(tgid << 32) | tid` of the requester.
     pub requester: u64,
     pub uid_gid: u64,
-    pub comm: [u8; 16],
+    pub comm: [u8; COMM_LEN],
     /// Filled in by the daemon-side probes.
     pub daemon: FuseDaemonSide,
     pub name1_len: u32,
@@ -144,6 +135,16 @@ pub static FUSE_DAEMONS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(256
 #[map]
 pub static FUSE_INFLIGHT: LruHashMap<FuseRequestKey, FuseInflight> = LruHashMap::with_max_entries(1 << 12, 0);
 
+/// Slots for a syscall's arguments in the probes: `SYSCALL_ARGS` padded to a power of two, so an
+/// argument index from the syscall table can be masked into range. (Older verifiers, Linux 6.1
+/// for one, lose the bound of an index the compiler spilled to the stack and reject the read; a
+/// mask on the register itself they follow.)
+pub const ARG_SLOTS: usize = 8;
+const _: () = assert!(ARG_SLOTS.is_power_of_two() && ARG_SLOTS >= SYSCALL_ARGS);
+
+/// A syscall's arguments, padded to `ARG_SLOTS` with zeros.
+pub type Args = [u64; ARG_SLOTS];
+
 /// A syscall between enter and exit.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -152,7 +153,7 @@ pub struct Inflight {
     /// 1 between enter and exit; slots are reused, never deleted, in the steady state.
     pub active: u32,
     pub enter_ns: u64,
-    pub args: [u64; SYSCALL_ARGS],
+    pub args: Args,
 }
 
 /// Thread id -> the syscall it is in.

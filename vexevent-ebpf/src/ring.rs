@@ -1,17 +1,24 @@
 //! Submitting records: picks the shard's ring, writes pending gap records first, counts every
-//! record the ring cannot take (by kind, and as a pending gap for the next record to report), and
-//! wakes the consumer only when a ring goes from empty to non-empty or fills past a threshold.
+//! record the ring cannot take (by kind, and as a pending gap for the next record to report,
+//! with the span of the lost records' timestamps), and wakes the consumer only when a ring goes
+//! from empty to non-empty or fills past a threshold.
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, generated::bpf_ringbuf_output},
     maps::RingBuf,
 };
-use vexevent_common::{GAP_KINDS, GAP_OP, GAP_RECORD_SIZE, KernelStat, MAX_SHARDS, RecordBuf};
+use aya_log_ebpf::warn;
+use vexevent_common::{
+    GAP_KINDS, GAP_OP, GAP_RECORD_SIZE, GapBody, KernelStat, MAX_SHARDS, NOT_A_SYSCALL, RecordBuf,
+};
 
-use crate::maps::{
-    CONFIG, EVENTS_0, EVENTS_1, EVENTS_2, EVENTS_3, EVENTS_4, EVENTS_5, EVENTS_6, EVENTS_7, GAP_SCRATCH,
-    LOST_BY_KIND, PENDING_LOSS, count, next_seq,
+use crate::{
+    maps::{
+        CONFIG, EVENTS_0, EVENTS_1, EVENTS_2, EVENTS_3, EVENTS_4, EVENTS_5, EVENTS_6, EVENTS_7, GAP_SCRATCH,
+        LOST_BY_KIND, PENDING_LOSS, count, next_seq,
+    },
+    record::{Task, header},
 };
 
 /// Wake the consumer once this many bytes wait in a ring, even mid-batch.
@@ -66,15 +73,11 @@ fn flush_pending_loss(ring: &RingBuf, cpu: u32) -> bool {
     let gap = unsafe { &mut *gap };
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
+    gap.header = header(GAP_OP, NOT_A_SYSCALL, &Task::NONE, now, now, 0);
     gap.header.seq = pending.first_seq;
-    gap.header.enter_ns = now;
-    gap.header.exit_ns = now;
-    gap.header.ret = pending.total as i64;
-    gap.header.op = GAP_OP;
     gap.header.cpu = cpu;
-    gap.header.syscall_nr = u32::MAX;
-    gap.header.path1_len = 0;
-    gap.header.path2_len = 0;
+    gap.body.gap =
+        GapBody { lost: pending.total, lost_from_ns: pending.first_ns, lost_to_ns: pending.last_ns };
     gap.by_kind = pending.by_kind;
     if !write(ring, core::ptr::from_ref(gap).cast(), GAP_RECORD_SIZE) {
         return false;
@@ -84,10 +87,11 @@ fn flush_pending_loss(ring: &RingBuf, cpu: u32) -> bool {
     true
 }
 
-/// Notes a record the ring could not take.
+/// Notes a record (sequence `seq`, kind `op`, timestamp `ns`) the ring could not take.
 #[inline(always)]
-fn record_loss(seq: u64, op: u32) {
+fn record_loss(seq: u64, op: u32, ns: u64) {
     count(KernelStat::LostRingFull);
+    warn!(&(), "ring full: record {} (kind {}) lost", seq, op);
     // A compare the verifier can follow (it cannot bound a modulo).
     let kind = if op < GAP_KINDS as u32 { op } else { 0 };
     if let Some(lost) = LOST_BY_KIND.get_ptr_mut(kind) {
@@ -99,7 +103,9 @@ fn record_loss(seq: u64, op: u32) {
         let pending = unsafe { &mut *pending };
         if pending.total == 0 {
             pending.first_seq = seq;
+            pending.first_ns = ns;
         }
+        pending.last_ns = ns;
         pending.total += 1;
         if let Some(slot) = pending.by_kind.get_mut(kind as usize) {
             *slot += 1;
@@ -127,6 +133,6 @@ pub fn submit(record: &mut RecordBuf, size: usize) {
     if flush_pending_loss(ring, header.cpu) && write(ring, core::ptr::from_ref(record).cast(), size) {
         count(KernelStat::Emitted);
     } else {
-        record_loss(header.seq, header.op);
+        record_loss(header.seq, header.op, header.exit_ns);
     }
 }

@@ -65,7 +65,7 @@ pub fn mark_cwd(tgid: u32, watched: bool) {
 #[inline(always)]
 pub fn is_vexfs_special(path: &[u8; PATH_BUF], len: usize) -> bool {
     const TAIL: usize = 16;
-    let start = if len >= TAIL { len - TAIL } else { 0 };
+    let start = len.saturating_sub(TAIL);
     let valid = if len >= TAIL { TAIL } else { len };
     let mut tail = [0u8; TAIL];
     // SAFETY: reads 16 bytes at most 4095 + 16 bytes into a buffer of 2 * PATH_BUF (RecordBuf).

@@ -13,14 +13,16 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
+use aya_log_ebpf::warn;
 use vexevent_common::{
-    IOCTL_ARG_BYTES, KernelStat, NO_ARG, PATH_BUF, RECORD_HEADER_SIZE, RecordBuf, SYSCALL_ARGS, SyscallSpec,
-    record_flags, spec_flags,
+    IOCTL_ARG_BYTES, KernelStat, NO_ARG, OpKind, PATH_BUF, RECORD_PATHS_OFFSET, RecordBuf, SYSCALL_ARGS,
+    SyscallSpec, VEXFS_IOCTL_TYPE, record_flags, spec_flags,
 };
 
 use crate::{
     fuse::{daemon_connection, daemon_read, daemon_write},
-    maps::{CONFIG, INFLIGHT, Inflight, PID_FILTER, SCRATCH, SYSCALL_SPECS, count},
+    maps::{ARG_SLOTS, Args, CONFIG, INFLIGHT, Inflight, PID_FILTER, SCRATCH, SYSCALL_SPECS, count},
+    record::{Task, header, high, low},
     ring::submit,
     scope::{
         NOT_WATCHED, VEXFS_SPECIAL, WATCHED, fd_flag, fd_in_scope, is_vexfs_special, mark_cwd, mark_fd,
@@ -33,19 +35,18 @@ use crate::{
 const SYSCALL_NR_OFFSET: usize = 8;
 /// Offset of `args[0]` in `sys_enter` and of `ret` in `sys_exit`.
 const ARGS_OFFSET: usize = 16;
-/// The ioctl type of VexFS's vector ioctls; other ioctls are not file-system events we report.
-const VEXFS_IOCTL_TYPE: u64 = b'V' as u64;
 
 // Two hook types share the logic below: BTF raw tracepoints (`tp_btf`, cheapest: no perf
 // buffer, direct loads from `pt_regs`) and, where the kernel lacks BTF, classic tracepoints. The
 // loader picks one pair and reports which.
 
-/// Offsets in x86_64 `struct pt_regs` of the syscall arguments (di, si, dx, r10, r8, r9) and of
+/// Offsets in `x86_64` `struct pt_regs` of the syscall arguments (di, si, dx, r10, r8, r9) and of
 /// `orig_ax` (the syscall number).
 const PT_REGS_ARG_OFFSETS: [usize; SYSCALL_ARGS] = [112, 104, 96, 56, 72, 64];
 const PT_REGS_ORIG_AX: usize = 120;
 
 #[btf_tracepoint(function = "sys_enter")]
+#[expect(clippy::needless_pass_by_value, reason = "aya-ebpf's program macros pass the context by value")]
 pub fn vexevent_btf_sys_enter(ctx: BtfTracePointContext) -> i32 {
     let regs: *const u8 = ctx.arg(0);
     let nr: i64 = ctx.arg(1);
@@ -54,6 +55,7 @@ pub fn vexevent_btf_sys_enter(ctx: BtfTracePointContext) -> i32 {
 }
 
 #[btf_tracepoint(function = "sys_exit")]
+#[expect(clippy::needless_pass_by_value, reason = "aya-ebpf's program macros pass the context by value")]
 pub fn vexevent_btf_sys_exit(ctx: BtfTracePointContext) -> i32 {
     let regs: *const u8 = ctx.arg(0);
     let ret: i64 = ctx.arg(1);
@@ -64,11 +66,16 @@ pub fn vexevent_btf_sys_exit(ctx: BtfTracePointContext) -> i32 {
 /// Loads a field of `pt_regs` (a BTF pointer: the verifier checks the access, no helper needed).
 #[inline(always)]
 fn regs_field(regs: *const u8, offset: usize) -> u64 {
-    // SAFETY: `regs` is the tracepoint's `struct pt_regs *`; offsets are of its u64 fields.
-    unsafe { core::ptr::read_volatile(regs.add(offset).cast::<u64>()) }
+    // SAFETY: `regs` is the tracepoint's `struct pt_regs *` (8-byte aligned); offsets are of its
+    // u64 fields.
+    #[expect(clippy::cast_ptr_alignment, reason = "offsets of u64 fields of an aligned struct")]
+    unsafe {
+        core::ptr::read_volatile(regs.add(offset).cast::<u64>())
+    }
 }
 
 #[tracepoint]
+#[expect(clippy::needless_pass_by_value, reason = "aya-ebpf's program macros pass the context by value")]
 pub fn vexevent_sys_enter(ctx: TracePointContext) -> u32 {
     let nr: i64 = field(&ctx, SYSCALL_NR_OFFSET);
     // One load per field: the verifier accepts ctx loads at constant offsets only.
@@ -86,6 +93,7 @@ pub fn vexevent_sys_enter(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint]
+#[expect(clippy::needless_pass_by_value, reason = "aya-ebpf's program macros pass the context by value")]
 pub fn vexevent_sys_exit(ctx: TracePointContext) -> u32 {
     let _ = on_exit(field(&ctx, SYSCALL_NR_OFFSET), field(&ctx, ARGS_OFFSET));
     0
@@ -108,12 +116,21 @@ fn spec_for(nr: i64) -> Option<(u32, &'static SyscallSpec)> {
     Some((nr, spec))
 }
 
+/// The raw arguments padded to `ARG_SLOTS`.
 #[inline(always)]
-fn arg(args: &[u64; SYSCALL_ARGS], index: u8) -> Option<u64> {
+fn padded(args: [u64; SYSCALL_ARGS]) -> Args {
+    let [a0, a1, a2, a3, a4, a5] = args;
+    [a0, a1, a2, a3, a4, a5, 0, 0]
+}
+
+#[inline(always)]
+fn arg(args: &Args, index: u8) -> Option<u64> {
     if index == NO_ARG {
         return None;
     }
-    args.get(usize::from(index)).copied()
+    // Masked, not compared: see `ARG_SLOTS`. Table indices are below `SYSCALL_ARGS` (asserted in
+    // vexevent-common), so the mask never changes one.
+    Some(args[usize::from(index) & (ARG_SLOTS - 1)])
 }
 
 #[inline(always)]
@@ -122,24 +139,26 @@ fn on_enter(nr: i64, read_args: impl Fn() -> [u64; SYSCALL_ARGS]) -> Option<()> 
     count(KernelStat::Seen);
     let config = CONFIG.get(0)?;
     let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
+    let tgid = high(pid_tgid);
     if tgid == config.self_pid {
         count(KernelStat::FilteredSelf);
         return None;
     }
     // A FUSE daemon's /dev/fuse traffic feeds the FUSE request records, whatever the op filter.
-    if matches!(nr, READ_NR | WRITE_NR | READV_NR | WRITEV_NR) {
+    if spec.flags & spec_flags::FUSE_DAEMON_IO != 0 {
         if let Some(connection) = daemon_connection(tgid) {
-            let args = read_args();
-            if !fd_in_scope(tgid, args[0]) {
+            let args = padded(read_args());
+            if !fd_in_scope(tgid, arg(&args, spec.fd_arg)?) {
                 count(KernelStat::FilteredScope);
-                if matches!(nr, WRITE_NR | WRITEV_NR) {
+                if spec.op == OpKind::Write as u32 {
                     // The reply ends the request inside this write: look at it now.
-                    let _ = daemon_write(connection, nr == WRITEV_NR, args[1]);
+                    let vectored = spec.flags & spec_flags::VECTORED != 0;
+                    let _ = daemon_write(connection, vectored, arg(&args, spec.buf_arg)?);
                     return None;
                 }
                 // The request is in the buffer only once the read returns.
-                return remember(pid_tgid, nr, DAEMON_READ, args);
+                remember(pid_tgid, nr, DAEMON_READ, args);
+                return None;
             }
         }
     }
@@ -162,8 +181,10 @@ fn on_enter(nr: i64, read_args: impl Fn() -> [u64; SYSCALL_ARGS]) -> Option<()> 
             return None;
         }
     }
-    let args = read_args();
-    if spec.flags & spec_flags::IOCTL != 0 && (args[1] >> 8) & 0xff != VEXFS_IOCTL_TYPE {
+    let args = padded(read_args());
+    if spec.flags & spec_flags::IOCTL != 0
+        && arg(&args, spec.cmd_arg).map(|cmd| (cmd >> 8) & 0xff) != Some(u64::from(VEXFS_IOCTL_TYPE))
+    {
         count(KernelStat::FilteredOp);
         return None;
     }
@@ -171,12 +192,10 @@ fn on_enter(nr: i64, read_args: impl Fn() -> [u64; SYSCALL_ARGS]) -> Option<()> 
     // leaving the watched tree must clear the cwd scope.
     if let Some(fd) = arg(&args, spec.fd_arg) {
         if spec.flags & spec_flags::SETS_CWD == 0 && !fd_in_scope(tgid, fd) {
-            if spec.flags & spec_flags::DUPLICATES_FD != 0 {
-                // dup2/dup3 onto a watched fd closes it: forget it.
-                if let Some(new_fd) = args.get(1) {
-                    if nr != DUP_NR && fd_in_scope(tgid, *new_fd) {
-                        mark_fd(tgid, *new_fd, NOT_WATCHED);
-                    }
+            // dup2/dup3 onto a watched fd closes it: forget it.
+            if let Some(new_fd) = arg(&args, spec.new_fd_arg) {
+                if fd_in_scope(tgid, new_fd) {
+                    mark_fd(tgid, new_fd, NOT_WATCHED);
                 }
             }
             count(KernelStat::FilteredScope);
@@ -188,21 +207,17 @@ fn on_enter(nr: i64, read_args: impl Fn() -> [u64; SYSCALL_ARGS]) -> Option<()> 
             mark_fd(tgid, fd, NOT_WATCHED);
         }
     }
-    remember(pid_tgid, nr, SYSCALL, args)
+    remember(pid_tgid, nr, SYSCALL, args);
+    Some(())
 }
 
 /// `Inflight::active` of a traced syscall, and of a FUSE daemon's read of /dev/fuse.
 const SYSCALL: u32 = 1;
 const DAEMON_READ: u32 = 2;
-const READ_NR: u32 = 0;
-const WRITE_NR: u32 = 1;
-const READV_NR: u32 = 19;
-const PWRITE64_NR: u32 = 18;
-const WRITEV_NR: u32 = 20;
 
 /// Keeps a syscall's arguments until its exit.
 #[inline(always)]
-fn remember(pid_tgid: u64, nr: u32, active: u32, args: [u64; SYSCALL_ARGS]) -> Option<()> {
+fn remember(pid_tgid: u64, nr: u32, active: u32, args: Args) {
     let inflight = Inflight {
         nr,
         active,
@@ -210,19 +225,16 @@ fn remember(pid_tgid: u64, nr: u32, active: u32, args: [u64; SYSCALL_ARGS]) -> O
         enter_ns: unsafe { bpf_ktime_get_ns() },
         args,
     };
-    let tid = (pid_tgid & 0xffff_ffff) as u32;
+    let tid = low(pid_tgid);
     // A thread's slot is reused in place (no map update in the steady state).
     if let Some(slot) = INFLIGHT.get_ptr_mut(tid) {
         // SAFETY: a map value of this thread; only this thread's enter/exit touch it.
         unsafe { *slot = inflight };
     } else if INFLIGHT.insert(tid, inflight, 0).is_err() {
         count(KernelStat::LostInflightFull);
+        warn!(&(), "in-flight table full: syscall {} of thread {} not captured", nr, tid);
     }
-    Some(())
 }
-
-/// `dup` (unlike dup2/dup3) has no target fd argument.
-const DUP_NR: u32 = 32;
 
 /// Copies a NUL-terminated user string into `dst`; returns its length and record flags.
 #[inline(always)]
@@ -249,12 +261,14 @@ fn read_user_path(src: u64, dst: &mut [u8; PATH_BUF], truncated: u32, fault: u32
 }
 
 #[inline(always)]
+#[expect(clippy::similar_names, reason = "tid and tgid are the kernel's names")]
+#[expect(clippy::too_many_lines, reason = "one exit path: read, decide scope, fill, submit")]
 fn on_exit(nr: i64, ret: i64) -> Option<()> {
     // Untraced syscalls leave here, before the in-flight lookup.
-    let (nr, _) = spec_for(nr)?;
+    let (nr, spec) = spec_for(nr)?;
     let pid_tgid = bpf_get_current_pid_tgid();
-    let tid = (pid_tgid & 0xffff_ffff) as u32;
-    let tgid = (pid_tgid >> 32) as u32;
+    let tid = low(pid_tgid);
+    let tgid = high(pid_tgid);
     let slot = INFLIGHT.get_ptr_mut(tid)?;
     // SAFETY: this thread's slot; only this thread's enter/exit touch it.
     let inflight = unsafe { *slot };
@@ -263,18 +277,18 @@ fn on_exit(nr: i64, ret: i64) -> Option<()> {
     }
     // SAFETY: as above.
     unsafe { (*slot).active = 0 };
+    let args = &inflight.args;
     if inflight.active == DAEMON_READ {
         let connection = daemon_connection(tgid)?;
-        return daemon_read(connection, nr == READV_NR, inflight.args[1], ret, pid_tgid);
+        let vectored = spec.flags & spec_flags::VECTORED != 0;
+        return daemon_read(connection, vectored, arg(args, spec.buf_arg)?, ret, pid_tgid);
     }
     // SAFETY: no preconditions.
     let exit_ns = unsafe { bpf_ktime_get_ns() };
-    let spec = SYSCALL_SPECS.get(inflight.nr)?;
     let config = CONFIG.get(0)?;
     let record = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's scratch slot; nothing else uses it while this program runs.
     let record: &mut RecordBuf = unsafe { &mut *record };
-    let args = &inflight.args;
 
     let mut flags = 0u32;
     let (paths1, paths2) = record.paths.split_at_mut(PATH_BUF);
@@ -292,6 +306,9 @@ fn on_exit(nr: i64, ret: i64) -> Option<()> {
         let (len, f) = read_user_path(ptr, path2, record_flags::PATH2_TRUNCATED, record_flags::PATH2_FAULT);
         len2 = len;
         flags |= f;
+    }
+    if flags & (record_flags::PATH1_FAULT | record_flags::PATH2_FAULT) != 0 {
+        warn!(&(), "path read fault: syscall {} of pid {} (record flags {:x})", nr, tgid, flags);
     }
 
     let in_scope = if let Some(fd) = arg(args, spec.fd_arg) {
@@ -319,14 +336,17 @@ fn on_exit(nr: i64, ret: i64) -> Option<()> {
     }
     // Writes to VexFS special files carry their meaning in their data: keep its first bytes.
     let mut payload_len = 0usize;
-    if matches!(inflight.nr, WRITE_NR | PWRITE64_NR) && ret > 0 && fd_flag(tgid, args[0]) == VEXFS_SPECIAL {
+    if spec.flags & spec_flags::CAPTURES_DATA != 0
+        && ret > 0
+        && arg(args, spec.fd_arg).is_some_and(|fd| fd_flag(tgid, fd) == VEXFS_SPECIAL)
+    {
         let wanted = (ret as usize).min(PATH_BUF - 1);
         // SAFETY: the destination is PATH_BUF writable bytes; the helper faults safely.
         let read = unsafe {
             bpf_probe_read_user(
                 path2.as_mut_ptr().cast(),
                 (wanted & (PATH_BUF - 1)) as u32,
-                args[1] as *const _,
+                arg(args, spec.buf_arg).unwrap_or(0) as *const _,
             )
         };
         if read == 0 {
@@ -335,44 +355,33 @@ fn on_exit(nr: i64, ret: i64) -> Option<()> {
         }
     }
 
-    let header = &mut record.header;
     if spec.flags & spec_flags::IOCTL != 0 {
-        {
-            // SAFETY: the destination is IOCTL_ARG_BYTES writable bytes; the helper faults safely.
-            let read = unsafe {
-                bpf_probe_read_user(
-                    header.ioctl_arg.as_mut_ptr().cast(),
-                    IOCTL_ARG_BYTES as u32,
-                    args[2] as *const _,
-                )
-            };
-            if read == 0 {
-                flags |= record_flags::IOCTL_ARG_VALID;
-            }
+        // SAFETY: the destination is IOCTL_ARG_BYTES writable bytes of the record's syscall body;
+        // the helper faults safely.
+        let read = unsafe {
+            bpf_probe_read_user(
+                (&raw mut record.body.syscall.ioctl_arg).cast(),
+                IOCTL_ARG_BYTES as u32,
+                arg(args, spec.buf_arg).unwrap_or(0) as *const _,
+            )
+        };
+        if read == 0 {
+            flags |= record_flags::IOCTL_ARG_VALID;
         }
     }
-    header.enter_ns = inflight.enter_ns;
-    header.exit_ns = exit_ns;
-    header.ret = ret;
-    header.args = *args;
-    header.pid = tgid;
-    header.tid = tid;
-    let uid_gid = bpf_get_current_uid_gid();
-    header.uid = uid_gid as u32;
-    header.gid = (uid_gid >> 32) as u32;
-    header.syscall_nr = inflight.nr;
-    header.op = spec.op;
-    header.flags = flags;
-    header.path1_len = len1 as u32;
-    header.path2_len = if payload_len > 0 { payload_len as u32 } else { len2 as u32 };
-    header.comm = bpf_get_current_comm().unwrap_or_default();
+    record.header = header(spec.op, nr, &Task::current(), inflight.enter_ns, exit_ns, ret);
+    record.header.flags = flags;
+    record.header.path1_len = len1 as u32;
+    record.header.path2_len = if payload_len > 0 { payload_len as u32 } else { len2 as u32 };
+    let [a0, a1, a2, a3, a4, a5, _, _] = *args;
+    record.body.syscall.args = [a0, a1, a2, a3, a4, a5];
 
     let size = if payload_len > 0 {
-        RECORD_HEADER_SIZE + PATH_BUF + (payload_len & (PATH_BUF - 1))
+        RECORD_PATHS_OFFSET + PATH_BUF + (payload_len & (PATH_BUF - 1))
     } else if has_path2 {
-        RECORD_HEADER_SIZE + PATH_BUF + (len2 & (PATH_BUF - 1))
+        RECORD_PATHS_OFFSET + PATH_BUF + (len2 & (PATH_BUF - 1))
     } else {
-        RECORD_HEADER_SIZE + (len1 & (PATH_BUF - 1))
+        RECORD_PATHS_OFFSET + (len1 & (PATH_BUF - 1))
     };
     submit(record, size);
     Some(())
@@ -380,7 +389,7 @@ fn on_exit(nr: i64, ret: i64) -> Option<()> {
 
 /// Keeps the fd and cwd scope maps in step with what the syscall did.
 #[inline(always)]
-fn update_scope_maps(spec: &SyscallSpec, tgid: u32, args: &[u64; SYSCALL_ARGS], ret: i64, fd_value: u8) {
+fn update_scope_maps(spec: &SyscallSpec, tgid: u32, args: &Args, ret: i64, fd_value: u8) {
     if ret < 0 {
         return;
     }
@@ -388,7 +397,9 @@ fn update_scope_maps(spec: &SyscallSpec, tgid: u32, args: &[u64; SYSCALL_ARGS], 
         mark_fd(tgid, ret as u64, fd_value);
     } else if spec.flags & spec_flags::DUPLICATES_FD != 0 {
         // The duplicate is what the original is (watched, or a watched special file).
-        mark_fd(tgid, ret as u64, fd_flag(tgid, args[0]));
+        if let Some(fd) = arg(args, spec.fd_arg) {
+            mark_fd(tgid, ret as u64, fd_flag(tgid, fd));
+        }
     } else if spec.flags & spec_flags::SETS_CWD != 0 {
         mark_cwd(tgid, fd_value != NOT_WATCHED);
     }

@@ -136,6 +136,10 @@ struct RunArgs {
     /// (btf), or classic tracepoints (tracepoint).
     #[arg(long, value_enum, value_name = "TYPE")]
     syscall_hooks: Option<SyscallHooks>,
+    /// Turn the probes' own diagnostics on (FUSE daemons learned, forks inheriting a watched cwd,
+    /// path read faults, full rings) and print them on stderr.
+    #[arg(long)]
+    debug_probes: bool,
     /// Ring buffers (shards): 0 is one per CPU (at most 8).
     #[arg(long, value_name = "N")]
     shards: Option<usize>,
@@ -224,6 +228,7 @@ impl RunArgs {
         capture.comm = self.comm.clone().or(capture.comm.take());
         capture.ring_bytes = self.ring_bytes.unwrap_or(capture.ring_bytes);
         capture.syscall_hooks = self.syscall_hooks.unwrap_or(capture.syscall_hooks);
+        capture.debug_probes |= self.debug_probes;
         capture.shards = self.shards.unwrap_or(capture.shards);
         capture.batch_window_us = self.batch_window_us.unwrap_or(capture.batch_window_us);
         capture.reorder_window_us = self.reorder_window_us.unwrap_or(capture.reorder_window_us);

@@ -1,6 +1,8 @@
 //! Developer tasks: `cargo xtask build-ebpf` builds the eBPF object alone and reports its
-//! programs and sizes; `cargo xtask bench` runs every benchmark; `cargo xtask vm-test` runs
-//! vexevent on an older kernel (Debian's 6.1) under QEMU.
+//! programs and sizes; `cargo xtask clippy-ebpf` lints the eBPF crate for its target (the
+//! workspace clippy run cannot: the crate does not build for the host); `cargo xtask bench` runs
+//! every benchmark; `cargo xtask vm-test` runs vexevent on an older kernel (Debian's 6.1) under
+//! QEMU.
 
 mod vm_test;
 
@@ -31,6 +33,8 @@ enum Task {
         #[arg(long)]
         debug: bool,
     },
+    /// Run clippy (workspace lints, warnings are errors) on the eBPF crate for the bpf target.
+    ClippyEbpf,
     /// Run the benchmarks: end-to-end capture overhead and WebSocket subscribers (need root) and
     /// per-stage criterion runs.
     Bench,
@@ -57,21 +61,34 @@ fn run(command: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn build_ebpf(debug: bool) -> anyhow::Result<()> {
-    let root = workspace_root();
+/// `cargo +nightly <subcommand>` on the eBPF crate for its target, with the flags aya-build
+/// passes when vexevent/build.rs embeds the object, and warnings as errors.
+fn ebpf_cargo(subcommand: &str, root: &Path) -> Command {
     let mut cargo = Command::new("cargo");
     cargo
-        .current_dir(&root)
-        .args(["+nightly", "build", "--package", "vexevent-ebpf", "--target", "bpfel-unknown-none"])
+        .current_dir(root)
+        .args(["+nightly", subcommand, "--package", "vexevent-ebpf", "--target", "bpfel-unknown-none"])
         .args(["-Z", "build-std=core"])
-        // The flags aya-build passes when vexevent/build.rs embeds the object, and warnings as
-        // errors (the probes are checked here, not by the workspace clippy run).
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
             "--cfg=bpf_target_arch=\"x86_64\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf\x1f-Dwarnings",
         )
         .env_remove("RUSTC")
         .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    cargo
+}
+
+fn clippy_ebpf() -> anyhow::Result<()> {
+    let root = workspace_root();
+    let mut cargo = ebpf_cargo("clippy", &root);
+    cargo.args(["--release", "--", "-D", "warnings"]);
+    run(&mut cargo)
+        .context("linting the eBPF crate (is rust-src installed for nightly? run scripts/setup.sh)")
+}
+
+fn build_ebpf(debug: bool) -> anyhow::Result<()> {
+    let root = workspace_root();
+    let mut cargo = ebpf_cargo("build", &root);
     if !debug {
         cargo.arg("--release");
     }
@@ -145,6 +162,7 @@ fn bench() -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::BuildEbpf { debug } => build_ebpf(debug),
+        Task::ClippyEbpf => clippy_ebpf(),
         Task::Bench => bench(),
         Task::VmTest { kernel_package } => vm_test::vm_test(kernel_package.as_deref()),
     }

@@ -56,11 +56,20 @@ ready() {
     sleep 0.2
   done
 }
-# Before fuse.ko is loaded: the start-up report must say why no FUSE hook attached.
+# Before fuse.ko is loaded: the start-up report must say why no FUSE hook attached. This run also
+# has the probes' diagnostics on (this kernel's verifier must accept the probes with their log
+# statements): a fork in a watched cwd must be reported by the probe.
 vexevent run --watch /tmp --output /tmp/before.jsonl --stats-file /tmp/before.json --stats-interval 0 \
-  </dev/null >/dev/null 2>/tmp/before.err &
+  --debug-probes </dev/null >/dev/null 2>/tmp/before.err &
 VX=$!
 ready /tmp/before.err $VX
+(cd /tmp && { sleep 0 & wait; })
+i=0
+until grep -q "vexevent::probes.*inherits the watched cwd" /tmp/before.err; do
+  i=$((i + 1))
+  [ $i -gt 300 ] && { cat /tmp/before.err; fail "no probe diagnostics with --debug-probes"; }
+  sleep 0.2
+done
 kill -INT $VX
 wait $VX
 cat /tmp/before.err

@@ -1,8 +1,11 @@
-//! Turns the bytes of one ring-buffer record into a [`RawRecord`], checking every length first.
+//! Turns the bytes of one ring-buffer record into a [`RawRecord`], checking every length first,
+//! and its kind-specific body into a typed [`Body`]: a syscall's arguments by meaning (from the
+//! syscall table's positions), a FUSE request's fields, a fork's child, a gap's span.
 
 use vexevent_common::{
-    GAP_KINDS, GAP_OP, GAP_RECORD_SIZE, NO_ARG, OpKind, PATH_BUF, RECORD_HEADER_SIZE, RecordHeader,
-    SyscallEntry, record_flags, spec_flags, syscall_by_nr,
+    ForkBody, FuseBody, GAP_KINDS, GAP_OP, GAP_RECORD_SIZE, GapBody, IOCTL_ARG_BYTES, NO_ARG, NOT_A_SYSCALL,
+    OpKind, PATH_BUF, RECORD_HEADER_SIZE, RECORD_PATHS_OFFSET, RecordBody, RecordHeader, SYSCALL_ARGS,
+    SyscallBody, SyscallEntry, SyscallSpec, record_flags, spec_flags, syscall_by_nr,
 };
 
 /// What one ring record holds.
@@ -42,6 +45,52 @@ pub struct GapRecord {
     pub by_kind: Vec<(OpKind, u64)>,
     /// When the probe reported the gap (`CLOCK_MONOTONIC`).
     pub reported_ns: u64,
+    /// Timestamp (`exit_ns`, the merge's order) of the first lost record.
+    pub lost_from_ns: u64,
+    /// Timestamp of the last lost record.
+    pub lost_to_ns: u64,
+}
+
+/// A syscall's arguments by meaning, decoded at the positions its table entry gives (`None`:
+/// the syscall has no such argument).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyscallArgs {
+    /// The fd the operation acts on.
+    pub fd: Option<i32>,
+    /// The directory fds paths 1 and 2 are relative to (`AT_FDCWD` or none: the cwd).
+    pub dirfd1: Option<i32>,
+    pub dirfd2: Option<i32>,
+    /// The `O_*` flags of an open (creat: `O_CREAT | O_WRONLY | O_TRUNC`).
+    pub open_flags: Option<u64>,
+    /// Mode bits.
+    pub mode: Option<u32>,
+    /// File offset (pread/pwrite family).
+    pub offset: Option<u64>,
+    /// New size (truncate).
+    pub size: Option<u64>,
+    /// New owner ids; `None` also for -1 ("leave unchanged").
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// `AT_*` flags.
+    pub at_flags: Option<u64>,
+    /// A `VexFS` ioctl's command and the start of its argument struct.
+    pub ioctl: Option<IoctlCall>,
+}
+
+/// An ioctl as captured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IoctlCall {
+    pub cmd: u64,
+    /// The first `IOCTL_ARG_BYTES` of the argument struct (None: it could not be read).
+    pub arg: Option<[u8; IOCTL_ARG_BYTES]>,
+}
+
+/// The kind-specific part of an operation record, typed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Body {
+    Syscall(SyscallArgs),
+    Fuse(FuseBody),
+    Fork(ForkBody),
 }
 
 /// A validated kernel record: its header and the paths it carries.
@@ -49,6 +98,7 @@ pub struct GapRecord {
 pub struct RawRecord {
     pub header: RecordHeader,
     pub op: OpKind,
+    pub body: Body,
     pub path1: Option<Vec<u8>>,
     /// Second path or text (see `text2`).
     pub path2: Option<Vec<u8>>,
@@ -62,10 +112,21 @@ pub struct RawRecord {
     pub syscall: Option<&'static SyscallEntry>,
 }
 
+impl RawRecord {
+    /// A syscall record's arguments by meaning.
+    #[must_use]
+    pub fn args(&self) -> Option<&SyscallArgs> {
+        match &self.body {
+            Body::Syscall(args) => Some(args),
+            Body::Fuse(_) | Body::Fork(_) => None,
+        }
+    }
+}
+
 /// Why a record was rejected. Every rejection is counted under [`DecodeError::reason`].
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
-    #[error("record of {len} bytes is shorter than its {RECORD_HEADER_SIZE}-byte header")]
+    #[error("record of {len} bytes is shorter than its {RECORD_PATHS_OFFSET}-byte header and body")]
     Truncated { len: usize },
     #[error("record has unknown operation kind {op}")]
     UnknownOp { op: u32 },
@@ -77,6 +138,8 @@ pub enum DecodeError {
     LengthMismatch { expected: usize, actual: usize },
     #[error("gap record counts {by_kind} lost records by kind but {total} in all")]
     GapMismatch { total: u64, by_kind: u64 },
+    #[error("gap record's lost span ends ({to_ns}) before it starts ({from_ns})")]
+    GapSpan { from_ns: u64, to_ns: u64 },
 }
 
 impl DecodeError {
@@ -90,6 +153,7 @@ impl DecodeError {
             DecodeError::PathTooLong { .. } => "decode_path_too_long",
             DecodeError::LengthMismatch { .. } => "decode_length_mismatch",
             DecodeError::GapMismatch { .. } => "decode_gap_mismatch",
+            DecodeError::GapSpan { .. } => "decode_gap_span",
         }
     }
 }
@@ -99,23 +163,29 @@ impl DecodeError {
 /// # Errors
 /// A [`DecodeError`] when the bytes are not a well-formed record.
 pub fn decode(bytes: &[u8]) -> Result<Captured, DecodeError> {
-    if bytes.len() < RECORD_HEADER_SIZE {
+    if bytes.len() < RECORD_PATHS_OFFSET {
         return Err(DecodeError::Truncated { len: bytes.len() });
     }
     // SAFETY: the length was checked above; `RecordHeader` is `#[repr(C)]` integers and byte
     // arrays, valid for every bit pattern; `read_unaligned` copes with any alignment.
     let header: RecordHeader = unsafe { bytes.as_ptr().cast::<RecordHeader>().read_unaligned() };
+    // SAFETY: as above: the body follows the header, checked to be there; every variant of the
+    // union is plain integers, valid for every bit pattern.
+    let body: RecordBody =
+        unsafe { bytes.as_ptr().add(RECORD_HEADER_SIZE).cast::<RecordBody>().read_unaligned() };
     if header.op == GAP_OP {
-        return decode_gap(&header, bytes).map(Captured::Gap);
+        // SAFETY: a gap record's body is its `GapBody` (any bit pattern is valid anyway).
+        let gap = unsafe { body.gap };
+        return decode_gap(&header, &gap, bytes).map(Captured::Gap);
     }
-    decode_record(header, bytes).map(|record| Captured::Record(Box::new(record)))
+    decode_record(header, &body, bytes).map(|record| Captured::Record(Box::new(record)))
 }
 
-fn decode_gap(header: &RecordHeader, bytes: &[u8]) -> Result<GapRecord, DecodeError> {
+fn decode_gap(header: &RecordHeader, body: &GapBody, bytes: &[u8]) -> Result<GapRecord, DecodeError> {
     if bytes.len() != GAP_RECORD_SIZE {
         return Err(DecodeError::LengthMismatch { expected: GAP_RECORD_SIZE, actual: bytes.len() });
     }
-    let counts = &bytes[RECORD_HEADER_SIZE..];
+    let counts = &bytes[RECORD_PATHS_OFFSET..];
     let mut by_kind = Vec::new();
     let mut sum = 0u64;
     for (kind, count) in counts.chunks_exact(4).take(GAP_KINDS).enumerate() {
@@ -128,9 +198,12 @@ fn decode_gap(header: &RecordHeader, bytes: &[u8]) -> Result<GapRecord, DecodeEr
         by_kind.push((op, count));
         sum += count;
     }
-    let total = header.ret.cast_unsigned();
+    let total = body.lost;
     if sum != total {
         return Err(DecodeError::GapMismatch { total, by_kind: sum });
+    }
+    if body.lost_to_ns < body.lost_from_ns {
+        return Err(DecodeError::GapSpan { from_ns: body.lost_from_ns, to_ns: body.lost_to_ns });
     }
     Ok(GapRecord {
         cpu: header.cpu,
@@ -138,15 +211,64 @@ fn decode_gap(header: &RecordHeader, bytes: &[u8]) -> Result<GapRecord, DecodeEr
         count: total,
         by_kind,
         reported_ns: header.exit_ns,
+        lost_from_ns: body.lost_from_ns,
+        lost_to_ns: body.lost_to_ns,
     })
 }
 
-fn decode_record(header: RecordHeader, bytes: &[u8]) -> Result<RawRecord, DecodeError> {
+/// The C `int` in a 64-bit syscall register: its low 32 bits.
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    reason = "C int ABI: the low half is the value"
+)]
+const fn low_int(value: u64) -> i32 {
+    value as u32 as i32
+}
+
+/// A syscall's arguments by meaning, from the raw arguments and its table entry.
+fn syscall_args(spec: &SyscallSpec, body: &SyscallBody, flags: u32) -> SyscallArgs {
+    let raw = |index: u8| (index != NO_ARG).then(|| body.args.get(usize::from(index)).copied()).flatten();
+    let int = |index: u8| raw(index).map(low_int);
+    // -1 means "leave unchanged".
+    let id = |index: u8| int(index).filter(|id| *id != -1).map(i32::cast_unsigned);
+    let open_flags = if spec.flags & spec_flags::IMPLIES_CREATE != 0 {
+        Some((libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC).cast_unsigned().into())
+    } else {
+        raw(spec.open_flags_arg)
+    };
+    let ioctl = raw(spec.cmd_arg).map(|cmd| IoctlCall {
+        cmd,
+        arg: (flags & record_flags::IOCTL_ARG_VALID != 0).then_some(body.ioctl_arg),
+    });
+    SyscallArgs {
+        fd: int(spec.fd_arg),
+        dirfd1: int(spec.dirfd1_arg),
+        dirfd2: int(spec.dirfd2_arg),
+        open_flags,
+        mode: int(spec.mode_arg).map(i32::cast_unsigned),
+        offset: raw(spec.offset_arg),
+        size: raw(spec.size_arg),
+        uid: id(spec.uid_arg),
+        gid: id(spec.gid_arg),
+        at_flags: raw(spec.at_flags_arg),
+        ioctl,
+    }
+}
+
+fn decode_record(header: RecordHeader, body: &RecordBody, bytes: &[u8]) -> Result<RawRecord, DecodeError> {
     let op = OpKind::try_from(header.op).map_err(|op| DecodeError::UnknownOp { op })?;
     let syscall = if op.is_syscall() {
         Some(syscall_by_nr(header.syscall_nr).ok_or(DecodeError::UnknownSyscall { nr: header.syscall_nr })?)
     } else {
         None
+    };
+    // SAFETY (the three reads): the variant `op` says the probe wrote; every variant is plain
+    // integers, valid for every bit pattern.
+    let typed = match (op, syscall) {
+        (_, Some(entry)) => Body::Syscall(syscall_args(&entry.spec, unsafe { &body.syscall }, header.flags)),
+        (OpKind::FuseRequest, None) => Body::Fuse(unsafe { body.fuse }),
+        _ => Body::Fork(unsafe { body.fork }),
     };
     let (has_path1, has_path2, text2) = if let Some(entry) = syscall {
         (
@@ -165,23 +287,24 @@ fn decode_record(header: RecordHeader, bytes: &[u8]) -> Result<RawRecord, Decode
             return Err(DecodeError::PathTooLong { len });
         }
     }
-    let path1_end = RECORD_HEADER_SIZE + header.path1_len as usize;
+    let path1_end = RECORD_PATHS_OFFSET + header.path1_len as usize;
     let has_payload = header.flags & record_flags::PAYLOAD != 0;
     let expected = if has_path2 || has_payload {
-        RECORD_HEADER_SIZE + PATH_BUF + header.path2_len as usize
+        RECORD_PATHS_OFFSET + PATH_BUF + header.path2_len as usize
     } else {
         path1_end
     };
     if bytes.len() != expected {
         return Err(DecodeError::LengthMismatch { expected, actual: bytes.len() });
     }
-    let path1 = has_path1.then(|| bytes[RECORD_HEADER_SIZE..path1_end].to_vec());
-    let second_slot = || bytes[RECORD_HEADER_SIZE + PATH_BUF..expected].to_vec();
+    let path1 = has_path1.then(|| bytes[RECORD_PATHS_OFFSET..path1_end].to_vec());
+    let second_slot = || bytes[RECORD_PATHS_OFFSET + PATH_BUF..expected].to_vec();
     let path2 = (has_path2 && !has_payload).then(second_slot);
     let payload = has_payload.then(second_slot);
     Ok(RawRecord {
         header,
         op,
+        body: typed,
         path1,
         path2,
         text2,
@@ -191,39 +314,63 @@ fn decode_record(header: RecordHeader, bytes: &[u8]) -> Result<RawRecord, Decode
     })
 }
 
-fn header_bytes(header: &RecordHeader) -> Vec<u8> {
-    // SAFETY: `RecordHeader` is `#[repr(C)]` plain data without padding bytes (size asserted in
-    // vexevent-common), so viewing it as bytes is sound.
-    unsafe { std::slice::from_raw_parts(std::ptr::from_ref(header).cast::<u8>(), RECORD_HEADER_SIZE) }
-        .to_vec()
+fn fixed_bytes(header: &RecordHeader, body: &RecordBody) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(RECORD_PATHS_OFFSET);
+    // SAFETY: `RecordHeader` and `RecordBody` are `#[repr(C)]` plain data without padding bytes
+    // (sizes asserted in vexevent-common), so viewing them as bytes is sound.
+    unsafe {
+        bytes.extend_from_slice(std::slice::from_raw_parts(
+            std::ptr::from_ref(header).cast::<u8>(),
+            RECORD_HEADER_SIZE,
+        ));
+        bytes.extend_from_slice(std::slice::from_raw_parts(
+            std::ptr::from_ref(body).cast::<u8>(),
+            std::mem::size_of::<RecordBody>(),
+        ));
+    }
+    bytes
+}
+
+/// The raw body of a syscall record with these arguments (for tests, replay and benchmarks).
+#[must_use]
+pub fn syscall_body(args: [u64; SYSCALL_ARGS]) -> RecordBody {
+    RecordBody { syscall: SyscallBody { args, ioctl_arg: [0; IOCTL_ARG_BYTES] } }
 }
 
 /// Encodes a record the way the probes lay it out (for tests, replay and benchmarks).
 #[must_use]
-pub fn encode(header: &RecordHeader, path1: &[u8], path2: Option<&[u8]>) -> Vec<u8> {
+pub fn encode(header: &RecordHeader, body: &RecordBody, path1: &[u8], path2: Option<&[u8]>) -> Vec<u8> {
     let mut header = *header;
     header.path1_len = u32::try_from(path1.len()).unwrap_or(u32::MAX);
     header.path2_len = path2.map_or(0, |p| u32::try_from(p.len()).unwrap_or(u32::MAX));
-    let mut bytes = header_bytes(&header);
+    let mut bytes = fixed_bytes(&header, body);
     bytes.extend_from_slice(path1);
     if let Some(path2) = path2 {
-        bytes.resize(RECORD_HEADER_SIZE + PATH_BUF, 0);
+        bytes.resize(RECORD_PATHS_OFFSET + PATH_BUF, 0);
         bytes.extend_from_slice(path2);
     }
     bytes
 }
 
-/// Encodes a gap record the way the probes lay it out (for tests and replay).
+/// Encodes a gap record the way the probes lay it out (for tests and replay): the header's `seq`
+/// is the first lost record's, `exit_ns` when the gap was reported; the lost records' timestamps
+/// spanned `lost_span` (first, last).
 #[must_use]
-pub fn encode_gap(header: &RecordHeader, by_kind: &[(OpKind, u32)]) -> Vec<u8> {
+pub fn encode_gap(header: &RecordHeader, lost_span: (u64, u64), by_kind: &[(OpKind, u32)]) -> Vec<u8> {
     let mut header = *header;
     header.op = GAP_OP;
-    header.ret = by_kind.iter().map(|(_, n)| i64::from(*n)).sum();
+    header.syscall_nr = NOT_A_SYSCALL;
+    let mut body = RecordBody::ZEROED;
+    body.gap = GapBody {
+        lost: by_kind.iter().map(|(_, n)| u64::from(*n)).sum(),
+        lost_from_ns: lost_span.0,
+        lost_to_ns: lost_span.1,
+    };
     let mut counts = [0u32; GAP_KINDS];
     for (op, n) in by_kind {
         counts[*op as usize] += n;
     }
-    let mut bytes = header_bytes(&header);
+    let mut bytes = fixed_bytes(&header, &body);
     bytes.extend(counts.iter().flat_map(|n| n.to_ne_bytes()));
     bytes
 }
@@ -231,7 +378,6 @@ pub fn encode_gap(header: &RecordHeader, by_kind: &[(OpKind, u32)]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vexevent_common::{COMM_LEN, IOCTL_ARG_BYTES};
 
     fn record(captured: Result<Captured, DecodeError>) -> Result<RawRecord, DecodeError> {
         captured.map(|c| match c {
@@ -257,13 +403,17 @@ mod tests {
         }
     }
 
+    fn args() -> RecordBody {
+        syscall_body([0; SYSCALL_ARGS])
+    }
+
     #[test]
     fn round_trips_one_and_two_paths() {
-        let open = encode(&header(257, OpKind::Open), b"/w/file", None);
+        let open = encode(&header(257, OpKind::Open), &args(), b"/w/file", None);
         let decoded = record(decode(&open)).unwrap();
         assert_eq!(decoded.path1.as_deref(), Some(&b"/w/file"[..]));
         assert_eq!(decoded.path2, None);
-        let rename = encode(&header(316, OpKind::Rename), b"a", Some(b"/w/b\xff"));
+        let rename = encode(&header(316, OpKind::Rename), &args(), b"a", Some(b"/w/b\xff"));
         let decoded = record(decode(&rename)).unwrap();
         assert_eq!(decoded.path1.as_deref(), Some(&b"a"[..]));
         assert_eq!(decoded.path2.as_deref(), Some(&b"/w/b\xff"[..]));
@@ -271,35 +421,93 @@ mod tests {
     }
 
     #[test]
+    fn decodes_arguments_by_meaning() {
+        let flags = u64::from((libc::O_CREAT | libc::O_EXCL).cast_unsigned());
+        let openat =
+            encode(&header(257, OpKind::Open), &syscall_body([3, 0, flags, 0o640, 0, 0]), b"f", None);
+        let Body::Syscall(decoded) = record(decode(&openat)).unwrap().body else { panic!("not a syscall") };
+        assert_eq!((decoded.dirfd1, decoded.open_flags, decoded.mode), (Some(3), Some(flags), Some(0o640)));
+        assert_eq!((decoded.fd, decoded.offset, decoded.ioctl), (None, None, None));
+        let creat = encode(&header(85, OpKind::Open), &syscall_body([0, 0o600, 0, 0, 0, 0]), b"f", None);
+        let Body::Syscall(decoded) = record(decode(&creat)).unwrap().body else { panic!("not a syscall") };
+        assert!(decoded.open_flags.is_some_and(|f| f & u64::from(libc::O_CREAT.cast_unsigned()) != 0));
+        assert_eq!(decoded.mode, Some(0o600));
+        let unchanged = u64::from(u32::MAX);
+        let fchownat =
+            encode(&header(260, OpKind::Chown), &syscall_body([5, 0, 1000, unchanged, 0x100, 0]), b"f", None);
+        let Body::Syscall(decoded) = record(decode(&fchownat)).unwrap().body else { panic!("not a syscall") };
+        assert_eq!((decoded.uid, decoded.gid, decoded.at_flags), (Some(1000), None, Some(0x100)));
+        let mut ioctl = syscall_body([4, 0xC038_560A, 0x7000, 0, 0, 0]);
+        // SAFETY: writing the syscall variant's bytes of a zeroed union.
+        unsafe { ioctl.syscall.ioctl_arg[8] = 64 };
+        let mut ioctl_header = header(16, OpKind::Ioctl);
+        ioctl_header.flags = record_flags::IOCTL_ARG_VALID;
+        let Body::Syscall(decoded) = record(decode(&encode(&ioctl_header, &ioctl, b"", None))).unwrap().body
+        else {
+            panic!("not a syscall")
+        };
+        let call = decoded.ioctl.expect("ioctl");
+        assert_eq!((decoded.fd, call.cmd, call.arg.map(|arg| arg[8])), (Some(4), 0xC038_560A, Some(64)));
+    }
+
+    #[test]
     fn rejects_truncated_and_corrupt_records() {
-        let open = encode(&header(257, OpKind::Open), b"/w/file", None);
+        let open = encode(&header(257, OpKind::Open), &args(), b"/w/file", None);
         assert_eq!(record(decode(&open[..10])), Err(DecodeError::Truncated { len: 10 }));
         assert!(matches!(record(decode(&open[..open.len() - 1])), Err(DecodeError::LengthMismatch { .. })));
         let mut bad_op = header(257, OpKind::Open);
         bad_op.op = 999;
-        assert_eq!(record(decode(&encode(&bad_op, b"", None))), Err(DecodeError::UnknownOp { op: 999 }));
+        assert_eq!(
+            record(decode(&encode(&bad_op, &args(), b"", None))),
+            Err(DecodeError::UnknownOp { op: 999 })
+        );
         let unknown_nr = header(9999, OpKind::Open);
         assert_eq!(
-            record(decode(&encode(&unknown_nr, b"", None))),
+            record(decode(&encode(&unknown_nr, &args(), b"", None))),
             Err(DecodeError::UnknownSyscall { nr: 9999 })
         );
         let too_long = u32::try_from(PATH_BUF).unwrap();
         let mut long = open.clone();
-        long[RECORD_HEADER_SIZE - IOCTL_ARG_BYTES - COMM_LEN - 8..][..4]
-            .copy_from_slice(&too_long.to_ne_bytes());
+        long[std::mem::offset_of!(RecordHeader, path1_len)..][..4].copy_from_slice(&too_long.to_ne_bytes());
         assert_eq!(record(decode(&long)), Err(DecodeError::PathTooLong { len: too_long }));
     }
 
     #[test]
     fn gap_records_round_trip_and_must_add_up() {
-        let bytes = encode_gap(&header(0, OpKind::Open), &[(OpKind::Open, 3), (OpKind::Close, 2)]);
+        let bytes =
+            encode_gap(&header(0, OpKind::Open), (900, 1_400), &[(OpKind::Open, 3), (OpKind::Close, 2)]);
         let Ok(Captured::Gap(gap)) = decode(&bytes) else { panic!("not a gap") };
         assert_eq!((gap.cpu, gap.first_seq, gap.count), (1, 7, 5));
         assert_eq!(gap.by_kind, vec![(OpKind::Open, 3), (OpKind::Close, 2)]);
+        assert_eq!((gap.lost_from_ns, gap.lost_to_ns, gap.reported_ns), (900, 1_400, 1_500));
+        let lost_at = RECORD_HEADER_SIZE + std::mem::offset_of!(GapBody, lost);
         let mut corrupt = bytes.clone();
-        corrupt[24..32].copy_from_slice(&9i64.to_ne_bytes());
+        corrupt[lost_at..lost_at + 8].copy_from_slice(&9u64.to_ne_bytes());
         assert_eq!(decode(&corrupt), Err(DecodeError::GapMismatch { total: 9, by_kind: 5 }));
         assert!(matches!(decode(&bytes[..bytes.len() - 4]), Err(DecodeError::LengthMismatch { .. })));
+        let backwards = encode_gap(&header(0, OpKind::Open), (1_400, 900), &[(OpKind::Open, 1)]);
+        assert_eq!(decode(&backwards), Err(DecodeError::GapSpan { from_ns: 1_400, to_ns: 900 }));
+    }
+
+    #[test]
+    fn fuse_and_fork_bodies_decode_typed() {
+        let mut body = RecordBody::ZEROED;
+        body.fuse = FuseBody { connection: 53, opcode: 35, unique: 9, daemon_pid: 77, ..FuseBody::default() };
+        let fuse = encode(
+            &RecordHeader { syscall_nr: NOT_A_SYSCALL, ..header(0, OpKind::FuseRequest) },
+            &body,
+            b"n",
+            None,
+        );
+        let decoded = record(decode(&fuse)).unwrap();
+        let Body::Fuse(request) = decoded.body else { panic!("not FUSE") };
+        assert_eq!((request.connection, request.opcode, request.unique, request.daemon_pid), (53, 35, 9, 77));
+        assert_eq!(decoded.path1.as_deref(), Some(&b"n"[..]));
+        let mut body = RecordBody::ZEROED;
+        body.fork = ForkBody { child_pid: 4321, padding: 0 };
+        let fork =
+            encode(&RecordHeader { syscall_nr: NOT_A_SYSCALL, ..header(0, OpKind::Fork) }, &body, b"", None);
+        assert_eq!(record(decode(&fork)).unwrap().body, Body::Fork(ForkBody { child_pid: 4321, padding: 0 }));
     }
 
     #[test]
@@ -311,6 +519,7 @@ mod tests {
             DecodeError::PathTooLong { len: 0 },
             DecodeError::LengthMismatch { expected: 0, actual: 0 },
             DecodeError::GapMismatch { total: 0, by_kind: 0 },
+            DecodeError::GapSpan { from_ns: 0, to_ns: 0 },
         ];
         let mut names: Vec<_> = errors.iter().map(DecodeError::reason).collect();
         names.dedup();

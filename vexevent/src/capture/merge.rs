@@ -127,7 +127,15 @@ mod tests {
     use crate::capture::GapRecord;
 
     fn item(cpu: u32, ts: u64) -> Captured {
-        Captured::Gap(GapRecord { cpu, first_seq: ts, count: 1, by_kind: Vec::new(), reported_ns: ts })
+        Captured::Gap(GapRecord {
+            cpu,
+            first_seq: ts,
+            count: 1,
+            by_kind: Vec::new(),
+            reported_ns: ts,
+            lost_from_ns: ts,
+            lost_to_ns: ts,
+        })
     }
 
     fn stamps(items: &[Captured]) -> Vec<u64> {

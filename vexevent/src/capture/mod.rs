@@ -6,7 +6,10 @@ mod decode;
 mod merge;
 mod sequence;
 
-pub use decode::{Captured, DecodeError, GapRecord, RawRecord, decode, encode, encode_gap};
+pub use decode::{
+    Body, Captured, DecodeError, GapRecord, IoctlCall, RawRecord, SyscallArgs, decode, encode, encode_gap,
+    syscall_body,
+};
 pub use merge::Merger;
 pub use sequence::SequenceTracker;
 
@@ -104,6 +107,8 @@ impl RingDrainer {
                 count: pending.total,
                 by_kind,
                 reported_ns: now,
+                lost_from_ns: pending.first_ns,
+                lost_to_ns: pending.last_ns,
             };
             self.sequences.observe_reported_gap(cpu, gap.first_seq, gap.count, &self.counters);
             self.merger.push(0, Captured::Gap(gap));

@@ -135,6 +135,8 @@ pub struct CaptureConfig {
     pub channel_batches: usize,
     /// Hook type of the syscall probes: `auto`, `btf` or `tracepoint`.
     pub syscall_hooks: SyscallHooks,
+    /// Turn the probes' own diagnostics on and print them (off: they cost nothing).
+    pub debug_probes: bool,
 }
 
 impl Default for CaptureConfig {
@@ -151,6 +153,7 @@ impl Default for CaptureConfig {
             reorder_window_us: 100,
             channel_batches: 64,
             syscall_hooks: SyscallHooks::Auto,
+            debug_probes: false,
         }
     }
 }
@@ -408,6 +411,7 @@ impl Config {
                 daemon_binary: self.fuse.daemon_binary.clone(),
                 daemon_functions: self.fuse.daemon_functions.clone(),
                 syscall_hooks: capture.syscall_hooks,
+                debug_probes: capture.debug_probes,
             },
             drain: DrainSettings {
                 batch_window: std::time::Duration::from_micros(capture.batch_window_us),

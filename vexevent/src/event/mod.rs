@@ -266,6 +266,11 @@ pub struct GapContext {
     pub count: u64,
     /// Lost records by operation type (`open`, `write`, ...).
     pub lost_by_operation: std::collections::BTreeMap<String, u64>,
+    /// Timestamp of the first lost record (`CLOCK_MONOTONIC`, the clock of
+    /// `timestamp.monotonic_ns`): the loss fell within `lost_from_ns ..= lost_to_ns`.
+    pub lost_from_ns: u64,
+    /// Timestamp of the last lost record.
+    pub lost_to_ns: u64,
 }
 
 /// What file the operation touched.

@@ -1,12 +1,14 @@
 //! Loads the embedded eBPF object, configures its maps (syscall table, filters, watch prefixes),
 //! seeds the scope maps with what processes already have open, attaches every hook this kernel
 //! offers (with fallbacks: BTF or classic syscall tracepoints, FUSE tracepoints or kprobes) and
-//! reports which attached. Reads the kernel counters back.
+//! reports which attached. Reads the kernel counters back. Forwards the probes' diagnostics when
+//! asked (`probe_log`).
 
 mod fuse_kprobes;
 mod fuse_mounts;
 mod hooks;
 mod kernel_btf;
+mod probe_log;
 mod seed;
 mod symbols;
 mod tracefs;
@@ -48,6 +50,8 @@ pub struct ProbeSettings {
     pub daemon_binary: Option<std::path::PathBuf>,
     pub daemon_functions: Vec<String>,
     pub syscall_hooks: SyscallHooks,
+    /// Turn the probes' diagnostics on and forward them to the log (`--debug-probes`).
+    pub debug_probes: bool,
 }
 
 /// Why the probes could not be set up. Each message says what to do.
@@ -67,6 +71,8 @@ pub enum LoaderError {
         #[source]
         source: Box<aya::programs::ProgramError>,
     },
+    #[error("cannot read the probes' diagnostics (--debug-probes): {0}")]
+    ProbeLog(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("map {name} is missing or has the wrong type: {source}")]
     Map {
         name: &'static str,
@@ -98,6 +104,8 @@ pub struct Probes {
     seeded: Seeded,
     /// Where `sched_process_fork` keeps the child's pid (read from tracefs once).
     fork_child_pid_offset: u32,
+    /// Forwards the probes' diagnostics (with `debug_probes`).
+    _probe_log: Option<probe_log::ProbeLogReader>,
 }
 
 /// Size of a ring that is not in use (the kernel's minimum: one page).
@@ -141,7 +149,9 @@ impl Probes {
             let size = if shard < layout.shard_count { settings.ring_bytes } else { UNUSED_RING_BYTES };
             loader.map_max_entries(name, size);
         }
-        let ebpf = loader.load(PROBES_OBJECT).map_err(|error| match &error {
+        let log_level = probe_log::level(settings.debug_probes);
+        loader.override_global(aya_log::LEVEL, &log_level, true);
+        let mut ebpf = loader.load(PROBES_OBJECT).map_err(|error| match &error {
             aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. })
                 if io_error.raw_os_error() == Some(libc::EPERM) =>
             {
@@ -149,6 +159,11 @@ impl Probes {
             }
             _ => LoaderError::Load(Box::new(error)),
         })?;
+        let probe_log = if settings.debug_probes {
+            Some(probe_log::ProbeLogReader::start(&mut ebpf).map_err(LoaderError::ProbeLog)?)
+        } else {
+            None
+        };
         let mut probes = Self {
             ebpf,
             hooks: Hooks::default(),
@@ -158,6 +173,7 @@ impl Probes {
             seeded: Seeded::default(),
             fork_child_pid_offset: tracefs::field_offset("sched", "sched_process_fork", "child_pid")
                 .unwrap_or(0),
+            _probe_log: probe_log,
         };
         probes.configure(settings)?;
         probes.configure_fuse(settings)?;

@@ -1,71 +1,17 @@
 //! FUSE requests seen in the kernel: opcode names, and the `VexFS` event type each opcode stands
 //! for (design/vexfs.md, "FUSE opcode to semantic type").
 
-use vexevent_common::{FuseDaemonSide, fuse_args};
+use vexevent_common::{FUSE_OPCODE_NAMES, FuseBody, fuse_opcode as op};
 
 use crate::{
     capture::RawRecord,
     event::{EventType, FuseRequest, PathBytes},
 };
 
-/// The kernel's FUSE opcodes we name (include/uapi/linux/fuse.h).
-const OPCODES: &[(u32, &str)] = &[
-    (1, "LOOKUP"),
-    (2, "FORGET"),
-    (3, "GETATTR"),
-    (4, "SETATTR"),
-    (5, "READLINK"),
-    (6, "SYMLINK"),
-    (8, "MKNOD"),
-    (9, "MKDIR"),
-    (10, "UNLINK"),
-    (11, "RMDIR"),
-    (12, "RENAME"),
-    (13, "LINK"),
-    (14, "OPEN"),
-    (15, "READ"),
-    (16, "WRITE"),
-    (17, "STATFS"),
-    (18, "RELEASE"),
-    (20, "FSYNC"),
-    (21, "SETXATTR"),
-    (22, "GETXATTR"),
-    (23, "LISTXATTR"),
-    (24, "REMOVEXATTR"),
-    (25, "FLUSH"),
-    (26, "INIT"),
-    (27, "OPENDIR"),
-    (28, "READDIR"),
-    (29, "RELEASEDIR"),
-    (30, "FSYNCDIR"),
-    (31, "GETLK"),
-    (32, "SETLK"),
-    (33, "SETLKW"),
-    (34, "ACCESS"),
-    (35, "CREATE"),
-    (36, "INTERRUPT"),
-    (37, "BMAP"),
-    (38, "DESTROY"),
-    (39, "IOCTL"),
-    (40, "POLL"),
-    (41, "NOTIFY_REPLY"),
-    (42, "BATCH_FORGET"),
-    (43, "FALLOCATE"),
-    (44, "READDIRPLUS"),
-    (45, "RENAME2"),
-    (46, "LSEEK"),
-    (47, "COPY_FILE_RANGE"),
-    (48, "SETUPMAPPING"),
-    (49, "REMOVEMAPPING"),
-    (50, "SYNCFS"),
-    (51, "TMPFILE"),
-    (52, "STATX"),
-];
-
 /// An opcode's name (`CREATE`), or `OPCODE_<n>`.
 #[must_use]
 pub fn opcode_name(opcode: u32) -> String {
-    OPCODES
+    FUSE_OPCODE_NAMES
         .iter()
         .find(|(code, _)| *code == opcode)
         .map_or_else(|| format!("OPCODE_{opcode}"), |(_, name)| (*name).to_owned())
@@ -76,47 +22,32 @@ pub fn opcode_name(opcode: u32) -> String {
 #[must_use]
 pub fn opcode_event_type(opcode: u32) -> (EventType, bool) {
     match opcode {
-        35 | 8 | 51 => (EventType::FilesystemCreate, false),
-        10 => (EventType::FilesystemDelete, false),
-        15 | 28 | 44 | 14 | 27 | 18 | 29 => (EventType::FilesystemRead, false),
-        16 | 43 | 47 | 4 | 21 | 24 => (EventType::FilesystemWrite, false),
-        12 | 45 => (EventType::FilesystemRename, false),
-        9 => (EventType::FilesystemMkdir, false),
-        11 => (EventType::FilesystemRmdir, false),
-        6 => (EventType::FilesystemSymlink, false),
-        13 => (EventType::FilesystemHardlink, false),
-        20 | 30 | 50 => (EventType::SystemSync, false),
-        26 => (EventType::SystemMount, false),
-        38 => (EventType::SystemUnmount, false),
-        25 => (EventType::SystemSync, true),
+        op::CREATE | op::MKNOD | op::TMPFILE => (EventType::FilesystemCreate, false),
+        op::UNLINK => (EventType::FilesystemDelete, false),
+        op::READ | op::READDIR | op::READDIRPLUS | op::OPEN | op::OPENDIR | op::RELEASE | op::RELEASEDIR => {
+            (EventType::FilesystemRead, false)
+        }
+        op::WRITE | op::FALLOCATE | op::COPY_FILE_RANGE | op::SETATTR | op::SETXATTR | op::REMOVEXATTR => {
+            (EventType::FilesystemWrite, false)
+        }
+        op::RENAME | op::RENAME2 => (EventType::FilesystemRename, false),
+        op::MKDIR => (EventType::FilesystemMkdir, false),
+        op::RMDIR => (EventType::FilesystemRmdir, false),
+        op::SYMLINK => (EventType::FilesystemSymlink, false),
+        op::LINK => (EventType::FilesystemHardlink, false),
+        op::FSYNC | op::FSYNCDIR | op::SYNCFS => (EventType::SystemSync, false),
+        op::INIT => (EventType::SystemMount, false),
+        op::DESTROY => (EventType::SystemUnmount, false),
+        op::FLUSH => (EventType::SystemSync, true),
         _ => (EventType::FilesystemRead, true),
     }
 }
 
-/// `FUSE_SYMLINK`: its second name is the link's target.
-pub const SYMLINK_OPCODE: u32 = 6;
-
-/// Opcodes that name an entry of the directory node they are about.
-#[must_use]
-pub fn names_child(opcode: u32) -> bool {
-    matches!(opcode, 1 | 6 | 8 | 9 | 10 | 11 | 12 | 13 | 35 | 45)
-}
-
-/// Whether an opcode is a rename.
-#[must_use]
-pub fn is_rename(opcode: u32) -> bool {
-    matches!(opcode, 12 | 45)
-}
-
 /// The request a `FuseRequest` record describes.
 #[must_use]
-pub fn request_of(record: &RawRecord) -> FuseRequest {
+pub fn request_of(record: &RawRecord, body: &FuseBody) -> FuseRequest {
     let header = &record.header;
-    let daemon = header.args[fuse_args::DAEMON];
-    let opcode = u32::try_from(header.args[fuse_args::OPCODE]).unwrap_or(u32::MAX);
-    // SAFETY: `ioctl_arg` holds a `FuseDaemonSide` in FUSE records (vexevent-common asserts it
-    // fits); it is plain integers, valid for every bit pattern, read unaligned.
-    let side: FuseDaemonSide = unsafe { header.ioctl_arg.as_ptr().cast::<FuseDaemonSide>().read_unaligned() };
+    let side = &body.daemon;
     let seen = |ns: u64| (ns != 0).then_some(ns);
     FuseRequest {
         daemon_received_ns: seen(side.received_ns),
@@ -128,14 +59,14 @@ pub fn request_of(record: &RawRecord) -> FuseRequest {
         second_name: record.path2.as_deref().map(PathBytes::from),
         daemon_functions_ns: (side.function_calls > 0).then_some(side.functions_ns),
         daemon_function_calls: (side.function_calls > 0).then_some(side.function_calls),
-        connection: u32::try_from(header.args[fuse_args::CONNECTION]).unwrap_or(u32::MAX),
-        unique: header.args[fuse_args::UNIQUE],
-        opcode,
-        opcode_name: opcode_name(opcode),
+        connection: body.connection,
+        unique: body.unique,
+        opcode: body.opcode,
+        opcode_name: opcode_name(body.opcode),
         requester_pid: header.pid,
         requester_tid: header.tid,
-        daemon_pid: u32::try_from(daemon >> 32).unwrap_or(u32::MAX),
-        daemon_tid: u32::try_from(daemon & 0xffff_ffff).unwrap_or(u32::MAX),
+        daemon_pid: body.daemon_pid,
+        daemon_tid: body.daemon_tid,
         queued_ns: header.enter_ns,
         ended_ns: header.exit_ns,
         error: i32::try_from(header.ret).unwrap_or(i32::MIN),
@@ -148,11 +79,11 @@ mod tests {
 
     #[test]
     fn names_and_maps_opcodes_as_vexfs_does() {
-        assert_eq!(opcode_name(35), "CREATE");
+        assert_eq!(opcode_name(op::CREATE), "CREATE");
         assert_eq!(opcode_name(999), "OPCODE_999");
-        assert_eq!(opcode_event_type(35), (EventType::FilesystemCreate, false));
-        assert_eq!(opcode_event_type(1), (EventType::FilesystemRead, true), "LOOKUP is metadata");
-        assert_eq!(opcode_event_type(25), (EventType::SystemSync, true), "FLUSH fires on every close");
-        assert_eq!(opcode_event_type(45).0, EventType::FilesystemRename);
+        assert_eq!(opcode_event_type(op::CREATE), (EventType::FilesystemCreate, false));
+        assert_eq!(opcode_event_type(op::LOOKUP), (EventType::FilesystemRead, true), "LOOKUP is metadata");
+        assert_eq!(opcode_event_type(op::FLUSH), (EventType::SystemSync, true), "FLUSH fires on every close");
+        assert_eq!(opcode_event_type(op::RENAME2).0, EventType::FilesystemRename);
     }
 }

@@ -2,10 +2,9 @@
 //! struct (byte offsets from design/vexfs.md). Decoded on (type, nr) rather than the full command:
 //! kernel and userspace struct sizes differ for nr 22-26.
 
-use crate::event::{EventType, VectorContext};
+use vexevent_common::VEXFS_IOCTL_TYPE;
 
-/// ioctl type of `VexFS` vector ioctls.
-pub const VEXFS_VECTOR_MAGIC: u8 = b'V';
+use crate::event::{EventType, VectorContext};
 
 /// A decoded `VexFS` ioctl.
 #[derive(Debug, PartialEq)]
@@ -27,7 +26,7 @@ fn u64_at(arg: &[u8], offset: usize) -> Option<u64> {
 /// it could not be read); output fields are only reported when the call succeeded.
 #[must_use]
 pub fn decode_vexfs_ioctl(cmd: u64, arg: Option<&[u8]>, succeeded: bool) -> Option<VexfsIoctl> {
-    if (cmd >> 8) & 0xff != u64::from(VEXFS_VECTOR_MAGIC) {
+    if (cmd >> 8) & 0xff != u64::from(VEXFS_IOCTL_TYPE) {
         return None;
     }
     let nr = cmd & 0xff;

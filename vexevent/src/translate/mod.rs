@@ -24,10 +24,13 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use vexevent_common::{GAP_RECORD_SIZE, NO_ARG, OpKind, RecordHeader, record_flags};
+use vexevent_common::{
+    FuseBody, GAP_RECORD_SIZE, OpKind, RecordHeader, fuse_is_rename, fuse_name_layout, fuse_opcode,
+    record_flags,
+};
 
 use crate::{
-    capture::{Captured, GapRecord, RawRecord},
+    capture::{Body, Captured, GapRecord, RawRecord, SyscallArgs},
     event::{
         Context, EVENT_VERSION, EventType, FilesystemContext, FuseRequest, GapContext, ObservabilityContext,
         OpResult, PathBytes, Priority, ProcessInfo, SemanticEvent, Timestamp, WatchScope, flags,
@@ -87,23 +90,10 @@ pub fn wall_clock_offset_ns() -> i128 {
     i128::try_from(wall.as_nanos()).unwrap_or(i128::MAX) - i128::from(crate::telemetry::monotonic_ns())
 }
 
-/// The C `int` in a 64-bit syscall register or return value: its low 32 bits.
-#[expect(
-    clippy::cast_possible_truncation,
-    clippy::cast_possible_wrap,
-    reason = "C int ABI: the low half is the value"
-)]
-const fn low_int(value: u64) -> i32 {
-    value as u32 as i32
-}
-
-fn arg_i32(header: &RecordHeader, index: usize) -> i32 {
-    low_int(header.args[index])
-}
-
-/// A successful return value that is an fd or a pid.
-fn ret_int(header: &RecordHeader) -> i32 {
-    low_int(header.ret.cast_unsigned())
+/// A successful return value that is an fd: the C `int` in the low 32 bits.
+#[expect(clippy::cast_possible_truncation, reason = "C int ABI: the low half is the value")]
+const fn ret_int(header: &RecordHeader) -> i32 {
+    header.ret as i32
 }
 
 fn comm_of(header: &RecordHeader) -> PathBytes {
@@ -112,7 +102,7 @@ fn comm_of(header: &RecordHeader) -> PathBytes {
 }
 
 /// Mode bits as the octal text users read.
-fn octal_mode(mode: u64) -> String {
+fn octal_mode(mode: u32) -> String {
     format!("{:o}", mode & 0o7777)
 }
 
@@ -149,14 +139,14 @@ impl Translator {
     /// Resolves path `which` (1 or 2) of a record to an absolute path.
     fn resolve_path(&mut self, record: &RawRecord, which: u8) -> Option<Vec<u8>> {
         let header = &record.header;
-        let (raw, dirfd_arg) = match which {
-            1 => (record.path1.as_deref()?, record.syscall?.spec.dirfd1_arg),
-            _ => (record.path2.as_deref()?, record.syscall?.spec.dirfd2_arg),
+        let args = record.args()?;
+        let (raw, dirfd) = match which {
+            1 => (record.path1.as_deref()?, args.dirfd1),
+            _ => (record.path2.as_deref()?, args.dirfd2),
         };
         if raw.first() == Some(&b'/') {
             return Some(normalize(raw));
         }
-        let dirfd = (dirfd_arg != NO_ARG).then(|| arg_i32(header, usize::from(dirfd_arg)));
         let base = match dirfd {
             Some(fd) if fd != libc::AT_FDCWD => self.processes.fd(header.pid, fd).map(|f| f.path),
             _ => self.processes.cwd(header.pid),
@@ -165,8 +155,7 @@ impl Translator {
     }
 
     fn fd_arg(record: &RawRecord) -> Option<i32> {
-        let entry = record.syscall?;
-        (entry.spec.fd_arg != NO_ARG).then(|| arg_i32(&record.header, usize::from(entry.spec.fd_arg)))
+        record.args()?.fd
     }
 
     /// Translates what capture delivered: an operation record or a gap report.
@@ -224,6 +213,8 @@ impl Translator {
                     first_sequence: gap.first_seq,
                     count: gap.count,
                     lost_by_operation,
+                    lost_from_ns: gap.lost_from_ns,
+                    lost_to_ns: gap.lost_to_ns,
                 }),
                 ..Context::default()
             },
@@ -237,8 +228,8 @@ impl Translator {
     /// A FUSE request on its own (the correlate stage joins it to the syscall that caused it),
     /// with the path of its node when the daemon side was seen. Metadata requests (lookups,
     /// attribute reads, flushes) get priority Background.
-    fn fuse_event(&mut self, record: &RawRecord) -> SemanticEvent {
-        let request = fuse::request_of(record);
+    fn fuse_event(&mut self, record: &RawRecord, body: &FuseBody) -> SemanticEvent {
+        let request = fuse::request_of(record, body);
         let (event_type, metadata) = fuse::opcode_event_type(request.opcode);
         let error = (request.error != 0).then(|| errno_name(request.error.saturating_neg()));
         let result = OpResult { ok: request.error == 0, ret: i64::from(request.error), error };
@@ -256,7 +247,7 @@ impl Translator {
         let connection = request.connection;
         let name = request.name.as_ref().map(PathBytes::as_bytes);
         let path = match name {
-            Some(name) if fuse::names_child(request.opcode) => {
+            Some(name) if fuse_name_layout(request.opcode).is_some() => {
                 self.fuse_nodes.child(connection, node, name)?
             }
             _ => self.fuse_nodes.path(connection, node)?.to_vec(),
@@ -267,7 +258,7 @@ impl Translator {
                 self.fuse_nodes.learn(connection, entry, path.clone());
             }
         }
-        if fuse::is_rename(request.opcode) {
+        if fuse_is_rename(request.opcode) {
             // RENAME's new parent travels as the auxiliary node, its new name as the second name.
             let new_path = request.second_name.as_ref().and_then(|new_name| {
                 self.fuse_nodes.child(connection, request.aux_nodeid?, new_name.as_bytes())
@@ -276,7 +267,7 @@ impl Translator {
                 self.fuse_nodes.rename(connection, &path, new_path);
             }
             target = new_path.map(PathBytes);
-        } else if request.opcode == fuse::SYMLINK_OPCODE {
+        } else if request.opcode == fuse_opcode::SYMLINK {
             target.clone_from(&request.second_name);
         }
         Some(FilesystemContext {
@@ -308,6 +299,8 @@ impl Translator {
         let header = &record.header;
         let ok = header.ret >= 0;
         let syscall = record.syscall.map_or("fork", |e| e.name);
+        let no_args = SyscallArgs::default();
+        let args = record.args().unwrap_or(&no_args);
         let mut subtype = syscall;
         let mut fs = FilesystemContext {
             path_truncated: header.flags & record_flags::PATH1_TRUNCATED != 0,
@@ -315,14 +308,16 @@ impl Translator {
         };
         let mut context = Context::default();
 
-        if record.op == OpKind::FuseRequest {
-            out.push(self.fuse_event(record));
+        if let Body::Fuse(request) = &record.body {
+            out.push(self.fuse_event(record, request));
             return Disposition::Events(1);
         }
         // Bookkeeping first: state changes apply whether or not an event is emitted.
         let event_type = match record.op {
             OpKind::Fork => {
-                self.processes.fork(header.pid, ret_int(header).cast_unsigned());
+                if let Body::Fork(fork) = &record.body {
+                    self.processes.fork(header.pid, fork.child_pid);
+                }
                 return Disposition::Bookkeeping;
             }
             OpKind::Chdir => {
@@ -347,12 +342,8 @@ impl Translator {
             }
             OpKind::Open => {
                 let path = self.resolve_path(record, 1).unwrap_or_default();
-                let open_flags = match syscall {
-                    "open" => header.args[1],
-                    "creat" => O_CREAT,
-                    "openat" => header.args[2],
-                    _ => 0, // openat2's flags live in a user struct the probe does not copy
-                };
+                // openat2's flags live in a user struct the probe does not copy.
+                let open_flags = args.open_flags.unwrap_or(0);
                 let creating = open_flags & O_CREAT != 0;
                 if creating {
                     self.stats.invalidate(&path);
@@ -379,45 +370,35 @@ impl Translator {
                 fs.inode_number = stat.map(|s| s.inode);
                 fs.file_type = stat.map(|s| s.file_type);
                 if open_flags & O_CREAT != 0 {
-                    let mode_arg = match syscall {
-                        "open" => 2,
-                        "creat" => 1,
-                        _ => 3,
-                    };
-                    fs.mode = Some(octal_mode(header.args[mode_arg]));
+                    fs.mode = args.mode.map(octal_mode);
                 }
                 fs.fd = ok.then_some(ret_int(header));
                 fs.path = Some(PathBytes(path));
                 if created { EventType::FilesystemCreate } else { EventType::FilesystemRead }
             }
             OpKind::Close => {
-                let fd = arg_i32(header, 0);
+                let fd = args.fd.unwrap_or(-1);
                 let info = self.processes.fd(header.pid, fd);
                 self.processes.close_fd(header.pid, fd, header.enter_ns);
                 Self::fill_from_fd(&mut fs, info, fd);
                 EventType::FilesystemRead
             }
             OpKind::Read | OpKind::Write | OpKind::Fsync | OpKind::Ioctl => {
-                let fd = arg_i32(header, 0);
+                let fd = args.fd.unwrap_or(-1);
                 let info = self.processes.fd(header.pid, fd);
                 Self::fill_from_fd(&mut fs, info, fd);
                 if matches!(record.op, OpKind::Read | OpKind::Write) {
                     fs.bytes = ok.then_some(header.ret.cast_unsigned());
-                    if matches!(
-                        syscall,
-                        "pread64" | "pwrite64" | "preadv" | "pwritev" | "preadv2" | "pwritev2"
-                    ) {
-                        fs.offset = Some(header.args[3]);
-                    }
+                    fs.offset = args.offset;
                 }
                 match record.op {
                     OpKind::Read => EventType::FilesystemRead,
                     OpKind::Write => EventType::FilesystemWrite,
                     OpKind::Fsync => EventType::SystemSync,
                     _ => {
-                        let arg = (header.flags & record_flags::IOCTL_ARG_VALID != 0)
-                            .then_some(&header.ioctl_arg[..]);
-                        let Some(decoded) = decode_vexfs_ioctl(header.args[1], arg, ok) else {
+                        let Some(decoded) = args.ioctl.as_ref().and_then(|call| {
+                            decode_vexfs_ioctl(call.cmd, call.arg.as_ref().map(|arg| &arg[..]), ok)
+                        }) else {
                             return Disposition::Suppressed;
                         };
                         context.vector = Some(decoded.vector);
@@ -449,7 +430,7 @@ impl Translator {
                 fs.inode_number = stat.map(|s| s.inode);
                 fs.file_type = stat.map(|s| s.file_type);
                 fs.path = Some(PathBytes(path));
-                Self::fill_path_op(&mut fs, record, op, syscall, target)
+                Self::fill_path_op(&mut fs, args, op, target)
             }
         };
         if !self.options.ops.contains(&record.op) {
@@ -473,7 +454,8 @@ impl Translator {
         Self::fill_from_fd(&mut fs, info, fd);
         let syscall = record.syscall.map_or("", |e| e.name);
         let target = record.path2.clone();
-        let event_type = Self::fill_path_op(&mut fs, record, op, syscall, target);
+        let no_args = SyscallArgs::default();
+        let event_type = Self::fill_path_op(&mut fs, record.args().unwrap_or(&no_args), op, target);
         if !self.options.ops.contains(&op) {
             return Disposition::Suppressed;
         }
@@ -493,29 +475,22 @@ impl Translator {
     /// Event type and operation-specific fields of path-based (and f*-variant) operations.
     fn fill_path_op(
         fs: &mut FilesystemContext,
-        record: &RawRecord,
+        args: &SyscallArgs,
         op: OpKind,
-        syscall: &str,
         target: Option<Vec<u8>>,
     ) -> EventType {
-        let args = &record.header.args;
-        // -1 means "leave unchanged".
-        let id = |value: u64| {
-            let id = low_int(value);
-            (id != -1).then_some(id.cast_unsigned())
-        };
         match op {
             OpKind::Rename => {
                 fs.target_path = target.map(PathBytes);
                 EventType::FilesystemRename
             }
-            OpKind::Unlink if syscall == "unlinkat" && args[2] & AT_REMOVEDIR != 0 => {
+            OpKind::Unlink if args.at_flags.is_some_and(|flags| flags & AT_REMOVEDIR != 0) => {
                 EventType::FilesystemRmdir
             }
             OpKind::Unlink => EventType::FilesystemDelete,
             OpKind::Rmdir => EventType::FilesystemRmdir,
             OpKind::Mkdir => {
-                fs.mode = Some(octal_mode(args[if syscall == "mkdirat" { 2 } else { 1 }]));
+                fs.mode = args.mode.map(octal_mode);
                 EventType::FilesystemMkdir
             }
             OpKind::Symlink => {
@@ -530,18 +505,16 @@ impl Translator {
                 EventType::FilesystemHardlink
             }
             OpKind::Chmod => {
-                fs.mode =
-                    Some(octal_mode(args[if matches!(syscall, "fchmodat" | "fchmodat2") { 2 } else { 1 }]));
+                fs.mode = args.mode.map(octal_mode);
                 EventType::FilesystemChmod
             }
             OpKind::Chown => {
-                let first = if syscall == "fchownat" { 2 } else { 1 };
-                fs.uid = id(args[first]);
-                fs.gid = id(args[first + 1]);
+                fs.uid = args.uid;
+                fs.gid = args.gid;
                 EventType::FilesystemChown
             }
             OpKind::Truncate => {
-                fs.size = Some(args[1]);
+                fs.size = args.size;
                 EventType::FilesystemTruncate
             }
             OpKind::SetXattr | OpKind::RemoveXattr => {
@@ -594,7 +567,7 @@ impl Translator {
             .and_then(|fs| fs.path.as_ref())
             .is_some_and(|path| self.options.vexfs.contains(path.as_bytes()));
         if on_vexfs {
-            vexfs::reinterpret(&mut event, record.payload.as_deref());
+            vexfs::reinterpret(&mut event, record.op, record.payload.as_deref());
         }
         let companion = event.error_companion();
         let derived = if on_vexfs { vexfs::derive_graph(&event) } else { Vec::new() };

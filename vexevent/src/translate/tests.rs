@@ -2,10 +2,10 @@
 
 use std::collections::HashSet;
 
-use vexevent_common::{COMM_LEN, OpKind, RecordHeader, record_flags, syscall_by_nr};
+use vexevent_common::{COMM_LEN, OpKind, RecordBody, RecordHeader, record_flags, syscall_by_nr};
 
 use super::*;
-use crate::capture::RawRecord;
+use crate::capture::{RawRecord, decode, encode, syscall_body};
 
 const PID: u32 = 3_000_000; // no such process: nothing falls back to /proc
 
@@ -20,34 +20,41 @@ fn translator(ops: &[OpKind]) -> Translator {
     translator
 }
 
-fn record(syscall: &str, args: [u64; 6], ret: i64, path1: Option<&[u8]>, path2: Option<&[u8]>) -> RawRecord {
+/// A syscall record as the probes would write it, decoded as capture decodes it.
+fn record_with(
+    syscall: &str,
+    body: &RecordBody,
+    flags: u32,
+    ret: i64,
+    path1: Option<&[u8]>,
+    path2: Option<&[u8]>,
+) -> RawRecord {
     let entry = vexevent_common::SYSCALLS.iter().find(|e| e.name == syscall).unwrap();
     let mut comm = [0u8; COMM_LEN];
     comm[..4].copy_from_slice(b"test");
-    RawRecord {
-        header: RecordHeader {
-            seq: 1,
-            enter_ns: 10,
-            exit_ns: 25,
-            ret,
-            args,
-            pid: PID,
-            tid: PID + 1,
-            uid: 1000,
-            gid: 100,
-            syscall_nr: entry.nr,
-            op: entry.spec.op,
-            comm,
-            ..RecordHeader::ZEROED
-        },
-        op: OpKind::try_from(entry.spec.op).unwrap(),
-        path1: path1.map(<[u8]>::to_vec),
-        path2: path2.map(<[u8]>::to_vec),
-        text2: entry.spec.flags & vexevent_common::spec_flags::PATH2_IS_TEXT != 0,
-        payload: None,
-        size: 200,
-        syscall: Some(entry),
+    let header = RecordHeader {
+        seq: 1,
+        enter_ns: 10,
+        exit_ns: 25,
+        ret,
+        pid: PID,
+        tid: PID + 1,
+        uid: 1000,
+        gid: 100,
+        syscall_nr: entry.nr,
+        op: entry.spec.op,
+        flags,
+        comm,
+        ..RecordHeader::ZEROED
+    };
+    match decode(&encode(&header, body, path1.unwrap_or_default(), path2)).unwrap() {
+        Captured::Record(record) => *record,
+        Captured::Gap(gap) => panic!("unexpected gap {gap:?}"),
     }
+}
+
+fn record(syscall: &str, args: [u64; 6], ret: i64, path1: Option<&[u8]>, path2: Option<&[u8]>) -> RawRecord {
+    record_with(syscall, &syscall_body(args), 0, ret, path1, path2)
 }
 
 fn run(translator: &mut Translator, record: &RawRecord) -> Vec<SemanticEvent> {
@@ -141,10 +148,13 @@ fn unselected_ops_update_state_but_emit_nothing() {
 fn vexfs_ioctl_becomes_a_vector_event() {
     let mut t = translator(&OpKind::ALL);
     run(&mut t, &record("openat", [AT_FDCWD, 0, 0, 0, 0, 0], 9, Some(b"/w/v"), None));
-    let mut ioctl = record("ioctl", [9, 0xC038_560A, 0, 0, 0, 0], -i64::from(libc::ENOTTY), None, None);
-    ioctl.header.flags = record_flags::IOCTL_ARG_VALID;
-    ioctl.header.ioctl_arg[8..12].copy_from_slice(&64u32.to_ne_bytes());
-    ioctl.header.ioctl_arg[12..16].copy_from_slice(&5u32.to_ne_bytes());
+    let mut body = syscall_body([9, 0xC038_560A, 0, 0, 0, 0]);
+    // SAFETY: the syscall variant of a union whose every byte is initialized.
+    let arg = unsafe { &mut body.syscall.ioctl_arg };
+    arg[8..12].copy_from_slice(&64u32.to_ne_bytes());
+    arg[12..16].copy_from_slice(&5u32.to_ne_bytes());
+    let flags = record_flags::IOCTL_ARG_VALID;
+    let ioctl = record_with("ioctl", &body, flags, -i64::from(libc::ENOTTY), None, None);
     let events = run(&mut t, &ioctl);
     assert_eq!(events[0].event_type, EventType::VectorSearch);
     assert_eq!(events[0].event_subtype, "KNN_SEARCH");
@@ -199,11 +209,25 @@ fn every_event_type_translate_gives_an_operation_is_in_the_operation_table() {
         if crate::event::event_types_of(op).is_empty() {
             continue;
         }
-        // Path arguments under the watch, an fd-less call, success; then O_CREAT and
-        // AT_REMOVEDIR variants through the flag arguments.
-        for flags in [0, 0o100, 0x200] {
-            let args = [AT_FDCWD, 0, flags, flags, flags, 0];
-            let record = record(entry.name, args, 0, Some(b"/w/a"), Some(b"/w/b"));
+        // Paths under the watch (relative to the cwd), success; plain, then O_CREAT, then
+        // AT_REMOVEDIR, each at the argument position the syscall table gives.
+        let spec = &entry.spec;
+        for (open_flags, at_flags) in [(0, 0), (0o100, 0), (0, 0x200)] {
+            let mut args = [0u64; 6];
+            let positions = [
+                (spec.dirfd1_arg, AT_FDCWD),
+                (spec.dirfd2_arg, AT_FDCWD),
+                (spec.open_flags_arg, open_flags),
+                (spec.at_flags_arg, at_flags),
+            ];
+            for (position, value) in positions {
+                if position != vexevent_common::NO_ARG {
+                    args[usize::from(position)] = value;
+                }
+            }
+            let path1 = (spec.path1_arg != vexevent_common::NO_ARG).then_some(&b"/w/a"[..]);
+            let path2 = (spec.path2_arg != vexevent_common::NO_ARG).then_some(&b"/w/b"[..]);
+            let record = record(entry.name, args, 0, path1, path2);
             for event in run(&mut translator, &record).iter().take(1) {
                 assert!(
                     crate::event::event_types_of(op).contains(&event.event_type),

@@ -7,6 +7,8 @@
 
 use std::collections::BTreeMap;
 
+use vexevent_common::OpKind;
+
 use crate::event::{EventType, GraphContext, GraphEdge, PathBytes, SemanticEvent, VectorContext, is_under};
 
 /// Default `k` of a `*.search` file and of `_vexfs/search`.
@@ -68,8 +70,8 @@ fn parse_control(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Gives a read or write of a `VexFS` special file its `VexFS` meaning (in place).
-pub fn reinterpret(event: &mut SemanticEvent, payload: Option<&[u8]>) {
+/// Gives a read or write (operation `op`) of a `VexFS` special file its `VexFS` meaning (in place).
+pub fn reinterpret(event: &mut SemanticEvent, op: OpKind, payload: Option<&[u8]>) {
     let Some(path) = event.context.filesystem.as_ref().and_then(|fs| fs.path.clone()) else { return };
     let path = path.as_bytes();
     let name = file_name(path);
@@ -93,9 +95,7 @@ pub fn reinterpret(event: &mut SemanticEvent, payload: Option<&[u8]>) {
                 return;
             }
         }
-        EventType::FilesystemRead
-            if in_control_dir && name == b"stats" && event.event_subtype.contains("read") =>
-        {
+        EventType::FilesystemRead if in_control_dir && name == b"stats" && op == OpKind::Read => {
             event.event_type = EventType::ObservabilityMetricCollected;
         }
         _ => return,
