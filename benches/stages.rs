@@ -149,8 +149,8 @@ fn pipeline(c: &mut Criterion) {
     let mut group = c.benchmark_group("pipeline");
     group.throughput(Throughput::Elements(PIPELINE_BATCH as u64));
     for (name, filtered) in [("all_events_to_4_null_sinks", false), ("half_filtered_to_4_null_sinks", true)] {
-        let settings =
-            Config::from_toml(&pipeline_config(filtered)).expect("valid TOML").validate().expect("valid");
+        let config = Config::from_toml(&pipeline_config(filtered)).expect("valid TOML");
+        let settings = config.validate().expect("valid");
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 let counters = Arc::new(Counters::default());
@@ -162,8 +162,8 @@ fn pipeline(c: &mut Criterion) {
                 }
                 drop(batches);
                 let source = KernelSource::new(captured, translator(), Arc::clone(&counters));
-                let pipeline = build_pipeline(Box::new(source), &settings, sinks, None, &counters)
-                    .expect("valid pipeline");
+                let (_, compiled) = config.build().expect("valid");
+                let pipeline = build_pipeline(Box::new(source), &settings, compiled, sinks, None, &counters);
                 let started = Instant::now();
                 pipeline.run(&crossbeam_channel::never());
                 started.elapsed()

@@ -97,12 +97,11 @@ fn a_recorded_stream_replays_into_ordered_joined_events() {
 
     // The default configuration (no filter, the default 20 ms FUSE join window) with a null
     // output, and one more stage, registered with one line: it collects every event reaching it.
-    let settings = Config::from_toml("[sinks.null]\ntype = \"null\"").unwrap().validate().unwrap();
+    let (settings, compiled) = Config::from_toml("[sinks.null]\ntype = \"null\"").unwrap().build().unwrap();
     let collected = Arc::new(Mutex::new(Vec::new()));
     let source = KernelSource::new(captured, translator, Arc::clone(&counters));
     let sinks = Sinks::start(&settings.outputs.sinks, &counters).unwrap();
-    let pipeline = build_pipeline(Box::new(source), &settings, sinks, None, &counters)
-        .unwrap()
+    let pipeline = build_pipeline(Box::new(source), &settings, compiled, sinks, None, &counters)
         .then(Box::new(Collect(Arc::clone(&collected))));
     assert_eq!(pipeline.graph(), ["kernel", "correlate", "filter", "sequence", "route", "collect"]);
     pipeline.run(&crossbeam_channel::never());

@@ -279,9 +279,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
             let config = args.config()?;
-            let settings = config.validate()?;
-            let last =
-                app::run(&settings, config, Box::new(move || args.config()), &commands::run::print_notice)?;
+            let (settings, compiled) = config.build()?;
+            let reread = Box::new(move || args.config());
+            let last = app::run(&settings, compiled, config, reread, &commands::run::print_notice)?;
             eprint!("{last}");
             Ok(())
         }

@@ -24,6 +24,8 @@ const PIPELINE_SWITCH_WAIT: Duration = Duration::from_secs(5);
 /// Applies reloads: reads the configuration again and hands the new routing to the pipeline.
 pub(super) struct Reloader<'a> {
     pub(super) running: Config,
+    /// The directories the probes watch (a change applies at restart).
+    pub(super) running_dirs: Vec<Vec<u8>>,
     pub(super) source: ConfigSource,
     pub(super) pipeline: Sender<Reconfigure>,
     pub(super) probes: &'a RefCell<Probes>,
@@ -35,7 +37,8 @@ impl Reloader<'_> {
     /// filters follow. A pipeline that is blocked (a full sink with `when_full = "block"`) is
     /// waited for a bounded time, so that signals keep being served.
     fn reload(&self) -> Result<Reloaded, ReloadError> {
-        let (settings, routing, mut reloaded) = reload::prepare(&self.running, &self.source)?;
+        let (settings, routing, mut reloaded) =
+            reload::prepare(&self.running, &self.running_dirs, &self.source)?;
         let (switched, has_switched) = crossbeam_channel::bounded(1);
         let change = Reconfigure { updates: routing.into_updates(), switched };
         self.pipeline.send_timeout(change, PIPELINE_SWITCH_WAIT).map_err(|error| match error {

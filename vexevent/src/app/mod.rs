@@ -25,7 +25,7 @@ use std::{
 
 use crate::{
     capture::{Batch, RingDrainer},
-    config::{Config, Settings},
+    config::{Compiled, Config, Settings},
     http::{Keys, StreamServer, control},
     loader::{Probes, vexfs_mount_points},
     pipeline::Reconfigure,
@@ -46,8 +46,6 @@ pub enum AppError {
     #[error(transparent)]
     Sink(#[from] crate::sinks::SinkError),
     #[error(transparent)]
-    Filter(Box<crate::expr::FilterError>),
-    #[error(transparent)]
     Stream(#[from] crate::http::StreamError),
     #[error(transparent)]
     Auth(#[from] crate::http::AuthError),
@@ -60,13 +58,14 @@ pub enum AppError {
 }
 
 /// Runs capture until SIGINT or SIGTERM, then drains and returns the final stats. `config` is
-/// the configuration `settings` came from; `source` reads it again on reload; `notify` hears
-/// what the user should know while it runs.
+/// the configuration `settings` and `compiled` were built from; `source` reads it again on
+/// reload; `notify` hears what the user should know while it runs.
 ///
 /// # Errors
 /// When the probes cannot be loaded or an output cannot be opened.
 pub fn run(
     settings: &Settings,
+    compiled: Compiled,
     config: Config,
     source: ConfigSource,
     notify: Notify<'_>,
@@ -82,24 +81,7 @@ pub fn run(
     });
 
     let stop_capture = Arc::new(AtomicBool::new(false));
-    let (batches_tx, batches_rx) = crossbeam_channel::bounded::<Batch>(settings.drain.channel_batches);
-    let drainer = RingDrainer::new(
-        probes.take_rings()?,
-        probes.take_pending_loss()?,
-        &settings.drain,
-        probes.layout().cpus_per_shard == 1,
-        Arc::clone(&counters),
-    );
-    let capture = {
-        let stop = Arc::clone(&stop_capture);
-        thread::Builder::new()
-            .name("vexevent-capture".into())
-            .spawn({
-                let drain = settings.drain;
-                move || drainer.run(&drain, &stop, &batches_tx)
-            })
-            .map_err(|source| AppError::Start { what: "capture thread", source })?
-    };
+    let (capture, batches_rx) = start_capture(settings, &mut probes, &stop_capture, &counters)?;
     let kernel = KernelSource::new(batches_rx, translator(settings, &probes), Arc::clone(&counters));
     let (reloads_tx, reloads_rx) = crossbeam_channel::bounded::<Reconfigure>(1);
     let keys = http_keys(settings, notify)?;
@@ -110,7 +92,7 @@ pub fn run(
         _ => None,
     };
     let broadcaster = stream.as_ref().map(|s| Arc::clone(&s.broadcaster));
-    let pipeline = build_pipeline(Box::new(kernel), settings, sinks, broadcaster, &counters)?;
+    let pipeline = build_pipeline(Box::new(kernel), settings, compiled, sinks, broadcaster, &counters);
     let pipeline = thread::Builder::new()
         .name("vexevent-pipeline".into())
         .spawn(move || pipeline.run(&reloads_rx))
@@ -152,7 +134,14 @@ pub fn run(
     notify(Notice::Ready { watching });
     // Reloads set the kernel's filters while the loop reads the kernel's counters.
     let probes = RefCell::new(probes);
-    let reloader = Reloader { running: config, source, pipeline: reloads_tx, probes: &probes, notify };
+    let reloader = Reloader {
+        running: config,
+        running_dirs: settings.probes.scope.dirs().to_vec(),
+        source,
+        pipeline: reloads_tx,
+        probes: &probes,
+        notify,
+    };
     runtime
         .block_on(wait_for_shutdown(settings, signals, control, &reloader, || snapshot(&probes.borrow())))?;
     let mut probes = probes.into_inner();
@@ -176,6 +165,31 @@ pub fn run(
         tracing::warn!(%error, "cannot write the stats file");
     }
     Ok(last)
+}
+
+/// Starts the capture thread on the probes' rings; it hands merged batches to the returned
+/// channel until `stop` is set.
+fn start_capture(
+    settings: &Settings,
+    probes: &mut Probes,
+    stop: &Arc<AtomicBool>,
+    counters: &Arc<Counters>,
+) -> Result<(thread::JoinHandle<()>, crossbeam_channel::Receiver<Batch>), AppError> {
+    let (batches_tx, batches_rx) = crossbeam_channel::bounded::<Batch>(settings.drain.channel_batches);
+    let drainer = RingDrainer::new(
+        probes.take_rings()?,
+        probes.take_pending_loss()?,
+        &settings.drain,
+        probes.layout().cpus_per_shard == 1,
+        Arc::clone(counters),
+    );
+    let stop = Arc::clone(stop);
+    let drain = settings.drain;
+    let capture = thread::Builder::new()
+        .name("vexevent-capture".into())
+        .spawn(move || drainer.run(&drain, &stop, &batches_tx))
+        .map_err(|source| AppError::Start { what: "capture thread", source })?;
+    Ok((capture, batches_rx))
 }
 
 /// The tokens of the HTTP servers, generated into files beside the stats file, when there is a

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use vexevent_common::OpKind;
 
 use crate::{
-    config::{Config, ConfigError, Settings},
+    config::{Compiled, Config, ConfigError, Settings},
     expr::{FilterChain, FilterError},
     pipeline::Update,
     route::Router,
@@ -27,12 +27,10 @@ pub struct Routing {
 }
 
 impl Routing {
-    /// The pipeline's part of `settings`.
-    ///
-    /// # Errors
-    /// A filter or route that does not compile (validated settings compile).
-    pub fn new(settings: &Settings) -> Result<Self, FilterError> {
-        Ok(Self { filter: settings.filter.build()?, router: settings.router()?, ops: settings.ops.clone() })
+    /// The pipeline's reloadable part of a built configuration.
+    #[must_use]
+    pub fn new(compiled: Compiled, settings: &Settings) -> Self {
+        Self { filter: compiled.filter, router: compiled.router, ops: settings.ops.clone() }
     }
 
     /// The updates for the stages that take them (the kernel source, filter, route).
@@ -91,10 +89,11 @@ impl std::fmt::Display for Reloaded {
 /// When the new configuration is invalid or changes the sinks.
 pub fn prepare(
     running: &Config,
+    running_dirs: &[Vec<u8>],
     source: &ConfigSource,
 ) -> Result<(Settings, Routing, Reloaded), ReloadError> {
     let config = source()?;
-    let settings = config.validate()?;
+    let (settings, compiled) = config.build()?;
     if config.sinks != running.sinks || config.output != running.output {
         return Err(ReloadError::SinksChanged);
     }
@@ -112,11 +111,10 @@ pub fn prepare(
             warnings.push(format!("{section} changed and applies at restart"));
         }
     }
-    let running_dirs = running.validate().map(|s| s.probes.scope.dirs().to_vec()).ok();
-    if running_dirs.as_deref() != Some(settings.probes.scope.dirs()) {
+    if running_dirs != settings.probes.scope.dirs() {
         warnings.push("the watched directories (from [capture] or the filter) change at restart".to_owned());
     }
-    let routing = Routing::new(&settings)?;
+    let routing = Routing::new(compiled, &settings);
     let reloaded =
         Reloaded { routes: config.routes.len(), filters: config.filter.expressions.len(), warnings };
     Ok((settings, routing, reloaded))

@@ -3,9 +3,8 @@
 
 use std::sync::Arc;
 
-use super::{AppError, Routing};
 use crate::{
-    config::Settings,
+    config::{Compiled, Settings},
     correlate::CorrelateStage,
     filter::FilterStage,
     http::{Broadcaster, StreamStage},
@@ -28,26 +27,25 @@ pub fn stage_graph(source: &str, settings: &Settings) -> Vec<String> {
 }
 
 /// The pipeline `vexevent run` runs: `source`, then correlate, filter, sequence, route (to
-/// `sinks`) and, with a stream server, the live stream. The replay test and the stages benchmark
-/// build theirs here too.
-///
-/// # Errors
-/// A filter or route that does not compile (validated settings compile).
+/// `sinks`) and, with a stream server, the live stream; the filter and routes as compiled when
+/// the configuration was built. The replay test and the stages benchmark build theirs here too.
+#[must_use]
 pub fn build_pipeline(
     source: Box<dyn Source>,
     settings: &Settings,
+    compiled: Compiled,
     sinks: Sinks,
     stream: Option<Arc<Broadcaster>>,
     counters: &Arc<Counters>,
-) -> Result<Pipeline, AppError> {
-    let Routing { filter, router, .. } = Routing::new(settings).map_err(|e| AppError::Filter(Box::new(e)))?;
+) -> Pipeline {
+    let Compiled { filter, router } = compiled;
     let pipeline = Pipeline::new(source, Arc::clone(counters))
         .then(Box::new(CorrelateStage::new(settings.correlate, Arc::clone(counters))))
         .then(Box::new(FilterStage::new(filter, Arc::clone(counters))))
         .then(Box::new(Sequencer::default()))
         .then(Box::new(RouteStage::new(router, sinks, Arc::clone(counters))));
-    Ok(match stream {
+    match stream {
         Some(broadcaster) => pipeline.then(Box::new(StreamStage::new(broadcaster, Arc::clone(counters)))),
         None => pipeline,
-    })
+    }
 }

@@ -23,7 +23,7 @@ use crate::{
     capture::DrainSettings,
     correlate::CorrelateOptions,
     event::WatchScope,
-    expr::{Filter, FilterError, parse_macros},
+    expr::{Filter, FilterChain, FilterError},
     filter::{FilterConfig, KernelPart, pushdown},
     http::{AuthError, ControlConfig, StreamConfig},
     loader::{ProbeSettings, SyscallHooks},
@@ -276,16 +276,11 @@ pub struct Settings {
     pub stats_file: PathBuf,
 }
 
-impl Settings {
-    /// The routes, compiled (with the filter macros).
-    ///
-    /// # Errors
-    /// A route expression or macro that does not compile (validated configurations compile).
-    pub fn router(&self) -> Result<Router, FilterError> {
-        let macros = parse_macros(&self.filter.macros)?;
-        let outputs = &self.outputs;
-        Router::new(&outputs.routes, outputs.unmatched.clone(), outputs.sinks.len(), &macros)
-    }
+/// The filter chain and the routes, compiled once when the configuration is built (the
+/// pipeline's filter and route stages take them).
+pub struct Compiled {
+    pub filter: FilterChain,
+    pub router: Router,
 }
 
 impl Config {
@@ -316,6 +311,12 @@ impl Config {
     /// Every problem of the configuration, in field order (`check-config` lists them all).
     #[must_use]
     pub fn problems(&self) -> Vec<ConfigError> {
+        self.check().0
+    }
+
+    /// Checks every field, compiling each filter and route expression once: every problem, and
+    /// the compiled filter and routes when there is none.
+    fn check(&self) -> (Vec<ConfigError>, Option<(Compiled, Outputs)>) {
         let capture = &self.capture;
         let mut problems: Vec<ConfigError> =
             capture.watch.iter().filter_map(|path| canonical_watch_dir(path).err()).collect();
@@ -332,22 +333,34 @@ impl Config {
         if capture.channel_batches == 0 {
             problems.push(ConfigError::Zero { field: "capture.channel_batches" });
         }
-        problems.extend(self.filter.problems().into_iter().map(ConfigError::Filter));
+        let (filter, macros, filter_problems) = self.filter.compile();
+        problems.extend(filter_problems.into_iter().map(ConfigError::Filter));
         if !self.fuse.daemon_functions.is_empty() && self.fuse.daemon_binary.is_none() {
             problems.push(ConfigError::DaemonBinaryMissing);
         }
         problems.extend(self.stream.problem().map(ConfigError::Access));
         problems.extend(self.control.problem().map(ConfigError::Access));
-        if let Err(errors) = self.outputs() {
-            problems.extend(errors);
-        }
-        let macros = parse_macros(&self.filter.macros).unwrap_or_default();
+        let outputs = self.outputs().map_err(|errors| problems.extend(errors)).ok();
+        let mut route_filters = Vec::with_capacity(self.routes.len());
         for route in &self.routes {
-            if let Err(error) = Filter::new(&format!("routes.{}", route.name), &route.match_expr, &macros) {
-                problems.push(ConfigError::Filter(error));
+            match Filter::new(&format!("routes.{}", route.name), &route.match_expr, &macros) {
+                Ok(filter) => route_filters.push(filter),
+                Err(error) => problems.push(ConfigError::Filter(error)),
             }
         }
-        problems
+        let compiled = match (filter, outputs) {
+            (Some(filter), Some(outputs)) if problems.is_empty() => {
+                let router = Router::compiled(
+                    &outputs.routes,
+                    route_filters,
+                    outputs.unmatched.clone(),
+                    outputs.sinks.len(),
+                );
+                Some((Compiled { filter, router }, outputs))
+            }
+            _ => None,
+        };
+        (problems, compiled)
     }
 
     /// Sinks, routes and unmatched outputs, resolved.
@@ -363,13 +376,27 @@ impl Config {
     /// # Errors
     /// The first problem found.
     pub fn validate(&self) -> Result<Settings, ConfigError> {
-        if let Some(first) = self.problems().into_iter().next() {
-            return Err(first);
-        }
+        self.build().map(|(settings, _)| settings)
+    }
+
+    /// Checks every field, resolves the watch paths and compiles the filter and routes (once).
+    ///
+    /// # Errors
+    /// The first problem found.
+    ///
+    /// # Panics
+    /// Never: a configuration without problems compiles.
+    pub fn build(&self) -> Result<(Settings, Compiled), ConfigError> {
+        let (problems, compiled) = self.check();
+        let (compiled, outputs) = match (problems.into_iter().next(), compiled) {
+            (None, Some(compiled)) => compiled,
+            (Some(first), _) => return Err(first),
+            (None, None) => unreachable!("a configuration without problems compiles"),
+        };
         let capture = &self.capture;
-        // The filter compiles now (errors at start, with their location); what the kernel can
-        // evaluate of it narrows the probes' own filters where the configuration leaves them open.
-        let kernel_filter = pushdown(&self.filter.build()?);
+        // What the kernel can evaluate of the filter narrows the probes' own filters where the
+        // configuration leaves them open.
+        let kernel_filter = pushdown(&compiled.filter);
         let mut watch_dirs = capture.watch.iter().map(canonical_watch_dir).collect::<Result<Vec<_>, _>>()?;
         let mut ops: HashSet<OpKind> = if capture.ops.is_empty() {
             USER_OPS.into_iter().collect()
@@ -399,7 +426,7 @@ impl Config {
             bytes[..comm.len().min(15)].copy_from_slice(&comm.as_bytes()[..comm.len().min(15)]);
             bytes
         });
-        Ok(Settings {
+        let settings = Settings {
             probes: ProbeSettings {
                 scope: WatchScope::new(watch_dirs),
                 ops: ops.iter().copied().collect(),
@@ -434,13 +461,14 @@ impl Config {
                 include_metadata: self.fuse.include_metadata,
                 raw_boundaries: self.fuse.raw_boundaries,
             },
-            outputs: self.outputs().map_err(|mut errors| errors.remove(0))?,
+            outputs,
             stream: self.stream.clone(),
             control: self.control.clone(),
             stats_interval: (self.stats.interval_secs > 0)
                 .then(|| std::time::Duration::from_secs(self.stats.interval_secs)),
             stats_file: self.stats.file.clone(),
-        })
+        };
+        Ok((settings, compiled))
     }
 }
 
@@ -537,7 +565,8 @@ mod tests {
         let outputs = routing.outputs().unwrap();
         assert_eq!(outputs.sinks.len(), 6);
         assert_eq!(outputs.routes.len(), 3);
-        routing.validate().unwrap().router().unwrap();
+        let (_, compiled) = routing.build().unwrap();
+        assert_eq!(compiled.filter.filters.len(), routing.filter.expressions.len());
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub use pushdown::{KernelPart, pushdown};
 use serde::Deserialize;
 
 use crate::{
-    expr::{ChainMode, Filter, FilterChain, FilterError, parse_macros},
+    expr::{ChainMode, Filter, FilterChain, FilterError, Macros, parse_macros},
     pipeline::{EventBatch, Stage, Update, settings_for},
     telemetry::{Counters, add},
 };
@@ -28,38 +28,27 @@ pub struct FilterConfig {
 }
 
 impl FilterConfig {
-    /// Every macro and expression that does not parse or compile.
+    /// Parses the macros and compiles every expression once: the chain when all compile, and
+    /// every macro and expression that does not (with its place).
     #[must_use]
-    pub fn problems(&self) -> Vec<FilterError> {
+    pub fn compile(&self) -> (Option<FilterChain>, Macros, Vec<FilterError>) {
         let mut problems = Vec::new();
-        let mut macros = BTreeMap::new();
+        let mut macros = Macros::new();
         for (name, text) in &self.macros {
             match parse_macros(&BTreeMap::from([(name.clone(), text.clone())])) {
                 Ok(parsed) => macros.extend(parsed),
                 Err(error) => problems.push(error),
             }
         }
+        let mut filters = Vec::with_capacity(self.expressions.len());
         for (i, text) in self.expressions.iter().enumerate() {
-            if let Err(error) = Filter::new(&format!("filter.expressions[{i}]"), text, &macros) {
-                problems.push(error);
+            match Filter::new(&format!("filter.expressions[{i}]"), text, &macros) {
+                Ok(filter) => filters.push(filter),
+                Err(error) => problems.push(error),
             }
         }
-        problems
-    }
-
-    /// Compiles the chain.
-    ///
-    /// # Errors
-    /// The first expression or macro that does not parse or compile, with its location.
-    pub fn build(&self) -> Result<FilterChain, FilterError> {
-        let macros = parse_macros(&self.macros)?;
-        let filters = self
-            .expressions
-            .iter()
-            .enumerate()
-            .map(|(i, text)| Filter::new(&format!("filter.expressions[{i}]"), text, &macros))
-            .collect::<Result<_, _>>()?;
-        Ok(FilterChain { mode: self.mode, filters })
+        let chain = problems.is_empty().then_some(FilterChain { mode: self.mode, filters });
+        (chain, macros, problems)
     }
 }
 

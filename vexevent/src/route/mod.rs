@@ -61,6 +61,16 @@ pub struct RouteSpec {
     pub failover: bool,
 }
 
+impl RouteSpec {
+    /// Compiles the route's match expression (named `routes.NAME` in errors).
+    ///
+    /// # Errors
+    /// When the expression does not parse or compile.
+    pub fn compile(&self, macros: &Macros) -> Result<Filter, FilterError> {
+        Filter::new(&format!("routes.{}", self.name), &self.match_expr, macros)
+    }
+}
+
 struct Route {
     name: String,
     filter: Filter,
@@ -92,22 +102,33 @@ impl Router {
         outputs: usize,
         macros: &Macros,
     ) -> Result<Self, FilterError> {
+        let filters = routes.iter().map(|spec| spec.compile(macros)).collect::<Result<_, _>>()?;
+        Ok(Self::compiled(routes, filters, unmatched, outputs))
+    }
+
+    /// The routes with their expressions already compiled (`filters[i]` is `routes[i]`'s).
+    #[must_use]
+    pub fn compiled(
+        routes: &[RouteSpec],
+        filters: Vec<Filter>,
+        unmatched: Vec<usize>,
+        outputs: usize,
+    ) -> Self {
         let routes = routes
             .iter()
-            .map(|spec| {
-                Ok(Route {
-                    name: spec.name.clone(),
-                    filter: Filter::new(&format!("routes.{}", spec.name), &spec.match_expr, macros)?,
-                    targets: spec.targets.clone(),
-                    balance: spec.balance,
-                    key: spec.key,
-                    failover: spec.failover,
-                    next: 0,
-                    matched: 0,
-                })
+            .zip(filters)
+            .map(|(spec, filter)| Route {
+                name: spec.name.clone(),
+                filter,
+                targets: spec.targets.clone(),
+                balance: spec.balance,
+                key: spec.key,
+                failover: spec.failover,
+                next: 0,
+                matched: 0,
             })
-            .collect::<Result<_, FilterError>>()?;
-        Ok(Self { routes, unmatched, outputs, unrouted: 0 })
+            .collect();
+        Self { routes, unmatched, outputs, unrouted: 0 }
     }
 
     /// The outputs `event` goes to, each once, in `out` (cleared first). `up` says whether an
