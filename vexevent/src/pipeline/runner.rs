@@ -23,7 +23,7 @@ const TICK: Duration = Duration::from_millis(5);
 /// from then on uses them).
 pub struct Reconfigure {
     pub updates: Vec<(&'static str, Update)>,
-    pub switched: crossbeam_channel::Sender<()>,
+    pub switched: tokio::sync::oneshot::Sender<()>,
 }
 
 struct Registered {

@@ -112,7 +112,7 @@ fn a_reconfiguration_applies_between_two_batches_and_is_answered() {
         .then(Box::new(HoldOdd { held: Vec::new(), parity: 1 }))
         .then(Box::new(Collect(Arc::clone(&out))));
     let (reconfigure, changes) = crossbeam_channel::bounded(1);
-    let (switched, has_switched) = crossbeam_channel::bounded(1);
+    let (switched, mut has_switched) = tokio::sync::oneshot::channel();
     // Applied before the first batch: hold even ids instead.
     reconfigure.send(Reconfigure { updates: vec![("hold", Box::new(0u64))], switched }).unwrap();
     pipeline.run(&changes);
