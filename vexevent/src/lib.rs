@@ -12,6 +12,8 @@ pub mod config;
 pub mod correlate;
 pub mod event;
 pub mod filter;
+#[cfg(test)]
+mod fuzz;
 pub mod http;
 pub mod loader;
 pub mod route;

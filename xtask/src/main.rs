@@ -1,7 +1,9 @@
 //! Developer tasks: `cargo xtask build-ebpf` builds the eBPF object alone and reports its
 //! programs and sizes; `cargo xtask bench` runs every benchmark; `cargo xtask vm-test` runs
-//! vexevent on an older kernel (Debian's 6.1) under QEMU.
+//! vexevent on an older kernel (Debian's 6.1) under QEMU; `cargo xtask fuzz` fuzzes everything
+//! that parses outside input.
 
+mod fuzz;
 mod vm_test;
 
 use std::{
@@ -34,6 +36,13 @@ enum Task {
     /// Run the benchmarks: end-to-end capture overhead and WebSocket subscribers (need root) and
     /// per-stage criterion runs.
     Bench,
+    /// Fuzz the filter parser, the stream's query parser, the record decoder and the config
+    /// loader (the library's `fuzz_*` property tests), INPUTS each, in a release build.
+    Fuzz {
+        /// Inputs per target.
+        #[arg(long, default_value_t = 10_000_000)]
+        inputs: u32,
+    },
     /// Boot Debian's Linux 6.1 under QEMU (no FUSE tracepoints, kprobes allowed) and check that
     /// vexevent captures FUSE requests there through its kprobe fallback. Needs root, apt and
     /// qemu-system-x86; caches downloads in target/vm-test.
@@ -146,6 +155,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::BuildEbpf { debug } => build_ebpf(debug),
         Task::Bench => bench(),
+        Task::Fuzz { inputs } => fuzz::fuzz(inputs),
         Task::VmTest { kernel_package } => vm_test::vm_test(kernel_package.as_deref()),
     }
 }

@@ -117,3 +117,17 @@ fn pushes_certain_conditions_down_to_the_kernel() {
     };
     assert_eq!(pushdown(&loose), KernelPart::default());
 }
+
+proptest::proptest! {
+    #![proptest_config(crate::fuzz::config())]
+
+    /// Any text: parsed and compiled, or refused with an error; never a panic or a stack
+    /// overflow; what compiles can be evaluated.
+    #[test]
+    fn fuzz_filter_parser(text in crate::fuzz::text_of(crate::fuzz::FILTER_TOKENS, 48)) {
+        let macros = parse_macros(&BTreeMap::from([("m".to_owned(), "pid == 1 or @n".to_owned()), ("n".to_owned(), "ok == true".to_owned())])).unwrap();
+        if let Ok(filter) = Filter::new("fuzz", &text, &macros) {
+            let _ = filter.matches(&event(EventType::FilesystemWrite, "/w/a", 1, "c", true));
+        }
+    }
+}

@@ -17,13 +17,12 @@ use crate::telemetry::Counters;
 use guard::Guard;
 use listener::{BoundedListener, Peer};
 
-pub use auth::{AuthError, Keys, METRICS_TOKEN_FILE, TOKEN_FILE, Token, read_token_file};
+pub use auth::{AuthError, Keys, TOKEN_FILE, Token, read_token_file};
 pub use control::{
     CONTROL_SERVER, CONTROL_TOKEN_FLAG, ControlConfig, ControlRequest, METRICS_PATH, RELOAD_PATH, STATS_PATH,
 };
 pub use stream::{
-    Broadcaster, QueryError, STREAM_PATH, STREAM_SERVER, STREAM_TOKEN_FLAG, StreamConfig, StreamError,
-    StreamServer,
+    Broadcaster, STREAM_PATH, STREAM_SERVER, STREAM_TOKEN_FLAG, StreamConfig, StreamError, StreamServer,
 };
 
 /// Serves `router` as `server` on `listener` (on `runtime`), at most `max_connections` at a

@@ -21,7 +21,6 @@ use axum::{
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-pub use query::QueryError;
 pub use subscribers::Broadcaster;
 
 use super::{
