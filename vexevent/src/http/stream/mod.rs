@@ -1,8 +1,8 @@
 //! The live stream server: a WebSocket endpoint at `/api/v1/semantic/events/stream` (`VexFS`'s
 //! path) on its own runtime, where each subscriber gets the events its query selects (see
-//! `query`), numbered per subscription, through the subscriber index (see `subscribers`). The
-//! server binds to loopback unless a token is configured; with a token every request must carry
-//! it.
+//! `query`), numbered per subscription, through the subscriber index (see `subscribers`). Every
+//! request must carry the token (generated at start, or configured); off loopback only with a
+//! configured one. Subscriptions and connections are bounded (`StreamConfig`).
 
 mod query;
 mod subscribers;
