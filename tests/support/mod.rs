@@ -269,10 +269,17 @@ fn run(command: &mut Command) {
 impl Mount {
     /// A fresh tmpfs.
     pub fn tmpfs() -> Self {
+        Self::tmpfs_of_size("64m")
+    }
+
+    /// A fresh tmpfs of `size` (as `mount -o size=` takes it), to fill up.
+    pub fn tmpfs_of_size(size: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("tmpfs");
         std::fs::create_dir(&path).expect("mount point");
-        run(Command::new("mount").args(["-t", "tmpfs", "-o", "size=64m", "vexevent-test"]).arg(&path));
+        run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "vexevent-test"])
+            .arg(&path));
         Self { path, _dir: dir, image: None }
     }
 
