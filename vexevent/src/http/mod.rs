@@ -26,7 +26,7 @@ pub use stream::{
 };
 
 /// Serves `router` as `server` on `listener` (on `runtime`), at most `max_connections` at a
-/// time, every request through the guard.
+/// time (each closed when idle), every request through the guard.
 fn serve(
     runtime: &tokio::runtime::Handle,
     listener: TcpListener,
@@ -37,7 +37,7 @@ fn serve(
 ) {
     let guard = Guard { server, counters: Arc::clone(&counters) };
     let app = router.layer(axum::middleware::from_fn_with_state(guard, guard::guard));
-    let listener = BoundedListener::new(listener, max_connections, server, counters);
+    let listener = BoundedListener::new(listener, max_connections, listener::IDLE_TIMEOUT, server, counters);
     runtime.spawn(async move {
         if let Err(error) = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>()).await {
             tracing::error!(%error, server, "the server stopped");

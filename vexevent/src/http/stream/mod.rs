@@ -42,6 +42,10 @@ const READ_BUFFER: usize = 256;
 /// unbounded message would let one client make the server allocate without limit.
 const MAX_INCOMING_MESSAGE: usize = 64 * 1024;
 
+/// How often a subscriber is pinged: its pong is traffic, so a quiet subscription is not closed as
+/// idle (`listener::IDLE_TIMEOUT`), and one whose client has gone is noticed.
+const PING_PERIOD: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How often owed gap notices are sent and departed subscribers forgotten.
 const GAP_NOTICE_PERIOD: std::time::Duration = std::time::Duration::from_millis(10);
 
@@ -158,8 +162,14 @@ async fn stream(
 /// answers pings and notices a client that has gone even when no event comes for it.
 /// The subscription's `place` under the limit is given back when this returns.
 async fn forward(mut socket: WebSocket, mut receiver: mpsc::Receiver<String>, place: OwnedSemaphorePermit) {
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_PERIOD, PING_PERIOD);
     loop {
         tokio::select! {
+            _ = ping.tick() => {
+                if socket.send(Message::Ping(axum::body::Bytes::new())).await.is_err() {
+                    break;
+                }
+            }
             message = receiver.recv() => {
                 let Some(message) = message else { break };
                 if socket.send(Message::Text(message.into())).await.is_err() {
