@@ -59,11 +59,7 @@ fn subscribers_get_exactly_their_events_and_slow_ones_get_gap_notices() {
     }
     let mount = Mount::tmpfs();
     let vexevent = Vexevent::start(&[&mount.path], &["--stream-addr", "127.0.0.1:0"]);
-    let addr = vexevent
-        .stderr
-        .iter()
-        .find_map(|line| line.split("ws://").nth(1)?.split('/').next().map(str::to_owned))
-        .expect("the stream address on stderr");
+    let addr = vexevent.served_address("ws://");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let files_glob = format!("{}/f*", mount.path.display());
     let token = vexevent.token();

@@ -117,6 +117,15 @@ impl Vexevent {
         std::fs::read_to_string(self.token_file()).expect("the token file").trim_end().to_owned()
     }
 
+    /// The address a server listens on, from the stderr line that names its URL
+    /// (`scheme` "ws://" for the stream, "http://" for the control API).
+    pub fn served_address(&self, scheme: &str) -> String {
+        self.stderr
+            .iter()
+            .find_map(|line| line.split(scheme).nth(1)?.split('/').next().map(str::to_owned))
+            .unwrap_or_else(|| panic!("no {scheme} address on stderr: {:?}", self.stderr))
+    }
+
     /// Pid of the vexevent process.
     pub fn pid(&self) -> u32 {
         self.child.id()
