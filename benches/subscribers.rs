@@ -249,11 +249,7 @@ fn run_step(runtime: &tokio::runtime::Runtime, n: usize, concurrency: usize, glo
     let mount = Mount::tmpfs();
     let vexevent = Vexevent::start(&[&mount.path], &["--stream-addr", "127.0.0.1:0"]);
     let pid = vexevent.pid();
-    let addr = vexevent
-        .stderr
-        .iter()
-        .find_map(|line| line.split("ws://").nth(1)?.split('/').next().map(str::to_owned))
-        .expect("the stream address on stderr");
+    let addr = vexevent.served_address("ws://");
     let token = vexevent.token();
     let queries: Vec<Query> = (0..n).map(|i| Query::of(i, &mount.path, glob)).collect();
     let counts: Vec<Arc<AtomicUsize>> = (0..n).map(|_| Arc::new(AtomicUsize::new(0))).collect();

@@ -26,15 +26,6 @@ use tokio_tungstenite::{
 
 type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// The address after `scheme://` on the line of stderr that names it.
-fn address(vexevent: &Vexevent, scheme: &str) -> String {
-    vexevent
-        .stderr
-        .iter()
-        .find_map(|line| line.split(scheme).nth(1)?.split('/').next().map(str::to_owned))
-        .unwrap_or_else(|| panic!("no {scheme} address on stderr: {:?}", vexevent.stderr))
-}
-
 /// Sends `request` on a fresh connection and reads the answer until it contains `until` (or the
 /// server closes, or 10 s pass).
 fn raw_exchange(addr: &str, request: &str, until: &str) -> String {
@@ -102,8 +93,8 @@ fn requests_over_every_limit_are_refused_counted_and_the_stream_keeps_serving() 
             "127.0.0.1:0",
         ],
     );
-    let stream = address(&vexevent, "ws://");
-    let control = address(&vexevent, "http://");
+    let stream = vexevent.served_address("ws://");
+    let control = vexevent.served_address("http://");
     let token = vexevent.token();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
 
@@ -208,7 +199,7 @@ fn every_endpoint_needs_the_token_and_no_other_site_gets_in() {
     let mount = Mount::tmpfs();
     let vexevent =
         Vexevent::start(&[&mount.path], &["--stream-addr", "127.0.0.1:0", "--control-addr", "127.0.0.1:0"]);
-    let (stream, control) = (address(&vexevent, "ws://"), address(&vexevent, "http://"));
+    let (stream, control) = (vexevent.served_address("ws://"), vexevent.served_address("http://"));
     let token = vexevent.token();
     let metrics_file = vexevent.token_file().with_file_name("metrics-token");
     let metrics_token = std::fs::read_to_string(&metrics_file).unwrap().trim_end().to_owned();

@@ -237,11 +237,7 @@ fn reloading_routes_under_load_loses_and_duplicates_nothing() {
         &[&mount.path],
         &["--config", config.to_str().unwrap(), "--control-addr", "127.0.0.1:0"],
     );
-    let control = vexevent
-        .stderr
-        .iter()
-        .find_map(|line| line.split("http://").nth(1)?.split('/').next().map(str::to_owned))
-        .expect("the control API address on stderr");
+    let control = vexevent.served_address("http://");
 
     let load = MkdirLoad::start(&mount.path);
     let stats_file = vexevent.stats_file.to_str().unwrap().to_owned();

@@ -1,6 +1,6 @@
 //! Sinks against real receivers, without root: a webhook receiver that fails and recovers, Unix
-//! and TCP listeners, and a destination that never comes up; every event delivered once, in
-//! order, or counted.
+//! and TCP listeners, and a destination that never comes up; with root, a file on a full disk
+//! that gets space again. Every event delivered once, in order, or counted.
 
 mod support;
 
@@ -11,10 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::webhook::webhook_receiver;
+use support::{Mount, root_or_skip, webhook::webhook_receiver};
 use vexevent::{
     pipeline::WhenFull,
-    sinks::{Delivery, Destination, Queued, SinkSpec, Sinks, SocketAddress, WebhookSettings},
+    sinks::{Delivery, Destination, Queued, Rotation, SinkSpec, Sinks, SocketAddress, WebhookSettings},
     telemetry::Counters,
 };
 
@@ -156,4 +156,44 @@ fn max_retries_drops_a_batch_and_counts_it() {
     let received = received.lock().unwrap();
     assert_eq!(summary.failed_attempts, received.refused as u64, "every attempt reached the receiver");
     assert!(received.batches.is_empty());
+}
+
+#[test]
+fn a_full_disk_fails_batches_that_are_then_written_once_whole_when_space_returns() {
+    if !root_or_skip("a_full_disk_fails_batches_that_are_then_written_once_whole_when_space_returns") {
+        return;
+    }
+    // 64 KiB, of which the filler leaves 16 KiB: room for fewer than half of the events.
+    let mount = Mount::tmpfs_of_size("64k");
+    let filler = mount.path.join("filler");
+    std::fs::write(&filler, vec![0u8; 48 << 10]).unwrap();
+    let path = mount.path.join("events.jsonl");
+    let counters = Arc::new(Counters::default());
+    let file = Destination::File { path: path.clone(), rotation: Rotation::default(), mode: 0o600 };
+    let sinks = Sinks::start(&[spec("file", file, 10_000, WhenFull::Block)], &counters).unwrap();
+    for n in 0..3000 {
+        sinks.offer(0, [item(n)], &counters);
+    }
+    wait_until("the sink to find the disk full", || !sinks.is_up(0));
+    std::fs::remove_file(&filler).unwrap();
+    sinks.finish();
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    let numbers: Vec<u64> = text
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["n"].as_u64().unwrap())
+        .collect();
+    let first_wrong = numbers.iter().zip(0..).position(|(n, expected)| *n != expected);
+    assert_eq!(
+        (numbers.len(), first_wrong),
+        (3000, None),
+        "every event once, in order, no line split (from {first_wrong:?}: {:?})",
+        first_wrong.map(|i| &numbers[i..(i + 20).min(numbers.len())])
+    );
+    assert!(text.ends_with('\n'));
+    let summary = &counters.outputs.sinks()["file"];
+    assert_eq!(summary.delivered, 3000, "{summary:?}");
+    assert!(summary.failed_attempts > 0, "the disk was full: {summary:?}");
+    assert!(!summary.down, "{summary:?}");
+    assert_eq!(counters.sink_errors.load(Ordering::Relaxed), 0);
 }

@@ -1,8 +1,10 @@
 //! Root test of the live stream with real WebSocket clients (tokio-tungstenite): subscribers with
 //! different queries get exactly the events they asked for, in order, with contiguous
 //! subscription sequence numbers; a subscriber that does not read gets gap notices that account
-//! for every event it missed, and does not stall the others. Plus: a non-loopback stream address
-//! without a token is refused.
+//! for every event it missed, and does not stall the others. Each subscriber reads until the last
+//! event the output says it selects, after the workload has gone on to events it does not select,
+//! so an event it should not get would be seen. Plus: a non-loopback stream address without a
+//! token is refused.
 
 mod support;
 
@@ -57,11 +59,7 @@ fn subscribers_get_exactly_their_events_and_slow_ones_get_gap_notices() {
     }
     let mount = Mount::tmpfs();
     let vexevent = Vexevent::start(&[&mount.path], &["--stream-addr", "127.0.0.1:0"]);
-    let addr = vexevent
-        .stderr
-        .iter()
-        .find_map(|line| line.split("ws://").nth(1)?.split('/').next().map(str::to_owned))
-        .expect("the stream address on stderr");
+    let addr = vexevent.served_address("ws://");
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let files_glob = format!("{}/f*", mount.path.display());
     let token = vexevent.token();
@@ -84,23 +82,32 @@ fn subscribers_get_exactly_their_events_and_slow_ones_get_gap_notices() {
     for i in 0..100 {
         std::fs::write(mount.path.join(format!("f{i}")), b"data").unwrap();
     }
-    let last = support::bytes(&mount.path.join("f99"));
+    // Last, one more of each kind, after events the other subscription selects.
+    std::fs::create_dir(mount.path.join("d_end")).unwrap();
+    std::fs::write(mount.path.join("f_end"), b"end").unwrap();
+    let last = support::bytes(&mount.path.join("f_end"));
     vexevent.wait_for("the last write", Duration::from_secs(30), |events| {
         events.iter().filter(|e| has_path_bytes(e, &last)).count() >= 3
     });
-    // Ground truth: what the JSON Lines output received.
+    // Ground truth: what the JSON Lines output received, and which of it each subscription selects.
     let output = vexevent.events_so_far();
-    let expected_files = output
-        .iter()
-        .filter(|e| {
-            event_path_bytes(&e["context"]["filesystem"]["path"])
-                .is_some_and(|p| p.starts_with(&support::bytes(&mount.path.join("f"))))
-        })
-        .count();
+    let sequences = |select: &dyn Fn(&Value) -> bool| -> Vec<u64> {
+        output.iter().filter(|e| select(e)).map(|e| e["global_sequence"].as_u64().unwrap()).collect()
+    };
+    let expected_mkdirs = sequences(&|e| e["event_type"] == "FilesystemMkdir");
+    let expected_files = sequences(&|e| {
+        event_path_bytes(&e["context"]["filesystem"]["path"])
+            .is_some_and(|p| p.starts_with(&support::bytes(&mount.path.join("f"))))
+    });
+    let reached = |last: u64| {
+        move |messages: &[Value]| {
+            messages.iter().any(|m| m["event"]["global_sequence"].as_u64() == Some(last))
+        }
+    };
 
     let (mkdir_messages, file_messages, slow_messages) = runtime.block_on(async {
-        let mkdir_messages = read_until(&mut mkdirs, |m| m.len() >= 20).await;
-        let file_messages = read_until(&mut files, |m| m.len() >= expected_files).await;
+        let mkdir_messages = read_until(&mut mkdirs, reached(*expected_mkdirs.last().unwrap())).await;
+        let file_messages = read_until(&mut files, reached(*expected_files.last().unwrap())).await;
         // The slow subscriber finally reads everything it was sent.
         let total = output.len();
         let slow_messages = read_until(&mut slow, |m| {
@@ -113,13 +120,17 @@ fn subscribers_get_exactly_their_events_and_slow_ones_get_gap_notices() {
     });
     let finished = vexevent.stop();
 
+    let sequences_of = |events: &[&Value]| -> Vec<u64> {
+        events.iter().map(|m| m["event"]["global_sequence"].as_u64().unwrap()).collect()
+    };
     let mkdir_events = events(&mkdir_messages);
-    assert_eq!(mkdir_events.len(), 20);
+    assert_eq!(mkdir_events.len(), 21, "20 directories and the last one");
+    assert_eq!(sequences_of(&mkdir_events), expected_mkdirs, "exactly the mkdirs, nothing else");
     assert!(mkdir_events.iter().all(|m| m["event"]["event_type"] == "FilesystemMkdir"));
     assert_contiguous(&mkdir_events);
 
     let file_events = events(&file_messages);
-    assert_eq!(file_events.len(), expected_files);
+    assert_eq!(sequences_of(&file_events), expected_files, "exactly the files' events, nothing else");
     assert!(file_events.iter().all(|m| {
         m["event"]["event_type_code"].as_u64().unwrap() >> 8 == 1
             && event_path_bytes(&m["event"]["context"]["filesystem"]["path"])

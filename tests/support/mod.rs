@@ -117,6 +117,15 @@ impl Vexevent {
         std::fs::read_to_string(self.token_file()).expect("the token file").trim_end().to_owned()
     }
 
+    /// The address a server listens on, from the stderr line that names its URL
+    /// (`scheme` "ws://" for the stream, "http://" for the control API).
+    pub fn served_address(&self, scheme: &str) -> String {
+        self.stderr
+            .iter()
+            .find_map(|line| line.split(scheme).nth(1)?.split('/').next().map(str::to_owned))
+            .unwrap_or_else(|| panic!("no {scheme} address on stderr: {:?}", self.stderr))
+    }
+
     /// Pid of the vexevent process.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -269,10 +278,17 @@ fn run(command: &mut Command) {
 impl Mount {
     /// A fresh tmpfs.
     pub fn tmpfs() -> Self {
+        Self::tmpfs_of_size("64m")
+    }
+
+    /// A fresh tmpfs of `size` (as `mount -o size=` takes it), to fill up.
+    pub fn tmpfs_of_size(size: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("tmpfs");
         std::fs::create_dir(&path).expect("mount point");
-        run(Command::new("mount").args(["-t", "tmpfs", "-o", "size=64m", "vexevent-test"]).arg(&path));
+        run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "vexevent-test"])
+            .arg(&path));
         Self { path, _dir: dir, image: None }
     }
 

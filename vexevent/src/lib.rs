@@ -13,6 +13,8 @@ pub mod correlate;
 pub mod event;
 pub mod expr;
 pub mod filter;
+#[cfg(test)]
+mod fuzz;
 pub mod http;
 pub mod loader;
 pub mod pipeline;

@@ -2,8 +2,9 @@
 //! programs and sizes; `cargo xtask clippy-ebpf` lints the eBPF crate for its target (the
 //! workspace clippy run cannot: the crate does not build for the host); `cargo xtask bench` runs
 //! every benchmark; `cargo xtask vm-test` runs vexevent on an older kernel (Debian's 6.1) under
-//! QEMU.
+//! QEMU; `cargo xtask fuzz` fuzzes everything that parses outside input.
 
+mod fuzz;
 mod vm_test;
 
 use std::{
@@ -38,6 +39,13 @@ enum Task {
     /// Run the benchmarks: end-to-end capture overhead and WebSocket subscribers (need root) and
     /// per-stage criterion runs.
     Bench,
+    /// Fuzz the filter parser, the stream's query parser, the record decoder and the config
+    /// loader (the library's `fuzz_*` property tests), INPUTS each, in a release build.
+    Fuzz {
+        /// Inputs per target.
+        #[arg(long, default_value_t = 10_000_000)]
+        inputs: u32,
+    },
     /// Boot Debian's Linux 6.1 under QEMU (no FUSE tracepoints, kprobes allowed) and check that
     /// vexevent captures FUSE requests there through its kprobe fallback. Needs root, apt and
     /// qemu-system-x86; caches downloads in target/vm-test.
@@ -164,6 +172,7 @@ fn main() -> anyhow::Result<()> {
         Task::BuildEbpf { debug } => build_ebpf(debug),
         Task::ClippyEbpf => clippy_ebpf(),
         Task::Bench => bench(),
+        Task::Fuzz { inputs } => fuzz::fuzz(inputs),
         Task::VmTest { kernel_package } => vm_test::vm_test(kernel_package.as_deref()),
     }
 }

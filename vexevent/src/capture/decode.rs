@@ -525,4 +525,44 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), errors.len());
     }
+
+    /// Path lengths the fuzzer tries: every valid one and the first invalid ones.
+    #[expect(clippy::cast_possible_truncation, reason = "PATH_BUF is 4096")]
+    const PATH_LENGTHS: u32 = PATH_BUF as u32 + 2;
+
+    proptest::proptest! {
+        #![proptest_config(crate::fuzz::config())]
+
+        /// Any bytes: a record or a gap whose parts fit the bytes, or an error; never a panic.
+        /// Half the inputs carry a header with a known operation and syscall (and path
+        /// lengths near the bytes' own), so they get past the first checks.
+        #[test]
+        fn fuzz_record_decoder(
+            mut bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..RECORD_HEADER_SIZE + 2 * PATH_BUF + 16),
+            plausible in proptest::prelude::any::<bool>(),
+            entry in proptest::sample::select(vexevent_common::SYSCALLS),
+            op in 0..=24u32,
+            lengths in (0..PATH_LENGTHS, 0..PATH_LENGTHS),
+            flags in proptest::prelude::any::<u8>(),
+        ) {
+            if plausible && bytes.len() >= RECORD_HEADER_SIZE {
+                let mut header = header(entry.nr, OpKind::Open);
+                header.op = if op > 0 { op } else { entry.spec.op };
+                (header.path1_len, header.path2_len) = lengths;
+                header.flags = flags.into();
+                let fixed = fixed_bytes(&header, &RecordBody::ZEROED);
+                let n = fixed.len().min(bytes.len());
+                bytes[..n].copy_from_slice(&fixed[..n]);
+            }
+            match decode(&bytes) {
+                Ok(Captured::Record(record)) => {
+                    proptest::prop_assert_eq!(record.size as usize, bytes.len());
+                    let held = record.path1.as_ref().map_or(0, Vec::len) + record.path2.as_ref().map_or(0, Vec::len) + record.payload.as_ref().map_or(0, Vec::len);
+                    proptest::prop_assert!(held <= bytes.len());
+                }
+                Ok(Captured::Gap(gap)) => proptest::prop_assert_eq!(gap.count, gap.by_kind.iter().map(|(_, n)| n).sum::<u64>()),
+                Err(error) => { let _ = error.reason(); }
+            }
+        }
+    }
 }

@@ -618,4 +618,92 @@ unmatched = ["gone"]
         }
         assert_eq!(problems.len(), expect.len(), "{problems:#?}");
     }
+
+    /// TOML's and the configuration's own words, sections and awkward values.
+    const CONFIG_TOKENS: &[&str] = &[
+        "\n",
+        "[capture]\n",
+        "[filter]\n",
+        "[filter.macros]\n",
+        "[stream]\n",
+        "[control]\n",
+        "[output]\n",
+        "[sinks.a]\n",
+        "[sinks.b]\n",
+        "[[routes]]\n",
+        "[routing]\n",
+        "[fuse]\n",
+        "[stats]\n",
+        "watch",
+        "ops",
+        "comm",
+        "ring_bytes",
+        "shards",
+        "channel_batches",
+        "expressions",
+        "mode",
+        "addr",
+        "token",
+        "max_buffer",
+        "max_connections",
+        "metrics_group",
+        "type",
+        "path",
+        "address",
+        "url",
+        "queue",
+        "name",
+        "match",
+        "targets",
+        "unmatched",
+        "balance",
+        "key",
+        "timeout_ms",
+        "keep",
+        "m",
+        " = ",
+        "\"",
+        "\"x\"",
+        "\"\"",
+        "\"/\"",
+        "\"/tmp\"",
+        "\"127.0.0.1:0\"",
+        "\"0.0.0.0:1\"",
+        "\"file\"",
+        "\"socket\"",
+        "\"tcp:127.0.0.1:1\"",
+        "\"pid == 1\"",
+        "\"@m\"",
+        "\"((\"",
+        "0",
+        "1",
+        "-1",
+        "0o777",
+        "0o1000",
+        "4096",
+        "18446744073709551616",
+        "true",
+        "[",
+        "]",
+        ",",
+        "{",
+        "}",
+        "\"root\"",
+        "\"write\"",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(crate::fuzz::config())]
+
+        /// Any text: a configuration whose problems are listed (and which validates or says
+        /// why), or a parse error; never a panic.
+        #[test]
+        fn fuzz_config_loader(text in crate::fuzz::text_of(CONFIG_TOKENS, 40)) {
+            if let Ok(config) = Config::from_toml(&text) {
+                let problems = config.problems();
+                let validated = config.validate();
+                proptest::prop_assert_eq!(problems.is_empty(), validated.is_ok(), "{:?}", problems);
+            }
+        }
+    }
 }

@@ -77,3 +77,17 @@ fn macros_nest_a_bounded_number_of_levels() {
     let cause = std::error::Error::source(&error).unwrap().to_string();
     assert!(cause.contains("at most 16 may nest"), "{cause}");
 }
+
+proptest::proptest! {
+    #![proptest_config(crate::fuzz::config())]
+
+    /// Any text: parsed and compiled, or refused with an error; never a panic or a stack
+    /// overflow; what compiles can be evaluated.
+    #[test]
+    fn fuzz_filter_parser(text in crate::fuzz::text_of(crate::fuzz::FILTER_TOKENS, 48)) {
+        let macros = parse_macros(&BTreeMap::from([("m".to_owned(), "pid == 1 or @n".to_owned()), ("n".to_owned(), "ok == true".to_owned())])).unwrap();
+        if let Ok(filter) = Filter::new("fuzz", &text, &macros) {
+            let _ = filter.matches(&event(EventType::FilesystemWrite, "/w/a", 1, "c", true));
+        }
+    }
+}

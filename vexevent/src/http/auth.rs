@@ -96,7 +96,7 @@ impl TryFrom<String> for Token {
     type Error = AuthError;
 
     fn try_from(text: String) -> Result<Self, AuthError> {
-        Self::new("configured", "token", text)
+        Self::new("configured", "`token` in the configuration", text)
     }
 }
 

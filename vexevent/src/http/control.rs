@@ -1,8 +1,9 @@
 //! The control API over HTTP: `POST /api/v1/control/reload` reloads filters and routes (like
 //! SIGHUP) and answers whether it worked; `GET /api/v1/control/stats` returns the current stats
-//! snapshot as JSON, and `GET /metrics` the same counters for Prometheus. Loopback by default;
-//! with a token every request must carry `Authorization: Bearer <token>`. Requests are served by
-//! the main loop, which owns the state.
+//! snapshot as JSON, and `GET /metrics` the same counters for Prometheus. Every request must
+//! carry `Authorization: Bearer <token>`: the token (generated at start, or configured) for
+//! everything, the read-only metrics token for the stats and metrics. Requests are served by the
+//! main loop, which owns the state.
 
 use std::{net::SocketAddr, num::NonZeroUsize, sync::Arc};
 

@@ -17,17 +17,17 @@ use crate::telemetry::Counters;
 use guard::Guard;
 use listener::{BoundedListener, Peer};
 
-pub use auth::{AuthError, Keys, METRICS_TOKEN_FILE, TOKEN_FILE, Token, read_token_file};
+pub use auth::{AuthError, Keys, TOKEN_FILE, Token, read_token_file};
 pub use control::{
     CONTROL_SERVER, CONTROL_TOKEN_FLAG, ControlConfig, ControlRequest, METRICS_PATH, RELOAD_PATH, STATS_PATH,
 };
 pub use stream::{
-    Broadcaster, QueryError, STREAM_PATH, STREAM_SERVER, STREAM_TOKEN_FLAG, StreamConfig, StreamError,
-    StreamServer, StreamStage,
+    Broadcaster, STREAM_PATH, STREAM_SERVER, STREAM_TOKEN_FLAG, StreamConfig, StreamError, StreamServer,
+    StreamStage,
 };
 
 /// Serves `router` as `server` on `listener` (on `runtime`), at most `max_connections` at a
-/// time, every request through the guard.
+/// time (each closed when idle), every request through the guard.
 fn serve(
     runtime: &tokio::runtime::Handle,
     listener: TcpListener,
@@ -38,7 +38,7 @@ fn serve(
 ) {
     let guard = Guard { server, counters: Arc::clone(&counters) };
     let app = router.layer(axum::middleware::from_fn_with_state(guard, guard::guard));
-    let listener = BoundedListener::new(listener, max_connections, server, counters);
+    let listener = BoundedListener::new(listener, max_connections, listener::IDLE_TIMEOUT, server, counters);
     runtime.spawn(async move {
         if let Err(error) = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>()).await {
             tracing::error!(%error, server, "the server stopped");

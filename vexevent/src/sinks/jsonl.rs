@@ -1,14 +1,16 @@
 //! JSON Lines sink: one event per line, appended to a file or written to stdout, flushed after
 //! every batch so readers see events within one drain interval. A file can rotate by size or age
 //! (`file.jsonl` -> `file.jsonl.1` -> ... -> `file.jsonl.<keep>`), always between batches, so no
-//! line is ever split. Files are private to root unless configured otherwise (mode 0600), and a
-//! symbolic link where a file is expected is refused rather than followed (another user could
-//! plant one to make root write or truncate elsewhere).
+//! line is ever split: a batch that fails (disk full) is cut off the file again, so its retry
+//! writes it once, whole; a partial last line left by a run that was killed mid-write is cut off
+//! when the file is opened again. Files are private to root unless configured otherwise (mode
+//! 0600), and a symbolic link where a file is expected is refused rather than followed (another
+//! user could plant one to make root write or truncate elsewhere).
 
 use std::{
     fs::{File, OpenOptions, Permissions},
     io::{self, BufWriter, Write},
-    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    os::unix::fs::{FileExt as _, OpenOptionsExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -32,6 +34,8 @@ struct RotatingFile {
     rotation: Rotation,
     /// Permission bits of the file.
     mode: u32,
+    /// The file, when it is a regular one: a failed batch is cut back off it.
+    regular: Option<File>,
     written: u64,
     opened: Instant,
 }
@@ -46,7 +50,9 @@ fn open_append(path: &Path, mode: u32) -> Result<File, SinkError> {
             SinkError::Open { path: path.to_owned(), source }
         }
     };
+    // Read too: a partial last line is looked for before appending.
     let file = OpenOptions::new()
+        .read(true)
         .create(true)
         .append(true)
         .mode(mode)
@@ -58,6 +64,32 @@ fn open_append(path: &Path, mode: u32) -> Result<File, SinkError> {
         file.set_permissions(Permissions::from_mode(mode)).map_err(open_error)?;
     }
     Ok(file)
+}
+
+/// Longest tail of a file searched for its last complete line (an event is a few KiB at most).
+const PARTIAL_LINE_SEARCH: u64 = 1 << 20;
+
+/// Cuts a partial last line (a run killed mid-write) off a regular file, so that the next line
+/// does not extend it; returns the file's length after.
+fn cut_partial_line(file: &File, path: &Path) -> io::Result<u64> {
+    let length = file.metadata()?.len();
+    let tail_length = length.min(PARTIAL_LINE_SEARCH);
+    let mut tail = vec![0; usize::try_from(tail_length).unwrap_or(0)];
+    file.read_exact_at(&mut tail, length - tail_length)?;
+    if tail.last().is_none_or(|&last| last == b'\n') {
+        return Ok(length);
+    }
+    let keep = tail
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(length - tail_length, |end| length - tail_length + end as u64 + 1);
+    file.set_len(keep)?;
+    tracing::warn!(
+        path = %path.display(),
+        bytes = length - keep,
+        "cut a partial last line off the output file (a run stopped mid-write)"
+    );
+    Ok(keep)
 }
 
 /// `file.jsonl.N`.
@@ -79,11 +111,16 @@ impl JsonLinesSink {
     /// # Errors
     /// When the file cannot be opened, or `path` is a symbolic link.
     pub fn open(path: &Path, rotation: Rotation, mode: u32) -> Result<Self, SinkError> {
-        let file = open_append(path, mode)?;
-        let written = file.metadata().map_or(0, |m| m.len());
+        let (file, regular, written) = open_output(path, mode)?;
         let mut sink = Self::new(Box::new(file));
-        sink.file =
-            Some(RotatingFile { path: path.to_owned(), rotation, mode, written, opened: Instant::now() });
+        sink.file = Some(RotatingFile {
+            path: path.to_owned(),
+            rotation,
+            mode,
+            regular,
+            written,
+            opened: Instant::now(),
+        });
         Ok(sink)
     }
 
@@ -116,23 +153,60 @@ impl JsonLinesSink {
             }
             shift(&file.path, &numbered(&file.path, 1))?;
         }
-        self.writer = BufWriter::with_capacity(1 << 16, Box::new(open_append(&file.path, file.mode)?));
-        file.written = 0;
+        let (new, regular, written) = open_output(&file.path, file.mode)?;
+        self.writer = BufWriter::with_capacity(1 << 16, Box::new(new));
+        file.regular = regular;
+        file.written = written;
         file.opened = Instant::now();
         Ok(())
     }
 }
 
+/// Opens an output file (see `open_append`); for a regular file, also a handle to cut it with
+/// and its length once a partial last line is cut off.
+fn open_output(path: &Path, mode: u32) -> Result<(File, Option<File>, u64), SinkError> {
+    let file = open_append(path, mode)?;
+    let open_error = |source| SinkError::Open { path: path.to_owned(), source };
+    if !file.metadata().map_err(open_error)?.is_file() {
+        return Ok((file, None, 0));
+    }
+    let written = cut_partial_line(&file, path).map_err(open_error)?;
+    let regular = file.try_clone().map_err(open_error)?;
+    Ok((file, Some(regular), written))
+}
+
+impl JsonLinesSink {
+    /// Forgets what a failed batch left in the buffer and cuts the file back to its length
+    /// after the last complete batch: the batch is written again whole, so it appears once and
+    /// no line is split.
+    fn discard_failed_batch(&mut self) {
+        let writer = std::mem::replace(&mut self.writer, BufWriter::new(Box::new(io::sink())));
+        let (inner, _unwritten) = writer.into_parts();
+        self.writer = BufWriter::with_capacity(1 << 16, inner);
+        let Some(RotatingFile { regular: Some(regular), written, path, .. }) = &self.file else { return };
+        if let Err(error) = regular.set_len(*written) {
+            tracing::warn!(path = %path.display(), %error, "cannot cut a failed batch off the output file");
+        }
+    }
+}
+
 impl Deliver for JsonLinesSink {
-    /// Writes the batch and flushes it; then rotates the file when it is due.
+    /// Writes the batch and flushes it (or, when that fails, takes it back off the file); then
+    /// rotates the file when it is due.
     fn deliver(&mut self, batch: &[Queued]) -> Result<(), DeliveryError> {
         let mut bytes = 0u64;
-        batch.iter().try_for_each(|queued| {
-            bytes += queued.line.len() as u64 + 1;
-            self.writer.write_all(queued.line.as_bytes())?;
-            self.writer.write_all(b"\n")
-        })?;
-        self.writer.flush()?;
+        let written = batch
+            .iter()
+            .try_for_each(|queued| {
+                bytes += queued.line.len() as u64 + 1;
+                self.writer.write_all(queued.line.as_bytes())?;
+                self.writer.write_all(b"\n")
+            })
+            .and_then(|()| self.writer.flush());
+        if let Err(error) = written {
+            self.discard_failed_batch();
+            return Err(error.into());
+        }
         if let Some(file) = &mut self.file {
             file.written += bytes;
         }
@@ -258,5 +332,24 @@ mod tests {
         assert!(matches!(error, SinkError::Symlink { .. }), "{error}");
         assert!(error.to_string().contains("is a symbolic link"), "{error}");
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
+    }
+
+    #[test]
+    fn a_partial_last_line_from_a_killed_run_is_cut_off_not_extended() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        std::fs::write(&path, "{\"event_id\":7}\n{\"event_id\":8,\"trunc").unwrap();
+        let mut sink = JsonLinesSink::open(&path, Rotation::default(), 0o600).unwrap();
+        sink.deliver(&batch(&[9])).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let ids: Vec<u64> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event_id"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ids, vec![7, 9]);
+        // No complete line at all: nothing is kept.
+        std::fs::write(&path, "{\"event_id\":8,").unwrap();
+        JsonLinesSink::open(&path, Rotation::default(), 0o600).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"");
     }
 }

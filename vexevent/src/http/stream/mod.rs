@@ -1,8 +1,8 @@
 //! The live stream server: a WebSocket endpoint at `/api/v1/semantic/events/stream` (`VexFS`'s
 //! path) on its own runtime, where each subscriber gets the events its query selects (see
-//! `query`), numbered per subscription, through the subscriber index (see `subscribers`). The
-//! server binds to loopback unless a token is configured; with a token every request must carry
-//! it.
+//! `query`), numbered per subscription, through the subscriber index (see `subscribers`). Every
+//! request must carry the token (generated at start, or configured); off loopback only with a
+//! configured one. Subscriptions and connections are bounded (`StreamConfig`).
 
 mod query;
 mod stage;
@@ -22,7 +22,6 @@ use axum::{
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-pub use query::QueryError;
 pub use stage::StreamStage;
 pub use subscribers::Broadcaster;
 
@@ -44,6 +43,10 @@ const READ_BUFFER: usize = 256;
 /// Largest message a subscriber may send: it has nothing to say beyond control frames, and an
 /// unbounded message would let one client make the server allocate without limit.
 const MAX_INCOMING_MESSAGE: usize = 64 * 1024;
+
+/// How often a subscriber is pinged: its pong is traffic, so a quiet subscription is not closed as
+/// idle (`listener::IDLE_TIMEOUT`), and one whose client has gone is noticed.
+const PING_PERIOD: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How often owed gap notices are sent and departed subscribers forgotten.
 const GAP_NOTICE_PERIOD: std::time::Duration = std::time::Duration::from_millis(10);
@@ -161,8 +164,14 @@ async fn stream(
 /// answers pings and notices a client that has gone even when no event comes for it.
 /// The subscription's `place` under the limit is given back when this returns.
 async fn forward(mut socket: WebSocket, mut receiver: mpsc::Receiver<String>, place: OwnedSemaphorePermit) {
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_PERIOD, PING_PERIOD);
     loop {
         tokio::select! {
+            _ = ping.tick() => {
+                if socket.send(Message::Ping(axum::body::Bytes::new())).await.is_err() {
+                    break;
+                }
+            }
             message = receiver.recv() => {
                 let Some(message) = message else { break };
                 if socket.send(Message::Text(message.into())).await.is_err() {

@@ -207,4 +207,34 @@ mod tests {
         let cause = std::error::Error::source(&error).unwrap().to_string();
         assert!(cause.contains("at most 64 levels"), "{cause}");
     }
+
+    proptest::proptest! {
+        #![proptest_config(crate::fuzz::config())]
+
+        /// Any query: a subscription within the limits, or an error; never a panic. A subscription
+        /// is then offered events like any other.
+        #[test]
+        fn fuzz_stream_query(
+            pairs in proptest::collection::vec(
+                (
+                    proptest::sample::select(&["event_types", "categories", "path_pattern", "required_flags", "filter", "buffer", "slow", "token", "other"][..]),
+                    proptest::prop_oneof![
+                        crate::fuzz::text_of(crate::fuzz::FILTER_TOKENS, 24),
+                        crate::fuzz::text_of(&["FilesystemWrite", "FilesystemMkdir", "filesystem", "vector", ",", " ", "Nope", "/w/", "a", "*", "[", "{", "\\", "0", "1", "65536", "18446744073709551615", "-1", "drop", "disconnect"], 8),
+                    ],
+                ),
+                0..6,
+            )
+        ) {
+            let query: BTreeMap<String, String> = pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+            if let Ok(subscription) = Subscription::parse(&query, 1000) {
+                proptest::prop_assert!((1..=1000).contains(&subscription.buffer));
+                let broadcaster = super::super::Broadcaster::default();
+                let _receiver = broadcaster.subscribe(subscription);
+                let counters = crate::telemetry::Counters::default();
+                let events = vec![crate::event::SemanticEvent::sample(EventType::FilesystemWrite, "/w/a", 1, "c", true)];
+                broadcaster.publish(&events, &crate::pipeline::to_json_lines(&events, &counters), &counters);
+            }
+        }
+    }
 }
