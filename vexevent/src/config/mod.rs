@@ -17,7 +17,7 @@ use vexevent_common::{OpKind, PREFIX_KEY_BYTES};
 
 use crate::{
     correlate::CorrelateOptions,
-    event::WatchScope,
+    event::{NodeConfig, NodeId, OriginError, WatchScope},
     filter::{ChainMode, Filter, FilterChain, FilterError, KernelPart, parse_macros, pushdown},
     loader::SyscallHooks,
     route::Router,
@@ -51,6 +51,7 @@ pub const USER_OPS: [OpKind; 19] = [
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    pub node: NodeConfig,
     pub capture: CaptureConfig,
     pub filter: FilterSection,
     pub fuse: FuseSection,
@@ -290,6 +291,8 @@ pub enum ConfigError {
     #[error("fuse.daemon_functions needs fuse.daemon_binary (the daemon's executable)")]
     DaemonBinaryMissing,
     #[error(transparent)]
+    Node(#[from] OriginError),
+    #[error(transparent)]
     Filter(#[from] FilterError),
     #[error(transparent)]
     Stream(#[from] StreamError),
@@ -308,6 +311,8 @@ pub enum ConfigError {
 /// Validated settings.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// The node events are stamped with.
+    pub node: NodeId,
     pub scope: WatchScope,
     pub ops: HashSet<OpKind>,
     pub pids: Vec<u32>,
@@ -371,7 +376,8 @@ impl Config {
     pub fn problems(&self) -> Vec<ConfigError> {
         let capture = &self.capture;
         let mut problems: Vec<ConfigError> =
-            capture.watch.iter().filter_map(|path| canonical_watch_dir(path).err()).collect();
+            self.node.node_id().err().map(ConfigError::Node).into_iter().collect();
+        problems.extend(capture.watch.iter().filter_map(|path| canonical_watch_dir(path).err()));
         problems.extend(capture.ops.iter().filter_map(|name| parse_op(name).err()));
         if let Some(comm) = capture.comm.as_ref().filter(|comm| comm.len() > 15) {
             problems.push(ConfigError::CommTooLong { comm: comm.clone(), len: comm.len() });
@@ -475,6 +481,7 @@ impl Config {
             bytes
         });
         Ok(Settings {
+            node: self.node.node_id()?,
             scope: WatchScope::new(watch_dirs),
             ops,
             pids,

@@ -12,7 +12,10 @@ use serde::Deserialize;
 use super::{ConfigError, OutputConfig};
 use crate::{
     route::{Balance, BalanceKey, RouteSpec},
-    sinks::{Delivery, Destination, Rotation, SinkSpec, SocketAddress, WebhookSettings, WhenFull},
+    sinks::{
+        Delivery, Destination, NatsAuth, NatsSettings, Rotation, SinkSpec, SocketAddress, SubjectTemplate,
+        WebhookSettings, WhenFull,
+    },
 };
 
 /// The sink `[output]` becomes when no `[sinks]` are configured.
@@ -26,6 +29,7 @@ pub enum SinkType {
     File,
     Webhook,
     Socket,
+    Nats,
     Null,
 }
 
@@ -64,15 +68,28 @@ pub struct SinkConfig {
     pub rotate_secs: u64,
     /// `file`: rotated files kept.
     pub keep: Option<usize>,
-    /// `webhook`: the `http://` or `https://` URL to POST batches to.
+    /// `webhook`: the `http://` or `https://` URL to POST batches to; `nats`: the server,
+    /// `nats://host:port` or `tls://host:port` (several comma-separated).
     pub url: Option<String>,
     /// `webhook`: extra request headers.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// `webhook`: whole-request timeout, in milliseconds.
+    /// `webhook`: whole-request timeout; `nats`: longest wait for `JetStream`'s acknowledgement;
+    /// in milliseconds.
     pub timeout_ms: Option<u64>,
     /// `socket`: `unix:/path` or `tcp:host:port` to connect to.
     pub address: Option<String>,
+    /// `nats`: the subject to publish on; `{type}` stands for the event type.
+    pub subject: Option<String>,
+    /// `nats`: longest wait for a connection, in milliseconds.
+    pub connect_timeout_ms: Option<u64>,
+    /// `nats`: authentication token.
+    pub token: Option<String>,
+    /// `nats`: user name and password.
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// `nats`: a `.creds` file (user JWT and `NKey` seed).
+    pub credentials: Option<PathBuf>,
 }
 
 impl Default for SinkConfig {
@@ -95,6 +112,12 @@ impl Default for SinkConfig {
             headers: BTreeMap::new(),
             timeout_ms: None,
             address: None,
+            subject: None,
+            connect_timeout_ms: None,
+            token: None,
+            user: None,
+            password: None,
+            credentials: None,
         }
     }
 }
@@ -110,6 +133,8 @@ const fn default_retry_max_ms() -> u64 {
 }
 const DEFAULT_KEEP: usize = 5;
 const DEFAULT_WEBHOOK_TIMEOUT_MS: u64 = 5_000;
+const DEFAULT_NATS_ACK_TIMEOUT_MS: u64 = 5_000;
+const DEFAULT_NATS_CONNECT_TIMEOUT_MS: u64 = 2_000;
 
 /// `[[routes]]`: a match expression and the sinks its events go to.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -153,15 +178,22 @@ impl SinkConfig {
     fn stray_fields(&self) -> Vec<&'static str> {
         let file = self.kind == SinkType::File;
         let webhook = self.kind == SinkType::Webhook;
+        let nats = self.kind == SinkType::Nats;
         [
             ("path", self.path.is_some() && !file),
             ("rotate_bytes", self.rotate_bytes > 0 && !file),
             ("rotate_secs", self.rotate_secs > 0 && !file),
             ("keep", self.keep.is_some() && !file),
-            ("url", self.url.is_some() && !webhook),
+            ("url", self.url.is_some() && !webhook && !nats),
             ("headers", !self.headers.is_empty() && !webhook),
-            ("timeout_ms", self.timeout_ms.is_some() && !webhook),
+            ("timeout_ms", self.timeout_ms.is_some() && !webhook && !nats),
             ("address", self.address.is_some() && self.kind != SinkType::Socket),
+            ("subject", self.subject.is_some() && !nats),
+            ("connect_timeout_ms", self.connect_timeout_ms.is_some() && !nats),
+            ("token", self.token.is_some() && !nats),
+            ("user", self.user.is_some() && !nats),
+            ("password", self.password.is_some() && !nats),
+            ("credentials", self.credentials.is_some() && !nats),
         ]
         .into_iter()
         .filter_map(|(field, stray)| stray.then_some(field))
@@ -210,6 +242,11 @@ impl SinkConfig {
                     None
                 }
             },
+            SinkType::Nats => self
+                .nats()
+                .map_err(|messages| problems.extend(messages.into_iter().map(problem)))
+                .ok()
+                .map(Destination::Nats),
             SinkType::Socket => match self.address.as_deref().map(str::parse::<SocketAddress>) {
                 Some(Ok(address)) => Some(Destination::Socket(address)),
                 Some(Err(message)) => {
@@ -244,6 +281,62 @@ impl SinkConfig {
                     },
                 })
             }
+            _ => Err(problems),
+        }
+    }
+}
+
+impl SinkConfig {
+    /// A `nats` sink's settings, or what is wrong with them.
+    fn nats(&self) -> Result<NatsSettings, Vec<String>> {
+        let mut problems = Vec::new();
+        let url = self.url.clone().unwrap_or_default();
+        if self.url.is_none() {
+            problems.push("type Nats needs `url`".to_owned());
+        } else if !url.split(',').all(|u| {
+            let u = u.trim();
+            u.strip_prefix("nats://")
+                .or_else(|| u.strip_prefix("tls://"))
+                .is_some_and(|rest| !rest.is_empty())
+        }) {
+            problems
+                .push(format!("url {url:?} must be nats://host:port or tls://host:port (comma-separated)"));
+        }
+        let subject = match self.subject.as_deref().map(str::parse::<SubjectTemplate>) {
+            Some(Ok(subject)) => Some(subject),
+            Some(Err(message)) => {
+                problems.push(message);
+                None
+            }
+            None => {
+                problems.push("type Nats needs `subject`".to_owned());
+                None
+            }
+        };
+        let auth = match (&self.token, &self.user, &self.password, &self.credentials) {
+            (None, None, None, None) => Some(NatsAuth::None),
+            (Some(token), None, None, None) => Some(NatsAuth::Token(token.clone())),
+            (None, Some(user), Some(password), None) => {
+                Some(NatsAuth::UserPassword { user: user.clone(), password: password.clone() })
+            }
+            (None, None, None, Some(path)) => Some(NatsAuth::Credentials(path.clone())),
+            _ => {
+                problems.push(
+                    "authenticate with one of: `token`, `user` and `password`, `credentials`".to_owned(),
+                );
+                None
+            }
+        };
+        match (subject, auth) {
+            (Some(subject), Some(auth)) if problems.is_empty() => Ok(NatsSettings {
+                url,
+                subject,
+                auth,
+                connect_timeout: Duration::from_millis(
+                    self.connect_timeout_ms.unwrap_or(DEFAULT_NATS_CONNECT_TIMEOUT_MS),
+                ),
+                ack_timeout: Duration::from_millis(self.timeout_ms.unwrap_or(DEFAULT_NATS_ACK_TIMEOUT_MS)),
+            }),
             _ => Err(problems),
         }
     }

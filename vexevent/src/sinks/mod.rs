@@ -1,8 +1,10 @@
-//! Where events end up. Named outputs (stdout, JSON Lines file, webhook, Unix/TCP socket, null),
+//! Where events end up. Named outputs (stdout, JSON Lines file, webhook, Unix/TCP socket, NATS
+//! `JetStream`, null),
 //! each with its own bounded two-lane queue, full-queue policy and worker thread that batches,
 //! retries and counts; and the live WebSocket stream.
 
 mod jsonl;
+mod nats;
 mod queue;
 mod socket;
 mod webhook;
@@ -16,6 +18,7 @@ use std::{
 };
 
 pub use jsonl::{Rotation, to_json_lines};
+pub use nats::{NatsAuth, NatsSettings, SubjectTemplate};
 pub use queue::{Queued, WhenFull};
 pub use socket::SocketAddress;
 pub use webhook::WebhookSettings;
@@ -27,6 +30,7 @@ pub use worker::{Delivery, GiveUpAt};
 
 use crate::telemetry::{Counters, SinkCounters, add};
 use jsonl::JsonLinesSink;
+use nats::NatsSink;
 use queue::{Pushed, SinkQueue};
 use socket::SocketSink;
 use webhook::Webhook;
@@ -38,6 +42,17 @@ pub enum SinkError {
     #[error("cannot open output file {path}: {source}; check the directory exists and is writable")]
     Open {
         path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot use the NATS credentials file {path}: {source}")]
+    Credentials {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the async runtime of a NATS sink: {source}")]
+    Runtime {
         #[source]
         source: std::io::Error,
     },
@@ -58,6 +73,8 @@ pub enum DeliveryError {
     Http(String),
     #[error("the receiver answered HTTP {0}")]
     Status(u16),
+    #[error("NATS: {0}")]
+    Nats(String),
 }
 
 /// What an output writes to.
@@ -70,6 +87,7 @@ pub enum Destination {
     },
     Webhook(WebhookSettings),
     Socket(SocketAddress),
+    Nats(NatsSettings),
     /// Discards events (counted as delivered): benchmarks, or a route that only counts.
     Null,
 }
@@ -107,11 +125,11 @@ pub struct Sinks {
 }
 
 impl Sinks {
-    /// Opens every output (files now, so a bad path fails at start; network ones connect on
-    /// first delivery) and starts its worker.
+    /// Opens every output (files and NATS credentials now, so a bad path fails at start;
+    /// network ones connect on first delivery) and starts its worker.
     ///
     /// # Errors
-    /// A file that cannot be opened, or a thread that cannot start.
+    /// A file that cannot be opened, or a thread or runtime that cannot start.
     pub fn start(specs: &[SinkSpec], counters: &Arc<Counters>) -> Result<Self, SinkError> {
         let give_up_at = GiveUpAt::default();
         let mut outputs = Vec::with_capacity(specs.len());
@@ -121,6 +139,7 @@ impl Sinks {
                 Destination::File { path, rotation } => Box::new(JsonLinesSink::open(path, *rotation)?),
                 Destination::Webhook(settings) => Box::new(Webhook::new(settings.clone())),
                 Destination::Socket(address) => Box::new(SocketSink::new(address.clone())),
+                Destination::Nats(settings) => Box::new(NatsSink::new(settings.clone())?),
                 Destination::Null => Box::new(Null),
             };
             let queue = Arc::new(SinkQueue::new(spec.queue, spec.when_full));

@@ -1,0 +1,201 @@
+//! Where an event comes from ([`Origin`]): the node that captured it, the run of vexevent there,
+//! and the kernel record it was translated from. Together they name the event uniquely across a
+//! cluster and across restarts, and the name stays the same however often the event is delivered
+//! again, so a receiver (`JetStream`'s duplicate window, a replicated log) can drop repeats.
+
+use std::{
+    fmt,
+    hash::{BuildHasher, Hasher},
+    sync::Arc,
+};
+
+use serde::{Deserialize, Serialize, Serializer, ser::SerializeStruct};
+
+/// Longest node id, in bytes.
+pub const NODE_ID_MAX: usize = 64;
+
+/// The node id used when the host name cannot be one.
+pub const FALLBACK_NODE_ID: &str = "localhost";
+
+/// `part` of an error companion (`ObservabilityErrorReported` derived from a failed operation).
+pub const COMPANION_PART: u16 = 1;
+
+/// `part` of the first Graph event derived from a `VexFS` file operation (the next ones follow).
+pub const GRAPH_PART: u16 = 2;
+
+/// Why a node id is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum OriginError {
+    #[error("node.id {id:?} must be 1 to {NODE_ID_MAX} letters, digits, '.', '_' or '-'")]
+    InvalidNodeId { id: String },
+}
+
+/// `[node]`: this instance's identity in a cluster.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Stamped on every event's `origin`; absent: the host name.
+    pub id: Option<String>,
+}
+
+impl NodeConfig {
+    /// The configured node id, or the host name.
+    ///
+    /// # Errors
+    /// A configured id that is empty, too long, or holds other characters than letters, digits,
+    /// '.', '_' and '-'.
+    pub fn node_id(&self) -> Result<NodeId, OriginError> {
+        match &self.id {
+            Some(id) => NodeId::new(id),
+            None => Ok(NodeId::host()),
+        }
+    }
+}
+
+/// The name of a node: 1 to [`NODE_ID_MAX`] ASCII letters, digits, '.', '_' or '-' (so it is a
+/// valid header value and never holds the ':' that separates the parts of an [`Origin`] id).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct NodeId(Arc<str>);
+
+impl Serialize for NodeId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl NodeId {
+    /// # Errors
+    /// An id that is empty, too long or holds other characters.
+    pub fn new(id: &str) -> Result<Self, OriginError> {
+        let valid = (1..=NODE_ID_MAX).contains(&id.len())
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if valid { Ok(Self(id.into())) } else { Err(OriginError::InvalidNodeId { id: id.to_owned() }) }
+    }
+
+    /// The host name, or [`FALLBACK_NODE_ID`] when it cannot be read or is not a valid id.
+    #[must_use]
+    pub fn host() -> Self {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .and_then(|name| Self::new(name.trim_end()).ok())
+            .unwrap_or_else(|| Self(FALLBACK_NODE_ID.into()))
+    }
+
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One run of vexevent on a node: kernel sequence numbers start again with each run, so the run
+/// is part of every event's identity. Its id is 64 random bits, new at each start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Run {
+    pub node: NodeId,
+    pub id: u64,
+}
+
+impl Run {
+    /// A new run of `node`, with a fresh random id.
+    #[must_use]
+    pub fn new(node: NodeId) -> Self {
+        // The standard library seeds each `RandomState` from the operating system's random source.
+        let mut hasher = std::hash::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        hasher.write_u64(crate::telemetry::monotonic_ns());
+        Self { node, id: hasher.finish() }
+    }
+
+    /// The origin of the event a kernel record (or a gap report) of `cpu` with sequence number
+    /// `sequence` becomes.
+    #[must_use]
+    pub fn origin(&self, cpu: u32, sequence: u64) -> Origin {
+        Origin { node: self.node.clone(), run: self.id, cpu, sequence, part: 0 }
+    }
+}
+
+/// Where one event comes from. Serialized as `{"node", "run", "part", "id"}` (the CPU and
+/// sequence are the event's `timestamp.cpu` and `local_sequence`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub node: NodeId,
+    /// The run's random id.
+    pub run: u64,
+    /// The kernel record's CPU (shard) and sequence number there; on a gap report, the first
+    /// sequence number lost.
+    pub cpu: u32,
+    pub sequence: u64,
+    /// Which of the events of one record: 0 the record's own event (or the gap report),
+    /// [`COMPANION_PART`] its error companion, [`GRAPH_PART`] and up its Graph events.
+    pub part: u16,
+}
+
+impl Origin {
+    /// `node:run:cpu:sequence:part` (the run in 16 hex digits): unique per event, the same for
+    /// every delivery of it.
+    #[must_use]
+    pub fn id(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{:016x}:{}:{}:{}", self.node, self.run, self.cpu, self.sequence, self.part)
+    }
+}
+
+impl Serialize for Origin {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        struct Hex(u64);
+        impl Serialize for Hex {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_str(&format_args!("{:016x}", self.0))
+            }
+        }
+        let mut origin = serializer.serialize_struct("Origin", 4)?;
+        origin.serialize_field("node", &self.node)?;
+        origin.serialize_field("run", &Hex(self.run))?;
+        origin.serialize_field("part", &self.part)?;
+        origin.serialize_field("id", &format_args!("{self}"))?;
+        origin.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids_are_checked() {
+        assert_eq!(NodeId::new("edge-01.dc_2").unwrap().as_str(), "edge-01.dc_2");
+        for bad in ["", "a:b", "a b", "é", &"x".repeat(NODE_ID_MAX + 1)] {
+            assert!(NodeId::new(bad).is_err(), "{bad:?} accepted");
+        }
+        let host = NodeId::host();
+        assert!(NodeId::new(host.as_str()).is_ok());
+        assert_eq!(NodeConfig::default().node_id().unwrap(), host);
+        assert!(NodeConfig { id: Some("a/b".into()) }.node_id().is_err());
+    }
+
+    #[test]
+    fn runs_differ_and_the_id_names_every_part() {
+        let node = NodeId::new("n1").unwrap();
+        let (a, b) = (Run::new(node.clone()), Run::new(node));
+        assert_ne!(a.id, b.id, "two runs share an id");
+        let mut origin = a.origin(3, 1042);
+        origin.part = COMPANION_PART;
+        assert_eq!(origin.id(), format!("n1:{:016x}:3:1042:1", a.id));
+        let json: serde_json::Value = serde_json::to_value(&origin).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"node": "n1", "run": format!("{:016x}", a.id), "part": 1, "id": origin.id()})
+        );
+    }
+}
