@@ -205,24 +205,25 @@ fn sorted_numbers(stored: &[Stored]) -> Vec<u64> {
 
 #[test]
 fn every_event_is_stored_once_with_its_origin_id_as_msg_id() {
-    const EVENTS: u64 = 20_000;
+    const EVENTS: u32 = 20_000;
     let server = NatsServer::start();
     let started = Instant::now();
-    let counters = publish(server.url(), 0..EVENTS, 10_000, WhenFull::Block);
+    let counters = publish(server.url(), 0..u64::from(EVENTS), 10_000, WhenFull::Block);
     let elapsed = started.elapsed();
     eprintln!(
         "nats sink: {EVENTS} events acknowledged by JetStream in {elapsed:?} ({:.0} events/s, loopback, this build)",
-        EVENTS as f64 / elapsed.as_secs_f64()
+        f64::from(EVENTS) / elapsed.as_secs_f64()
     );
     let stored = server.messages();
-    assert_eq!(numbers(&stored), (0..EVENTS).collect::<Vec<_>>(), "every event once, in order");
-    assert_eq!(stored.iter().map(|s| s.sequence).collect::<Vec<_>>(), (1..=EVENTS).collect::<Vec<_>>());
+    let events = u64::from(EVENTS);
+    assert_eq!(numbers(&stored), (0..events).collect::<Vec<_>>(), "every event once, in order");
+    assert_eq!(stored.iter().map(|s| s.sequence).collect::<Vec<_>>(), (1..=events).collect::<Vec<_>>());
     for s in &stored {
         assert_eq!(s.subject, "vexevent.FilesystemWrite");
         assert_eq!(s.msg_id.as_deref(), s.event["origin"]["id"].as_str(), "Nats-Msg-Id is the origin id");
     }
     let summary = &counters.outputs.sinks()["js"];
-    assert_eq!(summary.delivered, EVENTS);
+    assert_eq!(summary.delivered, events);
     assert_eq!(summary.failed_attempts, 0);
     assert_eq!(counters.sink_errors.load(Ordering::Relaxed), 0);
 }

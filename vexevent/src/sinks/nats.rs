@@ -169,32 +169,35 @@ impl NatsSink {
             .connection_timeout(self.settings.connect_timeout)
             .request_timeout(Some(self.settings.ack_timeout)))
     }
+
+    /// The connection's `JetStream` context, connecting first when there is none.
+    fn jetstream(&mut self) -> Result<jetstream::Context, DeliveryError> {
+        if let Some(jetstream) = &self.jetstream {
+            return Ok(jetstream.clone());
+        }
+        let options = self.connect_options()?;
+        let url = self.settings.url.as_str();
+        let ack_timeout = self.settings.ack_timeout;
+        let jetstream = self.runtime.block_on(async {
+            let client = options
+                .connect(url)
+                .await
+                .map_err(|error| DeliveryError::Nats(format!("cannot connect to {url}: {error}")))?;
+            // Built inside the runtime: the context spawns its acknowledgement task.
+            Ok::<_, DeliveryError>(
+                jetstream::ContextBuilder::new()
+                    .timeout(ack_timeout)
+                    .max_ack_inflight(IN_FLIGHT)
+                    .build(client),
+            )
+        })?;
+        Ok(self.jetstream.insert(jetstream).clone())
+    }
 }
 
 impl Deliver for NatsSink {
     fn deliver(&mut self, batch: &[Queued]) -> Result<(), DeliveryError> {
-        let jetstream = match &self.jetstream {
-            Some(jetstream) => jetstream.clone(),
-            None => {
-                let options = self.connect_options()?;
-                let url = self.settings.url.as_str();
-                let ack_timeout = self.settings.ack_timeout;
-                let jetstream = self.runtime.block_on(async {
-                    let client = options
-                        .connect(url)
-                        .await
-                        .map_err(|error| DeliveryError::Nats(format!("cannot connect to {url}: {error}")))?;
-                    // Built inside the runtime: the context spawns its acknowledgement task.
-                    Ok::<_, DeliveryError>(
-                        jetstream::ContextBuilder::new()
-                            .timeout(ack_timeout)
-                            .max_ack_inflight(IN_FLIGHT)
-                            .build(client),
-                    )
-                })?;
-                self.jetstream.insert(jetstream).clone()
-            }
-        };
+        let jetstream = self.jetstream()?;
         let published = self.runtime.block_on(publish(&jetstream, &self.settings.subject, batch));
         if published.is_err() {
             // A fresh connection for the retry; the client reconnects by itself, but a new one
@@ -244,11 +247,8 @@ async fn publish(
 
 /// Waits for one acknowledgement; 1 when `JetStream` had the message already.
 async fn acknowledged(ack: jetstream::context::PublishAckFuture) -> Result<u64, DeliveryError> {
-    let ack = ack.await.map_err(|error| {
-        DeliveryError::Nats(format!(
-            "not acknowledged by JetStream: {error} (does a stream take the subject?)"
-        ))
-    })?;
+    let ack =
+        ack.await.map_err(|error| DeliveryError::Nats(format!("not acknowledged by JetStream: {error}")))?;
     Ok(u64::from(ack.duplicate))
 }
 
