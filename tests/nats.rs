@@ -10,7 +10,7 @@ mod support;
 use std::{
     collections::BTreeSet,
     net::{TcpListener, TcpStream},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
@@ -44,16 +44,14 @@ impl NatsServer {
     /// the stream exists.
     fn start_on(port: u16) -> Self {
         let store = tempfile::tempdir().unwrap();
-        let child = Command::new("nats-server")
+        let child = Command::new(nats_server_binary())
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(store.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|error| {
-                panic!("cannot start nats-server ({error}); scripts/setup.sh installs it (Debian package nats-server)")
-            });
+            .unwrap_or_else(|error| panic!("cannot start nats-server: {error}"));
         let server = Self { child, port, _store: store };
         let deadline = Instant::now() + SERVER_DEADLINE;
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -137,6 +135,19 @@ struct Stored {
     event: Value,
 }
 
+/// The `nats-server` binary: on the `PATH`, or in /usr/sbin where Debian puts it (not on a user's
+/// `PATH`). Missing, the test fails: scripts/setup.sh installs it.
+fn nats_server_binary() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
+        .map(|dir| dir.join("nats-server"))
+        .find(|binary| binary.is_file())
+        .unwrap_or_else(|| {
+            panic!("nats-server is not installed; run scripts/setup.sh (Debian package nats-server)")
+        })
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
@@ -171,10 +182,11 @@ fn spec(url: String, queue: usize, when_full: WhenFull) -> SinkSpec {
     }
 }
 
-/// An event line as the pipeline writes it (the fields the sink reads, and a number).
+/// An event line as the pipeline writes it: the fields the sink reads, a number, and a context
+/// the size of a typical event's.
 fn event(n: u64) -> Queued {
     let line = format!(
-        r#"{{"event_id":{n},"origin":{{"node":"t","run":"00000000000000aa","part":0,"id":"t:00000000000000aa:0:{n}:0"}},"event_type":"FilesystemWrite","n":{n}}}"#
+        r#"{{"event_id":{n},"origin":{{"node":"t","run":"00000000000000aa","part":0,"id":"t:00000000000000aa:0:{n}:0"}},"event_type":"FilesystemWrite","n":{n},"context":{{"filesystem":{{"path":"/srv/data/{n:0>200}"}}}},"process":{{"pid":7661,"tid":7661,"uid":0,"gid":0,"comm":"bash"}},"result":{{"ok":true,"ret":4}},"duration_ns":36685}}"#
     );
     Queued { line: line.into(), urgent: false, sequence: n, monotonic_ns: 0 }
 }
@@ -211,7 +223,8 @@ fn every_event_is_stored_once_with_its_origin_id_as_msg_id() {
     let counters = publish(server.url(), 0..u64::from(EVENTS), 10_000, WhenFull::Block);
     let elapsed = started.elapsed();
     eprintln!(
-        "nats sink: {EVENTS} events acknowledged by JetStream in {elapsed:?} ({:.0} events/s, loopback, this build)",
+        "nats sink: {EVENTS} events of {} bytes acknowledged by JetStream in {elapsed:?} ({:.0} events/s, loopback, this build)",
+        event(0).line.len(),
         f64::from(EVENTS) / elapsed.as_secs_f64()
     );
     let stored = server.messages();
@@ -241,6 +254,17 @@ fn a_repeated_event_is_stored_once() {
     let again = publish(server.url(), 0..2, 100, WhenFull::Block);
     assert_eq!(again.outputs.sinks()["js"].delivered, 2);
     assert_eq!(numbers(&server.messages()), [0, 1], "JetStream kept one copy of each");
+
+    // A line that is not an event has no origin: it is published without a Msg-Id, so each copy
+    // is stored.
+    let counters = Arc::new(Counters::default());
+    let sinks = Sinks::start(&[spec(server.url(), 100, WhenFull::Block)], &counters).unwrap();
+    let plain = Queued { line: r#"{"n":7}"#.into(), urgent: false, sequence: 0, monotonic_ns: 0 };
+    sinks.offer(0, [plain.clone(), plain], &counters);
+    sinks.finish();
+    let stored = server.messages();
+    assert_eq!(numbers(&stored), [0, 1, 7, 7]);
+    assert!(stored[2..].iter().all(|s| s.msg_id.is_none() && s.subject == "vexevent.Unknown"));
 }
 
 #[test]

@@ -447,3 +447,48 @@ pub fn outputs(
         Err(problems)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn a_nats_sink_is_checked_whole() {
+        let config = Config::from_toml(
+            r#"
+[sinks.a]
+type = "nats"
+url = "http://x"
+subject = "x.*"
+token = "t"
+user = "u"
+[sinks.b]
+type = "nats"
+[sinks.c]
+type = "file"
+path = "/tmp/x"
+subject = "s"
+[sinks.ok]
+type = "nats"
+url = "nats://127.0.0.1:4222, tls://h:4222"
+subject = "vexevent.{type}"
+user = "u"
+password = "p"
+"#,
+        )
+        .unwrap();
+        let problems: Vec<String> = config.problems().iter().map(ToString::to_string).collect();
+        let expect = [
+            "sinks.a: url \"http://x\" must be nats://host:port or tls://host:port",
+            "sinks.a: subject \"x.*\" must be dot-separated tokens",
+            "sinks.a: authenticate with one of",
+            "sinks.b: type Nats needs `url`",
+            "sinks.b: type Nats needs `subject`",
+            "sinks.c: `subject` does not apply to type File",
+        ];
+        for expected in expect {
+            assert!(problems.iter().any(|p| p.contains(expected)), "missing {expected:?} in {problems:#?}");
+        }
+        assert_eq!(problems.len(), expect.len(), "{problems:#?}");
+    }
+}
