@@ -94,11 +94,17 @@ impl fmt::Display for NodeId {
 }
 
 /// One run of vexevent on a node: kernel sequence numbers start again with each run, so the run
-/// is part of every event's identity. Its id is 64 random bits, new at each start.
+/// is part of every event's identity. Its id is 64 random bits, new at each start. Cloned into
+/// every event's origin (one reference count).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Run {
-    pub node: NodeId,
-    pub id: u64,
+pub struct Run(Arc<RunName>);
+
+#[derive(Debug, PartialEq, Eq)]
+struct RunName {
+    node: NodeId,
+    id: u64,
+    /// `node:id`, the id in 16 hex digits: how every origin id of the run starts.
+    prefix: Box<str>,
 }
 
 impl Run {
@@ -109,14 +115,32 @@ impl Run {
         let mut hasher = std::hash::RandomState::new().build_hasher();
         hasher.write_u32(std::process::id());
         hasher.write_u64(crate::telemetry::monotonic_ns());
-        Self { node, id: hasher.finish() }
+        let id = hasher.finish();
+        let prefix = format!("{node}:{id:016x}").into_boxed_str();
+        Self(Arc::new(RunName { node, id, prefix }))
+    }
+
+    #[must_use]
+    pub fn node(&self) -> &NodeId {
+        &self.0.node
+    }
+
+    /// The run's random id.
+    #[must_use]
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    /// The id in 16 hex digits.
+    fn hex(&self) -> &str {
+        &self.0.prefix[self.0.node.as_str().len() + 1..]
     }
 
     /// The origin of the event a kernel record (or a gap report) of `cpu` with sequence number
     /// `sequence` becomes.
     #[must_use]
     pub fn origin(&self, cpu: u32, sequence: u64) -> Origin {
-        Origin { node: self.node.clone(), run: self.id, cpu, sequence, part: 0 }
+        Origin { run: self.clone(), cpu, sequence, part: 0 }
     }
 }
 
@@ -124,9 +148,8 @@ impl Run {
 /// sequence are the event's `timestamp.cpu` and `local_sequence`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Origin {
-    pub node: NodeId,
-    /// The run's random id.
-    pub run: u64,
+    /// The node and the run that captured it.
+    pub run: Run,
     /// The kernel record's CPU (shard) and sequence number there; on a gap report, the first
     /// sequence number lost.
     pub cpu: u32,
@@ -136,34 +159,71 @@ pub struct Origin {
     pub part: u16,
 }
 
+/// Longest origin id: node, run, CPU, sequence and part with their separators.
+const ID_MAX: usize = NODE_ID_MAX + 1 + 16 + 1 + 10 + 1 + 20 + 1 + 5;
+
+/// An origin id, built on the stack (serialized with every event: no allocation, no formatter).
+struct IdBuf {
+    bytes: [u8; ID_MAX],
+    len: usize,
+}
+
+impl IdBuf {
+    fn push(&mut self, bytes: &[u8]) {
+        self.bytes[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    fn push_number(&mut self, mut n: u64) {
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            #[expect(clippy::cast_possible_truncation, reason = "a decimal digit")]
+            let digit = (n % 10) as u8;
+            digits[start] = b'0' + digit;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.push(&digits[start..]);
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII was pushed: a node id, hex digits, decimal digits and ':'.
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+    }
+}
+
 impl Origin {
     /// `node:run:cpu:sequence:part` (the run in 16 hex digits): unique per event, the same for
     /// every delivery of it.
     #[must_use]
     pub fn id(&self) -> String {
-        self.to_string()
+        self.id_buf().as_str().to_owned()
     }
-}
 
-impl fmt::Display for Origin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{:016x}:{}:{}:{}", self.node, self.run, self.cpu, self.sequence, self.part)
+    fn id_buf(&self) -> IdBuf {
+        let mut id = IdBuf { bytes: [0; ID_MAX], len: 0 };
+        id.push(self.run.0.prefix.as_bytes());
+        id.push(b":");
+        id.push_number(u64::from(self.cpu));
+        id.push(b":");
+        id.push_number(self.sequence);
+        id.push(b":");
+        id.push_number(u64::from(self.part));
+        id
     }
 }
 
 impl Serialize for Origin {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        struct Hex(u64);
-        impl Serialize for Hex {
-            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.collect_str(&format_args!("{:016x}", self.0))
-            }
-        }
         let mut origin = serializer.serialize_struct("Origin", 4)?;
-        origin.serialize_field("node", &self.node)?;
-        origin.serialize_field("run", &Hex(self.run))?;
+        origin.serialize_field("node", self.run.node())?;
+        origin.serialize_field("run", self.run.hex())?;
         origin.serialize_field("part", &self.part)?;
-        origin.serialize_field("id", &format_args!("{self}"))?;
+        origin.serialize_field("id", self.id_buf().as_str())?;
         origin.end()
     }
 }
@@ -188,14 +248,19 @@ mod tests {
     fn runs_differ_and_the_id_names_every_part() {
         let node = NodeId::new("n1").unwrap();
         let (a, b) = (Run::new(node.clone()), Run::new(node));
-        assert_ne!(a.id, b.id, "two runs share an id");
+        assert_ne!(a.id(), b.id(), "two runs share an id");
         let mut origin = a.origin(3, 1042);
         origin.part = COMPANION_PART;
-        assert_eq!(origin.id(), format!("n1:{:016x}:3:1042:1", a.id));
+        assert_eq!(origin.id(), format!("n1:{:016x}:3:1042:1", a.id()));
         let json: serde_json::Value = serde_json::to_value(&origin).unwrap();
         assert_eq!(
             json,
-            serde_json::json!({"node": "n1", "run": format!("{:016x}", a.id), "part": 1, "id": origin.id()})
+            serde_json::json!({"node": "n1", "run": format!("{:016x}", a.id()), "part": 1, "id": origin.id()})
         );
+        let longest = Run::new(NodeId::new(&"x".repeat(NODE_ID_MAX)).unwrap());
+        let mut origin = longest.origin(u32::MAX, u64::MAX);
+        origin.part = u16::MAX;
+        assert_eq!(origin.id().len(), ID_MAX);
+        assert_eq!(Run::new(NodeId::new("n").unwrap()).origin(0, 0).id().split(':').nth(2), Some("0"));
     }
 }

@@ -133,9 +133,10 @@ impl Translator {
         }
     }
 
-    /// The node events are stamped with (default: the host name).
+    /// The node events are stamped with (default: the host name); starts the run again (a new
+    /// run id), so it is set before the first record.
     pub fn set_node(&mut self, node: NodeId) {
-        self.run.node = node;
+        self.run = Run::new(node);
     }
 
     /// The operation types to emit events for, from now on (a reload).

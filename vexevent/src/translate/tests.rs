@@ -107,7 +107,7 @@ fn failures_add_an_error_reported_event_linked_to_the_operation() {
     assert_eq!(events[1].priority, Priority::High);
     // One kernel record, two events: the same node, run, CPU and sequence, another part.
     assert_eq!(events[0].origin.part, 0);
-    assert!(events.iter().all(|e| e.origin.node.as_str() == "node-1"));
+    assert!(events.iter().all(|e| e.origin.run.node().as_str() == "node-1"));
     assert_eq!(events[1].origin.part, crate::event::COMPANION_PART);
     assert_eq!(
         (events[1].origin.cpu, events[1].origin.sequence),
