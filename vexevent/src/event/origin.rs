@@ -179,9 +179,7 @@ impl IdBuf {
         let mut start = digits.len();
         loop {
             start -= 1;
-            #[expect(clippy::cast_possible_truncation, reason = "a decimal digit")]
-            let digit = (n % 10) as u8;
-            digits[start] = b'0' + digit;
+            digits[start] = b'0' + (n % 10) as u8;
             n /= 10;
             if n == 0 {
                 break;
