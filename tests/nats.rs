@@ -156,9 +156,9 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn settings(url: String) -> NatsSettings {
+fn settings(url: &str) -> NatsSettings {
     NatsSettings {
-        url,
+        servers: url.parse().unwrap(),
         subject: "vexevent.{type}".parse().unwrap(),
         auth: NatsAuth::None,
         connect_timeout: Duration::from_secs(2),
@@ -166,7 +166,7 @@ fn settings(url: String) -> NatsSettings {
     }
 }
 
-fn spec(url: String, queue: usize, when_full: WhenFull) -> SinkSpec {
+fn spec(url: &str, queue: usize, when_full: WhenFull) -> SinkSpec {
     SinkSpec {
         name: "js".into(),
         destination: Destination::Nats(settings(url)),
@@ -192,7 +192,7 @@ fn event(n: u64) -> Queued {
 }
 
 /// Publishes events `range` through a fresh sink; its counters.
-fn publish(url: String, range: std::ops::Range<u64>, queue: usize, when_full: WhenFull) -> Arc<Counters> {
+fn publish(url: &str, range: std::ops::Range<u64>, queue: usize, when_full: WhenFull) -> Arc<Counters> {
     let counters = Arc::new(Counters::default());
     let sinks = Sinks::start(&[spec(url, queue, when_full)], &counters).unwrap();
     for n in range {
@@ -220,7 +220,7 @@ fn every_event_is_stored_once_with_its_origin_id_as_msg_id() {
     const EVENTS: u32 = 20_000;
     let server = NatsServer::start();
     let started = Instant::now();
-    let counters = publish(server.url(), 0..u64::from(EVENTS), 10_000, WhenFull::Block);
+    let counters = publish(&server.url(), 0..u64::from(EVENTS), 10_000, WhenFull::Block);
     let elapsed = started.elapsed();
     eprintln!(
         "nats sink: {EVENTS} events of {} bytes acknowledged by JetStream in {elapsed:?} ({:.0} events/s, loopback, this build)",
@@ -247,18 +247,18 @@ fn a_repeated_event_is_stored_once() {
     // The same event twice in one batch, then the whole run again (a sink restarted after a
     // delivery whose acknowledgement it never saw sends the same origin ids again).
     let counters = Arc::new(Counters::default());
-    let sinks = Sinks::start(&[spec(server.url(), 100, WhenFull::Block)], &counters).unwrap();
+    let sinks = Sinks::start(&[spec(&server.url(), 100, WhenFull::Block)], &counters).unwrap();
     sinks.offer(0, [event(0), event(0), event(1)], &counters);
     sinks.finish();
     assert_eq!(counters.outputs.sinks()["js"].delivered, 3, "a repeat is acknowledged too");
-    let again = publish(server.url(), 0..2, 100, WhenFull::Block);
+    let again = publish(&server.url(), 0..2, 100, WhenFull::Block);
     assert_eq!(again.outputs.sinks()["js"].delivered, 2);
     assert_eq!(numbers(&server.messages()), [0, 1], "JetStream kept one copy of each");
 
     // A line that is not an event has no origin: it is published without a Msg-Id, so each copy
     // is stored.
     let counters = Arc::new(Counters::default());
-    let sinks = Sinks::start(&[spec(server.url(), 100, WhenFull::Block)], &counters).unwrap();
+    let sinks = Sinks::start(&[spec(&server.url(), 100, WhenFull::Block)], &counters).unwrap();
     let plain = Queued { line: r#"{"n":7}"#.into(), urgent: false, sequence: 0, monotonic_ns: 0 };
     sinks.offer(0, [plain.clone(), plain], &counters);
     sinks.finish();
@@ -273,7 +273,7 @@ fn a_server_down_at_start_gets_every_event_once_it_comes_up() {
     let port = free_port();
     let counters = Arc::new(Counters::default());
     let sinks =
-        Sinks::start(&[spec(format!("nats://127.0.0.1:{port}"), 1000, WhenFull::Block)], &counters).unwrap();
+        Sinks::start(&[spec(&format!("nats://127.0.0.1:{port}"), 1000, WhenFull::Block)], &counters).unwrap();
     for n in 0..EVENTS {
         sinks.offer(0, [event(n)], &counters);
     }
@@ -298,8 +298,9 @@ fn a_dropping_sink_counts_what_it_dropped_while_the_server_was_down() {
     const EVENTS: u64 = 200;
     let port = free_port();
     let counters = Arc::new(Counters::default());
-    let sinks = Sinks::start(&[spec(format!("nats://127.0.0.1:{port}"), 8, WhenFull::DropNewest)], &counters)
-        .unwrap();
+    let sinks =
+        Sinks::start(&[spec(&format!("nats://127.0.0.1:{port}"), 8, WhenFull::DropNewest)], &counters)
+            .unwrap();
     for n in 0..EVENTS {
         sinks.offer(0, [event(n)], &counters);
     }

@@ -13,8 +13,8 @@ use super::{ConfigError, OutputConfig};
 use crate::{
     route::{Balance, BalanceKey, RouteSpec},
     sinks::{
-        Delivery, Destination, NatsAuth, NatsSettings, Rotation, SinkSpec, SocketAddress, SubjectTemplate,
-        WebhookSettings, WhenFull,
+        Delivery, Destination, NatsAuth, NatsSettings, Rotation, Servers, SinkSpec, SocketAddress,
+        SubjectTemplate, WebhookSettings, WhenFull,
     },
 };
 
@@ -290,29 +290,9 @@ impl SinkConfig {
     /// A `nats` sink's settings, or what is wrong with them.
     fn nats(&self) -> Result<NatsSettings, Vec<String>> {
         let mut problems = Vec::new();
-        let url = self.url.clone().unwrap_or_default();
-        if self.url.is_none() {
-            problems.push("type Nats needs `url`".to_owned());
-        } else if !url.split(',').all(|u| {
-            let u = u.trim();
-            u.strip_prefix("nats://")
-                .or_else(|| u.strip_prefix("tls://"))
-                .is_some_and(|rest| !rest.is_empty())
-        }) {
-            problems
-                .push(format!("url {url:?} must be nats://host:port or tls://host:port (comma-separated)"));
-        }
-        let subject = match self.subject.as_deref().map(str::parse::<SubjectTemplate>) {
-            Some(Ok(subject)) => Some(subject),
-            Some(Err(message)) => {
-                problems.push(message);
-                None
-            }
-            None => {
-                problems.push("type Nats needs `subject`".to_owned());
-                None
-            }
-        };
+        let servers: Option<Servers> = required_nats_field("url", self.url.as_deref(), &mut problems);
+        let subject: Option<SubjectTemplate> =
+            required_nats_field("subject", self.subject.as_deref(), &mut problems);
         let auth = match (&self.token, &self.user, &self.password, &self.credentials) {
             (None, None, None, None) => Some(NatsAuth::None),
             (Some(token), None, None, None) => Some(NatsAuth::Token(token.clone())),
@@ -327,9 +307,9 @@ impl SinkConfig {
                 None
             }
         };
-        match (subject, auth) {
-            (Some(subject), Some(auth)) if problems.is_empty() => Ok(NatsSettings {
-                url,
+        match (servers, subject, auth) {
+            (Some(servers), Some(subject), Some(auth)) if problems.is_empty() => Ok(NatsSettings {
+                servers,
                 subject,
                 auth,
                 connect_timeout: Duration::from_millis(
@@ -338,6 +318,25 @@ impl SinkConfig {
                 ack_timeout: Duration::from_millis(self.timeout_ms.unwrap_or(DEFAULT_NATS_ACK_TIMEOUT_MS)),
             }),
             _ => Err(problems),
+        }
+    }
+}
+
+/// A `nats` sink's required field `field`, parsed; or what is wrong with it, in `problems`.
+fn required_nats_field<T: std::str::FromStr<Err = String>>(
+    field: &str,
+    text: Option<&str>,
+    problems: &mut Vec<String>,
+) -> Option<T> {
+    match text.map(str::parse) {
+        Some(Ok(value)) => Some(value),
+        Some(Err(message)) => {
+            problems.push(message);
+            None
+        }
+        None => {
+            problems.push(format!("type Nats needs `{field}`"));
+            None
         }
     }
 }

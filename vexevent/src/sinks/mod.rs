@@ -18,7 +18,7 @@ use std::{
 };
 
 pub use jsonl::{Rotation, to_json_lines};
-pub use nats::{NatsAuth, NatsSettings, SubjectTemplate};
+pub use nats::{NatsAuth, NatsSettings, Servers, SubjectTemplate};
 pub use queue::{Queued, WhenFull};
 pub use socket::SocketAddress;
 pub use webhook::WebhookSettings;

@@ -26,8 +26,7 @@ const UNKNOWN_TYPE: &str = "Unknown";
 /// Where and how the NATS sink publishes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NatsSettings {
-    /// `nats://host:port` or `tls://host:port`; several servers comma-separated.
-    pub url: String,
+    pub servers: Servers,
     pub subject: SubjectTemplate,
     pub auth: NatsAuth,
     /// Longest wait for a connection to a server.
@@ -58,6 +57,34 @@ impl std::fmt::Debug for NatsAuth {
             Self::UserPassword { user, .. } => write!(f, "UserPassword({user}, ..)"),
             Self::Credentials(path) => write!(f, "Credentials({})", path.display()),
         }
+    }
+}
+
+/// The servers to connect to (any one will do): `nats://host:port` or `tls://host:port`,
+/// comma-separated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Servers(Vec<String>);
+
+impl std::str::FromStr for Servers {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let servers: Vec<String> = text.split(',').map(|server| server.trim().to_owned()).collect();
+        let valid = servers.iter().all(|server| {
+            (server.starts_with("nats://") || server.starts_with("tls://"))
+                && server.parse::<async_nats::ServerAddr>().is_ok()
+        });
+        if valid {
+            Ok(Self(servers))
+        } else {
+            Err(format!("url {text:?} must be nats://host:port or tls://host:port (several comma-separated)"))
+        }
+    }
+}
+
+impl std::fmt::Display for Servers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(","))
     }
 }
 
@@ -176,13 +203,13 @@ impl NatsSink {
             return Ok(jetstream.clone());
         }
         let options = self.connect_options()?;
-        let url = self.settings.url.as_str();
+        let servers = &self.settings.servers;
         let ack_timeout = self.settings.ack_timeout;
         let jetstream = self.runtime.block_on(async {
             let client = options
-                .connect(url)
+                .connect(servers.0.as_slice())
                 .await
-                .map_err(|error| DeliveryError::Nats(format!("cannot connect to {url}: {error}")))?;
+                .map_err(|error| DeliveryError::Nats(format!("cannot connect to {servers}: {error}")))?;
             // Built inside the runtime: the context spawns its acknowledgement task.
             Ok::<_, DeliveryError>(
                 jetstream::ContextBuilder::new()
@@ -255,6 +282,15 @@ async fn acknowledged(ack: jetstream::context::PublishAckFuture) -> Result<u64, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn servers_are_checked() {
+        let servers: Servers = "nats://127.0.0.1:4222, tls://h.example:4443".parse().unwrap();
+        assert_eq!(servers.to_string(), "nats://127.0.0.1:4222,tls://h.example:4443");
+        for bad in ["", "http://h:1", "127.0.0.1:4222", "nats://h:1,", "nats://h:port"] {
+            assert!(bad.parse::<Servers>().is_err(), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn subjects_are_checked_and_rendered() {
