@@ -45,9 +45,10 @@ if ! linker_ok; then
 fi
 
 # 3. Debian packages: FUSE (fuse3, bindfs) for the FUSE tests, e2fsprogs for ext4 images, QEMU
-# for the VM test on an older kernel (`cargo xtask vm-test`, which fetches the kernel itself).
+# for the VM test on an older kernel (`cargo xtask vm-test`, which fetches the kernel itself),
+# nats-server (2.9, with JetStream) for the NATS sink tests (tests/nats.rs starts its own).
 missing=()
-for pkg in fuse3 bindfs e2fsprogs qemu-system-x86; do
+for pkg in fuse3 bindfs e2fsprogs qemu-system-x86 nats-server; do
   has 'install ok installed' dpkg-query -W -f='${Status}' "$pkg" || missing+=("$pkg")
 done
 if ((${#missing[@]})); then

@@ -213,6 +213,7 @@ fn translator(settings: &Settings, probes: &Probes) -> Translator {
         fuse_mounts: probes.fuse_mounts().iter().map(|m| (m.connection, m.mount_point.clone())).collect(),
         vexfs: VexfsRoots(settings.vexfs_paths.iter().cloned().chain(vexfs_mount_points()).collect()),
     });
+    translator.set_node(settings.node.clone());
     let processes = translator.processes_mut();
     for (pid, cwd) in &probes.seeded().cwds {
         processes.set_cwd(*pid, cwd.clone());

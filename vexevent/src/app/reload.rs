@@ -99,6 +99,7 @@ pub fn prepare(
     }
     let mut warnings = Vec::new();
     let restart_only = [
+        ("[node]", config.node != running.node),
         ("[capture]", config.capture != running.capture),
         ("[fuse]", config.fuse != running.fuse),
         ("[vexfs]", config.vexfs != running.vexfs),

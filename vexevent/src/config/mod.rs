@@ -22,7 +22,7 @@ use vexevent_common::{OpKind, PREFIX_KEY_BYTES};
 use crate::{
     capture::DrainSettings,
     correlate::CorrelateOptions,
-    event::WatchScope,
+    event::{NodeConfig, NodeId, OriginError, WatchScope},
     expr::{Filter, FilterChain, FilterError},
     filter::{FilterConfig, KernelPart, pushdown},
     http::{AuthError, ControlConfig, StreamConfig},
@@ -57,6 +57,7 @@ pub const USER_OPS: [OpKind; 19] = [
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    pub node: NodeConfig,
     pub capture: CaptureConfig,
     pub filter: FilterConfig,
     pub fuse: FuseSection,
@@ -236,6 +237,8 @@ pub enum ConfigError {
     #[error("fuse.daemon_functions needs fuse.daemon_binary (the daemon's executable)")]
     DaemonBinaryMissing,
     #[error(transparent)]
+    Node(#[from] OriginError),
+    #[error(transparent)]
     Filter(#[from] FilterError),
     #[error(transparent)]
     Access(#[from] AuthError),
@@ -254,6 +257,8 @@ pub enum ConfigError {
 /// Validated settings: what each component is built from.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// The node events are stamped with.
+    pub node: NodeId,
     /// The probes: scope, kernel filters, rings, hooks (`[capture]`, `[fuse]`'s daemon, and what
     /// the filter pushes down).
     pub probes: ProbeSettings,
@@ -320,6 +325,7 @@ impl Config {
         let capture = &self.capture;
         let mut problems: Vec<ConfigError> =
             capture.watch.iter().filter_map(|path| canonical_watch_dir(path).err()).collect();
+        problems.extend(self.node.node_id().err().map(ConfigError::Node));
         problems.extend(capture.ops.iter().filter_map(|name| parse_op(name).err()));
         if let Some(comm) = capture.comm.as_ref().filter(|comm| comm.len() > 15) {
             problems.push(ConfigError::CommTooLong { comm: comm.clone(), len: comm.len() });
@@ -427,6 +433,7 @@ impl Config {
             bytes
         });
         let settings = Settings {
+            node: self.node.node_id()?,
             probes: ProbeSettings {
                 scope: WatchScope::new(watch_dirs),
                 ops: ops.iter().copied().collect(),
@@ -563,7 +570,7 @@ mod tests {
         }
         let routing = Config::from_toml(include_str!("../../../vexevent.routing.example.toml")).unwrap();
         let outputs = routing.outputs().unwrap();
-        assert_eq!(outputs.sinks.len(), 6);
+        assert_eq!(outputs.sinks.len(), 7);
         assert_eq!(outputs.routes.len(), 3);
         let (_, compiled) = routing.build().unwrap();
         assert_eq!(compiled.filter.filters.len(), routing.filter.expressions.len());

@@ -13,7 +13,10 @@ use super::{ConfigError, OutputConfig};
 use crate::{
     pipeline::WhenFull,
     route::{Balance, BalanceKey, RouteSpec},
-    sinks::{Delivery, Destination, Rotation, SinkSpec, SocketAddress, WebhookSettings},
+    sinks::{
+        Delivery, Destination, NatsAuth, NatsSettings, Rotation, Servers, SinkSpec, SocketAddress,
+        SubjectTemplate, WebhookSettings,
+    },
 };
 
 /// The sink `[output]` becomes when no `[sinks]` are configured.
@@ -27,6 +30,7 @@ pub enum SinkType {
     File,
     Webhook,
     Socket,
+    Nats,
     Null,
 }
 
@@ -67,15 +71,28 @@ pub struct SinkConfig {
     pub keep: Option<usize>,
     /// `file`: permission bits of the file (TOML octal, e.g. `0o640`); default 0o600.
     pub mode: Option<u32>,
-    /// `webhook`: the `http://` or `https://` URL to POST batches to.
+    /// `webhook`: the `http://` or `https://` URL to POST batches to; `nats`: the server,
+    /// `nats://host:port` or `tls://host:port` (several comma-separated).
     pub url: Option<String>,
     /// `webhook`: extra request headers.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    /// `webhook`: whole-request timeout; `socket`: connect and write timeout; in milliseconds.
+    /// `webhook`: whole-request timeout; `socket`: connect and write timeout; `nats`: longest
+    /// wait for `JetStream`'s acknowledgement; in milliseconds.
     pub timeout_ms: Option<u64>,
     /// `socket`: `unix:/path` or `tcp:host:port` to connect to.
     pub address: Option<String>,
+    /// `nats`: the subject to publish on; `{type}` stands for the event type.
+    pub subject: Option<String>,
+    /// `nats`: longest wait for a connection, in milliseconds.
+    pub connect_timeout_ms: Option<u64>,
+    /// `nats`: authentication token.
+    pub token: Option<String>,
+    /// `nats`: user name and password.
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// `nats`: a `.creds` file (user JWT and `NKey` seed).
+    pub credentials: Option<PathBuf>,
 }
 
 impl Default for SinkConfig {
@@ -99,6 +116,12 @@ impl Default for SinkConfig {
             headers: BTreeMap::new(),
             timeout_ms: None,
             address: None,
+            subject: None,
+            connect_timeout_ms: None,
+            token: None,
+            user: None,
+            password: None,
+            credentials: None,
         }
     }
 }
@@ -116,6 +139,8 @@ const DEFAULT_KEEP: usize = 5;
 /// Events are every user's file activity: readable by root only unless configured.
 pub const DEFAULT_FILE_MODE: u32 = 0o600;
 const DEFAULT_TIMEOUT_MS: u64 = 5_000;
+const DEFAULT_NATS_ACK_TIMEOUT_MS: u64 = 5_000;
+const DEFAULT_NATS_CONNECT_TIMEOUT_MS: u64 = 2_000;
 
 /// `[[routes]]`: a match expression and the sinks its events go to.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -159,16 +184,23 @@ impl SinkConfig {
     fn stray_fields(&self) -> Vec<&'static str> {
         let file = self.kind == SinkType::File;
         let webhook = self.kind == SinkType::Webhook;
+        let nats = self.kind == SinkType::Nats;
         [
             ("path", self.path.is_some() && !file),
             ("rotate_bytes", self.rotate_bytes > 0 && !file),
             ("rotate_secs", self.rotate_secs > 0 && !file),
             ("keep", self.keep.is_some() && !file),
             ("mode", self.mode.is_some() && !file),
-            ("url", self.url.is_some() && !webhook),
+            ("url", self.url.is_some() && !webhook && !nats),
             ("headers", !self.headers.is_empty() && !webhook),
-            ("timeout_ms", self.timeout_ms.is_some() && !webhook && self.kind != SinkType::Socket),
+            ("timeout_ms", self.timeout_ms.is_some() && !webhook && !nats && self.kind != SinkType::Socket),
             ("address", self.address.is_some() && self.kind != SinkType::Socket),
+            ("subject", self.subject.is_some() && !nats),
+            ("connect_timeout_ms", self.connect_timeout_ms.is_some() && !nats),
+            ("token", self.token.is_some() && !nats),
+            ("user", self.user.is_some() && !nats),
+            ("password", self.password.is_some() && !nats),
+            ("credentials", self.credentials.is_some() && !nats),
         ]
         .into_iter()
         .filter_map(|(field, stray)| stray.then_some(field))
@@ -218,6 +250,11 @@ impl SinkConfig {
                     None
                 }
             },
+            SinkType::Nats => self
+                .nats()
+                .map_err(|messages| problems.extend(messages.into_iter().map(problem)))
+                .ok()
+                .map(Destination::Nats),
             SinkType::Socket => match self.address.as_deref().map(str::parse::<SocketAddress>) {
                 Some(Ok(address)) => Some(Destination::Socket {
                     address,
@@ -259,6 +296,61 @@ impl SinkConfig {
                 })
             }
             _ => Err(problems),
+        }
+    }
+}
+
+impl SinkConfig {
+    /// A `nats` sink's settings, or what is wrong with them.
+    fn nats(&self) -> Result<NatsSettings, Vec<String>> {
+        let mut problems = Vec::new();
+        let servers: Option<Servers> = required_nats_field("url", self.url.as_deref(), &mut problems);
+        let subject: Option<SubjectTemplate> =
+            required_nats_field("subject", self.subject.as_deref(), &mut problems);
+        let auth = match (&self.token, &self.user, &self.password, &self.credentials) {
+            (None, None, None, None) => Some(NatsAuth::None),
+            (Some(token), None, None, None) => Some(NatsAuth::Token(token.clone())),
+            (None, Some(user), Some(password), None) => {
+                Some(NatsAuth::UserPassword { user: user.clone(), password: password.clone() })
+            }
+            (None, None, None, Some(path)) => Some(NatsAuth::Credentials(path.clone())),
+            _ => {
+                problems.push(
+                    "authenticate with one of: `token`, `user` and `password`, `credentials`".to_owned(),
+                );
+                None
+            }
+        };
+        match (servers, subject, auth) {
+            (Some(servers), Some(subject), Some(auth)) if problems.is_empty() => Ok(NatsSettings {
+                servers,
+                subject,
+                auth,
+                connect_timeout: Duration::from_millis(
+                    self.connect_timeout_ms.unwrap_or(DEFAULT_NATS_CONNECT_TIMEOUT_MS),
+                ),
+                ack_timeout: Duration::from_millis(self.timeout_ms.unwrap_or(DEFAULT_NATS_ACK_TIMEOUT_MS)),
+            }),
+            _ => Err(problems),
+        }
+    }
+}
+
+/// A `nats` sink's required field `field`, parsed; or what is wrong with it, in `problems`.
+fn required_nats_field<T: std::str::FromStr<Err = String>>(
+    field: &str,
+    text: Option<&str>,
+    problems: &mut Vec<String>,
+) -> Option<T> {
+    match text.map(str::parse) {
+        Some(Ok(value)) => Some(value),
+        Some(Err(message)) => {
+            problems.push(message);
+            None
+        }
+        None => {
+            problems.push(format!("type Nats needs `{field}`"));
+            None
         }
     }
 }
@@ -367,5 +459,50 @@ pub fn outputs(
         Ok(Outputs { sinks: specs, routes: route_specs, unmatched })
     } else {
         Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn a_nats_sink_is_checked_whole() {
+        let config = Config::from_toml(
+            r#"
+[sinks.a]
+type = "nats"
+url = "http://x"
+subject = "x.*"
+token = "t"
+user = "u"
+[sinks.b]
+type = "nats"
+[sinks.c]
+type = "file"
+path = "/tmp/x"
+subject = "s"
+[sinks.ok]
+type = "nats"
+url = "nats://127.0.0.1:4222, tls://h:4222"
+subject = "vexevent.{type}"
+user = "u"
+password = "p"
+"#,
+        )
+        .unwrap();
+        let problems: Vec<String> = config.problems().iter().map(ToString::to_string).collect();
+        let expect = [
+            "sinks.a: url \"http://x\" must be nats://host:port or tls://host:port",
+            "sinks.a: subject \"x.*\" must be dot-separated tokens",
+            "sinks.a: authenticate with one of",
+            "sinks.b: type Nats needs `url`",
+            "sinks.b: type Nats needs `subject`",
+            "sinks.c: `subject` does not apply to type File",
+        ];
+        for expected in expect {
+            assert!(problems.iter().any(|p| p.contains(expected)), "missing {expected:?} in {problems:#?}");
+        }
+        assert_eq!(problems.len(), expect.len(), "{problems:#?}");
     }
 }

@@ -2,11 +2,15 @@
 //! contexts, the process that caused it and the operation's result.
 
 mod operations;
+mod origin;
 mod path;
 mod scope;
 mod types;
 
 pub use operations::{event_types_of, ops_yielding};
+pub use origin::{
+    COMPANION_PART, FALLBACK_NODE_ID, GRAPH_PART, NODE_ID_MAX, NodeConfig, NodeId, Origin, OriginError, Run,
+};
 pub use path::PathBytes;
 pub use scope::{WatchScope, is_under};
 pub use types::{EventType, Priority, flags};
@@ -29,6 +33,8 @@ pub fn next_event_id() -> u64 {
 pub struct SemanticEvent {
     /// Unique within one vexevent run, increasing.
     pub event_id: u64,
+    /// The node, run and kernel record it comes from: its id is unique across nodes and runs.
+    pub origin: Origin,
     pub event_type: EventType,
     /// `event_type`'s `VexFS` code.
     pub event_type_code: u16,
@@ -77,6 +83,7 @@ impl SemanticEvent {
     pub fn sample(event_type: EventType, path: &str, pid: u32, comm: &str, ok: bool) -> Self {
         Self {
             event_id: next_event_id(),
+            origin: Run::new(NodeId::host()).origin(0, 0),
             event_type,
             event_type_code: event_type.code(),
             event_subtype: "openat".into(),
@@ -108,11 +115,13 @@ impl SemanticEvent {
     }
 
     /// A new event of type `event_type` derived from this one: a copy with its own id, linked
-    /// to this one as parent and cause.
+    /// to this one as parent and cause. It shares this event's kernel record, so its origin
+    /// differs by `part` (see [`Origin::part`]).
     #[must_use]
-    pub fn derive(&self, event_type: EventType) -> SemanticEvent {
+    pub fn derive(&self, event_type: EventType, part: u16) -> SemanticEvent {
         let mut derived = self.clone();
         derived.event_id = next_event_id();
+        derived.origin.part = part;
         derived.event_type = event_type;
         derived.event_type_code = event_type.code();
         derived.parent_event_id = Some(self.event_id);
@@ -124,7 +133,7 @@ impl SemanticEvent {
     #[must_use]
     pub fn error_companion(&self) -> Option<SemanticEvent> {
         let result = self.result.as_ref().filter(|r| !r.ok)?;
-        let mut error = self.derive(EventType::ObservabilityErrorReported);
+        let mut error = self.derive(EventType::ObservabilityErrorReported, COMPANION_PART);
         error.priority = Priority::High;
         #[expect(clippy::cast_precision_loss, reason = "an errno shown as a metric value")]
         let errno = result.ret.unsigned_abs() as f64;
@@ -434,9 +443,13 @@ mod tests {
         event.causality_links = vec![3, 4];
         event.priority = Priority::High;
         event.timeline = Some(Timeline { fuse_ns: 5, daemon_ns: Some(2), ..Timeline::default() });
+        event.origin.cpu = 3;
+        event.origin.sequence = 77;
+        event.origin.part = COMPANION_PART;
         let line = serde_json::to_string(&event).unwrap();
         let back: SemanticEvent = serde_json::from_str(&line).unwrap();
         assert_eq!(serde_json::to_string(&back).unwrap(), line);
+        assert_eq!(back.origin, event.origin, "the origin is read back from its id");
         assert!(
             serde_json::from_str::<SemanticEvent>(&line.replace("\"priority\":2", "\"priority\":9")).is_err()
         );

@@ -1,8 +1,10 @@
-//! Where events end up. Named outputs (stdout, JSON Lines file, webhook, Unix/TCP socket, null),
+//! Where events end up. Named outputs (stdout, JSON Lines file, webhook, Unix/TCP socket, NATS
+//! `JetStream`, null),
 //! each with its own bounded two-lane queue, full-queue policy and worker thread that batches,
 //! retries and counts.
 
 mod jsonl;
+mod nats;
 mod queue;
 mod socket;
 mod webhook;
@@ -15,6 +17,7 @@ use std::{
 };
 
 pub use jsonl::Rotation;
+pub use nats::{NatsAuth, NatsSettings, Servers, SubjectTemplate};
 pub use queue::Queued;
 pub use socket::SocketAddress;
 pub use webhook::WebhookSettings;
@@ -25,6 +28,7 @@ use crate::{
     telemetry::{Counters, SinkCounters, add},
 };
 use jsonl::JsonLinesSink;
+use nats::NatsSink;
 use queue::{Pushed, SinkQueue};
 use socket::SocketSink;
 use webhook::Webhook;
@@ -43,6 +47,17 @@ pub enum SinkError {
         "output file {path} is a symbolic link; outputs are not written through links (another user could plant one): give the real path"
     )]
     Symlink { path: PathBuf },
+    #[error("cannot use the NATS credentials file {path}: {source}")]
+    Credentials {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the async runtime of a NATS sink: {source}")]
+    Runtime {
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot start the worker thread of sink {name}: {source}")]
     Thread {
         name: String,
@@ -60,6 +75,8 @@ pub enum DeliveryError {
     Http(String),
     #[error("the receiver answered HTTP {0}")]
     Status(u16),
+    #[error("NATS: {0}")]
+    Nats(String),
 }
 
 /// What an output writes to.
@@ -78,6 +95,7 @@ pub enum Destination {
         /// How long connecting, and each write, may take.
         timeout: std::time::Duration,
     },
+    Nats(NatsSettings),
     /// Discards events (counted as delivered): benchmarks, or a route that only counts.
     Null,
 }
@@ -115,11 +133,11 @@ pub struct Sinks {
 }
 
 impl Sinks {
-    /// Opens every output (files now, so a bad path fails at start; network ones connect on
-    /// first delivery) and starts its worker.
+    /// Opens every output (files and NATS credentials now, so a bad path fails at start;
+    /// network ones connect on first delivery) and starts its worker.
     ///
     /// # Errors
-    /// A file that cannot be opened, or a thread that cannot start.
+    /// A file that cannot be opened, or a thread or runtime that cannot start.
     pub fn start(specs: &[SinkSpec], counters: &Arc<Counters>) -> Result<Self, SinkError> {
         let give_up_at = GiveUpAt::default();
         let mut outputs = Vec::with_capacity(specs.len());
@@ -133,6 +151,7 @@ impl Sinks {
                 Destination::Socket { address, timeout } => {
                     Box::new(SocketSink::new(address.clone(), *timeout))
                 }
+                Destination::Nats(settings) => Box::new(NatsSink::new(settings.clone())?),
                 Destination::Null => Box::new(Null),
             };
             let queue = Arc::new(SinkQueue::new(spec.queue, spec.when_full));

@@ -32,9 +32,9 @@ use vexevent_common::{
 use crate::{
     capture::{Body, Captured, GapRecord, RawRecord, SyscallArgs},
     event::{
-        Context, EVENT_VERSION, EventType, FilesystemContext, FuseRequest, GapContext, ObservabilityContext,
-        OpResult, PathBytes, Priority, ProcessInfo, SemanticEvent, Timestamp, WatchScope, flags,
-        next_event_id,
+        Context, EVENT_VERSION, EventType, FilesystemContext, FuseRequest, GapContext, NodeId,
+        ObservabilityContext, OpResult, PathBytes, Priority, ProcessInfo, Run, SemanticEvent, Timestamp,
+        WatchScope, flags, next_event_id,
     },
     telemetry::{Counters, add},
 };
@@ -81,6 +81,8 @@ pub struct Translator {
     fuse_nodes: fuse_nodes::FuseNodes,
     /// Wall clock minus `CLOCK_MONOTONIC`, in nanoseconds.
     wall_offset_ns: i128,
+    /// This run of vexevent, and its node: the origin of every event.
+    run: Run,
 }
 
 /// Wall clock minus `CLOCK_MONOTONIC` now, in nanoseconds.
@@ -119,7 +121,14 @@ impl Translator {
             processes: ProcessTable::default(),
             stats: stat_cache::StatCache::default(),
             wall_offset_ns: wall_clock_offset_ns(),
+            run: Run::new(NodeId::host()),
         }
+    }
+
+    /// The node events are stamped with (default: the host name); starts the run again (a new
+    /// run id), so it is set before the first record.
+    pub fn set_node(&mut self, node: NodeId) {
+        self.run = Run::new(node);
     }
 
     /// The operation types to emit events for, from now on (a reload).
@@ -181,6 +190,7 @@ impl Translator {
         let lost_by_operation = gap.by_kind.iter().map(|(op, n)| (op.name().to_owned(), *n)).collect();
         SemanticEvent {
             event_id: next_event_id(),
+            origin: self.run.origin(gap.cpu, gap.first_seq),
             event_type: EventType::ObservabilityAlertTriggered,
             event_type_code: EventType::ObservabilityAlertTriggered.code(),
             event_subtype: "records_lost".to_owned(),
@@ -590,6 +600,7 @@ impl Translator {
         let header = &record.header;
         SemanticEvent {
             event_id: next_event_id(),
+            origin: self.run.origin(header.cpu, header.seq),
             event_type,
             event_type_code: event_type.code(),
             event_subtype,

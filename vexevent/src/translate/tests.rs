@@ -100,6 +100,7 @@ fn dirfd_relative_paths_use_the_directory_fd() {
 #[test]
 fn failures_add_an_error_reported_event_linked_to_the_operation() {
     let mut t = translator(&OpKind::ALL);
+    t.set_node(crate::event::NodeId::new("node-1").unwrap());
     let unlink =
         record("unlinkat", [AT_FDCWD, 0, 0, 0, 0, 0], -i64::from(libc::ENOENT), Some(b"/w/missing"), None);
     let events = run(&mut t, &unlink);
@@ -111,6 +112,15 @@ fn failures_add_an_error_reported_event_linked_to_the_operation() {
     assert_eq!(events[1].parent_event_id, Some(events[0].event_id));
     assert_eq!(events[1].causality_links, vec![events[0].event_id]);
     assert_eq!(events[1].priority, Priority::High);
+    // One kernel record, two events: the same node, run, CPU and sequence, another part.
+    assert_eq!(events[0].origin.part, 0);
+    assert!(events.iter().all(|e| e.origin.run.node().as_str() == "node-1"));
+    assert_eq!(events[1].origin.part, crate::event::COMPANION_PART);
+    assert_eq!(
+        (events[1].origin.cpu, events[1].origin.sequence),
+        (events[0].origin.cpu, events[0].origin.sequence)
+    );
+    assert_ne!(events[0].origin.id(), events[1].origin.id());
 }
 
 #[test]
@@ -190,6 +200,12 @@ fn vexfs_special_files_and_graph_derivation() {
     let mkdir = run(&mut t, &record("mkdir", [0, 0o755, 0, 0, 0, 0], 0, Some(b"/w/vexfs/d"), None));
     let types: Vec<EventType> = mkdir.iter().map(|e| e.event_type).collect();
     assert_eq!(types, [EventType::FilesystemMkdir, EventType::GraphNodeCreate, EventType::GraphEdgeCreate]);
+    let parts: Vec<u16> = mkdir.iter().map(|e| e.origin.part).collect();
+    assert_eq!(
+        parts,
+        [0, crate::event::GRAPH_PART, crate::event::GRAPH_PART + 1],
+        "each event its own origin id"
+    );
     let edge = mkdir[2].context.graph.as_ref().unwrap().edge.as_ref().unwrap();
     assert_eq!(
         (edge.from.as_bytes(), edge.to.as_bytes(), edge.kind.as_str()),

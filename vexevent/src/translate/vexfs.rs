@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 
 use vexevent_common::OpKind;
 
-use crate::event::{EventType, GraphContext, GraphEdge, PathBytes, SemanticEvent, VectorContext, is_under};
+use crate::event::{
+    EventType, GRAPH_PART, GraphContext, GraphEdge, PathBytes, SemanticEvent, VectorContext, is_under,
+};
 
 /// Default `k` of a `*.search` file and of `_vexfs/search`.
 const SEARCH_K: u32 = 5;
@@ -117,8 +119,8 @@ pub fn derive_graph(event: &SemanticEvent) -> Vec<SemanticEvent> {
         to: entry.clone(),
         kind: "Contains".to_owned(),
     };
-    let derived = |event_type: EventType, node: PathBytes, edge: Option<GraphEdge>| {
-        let mut graph = event.derive(event_type);
+    let derived = |nth: u16, event_type: EventType, node: PathBytes, edge: Option<GraphEdge>| {
+        let mut graph = event.derive(event_type, GRAPH_PART + nth);
         graph.context.graph =
             Some(GraphContext { node, node_id, edge, operation_type: event.event_subtype.clone() });
         graph.context.vector = None;
@@ -130,29 +132,29 @@ pub fn derive_graph(event: &SemanticEvent) -> Vec<SemanticEvent> {
         EventType::FilesystemCreate | EventType::FilesystemMkdir | EventType::FilesystemSymlink => {
             let edge = contains(parent(path.as_bytes()), &path);
             vec![
-                derived(EventType::GraphNodeCreate, path.clone(), None),
-                derived(EventType::GraphEdgeCreate, path, Some(edge)),
+                derived(0, EventType::GraphNodeCreate, path.clone(), None),
+                derived(1, EventType::GraphEdgeCreate, path, Some(edge)),
             ]
         }
         EventType::FilesystemHardlink => {
             let edge = contains(parent(path.as_bytes()), &path);
-            vec![derived(EventType::GraphEdgeCreate, path, Some(edge))]
+            vec![derived(0, EventType::GraphEdgeCreate, path, Some(edge))]
         }
         EventType::FilesystemWrite
         | EventType::VectorCreate
         | EventType::FilesystemChmod
         | EventType::FilesystemChown
-        | EventType::FilesystemTruncate => vec![derived(EventType::GraphNodeUpdate, path, None)],
+        | EventType::FilesystemTruncate => vec![derived(0, EventType::GraphNodeUpdate, path, None)],
         EventType::FilesystemDelete | EventType::FilesystemRmdir => {
-            vec![derived(EventType::GraphNodeDelete, path, None)]
+            vec![derived(0, EventType::GraphNodeDelete, path, None)]
         }
         EventType::FilesystemRename => {
             let Some(target) = fs.target_path.clone() else { return Vec::new() };
             let old_edge = contains(parent(path.as_bytes()), &path);
             let new_edge = contains(parent(target.as_bytes()), &target);
             vec![
-                derived(EventType::GraphEdgeDelete, path, Some(old_edge)),
-                derived(EventType::GraphEdgeCreate, target, Some(new_edge)),
+                derived(0, EventType::GraphEdgeDelete, path, Some(old_edge)),
+                derived(1, EventType::GraphEdgeCreate, target, Some(new_edge)),
             ]
         }
         _ => Vec::new(),
