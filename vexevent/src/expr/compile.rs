@@ -37,6 +37,10 @@ pub enum CompileError {
 /// and compiling recurses once per level of both.
 const MAX_MACRO_NESTING: usize = 16;
 
+/// Memory one `matches` pattern may take, compiled and in its matching cache (the regex crate
+/// allows 10 MiB and 2 MiB): every stream subscription may carry its own filter.
+const REGEX_BYTES: usize = 1 << 20;
+
 /// What a field yields for one event.
 enum Field {
     Number(fn(&SemanticEvent) -> Option<i64>),
@@ -182,7 +186,11 @@ fn text_match(field_name: &str, op: TextOp, pattern: &str) -> Result<Matcher, Co
             Box::new(move |e| get(e).is_some_and(|v| v.starts_with(&prefix)))
         }
         TextOp::Matches => {
-            let regex = regex::bytes::Regex::new(pattern).map_err(|e| invalid(e.to_string()))?;
+            let regex = regex::bytes::RegexBuilder::new(pattern)
+                .size_limit(REGEX_BYTES)
+                .dfa_size_limit(REGEX_BYTES)
+                .build()
+                .map_err(|e| invalid(e.to_string()))?;
             Box::new(move |e| get(e).is_some_and(|v| regex.is_match(v)))
         }
         TextOp::Contains => {

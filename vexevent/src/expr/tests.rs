@@ -58,6 +58,9 @@ fn macros_expand_and_bad_filters_say_why() {
     assert!(error("type == FilesystemCreat").contains("not an event type"));
     assert!(error("pid == abc").contains("is a number"));
     assert!(error(r#"path matches "(""#).contains("invalid pattern"));
+    // Within the regex crate's own limits, over ours.
+    assert!(regex::bytes::Regex::new(r"\w{100}").is_ok());
+    assert!(error(r#"path matches "\\w{100}""#).contains("size limit"), "a regex is bounded");
     assert!(error("pid glob \"1*\"").contains("applies to text fields"));
     assert!(error("pid ==").contains("line 1, column 7"));
 }

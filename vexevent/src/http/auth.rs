@@ -38,13 +38,13 @@ pub enum AuthError {
         "the {server} would listen on {addr}, which is not loopback; set a token ({flag}) for remote access"
     )]
     RemoteWithoutToken { server: &'static str, flag: &'static str, addr: SocketAddr },
-    #[error("cannot write token file {path}: {source}; check that its directory is writable by root")]
+    #[error("cannot write token file {path} (its directory must be writable by root)")]
     WriteTokenFile {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("cannot read token file {path}: {source}; run as root (or in its group), or pass --token")]
+    #[error("cannot read token file {path} (run as root, or pass --token)")]
     ReadTokenFile {
         path: PathBuf,
         #[source]

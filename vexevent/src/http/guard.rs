@@ -20,10 +20,10 @@ use super::listener::Peer;
 use crate::telemetry::{Counters, add};
 
 /// Largest request body accepted: no endpoint reads one (a reload is an empty POST).
-pub(super) const MAX_BODY_BYTES: u64 = 4096;
+const MAX_BODY_BYTES: u64 = 4096;
 
 /// Longest query accepted, in bytes: a stream subscription's parameters, filter included.
-pub(super) const MAX_QUERY_BYTES: usize = 16 * 1024;
+const MAX_QUERY_BYTES: usize = 16 * 1024;
 
 /// The server a guard stands in front of, and where it counts.
 #[derive(Clone)]
