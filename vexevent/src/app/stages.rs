@@ -49,3 +49,34 @@ pub fn build_pipeline(
         None => pipeline,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        config::Config,
+        pipeline::{EventBatch, Poll},
+    };
+
+    struct Nothing;
+
+    impl Source for Nothing {
+        fn name(&self) -> &'static str {
+            "kernel"
+        }
+
+        fn next(&mut self, _: std::time::Duration, _: &mut EventBatch) -> Poll {
+            Poll::Ended
+        }
+    }
+
+    #[test]
+    fn the_stage_graph_check_config_prints_is_the_pipeline_run_builds() {
+        let (settings, compiled) = Config::from_toml("[sinks.n]\ntype = \"null\"").unwrap().build().unwrap();
+        let counters = Arc::new(Counters::default());
+        let sinks = Sinks::start(&settings.outputs.sinks, &counters).unwrap();
+        let pipeline = build_pipeline(Box::new(Nothing), &settings, compiled, sinks, None, &counters);
+        assert_eq!(pipeline.graph(), stage_graph("kernel", &settings));
+        pipeline.run(&crossbeam_channel::never());
+    }
+}

@@ -39,7 +39,8 @@ pub trait Source: Send {
     fn name(&self) -> &'static str;
 
     /// Waits up to `timeout` for the next batch and appends its events to `batch` (setting its
-    /// watermark).
+    /// watermark). The time spent making the events (not waiting) goes to the source's
+    /// `busy_ns` (`StageCounters::busy_since`).
     fn next(&mut self, timeout: std::time::Duration, batch: &mut EventBatch) -> Poll;
 
     /// Takes reloaded settings (the type the source's reload sends); the default ignores them.

@@ -26,6 +26,14 @@ pub struct StageCounters {
     pub dropped: AtomicU64,
 }
 
+impl StageCounters {
+    /// Adds the time since `started` to `busy_ns`.
+    pub fn busy_since(&self, started: std::time::Instant) {
+        let elapsed = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.busy_ns.fetch_add(elapsed, Ordering::Relaxed);
+    }
+}
+
 /// One stage's counters at an instant.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StageSummary {

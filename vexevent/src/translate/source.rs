@@ -2,7 +2,11 @@
 //! into semantic events, with the merge's watermark. A reload sends the operation types to
 //! report (`HashSet<OpKind>`).
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use vexevent_common::OpKind;
@@ -11,7 +15,7 @@ use super::Translator;
 use crate::{
     capture::Batch,
     pipeline::{EventBatch, Poll, Source, Update, settings_for},
-    telemetry::Counters,
+    telemetry::{Counters, StageCounters},
 };
 
 /// Captured batches in, semantic events out.
@@ -19,27 +23,35 @@ pub struct KernelSource {
     batches: Receiver<Batch>,
     translator: Translator,
     counters: Arc<Counters>,
+    /// This source's counters (translation time).
+    stage: Arc<StageCounters>,
 }
+
+/// The source's name in the stage graph.
+const NAME: &str = "kernel";
 
 impl KernelSource {
     #[must_use]
     pub fn new(batches: Receiver<Batch>, translator: Translator, counters: Arc<Counters>) -> Self {
-        Self { batches, translator, counters }
+        let stage = counters.stages.register(NAME);
+        Self { batches, translator, counters, stage }
     }
 }
 
 impl Source for KernelSource {
     fn name(&self) -> &'static str {
-        "kernel"
+        NAME
     }
 
     fn next(&mut self, timeout: Duration, batch: &mut EventBatch) -> Poll {
         match self.batches.recv_timeout(timeout) {
             Ok(captured) => {
+                let started = Instant::now();
                 for record in &captured.records {
                     self.translator.translate_captured(record, &mut batch.events, &self.counters);
                 }
                 batch.watermark_ns = captured.watermark_ns;
+                self.stage.busy_since(started);
                 Poll::Ready
             }
             Err(RecvTimeoutError::Timeout) => Poll::Idle,
