@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::{AppError, Routing};
 use crate::{
+    analyse::AnalyseStage,
     config::Settings,
     correlate::CorrelateStage,
     filter::FilterStage,
@@ -15,19 +16,21 @@ use crate::{
     telemetry::Counters,
 };
 
-/// The stages after the source, in order (`stream` only with a stream server).
-pub const STAGES: [&str; 5] = ["correlate", "filter", "sequence", "route", "stream"];
+/// The stages after the source, in order (`analyse` only when enabled, `stream` only with a
+/// stream server).
+pub const STAGES: [&str; 6] = ["correlate", "analyse", "filter", "sequence", "route", "stream"];
 
 /// The stage graph the settings give, from the source to the last stage.
 #[must_use]
 pub fn stage_graph(source: &str, settings: &Settings) -> Vec<String> {
     std::iter::once(source)
         .chain(STAGES.into_iter().filter(|&stage| stage != "stream" || settings.stream.addr.is_some()))
+        .filter(|&stage| stage != "analyse" || settings.analyse.enabled)
         .map(str::to_owned)
         .collect()
 }
 
-/// The pipeline `vexevent run` runs: `source`, then correlate, filter, sequence, route (to
+/// The pipeline `vexevent run` runs: `source`, then correlate, analyse (when enabled), filter, sequence, route (to
 /// `sinks`) and, with a stream server, the live stream. The replay test and the stages benchmark
 /// build theirs here too.
 ///
@@ -42,7 +45,14 @@ pub fn build_pipeline(
 ) -> Result<Pipeline, AppError> {
     let Routing { filter, router, .. } = Routing::new(settings).map_err(|e| AppError::Filter(Box::new(e)))?;
     let pipeline = Pipeline::new(source, Arc::clone(counters))
-        .then(Box::new(CorrelateStage::new(settings.correlate, Arc::clone(counters))))
+        .then(Box::new(CorrelateStage::new(settings.correlate, Arc::clone(counters))));
+    // Before filter: the events it derives (anomalies, health alerts, windows) reach the outputs.
+    let pipeline = if settings.analyse.enabled {
+        pipeline.then(Box::new(AnalyseStage::new(settings.analyse.clone(), Arc::clone(counters))))
+    } else {
+        pipeline
+    };
+    let pipeline = pipeline
         .then(Box::new(FilterStage::new(filter, Arc::clone(counters))))
         .then(Box::new(Sequencer::default()))
         .then(Box::new(RouteStage::new(router, sinks, Arc::clone(counters))));

@@ -1,11 +1,17 @@
 //! Userspace counters and drop accounting, and the stats snapshot that joins them with the
 //! kernel's counters for `vexevent stats`, periodic stderr reports and the stats file.
 
+mod analytics;
+mod health;
 mod outputs;
 mod prometheus;
 mod snapshot;
 mod stages;
 
+pub use analytics::{
+    Analytics, LATENCY_BOUNDS_SECONDS, LATENCY_MAX_NS, LatencyHistogram, latency_histogram, seconds_buckets,
+};
+pub use health::{Check, Health, HealthConfig, HealthReport};
 pub use outputs::{OutputCounters, SinkCounters, SinkSummary};
 pub use prometheus::prometheus_text;
 pub use snapshot::{KernelCounters, LatencySummary, LossSummary, StatsSnapshot};
@@ -42,6 +48,10 @@ macro_rules! counters {
             pub outputs: OutputCounters,
             /// Every pipeline stage, by name.
             pub stages: StageTable,
+            /// What the analyse stage publishes (window summaries, latency histograms).
+            pub analytics: Analytics,
+            /// Readiness checks (`/readyz`, health alerts).
+            pub health: Health,
         }
 
         impl Counters {
