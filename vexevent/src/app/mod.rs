@@ -80,6 +80,8 @@ pub fn run(
         traced_syscalls: probes.traced_syscalls(),
         fuse_mounts: probes.fuse_mounts(),
     });
+    counters.health.configure(settings.health.clone());
+    counters.health.set_probes_attached(probes.hooks().iter().filter(|h| h.missing.is_none()).count());
 
     let stop_capture = Arc::new(AtomicBool::new(false));
     let (batches_tx, batches_rx) = crossbeam_channel::bounded::<Batch>(settings.drain.channel_batches);
@@ -126,10 +128,11 @@ pub fn run(
         .map_err(|source| AppError::Start { what: "signal runtime", source })?;
     let control = match (settings.control.addr, &keys) {
         (Some(addr), Some(keys)) => {
-            let (bound, requests) = runtime
+            let (bound, requests, dashboard_login) = runtime
                 .block_on(control::start(addr, &settings.control, keys, Arc::clone(&counters)))
                 .map_err(|source| AppError::Start { what: "control API", source })?;
             notify(Notice::ControlApi(bound));
+            notify(Notice::Dashboard { login_url: &dashboard_login });
             Some(requests)
         }
         _ => None,
