@@ -119,6 +119,21 @@ impl Analytics {
         let _ = self.live.send(frame);
     }
 
+    /// The stage's counts by name.
+    #[must_use]
+    pub fn values(&self) -> [(&'static str, u64); 7] {
+        let get = |counter: &AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+        [
+            ("windows_closed", get(&self.windows_closed)),
+            ("events_late", get(&self.events_late)),
+            ("events_evicted", get(&self.events_evicted)),
+            ("anomalies", get(&self.anomalies)),
+            ("health_alerts", get(&self.health_alerts)),
+            ("windows_emitted", get(&self.windows_emitted)),
+            ("histograms_dropped", get(&self.histograms_dropped)),
+        ]
+    }
+
     /// The kept summaries, oldest first.
     #[must_use]
     pub fn history(&self) -> Vec<Arc<str>> {

@@ -195,6 +195,19 @@ impl Counters {
         })
     }
 
+    /// The kernel-to-sink latency as a histogram in seconds (for Prometheus).
+    #[must_use]
+    pub fn latency_histogram_seconds(&self) -> LatencyHistogram {
+        let (sum_seconds, buckets, count) = lock(&self.latency_us).as_ref().map_or_else(
+            || (0.0, LATENCY_BOUNDS_SECONDS.iter().map(|&b| (b, 0)).chain([(f64::INFINITY, 0)]).collect(), 0),
+            |h| {
+                let (sum, buckets) = seconds_buckets(h, 1_000.0);
+                (sum, buckets, h.len())
+            },
+        );
+        LatencyHistogram { family: "delivery", label: String::new(), sum_seconds, count, buckets }
+    }
+
     /// Counts a decode rejection under its reason.
     pub fn record_decode_error(&self, reason: &'static str) {
         add(&self.decode_errors, 1);
