@@ -45,9 +45,10 @@ if ! linker_ok; then
 fi
 
 # 3. Debian packages: FUSE (fuse3, bindfs) for the FUSE tests, e2fsprogs for ext4 images, QEMU
-# for the VM test on an older kernel (`cargo xtask vm-test`, which fetches the kernel itself).
+# for the VM test on an older kernel (`cargo xtask vm-test`, which fetches the kernel itself),
+# chromium for the dashboard's browser test and prometheus for promtool (metrics and alert rules).
 missing=()
-for pkg in fuse3 bindfs e2fsprogs qemu-system-x86; do
+for pkg in fuse3 bindfs e2fsprogs qemu-system-x86 chromium prometheus; do
   has 'install ok installed' dpkg-query -W -f='${Status}' "$pkg" || missing+=("$pkg")
 done
 if ((${#missing[@]})); then

@@ -287,3 +287,160 @@ fn a_tenfold_rate_on_one_file_is_flagged_within_ten_seconds_and_the_steady_phase
         parameter(first, "observed")
     );
 }
+
+/// A headless Chromium driven over the `DevTools` protocol (one page, commands answered in order).
+struct Browser {
+    child: std::process::Child,
+    socket: tokio_tungstenite::tungstenite::WebSocket<
+        tokio_tungstenite::tungstenite::stream::MaybeTlsStream<std::net::TcpStream>,
+    >,
+    next_id: u64,
+    /// Console errors and uncaught exceptions seen so far.
+    errors: Vec<String>,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn start() -> Self {
+        let profile = tempfile::tempdir().unwrap();
+        let mut child = Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--remote-debugging-port=0",
+                "--window-size=1400,2200",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("chromium (Debian package chromium) is not installed: run scripts/setup.sh");
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let browser_url = stderr
+            .lines()
+            .map_while(Result::ok)
+            .find_map(|line| line.split("DevTools listening on ").nth(1).map(str::to_owned))
+            .expect("chromium's DevTools address");
+        let port = browser_url.split(':').nth(2).unwrap().split('/').next().unwrap().to_owned();
+        let (_, list) = get(&format!("http://127.0.0.1:{port}/json/list"), "");
+        let targets: Value = serde_json::from_str(&list).unwrap();
+        let page = targets.as_array().unwrap().iter().find(|t| t["type"] == "page").expect("a page");
+        let (socket, _) =
+            tokio_tungstenite::tungstenite::connect(page["webSocketDebuggerUrl"].as_str().unwrap())
+                .expect("the page's DevTools socket");
+        let mut browser = Self { child, socket, next_id: 0, errors: Vec::new(), _profile: profile };
+        for domain in ["Runtime.enable", "Log.enable", "Page.enable"] {
+            browser.call(domain, serde_json::json!({}));
+        }
+        browser
+    }
+
+    /// Sends a command and returns its result, noting the console errors that come meanwhile.
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        use tokio_tungstenite::tungstenite::Message;
+        self.next_id += 1;
+        let id = self.next_id;
+        let command = serde_json::json!({ "id": id, "method": method, "params": params });
+        self.socket.send(Message::text(command.to_string())).unwrap();
+        loop {
+            let Message::Text(text) = self.socket.read().expect("DevTools answers") else { continue };
+            let message: Value = serde_json::from_str(&text).unwrap();
+            match message["method"].as_str() {
+                Some("Runtime.exceptionThrown") => self.errors.push(message["params"].to_string()),
+                Some("Runtime.consoleAPICalled") if message["params"]["type"] == "error" => {
+                    self.errors.push(message["params"].to_string());
+                }
+                Some("Log.entryAdded") if message["params"]["entry"]["level"] == "error" => {
+                    self.errors.push(message["params"]["entry"].to_string());
+                }
+                _ => {}
+            }
+            if message["id"].as_u64() == Some(id) {
+                assert!(message.get("error").is_none(), "{method}: {message}");
+                return message["result"].clone();
+            }
+        }
+    }
+
+    /// Evaluates `expression` in the page; its value.
+    fn eval(&mut self, expression: &str) -> Value {
+        let result = self
+            .call("Runtime.evaluate", serde_json::json!({ "expression": expression, "returnByValue": true }));
+        result["result"]["value"].clone()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_dashboard_shows_a_running_workload_in_chromium() {
+    let Some(_serial) = exclusive_root_test("the_dashboard_shows_a_running_workload_in_chromium") else {
+        return;
+    };
+    let mount = support::Mount::tmpfs();
+    let (vexevent, _control, _config) = start(&mount.path, "");
+    let login = vexevent
+        .stderr
+        .iter()
+        .find_map(|line| line.split("dashboard: open ").nth(1)?.split(' ').next().map(str::to_owned))
+        .expect("the one-time login URL on stderr");
+    let file = mount.path.join("dashboard-hot.txt");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workload = {
+        let (file, stop) = (file.clone(), std::sync::Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                paced_writes(&file, 50, 1);
+            }
+        })
+    };
+    let mut browser = Browser::start();
+    browser.call("Page.navigate", serde_json::json!({ "url": login }));
+    let wanted = file.to_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let shown = loop {
+        let shown = browser.eval(
+            "JSON.stringify({ files: [...document.querySelectorAll('#top-files td.key')].map(e => e.textContent), \
+             counts: [...document.querySelectorAll('#top-files tbody tr')].map(r => Number(r.children[1].textContent)), \
+             events: Number(document.getElementById('status')?.dataset.events || 0), \
+             charts: document.querySelectorAll('.uplot').length, path: location.pathname })",
+        );
+        let shown: Value = serde_json::from_str(shown.as_str().unwrap_or("{}")).unwrap_or_default();
+        if shown["files"].as_array().is_some_and(|f| f.iter().any(|f| f == wanted.as_str()))
+            && shown["events"].as_u64() > Some(0)
+        {
+            break shown;
+        }
+        assert!(Instant::now() < deadline, "the dashboard never showed {wanted}: {shown}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(shown["path"], "/dashboard", "the login URL led to the dashboard");
+    assert!(shown["counts"][0].as_u64() > Some(10), "50 writes a second are counted: {shown}");
+    assert!(shown["charts"].as_u64() >= Some(3), "charts drawn: {shown}");
+    let screenshot = browser.call("Page.captureScreenshot", serde_json::json!({ "format": "png" }));
+    let png = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        screenshot["data"].as_str().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    std::fs::write(&shot, &png).unwrap();
+    eprintln!("dashboard screenshot: {} ({} bytes); shown: {shown}", shot.display(), png.len());
+    assert!(browser.errors.is_empty(), "console errors: {:?}", browser.errors);
+    // The login URL was spent: a second browser cannot use it.
+    let (status, _) = get(&login, "");
+    assert_eq!(status, 401);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    workload.join().unwrap();
+    drop(browser);
+    drop(vexevent.stop());
+}
