@@ -34,6 +34,17 @@ impl KeyAgg {
         self.buckets[bucket.min(BUCKETS - 1)] += 1;
     }
 
+    /// Adds another aggregate of the same key.
+    pub fn merge(&mut self, other: &KeyAgg) {
+        self.count += other.count;
+        self.bytes = self.bytes.saturating_add(other.bytes);
+        self.errors += other.errors;
+        self.time_ns = self.time_ns.saturating_add(other.time_ns);
+        for (bucket, n) in self.buckets.iter_mut().zip(other.buckets) {
+            *bucket = bucket.saturating_add(n);
+        }
+    }
+
     /// The latency at quantile `q` (0..=1) as its bucket's upper bound, in microseconds.
     #[must_use]
     pub fn quantile_us(&self, q: f64) -> u64 {
@@ -71,6 +82,11 @@ pub struct Hdr(pub Option<Histogram<u64>>);
 impl Hdr {
     pub fn record(&mut self, ns: u64) {
         self.0.get_or_insert_with(latency_histogram).saturating_record(ns.max(1));
+    }
+
+    /// Adds another histogram's values (same bounds: it cannot fail).
+    pub fn merge(&mut self, other: &Histogram<u64>) {
+        let _ = self.0.get_or_insert_with(latency_histogram).add(other);
     }
 }
 

@@ -15,7 +15,11 @@ mod config;
 mod summary;
 mod topn;
 
-use std::{collections::HashMap, hash::BuildHasher as _, sync::Arc};
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    hash::BuildHasher as _,
+    sync::Arc,
+};
 
 pub use aggregate::{KeyAgg, SlowOp};
 pub use anomaly::{Anomaly, Metric};
@@ -82,6 +86,16 @@ struct Name {
     last_window: u64,
 }
 
+/// One batch's aggregates, merged into the windows once per key and window at the batch's end:
+/// most keys of a batch repeat (a process, an operation, a directory), so the windows see one
+/// update per key instead of one per event.
+#[derive(Default)]
+struct Pending {
+    keyed: HashMap<(u64, u64), KeyAgg, FixedState>,
+    series: HashMap<(u64, Series), Hdr, FixedState>,
+    slowest: HashMap<u64, Slowest, FixedState>,
+}
+
 /// The analyse stage (see the module documentation).
 pub struct AnalyseStage {
     config: AnalyseConfig,
@@ -90,6 +104,10 @@ pub struct AnalyseStage {
     series: Windows<Series, Hdr>,
     slowest: Windows<(), Slowest>,
     names: HashMap<u64, Name, FixedState>,
+    pending: Pending,
+    /// Events not aggregated per key: in a window already closed, or beyond `max_keys`.
+    late_events: u64,
+    evicted_events: u64,
     /// Top keys since start, per dimension.
     totals: Vec<(Dimension, SpaceSaving)>,
     detector: Detector,
@@ -99,7 +117,7 @@ pub struct AnalyseStage {
     next_start: Option<u64>,
     /// `wall - monotonic` of the latest event, to stamp derived events.
     wall_offset_ns: i128,
-    /// `evicted` of the windows when the last window closed.
+    /// `evicted_events` and `late_events` when the last window closed.
     evicted_before: u64,
     late_before: u64,
     counters: Arc<Counters>,
@@ -121,6 +139,9 @@ impl AnalyseStage {
             series: Windows::new(spec, 4_096),
             slowest: Windows::new(spec, 1),
             names: HashMap::with_hasher(FixedState::default()),
+            pending: Pending::default(),
+            late_events: 0,
+            evicted_events: 0,
             totals,
             detector: Detector::new(config.anomaly.clone()),
             failing: Vec::new(),
@@ -150,8 +171,8 @@ impl AnalyseStage {
         let error = event.result.as_ref().is_some_and(|r| !r.ok);
         let duration = event.duration_ns;
         let window_start = time - time % self.window_ns;
-        let Self { keyed, names, config, .. } = self;
-        keyed.add(&ALL, time, |agg| agg.record(bytes, error, duration));
+        let Self { pending, names, config, .. } = self;
+        pending.keyed.entry((window_start, ALL)).or_default().record(bytes, error, duration);
         for &dimension in &config.dimensions {
             let (key, text): (u64, &dyn Fn() -> String) = match dimension {
                 Dimension::Path => match path {
@@ -181,30 +202,29 @@ impl AnalyseStage {
                     event.event_type.name().to_owned()
                 }),
             };
-            let mut first = false;
-            keyed.add(&key, time, |agg| {
-                first |= agg.count == 0;
-                agg.record(bytes, error, duration);
-            });
-            if first {
-                names
-                    .entry(key)
-                    .and_modify(|name| name.last_window = name.last_window.max(window_start))
-                    .or_insert_with(|| Name { dimension, text: text().into(), last_window: window_start });
-            }
+            let agg = match pending.keyed.entry((window_start, key)) {
+                Entry::Occupied(entry) => entry.into_mut(),
+                Entry::Vacant(entry) => {
+                    names.entry(key).or_insert_with(|| Name {
+                        dimension,
+                        text: text().into(),
+                        last_window: window_start,
+                    });
+                    entry.insert(KeyAgg::default())
+                }
+            };
+            agg.record(bytes, error, duration);
         }
         self.record_series(event, time, duration);
         if self.config.slowest > 0 && event.result.is_some() {
             let capacity = self.config.slowest;
-            self.slowest.add(&(), time, |slowest| {
-                slowest.offer(capacity, duration, || SlowOp {
-                    duration_us: duration / 1_000,
-                    operation: event.event_subtype.clone(),
-                    path: path.map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default(),
-                    comm: event.process.as_ref().map(|p| p.comm.lossy().into_owned()).unwrap_or_default(),
-                    pid: event.timestamp.pid,
-                    at_ns: time,
-                });
+            self.pending.slowest.entry(window_start).or_default().offer(capacity, duration, || SlowOp {
+                duration_us: duration / 1_000,
+                operation: event.event_subtype.clone(),
+                path: path.map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default(),
+                comm: event.process.as_ref().map(|p| p.comm.lossy().into_owned()).unwrap_or_default(),
+                pid: event.timestamp.pid,
+                at_ns: time,
             });
         }
     }
@@ -220,9 +240,11 @@ impl AnalyseStage {
             text: event.event_subtype.as_str().into(),
             last_window: time,
         });
-        self.series.add(&Series::Operation(operation), time, |h| h.record(duration));
+        let start = time - time % self.window_ns;
+        let series = &mut self.pending.series;
+        series.entry((start, Series::Operation(operation))).or_default().record(duration);
         if let Some(request) = event.context.fuse.first() {
-            self.series.add(&Series::Mount(request.connection), time, |h| h.record(duration));
+            series.entry((start, Series::Mount(request.connection))).or_default().record(duration);
         }
         if let Some(timeline) = &event.timeline {
             let stages = [
@@ -235,9 +257,37 @@ impl AnalyseStage {
             ];
             for (stage, value) in stages {
                 if let Some(ns) = value {
-                    self.series.add(&Series::FuseStage(stage), time, |h| h.record(ns));
+                    series.entry((start, Series::FuseStage(stage))).or_default().record(ns);
                 }
             }
+        }
+    }
+}
+
+impl AnalyseStage {
+    /// Merges the batch's aggregates into the windows.
+    fn merge_pending(&mut self) {
+        for ((start, key), agg) in self.pending.keyed.drain() {
+            let (late, evicted) = (self.keyed.late, self.keyed.evicted);
+            self.keyed.add(&key, start, |window| window.merge(&agg));
+            self.late_events += (self.keyed.late - late) * agg.count;
+            self.evicted_events += (self.keyed.evicted - evicted) * agg.count;
+            if let Some(name) = self.names.get_mut(&key) {
+                name.last_window = name.last_window.max(start);
+            }
+        }
+        for ((start, series), hdr) in self.pending.series.drain() {
+            if let Some(histogram) = hdr.0 {
+                self.series.add(&series, start, |window| window.merge(&histogram));
+            }
+        }
+        let capacity = self.config.slowest;
+        for (start, slowest) in self.pending.slowest.drain() {
+            self.slowest.add(&(), start, |window| {
+                for op in &slowest.0 {
+                    window.offer(capacity, op.duration_us * 1_000, || op.clone());
+                }
+            });
         }
     }
 }
@@ -267,6 +317,7 @@ impl Stage for AnalyseStage {
         for event in &batch.events {
             self.observe(event);
         }
+        self.merge_pending();
         let mut derived = Vec::new();
         self.close(batch.watermark_ns, &mut derived);
         batch.events.extend(derived);

@@ -173,10 +173,10 @@ impl AnalyseStage {
         let counters = Arc::clone(&self.counters);
         let analytics = &counters.analytics;
         add(&analytics.windows_closed, 1);
-        let evicted = self.keyed.evicted - self.evicted_before;
-        self.evicted_before = self.keyed.evicted;
-        let late = self.keyed.late - self.late_before;
-        self.late_before = self.keyed.late;
+        let evicted = self.evicted_events - self.evicted_before;
+        self.evicted_before = self.evicted_events;
+        let late = self.late_events - self.late_before;
+        self.late_before = self.late_events;
         add(&analytics.events_evicted, evicted);
         add(&analytics.events_late, late);
         let totals =

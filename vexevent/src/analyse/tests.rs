@@ -129,3 +129,37 @@ fn a_failing_health_check_is_an_event_once() {
     assert_eq!(alert.event_subtype, "health:loss");
     assert!(alert.context.parameters["reason"].contains("lost"), "{:?}", alert.context.parameters);
 }
+
+#[test]
+fn ten_minutes_of_a_steady_noisy_workload_raise_no_anomaly() {
+    let (mut stage, counters) = stage(AnalyseConfig { enabled: true, ..AnalyseConfig::default() });
+    // xorshift: the same noisy stream every run.
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut noise = move |spread: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % (2 * spread + 1)
+    };
+    let mut alerts = Vec::new();
+    for second in 0..600u64 {
+        let mut events = Vec::new();
+        for (path, rate, latency) in [("/w/a", 200, 5_000), ("/w/b", 50, 80_000), ("/w/c", 20, 1_000)] {
+            // Rates within +-25 % and latencies within +-50 % of their mean.
+            let count = rate - rate / 4 + noise(rate / 4);
+            for i in 0..count {
+                let jitter = noise(latency / 2);
+                events.push(event(path, "app", second * SECOND + i * 1_000, latency / 2 + jitter));
+            }
+        }
+        alerts.extend(
+            run(&mut stage, events, (second + 1) * SECOND)
+                .into_iter()
+                .filter(|e| e.event_type == EventType::ObservabilityAlertTriggered),
+        );
+    }
+    assert_eq!(counters.analytics.windows_closed.load(std::sync::atomic::Ordering::Relaxed), 600);
+    let subjects: Vec<String> =
+        alerts.iter().map(|e| format!("{} {:?}", e.event_subtype, e.context.parameters)).collect();
+    assert!(subjects.is_empty(), "{subjects:#?}");
+}
