@@ -91,7 +91,7 @@ fn analyse(c: &mut Criterion) {
         let mut stage = AnalyseStage::new(config, Arc::new(Counters::default()));
         let mut next_ns = 1_000_000_000;
         group.bench_function(name, |b| {
-            b.iter_custom(|iters| run(&mut stage, &mut events, &mut next_ns, iters))
+            b.iter_custom(|iters| run(&mut stage, &mut events, &mut next_ns, iters));
         });
     }
     group.finish();

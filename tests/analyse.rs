@@ -159,7 +159,7 @@ fn windows_and_top_lists_follow_a_fuse_workload_and_the_metrics_check_out() {
 }
 
 /// `promtool check metrics` on the live text: nothing about the histograms or the analyse and
-/// health metrics (the older counters' `_total` families draw notes of the OpenMetrics format).
+/// health metrics (the older counters' `_total` families draw notes of the `OpenMetrics` format).
 fn promtool_finds_no_problem_with_the_histograms(metrics: &str) {
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
@@ -203,7 +203,7 @@ fn every_metric_of_the_grafana_dashboard_is_served(metrics: &str) {
     assert!(queried >= 10, "the dashboard queries {queried} metrics");
 }
 
-/// The `vexevent_*` names in a PromQL expression.
+/// The `vexevent_*` names in a `PromQL` expression.
 fn metric_names(expr: &str) -> Vec<String> {
     let mut names = Vec::new();
     let mut rest = expr;
@@ -265,24 +265,22 @@ fn a_tenfold_rate_on_one_file_is_flagged_within_ten_seconds_and_the_steady_phase
         .collect();
     let parameter =
         |e: &Value, name: &str| e["context"]["parameters"][name].as_str().unwrap().parse::<f64>().unwrap();
+    let end_ns =
+        |e: &Value| e["context"]["parameters"]["window_end_ns"].as_str().unwrap().parse::<u64>().unwrap();
     for anomaly in &anomalies {
-        assert!(
-            parameter(anomaly, "window_end_ns") > changed_ns as f64,
-            "the steady phase raised an anomaly: {anomaly}"
-        );
+        assert!(end_ns(anomaly) > changed_ns, "the steady phase raised an anomaly: {anomaly}");
     }
     let first = anomalies.iter().find(|e| e["event_subtype"] == "anomaly:rate" && path_is(e, &file)).unwrap();
-    let flagged_after = parameter(first, "window_end_ns") - changed_ns as f64;
+    let flagged_after = Duration::from_nanos(end_ns(first) - changed_ns);
     assert!(
-        flagged_after <= 10e9,
-        "flagged {:.1} s of event time after the change: {first}",
-        flagged_after / 1e9
+        flagged_after <= Duration::from_secs(10),
+        "flagged {flagged_after:?} of event time after the change: {first}"
     );
     assert!(parameter(first, "observed") >= 3.0 * parameter(first, "baseline"), "{first}");
     assert_eq!(first["event_type"], "ObservabilityAlertTriggered");
     eprintln!(
         "anomaly flagged {:.2} s of event time after the change (baseline {}, observed {})",
-        flagged_after / 1e9,
+        flagged_after.as_secs_f64(),
         parameter(first, "baseline"),
         parameter(first, "observed")
     );
@@ -333,13 +331,13 @@ impl Browser {
                 .expect("the page's DevTools socket");
         let mut browser = Self { child, socket, next_id: 0, errors: Vec::new(), _profile: profile };
         for domain in ["Runtime.enable", "Log.enable", "Page.enable"] {
-            browser.call(domain, serde_json::json!({}));
+            browser.call(domain, &serde_json::json!({}));
         }
         browser
     }
 
     /// Sends a command and returns its result, noting the console errors that come meanwhile.
-    fn call(&mut self, method: &str, params: Value) -> Value {
+    fn call(&mut self, method: &str, params: &Value) -> Value {
         use tokio_tungstenite::tungstenite::Message;
         self.next_id += 1;
         let id = self.next_id;
@@ -367,8 +365,10 @@ impl Browser {
 
     /// Evaluates `expression` in the page; its value.
     fn eval(&mut self, expression: &str) -> Value {
-        let result = self
-            .call("Runtime.evaluate", serde_json::json!({ "expression": expression, "returnByValue": true }));
+        let result = self.call(
+            "Runtime.evaluate",
+            &serde_json::json!({ "expression": expression, "returnByValue": true }),
+        );
         result["result"]["value"].clone()
     }
 }
@@ -403,7 +403,7 @@ fn the_dashboard_shows_a_running_workload_in_chromium() {
         })
     };
     let mut browser = Browser::start();
-    browser.call("Page.navigate", serde_json::json!({ "url": login }));
+    browser.call("Page.navigate", &serde_json::json!({ "url": login }));
     let wanted = file.to_str().unwrap().to_owned();
     let deadline = Instant::now() + Duration::from_secs(30);
     let shown = loop {
@@ -425,7 +425,7 @@ fn the_dashboard_shows_a_running_workload_in_chromium() {
     assert_eq!(shown["path"], "/dashboard", "the login URL led to the dashboard");
     assert!(shown["counts"][0].as_u64() > Some(10), "50 writes a second are counted: {shown}");
     assert!(shown["charts"].as_u64() >= Some(3), "charts drawn: {shown}");
-    let screenshot = browser.call("Page.captureScreenshot", serde_json::json!({ "format": "png" }));
+    let screenshot = browser.call("Page.captureScreenshot", &serde_json::json!({ "format": "png" }));
     let png = base64::Engine::decode(
         &base64::engine::general_purpose::STANDARD,
         screenshot["data"].as_str().unwrap(),
@@ -442,5 +442,41 @@ fn the_dashboard_shows_a_running_workload_in_chromium() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     workload.join().unwrap();
     drop(browser);
+    drop(vexevent.stop());
+}
+
+#[test]
+fn vexevent_top_shows_the_busiest_file_in_a_terminal() {
+    let Some(_serial) = exclusive_root_test("vexevent_top_shows_the_busiest_file_in_a_terminal") else {
+        return;
+    };
+    let mount = support::Mount::tmpfs();
+    let (vexevent, control, _config) = start(&mount.path, "");
+    let file = mount.path.join("top-hot.txt");
+    let session = format!("vexevent-top-{}", std::process::id());
+    let command = format!(
+        "{} top --control-addr {control} --token-file {}",
+        env!("CARGO_BIN_EXE_vexevent"),
+        vexevent.token_file().display()
+    );
+    let tmux = |args: &[&str]| Command::new("tmux").args(args).output().expect("tmux is installed");
+    assert!(tmux(&["new-session", "-d", "-s", &session, "-x", "200", "-y", "50", &command]).status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let screen = loop {
+        write_times(&file, 20);
+        let screen =
+            String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &session]).stdout).into_owned();
+        if screen.contains("top-hot.txt") && screen.contains("vexevent top") {
+            break screen;
+        }
+        assert!(Instant::now() < deadline, "vexevent top never showed the file:\n{screen}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = tmux(&["kill-session", "-t", &session]);
+    let row = screen.lines().find(|line| line.contains("top-hot.txt") && !line.starts_with("write")).unwrap();
+    let ops: u64 = row.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(ops > 0, "{screen}");
+    assert!(screen.contains("PROCESS") && screen.contains("SLOWEST"), "{screen}");
+    eprintln!("{screen}");
     drop(vexevent.stop());
 }

@@ -134,12 +134,12 @@ fn a_failing_health_check_is_an_event_once() {
 fn ten_minutes_of_a_steady_noisy_workload_raise_no_anomaly() {
     let (mut stage, counters) = stage(AnalyseConfig { enabled: true, ..AnalyseConfig::default() });
     // xorshift: the same noisy stream every run.
-    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
     let mut noise = move |spread: u64| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state % (2 * spread + 1)
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % (2 * spread + 1)
     };
     let mut alerts = Vec::new();
     for second in 0..600u64 {
