@@ -16,6 +16,7 @@ use std::{
 
 use serde_json::Value;
 use support::{Bindfs, Vexevent, exclusive_root_test, path_is};
+use vexevent::telemetry::monotonic_ns;
 
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
@@ -229,13 +230,6 @@ fn paced_writes(file: &Path, per_second: u64, seconds: u64) {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut now) };
-    u64::try_from(now.tv_sec).unwrap() * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap()
 }
 
 #[test]

@@ -23,6 +23,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::auth::{Token, bearer_token, random_token};
 use super::control::ControlState;
+use crate::telemetry::lock;
 
 /// The dashboard's paths.
 pub const DASHBOARD_PATH: &str = "/dashboard";
@@ -49,10 +50,6 @@ const UPLOT_CSS: &str = include_str!("uplot/uPlot.min.css");
 pub(super) struct Logins {
     codes: Mutex<VecDeque<Token>>,
     sessions: Mutex<VecDeque<Token>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Logins {
