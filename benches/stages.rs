@@ -22,7 +22,7 @@ use vexevent::{
     app::build_pipeline,
     capture::{Batch, decode, encode, syscall_body},
     config::{Config, USER_OPS},
-    event::WatchScope,
+    event::{Run, WatchScope},
     expr::Filter,
     route::{Balance, BalanceKey, RouteSpec, Router},
     sinks::Sinks,
@@ -163,7 +163,9 @@ fn pipeline(c: &mut Criterion) {
                 drop(batches);
                 let source = KernelSource::new(captured, translator(), Arc::clone(&counters));
                 let (_, compiled) = config.build().expect("valid");
-                let pipeline = build_pipeline(Box::new(source), &settings, compiled, sinks, None, &counters);
+                let run = Run::new(settings.node.clone());
+                let pipeline =
+                    build_pipeline(Box::new(source), &settings, compiled, &run, sinks, None, &counters);
                 let started = Instant::now();
                 pipeline.run(&crossbeam_channel::never());
                 started.elapsed()

@@ -46,9 +46,10 @@ fi
 
 # 3. Debian packages: FUSE (fuse3, bindfs) for the FUSE tests, e2fsprogs for ext4 images, QEMU
 # for the VM test on an older kernel (`cargo xtask vm-test`, which fetches the kernel itself),
-# nats-server (2.9, with JetStream) for the NATS sink tests (tests/nats.rs starts its own).
+# nats-server (2.9, with JetStream) for the NATS sink tests (tests/nats.rs starts its own);
+# chromium for the dashboard's browser test and prometheus for promtool (metrics and alert rules).
 missing=()
-for pkg in fuse3 bindfs e2fsprogs qemu-system-x86 nats-server; do
+for pkg in fuse3 bindfs e2fsprogs qemu-system-x86 nats-server chromium prometheus; do
   has 'install ok installed' dpkg-query -W -f='${Status}' "$pkg" || missing+=("$pkg")
 done
 if ((${#missing[@]})); then

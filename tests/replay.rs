@@ -14,7 +14,7 @@ use vexevent::{
     app::build_pipeline,
     capture::{Batch, Captured, decode, encode, encode_gap, syscall_body},
     config::{Config, USER_OPS},
-    event::{EventType, SemanticEvent, WatchScope},
+    event::{EventType, Run, SemanticEvent, WatchScope},
     pipeline::{EventBatch, Stage},
     sinks::Sinks,
     telemetry::Counters,
@@ -101,8 +101,16 @@ fn a_recorded_stream_replays_into_ordered_joined_events() {
     let collected = Arc::new(Mutex::new(Vec::new()));
     let source = KernelSource::new(captured, translator, Arc::clone(&counters));
     let sinks = Sinks::start(&settings.outputs.sinks, &counters).unwrap();
-    let pipeline = build_pipeline(Box::new(source), &settings, compiled, sinks, None, &counters)
-        .then(Box::new(Collect(Arc::clone(&collected))));
+    let pipeline = build_pipeline(
+        Box::new(source),
+        &settings,
+        compiled,
+        &Run::new(settings.node.clone()),
+        sinks,
+        None,
+        &counters,
+    )
+    .then(Box::new(Collect(Arc::clone(&collected))));
     assert_eq!(pipeline.graph(), ["kernel", "correlate", "filter", "sequence", "route", "collect"]);
     pipeline.run(&crossbeam_channel::never());
     let out = collected.lock().unwrap();

@@ -6,6 +6,7 @@
 //! the outputs, `sinks` deliver to them, `http` serves the live stream and the control API; `telemetry`
 //! counts everything that does not make it; `app` wires the stages; `config` feeds them.
 
+pub mod analyse;
 pub mod app;
 pub mod capture;
 pub mod config;

@@ -67,6 +67,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show a running instance's busiest files and processes, slowest operations and anomalies,
+    /// redrawn once per window (it must run with --control-addr and [analyse] enabled).
+    Top {
+        /// The instance's control API address (`vexevent run --control-addr`).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7879")]
+        control_addr: std::net::SocketAddr,
+        /// Token to present (when the control API has one of its own); default: the token
+        /// file's.
+        #[arg(long, env = "VEXEVENT_CONTROL_TOKEN")]
+        token: Option<String>,
+        /// The instance's token file (beside its stats file), read when no --token is given.
+        #[arg(long, value_name = "FILE", default_value_os_t = default_token_file())]
+        token_file: PathBuf,
+        /// Rows per table.
+        #[arg(long, default_value_t = 10)]
+        rows: usize,
+    },
     /// Reload a running instance's filters and routes from its configuration file: through its
     /// control API when given its address (and print the outcome), else with SIGHUP.
     Reload {
@@ -331,6 +348,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Tail { addr, filter, token, token_file, json } => {
             commands::tail::follow(&addr, filter.as_deref(), &client_token(token, &token_file)?, json)
+        }
+        Command::Top { control_addr, token, token_file, rows } => {
+            commands::top::follow(control_addr, &client_token(token, &token_file)?, rows)
         }
         Command::Explain { config, filter } => {
             let mut config = match &config {

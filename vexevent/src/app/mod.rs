@@ -26,6 +26,7 @@ use std::{
 use crate::{
     capture::{Batch, RingDrainer},
     config::{Compiled, Config, Settings},
+    event::Run,
     http::{Keys, StreamServer, control},
     loader::{Probes, vexfs_mount_points},
     pipeline::Reconfigure,
@@ -79,10 +80,14 @@ pub fn run(
         traced_syscalls: probes.traced_syscalls(),
         fuse_mounts: probes.fuse_mounts(),
     });
+    counters.health.configure(settings.health.clone());
+    counters.health.set_probes_attached(probes.hooks().iter().filter(|h| h.missing.is_none()).count());
 
     let stop_capture = Arc::new(AtomicBool::new(false));
     let (capture, batches_rx) = start_capture(settings, &mut probes, &stop_capture, &counters)?;
-    let kernel = KernelSource::new(batches_rx, translator(settings, &probes), Arc::clone(&counters));
+    // One run of this node: every event's origin, kernel or vexevent's own, names it.
+    let run = Run::new(settings.node.clone());
+    let kernel = KernelSource::new(batches_rx, translator(settings, &probes, &run), Arc::clone(&counters));
     let (reloads_tx, reloads_rx) = crossbeam_channel::bounded::<Reconfigure>(1);
     let keys = http_keys(settings, notify)?;
     let stream = match (settings.stream.addr, &keys) {
@@ -92,7 +97,7 @@ pub fn run(
         _ => None,
     };
     let broadcaster = stream.as_ref().map(|s| Arc::clone(&s.broadcaster));
-    let pipeline = build_pipeline(Box::new(kernel), settings, compiled, sinks, broadcaster, &counters);
+    let pipeline = build_pipeline(Box::new(kernel), settings, compiled, &run, sinks, broadcaster, &counters);
     let pipeline = thread::Builder::new()
         .name("vexevent-pipeline".into())
         .spawn(move || pipeline.run(&reloads_rx))
@@ -108,10 +113,11 @@ pub fn run(
         .map_err(|source| AppError::Start { what: "signal runtime", source })?;
     let control = match (settings.control.addr, &keys) {
         (Some(addr), Some(keys)) => {
-            let (bound, requests) = runtime
+            let (bound, requests, dashboard_login) = runtime
                 .block_on(control::start(addr, &settings.control, keys, Arc::clone(&counters)))
                 .map_err(|source| AppError::Start { what: "control API", source })?;
             notify(Notice::ControlApi(bound));
+            notify(Notice::Dashboard { login_url: &dashboard_login });
             Some(requests)
         }
         _ => None,
@@ -206,14 +212,14 @@ fn http_keys(settings: &Settings, notify: Notify<'_>) -> Result<Option<Keys>, Ap
 
 /// The translate stage, knowing the watched FUSE mounts, where `VexFS` lives, and what processes
 /// already had open (and where they were) inside the watch.
-fn translator(settings: &Settings, probes: &Probes) -> Translator {
+fn translator(settings: &Settings, probes: &Probes, run: &Run) -> Translator {
     let mut translator = Translator::new(TranslateOptions {
         scope: settings.probes.scope.clone(),
         ops: settings.ops.clone(),
         fuse_mounts: probes.fuse_mounts().iter().map(|m| (m.connection, m.mount_point.clone())).collect(),
         vexfs: VexfsRoots(settings.vexfs_paths.iter().cloned().chain(vexfs_mount_points()).collect()),
     });
-    translator.set_node(settings.node.clone());
+    translator.set_run(run.clone());
     let processes = translator.processes_mut();
     for (pid, cwd) in &probes.seeded().cwds {
         processes.set_cwd(*pid, cwd.clone());

@@ -18,6 +18,8 @@ pub enum Notice<'a> {
     Tokens { token_file: &'a Path, metrics_token_file: &'a Path },
     /// The control API listens here.
     ControlApi(SocketAddr),
+    /// The dashboard's one-time login URL (it sets a session cookie; the URL then stops working).
+    Dashboard { login_url: &'a str },
     /// The live stream listens here.
     Stream(SocketAddr),
     /// Capturing: signals are handled from now on. `watching` is empty when everything is.

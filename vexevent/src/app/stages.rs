@@ -4,8 +4,10 @@
 use std::sync::Arc;
 
 use crate::{
+    analyse::AnalyseStage,
     config::{Compiled, Settings},
     correlate::CorrelateStage,
+    event::Run,
     filter::FilterStage,
     http::{Broadcaster, StreamStage},
     pipeline::{Pipeline, Sequencer, Source},
@@ -14,33 +16,48 @@ use crate::{
     telemetry::Counters,
 };
 
-/// The stages after the source, in order (`stream` only with a stream server).
-pub const STAGES: [&str; 5] = ["correlate", "filter", "sequence", "route", "stream"];
+/// The stages after the source, in order (`analyse` only when enabled, `stream` only with a
+/// stream server).
+pub const STAGES: [&str; 6] = ["correlate", "analyse", "filter", "sequence", "route", "stream"];
 
 /// The stage graph the settings give, from the source to the last stage.
 #[must_use]
 pub fn stage_graph(source: &str, settings: &Settings) -> Vec<String> {
     std::iter::once(source)
         .chain(STAGES.into_iter().filter(|&stage| stage != "stream" || settings.stream.addr.is_some()))
+        .filter(|&stage| stage != "analyse" || settings.analyse.enabled)
         .map(str::to_owned)
         .collect()
 }
 
-/// The pipeline `vexevent run` runs: `source`, then correlate, filter, sequence, route (to
-/// `sinks`) and, with a stream server, the live stream; the filter and routes as compiled when
-/// the configuration was built. The replay test and the stages benchmark build theirs here too.
+/// The pipeline `vexevent run` runs: `source`, then correlate, analyse (when enabled), filter,
+/// sequence, route (to `sinks`) and, with a stream server, the live stream; the filter and routes
+/// as compiled when the configuration was built. The replay test and the stages benchmark build
+/// theirs here too.
 #[must_use]
 pub fn build_pipeline(
     source: Box<dyn Source>,
     settings: &Settings,
     compiled: Compiled,
+    run: &Run,
     sinks: Sinks,
     stream: Option<Arc<Broadcaster>>,
     counters: &Arc<Counters>,
 ) -> Pipeline {
     let Compiled { filter, router } = compiled;
     let pipeline = Pipeline::new(source, Arc::clone(counters))
-        .then(Box::new(CorrelateStage::new(settings.correlate, Arc::clone(counters))))
+        .then(Box::new(CorrelateStage::new(settings.correlate, Arc::clone(counters))));
+    // Before filter: the events it derives (anomalies, health alerts, windows) reach the outputs.
+    let pipeline = if settings.analyse.enabled {
+        pipeline.then(Box::new(AnalyseStage::new(
+            settings.analyse.clone(),
+            run.clone(),
+            Arc::clone(counters),
+        )))
+    } else {
+        pipeline
+    };
+    let pipeline = pipeline
         .then(Box::new(FilterStage::new(filter, Arc::clone(counters))))
         .then(Box::new(Sequencer::default()))
         .then(Box::new(RouteStage::new(router, sinks, Arc::clone(counters))));
@@ -75,7 +92,8 @@ mod tests {
         let (settings, compiled) = Config::from_toml("[sinks.n]\ntype = \"null\"").unwrap().build().unwrap();
         let counters = Arc::new(Counters::default());
         let sinks = Sinks::start(&settings.outputs.sinks, &counters).unwrap();
-        let pipeline = build_pipeline(Box::new(Nothing), &settings, compiled, sinks, None, &counters);
+        let run = Run::new(settings.node.clone());
+        let pipeline = build_pipeline(Box::new(Nothing), &settings, compiled, &run, sinks, None, &counters);
         assert_eq!(pipeline.graph(), stage_graph("kernel", &settings));
         pipeline.run(&crossbeam_channel::never());
     }

@@ -1,6 +1,7 @@
 //! The binary's own subcommands and output: what `run` prints while it runs, and the commands
-//! that talk to a running instance (`reload`, `tail`).
+//! that talk to a running instance (`reload`, `tail`, `top`).
 
 pub mod reload;
 pub mod run;
 pub mod tail;
+pub mod top;

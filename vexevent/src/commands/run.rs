@@ -35,6 +35,9 @@ pub fn print_notice(notice: Notice<'_>) {
         Notice::ControlApi(addr) => {
             eprintln!("vexevent: control API at http://{addr}{RELOAD_PATH}, {STATS_PATH} and {METRICS_PATH}");
         }
+        Notice::Dashboard { login_url } => {
+            eprintln!("vexevent: dashboard: open {login_url} (a one-time login URL)");
+        }
         Notice::Stream(addr) => eprintln!("vexevent: event stream at ws://{addr}{STREAM_PATH}"),
         Notice::Ready { watching } => {
             let watching = if watching.is_empty() { "everything".to_owned() } else { watching.join(", ") };

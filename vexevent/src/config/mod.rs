@@ -20,6 +20,7 @@ use serde::Deserialize;
 use vexevent_common::{OpKind, PREFIX_KEY_BYTES};
 
 use crate::{
+    analyse::{AnalyseConfig, AnalyseConfigError},
     capture::DrainSettings,
     correlate::CorrelateOptions,
     event::{NodeConfig, NodeId, OriginError, WatchScope},
@@ -28,6 +29,7 @@ use crate::{
     http::{AuthError, ControlConfig, StreamConfig},
     loader::{ProbeSettings, SyscallHooks},
     route::Router,
+    telemetry::HealthConfig,
 };
 
 /// Operation types a user can select (the rest only keep path state right).
@@ -70,6 +72,8 @@ pub struct Config {
     pub stream: StreamConfig,
     pub control: ControlConfig,
     pub stats: StatsConfig,
+    pub analyse: AnalyseConfig,
+    pub health: HealthConfig,
 }
 
 /// `[vexfs]`: where `VexFS` semantics apply besides detected `VexFS` mounts.
@@ -252,6 +256,8 @@ pub enum ConfigError {
         "output.path (or --output) is set while [sinks] are configured; add the file as a sink: [sinks.NAME] type = \"file\", path = ..."
     )]
     OutputWithSinks,
+    #[error(transparent)]
+    Analyse(#[from] AnalyseConfigError),
 }
 
 /// Validated settings: what each component is built from.
@@ -279,6 +285,10 @@ pub struct Settings {
     pub control: ControlConfig,
     pub stats_interval: Option<std::time::Duration>,
     pub stats_file: PathBuf,
+    /// The analyse stage (`[analyse]`).
+    pub analyse: AnalyseConfig,
+    /// What readiness requires (`[health]`).
+    pub health: HealthConfig,
 }
 
 /// The filter chain and the routes, compiled once when the configuration is built (the
@@ -344,6 +354,7 @@ impl Config {
         if !self.fuse.daemon_functions.is_empty() && self.fuse.daemon_binary.is_none() {
             problems.push(ConfigError::DaemonBinaryMissing);
         }
+        problems.extend(self.analyse.problems().into_iter().map(ConfigError::Analyse));
         problems.extend(self.stream.problem().map(ConfigError::Access));
         problems.extend(self.control.problem().map(ConfigError::Access));
         let outputs = self.outputs().map_err(|errors| problems.extend(errors)).ok();
@@ -474,6 +485,8 @@ impl Config {
             stats_interval: (self.stats.interval_secs > 0)
                 .then(|| std::time::Duration::from_secs(self.stats.interval_secs)),
             stats_file: self.stats.file.clone(),
+            analyse: self.analyse.clone(),
+            health: self.health.clone(),
         };
         Ok((settings, compiled))
     }

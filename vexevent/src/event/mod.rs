@@ -9,7 +9,8 @@ mod types;
 
 pub use operations::{event_types_of, ops_yielding};
 pub use origin::{
-    COMPANION_PART, FALLBACK_NODE_ID, GRAPH_PART, NODE_ID_MAX, NodeConfig, NodeId, Origin, OriginError, Run,
+    COMPANION_PART, FALLBACK_NODE_ID, GRAPH_PART, NODE_ID_MAX, NodeConfig, NodeId, OWN_CPU, Origin,
+    OriginError, Run,
 };
 pub use path::PathBytes;
 pub use scope::{WatchScope, is_under};

@@ -20,6 +20,9 @@ pub const FALLBACK_NODE_ID: &str = "localhost";
 /// `part` of an error companion (`ObservabilityErrorReported` derived from a failed operation).
 pub const COMPANION_PART: u16 = 1;
 
+/// The CPU in the origin of events vexevent makes itself (no CPU has this number).
+pub const OWN_CPU: u32 = u32::MAX;
+
 /// `part` of the first Graph event derived from a `VexFS` file operation (the next ones follow).
 pub const GRAPH_PART: u16 = 2;
 
@@ -145,6 +148,13 @@ impl Run {
     #[must_use]
     pub fn origin(&self, cpu: u32, sequence: u64) -> Origin {
         Origin { run: self.clone(), cpu, sequence, part: 0 }
+    }
+
+    /// The origin of an event vexevent makes itself (a window, an anomaly, a health alert), from
+    /// no kernel record: the pseudo-CPU [`OWN_CPU`] and the event's id, unique in the run.
+    #[must_use]
+    pub fn own(&self, event_id: u64) -> Origin {
+        Origin { run: self.clone(), cpu: OWN_CPU, sequence: event_id, part: 0 }
     }
 }
 

@@ -114,7 +114,7 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// A random token of `TOKEN_BYTES` bytes from the kernel's generator, as hex.
-fn random_token() -> Result<Token, AuthError> {
+pub(super) fn random_token() -> Result<Token, AuthError> {
     let mut bytes = [0u8; TOKEN_BYTES];
     let mut filled = 0;
     while filled < bytes.len() {

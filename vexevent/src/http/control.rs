@@ -18,6 +18,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     auth::{AuthError, Keys, Token, bearer_token, require_token_for_remote, resolve_group},
+    dashboard::{
+        self, DASHBOARD_EVENTS_PATH, DASHBOARD_LOGIN_API_PATH, DASHBOARD_LOGIN_PATH, DASHBOARD_PATH, Logins,
+    },
     serve,
 };
 use crate::telemetry::{Counters, StatsSnapshot, prometheus_text};
@@ -26,6 +29,10 @@ use crate::telemetry::{Counters, StatsSnapshot, prometheus_text};
 pub const RELOAD_PATH: &str = "/api/v1/control/reload";
 pub const STATS_PATH: &str = "/api/v1/control/stats";
 pub const METRICS_PATH: &str = "/metrics";
+/// Liveness (200 while the instance serves) and readiness (200 when every check passes, else
+/// 503), both with the checks and their reasons as JSON.
+pub const HEALTHZ_PATH: &str = "/healthz";
+pub const READYZ_PATH: &str = "/readyz";
 
 /// The control API and its token option, as errors name them.
 pub const CONTROL_SERVER: &str = "control API";
@@ -88,17 +95,21 @@ pub enum ControlRequest {
 }
 
 #[derive(Clone)]
-struct ControlState {
+pub(super) struct ControlState {
     requests: mpsc::Sender<ControlRequest>,
     /// Admits to everything.
     token: Token,
     /// Admits to reading the counters.
     metrics: Token,
+    /// The health checks and the analyse stage's summaries.
+    pub(super) counters: Arc<Counters>,
+    /// The dashboard's login codes and sessions.
+    pub(super) logins: Arc<Logins>,
 }
 
 impl ControlState {
     /// Whether the request may do everything (`read_only` false) or read the counters.
-    fn authorized(&self, headers: &HeaderMap, read_only: bool) -> bool {
+    pub(super) fn authorized(&self, headers: &HeaderMap, read_only: bool) -> bool {
         bearer_token(headers).is_some_and(|presented| {
             self.token.matches(presented) || (read_only && self.metrics.matches(presented))
         })
@@ -112,7 +123,7 @@ impl ControlState {
     }
 }
 
-const UNAUTHORIZED: (StatusCode, &str) =
+pub(super) const UNAUTHORIZED: (StatusCode, &str) =
     (StatusCode::UNAUTHORIZED, "a valid token is required (Authorization: Bearer <token>)\n");
 const STOPPING: (StatusCode, &str) = (StatusCode::SERVICE_UNAVAILABLE, "vexevent is stopping\n");
 
@@ -149,31 +160,60 @@ async fn metrics(State(state): State<ControlState>, headers: HeaderMap) -> Respo
     }
 }
 
+/// The health checks; `ready` answers 503 when one fails.
+fn health(state: &ControlState, headers: &HeaderMap, ready: bool) -> Response {
+    if !state.authorized(headers, true) {
+        return UNAUTHORIZED.into_response();
+    }
+    let report = state.counters.health.check(&state.counters);
+    let status = if ready && !report.ready { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    (status, Json(report)).into_response()
+}
+
+async fn healthz(State(state): State<ControlState>, headers: HeaderMap) -> Response {
+    health(&state, &headers, false)
+}
+
+async fn readyz(State(state): State<ControlState>, headers: HeaderMap) -> Response {
+    health(&state, &headers, true)
+}
+
 /// Binds `addr` and serves the API on the current tokio runtime as `config` says (with the
 /// generated `keys` unless it has a token of its own; refusals counted in `counters`); requests
-/// arrive on the returned receiver.
+/// arrive on the returned receiver. The third value is the dashboard's first one-time login URL.
 ///
 /// # Errors
-/// When the address cannot be bound.
+/// When the address cannot be bound (or no login code can be drawn).
 pub async fn start(
     addr: SocketAddr,
     config: &ControlConfig,
     keys: &Keys,
     counters: Arc<Counters>,
-) -> std::io::Result<(SocketAddr, mpsc::Receiver<ControlRequest>)> {
+) -> std::io::Result<(SocketAddr, mpsc::Receiver<ControlRequest>, String)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let (requests, received) = mpsc::channel(8);
+    let logins = Arc::new(Logins::default());
+    let code = logins.issue().map_err(std::io::Error::other)?;
     let app = Router::new()
         .route(RELOAD_PATH, post(reload))
         .route(STATS_PATH, get(stats))
         .route(METRICS_PATH, get(metrics))
+        .route(HEALTHZ_PATH, get(healthz))
+        .route(READYZ_PATH, get(readyz))
+        .route(DASHBOARD_PATH, get(dashboard::page))
+        .route("/dashboard/assets/{name}", get(dashboard::asset))
+        .route(DASHBOARD_LOGIN_PATH, get(dashboard::login))
+        .route(DASHBOARD_EVENTS_PATH, get(dashboard::events))
+        .route(DASHBOARD_LOGIN_API_PATH, post(dashboard::new_login))
         .with_state(ControlState {
             requests,
             token: config.token.clone().unwrap_or_else(|| keys.token.clone()),
             metrics: keys.metrics.clone(),
+            counters: Arc::clone(&counters),
+            logins,
         });
     let runtime = tokio::runtime::Handle::current();
     serve(&runtime, listener, app, CONTROL_SERVER, config.max_connections.get(), counters);
-    Ok((bound, received))
+    Ok((bound, received, format!("http://{bound}{DASHBOARD_LOGIN_PATH}?code={code}")))
 }

@@ -4,6 +4,7 @@
 
 mod auth;
 pub mod control;
+mod dashboard;
 mod guard;
 mod listener;
 mod stream;
@@ -19,8 +20,10 @@ use listener::{BoundedListener, Peer};
 
 pub use auth::{AuthError, Keys, TOKEN_FILE, Token, read_token_file};
 pub use control::{
-    CONTROL_SERVER, CONTROL_TOKEN_FLAG, ControlConfig, ControlRequest, METRICS_PATH, RELOAD_PATH, STATS_PATH,
+    CONTROL_SERVER, CONTROL_TOKEN_FLAG, ControlConfig, ControlRequest, HEALTHZ_PATH, METRICS_PATH,
+    READYZ_PATH, RELOAD_PATH, STATS_PATH,
 };
+pub use dashboard::{DASHBOARD_EVENTS_PATH, DASHBOARD_LOGIN_API_PATH, DASHBOARD_LOGIN_PATH, DASHBOARD_PATH};
 pub use stream::{
     Broadcaster, STREAM_PATH, STREAM_SERVER, STREAM_TOKEN_FLAG, StreamConfig, StreamError, StreamServer,
     StreamStage,

@@ -1,11 +1,17 @@
 //! Userspace counters and drop accounting, and the stats snapshot that joins them with the
 //! kernel's counters for `vexevent stats`, periodic stderr reports and the stats file.
 
+mod analytics;
+mod health;
 mod outputs;
 mod prometheus;
 mod snapshot;
 mod stages;
 
+pub use analytics::{
+    Analytics, LATENCY_BOUNDS_SECONDS, LATENCY_MAX_NS, LatencyHistogram, latency_histogram, seconds_buckets,
+};
+pub use health::{Check, Health, HealthConfig, HealthReport};
 pub use outputs::{OutputCounters, SinkCounters, SinkSummary};
 pub use prometheus::prometheus_text;
 pub use snapshot::{KernelCounters, LatencySummary, LossSummary, StatsSnapshot};
@@ -42,6 +48,10 @@ macro_rules! counters {
             pub outputs: OutputCounters,
             /// Every pipeline stage, by name.
             pub stages: StageTable,
+            /// What the analyse stage publishes (window summaries, latency histograms).
+            pub analytics: Analytics,
+            /// Readiness checks (`/readyz`, health alerts).
+            pub health: Health,
         }
 
         impl Counters {
@@ -115,7 +125,7 @@ counters! {
 }
 
 /// Locks a counter mutex; a panic elsewhere does not make counts unreadable.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -183,6 +193,19 @@ impl Counters {
             p99_us: h.value_at_quantile(0.99),
             max_us: h.max(),
         })
+    }
+
+    /// The kernel-to-sink latency as a histogram in seconds (for Prometheus).
+    #[must_use]
+    pub fn latency_histogram_seconds(&self) -> LatencyHistogram {
+        let (sum_seconds, buckets, count) = lock(&self.latency_us).as_ref().map_or_else(
+            || (0.0, LATENCY_BOUNDS_SECONDS.iter().map(|&b| (b, 0)).chain([(f64::INFINITY, 0)]).collect(), 0),
+            |h| {
+                let (sum, buckets) = seconds_buckets(h, 1_000.0);
+                (sum, buckets, h.len())
+            },
+        );
+        LatencyHistogram { family: "delivery", label: String::new(), sum_seconds, count, buckets }
     }
 
     /// Counts a decode rejection under its reason.

@@ -4,12 +4,37 @@
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
-    metrics::{counter::ConstCounter, gauge::ConstGauge},
-    registry::Registry,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::{Registry, Unit},
 };
 
-use super::StatsSnapshot;
+use super::{LatencyHistogram, StatsSnapshot};
+
+/// A histogram already counted (cumulative buckets in seconds), encoded as Prometheus expects.
+struct SecondsHistogram<'a>(&'a LatencyHistogram);
+
+impl EncodeMetric for SecondsHistogram<'_> {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        // The encoder sums the buckets it is given: hand it each bucket's own count.
+        let mut below = 0;
+        let buckets: Vec<(f64, u64)> = self
+            .0
+            .buckets
+            .iter()
+            .map(|&(bound, cumulative)| {
+                let own = cumulative.saturating_sub(below);
+                below = cumulative.max(below);
+                (bound, own)
+            })
+            .collect();
+        encoder.encode_histogram::<NoLabelSet>(self.0.sum_seconds, self.0.count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
 
 /// Encodes `snapshot` in the `OpenMetrics` text format.
 ///
@@ -25,6 +50,19 @@ pub fn prometheus_text(snapshot: StatsSnapshot) -> Result<String, std::fmt::Erro
 
 #[derive(Debug)]
 struct SnapshotCollector(StatsSnapshot);
+
+/// No labels (an unlabelled histogram in a family).
+#[derive(Debug)]
+struct NoLabels;
+
+impl EncodeLabelSet for NoLabels {
+    fn encode(
+        &self,
+        _encoder: &mut prometheus_client::encoding::LabelSetEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        Ok(())
+    }
+}
 
 /// One metric family: a name, help, and its labelled values.
 fn family<'a, L: EncodeLabelSet + 'a, M: EncodeMetric + 'a>(
@@ -133,16 +171,78 @@ impl Collector for SnapshotCollector {
             "Time each pipeline stage spent processing",
             s.stages.iter().map(|(name, stage)| ([("stage", name.as_str())], counter(stage.busy_ns))),
         )?;
-        let latency = &s.latency;
-        family(
-            &mut encoder,
-            "latency_microseconds",
-            "Kernel-to-sink latency of delivered events (HDR histogram quantiles)",
-            [("0.5", latency.p50_us), ("0.99", latency.p99_us), ("1", latency.max_us)]
-                .map(|(quantile, v)| ([("quantile", quantile)], gauge(v))),
-        )?;
-        Ok(())
+        encode_histograms(s, &mut encoder)?;
+        encode_analyse(s, &mut encoder)
     }
+}
+
+/// The latency histograms, in seconds.
+fn encode_histograms(s: &StatsSnapshot, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    for (family, name, label, help) in [
+        ("delivery", "delivery_latency", "", "Kernel-to-sink latency of delivered events"),
+        (
+            "operation",
+            "operation_latency",
+            "operation",
+            "Latency of operations (syscall enter to exit), per operation (analyse stage)",
+        ),
+        (
+            "mount",
+            "fuse_mount_latency",
+            "connection",
+            "Latency of operations on FUSE mounts, per connection (analyse stage)",
+        ),
+        (
+            "fuse_stage",
+            "fuse_stage_latency",
+            "stage",
+            "Time in each stage of FUSE operations (before request, kernel queue, daemon, reply, after reply; analyse stage)",
+        ),
+    ] {
+        let mut values = s.histograms.iter().filter(|h| h.family == family).peekable();
+        if values.peek().is_none() {
+            continue;
+        }
+        let mut metric_encoder =
+            encoder.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
+        for histogram in values {
+            let metric = SecondsHistogram(histogram);
+            if label.is_empty() {
+                metric.encode(metric_encoder.encode_family(&NoLabels)?)?;
+            } else {
+                metric.encode(metric_encoder.encode_family(&[(label, histogram.label.as_str())])?)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The analyse stage's counts and the health checks.
+fn encode_analyse(s: &StatsSnapshot, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let counter = |v: u64| ConstCounter::new(v);
+    let gauge = |v: u64| ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+    family(
+        encoder,
+        "analyse",
+        "Analyse stage counts (windows_closed, events_late, events_evicted, anomalies, health_alerts, windows_emitted, histograms_dropped)",
+        s.analytics.iter().map(|(name, v)| ([("counter", name.as_str())], counter(*v))),
+    )?;
+    if let Some(health) = &s.health {
+        family(
+            encoder,
+            "health_check",
+            "1 when a health check passes (probes, loss, sinks, latency), 0 when it fails",
+            health.checks.iter().map(|c| ([("check", c.name.as_str())], gauge(u64::from(c.ok)))),
+        )?;
+        let ready = gauge(u64::from(health.ready));
+        ready.encode(encoder.encode_descriptor(
+            "ready",
+            "1 when every health check passes",
+            None,
+            ready.metric_type(),
+        )?)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -160,7 +260,9 @@ mod tests {
             SinkSummary { delivered: 40, dropped_full: 2, down: true, ..SinkSummary::default() },
         );
         snapshot.routes.insert("writes".into(), 7);
-        snapshot.latency.p99_us = 350;
+        let counters = crate::telemetry::Counters::default();
+        counters.record_latencies([3, 700]);
+        snapshot.histograms.push(counters.latency_histogram_seconds());
         let text = prometheus_text(snapshot).unwrap();
         for line in [
             r#"vexevent_kernel_total{counter="lost_ring_full"} 3"#,
@@ -169,7 +271,12 @@ mod tests {
             r#"vexevent_sink_dropped_total{sink="hook",reason="full"} 2"#,
             r#"vexevent_sink_down{sink="hook"} 1"#,
             r#"vexevent_route_matched_total{route="writes"} 7"#,
-            r#"vexevent_latency_microseconds{quantile="0.99"} 350"#,
+            "# TYPE vexevent_delivery_latency_seconds histogram",
+            r#"vexevent_delivery_latency_seconds_bucket{le="0.000005"} 1"#,
+            r#"vexevent_delivery_latency_seconds_bucket{le="0.0005"} 1"#,
+            r#"vexevent_delivery_latency_seconds_bucket{le="0.001"} 2"#,
+            r#"vexevent_delivery_latency_seconds_bucket{le="+Inf"} 2"#,
+            "vexevent_delivery_latency_seconds_count 2",
             "vexevent_records_unaccounted 0",
             "# EOF",
         ] {

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Counters, Gap, SinkSummary, StageSummary};
+use super::{Counters, Gap, HealthReport, LatencyHistogram, SinkSummary, StageSummary};
 
 /// What the kernel side reports, summed over CPUs (filled by the loader).
 #[derive(Clone, Debug, Default)]
@@ -47,6 +47,16 @@ pub struct StatsSnapshot {
     /// Per pipeline stage: batches, events in and out, time spent.
     #[serde(default)]
     pub stages: BTreeMap<String, StageSummary>,
+    /// The analyse stage's counts (windows, late, evicted, anomalies, health alerts, emitted).
+    #[serde(default)]
+    pub analytics: BTreeMap<String, u64>,
+    /// The health checks at the snapshot.
+    #[serde(default)]
+    pub health: Option<HealthReport>,
+    /// Latency histograms in seconds (kernel-to-sink, and per operation, mount and FUSE stage
+    /// from the analyse stage), for Prometheus only.
+    #[serde(skip)]
+    pub histograms: Vec<LatencyHistogram>,
 }
 
 /// One sequence gap, as reported.
@@ -131,6 +141,11 @@ impl StatsSnapshot {
             sinks,
             routes: counters.outputs.routes(),
             stages: counters.stages.summaries(),
+            analytics: counters.analytics.values().into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            health: Some(counters.health.check(counters)),
+            histograms: std::iter::once(counters.latency_histogram_seconds())
+                .chain(counters.analytics.latency_histograms())
+                .collect(),
         }
     }
 }

@@ -125,10 +125,10 @@ impl Translator {
         }
     }
 
-    /// The node events are stamped with (default: the host name); starts the run again (a new
-    /// run id), so it is set before the first record.
-    pub fn set_node(&mut self, node: NodeId) {
-        self.run = Run::new(node);
+    /// The run (node and run id) events are stamped with (default: a run of the host name); set
+    /// before the first record.
+    pub fn set_run(&mut self, run: Run) {
+        self.run = run;
     }
 
     /// The operation types to emit events for, from now on (a reload).

@@ -100,7 +100,7 @@ fn dirfd_relative_paths_use_the_directory_fd() {
 #[test]
 fn failures_add_an_error_reported_event_linked_to_the_operation() {
     let mut t = translator(&OpKind::ALL);
-    t.set_node(crate::event::NodeId::new("node-1").unwrap());
+    t.set_run(crate::event::Run::new(crate::event::NodeId::new("node-1").unwrap()));
     let unlink =
         record("unlinkat", [AT_FDCWD, 0, 0, 0, 0, 0], -i64::from(libc::ENOENT), Some(b"/w/missing"), None);
     let events = run(&mut t, &unlink);

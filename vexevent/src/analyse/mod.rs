@@ -1,0 +1,340 @@
+//! The analyse stage: live analytics on the event stream. Tumbling windows on event time (the
+//! shared [`window`](crate::window) module, closed by the batch watermark, carrying the loss in
+//! each window) aggregate counts, bytes, errors, time and log-bucketed latency per key (path,
+//! directory, pid, comm, uid, operation, event type), with full HDR histograms per operation,
+//! FUSE mount and FUSE stage (the operation's timeline). Each closed window gives the top keys
+//! (exact within the window, to within the events evicted past `max_keys`) and the top keys since
+//! start (Space-Saving, with its error bound), the slowest operations, anomalies (EWMA and z-score
+//! per key, raised as `ObservabilityAlertTriggered` events `anomaly:NAME`) and health alerts
+//! (`health:NAME`); the window's summary goes to the dashboard and `/metrics`, and optionally to
+//! the sinks as `ObservabilityMetricCollected` events. Owns `[analyse]`.
+
+mod aggregate;
+mod anomaly;
+mod config;
+mod summary;
+mod topn;
+
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    hash::BuildHasher as _,
+    sync::Arc,
+};
+
+pub use aggregate::{KeyAgg, SlowOp};
+pub use anomaly::{Anomaly, Metric};
+pub use config::{AnalyseConfig, AnalyseConfigError, AnomalyConfig, Dimension};
+
+use aggregate::{Hdr, Slowest};
+use anomaly::Detector;
+use foldhash::fast::FixedState;
+use topn::SpaceSaving;
+
+use crate::{
+    event::{PathBytes, Run, SemanticEvent},
+    pipeline::{EventBatch, Stage},
+    telemetry::Counters,
+    window::{WindowSpec, Windows},
+};
+
+/// How long after a window's end an idle pipeline closes it (the source had nothing for a tick):
+/// longer than correlate holds a FUSE request waiting for its syscall (20 ms by default).
+const IDLE_CLOSE_DELAY_NS: u64 = 50_000_000;
+
+/// The key every event is counted under (the window's totals).
+const ALL: u64 = 0;
+
+/// A latency series with a full histogram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Series {
+    /// An operation, by its key hash.
+    Operation(u64),
+    /// A FUSE mount, by its connection.
+    Mount(u32),
+    /// A stage of a FUSE operation's timeline.
+    FuseStage(FuseStage),
+}
+
+/// Where a FUSE operation's time went (the event's `timeline`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum FuseStage {
+    BeforeRequest,
+    KernelQueue,
+    Daemon,
+    DaemonFunctions,
+    Reply,
+    AfterReply,
+}
+
+impl FuseStage {
+    const fn name(self) -> &'static str {
+        match self {
+            FuseStage::BeforeRequest => "before_request",
+            FuseStage::KernelQueue => "kernel_queue",
+            FuseStage::Daemon => "daemon",
+            FuseStage::DaemonFunctions => "daemon_functions",
+            FuseStage::Reply => "reply",
+            FuseStage::AfterReply => "after_reply",
+        }
+    }
+}
+
+/// A key's dimension and display name, and the last window it was seen in.
+struct Name {
+    dimension: Dimension,
+    text: Box<str>,
+    last_window: u64,
+}
+
+/// One batch's aggregates, merged into the windows once per key and window at the batch's end:
+/// most keys of a batch repeat (a process, an operation, a directory), so the windows see one
+/// update per key instead of one per event.
+#[derive(Default)]
+struct Pending {
+    keyed: HashMap<(u64, u64), KeyAgg, FixedState>,
+    series: HashMap<(u64, Series), Hdr, FixedState>,
+    slowest: HashMap<u64, Slowest, FixedState>,
+}
+
+/// The analyse stage (see the module documentation).
+pub struct AnalyseStage {
+    config: AnalyseConfig,
+    window_ns: u64,
+    keyed: Windows<u64, KeyAgg>,
+    series: Windows<Series, Hdr>,
+    slowest: Windows<(), Slowest>,
+    names: HashMap<u64, Name, FixedState>,
+    pending: Pending,
+    /// Events not aggregated per key: in a window already closed, or beyond `max_keys`.
+    late_events: u64,
+    evicted_events: u64,
+    /// Top keys since start, per dimension.
+    totals: Vec<(Dimension, SpaceSaving)>,
+    detector: Detector,
+    /// Health checks failing at the last window (to alert on the change).
+    failing: Vec<String>,
+    /// The start of the next window to report (windows without events are reported empty).
+    next_start: Option<u64>,
+    /// `wall - monotonic` of the latest event, to stamp derived events.
+    wall_offset_ns: i128,
+    /// The run the events this stage makes belong to (their origin).
+    run: Run,
+    /// `evicted_events` and `late_events` when the last window closed.
+    evicted_before: u64,
+    late_before: u64,
+    counters: Arc<Counters>,
+}
+
+impl AnalyseStage {
+    /// The stage, stamping the events it makes with `run`.
+    #[must_use]
+    pub fn new(config: AnalyseConfig, run: Run, counters: Arc<Counters>) -> Self {
+        let window_ns = config.window_secs.max(1) * 1_000_000_000;
+        let spec = WindowSpec::tumbling(window_ns);
+        let totals = [Dimension::Path, Dimension::Dir, Dimension::Pid, Dimension::Comm]
+            .into_iter()
+            .filter(|d| config.dimensions.contains(d))
+            .map(|d| (d, SpaceSaving::new(config.top_capacity)))
+            .collect();
+        Self {
+            keyed: Windows::new(spec, config.max_keys),
+            // Operations, mounts and stages: a few dozen series.
+            series: Windows::new(spec, 4_096),
+            slowest: Windows::new(spec, 1),
+            names: HashMap::with_hasher(FixedState::default()),
+            pending: Pending::default(),
+            late_events: 0,
+            evicted_events: 0,
+            totals,
+            detector: Detector::new(config.anomaly.clone()),
+            failing: Vec::new(),
+            next_start: None,
+            wall_offset_ns: 0,
+            run,
+            evicted_before: 0,
+            late_before: 0,
+            window_ns,
+            config,
+            counters,
+        }
+    }
+
+    /// Aggregates one event into its windows.
+    fn observe(&mut self, event: &SemanticEvent) {
+        let time = event.timestamp.monotonic_ns;
+        self.wall_offset_ns = i128::from(event.timestamp.wall_ns) - i128::from(time);
+        if self.next_start.is_none() {
+            self.next_start = Some(time - time % self.window_ns);
+        }
+        if let Some(gap) = &event.context.gap {
+            self.keyed.record_loss(gap.lost_from_ns, gap.lost_to_ns, gap.count);
+        }
+        let filesystem = event.context.filesystem.as_ref();
+        let path = filesystem.and_then(|f| f.path.as_ref()).map(PathBytes::as_bytes);
+        let bytes = filesystem.and_then(|f| f.bytes).unwrap_or(0);
+        let error = event.result.as_ref().is_some_and(|r| !r.ok);
+        let duration = event.duration_ns;
+        let window_start = time - time % self.window_ns;
+        let Self { pending, names, config, .. } = self;
+        pending.keyed.entry((window_start, ALL)).or_default().record(bytes, error, duration);
+        for &dimension in &config.dimensions {
+            let (key, text): (u64, &dyn Fn() -> String) = match dimension {
+                Dimension::Path => match path {
+                    Some(path) => (hash(dimension, path), &|| String::from_utf8_lossy(path).into_owned()),
+                    None => continue,
+                },
+                Dimension::Dir => match path.map(parent) {
+                    Some(dir) => (hash(dimension, dir), &|| String::from_utf8_lossy(dir).into_owned()),
+                    None => continue,
+                },
+                Dimension::Pid | Dimension::Comm | Dimension::Uid => {
+                    let Some(process) = &event.process else { continue };
+                    match dimension {
+                        Dimension::Pid => (hash(dimension, &process.pid.to_le_bytes()), &|| {
+                            format!("{} {}", process.pid, process.comm.lossy())
+                        }),
+                        Dimension::Comm => {
+                            (hash(dimension, process.comm.as_bytes()), &|| process.comm.lossy().into_owned())
+                        }
+                        _ => (hash(dimension, &process.uid.to_le_bytes()), &|| process.uid.to_string()),
+                    }
+                }
+                Dimension::Operation => {
+                    (hash(dimension, event.event_subtype.as_bytes()), &|| event.event_subtype.clone())
+                }
+                Dimension::EventType => (hash(dimension, event.event_type.name().as_bytes()), &|| {
+                    event.event_type.name().to_owned()
+                }),
+            };
+            let agg = match pending.keyed.entry((window_start, key)) {
+                Entry::Occupied(entry) => entry.into_mut(),
+                Entry::Vacant(entry) => {
+                    names.entry(key).or_insert_with(|| Name {
+                        dimension,
+                        text: text().into(),
+                        last_window: window_start,
+                    });
+                    entry.insert(KeyAgg::default())
+                }
+            };
+            agg.record(bytes, error, duration);
+        }
+        self.record_series(event, time, duration);
+        if self.config.slowest > 0 && event.result.is_some() {
+            let capacity = self.config.slowest;
+            self.pending.slowest.entry(window_start).or_default().offer(capacity, duration, || SlowOp {
+                duration_us: duration / 1_000,
+                operation: event.event_subtype.clone(),
+                path: path.map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default(),
+                comm: event.process.as_ref().map(|p| p.comm.lossy().into_owned()).unwrap_or_default(),
+                pid: event.timestamp.pid,
+                at_ns: time,
+            });
+        }
+    }
+
+    /// Full histograms: the operation, its FUSE mount and the stages of its timeline.
+    fn record_series(&mut self, event: &SemanticEvent, time: u64, duration: u64) {
+        if event.result.is_none() {
+            return;
+        }
+        let operation = hash(Dimension::Operation, event.event_subtype.as_bytes());
+        self.names.entry(operation).or_insert_with(|| Name {
+            dimension: Dimension::Operation,
+            text: event.event_subtype.as_str().into(),
+            last_window: time,
+        });
+        let start = time - time % self.window_ns;
+        let series = &mut self.pending.series;
+        series.entry((start, Series::Operation(operation))).or_default().record(duration);
+        if let Some(request) = event.context.fuse.first() {
+            series.entry((start, Series::Mount(request.connection))).or_default().record(duration);
+        }
+        if let Some(timeline) = &event.timeline {
+            let stages = [
+                (FuseStage::BeforeRequest, Some(timeline.before_fuse_ns)),
+                (FuseStage::KernelQueue, timeline.kernel_queue_ns),
+                (FuseStage::Daemon, timeline.daemon_ns),
+                (FuseStage::DaemonFunctions, timeline.daemon_functions_ns),
+                (FuseStage::Reply, timeline.reply_ns),
+                (FuseStage::AfterReply, Some(timeline.after_fuse_ns)),
+            ];
+            for (stage, value) in stages {
+                if let Some(ns) = value {
+                    series.entry((start, Series::FuseStage(stage))).or_default().record(ns);
+                }
+            }
+        }
+    }
+}
+
+impl AnalyseStage {
+    /// Merges the batch's aggregates into the windows.
+    fn merge_pending(&mut self) {
+        for ((start, key), agg) in self.pending.keyed.drain() {
+            let (late, evicted) = (self.keyed.late, self.keyed.evicted);
+            self.keyed.add(&key, start, |window| window.merge(&agg));
+            self.late_events += (self.keyed.late - late) * agg.count;
+            self.evicted_events += (self.keyed.evicted - evicted) * agg.count;
+            if let Some(name) = self.names.get_mut(&key) {
+                name.last_window = name.last_window.max(start);
+            }
+        }
+        for ((start, series), hdr) in self.pending.series.drain() {
+            if let Some(histogram) = hdr.0 {
+                self.series.add(&series, start, |window| window.merge(&histogram));
+            }
+        }
+        let capacity = self.config.slowest;
+        for (start, slowest) in self.pending.slowest.drain() {
+            self.slowest.add(&(), start, |window| {
+                for op in &slowest.0 {
+                    window.offer(capacity, op.duration_us * 1_000, || op.clone());
+                }
+            });
+        }
+    }
+}
+
+/// A key's hash: its dimension and bytes (64 bits: a collision between two live keys is
+/// vanishingly unlikely, and would merge two rows of a summary).
+fn hash(dimension: Dimension, bytes: &[u8]) -> u64 {
+    // 0 is the totals key.
+    FixedState::with_seed(dimension as u64 + 1).hash_one(bytes).max(1)
+}
+
+/// The directory of `path` (`/` for a top-level name).
+fn parent(path: &[u8]) -> &[u8] {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(0) => b"/",
+        Some(end) => &path[..end],
+        None => b".",
+    }
+}
+
+impl Stage for AnalyseStage {
+    fn name(&self) -> &'static str {
+        "analyse"
+    }
+
+    fn process(&mut self, batch: &mut EventBatch) {
+        for event in &batch.events {
+            self.observe(event);
+        }
+        self.merge_pending();
+        let mut derived = Vec::new();
+        self.close(batch.watermark_ns, &mut derived);
+        batch.events.extend(derived);
+    }
+
+    fn tick(&mut self, now_ns: u64, batch: &mut EventBatch) {
+        self.close(now_ns.saturating_sub(IDLE_CLOSE_DELAY_NS), &mut batch.events);
+    }
+
+    fn flush(&mut self, batch: &mut EventBatch) {
+        self.close(u64::MAX, &mut batch.events);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,165 @@
+//! The analyse stage on synthetic events: windows close on the watermark with their counts and
+//! loss, top lists, derived events (windows, anomalies, health), summaries published.
+
+use super::*;
+use crate::event::{EventType, GapContext, NodeId};
+
+const SECOND: u64 = 1_000_000_000;
+
+fn event(path: &str, comm: &str, at_ns: u64, duration_ns: u64) -> SemanticEvent {
+    let mut event = SemanticEvent::sample(EventType::FilesystemRead, path, 42, comm, true);
+    event.timestamp.monotonic_ns = at_ns;
+    event.timestamp.wall_ns = at_ns + 1_000 * SECOND;
+    event.duration_ns = duration_ns;
+    event.context.filesystem.as_mut().unwrap().bytes = Some(100);
+    event
+}
+
+fn stage(config: AnalyseConfig) -> (AnalyseStage, Arc<Counters>) {
+    let counters = Arc::new(Counters::default());
+    counters.health.set_probes_attached(1);
+    (AnalyseStage::new(config, Run::new(NodeId::host()), Arc::clone(&counters)), counters)
+}
+
+fn run(stage: &mut AnalyseStage, events: Vec<SemanticEvent>, watermark_ns: u64) -> Vec<SemanticEvent> {
+    let mut batch = EventBatch::default();
+    batch.events = events;
+    batch.watermark_ns = watermark_ns;
+    stage.process(&mut batch);
+    batch.events
+}
+
+fn frames(counters: &Counters) -> Vec<serde_json::Value> {
+    counters.analytics.history().iter().map(|f| serde_json::from_str(f).unwrap()).collect()
+}
+
+#[test]
+fn a_window_closes_on_the_watermark_with_counts_top_keys_and_loss() {
+    let (mut stage, counters) = stage(AnalyseConfig { enabled: true, ..AnalyseConfig::default() });
+    let mut events: Vec<SemanticEvent> =
+        (0..30).map(|i| event("/w/hot", "cat", 10 * SECOND + i, 2_000)).collect();
+    events.extend((0..5).map(|i| event("/w/d/cold", "dd", 10 * SECOND + 100 + i, 50_000)));
+    let mut gap = event("/", "x", 10 * SECOND + 500, 0);
+    gap.context.gap = Some(GapContext {
+        count: 7,
+        lost_from_ns: 10 * SECOND + 200,
+        lost_to_ns: 10 * SECOND + 300,
+        ..GapContext::default()
+    });
+    gap.result = None;
+    events.push(gap);
+    let passed = run(&mut stage, events, 10 * SECOND + 900);
+    assert_eq!(passed.len(), 36, "events pass through");
+    assert!(frames(&counters).is_empty(), "the window has not ended");
+    run(&mut stage, vec![event("/w/hot", "cat", 11 * SECOND + 5, 1_000)], 11 * SECOND + 10);
+    let [frame] = frames(&counters).try_into().unwrap();
+    assert_eq!((frame["start_ns"].as_u64(), frame["events"].as_u64()), (Some(10 * SECOND), Some(36)));
+    assert_eq!(frame["lost"], 7, "the gap's loss is carried by its window");
+    assert_eq!(frame["top"]["path"][0]["key"], "/w/hot");
+    assert_eq!(frame["top"]["path"][0]["count"], 30);
+    assert_eq!(frame["top"]["path"][1]["bytes"], 500);
+    assert_eq!(frame["top"]["dir"][0]["key"], "/w");
+    assert_eq!(frame["top"]["comm"][0]["key"], "cat");
+    assert_eq!(frame["by_type"]["FilesystemRead"], 36, "the gap event too (a sample here)");
+    assert_eq!(frame["top_total"]["path"][0]["error"], 0);
+    assert_eq!(frame["operations"][0]["name"], "openat");
+    assert_eq!(frame["slowest"][0]["path"], "/w/d/cold");
+    assert_eq!(frame["slowest"][0]["duration_us"], 50);
+    assert_eq!(frame["wall_ms"], (11 + 1_000) * 1_000, "wall time of the window's end");
+}
+
+#[test]
+fn empty_windows_are_reported_and_windows_become_events_when_asked() {
+    let config =
+        AnalyseConfig { enabled: true, emit: vec![Dimension::Operation], ..AnalyseConfig::default() };
+    let (mut stage, counters) = stage(config);
+    run(&mut stage, vec![event("/a", "c", 5 * SECOND, 10)], 5 * SECOND);
+    let derived = run(&mut stage, vec![event("/a", "c", 8 * SECOND + 1, 10)], 8 * SECOND + 1);
+    let counts: Vec<u64> = frames(&counters).iter().map(|f| f["events"].as_u64().unwrap()).collect();
+    assert_eq!(counts, [1, 0, 0], "seconds 5, 6 and 7");
+    let windows: Vec<&SemanticEvent> =
+        derived.iter().filter(|e| e.event_type == EventType::ObservabilityMetricCollected).collect();
+    assert_eq!(windows.len(), 1, "one key in one non-empty window");
+    let params = &windows[0].context.parameters;
+    assert_eq!((params["key"].as_str(), params["count"].as_str()), ("openat", "1"));
+    assert_eq!(windows[0].event_subtype, "window:operation");
+    assert_eq!(windows[0].timestamp.monotonic_ns, 6 * SECOND, "stamped at the window's end");
+}
+
+#[test]
+fn a_tenfold_rate_raises_one_anomaly_event_and_a_steady_rate_none() {
+    let (mut stage, counters) = stage(AnalyseConfig { enabled: true, ..AnalyseConfig::default() });
+    let mut alerts = Vec::new();
+    for second in 0..40u64 {
+        let rate = if second < 30 { 50 } else { 500 };
+        let events = (0..rate).map(|i| event("/w/f", "app", second * SECOND + i * 1_000, 5_000)).collect();
+        alerts.extend(
+            run(&mut stage, events, (second + 1) * SECOND)
+                .into_iter()
+                .filter(|e| e.event_type == EventType::ObservabilityAlertTriggered),
+        );
+    }
+    let subjects: Vec<(String, String)> =
+        alerts.iter().map(|e| (e.event_subtype.clone(), e.context.parameters["key"].clone())).collect();
+    assert!(subjects.contains(&("anomaly:rate".into(), "/w/f".into())), "{subjects:?}");
+    let path_alert = alerts.iter().find(|e| e.context.parameters["key"] == "/w/f").unwrap();
+    assert_eq!(
+        path_alert.context.parameters["window_start_ns"],
+        (30 * SECOND).to_string(),
+        "flagged in its first window"
+    );
+    assert_eq!(path_alert.context.parameters["baseline"], "50.000");
+    assert_eq!(counters.analytics.anomalies.load(std::sync::atomic::Ordering::Relaxed), alerts.len() as u64);
+    assert!(alerts.iter().all(|e| e.event_subtype == "anomaly:rate"), "{subjects:?}");
+}
+
+#[test]
+fn a_failing_health_check_is_an_event_once() {
+    let (mut stage, counters) = stage(AnalyseConfig { enabled: true, ..AnalyseConfig::default() });
+    counters.record_gap(crate::telemetry::Gap { cpu: 0, first: 1, count: 2, reported: true });
+    let mut health = Vec::new();
+    for second in 1..4 {
+        health.extend(
+            run(&mut stage, vec![event("/a", "c", second * SECOND, 1)], second * SECOND + 1)
+                .into_iter()
+                .filter(|e| e.event_subtype.starts_with("health:")),
+        );
+    }
+    let [alert] = health.try_into().unwrap();
+    assert_eq!(alert.event_subtype, "health:loss");
+    assert!(alert.context.parameters["reason"].contains("lost"), "{:?}", alert.context.parameters);
+}
+
+#[test]
+fn ten_minutes_of_a_steady_noisy_workload_raise_no_anomaly() {
+    let (mut stage, counters) = stage(AnalyseConfig { enabled: true, ..AnalyseConfig::default() });
+    // xorshift: the same noisy stream every run.
+    let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut noise = move |spread: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % (2 * spread + 1)
+    };
+    let mut alerts = Vec::new();
+    for second in 0..600u64 {
+        let mut events = Vec::new();
+        for (path, rate, latency) in [("/w/a", 200, 5_000), ("/w/b", 50, 80_000), ("/w/c", 20, 1_000)] {
+            // Rates within +-25 % and latencies within +-50 % of their mean.
+            let count = rate - rate / 4 + noise(rate / 4);
+            for i in 0..count {
+                let jitter = noise(latency / 2);
+                events.push(event(path, "app", second * SECOND + i * 1_000, latency / 2 + jitter));
+            }
+        }
+        alerts.extend(
+            run(&mut stage, events, (second + 1) * SECOND)
+                .into_iter()
+                .filter(|e| e.event_type == EventType::ObservabilityAlertTriggered),
+        );
+    }
+    assert_eq!(counters.analytics.windows_closed.load(std::sync::atomic::Ordering::Relaxed), 600);
+    let subjects: Vec<String> =
+        alerts.iter().map(|e| format!("{} {:?}", e.event_subtype, e.context.parameters)).collect();
+    assert!(subjects.is_empty(), "{subjects:#?}");
+}

@@ -1,0 +1,120 @@
+//! `vexevent top`: a `filetop` in the terminal: follows a running instance's window summaries
+//! (the dashboard's stream, `GET /dashboard/events` on its control address) and redraws the top
+//! files, processes, slowest operations and anomalies once per window.
+
+use std::{
+    fmt::Write as _,
+    io::{BufRead as _, BufReader, Write as _},
+    net::SocketAddr,
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+use vexevent::http::DASHBOARD_EVENTS_PATH;
+
+/// Clears the terminal and moves to its top-left corner.
+const CLEAR: &str = "\x1b[H\x1b[2J";
+
+/// Follows the summaries at `addr` and redraws `rows` rows per table until the stream ends.
+pub fn follow(addr: SocketAddr, token: &str, rows: usize) -> anyhow::Result<()> {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let response = agent
+        .get(format!("http://{addr}{DASHBOARD_EVENTS_PATH}"))
+        .header("authorization", format!("Bearer {token}"))
+        .call()
+        .with_context(|| {
+            format!(
+                "cannot reach the control API at {addr} (is vexevent running with --control-addr {addr}?)"
+            )
+        })?;
+    if !response.status().is_success() {
+        bail!("the control API answered {}", response.status());
+    }
+    let mut stdout = std::io::stdout();
+    for line in BufReader::new(response.into_body().into_reader()).lines() {
+        let line = line.context("the stream broke")?;
+        let Some(data) = line.strip_prefix("data:") else { continue };
+        let frame: Value =
+            serde_json::from_str(data.trim()).context("the stream sent something that is not JSON")?;
+        write!(stdout, "{CLEAR}{}", screen(&frame, rows))?;
+        stdout.flush()?;
+    }
+    bail!("the stream closed (the instance stopped)")
+}
+
+/// Text of a `top` row's key, shortened from the left to `width` characters.
+fn key(value: &Value, width: usize) -> String {
+    let text = value.as_str().unwrap_or("?");
+    let length = text.chars().count();
+    if length <= width {
+        text.to_owned()
+    } else {
+        let tail: String = text.chars().skip(length - width + 1).collect();
+        format!("…{tail}")
+    }
+}
+
+/// A count of the summary (0 when absent), for aligned columns.
+fn number(value: &Value) -> u64 {
+    value.as_u64().unwrap_or(0)
+}
+
+/// One screen for a window summary.
+fn screen(frame: &Value, rows: usize) -> String {
+    let mut out = String::new();
+    let seconds = frame["wall_ms"].as_u64().unwrap_or(0) / 1_000;
+    let ready = if frame["health"]["ready"] == true { "ready" } else { "NOT READY" };
+    let _ = writeln!(
+        out,
+        "vexevent top - {:02}:{:02}:{:02} UTC  {} events  {} errors  {} lost  {} late  [{ready}]",
+        seconds / 3_600 % 24,
+        seconds / 60 % 60,
+        seconds % 60,
+        number(&frame["events"]),
+        number(&frame["errors"]),
+        number(&frame["lost"]),
+        number(&frame["late"]),
+    );
+    for (title, dimension) in [("FILE", "path"), ("PROCESS", "pid")] {
+        let _ = writeln!(
+            out,
+            "\n{title:<60} {:>8} {:>10} {:>6} {:>10} {:>8}",
+            "OPS", "BYTES", "ERR", "TIME_US", "P99_US"
+        );
+        for row in frame["top"][dimension].as_array().into_iter().flatten().take(rows) {
+            let _ = writeln!(
+                out,
+                "{:<60} {:>8} {:>10} {:>6} {:>10} {:>8}",
+                key(&row["key"], 60),
+                number(&row["count"]),
+                number(&row["bytes"]),
+                number(&row["errors"]),
+                number(&row["time_us"]),
+                number(&row["p99_us"])
+            );
+        }
+    }
+    let _ = writeln!(out, "\n{:<12} {:<60} {:<16} {:>10}", "SLOWEST", "FILE", "COMM", "US");
+    for op in frame["slowest"].as_array().into_iter().flatten().take(rows) {
+        let _ = writeln!(
+            out,
+            "{:<12} {:<60} {:<16} {:>10}",
+            op["operation"].as_str().unwrap_or("?"),
+            key(&op["path"], 60),
+            op["comm"].as_str().unwrap_or("?"),
+            number(&op["duration_us"])
+        );
+    }
+    for anomaly in frame["anomalies"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "ANOMALY {} {} {}: {:.1} (baseline {:.1})",
+            anomaly["dimension"].as_str().unwrap_or("?"),
+            anomaly["name"].as_str().unwrap_or("?"),
+            anomaly["key"].as_str().unwrap_or("?"),
+            anomaly["observed"].as_f64().unwrap_or(0.0),
+            anomaly["baseline"].as_f64().unwrap_or(0.0)
+        );
+    }
+    out
+}
