@@ -51,6 +51,8 @@ pub enum AppError {
     Stream(#[from] crate::http::StreamError),
     #[error(transparent)]
     Auth(#[from] crate::http::AuthError),
+    #[error(transparent)]
+    React(#[from] crate::react::ReactError),
     #[error("cannot start the {what}: {source}")]
     Start {
         what: &'static str,

@@ -10,19 +10,22 @@ use crate::{
     filter::FilterStage,
     http::{Broadcaster, StreamStage},
     pipeline::{Pipeline, Sequencer, Source},
+    react::ReactStage,
     route::RouteStage,
     sinks::Sinks,
     telemetry::Counters,
 };
 
-/// The stages after the source, in order (`stream` only with a stream server).
-pub const STAGES: [&str; 5] = ["correlate", "filter", "sequence", "route", "stream"];
+/// The stages after the source, in order (`react` only with rules, `stream` only with a stream
+/// server).
+pub const STAGES: [&str; 6] = ["correlate", "react", "filter", "sequence", "route", "stream"];
 
 /// The stage graph the settings give, from the source to the last stage.
 #[must_use]
 pub fn stage_graph(source: &str, settings: &Settings) -> Vec<String> {
     std::iter::once(source)
         .chain(STAGES.into_iter().filter(|&stage| stage != "stream" || settings.stream.addr.is_some()))
+        .filter(|&stage| stage != "react" || !settings.react.rules.is_empty())
         .map(str::to_owned)
         .collect()
 }
@@ -42,7 +45,13 @@ pub fn build_pipeline(
 ) -> Result<Pipeline, AppError> {
     let Routing { filter, router, .. } = Routing::new(settings).map_err(|e| AppError::Filter(Box::new(e)))?;
     let pipeline = Pipeline::new(source, Arc::clone(counters))
-        .then(Box::new(CorrelateStage::new(settings.correlate, Arc::clone(counters))))
+        .then(Box::new(CorrelateStage::new(settings.correlate, Arc::clone(counters))));
+    let pipeline = if settings.react.rules.is_empty() {
+        pipeline
+    } else {
+        pipeline.then(Box::new(ReactStage::new(&settings.react, counters)?))
+    };
+    let pipeline = pipeline
         .then(Box::new(FilterStage::new(filter, Arc::clone(counters))))
         .then(Box::new(Sequencer::default()))
         .then(Box::new(RouteStage::new(router, sinks, Arc::clone(counters))));

@@ -27,6 +27,7 @@ use crate::{
     filter::{FilterConfig, KernelPart, pushdown},
     http::{AuthError, ControlConfig, StreamConfig},
     loader::{ProbeSettings, SyscallHooks},
+    react::{ReactConfig, ReactSettings, RuleConfig, RuleError, read_rules_file, rule_problems},
     route::Router,
 };
 
@@ -69,6 +70,10 @@ pub struct Config {
     pub stream: StreamConfig,
     pub control: ControlConfig,
     pub stats: StatsConfig,
+    /// How rules act (`[react]`).
+    pub react: ReactConfig,
+    /// Rules over the event stream (`[[rules]]`; more in `react.rules_file`).
+    pub rules: Vec<RuleConfig>,
 }
 
 /// `[vexfs]`: where `VexFS` semantics apply besides detected `VexFS` mounts.
@@ -245,6 +250,8 @@ pub enum ConfigError {
     Route { what: String, message: String },
     #[error("{what}: {sink:?} is not a configured sink; sinks: {known}")]
     UnknownSink { what: String, sink: String, known: String },
+    #[error(transparent)]
+    Rule(#[from] RuleError),
     #[error(
         "output.path (or --output) is set while [sinks] are configured; add the file as a sink: [sinks.NAME] type = \"file\", path = ..."
     )]
@@ -274,6 +281,8 @@ pub struct Settings {
     pub control: ControlConfig,
     pub stats_interval: Option<std::time::Duration>,
     pub stats_file: PathBuf,
+    /// The `react` stage: its rules (the file's included) and how they act.
+    pub react: ReactSettings,
 }
 
 impl Settings {
@@ -347,7 +356,23 @@ impl Config {
                 problems.push(ConfigError::Filter(error));
             }
         }
+        match self.react_settings() {
+            Ok(react) => problems.extend(rule_problems(&react.rules, &macros).into_iter().map(ConfigError::Rule)),
+            Err(error) => problems.push(ConfigError::Rule(error)),
+        }
         problems
+    }
+
+    /// The rules (the configuration's, then `react.rules_file`'s) and how they act.
+    ///
+    /// # Errors
+    /// When the rules file cannot be read or parsed.
+    pub fn react_settings(&self) -> Result<ReactSettings, RuleError> {
+        let mut rules = self.rules.clone();
+        if let Some(file) = &self.react.rules_file {
+            rules.extend(read_rules_file(file)?);
+        }
+        Ok(ReactSettings { config: self.react.clone(), rules, macros: self.filter.macros.clone() })
     }
 
     /// Sinks, routes and unmatched outputs, resolved.
@@ -440,6 +465,7 @@ impl Config {
             stats_interval: (self.stats.interval_secs > 0)
                 .then(|| std::time::Duration::from_secs(self.stats.interval_secs)),
             stats_file: self.stats.file.clone(),
+            react: self.react_settings()?,
         })
     }
 }

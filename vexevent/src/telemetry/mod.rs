@@ -3,11 +3,13 @@
 
 mod outputs;
 mod prometheus;
+mod rules;
 mod snapshot;
 mod stages;
 
 pub use outputs::{OutputCounters, SinkCounters, SinkSummary};
 pub use prometheus::prometheus_text;
+pub use rules::{AuditHead, RuleCounters, RuleSummary, RuleTable};
 pub use snapshot::{KernelCounters, LatencySummary, LossSummary, StatsSnapshot};
 pub use stages::{StageCounters, StageSummary, StageTable};
 
@@ -42,6 +44,8 @@ macro_rules! counters {
             pub outputs: OutputCounters,
             /// Every pipeline stage, by name.
             pub stages: StageTable,
+            /// Every rule of the `react` stage, by name, and the audit chain's head.
+            pub rules: RuleTable,
         }
 
         impl Counters {

@@ -9,7 +9,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::StatsSnapshot;
+use super::{RuleSummary, StatsSnapshot};
 
 /// Encodes `snapshot` in the `OpenMetrics` text format.
 ///
@@ -132,6 +132,31 @@ impl Collector for SnapshotCollector {
             "stage_busy_nanoseconds",
             "Time each pipeline stage spent processing",
             s.stages.iter().map(|(name, stage)| ([("stage", name.as_str())], counter(stage.busy_ns))),
+        )?;
+        for (name, help, get) in [
+            ("rule_matches", "Events that matched a rule's condition", (|r| r.matches) as fn(&RuleSummary) -> u64),
+            ("rule_detections", "Detections each rule made", |r| r.detections),
+            ("rule_detections_gapped", "Detections made while records were lost in the rule's window", |r| {
+                r.gapped
+            }),
+            ("rule_evictions", "State a rule dropped at its bound (keys, windows, partial matches)", |r| r.evictions),
+        ] {
+            family(
+                &mut encoder,
+                name,
+                help,
+                s.rules.iter().map(|(rule, summary)| ([("rule", rule.as_str())], counter(get(summary)))),
+            )?;
+        }
+        family(
+            &mut encoder,
+            "rule_actions",
+            "Actions each rule ran, by outcome",
+            s.rules.iter().flat_map(|(rule, summary)| {
+                summary.actions.iter().map(move |(outcome, v)| {
+                    ([("rule", rule.as_str()), ("outcome", outcome.as_str())], counter(*v))
+                })
+            }),
         )?;
         let latency = &s.latency;
         family(

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Counters, Gap, SinkSummary, StageSummary};
+use super::{AuditHead, Counters, Gap, RuleSummary, SinkSummary, StageSummary};
 
 /// What the kernel side reports, summed over CPUs (filled by the loader).
 #[derive(Clone, Debug, Default)]
@@ -47,6 +47,12 @@ pub struct StatsSnapshot {
     /// Per pipeline stage: batches, events in and out, time spent.
     #[serde(default)]
     pub stages: BTreeMap<String, StageSummary>,
+    /// Per rule: matches, detections, evictions, actions by outcome.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rules: BTreeMap<String, RuleSummary>,
+    /// The audit log's last line (sequence and hash), when rules act.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_head: Option<AuditHead>,
 }
 
 /// One sequence gap, as reported.
@@ -131,6 +137,8 @@ impl StatsSnapshot {
             sinks,
             routes: counters.outputs.routes(),
             stages: counters.stages.summaries(),
+            rules: counters.rules.summaries(),
+            audit_head: counters.rules.audit_head(),
         }
     }
 }
@@ -207,6 +215,21 @@ impl fmt::Display for StatsSnapshot {
                 stage.events_out,
                 stage.busy_ns / 1_000_000
             )?;
+        }
+        for (name, rule) in &self.rules {
+            let actions: Vec<String> = rule.actions.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            writeln!(
+                f,
+                "  rule {name}: matches {}  detections {} (gapped {})  evictions {}  actions: {}",
+                rule.matches,
+                rule.detections,
+                rule.gapped,
+                rule.evictions,
+                if actions.is_empty() { "none".to_owned() } else { actions.join(" ") }
+            )?;
+        }
+        if let Some(head) = &self.audit_head {
+            writeln!(f, "  audit log {}: {} lines, head {}", head.file, head.seq, head.hash)?;
         }
         let details: Vec<String> = self
             .kernel
