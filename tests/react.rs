@@ -27,7 +27,9 @@ fn detections<'a>(events: &'a [Value], rule: &str) -> Vec<&'a Value> {
 fn audits<'a>(events: &'a [Value], outcome: &str) -> Vec<&'a Value> {
     events
         .iter()
-        .filter(|e| e["event_type"] == "ObservabilityAuditEvent" && e["context"]["parameters"]["outcome"] == outcome)
+        .filter(|e| {
+            e["event_type"] == "ObservabilityAuditEvent" && e["context"]["parameters"]["outcome"] == outcome
+        })
         .collect()
 }
 
@@ -99,7 +101,8 @@ fn summary(detections: &[&Value]) -> Vec<(String, String, String, Vec<u64>)> {
         .iter()
         .map(|d| {
             let p = &d["context"]["parameters"];
-            let links = d["causality_links"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+            let links =
+                d["causality_links"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
             (p["rule"].to_string(), p["key"].to_string(), p["verdict"].to_string(), links)
         })
         .collect()
@@ -107,14 +110,16 @@ fn summary(detections: &[&Value]) -> Vec<(String, String, String, Vec<u64>)> {
 
 #[test]
 fn a_mass_renaming_process_is_stopped_resumed_on_rollback_audited_and_replayed() {
-    let Some(_serial) = exclusive_root_test("a_mass_renaming_process_is_stopped_resumed_on_rollback_audited_and_replayed")
+    let Some(_serial) =
+        exclusive_root_test("a_mass_renaming_process_is_stopped_resumed_on_rollback_audited_and_replayed")
     else {
         return;
     };
     let mount = Mount::tmpfs();
     let dir = tempfile::tempdir().unwrap();
     let rules_file = dir.path().join("rules.toml");
-    std::fs::write(&rules_file, rules(r#"{ type = "signal", signal = "SIGSTOP", max_per_minute = 1 }"#)).unwrap();
+    std::fs::write(&rules_file, rules(r#"{ type = "signal", signal = "SIGSTOP", max_per_minute = 1 }"#))
+        .unwrap();
     let config = config(dir.path(), "enforce", &rules_file);
     let vexevent = Vexevent::start(&[&mount.path], &["--config", config.to_str().unwrap()]);
     let mut child = locker(&mount.path);
@@ -159,22 +164,28 @@ fn a_mass_renaming_process_is_stopped_resumed_on_rollback_audited_and_replayed()
     let recorded = dir.path().join("recorded.jsonl");
     let lines: Vec<String> = finished.events.iter().map(Value::to_string).collect();
     std::fs::write(&recorded, lines.join("\n") + "\n").unwrap();
-    let replayed = vexevent_command(&["replay", "--rules", rules_file.to_str().unwrap(), recorded.to_str().unwrap()]);
+    let replayed =
+        vexevent_command(&["replay", "--rules", rules_file.to_str().unwrap(), recorded.to_str().unwrap()]);
     assert!(replayed.status.success(), "{replayed:?}");
-    let replayed: Vec<Value> =
-        String::from_utf8(replayed.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let replayed: Vec<Value> = String::from_utf8(replayed.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(summary(&replayed.iter().collect::<Vec<_>>()), summary(&found));
 }
 
 #[test]
 fn a_dry_run_acts_on_nothing_and_audits_what_it_would_have_done() {
-    let Some(_serial) = exclusive_root_test("a_dry_run_acts_on_nothing_and_audits_what_it_would_have_done") else {
+    let Some(_serial) = exclusive_root_test("a_dry_run_acts_on_nothing_and_audits_what_it_would_have_done")
+    else {
         return;
     };
     let mount = Mount::tmpfs();
     let dir = tempfile::tempdir().unwrap();
     let rules_file = dir.path().join("rules.toml");
-    let actions = r#"{ type = "signal", signal = "SIGKILL", dry_run = true }, { type = "quarantine", dry_run = true }"#;
+    let actions =
+        r#"{ type = "signal", signal = "SIGKILL", dry_run = true }, { type = "quarantine", dry_run = true }"#;
     std::fs::write(&rules_file, rules(actions)).unwrap();
     let config = config(dir.path(), "enforce", &rules_file);
     let vexevent = Vexevent::start(&[&mount.path], &["--config", config.to_str().unwrap()]);
@@ -211,9 +222,9 @@ fn open_close(path: &Path, times: u64) {
 
 #[test]
 fn an_absence_fires_and_acts_and_after_a_ring_overflow_reports_gapped_without_acting() {
-    let Some(_serial) =
-        exclusive_root_test("an_absence_fires_and_acts_and_after_a_ring_overflow_reports_gapped_without_acting")
-    else {
+    let Some(_serial) = exclusive_root_test(
+        "an_absence_fires_and_acts_and_after_a_ring_overflow_reports_gapped_without_acting",
+    ) else {
         return;
     };
     let mount = Mount::tmpfs();
@@ -254,7 +265,9 @@ actions = [{{ type = "chmod", mode = 0o600 }}, {{ type = "run", argv = ["/usr/bi
     std::fs::write(mount.path.join("a/x.vec"), b"v").unwrap();
     std::fs::write(mount.path.join("b/y.vec"), b"v").unwrap();
     std::fs::write(mount.path.join("b/rebuilt"), b"").unwrap();
-    vexevent.wait_for("the absence of a rebuild in a", DEADLINE, |events| !detections(events, "index-upkeep").is_empty());
+    vexevent.wait_for("the absence of a rebuild in a", DEADLINE, |events| {
+        !detections(events, "index-upkeep").is_empty()
+    });
     let audit_log = dir.path().join("audit.log");
     let end = Instant::now() + DEADLINE;
     while !open.join("ran").exists() {
@@ -277,7 +290,9 @@ actions = [{{ type = "chmod", mode = 0o600 }}, {{ type = "run", argv = ["/usr/bi
     let hot = mount.path.join("hot");
     std::fs::write(&hot, b"").unwrap();
     open_close(&hot, 20_000);
-    vexevent.wait_for("the gapped absence in c", DEADLINE, |events| detections(events, "index-upkeep").len() >= 2);
+    vexevent.wait_for("the gapped absence in c", DEADLINE, |events| {
+        detections(events, "index-upkeep").len() >= 2
+    });
     let finished = vexevent.stop();
     assert!(finished.exit_ok, "{:?}", finished.stderr);
     assert!(finished.events.iter().any(|e| e["event_subtype"] == "records_lost"), "the ring overflowed");

@@ -13,8 +13,7 @@ use vexevent::{
 
 /// Prints, one JSON line each, the detections `rules` makes over the log `events`.
 pub fn replay_log(rules: &Path, events: &Path) -> anyhow::Result<()> {
-    let mut config = Config::default();
-    config.rules = read_rules_file(rules)?;
+    let config = Config { rules: read_rules_file(rules)?, ..Config::default() };
     let problems = config.problems();
     if let Some(first) = problems.into_iter().next() {
         bail!("{}: {first}", rules.display());
@@ -34,7 +33,13 @@ pub fn replay_log(rules: &Path, events: &Path) -> anyhow::Result<()> {
 pub fn verify_log(file: &Path) -> anyhow::Result<()> {
     let lines = verify(file)?;
     match lines.last() {
-        Some(last) => println!("{}: {} lines, chain intact, head {} {}", file.display(), lines.len(), last.seq, last.hash),
+        Some(last) => println!(
+            "{}: {} lines, chain intact, head {} {}",
+            file.display(),
+            lines.len(),
+            last.seq,
+            last.hash
+        ),
         None => println!("{}: empty", file.display()),
     }
     Ok(())
@@ -43,9 +48,15 @@ pub fn verify_log(file: &Path) -> anyhow::Result<()> {
 /// Undoes the action recorded at line `seq` of the audit log and records the rollback there.
 pub fn rollback_action(file: &Path, seq: u64) -> anyhow::Result<()> {
     let lines = verify(file)?;
-    let line = lines.iter().find(|l| l.seq == seq).with_context(|| format!("{}: no line {seq}", file.display()))?;
+    let line =
+        lines.iter().find(|l| l.seq == seq).with_context(|| format!("{}: no line {seq}", file.display()))?;
     let Some(undo) = &line.record.undo else {
-        bail!("line {seq} ({} {}, {}) records nothing to undo", line.record.action, line.record.record, line.record.outcome);
+        bail!(
+            "line {seq} ({} {}, {}) records nothing to undo",
+            line.record.action,
+            line.record.record,
+            line.record.outcome
+        );
     };
     if lines.iter().any(|l| l.record.rolls_back == Some(seq) && l.record.outcome == "done") {
         bail!("line {seq} was already rolled back");

@@ -357,7 +357,9 @@ impl Config {
             }
         }
         match self.react_settings() {
-            Ok(react) => problems.extend(rule_problems(&react.rules, &macros).into_iter().map(ConfigError::Rule)),
+            Ok(react) => {
+                problems.extend(rule_problems(&react.rules, &macros).into_iter().map(ConfigError::Rule));
+            }
             Err(error) => problems.push(ConfigError::Rule(error)),
         }
         problems

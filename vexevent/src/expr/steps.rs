@@ -61,11 +61,14 @@ pub fn compile_steps(
                 terms.iter().map(|t| compile_steps(t, earlier, macros)).collect::<Result<_, _>>()?;
             Box::new(move |e, steps| terms.iter().any(|t| t(e, steps)))
         }
-        Expr::Compare { field: name, op, value } => {
-            let (step, other) = reference(value, earlier).expect("refers() found a reference here");
+        Expr::Compare { field: name, op, value } if reference(value, earlier).is_some() => {
+            let (step, other) = reference(value, earlier).unwrap_or_default();
             compare_fields(name, *op, step, other)?
         }
-        _ => unreachable!("refers() is true only for the forms above"),
+        other => {
+            let matcher = compile_in(other, macros, &mut Vec::new())?;
+            Box::new(move |event, _| matcher(event))
+        }
     })
 }
 

@@ -25,7 +25,9 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::{
     audit::{AuditLog, AuditRecord, Undo},
-    config::{ActionConfig, ActionType, DEFAULT_RUN_USER, Mode, ReactConfig, RuleConfig, lookup_user, signal_number},
+    config::{
+        ActionConfig, ActionType, DEFAULT_RUN_USER, Mode, ReactConfig, RuleConfig, lookup_user, signal_number,
+    },
 };
 use crate::{
     event::{EventType, Priority, SemanticEvent},
@@ -88,7 +90,11 @@ impl OwnTree {
 
     fn set(&self, pid: u32, present: bool) {
         let mut running = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if present { running.insert(pid) } else { running.remove(&pid) };
+        if present {
+            running.insert(pid)
+        } else {
+            running.remove(&pid)
+        };
         self.count.store(running.len(), Ordering::Release);
     }
 }
@@ -112,7 +118,7 @@ struct RateLimit {
 impl RateLimit {
     fn allow(&mut self) -> bool {
         let now = Instant::now();
-        while self.recent.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60)) {
+        while self.recent.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_mins(1)) {
             self.recent.pop_front();
         }
         if self.recent.len() >= self.per_minute {
@@ -177,7 +183,8 @@ impl Actions {
                     .actions
                     .iter()
                     .map(|a| {
-                        let limit = RateLimit { per_minute: a.max_per_minute as usize, recent: VecDeque::new() };
+                        let limit =
+                            RateLimit { per_minute: a.max_per_minute as usize, recent: VecDeque::new() };
                         (a.clone(), limit)
                     })
                     .collect(),
@@ -201,7 +208,13 @@ impl Actions {
             .name("vexevent-actions".into())
             .spawn(move || worker.run(&jobs_rx))
             .map_err(ActionsError::Thread)?;
-        Ok(Self { jobs: Some(jobs_tx), events: events_rx, worker: Some(handle), counters: rule_counters, own })
+        Ok(Self {
+            jobs: Some(jobs_tx),
+            events: events_rx,
+            worker: Some(handle),
+            counters: rule_counters,
+            own,
+        })
     }
 
     /// Hands a detection to the worker; when its queue is full the detection's actions are
@@ -210,7 +223,10 @@ impl Actions {
         let Some(jobs) = &self.jobs else { return };
         if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) = jobs.try_send(job) {
             self.counters[job.rule].action("queue_full");
-            tracing::warn!(detection = job.detection.event_id, "the action queue is full; the detection's actions are skipped");
+            tracing::warn!(
+                detection = job.detection.event_id,
+                "the action queue is full; the detection's actions are skipped"
+            );
         }
     }
 
@@ -329,7 +345,16 @@ impl Worker {
     }
 
     #[expect(clippy::too_many_arguments, reason = "the fields of one audit line")]
-    fn audit(&mut self, job: &Job, action: &ActionConfig, record: &str, target: &str, outcome: &'static str, detail: String, undo: Option<Undo>) {
+    fn audit(
+        &mut self,
+        job: &Job,
+        action: &ActionConfig,
+        record: &str,
+        target: &str,
+        outcome: &'static str,
+        detail: String,
+        undo: Option<Undo>,
+    ) {
         let rule = &self.rules[job.rule];
         rule.counters.action(outcome);
         let entry = AuditRecord {
@@ -366,7 +391,11 @@ impl Worker {
 
 /// The `ObservabilityAuditEvent` of an audit line, derived from the detection.
 #[must_use]
-pub fn audit_event(detection: &SemanticEvent, entry: &AuditRecord, written: Option<&super::audit::Written>) -> SemanticEvent {
+pub fn audit_event(
+    detection: &SemanticEvent,
+    entry: &AuditRecord,
+    written: Option<&super::audit::Written>,
+) -> SemanticEvent {
     let mut event = detection.derive(EventType::ObservabilityAuditEvent);
     event.event_subtype = format!("action:{}", entry.action);
     event.priority = Priority::High;
@@ -395,12 +424,12 @@ fn what(action: &ActionConfig, target: &Target) -> String {
             format!("send {} to pid {pid}", action.signal.as_deref().unwrap_or("SIGSTOP"))
         }
         (ActionType::Quarantine, Target::File(path)) => format!("move {} to quarantine", path.display()),
-        (ActionType::Chmod, Target::File(path)) => format!("chmod {:o} {}", action.mode.unwrap_or(0), path.display()),
-        (ActionType::Run, _) => format!(
-            "run {:?} as {}",
-            action.argv,
-            action.user.as_deref().unwrap_or(DEFAULT_RUN_USER)
-        ),
+        (ActionType::Chmod, Target::File(path)) => {
+            format!("chmod {:o} {}", action.mode.unwrap_or(0), path.display())
+        }
+        (ActionType::Run, _) => {
+            format!("run {:?} as {}", action.argv, action.user.as_deref().unwrap_or(DEFAULT_RUN_USER))
+        }
         _ => String::new(),
     }
 }
@@ -418,7 +447,9 @@ fn bounded(timeout: Duration, work: impl FnOnce() -> Attempt + Send + 'static) -
     if let Err(error) = spawned {
         return ("failed", format!("cannot start the action: {error}"), None);
     }
-    done_rx.recv_timeout(timeout).unwrap_or_else(|_| ("timeout", format!("no result within {timeout:?}"), None))
+    done_rx
+        .recv_timeout(timeout)
+        .unwrap_or_else(|_| ("timeout", format!("no result within {timeout:?}"), None))
 }
 
 fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
@@ -448,7 +479,9 @@ fn signal_process(pid: u32, started: Option<u64>, signal: i32) -> Attempt {
         return ("refused", format!("pid {pid} is another process now (start time changed)"), None);
     }
     // SAFETY: pidfd_send_signal with a pidfd we own, no siginfo, no flags.
-    let rc = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), signal, std::ptr::null::<u8>(), 0) };
+    let rc = unsafe {
+        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), signal, std::ptr::null::<u8>(), 0)
+    };
     if rc != 0 {
         return ("failed", format!("pid {pid}: {}", std::io::Error::last_os_error()), None);
     }
@@ -459,7 +492,9 @@ fn signal_process(pid: u32, started: Option<u64>, signal: i32) -> Attempt {
 /// Moves `path` into `dir` as `ID-NAME`.
 fn quarantine(path: &Path, dir: &Path, id: u64) -> Attempt {
     let fail = |e: std::io::Error| ("failed", format!("{}: {e}", path.display()), None);
-    if let Err(e) = std::fs::create_dir_all(dir).and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))) {
+    if let Err(e) = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+    {
         return ("failed", format!("quarantine directory {}: {e}", dir.display()), None);
     }
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -476,7 +511,9 @@ fn quarantine(path: &Path, dir: &Path, id: u64) -> Attempt {
 
 fn chmod(path: &Path, mode: u32) -> Attempt {
     let old = match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_symlink() => return ("refused", format!("{} is a symbolic link", path.display()), None),
+        Ok(meta) if meta.file_type().is_symlink() => {
+            return ("refused", format!("{} is a symbolic link", path.display()), None);
+        }
         Ok(meta) => meta.permissions().mode() & 0o7777,
         Err(e) => return ("failed", format!("{}: {e}", path.display()), None),
     };
@@ -578,7 +615,9 @@ pub fn rollback(undo: &Undo) -> Result<String, String> {
             if Path::new(to).exists() {
                 return Err(format!("{to} exists again; not overwritten"));
             }
-            std::fs::rename(from, to).map(|()| format!("{from} moved back to {to}")).map_err(|e| format!("{from}: {e}"))
+            std::fs::rename(from, to)
+                .map(|()| format!("{from} moved back to {to}"))
+                .map_err(|e| format!("{from}: {e}"))
         }
         Undo::Mode { path, mode } => std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode))
             .map(|()| format!("{path}: mode {mode:o} restored"))

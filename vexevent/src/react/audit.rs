@@ -89,7 +89,10 @@ fn sha256_hex(parts: &[&[u8]]) -> String {
     for part in parts {
         context.update(part);
     }
-    context.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    context.finish().as_ref().iter().fold(String::with_capacity(64), |mut hex, b| {
+        let _ = std::fmt::Write::write_fmt(&mut hex, format_args!("{b:02x}"));
+        hex
+    })
 }
 
 /// The line's body (without its hash) and its hash, when it has the shape this module writes.
@@ -215,16 +218,22 @@ pub fn verify(path: &Path) -> Result<Vec<Verified>, AuditError> {
         let line: Line = serde_json::from_str(&format!("{body}}}"))
             .map_err(|e| broken(number, format!("not an audit line: {e}")))?;
         if line.prev != prev {
-            return Err(broken(number, "`prev` is not the previous line's hash: a line was removed or edited".into()));
+            return Err(broken(
+                number,
+                "`prev` is not the previous line's hash: a line was removed or edited".into(),
+            ));
         }
         if sha256_hex(&[prev.as_bytes(), body.as_bytes()]) != hash {
             return Err(broken(number, "the hash does not match the line: it was edited".into()));
         }
         let expected = lines.last().map_or(1, |l: &Verified| l.seq + 1);
         if line.seq != expected {
-            return Err(broken(number, format!("sequence {} where {expected} was due: a line was removed", line.seq)));
+            return Err(broken(
+                number,
+                format!("sequence {} where {expected} was due: a line was removed", line.seq),
+            ));
         }
-        prev = hash.to_owned();
+        hash.clone_into(&mut prev);
         lines.push(Verified { seq: line.seq, hash: hash.to_owned(), record: line.record });
     }
     Ok(lines)
@@ -235,7 +244,12 @@ mod tests {
     use super::*;
 
     fn record(outcome: &str) -> AuditRecord {
-        AuditRecord { record: "outcome".into(), rule: "r".into(), outcome: outcome.into(), ..AuditRecord::default() }
+        AuditRecord {
+            record: "outcome".into(),
+            rule: "r".into(),
+            outcome: outcome.into(),
+            ..AuditRecord::default()
+        }
     }
 
     #[test]

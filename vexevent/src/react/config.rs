@@ -270,6 +270,50 @@ pub fn signal_number(name: &str) -> Option<i32> {
     }
 }
 
+/// What is wrong with one action.
+fn action_problems(action: &ActionConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    let kind = action.action;
+    for (present, field) in [
+        (action.signal.is_some() && kind != ActionType::Signal, "signal"),
+        (!action.argv.is_empty() && kind != ActionType::Run, "argv"),
+        (action.user.is_some() && kind != ActionType::Run, "user"),
+        (action.mode.is_some() && kind != ActionType::Chmod, "mode"),
+    ] {
+        if present {
+            problems.push(format!("`{field}` does not apply"));
+        }
+    }
+    match kind {
+        ActionType::Signal => {
+            if action.signal.as_deref().and_then(signal_number).is_none() {
+                problems.push("`signal` must be SIGSTOP, SIGCONT or SIGKILL".into());
+            }
+        }
+        ActionType::Run => {
+            if action.argv.is_empty() {
+                problems.push("`argv` must name the program".into());
+            }
+            let user = action.user.as_deref().unwrap_or(DEFAULT_RUN_USER);
+            match lookup_user(user) {
+                None => problems.push(format!("user {user:?} does not exist")),
+                Some((0, _)) => problems.push(format!("user {user:?} is root; programs run unprivileged")),
+                Some(_) => {}
+            }
+        }
+        ActionType::Chmod => {
+            if action.mode.is_none_or(|mode| mode > 0o7777) {
+                problems.push("`mode` must be permission bits (e.g. 0o000)".into());
+            }
+        }
+        ActionType::Quarantine => {}
+    }
+    if action.max_per_minute == 0 || action.timeout_ms == 0 {
+        problems.push("`max_per_minute` and `timeout_ms` must be at least 1".into());
+    }
+    problems
+}
+
 /// Every problem of `rules` (names unique, fields for their kind, expressions compile).
 #[must_use]
 pub fn rule_problems(rules: &[RuleConfig], macros: &Macros) -> Vec<RuleError> {
@@ -278,7 +322,8 @@ pub fn rule_problems(rules: &[RuleConfig], macros: &Macros) -> Vec<RuleError> {
     for (index, rule) in rules.iter().enumerate() {
         let what = format!("rules[{index}] ({})", rule.name);
         let mut invalid = |message: String| problems.push(RuleError::Invalid { what: what.clone(), message });
-        if rule.name.is_empty() || !rule.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        if rule.name.is_empty() || !rule.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
             invalid("`name` must be letters, digits, `-`, `_` or `.`".into());
         }
         if !seen.insert(rule.name.as_str()) {
@@ -312,42 +357,8 @@ pub fn rule_problems(rules: &[RuleConfig], macros: &Macros) -> Vec<RuleError> {
             _ => {}
         }
         for (n, action) in rule.actions.iter().enumerate() {
-            let mut bad = |message: String| invalid(format!("actions[{n}] ({}): {message}", action.action.name()));
-            let has = |present: bool, field: &str, bad: &mut dyn FnMut(String)| {
-                if present {
-                    bad(format!("`{field}` does not apply"));
-                }
-            };
-            has(action.signal.is_some() && action.action != ActionType::Signal, "signal", &mut bad);
-            has(!action.argv.is_empty() && action.action != ActionType::Run, "argv", &mut bad);
-            has(action.user.is_some() && action.action != ActionType::Run, "user", &mut bad);
-            has(action.mode.is_some() && action.action != ActionType::Chmod, "mode", &mut bad);
-            match action.action {
-                ActionType::Signal => {
-                    if action.signal.as_deref().and_then(signal_number).is_none() {
-                        bad("`signal` must be SIGSTOP, SIGCONT or SIGKILL".into());
-                    }
-                }
-                ActionType::Run => {
-                    if action.argv.is_empty() {
-                        bad("`argv` must name the program".into());
-                    }
-                    let user = action.user.as_deref().unwrap_or(DEFAULT_RUN_USER);
-                    match lookup_user(user) {
-                        None => bad(format!("user {user:?} does not exist")),
-                        Some((0, _)) => bad(format!("user {user:?} is root; programs run unprivileged")),
-                        Some(_) => {}
-                    }
-                }
-                ActionType::Chmod => {
-                    if action.mode.is_none_or(|mode| mode > 0o7777) {
-                        bad("`mode` must be permission bits (e.g. 0o000)".into());
-                    }
-                }
-                ActionType::Quarantine => {}
-            }
-            if action.max_per_minute == 0 || action.timeout_ms == 0 {
-                bad("`max_per_minute` and `timeout_ms` must be at least 1".into());
+            for message in action_problems(action) {
+                invalid(format!("actions[{n}] ({}): {message}", action.action.name()));
             }
         }
         let name = |part: &str| format!("rules.{}.{part}", rule.name);

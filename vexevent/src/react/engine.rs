@@ -9,7 +9,7 @@ use std::{
     sync::Arc,
 };
 
-use super::config::{KeyField, ReactSettings, RuleConfig, RuleKind, RuleError};
+use super::config::{KeyField, ReactSettings, RuleConfig, RuleError, RuleKind};
 use crate::{
     event::{EventType, ObservabilityContext, Priority, SemanticEvent},
     expr::{Filter, StepMatcher, compile_steps, event_types, parse, parse_macros},
@@ -116,9 +116,24 @@ struct Pending {
 }
 
 enum Pattern {
-    Count { condition: Filter, at_least: u64, distinct: bool, windows: Windows<Key, Tally> },
-    Sequence { steps: Vec<StepMatcher>, partials: HashMap<Key, Vec<Partial>>, deadlines: VecDeque<(u64, Key)>, held: usize },
-    Absence { first: Filter, then: Filter, pending: HashMap<Key, Pending>, deadlines: VecDeque<(u64, Key)> },
+    Count {
+        condition: Filter,
+        at_least: u64,
+        distinct: bool,
+        windows: Windows<Key, Tally>,
+    },
+    Sequence {
+        steps: Vec<StepMatcher>,
+        partials: HashMap<Key, Vec<Partial>>,
+        deadlines: VecDeque<(u64, Key)>,
+        held: usize,
+    },
+    Absence {
+        first: Filter,
+        then: Filter,
+        pending: HashMap<Key, Pending>,
+        deadlines: VecDeque<(u64, Key)>,
+    },
 }
 
 struct Rule {
@@ -138,7 +153,9 @@ struct Rule {
 impl Rule {
     fn excepts(&self, event: &SemanticEvent) -> bool {
         if let Some(process) = &event.process {
-            if self.except_uid.contains(&process.uid) || self.except_comm.iter().any(|c| c == process.comm.as_bytes()) {
+            if self.except_uid.contains(&process.uid)
+                || self.except_comm.iter().any(|c| c == process.comm.as_bytes())
+            {
                 return true;
             }
         }
@@ -188,10 +205,18 @@ impl Engine {
         Ok(engine)
     }
 
-    fn add(&mut self, rule: &RuleConfig, macros: &crate::expr::Macros, table: &RuleTable) -> Result<(), RuleError> {
+    fn add(
+        &mut self,
+        rule: &RuleConfig,
+        macros: &crate::expr::Macros,
+        table: &RuleTable,
+    ) -> Result<(), RuleError> {
         let within_ns = rule.within_ms.saturating_mul(1_000_000);
         let part = |part: &str| format!("rules.{}.{part}", rule.name);
-        let invalid = |message: &str| RuleError::Invalid { what: format!("rules.{}", rule.name), message: message.into() };
+        let invalid = |message: &str| RuleError::Invalid {
+            what: format!("rules.{}", rule.name),
+            message: message.into(),
+        };
         let text = |field: &Option<String>| field.clone().ok_or_else(|| invalid("a condition is missing"));
         let (pattern, types) = match rule.kind {
             RuleKind::Count | RuleKind::Distinct => {
@@ -200,7 +225,15 @@ impl Engine {
                 let spec = WindowSpec::sliding(within_ns, (within_ns / SLIDES).max(1));
                 let at_least = rule.at_least.ok_or_else(|| invalid("`at_least` is missing"))?;
                 let distinct = rule.kind == RuleKind::Distinct;
-                (Pattern::Count { condition, at_least, distinct, windows: Windows::new(spec, self.max_keys) }, types)
+                (
+                    Pattern::Count {
+                        condition,
+                        at_least,
+                        distinct,
+                        windows: Windows::new(spec, self.max_keys),
+                    },
+                    types,
+                )
             }
             RuleKind::Sequence => {
                 let mut steps = Vec::new();
@@ -217,7 +250,12 @@ impl Engine {
                     types = types.zip(event_types(&expr)).map(|(a, b)| &a | &b);
                     earlier.push(&step.name);
                 }
-                let pattern = Pattern::Sequence { steps, partials: HashMap::new(), deadlines: VecDeque::new(), held: 0 };
+                let pattern = Pattern::Sequence {
+                    steps,
+                    partials: HashMap::new(),
+                    deadlines: VecDeque::new(),
+                    held: 0,
+                };
                 (pattern, types)
             }
             RuleKind::Absence => {
@@ -315,8 +353,9 @@ impl Engine {
                     rule.evictions_counted = windows.evicted;
                 }
                 Pattern::Sequence { partials, deadlines, held, .. } => {
-                    while deadlines.front().is_some_and(|(deadline, _)| *deadline < watermark_ns) {
-                        let (_, key) = deadlines.pop_front().expect("a front entry");
+                    while let Some((_, key)) =
+                        deadlines.pop_front_if(|(deadline, _)| *deadline < watermark_ns)
+                    {
                         if let Some(list) = partials.get_mut(&key) {
                             let before = list.len();
                             list.retain(|p| p.deadline >= watermark_ns);
@@ -328,10 +367,13 @@ impl Engine {
                     }
                 }
                 Pattern::Absence { pending, deadlines, .. } => {
-                    while deadlines.front().is_some_and(|(deadline, _)| *deadline < watermark_ns) {
-                        let (deadline, key) = deadlines.pop_front().expect("a front entry");
+                    while let Some((deadline, key)) =
+                        deadlines.pop_front_if(|(deadline, _)| *deadline < watermark_ns)
+                    {
                         if pending.get(&key).is_some_and(|p| p.deadline == deadline) {
-                            let Pending { mut event, links, .. } = pending.remove(&key).expect("checked");
+                            let Some(Pending { mut event, links, .. }) = pending.remove(&key) else {
+                                continue;
+                            };
                             let from_ns = event.timestamp.monotonic_ns;
                             let verdict = verdict(&self.gaps, from_ns, deadline);
                             let shift = deadline - from_ns;
@@ -378,7 +420,14 @@ fn verdict(gaps: &VecDeque<(u64, u64)>, from_ns: u64, to_ns: u64) -> Verdict {
 
 /// Feeds one event to one rule; a completed pattern gives its trigger event, the matched ids
 /// and the start of the matched span.
-fn step(rule: &mut Rule, key: Key, event: &SemanticEvent, time: u64, max_partials: usize) -> Option<(SemanticEvent, Vec<u64>, u64)> {
+#[expect(clippy::too_many_lines, reason = "one short arm per pattern, over the same state")]
+fn step(
+    rule: &mut Rule,
+    key: Key,
+    event: &SemanticEvent,
+    time: u64,
+    max_partials: usize,
+) -> Option<(SemanticEvent, Vec<u64>, u64)> {
     let counters = &rule.counters;
     match &mut rule.pattern {
         Pattern::Count { condition, at_least, distinct, windows } => {
@@ -472,7 +521,10 @@ fn step(rule: &mut Rule, key: Key, event: &SemanticEvent, time: u64, max_partial
                     add(&counters.evictions, 1);
                 } else {
                     let deadline = time.saturating_add(rule.within_ns);
-                    pending.insert(key.clone(), Pending { event: event.clone(), links: vec![event.event_id], deadline });
+                    pending.insert(
+                        key.clone(),
+                        Pending { event: event.clone(), links: vec![event.event_id], deadline },
+                    );
                     deadlines.push_back((deadline, key));
                 }
             }
@@ -483,7 +535,15 @@ fn step(rule: &mut Rule, key: Key, event: &SemanticEvent, time: u64, max_partial
 
 /// The detection event: an `ObservabilityAlertTriggered` derived from the trigger, subtype
 /// `rule:NAME`, linked to the matched events, with the rule, key and verdict in its parameters.
-fn detection(index: usize, rule: &Rule, key: &Key, trigger: &SemanticEvent, links: Vec<u64>, verdict: Verdict, act: bool) -> Detection {
+fn detection(
+    index: usize,
+    rule: &Rule,
+    key: &Key,
+    trigger: &SemanticEvent,
+    links: Vec<u64>,
+    verdict: Verdict,
+    act: bool,
+) -> Detection {
     add(&rule.counters.detections, 1);
     if verdict == Verdict::Gapped {
         add(&rule.counters.gapped, 1);

@@ -12,8 +12,8 @@ mod engine;
 pub use actions::{Actions, ActionsError, OwnTree, rollback, start_time};
 pub use audit::{AuditError, AuditLog, AuditRecord, GENESIS, Undo, Verified, Written, verify};
 pub use config::{
-    ActionConfig, ActionType, Exceptions, KeyField, Mode, ReactConfig, ReactSettings, RuleConfig, RuleError, RuleKind,
-    RulesFile, StepConfig, read_rules_file, rule_problems,
+    ActionConfig, ActionType, Exceptions, KeyField, Mode, ReactConfig, ReactSettings, RuleConfig, RuleError,
+    RuleKind, RulesFile, StepConfig, read_rules_file, rule_problems,
 };
 pub use engine::{Detection, Engine, Key, Verdict};
 
@@ -122,7 +122,8 @@ const MAX_LINE_BYTES: u64 = 1 << 20;
 /// Whether `event` was made by rules (a detection or an audit event): a replay makes its own.
 fn derived_by_rules(event: &SemanticEvent) -> bool {
     event.event_type == EventType::ObservabilityAuditEvent
-        || (event.event_type == EventType::ObservabilityAlertTriggered && event.event_subtype.starts_with("rule:"))
+        || (event.event_type == EventType::ObservabilityAlertTriggered
+            && event.event_subtype.starts_with("rule:"))
 }
 
 /// Runs `settings`' rules over a recorded JSON Lines log (vexevent's output), without acting:
@@ -131,7 +132,11 @@ fn derived_by_rules(event: &SemanticEvent) -> bool {
 ///
 /// # Errors
 /// A line that cannot be read or is not an event.
-pub fn replay(settings: &ReactSettings, mut input: impl BufRead, counters: &Counters) -> Result<Vec<SemanticEvent>, ReactError> {
+pub fn replay(
+    settings: &ReactSettings,
+    mut input: impl BufRead,
+    counters: &Counters,
+) -> Result<Vec<SemanticEvent>, ReactError> {
     let mut engine = Engine::new(settings, &counters.rules)?;
     let mut detections = Vec::new();
     let mut line = Vec::new();
@@ -139,18 +144,23 @@ pub fn replay(settings: &ReactSettings, mut input: impl BufRead, counters: &Coun
     loop {
         line.clear();
         number += 1;
-        let read = std::io::Read::take(&mut input, MAX_LINE_BYTES + 1).read_until(b'\n', &mut line).map_err(ReactError::Read)?;
+        let read = std::io::Read::take(&mut input, MAX_LINE_BYTES + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(ReactError::Read)?;
         if read == 0 {
             break;
         }
         if line.len() as u64 > MAX_LINE_BYTES {
-            return Err(ReactError::Line { line: number, message: format!("longer than {MAX_LINE_BYTES} bytes") });
+            return Err(ReactError::Line {
+                line: number,
+                message: format!("longer than {MAX_LINE_BYTES} bytes"),
+            });
         }
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let event: SemanticEvent =
-            serde_json::from_slice(&line).map_err(|e| ReactError::Line { line: number, message: e.to_string() })?;
+        let event: SemanticEvent = serde_json::from_slice(&line)
+            .map_err(|e| ReactError::Line { line: number, message: e.to_string() })?;
         if derived_by_rules(&event) {
             continue;
         }

@@ -30,8 +30,12 @@ fn gap(from_ms: u64, to_ms: u64) -> SemanticEvent {
     event.event_subtype = "records_lost".into();
     event.process = None;
     event.context.filesystem = None;
-    event.context.gap =
-        Some(GapContext { count: 5, lost_from_ns: from_ms * MS, lost_to_ns: to_ms * MS, ..GapContext::default() });
+    event.context.gap = Some(GapContext {
+        count: 5,
+        lost_from_ns: from_ms * MS,
+        lost_to_ns: to_ms * MS,
+        ..GapContext::default()
+    });
     at(event, to_ms)
 }
 
@@ -87,7 +91,10 @@ fn a_count_fires_once_per_burst_per_key_with_its_events_linked() {
     assert_eq!(detection.event.event_subtype, "rule:locker");
     assert_eq!((param(detection, "key"), param(detection, "verdict")), ("7", "complete"));
     assert_eq!(detection.event.causality_links, events[..10].iter().map(|e| e.event_id).collect::<Vec<_>>());
-    assert_eq!(detection.event.timestamp.monotonic_ns, events[9].timestamp.monotonic_ns, "at the 10th rename");
+    assert_eq!(
+        detection.event.timestamp.monotonic_ns, events[9].timestamp.monotonic_ns,
+        "at the 10th rename"
+    );
     assert_eq!(detection.event.process.as_ref().unwrap().pid, 7);
     let summary = &table.summaries()["locker"];
     assert_eq!((summary.matches, summary.detections), (39, 1));
@@ -106,7 +113,8 @@ within_ms = 1000
 key = "uid"
 "#,
     );
-    let delete = |path: &str, ms| at(SemanticEvent::sample(EventType::FilesystemDelete, path, 3, "rm", true), ms);
+    let delete =
+        |path: &str, ms| at(SemanticEvent::sample(EventType::FilesystemDelete, path, 3, "rm", true), ms);
     let same: Vec<SemanticEvent> = (0..20).map(|i| delete("/d/same", 10 + i)).collect();
     assert!(run(&mut engine, &same, 100).is_empty(), "one path deleted 20 times is not 5 paths");
     let many: Vec<SemanticEvent> = (0..5).map(|i| delete(&format!("/d/{i}"), 2_000 + i)).collect();
@@ -202,7 +210,8 @@ key = \"none\"
 
 #[test]
 fn exceptions_and_bounds_hold() {
-    let (mut engine, table) = engine(&LOCKER.replace("key = \"pid\"", "key = \"pid\"\nexcept = { comm = [\"locker\"] }"));
+    let (mut engine, table) =
+        engine(&LOCKER.replace("key = \"pid\"", "key = \"pid\"\nexcept = { comm = [\"locker\"] }"));
     let events: Vec<SemanticEvent> = (0..30).map(|i| rename("/d/f", "/d/f.locked", 7, 100 + i)).collect();
     assert!(run(&mut engine, &events, 1_000).is_empty(), "the excepted task never counts");
     assert_eq!(table.summaries()["locker"].matches, 0);
@@ -252,7 +261,9 @@ actions = [{ type = "signal", signal = "SIGHUP" }, { type = "chmod", argv = ["x"
         assert!(problems.iter().any(|p| p.contains(expected)), "missing {expected:?} in {problems:#?}");
     }
     assert_eq!(problems.len(), expect.len(), "{problems:#?}");
-    assert!(Config::from_toml("[[rules]]\nname = \"x\"\nkind = \"count\"\nwithin_ms = 1\nbogus = 1\n").is_err());
+    assert!(
+        Config::from_toml("[[rules]]\nname = \"x\"\nkind = \"count\"\nwithin_ms = 1\nbogus = 1\n").is_err()
+    );
 }
 
 #[test]

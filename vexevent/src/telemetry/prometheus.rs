@@ -133,31 +133,7 @@ impl Collector for SnapshotCollector {
             "Time each pipeline stage spent processing",
             s.stages.iter().map(|(name, stage)| ([("stage", name.as_str())], counter(stage.busy_ns))),
         )?;
-        for (name, help, get) in [
-            ("rule_matches", "Events that matched a rule's condition", (|r| r.matches) as fn(&RuleSummary) -> u64),
-            ("rule_detections", "Detections each rule made", |r| r.detections),
-            ("rule_detections_gapped", "Detections made while records were lost in the rule's window", |r| {
-                r.gapped
-            }),
-            ("rule_evictions", "State a rule dropped at its bound (keys, windows, partial matches)", |r| r.evictions),
-        ] {
-            family(
-                &mut encoder,
-                name,
-                help,
-                s.rules.iter().map(|(rule, summary)| ([("rule", rule.as_str())], counter(get(summary)))),
-            )?;
-        }
-        family(
-            &mut encoder,
-            "rule_actions",
-            "Actions each rule ran, by outcome",
-            s.rules.iter().flat_map(|(rule, summary)| {
-                summary.actions.iter().map(move |(outcome, v)| {
-                    ([("rule", rule.as_str()), ("outcome", outcome.as_str())], counter(*v))
-                })
-            }),
-        )?;
+        encode_rules(s, &mut encoder)?;
         let latency = &s.latency;
         family(
             &mut encoder,
@@ -168,6 +144,43 @@ impl Collector for SnapshotCollector {
         )?;
         Ok(())
     }
+}
+
+/// The `react` stage's per-rule counters.
+fn encode_rules(s: &StatsSnapshot, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let counter = |v: u64| ConstCounter::new(v);
+    for (name, help, get) in [
+        (
+            "rule_matches",
+            "Events that matched a rule's condition",
+            (|r| r.matches) as fn(&RuleSummary) -> u64,
+        ),
+        ("rule_detections", "Detections each rule made", |r| r.detections),
+        ("rule_detections_gapped", "Detections made while records were lost in the rule's window", |r| {
+            r.gapped
+        }),
+        ("rule_evictions", "State a rule dropped at its bound (keys, windows, partial matches)", |r| {
+            r.evictions
+        }),
+    ] {
+        family(
+            encoder,
+            name,
+            help,
+            s.rules.iter().map(|(rule, summary)| ([("rule", rule.as_str())], counter(get(summary)))),
+        )?;
+    }
+    family(
+        encoder,
+        "rule_actions",
+        "Actions each rule ran, by outcome",
+        s.rules.iter().flat_map(|(rule, summary)| {
+            summary.actions.iter().map(move |(outcome, v)| {
+                ([("rule", rule.as_str()), ("outcome", outcome.as_str())], counter(*v))
+            })
+        }),
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -216,21 +216,7 @@ impl fmt::Display for StatsSnapshot {
                 stage.busy_ns / 1_000_000
             )?;
         }
-        for (name, rule) in &self.rules {
-            let actions: Vec<String> = rule.actions.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            writeln!(
-                f,
-                "  rule {name}: matches {}  detections {} (gapped {})  evictions {}  actions: {}",
-                rule.matches,
-                rule.detections,
-                rule.gapped,
-                rule.evictions,
-                if actions.is_empty() { "none".to_owned() } else { actions.join(" ") }
-            )?;
-        }
-        if let Some(head) = &self.audit_head {
-            writeln!(f, "  audit log {}: {} lines, head {}", head.file, head.seq, head.hash)?;
-        }
+        self.fmt_rules(f)?;
         let details: Vec<String> = self
             .kernel
             .iter()
@@ -250,6 +236,28 @@ impl fmt::Display for StatsSnapshot {
                 gap.first + gap.count - 1,
                 gap.count
             )?;
+        }
+        Ok(())
+    }
+}
+
+impl StatsSnapshot {
+    /// The `react` stage's rules and the audit chain's head.
+    fn fmt_rules(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (name, rule) in &self.rules {
+            let actions: Vec<String> = rule.actions.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            writeln!(
+                f,
+                "  rule {name}: matches {}  detections {} (gapped {})  evictions {}  actions: {}",
+                rule.matches,
+                rule.detections,
+                rule.gapped,
+                rule.evictions,
+                if actions.is_empty() { "none".to_owned() } else { actions.join(" ") }
+            )?;
+        }
+        if let Some(head) = &self.audit_head {
+            writeln!(f, "  audit log {}: {} lines, head {}", head.file, head.seq, head.hash)?;
         }
         Ok(())
     }
