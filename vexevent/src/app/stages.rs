@@ -30,8 +30,8 @@ pub fn stage_graph(source: &str, settings: &Settings) -> Vec<String> {
         .collect()
 }
 
-/// The pipeline `vexevent run` runs: `source`, then correlate, filter, sequence, route (to
-/// `sinks`) and, with a stream server, the live stream. The replay test and the stages benchmark
+/// The pipeline `vexevent run` runs: `source`, then correlate, react (with rules), filter,
+/// sequence, route (to `sinks`) and, with a stream server, the live stream. The replay test and the stages benchmark
 /// build theirs here too.
 ///
 /// # Errors

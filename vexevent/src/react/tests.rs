@@ -284,3 +284,15 @@ fn a_replayed_log_gives_the_detections_of_the_events_it_holds() {
     let error = replay(&settings(LOCKER), &b"{}\n"[..], &Counters::default()).unwrap_err();
     assert!(error.to_string().contains("line 1"), "{error}");
 }
+
+#[test]
+fn the_readme_examples_validate() {
+    let readme = include_str!("../../../README.md");
+    let section = &readme[readme.find("## Rules: react to patterns").unwrap()..];
+    let start = section.find("```toml\n").unwrap() + "```toml\n".len();
+    let example = &section[start..start + section[start..].find("```").unwrap()];
+    let settings = settings(example);
+    assert_eq!(settings.rules.len(), 5);
+    assert_eq!(settings.config.mode, Mode::Enforce);
+    Engine::new(&settings, &RuleTable::default()).unwrap();
+}
