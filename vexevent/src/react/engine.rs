@@ -124,6 +124,9 @@ enum Pattern {
     },
     Sequence {
         steps: Vec<StepMatcher>,
+        /// Event types the steps after the first can match (`None`: any): others never advance a
+        /// partial match, so its key is not looked up.
+        advancing: Option<HashSet<EventType>>,
         partials: HashMap<Key, Vec<Partial>>,
         deadlines: VecDeque<(u64, Key)>,
         held: usize,
@@ -238,6 +241,7 @@ impl Engine {
             RuleKind::Sequence => {
                 let mut steps = Vec::new();
                 let mut types = Some(HashSet::new());
+                let mut advancing = Some(HashSet::new());
                 let mut earlier: Vec<&str> = Vec::new();
                 for step in &rule.steps {
                     let name = part(&format!("steps.{}", step.name));
@@ -248,10 +252,14 @@ impl Engine {
                             .map_err(|source| crate::expr::FilterError::Compile { name, source })?,
                     );
                     types = types.zip(event_types(&expr)).map(|(a, b)| &a | &b);
+                    if !earlier.is_empty() {
+                        advancing = advancing.zip(event_types(&expr)).map(|(a, b)| &a | &b);
+                    }
                     earlier.push(&step.name);
                 }
                 let pattern = Pattern::Sequence {
                     steps,
+                    advancing,
                     partials: HashMap::new(),
                     deadlines: VecDeque::new(),
                     held: 0,
@@ -332,8 +340,8 @@ impl Engine {
             if rule.excepts(event) {
                 continue;
             }
-            let Some(key) = key_of(rule.key, event) else { continue };
-            if let Some((trigger, links, from_ns)) = step(rule, key.clone(), event, time, self.max_partials) {
+            let bounds = (self.max_keys, self.max_partials);
+            if let Some((key, trigger, links, from_ns)) = step(rule, event, time, bounds) {
                 let verdict = verdict(&self.gaps, from_ns, time);
                 out.push(detection(index, rule, &key, &trigger, links, verdict, true));
             }
@@ -418,22 +426,24 @@ fn verdict(gaps: &VecDeque<(u64, u64)>, from_ns: u64, to_ns: u64) -> Verdict {
     }
 }
 
-/// Feeds one event to one rule; a completed pattern gives its trigger event, the matched ids
-/// and the start of the matched span.
+/// Feeds one event to one rule (its key is read only when a condition holds); a completed
+/// pattern gives its key, trigger event, the matched ids and the start of the matched span.
+/// `bounds`: keys pending (absence) and partial matches (sequence) the rule may hold.
 #[expect(clippy::too_many_lines, reason = "one short arm per pattern, over the same state")]
 fn step(
     rule: &mut Rule,
-    key: Key,
     event: &SemanticEvent,
     time: u64,
-    max_partials: usize,
-) -> Option<(SemanticEvent, Vec<u64>, u64)> {
+    (max_keys, max_partials): (usize, usize),
+) -> Option<(Key, SemanticEvent, Vec<u64>, u64)> {
     let counters = &rule.counters;
+    let key_field = rule.key;
     match &mut rule.pattern {
         Pattern::Count { condition, at_least, distinct, windows } => {
             if !condition.matches(event) {
                 return None;
             }
+            let key = key_of(key_field, event)?;
             add(&counters.matches, 1);
             let (at_least, distinct) = (*at_least, *distinct);
             let path = if distinct { Some(path_of(event)?) } else { None };
@@ -460,11 +470,18 @@ fn step(
             let evicted = windows.evicted;
             windows.add(&key, time, |tally| tally.fired = true);
             windows.evicted = evicted;
-            Some((event.clone(), links, time.saturating_sub(rule.within_ns)))
+            Some((key, event.clone(), links, time.saturating_sub(rule.within_ns)))
         }
-        Pattern::Sequence { steps, partials, deadlines, held } => {
+        Pattern::Sequence { steps, advancing, partials, deadlines, held } => {
+            let advances =
+                *held > 0 && advancing.as_ref().is_none_or(|types| types.contains(&event.event_type));
+            let starts = steps[0](event, &[]);
+            if !advances && !starts {
+                return None;
+            }
+            let key = key_of(key_field, event)?;
             let mut complete = None;
-            if let Some(list) = partials.get_mut(&key) {
+            if let Some(list) = partials.get_mut(&key).filter(|_| advances) {
                 let mut index = 0;
                 while index < list.len() {
                     let partial = &mut list[index];
@@ -485,9 +502,9 @@ fn step(
             if let Some(done) = complete {
                 let from_ns = done.events[0].timestamp.monotonic_ns;
                 let links = done.events.iter().map(|e| e.event_id).collect();
-                return Some((event.clone(), links, from_ns));
+                return Some((key, event.clone(), links, from_ns));
             }
-            if steps[0](event, &[]) {
+            if starts {
                 add(&counters.matches, 1);
                 if *held >= max_partials {
                     add(&counters.evictions, 1);
@@ -508,16 +525,17 @@ fn step(
         }
         Pattern::Absence { first, then, pending, deadlines } => {
             if then.matches(event) {
-                if pending.remove(&key).is_some() {
+                if pending.remove(&key_of(key_field, event)?).is_some() {
                     add(&counters.matches, 1);
                 }
             } else if first.matches(event) {
+                let key = key_of(key_field, event)?;
                 add(&counters.matches, 1);
                 if let Some(waiting) = pending.get_mut(&key) {
                     if waiting.links.len() < MAX_LINKS {
                         waiting.links.push(event.event_id);
                     }
-                } else if pending.len() >= max_partials {
+                } else if pending.len() >= max_keys {
                     add(&counters.evictions, 1);
                 } else {
                     let deadline = time.saturating_add(rule.within_ns);
