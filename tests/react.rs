@@ -2,7 +2,8 @@
 //! `*.locked` is stopped (SIGSTOP through a pidfd) and resumed by `vexevent rollback`, with the
 //! audit log verified and the same detections replayed from the recorded log; `dry_run` acts on
 //! nothing and audits what it would have done; an absence fires (a chmod and a program run as
-//! `nobody`), and after an induced ring overflow reports `gapped` and does not act.
+//! `nobody`), and after an induced ring overflow reports `gapped` and does not act; what a
+//! program run by a rule does triggers no rule (no feedback loop).
 
 mod support;
 
@@ -315,4 +316,58 @@ actions = [{{ type = "chmod", mode = 0o600 }}, {{ type = "run", argv = ["/usr/bi
     assert_eq!(audits(&finished.events, "not_acted_gapped").len(), 2, "both actions audited as not acted");
     let verified = vexevent_command(&["audit", "verify", dir.path().join("audit.log").to_str().unwrap()]);
     assert!(verified.status.success(), "{verified:?}");
+}
+
+#[test]
+fn what_a_rules_program_does_triggers_no_rule() {
+    let Some(_serial) = exclusive_root_test("what_a_rules_program_does_triggers_no_rule") else {
+        return;
+    };
+    let mount = Mount::tmpfs();
+    // The program runs as nobody: it must reach the mount and write in it.
+    std::fs::set_permissions(mount.path.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&mount.path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rules_file = dir.path().join("rules.toml");
+    let by_program = mount.path.join("by-program");
+    std::fs::write(
+        &rules_file,
+        format!(
+            r#"
+[[rules]]
+name = "creates"
+kind = "count"
+match = "type == FilesystemCreate"
+at_least = 1
+within_ms = 1
+key = "path"
+actions = [{{ type = "run", argv = ["/usr/bin/touch", "{}"] }}]
+"#,
+            by_program.display()
+        ),
+    )
+    .unwrap();
+    let config = config(dir.path(), "enforce", &rules_file);
+    let vexevent = Vexevent::start(&[&mount.path], &["--config", config.to_str().unwrap()]);
+    std::fs::write(mount.path.join("first"), b"").unwrap();
+    wait_until("the program's file", || by_program.exists());
+    // A later creation still fires: the rule works, only the program's own creation was left out.
+    std::fs::write(mount.path.join("second"), b"").unwrap();
+    vexevent.wait_for("the second detection", DEADLINE, |events| detections(events, "creates").len() >= 2);
+    let finished = vexevent.stop();
+    assert!(finished.exit_ok, "{:?}", finished.stderr);
+    let created: Vec<&Value> =
+        finished.events.iter().filter(|e| e["event_type"] == "FilesystemCreate").collect();
+    assert!(created.iter().any(|e| support::path_is(e, &by_program)), "the program's creation is an event");
+    let keys: Vec<&str> = detections(&finished.events, "creates")
+        .iter()
+        .map(|d| d["context"]["parameters"]["key"].as_str().unwrap())
+        .collect();
+    let first = mount.path.join("first");
+    let second = mount.path.join("second");
+    assert_eq!(
+        keys,
+        [first.to_str().unwrap(), second.to_str().unwrap()],
+        "no detection of the program's file"
+    );
 }

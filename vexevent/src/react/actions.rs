@@ -7,7 +7,7 @@
 //! tree is excluded from rules while they run. [`rollback`] undoes what the audit log says.
 
 use std::{
-    collections::{HashSet, VecDeque},
+    collections::{HashMap, VecDeque},
     os::{
         fd::{AsRawFd, FromRawFd, OwnedFd},
         unix::{ffi::OsStrExt, fs::PermissionsExt, process::CommandExt},
@@ -58,26 +58,41 @@ fn stat_field(pid: u32, field: usize) -> Option<u64> {
 }
 
 /// The programs vexevent runs: their events, and their descendants', never count for rules.
+/// A program stays known for [`EXITED_GRACE`] after it exits, since its last events reach the
+/// stage after it is gone.
 #[derive(Debug, Default)]
 pub struct OwnTree {
-    running: Mutex<HashSet<u32>>,
+    /// Program pids, with when they exited (`None`: running).
+    programs: Mutex<HashMap<u32, Option<Instant>>>,
     count: AtomicUsize,
 }
 
+/// How long after a program exits its events are still recognized as its own (far more than an
+/// event takes from the kernel to the stage when the pipeline keeps up).
+pub const EXITED_GRACE: Duration = Duration::from_secs(2);
+
 impl OwnTree {
-    /// Whether a program vexevent runs is running (only then is a pid looked up).
+    /// Whether a program vexevent runs is running or just exited (only then is a pid looked up).
     #[must_use]
     pub fn active(&self) -> bool {
         self.count.load(Ordering::Acquire) > 0
     }
 
-    /// Whether `pid` is a program vexevent runs or a descendant of one.
+    fn programs(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Option<Instant>>> {
+        let mut programs = self.programs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        programs.retain(|_, exited| exited.is_none_or(|at| at.elapsed() < EXITED_GRACE));
+        self.count.store(programs.len(), Ordering::Release);
+        programs
+    }
+
+    /// Whether `pid` is a program vexevent runs (or ran moments ago) or a running descendant of
+    /// one (found through `/proc` parents).
     #[must_use]
     pub fn contains(&self, pid: u32) -> bool {
-        let running = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let programs = self.programs();
         let mut current = pid;
         for _ in 0..MAX_TREE_DEPTH {
-            if running.contains(&current) {
+            if programs.contains_key(&current) {
                 return true;
             }
             match parent(current) {
@@ -88,14 +103,14 @@ impl OwnTree {
         false
     }
 
-    fn set(&self, pid: u32, present: bool) {
-        let mut running = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if present {
-            running.insert(pid)
-        } else {
-            running.remove(&pid)
-        };
-        self.count.store(running.len(), Ordering::Release);
+    fn started(&self, pid: u32) {
+        let mut programs = self.programs();
+        programs.insert(pid, None);
+        self.count.store(programs.len(), Ordering::Release);
+    }
+
+    fn exited(&self, pid: u32) {
+        self.programs().insert(pid, Some(Instant::now()));
     }
 }
 
@@ -580,7 +595,7 @@ fn run_program(action: &ActionConfig, job: &Job, timeout: Duration, own: &OwnTre
         Ok(child) => child,
         Err(e) => return ("failed", format!("{}: {e}", action.argv[0]), None),
     };
-    own.set(child.id(), true);
+    own.started(child.id());
     let exited = pidfd_open(child.id()).is_ok_and(|fd| {
         let mut poll = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
@@ -592,7 +607,7 @@ fn run_program(action: &ActionConfig, job: &Job, timeout: Duration, own: &OwnTre
         unsafe { libc::kill(-libc::pid_t::try_from(child.id()).unwrap_or(0), libc::SIGKILL) };
     }
     let status = child.wait();
-    own.set(child.id(), false);
+    own.exited(child.id());
     match status {
         Ok(_) if !exited => ("timeout", format!("killed after {timeout:?}"), None),
         Ok(status) if status.success() => ("done", format!("ran as {user} (uid {uid})"), None),
