@@ -22,12 +22,58 @@ use std::{io::BufRead, sync::Arc};
 use crate::{
     event::{EventType, SemanticEvent},
     pipeline::{EventBatch, Stage},
-    telemetry::Counters,
+    telemetry::{AuditHead, Counters},
 };
 
 /// How far behind the clock an idle tick closes windows: when the source is idle, capture holds
 /// nothing newer than its reorder window (100 us by default), far less than this.
 const IDLE_LAG_NS: u64 = 100_000_000;
+
+/// Least time between two audit-head events while the head moves.
+const AUDIT_HEAD_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// An `ObservabilityAuditEvent` (subtype `audit_head`) carrying the audit log's last line:
+/// `file`, `audit_seq`, `audit_hash`.
+fn head_event(head: &AuditHead, at_ns: u64) -> SemanticEvent {
+    let parameters =
+        [("file", head.file.clone()), ("audit_seq", head.seq.to_string()), ("audit_hash", head.hash.clone())]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+    SemanticEvent {
+        event_id: crate::event::next_event_id(),
+        event_type: EventType::ObservabilityAuditEvent,
+        event_type_code: EventType::ObservabilityAuditEvent.code(),
+        event_subtype: "audit_head".to_owned(),
+        timestamp: crate::event::Timestamp {
+            wall_ns: wall_ns(),
+            monotonic_ns: at_ns,
+            cpu: 0,
+            pid: 0,
+            sequence: 0,
+        },
+        global_sequence: 0,
+        local_sequence: 0,
+        flags: crate::event::flags::DEFAULT,
+        priority: crate::event::Priority::Normal,
+        event_size: 0,
+        event_version: crate::event::EVENT_VERSION,
+        parent_event_id: None,
+        causality_links: Vec::new(),
+        context: crate::event::Context { parameters, ..crate::event::Context::default() },
+        process: None,
+        result: None,
+        duration_ns: 0,
+        timeline: None,
+    }
+}
+
+/// The wall clock now, in nanoseconds since the Unix epoch.
+fn wall_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
 
 /// Why the `react` stage or a replay cannot run.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +97,9 @@ pub struct ReactStage {
     detections: Vec<Detection>,
     /// The latest watermark seen (ticks never close less than it).
     watermark_ns: u64,
+    counters: Arc<Counters>,
+    /// The audit chain head last sent to the sinks, and when.
+    head_sent: Option<(u64, std::time::Instant)>,
 }
 
 impl ReactStage {
@@ -62,7 +111,29 @@ impl ReactStage {
         let engine = Engine::new(settings, &counters.rules)?;
         let actions = Actions::start(&settings.config, &settings.rules, counters)?;
         let acting = settings.rules.iter().map(|rule| !rule.actions.is_empty()).collect();
-        Ok(Self { engine, actions, acting, detections: Vec::new(), watermark_ns: 0 })
+        Ok(Self {
+            engine,
+            actions,
+            acting,
+            detections: Vec::new(),
+            watermark_ns: 0,
+            counters: Arc::clone(counters),
+            head_sent: None,
+        })
+    }
+
+    /// Sends the audit chain's head to the sinks when it moved (at most every
+    /// [`AUDIT_HEAD_EVERY`] unless `now`), so a truncated audit log is detected from the stream too.
+    fn send_head(&mut self, now: bool, at_ns: u64, out: &mut Vec<SemanticEvent>) {
+        let Some(head) = self.counters.rules.audit_head() else { return };
+        let due = match self.head_sent {
+            None => true,
+            Some((seq, at)) => seq != head.seq && (now || at.elapsed() >= AUDIT_HEAD_EVERY),
+        };
+        if due {
+            out.push(head_event(&head, at_ns));
+            self.head_sent = Some((head.seq, std::time::Instant::now()));
+        }
     }
 
     /// Adds the detections to the batch and hands those of acting rules to the worker.
@@ -107,12 +178,14 @@ impl Stage for ReactStage {
         self.watermark_ns = self.watermark_ns.max(now_ns.saturating_sub(IDLE_LAG_NS));
         self.engine.advance(self.watermark_ns, &mut self.detections);
         self.emit(&mut batch.events);
+        self.send_head(false, now_ns, &mut batch.events);
     }
 
     fn flush(&mut self, batch: &mut EventBatch) {
         self.engine.finish(&mut self.detections);
         self.emit(&mut batch.events);
         self.actions.stop(&mut batch.events);
+        self.send_head(true, self.watermark_ns, &mut batch.events);
     }
 }
 

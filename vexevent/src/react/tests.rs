@@ -1,6 +1,8 @@
 //! The rule engine on synthetic events: each pattern, keys, gaps, chaining, bounds, validation,
 //! and replay of a JSON Lines log.
 
+use std::sync::Arc;
+
 use super::*;
 use crate::{
     config::Config,
@@ -295,4 +297,33 @@ fn the_readme_examples_validate() {
     assert_eq!(settings.rules.len(), 5);
     assert_eq!(settings.config.mode, Mode::Enforce);
     Engine::new(&settings, &RuleTable::default()).unwrap();
+}
+
+#[test]
+fn the_stage_adds_detections_and_audit_events_and_sends_the_chain_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = LOCKER
+        .replace("key = \"pid\"", "key = \"pid\"\nactions = [{ type = \"signal\", signal = \"SIGSTOP\" }]");
+    let mut config = Config::from_toml(&rules).unwrap();
+    config.react.audit_log = dir.path().join("audit.log");
+    let counters = Arc::new(Counters::default());
+    let mut stage = ReactStage::new(&config.react_settings().unwrap(), &counters).unwrap();
+    let mut batch = EventBatch::default();
+    batch.events =
+        (0..10).map(|i| rename(&format!("/d/{i}"), &format!("/d/{i}.locked"), 7, 100 + i)).collect();
+    batch.watermark_ns = 100 * MS;
+    stage.process(&mut batch);
+    assert_eq!(batch.events[10].event_subtype, "rule:locker", "the detection follows its trigger");
+    let mut end = EventBatch::default();
+    stage.flush(&mut end);
+    // Monitor mode (the default): the signal is decided as a dry run, then the chain's head.
+    let derived: Vec<&SemanticEvent> = batch.events[11..].iter().chain(&end.events).collect();
+    let subtypes: Vec<&str> = derived.iter().map(|e| e.event_subtype.as_str()).collect();
+    assert_eq!(subtypes, ["action:signal", "audit_head"]);
+    assert_eq!(derived[0].context.parameters["outcome"], "dry_run");
+    assert_eq!(derived[0].context.parameters["detail"], "send SIGSTOP to pid 7");
+    let lines = verify(&config.react.audit_log).unwrap();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(derived[1].context.parameters["audit_hash"], lines[0].hash);
+    assert_eq!(counters.rules.summaries()["locker"].actions["dry_run"], 1);
 }
