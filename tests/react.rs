@@ -3,7 +3,8 @@
 //! audit log verified and the same detections replayed from the recorded log; `dry_run` acts on
 //! nothing and audits what it would have done; an absence fires (a chmod and a program run as
 //! `nobody`), and after an induced ring overflow reports `gapped` and does not act; what a
-//! program run by a rule does triggers no rule (no feedback loop).
+//! program run by a rule does triggers no rule (no feedback loop). Without root: `check-config`
+//! shows `react` before `filter` and lists rule problems with their place.
 
 mod support;
 
@@ -370,4 +371,36 @@ actions = [{{ type = "run", argv = ["/usr/bin/touch", "{}"] }}]
         [first.to_str().unwrap(), second.to_str().unwrap()],
         "no detection of the program's file"
     );
+}
+
+#[test]
+fn check_config_puts_react_before_filter_and_lists_each_rule_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules_file = dir.path().join("rules.toml");
+    std::fs::write(&rules_file, rules(r#"{ type = "signal", signal = "SIGSTOP" }"#)).unwrap();
+    let config = config(dir.path(), "monitor", &rules_file);
+    let checked = vexevent_command(&["check-config", config.to_str().unwrap()]);
+    assert!(checked.status.success(), "{checked:?}");
+    let out = String::from_utf8_lossy(&checked.stdout);
+    assert!(out.contains("stages: kernel -> correlate -> react -> filter -> sequence -> route"), "{out}");
+
+    std::fs::write(
+        &rules_file,
+        rules(r#"{ type = "run", argv = [], user = "root" }"#).replace("at_least = 200\n", ""),
+    )
+    .unwrap();
+    let checked = vexevent_command(&["check-config", config.to_str().unwrap()]);
+    assert!(!checked.status.success());
+    let out = String::from_utf8_lossy(&checked.stdout);
+    for expected in [
+        "rules[0] (locker): kind count needs `at_least`",
+        "rules[0] (locker): actions[0] (run): `argv` must name the program",
+        "rules[0] (locker): actions[0] (run): user \"root\" is root",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in {out}");
+    }
+    std::fs::write(&rules_file, "[[rules]]\nname = \"x\"\nbogus = 1\n").unwrap();
+    let checked = vexevent_command(&["check-config", config.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&checked.stdout);
+    assert!(out.contains("react.rules_file") && out.contains("line 3"), "{out}");
 }
