@@ -165,7 +165,8 @@ fn pipeline(c: &mut Criterion) {
                 let (_, compiled) = config.build().expect("valid");
                 let run = Run::new(settings.node.clone());
                 let pipeline =
-                    build_pipeline(Box::new(source), &settings, compiled, &run, sinks, None, &counters);
+                    build_pipeline(Box::new(source), &settings, compiled, &run, sinks, None, &counters)
+                        .expect("no react stage: nothing to open");
                 let started = Instant::now();
                 pipeline.run(&crossbeam_channel::never());
                 started.elapsed()

@@ -110,6 +110,7 @@ fn a_recorded_stream_replays_into_ordered_joined_events() {
         None,
         &counters,
     )
+    .unwrap()
     .then(Box::new(Collect(Arc::clone(&collected))));
     assert_eq!(pipeline.graph(), ["kernel", "correlate", "filter", "sequence", "route", "collect"]);
     pipeline.run(&crossbeam_channel::never());

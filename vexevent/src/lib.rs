@@ -2,7 +2,7 @@
 //!
 //! Data flows one way: `loader` attaches the probes, `capture` drains their ring buffers,
 //! `translate` turns records into [`event::SemanticEvent`]s, `correlate` joins the boundaries of
-//! one operation (syscall and FUSE requests), `filter` keeps what was asked for, `route` picks
+//! one operation (syscall and FUSE requests), `filter` keeps what was asked for, `react` matches rules and acts, `route` picks
 //! the outputs, `sinks` deliver to them, `http` serves the live stream and the control API; `telemetry`
 //! counts everything that does not make it; `app` wires the stages; `config` feeds them.
 
@@ -19,6 +19,7 @@ mod fuzz;
 pub mod http;
 pub mod loader;
 pub mod pipeline;
+pub mod react;
 pub mod route;
 pub mod sinks;
 pub mod telemetry;

@@ -1,6 +1,7 @@
 //! The `vexevent` command line: `run` captures, `stats` reports a running instance's counters,
 //! `tail` follows its stream, `reload` reloads its filters and routes, `check-config` validates a
-//! configuration file, `explain` shows where a filter runs.
+//! configuration file, `explain` shows where a filter runs; `replay`, `audit verify` and
+//! `rollback` serve rules.
 
 mod commands;
 
@@ -106,6 +107,29 @@ enum Command {
         /// The TOML file to check.
         file: PathBuf,
     },
+    /// Run rules over a recorded JSON Lines log (vexevent's output) and print their detections,
+    /// one JSON line each (no root, no kernel; nothing acts).
+    Replay {
+        /// A rules file (`[[rules]]`, as `react.rules_file`).
+        #[arg(long, value_name = "FILE")]
+        rules: PathBuf,
+        /// The recorded events.
+        events: PathBuf,
+    },
+    /// The audit log of what rules decided and did.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Undo a rule's action recorded in the audit log (SIGCONT a process it stopped, move a
+    /// quarantined file back, restore a mode), and record the rollback there.
+    Rollback {
+        /// The audit log (`react.audit_log`).
+        #[arg(long, value_name = "FILE", default_value = "/var/log/vexevent/audit.log")]
+        audit_log: PathBuf,
+        /// The audit line of the action's outcome (its `seq`, also `audit_seq` on its event).
+        id: u64,
+    },
     /// Show which part of a filter the kernel evaluates and which part userspace does.
     Explain {
         /// TOML configuration file whose [filter] to explain.
@@ -114,6 +138,15 @@ enum Command {
         /// Filter expression (repeatable: all must match); see README, "Filters".
         #[arg(long)]
         filter: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Check the hash chain: an edited or removed line is reported with its number.
+    Verify {
+        /// The audit log.
+        file: PathBuf,
     },
 }
 
@@ -352,6 +385,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Top { control_addr, token, token_file, rows } => {
             commands::top::follow(control_addr, &client_token(token, &token_file)?, rows)
         }
+        Command::Replay { rules, events } => commands::rules::replay_log(&rules, &events),
+        Command::Audit { command: AuditCommand::Verify { file } } => commands::rules::verify_log(&file),
+        Command::Rollback { audit_log, id } => commands::rules::rollback_action(&audit_log, id),
         Command::Explain { config, filter } => {
             let mut config = match &config {
                 Some(path) => Config::from_file(path)?,

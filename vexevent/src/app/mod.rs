@@ -50,6 +50,8 @@ pub enum AppError {
     Stream(#[from] crate::http::StreamError),
     #[error(transparent)]
     Auth(#[from] crate::http::AuthError),
+    #[error(transparent)]
+    React(#[from] crate::react::ReactError),
     #[error("cannot start the {what}: {source}")]
     Start {
         what: &'static str,
@@ -97,7 +99,7 @@ pub fn run(
         _ => None,
     };
     let broadcaster = stream.as_ref().map(|s| Arc::clone(&s.broadcaster));
-    let pipeline = build_pipeline(Box::new(kernel), settings, compiled, &run, sinks, broadcaster, &counters);
+    let pipeline = build_pipeline(Box::new(kernel), settings, compiled, &run, sinks, broadcaster, &counters)?;
     let pipeline = thread::Builder::new()
         .name("vexevent-pipeline".into())
         .spawn(move || pipeline.run(&reloads_rx))

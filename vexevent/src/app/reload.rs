@@ -106,6 +106,7 @@ pub fn prepare(
         ("[stream]", config.stream != running.stream),
         ("[control]", config.control != running.control),
         ("[stats]", config.stats != running.stats),
+        ("[react] and [[rules]]", config.react != running.react || config.rules != running.rules),
     ];
     for (section, changed) in restart_only {
         if changed {

@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use super::AppError;
+
 use crate::{
     analyse::AnalyseStage,
     config::{Compiled, Settings},
@@ -11,30 +13,34 @@ use crate::{
     filter::FilterStage,
     http::{Broadcaster, StreamStage},
     pipeline::{Pipeline, Sequencer, Source},
+    react::ReactStage,
     route::RouteStage,
     sinks::Sinks,
     telemetry::Counters,
 };
 
-/// The stages after the source, in order (`analyse` only when enabled, `stream` only with a
-/// stream server).
-pub const STAGES: [&str; 6] = ["correlate", "analyse", "filter", "sequence", "route", "stream"];
+/// The stages after the source, in order (`react` only with rules, `analyse` only when enabled,
+/// `stream` only with a stream server).
+pub const STAGES: [&str; 7] = ["correlate", "react", "analyse", "filter", "sequence", "route", "stream"];
 
 /// The stage graph the settings give, from the source to the last stage.
 #[must_use]
 pub fn stage_graph(source: &str, settings: &Settings) -> Vec<String> {
     std::iter::once(source)
         .chain(STAGES.into_iter().filter(|&stage| stage != "stream" || settings.stream.addr.is_some()))
+        .filter(|&stage| stage != "react" || !settings.react.rules.is_empty())
         .filter(|&stage| stage != "analyse" || settings.analyse.enabled)
         .map(str::to_owned)
         .collect()
 }
 
-/// The pipeline `vexevent run` runs: `source`, then correlate, analyse (when enabled), filter,
-/// sequence, route (to `sinks`) and, with a stream server, the live stream; the filter and routes
-/// as compiled when the configuration was built. The replay test and the stages benchmark build
-/// theirs here too.
-#[must_use]
+/// The pipeline `vexevent run` runs: `source`, then correlate, react (with rules), analyse (when
+/// enabled), filter, sequence, route (to `sinks`) and, with a stream server, the live stream; the
+/// filter and routes as compiled when the configuration was built. The replay test and the stages
+/// benchmark build theirs here too.
+///
+/// # Errors
+/// When the react stage cannot start (its audit log cannot be opened).
 pub fn build_pipeline(
     source: Box<dyn Source>,
     settings: &Settings,
@@ -43,11 +49,17 @@ pub fn build_pipeline(
     sinks: Sinks,
     stream: Option<Arc<Broadcaster>>,
     counters: &Arc<Counters>,
-) -> Pipeline {
+) -> Result<Pipeline, AppError> {
     let Compiled { filter, router } = compiled;
     let pipeline = Pipeline::new(source, Arc::clone(counters))
         .then(Box::new(CorrelateStage::new(settings.correlate, Arc::clone(counters))));
-    // Before filter: the events it derives (anomalies, health alerts, windows) reach the outputs.
+    // Before filter: the events they derive (detections, anomalies, health alerts, windows) go
+    // through filter and route like any event.
+    let pipeline = if settings.react.rules.is_empty() {
+        pipeline
+    } else {
+        pipeline.then(Box::new(ReactStage::new(&settings.react, run.clone(), counters)?))
+    };
     let pipeline = if settings.analyse.enabled {
         pipeline.then(Box::new(AnalyseStage::new(
             settings.analyse.clone(),
@@ -61,10 +73,10 @@ pub fn build_pipeline(
         .then(Box::new(FilterStage::new(filter, Arc::clone(counters))))
         .then(Box::new(Sequencer::default()))
         .then(Box::new(RouteStage::new(router, sinks, Arc::clone(counters))));
-    match stream {
+    Ok(match stream {
         Some(broadcaster) => pipeline.then(Box::new(StreamStage::new(broadcaster, Arc::clone(counters)))),
         None => pipeline,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -93,7 +105,8 @@ mod tests {
         let counters = Arc::new(Counters::default());
         let sinks = Sinks::start(&settings.outputs.sinks, &counters).unwrap();
         let run = Run::new(settings.node.clone());
-        let pipeline = build_pipeline(Box::new(Nothing), &settings, compiled, &run, sinks, None, &counters);
+        let pipeline =
+            build_pipeline(Box::new(Nothing), &settings, compiled, &run, sinks, None, &counters).unwrap();
         assert_eq!(pipeline.graph(), stage_graph("kernel", &settings));
         pipeline.run(&crossbeam_channel::never());
     }

@@ -1,7 +1,9 @@
 //! The binary's own subcommands and output: what `run` prints while it runs, and the commands
-//! that talk to a running instance (`reload`, `tail`, `top`).
+//! that talk to a running instance (`reload`, `tail`, `top`), and the rule commands (`replay`,
+//! `audit`, `rollback`).
 
 pub mod reload;
+pub mod rules;
 pub mod run;
 pub mod tail;
 pub mod top;

@@ -28,6 +28,7 @@ use crate::{
     filter::{FilterConfig, KernelPart, pushdown},
     http::{AuthError, ControlConfig, StreamConfig},
     loader::{ProbeSettings, SyscallHooks},
+    react::{ReactConfig, ReactSettings, RuleConfig, RuleError, read_rules_file, rule_problems},
     route::Router,
     telemetry::HealthConfig,
 };
@@ -74,6 +75,10 @@ pub struct Config {
     pub stats: StatsConfig,
     pub analyse: AnalyseConfig,
     pub health: HealthConfig,
+    /// How rules act (`[react]`).
+    pub react: ReactConfig,
+    /// Rules over the event stream (`[[rules]]`; more in `react.rules_file`).
+    pub rules: Vec<RuleConfig>,
 }
 
 /// `[vexfs]`: where `VexFS` semantics apply besides detected `VexFS` mounts.
@@ -252,6 +257,8 @@ pub enum ConfigError {
     Route { what: String, message: String },
     #[error("{what}: {sink:?} is not a configured sink; sinks: {known}")]
     UnknownSink { what: String, sink: String, known: String },
+    #[error(transparent)]
+    Rule(#[from] RuleError),
     #[error(
         "output.path (or --output) is set while [sinks] are configured; add the file as a sink: [sinks.NAME] type = \"file\", path = ..."
     )]
@@ -289,6 +296,8 @@ pub struct Settings {
     pub analyse: AnalyseConfig,
     /// What readiness requires (`[health]`).
     pub health: HealthConfig,
+    /// The `react` stage: its rules (the file's included) and how they act.
+    pub react: ReactSettings,
 }
 
 /// The filter chain and the routes, compiled once when the configuration is built (the
@@ -365,6 +374,12 @@ impl Config {
                 Err(error) => problems.push(ConfigError::Filter(error)),
             }
         }
+        match self.react_settings() {
+            Ok(react) => {
+                problems.extend(rule_problems(&react.rules, &macros).into_iter().map(ConfigError::Rule));
+            }
+            Err(error) => problems.push(ConfigError::Rule(error)),
+        }
         let compiled = match (filter, outputs) {
             (Some(filter), Some(outputs)) if problems.is_empty() => {
                 let router = Router::compiled(
@@ -378,6 +393,18 @@ impl Config {
             _ => None,
         };
         (problems, compiled)
+    }
+
+    /// The rules (the configuration's, then `react.rules_file`'s) and how they act.
+    ///
+    /// # Errors
+    /// When the rules file cannot be read or parsed.
+    pub fn react_settings(&self) -> Result<ReactSettings, RuleError> {
+        let mut rules = self.rules.clone();
+        if let Some(file) = &self.react.rules_file {
+            rules.extend(read_rules_file(file)?);
+        }
+        Ok(ReactSettings { config: self.react.clone(), rules, macros: self.filter.macros.clone() })
     }
 
     /// Sinks, routes and unmatched outputs, resolved.
@@ -487,6 +514,7 @@ impl Config {
             stats_file: self.stats.file.clone(),
             analyse: self.analyse.clone(),
             health: self.health.clone(),
+            react: self.react_settings()?,
         };
         Ok((settings, compiled))
     }

@@ -130,6 +130,15 @@ impl SemanticEvent {
         derived
     }
 
+    /// An event vexevent makes itself about this one (a detection, an audit record): derived as
+    /// by [`Self::derive`], with an origin of its own in this event's run ([`Run::own`]).
+    #[must_use]
+    pub fn derive_own(&self, event_type: EventType) -> SemanticEvent {
+        let mut derived = self.derive(event_type, 0);
+        derived.origin = self.origin.run.own(derived.event_id);
+        derived
+    }
+
     /// The `ObservabilityErrorReported` event `VexFS` derives from a failed operation, linked to it.
     #[must_use]
     pub fn error_companion(&self) -> Option<SemanticEvent> {

@@ -42,7 +42,7 @@ const MAX_MACRO_NESTING: usize = 16;
 const REGEX_BYTES: usize = 1 << 20;
 
 /// What a field yields for one event.
-enum Field {
+pub(super) enum Field {
     Number(fn(&SemanticEvent) -> Option<i64>),
     Bytes(fn(&SemanticEvent) -> Option<&[u8]>),
 }
@@ -54,7 +54,7 @@ fn fs(event: &SemanticEvent) -> Option<&crate::event::FilesystemContext> {
     event.context.filesystem.as_ref()
 }
 
-fn field(name: &str) -> Result<Field, CompileError> {
+pub(super) fn field(name: &str) -> Result<Field, CompileError> {
     Ok(match name {
         "type" => Field::Bytes(|e| Some(e.event_type.name().as_bytes())),
         "category" => Field::Bytes(|e| Some(e.event_type.category().as_bytes())),
@@ -210,7 +210,7 @@ pub fn compile(expr: &Expr, macros: &BTreeMap<String, Expr>) -> Result<Matcher, 
     compile_in(expr, macros, &mut Vec::new())
 }
 
-fn compile_in(
+pub(super) fn compile_in(
     expr: &Expr,
     macros: &BTreeMap<String, Expr>,
     expanding: &mut Vec<String>,

@@ -1,5 +1,5 @@
 //! The expression language shared by every stage that selects events (the filter, routes, stream
-//! subscriptions, and rules next): parsed once (see `parse` for the grammar), compiled once into a
+//! subscriptions, rules; a rule's later steps may compare fields with an earlier step's, see `steps`): parsed once (see `parse` for the grammar), compiled once into a
 //! matcher over [`SemanticEvent`] fields, with named macros (`@name`); filters chain (all, any,
 //! first match).
 //!
@@ -13,11 +13,13 @@
 
 mod compile;
 mod parse;
+mod steps;
 
 use std::collections::BTreeMap;
 
 pub use compile::{CompileError, Matcher};
 pub use parse::{CompareOp, Expr, ParseError, TextOp, Value, parse};
+pub use steps::{StepMatcher, compile_steps, event_types};
 
 use crate::event::SemanticEvent;
 

@@ -5,6 +5,7 @@ mod analytics;
 mod health;
 mod outputs;
 mod prometheus;
+mod rules;
 mod snapshot;
 mod stages;
 
@@ -14,6 +15,7 @@ pub use analytics::{
 pub use health::{Check, Health, HealthConfig, HealthReport};
 pub use outputs::{OutputCounters, SinkCounters, SinkSummary};
 pub use prometheus::prometheus_text;
+pub use rules::{AuditHead, RuleCounters, RuleSummary, RuleTable};
 pub use snapshot::{KernelCounters, LatencySummary, LossSummary, StatsSnapshot};
 pub use stages::{StageCounters, StageSummary, StageTable};
 
@@ -52,6 +54,8 @@ macro_rules! counters {
             pub analytics: Analytics,
             /// Readiness checks (`/readyz`, health alerts).
             pub health: Health,
+            /// Every rule of the `react` stage, by name, and the audit chain's head.
+            pub rules: RuleTable,
         }
 
         impl Counters {

@@ -9,7 +9,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use super::{LatencyHistogram, StatsSnapshot};
+use super::{LatencyHistogram, RuleSummary, StatsSnapshot};
 
 /// A histogram already counted (cumulative buckets in seconds), encoded as Prometheus expects.
 struct SecondsHistogram<'a>(&'a LatencyHistogram);
@@ -171,6 +171,7 @@ impl Collector for SnapshotCollector {
             "Time each pipeline stage spent processing",
             s.stages.iter().map(|(name, stage)| ([("stage", name.as_str())], counter(stage.busy_ns))),
         )?;
+        encode_rules(s, &mut encoder)?;
         encode_histograms(s, &mut encoder)?;
         encode_analyse(s, &mut encoder)
     }
@@ -242,6 +243,43 @@ fn encode_analyse(s: &StatsSnapshot, encoder: &mut DescriptorEncoder) -> Result<
             ready.metric_type(),
         )?)?;
     }
+    Ok(())
+}
+
+/// The `react` stage's per-rule counters.
+fn encode_rules(s: &StatsSnapshot, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let counter = |v: u64| ConstCounter::new(v);
+    for (name, help, get) in [
+        (
+            "rule_matches",
+            "Events that matched a rule's condition",
+            (|r| r.matches) as fn(&RuleSummary) -> u64,
+        ),
+        ("rule_detections", "Detections each rule made", |r| r.detections),
+        ("rule_detections_gapped", "Detections made while records were lost in the rule's window", |r| {
+            r.gapped
+        }),
+        ("rule_evictions", "State a rule dropped at its bound (keys, windows, partial matches)", |r| {
+            r.evictions
+        }),
+    ] {
+        family(
+            encoder,
+            name,
+            help,
+            s.rules.iter().map(|(rule, summary)| ([("rule", rule.as_str())], counter(get(summary)))),
+        )?;
+    }
+    family(
+        encoder,
+        "rule_actions",
+        "Actions each rule ran, by outcome",
+        s.rules.iter().flat_map(|(rule, summary)| {
+            summary.actions.iter().map(move |(outcome, v)| {
+                ([("rule", rule.as_str()), ("outcome", outcome.as_str())], counter(*v))
+            })
+        }),
+    )?;
     Ok(())
 }
 

@@ -5,7 +5,9 @@ use std::{collections::BTreeMap, fmt};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Counters, Gap, HealthReport, LatencyHistogram, SinkSummary, StageSummary};
+use super::{
+    AuditHead, Counters, Gap, HealthReport, LatencyHistogram, RuleSummary, SinkSummary, StageSummary,
+};
 
 /// What the kernel side reports, summed over CPUs (filled by the loader).
 #[derive(Clone, Debug, Default)]
@@ -57,6 +59,12 @@ pub struct StatsSnapshot {
     /// from the analyse stage), for Prometheus only.
     #[serde(skip)]
     pub histograms: Vec<LatencyHistogram>,
+    /// Per rule: matches, detections, evictions, actions by outcome.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rules: BTreeMap<String, RuleSummary>,
+    /// The audit log's last line (sequence and hash), when rules act.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_head: Option<AuditHead>,
 }
 
 /// One sequence gap, as reported.
@@ -146,6 +154,8 @@ impl StatsSnapshot {
             histograms: std::iter::once(counters.latency_histogram_seconds())
                 .chain(counters.analytics.latency_histograms())
                 .collect(),
+            rules: counters.rules.summaries(),
+            audit_head: counters.rules.audit_head(),
         }
     }
 }
@@ -223,6 +233,7 @@ impl fmt::Display for StatsSnapshot {
                 stage.busy_ns / 1_000_000
             )?;
         }
+        self.fmt_rules(f)?;
         let details: Vec<String> = self
             .kernel
             .iter()
@@ -242,6 +253,28 @@ impl fmt::Display for StatsSnapshot {
                 gap.first + gap.count - 1,
                 gap.count
             )?;
+        }
+        Ok(())
+    }
+}
+
+impl StatsSnapshot {
+    /// The `react` stage's rules and the audit chain's head.
+    fn fmt_rules(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (name, rule) in &self.rules {
+            let actions: Vec<String> = rule.actions.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            writeln!(
+                f,
+                "  rule {name}: matches {}  detections {} (gapped {})  evictions {}  actions: {}",
+                rule.matches,
+                rule.detections,
+                rule.gapped,
+                rule.evictions,
+                if actions.is_empty() { "none".to_owned() } else { actions.join(" ") }
+            )?;
+        }
+        if let Some(head) = &self.audit_head {
+            writeln!(f, "  audit log {}: {} lines, head {}", head.file, head.seq, head.hash)?;
         }
         Ok(())
     }

@@ -1,0 +1,406 @@
+//! Root tests of the `react` stage with real processes: a process renaming 300 files to
+//! `*.locked` is stopped (SIGSTOP through a pidfd) and resumed by `vexevent rollback`, with the
+//! audit log verified and the same detections replayed from the recorded log; `dry_run` acts on
+//! nothing and audits what it would have done; an absence fires (a chmod and a program run as
+//! `nobody`), and after an induced ring overflow reports `gapped` and does not act; what a
+//! program run by a rule does triggers no rule (no feedback loop). Without root: `check-config`
+//! shows `react` before `filter` and lists rule problems with their place.
+
+mod support;
+
+use std::{
+    ffi::CString,
+    os::unix::{ffi::OsStrExt, fs::MetadataExt, fs::PermissionsExt},
+    path::Path,
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use support::{Mount, Vexevent, exclusive_root_test};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn detections<'a>(events: &'a [Value], rule: &str) -> Vec<&'a Value> {
+    let subtype = format!("rule:{rule}");
+    events.iter().filter(|e| e["event_subtype"] == subtype.as_str()).collect()
+}
+
+fn audits<'a>(events: &'a [Value], outcome: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| {
+            e["event_type"] == "ObservabilityAuditEvent" && e["context"]["parameters"]["outcome"] == outcome
+        })
+        .collect()
+}
+
+/// The process's state letter (`T` when stopped), from /proc/PID/status.
+fn state(pid: u32) -> char {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("State:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().chars().next().unwrap()
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let end = Instant::now() + DEADLINE;
+    while !done() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A process that renames `dir`'s 300 files to `*.locked` as fast as it can, then waits.
+fn locker(dir: &Path) -> Child {
+    for i in 0..300 {
+        std::fs::write(dir.join(format!("f{i}")), b"data").unwrap();
+    }
+    Command::new("perl")
+        .arg("-e")
+        .arg("my $d = shift; rename(\"$d/f$_\", \"$d/f$_.locked\") for 0..299; sleep 60;")
+        .arg(dir)
+        .spawn()
+        .expect("perl")
+}
+
+fn vexevent_command(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_vexevent")).args(args).output().unwrap()
+}
+
+fn rules(actions: &str) -> String {
+    format!(
+        r#"
+[[rules]]
+name = "locker"
+kind = "count"
+match = 'type == FilesystemRename and target glob "**/*.locked"'
+at_least = 200
+within_ms = 1000
+key = "pid"
+actions = [{actions}]
+"#
+    )
+}
+
+fn config(dir: &Path, mode: &str, rules_file: &Path) -> std::path::PathBuf {
+    let path = dir.join("vexevent.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[react]\nmode = \"{mode}\"\nrules_file = \"{}\"\naudit_log = \"{}\"\nquarantine_dir = \"{}\"\n",
+            rules_file.display(),
+            dir.join("audit.log").display(),
+            dir.join("quarantine").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// (rule, key, verdict, linked ids) of each detection, in order.
+fn summary(detections: &[&Value]) -> Vec<(String, String, String, Vec<u64>)> {
+    detections
+        .iter()
+        .map(|d| {
+            let p = &d["context"]["parameters"];
+            let links =
+                d["causality_links"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+            (p["rule"].to_string(), p["key"].to_string(), p["verdict"].to_string(), links)
+        })
+        .collect()
+}
+
+#[test]
+fn a_mass_renaming_process_is_stopped_resumed_on_rollback_audited_and_replayed() {
+    let Some(_serial) =
+        exclusive_root_test("a_mass_renaming_process_is_stopped_resumed_on_rollback_audited_and_replayed")
+    else {
+        return;
+    };
+    let mount = Mount::tmpfs();
+    let dir = tempfile::tempdir().unwrap();
+    let rules_file = dir.path().join("rules.toml");
+    std::fs::write(&rules_file, rules(r#"{ type = "signal", signal = "SIGSTOP", max_per_minute = 1 }"#))
+        .unwrap();
+    let config = config(dir.path(), "enforce", &rules_file);
+    let vexevent = Vexevent::start(&[&mount.path], &["--config", config.to_str().unwrap()]);
+    let mut child = locker(&mount.path);
+    let pid = child.id();
+    wait_until("the locker to be stopped (state T)", || state(pid) == 'T');
+
+    let audit_log = dir.path().join("audit.log");
+    let verified = vexevent_command(&["audit", "verify", audit_log.to_str().unwrap()]);
+    assert!(verified.status.success(), "{verified:?}");
+    let log = std::fs::read_to_string(&audit_log).unwrap();
+    let outcome: Value =
+        serde_json::from_str(log.lines().find(|l| l.contains("\"record\":\"outcome\"")).unwrap()).unwrap();
+    assert_eq!(outcome["outcome"], "done", "{log}");
+    assert_eq!(outcome["undo"]["pid"].as_u64(), Some(u64::from(pid)));
+    let seq = outcome["seq"].to_string();
+    let rolled = vexevent_command(&["rollback", "--audit-log", audit_log.to_str().unwrap(), &seq]);
+    assert!(rolled.status.success(), "{rolled:?}");
+    wait_until("the locker to run again", || state(pid) != 'T');
+    let again = vexevent_command(&["rollback", "--audit-log", audit_log.to_str().unwrap(), &seq]);
+    assert!(!again.status.success(), "a rollback is done once");
+    let verified = vexevent_command(&["audit", "verify", audit_log.to_str().unwrap()]);
+    assert!(verified.status.success(), "{verified:?}");
+    assert!(std::fs::read_to_string(&audit_log).unwrap().contains("\"record\":\"rollback\""));
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let finished = vexevent.stop();
+    assert!(finished.exit_ok, "{:?}", finished.stderr);
+    let found = detections(&finished.events, "locker");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["event_type"], "ObservabilityAlertTriggered");
+    assert_eq!(found[0]["process"]["pid"].as_u64(), Some(u64::from(pid)));
+    assert_eq!(found[0]["context"]["parameters"]["verdict"], "complete");
+    assert_eq!(found[0]["causality_links"].as_array().unwrap().len(), 64, "the first 64 renames are linked");
+    assert_eq!(audits(&finished.events, "done").len(), 1, "the stop is an audit event in the stream");
+    let stats = &finished.stats;
+    assert_eq!(stats["rules"]["locker"]["detections"], 1, "{stats}");
+    assert_eq!(stats["rules"]["locker"]["actions"]["done"], 1, "{stats}");
+    assert_eq!(stats["audit_head"]["seq"], 2, "decision and outcome lines: {stats}");
+
+    // The same log, replayed, gives the same detections.
+    let recorded = dir.path().join("recorded.jsonl");
+    let lines: Vec<String> = finished.events.iter().map(Value::to_string).collect();
+    std::fs::write(&recorded, lines.join("\n") + "\n").unwrap();
+    let replayed =
+        vexevent_command(&["replay", "--rules", rules_file.to_str().unwrap(), recorded.to_str().unwrap()]);
+    assert!(replayed.status.success(), "{replayed:?}");
+    let replayed: Vec<Value> = String::from_utf8(replayed.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(summary(&replayed.iter().collect::<Vec<_>>()), summary(&found));
+}
+
+#[test]
+fn a_dry_run_acts_on_nothing_and_audits_what_it_would_have_done() {
+    let Some(_serial) = exclusive_root_test("a_dry_run_acts_on_nothing_and_audits_what_it_would_have_done")
+    else {
+        return;
+    };
+    let mount = Mount::tmpfs();
+    let dir = tempfile::tempdir().unwrap();
+    let rules_file = dir.path().join("rules.toml");
+    let actions =
+        r#"{ type = "signal", signal = "SIGKILL", dry_run = true }, { type = "quarantine", dry_run = true }"#;
+    std::fs::write(&rules_file, rules(actions)).unwrap();
+    let config = config(dir.path(), "enforce", &rules_file);
+    let vexevent = Vexevent::start(&[&mount.path], &["--config", config.to_str().unwrap()]);
+    let mut child = locker(&mount.path);
+    vexevent.wait_for("two dry-run audit events", DEADLINE, |events| audits(events, "dry_run").len() == 2);
+    assert!(matches!(child.try_wait(), Ok(None)), "the locker was not killed");
+    assert_ne!(state(child.id()), 'T');
+    for i in 0..300 {
+        assert!(mount.path.join(format!("f{i}.locked")).exists(), "f{i}.locked stayed in place");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let finished = vexevent.stop();
+    assert!(finished.exit_ok, "{:?}", finished.stderr);
+    let details: Vec<&str> = audits(&finished.events, "dry_run")
+        .iter()
+        .map(|e| e["context"]["parameters"]["detail"].as_str().unwrap())
+        .collect();
+    assert!(details[0].starts_with("send SIGKILL to pid"), "{details:?}");
+    assert!(details[1].starts_with("move ") && details[1].ends_with(".locked to quarantine"), "{details:?}");
+    let log = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+    assert_eq!(log.lines().count(), 2, "two decisions, no outcome: {log}");
+    assert!(!dir.path().join("quarantine").exists());
+}
+
+/// Opens and closes `path` `times` times (a flood of records).
+fn open_close(path: &Path, times: u64) {
+    let path = CString::new(path.as_os_str().as_bytes()).unwrap();
+    for _ in 0..times {
+        // SAFETY: a valid C path; the descriptor is closed right away.
+        unsafe { libc::close(libc::open(path.as_ptr(), libc::O_RDONLY)) };
+    }
+}
+
+#[test]
+fn an_absence_fires_and_acts_and_after_a_ring_overflow_reports_gapped_without_acting() {
+    let Some(_serial) = exclusive_root_test(
+        "an_absence_fires_and_acts_and_after_a_ring_overflow_reports_gapped_without_acting",
+    ) else {
+        return;
+    };
+    let mount = Mount::tmpfs();
+    // Where the program (as nobody) can write: the mount's own parents are private.
+    let shared = tempfile::tempdir_in("/tmp").unwrap();
+    let open = shared.path();
+    std::fs::set_permissions(open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rules_file = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules_file,
+        format!(
+            r#"
+[[rules]]
+name = "index-upkeep"
+kind = "absence"
+match = 'type == FilesystemCreate and path glob "**/*.vec"'
+followed_by = 'type == FilesystemCreate and path glob "**/rebuilt"'
+within_ms = 1500
+key = "dir"
+actions = [{{ type = "chmod", mode = 0o600 }}, {{ type = "run", argv = ["/usr/bin/touch", "{ran}"] }}]
+"#,
+            ran = open.join("ran").display()
+        ),
+    )
+    .unwrap();
+    let config = config(dir.path(), "enforce", &rules_file);
+    // Rings small enough for the flood below to overflow, large enough for the few records
+    // before it.
+    let vexevent = Vexevent::start(
+        &[&mount.path],
+        &["--config", config.to_str().unwrap(), "--ring-bytes", "65536", "--batch-window-us", "2000"],
+    );
+    for name in ["a", "b", "c"] {
+        std::fs::create_dir(mount.path.join(name)).unwrap();
+    }
+    // a: never rebuilt (fires); b: rebuilt in time (nothing).
+    std::fs::write(mount.path.join("a/x.vec"), b"v").unwrap();
+    std::fs::write(mount.path.join("b/y.vec"), b"v").unwrap();
+    std::fs::write(mount.path.join("b/rebuilt"), b"").unwrap();
+    vexevent.wait_for("the absence of a rebuild in a", DEADLINE, |events| {
+        !detections(events, "index-upkeep").is_empty()
+    });
+    let audit_log = dir.path().join("audit.log");
+    let end = Instant::now() + DEADLINE;
+    while !open.join("ran").exists() {
+        let log = std::fs::read_to_string(&audit_log).unwrap_or_default();
+        assert!(Instant::now() < end, "the program never wrote its file; audit log:\n{log}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let owner = std::fs::metadata(open.join("ran")).unwrap().uid();
+    assert_eq!(owner, 65_534, "the program ran as nobody");
+    wait_until("the chmod", || {
+        std::fs::metadata(mount.path.join("a/x.vec")).unwrap().permissions().mode() & 0o777 == 0o600
+    });
+
+    // c: written, then the ring overflows inside its window.
+    std::fs::write(mount.path.join("c/z.vec"), b"v").unwrap();
+    let z = mount.path.join("c/z.vec");
+    vexevent.wait_for("c/z.vec's creation", DEADLINE, |events| {
+        events.iter().any(|e| support::path_is(e, &z) && e["event_type"] == "FilesystemCreate")
+    });
+    let hot = mount.path.join("hot");
+    std::fs::write(&hot, b"").unwrap();
+    open_close(&hot, 20_000);
+    vexevent.wait_for("the gapped absence in c", DEADLINE, |events| {
+        detections(events, "index-upkeep").len() >= 2
+    });
+    let finished = vexevent.stop();
+    assert!(finished.exit_ok, "{:?}", finished.stderr);
+    assert!(finished.events.iter().any(|e| e["event_subtype"] == "records_lost"), "the ring overflowed");
+    let found = detections(&finished.events, "index-upkeep");
+    let verdicts: Vec<(&str, &str)> = found
+        .iter()
+        .map(|d| {
+            let p = &d["context"]["parameters"];
+            (p["key"].as_str().unwrap(), p["verdict"].as_str().unwrap())
+        })
+        .collect();
+    let a = mount.path.join("a");
+    let c = mount.path.join("c");
+    assert_eq!(verdicts, [(a.to_str().unwrap(), "complete"), (c.to_str().unwrap(), "gapped")]);
+    assert_eq!(
+        std::fs::metadata(&z).unwrap().permissions().mode() & 0o777,
+        0o644,
+        "nothing acts on a gapped absence"
+    );
+    assert_eq!(audits(&finished.events, "not_acted_gapped").len(), 2, "both actions audited as not acted");
+    let verified = vexevent_command(&["audit", "verify", dir.path().join("audit.log").to_str().unwrap()]);
+    assert!(verified.status.success(), "{verified:?}");
+}
+
+#[test]
+fn what_a_rules_program_does_triggers_no_rule() {
+    let Some(_serial) = exclusive_root_test("what_a_rules_program_does_triggers_no_rule") else {
+        return;
+    };
+    let mount = Mount::tmpfs();
+    // The program runs as nobody: it must reach the mount and write in it.
+    std::fs::set_permissions(mount.path.parent().unwrap(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&mount.path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rules_file = dir.path().join("rules.toml");
+    let by_program = mount.path.join("by-program");
+    std::fs::write(
+        &rules_file,
+        format!(
+            r#"
+[[rules]]
+name = "creates"
+kind = "count"
+match = "type == FilesystemCreate"
+at_least = 1
+within_ms = 1
+key = "path"
+actions = [{{ type = "run", argv = ["/usr/bin/touch", "{}"] }}]
+"#,
+            by_program.display()
+        ),
+    )
+    .unwrap();
+    let config = config(dir.path(), "enforce", &rules_file);
+    let vexevent = Vexevent::start(&[&mount.path], &["--config", config.to_str().unwrap()]);
+    std::fs::write(mount.path.join("first"), b"").unwrap();
+    wait_until("the program's file", || by_program.exists());
+    // A later creation still fires: the rule works, only the program's own creation was left out.
+    std::fs::write(mount.path.join("second"), b"").unwrap();
+    vexevent.wait_for("the second detection", DEADLINE, |events| detections(events, "creates").len() >= 2);
+    let finished = vexevent.stop();
+    assert!(finished.exit_ok, "{:?}", finished.stderr);
+    let created: Vec<&Value> =
+        finished.events.iter().filter(|e| e["event_type"] == "FilesystemCreate").collect();
+    assert!(created.iter().any(|e| support::path_is(e, &by_program)), "the program's creation is an event");
+    let keys: Vec<&str> = detections(&finished.events, "creates")
+        .iter()
+        .map(|d| d["context"]["parameters"]["key"].as_str().unwrap())
+        .collect();
+    let first = mount.path.join("first");
+    let second = mount.path.join("second");
+    assert_eq!(
+        keys,
+        [first.to_str().unwrap(), second.to_str().unwrap()],
+        "no detection of the program's file"
+    );
+}
+
+#[test]
+fn check_config_puts_react_before_filter_and_lists_each_rule_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules_file = dir.path().join("rules.toml");
+    std::fs::write(&rules_file, rules(r#"{ type = "signal", signal = "SIGSTOP" }"#)).unwrap();
+    let config = config(dir.path(), "monitor", &rules_file);
+    let checked = vexevent_command(&["check-config", config.to_str().unwrap()]);
+    assert!(checked.status.success(), "{checked:?}");
+    let out = String::from_utf8_lossy(&checked.stdout);
+    assert!(out.contains("stages: kernel -> correlate -> react -> filter -> sequence -> route"), "{out}");
+
+    std::fs::write(
+        &rules_file,
+        rules(r#"{ type = "run", argv = [], user = "root" }"#).replace("at_least = 200\n", ""),
+    )
+    .unwrap();
+    let checked = vexevent_command(&["check-config", config.to_str().unwrap()]);
+    assert!(!checked.status.success());
+    let out = String::from_utf8_lossy(&checked.stdout);
+    for expected in [
+        "rules[0] (locker): kind count needs `at_least`",
+        "rules[0] (locker): actions[0] (run): `argv` must name the program",
+        "rules[0] (locker): actions[0] (run): user \"root\" is root",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in {out}");
+    }
+    std::fs::write(&rules_file, "[[rules]]\nname = \"x\"\nbogus = 1\n").unwrap();
+    let checked = vexevent_command(&["check-config", config.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&checked.stdout);
+    assert!(out.contains("react.rules_file") && out.contains("line 3"), "{out}");
+}

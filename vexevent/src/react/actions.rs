@@ -1,0 +1,641 @@
+//! What rules do about a detection, on a worker thread of its own (the pipeline never waits for
+//! an action): per action, a decision (`monitor` mode, `dry_run`, rate limit, a target to act on)
+//! and, when it acts, an attempt bounded by the action's timeout; each decision and outcome is an
+//! audit line and an `ObservabilityAuditEvent` sent back to the stream. Signals go through a
+//! pidfd after checking the process's start time against the one read at detection (pid reuse);
+//! programs run without a shell as an unprivileged user, killed at their timeout; their process
+//! tree is excluded from rules while they run. [`rollback`] undoes what the audit log says.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::{ffi::OsStrExt, fs::PermissionsExt, process::CommandExt},
+    },
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use super::{
+    audit::{AuditLog, AuditRecord, Undo},
+    config::{
+        ActionConfig, ActionType, DEFAULT_RUN_USER, Mode, ReactConfig, RuleConfig, lookup_user, signal_number,
+    },
+};
+use crate::{
+    event::{EventType, Priority, SemanticEvent},
+    telemetry::{AuditHead, RuleCounters, RuleTable},
+};
+
+/// Audit events waiting to enter the stream; more are dropped (the audit log has them) and
+/// counted under the rule's actions as `audit_event_dropped`.
+const AUDIT_EVENTS_QUEUE: usize = 4096;
+/// Parents followed from a pid looking for a program vexevent runs.
+const MAX_TREE_DEPTH: usize = 32;
+
+/// The start time of process `pid` (clock ticks since boot, `/proc/PID/stat` field 22).
+#[must_use]
+pub fn start_time(pid: u32) -> Option<u64> {
+    stat_field(pid, 22)
+}
+
+fn parent(pid: u32) -> Option<u32> {
+    stat_field(pid, 4).and_then(|p| u32::try_from(p).ok())
+}
+
+/// A numeric field of `/proc/PID/stat` (numbered from 1, as in proc(5)); the fields after the
+/// command name are counted from its closing parenthesis (a name may hold spaces).
+fn stat_field(pid: u32, field: usize) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(field - 3)?.parse().ok()
+}
+
+/// The programs vexevent runs: their events, and their descendants', never count for rules.
+/// A program stays known for [`EXITED_GRACE`] after it exits, since its last events reach the
+/// stage after it is gone.
+#[derive(Debug, Default)]
+pub struct OwnTree {
+    /// Program pids, with when they exited (`None`: running).
+    programs: Mutex<HashMap<u32, Option<Instant>>>,
+    count: AtomicUsize,
+}
+
+/// How long after a program exits its events are still recognized as its own (far more than an
+/// event takes from the kernel to the stage when the pipeline keeps up).
+pub const EXITED_GRACE: Duration = Duration::from_secs(2);
+
+impl OwnTree {
+    /// Whether a program vexevent runs is running or just exited (only then is a pid looked up).
+    #[must_use]
+    pub fn active(&self) -> bool {
+        self.count.load(Ordering::Acquire) > 0
+    }
+
+    fn programs(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Option<Instant>>> {
+        let mut programs = self.programs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        programs.retain(|_, exited| exited.is_none_or(|at| at.elapsed() < EXITED_GRACE));
+        self.count.store(programs.len(), Ordering::Release);
+        programs
+    }
+
+    /// Whether `pid` is a program vexevent runs (or ran moments ago) or a running descendant of
+    /// one (found through `/proc` parents).
+    #[must_use]
+    pub fn contains(&self, pid: u32) -> bool {
+        let programs = self.programs();
+        let mut current = pid;
+        for _ in 0..MAX_TREE_DEPTH {
+            if programs.contains_key(&current) {
+                return true;
+            }
+            match parent(current) {
+                Some(up) if up > 1 => current = up,
+                _ => return false,
+            }
+        }
+        false
+    }
+
+    fn started(&self, pid: u32) {
+        let mut programs = self.programs();
+        programs.insert(pid, None);
+        self.count.store(programs.len(), Ordering::Release);
+    }
+
+    fn exited(&self, pid: u32) {
+        self.programs().insert(pid, Some(Instant::now()));
+    }
+}
+
+/// A detection for the worker.
+pub struct Job {
+    pub rule: usize,
+    pub detection: SemanticEvent,
+    /// False for an absence that lost records may explain: decisions are audited, nothing acts.
+    pub act: bool,
+    /// The start time of the detection's process, read at detection.
+    pub start_time: Option<u64>,
+}
+
+/// Attempts within the last minute.
+struct RateLimit {
+    per_minute: usize,
+    recent: VecDeque<Instant>,
+}
+
+impl RateLimit {
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        while self.recent.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_mins(1)) {
+            self.recent.pop_front();
+        }
+        if self.recent.len() >= self.per_minute {
+            return false;
+        }
+        self.recent.push_back(now);
+        true
+    }
+}
+
+struct RuleActions {
+    name: String,
+    actions: Vec<(ActionConfig, RateLimit)>,
+    counters: Arc<RuleCounters>,
+}
+
+struct Worker {
+    rules: Vec<RuleActions>,
+    mode: Mode,
+    quarantine_dir: PathBuf,
+    log: AuditLog,
+    table: Arc<crate::telemetry::Counters>,
+    events: Sender<SemanticEvent>,
+    own: Arc<OwnTree>,
+}
+
+/// The action worker, from the stage's side.
+pub struct Actions {
+    jobs: Option<Sender<Job>>,
+    events: Receiver<SemanticEvent>,
+    worker: Option<JoinHandle<()>>,
+    counters: Vec<Arc<RuleCounters>>,
+    pub own: Arc<OwnTree>,
+}
+
+/// Why the actions cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionsError {
+    #[error(transparent)]
+    Audit(#[from] super::audit::AuditError),
+    #[error("cannot start the action worker: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+impl Actions {
+    /// Opens the audit log and starts the worker for `rules`' actions.
+    ///
+    /// # Errors
+    /// When the audit log cannot be opened or the thread started.
+    pub fn start(
+        config: &ReactConfig,
+        rules: &[RuleConfig],
+        counters: &Arc<crate::telemetry::Counters>,
+    ) -> Result<Self, ActionsError> {
+        let log = AuditLog::open(&config.audit_log)?;
+        let table: &RuleTable = &counters.rules;
+        let rules: Vec<RuleActions> = rules
+            .iter()
+            .map(|rule| RuleActions {
+                name: rule.name.clone(),
+                actions: rule
+                    .actions
+                    .iter()
+                    .map(|a| {
+                        let limit =
+                            RateLimit { per_minute: a.max_per_minute as usize, recent: VecDeque::new() };
+                        (a.clone(), limit)
+                    })
+                    .collect(),
+                counters: table.register(&rule.name),
+            })
+            .collect();
+        let rule_counters = rules.iter().map(|r| Arc::clone(&r.counters)).collect();
+        let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(config.action_queue.max(1));
+        let (events_tx, events_rx) = crossbeam_channel::bounded(AUDIT_EVENTS_QUEUE);
+        let own = Arc::new(OwnTree::default());
+        let worker = Worker {
+            rules,
+            mode: config.mode,
+            quarantine_dir: config.quarantine_dir.clone(),
+            log,
+            table: Arc::clone(counters),
+            events: events_tx,
+            own: Arc::clone(&own),
+        };
+        let handle = std::thread::Builder::new()
+            .name("vexevent-actions".into())
+            .spawn(move || worker.run(&jobs_rx))
+            .map_err(ActionsError::Thread)?;
+        Ok(Self {
+            jobs: Some(jobs_tx),
+            events: events_rx,
+            worker: Some(handle),
+            counters: rule_counters,
+            own,
+        })
+    }
+
+    /// Hands a detection to the worker; when its queue is full the detection's actions are
+    /// counted as `queue_full` (and logged), never waited for.
+    pub fn submit(&self, job: Job) {
+        let Some(jobs) = &self.jobs else { return };
+        if let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) = jobs.try_send(job) {
+            self.counters[job.rule].action("queue_full");
+            tracing::warn!(
+                detection = job.detection.event_id,
+                "the action queue is full; the detection's actions are skipped"
+            );
+        }
+    }
+
+    /// Moves the audit events the worker produced into `out`.
+    pub fn drain(&self, out: &mut Vec<SemanticEvent>) {
+        out.extend(self.events.try_iter());
+    }
+
+    /// Lets the worker finish what is queued, then moves its last audit events into `out`.
+    pub fn stop(&mut self, out: &mut Vec<SemanticEvent>) {
+        self.jobs = None;
+        if let Some(worker) = self.worker.take() {
+            if worker.join().is_err() {
+                tracing::error!("the action worker panicked");
+            }
+        }
+        self.drain(out);
+    }
+}
+
+/// What an action is aimed at.
+enum Target {
+    Process { pid: u32, start_time: Option<u64> },
+    File(PathBuf),
+    Program,
+}
+
+impl Target {
+    fn describe(&self) -> String {
+        match self {
+            Target::Process { pid, .. } => format!("pid {pid}"),
+            Target::File(path) => path.display().to_string(),
+            Target::Program => String::new(),
+        }
+    }
+}
+
+fn target(action: &ActionConfig, job: &Job) -> Option<Target> {
+    let event = &job.detection;
+    match action.action {
+        ActionType::Signal => {
+            let pid = event.process.as_ref()?.pid;
+            Some(Target::Process { pid, start_time: job.start_time })
+        }
+        ActionType::Run => Some(Target::Program),
+        ActionType::Quarantine | ActionType::Chmod => {
+            let fs = event.context.filesystem.as_ref()?;
+            // After a rename (or a link) the file is at its target.
+            let renamed = event.context.parameters.get("trigger").is_some_and(|t| {
+                t == EventType::FilesystemRename.name() || t == EventType::FilesystemHardlink.name()
+            });
+            let path = if renamed { fs.target_path.as_ref() } else { fs.path.as_ref() }?;
+            Some(Target::File(PathBuf::from(std::ffi::OsStr::from_bytes(path.as_bytes()))))
+        }
+    }
+}
+
+/// An action's result: the outcome, a detail and how to undo it.
+type Attempt = (&'static str, String, Option<Undo>);
+
+impl Worker {
+    fn run(mut self, jobs: &Receiver<Job>) {
+        for job in jobs {
+            for index in 0..self.rules[job.rule].actions.len() {
+                self.act(&job, index);
+            }
+        }
+    }
+
+    fn act(&mut self, job: &Job, index: usize) {
+        let rule = &mut self.rules[job.rule];
+        let (action, limit) = &mut rule.actions[index];
+        let action = action.clone();
+        let target = target(&action, job);
+        let describe = target.as_ref().map(Target::describe).unwrap_or_default();
+        let would = match &target {
+            Some(target) => what(&action, target),
+            None => String::new(),
+        };
+        let decision = if !job.act {
+            "not_acted_gapped"
+        } else if target.is_none() {
+            "no_target"
+        } else if !limit.allow() {
+            "rate_limited"
+        } else if action.dry_run || self.mode == Mode::Monitor {
+            "dry_run"
+        } else {
+            "decided"
+        };
+        self.audit(job, &action, "decision", &describe, decision, would, None);
+        let Some(target) = target.filter(|_| decision == "decided") else { return };
+        let (outcome, detail, undo) = self.attempt(&action, &target, job);
+        self.audit(job, &action, "outcome", &describe, outcome, detail, undo);
+    }
+
+    fn attempt(&self, action: &ActionConfig, target: &Target, job: &Job) -> Attempt {
+        let timeout = Duration::from_millis(action.timeout_ms);
+        match (action.action, target) {
+            (ActionType::Signal, Target::Process { pid, start_time }) => {
+                let signal = action.signal.as_deref().and_then(signal_number).unwrap_or(libc::SIGSTOP);
+                let (pid, start_time) = (*pid, *start_time);
+                bounded(timeout, move || signal_process(pid, start_time, signal))
+            }
+            (ActionType::Quarantine, Target::File(path)) => {
+                let (path, dir, id) = (path.clone(), self.quarantine_dir.clone(), job.detection.event_id);
+                bounded(timeout, move || quarantine(&path, &dir, id))
+            }
+            (ActionType::Chmod, Target::File(path)) => {
+                let (path, mode) = (path.clone(), action.mode.unwrap_or(0));
+                bounded(timeout, move || chmod(&path, mode))
+            }
+            (ActionType::Run, _) => run_program(action, job, timeout, &self.own),
+            _ => ("failed", "no target of this kind".into(), None),
+        }
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "the fields of one audit line")]
+    fn audit(
+        &mut self,
+        job: &Job,
+        action: &ActionConfig,
+        record: &str,
+        target: &str,
+        outcome: &'static str,
+        detail: String,
+        undo: Option<Undo>,
+    ) {
+        let rule = &self.rules[job.rule];
+        rule.counters.action(outcome);
+        let entry = AuditRecord {
+            record: record.into(),
+            rule: rule.name.clone(),
+            action: action.action.name().into(),
+            detection_id: job.detection.event_id,
+            target: target.into(),
+            outcome: outcome.into(),
+            detail,
+            undo,
+            rolls_back: None,
+        };
+        let written = match self.log.append(entry.clone()) {
+            Ok(written) => {
+                self.table.rules.set_audit_head(AuditHead {
+                    file: self.log.path().display().to_string(),
+                    seq: written.seq,
+                    hash: written.hash.clone(),
+                });
+                Some(written)
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot write the audit log");
+                None
+            }
+        };
+        let event = audit_event(&job.detection, &entry, written.as_ref());
+        if self.events.try_send(event).is_err() {
+            rule.counters.action("audit_event_dropped");
+        }
+    }
+}
+
+/// The `ObservabilityAuditEvent` of an audit line, derived from the detection.
+#[must_use]
+pub fn audit_event(
+    detection: &SemanticEvent,
+    entry: &AuditRecord,
+    written: Option<&super::audit::Written>,
+) -> SemanticEvent {
+    let mut event = detection.derive_own(EventType::ObservabilityAuditEvent);
+    event.event_subtype = format!("action:{}", entry.action);
+    event.priority = Priority::High;
+    event.context.observability = None;
+    let parameters = &mut event.context.parameters;
+    parameters.clear();
+    parameters.insert("rule".into(), entry.rule.clone());
+    parameters.insert("action".into(), entry.action.clone());
+    parameters.insert("record".into(), entry.record.clone());
+    parameters.insert("target".into(), entry.target.clone());
+    parameters.insert("outcome".into(), entry.outcome.clone());
+    if !entry.detail.is_empty() {
+        parameters.insert("detail".into(), entry.detail.clone());
+    }
+    if let Some(written) = written {
+        parameters.insert("audit_seq".into(), written.seq.to_string());
+        parameters.insert("audit_hash".into(), written.hash.clone());
+    }
+    event
+}
+
+/// What an action would do, in words (dry runs audit this).
+fn what(action: &ActionConfig, target: &Target) -> String {
+    match (action.action, target) {
+        (ActionType::Signal, Target::Process { pid, .. }) => {
+            format!("send {} to pid {pid}", action.signal.as_deref().unwrap_or("SIGSTOP"))
+        }
+        (ActionType::Quarantine, Target::File(path)) => format!("move {} to quarantine", path.display()),
+        (ActionType::Chmod, Target::File(path)) => {
+            format!("chmod {:o} {}", action.mode.unwrap_or(0), path.display())
+        }
+        (ActionType::Run, _) => {
+            format!("run {:?} as {}", action.argv, action.user.as_deref().unwrap_or(DEFAULT_RUN_USER))
+        }
+        _ => String::new(),
+    }
+}
+
+/// Runs `work` on a thread of its own for at most `timeout`; a late result is logged.
+fn bounded(timeout: Duration, work: impl FnOnce() -> Attempt + Send + 'static) -> Attempt {
+    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    let spawned = std::thread::Builder::new().name("vexevent-action".into()).spawn(move || {
+        let attempt = work();
+        if let Err(late) = done_tx.send(attempt) {
+            let (outcome, detail, _) = late.0;
+            tracing::warn!(outcome, detail, "an action ended after its timeout");
+        }
+    });
+    if let Err(error) = spawned {
+        return ("failed", format!("cannot start the action: {error}"), None);
+    }
+    done_rx
+        .recv_timeout(timeout)
+        .unwrap_or_else(|_| ("timeout", format!("no result within {timeout:?}"), None))
+}
+
+fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags; it returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::pid_t::try_from(pid).unwrap_or(-1), 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor the kernel just opened for us.
+    Ok(unsafe { OwnedFd::from_raw_fd(i32::try_from(fd).unwrap_or(-1)) })
+}
+
+/// Signals `pid` through a pidfd, when it is still the process with `start_time` (pid reuse).
+fn signal_process(pid: u32, started: Option<u64>, signal: i32) -> Attempt {
+    if pid <= 1 || pid == std::process::id() {
+        return ("refused", format!("pid {pid} is init or vexevent itself"), None);
+    }
+    let Some(expected) = started else {
+        return ("failed", format!("pid {pid} had exited at detection"), None);
+    };
+    let pidfd = match pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(error) => return ("failed", format!("pid {pid}: {error}"), None),
+    };
+    // The pidfd pins the process: if its start time is the detection's, it is the same one.
+    if start_time(pid) != Some(expected) {
+        return ("refused", format!("pid {pid} is another process now (start time changed)"), None);
+    }
+    // SAFETY: pidfd_send_signal with a pidfd we own, no siginfo, no flags.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), signal, std::ptr::null::<u8>(), 0)
+    };
+    if rc != 0 {
+        return ("failed", format!("pid {pid}: {}", std::io::Error::last_os_error()), None);
+    }
+    let undo = (signal == libc::SIGSTOP).then_some(Undo::Resume { pid, start_time: expected });
+    ("done", format!("signal {signal} sent to pid {pid}"), undo)
+}
+
+/// Moves `path` into `dir` as `ID-NAME`.
+fn quarantine(path: &Path, dir: &Path, id: u64) -> Attempt {
+    let fail = |e: std::io::Error| ("failed", format!("{}: {e}", path.display()), None);
+    if let Err(e) = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+    {
+        return ("failed", format!("quarantine directory {}: {e}", dir.display()), None);
+    }
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let to = dir.join(format!("{id}-{name}"));
+    match std::fs::rename(path, &to) {
+        Ok(()) => (
+            "done",
+            format!("moved to {}", to.display()),
+            Some(Undo::Restore { from: to.display().to_string(), to: path.display().to_string() }),
+        ),
+        Err(e) => fail(e),
+    }
+}
+
+fn chmod(path: &Path, mode: u32) -> Attempt {
+    let old = match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            return ("refused", format!("{} is a symbolic link", path.display()), None);
+        }
+        Ok(meta) => meta.permissions().mode() & 0o7777,
+        Err(e) => return ("failed", format!("{}: {e}", path.display()), None),
+    };
+    match std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+        Ok(()) => (
+            "done",
+            format!("mode {old:o} -> {mode:o}"),
+            Some(Undo::Mode { path: path.display().to_string(), mode: old }),
+        ),
+        Err(e) => ("failed", format!("{}: {e}", path.display()), None),
+    }
+}
+
+/// The detection's fields a program gets in its environment (paths byte for byte).
+fn environment(job: &Job, rule: &str) -> Vec<(String, std::ffi::OsString)> {
+    let event = &job.detection;
+    let text = |value: &str| std::ffi::OsString::from(value);
+    let bytes = |value: &[u8]| std::ffi::OsStr::from_bytes(value).to_owned();
+    let mut env = vec![
+        ("VEXEVENT_RULE".to_owned(), text(rule)),
+        ("VEXEVENT_DETECTION_ID".to_owned(), text(&event.event_id.to_string())),
+        ("PATH".to_owned(), text("/usr/local/bin:/usr/bin:/bin")),
+    ];
+    for (name, value) in &event.context.parameters {
+        env.push((format!("VEXEVENT_{}", name.to_uppercase()), text(value)));
+    }
+    if let Some(process) = &event.process {
+        env.push(("VEXEVENT_PID".into(), text(&process.pid.to_string())));
+        env.push(("VEXEVENT_UID".into(), text(&process.uid.to_string())));
+        env.push(("VEXEVENT_COMM".into(), bytes(process.comm.as_bytes())));
+    }
+    if let Some(fs) = &event.context.filesystem {
+        if let Some(path) = &fs.path {
+            env.push(("VEXEVENT_PATH".into(), bytes(path.as_bytes())));
+        }
+        if let Some(target) = &fs.target_path {
+            env.push(("VEXEVENT_TARGET".into(), bytes(target.as_bytes())));
+        }
+    }
+    env
+}
+
+/// Runs the action's program (no shell) as its user, in a process group of its own, killed at
+/// the timeout; its tree is excluded from rules while it runs.
+fn run_program(action: &ActionConfig, job: &Job, timeout: Duration, own: &OwnTree) -> Attempt {
+    let user = action.user.as_deref().unwrap_or(DEFAULT_RUN_USER);
+    let Some((uid, gid)) = lookup_user(user).filter(|(uid, _)| *uid != 0) else {
+        return ("refused", format!("user {user:?} does not exist or is root"), None);
+    };
+    let rule = job.detection.context.parameters.get("rule").cloned().unwrap_or_default();
+    let mut command = std::process::Command::new(&action.argv[0]);
+    command
+        .args(&action.argv[1..])
+        .env_clear()
+        .envs(environment(job, &rule))
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .gid(gid)
+        .uid(uid);
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => return ("failed", format!("{}: {e}", action.argv[0]), None),
+    };
+    own.started(child.id());
+    let exited = pidfd_open(child.id()).is_ok_and(|fd| {
+        let mut poll = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let millis = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd; the pidfd is readable once the process exits.
+        unsafe { libc::poll(&raw mut poll, 1, millis) > 0 }
+    });
+    if !exited {
+        // SAFETY: killing the process group the child leads (its own, from process_group(0)).
+        unsafe { libc::kill(-libc::pid_t::try_from(child.id()).unwrap_or(0), libc::SIGKILL) };
+    }
+    let status = child.wait();
+    own.exited(child.id());
+    match status {
+        Ok(_) if !exited => ("timeout", format!("killed after {timeout:?}"), None),
+        Ok(status) if status.success() => ("done", format!("ran as {user} (uid {uid})"), None),
+        Ok(status) => ("failed", format!("exited with {status}"), None),
+        Err(e) => ("failed", e.to_string(), None),
+    }
+}
+
+/// Undoes what an audit line's `undo` says.
+///
+/// # Errors
+/// What went wrong, in words.
+pub fn rollback(undo: &Undo) -> Result<String, String> {
+    match undo {
+        Undo::Resume { pid, start_time } => match signal_process(*pid, Some(*start_time), libc::SIGCONT) {
+            ("done", _, _) => Ok(format!("pid {pid} resumed (SIGCONT)")),
+            (_, detail, _) => Err(detail),
+        },
+        Undo::Restore { from, to } => {
+            if Path::new(to).exists() {
+                return Err(format!("{to} exists again; not overwritten"));
+            }
+            std::fs::rename(from, to)
+                .map(|()| format!("{from} moved back to {to}"))
+                .map_err(|e| format!("{from}: {e}"))
+        }
+        Undo::Mode { path, mode } => std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode))
+            .map(|()| format!("{path}: mode {mode:o} restored"))
+            .map_err(|e| format!("{path}: {e}")),
+    }
+}
