@@ -3,11 +3,13 @@
 
 mod outputs;
 mod prometheus;
+mod rings;
 mod snapshot;
 mod stages;
 
 pub use outputs::{OutputCounters, SinkCounters, SinkSummary};
 pub use prometheus::prometheus_text;
+pub use rings::{RingGauges, RingSummary};
 pub use snapshot::{KernelCounters, LatencySummary, LossSummary, StatsSnapshot};
 pub use stages::{StageCounters, StageSummary, StageTable};
 
@@ -42,6 +44,8 @@ macro_rules! counters {
             pub outputs: OutputCounters,
             /// Every pipeline stage, by name.
             pub stages: StageTable,
+            /// How full each kernel ring is.
+            pub rings: RingGauges,
         }
 
         impl Counters {

@@ -9,7 +9,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::StatsSnapshot;
+use super::{RingSummary, StatsSnapshot};
 
 /// Encodes `snapshot` in the `OpenMetrics` text format.
 ///
@@ -133,6 +133,7 @@ impl Collector for SnapshotCollector {
             "Time each pipeline stage spent processing",
             s.stages.iter().map(|(name, stage)| ([("stage", name.as_str())], counter(stage.busy_ns))),
         )?;
+        encode_rings(&mut encoder, &s.rings)?;
         let latency = &s.latency;
         family(
             &mut encoder,
@@ -143,6 +144,31 @@ impl Collector for SnapshotCollector {
         )?;
         Ok(())
     }
+}
+
+/// Reads one figure of a ring's fill.
+type RingField = fn(&RingSummary) -> u64;
+
+/// The ring fill gauges, labelled by ring (shard).
+fn encode_rings(encoder: &mut DescriptorEncoder, rings: &[RingSummary]) -> Result<(), std::fmt::Error> {
+    let gauges: [(&str, &str, RingField); 3] = [
+        ("ring_used_bytes", "Bytes waiting in each kernel ring when the last drain began", |r| r.used_bytes),
+        ("ring_peak_used_bytes", "Most bytes waiting in each kernel ring at the start of a drain", |r| {
+            r.peak_bytes
+        }),
+        ("ring_size_bytes", "Size of each kernel ring", |r| r.size_bytes),
+    ];
+    let shards: Vec<String> = (0..rings.len()).map(|shard| shard.to_string()).collect();
+    for (name, help, value) in gauges {
+        let gauge = |r: &RingSummary| ConstGauge::new(i64::try_from(value(r)).unwrap_or(i64::MAX));
+        family(
+            encoder,
+            name,
+            help,
+            shards.iter().zip(rings).map(|(shard, r)| ([("ring", shard.as_str())], gauge(r))),
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -161,6 +187,8 @@ mod tests {
         );
         snapshot.routes.insert("writes".into(), 7);
         snapshot.latency.p99_us = 350;
+        snapshot.rings =
+            vec![RingSummary::default(), RingSummary { used_bytes: 5, peak_bytes: 9, size_bytes: 16 }];
         let text = prometheus_text(snapshot).unwrap();
         for line in [
             r#"vexevent_kernel_total{counter="lost_ring_full"} 3"#,
@@ -171,6 +199,9 @@ mod tests {
             r#"vexevent_route_matched_total{route="writes"} 7"#,
             r#"vexevent_latency_microseconds{quantile="0.99"} 350"#,
             "vexevent_records_unaccounted 0",
+            r#"vexevent_ring_used_bytes{ring="1"} 5"#,
+            r#"vexevent_ring_peak_used_bytes{ring="1"} 9"#,
+            r#"vexevent_ring_size_bytes{ring="1"} 16"#,
             "# EOF",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Counters, Gap, SinkSummary, StageSummary};
+use super::{Counters, Gap, RingSummary, SinkSummary, StageSummary};
 
 /// What the kernel side reports, summed over CPUs (filled by the loader).
 #[derive(Clone, Debug, Default)]
@@ -47,6 +47,10 @@ pub struct StatsSnapshot {
     /// Per pipeline stage: batches, events in and out, time spent.
     #[serde(default)]
     pub stages: BTreeMap<String, StageSummary>,
+    /// Per kernel ring (shard), in order: bytes waiting when the last drain began, the peak, the
+    /// size.
+    #[serde(default)]
+    pub rings: Vec<RingSummary>,
 }
 
 /// One sequence gap, as reported.
@@ -131,6 +135,7 @@ impl StatsSnapshot {
             sinks,
             routes: counters.outputs.routes(),
             stages: counters.stages.summaries(),
+            rings: counters.rings.summaries(),
         }
     }
 }
@@ -207,6 +212,10 @@ impl fmt::Display for StatsSnapshot {
                 stage.events_out,
                 stage.busy_ns / 1_000_000
             )?;
+        }
+        if !self.rings.is_empty() {
+            let rings: Vec<String> = self.rings.iter().map(ToString::to_string).collect();
+            writeln!(f, "  rings (KiB waiting/peak/size): {}", rings.join("  "))?;
         }
         let details: Vec<String> = self
             .kernel
