@@ -378,8 +378,7 @@ impl Translator {
             }
             OpKind::Close => {
                 let fd = args.fd.unwrap_or(-1);
-                let info = self.processes.fd(header.pid, fd);
-                self.processes.close_fd(header.pid, fd, header.enter_ns);
+                let info = self.processes.close_fd(header.pid, fd, header.enter_ns);
                 Self::fill_from_fd(&mut fs, info, fd);
                 EventType::FilesystemRead
             }
