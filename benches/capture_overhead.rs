@@ -1,7 +1,11 @@
 //! End-to-end capture benchmark: workloads run untraced and traced side by side (alternating runs
-//! in one process, because these machines are shared and noisy), reporting the workload's
-//! slowdown ratio, events delivered / performed / lost, events per second, the CPU vexevent used
-//! and kernel-to-sink latency. Traced means every event delivered as JSON Lines to a file on disk.
+//! in one process, because these machines are shared and noisy; odd rounds run untraced first,
+//! even rounds traced first), reporting the workload's slowdown ratio, events delivered /
+//! performed / lost, events per second and the CPU vexevent used per delivered event (both from
+//! the workload's start to the end of the drain after it: the last write to the output), and
+//! kernel-to-sink latency, with the spread over rounds. Traced means `vexevent run` with default
+//! settings (every operation type), every event delivered as JSON Lines to a file on disk. The
+//! benchmark exits non-zero when open-close or mixed lost an event.
 //!
 //! Workloads: `open-close` (one thread, tight loop), `mixed` (create, write 4 KiB, close, rename,
 //! unlink over 100 files), `threads` (one open/close thread per CPU), `paced` (100,000 events/s
@@ -120,20 +124,39 @@ struct Traced {
     rate: f64,
     delivered: u64,
     lost: u64,
+    /// vexevent's CPU from the workload's start to the end of the drain.
     cpu: Duration,
+    /// From the workload's start to the end of the drain.
     elapsed: Duration,
     stats: Value,
 }
 
-/// Runs the workload in `dir` while vexevent watches `watch`.
+/// How long the output must stay unchanged for the drain to count as over.
+const QUIET: Duration = Duration::from_millis(300);
+
+/// Waits until `output` has stopped growing for [`QUIET`]; returns when it last grew.
+fn drained(output: &Path) -> Instant {
+    let size = || std::fs::metadata(output).map_or(0, |m| m.len());
+    let (mut last_size, mut last_growth) = (size(), Instant::now());
+    while last_growth.elapsed() < QUIET {
+        std::thread::sleep(Duration::from_millis(5));
+        let now = size();
+        if now != last_size {
+            (last_size, last_growth) = (now, Instant::now());
+        }
+    }
+    last_growth
+}
+
+/// Runs the workload in `dir` while vexevent watches `watch` with default settings.
 fn traced_run(watch: &Path, dir: &Path, workload: Workload, ops: u64, pace: Option<Duration>) -> Traced {
-    let ops_filter =
-        if workload == Workload::Mixed { "open,write,close,rename,unlink" } else { "open,close" };
-    let vexevent = Vexevent::start(&[watch], &["--ops", ops_filter]);
+    let vexevent = Vexevent::start(&[watch], &[]);
     let cpu_before = cpu_time(vexevent.pid());
     let started = Instant::now();
     let rate = run_workload(workload, dir, ops, pace);
-    let elapsed = started.elapsed();
+    let drain_end = drained(&vexevent.output);
+    let elapsed = drain_end.duration_since(started);
+    // Sampled after the quiet period: it adds only idle time.
     let cpu = cpu_time(vexevent.pid()).saturating_sub(cpu_before);
     let finished = vexevent.stop();
     let pid = u64::from(std::process::id());
@@ -218,8 +241,61 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
+/// `median (min-max)` of the rounds.
+fn spread(values: &[f64], precision: usize) -> String {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{:.precision$} ({min:.precision$}-{max:.precision$})", median(values.to_vec()))
+}
+
 fn latency(stats: &Value) -> String {
     format!("{}/{}", stats["latency"]["p50_us"], stats["latency"]["p99_us"])
+}
+
+/// Runs each workload `rounds` times, untraced and traced, printing a row per round and the
+/// spread; returns the losses of open-close and mixed (which must lose nothing at defaults).
+fn workload_table(watch: &Path, runs: &[(&str, Workload, PathBuf, u64)], rounds: u64) -> Vec<String> {
+    let mut lossy = Vec::new();
+    for &(name, workload, ref dir, ops) in runs {
+        let (mut ratios, mut rates, mut costs) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 1..=rounds {
+            // Alternate which runs first, so neither always gets the warmer (or quieter) turn.
+            let untraced_first = round % 2 == 1;
+            let mut untraced = if untraced_first { run_workload(workload, dir, ops, None) } else { 0.0 };
+            let traced = traced_run(watch, dir, workload, ops, None);
+            if !untraced_first {
+                untraced = run_workload(workload, dir, ops, None);
+            }
+            let ratio = traced.rate / untraced;
+            ratios.push(ratio);
+            let performed = ops * workload.events_per_iteration() * workload.threads();
+            #[expect(clippy::cast_precision_loss, reason = "rates and costs")]
+            let (events_per_sec, ns_per_event) = (
+                traced.delivered as f64 / traced.elapsed.as_secs_f64(),
+                traced.cpu.as_secs_f64() * 1e9 / traced.delivered.max(1) as f64,
+            );
+            rates.push(events_per_sec);
+            costs.push(ns_per_event);
+            println!(
+                "{name:<11} {round:>5} {untraced:>13.0} {:>13.0} {ratio:>6.2} {:>24} {:>6} {events_per_sec:>11.0} {:>8.2}s {ns_per_event:>9.0} {:>16}",
+                traced.rate,
+                format!("{}/{performed}", traced.delivered),
+                traced.lost,
+                traced.cpu.as_secs_f64(),
+                latency(&traced.stats),
+            );
+            if (traced.lost > 0 || traced.delivered < performed) && matches!(name, "open-close" | "mixed") {
+                lossy.push(format!("{name} round {round}: {}/{performed} delivered", traced.delivered));
+            }
+        }
+        println!(
+            "{name:<11} median (min-max): ratio {}x, events/s {}, vexevent CPU per delivered event {} ns",
+            spread(&ratios, 2),
+            spread(&rates, 0),
+            spread(&costs, 0)
+        );
+    }
+    lossy
 }
 
 fn main() {
@@ -239,7 +315,7 @@ fn main() {
         "capture_overhead: {ops} iterations per thread per run, {rounds} rounds, tmpfs, JSON Lines to disk"
     );
     println!(
-        "{:<11} {:>5} {:>13} {:>13} {:>6} {:>24} {:>6} {:>11} {:>9} {:>16}",
+        "{:<11} {:>5} {:>13} {:>13} {:>6} {:>24} {:>6} {:>11} {:>9} {:>9} {:>16}",
         "workload",
         "round",
         "untraced it/s",
@@ -249,6 +325,7 @@ fn main() {
         "lost",
         "events/s",
         "cpu",
+        "ns/event",
         "p50/p99 us"
     );
     // The mixed workload also runs on a FUSE file system (Debian's bindfs) inside the watch:
@@ -260,27 +337,7 @@ fn main() {
         ("threads", Workload::Threads, mount.path.clone(), ops),
         ("fuse-mixed", Workload::Mixed, bindfs.mount_point.clone(), ops / 10),
     ];
-    for (name, workload, dir, ops) in runs {
-        let mut ratios = Vec::new();
-        for round in 1..=rounds {
-            let untraced = run_workload(workload, &dir, ops, None);
-            let traced = traced_run(&mount.path, &dir, workload, ops, None);
-            let ratio = traced.rate / untraced;
-            ratios.push(ratio);
-            let performed = ops * workload.events_per_iteration() * workload.threads();
-            #[expect(clippy::cast_precision_loss, reason = "a rate")]
-            let events_per_sec = traced.delivered as f64 / traced.elapsed.as_secs_f64();
-            println!(
-                "{name:<11} {round:>5} {untraced:>13.0} {:>13.0} {ratio:>6.2} {:>24} {:>6} {events_per_sec:>11.0} {:>8.2}s {:>16}",
-                traced.rate,
-                format!("{}/{performed}", traced.delivered),
-                traced.lost,
-                traced.cpu.as_secs_f64(),
-                latency(&traced.stats),
-            );
-        }
-        println!("{name:<11} median slowdown ratio (traced/untraced): {:.2}x", median(ratios));
-    }
+    let lossy = workload_table(&mount.path, &runs, rounds);
 
     // What the hooks alone cost: attached, every syscall filtered at entry.
     let mut ratios = Vec::new();
@@ -319,5 +376,10 @@ fn main() {
             }
             None => println!("{:<11} not installed (or did not attach): comparison skipped", peer.name),
         }
+    }
+
+    if !lossy.is_empty() {
+        eprintln!("capture_overhead: events lost with default settings: {}", lossy.join("; "));
+        std::process::exit(1);
     }
 }

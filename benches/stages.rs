@@ -130,7 +130,7 @@ fn stages(c: &mut Criterion) {
     group.bench_function("serialize_json_line", |b| {
         b.iter(|| {
             line.clear();
-            serde_json::to_writer(&mut line, black_box(&event)).expect("serializable");
+            vexevent::pipeline::write_event(black_box(&event), &mut line).expect("serializable");
         });
     });
     let mut router = twenty_routes();

@@ -391,6 +391,12 @@ fn capture_scenario(mount: &Mount, extra: &[&str]) {
     assert_eq!(stats["loss"]["decode_errors"], 0, "{stats}");
     assert_eq!(stats["userspace"]["events_delivered"].as_u64(), Some(finished.events.len() as u64));
     assert!(stats["kernel"]["filtered_scope"].as_u64().unwrap() > 0, "kernel scope filter counted: {stats}");
+    // Every ring's fill is gauged from its real positions: its size, and records seen waiting.
+    let rings = stats["rings"].as_array().unwrap();
+    assert!(!rings.is_empty(), "{stats}");
+    assert!(rings.iter().all(|r| r["size_bytes"] == 16 << 20), "the default ring size: {stats}");
+    assert!(rings.iter().any(|r| r["peak_bytes"].as_u64().unwrap() > 0), "records waited in a ring: {stats}");
+    assert!(rings.iter().all(|r| r["used_bytes"].as_u64() <= r["peak_bytes"].as_u64()), "{stats}");
     for (i, event) in finished.events.iter().enumerate() {
         assert_eq!(event["global_sequence"].as_u64(), Some(i as u64));
     }

@@ -3,6 +3,7 @@
 //! every shard, validates each record, merges the shards by timestamp and hands ordered batches on.
 
 mod decode;
+mod fill;
 mod merge;
 mod sequence;
 
@@ -57,6 +58,8 @@ pub struct DrainSettings {
 /// Drains the shards' ring buffers.
 pub struct RingDrainer {
     rings: Vec<RingBuf<MapData>>,
+    /// Each ring's positions, for the fill gauge (None where they cannot be mapped).
+    fills: Vec<Option<fill::RingFill>>,
     pending_loss: PerCpuArray<MapData, PendingLoss>,
     sequences: SequenceTracker,
     merger: Merger,
@@ -76,7 +79,15 @@ impl RingDrainer {
     ) -> Self {
         let window_ns = u64::try_from(settings.reorder_window.as_nanos()).unwrap_or(u64::MAX);
         let merger = Merger::new(rings.len(), one_cpu_per_shard, window_ns);
-        Self { rings, pending_loss, sequences: SequenceTracker::default(), merger, counters }
+        let fills = rings
+            .iter()
+            .map(|ring| {
+                fill::RingFill::new(ring.as_raw_fd())
+                    .inspect_err(|error| tracing::warn!(%error, "cannot map a ring's positions; its fill gauge stays 0"))
+                    .ok()
+            })
+            .collect();
+        Self { rings, fills, pending_loss, sequences: SequenceTracker::default(), merger, counters }
     }
 
     /// After the probes are detached and the rings drained: reports, as gap records, the losses
@@ -112,6 +123,15 @@ impl RingDrainer {
             };
             self.sequences.observe_reported_gap(cpu, gap.first_seq, gap.count, &self.counters);
             self.merger.push(0, Captured::Gap(gap));
+        }
+    }
+
+    /// Records how many bytes wait in each ring (before a drain).
+    fn gauge_fill(&self) {
+        for (shard, ring) in self.fills.iter().enumerate() {
+            if let Some(ring) = ring {
+                self.counters.rings.set(shard, ring.used(), ring.size());
+            }
         }
     }
 
@@ -183,6 +203,7 @@ impl RingDrainer {
                 }
             }
             let drain_started = monotonic_ns();
+            self.gauge_fill();
             self.drain();
             let mut records = Vec::new();
             if stopping {

@@ -155,6 +155,11 @@ impl Correlator {
         }
     }
 
+    /// Whether nothing is held back (no event queued, no request pending).
+    fn is_idle(&self) -> bool {
+        self.queue.is_empty()
+    }
+
     /// Kernel time of the oldest event held back (events leave in order: the front).
     fn oldest_held_ns(&self) -> Option<u64> {
         self.queue.iter().find_map(|slot| match slot {
@@ -224,7 +229,14 @@ impl Stage for CorrelateStage {
 
     fn process(&mut self, batch: &mut EventBatch) {
         let arrived = monotonic_ns();
-        for event in batch.events.drain(..) {
+        // With nothing held, the events before the first FUSE request are ready as they are:
+        // they stay in the batch (in order, ahead of whatever the queue releases after them).
+        let first_held = if self.correlator.is_idle() {
+            batch.events.iter().position(is_fuse_request).unwrap_or(batch.events.len())
+        } else {
+            0
+        };
+        for event in batch.events.drain(first_held..) {
             self.correlator.push(event, arrived, &self.counters);
         }
         self.release(monotonic_ns(), batch);

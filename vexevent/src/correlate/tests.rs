@@ -139,3 +139,31 @@ fn requests_with_a_known_path_still_fold_into_their_syscall() {
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].context.fuse.len(), 1);
 }
+
+#[test]
+fn the_stage_keeps_order_across_batches_whether_or_not_it_holds_requests() {
+    let counters = Arc::new(Counters::default());
+    let mut stage = CorrelateStage::new(options(), Arc::clone(&counters));
+    let ids = |batch: &EventBatch| batch.events.iter().map(|e| e.event_id).collect::<Vec<_>>();
+    // Nothing held: plain events pass; a pending request holds back the events behind it only.
+    let (a, b) = (syscall(1, 10, 20, true), syscall(2, 30, 40, true));
+    let pending = request(9, "WRITE", 50, 60, 0, false);
+    let c = syscall(3, 70, 80, true);
+    let expected_now = vec![a.event_id, b.event_id];
+    let mut batch = EventBatch::default();
+    batch.events = vec![a, b, pending, c.clone()];
+    stage.process(&mut batch);
+    assert_eq!(ids(&batch), expected_now);
+    // Held: the next batch's events queue behind the request; its caller claims it.
+    let claimer = syscall(9, 45, 65, true);
+    batch.clear();
+    batch.events.push(claimer.clone());
+    stage.process(&mut batch);
+    assert_eq!(ids(&batch), vec![c.event_id, claimer.event_id]);
+    assert_eq!(batch.events[1].context.fuse.len(), 1, "the request folded into its caller");
+    let d = syscall(4, 90, 95, true);
+    batch.clear();
+    batch.events.push(d.clone());
+    stage.process(&mut batch);
+    assert_eq!(ids(&batch), vec![d.event_id]);
+}

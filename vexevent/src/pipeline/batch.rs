@@ -55,8 +55,8 @@ pub fn to_json_lines(events: &[SemanticEvent], counters: &Counters) -> Vec<Arc<s
         .iter()
         .map(|event| {
             buffer.clear();
-            match serde_json::to_writer(&mut buffer, event) {
-                // SAFETY: serde_json writes valid UTF-8 when it succeeds.
+            match super::json::write_event(event, &mut buffer) {
+                // SAFETY: the writer writes valid UTF-8 (JSON of UTF-8 text) when it succeeds.
                 Ok(()) => Arc::from(unsafe { std::str::from_utf8_unchecked(&buffer) }),
                 Err(error) => {
                     add(&counters.sink_errors, 1);

@@ -9,11 +9,13 @@
 //! events in and out and the time spent ([`StageCounters`]).
 
 mod batch;
+mod json;
 mod offload;
 mod runner;
 mod sequence;
 
 pub use batch::{EventBatch, to_json_lines};
+pub use json::write_event;
 pub use offload::{Offload, OffloadError};
 pub use runner::{Pipeline, Reconfigure};
 pub use sequence::Sequencer;

@@ -5,6 +5,7 @@ mod analytics;
 mod health;
 mod outputs;
 mod prometheus;
+mod rings;
 mod rules;
 mod snapshot;
 mod stages;
@@ -15,6 +16,7 @@ pub use analytics::{
 pub use health::{Check, Health, HealthConfig, HealthReport};
 pub use outputs::{OutputCounters, SinkCounters, SinkSummary};
 pub use prometheus::prometheus_text;
+pub use rings::{RingGauges, RingSummary};
 pub use rules::{AuditHead, RuleCounters, RuleSummary, RuleTable};
 pub use snapshot::{KernelCounters, LatencySummary, LossSummary, StatsSnapshot};
 pub use stages::{StageCounters, StageSummary, StageTable};
@@ -56,6 +58,8 @@ macro_rules! counters {
             pub health: Health,
             /// Every rule of the `react` stage, by name, and the audit chain's head.
             pub rules: RuleTable,
+            /// How full each kernel ring is.
+            pub rings: RingGauges,
         }
 
         impl Counters {

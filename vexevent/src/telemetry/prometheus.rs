@@ -9,7 +9,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use super::{LatencyHistogram, RuleSummary, StatsSnapshot};
+use super::{LatencyHistogram, RingSummary, RuleSummary, StatsSnapshot};
 
 /// A histogram already counted (cumulative buckets in seconds), encoded as Prometheus expects.
 struct SecondsHistogram<'a>(&'a LatencyHistogram);
@@ -172,6 +172,7 @@ impl Collector for SnapshotCollector {
             s.stages.iter().map(|(name, stage)| ([("stage", name.as_str())], counter(stage.busy_ns))),
         )?;
         encode_rules(s, &mut encoder)?;
+        encode_rings(&mut encoder, &s.rings)?;
         encode_histograms(s, &mut encoder)?;
         encode_analyse(s, &mut encoder)
     }
@@ -246,6 +247,31 @@ fn encode_analyse(s: &StatsSnapshot, encoder: &mut DescriptorEncoder) -> Result<
     Ok(())
 }
 
+/// Reads one figure of a ring's fill.
+type RingField = fn(&RingSummary) -> u64;
+
+/// The ring fill gauges, labelled by ring (shard).
+fn encode_rings(encoder: &mut DescriptorEncoder, rings: &[RingSummary]) -> Result<(), std::fmt::Error> {
+    let gauges: [(&str, &str, RingField); 3] = [
+        ("ring_used_bytes", "Bytes waiting in each kernel ring when the last drain began", |r| r.used_bytes),
+        ("ring_peak_used_bytes", "Most bytes waiting in each kernel ring at the start of a drain", |r| {
+            r.peak_bytes
+        }),
+        ("ring_size_bytes", "Size of each kernel ring", |r| r.size_bytes),
+    ];
+    let shards: Vec<String> = (0..rings.len()).map(|shard| shard.to_string()).collect();
+    for (name, help, value) in gauges {
+        let gauge = |r: &RingSummary| ConstGauge::new(i64::try_from(value(r)).unwrap_or(i64::MAX));
+        family(
+            encoder,
+            name,
+            help,
+            shards.iter().zip(rings).map(|(shard, r)| ([("ring", shard.as_str())], gauge(r))),
+        )?;
+    }
+    Ok(())
+}
+
 /// The `react` stage's per-rule counters.
 fn encode_rules(s: &StatsSnapshot, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
     let counter = |v: u64| ConstCounter::new(v);
@@ -301,6 +327,8 @@ mod tests {
         let counters = crate::telemetry::Counters::default();
         counters.record_latencies([3, 700]);
         snapshot.histograms.push(counters.latency_histogram_seconds());
+        snapshot.rings =
+            vec![RingSummary::default(), RingSummary { used_bytes: 5, peak_bytes: 9, size_bytes: 16 }];
         let text = prometheus_text(snapshot).unwrap();
         for line in [
             r#"vexevent_kernel_total{counter="lost_ring_full"} 3"#,
@@ -316,6 +344,9 @@ mod tests {
             r#"vexevent_delivery_latency_seconds_bucket{le="+Inf"} 2"#,
             "vexevent_delivery_latency_seconds_count 2",
             "vexevent_records_unaccounted 0",
+            r#"vexevent_ring_used_bytes{ring="1"} 5"#,
+            r#"vexevent_ring_peak_used_bytes{ring="1"} 9"#,
+            r#"vexevent_ring_size_bytes{ring="1"} 16"#,
             "# EOF",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");

@@ -6,7 +6,8 @@ use std::{collections::BTreeMap, fmt};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AuditHead, Counters, Gap, HealthReport, LatencyHistogram, RuleSummary, SinkSummary, StageSummary,
+    AuditHead, Counters, Gap, HealthReport, LatencyHistogram, RingSummary, RuleSummary, SinkSummary,
+    StageSummary,
 };
 
 /// What the kernel side reports, summed over CPUs (filled by the loader).
@@ -65,6 +66,10 @@ pub struct StatsSnapshot {
     /// The audit log's last line (sequence and hash), when rules act.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_head: Option<AuditHead>,
+    /// Per kernel ring (shard), in order: bytes waiting when the last drain began, the peak, the
+    /// size.
+    #[serde(default)]
+    pub rings: Vec<RingSummary>,
 }
 
 /// One sequence gap, as reported.
@@ -156,6 +161,7 @@ impl StatsSnapshot {
                 .collect(),
             rules: counters.rules.summaries(),
             audit_head: counters.rules.audit_head(),
+            rings: counters.rings.summaries(),
         }
     }
 }
@@ -234,6 +240,10 @@ impl fmt::Display for StatsSnapshot {
             )?;
         }
         self.fmt_rules(f)?;
+        if !self.rings.is_empty() {
+            let rings: Vec<String> = self.rings.iter().map(ToString::to_string).collect();
+            writeln!(f, "  rings (KiB waiting/peak/size): {}", rings.join("  "))?;
+        }
         let details: Vec<String> = self
             .kernel
             .iter()

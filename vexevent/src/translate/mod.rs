@@ -361,7 +361,11 @@ impl Translator {
                 let stat = if !ok {
                     None
                 } else if creating {
-                    stat_path(&path)
+                    let stat = stat_path(&path);
+                    if let Some(stat) = stat {
+                        self.stats.fresh(&path, stat);
+                    }
+                    stat
                 } else {
                     self.stats.stat(&path)
                 };
@@ -388,8 +392,7 @@ impl Translator {
             }
             OpKind::Close => {
                 let fd = args.fd.unwrap_or(-1);
-                let info = self.processes.fd(header.pid, fd);
-                self.processes.close_fd(header.pid, fd, header.enter_ns);
+                let info = self.processes.close_fd(header.pid, fd, header.enter_ns);
                 Self::fill_from_fd(&mut fs, info, fd);
                 EventType::FilesystemRead
             }
@@ -428,11 +431,21 @@ impl Translator {
                 if !in_scope {
                     return Disposition::OutOfScope;
                 }
+                // A rename keeps the inode and the file type: what was known of the old name
+                // (fresh within the cache's lifetime) is true of the new one, without an lstat.
+                let renamed = match (op, target.as_deref()) {
+                    (OpKind::Rename, Some(target)) if ok => self.stats.rename(&path, target),
+                    _ => None,
+                };
                 self.stats.invalidate(&path);
                 if let Some(target) = target.as_deref().filter(|_| !record.text2) {
-                    self.stats.invalidate(target);
+                    if renamed.is_none() {
+                        self.stats.invalidate(target);
+                    }
                 }
-                let stat = if ok && !matches!(op, OpKind::Unlink | OpKind::Rmdir | OpKind::Umount) {
+                let stat = if renamed.is_some() {
+                    renamed
+                } else if ok && !matches!(op, OpKind::Unlink | OpKind::Rmdir | OpKind::Umount) {
                     stat_path(if op == OpKind::Rename { target.as_deref().unwrap_or(&path) } else { &path })
                 } else {
                     None

@@ -23,6 +23,9 @@ pub fn resolve(base: Option<&[u8]>, path: &[u8]) -> Vec<u8> {
 /// Lexically normalizes an absolute path.
 #[must_use]
 pub fn normalize(path: &[u8]) -> Vec<u8> {
+    if is_normal(path) {
+        return path.to_vec();
+    }
     let mut components: Vec<&[u8]> = Vec::new();
     for component in path.split(|&b| b == b'/') {
         match component {
@@ -44,6 +47,16 @@ pub fn normalize(path: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Whether `path` is already normal: absolute, with no empty, `.` or `..` component and no
+/// trailing slash (`/` itself is normal). Most paths the kernel reports are.
+fn is_normal(path: &[u8]) -> bool {
+    if path == b"/" {
+        return true;
+    }
+    path.first() == Some(&b'/')
+        && path[1..].split(|&b| b == b'/').all(|component| !matches!(component, b"" | b"." | b".."))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,5 +70,18 @@ mod tests {
         assert_eq!(resolve(Some(b"/"), b"../../.."), b"/");
         assert_eq!(resolve(Some(b"/w"), b""), b"/w");
         assert_eq!(resolve(Some(b"/w"), b"bad\xff\nname"), b"/w/bad\xff\nname");
+        for (raw, normal) in [
+            (&b"/"[..], &b"/"[..]),
+            (b"/a/b", b"/a/b"),
+            (b"/a/b/", b"/a/b"),
+            (b"/a/./b", b"/a/b"),
+            (b"/a/../b", b"/b"),
+            (b"/a/..", b"/"),
+            (b"/a/.", b"/a"),
+            (b"//a", b"/a"),
+            (b"/..a/.b/c..", b"/..a/.b/c.."),
+        ] {
+            assert_eq!(normalize(raw), normal, "{:?}", String::from_utf8_lossy(raw));
+        }
     }
 }

@@ -131,13 +131,18 @@ impl ProcessTable {
         self.process(pid).fds.insert(fd, (info, since_ns));
     }
 
-    /// A close of `fd` that began at `close_entered_ns`. In a multi-threaded process another
-    /// thread may already have reused the number (its open ends after this close began): that
-    /// newer file is kept.
-    pub fn close_fd(&mut self, pid: u32, fd: i32, close_entered_ns: u64) {
+    /// A close of `fd` that began at `close_entered_ns`: the file it closed (as [`Self::fd`]
+    /// finds it), taken out of the table. In a multi-threaded process another thread may already
+    /// have reused the number (its open ends after this close began): that newer file is kept.
+    pub fn close_fd(&mut self, pid: u32, fd: i32, close_entered_ns: u64) -> Option<FileInfo> {
+        if !self.process(pid).fds.contains_key(&fd) {
+            // Learned from /proc (stamped 0, so the close takes it).
+            self.fd(pid, fd)?;
+        }
         let fds = &mut self.process(pid).fds;
-        if fds.get(&fd).is_some_and(|(_, since)| *since <= close_entered_ns) {
-            fds.remove(&fd);
+        match fds.get(&fd) {
+            Some((_, since)) if *since <= close_entered_ns => fds.remove(&fd).map(|(info, _)| info),
+            other => other.map(|(info, _)| info.clone()),
         }
     }
 
@@ -160,11 +165,12 @@ mod tests {
         table.set_fd(1_000_000, 3, info.clone(), 10);
         table.dup_fd(1_000_000, 3, 1, 20);
         assert_eq!(table.fd(1_000_000, 1), Some(info.clone()));
-        table.close_fd(1_000_000, 3, 30);
+        assert_eq!(table.close_fd(1_000_000, 3, 30), Some(info.clone()));
         assert_eq!(table.fd(1_000_000, 3), None, "closed, and no such process in /proc");
+        assert_eq!(table.close_fd(1_000_000, 3, 30), None);
         // Another thread reopened fd 1 after a close of it began: the close keeps the new file.
         table.set_fd(1_000_000, 1, info.clone(), 50);
-        table.close_fd(1_000_000, 1, 40);
+        assert_eq!(table.close_fd(1_000_000, 1, 40), Some(info.clone()));
         assert_eq!(table.fd(1_000_000, 1), Some(info));
         table.set_cwd(1_000_000, b"/w".to_vec());
         table.fork(1_000_000, 1_000_001);
