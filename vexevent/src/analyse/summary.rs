@@ -16,10 +16,7 @@ use super::{
     config::Dimension,
 };
 use crate::{
-    event::{
-        Context, EVENT_VERSION, EventType, FilesystemContext, ObservabilityContext, PathBytes, Priority,
-        SemanticEvent, Timestamp, flags, next_event_id,
-    },
+    event::{EventType, FilesystemContext, ObservabilityContext, PathBytes, Priority, SemanticEvent},
     telemetry::{HealthReport, LatencySummary, add},
     window::Closed,
 };
@@ -426,40 +423,13 @@ impl AnalyseStage {
         time_ns: u64,
         path: Option<&str>,
     ) -> SemanticEvent {
-        let event_id = next_event_id();
-        SemanticEvent {
-            event_id,
-            origin: self.run.own(event_id),
-            event_type,
-            event_type_code: event_type.code(),
-            event_subtype: subtype,
-            timestamp: Timestamp {
-                wall_ns: u64::try_from(i128::from(time_ns) + self.wall_offset_ns).unwrap_or(0),
-                monotonic_ns: time_ns,
-                cpu: 0,
-                pid: 0,
-                sequence: 0,
-            },
-            global_sequence: 0,
-            local_sequence: 0,
-            flags: flags::DEFAULT,
-            priority: Priority::Normal,
-            event_size: 0,
-            event_version: EVENT_VERSION,
-            parent_event_id: None,
-            causality_links: Vec::new(),
-            context: Context {
-                filesystem: path.map(|path| FilesystemContext {
-                    path: Some(PathBytes::from(path)),
-                    ..FilesystemContext::default()
-                }),
-                ..Context::default()
-            },
-            process: None,
-            result: None,
-            duration_ns: 0,
-            timeline: None,
-        }
+        let wall_ns = u64::try_from(i128::from(time_ns) + self.wall_offset_ns).unwrap_or(0);
+        let mut event = SemanticEvent::own(&self.run, event_type, subtype, time_ns, wall_ns);
+        event.context.filesystem = path.map(|path| FilesystemContext {
+            path: Some(PathBytes::from(path)),
+            ..FilesystemContext::default()
+        });
+        event
     }
 }
 

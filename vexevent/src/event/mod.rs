@@ -77,6 +77,35 @@ impl SemanticEvent {
         self.event_subtype.starts_with("FUSE_")
     }
 
+    /// An event vexevent makes itself, about no single operation (a window, an anomaly, a health
+    /// alert, an audit head): of `run`, stamped at kernel time `monotonic_ns` and wall time
+    /// `wall_ns`, with default flags and priority and no context; the caller adds what it means.
+    #[must_use]
+    pub fn own(run: &Run, event_type: EventType, subtype: String, monotonic_ns: u64, wall_ns: u64) -> Self {
+        let event_id = next_event_id();
+        Self {
+            event_id,
+            origin: run.own(event_id),
+            event_type,
+            event_type_code: event_type.code(),
+            event_subtype: subtype,
+            timestamp: Timestamp { wall_ns, monotonic_ns, cpu: 0, pid: 0, sequence: 0 },
+            global_sequence: 0,
+            local_sequence: 0,
+            flags: flags::DEFAULT,
+            priority: Priority::Normal,
+            event_size: 0,
+            event_version: EVENT_VERSION,
+            parent_event_id: None,
+            causality_links: Vec::new(),
+            context: Context::default(),
+            process: None,
+            result: None,
+            duration_ns: 0,
+            timeline: None,
+        }
+    }
+
     /// An event for unit tests: `event_type` on `path` by process `pid`/`comm`, succeeded or
     /// failed with ENOENT, default flags and priority; tests change what they need.
     #[cfg(test)]

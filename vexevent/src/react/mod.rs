@@ -40,34 +40,15 @@ fn head_event(head: &AuditHead, at_ns: u64, run: &Run) -> SemanticEvent {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
             .collect();
-    let event_id = crate::event::next_event_id();
-    SemanticEvent {
-        event_id,
-        origin: run.own(event_id),
-        event_type: EventType::ObservabilityAuditEvent,
-        event_type_code: EventType::ObservabilityAuditEvent.code(),
-        event_subtype: "audit_head".to_owned(),
-        timestamp: crate::event::Timestamp {
-            wall_ns: wall_ns(),
-            monotonic_ns: at_ns,
-            cpu: 0,
-            pid: 0,
-            sequence: 0,
-        },
-        global_sequence: 0,
-        local_sequence: 0,
-        flags: crate::event::flags::DEFAULT,
-        priority: crate::event::Priority::Normal,
-        event_size: 0,
-        event_version: crate::event::EVENT_VERSION,
-        parent_event_id: None,
-        causality_links: Vec::new(),
-        context: crate::event::Context { parameters, ..crate::event::Context::default() },
-        process: None,
-        result: None,
-        duration_ns: 0,
-        timeline: None,
-    }
+    let mut event = SemanticEvent::own(
+        run,
+        EventType::ObservabilityAuditEvent,
+        "audit_head".to_owned(),
+        at_ns,
+        wall_ns(),
+    );
+    event.context.parameters = parameters;
+    event
 }
 
 /// The wall clock now, in nanoseconds since the Unix epoch.
