@@ -111,37 +111,16 @@ impl SemanticEvent {
     #[cfg(test)]
     #[must_use]
     pub fn sample(event_type: EventType, path: &str, pid: u32, comm: &str, ok: bool) -> Self {
-        Self {
-            event_id: next_event_id(),
-            origin: Run::new(NodeId::host()).origin(0, 0),
-            event_type,
-            event_type_code: event_type.code(),
-            event_subtype: "openat".into(),
-            timestamp: Timestamp { wall_ns: 0, monotonic_ns: 0, cpu: 0, pid, sequence: 0 },
-            global_sequence: 0,
-            local_sequence: 0,
-            flags: flags::DEFAULT,
-            priority: Priority::Normal,
-            event_size: 0,
-            event_version: EVENT_VERSION,
-            parent_event_id: None,
-            causality_links: Vec::new(),
-            context: Context {
-                filesystem: Some(FilesystemContext {
-                    path: Some(PathBytes::from(path)),
-                    ..FilesystemContext::default()
-                }),
-                ..Context::default()
-            },
-            process: Some(ProcessInfo { pid, tid: pid, uid: 0, gid: 0, comm: PathBytes::from(comm) }),
-            result: Some(OpResult {
-                ok,
-                ret: if ok { 0 } else { -2 },
-                error: (!ok).then(|| "ENOENT".into()),
-            }),
-            duration_ns: 0,
-            timeline: None,
-        }
+        let run = Run::new(NodeId::host());
+        let mut event = Self::own(&run, event_type, "openat".into(), 0, 0);
+        event.origin = run.origin(0, 0);
+        event.timestamp.pid = pid;
+        event.context.filesystem =
+            Some(FilesystemContext { path: Some(PathBytes::from(path)), ..FilesystemContext::default() });
+        event.process = Some(ProcessInfo { pid, tid: pid, uid: 0, gid: 0, comm: PathBytes::from(comm) });
+        event.result =
+            Some(OpResult { ok, ret: if ok { 0 } else { -2 }, error: (!ok).then(|| "ENOENT".into()) });
+        event
     }
 
     /// A new event of type `event_type` derived from this one: a copy with its own id, linked
