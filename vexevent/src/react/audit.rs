@@ -208,13 +208,27 @@ pub struct Verified {
 pub fn verify(path: &Path) -> Result<Vec<Verified>, AuditError> {
     let io = |source| AuditError::Io { path: path.to_owned(), source };
     let broken = |line: usize, problem: String| AuditError::Broken { path: path.to_owned(), line, problem };
-    let reader = BufReader::new(File::open(path).map_err(io)?);
+    let mut reader = BufReader::new(File::open(path).map_err(io)?);
     let mut lines = Vec::new();
     let mut prev = GENESIS.to_owned();
-    for (index, text) in reader.lines().enumerate() {
-        let number = index + 1;
-        let text = text.map_err(io)?;
-        let (body, hash) = split_line(&text).ok_or_else(|| broken(number, "not an audit line".into()))?;
+    let mut raw = Vec::new();
+    let mut number = 0;
+    loop {
+        // Each line read with a bound: a file that is not an audit log cannot exhaust memory.
+        raw.clear();
+        let read =
+            Read::take(&mut reader, MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut raw).map_err(io)?;
+        if read == 0 {
+            break;
+        }
+        number += 1;
+        if raw.len() > MAX_LINE_BYTES {
+            return Err(broken(number, format!("longer than {MAX_LINE_BYTES} bytes: not an audit line")));
+        }
+        let text =
+            std::str::from_utf8(&raw).map_err(|_| broken(number, "not UTF-8: not an audit line".into()))?;
+        let text = text.strip_suffix('\n').unwrap_or(text);
+        let (body, hash) = split_line(text).ok_or_else(|| broken(number, "not an audit line".into()))?;
         let line: Line = serde_json::from_str(&format!("{body}}}"))
             .map_err(|e| broken(number, format!("not an audit line: {e}")))?;
         if line.prev != prev {
@@ -250,6 +264,15 @@ mod tests {
             outcome: outcome.into(),
             ..AuditRecord::default()
         }
+    }
+
+    #[test]
+    fn a_line_past_the_bound_is_refused_without_reading_it_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("huge.log");
+        std::fs::write(&path, vec![b'x'; 10 * MAX_LINE_BYTES]).unwrap();
+        let error = verify(&path).unwrap_err().to_string();
+        assert!(error.contains("longer than") && error.contains("line 1"), "{error}");
     }
 
     #[test]
