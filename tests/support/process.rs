@@ -13,7 +13,17 @@ pub fn rss_kib(pid: u32) -> u64 {
 
 /// CPU time (user + system) a process has used so far.
 pub fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    cpu_time_in(&format!("/proc/{pid}/stat"))
+}
+
+/// CPU time (user + system) a process's main thread has used so far.
+pub fn main_thread_cpu_time(pid: u32) -> Duration {
+    cpu_time_in(&format!("/proc/{pid}/task/{pid}/stat"))
+}
+
+/// CPU time (user + system) from a `stat` file of /proc.
+fn cpu_time_in(path: &str) -> Duration {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     // Fields after the command name (which may contain spaces) start after the last ')'.
     let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
     let ticks: u64 = fields.get(11..13).map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
