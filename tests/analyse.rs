@@ -139,6 +139,9 @@ fn windows_and_top_lists_follow_a_fuse_workload_and_the_metrics_check_out() {
     assert_eq!(status, 200, "{ready}");
     let ready: Value = serde_json::from_str(&ready).unwrap();
     assert_eq!(ready["ready"], true);
+    let rings =
+        ready["checks"].as_array().unwrap().iter().find(|c| c["name"] == "rings").expect("a rings check");
+    assert_eq!(rings["reason"], "every ring under 80% full when last drained", "{ready}");
     let (status, _) = get(&format!("http://{control}/readyz"), "wrong");
     assert_eq!(status, 401, "through the API's auth");
 

@@ -24,7 +24,7 @@ use crate::{
     react::{ReactConfig, ReactSettings, RuleConfig, RuleError, read_rules_file, rule_problems},
     route::{self, Outputs, OutputsError, RouteConfig, Router, RoutingSection},
     sinks::{OutputConfig, SinkConfig},
-    telemetry::HealthConfig,
+    telemetry::{HealthConfig, HealthConfigError},
     translate::VexfsConfig,
 };
 
@@ -104,6 +104,8 @@ pub enum ConfigError {
     Rule(#[from] RuleError),
     #[error(transparent)]
     Analyse(#[from] AnalyseConfigError),
+    #[error(transparent)]
+    Health(#[from] HealthConfigError),
 }
 
 /// Validated settings: what each component is built from.
@@ -187,6 +189,7 @@ impl Config {
         problems.extend(filter_problems.into_iter().map(ConfigError::Filter));
         problems.extend(self.fuse.problem().map(ConfigError::Fuse));
         problems.extend(self.analyse.problems().into_iter().map(ConfigError::Analyse));
+        problems.extend(self.health.problem().map(ConfigError::Health));
         problems.extend(self.stream.problem().map(ConfigError::Access));
         problems.extend(self.control.problem().map(ConfigError::Access));
         let outputs = self.outputs().map_err(|errors| problems.extend(errors)).ok();

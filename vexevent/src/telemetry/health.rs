@@ -1,6 +1,6 @@
-//! Whether the instance is healthy: the probes are attached, no record was lost in the last
-//! `loss_quiet_secs`, every sink is up, and (when a bound is set) the kernel-to-sink latency is
-//! within it. Read by `GET /readyz` and `/healthz` and by the analyse stage, which raises a
+//! Whether the instance is healthy: the probes are attached, no ring was fuller than
+//! `ring_fill_max_percent` when last drained, no record was lost in the last `loss_quiet_secs`,
+//! every sink is up, and (when a bound is set) the kernel-to-sink latency is within it. Read by `GET /readyz` and `/healthz` and by the analyse stage, which raises a
 //! `health:NAME` event when a check fails.
 
 use std::{
@@ -21,6 +21,9 @@ use super::{Counters, lock};
 pub struct HealthConfig {
     /// Seconds without a lost record before the loss check passes again.
     pub loss_quiet_secs: u64,
+    /// Fill of a ring, in percent of its size, at the start of the last drain, above which the
+    /// rings check fails (the consumer falls behind; loss comes next).
+    pub ring_fill_max_percent: u64,
     /// Largest kernel-to-sink p99 latency, in milliseconds, before the latency check fails;
     /// absent: not checked.
     pub latency_p99_max_ms: Option<u64>,
@@ -28,11 +31,27 @@ pub struct HealthConfig {
 
 impl Default for HealthConfig {
     fn default() -> Self {
-        Self { loss_quiet_secs: 60, latency_p99_max_ms: None }
+        Self { loss_quiet_secs: 60, ring_fill_max_percent: 80, latency_p99_max_ms: None }
     }
 }
 
-/// One check: its name (`probes`, `loss`, `sinks`, `latency`), whether it passes, and why.
+/// What is wrong with `[health]`.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthConfigError {
+    #[error("health.ring_fill_max_percent {value} must be between 1 and 100")]
+    RingFill { value: u64 },
+}
+
+impl HealthConfig {
+    /// What is wrong with the section, if anything.
+    #[must_use]
+    pub fn problem(&self) -> Option<HealthConfigError> {
+        (!(1..=100).contains(&self.ring_fill_max_percent))
+            .then_some(HealthConfigError::RingFill { value: self.ring_fill_max_percent })
+    }
+}
+
+/// One check: its name (`probes`, `rings`, `loss`, `sinks`, `latency`), whether it passes, and why.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Check {
     pub name: String,
@@ -94,6 +113,29 @@ impl Health {
             0 => check("probes", false, "the probes are not loaded yet".to_owned()),
             1 => check("probes", false, "no probe is attached".to_owned()),
             n => check("probes", true, format!("{} probes attached", n - 1)),
+        }
+        let full: Vec<String> = counters
+            .rings
+            .summaries()
+            .iter()
+            .enumerate()
+            .filter(|(_, ring)| ring.used_bytes * 100 > ring.size_bytes * config.ring_fill_max_percent)
+            .map(|(shard, ring)| {
+                format!("ring {shard} {}% full", ring.used_bytes * 100 / ring.size_bytes.max(1))
+            })
+            .collect();
+        if full.is_empty() {
+            check(
+                "rings",
+                true,
+                format!("every ring under {}% full when last drained", config.ring_fill_max_percent),
+            );
+        } else {
+            check(
+                "rings",
+                false,
+                format!("{} when last drained (bound {}%)", full.join(", "), config.ring_fill_max_percent),
+            );
         }
         let lost =
             counters.lost_reported.load(Ordering::Relaxed) + counters.records_missing.load(Ordering::Relaxed);
@@ -164,5 +206,22 @@ mod tests {
         assert!(!report.ready);
         assert_eq!(failing(&health.check_at(&counters, start + Duration::from_mins(1))), ["loss"]);
         assert!(health.check_at(&counters, start + Duration::from_secs(62)).ready, "quiet for 61 s");
+    }
+
+    #[test]
+    fn a_ring_fuller_than_the_bound_fails_readiness_until_drained() {
+        let counters = Counters::default();
+        let health = Health::default();
+        health.set_probes_attached(1);
+        counters.rings.set(0, 100, 1000);
+        counters.rings.set(1, 810, 1000);
+        let report = health.check(&counters);
+        let rings = report.checks.iter().find(|c| c.name == "rings").unwrap();
+        assert!(!report.ready && !rings.ok);
+        assert_eq!(rings.reason, "ring 1 81% full when last drained (bound 80%)");
+        counters.rings.set(1, 0, 1000);
+        assert!(health.check(&counters).ready);
+        assert!(HealthConfig { ring_fill_max_percent: 0, ..HealthConfig::default() }.problem().is_some());
+        assert!(HealthConfig::default().problem().is_none());
     }
 }

@@ -13,7 +13,7 @@ mod stages;
 pub use analytics::{
     Analytics, LATENCY_BOUNDS_SECONDS, LATENCY_MAX_NS, LatencyHistogram, latency_histogram, seconds_buckets,
 };
-pub use health::{Check, Health, HealthConfig, HealthReport};
+pub use health::{Check, Health, HealthConfig, HealthConfigError, HealthReport};
 pub use outputs::{OutputCounters, SinkCounters, SinkSummary};
 pub use prometheus::prometheus_text;
 pub use rings::{RingGauges, RingSummary};
