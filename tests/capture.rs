@@ -699,3 +699,65 @@ fn probe_diagnostics_are_off_by_default_and_printed_with_debug_probes() {
     assert!(finished.exit_ok, "{:?}", finished.stderr);
     assert!(line.contains("vexevent::probes") && line.contains("path read fault"), "{line}");
 }
+
+/// Whether `pid` catches SIGINT (`SigCgt` in /proc/PID/status).
+fn catches_sigint(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| u64::from_str_radix(line.strip_prefix("SigCgt:")?.trim(), 16).ok())
+        .is_some_and(|caught| caught & (1 << (libc::SIGINT - 1)) != 0)
+}
+
+#[test]
+fn a_sigint_sent_while_the_probes_load_is_answered_with_an_orderly_stop() {
+    let Some(_serial) =
+        exclusive_root_test("a_sigint_sent_while_the_probes_load_is_answered_with_an_orderly_stop")
+    else {
+        return;
+    };
+    let watched = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Started with SIGINT ignored, as a shell starts its background jobs: the handler vexevent
+    // installs first thing must take over, and a SIGINT during start-up must not be lost.
+    let mut child = {
+        use std::os::unix::process::CommandExt as _;
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_vexevent"));
+        command
+            .args(["run", "--stats-interval", "0", "--output", "/dev/null", "--watch"])
+            .arg(watched.path())
+            .arg("--stats-file")
+            .arg(dir.path().join("stats.json"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        // SAFETY: signal() is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+        command.spawn().unwrap()
+    };
+    let pid = child.id();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !catches_sigint(pid) {
+        assert!(std::time::Instant::now() < deadline, "vexevent never installed its SIGINT handler");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // SAFETY: `pid` is our child, not yet reaped.
+    unsafe { libc::kill(i32::try_from(pid).unwrap(), libc::SIGINT) };
+    let output = {
+        let deadline = std::time::Instant::now() + Duration::from_mins(1);
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break child.wait_with_output().unwrap();
+            }
+            assert!(std::time::Instant::now() < deadline, "vexevent did not stop on SIGINT");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("vexevent final stats"), "an orderly stop prints the final stats: {stderr}");
+}

@@ -75,6 +75,18 @@ pub fn run(
     source: ConfigSource,
     notify: Notify<'_>,
 ) -> Result<StatsSnapshot, AppError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| AppError::Start { what: "signal runtime", source })?;
+    // The handlers exist before anything starts: a SIGINT or SIGTERM sent while the probes load
+    // (or by a parent that ignores SIGINT for its background jobs, which the process inherits)
+    // is kept and answered with an orderly shutdown as soon as capture runs, never lost, and a
+    // signal sent right after "ready" never finds the default action.
+    let signals = {
+        let _context = runtime.enter();
+        Signals::install()?
+    };
     let counters = Arc::new(Counters::default());
     let sinks = Sinks::start(&settings.outputs.sinks, &counters)?;
     let give_up = sinks.give_up_handle();
@@ -111,10 +123,6 @@ pub fn run(
     let snapshot = |probes: &Probes| {
         StatsSnapshot::new(probes.kernel_counters(), &counters, started.elapsed().as_secs_f64())
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| AppError::Start { what: "signal runtime", source })?;
     let control = match (settings.control.addr, &keys) {
         (Some(addr), Some(keys)) => {
             let (bound, requests, dashboard_login) = runtime
@@ -125,12 +133,6 @@ pub fn run(
             Some(requests)
         }
         _ => None,
-    };
-    // The handlers exist before "ready" is printed: a signal sent right after it must not find
-    // the default action (which would end the process without draining).
-    let signals = {
-        let _context = runtime.enter();
-        Signals::install()?
     };
     if let Some(stream) = &stream {
         notify(Notice::Stream(stream.addr));
