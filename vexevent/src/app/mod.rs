@@ -4,6 +4,7 @@
 
 mod main_loop;
 mod notice;
+mod privileges;
 mod reload;
 mod stages;
 mod stats_file;
@@ -52,6 +53,8 @@ pub enum AppError {
     Auth(#[from] crate::http::AuthError),
     #[error(transparent)]
     React(#[from] crate::react::ReactError),
+    #[error(transparent)]
+    Privilege(#[from] crate::privilege::PrivilegeError),
     #[error("cannot start the {what}: {source}")]
     Start {
         what: &'static str,
@@ -74,8 +77,6 @@ pub fn run(
     notify: Notify<'_>,
 ) -> Result<StatsSnapshot, AppError> {
     let counters = Arc::new(Counters::default());
-    let sinks = Sinks::start(&settings.outputs.sinks, &counters)?;
-    let give_up = sinks.give_up_handle();
     let mut probes = Probes::load(&settings.probes)?;
     notify(Notice::Attached {
         hooks: probes.hooks(),
@@ -84,6 +85,14 @@ pub fn run(
     });
     counters.health.configure(settings.health.clone());
     counters.health.set_probes_attached(probes.hooks().iter().filter(|h| h.missing.is_none()).count());
+    let keys = http_keys(settings, notify)?;
+    // Root's other powers end here, before any thread of the pipeline, the sinks or the servers
+    // starts (capabilities belong to threads; new ones inherit the reduced sets).
+    let kept = privileges::needed(settings);
+    crate::privilege::restrict(&kept)?;
+    notify(Notice::Privileges { kept: &kept });
+    let sinks = Sinks::start(&settings.outputs.sinks, &counters)?;
+    let give_up = sinks.give_up_handle();
 
     let stop_capture = Arc::new(AtomicBool::new(false));
     let (capture, batches_rx) = start_capture(settings, &mut probes, &stop_capture, &counters)?;
@@ -91,7 +100,6 @@ pub fn run(
     let run = Run::new(settings.node.clone());
     let kernel = KernelSource::new(batches_rx, translator(settings, &probes, &run), Arc::clone(&counters));
     let (reloads_tx, reloads_rx) = crossbeam_channel::bounded::<Reconfigure>(1);
-    let keys = http_keys(settings, notify)?;
     let stream = match (settings.stream.addr, &keys) {
         (Some(addr), Some(keys)) => {
             Some(StreamServer::start(addr, &settings.stream, keys, Arc::clone(&counters))?)

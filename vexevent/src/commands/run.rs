@@ -27,6 +27,13 @@ pub fn print_notice(notice: Notice<'_>) {
                 }
             }
         }
+        Notice::Privileges { kept } => {
+            let kept: Vec<String> = kept.iter().map(ToString::to_string).collect();
+            eprintln!(
+                "vexevent: dropped root's other capabilities; keeping {}; no_new_privs set",
+                kept.join(", ")
+            );
+        }
         Notice::Tokens { token_file, metrics_token_file } => eprintln!(
             "vexevent: API token in {} (metrics token in {})",
             token_file.display(),
