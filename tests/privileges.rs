@@ -1,7 +1,9 @@
 //! Root tests of least privilege: once attached, every thread of a running `vexevent run` holds
 //! only the capabilities it printed (read from /proc/PID/task/*/status), with an empty
 //! inheritable and ambient set, the same bounding set and `no_new_privs`; capture still sees an
-//! unprivileged user's files in a directory only that user can enter.
+//! unprivileged user's files in a directory only that user can enter. The shipped systemd unit
+//! passes `systemd-analyze verify` without a warning, and vexevent started with the unit's
+//! bounding set and `no_new_privs` attaches, captures and narrows it further.
 
 mod support;
 
@@ -141,4 +143,68 @@ fn every_thread_keeps_only_the_printed_capabilities_and_capture_still_sees_other
         assert_eq!(event["context"]["filesystem"]["inode_number"].as_u64(), Some(inode), "{event}");
         assert_eq!(event["process"]["uid"].as_u64(), Some(u64::from(NOBODY)), "{event}");
     }
+}
+
+/// The shipped unit's `KEY=` values (the last one of each key).
+fn unit_setting(unit: &str, key: &str) -> String {
+    let prefix = format!("{key}=");
+    unit.lines()
+        .rev()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("the unit has no {key}"))
+        .to_owned()
+}
+
+#[test]
+fn the_shipped_systemd_unit_verifies_and_its_bounding_set_is_enough_to_capture() {
+    let Some(_serial) =
+        exclusive_root_test("the_shipped_systemd_unit_verifies_and_its_bounding_set_is_enough_to_capture")
+    else {
+        return;
+    };
+    let unit =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/vexevent.service"))
+            .expect("dist/vexevent.service");
+    for (key, value) in [
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "read-only"),
+        ("RestrictAddressFamilies", "AF_UNIX AF_INET AF_INET6"),
+        ("UMask", "0077"),
+    ] {
+        assert_eq!(unit_setting(&unit, key), value, "{key}");
+    }
+    // `systemd-analyze verify` checks that ExecStart's program exists: the built one stands in
+    // for /usr/local/bin/vexevent. It warns (exit status 0) about unknown keys and bad values.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("vexevent.service");
+    std::fs::write(&copy, unit.replace("/usr/local/bin/vexevent", env!("CARGO_BIN_EXE_vexevent"))).unwrap();
+    let verified = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&copy)
+        .output()
+        .expect("systemd-analyze is not installed: run scripts/setup.sh (Debian package systemd)");
+    let warnings = String::from_utf8_lossy(&verified.stderr);
+    assert!(verified.status.success() && warnings.trim().is_empty(), "{warnings}");
+
+    // The unit's bounding set (and no_new_privs, as NoNewPrivileges sets it) is enough.
+    let bounding: Vec<String> = unit_setting(&unit, "CapabilityBoundingSet")
+        .split_whitespace()
+        .map(|cap| format!("+{}", cap.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    let bounding = format!("--bounding-set=-all,{}", bounding.join(","));
+    let mount = Mount::tmpfs();
+    let mut vexevent = Vexevent::start_under(&["setpriv", "--no-new-privs", &bounding], &[&mount.path], &[]);
+    vexevent.wait_for_stderr("keeping CAP_", Duration::from_secs(5));
+    let kept = (1u64 << CAP_SYS_PTRACE) | (1u64 << CAP_DAC_READ_SEARCH);
+    for (name, privileges) in threads(vexevent.pid()) {
+        assert_eq!((privileges.effective, privileges.bounding), (kept, kept), "thread {name}");
+    }
+    let file = mount.path.join("file");
+    std::fs::write(&file, b"x").unwrap();
+    vexevent.wait_for("the create", Duration::from_secs(30), |events| {
+        events.iter().any(|e| e["event_type"] == "FilesystemCreate" && path_is(e, &file))
+    });
+    let finished = vexevent.stop();
+    assert!(finished.exit_ok, "{:?}", finished.stderr);
 }

@@ -55,19 +55,32 @@ impl Vexevent {
     /// Starts `vexevent run --watch <watch>... <extra>` and waits until it is capturing; events
     /// go to `output`.
     pub fn start(watch: &[&Path], extra: &[&str]) -> Self {
-        Self::spawn(watch, extra, true)
+        Self::spawn(&[], watch, extra, true)
     }
 
     /// Like `start`, without `--output`: the configuration given in `extra` names the sinks.
     pub fn start_with_own_sinks(watch: &[&Path], extra: &[&str]) -> Self {
-        Self::spawn(watch, extra, false)
+        Self::spawn(&[], watch, extra, false)
     }
 
-    fn spawn(watch: &[&Path], extra: &[&str], with_output: bool) -> Self {
+    /// Like `start`, run by `wrapper` (a program and its arguments, such as `setpriv ...`, that
+    /// executes the command line following them).
+    pub fn start_under(wrapper: &[&str], watch: &[&Path], extra: &[&str]) -> Self {
+        Self::spawn(wrapper, watch, extra, true)
+    }
+
+    fn spawn(wrapper: &[&str], watch: &[&Path], extra: &[&str], with_output: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let output = dir.path().join("events.jsonl");
         let stats_file = dir.path().join("stats.json");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_vexevent"));
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(env!("CARGO_BIN_EXE_vexevent"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_vexevent")),
+        };
         command.arg("run").arg("--stats-file").arg(&stats_file);
         if with_output {
             command.arg("--output").arg(&output);

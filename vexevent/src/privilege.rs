@@ -50,21 +50,39 @@ pub enum PrivilegeError {
     },
 }
 
+/// How [`restrict`] left the bounding set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bounding {
+    /// Reduced to the kept capabilities.
+    Reduced,
+    /// Left as the thread started with it: reducing it needs `CAP_SETPCAP`, which whoever
+    /// started vexevent withheld (a systemd unit's `CapabilityBoundingSet` without it). With
+    /// `no_new_privs` and the permitted set reduced, nothing regains what is outside that set.
+    AsStarted,
+}
+
 /// Keeps only `kept` in the calling thread's effective and permitted sets, drops everything
-/// else from its bounding set, empties its inheritable and ambient sets, and sets
+/// else from its bounding set (when it may), empties its inheritable and ambient sets, and sets
 /// `no_new_privs`. Threads it starts afterwards inherit all of it.
 ///
 /// # Errors
 /// When a set cannot be read or changed (the thread then keeps what it had).
-pub fn restrict(kept: &[Kept]) -> Result<(), PrivilegeError> {
+pub fn restrict(kept: &[Kept]) -> Result<Bounding, PrivilegeError> {
     let keep: CapsHashSet = kept.iter().map(|k| k.capability).collect();
     // Dropping from the bounding set needs CAP_SETPCAP, which goes with the effective set last.
-    let bounding = caps::read(None, CapSet::Bounding)
-        .map_err(|source| PrivilegeError::Read { set: "bounding", source })?;
-    for &capability in bounding.difference(&keep) {
-        caps::drop(None, CapSet::Bounding, capability)
-            .map_err(|source| PrivilegeError::Bounding { capability, source })?;
-    }
+    let may_drop = caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP)
+        .map_err(|source| PrivilegeError::Read { set: "effective", source })?;
+    let bounding = if may_drop {
+        let now = caps::read(None, CapSet::Bounding)
+            .map_err(|source| PrivilegeError::Read { set: "bounding", source })?;
+        for &capability in now.difference(&keep) {
+            caps::drop(None, CapSet::Bounding, capability)
+                .map_err(|source| PrivilegeError::Bounding { capability, source })?;
+        }
+        Bounding::Reduced
+    } else {
+        Bounding::AsStarted
+    };
     caps::clear(None, CapSet::Ambient).map_err(|source| PrivilegeError::Set { set: "ambient", source })?;
     caps::clear(None, CapSet::Inheritable)
         .map_err(|source| PrivilegeError::Set { set: "inheritable", source })?;
@@ -78,5 +96,5 @@ pub fn restrict(kept: &[Kept]) -> Result<(), PrivilegeError> {
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(PrivilegeError::NoNewPrivs { source: std::io::Error::last_os_error() });
     }
-    Ok(())
+    Ok(bounding)
 }

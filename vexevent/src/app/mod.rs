@@ -89,8 +89,8 @@ pub fn run(
     // Root's other powers end here, before any thread of the pipeline, the sinks or the servers
     // starts (capabilities belong to threads; new ones inherit the reduced sets).
     let kept = privileges::needed(settings);
-    crate::privilege::restrict(&kept)?;
-    notify(Notice::Privileges { kept: &kept });
+    let bounding = crate::privilege::restrict(&kept)?;
+    notify(Notice::Privileges { kept: &kept, bounding });
     let sinks = Sinks::start(&settings.outputs.sinks, &counters)?;
     let give_up = sinks.give_up_handle();
 

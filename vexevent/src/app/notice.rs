@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::Path};
 use super::{ReloadError, Reloaded};
 use crate::{
     loader::{FuseMount, HookReport},
-    privilege::Kept,
+    privilege::{Bounding, Kept},
     telemetry::StatsSnapshot,
 };
 
@@ -15,8 +15,9 @@ pub enum Notice<'a> {
     /// The probes are loaded: the hooks (attached, or why not), how many syscalls are traced,
     /// the FUSE mounts being followed.
     Attached { hooks: &'a [HookReport], traced_syscalls: usize, fuse_mounts: &'a [FuseMount] },
-    /// The probes are attached: every capability but these was dropped, and `no_new_privs` set.
-    Privileges { kept: &'a [Kept] },
+    /// The probes are attached: every capability but these was dropped (from the bounding set
+    /// too, or not), and `no_new_privs` set.
+    Privileges { kept: &'a [Kept], bounding: Bounding },
     /// The HTTP servers' tokens were written to these files.
     Tokens { token_file: &'a Path, metrics_token_file: &'a Path },
     /// The control API listens here.

@@ -4,6 +4,7 @@
 use vexevent::{
     app::Notice,
     http::{METRICS_PATH, RELOAD_PATH, STATS_PATH, STREAM_PATH},
+    privilege::Bounding,
 };
 
 /// Prints a notice on stderr.
@@ -27,10 +28,14 @@ pub fn print_notice(notice: Notice<'_>) {
                 }
             }
         }
-        Notice::Privileges { kept } => {
+        Notice::Privileges { kept, bounding } => {
             let kept: Vec<String> = kept.iter().map(ToString::to_string).collect();
+            let bounding = match bounding {
+                Bounding::Reduced => "",
+                Bounding::AsStarted => " (bounding set left as started: no CAP_SETPCAP)",
+            };
             eprintln!(
-                "vexevent: dropped root's other capabilities; keeping {}; no_new_privs set",
+                "vexevent: dropped root's other capabilities{bounding}; keeping {}; no_new_privs set",
                 kept.join(", ")
             );
         }
