@@ -141,7 +141,11 @@ fn fuse_operations_are_joined_to_their_syscalls_with_a_timeline() {
     });
     let finished = vexevent.stop();
     assert!(finished.exit_ok, "{:?}", finished.stderr);
-    assert!(finished.stderr.iter().any(|l| l.contains("fuse/fuse_request_send")), "{:?}", finished.stderr);
+    assert!(
+        support::attached_hooks(&finished.stderr).iter().any(|h| h == "fuse/fuse_request_send"),
+        "{:?}",
+        finished.stderr
+    );
 
     let pid = u64::from(std::process::id());
     let ours: Vec<&Value> =

@@ -221,6 +221,17 @@ impl Drop for Vexevent {
     }
 }
 
+/// The hooks the start-up report says attached (`vexevent: attached a, b; tracing N syscalls`);
+/// a `not attached: NAME (why)` line names none.
+pub fn attached_hooks(stderr: &[String]) -> Vec<String> {
+    stderr
+        .iter()
+        .find_map(|line| line.strip_prefix("vexevent: attached "))
+        .and_then(|hooks| hooks.split(';').next())
+        .map(|hooks| hooks.split(", ").map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
 /// Parses the complete lines of a JSON Lines file (missing file: no events). A last line still
 /// being written (no newline yet) is left for the next read.
 pub fn read_events(path: &Path) -> Vec<Value> {
