@@ -126,7 +126,7 @@ pub fn run(
             let (bound, requests, dashboard_login) = runtime
                 .block_on(control::start(addr, &settings.control, keys, Arc::clone(&counters)))
                 .map_err(|source| AppError::Start { what: "control API", source })?;
-            notify(Notice::ControlApi(bound));
+            notify(Notice::ControlApi { addr: bound, tls: settings.control.tls.is_some() });
             notify(Notice::Dashboard { login_url: &dashboard_login });
             Some(requests)
         }
@@ -139,7 +139,7 @@ pub fn run(
         Signals::install()?
     };
     if let Some(stream) = &stream {
-        notify(Notice::Stream(stream.addr));
+        notify(Notice::Stream { addr: stream.addr, tls: settings.stream.tls.is_some() });
     }
     let scope = &settings.probes.scope;
     let watching = if scope.watches_all() {

@@ -21,11 +21,11 @@ pub enum Notice<'a> {
     /// The HTTP servers' tokens were written to these files.
     Tokens { token_file: &'a Path, metrics_token_file: &'a Path },
     /// The control API listens here.
-    ControlApi(SocketAddr),
+    ControlApi { addr: SocketAddr, tls: bool },
     /// The dashboard's one-time login URL (it sets a session cookie; the URL then stops working).
     Dashboard { login_url: &'a str },
     /// The live stream listens here.
-    Stream(SocketAddr),
+    Stream { addr: SocketAddr, tls: bool },
     /// Capturing: signals are handled from now on. `watching` is empty when everything is.
     Ready { watching: Vec<String> },
     /// A reload was applied or refused.

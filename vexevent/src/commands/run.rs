@@ -44,13 +44,19 @@ pub fn print_notice(notice: Notice<'_>) {
             token_file.display(),
             metrics_token_file.display()
         ),
-        Notice::ControlApi(addr) => {
-            eprintln!("vexevent: control API at http://{addr}{RELOAD_PATH}, {STATS_PATH} and {METRICS_PATH}");
+        Notice::ControlApi { addr, tls } => {
+            let scheme = if tls { "https" } else { "http" };
+            eprintln!(
+                "vexevent: control API at {scheme}://{addr}{RELOAD_PATH}, {STATS_PATH} and {METRICS_PATH}"
+            );
         }
         Notice::Dashboard { login_url } => {
             eprintln!("vexevent: dashboard: open {login_url} (a one-time login URL)");
         }
-        Notice::Stream(addr) => eprintln!("vexevent: event stream at ws://{addr}{STREAM_PATH}"),
+        Notice::Stream { addr, tls } => {
+            let scheme = if tls { "wss" } else { "ws" };
+            eprintln!("vexevent: event stream at {scheme}://{addr}{STREAM_PATH}");
+        }
         Notice::Ready { watching } => {
             let watching = if watching.is_empty() { "everything".to_owned() } else { watching.join(", ") };
             eprintln!("vexevent: ready: watching {watching} (pid {})", std::process::id());
