@@ -7,11 +7,17 @@ use crate::{
     react::{ActionType, Mode},
 };
 
+/// Kernels before this check `CAP_BPF` on every `bpf()` command (map reads and updates too)
+/// when unprivileged BPF is disabled; from 6.5 on only loading programs and creating maps need it.
+const BPF_COMMANDS_UNCHECKED_SINCE: (u32, u32) = (6, 5);
+
 /// Ports below this need `CAP_NET_BIND_SERVICE` (the kernel's default
 /// `net.ipv4.ip_unprivileged_port_start`).
 const FIRST_UNPRIVILEGED_PORT: u16 = 1024;
 
 /// The capabilities `settings` needs after start:
+/// - on kernels before 6.5 with unprivileged BPF disabled, `CAP_BPF` (reading the probes'
+///   counters and setting their filters);
 /// - always `CAP_SYS_PTRACE` (the cwd and fd links of other users' processes in /proc, which
 ///   resolve relative paths and fds older than the run) and `CAP_DAC_READ_SEARCH` (stat'ing
 ///   paths in other users' directories for inodes and file types);
@@ -36,6 +42,17 @@ pub fn needed(settings: &Settings) -> Vec<Kept> {
             why: "stat paths in other users' directories".into(),
         },
     ];
+    if needs_bpf_for_maps(
+        &std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default(),
+        &std::fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled").unwrap_or_default(),
+    ) {
+        kept.push(Kept {
+            capability: Capability::CAP_BPF,
+            why:
+                "read the probes' counters and set their filters (this kernel checks it on every bpf() call)"
+                    .into(),
+        });
+    }
     for (server, addr) in [("stream", settings.stream.addr), ("control", settings.control.addr)] {
         if let Some(addr) = addr.filter(|a| a.port() != 0 && a.port() < FIRST_UNPRIVILEGED_PORT) {
             add(&mut kept, Capability::CAP_NET_BIND_SERVICE, format!("{server}.addr port {}", addr.port()));
@@ -60,6 +77,18 @@ pub fn needed(settings: &Settings) -> Vec<Kept> {
     kept
 }
 
+/// Whether a kernel of release `osrelease` (`6.1.0-28-amd64`) with
+/// `kernel.unprivileged_bpf_disabled` = `disabled` refuses map reads and updates without
+/// `CAP_BPF`. An unreadable release is taken as an old kernel.
+fn needs_bpf_for_maps(osrelease: &str, disabled: &str) -> bool {
+    let mut numbers = osrelease.trim().split(['.', '-']).map(|n| n.parse::<u32>().ok());
+    let version = match (numbers.next().flatten(), numbers.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor),
+        _ => (0, 0),
+    };
+    version < BPF_COMMANDS_UNCHECKED_SINCE && disabled.trim() != "0"
+}
+
 /// Adds `capability` for `why`, or adds `why` to its reasons.
 fn add(kept: &mut Vec<Kept>, capability: Capability, why: String) {
     match kept.iter_mut().find(|k| k.capability == capability) {
@@ -81,6 +110,16 @@ mod tests {
         let config = Config::from_toml(toml).unwrap();
         let (settings, _) = config.build().unwrap();
         needed(&settings).into_iter().map(|k| (k.capability, k.why)).collect()
+    }
+
+    #[test]
+    fn kernels_before_6_5_with_unprivileged_bpf_disabled_keep_cap_bpf_for_the_maps() {
+        assert!(needs_bpf_for_maps("6.1.0-28-amd64\n", "2\n"));
+        assert!(needs_bpf_for_maps("5.15.0", "1"));
+        assert!(!needs_bpf_for_maps("5.15.0", "0"), "unprivileged BPF allowed: no check");
+        assert!(!needs_bpf_for_maps("6.5.0", "2"));
+        assert!(!needs_bpf_for_maps("6.18.0-vm\n", "2\n"));
+        assert!(needs_bpf_for_maps("unknown", "2"));
     }
 
     #[test]
