@@ -92,23 +92,33 @@ fn a_consumer_paused_while_the_workload_runs_reports_its_losses_exactly_and_resu
     vexevent.signal(libc::SIGSTOP);
     open_close(&CString::new(file.as_os_str().as_bytes()).unwrap(), PERFORMED);
     vexevent.signal(libc::SIGCONT);
-    // Capture goes on once resumed: once the consumer has drained what the rings kept, an open
-    // (by another process: this one's are counted) is delivered. Until then one may be lost too.
-    let marker = |n: u32| mount.path.join(format!("after-the-pause-{n}"));
+    // Capture goes on once resumed: when the consumer has drained what the rings kept (the stats
+    // file, refreshed every second, shows every ring empty at its last drain), an open (by
+    // another process: this one's are counted) is delivered. (What was lost is reported with the
+    // next record of the same CPU, or at the end.)
+    let resumed_ms = u64::try_from(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis(),
+    )
+    .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let mut n = 0;
     loop {
-        assert!(std::process::Command::new("touch").arg(marker(n)).status().unwrap().success());
-        let seen = |events: &[serde_json::Value]| {
-            (0..=n).any(|m| events.iter().any(|e| has_path_bytes(e, marker(m).as_os_str().as_bytes())))
-        };
-        if seen(&vexevent.events_so_far()) {
+        let stats: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&vexevent.stats_file).unwrap_or_default())
+                .unwrap_or_default();
+        let drained =
+            stats["rings"].as_array().is_some_and(|rings| rings.iter().all(|r| r["used_bytes"] == 0));
+        if stats["at_unix_ms"].as_u64().is_some_and(|at| at > resumed_ms) && drained {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "nothing delivered after the pause");
-        std::thread::sleep(Duration::from_millis(100));
-        n += 1;
+        assert!(std::time::Instant::now() < deadline, "the rings were never drained: {stats}");
+        std::thread::sleep(Duration::from_millis(50));
     }
+    let marker = mount.path.join("after-the-pause");
+    assert!(std::process::Command::new("touch").arg(&marker).status().unwrap().success());
+    let marker_bytes = marker.as_os_str().as_bytes().to_vec();
+    vexevent.wait_for("the open after the pause", Duration::from_secs(30), |events| {
+        events.iter().any(|e| has_path_bytes(e, &marker_bytes))
+    });
     let finished = vexevent.stop();
     assert!(finished.exit_ok, "{:?}", finished.stderr);
     let lost = assert_accounted(&finished, PERFORMED);
