@@ -308,9 +308,23 @@ fn assert_fields(ours: &[&Value]) {
     assert_eq!(vector["context"]["vector"]["dimensions"], 128);
     assert_eq!(vector["context"]["vector"]["k"], 10);
     assert_eq!(vector["context"]["vector"]["metric"], 1);
-    let error = ours.iter().find(|e| e["event_type"] == "ObservabilityErrorReported").unwrap();
-    assert!(error["parent_event_id"].as_u64().is_some());
-    assert_eq!(error["event_type_code"], 0x0808);
+    // Every failed operation has exactly one error event, linked by its id, and every error
+    // event names a failed operation.
+    let errors: Vec<&&Value> =
+        ours.iter().filter(|e| e["event_type"] == "ObservabilityErrorReported").collect();
+    let failed: Vec<&&Value> = ours
+        .iter()
+        .filter(|e| e["result"]["ok"] == false && e["event_type"] != "ObservabilityErrorReported")
+        .collect();
+    assert!(!failed.is_empty());
+    for operation in &failed {
+        let companions = errors.iter().filter(|e| e["parent_event_id"] == operation["event_id"]).count();
+        assert_eq!(companions, 1, "{operation}");
+    }
+    for error in &errors {
+        assert_eq!(error["event_type_code"], 0x0808);
+        assert!(failed.iter().any(|f| f["event_id"] == error["parent_event_id"]), "{error}");
+    }
     let created = find("FilesystemCreate", "openat");
     assert!(created["context"]["filesystem"]["inode_number"].as_u64().unwrap() > 0);
     assert_eq!(created["context"]["filesystem"]["file_type"], "regular");
@@ -386,6 +400,9 @@ fn capture_scenario(mount: &Mount, extra: &[&str]) {
     for field in ["unaccounted", "lost_reported"] {
         assert_eq!(stats["loss"][field], 0, "{field}: {stats}");
     }
+    // The identity itself (`unaccounted` is a saturating difference that a surplus would hide).
+    let loss = |field: &str| stats["loss"][field].as_u64().unwrap();
+    assert_eq!(loss("records_sequenced"), loss("records_received") + loss("lost_reported"), "{stats}");
     assert_eq!(stats["userspace"]["records_missing"], 0, "{stats}");
     assert!(stats["latency"]["events"].as_u64().unwrap() > 0, "{stats}");
     assert_eq!(stats["loss"]["decode_errors"], 0, "{stats}");
@@ -402,7 +419,7 @@ fn capture_scenario(mount: &Mount, extra: &[&str]) {
     }
     assert!(finished.stderr.iter().any(|l| l.contains("final stats")), "{:?}", finished.stderr);
     let attached = if extra.contains(&"tracepoint") { "raw_syscalls/sys_enter" } else { "tp_btf/sys_enter" };
-    assert!(finished.stderr.iter().any(|l| l.contains(attached)), "{:?}", finished.stderr);
+    assert!(support::attached_hooks(&finished.stderr).iter().any(|h| h == attached), "{:?}", finished.stderr);
 }
 
 #[test]

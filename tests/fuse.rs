@@ -2,7 +2,8 @@
 //! operation on the mount is one event that carries the FUSE requests it caused (opcode,
 //! connection, requester, daemon, error) and a timeline whose parts sum to the whole; requests no
 //! syscall claims (asynchronous releases) are events of their own; daemon error replies and
-//! kernel permission failures are reported as failures; nothing is lost.
+//! kernel permission failures are reported as failures; nothing is lost. A daemon killed while a
+//! request waits for it fails that operation visibly (its request aborted), and capture goes on.
 
 mod support;
 
@@ -140,7 +141,11 @@ fn fuse_operations_are_joined_to_their_syscalls_with_a_timeline() {
     });
     let finished = vexevent.stop();
     assert!(finished.exit_ok, "{:?}", finished.stderr);
-    assert!(finished.stderr.iter().any(|l| l.contains("fuse/fuse_request_send")), "{:?}", finished.stderr);
+    assert!(
+        support::attached_hooks(&finished.stderr).iter().any(|h| h == "fuse/fuse_request_send"),
+        "{:?}",
+        finished.stderr
+    );
 
     let pid = u64::from(std::process::id());
     let ours: Vec<&Value> =
@@ -180,4 +185,77 @@ fn fuse_operations_are_joined_to_their_syscalls_with_a_timeline() {
     assert_eq!(stats["loss"]["lost_reported"], 0, "{stats}");
     assert!(stats["userspace"]["fuse_joined"].as_u64().unwrap() > 0, "{stats}");
     assert!(stats["kernel"]["fuse_requests"].as_u64().unwrap() > 0, "{stats}");
+}
+
+#[test]
+fn a_fuse_daemon_killed_mid_request_fails_that_operation_visibly_and_capture_goes_on() {
+    let Some(_serial) = exclusive_root_test(
+        "a_fuse_daemon_killed_mid_request_fails_that_operation_visibly_and_capture_goes_on",
+    ) else {
+        return;
+    };
+    let watched = tempfile::tempdir().unwrap();
+    let mut bindfs = Bindfs::mount(watched.path());
+    let daemon = libc::pid_t::try_from(bindfs.child.id()).unwrap();
+    let vexevent = Vexevent::start(&[watched.path()], &[]);
+    let root = bindfs.mount_point.clone();
+    std::fs::write(root.join("before"), b"x").unwrap();
+    // The daemon stops; a create on the mount then waits for its answer in the kernel...
+    // SAFETY: signalling the bindfs child this test started.
+    unsafe { libc::kill(daemon, libc::SIGSTOP) };
+    let stuck = root.join("stuck");
+    let mut writer = Command::new("sh")
+        .arg("-c")
+        .arg(format!("echo x > '{}'", stuck.display()))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let wchan = format!("/proc/{}/wchan", writer.id());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&wchan).unwrap_or_default() != "request_wait_answer" {
+        assert!(std::time::Instant::now() < deadline, "the create never waited for the daemon");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // ...when the daemon dies: the kernel aborts the connection and the create fails.
+    // SAFETY: as above.
+    unsafe { libc::kill(daemon, libc::SIGKILL) };
+    bindfs.child.wait().unwrap();
+    assert!(!writer.wait().unwrap().success());
+    // Capture goes on outside the dead mount.
+    let after = watched.path().join("after");
+    std::fs::write(&after, b"x").unwrap();
+    vexevent.wait_for("the create after the kill", Duration::from_secs(30), |events| {
+        events.iter().any(|e| e["event_type"] == "FilesystemCreate" && has_path_bytes(e, &bytes(&after)))
+    });
+    let finished = vexevent.stop();
+    assert!(finished.exit_ok, "{:?}", finished.stderr);
+
+    // The interrupted create is reported as failed, with its aborted FUSE request, and an error
+    // event linked to it.
+    let failed = finished
+        .events
+        .iter()
+        .find(|e| has_path_bytes(e, &bytes(&stuck)) && e["result"]["ok"] == false)
+        .unwrap_or_else(|| panic!("no failed operation on {}", stuck.display()));
+    // (named `E103`: the errno table of translate has no name for ECONNABORTED yet)
+    let aborted = -libc::ECONNABORTED;
+    assert_eq!(failed["result"]["ret"], aborted, "{failed}");
+    assert!(
+        failed["context"]["fuse"]
+            .as_array()
+            .is_some_and(|requests| requests.iter().any(|r| r["error"] == aborted)),
+        "{failed}"
+    );
+    assert!(
+        finished
+            .events
+            .iter()
+            .any(|e| e["event_type"] == "ObservabilityErrorReported"
+                && e["parent_event_id"] == failed["event_id"]),
+        "no error event for {failed}"
+    );
+    let stats = &finished.stats;
+    assert_eq!(stats["loss"]["unaccounted"], 0, "{stats}");
+    assert_eq!(stats["loss"]["lost_reported"], 0, "{stats}");
+    assert_eq!(stats["userspace"]["records_missing"], 0, "{stats}");
 }

@@ -1,6 +1,7 @@
 //! Root tests of routing and sinks with real receivers: routes send each event to the sinks they
 //! name (and the rest to `unmatched`), a webhook receiver that fails and then recovers gets every
-//! batch once, reloading routes under load (SIGHUP, the control API, `vexevent reload`) loses and duplicates
+//! batch once, reloading routes under load (SIGHUP, the control API, `vexevent reload`) applies every one of
+//! eight reloads (a directory made after each reaches the sink it names) and loses and duplicates
 //! nothing (a bad reload is refused and the running routes stay), and failover sends to the
 //! standby while the primary is down, counting what the primary held at shutdown.
 
@@ -264,7 +265,16 @@ fn reloading_routes_under_load_loses_and_duplicates_nothing() {
             }
         }
         vexevent.wait_for_stderr_times("vexevent: reloaded", round + 1, Duration::from_secs(30));
-        std::thread::sleep(Duration::from_millis(50));
+        // This reload applied: a directory made after it reaches the sink it names (and the
+        // load's mkdirs keep going meanwhile).
+        let marker = mount.path.join(format!("reload-{round}"));
+        std::fs::create_dir(&marker).unwrap();
+        let target_file = out.path().join(format!("{target}.jsonl"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !read_events(&target_file).iter().any(|e| path_is(e, &marker)) {
+            assert!(std::time::Instant::now() < deadline, "reload {round}: nothing reached {target}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     // A configuration that does not compile is refused; the running routes stay.
     std::fs::write(&config, everything_to(out.path(), "nowhere")).unwrap();
@@ -295,7 +305,19 @@ fn reloading_routes_under_load_loses_and_duplicates_nothing() {
     let mut sequences: Vec<u64> = all.iter().map(|e| e["global_sequence"].as_u64().unwrap()).collect();
     sequences.sort_unstable();
     assert_eq!(sequences, (0..sequences.len() as u64).collect::<Vec<_>>(), "no event lost or duplicated");
-    let mkdirs = all.iter().filter(|e| e["event_type"] == "FilesystemMkdir").count() as u64;
+    let markers: Vec<std::path::PathBuf> =
+        (0..8).map(|round| mount.path.join(format!("reload-{round}"))).collect();
+    for (round, marker) in markers.iter().enumerate() {
+        let (in_first, in_second) =
+            (first.iter().any(|e| path_is(e, marker)), second.iter().any(|e| path_is(e, marker)));
+        // Even rounds switched to `second`, odd ones back to `first`: each marker is in its
+        // round's sink only.
+        assert_eq!((in_first, in_second), (round % 2 == 1, round % 2 == 0), "reload {round}");
+    }
+    let mkdirs = all
+        .iter()
+        .filter(|e| e["event_type"] == "FilesystemMkdir" && !markers.iter().any(|m| path_is(e, m)))
+        .count() as u64;
     assert_eq!(mkdirs, made, "every mkdir of the load, once: {}", finished.stats);
     assert_eq!(finished.stats["loss"]["lost_reported"].as_u64(), Some(0), "no loss in the kernel either");
 }

@@ -61,6 +61,11 @@ fn a_webhook_that_fails_then_recovers_gets_every_batch_once_in_order() {
     assert_eq!(events, (0..95).collect::<Vec<_>>(), "every event once, in order");
     let ids: std::collections::BTreeSet<&String> = received.batches.iter().map(|(id, _)| id).collect();
     assert_eq!(ids.len(), received.batches.len(), "batch numbers are unique");
+    // The three refused requests were the first batch, sent again under the same number.
+    let first = &received.batches[0].0;
+    assert!(!first.is_empty());
+    assert_eq!(received.attempts[..4], [first.clone(), first.clone(), first.clone(), first.clone()]);
+    assert_eq!(received.attempts.len(), received.batches.len() + 3);
     let summary = &counters.outputs.sinks()["hook"];
     assert_eq!(summary.delivered, 95);
     assert_eq!(summary.failed_attempts, 3);

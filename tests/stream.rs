@@ -82,10 +82,13 @@ fn subscribers_get_exactly_their_events_and_slow_ones_get_gap_notices() {
     for i in 0..100 {
         std::fs::write(mount.path.join(format!("f{i}")), b"data").unwrap();
     }
-    // Last, one more of each kind, after events the other subscription selects.
-    std::fs::create_dir(mount.path.join("d_end")).unwrap();
-    std::fs::write(mount.path.join("f_end"), b"end").unwrap();
-    let last = support::bytes(&mount.path.join("f_end"));
+    // Last, one more of each kind, twice: each subscription reads up to its own last event, so
+    // the other kind's events just before it (which it must not get) are read and checked too.
+    for end in ["end", "close"] {
+        std::fs::create_dir(mount.path.join(format!("d_{end}"))).unwrap();
+        std::fs::write(mount.path.join(format!("f_{end}")), b"end").unwrap();
+    }
+    let last = support::bytes(&mount.path.join("f_close"));
     vexevent.wait_for("the last write", Duration::from_secs(30), |events| {
         events.iter().filter(|e| has_path_bytes(e, &last)).count() >= 3
     });
@@ -124,7 +127,7 @@ fn subscribers_get_exactly_their_events_and_slow_ones_get_gap_notices() {
         events.iter().map(|m| m["event"]["global_sequence"].as_u64().unwrap()).collect()
     };
     let mkdir_events = events(&mkdir_messages);
-    assert_eq!(mkdir_events.len(), 21, "20 directories and the last one");
+    assert_eq!(mkdir_events.len(), 22, "20 directories and the last two");
     assert_eq!(sequences_of(&mkdir_events), expected_mkdirs, "exactly the mkdirs, nothing else");
     assert!(mkdir_events.iter().all(|m| m["event"]["event_type"] == "FilesystemMkdir"));
     assert_contiguous(&mkdir_events);

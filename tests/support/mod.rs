@@ -55,19 +55,32 @@ impl Vexevent {
     /// Starts `vexevent run --watch <watch>... <extra>` and waits until it is capturing; events
     /// go to `output`.
     pub fn start(watch: &[&Path], extra: &[&str]) -> Self {
-        Self::spawn(watch, extra, true)
+        Self::spawn(&[], watch, extra, true)
     }
 
     /// Like `start`, without `--output`: the configuration given in `extra` names the sinks.
     pub fn start_with_own_sinks(watch: &[&Path], extra: &[&str]) -> Self {
-        Self::spawn(watch, extra, false)
+        Self::spawn(&[], watch, extra, false)
     }
 
-    fn spawn(watch: &[&Path], extra: &[&str], with_output: bool) -> Self {
+    /// Like `start`, run by `wrapper` (a program and its arguments, such as `setpriv ...`, that
+    /// executes the command line following them).
+    pub fn start_under(wrapper: &[&str], watch: &[&Path], extra: &[&str]) -> Self {
+        Self::spawn(wrapper, watch, extra, true)
+    }
+
+    fn spawn(wrapper: &[&str], watch: &[&Path], extra: &[&str], with_output: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let output = dir.path().join("events.jsonl");
         let stats_file = dir.path().join("stats.json");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_vexevent"));
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(env!("CARGO_BIN_EXE_vexevent"));
+                command
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_vexevent")),
+        };
         command.arg("run").arg("--stats-file").arg(&stats_file);
         if with_output {
             command.arg("--output").arg(&output);
@@ -206,6 +219,17 @@ impl Drop for Vexevent {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The hooks the start-up report says attached (`vexevent: attached a, b; tracing N syscalls`);
+/// a `not attached: NAME (why)` line names none.
+pub fn attached_hooks(stderr: &[String]) -> Vec<String> {
+    stderr
+        .iter()
+        .find_map(|line| line.strip_prefix("vexevent: attached "))
+        .and_then(|hooks| hooks.split(';').next())
+        .map(|hooks| hooks.split(", ").map(str::to_owned).collect())
+        .unwrap_or_default()
 }
 
 /// Parses the complete lines of a JSON Lines file (missing file: no events). A last line still

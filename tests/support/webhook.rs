@@ -19,6 +19,8 @@ pub struct Hook {
     pub refused: usize,
     /// Accepted batches: the batch header and the events.
     pub batches: Vec<(String, Vec<Value>)>,
+    /// The batch header of every request, refused or accepted, in order.
+    pub attempts: Vec<String>,
 }
 
 impl Hook {
@@ -30,12 +32,13 @@ impl Hook {
 
 async fn receive(State(hook): State<Arc<Mutex<Hook>>>, headers: HeaderMap, body: String) -> StatusCode {
     let mut hook = hook.lock().unwrap();
+    let batch = headers.get("x-vexevent-batch").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    hook.attempts.push(batch.clone());
     if hook.refuse > 0 {
         hook.refuse -= 1;
         hook.refused += 1;
         return StatusCode::INTERNAL_SERVER_ERROR;
     }
-    let batch = headers.get("x-vexevent-batch").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     hook.batches.push((batch, serde_json::from_str(&body).expect("a JSON array of events")));
     StatusCode::OK
 }

@@ -19,6 +19,7 @@ mod fuzz;
 pub mod http;
 pub mod loader;
 pub mod pipeline;
+pub mod privilege;
 pub mod react;
 pub mod route;
 pub mod sinks;

@@ -4,6 +4,7 @@
 
 mod main_loop;
 mod notice;
+mod privileges;
 mod reload;
 mod stages;
 mod stats_file;
@@ -54,6 +55,8 @@ pub enum AppError {
     React(#[from] crate::react::ReactError),
     #[error("the {0} stage was built without what it needs (a wiring mistake in app/stages.rs)")]
     Wiring(&'static str),
+    #[error(transparent)]
+    Privilege(#[from] crate::privilege::PrivilegeError),
     #[error("cannot start the {what}: {source}")]
     Start {
         what: &'static str,
@@ -88,8 +91,6 @@ pub fn run(
         Signals::install()?
     };
     let counters = Arc::new(Counters::default());
-    let sinks = Sinks::start(&settings.outputs.sinks, &counters)?;
-    let give_up = sinks.give_up_handle();
     let mut probes = Probes::load(&settings.probes)?;
     notify(Notice::Attached {
         hooks: probes.hooks(),
@@ -98,6 +99,14 @@ pub fn run(
     });
     counters.health.configure(settings.health.clone());
     counters.health.set_probes_attached(probes.hooks().iter().filter(|h| h.missing.is_none()).count());
+    let keys = http_keys(settings, notify)?;
+    // Root's other powers end here, before any thread of the pipeline, the sinks or the servers
+    // starts (capabilities belong to threads; new ones inherit the reduced sets).
+    let kept = privileges::needed(settings);
+    let bounding = crate::privilege::restrict(&kept)?;
+    notify(Notice::Privileges { kept: &kept, bounding });
+    let sinks = Sinks::start(&settings.outputs.sinks, &counters)?;
+    let give_up = sinks.give_up_handle();
 
     let stop_capture = Arc::new(AtomicBool::new(false));
     let (capture, batches_rx) = start_capture(settings, &mut probes, &stop_capture, &counters)?;
@@ -105,7 +114,6 @@ pub fn run(
     let run = Run::new(settings.node.clone());
     let kernel = KernelSource::new(batches_rx, translator(settings, &probes, &run), Arc::clone(&counters));
     let (reloads_tx, reloads_rx) = crossbeam_channel::bounded::<Reconfigure>(1);
-    let keys = http_keys(settings, notify)?;
     let stream = match (settings.stream.addr, &keys) {
         (Some(addr), Some(keys)) => {
             Some(StreamServer::start(addr, &settings.stream, keys, Arc::clone(&counters))?)
@@ -128,14 +136,14 @@ pub fn run(
             let (bound, requests, dashboard_login) = runtime
                 .block_on(control::start(addr, &settings.control, keys, Arc::clone(&counters)))
                 .map_err(|source| AppError::Start { what: "control API", source })?;
-            notify(Notice::ControlApi(bound));
+            notify(Notice::ControlApi { addr: bound, tls: settings.control.tls.is_some() });
             notify(Notice::Dashboard { login_url: &dashboard_login });
             Some(requests)
         }
         _ => None,
     };
     if let Some(stream) = &stream {
-        notify(Notice::Stream(stream.addr));
+        notify(Notice::Stream { addr: stream.addr, tls: settings.stream.tls.is_some() });
     }
     let scope = &settings.probes.scope;
     let watching = if scope.watches_all() {

@@ -4,6 +4,7 @@
 use vexevent::{
     app::Notice,
     http::{METRICS_PATH, RELOAD_PATH, STATS_PATH, STREAM_PATH},
+    privilege::Bounding,
 };
 
 /// Prints a notice on stderr.
@@ -27,18 +28,35 @@ pub fn print_notice(notice: Notice<'_>) {
                 }
             }
         }
+        Notice::Privileges { kept, bounding } => {
+            let kept: Vec<String> = kept.iter().map(ToString::to_string).collect();
+            let bounding = match bounding {
+                Bounding::Reduced => "",
+                Bounding::AsStarted => " (bounding set left as started: no CAP_SETPCAP)",
+            };
+            eprintln!(
+                "vexevent: dropped root's other capabilities{bounding}; keeping {}; no_new_privs set",
+                kept.join(", ")
+            );
+        }
         Notice::Tokens { token_file, metrics_token_file } => eprintln!(
             "vexevent: API token in {} (metrics token in {})",
             token_file.display(),
             metrics_token_file.display()
         ),
-        Notice::ControlApi(addr) => {
-            eprintln!("vexevent: control API at http://{addr}{RELOAD_PATH}, {STATS_PATH} and {METRICS_PATH}");
+        Notice::ControlApi { addr, tls } => {
+            let scheme = if tls { "https" } else { "http" };
+            eprintln!(
+                "vexevent: control API at {scheme}://{addr}{RELOAD_PATH}, {STATS_PATH} and {METRICS_PATH}"
+            );
         }
         Notice::Dashboard { login_url } => {
             eprintln!("vexevent: dashboard: open {login_url} (a one-time login URL)");
         }
-        Notice::Stream(addr) => eprintln!("vexevent: event stream at ws://{addr}{STREAM_PATH}"),
+        Notice::Stream { addr, tls } => {
+            let scheme = if tls { "wss" } else { "ws" };
+            eprintln!("vexevent: event stream at {scheme}://{addr}{STREAM_PATH}");
+        }
         Notice::Ready { watching } => {
             let watching = if watching.is_empty() { "everything".to_owned() } else { watching.join(", ") };
             eprintln!("vexevent: ready: watching {watching} (pid {})", std::process::id());

@@ -38,6 +38,10 @@ pub enum AuthError {
         "the {server} would listen on {addr}, which is not loopback; set a token ({flag}) for remote access"
     )]
     RemoteWithoutToken { server: &'static str, flag: &'static str, addr: SocketAddr },
+    #[error(
+        "the {server} would serve plain HTTP on {addr}, which is not loopback; give it a certificate and key ([{section}.tls] cert, key) or set {section}.plaintext_off_loopback = true (behind a TLS proxy)"
+    )]
+    RemotePlaintext { server: &'static str, section: &'static str, addr: SocketAddr },
     #[error("cannot write token file {path} (its directory must be writable by root)")]
     WriteTokenFile {
         path: PathBuf,
@@ -239,6 +243,24 @@ pub fn require_token_for_remote(
 ) -> Result<(), AuthError> {
     if !addr.ip().is_loopback() && token.is_none() {
         return Err(AuthError::RemoteWithoutToken { server, flag, addr });
+    }
+    Ok(())
+}
+
+/// Refuses plain HTTP on a non-loopback address unless allowed, for the `server` configured in
+/// `[section]`.
+///
+/// # Errors
+/// `RemotePlaintext` when `addr` is not loopback, without TLS and without `plaintext_allowed`.
+pub fn require_tls_for_remote(
+    server: &'static str,
+    section: &'static str,
+    addr: SocketAddr,
+    tls: bool,
+    plaintext_allowed: bool,
+) -> Result<(), AuthError> {
+    if !addr.ip().is_loopback() && !tls && !plaintext_allowed {
+        return Err(AuthError::RemotePlaintext { server, section, addr });
     }
     Ok(())
 }

@@ -17,11 +17,14 @@ use axum::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    auth::{AuthError, Keys, Token, bearer_token, require_token_for_remote, resolve_group},
+    auth::{
+        AuthError, Keys, Token, bearer_token, require_tls_for_remote, require_token_for_remote, resolve_group,
+    },
     dashboard::{
         self, DASHBOARD_EVENTS_PATH, DASHBOARD_LOGIN_API_PATH, DASHBOARD_LOGIN_PATH, DASHBOARD_PATH, Logins,
     },
     serve,
+    tls::{self, TlsFiles},
 };
 use crate::telemetry::{Counters, StatsSnapshot, prometheus_text};
 
@@ -53,6 +56,10 @@ pub struct ControlConfig {
     pub metrics_group: Option<String>,
     /// Connections held at once; more are refused.
     pub max_connections: NonZeroUsize,
+    /// Serve HTTPS with this certificate and key; absent: plain HTTP.
+    pub tls: Option<TlsFiles>,
+    /// Serve plain HTTP off loopback anyway (behind a TLS proxy on the same host).
+    pub plaintext_off_loopback: bool,
 }
 
 impl Default for ControlConfig {
@@ -63,6 +70,8 @@ impl Default for ControlConfig {
             token: None,
             metrics_group: None,
             max_connections: NonZeroUsize::new(64).expect("non-zero"),
+            tls: None,
+            plaintext_off_loopback: false,
         }
     }
 }
@@ -75,7 +84,18 @@ impl ControlConfig {
         if let Err(error) = self.metrics_gid() {
             return Some(error);
         }
-        require_token_for_remote(CONTROL_SERVER, CONTROL_TOKEN_FLAG, self.addr?, self.token.as_ref()).err()
+        let addr = self.addr?;
+        require_token_for_remote(CONTROL_SERVER, CONTROL_TOKEN_FLAG, addr, self.token.as_ref())
+            .and_then(|()| {
+                require_tls_for_remote(
+                    CONTROL_SERVER,
+                    "control",
+                    addr,
+                    self.tls.is_some(),
+                    self.plaintext_off_loopback,
+                )
+            })
+            .err()
     }
 
     /// The group that may read the metrics token, if one is configured.
@@ -190,6 +210,8 @@ pub async fn start(
     keys: &Keys,
     counters: Arc<Counters>,
 ) -> std::io::Result<(SocketAddr, mpsc::Receiver<ControlRequest>, String)> {
+    let tls = config.tls.as_ref().map(tls::acceptor).transpose().map_err(std::io::Error::other)?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let (requests, received) = mpsc::channel(8);
@@ -214,6 +236,6 @@ pub async fn start(
             logins,
         });
     let runtime = tokio::runtime::Handle::current();
-    serve(&runtime, listener, app, CONTROL_SERVER, config.max_connections.get(), counters);
-    Ok((bound, received, format!("http://{bound}{DASHBOARD_LOGIN_PATH}?code={code}")))
+    serve(&runtime, listener, app, CONTROL_SERVER, config.max_connections.get(), counters, tls);
+    Ok((bound, received, format!("{scheme}://{bound}{DASHBOARD_LOGIN_PATH}?code={code}")))
 }

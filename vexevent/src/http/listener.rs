@@ -2,8 +2,8 @@
 //! answered `429 Too Many Requests` (best effort, without waiting for the client), closed,
 //! counted as `http_over_capacity` and logged. A connection on which nothing has been read or
 //! written for `IDLE_TIMEOUT` is closed, so an idle client cannot keep its place forever (stream
-//! subscribers are pinged more often than that). The peer's address travels with each request
-//! for the request log.
+//! subscribers are pinged more often than that). With TLS, each connection does its handshake
+//! under the same idle timeout. The peer's address travels with each request for the request log.
 
 use std::{
     future::Future as _,
@@ -21,11 +21,12 @@ use axum::{
 };
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     sync::{OwnedSemaphorePermit, Semaphore},
     time::{Instant, Sleep},
 };
 
+use super::tls::Stream;
 use crate::telemetry::{Counters, add};
 
 /// How long a connection may go without reading or writing a byte: twice the stream's ping
@@ -43,18 +44,22 @@ pub(super) struct BoundedListener {
     idle: Duration,
     server: &'static str,
     counters: Arc<Counters>,
+    /// Serve TLS with this.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl BoundedListener {
-    /// Accepts at most `limit` connections at a time, each closed after `idle` without traffic.
+    /// Accepts at most `limit` connections at a time, each closed after `idle` without traffic,
+    /// over TLS when `tls` is given.
     pub(super) fn new(
         listener: TcpListener,
         limit: usize,
         idle: Duration,
         server: &'static str,
         counters: Arc<Counters>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
     ) -> Self {
-        Self { listener, permits: Arc::new(Semaphore::new(limit)), limit, idle, server, counters }
+        Self { listener, permits: Arc::new(Semaphore::new(limit)), limit, idle, server, counters, tls }
     }
 }
 
@@ -68,6 +73,7 @@ impl Listener for BoundedListener {
             let (stream, peer) = Listener::accept(&mut self.listener).await;
             if let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() {
                 let deadline = Box::pin(tokio::time::sleep(self.idle));
+                let stream = Stream::new(stream, self.tls.as_ref());
                 return (Connection { stream, idle: self.idle, deadline, _permit: permit }, peer);
             }
             add(&self.counters.http_over_capacity, 1);
@@ -89,7 +95,7 @@ impl Listener for BoundedListener {
 
 /// An accepted connection; it holds its place under the limit until it closes.
 pub(super) struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     /// How long it may go without traffic.
     idle: Duration,
     /// When it has gone `idle` without traffic; moved on by every read and write.
@@ -168,7 +174,7 @@ mod tests {
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = tcp.local_addr().unwrap();
         let idle = Duration::from_millis(100);
-        let mut listener = BoundedListener::new(tcp, 1, idle, "test", Arc::new(Counters::default()));
+        let mut listener = BoundedListener::new(tcp, 1, idle, "test", Arc::new(Counters::default()), None);
         let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (mut connection, _) = Listener::accept(&mut listener).await;
         assert_eq!(listener.permits.available_permits(), 0);
@@ -184,7 +190,7 @@ mod tests {
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = tcp.local_addr().unwrap();
         let idle = Duration::from_mins(1);
-        let mut listener = BoundedListener::new(tcp, 1, idle, "test", Arc::new(Counters::default()));
+        let mut listener = BoundedListener::new(tcp, 1, idle, "test", Arc::new(Counters::default()), None);
         let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (mut connection, _) = Listener::accept(&mut listener).await;
         tokio::io::AsyncWriteExt::write_all(&mut client, b"ping").await.unwrap();

@@ -8,6 +8,7 @@ mod dashboard;
 mod guard;
 mod listener;
 mod stream;
+mod tls;
 
 use std::sync::Arc;
 
@@ -28,9 +29,10 @@ pub use stream::{
     Broadcaster, STREAM_PATH, STREAM_SERVER, STREAM_TOKEN_FLAG, StreamConfig, StreamError, StreamServer,
     StreamStage,
 };
+pub use tls::{TlsError, TlsFiles};
 
 /// Serves `router` as `server` on `listener` (on `runtime`), at most `max_connections` at a
-/// time (each closed when idle), every request through the guard.
+/// time (each closed when idle), every request through the guard, over TLS when `tls` is given.
 fn serve(
     runtime: &tokio::runtime::Handle,
     listener: TcpListener,
@@ -38,10 +40,12 @@ fn serve(
     server: &'static str,
     max_connections: usize,
     counters: Arc<Counters>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let guard = Guard { server, counters: Arc::clone(&counters) };
     let app = router.layer(axum::middleware::from_fn_with_state(guard, guard::guard));
-    let listener = BoundedListener::new(listener, max_connections, listener::IDLE_TIMEOUT, server, counters);
+    let listener =
+        BoundedListener::new(listener, max_connections, listener::IDLE_TIMEOUT, server, counters, tls);
     runtime.spawn(async move {
         if let Err(error) = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>()).await {
             tracing::error!(%error, server, "the server stopped");

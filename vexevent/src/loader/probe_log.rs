@@ -58,6 +58,11 @@ impl ProbeLogReader {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
         let thread = std::thread::Builder::new().name("probe-log".to_owned()).spawn(move || {
+            // Started before `vexevent run` drops its privileges (capabilities are per thread):
+            // it reads a ring it already holds and needs none.
+            if let Err(error) = crate::privilege::restrict(&[]) {
+                tracing::warn!(%error, "the probe log thread keeps its capabilities");
+            }
             let timeout = libc::timespec {
                 tv_sec: 0,
                 tv_nsec: libc::c_long::try_from(POLL_TIMEOUT.as_nanos()).unwrap_or(0),

@@ -244,12 +244,27 @@ mod tests {
 
     #[test]
     fn block_waits_for_the_worker_to_make_room() {
+        /// How long the test watches a push into a full queue, which must not return meanwhile
+        /// (a correct queue never lets it: this bounds the look, it is not a timing).
+        const WATCH: Duration = Duration::from_millis(50);
         let queue = Arc::new(SinkQueue::new(1, WhenFull::Block));
         push(&queue, item(1, false));
+        let (started_tx, started_rx) = crossbeam_channel::bounded(1);
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         let pusher = {
             let queue = Arc::clone(&queue);
-            std::thread::spawn(move || push(&queue, item(2, false)))
+            std::thread::spawn(move || {
+                started_tx.send(()).unwrap();
+                let pushed = push(&queue, item(2, false));
+                done_tx.send(()).unwrap();
+                pushed
+            })
         };
+        started_rx.recv().unwrap();
+        assert!(
+            done_rx.recv_timeout(WATCH).is_err(),
+            "a push into a full queue returned before room was made"
+        );
         let mut taken = Vec::new();
         while taken.len() < 2 {
             queue.take(1, Duration::ZERO, &mut taken);

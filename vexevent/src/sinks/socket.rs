@@ -1,15 +1,16 @@
 //! Socket sink for local tools: JSON Lines written to a Unix or TCP socket that vexevent
 //! connects to (`unix:/run/tool.sock`, `tcp:127.0.0.1:9000`). A broken connection is
 //! reconnected on the next attempt; the batch is sent again whole, so a receiver may see the
-//! lines it already had from a batch that broke mid-way (at least once). Connecting over TCP and
-//! every write give up after the sink's timeout, so a peer that black-holes packets or stops
-//! reading costs a failed (retried, counted) attempt, and cannot hold shutdown.
+//! lines it already had from a batch that broke mid-way (at least once). Connecting (over TCP or
+//! to a Unix listener whose backlog is full) and every write give up after the sink's timeout, so
+//! a peer that black-holes packets, stops accepting or stops reading costs a failed (retried,
+//! counted) attempt, and cannot hold shutdown.
 
 use std::{
     io::{self, BufWriter, Write},
     net::{TcpStream, ToSocketAddrs as _},
     os::unix::net::UnixStream,
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -55,11 +56,7 @@ impl SocketSink {
 
     fn connect(&self) -> io::Result<Box<dyn Write + Send>> {
         Ok(match &self.address {
-            SocketAddress::Unix(path) => {
-                let stream = UnixStream::connect(path)?;
-                stream.set_write_timeout(Some(self.timeout))?;
-                Box::new(stream)
-            }
+            SocketAddress::Unix(path) => Box::new(self.connect_unix(path)?),
             SocketAddress::Tcp(addr) => {
                 let stream = self.connect_tcp(addr)?;
                 stream.set_write_timeout(Some(self.timeout))?;
@@ -67,6 +64,22 @@ impl SocketSink {
                 Box::new(stream)
             }
         })
+    }
+
+    /// Connects to a Unix socket within the timeout. A connect to a listener whose backlog is
+    /// full waits for room; the socket's send timeout (set before connecting, and kept for the
+    /// writes) bounds that wait.
+    fn connect_unix(&self, path: &Path) -> io::Result<UnixStream> {
+        let socket = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)?;
+        socket.set_write_timeout(Some(self.timeout))?;
+        match socket.connect(&socket2::SockAddr::unix(path)?) {
+            Ok(()) => Ok(socket.into()),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{}: the listener accepted nothing within {:?}", path.display(), self.timeout),
+            )),
+            Err(error) => Err(error),
+        }
     }
 
     /// Connects to the first of `addr`'s addresses that answers within the timeout.
@@ -150,6 +163,21 @@ mod tests {
         let (listener, _waiting) = black_hole();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let mut sink = SocketSink::new(SocketAddress::Tcp(addr.to_string()), TIMEOUT);
+        let Err(DeliveryError::Io(error)) = sink.deliver(&batch(1, 10)) else { panic!("delivered") };
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
+        assert!(sink.connection.is_none());
+    }
+
+    #[test]
+    fn connecting_to_a_unix_listener_that_never_accepts_gives_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("full.sock");
+        // Backlog 0 and one connection waiting: the next connect waits for room.
+        let listener = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+        listener.bind(&socket2::SockAddr::unix(&path).unwrap()).unwrap();
+        listener.listen(0).unwrap();
+        let _waiting = UnixStream::connect(&path).unwrap();
+        let mut sink = SocketSink::new(SocketAddress::Unix(path), TIMEOUT);
         let Err(DeliveryError::Io(error)) = sink.deliver(&batch(1, 10)) else { panic!("delivered") };
         assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
         assert!(sink.connection.is_none());

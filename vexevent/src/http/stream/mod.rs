@@ -26,8 +26,9 @@ pub use stage::StreamStage;
 pub use subscribers::Broadcaster;
 
 use super::{
-    auth::{AuthError, Keys, Token, bearer_token, require_token_for_remote},
+    auth::{AuthError, Keys, Token, bearer_token, require_tls_for_remote, require_token_for_remote},
     serve,
+    tls::{self, TlsError, TlsFiles},
 };
 use crate::telemetry::Counters;
 use query::Subscription;
@@ -68,6 +69,8 @@ pub enum StreamError {
     },
     #[error("cannot start the stream runtime: {0}")]
     Runtime(#[source] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// `[stream]`: the live WebSocket stream (`vexevent tail` and other subscribers).
@@ -86,6 +89,10 @@ pub struct StreamConfig {
     pub max_subscribers: NonZeroUsize,
     /// Largest `buffer` (messages) a subscription may ask for.
     pub max_buffer: NonZeroUsize,
+    /// Serve WSS with this certificate and key; absent: plain WebSocket.
+    pub tls: Option<TlsFiles>,
+    /// Serve plain WebSocket off loopback anyway (behind a TLS proxy on the same host).
+    pub plaintext_off_loopback: bool,
 }
 
 impl Default for StreamConfig {
@@ -98,6 +105,8 @@ impl Default for StreamConfig {
             max_subscribers: NonZeroUsize::new(16_384).expect("non-zero"),
             // 16 times the default buffer; a full one holds tens of MiB of events.
             max_buffer: NonZeroUsize::new(65_536).expect("non-zero"),
+            tls: None,
+            plaintext_off_loopback: false,
         }
     }
 }
@@ -106,7 +115,13 @@ impl StreamConfig {
     /// What is wrong with it: a non-loopback address without a token.
     #[must_use]
     pub fn problem(&self) -> Option<AuthError> {
-        require_token_for_remote(STREAM_SERVER, STREAM_TOKEN_FLAG, self.addr?, self.token.as_ref()).err()
+        Self::check_remote(self, self.addr?).err()
+    }
+
+    /// A non-loopback `addr` needs a token and TLS (or plain text explicitly allowed).
+    fn check_remote(&self, addr: SocketAddr) -> Result<(), AuthError> {
+        require_token_for_remote(STREAM_SERVER, STREAM_TOKEN_FLAG, addr, self.token.as_ref())?;
+        require_tls_for_remote(STREAM_SERVER, "stream", addr, self.tls.is_some(), self.plaintext_off_loopback)
     }
 }
 
@@ -208,7 +223,8 @@ impl StreamServer {
         keys: &Keys,
         counters: Arc<Counters>,
     ) -> Result<Self, StreamError> {
-        require_token_for_remote(STREAM_SERVER, STREAM_TOKEN_FLAG, addr, config.token.as_ref())?;
+        config.check_remote(addr)?;
+        let tls = config.tls.as_ref().map(tls::acceptor).transpose()?;
         let token = config.token.clone().unwrap_or_else(|| keys.token.clone());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -232,7 +248,7 @@ impl StreamServer {
             max_buffer: config.max_buffer.get(),
         };
         let app = Router::new().route(STREAM_PATH, get(stream)).with_state(state);
-        serve(runtime.handle(), listener, app, STREAM_SERVER, config.max_connections.get(), counters);
+        serve(runtime.handle(), listener, app, STREAM_SERVER, config.max_connections.get(), counters, tls);
         // Owed gap notices and departed subscribers are dealt with here, on the server's own
         // threads, not on the pipeline thread that publishes.
         let notices = Arc::clone(&broadcaster);
