@@ -2,7 +2,8 @@
 //! refused at start unless explicitly allowed; with a certificate and key (a self-signed one
 //! generated here with rcgen) both servers speak only TLS. The root test runs vexevent in a
 //! network namespace of its own whose only address besides loopback is 10.200.0.1, and talks
-//! to it with curl inside that namespace.
+//! to it with curl inside that namespace, and with `vexevent reload` and `vexevent tail` given
+//! `--tls-ca`.
 
 mod support;
 
@@ -66,6 +67,64 @@ fn curl_in(pid: u32, args: &[&str]) -> Output {
         .args(args)
         .output()
         .unwrap()
+}
+
+/// `vexevent reload` and `vexevent tail` inside the namespace of `pid`, given `--tls-ca`:
+/// reload through the control API, tail the stream until a file written in `watched` shows.
+fn commands_speak_tls_with_the_certificate(
+    pid: u32,
+    control: &str,
+    stream: &str,
+    cacert: &str,
+    watched: &Path,
+) {
+    let vexevent_in = |args: &[&str]| {
+        let mut command = Command::new("nsenter");
+        command.arg(format!("--net=/proc/{pid}/ns/net")).arg(env!("CARGO_BIN_EXE_vexevent")).args(args);
+        command
+    };
+    let reload = vexevent_in(&["reload", "--control-addr", control, "--token", TOKEN, "--tls-ca", cacert])
+        .output()
+        .unwrap();
+    assert!(reload.status.success(), "{}", String::from_utf8_lossy(&reload.stderr));
+    let untrusted = vexevent_in(&["reload", "--control-addr", control, "--token", TOKEN]).output().unwrap();
+    assert!(!untrusted.status.success(), "plain HTTP to a TLS server must fail");
+    let mut tail = vexevent_in(&["tail", "--addr", stream, "--token", TOKEN, "--tls-ca", cacert, "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let marker = watched.join("over-tls");
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    let stdout = tail.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let seen = loop {
+        // Written until tail, which connects on its own time, has seen it.
+        std::fs::write(&marker, b"x").unwrap();
+        match lines_rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            Ok(line) if line.contains("over-tls") => break true,
+            Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break false,
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+    };
+    tail.kill().unwrap();
+    let tail = tail.wait_with_output().unwrap();
+    assert!(
+        seen,
+        "vexevent tail --tls-ca never printed the event: {}",
+        String::from_utf8_lossy(&tail.stderr)
+    );
 }
 
 #[test]
@@ -148,6 +207,7 @@ fn both_servers_speak_only_tls_off_loopback_with_the_configured_certificate() {
         let why = String::from_utf8_lossy(&untrusted.stderr);
         assert!(!untrusted.status.success() && why.contains("certificate"), "{why}");
     }
+    commands_speak_tls_with_the_certificate(pid, &control, &stream, cacert, watched.path());
     let finished = vexevent.stop();
     assert!(finished.exit_ok, "{:?}", finished.stderr);
     assert!(finished.stats["userspace"]["http_accepted"].as_u64().unwrap() >= 2, "{}", finished.stats);

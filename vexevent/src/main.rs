@@ -9,6 +9,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use commands::remote::Remote;
 use vexevent::{
     app,
     config::{Config, ConfigError, DEFAULT_STATS_FILE},
@@ -67,6 +68,10 @@ enum Command {
         /// Print each event as JSON instead of one readable line.
         #[arg(long)]
         json: bool,
+        /// The instance serves TLS ([stream.tls] / [control.tls]): connect with TLS and trust only
+        /// the certificates in this PEM file (its certificate, or the authority that signed it).
+        #[arg(long, value_name = "FILE")]
+        tls_ca: Option<PathBuf>,
     },
     /// Show a running instance's busiest files and processes, slowest operations and anomalies,
     /// redrawn once per window (it must run with --control-addr and [analyse] enabled).
@@ -84,6 +89,10 @@ enum Command {
         /// Rows per table.
         #[arg(long, default_value_t = 10)]
         rows: usize,
+        /// The instance serves TLS ([stream.tls] / [control.tls]): connect with TLS and trust only
+        /// the certificates in this PEM file (its certificate, or the authority that signed it).
+        #[arg(long, value_name = "FILE")]
+        tls_ca: Option<PathBuf>,
     },
     /// Reload a running instance's filters and routes from its configuration file: through its
     /// control API when given its address (and print the outcome), else with SIGHUP.
@@ -101,6 +110,10 @@ enum Command {
         /// Without --control-addr: the stats file naming the instance's pid.
         #[arg(long, default_value = DEFAULT_STATS_FILE)]
         stats_file: PathBuf,
+        /// The instance serves TLS ([stream.tls] / [control.tls]): connect with TLS and trust only
+        /// the certificates in this PEM file (its certificate, or the authority that signed it).
+        #[arg(long, value_name = "FILE")]
+        tls_ca: Option<PathBuf>,
     },
     /// Validate a configuration file and print the settings it yields.
     CheckConfig {
@@ -375,16 +388,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{settings:#?}");
             Ok(())
         }
-        Command::Reload { control_addr, token, token_file, stats_file } => match control_addr {
-            Some(addr) => commands::reload::through_api(addr, &client_token(token, &token_file)?),
+        Command::Reload { control_addr, token, token_file, stats_file, tls_ca } => match control_addr {
+            Some(addr) => commands::reload::through_api(
+                &Remote::new(tls_ca.as_deref())?,
+                addr,
+                &client_token(token, &token_file)?,
+            ),
             None => commands::reload::with_signal(&stats_file),
         },
-        Command::Tail { addr, filter, token, token_file, json } => {
-            commands::tail::follow(&addr, filter.as_deref(), &client_token(token, &token_file)?, json)
-        }
-        Command::Top { control_addr, token, token_file, rows } => {
-            commands::top::follow(control_addr, &client_token(token, &token_file)?, rows)
-        }
+        Command::Tail { addr, filter, token, token_file, json, tls_ca } => commands::tail::follow(
+            &Remote::new(tls_ca.as_deref())?,
+            &addr,
+            filter.as_deref(),
+            &client_token(token, &token_file)?,
+            json,
+        ),
+        Command::Top { control_addr, token, token_file, rows, tls_ca } => commands::top::follow(
+            &Remote::new(tls_ca.as_deref())?,
+            control_addr,
+            &client_token(token, &token_file)?,
+            rows,
+        ),
         Command::Replay { rules, events } => commands::rules::replay_log(&rules, &events),
         Command::Audit { command: AuditCommand::Verify { file } } => commands::rules::verify_log(&file),
         Command::Rollback { audit_log, id } => commands::rules::rollback_action(&audit_log, id),

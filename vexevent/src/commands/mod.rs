@@ -3,6 +3,7 @@
 //! `audit`, `rollback`).
 
 pub mod reload;
+pub mod remote;
 pub mod rules;
 pub mod run;
 pub mod tail;

@@ -6,11 +6,14 @@ use std::{net::SocketAddr, path::Path};
 use anyhow::{Context as _, bail};
 use vexevent::{app::read_stats_file, http::RELOAD_PATH};
 
+use super::remote::Remote;
+
 /// Reloads through the control API at `addr`; fails with the instance's answer when refused.
-pub fn through_api(addr: SocketAddr, token: &str) -> anyhow::Result<()> {
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let request =
-        agent.post(format!("http://{addr}{RELOAD_PATH}")).header("authorization", format!("Bearer {token}"));
+pub fn through_api(remote: &Remote, addr: SocketAddr, token: &str) -> anyhow::Result<()> {
+    let request = remote
+        .http_agent()
+        .post(format!("{}://{addr}{RELOAD_PATH}", remote.http_scheme()))
+        .header("authorization", format!("Bearer {token}"));
     let mut response = request.send("").with_context(|| {
         format!("cannot reach the control API at {addr} (is vexevent running with --control-addr {addr}?)")
     })?;

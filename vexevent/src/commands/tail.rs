@@ -4,8 +4,10 @@
 use anyhow::{Context as _, bail};
 use futures_util::StreamExt as _;
 use serde_json::Value;
-use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _, http::HeaderValue};
+use tokio_tungstenite::tungstenite::Message;
 use vexevent::http::STREAM_PATH;
+
+use super::remote::Remote;
 
 /// Percent-encodes a query value.
 fn encode(value: &str) -> String {
@@ -43,16 +45,21 @@ fn line(event: &Value) -> String {
 }
 
 /// Connects and prints until the stream ends or the user interrupts.
-pub fn follow(addr: &str, filter: Option<&str>, token: &str, json: bool) -> anyhow::Result<()> {
+pub fn follow(
+    remote: &Remote,
+    addr: &str,
+    filter: Option<&str>,
+    token: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let scheme = remote.ws_scheme();
     let url = match filter {
-        Some(filter) => format!("ws://{addr}{STREAM_PATH}?filter={}", encode(filter)),
-        None => format!("ws://{addr}{STREAM_PATH}"),
+        Some(filter) => format!("{scheme}://{addr}{STREAM_PATH}?filter={}", encode(filter)),
+        None => format!("{scheme}://{addr}{STREAM_PATH}"),
     };
-    let mut request = url.as_str().into_client_request().context("invalid stream address")?;
-    request.headers_mut().insert("authorization", HeaderValue::from_str(&format!("Bearer {token}"))?);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
-        let (mut socket, _) = tokio_tungstenite::connect_async(request).await.with_context(|| {
+        let mut socket = remote.websocket(&url, addr, token).await.with_context(|| {
             format!("cannot connect to {url} (is `vexevent run --stream-addr {addr}` running?)")
         })?;
         while let Some(message) = socket.next().await {

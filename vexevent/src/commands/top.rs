@@ -12,14 +12,16 @@ use anyhow::{Context as _, bail};
 use serde_json::Value;
 use vexevent::http::DASHBOARD_EVENTS_PATH;
 
+use super::remote::Remote;
+
 /// Clears the terminal and moves to its top-left corner.
 const CLEAR: &str = "\x1b[H\x1b[2J";
 
 /// Follows the summaries at `addr` and redraws `rows` rows per table until the stream ends.
-pub fn follow(addr: SocketAddr, token: &str, rows: usize) -> anyhow::Result<()> {
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let response = agent
-        .get(format!("http://{addr}{DASHBOARD_EVENTS_PATH}"))
+pub fn follow(remote: &Remote, addr: SocketAddr, token: &str, rows: usize) -> anyhow::Result<()> {
+    let response = remote
+        .http_agent()
+        .get(format!("{}://{addr}{DASHBOARD_EVENTS_PATH}", remote.http_scheme()))
         .header("authorization", format!("Bearer {token}"))
         .call()
         .with_context(|| {

@@ -1,6 +1,8 @@
 //! TLS for the HTTP servers (rustls with the ring provider): a server given a certificate chain
 //! and a private key (PEM files, read at start) serves HTTPS and WSS. The handshake runs inside
 //! the connection, under its idle timeout, so a client that stalls it holds only its own place.
+//! The commands that talk to a running instance trust the certificates of a PEM file given to
+//! them (`--tls-ca`): [`trusted_certificates`], [`client_config`].
 
 use std::{
     future::Future as _,
@@ -18,7 +20,7 @@ use tokio::{
 use tokio_rustls::{
     Accept, TlsAcceptor,
     rustls::{
-        self, ServerConfig,
+        self, ClientConfig, RootCertStore, ServerConfig,
         pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
     },
     server::TlsStream,
@@ -50,6 +52,12 @@ pub enum TlsError {
     TooLarge { path: PathBuf, limit: u64 },
     #[error("{path} holds no PEM {what}")]
     Missing { path: PathBuf, what: &'static str },
+    #[error("the certificates in {ca} cannot be trusted: {source}")]
+    Client {
+        ca: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
     #[error("the certificate in {cert} and the key in {key} cannot serve TLS: {source}")]
     Config {
         cert: PathBuf,
@@ -95,6 +103,42 @@ pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
         .with_single_cert(chain, key)
         .map_err(config_error)?;
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The certificates of a PEM file (a server's own, or the authority that signed it), which a
+/// client trusts and nothing else.
+///
+/// # Errors
+/// A file that cannot be read, is too large, or holds no certificate.
+pub fn trusted_certificates(ca: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read_bounded(ca)?;
+    let certificates: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok).collect();
+    if certificates.is_empty() {
+        return Err(TlsError::Missing { path: ca.to_owned(), what: "certificate" });
+    }
+    Ok(certificates)
+}
+
+/// A TLS client (TLS 1.2 and 1.3) that trusts only `certificates`.
+///
+/// # Errors
+/// A certificate rustls does not accept as a trust anchor.
+pub fn client_config(
+    ca: &Path,
+    certificates: Vec<CertificateDer<'static>>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let config_error = |source| TlsError::Client { ca: ca.to_owned(), source };
+    let mut roots = RootCertStore::empty();
+    for certificate in certificates {
+        roots.add(certificate).map_err(config_error)?;
+    }
+    let config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(config_error)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// An accepted TCP connection: plain, or TLS (its handshake first).
