@@ -8,6 +8,7 @@ mod actions;
 mod audit;
 mod config;
 mod engine;
+mod index;
 
 pub use actions::{Actions, ActionsError, OwnTree, rollback, start_time};
 pub use audit::{AuditError, AuditLog, AuditRecord, GENESIS, Undo, Verified, Written, verify};
