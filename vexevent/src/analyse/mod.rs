@@ -88,11 +88,13 @@ struct Name {
 
 /// One batch's aggregates, merged into the windows once per key and window at the batch's end:
 /// most keys of a batch repeat (a process, an operation, a directory), so the windows see one
-/// update per key instead of one per event.
+/// update per key instead of one per event. A series keeps the batch's values (recorded into
+/// the window's histogram at the merge; a histogram per batch would be allocated, zeroed and
+/// added whole each time), in a list kept from batch to batch while the series has values.
 #[derive(Default)]
 struct Pending {
     keyed: HashMap<(u64, u64), KeyAgg, FixedState>,
-    series: HashMap<(u64, Series), Hdr, FixedState>,
+    series: HashMap<(u64, Series), Vec<u64>, FixedState>,
     slowest: HashMap<u64, Slowest, FixedState>,
 }
 
@@ -209,11 +211,12 @@ impl AnalyseStage {
             let agg = match pending.keyed.entry((window_start, key)) {
                 Entry::Occupied(entry) => entry.into_mut(),
                 Entry::Vacant(entry) => {
-                    names.entry(key).or_insert_with(|| Name {
+                    let name = names.entry(key).or_insert_with(|| Name {
                         dimension,
                         text: text().into(),
                         last_window: window_start,
                     });
+                    name.last_window = name.last_window.max(window_start);
                     entry.insert(KeyAgg::default())
                 }
             };
@@ -246,9 +249,9 @@ impl AnalyseStage {
         });
         let start = time - time % self.window_ns;
         let series = &mut self.pending.series;
-        series.entry((start, Series::Operation(operation))).or_default().record(duration);
+        series.entry((start, Series::Operation(operation))).or_default().push(duration);
         if let Some(request) = event.context.fuse.first() {
-            series.entry((start, Series::Mount(request.connection))).or_default().record(duration);
+            series.entry((start, Series::Mount(request.connection))).or_default().push(duration);
         }
         if let Some(timeline) = &event.timeline {
             let stages = [
@@ -261,7 +264,7 @@ impl AnalyseStage {
             ];
             for (stage, value) in stages {
                 if let Some(ns) = value {
-                    series.entry((start, Series::FuseStage(stage))).or_default().record(ns);
+                    series.entry((start, Series::FuseStage(stage))).or_default().push(ns);
                 }
             }
         }
@@ -276,15 +279,17 @@ impl AnalyseStage {
             self.keyed.add(&key, start, |window| window.merge(&agg));
             self.late_events += (self.keyed.late - late) * agg.count;
             self.evicted_events += (self.keyed.evicted - evicted) * agg.count;
-            if let Some(name) = self.names.get_mut(&key) {
-                name.last_window = name.last_window.max(start);
-            }
         }
-        for ((start, series), hdr) in self.pending.series.drain() {
-            if let Some(histogram) = hdr.0 {
-                self.series.add(&series, start, |window| window.merge(&histogram));
+        let windows = &mut self.series;
+        self.pending.series.retain(|(start, series), values| {
+            if values.is_empty() {
+                // No values in this batch: the series' window has passed or it is idle.
+                return false;
             }
-        }
+            windows.add(series, *start, |window| values.iter().for_each(|&ns| window.record(ns)));
+            values.clear();
+            true
+        });
         let capacity = self.config.slowest;
         for (start, slowest) in self.pending.slowest.drain() {
             self.slowest.add(&(), start, |window| {

@@ -184,8 +184,18 @@ impl AnalyseStage {
                 by_dimension.entry(name.dimension).or_default().push((*key, agg));
             }
         }
-        for rows in by_dimension.values_mut() {
-            rows.sort_unstable_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(&b.0)));
+        // Busiest first; only the top rows need their order, unless the dimension's windows
+        // become events (in that order).
+        let top = self.config.top;
+        for (dimension, rows) in &mut by_dimension {
+            let order =
+                |a: &(u64, &KeyAgg), b: &(u64, &KeyAgg)| b.1.count.cmp(&a.1.count).then(a.0.cmp(&b.0));
+            if rows.len() > top && !self.config.emit.contains(dimension) {
+                rows.select_nth_unstable_by(top, order);
+                rows[..top].sort_unstable_by(order);
+            } else {
+                rows.sort_unstable_by(order);
+            }
         }
         let top = by_dimension
             .iter()
