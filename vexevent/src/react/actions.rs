@@ -24,7 +24,7 @@ use std::{
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::{
-    audit::{AuditLog, AuditRecord, Undo},
+    audit::{AuditError, AuditLog, AuditRecord, Undo, Written, verify},
     config::{
         ActionConfig, ActionType, DEFAULT_RUN_USER, Mode, ReactConfig, RuleConfig, lookup_user, signal_number,
     },
@@ -120,6 +120,9 @@ pub struct Job {
     pub detection: SemanticEvent,
     /// False for an absence that lost records may explain: decisions are audited, nothing acts.
     pub act: bool,
+    /// False when the trigger came from another node (replicated): its pid and files are that
+    /// node's, so decisions are audited and nothing acts.
+    pub local: bool,
     /// The start time of the detection's process, read at detection.
     pub start_time: Option<u64>,
 }
@@ -179,7 +182,8 @@ pub enum ActionsError {
 }
 
 impl Actions {
-    /// Opens the audit log and starts the worker for `rules`' actions.
+    /// Opens the audit log and starts the worker for `rules`' actions; the programs it runs join
+    /// `own` (kept over a reload, so a program started before it stays excluded).
     ///
     /// # Errors
     /// When the audit log cannot be opened or the thread started.
@@ -187,6 +191,7 @@ impl Actions {
         config: &ReactConfig,
         rules: &[RuleConfig],
         counters: &Arc<crate::telemetry::Counters>,
+        own: Arc<OwnTree>,
     ) -> Result<Self, ActionsError> {
         let log = AuditLog::open(&config.audit_log)?;
         let table: &RuleTable = &counters.rules;
@@ -209,7 +214,6 @@ impl Actions {
         let rule_counters = rules.iter().map(|r| Arc::clone(&r.counters)).collect();
         let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(config.action_queue.max(1));
         let (events_tx, events_rx) = crossbeam_channel::bounded(AUDIT_EVENTS_QUEUE);
-        let own = Arc::new(OwnTree::default());
         let worker = Worker {
             rules,
             mode: config.mode,
@@ -279,12 +283,11 @@ impl Target {
     }
 }
 
-fn target(action: &ActionConfig, job: &Job) -> Option<Target> {
-    let event = &job.detection;
+fn target(action: &ActionConfig, event: &SemanticEvent, start_time: Option<u64>) -> Option<Target> {
     match action.action {
         ActionType::Signal => {
             let pid = event.process.as_ref()?.pid;
-            Some(Target::Process { pid, start_time: job.start_time })
+            Some(Target::Process { pid, start_time })
         }
         ActionType::Run => Some(Target::Program),
         ActionType::Quarantine | ActionType::Chmod => {
@@ -315,13 +318,15 @@ impl Worker {
         let rule = &mut self.rules[job.rule];
         let (action, limit) = &mut rule.actions[index];
         let action = action.clone();
-        let target = target(&action, job);
+        let target = target(&action, &job.detection, job.start_time);
         let describe = target.as_ref().map(Target::describe).unwrap_or_default();
         let would = match &target {
             Some(target) => what(&action, target),
             None => String::new(),
         };
-        let decision = if !job.act {
+        let decision = if !job.local {
+            "not_local"
+        } else if !job.act {
             "not_acted_gapped"
         } else if target.is_none() {
             "no_target"
@@ -447,6 +452,13 @@ fn what(action: &ActionConfig, target: &Target) -> String {
         }
         _ => String::new(),
     }
+}
+
+/// What `action` would do about `detection` (`vexevent rules test`).
+#[must_use]
+pub fn would(action: &ActionConfig, detection: &SemanticEvent) -> String {
+    target(action, detection, None)
+        .map_or_else(|| format!("{}: no target in the event", action.action.name()), |t| what(action, &t))
 }
 
 /// Runs `work` on a thread of its own for at most `timeout`; a late result is logged.
@@ -637,5 +649,58 @@ pub fn rollback(undo: &Undo) -> Result<String, String> {
         Undo::Mode { path, mode } => std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode))
             .map(|()| format!("{path}: mode {mode:o} restored"))
             .map_err(|e| format!("{path}: {e}")),
+    }
+}
+
+/// Why a recorded action was not rolled back.
+#[derive(Debug, thiserror::Error)]
+pub enum RollbackError {
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error("the audit log has no line {seq}")]
+    NoLine { seq: u64 },
+    #[error("line {seq} ({action} {record}, {outcome}) records nothing to undo")]
+    NothingToUndo { seq: u64, action: String, record: String, outcome: String },
+    #[error("line {seq} was already rolled back")]
+    AlreadyRolledBack { seq: u64 },
+    #[error("{detail} (audit line {})", written.seq)]
+    Failed { detail: String, written: Written },
+}
+
+/// Undoes the action whose outcome is line `seq` of the audit log at `file` (after verifying
+/// the chain) and appends the rollback there: what was done and the line written.
+///
+/// # Errors
+/// A log that does not verify, no such line, a line with nothing to undo or already rolled
+/// back, an undo that failed (recorded in the log as `failed`).
+pub fn rollback_line(file: &Path, seq: u64) -> Result<(String, Written), RollbackError> {
+    let lines = verify(file)?;
+    let line = lines.iter().find(|l| l.seq == seq).ok_or(RollbackError::NoLine { seq })?;
+    let Some(undo) = &line.record.undo else {
+        return Err(RollbackError::NothingToUndo {
+            seq,
+            action: line.record.action.clone(),
+            record: line.record.record.clone(),
+            outcome: line.record.outcome.clone(),
+        });
+    };
+    if lines.iter().any(|l| l.record.rolls_back == Some(seq) && l.record.outcome == "done") {
+        return Err(RollbackError::AlreadyRolledBack { seq });
+    }
+    let result = rollback(undo);
+    let record = AuditRecord {
+        record: "rollback".into(),
+        outcome: if result.is_ok() { "done" } else { "failed" }.into(),
+        detail: match &result {
+            Ok(detail) | Err(detail) => detail.clone(),
+        },
+        rolls_back: Some(seq),
+        undo: None,
+        ..line.record.clone()
+    };
+    let written = AuditLog::open(file)?.append(record)?;
+    match result {
+        Ok(detail) => Ok((detail, written)),
+        Err(detail) => Err(RollbackError::Failed { detail, written }),
     }
 }
