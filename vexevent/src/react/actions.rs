@@ -290,7 +290,7 @@ fn target(action: &ActionConfig, event: &SemanticEvent, start_time: Option<u64>)
             Some(Target::Process { pid, start_time })
         }
         ActionType::Run => Some(Target::Program),
-        ActionType::Quarantine | ActionType::Chmod => {
+        ActionType::Quarantine | ActionType::Chmod | ActionType::Xattr => {
             let fs = event.context.filesystem.as_ref()?;
             // After a rename (or a link) the file is at its target.
             let renamed = event.context.parameters.get("trigger").is_some_and(|t| {
@@ -358,6 +358,12 @@ impl Worker {
             (ActionType::Chmod, Target::File(path)) => {
                 let (path, mode) = (path.clone(), action.mode.unwrap_or(0));
                 bounded(timeout, move || chmod(&path, mode))
+            }
+            (ActionType::Xattr, Target::File(path)) => {
+                let path = path.clone();
+                let name = action.xattr.clone().unwrap_or_default();
+                let value = action.value.clone().unwrap_or_default();
+                bounded(timeout, move || set_xattr(&path, &name, value.as_bytes()))
             }
             (ActionType::Run, _) => run_program(action, job, timeout, &self.own),
             _ => ("failed", "no target of this kind".into(), None),
@@ -447,6 +453,12 @@ fn what(action: &ActionConfig, target: &Target) -> String {
         (ActionType::Chmod, Target::File(path)) => {
             format!("chmod {:o} {}", action.mode.unwrap_or(0), path.display())
         }
+        (ActionType::Xattr, Target::File(path)) => format!(
+            "set {}={:?} on {}",
+            action.xattr.as_deref().unwrap_or_default(),
+            action.value.as_deref().unwrap_or_default(),
+            path.display()
+        ),
         (ActionType::Run, _) => {
             format!("run {:?} as {}", action.argv, action.user.as_deref().unwrap_or(DEFAULT_RUN_USER))
         }
@@ -554,6 +566,69 @@ fn chmod(path: &Path, mode: u32) -> Attempt {
     }
 }
 
+/// A path as a C string (paths are bytes; one with a NUL cannot name a file).
+fn c_path(path: &Path) -> std::io::Result<std::ffi::CString> {
+    std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)
+}
+
+/// The value of extended attribute `name` of `path` (not following a link), `None` when unset.
+fn get_xattr(path: &std::ffi::CStr, name: &std::ffi::CStr) -> std::io::Result<Option<Vec<u8>>> {
+    let mut value = vec![0u8; 64 * 1024];
+    // SAFETY: valid C strings and a buffer of the given length.
+    let n = unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+    if n < 0 {
+        let error = std::io::Error::last_os_error();
+        return if error.raw_os_error() == Some(libc::ENODATA) { Ok(None) } else { Err(error) };
+    }
+    value.truncate(usize::try_from(n).unwrap_or(0));
+    Ok(Some(value))
+}
+
+/// Sets (`Some`) or removes (`None`) extended attribute `name` of `path`, not following a link.
+fn put_xattr(path: &std::ffi::CStr, name: &std::ffi::CStr, value: Option<&[u8]>) -> std::io::Result<()> {
+    // SAFETY: valid C strings and, to set, a value of the given length.
+    let rc = unsafe {
+        match value {
+            Some(value) => {
+                libc::lsetxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0)
+            }
+            None => libc::lremovexattr(path.as_ptr(), name.as_ptr()),
+        }
+    };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+/// Sets extended attribute `name` of `path` to `value` (a symbolic link is refused); the undo
+/// restores the old value or removes it.
+fn set_xattr(path: &Path, name: &str, value: &[u8]) -> Attempt {
+    use base64::Engine as _;
+    let fail = |e: std::io::Error| ("failed", format!("{}: {e}", path.display()), None);
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            return ("refused", format!("{} is a symbolic link", path.display()), None);
+        }
+        Ok(_) => {}
+        Err(e) => return fail(e),
+    }
+    let (c_file, c_name) = match (c_path(path), std::ffi::CString::new(name).map_err(std::io::Error::other)) {
+        (Ok(file), Ok(name)) => (file, name),
+        (Err(e), _) | (_, Err(e)) => return fail(e),
+    };
+    let old = match get_xattr(&c_file, &c_name) {
+        Ok(old) => old,
+        Err(e) => return fail(e),
+    };
+    if let Err(e) = put_xattr(&c_file, &c_name, Some(value)) {
+        return fail(e);
+    }
+    let undo = Undo::Xattr {
+        path: path.display().to_string(),
+        name: name.to_owned(),
+        old: old.map(|old| base64::engine::general_purpose::STANDARD.encode(old)),
+    };
+    ("done", format!("{name} set ({} bytes)", value.len()), Some(undo))
+}
+
 /// The detection's fields a program gets in its environment (paths byte for byte).
 fn environment(job: &Job, rule: &str) -> Vec<(String, std::ffi::OsString)> {
     let event = &job.detection;
@@ -649,6 +724,22 @@ pub fn rollback(undo: &Undo) -> Result<String, String> {
         Undo::Mode { path, mode } => std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode))
             .map(|()| format!("{path}: mode {mode:o} restored"))
             .map_err(|e| format!("{path}: {e}")),
+        Undo::Xattr { path, name, old } => {
+            use base64::Engine as _;
+            let old = old
+                .as_deref()
+                .map(|old| base64::engine::general_purpose::STANDARD.decode(old))
+                .transpose()
+                .map_err(|e| format!("{path}: the recorded value of {name} is not base64: {e}"))?;
+            let c_file = c_path(Path::new(path)).map_err(|e| format!("{path}: {e}"))?;
+            let c_name = std::ffi::CString::new(name.as_str()).map_err(|e| format!("{name}: {e}"))?;
+            put_xattr(&c_file, &c_name, old.as_deref())
+                .map(|()| match old {
+                    Some(_) => format!("{path}: {name} restored"),
+                    None => format!("{path}: {name} removed"),
+                })
+                .map_err(|e| format!("{path}: {e}"))
+        }
     }
 }
 
@@ -702,5 +793,37 @@ pub fn rollback_line(file: &Path, seq: u64) -> Result<(String, Written), Rollbac
     match result {
         Ok(detail) => Ok((detail, written)),
         Err(detail) => Err(RollbackError::Failed { detail, written }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_xattr_is_set_and_its_rollback_restores_or_removes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let c_file = c_path(&file).unwrap();
+        let name = std::ffi::CString::new("user.vexevent.test").unwrap();
+        let (outcome, detail, undo) = set_xattr(&file, "user.vexevent.test", b"suspect");
+        if outcome == "failed" && detail.contains("Operation not supported") {
+            println!("skipped: the temporary directory's file system has no user extended attributes");
+            return;
+        }
+        assert_eq!(outcome, "done", "{detail}");
+        assert_eq!(get_xattr(&c_file, &name).unwrap().as_deref(), Some(&b"suspect"[..]));
+        let undo = undo.unwrap();
+        assert_eq!(rollback(&undo).unwrap(), format!("{}: user.vexevent.test removed", file.display()));
+        assert_eq!(get_xattr(&c_file, &name).unwrap(), None, "it had none before");
+        // Over an old value: the rollback puts the old value back.
+        put_xattr(&c_file, &name, Some(b"\xffold")).unwrap();
+        let (_, _, undo) = set_xattr(&file, "user.vexevent.test", b"new");
+        rollback(&undo.unwrap()).unwrap();
+        assert_eq!(get_xattr(&c_file, &name).unwrap().as_deref(), Some(&b"\xffold"[..]));
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert_eq!(set_xattr(&link, "user.vexevent.test", b"x").0, "refused", "a link is refused");
     }
 }

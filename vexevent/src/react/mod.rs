@@ -1,8 +1,9 @@
 //! The `react` stage: rules over the event stream (counts, distinct counts, sequences, absences,
 //! per key, on kernel time, closed on the watermark) whose detections are events
 //! (`ObservabilityAlertTriggered`, subtype `rule:NAME`) entering the batch before `filter`, and
-//! whose actions (signal, run, quarantine, chmod) are decided, run and audited on a worker of
-//! their own (`actions`, `audit`). `replay` runs the same engine over a recorded log.
+//! whose actions (signal, run, quarantine, chmod, xattr) are decided, run and audited on a worker
+//! of their own (`actions`, `audit`). `replay` and `rules test` run the same engine over a
+//! recorded log.
 
 mod actions;
 mod audit;

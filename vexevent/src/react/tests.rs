@@ -409,3 +409,20 @@ fn a_reload_with_other_rules_replaces_them_and_the_same_rules_keep_their_state()
     assert_eq!(subtypes(&added(&mut stage, renames(204, 1))), ["rule:locker-five"]);
     assert!(counters.rules.summaries().contains_key("locker-five"));
 }
+
+#[test]
+fn an_xattr_action_needs_a_namespaced_name_and_a_value() {
+    let rule = |action: &str| {
+        let config = Config::from_toml(
+            &LOCKER.replace("key = \"pid\"", &format!("key = \"pid\"\nactions = [{action}]")),
+        )
+        .unwrap();
+        config.problems().iter().map(ToString::to_string).collect::<Vec<_>>()
+    };
+    assert!(rule(r#"{ type = "xattr", xattr = "user.vexevent.suspect", value = "locker" }"#).is_empty());
+    let problems = rule(r#"{ type = "xattr", xattr = "vexevent", mode = 0 }"#);
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+    assert!(problems.iter().any(|p| p.contains("`mode` does not apply")), "{problems:#?}");
+    assert!(problems.iter().any(|p| p.contains("user., trusted. or security. namespace")), "{problems:#?}");
+    assert!(problems.iter().any(|p| p.contains("`value` must be given")), "{problems:#?}");
+}
