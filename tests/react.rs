@@ -157,8 +157,8 @@ fn a_mass_renaming_process_is_stopped_resumed_on_rollback_audited_and_replayed()
     let url = format!("http://{control}/api/v1/control/rollback/{seq}");
     assert_eq!(post(&url, "wrong").0, 401, "the control API's token is needed");
     assert_eq!(state(pid), 'T', "nothing was rolled back without it");
-    let (status, body) = post(&url, &vexevent.token());
-    assert_eq!(status, 200, "{body}");
+    let (code, body) = post(&url, &vexevent.token());
+    assert_eq!(code, 200, "{body}");
     assert!(body.contains(&format!("pid {pid} resumed")), "{body}");
     wait_until("the locker to run again", || state(pid) != 'T');
     let again = vexevent_command(&["rollback", "--audit-log", audit_log.to_str().unwrap(), &seq]);

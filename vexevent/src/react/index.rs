@@ -102,6 +102,7 @@ mod tests {
 
     #[test]
     fn an_event_gets_the_rules_of_its_type_and_path_prefixes_in_rule_order() {
+        use EventType::{FilesystemDelete as Delete, FilesystemRename as Rename, FilesystemWrite as Write};
         let index = index(&[
             r#"type == FilesystemWrite and path prefix "/srv/a/""#,
             r#"type == FilesystemWrite and path prefix "/srv/""#,
@@ -112,7 +113,6 @@ mod tests {
             r#"not path prefix "/srv/a/""#,
             "false",
         ]);
-        use EventType::{FilesystemDelete as Delete, FilesystemRename as Rename, FilesystemWrite as Write};
         assert_eq!(candidates(&index, Write, Some("/srv/a/x.tmp")), [0, 1, 2, 4, 6]);
         assert_eq!(candidates(&index, Write, Some("/srv/b/x")), [1, 4, 6]);
         assert_eq!(candidates(&index, Delete, Some("/srv/a/x.tmp")), [2, 4, 6]);
