@@ -25,7 +25,7 @@ const BATCH: usize = 1_024;
 const EVENTS: usize = 2 * KEYS;
 
 /// A write event as vexevent writes it (read back from its JSON line).
-const TEMPLATE: &str = r#"{"event_id":1,"event_type":"FilesystemWrite","event_type_code":260,"event_subtype":"write",
+const TEMPLATE: &str = r#"{"event_id":1,"origin":{"id":"bench:0000000000000001:0:0:0"},"event_type":"FilesystemWrite","event_type_code":260,"event_subtype":"write",
 "timestamp":{"wall_ns":1,"monotonic_ns":1,"cpu":0,"pid":7,"sequence":0},"global_sequence":0,"local_sequence":0,
 "flags":92,"priority":3,"event_size":300,"event_version":1,"context":{"filesystem":{"path":"/x","fd":3,"bytes":4096}},
 "process":{"pid":7,"tid":7,"uid":1000,"gid":1000,"comm":"writer"},"result":{"ok":true,"ret":4096},"duration_ns":5000}"#;

@@ -1,6 +1,8 @@
 //! Root tests of the `react` stage with real processes: a process renaming 300 files to
-//! `*.locked` is stopped (SIGSTOP through a pidfd) and resumed by `vexevent rollback`, with the
-//! audit log verified and the same detections replayed from the recorded log; `dry_run` acts on
+//! `*.locked` is stopped (SIGSTOP through a pidfd) and resumed by a rollback through the control
+//! API (refused without the token, and a second time by `vexevent rollback`), with the audit log
+//! verified and the same detections replayed from the recorded log; rules replaced by a reload
+//! stop detecting and the new ones start; `dry_run` acts on
 //! nothing and audits what it would have done; an absence fires (a chmod and a program run as
 //! `nobody`), and after an induced ring overflow reports `gapped` and does not act; what a
 //! program run by a rule does triggers no rule (no feedback loop). Without root: `check-config`
@@ -63,6 +65,17 @@ fn locker(dir: &Path) -> Child {
         .expect("perl")
 }
 
+/// POSTs to the control API with `token`: the status and body.
+fn post(url: &str, token: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut response = agent
+        .post(url)
+        .header("authorization", format!("Bearer {token}"))
+        .send("")
+        .expect("the control API answers");
+    (response.status().as_u16(), response.body_mut().read_to_string().unwrap())
+}
+
 fn vexevent_command(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_vexevent")).args(args).output().unwrap()
 }
@@ -123,7 +136,11 @@ fn a_mass_renaming_process_is_stopped_resumed_on_rollback_audited_and_replayed()
     std::fs::write(&rules_file, rules(r#"{ type = "signal", signal = "SIGSTOP", max_per_minute = 1 }"#))
         .unwrap();
     let config = config(dir.path(), "enforce", &rules_file);
-    let vexevent = Vexevent::start(&[&mount.path], &["--config", config.to_str().unwrap()]);
+    let vexevent = Vexevent::start(
+        &[&mount.path],
+        &["--config", config.to_str().unwrap(), "--control-addr", "127.0.0.1:0"],
+    );
+    let control = vexevent.served_address("http://");
     let mut child = locker(&mount.path);
     let pid = child.id();
     wait_until("the locker to be stopped (state T)", || state(pid) == 'T');
@@ -137,8 +154,12 @@ fn a_mass_renaming_process_is_stopped_resumed_on_rollback_audited_and_replayed()
     assert_eq!(outcome["outcome"], "done", "{log}");
     assert_eq!(outcome["undo"]["pid"].as_u64(), Some(u64::from(pid)));
     let seq = outcome["seq"].to_string();
-    let rolled = vexevent_command(&["rollback", "--audit-log", audit_log.to_str().unwrap(), &seq]);
-    assert!(rolled.status.success(), "{rolled:?}");
+    let url = format!("http://{control}/api/v1/control/rollback/{seq}");
+    assert_eq!(post(&url, "wrong").0, 401, "the control API's token is needed");
+    assert_eq!(state(pid), 'T', "nothing was rolled back without it");
+    let (code, body) = post(&url, &vexevent.token());
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(&format!("pid {pid} resumed")), "{body}");
     wait_until("the locker to run again", || state(pid) != 'T');
     let again = vexevent_command(&["rollback", "--audit-log", audit_log.to_str().unwrap(), &seq]);
     assert!(!again.status.success(), "a rollback is done once");
@@ -403,4 +424,100 @@ fn check_config_puts_react_before_filter_and_lists_each_rule_problem() {
     let checked = vexevent_command(&["check-config", config.to_str().unwrap()]);
     let out = String::from_utf8_lossy(&checked.stdout);
     assert!(out.contains("react.rules_file") && out.contains("line 3"), "{out}");
+}
+
+/// A recorded event line as vexevent writes it: `kind` at `ms` by `pid` on `path` (renamed to
+/// `path.locked`), with `extra` JSON fields in its context.
+fn recorded(id: u64, kind: &str, ms: u64, pid: u32, path: &str, extra: &str) -> String {
+    format!(
+        r#"{{"event_id":{id},"origin":{{"id":"elsewhere:0000000000000001:0:{id}:0"}},"event_type":"{kind}","event_type_code":0,"event_subtype":"","timestamp":{{"wall_ns":0,"monotonic_ns":{ns},"cpu":0,"pid":{pid},"sequence":0}},"global_sequence":0,"local_sequence":0,"flags":0,"priority":2,"event_size":0,"event_version":1,"context":{{"filesystem":{{"path":"{path}","target_path":"{path}.locked"}}{extra}}},"process":{{"pid":{pid},"tid":{pid},"uid":1000,"gid":1000,"comm":"perl"}},"result":{{"ok":true,"ret":0}},"duration_ns":1000}}"#,
+        ns = ms * 1_000_000
+    )
+}
+
+#[test]
+fn rules_test_prints_each_rules_verdicts_and_what_its_actions_would_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules_file = dir.path().join("rules.toml");
+    let rules = rules(r#"{ type = "signal", signal = "SIGSTOP" }"#).replace("at_least = 200", "at_least = 3")
+        + r#"
+[[rules]]
+name = "index-upkeep"
+kind = "absence"
+match = 'type == FilesystemCreate and path glob "**/*.vec"'
+followed_by = 'type == FilesystemCreate and path glob "**/rebuilt"'
+within_ms = 1000
+key = "dir"
+"#;
+    std::fs::write(&rules_file, rules).unwrap();
+    let gap = r#","gap":{"cpu":1,"first_sequence":9,"count":37,"lost_by_operation":{},"lost_from_ns":5000000,"lost_to_ns":6000000}"#;
+    // The gap report comes first: a detection is gapped when its gap is known by then.
+    let mut lines = vec![recorded(4, "ObservabilityAlertTriggered", 6, 0, "/m", gap)];
+    lines.extend((0..3).map(|i| recorded(i + 1, "FilesystemRename", 10 + i, 4242, &format!("/m/f{i}"), "")));
+    lines.push(recorded(5, "FilesystemWrite", 3_000, 4242, "/m/later", ""));
+    let events = dir.path().join("events.jsonl");
+    std::fs::write(&events, lines.join("\n") + "\n").unwrap();
+    let output = vexevent_command(&[
+        "rules",
+        "test",
+        rules_file.to_str().unwrap(),
+        "--events",
+        events.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let expected = [
+        "5 events, 1 gaps (37 records lost)",
+        "rule locker (count): 1 detections",
+        "  at 12000000 ns, key 4242: gapped (records were lost in its window: a count may be short); matched [1, 2, 3]",
+        "    would send SIGSTOP to pid 4242",
+        "rule index-upkeep (absence): no detection, uncertain: 37 records were lost and may hold events it needs",
+    ];
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), expected, "{stdout}");
+}
+
+#[test]
+fn a_reload_replaces_the_rules() {
+    let Some(_serial) = exclusive_root_test("a_reload_replaces_the_rules") else {
+        return;
+    };
+    let mount = Mount::tmpfs();
+    let dir = tempfile::tempdir().unwrap();
+    let rules_file = dir.path().join("rules.toml");
+    let named = |name: &str, suffix: &str| {
+        format!(
+            "[[rules]]\nname = \"{name}\"\nkind = \"count\"\nmatch = 'type == FilesystemRename and target glob \"**/*.{suffix}\"'\nat_least = 5\nwithin_ms = 10000\nkey = \"dir\"\n"
+        )
+    };
+    std::fs::write(&rules_file, named("first", "one")).unwrap();
+    let config = config(dir.path(), "monitor", &rules_file);
+    let vexevent = Vexevent::start(
+        &[&mount.path],
+        &["--config", config.to_str().unwrap(), "--control-addr", "127.0.0.1:0"],
+    );
+    let control = vexevent.served_address("http://");
+    // Each round in a directory of its own: a key (`dir`) no rule has seen yet.
+    let rename_all = |round: &str, suffix: &str| {
+        let dir = mount.path.join(round);
+        std::fs::create_dir(&dir).unwrap();
+        for i in 0..5 {
+            std::fs::write(dir.join(format!("f{i}")), b"x").unwrap();
+            std::fs::rename(dir.join(format!("f{i}")), dir.join(format!("f{i}.{suffix}"))).unwrap();
+        }
+    };
+    rename_all("a", "one");
+    vexevent
+        .wait_for("the first rule's detection", DEADLINE, |events| detections(events, "first").len() == 1);
+    std::fs::write(&rules_file, named("second", "two")).unwrap();
+    let (status, body) = post(&format!("http://{control}/api/v1/control/reload"), &vexevent.token());
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains("[react]"), "rules reload without a restart: {body}");
+    rename_all("b", "one");
+    rename_all("c", "two");
+    vexevent
+        .wait_for("the second rule's detection", DEADLINE, |events| detections(events, "second").len() == 1);
+    let finished = vexevent.stop();
+    assert!(finished.exit_ok, "{:?}", finished.stderr);
+    assert_eq!(detections(&finished.events, "first").len(), 1, "the replaced rule detects no more");
+    assert_eq!(finished.stats["rules"]["second"]["detections"], 1, "{}", finished.stats);
 }

@@ -129,6 +129,11 @@ enum Command {
         /// The recorded events.
         events: PathBuf,
     },
+    /// Trying rules: what they decide over recorded events.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
     /// The audit log of what rules decided and did.
     Audit {
         #[command(subcommand)]
@@ -151,6 +156,20 @@ enum Command {
         /// Filter expression (repeatable: all must match); see README, "Filters".
         #[arg(long)]
         filter: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RulesCommand {
+    /// Run a rules file over recorded events (JSON Lines, vexevent's output) and print, per rule,
+    /// its detections with their verdicts and what its actions would do (nothing acts), or
+    /// `uncertain` when records were lost (no root, no kernel).
+    Test {
+        /// A rules file (`[[rules]]`, as `react.rules_file`).
+        file: PathBuf,
+        /// The recorded events.
+        #[arg(long, value_name = "EVENTS.jsonl")]
+        events: PathBuf,
     },
 }
 
@@ -410,6 +429,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rows,
         ),
         Command::Replay { rules, events } => commands::rules::replay_log(&rules, &events),
+        Command::Rules { command: RulesCommand::Test { file, events } } => {
+            commands::rules::test_rules(&file, &events)
+        }
         Command::Audit { command: AuditCommand::Verify { file } } => commands::rules::verify_log(&file),
         Command::Rollback { audit_log, id } => commands::rules::rollback_action(&audit_log, id),
         Command::Explain { config, filter } => {

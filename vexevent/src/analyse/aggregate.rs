@@ -83,11 +83,6 @@ impl Hdr {
     pub fn record(&mut self, ns: u64) {
         self.0.get_or_insert_with(latency_histogram).saturating_record(ns.max(1));
     }
-
-    /// Adds another histogram's values (same bounds: it cannot fail).
-    pub fn merge(&mut self, other: &Histogram<u64>) {
-        let _ = self.0.get_or_insert_with(latency_histogram).add(other);
-    }
 }
 
 /// One slow operation (`fileslower`).

@@ -15,11 +15,7 @@ mod config;
 mod summary;
 mod topn;
 
-use std::{
-    collections::{HashMap, hash_map::Entry},
-    hash::BuildHasher as _,
-    sync::Arc,
-};
+use std::{collections::HashMap, hash::BuildHasher as _, sync::Arc};
 
 pub use aggregate::{KeyAgg, SlowOp};
 pub use anomaly::{Anomaly, Metric};
@@ -86,13 +82,22 @@ struct Name {
     last_window: u64,
 }
 
+/// A key's dimension and the batch's first event of it (whose name it gets).
+type Named = (Dimension, usize);
+
 /// One batch's aggregates, merged into the windows once per key and window at the batch's end:
 /// most keys of a batch repeat (a process, an operation, a directory), so the windows see one
-/// update per key instead of one per event.
+/// update per key instead of one per event. A key's name is looked up (and made from the batch's
+/// event) only when the key is new in its window: most events then touch one large map, the
+/// window's. A series keeps the batch's values (recorded into the window's histogram at the
+/// merge; a histogram per batch would be allocated, zeroed and added whole each time), in a list
+/// kept from batch to batch while the series has values.
 #[derive(Default)]
 struct Pending {
-    keyed: HashMap<(u64, u64), KeyAgg, FixedState>,
-    series: HashMap<(u64, Series), Hdr, FixedState>,
+    /// Per window and key: the batch's aggregate, and the dimension and first event of a key
+    /// that has a name (not the totals).
+    keyed: HashMap<(u64, u64), (KeyAgg, Option<Named>), FixedState>,
+    series: HashMap<(u64, Series), Vec<u64>, FixedState>,
     slowest: HashMap<u64, Slowest, FixedState>,
 }
 
@@ -159,8 +164,8 @@ impl AnalyseStage {
         }
     }
 
-    /// Aggregates one event into its windows.
-    fn observe(&mut self, event: &SemanticEvent) {
+    /// Aggregates one event (the batch's `index`th) into the batch's aggregates.
+    fn observe(&mut self, event: &SemanticEvent, index: usize) {
         let time = event.timestamp.monotonic_ns;
         self.wall_offset_ns = i128::from(event.timestamp.wall_ns) - i128::from(time);
         if self.next_start.is_none() {
@@ -175,48 +180,12 @@ impl AnalyseStage {
         let error = event.result.as_ref().is_some_and(|r| !r.ok);
         let duration = event.duration_ns;
         let window_start = time - time % self.window_ns;
-        let Self { pending, names, config, .. } = self;
-        pending.keyed.entry((window_start, ALL)).or_default().record(bytes, error, duration);
+        let Self { pending, config, .. } = self;
+        pending.keyed.entry((window_start, ALL)).or_default().0.record(bytes, error, duration);
         for &dimension in &config.dimensions {
-            let (key, text): (u64, &dyn Fn() -> String) = match dimension {
-                Dimension::Path => match path {
-                    Some(path) => (hash(dimension, path), &|| String::from_utf8_lossy(path).into_owned()),
-                    None => continue,
-                },
-                Dimension::Dir => match path.map(parent) {
-                    Some(dir) => (hash(dimension, dir), &|| String::from_utf8_lossy(dir).into_owned()),
-                    None => continue,
-                },
-                Dimension::Pid | Dimension::Comm | Dimension::Uid => {
-                    let Some(process) = &event.process else { continue };
-                    match dimension {
-                        Dimension::Pid => (hash(dimension, &process.pid.to_le_bytes()), &|| {
-                            format!("{} {}", process.pid, process.comm.lossy())
-                        }),
-                        Dimension::Comm => {
-                            (hash(dimension, process.comm.as_bytes()), &|| process.comm.lossy().into_owned())
-                        }
-                        _ => (hash(dimension, &process.uid.to_le_bytes()), &|| process.uid.to_string()),
-                    }
-                }
-                Dimension::Operation => {
-                    (hash(dimension, event.event_subtype.as_bytes()), &|| event.event_subtype.clone())
-                }
-                Dimension::EventType => (hash(dimension, event.event_type.name().as_bytes()), &|| {
-                    event.event_type.name().to_owned()
-                }),
-            };
-            let agg = match pending.keyed.entry((window_start, key)) {
-                Entry::Occupied(entry) => entry.into_mut(),
-                Entry::Vacant(entry) => {
-                    names.entry(key).or_insert_with(|| Name {
-                        dimension,
-                        text: text().into(),
-                        last_window: window_start,
-                    });
-                    entry.insert(KeyAgg::default())
-                }
-            };
+            let Some(key) = key_of(dimension, event, path) else { continue };
+            let (agg, first) = pending.keyed.entry((window_start, key)).or_default();
+            first.get_or_insert((dimension, index));
             agg.record(bytes, error, duration);
         }
         self.record_series(event, time, duration);
@@ -246,9 +215,9 @@ impl AnalyseStage {
         });
         let start = time - time % self.window_ns;
         let series = &mut self.pending.series;
-        series.entry((start, Series::Operation(operation))).or_default().record(duration);
+        series.entry((start, Series::Operation(operation))).or_default().push(duration);
         if let Some(request) = event.context.fuse.first() {
-            series.entry((start, Series::Mount(request.connection))).or_default().record(duration);
+            series.entry((start, Series::Mount(request.connection))).or_default().push(duration);
         }
         if let Some(timeline) = &event.timeline {
             let stages = [
@@ -261,7 +230,7 @@ impl AnalyseStage {
             ];
             for (stage, value) in stages {
                 if let Some(ns) = value {
-                    series.entry((start, Series::FuseStage(stage))).or_default().record(ns);
+                    series.entry((start, Series::FuseStage(stage))).or_default().push(ns);
                 }
             }
         }
@@ -269,22 +238,36 @@ impl AnalyseStage {
 }
 
 impl AnalyseStage {
-    /// Merges the batch's aggregates into the windows.
-    fn merge_pending(&mut self) {
-        for ((start, key), agg) in self.pending.keyed.drain() {
+    /// Merges the aggregates of the batch (`events`) into the windows.
+    fn merge_pending(&mut self, events: &[SemanticEvent]) {
+        for ((start, key), (agg, first)) in self.pending.keyed.drain() {
             let (late, evicted) = (self.keyed.late, self.keyed.evicted);
-            self.keyed.add(&key, start, |window| window.merge(&agg));
+            let mut new = false;
+            self.keyed.add(&key, start, |window| {
+                new = window.count == 0;
+                window.merge(&agg);
+            });
             self.late_events += (self.keyed.late - late) * agg.count;
             self.evicted_events += (self.keyed.evicted - evicted) * agg.count;
-            if let Some(name) = self.names.get_mut(&key) {
+            if let Some((dimension, index)) = first.filter(|_| new) {
+                let name = self.names.entry(key).or_insert_with(|| Name {
+                    dimension,
+                    text: text_of(dimension, &events[index]).into(),
+                    last_window: start,
+                });
                 name.last_window = name.last_window.max(start);
             }
         }
-        for ((start, series), hdr) in self.pending.series.drain() {
-            if let Some(histogram) = hdr.0 {
-                self.series.add(&series, start, |window| window.merge(&histogram));
+        let windows = &mut self.series;
+        self.pending.series.retain(|(start, series), values| {
+            if values.is_empty() {
+                // No values in this batch: the series' window has passed or it is idle.
+                return false;
             }
-        }
+            windows.add(series, *start, |window| values.iter().for_each(|&ns| window.record(ns)));
+            values.clear();
+            true
+        });
         let capacity = self.config.slowest;
         for (start, slowest) in self.pending.slowest.drain() {
             self.slowest.add(&(), start, |window| {
@@ -303,6 +286,35 @@ fn hash(dimension: Dimension, bytes: &[u8]) -> u64 {
     FixedState::with_seed(dimension as u64 + 1).hash_one(bytes).max(1)
 }
 
+/// `event`'s key in `dimension` (`path`: the event's path), if it has one.
+fn key_of(dimension: Dimension, event: &SemanticEvent, path: Option<&[u8]>) -> Option<u64> {
+    let process = event.process.as_ref();
+    Some(match dimension {
+        Dimension::Path => hash(dimension, path?),
+        Dimension::Dir => hash(dimension, parent(path?)),
+        Dimension::Pid => hash(dimension, &process?.pid.to_le_bytes()),
+        Dimension::Comm => hash(dimension, process?.comm.as_bytes()),
+        Dimension::Uid => hash(dimension, &process?.uid.to_le_bytes()),
+        Dimension::Operation => hash(dimension, event.event_subtype.as_bytes()),
+        Dimension::EventType => hash(dimension, event.event_type.name().as_bytes()),
+    })
+}
+
+/// The name summaries show for `event`'s key in `dimension`.
+fn text_of(dimension: Dimension, event: &SemanticEvent) -> String {
+    let path = event.context.filesystem.as_ref().and_then(|f| f.path.as_ref()).map(PathBytes::as_bytes);
+    let process = event.process.as_ref();
+    match dimension {
+        Dimension::Path => String::from_utf8_lossy(path.unwrap_or_default()).into_owned(),
+        Dimension::Dir => String::from_utf8_lossy(path.map(parent).unwrap_or_default()).into_owned(),
+        Dimension::Pid => process.map(|p| format!("{} {}", p.pid, p.comm.lossy())).unwrap_or_default(),
+        Dimension::Comm => process.map(|p| p.comm.lossy().into_owned()).unwrap_or_default(),
+        Dimension::Uid => process.map(|p| p.uid.to_string()).unwrap_or_default(),
+        Dimension::Operation => event.event_subtype.clone(),
+        Dimension::EventType => event.event_type.name().to_owned(),
+    }
+}
+
 /// The directory of `path` (`/` for a top-level name).
 fn parent(path: &[u8]) -> &[u8] {
     match path.iter().rposition(|&b| b == b'/') {
@@ -318,10 +330,10 @@ impl Stage for AnalyseStage {
     }
 
     fn process(&mut self, batch: &mut EventBatch) {
-        for event in &batch.events {
-            self.observe(event);
+        for (index, event) in batch.events.iter().enumerate() {
+            self.observe(event, index);
         }
-        self.merge_pending();
+        self.merge_pending(&batch.events);
         let mut derived = Vec::new();
         self.close(batch.watermark_ns, &mut derived);
         batch.events.extend(derived);

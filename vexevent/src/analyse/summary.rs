@@ -184,8 +184,8 @@ impl AnalyseStage {
                 by_dimension.entry(name.dimension).or_default().push((*key, agg));
             }
         }
-        for rows in by_dimension.values_mut() {
-            rows.sort_unstable_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(&b.0)));
+        for (dimension, rows) in &mut by_dimension {
+            rank(rows, if self.config.emit.contains(dimension) { usize::MAX } else { self.config.top });
         }
         let top = by_dimension
             .iter()
@@ -440,6 +440,18 @@ fn observability(metric: &str, value: f64, unit: &str, operation: &str) -> Obser
         metric_unit: Some(unit.to_owned()),
         service_name: "vexevent".to_owned(),
         operation_name: operation.to_owned(),
+    }
+}
+
+/// Puts the `top` busiest rows first, busiest first, the rest in no order (only the top rows
+/// are shown; all of them when the windows become events).
+fn rank(rows: &mut [(u64, &KeyAgg)], top: usize) {
+    let order = |a: &(u64, &KeyAgg), b: &(u64, &KeyAgg)| b.1.count.cmp(&a.1.count).then(a.0.cmp(&b.0));
+    if rows.len() > top {
+        rows.select_nth_unstable_by(top, order);
+        rows[..top].sort_unstable_by(order);
+    } else {
+        rows.sort_unstable_by(order);
     }
 }
 

@@ -171,6 +171,16 @@ pub(super) async fn wait_for_shutdown(
                 ControlRequest::Stats(answer) => {
                     let _ = answer.send(snapshot());
                 }
+                ControlRequest::Rollback { seq, answer } => {
+                    // Off the runtime: the undo and the audit log's sync are blocking.
+                    let file = reloader.running.react.audit_log.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let outcome = crate::react::rollback_line(&file, seq)
+                            .map(|(detail, written)| format!("{detail} (audit line {})", written.seq))
+                            .map_err(|error| format!("{}: {error}", file.display()));
+                        let _ = answer.send(outcome);
+                    });
+                }
             },
             _ = report_tick.tick(), if settings.stats_interval.is_some() => {
                 (reloader.notify)(Notice::Stats(&snapshot()));

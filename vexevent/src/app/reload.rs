@@ -2,7 +2,8 @@
 //! again, validated whole, compiled, and handed to the pipeline thread, which switches between
 //! two batches (so no event is lost or delivered twice); the part of the filter the kernel
 //! evaluates (operation types, pids, uid, comm) is set in the probes again. Only `[filter]`,
-//! `[[routes]]` and `[routing]` change; sinks must stay the same, other sections apply at restart.
+//! `[[routes]]`, `[routing]` and the rules (`[[rules]]` and `react.rules_file`'s, when the `react`
+//! stage runs) change; sinks must stay the same, other sections apply at restart.
 
 use std::collections::HashSet;
 
@@ -12,6 +13,7 @@ use crate::{
     config::{Compiled, Config, ConfigError, Settings},
     expr::{FilterChain, FilterError},
     pipeline::Update,
+    react::ReactSettings,
     route::Router,
 };
 
@@ -24,23 +26,29 @@ pub struct Routing {
     pub router: Router,
     /// Operation types to emit events for.
     pub ops: HashSet<OpKind>,
+    /// The rules, for a running `react` stage.
+    pub react: Option<ReactSettings>,
 }
 
 impl Routing {
     /// The pipeline's reloadable part of a built configuration.
     #[must_use]
     pub fn new(compiled: Compiled, settings: &Settings) -> Self {
-        Self { filter: compiled.filter, router: compiled.router, ops: settings.ops.clone() }
+        Self { filter: compiled.filter, router: compiled.router, ops: settings.ops.clone(), react: None }
     }
 
-    /// The updates for the stages that take them (the kernel source, filter, route).
+    /// The updates for the stages that take them (the kernel source, filter, route, react).
     #[must_use]
     pub fn into_updates(self) -> Vec<(&'static str, Update)> {
-        vec![
+        let mut updates: Vec<(&'static str, Update)> = vec![
             ("kernel", Box::new(self.ops)),
             ("filter", Box::new(self.filter)),
             ("route", Box::new(self.router)),
-        ]
+        ];
+        if let Some(react) = self.react {
+            updates.push(("react", Box::new(react)));
+        }
+        updates
     }
 }
 
@@ -82,6 +90,11 @@ impl std::fmt::Display for Reloaded {
     }
 }
 
+/// `[react]` apart from where the rules come from (rules reload).
+fn without_rules(config: &Config) -> crate::react::ReactConfig {
+    crate::react::ReactConfig { rules_file: None, ..config.react.clone() }
+}
+
 /// Builds the new settings and routing from `source`, checking them against the configuration
 /// running now.
 ///
@@ -106,7 +119,7 @@ pub fn prepare(
         ("[stream]", config.stream != running.stream),
         ("[control]", config.control != running.control),
         ("[stats]", config.stats != running.stats),
-        ("[react] and [[rules]]", config.react != running.react || config.rules != running.rules),
+        ("[react]", without_rules(&config) != without_rules(running)),
     ];
     for (section, changed) in restart_only {
         if changed {
@@ -116,7 +129,15 @@ pub fn prepare(
     if running_dirs != settings.probes.scope.dirs() {
         warnings.push("the watched directories (from [capture] or the filter) change at restart".to_owned());
     }
-    let routing = Routing::new(compiled, &settings);
+    let mut routing = Routing::new(compiled, &settings);
+    // The react stage runs when the configuration at start had rules (or a rules file).
+    if running.rules.is_empty() && running.react.rules_file.is_none() {
+        if !settings.react.rules.is_empty() {
+            warnings.push("rules were added: the react stage starts at restart".to_owned());
+        }
+    } else {
+        routing.react = Some(settings.react.clone());
+    }
     let reloaded =
         Reloaded { routes: config.routes.len(), filters: config.filter.expressions.len(), warnings };
     Ok((settings, routing, reloaded))

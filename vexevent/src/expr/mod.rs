@@ -1,7 +1,8 @@
 //! The expression language shared by every stage that selects events (the filter, routes, stream
-//! subscriptions, rules; a rule's later steps may compare fields with an earlier step's, see `steps`): parsed once (see `parse` for the grammar), compiled once into a
-//! matcher over [`SemanticEvent`] fields, with named macros (`@name`); filters chain (all, any,
-//! first match).
+//! subscriptions, rules; a rule's later steps may compare fields with an earlier step's, see
+//! `steps`; what an expression needs of an event, for indexes, see `needs`): parsed once (see
+//! `parse` for the grammar), compiled once into a matcher over [`SemanticEvent`] fields, with
+//! named macros (`@name`); filters chain (all, any, first match).
 //!
 //! ```
 //! use std::collections::BTreeMap;
@@ -12,14 +13,16 @@
 //! ```
 
 mod compile;
+mod needs;
 mod parse;
 mod steps;
 
 use std::collections::BTreeMap;
 
 pub use compile::{CompileError, Matcher};
+pub use needs::{Needs, needs};
 pub use parse::{CompareOp, Expr, ParseError, TextOp, Value, parse};
-pub use steps::{StepMatcher, compile_steps, event_types};
+pub use steps::{StepMatcher, compile_steps};
 
 use crate::event::SemanticEvent;
 

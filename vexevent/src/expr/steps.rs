@@ -1,23 +1,22 @@
 //! Conditions over several events, for the steps of a rule's sequence: in a step's expression a
 //! bare word `STEP.FIELD` that names an earlier step is that step's field, so
 //! `type == FilesystemRename and path == create.path` holds when this event renames the file the
-//! `create` step created. Everything else compiles as in any filter. Also: which event types an
-//! expression can match at all, so a stage can skip conditions that cannot hold.
+//! `create` step created. Everything else compiles as in any filter.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use super::{
     compile::{CompileError, Field, compile_in, field},
     parse::{CompareOp, Expr, Value},
 };
-use crate::event::{EventType, SemanticEvent};
+use crate::event::SemanticEvent;
 
 /// A compiled condition over an event and the events of the earlier steps, in step order.
 pub type StepMatcher = Box<dyn Fn(&SemanticEvent, &[&SemanticEvent]) -> bool + Send + Sync>;
 
 /// An earlier step's field named by a value, when the value is `STEP.FIELD` with `STEP` in
 /// `earlier`.
-fn reference<'a>(value: &'a Value, earlier: &[&str]) -> Option<(usize, &'a str)> {
+pub(super) fn reference<'a>(value: &'a Value, earlier: &[&str]) -> Option<(usize, &'a str)> {
     let Value::Text(text) = value else { return None };
     let (step, field) = text.split_once('.')?;
     Some((earlier.iter().position(|name| *name == step)?, field))
@@ -112,25 +111,4 @@ fn compare_fields(name: &str, op: CompareOp, step: usize, other: &str) -> Result
         }
         _ => return Err(mismatch()),
     })
-}
-
-/// The event types `expr` can match (`None`: any), from its `type ==` and `type in` conditions.
-#[must_use]
-pub fn event_types(expr: &Expr) -> Option<HashSet<EventType>> {
-    let named = |value: &Value| match value {
-        Value::Text(name) => EventType::from_name(name),
-        Value::Number(_) => None,
-    };
-    match expr {
-        Expr::Compare { field, op: CompareOp::Eq, value } if field == "type" => {
-            Some(named(value).into_iter().collect())
-        }
-        Expr::In { field, values } if field == "type" => Some(values.iter().filter_map(named).collect()),
-        Expr::And(terms) => terms.iter().filter_map(event_types).reduce(|a, b| &a & &b),
-        Expr::Or(terms) => {
-            terms.iter().map(event_types).try_fold(HashSet::new(), |all, types| Some(&all | &types?))
-        }
-        Expr::Const(false) => Some(HashSet::new()),
-        _ => None,
-    }
 }

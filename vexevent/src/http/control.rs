@@ -1,6 +1,8 @@
 //! The control API over HTTP: `POST /api/v1/control/reload` reloads filters and routes (like
 //! SIGHUP) and answers whether it worked; `GET /api/v1/control/stats` returns the current stats
-//! snapshot as JSON, and `GET /metrics` the same counters for Prometheus. Every request must
+//! snapshot as JSON, and `GET /metrics` the same counters for Prometheus; `POST
+//! /api/v1/control/rollback/{seq}` undoes the rule action recorded at that audit line (like
+//! `vexevent rollback`) and records the rollback. Every request must
 //! carry `Authorization: Bearer <token>`: the token (generated at start, or configured) for
 //! everything, the read-only metrics token for the stats and metrics. Requests are served by the
 //! main loop, which owns the state.
@@ -9,7 +11,7 @@ use std::{net::SocketAddr, num::NonZeroUsize, sync::Arc};
 
 use axum::{
     Json, Router,
-    extract::State,
+    extract::{Path, State},
     http::{HeaderMap, StatusCode, header::CONTENT_TYPE},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -31,6 +33,8 @@ use crate::telemetry::{Counters, StatsSnapshot, prometheus_text};
 /// The control API's paths.
 pub const RELOAD_PATH: &str = "/api/v1/control/reload";
 pub const STATS_PATH: &str = "/api/v1/control/stats";
+/// Followed by `/{seq}`: the audit line of the action to undo.
+pub const ROLLBACK_PATH: &str = "/api/v1/control/rollback";
 pub const METRICS_PATH: &str = "/metrics";
 /// Liveness (200 while the instance serves) and readiness (200 when every check passes, else
 /// 503), both with the checks and their reasons as JSON.
@@ -112,6 +116,11 @@ pub enum ControlRequest {
     /// Reload; the answer is the outcome as text.
     Reload(oneshot::Sender<Result<String, String>>),
     Stats(oneshot::Sender<StatsSnapshot>),
+    /// Roll back the action recorded at audit line `seq`; the answer is the outcome as text.
+    Rollback {
+        seq: u64,
+        answer: oneshot::Sender<Result<String, String>>,
+    },
 }
 
 #[derive(Clone)]
@@ -152,6 +161,24 @@ async fn reload(State(state): State<ControlState>, headers: HeaderMap) -> Respon
         return UNAUTHORIZED.into_response();
     }
     match state.ask(ControlRequest::Reload).await {
+        Some(Ok(report)) => (StatusCode::OK, format!("{report}\n")).into_response(),
+        Some(Err(error)) => (StatusCode::UNPROCESSABLE_ENTITY, format!("{error}\n")).into_response(),
+        None => STOPPING.into_response(),
+    }
+}
+
+async fn rollback(
+    State(state): State<ControlState>,
+    Path(seq): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !state.authorized(&headers, false) {
+        return UNAUTHORIZED.into_response();
+    }
+    let Ok(seq) = seq.parse::<u64>() else {
+        return (StatusCode::BAD_REQUEST, "the audit line must be a number\n").into_response();
+    };
+    match state.ask(|answer| ControlRequest::Rollback { seq, answer }).await {
         Some(Ok(report)) => (StatusCode::OK, format!("{report}\n")).into_response(),
         Some(Err(error)) => (StatusCode::UNPROCESSABLE_ENTITY, format!("{error}\n")).into_response(),
         None => STOPPING.into_response(),
@@ -220,6 +247,7 @@ pub async fn start(
     let app = Router::new()
         .route(RELOAD_PATH, post(reload))
         .route(STATS_PATH, get(stats))
+        .route(&format!("{ROLLBACK_PATH}/{{seq}}"), post(rollback))
         .route(METRICS_PATH, get(metrics))
         .route(HEALTHZ_PATH, get(healthz))
         .route(READYZ_PATH, get(readyz))

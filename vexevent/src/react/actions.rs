@@ -24,7 +24,7 @@ use std::{
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::{
-    audit::{AuditLog, AuditRecord, Undo},
+    audit::{AuditError, AuditLog, AuditRecord, Undo, Written, verify},
     config::{
         ActionConfig, ActionType, DEFAULT_RUN_USER, Mode, ReactConfig, RuleConfig, lookup_user, signal_number,
     },
@@ -120,6 +120,9 @@ pub struct Job {
     pub detection: SemanticEvent,
     /// False for an absence that lost records may explain: decisions are audited, nothing acts.
     pub act: bool,
+    /// False when the trigger came from another node (replicated): its pid and files are that
+    /// node's, so decisions are audited and nothing acts.
+    pub local: bool,
     /// The start time of the detection's process, read at detection.
     pub start_time: Option<u64>,
 }
@@ -179,7 +182,8 @@ pub enum ActionsError {
 }
 
 impl Actions {
-    /// Opens the audit log and starts the worker for `rules`' actions.
+    /// Opens the audit log and starts the worker for `rules`' actions; the programs it runs join
+    /// `own` (kept over a reload, so a program started before it stays excluded).
     ///
     /// # Errors
     /// When the audit log cannot be opened or the thread started.
@@ -187,6 +191,7 @@ impl Actions {
         config: &ReactConfig,
         rules: &[RuleConfig],
         counters: &Arc<crate::telemetry::Counters>,
+        own: Arc<OwnTree>,
     ) -> Result<Self, ActionsError> {
         let log = AuditLog::open(&config.audit_log)?;
         let table: &RuleTable = &counters.rules;
@@ -209,7 +214,6 @@ impl Actions {
         let rule_counters = rules.iter().map(|r| Arc::clone(&r.counters)).collect();
         let (jobs_tx, jobs_rx) = crossbeam_channel::bounded(config.action_queue.max(1));
         let (events_tx, events_rx) = crossbeam_channel::bounded(AUDIT_EVENTS_QUEUE);
-        let own = Arc::new(OwnTree::default());
         let worker = Worker {
             rules,
             mode: config.mode,
@@ -279,15 +283,14 @@ impl Target {
     }
 }
 
-fn target(action: &ActionConfig, job: &Job) -> Option<Target> {
-    let event = &job.detection;
+fn target(action: &ActionConfig, event: &SemanticEvent, start_time: Option<u64>) -> Option<Target> {
     match action.action {
         ActionType::Signal => {
             let pid = event.process.as_ref()?.pid;
-            Some(Target::Process { pid, start_time: job.start_time })
+            Some(Target::Process { pid, start_time })
         }
         ActionType::Run => Some(Target::Program),
-        ActionType::Quarantine | ActionType::Chmod => {
+        ActionType::Quarantine | ActionType::Chmod | ActionType::Xattr => {
             let fs = event.context.filesystem.as_ref()?;
             // After a rename (or a link) the file is at its target.
             let renamed = event.context.parameters.get("trigger").is_some_and(|t| {
@@ -315,13 +318,15 @@ impl Worker {
         let rule = &mut self.rules[job.rule];
         let (action, limit) = &mut rule.actions[index];
         let action = action.clone();
-        let target = target(&action, job);
+        let target = target(&action, &job.detection, job.start_time);
         let describe = target.as_ref().map(Target::describe).unwrap_or_default();
         let would = match &target {
             Some(target) => what(&action, target),
             None => String::new(),
         };
-        let decision = if !job.act {
+        let decision = if !job.local {
+            "not_local"
+        } else if !job.act {
             "not_acted_gapped"
         } else if target.is_none() {
             "no_target"
@@ -353,6 +358,12 @@ impl Worker {
             (ActionType::Chmod, Target::File(path)) => {
                 let (path, mode) = (path.clone(), action.mode.unwrap_or(0));
                 bounded(timeout, move || chmod(&path, mode))
+            }
+            (ActionType::Xattr, Target::File(path)) => {
+                let path = path.clone();
+                let name = action.xattr.clone().unwrap_or_default();
+                let value = action.value.clone().unwrap_or_default();
+                bounded(timeout, move || set_xattr(&path, &name, value.as_bytes()))
             }
             (ActionType::Run, _) => run_program(action, job, timeout, &self.own),
             _ => ("failed", "no target of this kind".into(), None),
@@ -442,11 +453,24 @@ fn what(action: &ActionConfig, target: &Target) -> String {
         (ActionType::Chmod, Target::File(path)) => {
             format!("chmod {:o} {}", action.mode.unwrap_or(0), path.display())
         }
+        (ActionType::Xattr, Target::File(path)) => format!(
+            "set {}={:?} on {}",
+            action.xattr.as_deref().unwrap_or_default(),
+            action.value.as_deref().unwrap_or_default(),
+            path.display()
+        ),
         (ActionType::Run, _) => {
             format!("run {:?} as {}", action.argv, action.user.as_deref().unwrap_or(DEFAULT_RUN_USER))
         }
         _ => String::new(),
     }
+}
+
+/// What `action` would do about `detection` (`vexevent rules test`).
+#[must_use]
+pub fn would(action: &ActionConfig, detection: &SemanticEvent) -> String {
+    target(action, detection, None)
+        .map_or_else(|| format!("{}: no target in the event", action.action.name()), |t| what(action, &t))
 }
 
 /// Runs `work` on a thread of its own for at most `timeout`; a late result is logged.
@@ -540,6 +564,69 @@ fn chmod(path: &Path, mode: u32) -> Attempt {
         ),
         Err(e) => ("failed", format!("{}: {e}", path.display()), None),
     }
+}
+
+/// A path as a C string (paths are bytes; one with a NUL cannot name a file).
+fn c_path(path: &Path) -> std::io::Result<std::ffi::CString> {
+    std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)
+}
+
+/// The value of extended attribute `name` of `path` (not following a link), `None` when unset.
+fn get_xattr(path: &std::ffi::CStr, name: &std::ffi::CStr) -> std::io::Result<Option<Vec<u8>>> {
+    let mut value = vec![0u8; 64 * 1024];
+    // SAFETY: valid C strings and a buffer of the given length.
+    let n = unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+    if n < 0 {
+        let error = std::io::Error::last_os_error();
+        return if error.raw_os_error() == Some(libc::ENODATA) { Ok(None) } else { Err(error) };
+    }
+    value.truncate(usize::try_from(n).unwrap_or(0));
+    Ok(Some(value))
+}
+
+/// Sets (`Some`) or removes (`None`) extended attribute `name` of `path`, not following a link.
+fn put_xattr(path: &std::ffi::CStr, name: &std::ffi::CStr, value: Option<&[u8]>) -> std::io::Result<()> {
+    // SAFETY: valid C strings and, to set, a value of the given length.
+    let rc = unsafe {
+        match value {
+            Some(value) => {
+                libc::lsetxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0)
+            }
+            None => libc::lremovexattr(path.as_ptr(), name.as_ptr()),
+        }
+    };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+/// Sets extended attribute `name` of `path` to `value` (a symbolic link is refused); the undo
+/// restores the old value or removes it.
+fn set_xattr(path: &Path, name: &str, value: &[u8]) -> Attempt {
+    use base64::Engine as _;
+    let fail = |e: std::io::Error| ("failed", format!("{}: {e}", path.display()), None);
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            return ("refused", format!("{} is a symbolic link", path.display()), None);
+        }
+        Ok(_) => {}
+        Err(e) => return fail(e),
+    }
+    let (c_file, c_name) = match (c_path(path), std::ffi::CString::new(name).map_err(std::io::Error::other)) {
+        (Ok(file), Ok(name)) => (file, name),
+        (Err(e), _) | (_, Err(e)) => return fail(e),
+    };
+    let old = match get_xattr(&c_file, &c_name) {
+        Ok(old) => old,
+        Err(e) => return fail(e),
+    };
+    if let Err(e) = put_xattr(&c_file, &c_name, Some(value)) {
+        return fail(e);
+    }
+    let undo = Undo::Xattr {
+        path: path.display().to_string(),
+        name: name.to_owned(),
+        old: old.map(|old| base64::engine::general_purpose::STANDARD.encode(old)),
+    };
+    ("done", format!("{name} set ({} bytes)", value.len()), Some(undo))
 }
 
 /// The detection's fields a program gets in its environment (paths byte for byte).
@@ -637,5 +724,106 @@ pub fn rollback(undo: &Undo) -> Result<String, String> {
         Undo::Mode { path, mode } => std::fs::set_permissions(path, std::fs::Permissions::from_mode(*mode))
             .map(|()| format!("{path}: mode {mode:o} restored"))
             .map_err(|e| format!("{path}: {e}")),
+        Undo::Xattr { path, name, old } => {
+            use base64::Engine as _;
+            let old = old
+                .as_deref()
+                .map(|old| base64::engine::general_purpose::STANDARD.decode(old))
+                .transpose()
+                .map_err(|e| format!("{path}: the recorded value of {name} is not base64: {e}"))?;
+            let c_file = c_path(Path::new(path)).map_err(|e| format!("{path}: {e}"))?;
+            let c_name = std::ffi::CString::new(name.as_str()).map_err(|e| format!("{name}: {e}"))?;
+            put_xattr(&c_file, &c_name, old.as_deref())
+                .map(|()| match old {
+                    Some(_) => format!("{path}: {name} restored"),
+                    None => format!("{path}: {name} removed"),
+                })
+                .map_err(|e| format!("{path}: {e}"))
+        }
+    }
+}
+
+/// Why a recorded action was not rolled back.
+#[derive(Debug, thiserror::Error)]
+pub enum RollbackError {
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error("the audit log has no line {seq}")]
+    NoLine { seq: u64 },
+    #[error("line {seq} ({action} {record}, {outcome}) records nothing to undo")]
+    NothingToUndo { seq: u64, action: String, record: String, outcome: String },
+    #[error("line {seq} was already rolled back")]
+    AlreadyRolledBack { seq: u64 },
+    #[error("{detail} (audit line {})", written.seq)]
+    Failed { detail: String, written: Written },
+}
+
+/// Undoes the action whose outcome is line `seq` of the audit log at `file` (after verifying
+/// the chain) and appends the rollback there: what was done and the line written.
+///
+/// # Errors
+/// A log that does not verify, no such line, a line with nothing to undo or already rolled
+/// back, an undo that failed (recorded in the log as `failed`).
+pub fn rollback_line(file: &Path, seq: u64) -> Result<(String, Written), RollbackError> {
+    let lines = verify(file)?;
+    let line = lines.iter().find(|l| l.seq == seq).ok_or(RollbackError::NoLine { seq })?;
+    let Some(undo) = &line.record.undo else {
+        return Err(RollbackError::NothingToUndo {
+            seq,
+            action: line.record.action.clone(),
+            record: line.record.record.clone(),
+            outcome: line.record.outcome.clone(),
+        });
+    };
+    if lines.iter().any(|l| l.record.rolls_back == Some(seq) && l.record.outcome == "done") {
+        return Err(RollbackError::AlreadyRolledBack { seq });
+    }
+    let result = rollback(undo);
+    let record = AuditRecord {
+        record: "rollback".into(),
+        outcome: if result.is_ok() { "done" } else { "failed" }.into(),
+        detail: match &result {
+            Ok(detail) | Err(detail) => detail.clone(),
+        },
+        rolls_back: Some(seq),
+        undo: None,
+        ..line.record.clone()
+    };
+    let written = AuditLog::open(file)?.append(record)?;
+    match result {
+        Ok(detail) => Ok((detail, written)),
+        Err(detail) => Err(RollbackError::Failed { detail, written }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_xattr_is_set_and_its_rollback_restores_or_removes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let c_file = c_path(&file).unwrap();
+        let name = std::ffi::CString::new("user.vexevent.test").unwrap();
+        let (outcome, detail, undo) = set_xattr(&file, "user.vexevent.test", b"suspect");
+        if outcome == "failed" && detail.contains("Operation not supported") {
+            println!("skipped: the temporary directory's file system has no user extended attributes");
+            return;
+        }
+        assert_eq!(outcome, "done", "{detail}");
+        assert_eq!(get_xattr(&c_file, &name).unwrap().as_deref(), Some(&b"suspect"[..]));
+        let undo = undo.unwrap();
+        assert_eq!(rollback(&undo).unwrap(), format!("{}: user.vexevent.test removed", file.display()));
+        assert_eq!(get_xattr(&c_file, &name).unwrap(), None, "it had none before");
+        // Over an old value: the rollback puts the old value back.
+        put_xattr(&c_file, &name, Some(b"\xffold")).unwrap();
+        let (_, _, undo) = set_xattr(&file, "user.vexevent.test", b"new");
+        rollback(&undo.unwrap()).unwrap();
+        assert_eq!(get_xattr(&c_file, &name).unwrap().as_deref(), Some(&b"\xffold"[..]));
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        assert_eq!(set_xattr(&link, "user.vexevent.test", b"x").0, "refused", "a link is refused");
     }
 }

@@ -37,7 +37,7 @@ pub struct AuditRecord {
     /// `decision`, `outcome` or `rollback`.
     pub record: String,
     pub rule: String,
-    /// `signal`, `run`, `quarantine`, `chmod`.
+    /// `signal`, `run`, `quarantine`, `chmod`, `xattr`.
     pub action: String,
     /// The detection event's id.
     pub detection_id: u64,
@@ -65,6 +65,8 @@ pub enum Undo {
     Restore { from: String, to: String },
     /// Set the mode back.
     Mode { path: String, mode: u32 },
+    /// Set the extended attribute back to its old value (base64), or remove it if it had none.
+    Xattr { path: String, name: String, old: Option<String> },
 }
 
 /// One line: its place in the chain and its record.

@@ -170,6 +170,10 @@ pub struct ActionConfig {
     pub user: Option<String>,
     /// chmod: the new permission bits (TOML octal, e.g. `0o000`).
     pub mode: Option<u32>,
+    /// xattr: the extended attribute's name, with its namespace (`user.vexevent.suspect`).
+    pub xattr: Option<String>,
+    /// xattr: its value (text).
+    pub value: Option<String>,
     /// Decide and audit, but do not act.
     #[serde(default)]
     pub dry_run: bool,
@@ -197,6 +201,7 @@ pub enum ActionType {
     Run,
     Quarantine,
     Chmod,
+    Xattr,
 }
 
 impl ActionType {
@@ -207,6 +212,7 @@ impl ActionType {
             ActionType::Run => "run",
             ActionType::Quarantine => "quarantine",
             ActionType::Chmod => "chmod",
+            ActionType::Xattr => "xattr",
         }
     }
 }
@@ -226,6 +232,10 @@ pub enum RuleError {
 const MAX_RULES_FILE_BYTES: u64 = 4 << 20;
 /// Steps a sequence may have.
 const MAX_STEPS: usize = 8;
+/// Longest extended attribute name (the kernel's `XATTR_NAME_MAX`) and the longest value an
+/// action sets.
+const MAX_XATTR_NAME: usize = 255;
+const MAX_XATTR_VALUE: usize = 4096;
 
 /// Reads a rules file.
 ///
@@ -279,6 +289,8 @@ fn action_problems(action: &ActionConfig) -> Vec<String> {
         (!action.argv.is_empty() && kind != ActionType::Run, "argv"),
         (action.user.is_some() && kind != ActionType::Run, "user"),
         (action.mode.is_some() && kind != ActionType::Chmod, "mode"),
+        (action.xattr.is_some() && kind != ActionType::Xattr, "xattr"),
+        (action.value.is_some() && kind != ActionType::Xattr, "value"),
     ] {
         if present {
             problems.push(format!("`{field}` does not apply"));
@@ -304,6 +316,23 @@ fn action_problems(action: &ActionConfig) -> Vec<String> {
         ActionType::Chmod => {
             if action.mode.is_none_or(|mode| mode > 0o7777) {
                 problems.push("`mode` must be permission bits (e.g. 0o000)".into());
+            }
+        }
+        ActionType::Xattr => {
+            let namespaced = action.xattr.as_deref().is_some_and(|name| {
+                name.len() <= MAX_XATTR_NAME
+                    && ["user.", "trusted.", "security."]
+                        .iter()
+                        .any(|ns| name.len() > ns.len() && name.starts_with(ns))
+                    && !name.contains('\0')
+            });
+            if !namespaced {
+                problems.push(format!(
+                    "`xattr` must name an attribute in the user., trusted. or security. namespace (at most {MAX_XATTR_NAME} bytes)"
+                ));
+            }
+            if action.value.as_deref().is_none_or(|value| value.len() > MAX_XATTR_VALUE) {
+                problems.push(format!("`value` must be given (at most {MAX_XATTR_VALUE} bytes)"));
             }
         }
         ActionType::Quarantine => {}

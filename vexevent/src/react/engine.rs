@@ -2,17 +2,21 @@
 //! watermark, yielding detections. Counts and distinct counts live in the shared keyed windows
 //! (sliding, a quarter of the rule's window apart); sequences and absences keep their partial
 //! matches per key with deadlines in arrival order. Gap events' spans make a detection whose
-//! window they overlap `gapped`. Nothing here acts: the stage and replay share it.
+//! window they overlap `gapped`. An event is evaluated only against the rules its type and path
+//! can match (`index`). Nothing here acts: the stage and replay share it.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     sync::Arc,
 };
 
-use super::config::{KeyField, ReactSettings, RuleConfig, RuleError, RuleKind};
+use super::{
+    config::{KeyField, ReactSettings, RuleConfig, RuleError, RuleKind},
+    index::RuleIndex,
+};
 use crate::{
     event::{EventType, ObservabilityContext, Priority, SemanticEvent},
-    expr::{Filter, StepMatcher, compile_steps, event_types, parse, parse_macros},
+    expr::{Filter, Needs, StepMatcher, compile_steps, needs, parse, parse_macros},
     telemetry::{RuleCounters, RuleTable, add},
     window::{Closed, WindowSpec, Windows},
 };
@@ -169,9 +173,10 @@ impl Rule {
 /// Every rule, compiled, with its state.
 pub struct Engine {
     rules: Vec<Rule>,
-    /// Rules by the event types they can match; `any_type` can match every type.
-    by_type: HashMap<EventType, Vec<usize>>,
-    any_type: Vec<usize>,
+    /// Rules by the event types and path prefixes they need.
+    index: RuleIndex,
+    /// The candidates of the event being evaluated (kept to reuse its allocation).
+    candidates: Vec<u32>,
     /// Spans of records lost (gap events), oldest first, kept while a window may overlap them.
     gaps: VecDeque<(u64, u64)>,
     longest_ns: u64,
@@ -194,8 +199,8 @@ impl Engine {
         let macros = parse_macros(&settings.macros)?;
         let mut engine = Self {
             rules: Vec::new(),
-            by_type: HashMap::new(),
-            any_type: Vec::new(),
+            index: RuleIndex::default(),
+            candidates: Vec::new(),
             gaps: VecDeque::new(),
             longest_ns: 0,
             max_keys: settings.config.max_keys,
@@ -221,10 +226,10 @@ impl Engine {
             message: message.into(),
         };
         let text = |field: &Option<String>| field.clone().ok_or_else(|| invalid("a condition is missing"));
-        let (pattern, types) = match rule.kind {
+        let (pattern, needs) = match rule.kind {
             RuleKind::Count | RuleKind::Distinct => {
                 let condition = compile(&part("match"), &text(&rule.match_expr)?, macros)?;
-                let types = event_types(&condition.expr);
+                let needs = needs(&condition.expr, macros, &[]);
                 let spec = WindowSpec::sliding(within_ns, (within_ns / SLIDES).max(1));
                 let at_least = rule.at_least.ok_or_else(|| invalid("`at_least` is missing"))?;
                 let distinct = rule.kind == RuleKind::Distinct;
@@ -235,28 +240,30 @@ impl Engine {
                         distinct,
                         windows: Windows::new(spec, self.max_keys),
                     },
-                    types,
+                    needs,
                 )
             }
             RuleKind::Sequence => {
                 let mut steps = Vec::new();
-                let mut types = Some(HashSet::new());
                 let mut advancing = Some(HashSet::new());
-                let mut earlier: Vec<&str> = Vec::new();
+                let mut earlier: Vec<(&str, Needs)> = Vec::new();
                 for step in &rule.steps {
                     let name = part(&format!("steps.{}", step.name));
                     let expr = parse(&step.match_expr)
                         .map_err(|source| crate::expr::FilterError::Parse { name: name.clone(), source })?;
+                    let names: Vec<&str> = earlier.iter().map(|(name, _)| *name).collect();
                     steps.push(
-                        compile_steps(&expr, &earlier, macros)
+                        compile_steps(&expr, &names, macros)
                             .map_err(|source| crate::expr::FilterError::Compile { name, source })?,
                     );
-                    types = types.zip(event_types(&expr)).map(|(a, b)| &a | &b);
+                    let known: Vec<(&str, &Needs)> = earlier.iter().map(|(name, n)| (*name, n)).collect();
+                    let step_needs = needs(&expr, macros, &known);
                     if !earlier.is_empty() {
-                        advancing = advancing.zip(event_types(&expr)).map(|(a, b)| &a | &b);
+                        advancing = advancing.zip(step_needs.types.clone()).map(|(a, b)| &a | &b);
                     }
-                    earlier.push(&step.name);
+                    earlier.push((&step.name, step_needs));
                 }
+                let needs = earlier.into_iter().map(|(_, n)| n).reduce(Needs::or).unwrap_or_default();
                 let pattern = Pattern::Sequence {
                     steps,
                     advancing,
@@ -264,20 +271,17 @@ impl Engine {
                     deadlines: VecDeque::new(),
                     held: 0,
                 };
-                (pattern, types)
+                (pattern, needs)
             }
             RuleKind::Absence => {
                 let first = compile(&part("match"), &text(&rule.match_expr)?, macros)?;
                 let then = compile(&part("followed_by"), &text(&rule.followed_by)?, macros)?;
-                let types = event_types(&first.expr).zip(event_types(&then.expr)).map(|(a, b)| &a | &b);
-                (Pattern::Absence { first, then, pending: HashMap::new(), deadlines: VecDeque::new() }, types)
+                let needs = needs(&first.expr, macros, &[]).or(needs(&then.expr, macros, &[]));
+                (Pattern::Absence { first, then, pending: HashMap::new(), deadlines: VecDeque::new() }, needs)
             }
         };
-        let index = self.rules.len();
-        match types {
-            Some(types) => types.into_iter().for_each(|t| self.by_type.entry(t).or_default().push(index)),
-            None => self.any_type.push(index),
-        }
+        let index = u32::try_from(self.rules.len()).map_err(|_| invalid("too many rules"))?;
+        self.index.add(index, &needs);
         self.longest_ns = self.longest_ns.max(within_ns);
         self.rules.push(Rule {
             name: rule.name.clone(),
@@ -334,8 +338,10 @@ impl Engine {
         if let Some(gap) = &event.context.gap {
             self.gaps.push_back((gap.lost_from_ns, gap.lost_to_ns));
         }
-        let typed = self.by_type.get(&event.event_type).map_or(&[][..], Vec::as_slice);
-        for &index in typed.iter().chain(&self.any_type) {
+        let mut candidates = std::mem::take(&mut self.candidates);
+        self.index.candidates(event.event_type, path_of(event), &mut candidates);
+        for &index in &candidates {
+            let index = index as usize;
             let rule = &mut self.rules[index];
             if rule.excepts(event) {
                 continue;
@@ -346,6 +352,7 @@ impl Engine {
                 out.push(detection(index, rule, &key, &trigger, links, verdict, true));
             }
         }
+        self.candidates = candidates;
     }
 
     /// Closes windows and deadlines `watermark_ns` passed: absences fire, the rest is freed.

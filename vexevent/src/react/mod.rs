@@ -1,15 +1,19 @@
 //! The `react` stage: rules over the event stream (counts, distinct counts, sequences, absences,
 //! per key, on kernel time, closed on the watermark) whose detections are events
 //! (`ObservabilityAlertTriggered`, subtype `rule:NAME`) entering the batch before `filter`, and
-//! whose actions (signal, run, quarantine, chmod) are decided, run and audited on a worker of
-//! their own (`actions`, `audit`). `replay` runs the same engine over a recorded log.
+//! whose actions (signal, run, quarantine, chmod, xattr) are decided, run and audited on a worker
+//! of their own (`actions`, `audit`). `replay` and `rules test` run the same engine over a
+//! recorded log.
 
 mod actions;
 mod audit;
 mod config;
 mod engine;
+mod index;
 
-pub use actions::{Actions, ActionsError, OwnTree, rollback, start_time};
+pub use actions::{
+    Actions, ActionsError, OwnTree, RollbackError, rollback, rollback_line, start_time, would,
+};
 pub use audit::{AuditError, AuditLog, AuditRecord, GENESIS, Undo, Verified, Written, verify};
 pub use config::{
     ActionConfig, ActionType, Exceptions, KeyField, Mode, ReactConfig, ReactSettings, RuleConfig, RuleError,
@@ -21,13 +25,18 @@ use std::{io::BufRead, sync::Arc};
 
 use crate::{
     event::{EventType, Run, SemanticEvent},
-    pipeline::{EventBatch, Stage},
+    pipeline::{EventBatch, Stage, Update, settings_for},
     telemetry::{AuditHead, Counters},
 };
 
 /// How far behind the clock an idle tick closes windows: when the source is idle, capture holds
 /// nothing newer than its reorder window (100 us by default), far less than this.
 const IDLE_LAG_NS: u64 = 100_000_000;
+
+/// Whether each rule has actions.
+fn acting(settings: &ReactSettings) -> Vec<bool> {
+    settings.rules.iter().map(|rule| !rule.actions.is_empty()).collect()
+}
 
 /// Least time between two audit-head events while the head moves.
 const AUDIT_HEAD_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
@@ -85,6 +94,10 @@ pub struct ReactStage {
     head_sent: Option<(u64, std::time::Instant)>,
     /// The run the events this stage makes on its own (audit heads) belong to.
     run: Run,
+    /// The settings the rules were built from (a reload with other rules rebuilds them).
+    settings: ReactSettings,
+    /// What the rules replaced by a reload decided last, for the next batch.
+    held: Vec<SemanticEvent>,
 }
 
 impl ReactStage {
@@ -95,18 +108,40 @@ impl ReactStage {
     /// A rule that does not compile, an audit log that cannot be opened.
     pub fn new(settings: &ReactSettings, run: Run, counters: &Arc<Counters>) -> Result<Self, ReactError> {
         let engine = Engine::new(settings, &counters.rules)?;
-        let actions = Actions::start(&settings.config, &settings.rules, counters)?;
-        let acting = settings.rules.iter().map(|rule| !rule.actions.is_empty()).collect();
+        let actions = Actions::start(&settings.config, &settings.rules, counters, Arc::default())?;
         Ok(Self {
             engine,
             actions,
-            acting,
+            acting: acting(settings),
             detections: Vec::new(),
             watermark_ns: 0,
             counters: Arc::clone(counters),
             head_sent: None,
             run,
+            settings: settings.clone(),
+            held: Vec::new(),
         })
+    }
+
+    /// Switches to `rules` (a reload): what the old rules decided up to the watermark goes out
+    /// with the next batch, their action worker finishes its queue, and the new rules start
+    /// empty (their windows and partial matches open from the next event). `[react]` itself
+    /// (mode, audit log, bounds) stays as at start.
+    fn reload(&mut self, rules: ReactSettings) -> Result<(), ReactError> {
+        let settings = ReactSettings { config: self.settings.config.clone(), ..rules };
+        let engine = Engine::new(&settings, &self.counters.rules)?;
+        let own = Arc::clone(&self.actions.own);
+        let actions = Actions::start(&settings.config, &settings.rules, &self.counters, own)?;
+        self.engine.advance(self.watermark_ns, &mut self.detections);
+        let mut held = std::mem::take(&mut self.held);
+        self.emit(&mut held);
+        self.actions.stop(&mut held);
+        self.held = held;
+        self.engine = engine;
+        self.actions = actions;
+        self.acting = acting(&settings);
+        self.settings = settings;
+        Ok(())
     }
 
     /// Sends the audit chain's head to the sinks when it moved (at most every
@@ -123,14 +158,18 @@ impl ReactStage {
         }
     }
 
-    /// Adds the detections to the batch and hands those of acting rules to the worker.
+    /// Adds the detections to the batch and hands those of acting rules to the worker (after
+    /// what rules replaced by a reload left).
     fn emit(&mut self, out: &mut Vec<SemanticEvent>) {
+        out.append(&mut self.held);
         for Detection { rule, act, event, .. } in self.detections.drain(..) {
             if self.acting[rule] {
+                // Events replicated from another node never act here (their pids are not ours).
+                let local = event.origin.run.node() == self.run.node();
                 // Read now, as close to the event as userspace can: the record carries no start
                 // time, so a pid reused between the event and this read is the residual race.
-                let start_time = event.process.as_ref().and_then(|p| start_time(p.pid));
-                self.actions.submit(actions::Job { rule, detection: event.clone(), act, start_time });
+                let start_time = event.process.as_ref().filter(|_| local).and_then(|p| start_time(p.pid));
+                self.actions.submit(actions::Job { rule, detection: event.clone(), act, local, start_time });
             }
             out.push(event);
         }
@@ -174,6 +213,19 @@ impl Stage for ReactStage {
         self.actions.stop(&mut batch.events);
         self.send_head(true, self.watermark_ns, &mut batch.events);
     }
+
+    /// Takes [`ReactSettings`]: rules that differ from the running ones replace them.
+    fn reconfigure(&mut self, update: Update) {
+        let Some(rules) = settings_for::<ReactSettings>("react", update) else { return };
+        if rules.rules == self.settings.rules && rules.macros == self.settings.macros {
+            return;
+        }
+        let count = rules.rules.len();
+        match self.reload(rules) {
+            Ok(()) => tracing::info!(rules = count, "rules reloaded"),
+            Err(error) => tracing::error!(%error, "the reloaded rules cannot start; the running rules stay"),
+        }
+    }
 }
 
 /// Largest event line a replay reads.
@@ -186,19 +238,9 @@ fn derived_by_rules(event: &SemanticEvent) -> bool {
             && event.event_subtype.starts_with("rule:"))
 }
 
-/// Runs `settings`' rules over a recorded JSON Lines log (vexevent's output), without acting:
-/// the detections, as the live run made them (windows still open at the end are closed at the
-/// last event's time, as at shutdown).
-///
-/// # Errors
-/// A line that cannot be read or is not an event.
-pub fn replay(
-    settings: &ReactSettings,
-    mut input: impl BufRead,
-    counters: &Counters,
-) -> Result<Vec<SemanticEvent>, ReactError> {
-    let mut engine = Engine::new(settings, &counters.rules)?;
-    let mut detections = Vec::new();
+/// Reads a recorded JSON Lines log (vexevent's output), handing `each` every event that rules did
+/// not make (a replay makes its own).
+fn read_log(mut input: impl BufRead, mut each: impl FnMut(SemanticEvent)) -> Result<(), ReactError> {
     let mut line = Vec::new();
     let mut number = 0;
     loop {
@@ -208,7 +250,7 @@ pub fn replay(
             .read_until(b'\n', &mut line)
             .map_err(ReactError::Read)?;
         if read == 0 {
-            break;
+            return Ok(());
         }
         if line.len() as u64 > MAX_LINE_BYTES {
             return Err(ReactError::Line {
@@ -221,14 +263,63 @@ pub fn replay(
         }
         let event: SemanticEvent = serde_json::from_slice(&line)
             .map_err(|e| ReactError::Line { line: number, message: e.to_string() })?;
-        if derived_by_rules(&event) {
-            continue;
+        if !derived_by_rules(&event) {
+            each(event);
+        }
+    }
+}
+
+/// Records lost, as a gap event reports them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lost {
+    pub count: u64,
+    pub from_ns: u64,
+    pub to_ns: u64,
+}
+
+/// What rules make of a recorded log: its events, its gaps, and the detections.
+pub struct Tried {
+    /// Events read (not counting those rules made).
+    pub events: u64,
+    pub gaps: Vec<Lost>,
+    pub detections: Vec<Detection>,
+}
+
+/// Runs `settings`' rules over a recorded JSON Lines log (vexevent's output), without acting, as
+/// the live run did (windows still open at the end are closed at the last event's time, as at
+/// shutdown).
+///
+/// # Errors
+/// A rule that does not compile, a line that cannot be read or is not an event.
+pub fn try_rules(
+    settings: &ReactSettings,
+    input: impl BufRead,
+    counters: &Counters,
+) -> Result<Tried, ReactError> {
+    let mut engine = Engine::new(settings, &counters.rules)?;
+    let mut tried = Tried { events: 0, gaps: Vec::new(), detections: Vec::new() };
+    read_log(input, |event| {
+        tried.events += 1;
+        if let Some(gap) = &event.context.gap {
+            tried.gaps.push(Lost { count: gap.count, from_ns: gap.lost_from_ns, to_ns: gap.lost_to_ns });
         }
         let time = event.timestamp.monotonic_ns;
-        engine.process(std::slice::from_ref(&event), time, &mut detections);
-    }
-    engine.finish(&mut detections);
-    Ok(detections.into_iter().map(|d| d.event).collect())
+        engine.process(std::slice::from_ref(&event), time, &mut tried.detections);
+    })?;
+    engine.finish(&mut tried.detections);
+    Ok(tried)
+}
+
+/// The detection events of [`try_rules`]: what `vexevent replay` prints.
+///
+/// # Errors
+/// As [`try_rules`].
+pub fn replay(
+    settings: &ReactSettings,
+    input: impl BufRead,
+    counters: &Counters,
+) -> Result<Vec<SemanticEvent>, ReactError> {
+    Ok(try_rules(settings, input, counters)?.detections.into_iter().map(|d| d.event).collect())
 }
 
 #[cfg(test)]

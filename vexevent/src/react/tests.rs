@@ -329,3 +329,100 @@ fn the_stage_adds_detections_and_audit_events_and_sends_the_chain_head() {
     assert_eq!(derived[1].context.parameters["audit_hash"], lines[0].hash);
     assert_eq!(counters.rules.summaries()["locker"].actions["dry_run"], 1);
 }
+
+#[test]
+fn trying_rules_over_a_log_reports_its_gaps_and_verdicts() {
+    // The last event (not a .vec) carries the log's time past both deadlines.
+    let events =
+        [create("/a/x.vec", 1, 0), create("/c/z.vec", 1, 2_000), gap(2_300, 2_400), create("/e/f", 1, 3_500)];
+    let log: String = events.iter().map(|e| serde_json::to_string(e).unwrap() + "\n").collect();
+    let tried = try_rules(&settings(INDEX), log.as_bytes(), &Counters::default()).unwrap();
+    assert_eq!(tried.events, 4);
+    assert_eq!(tried.gaps, [Lost { count: 5, from_ns: 2_300 * MS, to_ns: 2_400 * MS }]);
+    let verdicts: Vec<(Verdict, bool)> = tried.detections.iter().map(|d| (d.verdict, d.act)).collect();
+    assert_eq!(verdicts, [(Verdict::Complete, true), (Verdict::Gapped, false)], "the second is uncertain");
+}
+
+/// A stage over `rules` (monitor mode, an audit log in `dir`).
+fn stage(rules: &str, dir: &std::path::Path, counters: &Arc<Counters>) -> ReactStage {
+    let mut config = Config::from_toml(rules).unwrap();
+    config.react.audit_log = dir.join("audit.log");
+    ReactStage::new(&config.react_settings().unwrap(), Run::new(crate::event::NodeId::host()), counters)
+        .unwrap()
+}
+
+/// The subtypes of what `stage` adds to a batch of `events` (the events themselves left out).
+fn added(stage: &mut ReactStage, events: Vec<SemanticEvent>) -> Vec<SemanticEvent> {
+    let mut batch = EventBatch::default();
+    let count = events.len();
+    batch.watermark_ns = events.last().map_or(0, |e| e.timestamp.monotonic_ns);
+    batch.events = events;
+    stage.process(&mut batch);
+    batch.events.split_off(count)
+}
+
+#[test]
+fn a_detection_replicated_from_another_node_is_audited_and_never_acted_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = LOCKER
+        .replace("key = \"pid\"", "key = \"pid\"\nactions = [{ type = \"signal\", signal = \"SIGSTOP\" }]");
+    let counters = Arc::new(Counters::default());
+    let mut stage = stage(&rules, dir.path(), &counters);
+    let elsewhere = Run::new(crate::event::NodeId::new("elsewhere").unwrap());
+    let events = (0..10)
+        .map(|i| {
+            let mut event = rename(&format!("/d/{i}"), &format!("/d/{i}.locked"), 7, 100 + i);
+            event.origin = elsewhere.origin(0, i);
+            event
+        })
+        .collect();
+    let mut derived = added(&mut stage, events);
+    let mut end = EventBatch::default();
+    stage.flush(&mut end);
+    derived.extend(end.events);
+    assert_eq!(derived[0].event_subtype, "rule:locker", "the detection is made and flows on");
+    assert_eq!(derived[1].context.parameters["outcome"], "not_local", "{:?}", derived[1]);
+    assert_eq!(counters.rules.summaries()["locker"].actions["not_local"], 1);
+}
+
+#[test]
+fn a_reload_with_other_rules_replaces_them_and_the_same_rules_keep_their_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let counters = Arc::new(Counters::default());
+    let mut stage = stage(LOCKER, dir.path(), &counters);
+    let renames = |from: u64, count: u64| -> Vec<SemanticEvent> {
+        (from..from + count).map(|i| rename(&format!("/d/{i}"), &format!("/d/{i}.locked"), 7, i)).collect()
+    };
+    let subtypes = |events: &[SemanticEvent]| -> Vec<String> {
+        events.iter().map(|e| e.event_subtype.clone()).filter(|s| s.starts_with("rule:")).collect()
+    };
+    assert!(added(&mut stage, renames(100, 6)).is_empty());
+    // The same rules again: nothing changes, the 6 renames still count.
+    stage.reconfigure(Box::new(settings(LOCKER)));
+    assert_eq!(subtypes(&added(&mut stage, renames(106, 4))), ["rule:locker"]);
+    // Other rules: they replace the running ones and start empty.
+    let five = LOCKER
+        .replace("name = \"locker\"", "name = \"locker-five\"")
+        .replace("at_least = 10", "at_least = 5");
+    stage.reconfigure(Box::new(settings(&five)));
+    assert!(added(&mut stage, renames(200, 4)).is_empty(), "the new rule starts empty");
+    assert_eq!(subtypes(&added(&mut stage, renames(204, 1))), ["rule:locker-five"]);
+    assert!(counters.rules.summaries().contains_key("locker-five"));
+}
+
+#[test]
+fn an_xattr_action_needs_a_namespaced_name_and_a_value() {
+    let rule = |action: &str| {
+        let config = Config::from_toml(
+            &LOCKER.replace("key = \"pid\"", &format!("key = \"pid\"\nactions = [{action}]")),
+        )
+        .unwrap();
+        config.problems().iter().map(ToString::to_string).collect::<Vec<_>>()
+    };
+    assert!(rule(r#"{ type = "xattr", xattr = "user.vexevent.suspect", value = "locker" }"#).is_empty());
+    let problems = rule(r#"{ type = "xattr", xattr = "vexevent", mode = 0 }"#);
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+    assert!(problems.iter().any(|p| p.contains("`mode` does not apply")), "{problems:#?}");
+    assert!(problems.iter().any(|p| p.contains("user., trusted. or security. namespace")), "{problems:#?}");
+    assert!(problems.iter().any(|p| p.contains("`value` must be given")), "{problems:#?}");
+}

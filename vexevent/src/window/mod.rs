@@ -2,7 +2,9 @@
 //! tumbling or sliding windows on the kernel timestamp, per key, with a bounded number of keys,
 //! closed when the pipeline's watermark passes their end. Each window carries the records the
 //! kernel lost while it was open (from the gap events' time spans), so a count or an absence over
-//! it is known to be complete or not.
+//! it is known to be complete or not. Keys hash with foldhash, seeded per process (keys such as
+//! paths come from outside); a closed window's emptied key map is kept for a later window, so a
+//! window does not grow its map from empty again.
 //!
 //! ```
 //! use vexevent::window::{WindowSpec, Windows};
@@ -18,6 +20,11 @@ use std::{
     collections::{BTreeMap, HashMap},
     hash::Hash,
 };
+
+use foldhash::fast::RandomState;
+
+/// A window's map of keys.
+type KeyMap<K, A> = HashMap<K, A, RandomState>;
 
 /// Window length and step, in nanoseconds of kernel time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,7 +70,7 @@ pub struct Closed<K, A> {
 
 /// One window's keys.
 struct Open<K, A> {
-    keys: HashMap<K, A>,
+    keys: KeyMap<K, A>,
     lost: u64,
 }
 
@@ -71,6 +78,8 @@ struct Open<K, A> {
 pub struct Windows<K, A> {
     spec: WindowSpec,
     open: BTreeMap<u64, Open<K, A>>,
+    /// Emptied maps of closed windows (at most one per window an event is in), reused.
+    spare: Vec<KeyMap<K, A>>,
     /// Keys one window may hold; events of further keys are counted in `evicted`.
     max_keys: usize,
     /// Everything before this has been closed.
@@ -84,7 +93,24 @@ pub struct Windows<K, A> {
 impl<K: Hash + Eq + Clone, A: Default> Windows<K, A> {
     #[must_use]
     pub fn new(spec: WindowSpec, max_keys: usize) -> Self {
-        Self { spec, open: BTreeMap::new(), max_keys, closed_up_to: 0, evicted: 0, late: 0 }
+        Self {
+            spec,
+            open: BTreeMap::new(),
+            spare: Vec::new(),
+            max_keys,
+            closed_up_to: 0,
+            evicted: 0,
+            late: 0,
+        }
+    }
+
+    /// The open window starting at `start`, opened (with a spare map) if need be.
+    fn window(&mut self, start: u64) -> &mut Open<K, A> {
+        let spare = &mut self.spare;
+        self.open.entry(start).or_insert_with(|| Open {
+            keys: spare.pop().unwrap_or_else(|| HashMap::with_hasher(RandomState::default())),
+            lost: 0,
+        })
     }
 
     /// Updates `key`'s aggregate in every window containing `time_ns` with `update`.
@@ -94,10 +120,11 @@ impl<K: Hash + Eq + Clone, A: Default> Windows<K, A> {
                 self.late += 1;
                 continue;
             }
-            let window = self.open.entry(start).or_insert_with(|| Open { keys: HashMap::new(), lost: 0 });
+            let max_keys = self.max_keys;
+            let window = self.window(start);
             if let Some(value) = window.keys.get_mut(key) {
                 update(value);
-            } else if window.keys.len() < self.max_keys {
+            } else if window.keys.len() < max_keys {
                 update(window.keys.entry(key.clone()).or_default());
             } else {
                 self.evicted += 1;
@@ -113,7 +140,7 @@ impl<K: Hash + Eq + Clone, A: Default> Windows<K, A> {
         let last = to_ns - to_ns % slide;
         let mut start = first.max(self.closed_up_to.div_ceil(slide) * slide);
         while start <= last {
-            self.open.entry(start).or_insert_with(|| Open { keys: HashMap::new(), lost: 0 }).lost += count;
+            self.window(start).lost += count;
             start += slide;
         }
     }
@@ -126,14 +153,17 @@ impl<K: Hash + Eq + Clone, A: Default> Windows<K, A> {
             if end > watermark_ns {
                 break;
             }
-            let window = entry.remove();
-            out.extend(window.keys.into_iter().map(|(key, value)| Closed {
+            let Open { mut keys, lost } = entry.remove();
+            out.extend(keys.drain().map(|(key, value)| Closed {
                 key,
                 start_ns: start,
                 end_ns: end,
                 value,
-                lost: window.lost,
+                lost,
             }));
+            if (self.spare.len() as u64) < self.spec.size_ns.div_ceil(self.spec.slide_ns.max(1)) {
+                self.spare.push(keys);
+            }
             self.closed_up_to = self.closed_up_to.max(start + self.spec.slide_ns.max(1));
         }
     }

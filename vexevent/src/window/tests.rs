@@ -58,3 +58,16 @@ fn keys_beyond_the_bound_are_counted_not_kept() {
     windows.close_all(&mut all);
     assert_eq!(all.iter().map(|c| c.value).sum::<u64>(), 3);
 }
+
+#[test]
+fn a_closed_windows_map_is_reused_empty() {
+    let mut windows: Windows<u32, u64> = Windows::new(WindowSpec::tumbling(10), 100);
+    for key in 0..50 {
+        windows.add(&key, 1, |n| *n += 1);
+    }
+    assert_eq!(closed(&mut windows, 10).len(), 50);
+    assert_eq!(windows.spare.len(), 1, "the emptied map is kept");
+    windows.add(&7, 12, |n| *n += 1);
+    assert!(windows.spare.is_empty(), "and taken by the next window");
+    assert_eq!(closed(&mut windows, 20), [(10, 7, 1, 0)], "holding none of the old keys");
+}
