@@ -65,7 +65,16 @@ pub fn needed(settings: &Settings) -> Vec<Kept> {
                 let needs: &[Capability] = match action.action {
                     ActionType::Signal => &[Capability::CAP_KILL],
                     ActionType::Run => &[Capability::CAP_SETUID, Capability::CAP_SETGID],
-                    ActionType::Quarantine => &[Capability::CAP_DAC_OVERRIDE, Capability::CAP_FOWNER],
+                    // trusted.* and security.* attributes are the administrator's.
+                    ActionType::Xattr
+                        if action.xattr.as_deref().is_some_and(|name| !name.starts_with("user.")) =>
+                    {
+                        &[Capability::CAP_DAC_OVERRIDE, Capability::CAP_FOWNER, Capability::CAP_SYS_ADMIN]
+                    }
+                    // Another user's file: write permission and ownership checks.
+                    ActionType::Quarantine | ActionType::Xattr => {
+                        &[Capability::CAP_DAC_OVERRIDE, Capability::CAP_FOWNER]
+                    }
                     ActionType::Chmod => &[Capability::CAP_FOWNER],
                 };
                 for &capability in needs {
