@@ -27,7 +27,7 @@ use crate::{
     expr::{Filter, FilterChain, FilterError},
     filter::{FilterConfig, KernelPart, pushdown},
     http::{AuthError, ControlConfig, StreamConfig},
-    loader::{ProbeSettings, SyscallHooks},
+    loader::{FunctionConfig, ProbeSettings, SyscallHooks, TracepointConfig},
     react::{ReactConfig, ReactSettings, RuleConfig, RuleError, read_rules_file, rule_problems},
     route::Router,
     telemetry::HealthConfig,
@@ -79,6 +79,10 @@ pub struct Config {
     pub react: ReactConfig,
     /// Rules over the event stream (`[[rules]]`; more in `react.rules_file`).
     pub rules: Vec<RuleConfig>,
+    /// Tracepoints attached by name (`[[tracepoints]]`).
+    pub tracepoints: Vec<TracepointConfig>,
+    /// Kernel functions attached by name (`[[kernel_functions]]`).
+    pub kernel_functions: Vec<FunctionConfig>,
 }
 
 /// `[vexfs]`: where `VexFS` semantics apply besides detected `VexFS` mounts.
@@ -484,6 +488,8 @@ impl Config {
                 daemon_functions: self.fuse.daemon_functions.clone(),
                 syscall_hooks: capture.syscall_hooks,
                 debug_probes: capture.debug_probes,
+                tracepoints: self.tracepoints.clone(),
+                kernel_functions: self.kernel_functions.clone(),
             },
             drain: DrainSettings {
                 batch_window: std::time::Duration::from_micros(capture.batch_window_us),
