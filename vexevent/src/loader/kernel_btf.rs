@@ -369,13 +369,15 @@ impl KernelBtf {
             .collect()
     }
 
-    /// The parameters of the function with id `func` (from [`Self::functions`]): name and type.
-    /// `None` when the id is not a function with a prototype.
+    /// The parameters of the function with id `func` (from [`Self::functions`]), name and type,
+    /// and its return type. `None` when the id is not a function with a prototype.
     #[must_use]
-    pub fn params(&self, func: u32) -> Option<Vec<(String, ParamType)>> {
+    pub fn signature(&self, func: u32) -> Option<(Vec<(String, ParamType)>, ParamType)> {
         let func = self.get(func).filter(|ty| ty.kind == kind::FUNC)?;
         let proto = self.get(func.size_or_ref).filter(|ty| ty.kind == kind::FUNC_PROTO)?;
-        Some(proto.members.iter().map(|param| (param.name.clone(), self.param_type(param.type_id))).collect())
+        let params =
+            proto.members.iter().map(|param| (param.name.clone(), self.param_type(param.type_id))).collect();
+        Some((params, self.param_type(proto.size_or_ref)))
     }
 
     fn param_type(&self, id: u32) -> ParamType {

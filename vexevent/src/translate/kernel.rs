@@ -175,7 +175,10 @@ impl Translator {
         let has_fs = filesystem.path.is_some() || filesystem.inode_number.is_some();
         let context =
             Context { filesystem: has_fs.then_some(filesystem), kernel: Some(kernel), ..Context::default() };
-        let ret = record.header.ret;
+        let ret = match source.signed_return {
+            Some(size) => sign_extend(record.header.ret.cast_unsigned(), size),
+            None => record.header.ret,
+        };
         let error = (-4095..0).contains(&ret).then(|| errno_name(i32::try_from(-ret).unwrap_or(0)));
         let result = OpResult { ok: error.is_none(), ret, error };
         let returned = body.flags & kernel_flags::RETURNED != 0;
@@ -224,6 +227,7 @@ mod tests {
                 NamedText { name: "new".into(), object: true },
             ],
             timed: true,
+            signed_return: Some(4),
         };
         translator.set_named_sources(vec![None, Some(source)]);
         // A device no mount shows: the path stays the one within its file system.
@@ -233,7 +237,8 @@ mod tests {
             syscall_nr: NOT_A_SYSCALL,
             enter_ns: 100,
             exit_ns: 350,
-            ret: -2,
+            // An int's -2, zero-extended in the return register.
+            ret: 0xffff_fffe,
             pid: 7,
             ..RecordHeader::ZEROED
         };

@@ -274,6 +274,7 @@ fn function_slots(
         values: Vec::new(),
         texts: Vec::new(),
         timed: config.timed,
+        signed_return: None,
     };
     for wanted in &config.args {
         let Some(index) = params.iter().position(|(name, _)| name == wanted) else {
@@ -390,17 +391,26 @@ pub fn plan_functions(configs: &[FunctionConfig], first: u32, max_sources: u32) 
                 continue;
             }
             let symbol = &kallsyms[&name];
-            let params = if config.signature.is_empty() {
+            let signature = if config.signature.is_empty() {
                 let btf = cache.get(symbol.module.as_deref());
-                match btf.and_then(|btf| btf.functions().get(name.as_str()).and_then(|&id| btf.params(id))) {
-                    Some(params) => Ok(params),
+                match btf.and_then(|btf| btf.functions().get(name.as_str()).and_then(|&id| btf.signature(id)))
+                {
+                    Some(signature) => Ok(signature),
                     None => Err("no BTF for it (declare its parameters in signature)".to_owned()),
                 }
             } else {
-                config.signature.iter().map(|d| parse_declaration(d)).collect()
+                // Declared functions are taken to return an int, as most kernel functions do.
+                let params: Result<Vec<_>, _> =
+                    config.signature.iter().map(|d| parse_declaration(d)).collect();
+                params.map(|params| (params, ParamType::Int { size: 4, signed: true }))
             };
-            let slots =
-                params.and_then(|params| function_slots(config, &name, &params, planned.layout.as_ref()));
+            let slots = signature.and_then(|(params, returns)| {
+                let (spec, mut source) = function_slots(config, &name, &params, planned.layout.as_ref())?;
+                if let ParamType::Int { size, signed: true } = returns {
+                    source.signed_return = u8::try_from(size).ok();
+                }
+                Ok((spec, source))
+            });
             match slots {
                 Ok((mut spec, source)) => {
                     spec.source = next;
@@ -555,8 +565,9 @@ mod tests {
             }
         };
         let functions = btf.functions();
-        let params = btf.params(functions["vfs_mkdir"]).unwrap();
+        let (params, returns) = btf.signature(functions["vfs_mkdir"]).unwrap();
         assert!(params.iter().any(|(_, ty)| *ty == ParamType::StructPointer("dentry".into())), "{params:?}");
+        assert_eq!(returns, ParamType::Int { size: 4, signed: true });
         let layout = layout(&btf).unwrap();
         assert_ne!(layout.dentry_parent, layout.dentry_name);
         assert!(layout.inode_ino > 0 && layout.sb_dev > 0);

@@ -87,6 +87,9 @@ pub struct NamedSource {
     pub texts: Vec<NamedText>,
     /// Records come at return, with duration and return value.
     pub timed: bool,
+    /// The function returns a signed integer of this many bytes (an `int` arrives in a 64-bit
+    /// register zero-extended: -39 reads 4294967257 until sign-extended).
+    pub signed_return: Option<u8>,
 }
 
 /// Why a named source cannot be attached. Each message says what to change.
@@ -248,6 +251,7 @@ fn tracepoint_slots(
         values: Vec::new(),
         texts: Vec::new(),
         timed: false,
+        signed_return: None,
     };
     let too_many = || NamedError::TooManyFields { name: config.name.clone() };
     for field in chosen {
