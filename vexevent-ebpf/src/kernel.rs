@@ -45,7 +45,6 @@ const SECOND_NS: u64 = 1_000_000_000;
 macro_rules! tracepoint_slots {
     ($($name:ident = $slot:literal,)*) => {$(
         #[tracepoint]
-        #[expect(clippy::needless_pass_by_value, reason = "aya-ebpf's program macros pass the context by value")]
         pub fn $name(ctx: TracePointContext) -> u32 {
             let _ = on_tracepoint(&ctx, $slot);
             0
@@ -398,7 +397,7 @@ fn on_return(ctx: &RetProbeContext) -> Option<()> {
     // SAFETY: a kretprobe context, which the helper accepts (Linux 5.15+).
     let ip = unsafe { generated::bpf_get_func_ip(ctx.as_ptr()) };
     let key = KernelCallKey { tid: bpf_get_current_pid_tgid(), ip };
-    let call = KERNEL_CALLS.get_ptr(&key)?;
+    let call = KERNEL_CALLS.get_ptr(key)?;
     let record = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's scratch slot; nothing else uses it while this program runs.
     let record = unsafe { &mut *record };
@@ -408,7 +407,7 @@ fn on_return(ctx: &RetProbeContext) -> Option<()> {
             core::slice::from_raw_parts_mut(core::ptr::from_mut(record).cast::<u8>(), KERNEL_RECORD_MAX);
         aya_ebpf::helpers::bpf_probe_read_kernel_buf(call.cast::<u8>(), dest)
     };
-    let _ = KERNEL_CALLS.remove(&key);
+    let _ = KERNEL_CALLS.remove(key);
     copied.ok()?;
     // SAFETY: no preconditions.
     record.header.exit_ns = unsafe { bpf_ktime_get_ns() };
