@@ -567,6 +567,12 @@ mod tests {
         let functions = btf.functions();
         let (params, returns) = btf.signature(functions["vfs_mkdir"]).unwrap();
         assert!(params.iter().any(|(_, ty)| *ty == ParamType::StructPointer("dentry".into())), "{params:?}");
+        // `struct dentry *` since Linux 6.15, `int` before.
+        assert!(
+            matches!(returns, ParamType::Int { size: 4, signed: true } | ParamType::StructPointer(_)),
+            "{returns:?}"
+        );
+        let (_, returns) = btf.signature(functions["vfs_unlink"]).unwrap();
         assert_eq!(returns, ParamType::Int { size: 4, signed: true });
         let layout = layout(&btf).unwrap();
         assert_ne!(layout.dentry_parent, layout.dentry_name);
