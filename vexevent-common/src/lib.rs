@@ -28,11 +28,13 @@ macro_rules! counted_enum {
 pub(crate) use counted_enum;
 
 pub mod fuse;
+pub mod kernel;
 pub mod record;
 pub mod stats;
 pub mod syscalls;
 
 pub use fuse::*;
+pub use kernel::*;
 pub use record::*;
 pub use stats::*;
 pub use syscalls::*;
@@ -61,6 +63,12 @@ pub mod map_names {
     /// FUSE daemon tgid -> the connection it serves (learned from replies).
     pub const FUSE_DAEMONS: &str = "FUSE_DAEMONS";
     pub const SEQ: &str = "SEQ";
+    /// Tracepoints attached by name: program slot -> what to copy.
+    pub const TRACEPOINT_SPECS: &str = "TRACEPOINT_SPECS";
+    /// Kernel functions attached by name: address -> what to copy.
+    pub const FUNCTION_SPECS: &str = "FUNCTION_SPECS";
+    /// Kernel struct offsets the function probes follow (from BTF).
+    pub const KERNEL_LAYOUT: &str = "KERNEL_LAYOUT";
 }
 
 /// Names of the programs in the eBPF object.
@@ -80,4 +88,18 @@ pub mod program_names {
     /// Uprobe and uretprobe on the configured FUSE daemon functions.
     pub const DAEMON_FN_ENTRY: &str = "vexevent_daemon_fn_entry";
     pub const DAEMON_FN_RETURN: &str = "vexevent_daemon_fn_return";
+    /// Tracepoints attached by name (`[[tracepoints]]`), one program per slot.
+    pub const TRACEPOINTS: [&str; crate::MAX_TRACEPOINTS as usize] = [
+        "vexevent_tracepoint_0",
+        "vexevent_tracepoint_1",
+        "vexevent_tracepoint_2",
+        "vexevent_tracepoint_3",
+        "vexevent_tracepoint_4",
+        "vexevent_tracepoint_5",
+        "vexevent_tracepoint_6",
+        "vexevent_tracepoint_7",
+    ];
+    /// Kernel functions attached by name (`[[kernel_functions]]`), as kprobe and kretprobe.
+    pub const FUNCTION_ENTRY: &str = "vexevent_function_entry";
+    pub const FUNCTION_RETURN: &str = "vexevent_function_return";
 }

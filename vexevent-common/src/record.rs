@@ -158,6 +158,8 @@ pub union RecordBody {
     pub fuse: FuseBody,
     pub fork: ForkBody,
     pub gap: GapBody,
+    /// Tracepoints and kernel functions attached by name.
+    pub kernel: crate::KernelBody,
 }
 
 impl RecordBody {

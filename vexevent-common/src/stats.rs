@@ -43,6 +43,13 @@ crate::counted_enum! {
         /// FUSE kprobes (kernels without the FUSE tracepoints) that could not read a `fuse_req`
         /// field: the request is not captured.
         FuseReadFaults,
+        /// Tracepoint and kernel function records over their source's rate cap (not emitted).
+        KernelRateLimited,
+        /// Kernel function probes that could not read an argument's struct field (the record
+        /// is still emitted, flagged).
+        KernelReadFaults,
+        /// Timed kernel function calls whose entry could not be remembered (table full).
+        KernelCallsInflightFull,
     }
 }
 
@@ -83,6 +90,9 @@ impl KernelStat {
             KernelStat::FuseDaemonReads => "fuse_daemon_reads",
             KernelStat::FuseDaemonReplies => "fuse_daemon_replies",
             KernelStat::FuseReadFaults => "fuse_read_faults",
+            KernelStat::KernelRateLimited => "filtered_kernel_rate",
+            KernelStat::KernelReadFaults => "kernel_read_faults",
+            KernelStat::KernelCallsInflightFull => "kernel_calls_inflight_full",
         }
     }
 }

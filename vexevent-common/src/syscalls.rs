@@ -41,6 +41,11 @@ crate::counted_enum! {
         /// A FUSE request from queueing to reply (`fuse_request_send`/`fuse_request_end`); see
         /// [`crate::FuseBody`].
         FuseRequest,
+        /// A tracepoint attached by name (`[[tracepoints]]`); see [`crate::KernelBody`].
+        Tracepoint,
+        /// A kernel function attached by name (`[[kernel_functions]]`); see
+        /// [`crate::KernelBody`].
+        KernelFunction,
     }
 }
 
@@ -83,6 +88,8 @@ impl OpKind {
             OpKind::Dup => "dup",
             OpKind::Fork => "fork",
             OpKind::FuseRequest => "fuse",
+            OpKind::Tracepoint => "tracepoint",
+            OpKind::KernelFunction => "kernel_function",
         }
     }
 
@@ -95,7 +102,7 @@ impl OpKind {
     /// Kinds that do not come from the syscall table (their records carry no paths).
     #[must_use]
     pub const fn is_syscall(self) -> bool {
-        !matches!(self, OpKind::Fork | OpKind::FuseRequest)
+        !matches!(self, OpKind::Fork | OpKind::FuseRequest | OpKind::Tracepoint | OpKind::KernelFunction)
     }
 
     /// Kinds that keep the probes' scope state right; always captured whatever the op filter.

@@ -1,6 +1,7 @@
 //! vexevent's eBPF programs. Thin on purpose: filter first, fill a record, submit, count failures.
 //! `syscalls` holds the syscall tracepoint pair, `process` the fork tracepoint, `fuse` the FUSE
-//! request pair, `daemon_functions` the uprobes on FUSE daemon functions; `maps` declares
+//! request pair, `daemon_functions` the uprobes on FUSE daemon functions, `kernel` the
+//! tracepoints and kernel functions attached by name; `maps` declares
 //! every map, `scope` answers "is this path or fd watched?", `record` fills record headers,
 //! `ring` submits records. Diagnostics go through aya-log; the loader leaves them off (the
 //! verifier then removes them) unless asked (`vexevent run --debug-probes`).
@@ -21,6 +22,7 @@
 
 mod daemon_functions;
 mod fuse;
+mod kernel;
 mod maps;
 mod process;
 mod record;

@@ -6,7 +6,8 @@ use aya_ebpf::{
 };
 use vexevent_common::{
     COMM_LEN, FUSE_NAME_BYTES, FuseConfig, FuseDaemonSide, FuseKprobeLayout, FuseRequestKey, GAP_KINDS,
-    GapRecordBuf, KERNEL_STAT_COUNT, KernelStat, MAX_SYSCALL_NR, PendingLoss, PrefixKey, ProbeConfig,
+    GapRecordBuf, KERNEL_STAT_COUNT, KernelCallBuf, KernelCallKey, KernelLayout, KernelRate, KernelSpec,
+    KernelStat, MAX_KERNEL_SOURCES, MAX_SYSCALL_NR, MAX_TRACEPOINTS, PendingLoss, PrefixKey, ProbeConfig,
     RecordBuf, SYSCALL_ARGS, SyscallSpec,
 };
 
@@ -185,3 +186,24 @@ pub fn next_seq() -> u64 {
         None => 0,
     }
 }
+
+/// Tracepoints attached by name: program slot -> what to copy (written by the loader).
+#[map]
+pub static TRACEPOINT_SPECS: Array<KernelSpec> = Array::with_max_entries(MAX_TRACEPOINTS, 0);
+
+/// Kernel functions attached by name: probe address -> what to copy (written by the loader).
+#[map]
+pub static FUNCTION_SPECS: HashMap<u64, KernelSpec> = HashMap::with_max_entries(MAX_KERNEL_SOURCES, 0);
+
+/// Kernel struct offsets the function probes follow (written by the loader from BTF).
+#[map]
+pub static KERNEL_LAYOUT: Array<KernelLayout> = Array::with_max_entries(1, 0);
+
+/// Per-CPU rate windows, by source index.
+#[map]
+pub static KERNEL_RATE: PerCpuArray<KernelRate> = PerCpuArray::with_max_entries(MAX_KERNEL_SOURCES, 0);
+
+/// Timed kernel function calls between entry and return: the record built at entry. LRU: a call
+/// whose return is never seen (the probe attached mid-call) ages out.
+#[map]
+pub static KERNEL_CALLS: LruHashMap<KernelCallKey, KernelCallBuf> = LruHashMap::with_max_entries(1024, 0);

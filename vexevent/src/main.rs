@@ -148,6 +148,13 @@ enum Command {
         /// The audit line of the action's outcome (its `seq`, also `audit_seq` on its event).
         id: u64,
     },
+    /// Kernel functions for `[[kernel_functions]]`: which exist, which can be attached here,
+    /// which are inlined or missing.
+    Functions {
+        /// A function name or glob (`vfs_*`).
+        #[arg(long, value_name = "GLOB")]
+        list: String,
+    },
     /// Show which part of a filter the kernel evaluates and which part userspace does.
     Explain {
         /// TOML configuration file whose [filter] to explain.
@@ -434,6 +441,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Audit { command: AuditCommand::Verify { file } } => commands::rules::verify_log(&file),
         Command::Rollback { audit_log, id } => commands::rules::rollback_action(&audit_log, id),
+        Command::Functions { list } => commands::functions::list(&list),
         Command::Explain { config, filter } => {
             let mut config = match &config {
                 Some(path) => Config::from_file(path)?,

@@ -1,7 +1,8 @@
 //! `cargo xtask vm-test`: runs the real `vexevent` binary on an older kernel, Debian's 6.1 (no
 //! FUSE tracepoints, kprobes allowed), under QEMU, and checks that FUSE requests on a bindfs
 //! mount are captured through the kprobe fallback with the right opcodes, paths, requesters and
-//! timelines, and that the start-up report names the kprobe hooks.
+//! timelines, and that the start-up report names the kprobe hooks; then that kernel functions
+//! attached by name (`vfs_mkdir`, `vfs_rename`, `vfs_unlink`, `vfs_rmdir`) give their events.
 //!
 //! Everything it needs is fetched with apt into `target/vm-test/` once (idempotent): the kernel
 //! package (vmlinuz and fuse.ko) and a static busybox. The initramfs holds busybox, fuse.ko, the
@@ -115,6 +116,74 @@ out "@@end"
 grep -q "attached.*kprobe/queue_request_and_unlock" /tmp/vexevent.err || fail "no kprobe hooks in the start-up report"
 grep -q '"opcode_name":"CREATE"' /tmp/events.jsonl || fail "no FUSE CREATE request in the events"
 umount /tmp/mnt
+# Kernel functions by name: the VFS calls behind mkdir, rename, unlink and rmdir (the last one
+# refused: the directory is not empty), timed, with their dentries as paths.
+mkdir -p /tmp/kf
+cat >/tmp/kf.toml <<'TOML'
+[[kernel_functions]]
+name = "vfs_mkdir"
+[[kernel_functions]]
+name = "vfs_rename"
+[[kernel_functions]]
+name = "vfs_unlink"
+[[kernel_functions]]
+name = "vfs_rmdir"
+TOML
+vexevent functions --list 'vfs_[mru]*' >/tmp/kf.list 2>&1 || fail "vexevent functions --list failed"
+vexevent run --config /tmp/kf.toml --watch /tmp/kf --output /tmp/kf.jsonl --stats-file /tmp/kf.json \
+  --stats-interval 0 </dev/null >/dev/null 2>/tmp/kf.err &
+VX=$!
+ready /tmp/kf.err $VX
+cat /tmp/kf.err
+sh -c 'mkdir /tmp/kf/d; echo x >/tmp/kf/d/a; mv /tmp/kf/d/a /tmp/kf/d/b; rmdir /tmp/kf/d 2>/dev/null; rm /tmp/kf/d/b'
+i=0
+until grep -q '"vfs_unlink"' /tmp/kf.jsonl 2>/dev/null; do
+  i=$((i + 1))
+  [ $i -gt 300 ] && break
+  sleep 0.2
+done
+kill -INT $VX
+wait $VX || fail "vexevent (kernel functions) exited with $?"
+cat /tmp/kf.err
+out "@@kfunc-list"
+cat /tmp/kf.list >/dev/ttyS1
+out "@@kfunc-stderr"
+cat /tmp/kf.err >/dev/ttyS1
+out "@@kfunc-stats"
+cat /tmp/kf.json >/dev/ttyS1
+out ""
+out "@@kfunc-events"
+cat /tmp/kf.jsonl >/dev/ttyS1
+out "@@kfunc-end"
+# What the function probes cost, measured under emulation: one process (rm -r) unlinking 3000
+# files, without vexevent, with vexevent (syscall probes) and with vfs_unlink attached as well;
+# the best of two runs each, in centiseconds (/proc/uptime).
+now() { read up rest </proc/uptime; echo "${up%.*}${up#*.}"; }
+cost() {
+  best=
+  for run in 1 2; do
+    mkdir -p /tmp/cost && (cd /tmp/cost && seq 1 3000 | xargs touch)
+    s=$(now); rm -r /tmp/cost; e=$(now)
+    t=$((e - s)); { [ -z "$best" ] || [ $t -lt $best ]; } && best=$t
+  done
+  echo $best
+}
+printf '[[kernel_functions]]\nname = "vfs_unlink"\n' >/tmp/cost.toml
+bare=$(cost)
+vexevent run --watch /tmp --output /tmp/cost1.jsonl --stats-file /tmp/cost1.json --stats-interval 0 </dev/null >/dev/null 2>/tmp/cost1.err &
+VX=$!
+ready /tmp/cost1.err $VX
+syscalls=$(cost)
+kill -INT $VX
+wait $VX
+vexevent run --config /tmp/cost.toml --watch /tmp --output /tmp/cost2.jsonl --stats-file /tmp/cost2.json --stats-interval 0 </dev/null >/dev/null 2>/tmp/cost2.err &
+VX=$!
+ready /tmp/cost2.err $VX
+functions=$(cost)
+kill -INT $VX
+wait $VX
+echo "vm: rm -r of 3000 files (cs): bare $bare, syscall probes $syscalls, plus vfs_unlink $functions"
+out "@@cost $bare $syscalls $functions $(grep -c '"vfs_unlink"' /tmp/cost2.jsonl)"
 echo "VEXEVENT-VM-TEST: PASS"
 poweroff -f
 "#;
@@ -180,7 +249,7 @@ pub fn vm_test(kernel_package: Option<&str>) -> anyhow::Result<()> {
         "the VM never printed {PASS_LINE} (see the console above)"
     );
     check_results(&results)?;
-    println!("vm-test: PASS (Linux {release}: FUSE requests captured through kprobes)");
+    println!("vm-test: PASS (Linux {release}: FUSE requests and VFS functions captured through kprobes)");
     Ok(())
 }
 
@@ -303,7 +372,90 @@ fn check_results(results: &str) -> anyhow::Result<()> {
     ensure!(kernel("fuse_read_faults")? == 0, "the kprobes failed to read struct fuse_req fields: {stats}");
     ensure!(kernel("fuse_requests")? >= 6, "fewer FUSE requests than operations: {stats}");
     ensure!(stats["loss"]["unaccounted"].as_u64() == Some(0), "events lost without account: {stats}");
+    check_kernel_functions(results)
+}
+
+/// The kernel-function run: each VFS call's event names its function, its path (its dentry,
+/// joined with the tmpfs mount), its inode where the dentry had one, its duration and return
+/// value, and the syscall it ran in.
+fn check_kernel_functions(results: &str) -> anyhow::Result<()> {
+    let list = section(results, "kfunc-list");
+    ensure!(
+        list.lines().any(|l| l.starts_with("vfs_mkdir\t") && l.contains("attachable (kprobe)")),
+        "vexevent functions --list does not say vfs_mkdir is attachable:\n{list}"
+    );
+    let stderr = section(results, "kfunc-stderr");
+    let attached = stderr.lines().find(|l| l.contains("vexevent: attached")).context("no start-up report")?;
+    for hook in ["kprobe/vfs_mkdir", "kprobe/vfs_rename", "kprobe/vfs_unlink", "kprobe/vfs_rmdir"] {
+        ensure!(attached.contains(hook), "the start-up report does not name {hook} as attached: {attached}");
+    }
+    let events: Vec<Value> = section(results, "kfunc-events")
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .context("an event line is not JSON")?;
+    eprintln!("vm-test: {} events from the kernel-function run", events.len());
+    // (function, event type, path, target, return value, syscall prefix, has an inode)
+    let expected = [
+        ("vfs_mkdir", "FilesystemMkdir", "/tmp/kf/d", None, 0, "mkdir", false),
+        ("vfs_rename", "FilesystemRename", "/tmp/kf/d/a", Some("/tmp/kf/d/b"), 0, "rename", true),
+        ("vfs_rmdir", "FilesystemRmdir", "/tmp/kf/d", None, -39, "rmdir", true),
+        ("vfs_unlink", "FilesystemDelete", "/tmp/kf/d/b", None, 0, "unlink", true),
+    ];
+    for (function, event_type, path, target, ret, syscall, inode) in expected {
+        let event = events
+            .iter()
+            .find(|e| e["context"]["kernel"]["name"] == function)
+            .with_context(|| format!("no {function} event"))?;
+        let check = || -> anyhow::Result<()> {
+            ensure!(event["event_type"] == event_type, "not {event_type}");
+            ensure!(event["context"]["kernel"]["hook"] == "kprobe", "not from a kprobe");
+            let fs = &event["context"]["filesystem"];
+            ensure!(fs["path"] == path, "path is not {path}");
+            if let Some(target) = target {
+                ensure!(fs["target_path"] == target, "target is not {target}");
+            }
+            ensure!(!inode || fs["inode_number"].as_u64().is_some_and(|i| i > 0), "no inode number");
+            ensure!(event["result"]["ret"] == ret, "return value is not {ret}");
+            ensure!(event["duration_ns"].as_u64().is_some_and(|d| d > 0), "no duration");
+            let within = event["context"]["kernel"]["syscall"].as_str().unwrap_or_default();
+            ensure!(within.starts_with(syscall), "not joined to its {syscall} syscall");
+            let enter =
+                event["context"]["kernel"]["syscall_enter_ns"].as_u64().context("no syscall enter time")?;
+            let exit = event["timestamp"]["monotonic_ns"].as_u64().context("no timestamp")?;
+            let duration = event["duration_ns"].as_u64().unwrap_or_default();
+            ensure!(enter <= exit - duration, "the call started before its syscall");
+            Ok(())
+        };
+        check().with_context(|| format!("{function}: {event}"))?;
+    }
+    let stats: Value =
+        serde_json::from_str(section(results, "kfunc-stats").trim()).context("the stats are not JSON")?;
+    eprintln!("vm-test: kernel-function run stats: {stats}");
+    ensure!(stats["kernel"]["kernel_read_faults"] == 0, "the probes failed to read a struct field: {stats}");
+    ensure!(stats["loss"]["unaccounted"].as_u64() == Some(0), "events lost without account: {stats}");
+    report_cost(results);
     Ok(())
+}
+
+/// Prints what the function probes cost (measured under emulation: a figure to compare runs
+/// with, not a pass/fail check).
+fn report_cost(results: &str) {
+    let Some(line) = results.lines().find_map(|l| l.strip_prefix("@@cost ")) else {
+        eprintln!("vm-test: no cost measurement");
+        return;
+    };
+    let figures: Vec<f64> = line.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+    if let [bare, syscalls, functions, events] = figures[..] {
+        eprintln!(
+            "vm-test: rm -r of 3000 files under emulation: bare {bare} cs, syscall probes {syscalls} cs ({:.2}x), \
+             plus vfs_unlink kprobe pair {functions} cs ({:.2}x bare, {:.2}x syscall probes; {events} vfs_unlink events)",
+            syscalls / bare.max(1.0),
+            functions / bare.max(1.0),
+            functions / syscalls.max(1.0)
+        );
+    }
 }
 
 /// One operation's event carries its FUSE request, made by the operation's process and served by

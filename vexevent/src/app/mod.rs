@@ -234,6 +234,7 @@ fn translator(settings: &Settings, probes: &Probes, run: &Run) -> Translator {
         vexfs: VexfsRoots(settings.vexfs_paths.iter().cloned().chain(vexfs_mount_points()).collect()),
     });
     translator.set_run(run.clone());
+    translator.set_named_sources(probes.named_sources().to_vec());
     let processes = translator.processes_mut();
     for (pid, cwd) in &probes.seeded().cwds {
         processes.set_cwd(*pid, cwd.clone());

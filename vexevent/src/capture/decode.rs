@@ -3,9 +3,10 @@
 //! syscall table's positions), a FUSE request's fields, a fork's child, a gap's span.
 
 use vexevent_common::{
-    ForkBody, FuseBody, GAP_KINDS, GAP_OP, GAP_RECORD_SIZE, GapBody, IOCTL_ARG_BYTES, NO_ARG, NOT_A_SYSCALL,
-    OpKind, PATH_BUF, RECORD_HEADER_SIZE, RECORD_PATHS_OFFSET, RecordBody, RecordHeader, SYSCALL_ARGS,
-    SyscallBody, SyscallEntry, SyscallSpec, record_flags, spec_flags, syscall_by_nr,
+    ForkBody, FuseBody, GAP_KINDS, GAP_OP, GAP_RECORD_SIZE, GapBody, IOCTL_ARG_BYTES, KERNEL_TEXT_BYTES,
+    KernelBody, NO_ARG, NOT_A_SYSCALL, OpKind, PATH_BUF, RECORD_HEADER_SIZE, RECORD_PATHS_OFFSET, RecordBody,
+    RecordHeader, SYSCALL_ARGS, SyscallBody, SyscallEntry, SyscallSpec, record_flags, spec_flags,
+    syscall_by_nr,
 };
 
 /// What one ring record holds.
@@ -91,6 +92,8 @@ pub enum Body {
     Syscall(SyscallArgs),
     Fuse(FuseBody),
     Fork(ForkBody),
+    /// A tracepoint or kernel function attached by name; its texts are the record's paths.
+    Kernel(KernelBody),
 }
 
 /// A validated kernel record: its header and the paths it carries.
@@ -118,7 +121,7 @@ impl RawRecord {
     pub fn args(&self) -> Option<&SyscallArgs> {
         match &self.body {
             Body::Syscall(args) => Some(args),
-            Body::Fuse(_) | Body::Fork(_) => None,
+            Body::Fuse(_) | Body::Fork(_) | Body::Kernel(_) => None,
         }
     }
 }
@@ -258,6 +261,10 @@ fn syscall_args(spec: &SyscallSpec, body: &SyscallBody, flags: u32) -> SyscallAr
 
 fn decode_record(header: RecordHeader, body: &RecordBody, bytes: &[u8]) -> Result<RawRecord, DecodeError> {
     let op = OpKind::try_from(header.op).map_err(|op| DecodeError::UnknownOp { op })?;
+    if matches!(op, OpKind::Tracepoint | OpKind::KernelFunction) {
+        // SAFETY: the kernel variant is what these kinds' probes write; plain integers.
+        return decode_kernel(header, op, unsafe { body.kernel }, bytes);
+    }
     let syscall = if op.is_syscall() {
         Some(syscall_by_nr(header.syscall_nr).ok_or(DecodeError::UnknownSyscall { nr: header.syscall_nr })?)
     } else {
@@ -312,6 +319,61 @@ fn decode_record(header: RecordHeader, body: &RecordBody, bytes: &[u8]) -> Resul
         size: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
         syscall,
     })
+}
+
+/// A tracepoint or kernel function record: the body and up to two text slots of
+/// `KERNEL_TEXT_BYTES` each (slot 2 right after slot 1's).
+fn decode_kernel(
+    header: RecordHeader,
+    op: OpKind,
+    body: KernelBody,
+    bytes: &[u8],
+) -> Result<RawRecord, DecodeError> {
+    for len in [header.path1_len, header.path2_len] {
+        if len as usize >= KERNEL_TEXT_BYTES {
+            return Err(DecodeError::PathTooLong { len });
+        }
+    }
+    let text1_end = RECORD_PATHS_OFFSET + header.path1_len as usize;
+    let expected = if header.path2_len > 0 {
+        RECORD_PATHS_OFFSET + KERNEL_TEXT_BYTES + header.path2_len as usize
+    } else {
+        text1_end
+    };
+    if bytes.len() != expected {
+        return Err(DecodeError::LengthMismatch { expected, actual: bytes.len() });
+    }
+    let path1 = (header.path1_len > 0).then(|| bytes[RECORD_PATHS_OFFSET..text1_end].to_vec());
+    let path2 =
+        (header.path2_len > 0).then(|| bytes[RECORD_PATHS_OFFSET + KERNEL_TEXT_BYTES..expected].to_vec());
+    Ok(RawRecord {
+        header,
+        op,
+        body: Body::Kernel(body),
+        path1,
+        path2,
+        text2: true,
+        payload: None,
+        size: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
+        syscall: None,
+    })
+}
+
+/// Encodes a tracepoint or kernel function record the way the probes lay it out (for tests).
+#[must_use]
+pub fn encode_kernel(header: &RecordHeader, body: KernelBody, text1: &[u8], text2: Option<&[u8]>) -> Vec<u8> {
+    let mut header = *header;
+    header.path1_len = u32::try_from(text1.len()).unwrap_or(u32::MAX);
+    header.path2_len = text2.map_or(0, |t| u32::try_from(t.len()).unwrap_or(u32::MAX));
+    let mut record = RecordBody::ZEROED;
+    record.kernel = body;
+    let mut bytes = fixed_bytes(&header, &record);
+    bytes.extend_from_slice(text1);
+    if let Some(text2) = text2 {
+        bytes.resize(RECORD_PATHS_OFFSET + KERNEL_TEXT_BYTES, 0);
+        bytes.extend_from_slice(text2);
+    }
+    bytes
 }
 
 fn fixed_bytes(header: &RecordHeader, body: &RecordBody) -> Vec<u8> {
@@ -508,6 +570,27 @@ mod tests {
         let fork =
             encode(&RecordHeader { syscall_nr: NOT_A_SYSCALL, ..header(0, OpKind::Fork) }, &body, b"", None);
         assert_eq!(record(decode(&fork)).unwrap().body, Body::Fork(ForkBody { child_pid: 4321, padding: 0 }));
+    }
+
+    #[test]
+    fn kernel_records_carry_two_text_slots() {
+        let body = KernelBody { source: 2, values: [7, 0, 0, 0, 0, 0, 0, 0], ..KernelBody::default() };
+        let kernel = RecordHeader { syscall_nr: NOT_A_SYSCALL, ..header(0, OpKind::KernelFunction) };
+        let bytes = encode_kernel(&kernel, body, b"d\0c\0", Some(b"name"));
+        assert_eq!(bytes.len(), RECORD_PATHS_OFFSET + KERNEL_TEXT_BYTES + 4);
+        let decoded = record(decode(&bytes)).unwrap();
+        assert_eq!(decoded.body, Body::Kernel(body));
+        assert_eq!(
+            (decoded.path1.as_deref(), decoded.path2.as_deref()),
+            (Some(&b"d\0c\0"[..]), Some(&b"name"[..]))
+        );
+        assert!(matches!(record(decode(&bytes[..bytes.len() - 1])), Err(DecodeError::LengthMismatch { .. })));
+        let one = encode_kernel(&kernel, body, b"", None);
+        assert_eq!((one.len(), record(decode(&one)).unwrap().path1), (RECORD_PATHS_OFFSET, None));
+        let mut long = one.clone();
+        let too_long = u32::try_from(KERNEL_TEXT_BYTES).unwrap();
+        long[std::mem::offset_of!(RecordHeader, path2_len)..][..4].copy_from_slice(&too_long.to_ne_bytes());
+        assert_eq!(record(decode(&long)), Err(DecodeError::PathTooLong { len: too_long }));
     }
 
     #[test]

@@ -9,7 +9,7 @@ mod sequence;
 
 pub use decode::{
     Body, Captured, DecodeError, GapRecord, IoctlCall, RawRecord, SyscallArgs, decode, encode, encode_gap,
-    syscall_body,
+    encode_kernel, syscall_body,
 };
 pub use merge::Merger;
 pub use sequence::SequenceTracker;

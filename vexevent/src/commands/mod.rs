@@ -1,7 +1,8 @@
 //! The binary's own subcommands and output: what `run` prints while it runs, and the commands
 //! that talk to a running instance (`reload`, `tail`, `top`), and the rule commands (`replay`,
-//! `audit`, `rollback`).
+//! `audit`, `rollback`), and `functions --list`.
 
+pub mod functions;
 pub mod reload;
 pub mod remote;
 pub mod rules;

@@ -20,7 +20,9 @@ use crate::{
     expr::{Filter, FilterChain, FilterError},
     filter::{FilterConfig, KernelPart, pushdown},
     http::{AuthError, ControlConfig, StreamConfig},
-    loader::{CaptureConfig, CaptureConfigError, CaptureSettings, ProbeSettings},
+    loader::{
+        CaptureConfig, CaptureConfigError, CaptureSettings, FunctionConfig, ProbeSettings, TracepointConfig,
+    },
     react::{ReactConfig, ReactSettings, RuleConfig, RuleError, read_rules_file, rule_problems},
     route::{self, Outputs, OutputsError, RouteConfig, Router, RoutingSection},
     sinks::{OutputConfig, SinkConfig},
@@ -51,6 +53,10 @@ pub struct Config {
     pub react: ReactConfig,
     /// Rules over the event stream (`[[rules]]`; more in `react.rules_file`).
     pub rules: Vec<RuleConfig>,
+    /// Tracepoints attached by name (`[[tracepoints]]`).
+    pub tracepoints: Vec<TracepointConfig>,
+    /// Kernel functions attached by name (`[[kernel_functions]]`).
+    pub kernel_functions: Vec<FunctionConfig>,
 }
 
 /// `[stats]`: counters reporting.
@@ -267,11 +273,13 @@ impl Config {
         // What the kernel can evaluate of the filter narrows the probes' own filters where the
         // configuration leaves them open.
         let kernel_filter = pushdown(&compiled.filter);
-        let CaptureSettings { probes, drain, ops } = self.capture.build(
+        let CaptureSettings { mut probes, drain, ops } = self.capture.build(
             &kernel_filter,
             self.fuse.daemon_binary.clone(),
             self.fuse.daemon_functions.clone(),
         )?;
+        probes.tracepoints.clone_from(&self.tracepoints);
+        probes.kernel_functions.clone_from(&self.kernel_functions);
         let settings = Settings {
             node: self.node.node_id()?,
             probes,

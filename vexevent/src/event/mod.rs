@@ -280,6 +280,32 @@ pub struct Context {
     /// no caller syscall).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fuse: Vec<FuseRequest>,
+    /// On events of tracepoints and kernel functions attached by name: what the kernel passed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelContext>,
+}
+
+/// What a tracepoint or kernel function attached by name saw.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct KernelContext {
+    /// `tracepoint` or `kprobe`.
+    pub hook: String,
+    /// The tracepoint (`category:name`) or the function.
+    pub name: String,
+    /// The captured fields or arguments by name: numbers, strings, and objects (`{"dev":
+    /// "MAJ:MIN", "ino": N, "path": "..."}` for dentries, files, paths and inodes).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub fields: std::collections::BTreeMap<String, serde_json::Value>,
+    /// The traced syscall the call ran in, when it ran in one (same thread, between its enter
+    /// and exit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syscall: Option<String>,
+    /// When that syscall entered (`CLOCK_MONOTONIC`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub syscall_enter_ns: Option<u64>,
+    /// Some value could not be read in the kernel, or a path was cut short.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub incomplete: bool,
 }
 
 /// Records the kernel could not deliver (its ring was full): a lower bound for downstream counts.

@@ -170,6 +170,9 @@ impl CaptureConfig {
                 daemon_functions,
                 syscall_hooks: self.syscall_hooks,
                 debug_probes: self.debug_probes,
+                // `[[tracepoints]]` and `[[kernel_functions]]` are sections of their own.
+                tracepoints: Vec::new(),
+                kernel_functions: Vec::new(),
             },
             drain: DrainSettings {
                 batch_window: Duration::from_micros(self.batch_window_us),

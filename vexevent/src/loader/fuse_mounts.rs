@@ -47,6 +47,30 @@ fn parse_mounts(mountinfo: &str) -> Vec<FuseMount> {
         .collect()
 }
 
+/// A mount as the kernel-function events join it: device (kernel encoding), the directory of
+/// its file system it shows (its root), and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceMount {
+    pub dev: u32,
+    pub root: Vec<u8>,
+    pub mount_point: Vec<u8>,
+}
+
+/// Parses every mount of mountinfo text with its device and root.
+#[must_use]
+pub fn parse_device_mounts(mountinfo: &str) -> Vec<DeviceMount> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (before, _) = line.split_once(" - ")?;
+            let fields: Vec<&str> = before.split(' ').collect();
+            let (major, minor) = fields.get(2)?.split_once(':')?;
+            let dev = (major.parse::<u32>().ok()? << 20) | minor.parse::<u32>().ok()?;
+            Some(DeviceMount { dev, root: unescape(fields.get(3)?), mount_point: unescape(fields.get(4)?) })
+        })
+        .collect()
+}
+
 /// Parses mountinfo text into its FUSE mounts.
 #[must_use]
 pub fn parse_fuse_mounts(mountinfo: &str) -> Vec<FuseMount> {

@@ -217,6 +217,38 @@ impl Hooks {
         self.keep(hook, result.map(|link| Link::KProbe(program_name, link)))
     }
 
+    /// Attaches the generic function probes to `function`: the kprobe, and the kretprobe when
+    /// it is timed; both or neither. Reported under the function's name when it fails.
+    pub(super) fn attach_function(
+        &mut self,
+        ebpf: &mut Ebpf,
+        function: &str,
+        timed: bool,
+    ) -> Result<(), String> {
+        let before = self.links.len();
+        let mut programs = vec![(program_names::FUNCTION_ENTRY, "kprobe")];
+        if timed {
+            programs.push((program_names::FUNCTION_RETURN, "kretprobe"));
+        }
+        for (program_name, kind) in programs {
+            let attached = (|| {
+                let prog: &mut KProbe = loaded(ebpf, program_name)?;
+                prog.attach(function, 0).map_err(|e| format!("{kind}: {e}"))
+            })();
+            match attached {
+                Ok(link) => self.links.push(Link::KProbe(program_name, link)),
+                Err(error) => {
+                    let partial: Vec<Link> = self.links.drain(before..).collect();
+                    Self::detach_links(ebpf, partial);
+                    self.report(function.to_owned(), Some(error.clone()));
+                    return Err(error);
+                }
+            }
+        }
+        self.report(format!("kprobe/{function}"), None);
+        Ok(())
+    }
+
     /// Attaches the entry and return uprobes to each configured daemon function; a function that
     /// cannot be found or attached is reported, not fatal.
     pub fn attach_daemon_functions(&mut self, ebpf: &mut Ebpf, binary: &Path, functions: &[String]) {
@@ -262,7 +294,7 @@ impl Hooks {
         Ok(())
     }
 
-    fn attach_tracepoint(
+    pub(super) fn attach_tracepoint(
         &mut self,
         ebpf: &mut Ebpf,
         program_name: &'static str,

@@ -81,6 +81,8 @@ struct Type {
     members: Vec<Member>,
     /// Element type and count of an array.
     array: Option<(u32, u32)>,
+    /// An integer's `BTF_INT_*` encoding bits (`BTF_INT_SIGNED` is 1).
+    int_encoding: u32,
 }
 
 /// The types of one BTF blob, with those of its base when it is split BTF (a module's).
@@ -125,6 +127,14 @@ impl KernelBtf {
         Self::parse(&split, Some((&base, &vmlinux)), module)
     }
 
+    /// The running kernel's own BTF (`/sys/kernel/btf/vmlinux`), without any module's.
+    ///
+    /// # Errors
+    /// When the BTF is missing or malformed.
+    pub fn vmlinux() -> Result<Self, BtfError> {
+        Self::parse(&read(&Path::new(SYSFS_BTF).join("vmlinux"))?, None, "vmlinux")
+    }
+
     /// Parses a BTF blob; split BTF (a module's) needs its base blob and parsed types, whose
     /// strings and type ids it continues.
     ///
@@ -162,6 +172,7 @@ impl KernelBtf {
                 size_or_ref,
                 members: Vec::new(),
                 array: None,
+                int_encoding: 0,
             };
             let extra = match kind {
                 kind::PTR
@@ -173,7 +184,11 @@ impl KernelBtf {
                 | kind::FUNC
                 | kind::FLOAT
                 | kind::TYPE_TAG => 0,
-                kind::INT | kind::VAR | kind::DECL_TAG => 4,
+                kind::INT => {
+                    ty.int_encoding = u32_at(types_bytes, at).ok_or_else(malformed)? >> 24;
+                    4
+                }
+                kind::VAR | kind::DECL_TAG => 4,
                 kind::ARRAY => {
                     let element = u32_at(types_bytes, at).ok_or_else(malformed)?;
                     let count = u32_at(types_bytes, at + 8).ok_or_else(malformed)?;
@@ -200,7 +215,21 @@ impl KernelBtf {
                     }
                     vlen * 12
                 }
-                kind::ENUM | kind::FUNC_PROTO => vlen * 8,
+                kind::FUNC_PROTO => {
+                    // The parameters, as members without offsets.
+                    for i in 0..vlen {
+                        let param = at + i * 8;
+                        ty.members.push(Member {
+                            name: string(u32_at(types_bytes, param).ok_or_else(malformed)?)
+                                .ok_or_else(malformed)?,
+                            type_id: u32_at(types_bytes, param + 4).ok_or_else(malformed)?,
+                            bit_offset: 0,
+                            bitfield_size: 0,
+                        });
+                    }
+                    vlen * 8
+                }
+                kind::ENUM => vlen * 8,
                 kind::DATASEC | kind::ENUM64 => vlen * 12,
                 _ => return Err(BtfError::UnknownKind { id, kind }),
             };
@@ -310,6 +339,69 @@ impl KernelBtf {
             size = self.size_of(id)?;
         }
         Ok(Field { offset: bits / 8, size })
+    }
+}
+
+/// What a function parameter is, as far as the function probes care.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ParamType {
+    /// An integer (or enum, or bool) of `size` bytes.
+    Int { size: u32, signed: bool },
+    /// A pointer to `struct NAME`.
+    StructPointer(String),
+    /// A pointer to `char` (signed, unsigned or plain).
+    CharPointer,
+    /// Any other pointer.
+    Pointer,
+    /// Anything else (a struct by value, a float).
+    Other,
+}
+
+impl KernelBtf {
+    /// Ids of the functions (`BTF_KIND_FUNC`) by name.
+    #[must_use]
+    pub fn functions(&self) -> std::collections::HashMap<&str, u32> {
+        self.types
+            .iter()
+            .enumerate()
+            .filter(|(_, ty)| ty.kind == kind::FUNC)
+            .filter_map(|(index, ty)| Some((ty.name.as_str(), u32::try_from(index + 1).ok()?)))
+            .collect()
+    }
+
+    /// The parameters of the function with id `func` (from [`Self::functions`]), name and type,
+    /// and its return type. `None` when the id is not a function with a prototype.
+    #[must_use]
+    pub fn signature(&self, func: u32) -> Option<(Vec<(String, ParamType)>, ParamType)> {
+        let func = self.get(func).filter(|ty| ty.kind == kind::FUNC)?;
+        let proto = self.get(func.size_or_ref).filter(|ty| ty.kind == kind::FUNC_PROTO)?;
+        let params =
+            proto.members.iter().map(|param| (param.name.clone(), self.param_type(param.type_id))).collect();
+        Some((params, self.param_type(proto.size_or_ref)))
+    }
+
+    fn param_type(&self, id: u32) -> ParamType {
+        let Some(ty) = self.get(self.resolve(id)) else { return ParamType::Other };
+        match ty.kind {
+            kind::INT => ParamType::Int { size: ty.size_or_ref, signed: ty.int_encoding & 1 != 0 },
+            kind::ENUM | kind::ENUM64 => ParamType::Int { size: ty.size_or_ref, signed: false },
+            kind::PTR => match self.get(self.resolve(ty.size_or_ref)) {
+                Some(target)
+                    if matches!(target.kind, kind::STRUCT | kind::FWD) && !target.name.is_empty() =>
+                {
+                    ParamType::StructPointer(target.name.clone())
+                }
+                Some(target)
+                    if target.kind == kind::INT
+                        && target.size_or_ref == 1
+                        && target.name.contains("char") =>
+                {
+                    ParamType::CharPointer
+                }
+                _ => ParamType::Pointer,
+            },
+            _ => ParamType::Other,
+        }
     }
 }
 

@@ -9,6 +9,7 @@ mod fuse_kprobes;
 mod fuse_mounts;
 mod hooks;
 mod kernel_btf;
+mod named;
 mod probe_log;
 mod seed;
 mod symbols;
@@ -24,8 +25,12 @@ use vexevent_common::{
 };
 
 pub use config::{CaptureConfig, CaptureConfigError, CaptureSettings};
-pub use fuse_mounts::{FuseMount, vexfs_mount_points};
+pub use fuse_mounts::{DeviceMount, FuseMount, parse_device_mounts, vexfs_mount_points};
 pub use hooks::{HookReport, SyscallHooks};
+pub use named::{
+    FunctionConfig, FunctionStatus, NamedKind, NamedSource, NamedText, NamedValue, Symbol, TracepointConfig,
+    list_functions,
+};
 pub use seed::Seeded;
 pub use tracefs::TRACEFS;
 
@@ -54,6 +59,10 @@ pub struct ProbeSettings {
     pub syscall_hooks: SyscallHooks,
     /// Turn the probes' diagnostics on and forward them to the log (`--debug-probes`).
     pub debug_probes: bool,
+    /// Tracepoints attached by name (`[[tracepoints]]`).
+    pub tracepoints: Vec<TracepointConfig>,
+    /// Kernel functions attached by name (`[[kernel_functions]]`).
+    pub kernel_functions: Vec<FunctionConfig>,
 }
 
 /// Why the probes could not be set up. Each message says what to do.
@@ -85,6 +94,8 @@ pub enum LoaderError {
         "the syscall tracepoints could not be attached ({detail}); vexevent needs a kernel with CONFIG_FTRACE_SYSCALLS"
     )]
     NoHooks { detail: String },
+    #[error("the object lacks what named tracepoints and functions need ({detail}); rebuild vexevent")]
+    Named { detail: String },
 }
 
 fn map_error(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> LoaderError {
@@ -106,6 +117,9 @@ pub struct Probes {
     seeded: Seeded,
     /// Where `sched_process_fork` keeps the child's pid (read from tracefs once).
     fork_child_pid_offset: u32,
+    /// Tracepoints and functions attached by name, by their records' source number (`None`:
+    /// planned but not attached).
+    named: Vec<Option<NamedSource>>,
     /// Forwards the probes' diagnostics (with `debug_probes`).
     _probe_log: Option<probe_log::ProbeLogReader>,
 }
@@ -175,12 +189,20 @@ impl Probes {
             seeded: Seeded::default(),
             fork_child_pid_offset: tracefs::field_offset("sched", "sched_process_fork", "child_pid")
                 .unwrap_or(0),
+            named: Vec::new(),
             _probe_log: probe_log,
         };
         probes.configure(settings)?;
         probes.configure_fuse(settings)?;
         probes.attach(settings.syscall_hooks)?;
         probes.attach_daemon_functions(settings);
+        probes.named = named::attach(
+            &mut probes.ebpf,
+            &mut probes.hooks,
+            &settings.tracepoints,
+            &settings.kernel_functions,
+        )
+        .map_err(|detail| LoaderError::Named { detail })?;
         probes.seeded = seed::seed_scope(&mut probes.ebpf, settings)?;
         Ok(probes)
     }
@@ -334,6 +356,12 @@ impl Probes {
         if let Some(binary) = &settings.daemon_binary {
             self.hooks.attach_daemon_functions(&mut self.ebpf, binary, &settings.daemon_functions);
         }
+    }
+
+    /// The tracepoints and functions attached by name, by their records' source number.
+    #[must_use]
+    pub fn named_sources(&self) -> &[Option<NamedSource>] {
+        &self.named
     }
 
     /// Number of syscalls the probes trace.

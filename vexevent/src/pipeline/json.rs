@@ -83,7 +83,7 @@ fn write_timestamp(out: &mut Vec<u8>, timestamp: &Timestamp) {
 }
 
 fn write_context(out: &mut Vec<u8>, context: &Context) -> serde_json::Result<()> {
-    let Context { filesystem, vector, observability, gap, graph, parameters, fuse } = context;
+    let Context { filesystem, vector, observability, gap, graph, parameters, fuse, kernel } = context;
     let mut object = Object::new(out);
     if let Some(filesystem) = filesystem {
         write_filesystem(object.key("filesystem").0, filesystem)?;
@@ -105,6 +105,9 @@ fn write_context(out: &mut Vec<u8>, context: &Context) -> serde_json::Result<()>
     }
     if !fuse.is_empty() {
         object.key("fuse").serde(fuse)?;
+    }
+    if let Some(kernel) = kernel {
+        object.key("kernel").serde(kernel)?;
     }
     object.end();
     Ok(())

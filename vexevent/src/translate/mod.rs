@@ -7,6 +7,7 @@ mod errno;
 mod fuse;
 mod fuse_nodes;
 mod ioctl;
+mod kernel;
 mod paths;
 mod process;
 mod source;
@@ -85,6 +86,8 @@ pub struct Translator {
     wall_offset_ns: i128,
     /// This run of vexevent, and its node: the origin of every event.
     run: Run,
+    /// Tracepoints and functions attached by name.
+    kernel_sources: kernel::KernelSources,
 }
 
 /// Wall clock minus `CLOCK_MONOTONIC` now, in nanoseconds.
@@ -124,6 +127,7 @@ impl Translator {
             stats: stat_cache::StatCache::default(),
             wall_offset_ns: wall_clock_offset_ns(),
             run: Run::new(NodeId::host()),
+            kernel_sources: kernel::KernelSources::default(),
         }
     }
 
@@ -323,6 +327,9 @@ impl Translator {
         if let Body::Fuse(request) = &record.body {
             out.push(self.fuse_event(record, request));
             return Disposition::Events(1);
+        }
+        if let Body::Kernel(body) = &record.body {
+            return self.kernel_event(record, body, out);
         }
         // Bookkeeping first: state changes apply whether or not an event is emitted.
         let event_type = match record.op {
