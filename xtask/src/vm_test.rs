@@ -57,6 +57,16 @@ ready() {
     sleep 0.2
   done
 }
+# Waits (at most 60 s) until file $2 holds a line matching $1; status 1 when it never does.
+seen() {
+  i=0
+  until grep -q "$1" "$2" 2>/dev/null; do
+    i=$((i + 1))
+    [ $i -gt 300 ] && return 1
+    sleep 0.2
+  done
+  return 0
+}
 # Before fuse.ko is loaded: the start-up report must say why no FUSE hook attached. This run also
 # has the probes' diagnostics on (this kernel's verifier must accept the probes with their log
 # statements): a fork in a watched cwd must be reported by the probe.
@@ -65,12 +75,8 @@ vexevent run --watch /tmp --output /tmp/before.jsonl --stats-file /tmp/before.js
 VX=$!
 ready /tmp/before.err $VX
 (cd /tmp && { sleep 0 & wait; })
-i=0
-until grep -q "vexevent::probes.*inherits the watched cwd" /tmp/before.err; do
-  i=$((i + 1))
-  [ $i -gt 300 ] && { cat /tmp/before.err; fail "no probe diagnostics with --debug-probes"; }
-  sleep 0.2
-done
+seen "vexevent::probes.*inherits the watched cwd" /tmp/before.err ||
+  { cat /tmp/before.err; fail "no probe diagnostics with --debug-probes"; }
 kill -INT $VX
 wait $VX
 cat /tmp/before.err
@@ -94,12 +100,8 @@ cat /tmp/vexevent.err
 sh -c 'echo hello >/tmp/mnt/file.txt; cat /tmp/mnt/file.txt >/dev/null;
   mkdir /tmp/mnt/dir; mv /tmp/mnt/file.txt /tmp/mnt/moved.txt; rm /tmp/mnt/moved.txt;
   rm /tmp/mnt/missing 2>/dev/null; rmdir /tmp/mnt/nodir 2>/dev/null; rmdir /tmp/mnt/dir'
-i=0
-until grep -q '"FilesystemRmdir"' /tmp/events.jsonl 2>/dev/null; do
-  i=$((i + 1))
-  [ $i -gt 300 ] && break
-  sleep 0.2
-done
+# The host checks the events; a missing one shows there.
+seen '"FilesystemRmdir"' /tmp/events.jsonl || :
 kill -INT $VX
 wait $VX || fail "vexevent exited with $?"
 echo "vm: vexevent exited with 0"
@@ -136,12 +138,7 @@ VX=$!
 ready /tmp/kf.err $VX
 cat /tmp/kf.err
 sh -c 'mkdir /tmp/kf/d; echo x >/tmp/kf/d/a; mv /tmp/kf/d/a /tmp/kf/d/b; rmdir /tmp/kf/d 2>/dev/null; rm /tmp/kf/d/b'
-i=0
-until grep -q '"vfs_unlink"' /tmp/kf.jsonl 2>/dev/null; do
-  i=$((i + 1))
-  [ $i -gt 300 ] && break
-  sleep 0.2
-done
+seen '"vfs_unlink"' /tmp/kf.jsonl || :
 kill -INT $VX
 wait $VX || fail "vexevent (kernel functions) exited with $?"
 cat /tmp/kf.err
