@@ -211,4 +211,6 @@ fn both_servers_speak_only_tls_off_loopback_with_the_configured_certificate() {
     let finished = vexevent.stop();
     assert!(finished.exit_ok, "{:?}", finished.stderr);
     assert!(finished.stats["userspace"]["http_accepted"].as_u64().unwrap() >= 2, "{}", finished.stats);
+    // Plain HTTP to each server, an untrusting curl to each and a plain `reload`: five failed.
+    assert!(finished.stats["userspace"]["http_tls_failed"].as_u64().unwrap() >= 5, "{}", finished.stats);
 }

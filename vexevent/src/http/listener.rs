@@ -73,7 +73,7 @@ impl Listener for BoundedListener {
             let (stream, peer) = Listener::accept(&mut self.listener).await;
             if let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() {
                 let deadline = Box::pin(tokio::time::sleep(self.idle));
-                let stream = Stream::new(stream, self.tls.as_ref());
+                let stream = Stream::new(stream, self.tls.as_ref(), &self.counters);
                 return (Connection { stream, idle: self.idle, deadline, _permit: permit }, peer);
             }
             add(&self.counters.http_over_capacity, 1);

@@ -13,6 +13,7 @@ use std::{
     task::{Context, Poll, ready},
 };
 
+use crate::telemetry::{Counters, add};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
@@ -144,7 +145,8 @@ pub fn client_config(
 /// An accepted TCP connection: plain, or TLS (its handshake first).
 pub(super) enum Stream {
     Plain(TcpStream),
-    Handshake(Box<Accept<TcpStream>>),
+    /// The handshake, and the counters its failure is counted in.
+    Handshake(Box<Accept<TcpStream>>, Arc<Counters>),
     Tls(Box<TlsStream<TcpStream>>),
     /// The handshake failed; the connection only closes.
     Failed,
@@ -152,19 +154,20 @@ pub(super) enum Stream {
 
 impl Stream {
     /// A plain connection, or the start of a TLS one.
-    pub(super) fn new(stream: TcpStream, tls: Option<&TlsAcceptor>) -> Self {
+    pub(super) fn new(stream: TcpStream, tls: Option<&TlsAcceptor>, counters: &Arc<Counters>) -> Self {
         match tls {
-            Some(acceptor) => Self::Handshake(Box::new(acceptor.accept(stream))),
+            Some(acceptor) => Self::Handshake(Box::new(acceptor.accept(stream)), Arc::clone(counters)),
             None => Self::Plain(stream),
         }
     }
 
     /// Drives the handshake; ready once the connection carries data.
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if let Self::Handshake(accept) = self {
+        if let Self::Handshake(accept, counters) = self {
             match ready!(Pin::new(accept.as_mut()).poll(cx)) {
                 Ok(tls) => *self = Self::Tls(Box::new(tls)),
                 Err(error) => {
+                    add(&counters.http_tls_failed, 1);
                     *self = Self::Failed;
                     tracing::warn!(%error, "a TLS handshake failed");
                     return Poll::Ready(Err(error));
@@ -185,7 +188,7 @@ impl AsyncRead for Stream {
         match this {
             Self::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
             Self::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
-            Self::Handshake(_) | Self::Failed => Poll::Ready(Ok(())),
+            Self::Handshake(..) | Self::Failed => Poll::Ready(Ok(())),
         }
     }
 }
@@ -197,7 +200,7 @@ impl AsyncWrite for Stream {
         match this {
             Self::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
             Self::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
-            Self::Handshake(_) | Self::Failed => Poll::Ready(Ok(0)),
+            Self::Handshake(..) | Self::Failed => Poll::Ready(Ok(0)),
         }
     }
 
@@ -211,7 +214,7 @@ impl AsyncWrite for Stream {
         match this {
             Self::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
             Self::Tls(stream) => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
-            Self::Handshake(_) | Self::Failed => Poll::Ready(Ok(0)),
+            Self::Handshake(..) | Self::Failed => Poll::Ready(Ok(0)),
         }
     }
 
@@ -219,7 +222,7 @@ impl AsyncWrite for Stream {
         match self {
             Self::Plain(stream) => stream.is_write_vectored(),
             Self::Tls(stream) => stream.is_write_vectored(),
-            Self::Handshake(_) | Self::Failed => false,
+            Self::Handshake(..) | Self::Failed => false,
         }
     }
 
@@ -229,7 +232,7 @@ impl AsyncWrite for Stream {
         match this {
             Self::Plain(stream) => Pin::new(stream).poll_flush(cx),
             Self::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
-            Self::Handshake(_) | Self::Failed => Poll::Ready(Ok(())),
+            Self::Handshake(..) | Self::Failed => Poll::Ready(Ok(())),
         }
     }
 
@@ -239,7 +242,7 @@ impl AsyncWrite for Stream {
         match this {
             Self::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
             Self::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
-            Self::Handshake(_) | Self::Failed => Poll::Ready(Ok(())),
+            Self::Handshake(..) | Self::Failed => Poll::Ready(Ok(())),
         }
     }
 }

@@ -127,6 +127,9 @@ counters! {
     http_bad_request,
     /// Connections and subscriptions refused because the server holds its limit (429).
     http_over_capacity,
+    /// TLS handshakes that failed (a client that does not trust the certificate, plain HTTP to
+    /// a TLS server, a handshake left to stall past the idle timeout).
+    http_tls_failed,
     /// Events that could not be serialized, or that a sink dropped (per sink and reason in
     /// `sinks`).
     sink_errors,
