@@ -20,6 +20,7 @@ pub mod http;
 pub mod loader;
 pub mod pipeline;
 pub mod react;
+pub mod replicate;
 pub mod route;
 pub mod sinks;
 pub mod telemetry;

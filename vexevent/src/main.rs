@@ -116,6 +116,20 @@ enum Command {
         /// The recorded events.
         events: PathBuf,
     },
+    /// The replicated cluster this instance is a member of (`[cluster]`).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Print the cluster's committed events from a log index, in commit order (JSON Lines), up
+    /// to the commit index; an index already compacted is refused with the first retained one.
+    Log {
+        /// The first log index to print.
+        #[arg(long, value_name = "INDEX")]
+        from: u64,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
     /// The audit log of what rules decided and did.
     Audit {
         #[command(subcommand)]
@@ -139,6 +153,32 @@ enum Command {
         #[arg(long)]
         filter: Vec<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// Members, leader, term, commit index and each member's lag, as the instance sees them.
+    Status {
+        #[command(flatten)]
+        control: ControlArgs,
+        /// Print the JSON the instance answers.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where a running instance's control API is and how to prove the right to use it.
+#[derive(Args, Debug)]
+struct ControlArgs {
+    /// The instance's control API address (`vexevent run --control-addr`).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7879")]
+    control_addr: std::net::SocketAddr,
+    /// Token to present (when the control API has one of its own); default: the token file's.
+    #[arg(long, env = "VEXEVENT_CONTROL_TOKEN")]
+    token: Option<String>,
+    /// The instance's token file (beside its stats file), read when no --token is given.
+    #[arg(long, value_name = "FILE", default_value_os_t = default_token_file())]
+    token_file: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -386,6 +426,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             commands::top::follow(control_addr, &client_token(token, &token_file)?, rows)
         }
         Command::Replay { rules, events } => commands::rules::replay_log(&rules, &events),
+        Command::Cluster { command: ClusterCommand::Status { control, json } } => commands::cluster::status(
+            control.control_addr,
+            &client_token(control.token, &control.token_file)?,
+            json,
+        ),
+        Command::Log { from, control } => commands::cluster::log(
+            control.control_addr,
+            &client_token(control.token, &control.token_file)?,
+            from,
+        ),
         Command::Audit { command: AuditCommand::Verify { file } } => commands::rules::verify_log(&file),
         Command::Rollback { audit_log, id } => commands::rules::rollback_action(&audit_log, id),
         Command::Explain { config, filter } => {

@@ -52,6 +52,8 @@ pub enum AppError {
     Auth(#[from] crate::http::AuthError),
     #[error(transparent)]
     React(#[from] crate::react::ReactError),
+    #[error(transparent)]
+    Replicate(#[from] crate::replicate::ReplicateError),
     #[error("cannot start the {what}: {source}")]
     Start {
         what: &'static str,

@@ -14,14 +14,16 @@ use crate::{
     http::{Broadcaster, StreamStage},
     pipeline::{Pipeline, Sequencer, Source},
     react::ReactStage,
+    replicate::ReplicateStage,
     route::RouteStage,
     sinks::Sinks,
     telemetry::Counters,
 };
 
 /// The stages after the source, in order (`react` only with rules, `analyse` only when enabled,
-/// `stream` only with a stream server).
-pub const STAGES: [&str; 7] = ["correlate", "react", "analyse", "filter", "sequence", "route", "stream"];
+/// `replicate` only with `[cluster]`, `stream` only with a stream server).
+pub const STAGES: [&str; 8] =
+    ["correlate", "react", "analyse", "filter", "replicate", "sequence", "route", "stream"];
 
 /// The stage graph the settings give, from the source to the last stage.
 #[must_use]
@@ -30,17 +32,20 @@ pub fn stage_graph(source: &str, settings: &Settings) -> Vec<String> {
         .chain(STAGES.into_iter().filter(|&stage| stage != "stream" || settings.stream.addr.is_some()))
         .filter(|&stage| stage != "react" || !settings.react.rules.is_empty())
         .filter(|&stage| stage != "analyse" || settings.analyse.enabled)
+        .filter(|&stage| stage != "replicate" || settings.cluster.is_some())
         .map(str::to_owned)
         .collect()
 }
 
 /// The pipeline `vexevent run` runs: `source`, then correlate, react (with rules), analyse (when
-/// enabled), filter, sequence, route (to `sinks`) and, with a stream server, the live stream; the
+/// enabled), filter, replicate (with `[cluster]`), sequence, route (to `sinks`) and, with a
+/// stream server, the live stream; the
 /// filter and routes as compiled when the configuration was built. The replay test and the stages
 /// benchmark build theirs here too.
 ///
 /// # Errors
-/// When the react stage cannot start (its audit log cannot be opened).
+/// When the react stage cannot start (its audit log cannot be opened), or the replicate stage
+/// (its log, its address).
 pub fn build_pipeline(
     source: Box<dyn Source>,
     settings: &Settings,
@@ -69,10 +74,18 @@ pub fn build_pipeline(
     } else {
         pipeline
     };
-    let pipeline = pipeline
-        .then(Box::new(FilterStage::new(filter, Arc::clone(counters))))
-        .then(Box::new(Sequencer::default()))
-        .then(Box::new(RouteStage::new(router, sinks, Arc::clone(counters))));
+    let pipeline = pipeline.then(Box::new(FilterStage::new(filter, Arc::clone(counters))));
+    // After filter (each node contributes what its filter keeps), before sequence: the stages
+    // after it see the cluster's committed events, every node's, in commit order.
+    let pipeline = match &settings.cluster {
+        Some(cluster) => pipeline.then(Box::new(ReplicateStage::start(cluster, run, counters)?)),
+        None => pipeline,
+    };
+    let pipeline = pipeline.then(Box::new(Sequencer::default())).then(Box::new(RouteStage::new(
+        router,
+        sinks,
+        Arc::clone(counters),
+    )));
     Ok(match stream {
         Some(broadcaster) => pipeline.then(Box::new(StreamStage::new(broadcaster, Arc::clone(counters)))),
         None => pipeline,

@@ -2,6 +2,7 @@
 //! that talk to a running instance (`reload`, `tail`, `top`), and the rule commands (`replay`,
 //! `audit`, `rollback`).
 
+pub mod cluster;
 pub mod reload;
 pub mod rules;
 pub mod run;

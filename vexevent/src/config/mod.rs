@@ -29,6 +29,7 @@ use crate::{
     http::{AuthError, ControlConfig, StreamConfig},
     loader::{ProbeSettings, SyscallHooks},
     react::{ReactConfig, ReactSettings, RuleConfig, RuleError, read_rules_file, rule_problems},
+    replicate::{ClusterConfig, ClusterConfigError, ClusterSettings},
     route::Router,
     telemetry::HealthConfig,
 };
@@ -79,6 +80,8 @@ pub struct Config {
     pub react: ReactConfig,
     /// Rules over the event stream (`[[rules]]`; more in `react.rules_file`).
     pub rules: Vec<RuleConfig>,
+    /// Replication with other instances (`[cluster]`); absent: this instance stands alone.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// `[vexfs]`: where `VexFS` semantics apply besides detected `VexFS` mounts.
@@ -265,6 +268,8 @@ pub enum ConfigError {
     OutputWithSinks,
     #[error(transparent)]
     Analyse(#[from] AnalyseConfigError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterConfigError),
 }
 
 /// Validated settings: what each component is built from.
@@ -298,6 +303,8 @@ pub struct Settings {
     pub health: HealthConfig,
     /// The `react` stage: its rules (the file's included) and how they act.
     pub react: ReactSettings,
+    /// The `replicate` stage (`[cluster]`), when this instance is a member of a cluster.
+    pub cluster: Option<ClusterSettings>,
 }
 
 /// The filter chain and the routes, compiled once when the configuration is built (the
@@ -364,6 +371,7 @@ impl Config {
             problems.push(ConfigError::DaemonBinaryMissing);
         }
         problems.extend(self.analyse.problems().into_iter().map(ConfigError::Analyse));
+        problems.extend(self.cluster.iter().flat_map(ClusterConfig::problems).map(ConfigError::Cluster));
         problems.extend(self.stream.problem().map(ConfigError::Access));
         problems.extend(self.control.problem().map(ConfigError::Access));
         let outputs = self.outputs().map_err(|errors| problems.extend(errors)).ok();
@@ -515,6 +523,7 @@ impl Config {
             analyse: self.analyse.clone(),
             health: self.health.clone(),
             react: self.react_settings()?,
+            cluster: self.cluster.as_ref().map(ClusterConfig::settings).transpose()?,
         };
         Ok((settings, compiled))
     }

@@ -20,8 +20,8 @@ use listener::{BoundedListener, Peer};
 
 pub use auth::{AuthError, Keys, TOKEN_FILE, Token, read_token_file};
 pub use control::{
-    CONTROL_SERVER, CONTROL_TOKEN_FLAG, ControlConfig, ControlRequest, HEALTHZ_PATH, METRICS_PATH,
-    READYZ_PATH, RELOAD_PATH, STATS_PATH,
+    CLUSTER_LOG_PATH, CLUSTER_STATUS_PATH, CONTROL_SERVER, CONTROL_TOKEN_FLAG, ControlConfig, ControlRequest,
+    HEALTHZ_PATH, LOG_ENTRIES_MAX, METRICS_PATH, NEXT_INDEX_HEADER, READYZ_PATH, RELOAD_PATH, STATS_PATH,
 };
 pub use dashboard::{DASHBOARD_EVENTS_PATH, DASHBOARD_LOGIN_API_PATH, DASHBOARD_LOGIN_PATH, DASHBOARD_PATH};
 pub use stream::{
