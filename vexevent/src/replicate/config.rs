@@ -158,6 +158,9 @@ impl ClusterConfig {
     ///
     /// # Errors
     /// The first problem.
+    ///
+    /// # Panics
+    /// Never: a section that does not check has at least one problem.
     pub fn settings(&self) -> Result<ClusterSettings, ClusterConfigError> {
         self.check().map_err(|problems| problems.into_iter().next().expect("at least one problem"))
     }

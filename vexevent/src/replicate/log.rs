@@ -36,7 +36,8 @@ use super::{RaftId, TypeConfig};
 const MAGIC: &[u8; 8] = b"VXRAFTLG";
 /// Version of the segment format; a segment of another version is refused.
 pub const FORMAT_VERSION: u32 = 1;
-const HEADER_BYTES: u64 = 16;
+const HEADER_LEN: usize = 16;
+const HEADER_BYTES: u64 = HEADER_LEN as u64;
 const RECORD_HEAD: usize = 8;
 /// Largest record: an entry is capped at 65,536 events (config), far below this.
 pub const RECORD_MAX: usize = 256 << 20;
@@ -140,8 +141,8 @@ fn segment_path(dir: &Path, number: u64) -> PathBuf {
     dir.join(format!("segment-{number:016}.log"))
 }
 
-fn header() -> [u8; HEADER_BYTES as usize] {
-    let mut header = [0u8; HEADER_BYTES as usize];
+fn header() -> [u8; HEADER_LEN] {
+    let mut header = [0u8; HEADER_LEN];
     header[..8].copy_from_slice(MAGIC);
     header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
     header
@@ -192,10 +193,10 @@ impl LogStore {
             })
             .collect();
         numbers.sort_unstable();
-        let (flusher, flushes) = mpsc::channel();
+        let (flusher, waiting) = mpsc::channel();
         std::thread::Builder::new()
             .name("raft-log-flush".into())
-            .spawn(move || flush_loop(&flushes))
+            .spawn(move || flush_loop(&waiting))
             .map_err(io(dir))?;
         let mut inner = Inner {
             dir: dir.to_owned(),
@@ -249,7 +250,7 @@ impl Inner {
         let path = segment_path(&self.dir, number);
         let bytes = std::fs::read(&path).map_err(io(&path))?;
         let file = OpenOptions::new().read(true).write(true).open(&path).map_err(io(&path))?;
-        if bytes.len() < HEADER_BYTES as usize && last {
+        if bytes.len() < HEADER_LEN && last {
             // Torn while being created: nothing in it was ever acknowledged.
             tracing::warn!(path = %path.display(), "the last log segment has no complete header; starting it again");
             file.set_len(0).map_err(io(&path))?;
@@ -258,14 +259,14 @@ impl Inner {
             self.adopt(number, file, path, HEADER_BYTES);
             return Ok(());
         }
-        if bytes.len() < HEADER_BYTES as usize || &bytes[..8] != MAGIC {
+        if bytes.len() < HEADER_LEN || &bytes[..8] != MAGIC {
             return Err(LogError::NotALog { path });
         }
         let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap_or_default());
         if version != FORMAT_VERSION {
             return Err(LogError::Version { path, version });
         }
-        let mut offset = HEADER_BYTES as usize;
+        let mut offset = HEADER_LEN;
         let mut last_entry = None;
         while offset < bytes.len() {
             let Some((record, len)) = unframe(&bytes, offset) else {
@@ -404,13 +405,12 @@ fn flush_loop(flushes: &mpsc::Receiver<Flush>) {
         let mut synced: Vec<(*const File, Result<(), std::io::ErrorKind>)> = Vec::new();
         for flush in group {
             let key = Arc::as_ptr(&flush.file);
-            let result = match synced.iter().find(|(file, _)| *file == key) {
-                Some((_, result)) => *result,
-                None => {
-                    let result = flush.file.sync_data().map_err(|e| e.kind());
-                    synced.push((key, result));
-                    result
-                }
+            let result = if let Some((_, result)) = synced.iter().find(|(file, _)| *file == key) {
+                *result
+            } else {
+                let result = flush.file.sync_data().map_err(|e| e.kind());
+                synced.push((key, result));
+                result
             };
             flush.done.log_io_completed(result.map_err(std::io::Error::from));
         }
