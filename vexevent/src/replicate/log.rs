@@ -240,6 +240,9 @@ impl LogStore {
         if let Some(first) = first.filter(|&first| from < first) {
             return Err(LogError::Compacted { index: from, first });
         }
+        if from > to {
+            return Ok(Vec::new());
+        }
         inner.entries.range(from..=to).map(|(_, location)| inner.read_entry(location)).collect()
     }
 }
@@ -614,6 +617,7 @@ mod tests {
             matches!(store.read(1, 5), Err(LogError::Compacted { index: 1, first: 3 })),
             "a compacted index is refused with the first retained one"
         );
+        assert!(store.read(9, 8).unwrap().is_empty(), "past the end: nothing");
         drop(store);
         let mut bytes = std::fs::read(segment_path(dir.path(), 1)).unwrap();
         bytes[8] = 9;

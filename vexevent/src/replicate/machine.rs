@@ -4,7 +4,7 @@
 //! restart does not replay what the log no longer holds.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     io::Cursor,
     path::{Path, PathBuf},
     sync::{
@@ -48,13 +48,18 @@ pub struct RunState {
     pub events: u64,
 }
 
-/// The dedup table: every run (node, run id) that proposed, with its last batch applied.
+/// The dedup table: every run (node, run id) that proposed, with its last batch applied, and
+/// the index of the entries not applied (repeats and refused batches: `vexevent log` skips them).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applied {
     pub runs: BTreeMap<(String, u64), RunState>,
     /// Batches dropped as repeats.
     pub repeats: u64,
+    pub not_applied: BTreeSet<u64>,
 }
+
+/// The log indexes of entries not applied, shared with the readers of the log.
+pub type NotApplied = Arc<std::sync::Mutex<BTreeSet<u64>>>;
 
 impl Applied {
     /// Applies `proposal` if it is its run's next batch.
@@ -100,6 +105,8 @@ pub struct StateMachine {
     node: NodeId,
     /// Bytes of events applied since the last snapshot (the snapshot trigger reads it).
     pub since_snapshot: Arc<AtomicU64>,
+    /// A copy of `Applied::not_applied` that readers take without waiting for an apply.
+    pub not_applied: NotApplied,
     counters: Arc<Counters>,
 }
 
@@ -132,7 +139,9 @@ impl StateMachine {
             ),
             None => (None, StoredMembership::default(), Applied::default()),
         };
+        let not_applied = Arc::new(std::sync::Mutex::new(applied.not_applied.clone()));
         Ok(Self {
+            not_applied,
             state: Arc::new(Mutex::new(State {
                 last_applied,
                 membership,
@@ -283,6 +292,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 EntryPayload::Normal(proposal) => {
                     let outcome = state.applied.apply(&proposal);
+                    if matches!(outcome, Outcome::Repeat | Outcome::Skips { .. }) {
+                        state.applied.not_applied.insert(entry.log_id.index);
+                        lock(&self.not_applied).insert(entry.log_id.index);
+                    }
                     match outcome {
                         Outcome::Applied => {
                             add(&self.counters.cluster_events_committed, u64::from(proposal.count));
@@ -336,6 +349,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         write_snapshot(&self.dir, &stored).map_err(|e| snapshot_error(&e))?;
         state.last_applied = meta.last_log_id;
         state.membership = meta.last_membership.clone();
+        lock(&self.not_applied).clone_from(&applied.not_applied);
         state.applied = applied;
         state.snapshot = Some(stored);
         self.since_snapshot.store(0, Ordering::Relaxed);
@@ -349,6 +363,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             snapshot: Box::new(Cursor::new(stored.data.clone())),
         }))
     }
+}
+
+fn lock(set: &NotApplied) -> std::sync::MutexGuard<'_, BTreeSet<u64>> {
+    set.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Raises a gauge to `value` (never lowers it).

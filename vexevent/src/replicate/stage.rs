@@ -71,7 +71,9 @@ pub struct ReplicateStage {
     /// The proposer finished (everything committed, or the grace passed).
     proposer_done: Arc<AtomicBool>,
     delivered: u64,
-    mark_written: (u64, Instant),
+    /// The delivered mark on disk, and the index handed on when it was last looked at.
+    mark_written: u64,
+    mark_candidate: (u64, Instant),
     dir: PathBuf,
     counters: Arc<Counters>,
     stop: Option<oneshot::Sender<()>>,
@@ -141,7 +143,8 @@ impl ReplicateStage {
             deliveries,
             proposer_done,
             delivered: 0,
-            mark_written: (0, Instant::now()),
+            mark_written: 0,
+            mark_candidate: (0, Instant::now()),
             dir: settings.data_dir.clone(),
             counters: Arc::clone(counters),
             stop: Some(stop),
@@ -181,15 +184,22 @@ impl ReplicateStage {
         self.write_mark(false);
     }
 
-    /// Records how far this node's pipeline got (so a restart does not deliver it again).
+    /// Records how far this node's pipeline got, so a restart does not deliver it again: the
+    /// index handed on at least [`MARK_PERIOD`] ago (the sinks have written it by then; a crash
+    /// delivers at most the last two periods again, never skips one).
     fn write_mark(&mut self, now: bool) {
-        let (written, at) = self.mark_written;
-        if self.delivered > written && (now || at.elapsed() >= MARK_PERIOD) {
-            if let Err(error) = write_delivered(&self.dir, self.delivered) {
+        let (candidate, at) = self.mark_candidate;
+        if at.elapsed() < MARK_PERIOD && !now {
+            return;
+        }
+        let mark = if now { self.delivered } else { candidate };
+        if mark > self.mark_written {
+            if let Err(error) = write_delivered(&self.dir, mark) {
                 tracing::warn!(%error, "cluster: cannot write the delivered mark");
             }
-            self.mark_written = (self.delivered, Instant::now());
+            self.mark_written = mark;
         }
+        self.mark_candidate = (self.delivered, Instant::now());
     }
 }
 
@@ -230,6 +240,7 @@ impl Stage for ReplicateStage {
     }
 
     fn finish(mut self: Box<Self>) {
+        // The pipeline has handed everything to the sinks, which deliver it before exiting.
         self.write_mark(true);
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -356,6 +367,7 @@ impl Member {
             log,
             peers,
             members,
+            not_applied: Arc::clone(&machine.not_applied),
             runtime: tokio::runtime::Handle::current(),
         };
         Ok((raft, handle, machine))

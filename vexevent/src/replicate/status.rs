@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 use openraft::{EntryPayload, ServerState};
 use serde::{Deserialize, Serialize};
 
-use super::{LogError, LogStore, RaftId, net::Peers, net::Raft};
+use super::{LogStore, RaftId, machine::NotApplied, net::Peers, net::Raft};
 use crate::telemetry::{ClusterView, LogPage, StatusFuture};
 
 /// How long a follower waits for the leader's view of the lags.
@@ -89,6 +89,8 @@ pub struct ClusterHandle {
     pub log: LogStore,
     pub peers: Peers,
     pub members: BTreeMap<RaftId, SocketAddr>,
+    /// Entries the state machine did not apply (repeats, refused batches): not replayed.
+    pub not_applied: NotApplied,
     /// The replicate stage's runtime (a follower asks the leader from there).
     pub runtime: tokio::runtime::Handle,
 }
@@ -119,20 +121,20 @@ impl ClusterView for ClusterHandle {
     fn log(&self, from: u64, max_entries: usize) -> Result<LogPage, String> {
         let committed = self.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
         let to = committed.min(from.saturating_add(max_entries.max(1) as u64 - 1));
-        let entries = if from > committed {
-            // Nothing committed there yet (still refused when it is compacted).
-            self.log.read(from, from.saturating_sub(1)).map_err(|error| error.to_string())?
-        } else {
-            self.log.read(from, to).map_err(|error: LogError| error.to_string())?
-        };
+        // Past the commit index this is empty (still refused when `from` is compacted).
+        let entries = self.log.read(from, to).map_err(|error| error.to_string())?;
+        let not_applied = self.not_applied.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut lines = String::new();
         let mut next = from;
         for entry in entries {
             next = entry.log_id.index + 1;
+            if not_applied.contains(&entry.log_id.index) {
+                continue;
+            }
             if let EntryPayload::Normal(proposal) = entry.payload {
                 lines.push_str(&String::from_utf8_lossy(&proposal.events));
             }
         }
-        Ok(LogPage { lines, next: next.max(from.min(committed + 1)), committed })
+        Ok(LogPage { lines, next, committed })
     }
 }
