@@ -55,7 +55,7 @@ pub struct Applied {
     pub runs: BTreeMap<(String, u64), RunState>,
     /// Batches dropped as repeats.
     pub repeats: u64,
-    pub not_applied: BTreeSet<u64>,
+    pub dropped_entries: BTreeSet<u64>,
 }
 
 /// The log indexes of entries not applied, shared with the readers of the log.
@@ -139,7 +139,7 @@ impl StateMachine {
             ),
             None => (None, StoredMembership::default(), Applied::default()),
         };
-        let not_applied = Arc::new(std::sync::Mutex::new(applied.not_applied.clone()));
+        let not_applied = Arc::new(std::sync::Mutex::new(applied.dropped_entries.clone()));
         Ok(Self {
             not_applied,
             state: Arc::new(Mutex::new(State {
@@ -293,7 +293,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(proposal) => {
                     let outcome = state.applied.apply(&proposal);
                     if matches!(outcome, Outcome::Repeat | Outcome::Skips { .. }) {
-                        state.applied.not_applied.insert(entry.log_id.index);
+                        state.applied.dropped_entries.insert(entry.log_id.index);
                         lock(&self.not_applied).insert(entry.log_id.index);
                     }
                     match outcome {
@@ -349,7 +349,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         write_snapshot(&self.dir, &stored).map_err(|e| snapshot_error(&e))?;
         state.last_applied = meta.last_log_id;
         state.membership = meta.last_membership.clone();
-        lock(&self.not_applied).clone_from(&applied.not_applied);
+        lock(&self.not_applied).clone_from(&applied.dropped_entries);
         state.applied = applied;
         state.snapshot = Some(stored);
         self.since_snapshot.store(0, Ordering::Relaxed);
