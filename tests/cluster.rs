@@ -160,6 +160,10 @@ fn reported_lost(vexevent: &Vexevent) -> u64 {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario in its order: form, load, kill, elect, restart, read back"
+)]
 fn three_nodes_replicate_every_event_once_and_survive_the_leader_being_killed() {
     let Some(_serial) =
         exclusive_root_test("three_nodes_replicate_every_event_once_and_survive_the_leader_being_killed")

@@ -105,7 +105,7 @@ pub struct StateMachine {
     node: NodeId,
     /// Bytes of events applied since the last snapshot (the snapshot trigger reads it).
     pub since_snapshot: Arc<AtomicU64>,
-    /// A copy of `Applied::not_applied` that readers take without waiting for an apply.
+    /// A copy of `Applied::dropped_entries` that readers take without waiting for an apply.
     pub not_applied: NotApplied,
     counters: Arc<Counters>,
 }
