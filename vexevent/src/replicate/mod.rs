@@ -15,6 +15,8 @@ mod net;
 mod proposer;
 mod stage;
 mod status;
+#[cfg(test)]
+mod tests;
 
 pub use config::{ClusterConfig, ClusterConfigError, ClusterSettings, Consistency, Secret};
 pub use log::{LogError, LogStore};

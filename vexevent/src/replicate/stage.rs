@@ -242,6 +242,8 @@ impl Stage for ReplicateStage {
     fn finish(mut self: Box<Self>) {
         // The pipeline has handed everything to the sinks, which deliver it before exiting.
         self.write_mark(true);
+        // Nothing more to propose (when `flush` did not already say so).
+        self.incoming = None;
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
