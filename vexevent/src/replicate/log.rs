@@ -508,6 +508,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 }
 
 #[cfg(test)]
+impl LogStore {
+    /// Appends through the store's own write path and syncs (what `append` and the flusher do,
+    /// without openraft's callback).
+    pub(super) fn append_synced(&self, entries: &[Entry<TypeConfig>]) {
+        let mut inner = self.lock();
+        for entry in entries {
+            let (segment, offset, len) = inner.write(&RecordRef::Entry(entry)).unwrap();
+            inner.entries.insert(entry.log_id.index, Location { segment, offset, len, log_id: entry.log_id });
+            inner.segments.get_mut(&segment).unwrap().last_entry = Some(entry.log_id.index);
+        }
+        inner.current_file().sync_data().unwrap();
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use openraft::{CommittedLeaderId, EntryPayload};
 
@@ -527,17 +542,6 @@ mod tests {
         }
     }
 
-    /// Appends through the store's own write path (what `append` does before the flusher).
-    fn append(store: &LogStore, entries: &[Entry<TypeConfig>]) {
-        let mut inner = store.lock();
-        for entry in entries {
-            let (segment, offset, len) = inner.write(&RecordRef::Entry(entry)).unwrap();
-            inner.entries.insert(entry.log_id.index, Location { segment, offset, len, log_id: entry.log_id });
-            inner.segments.get_mut(&segment).unwrap().last_entry = Some(entry.log_id.index);
-        }
-        inner.current_file().sync_data().unwrap();
-    }
-
     fn indexes(store: &LogStore) -> Vec<u64> {
         let (first, last) = store.bounds();
         store.read(first, last.unwrap_or(0)).unwrap().iter().map(|e| e.log_id.index).collect()
@@ -547,7 +551,7 @@ mod tests {
     fn a_torn_tail_is_cut_off_and_the_log_keeps_working() {
         let dir = tempfile::tempdir().unwrap();
         let store = LogStore::open(dir.path()).unwrap();
-        append(&store, &(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>());
+        store.append_synced(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>());
         let vote = Vote::new(3, 2);
         store.lock().write_durable(&RecordRef::Vote(&vote)).unwrap();
         drop(store);
@@ -561,7 +565,7 @@ mod tests {
         assert_eq!(indexes(&store), vec![1, 2, 3, 4, 5]);
         assert_eq!(store.lock().vote, Some(vote), "the vote survives");
         assert_eq!(std::fs::metadata(&path).unwrap().len(), whole, "the torn record is cut off");
-        append(&store, &[entry(6, 1)]);
+        store.append_synced(&[entry(6, 1)]);
         drop(store);
         assert_eq!(indexes(&LogStore::open(dir.path()).unwrap()), vec![1, 2, 3, 4, 5, 6]);
     }
@@ -570,7 +574,7 @@ mod tests {
     fn a_flipped_bit_in_the_last_record_is_a_torn_tail_and_in_a_closed_segment_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let store = LogStore::open(dir.path()).unwrap();
-        append(&store, &(1..=3).map(|i| entry(i, 1)).collect::<Vec<_>>());
+        store.append_synced(&(1..=3).map(|i| entry(i, 1)).collect::<Vec<_>>());
         drop(store);
         let path = segment_path(dir.path(), 1);
         let mut bytes = std::fs::read(&path).unwrap();
@@ -595,7 +599,7 @@ mod tests {
     fn truncate_purge_and_versions_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let store = LogStore::open(dir.path()).unwrap();
-        append(&store, &(1..=6).map(|i| entry(i, 1)).collect::<Vec<_>>());
+        store.append_synced(&(1..=6).map(|i| entry(i, 1)).collect::<Vec<_>>());
         {
             let mut inner = store.lock();
             inner.write_durable(&RecordRef::Truncate(5)).unwrap();
@@ -604,7 +608,7 @@ mod tests {
             inner.write_durable(&RecordRef::Purge(&purge)).unwrap();
             inner.purged(purge);
         }
-        append(&store, &[entry(5, 2)]);
+        store.append_synced(&[entry(5, 2)]);
         drop(store);
         let store = LogStore::open(dir.path()).unwrap();
         assert_eq!(indexes(&store), vec![3, 4, 5]);

@@ -180,6 +180,39 @@ impl StateMachine {
     }
 }
 
+impl StateMachine {
+    /// At start: the entries a snapshot covers that this node's pipeline had not been handed
+    /// (the snapshot was built after the delivered mark was written), read from the log, to be
+    /// delivered before anything newer. Entries the log no longer holds are counted
+    /// (`cluster_snapshot_skipped`, as entries: their events are unknown).
+    pub async fn behind_snapshot(&self, log: &super::LogStore) -> Vec<Delivery> {
+        let Some(snapshot) = self.state.lock().await.last_applied.map(|l| l.index) else { return Vec::new() };
+        if snapshot <= self.delivered_before {
+            return Vec::new();
+        }
+        let from = self.delivered_before + 1;
+        let entries = match log.read(from, snapshot) {
+            Ok(entries) => entries,
+            Err(error) => {
+                tracing::warn!(%error, from, snapshot, "cluster: entries behind the snapshot are not in the log; not delivered here");
+                add(&self.counters.cluster_snapshot_skipped, snapshot - self.delivered_before);
+                return Vec::new();
+            }
+        };
+        let not_applied = lock(&self.not_applied).clone();
+        entries
+            .into_iter()
+            .filter(|entry| !not_applied.contains(&entry.log_id.index))
+            .filter_map(|entry| match entry.payload {
+                EntryPayload::Normal(proposal) => {
+                    Some(Delivery { index: entry.log_id.index, events: self.decode(&proposal) })
+                }
+                EntryPayload::Blank | EntryPayload::Membership(_) => None,
+            })
+            .collect()
+    }
+}
+
 /// The delivered mark: the last log index this node's pipeline was handed (read at start).
 #[must_use]
 pub fn read_delivered(dir: &Path) -> u64 {
@@ -394,6 +427,57 @@ mod tests {
         assert_eq!(applied.apply(&other_run), Outcome::Applied, "each run counts its own batches");
         assert_eq!(applied.runs[&("n1".to_owned(), 9)], RunState { batch: 3, events: 6 });
         assert_eq!(applied.repeats, 1);
+    }
+
+    #[tokio::test]
+    async fn entries_a_snapshot_covers_past_the_delivered_mark_are_delivered_from_the_log() {
+        use openraft::CommittedLeaderId;
+        let dir = tempfile::tempdir().unwrap();
+        let run = crate::event::Run::new(NodeId::new("n1").unwrap());
+        let log = super::super::LogStore::open(&dir.path().join("log")).unwrap();
+        let entries: Vec<Entry<TypeConfig>> = (1..=5)
+            .map(|index| {
+                let mut line = Vec::new();
+                let mut event =
+                    SemanticEvent::own(&run, crate::event::EventType::FilesystemWrite, "write".into(), 0, 0);
+                event.origin = run.origin(0, index);
+                crate::pipeline::write_event(&event, &mut line).unwrap();
+                line.push(b'\n');
+                Entry {
+                    log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+                    payload: EntryPayload::Normal(Proposal {
+                        events: line.into(),
+                        count: 1,
+                        ..proposal(index)
+                    }),
+                }
+            })
+            .collect();
+        log.append_synced(&entries);
+        let mut applied = Applied::default();
+        for index in 1..=4 {
+            applied.apply(&proposal(index));
+        }
+        let meta = SnapshotMeta {
+            last_log_id: Some(entries[3].log_id),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "1-4-1".into(),
+        };
+        write_snapshot(dir.path(), &StoredSnapshot { meta, data: postcard::to_allocvec(&applied).unwrap() })
+            .unwrap();
+        write_delivered(dir.path(), 2).unwrap();
+        let (deliver, _deliveries) = mpsc::channel(4);
+        let machine = StateMachine::open(
+            dir.path(),
+            NodeId::new("n1").unwrap(),
+            deliver,
+            Arc::new(Counters::default()),
+        )
+        .unwrap();
+        let backlog = machine.behind_snapshot(&log).await;
+        let delivered: Vec<(u64, u64)> =
+            backlog.iter().map(|d| (d.index, d.events[0].origin.sequence)).collect();
+        assert_eq!(delivered, vec![(3, 3), (4, 4)], "3 and 4 were in the snapshot but never handed on");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! commit order.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
     path::PathBuf,
     sync::{
         Arc,
@@ -65,6 +65,8 @@ pub enum ReplicateError {
 /// The `replicate` stage.
 pub struct ReplicateStage {
     incoming: Option<mpsc::UnboundedSender<Vec<SemanticEvent>>>,
+    /// Committed entries from before a restart that this node's pipeline was not handed.
+    backlog: VecDeque<Delivery>,
     buffered: Arc<AtomicU64>,
     buffer_limit: u64,
     deliveries: mpsc::Receiver<Delivery>,
@@ -125,8 +127,11 @@ impl ReplicateStage {
                 runtime.block_on(member.run(deliver, incoming_rx, ready, stopped));
             })
             .map_err(|source| ReplicateError::Runtime { source })?;
-        match is_ready.recv() {
-            Ok(Ok(handle)) => counters.cluster.set(Arc::new(handle)),
+        let backlog = match is_ready.recv() {
+            Ok(Ok((handle, backlog))) => {
+                counters.cluster.set(Arc::new(handle));
+                backlog
+            }
             Ok(Err(error)) => {
                 let _ = thread.join();
                 return Err(error);
@@ -135,9 +140,10 @@ impl ReplicateStage {
                 let _ = thread.join();
                 return Err(ReplicateError::Raft { message: "the member's thread ended at start".into() });
             }
-        }
+        };
         Ok(Self {
             incoming: Some(incoming),
+            backlog: backlog.into(),
             buffered,
             buffer_limit: settings.buffer_events as u64,
             deliveries,
@@ -177,7 +183,9 @@ impl ReplicateStage {
     /// Moves committed events (every node's, in commit order) into `batch`.
     fn take_committed(&mut self, batch: &mut EventBatch) {
         while batch.len() < BATCH_EVENTS {
-            let Ok(delivery) = self.deliveries.try_recv() else { break };
+            let Some(delivery) = self.backlog.pop_front().or_else(|| self.deliveries.try_recv().ok()) else {
+                break;
+            };
             batch.events.extend(delivery.events);
             self.delivered = delivery.index;
         }
@@ -222,6 +230,10 @@ impl Stage for ReplicateStage {
     /// what commits meanwhile.
     fn flush(&mut self, batch: &mut EventBatch) {
         self.incoming = None;
+        for delivery in std::mem::take(&mut self.backlog) {
+            batch.events.extend(delivery.events);
+            self.delivered = delivery.index;
+        }
         let deadline = Instant::now() + SHUTDOWN_GRACE + Duration::from_secs(1);
         while !self.proposer_done.load(Ordering::Acquire) && Instant::now() < deadline {
             match self.deliveries.try_recv() {
@@ -273,17 +285,17 @@ impl Member {
         self,
         deliver: mpsc::Sender<Delivery>,
         incoming: mpsc::UnboundedReceiver<Vec<SemanticEvent>>,
-        ready: std::sync::mpsc::Sender<Result<ClusterHandle, ReplicateError>>,
+        ready: std::sync::mpsc::Sender<Result<(ClusterHandle, Vec<Delivery>), ReplicateError>>,
         stopped: oneshot::Receiver<()>,
     ) {
-        let (raft, handle, machine) = match self.start(deliver).await {
+        let (raft, handle, machine, backlog) = match self.start(deliver).await {
             Ok(started) => started,
             Err(error) => {
                 let _ = ready.send(Err(error));
                 return;
             }
         };
-        let _ = ready.send(Ok(handle.clone()));
+        let _ = ready.send(Ok((handle.clone(), backlog)));
         let monitor = tokio::spawn(monitor(
             raft.clone(),
             machine,
@@ -314,12 +326,13 @@ impl Member {
     async fn start(
         &self,
         deliver: mpsc::Sender<Delivery>,
-    ) -> Result<(Raft, ClusterHandle, StateMachine), ReplicateError> {
+    ) -> Result<(Raft, ClusterHandle, StateMachine, Vec<Delivery>), ReplicateError> {
         let settings = &self.settings;
         let log = LogStore::open(&settings.data_dir.join("log"))?;
         let node = crate::event::NodeId::new(&self.node)
             .map_err(|e| ReplicateError::Raft { message: e.to_string() })?;
         let machine = StateMachine::open(&settings.data_dir, node, deliver, Arc::clone(&self.counters))?;
+        let backlog = machine.behind_snapshot(&log).await;
         let addrs: HashMap<_, _> = settings.members.iter().map(|(&id, &addr)| (id, addr)).collect();
         let peers = Peers::new(settings.node_id, &settings.secret, addrs);
         let config = openraft::Config {
@@ -372,7 +385,7 @@ impl Member {
             not_applied: Arc::clone(&machine.not_applied),
             runtime: tokio::runtime::Handle::current(),
         };
-        Ok((raft, handle, machine))
+        Ok((raft, handle, machine, backlog))
     }
 }
 
