@@ -68,7 +68,7 @@ fn start(base: &Path) -> Vec<Member> {
                 snapshot_bytes: 64 << 20,
                 keep_entries: 1_024,
                 heartbeat_ms: 50,
-                election_timeout_ms: [200, 400],
+                election_timeout_ms: [300, 600],
             };
             let settings = config.settings().expect("valid cluster settings");
             let run = Run::new(NodeId::new(&format!("bench{}", i + 1)).expect("node id"));

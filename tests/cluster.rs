@@ -54,7 +54,7 @@ fn cluster(base: &Path) -> Vec<Node> {
             let text = format!(
                 "[node]\nid = \"n{id}\"\n[capture]\nops = [\"write\"]\n[cluster]\nnode_id = {id}\n\
                  listen = \"127.0.0.1:{port}\"\ndata_dir = \"{data}\"\nsecret_file = \"{secret}\"\n\
-                 heartbeat_ms = 50\nelection_timeout_ms = [300, 600]\n[cluster.peers]\n{peers}",
+                 heartbeat_ms = 100\nelection_timeout_ms = [500, 1000]\n[cluster.peers]\n{peers}",
                 port = ports[usize::try_from(id).unwrap() - 1],
                 data = base.join(format!("data{id}")).display(),
                 secret = secret.display(),
@@ -302,6 +302,7 @@ fn three_nodes_replicate_every_event_once_and_survive_the_leader_being_killed() 
     );
     // `vexevent cluster status` and `vexevent log --from 0` read a member through its control API.
     let member = &running[&survivor];
+    wait_until("a leader after the restart", || leader_of(member).is_some_and(|l| l != leader));
     let cli = |args: &[&str]| {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_vexevent"))
             .args(args)
