@@ -420,6 +420,18 @@ fn flush_loop(flushes: &mpsc::Receiver<Flush>) {
     }
 }
 
+/// Runs a write that waits for the disk (fsync) without stalling the runtime: on a loaded disk
+/// an fsync can take long enough that heartbeats and votes on the same worker would miss their
+/// timeouts. The member's runtime is multi-threaded; elsewhere (tests) it runs in place.
+fn durably<T>(write: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(write)
+        }
+        _ => write(),
+    }
+}
+
 fn write_error(error: &std::io::Error) -> StorageError<RaftId> {
     StorageIOError::write_logs(error).into()
 }
@@ -454,7 +466,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<RaftId>) -> Result<(), StorageError<RaftId>> {
         let mut inner = self.lock();
-        inner.write_durable(&RecordRef::Vote(vote)).map_err(|e| StorageIOError::write_vote(&e))?;
+        durably(|| inner.write_durable(&RecordRef::Vote(vote)))
+            .map_err(|e| StorageIOError::write_vote(&e))?;
         inner.vote = Some(*vote);
         Ok(())
     }
@@ -493,14 +506,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<RaftId>) -> Result<(), StorageError<RaftId>> {
         let mut inner = self.lock();
-        inner.write_durable(&RecordRef::Truncate(log_id.index)).map_err(|e| write_error(&e))?;
+        durably(|| inner.write_durable(&RecordRef::Truncate(log_id.index))).map_err(|e| write_error(&e))?;
         inner.entries.split_off(&log_id.index);
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<RaftId>) -> Result<(), StorageError<RaftId>> {
         let mut inner = self.lock();
-        inner.write_durable(&RecordRef::Purge(&log_id)).map_err(|e| write_error(&e))?;
+        durably(|| inner.write_durable(&RecordRef::Purge(&log_id))).map_err(|e| write_error(&e))?;
         inner.purged(log_id);
         inner.delete_purged_segments();
         Ok(())
