@@ -21,7 +21,8 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use vexevent::{
     app::build_pipeline,
     capture::{Batch, decode, encode, syscall_body},
-    config::{Config, USER_OPS},
+    config::Config,
+    event::USER_OPS,
     event::{Run, WatchScope},
     expr::Filter,
     route::{Balance, BalanceKey, RouteSpec, Router},

@@ -13,7 +13,8 @@ use std::{
 use vexevent::{
     app::build_pipeline,
     capture::{Batch, Captured, decode, encode, encode_gap, syscall_body},
-    config::{Config, USER_OPS},
+    config::Config,
+    event::USER_OPS,
     event::{EventType, Run, SemanticEvent, WatchScope},
     pipeline::{EventBatch, Stage},
     sinks::Sinks,

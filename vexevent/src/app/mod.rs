@@ -54,6 +54,8 @@ pub enum AppError {
     React(#[from] crate::react::ReactError),
     #[error(transparent)]
     Replicate(#[from] crate::replicate::ReplicateError),
+    #[error("the {0} stage was built without what it needs (a wiring mistake in app/stages.rs)")]
+    Wiring(&'static str),
     #[error("cannot start the {what}: {source}")]
     Start {
         what: &'static str,

@@ -2,60 +2,32 @@
 //! Every field is documented in README.md ("Configuration"); `Config::validate` turns it into
 //! the settings the stages use, or says exactly what is wrong.
 
-mod outputs;
-
-pub use outputs::{
-    DEFAULT_FILE_MODE, DEFAULT_SINK, Outputs, RouteConfig, RoutingSection, SinkConfig, SinkType,
-};
-
 use std::{
     collections::{BTreeMap, HashSet},
-    os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
 };
 
 use std::io::Read as _;
 
 use serde::Deserialize;
-use vexevent_common::{OpKind, PREFIX_KEY_BYTES};
+use vexevent_common::OpKind;
 
 use crate::{
     analyse::{AnalyseConfig, AnalyseConfigError},
     capture::DrainSettings,
-    correlate::CorrelateOptions,
-    event::{NodeConfig, NodeId, OriginError, WatchScope},
+    correlate::{CorrelateOptions, FuseConfig, FuseConfigError},
+    event::{NodeConfig, NodeId, OriginError},
     expr::{Filter, FilterChain, FilterError},
     filter::{FilterConfig, KernelPart, pushdown},
     http::{AuthError, ControlConfig, StreamConfig},
-    loader::{ProbeSettings, SyscallHooks},
+    loader::{CaptureConfig, CaptureConfigError, CaptureSettings, ProbeSettings},
     react::{ReactConfig, ReactSettings, RuleConfig, RuleError, read_rules_file, rule_problems},
     replicate::{ClusterConfig, ClusterConfigError, ClusterSettings},
-    route::Router,
+    route::{self, Outputs, OutputsError, RouteConfig, Router, RoutingSection},
+    sinks::{OutputConfig, SinkConfig},
     telemetry::HealthConfig,
+    translate::VexfsConfig,
 };
-
-/// Operation types a user can select (the rest only keep path state right).
-pub const USER_OPS: [OpKind; 19] = [
-    OpKind::Open,
-    OpKind::Read,
-    OpKind::Write,
-    OpKind::Close,
-    OpKind::Rename,
-    OpKind::Unlink,
-    OpKind::Rmdir,
-    OpKind::Mkdir,
-    OpKind::Symlink,
-    OpKind::Link,
-    OpKind::Chmod,
-    OpKind::Chown,
-    OpKind::Truncate,
-    OpKind::Fsync,
-    OpKind::SetXattr,
-    OpKind::RemoveXattr,
-    OpKind::Ioctl,
-    OpKind::Mount,
-    OpKind::Umount,
-];
 
 /// The whole configuration file.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -64,8 +36,8 @@ pub struct Config {
     pub node: NodeConfig,
     pub capture: CaptureConfig,
     pub filter: FilterConfig,
-    pub fuse: FuseSection,
-    pub vexfs: VexfsSection,
+    pub fuse: FuseConfig,
+    pub vexfs: VexfsConfig,
     pub output: OutputConfig,
     /// Named outputs (`[sinks.NAME]`); none: `[output]` is the one sink.
     pub sinks: BTreeMap<String, SinkConfig>,
@@ -82,115 +54,6 @@ pub struct Config {
     pub rules: Vec<RuleConfig>,
     /// Replication with other instances (`[cluster]`); absent: this instance stands alone.
     pub cluster: Option<ClusterConfig>,
-}
-
-/// `[vexfs]`: where `VexFS` semantics apply besides detected `VexFS` mounts.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct VexfsSection {
-    /// Directories whose files follow `VexFS` conventions (special files, graph events).
-    pub paths: Vec<PathBuf>,
-}
-
-/// `[fuse]`: how FUSE requests are joined to the syscalls that caused them.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct FuseSection {
-    /// Longest a FUSE request waits for its caller's syscall, in milliseconds.
-    pub join_window_ms: u64,
-    /// Report lookups, attribute reads and flushes that no syscall claims.
-    pub include_metadata: bool,
-    /// Also report every FUSE request as an event of its own.
-    pub raw_boundaries: bool,
-    /// An unstripped FUSE daemon binary whose functions to time (uprobes).
-    pub daemon_binary: Option<PathBuf>,
-    /// Functions of `daemon_binary` to time: symbol or demangled Rust path (`crate::Type::fn`).
-    pub daemon_functions: Vec<String>,
-}
-
-impl Default for FuseSection {
-    fn default() -> Self {
-        Self {
-            join_window_ms: 20,
-            include_metadata: false,
-            raw_boundaries: false,
-            daemon_binary: None,
-            daemon_functions: Vec::new(),
-        }
-    }
-}
-
-/// `[capture]`: what the kernel probes capture.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct CaptureConfig {
-    /// Directories (or mount points) to watch; `/` watches everything.
-    pub watch: Vec<PathBuf>,
-    /// Operation types to report (names as in `USER_OPS`); empty means all.
-    pub ops: Vec<String>,
-    /// Only these process ids (thread-group ids); empty means all.
-    pub pids: Vec<u32>,
-    /// Only this user id.
-    pub uid: Option<u32>,
-    /// Only tasks with this name (at most 15 bytes, as the kernel stores it).
-    pub comm: Option<String>,
-    /// Size of each shard's ring buffer in bytes: a power of two, at least 4096.
-    pub ring_bytes: u32,
-    /// Ring buffers (shards); 0 means one per CPU, at most 8.
-    pub shards: usize,
-    /// After the kernel wakes userspace, time to let records accumulate before draining, in
-    /// microseconds (trades a little latency for fewer wakeups under load).
-    pub batch_window_us: u64,
-    /// Bound on how late a record may reach userspace relative to other shards' records, in
-    /// microseconds; events are released in timestamp order once this has passed.
-    pub reorder_window_us: u64,
-    /// Batches that may wait between capture and translation before capture blocks.
-    pub channel_batches: usize,
-    /// Hook type of the syscall probes: `auto`, `btf` or `tracepoint`.
-    pub syscall_hooks: SyscallHooks,
-    /// Turn the probes' own diagnostics on and print them (off: they cost nothing).
-    pub debug_probes: bool,
-}
-
-impl Default for CaptureConfig {
-    fn default() -> Self {
-        Self {
-            watch: vec![PathBuf::from("/")],
-            ops: Vec::new(),
-            pids: Vec::new(),
-            uid: None,
-            comm: None,
-            ring_bytes: 16 << 20,
-            shards: 0,
-            batch_window_us: 100,
-            reorder_window_us: 100,
-            channel_batches: 64,
-            syscall_hooks: SyscallHooks::Auto,
-            debug_probes: false,
-        }
-    }
-}
-
-/// `[output]`: where events go.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct OutputConfig {
-    /// JSON Lines file to append to; absent or `-` means stdout.
-    pub path: Option<PathBuf>,
-    /// Start a new file once the current one holds this many bytes (0: never).
-    pub rotate_bytes: u64,
-    /// Start a new file once the current one is this many seconds old (0: never).
-    pub rotate_secs: u64,
-    /// Rotated files to keep (`path.1` is the newest).
-    pub keep: usize,
-    /// Permission bits of the file (TOML octal, e.g. `0o640`).
-    pub mode: u32,
-}
-
-impl Default for OutputConfig {
-    fn default() -> Self {
-        Self { path: None, rotate_bytes: 0, rotate_secs: 0, keep: 5, mode: DEFAULT_FILE_MODE }
-    }
 }
 
 /// `[stats]`: counters reporting.
@@ -228,44 +91,20 @@ pub enum ConfigError {
     TooLarge { path: PathBuf, limit: u64 },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("watch path {path} does not exist or is not accessible ({source}); create it or fix the path")]
-    WatchMissing {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("watch path {path} is not a directory; watch the directory that contains it")]
-    WatchNotDirectory { path: PathBuf },
-    #[error("watch path {path} is {len} bytes long; the kernel matches at most {max} bytes of a prefix")]
-    WatchTooLong { path: PathBuf, len: usize, max: usize },
-    #[error("unknown operation type {name:?}; choose from: {choices}")]
-    UnknownOp { name: String, choices: String },
-    #[error("comm {comm:?} is {len} bytes; the kernel keeps at most 15")]
-    CommTooLong { comm: String, len: usize },
-    #[error("ring_bytes {value} must be a power of two and at least 4096")]
-    RingSize { value: u32 },
-    #[error("{field} must be at least 1")]
-    Zero { field: &'static str },
-    #[error("fuse.daemon_functions needs fuse.daemon_binary (the daemon's executable)")]
-    DaemonBinaryMissing,
+    #[error(transparent)]
+    Capture(#[from] CaptureConfigError),
+    #[error(transparent)]
+    Fuse(#[from] FuseConfigError),
     #[error(transparent)]
     Node(#[from] OriginError),
     #[error(transparent)]
     Filter(#[from] FilterError),
     #[error(transparent)]
     Access(#[from] AuthError),
-    #[error("sinks.{name}: {message}")]
-    Sink { name: String, message: String },
-    #[error("{what}: {message}")]
-    Route { what: String, message: String },
-    #[error("{what}: {sink:?} is not a configured sink; sinks: {known}")]
-    UnknownSink { what: String, sink: String, known: String },
+    #[error(transparent)]
+    Outputs(#[from] OutputsError),
     #[error(transparent)]
     Rule(#[from] RuleError),
-    #[error(
-        "output.path (or --output) is set while [sinks] are configured; add the file as a sink: [sinks.NAME] type = \"file\", path = ..."
-    )]
-    OutputWithSinks,
     #[error(transparent)]
     Analyse(#[from] AnalyseConfigError),
     #[error(transparent)]
@@ -348,28 +187,12 @@ impl Config {
     /// Checks every field, compiling each filter and route expression once: every problem, and
     /// the compiled filter and routes when there is none.
     fn check(&self) -> (Vec<ConfigError>, Option<(Compiled, Outputs)>) {
-        let capture = &self.capture;
         let mut problems: Vec<ConfigError> =
-            capture.watch.iter().filter_map(|path| canonical_watch_dir(path).err()).collect();
+            self.capture.problems().into_iter().map(ConfigError::Capture).collect();
         problems.extend(self.node.node_id().err().map(ConfigError::Node));
-        problems.extend(capture.ops.iter().filter_map(|name| parse_op(name).err()));
-        if let Some(comm) = capture.comm.as_ref().filter(|comm| comm.len() > 15) {
-            problems.push(ConfigError::CommTooLong { comm: comm.clone(), len: comm.len() });
-        }
-        if !capture.ring_bytes.is_power_of_two() || capture.ring_bytes < 4096 {
-            problems.push(ConfigError::RingSize { value: capture.ring_bytes });
-        }
-        if capture.reorder_window_us == 0 {
-            problems.push(ConfigError::Zero { field: "capture.reorder_window_us" });
-        }
-        if capture.channel_batches == 0 {
-            problems.push(ConfigError::Zero { field: "capture.channel_batches" });
-        }
         let (filter, macros, filter_problems) = self.filter.compile();
         problems.extend(filter_problems.into_iter().map(ConfigError::Filter));
-        if !self.fuse.daemon_functions.is_empty() && self.fuse.daemon_binary.is_none() {
-            problems.push(ConfigError::DaemonBinaryMissing);
-        }
+        problems.extend(self.fuse.problem().map(ConfigError::Fuse));
         problems.extend(self.analyse.problems().into_iter().map(ConfigError::Analyse));
         problems.extend(self.cluster.iter().flat_map(ClusterConfig::problems).map(ConfigError::Cluster));
         problems.extend(self.stream.problem().map(ConfigError::Access));
@@ -420,7 +243,8 @@ impl Config {
     /// # Errors
     /// Every problem of `[output]`, `[sinks]`, `[[routes]]` and `[routing]`.
     pub fn outputs(&self) -> Result<Outputs, Vec<ConfigError>> {
-        outputs::outputs(&self.output, &self.sinks, &self.routes, &self.routing)
+        route::outputs(&self.output, &self.sinks, &self.routes, &self.routing)
+            .map_err(|errors| errors.into_iter().map(ConfigError::Outputs).collect())
     }
 
     /// Checks every field and resolves the watch paths.
@@ -445,75 +269,23 @@ impl Config {
             (Some(first), _) => return Err(first),
             (None, None) => unreachable!("a configuration without problems compiles"),
         };
-        let capture = &self.capture;
         // What the kernel can evaluate of the filter narrows the probes' own filters where the
         // configuration leaves them open.
         let kernel_filter = pushdown(&compiled.filter);
-        let mut watch_dirs = capture.watch.iter().map(canonical_watch_dir).collect::<Result<Vec<_>, _>>()?;
-        let mut ops: HashSet<OpKind> = if capture.ops.is_empty() {
-            USER_OPS.into_iter().collect()
-        } else {
-            capture.ops.iter().map(|name| parse_op(name)).collect::<Result<_, _>>()?
-        };
-        if let Some(pushed) = &kernel_filter.ops {
-            ops.retain(|op| pushed.contains(op));
-        }
-        if watch_dirs.is_empty() {
-            if let Some(dirs) = &kernel_filter.dirs {
-                watch_dirs = dirs
-                    .iter()
-                    .filter_map(|d| std::fs::canonicalize(d).ok())
-                    .map(|d| d.as_os_str().as_bytes().to_vec())
-                    .collect();
-            }
-        }
-        let pids = if capture.pids.is_empty() {
-            kernel_filter.pids.clone().unwrap_or_default()
-        } else {
-            capture.pids.clone()
-        };
-        // Checked by `problems` (a pushed-down comm is at most 15 bytes).
-        let comm = capture.comm.as_ref().or(kernel_filter.comm.as_ref()).map(|comm| {
-            let mut bytes = [0u8; 16];
-            bytes[..comm.len().min(15)].copy_from_slice(&comm.as_bytes()[..comm.len().min(15)]);
-            bytes
-        });
+        let CaptureSettings { probes, drain, ops } = self.capture.build(
+            &kernel_filter,
+            self.fuse.daemon_binary.clone(),
+            self.fuse.daemon_functions.clone(),
+        )?;
         let settings = Settings {
             node: self.node.node_id()?,
-            probes: ProbeSettings {
-                scope: WatchScope::new(watch_dirs),
-                ops: ops.iter().copied().collect(),
-                pids,
-                uid: capture.uid.or(kernel_filter.uid),
-                comm,
-                ring_bytes: capture.ring_bytes,
-                shards: capture.shards,
-                daemon_binary: self.fuse.daemon_binary.clone(),
-                daemon_functions: self.fuse.daemon_functions.clone(),
-                syscall_hooks: capture.syscall_hooks,
-                debug_probes: capture.debug_probes,
-            },
-            drain: DrainSettings {
-                batch_window: std::time::Duration::from_micros(capture.batch_window_us),
-                reorder_window: std::time::Duration::from_micros(capture.reorder_window_us),
-                channel_batches: capture.channel_batches,
-            },
+            probes,
+            drain,
             ops,
-            vexfs_paths: self
-                .vexfs
-                .paths
-                .iter()
-                .map(|p| {
-                    std::fs::canonicalize(p).unwrap_or_else(|_| p.clone()).as_os_str().as_bytes().to_vec()
-                })
-                .collect(),
+            vexfs_paths: self.vexfs.roots(),
             filter: self.filter.clone(),
             kernel_filter,
-            correlate: CorrelateOptions {
-                window: std::time::Duration::from_millis(self.fuse.join_window_ms),
-                include_metadata: self.fuse.include_metadata,
-                raw_boundaries: self.fuse.raw_boundaries,
-            },
+            correlate: self.fuse.correlate_options(),
             outputs,
             stream: self.stream.clone(),
             control: self.control.clone(),
@@ -529,36 +301,6 @@ impl Config {
     }
 }
 
-/// A watched directory, canonical, as bytes.
-fn canonical_watch_dir(path: &PathBuf) -> Result<Vec<u8>, ConfigError> {
-    let canonical = std::fs::canonicalize(path)
-        .map_err(|source| ConfigError::WatchMissing { path: path.clone(), source })?;
-    if !canonical.is_dir() {
-        return Err(ConfigError::WatchNotDirectory { path: path.clone() });
-    }
-    let bytes = canonical.as_os_str().as_bytes().to_vec();
-    // Room for the trailing '/' or NUL the kernel's trie entries carry.
-    if bytes.len() + 1 > PREFIX_KEY_BYTES {
-        return Err(ConfigError::WatchTooLong {
-            path: path.clone(),
-            len: bytes.len(),
-            max: PREFIX_KEY_BYTES - 1,
-        });
-    }
-    Ok(bytes)
-}
-
-/// Parses an operation type name.
-///
-/// # Errors
-/// When the name is not one of `USER_OPS`.
-pub fn parse_op(name: &str) -> Result<OpKind, ConfigError> {
-    USER_OPS.into_iter().find(|op| op.name() == name).ok_or_else(|| ConfigError::UnknownOp {
-        name: name.to_owned(),
-        choices: USER_OPS.map(OpKind::name).join(", "),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -569,7 +311,7 @@ mod tests {
         assert_eq!(config, Config::default());
         let settings = config.validate().unwrap();
         assert!(settings.probes.scope.watches_all(), "default watches everything");
-        assert_eq!(settings.ops.len(), USER_OPS.len());
+        assert_eq!(settings.ops.len(), crate::event::USER_OPS.len());
     }
 
     #[test]
@@ -597,16 +339,22 @@ mod tests {
     fn bad_values_get_clear_errors() {
         let mut config = Config::default();
         config.capture.watch = vec![PathBuf::from("/definitely/not/here")];
-        assert!(matches!(config.validate(), Err(ConfigError::WatchMissing { .. })));
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::Capture(CaptureConfigError::WatchMissing { .. }))
+        ));
         config.capture.watch = vec![PathBuf::from("/etc/hostname")];
-        assert!(matches!(config.validate(), Err(ConfigError::WatchNotDirectory { .. })));
+        assert!(matches!(
+            config.validate(),
+            Err(ConfigError::Capture(CaptureConfigError::WatchNotDirectory { .. }))
+        ));
         config.capture.watch = vec![PathBuf::from("/tmp")];
         config.capture.ops = vec!["opne".into()];
         let error = config.validate().unwrap_err().to_string();
         assert!(error.contains("\"opne\"") && error.contains("open, read"), "{error}");
         config.capture.ops = vec!["write".into()];
         config.capture.ring_bytes = 5000;
-        assert!(matches!(config.validate(), Err(ConfigError::RingSize { .. })));
+        assert!(matches!(config.validate(), Err(ConfigError::Capture(CaptureConfigError::RingSize { .. }))));
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //! lags behind must not give up on callers whose records are right behind). Events leave in the
 //! order they came in; a pending request holds back the events behind it for at most `window`.
 
+mod config;
+
+pub use config::{FuseConfig, FuseConfigError};
+
 use std::{collections::HashMap, collections::VecDeque, sync::Arc, time::Duration};
 
 use crate::{

@@ -7,7 +7,7 @@ mod path;
 mod scope;
 mod types;
 
-pub use operations::{event_types_of, ops_yielding};
+pub use operations::{USER_OPS, event_types_of, ops_yielding};
 pub use origin::{
     COMPANION_PART, FALLBACK_NODE_ID, GRAPH_PART, NODE_ID_MAX, NodeConfig, NodeId, OWN_CPU, Origin,
     OriginError, Run,

@@ -7,6 +7,29 @@ use vexevent_common::OpKind;
 
 use super::EventType;
 
+/// Operation types a user can select (the rest only keep path state right).
+pub const USER_OPS: [OpKind; 19] = [
+    OpKind::Open,
+    OpKind::Read,
+    OpKind::Write,
+    OpKind::Close,
+    OpKind::Rename,
+    OpKind::Unlink,
+    OpKind::Rmdir,
+    OpKind::Mkdir,
+    OpKind::Symlink,
+    OpKind::Link,
+    OpKind::Chmod,
+    OpKind::Chown,
+    OpKind::Truncate,
+    OpKind::Fsync,
+    OpKind::SetXattr,
+    OpKind::RemoveXattr,
+    OpKind::Ioctl,
+    OpKind::Mount,
+    OpKind::Umount,
+];
+
 /// Each operation type users select, and the event types its records become.
 const OPERATION_TYPES: [(OpKind, &[EventType]); 18] = {
     use EventType as T;

@@ -4,6 +4,7 @@
 //! reports which attached. Reads the kernel counters back. Forwards the probes' diagnostics when
 //! asked (`probe_log`).
 
+mod config;
 mod fuse_kprobes;
 mod fuse_mounts;
 mod hooks;
@@ -22,6 +23,7 @@ use vexevent_common::{
     ProbeConfig, SYSCALLS, map_names,
 };
 
+pub use config::{CaptureConfig, CaptureConfigError, CaptureSettings};
 pub use fuse_mounts::{FuseMount, vexfs_mount_points};
 pub use hooks::{HookReport, SyscallHooks};
 pub use seed::Seeded;

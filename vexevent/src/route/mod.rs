@@ -5,8 +5,10 @@
 //! such as the path so that one file's events stay on one target), and with failover skips
 //! targets that are down. Targets are output indices: the caller owns the outputs.
 
+mod config;
 mod stage;
 
+pub use config::{Outputs, OutputsError, RouteConfig, RoutingSection, outputs};
 pub use stage::RouteStage;
 
 use std::hash::{BuildHasher, Hash, Hasher};

@@ -3,6 +3,7 @@
 //! each with its own bounded two-lane queue, full-queue policy and worker thread that batches,
 //! retries and counts.
 
+mod config;
 mod jsonl;
 mod nats;
 mod queue;
@@ -16,6 +17,9 @@ use std::{
     thread::JoinHandle,
 };
 
+pub use config::{
+    DEFAULT_FILE_MODE, DEFAULT_SINK, OutputConfig, SinkConfig, SinkConfigError, SinkType, default_sink,
+};
 pub use jsonl::Rotation;
 pub use nats::{NatsAuth, NatsSettings, Servers, SubjectTemplate};
 pub use queue::Queued;

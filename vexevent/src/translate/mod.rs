@@ -2,6 +2,7 @@
 //! process's cwd and fds, picks the `VexFS` event type, fills the contexts, and derives
 //! `ObservabilityErrorReported` for failed operations.
 
+mod config;
 mod errno;
 mod fuse;
 mod fuse_nodes;
@@ -12,6 +13,7 @@ mod source;
 mod stat_cache;
 mod vexfs;
 
+pub use config::VexfsConfig;
 pub use errno::errno_name;
 pub use ioctl::{VexfsIoctl, decode_vexfs_ioctl};
 pub use paths::{normalize, resolve};

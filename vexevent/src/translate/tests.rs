@@ -218,7 +218,7 @@ fn vexfs_special_files_and_graph_derivation() {
 
 #[test]
 fn every_event_type_translate_gives_an_operation_is_in_the_operation_table() {
-    let mut translator = translator(&crate::config::USER_OPS);
+    let mut translator = translator(&crate::event::USER_OPS);
     let mut checked = HashSet::new();
     for entry in vexevent_common::SYSCALLS {
         let Ok(op) = OpKind::try_from(entry.spec.op) else { continue };

@@ -1,26 +1,26 @@
-//! `[sinks.NAME]`, `[[routes]]` and `[routing]`: the named outputs, the routes to them, and where
-//! events no route matches go. Without `[sinks]`, `[output]` is the one sink, called "output".
+//! `[sinks.NAME]` (and `[output]`, the one sink when there are none): what each kind of sink
+//! needs, checked whole, and the [`SinkSpec`] a sink starts from.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    path::PathBuf,
-    time::Duration,
-};
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
-use super::{ConfigError, OutputConfig};
-use crate::{
-    pipeline::WhenFull,
-    route::{Balance, BalanceKey, RouteSpec},
-    sinks::{
-        Delivery, Destination, NatsAuth, NatsSettings, Rotation, Servers, SinkSpec, SocketAddress,
-        SubjectTemplate, WebhookSettings,
-    },
+use super::{
+    Delivery, Destination, NatsAuth, NatsSettings, Rotation, Servers, SinkSpec, SocketAddress,
+    SubjectTemplate, WebhookSettings,
 };
+use crate::pipeline::WhenFull;
 
 /// The sink `[output]` becomes when no `[sinks]` are configured.
 pub const DEFAULT_SINK: &str = "output";
+
+/// What is wrong with one sink's configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("sinks.{sink}: {message}")]
+pub struct SinkConfigError {
+    pub sink: String,
+    pub message: String,
+}
 
 /// What a sink writes to.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -142,41 +142,26 @@ const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 const DEFAULT_NATS_ACK_TIMEOUT_MS: u64 = 5_000;
 const DEFAULT_NATS_CONNECT_TIMEOUT_MS: u64 = 2_000;
 
-/// `[[routes]]`: a match expression and the sinks its events go to.
+/// `[output]`: where events go.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RouteConfig {
-    pub name: String,
-    /// Filter expression (macros of `[filter.macros]` apply).
-    #[serde(rename = "match")]
-    pub match_expr: String,
-    /// Sink names.
-    pub targets: Vec<String>,
-    /// `all` (default), `round-robin` or `key`.
-    #[serde(default)]
-    pub balance: Balance,
-    /// With `balance = "key"`: `path` (default), `pid`, `comm` or `type`.
-    pub key: Option<BalanceKey>,
-    /// Skip targets that are down.
-    #[serde(default)]
-    pub failover: bool,
-}
-
-/// `[routing]`.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
-pub struct RoutingSection {
-    /// Sinks for events no route matches. Default: every sink when there are no routes, none
-    /// (events counted as unrouted) when there are.
-    pub unmatched: Option<Vec<String>>,
+pub struct OutputConfig {
+    /// JSON Lines file to append to; absent or `-` means stdout.
+    pub path: Option<PathBuf>,
+    /// Start a new file once the current one holds this many bytes (0: never).
+    pub rotate_bytes: u64,
+    /// Start a new file once the current one is this many seconds old (0: never).
+    pub rotate_secs: u64,
+    /// Rotated files to keep (`path.1` is the newest).
+    pub keep: usize,
+    /// Permission bits of the file (TOML octal, e.g. `0o640`).
+    pub mode: u32,
 }
 
-/// The resolved outputs and routes.
-#[derive(Clone, Debug)]
-pub struct Outputs {
-    pub sinks: Vec<SinkSpec>,
-    pub routes: Vec<RouteSpec>,
-    pub unmatched: Vec<usize>,
+impl Default for OutputConfig {
+    fn default() -> Self {
+        Self { path: None, rotate_bytes: 0, rotate_secs: 0, keep: 5, mode: DEFAULT_FILE_MODE }
+    }
 }
 
 impl SinkConfig {
@@ -208,9 +193,12 @@ impl SinkConfig {
     }
 
     /// The sink, or what is wrong with it.
-    fn spec(&self, name: &str) -> Result<SinkSpec, Vec<ConfigError>> {
-        let problem = |message: String| ConfigError::Sink { name: name.to_owned(), message };
-        let mut problems: Vec<ConfigError> = self
+    ///
+    /// # Errors
+    /// Every problem of this sink.
+    pub fn spec(&self, name: &str) -> Result<SinkSpec, Vec<SinkConfigError>> {
+        let problem = |message: String| SinkConfigError { sink: name.to_owned(), message };
+        let mut problems: Vec<SinkConfigError> = self
             .stray_fields()
             .into_iter()
             .map(|field| problem(format!("`{field}` does not apply to type {:?}", self.kind)))
@@ -366,7 +354,10 @@ fn rotation(bytes: u64, secs: u64, keep: usize) -> Rotation {
 }
 
 /// The one sink `[output]` describes.
-fn default_sink(output: &OutputConfig) -> Result<SinkSpec, Vec<ConfigError>> {
+///
+/// # Errors
+/// Every problem of `[output]`.
+pub fn default_sink(output: &OutputConfig) -> Result<SinkSpec, Vec<SinkConfigError>> {
     let sink = match output.path.clone().filter(|p| p.as_os_str() != "-") {
         Some(path) => SinkConfig {
             kind: SinkType::File,
@@ -383,106 +374,27 @@ fn default_sink(output: &OutputConfig) -> Result<SinkSpec, Vec<ConfigError>> {
     sink.spec(DEFAULT_SINK)
 }
 
-/// Resolves sinks, routes and the unmatched outputs; collects every problem.
-///
-/// # Errors
-/// Every problem found, in configuration order.
-pub fn outputs(
-    output: &OutputConfig,
-    sinks: &BTreeMap<String, SinkConfig>,
-    routes: &[RouteConfig],
-    routing: &RoutingSection,
-) -> Result<Outputs, Vec<ConfigError>> {
-    let mut problems = Vec::new();
-    let specs: Vec<SinkSpec> = if sinks.is_empty() {
-        default_sink(output).map_err(|errors| problems.extend(errors)).into_iter().collect()
-    } else {
-        if output.path.as_ref().is_some_and(|p| p.as_os_str() != "-") {
-            problems.push(ConfigError::OutputWithSinks);
-        }
-        sinks
-            .iter()
-            .filter_map(|(name, sink)| sink.spec(name).map_err(|errors| problems.extend(errors)).ok())
-            .collect()
-    };
-    let names: Vec<&str> =
-        sinks.keys().map(String::as_str).chain(sinks.is_empty().then_some(DEFAULT_SINK)).collect();
-    let resolve = |what: String, targets: &[String], problems: &mut Vec<ConfigError>| -> Vec<usize> {
-        targets
-            .iter()
-            .filter_map(|target| {
-                let found = names.iter().position(|n| n == target);
-                if found.is_none() {
-                    problems.push(ConfigError::UnknownSink {
-                        what: what.clone(),
-                        sink: target.clone(),
-                        known: names.join(", "),
-                    });
-                }
-                found
-            })
-            .collect()
-    };
-    let mut seen = BTreeSet::new();
-    let mut route_specs = Vec::new();
-    for (i, route) in routes.iter().enumerate() {
-        let what = format!("routes[{i}] ({})", route.name);
-        if !seen.insert(route.name.as_str()) {
-            problems
-                .push(ConfigError::Route { what: what.clone(), message: "the name is used twice".into() });
-        }
-        if route.targets.is_empty() {
-            problems.push(ConfigError::Route { what: what.clone(), message: "`targets` is empty".into() });
-        }
-        if route.key.is_some() && route.balance != Balance::Key {
-            problems.push(ConfigError::Route {
-                what: what.clone(),
-                message: "`key` only applies with balance = \"key\"".into(),
-            });
-        }
-        let targets = resolve(what, &route.targets, &mut problems);
-        route_specs.push(RouteSpec {
-            name: route.name.clone(),
-            match_expr: route.match_expr.clone(),
-            targets,
-            balance: route.balance,
-            key: route.key.unwrap_or_default(),
-            failover: route.failover,
-        });
-    }
-    let unmatched = match &routing.unmatched {
-        Some(names) => resolve("routing.unmatched".into(), names, &mut problems),
-        None if routes.is_empty() => (0..specs.len()).collect(),
-        None => Vec::new(),
-    };
-    if problems.is_empty() {
-        Ok(Outputs { sinks: specs, routes: route_specs, unmatched })
-    } else {
-        Err(problems)
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use crate::config::Config;
+    use super::*;
 
     #[test]
     fn a_nats_sink_is_checked_whole() {
-        let config = Config::from_toml(
+        let sinks: BTreeMap<String, SinkConfig> = toml::from_str(
             r#"
-[sinks.a]
+[a]
 type = "nats"
 url = "http://x"
 subject = "x.*"
 token = "t"
 user = "u"
-[sinks.b]
+[b]
 type = "nats"
-[sinks.c]
+[c]
 type = "file"
 path = "/tmp/x"
 subject = "s"
-[sinks.ok]
+[ok]
 type = "nats"
 url = "nats://127.0.0.1:4222, tls://h:4222"
 subject = "vexevent.{type}"
@@ -491,7 +403,12 @@ password = "p"
 "#,
         )
         .unwrap();
-        let problems: Vec<String> = config.problems().iter().map(ToString::to_string).collect();
+        let problems: Vec<String> = sinks
+            .iter()
+            .filter_map(|(name, sink)| sink.spec(name).err())
+            .flatten()
+            .map(|problem| problem.to_string())
+            .collect();
         let expect = [
             "sinks.a: url \"http://x\" must be nats://host:port or tls://host:port",
             "sinks.a: subject \"x.*\" must be dot-separated tokens",
