@@ -21,6 +21,7 @@ pub mod loader;
 pub mod pipeline;
 pub mod privilege;
 pub mod react;
+pub mod replicate;
 pub mod route;
 pub mod sinks;
 pub mod telemetry;

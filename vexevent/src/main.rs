@@ -134,6 +134,20 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// The replicated cluster this instance is a member of (`[cluster]`).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Print the cluster's committed events from a log index, in commit order (JSON Lines), up
+    /// to the commit index; an index already compacted is refused with the first retained one.
+    Log {
+        /// The first log index to print.
+        #[arg(long, value_name = "INDEX")]
+        from: u64,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
     /// The audit log of what rules decided and did.
     Audit {
         #[command(subcommand)]
@@ -178,6 +192,36 @@ enum RulesCommand {
         #[arg(long, value_name = "EVENTS.jsonl")]
         events: PathBuf,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// Members, leader, term, commit index and each member's lag, as the instance sees them.
+    Status {
+        #[command(flatten)]
+        control: ControlArgs,
+        /// Print the JSON the instance answers.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where a running instance's control API is and how to prove the right to use it.
+#[derive(Args, Debug)]
+struct ControlArgs {
+    /// The instance's control API address (`vexevent run --control-addr`).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7879")]
+    control_addr: std::net::SocketAddr,
+    /// Token to present (when the control API has one of its own); default: the token file's.
+    #[arg(long, env = "VEXEVENT_CONTROL_TOKEN")]
+    token: Option<String>,
+    /// The instance's token file (beside its stats file), read when no --token is given.
+    #[arg(long, value_name = "FILE", default_value_os_t = default_token_file())]
+    token_file: PathBuf,
+    /// The instance serves TLS ([control.tls]): connect with TLS and trust only the
+    /// certificates in this PEM file (its certificate, or the authority that signed it).
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -364,6 +408,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// `vexevent check-config FILE`: every problem with its place, or the stage graph and settings.
+fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::from_file(file)?;
+    let problems = config.problems();
+    if !problems.is_empty() {
+        for problem in &problems {
+            // Causes the message does not already quote (a filter's line and column).
+            let message = problem.to_string();
+            let cause = std::error::Error::source(problem)
+                .map(ToString::to_string)
+                .filter(|cause| !message.contains(cause.as_str()))
+                .map(|cause| format!(": {cause}"))
+                .unwrap_or_default();
+            println!("{}: {message}{cause}", file.display());
+        }
+        anyhow::bail!("{}: {} problem(s)", file.display(), problems.len());
+    }
+    let settings = config.validate()?;
+    println!("{}: valid", file.display());
+    println!("stages: {}", app::stage_graph("kernel", &settings).join(" -> "));
+    println!("{settings:#?}");
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
@@ -392,28 +460,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::CheckConfig { file } => {
-            let config = Config::from_file(&file)?;
-            let problems = config.problems();
-            if !problems.is_empty() {
-                for problem in &problems {
-                    // Causes the message does not already quote (a filter's line and column).
-                    let message = problem.to_string();
-                    let cause = std::error::Error::source(problem)
-                        .map(ToString::to_string)
-                        .filter(|cause| !message.contains(cause.as_str()))
-                        .map(|cause| format!(": {cause}"))
-                        .unwrap_or_default();
-                    println!("{}: {message}{cause}", file.display());
-                }
-                anyhow::bail!("{}: {} problem(s)", file.display(), problems.len());
-            }
-            let settings = config.validate()?;
-            println!("{}: valid", file.display());
-            println!("stages: {}", app::stage_graph("kernel", &settings).join(" -> "));
-            println!("{settings:#?}");
-            Ok(())
-        }
+        Command::CheckConfig { file } => check_config(&file),
         Command::Reload { control_addr, token, token_file, stats_file, tls_ca } => match control_addr {
             Some(addr) => commands::reload::through_api(
                 &Remote::new(tls_ca.as_deref())?,
@@ -439,6 +486,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rules { command: RulesCommand::Test { file, events } } => {
             commands::rules::test_rules(&file, &events)
         }
+        Command::Cluster { command: ClusterCommand::Status { control, json } } => commands::cluster::status(
+            &Remote::new(control.tls_ca.as_deref())?,
+            control.control_addr,
+            &client_token(control.token, &control.token_file)?,
+            json,
+        ),
+        Command::Log { from, control } => commands::cluster::log(
+            &Remote::new(control.tls_ca.as_deref())?,
+            control.control_addr,
+            &client_token(control.token, &control.token_file)?,
+            from,
+        ),
         Command::Audit { command: AuditCommand::Verify { file } } => commands::rules::verify_log(&file),
         Command::Rollback { audit_log, id } => commands::rules::rollback_action(&audit_log, id),
         Command::Functions { list } => commands::functions::list(&list),

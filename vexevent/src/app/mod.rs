@@ -53,6 +53,8 @@ pub enum AppError {
     Auth(#[from] crate::http::AuthError),
     #[error(transparent)]
     React(#[from] crate::react::ReactError),
+    #[error(transparent)]
+    Replicate(#[from] crate::replicate::ReplicateError),
     #[error("the {0} stage was built without what it needs (a wiring mistake in app/stages.rs)")]
     Wiring(&'static str),
     #[error(transparent)]

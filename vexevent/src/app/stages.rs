@@ -15,6 +15,7 @@ use crate::{
     http::{Broadcaster, StreamStage},
     pipeline::{Pipeline, Sequencer, Source, Stage},
     react::ReactStage,
+    replicate::ReplicateStage,
     route::{RouteStage, Router},
     sinks::Sinks,
     telemetry::Counters,
@@ -43,7 +44,7 @@ pub struct StageEntry {
 /// The stages after the source, in order. `react` (with rules) and `analyse` go before `filter`:
 /// the events they derive (detections, anomalies, health alerts, windows) go through filter and
 /// route like any event.
-pub const STAGES: [StageEntry; 7] = [
+pub const STAGES: [StageEntry; 8] = [
     StageEntry {
         name: "correlate",
         runs: |_| true,
@@ -69,6 +70,17 @@ pub const STAGES: [StageEntry; 7] = [
                 p.filter.take().ok_or(AppError::Wiring("filter"))?,
                 Arc::clone(p.counters),
             )))
+        },
+    },
+    // With `[cluster]`, after filter (each node contributes what its filter keeps) and before
+    // sequence: the stages after it see the cluster's committed events, every node's, in commit
+    // order.
+    StageEntry {
+        name: "replicate",
+        runs: |settings| settings.cluster.is_some(),
+        build: |p| {
+            let cluster = p.settings.cluster.as_ref().ok_or(AppError::Wiring("replicate"))?;
+            Ok(Box::new(ReplicateStage::start(cluster, p.run, p.counters)?))
         },
     },
     StageEntry { name: "sequence", runs: |_| true, build: |_| Ok(Box::new(Sequencer::default())) },
@@ -107,8 +119,8 @@ pub fn stage_graph(source: &str, settings: &Settings) -> Vec<String> {
 /// too.
 ///
 /// # Errors
-/// When a stage cannot start (the react stage's audit log cannot be opened; the stream stage
-/// without `stream`).
+/// When a stage cannot start (the react stage's audit log cannot be opened; the replicate
+/// stage's log or address; the stream stage without `stream`).
 pub fn build_pipeline(
     source: Box<dyn Source>,
     settings: &Settings,
@@ -158,7 +170,11 @@ mod tests {
 
     #[test]
     fn the_stage_graph_check_config_prints_is_the_pipeline_run_builds() {
+        use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "a secret of a one-member cluster").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
         let every_stage = format!(
             r#"
 [sinks.n]
@@ -176,8 +192,17 @@ match = "type == FilesystemWrite"
 at_least = 1
 within_ms = 1
 key = "path"
+[cluster]
+node_id = 1
+listen = "127.0.0.1:0"
+data_dir = "{}"
+secret_file = "{}"
+[cluster.peers]
+1 = "127.0.0.1:0"
 "#,
-            dir.path().join("audit.log").display()
+            dir.path().join("audit.log").display(),
+            dir.path().join("cluster").display(),
+            secret.display(),
         );
         for (text, stages) in [("[sinks.n]\ntype = \"null\"", 4), (every_stage.as_str(), STAGES.len())] {
             let (settings, compiled) = Config::from_toml(text).unwrap().build().unwrap();

@@ -2,6 +2,7 @@
 //! that talk to a running instance (`reload`, `tail`, `top`), and the rule commands (`replay`,
 //! `audit`, `rollback`), and `functions --list`.
 
+pub mod cluster;
 pub mod functions;
 pub mod reload;
 pub mod remote;

@@ -24,6 +24,7 @@ use crate::{
         CaptureConfig, CaptureConfigError, CaptureSettings, FunctionConfig, ProbeSettings, TracepointConfig,
     },
     react::{ReactConfig, ReactSettings, RuleConfig, RuleError, read_rules_file, rule_problems},
+    replicate::{ClusterConfig, ClusterConfigError, ClusterSettings},
     route::{self, Outputs, OutputsError, RouteConfig, Router, RoutingSection},
     sinks::{OutputConfig, SinkConfig},
     telemetry::{HealthConfig, HealthConfigError},
@@ -57,6 +58,8 @@ pub struct Config {
     pub tracepoints: Vec<TracepointConfig>,
     /// Kernel functions attached by name (`[[kernel_functions]]`).
     pub kernel_functions: Vec<FunctionConfig>,
+    /// Replication with other instances (`[cluster]`); absent: this instance stands alone.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// `[stats]`: counters reporting.
@@ -112,6 +115,8 @@ pub enum ConfigError {
     Analyse(#[from] AnalyseConfigError),
     #[error(transparent)]
     Health(#[from] HealthConfigError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterConfigError),
 }
 
 /// Validated settings: what each component is built from.
@@ -145,6 +150,8 @@ pub struct Settings {
     pub health: HealthConfig,
     /// The `react` stage: its rules (the file's included) and how they act.
     pub react: ReactSettings,
+    /// The `replicate` stage (`[cluster]`), when this instance is a member of a cluster.
+    pub cluster: Option<ClusterSettings>,
 }
 
 /// The filter chain and the routes, compiled once when the configuration is built (the
@@ -196,6 +203,7 @@ impl Config {
         problems.extend(self.fuse.problem().map(ConfigError::Fuse));
         problems.extend(self.analyse.problems().into_iter().map(ConfigError::Analyse));
         problems.extend(self.health.problem().map(ConfigError::Health));
+        problems.extend(self.cluster.iter().flat_map(ClusterConfig::problems).map(ConfigError::Cluster));
         problems.extend(self.stream.problem().map(ConfigError::Access));
         problems.extend(self.control.problem().map(ConfigError::Access));
         let outputs = self.outputs().map_err(|errors| problems.extend(errors)).ok();
@@ -298,6 +306,7 @@ impl Config {
             analyse: self.analyse.clone(),
             health: self.health.clone(),
             react: self.react_settings()?,
+            cluster: self.cluster.as_ref().map(ClusterConfig::settings).transpose()?,
         };
         Ok((settings, compiled))
     }

@@ -35,6 +35,13 @@ pub const RELOAD_PATH: &str = "/api/v1/control/reload";
 pub const STATS_PATH: &str = "/api/v1/control/stats";
 /// Followed by `/{seq}`: the audit line of the action to undo.
 pub const ROLLBACK_PATH: &str = "/api/v1/control/rollback";
+/// The cluster member's view (`vexevent cluster status`) and the committed log (`vexevent log`).
+pub const CLUSTER_STATUS_PATH: &str = "/api/v1/cluster/status";
+pub const CLUSTER_LOG_PATH: &str = "/api/v1/cluster/log";
+/// The response header that says which log index to ask for next.
+pub const NEXT_INDEX_HEADER: &str = "x-vexevent-next-index";
+/// Most entries one log request returns.
+pub const LOG_ENTRIES_MAX: usize = 64;
 pub const METRICS_PATH: &str = "/metrics";
 /// Liveness (200 while the instance serves) and readiness (200 when every check passes, else
 /// 503), both with the checks and their reasons as JSON.
@@ -207,6 +214,55 @@ async fn metrics(State(state): State<ControlState>, headers: HeaderMap) -> Respo
     }
 }
 
+const NOT_A_MEMBER: (StatusCode, &str) =
+    (StatusCode::NOT_FOUND, "this instance is not a cluster member (no [cluster] in its configuration)\n");
+
+async fn cluster_status(State(state): State<ControlState>, headers: HeaderMap) -> Response {
+    if !state.authorized(&headers, true) {
+        return UNAUTHORIZED.into_response();
+    }
+    match state.counters.cluster.get() {
+        Some(cluster) => Json(cluster.status().await).into_response(),
+        None => NOT_A_MEMBER.into_response(),
+    }
+}
+
+/// `from` (a log index) and `limit` (entries, at most [`LOG_ENTRIES_MAX`]).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    from: u64,
+    limit: Option<usize>,
+}
+
+/// Committed events from a log index, as JSON lines; the next index in a header. An index
+/// already compacted is refused (410) with the first retained one.
+async fn cluster_log(
+    State(state): State<ControlState>,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if !state.authorized(&headers, false) {
+        return UNAUTHORIZED.into_response();
+    }
+    let Ok(axum::extract::Query(query)) = query else {
+        return (StatusCode::BAD_REQUEST, "expected ?from=INDEX[&limit=ENTRIES]\n").into_response();
+    };
+    let Some(cluster) = state.counters.cluster.get() else { return NOT_A_MEMBER.into_response() };
+    let limit = query.limit.unwrap_or(LOG_ENTRIES_MAX).clamp(1, LOG_ENTRIES_MAX);
+    match cluster.log(query.from, limit) {
+        Ok(page) => (
+            [
+                (CONTENT_TYPE, "application/x-ndjson".to_owned()),
+                (NEXT_INDEX_HEADER.parse().expect("a valid header name"), page.next.to_string()),
+            ],
+            page.lines,
+        )
+            .into_response(),
+        Err(error) => (StatusCode::GONE, format!("{error}\n")).into_response(),
+    }
+}
+
 /// The health checks; `ready` answers 503 when one fails.
 fn health(state: &ControlState, headers: &HeaderMap, ready: bool) -> Response {
     if !state.authorized(headers, true) {
@@ -251,6 +307,8 @@ pub async fn start(
         .route(METRICS_PATH, get(metrics))
         .route(HEALTHZ_PATH, get(healthz))
         .route(READYZ_PATH, get(readyz))
+        .route(CLUSTER_STATUS_PATH, get(cluster_status))
+        .route(CLUSTER_LOG_PATH, get(cluster_log))
         .route(DASHBOARD_PATH, get(dashboard::page))
         .route("/dashboard/assets/{name}", get(dashboard::asset))
         .route(DASHBOARD_LOGIN_PATH, get(dashboard::login))

@@ -2,6 +2,7 @@
 //! kernel's counters for `vexevent stats`, periodic stderr reports and the stats file.
 
 mod analytics;
+mod cluster;
 mod health;
 mod outputs;
 mod prometheus;
@@ -13,6 +14,7 @@ mod stages;
 pub use analytics::{
     Analytics, LATENCY_BOUNDS_SECONDS, LATENCY_MAX_NS, LatencyHistogram, latency_histogram, seconds_buckets,
 };
+pub use cluster::{ClusterSlot, ClusterView, LogPage, StatusFuture};
 pub use health::{Check, Health, HealthConfig, HealthConfigError, HealthReport};
 pub use outputs::{OutputCounters, SinkCounters, SinkSummary};
 pub use prometheus::prometheus_text;
@@ -60,6 +62,8 @@ macro_rules! counters {
             pub rules: RuleTable,
             /// How full each kernel ring is.
             pub rings: RingGauges,
+            /// The replicated cluster, when this instance is a member.
+            pub cluster: ClusterSlot,
         }
 
         impl Counters {
@@ -133,6 +137,28 @@ counters! {
     /// Events that could not be serialized, or that a sink dropped (per sink and reason in
     /// `sinks`).
     sink_errors,
+    /// Cluster: events committed (every node's) and applied here.
+    cluster_events_committed,
+    /// Cluster: batches the log committed twice (a retry after a failover), dropped as repeats.
+    cluster_repeats_dropped,
+    /// Cluster: events captured here and dropped because the buffer of events waiting for a
+    /// leader (`cluster.buffer_events`) was full.
+    cluster_dropped_buffer_full,
+    /// Cluster: events captured here and not committed when vexevent stopped.
+    cluster_dropped_shutdown,
+    /// Cluster: committed events this node skipped because it caught up by snapshot (the log
+    /// that held them was compacted).
+    cluster_snapshot_skipped,
+    /// Cluster: committed events that did not decode (skipped).
+    cluster_decode_errors,
+    /// Cluster: peer connections refused (no or wrong shared secret, a bad handshake).
+    cluster_peers_refused,
+    /// Cluster: the raft term (a gauge).
+    cluster_term,
+    /// Cluster: times the leader changed, as seen here.
+    cluster_leader_changes,
+    /// Cluster: the last log index applied here (a gauge).
+    cluster_applied_index,
 }
 
 /// Locks a counter mutex; a panic elsewhere does not make counts unreadable.

@@ -1,0 +1,93 @@
+//! `vexevent cluster status` and `vexevent log --from INDEX`: a cluster member's view (members,
+//! leader, term, commit index, lags) and its committed log, through its control API.
+
+use std::{io::Write as _, net::SocketAddr};
+
+use anyhow::{Context as _, bail};
+use vexevent::{
+    http::{CLUSTER_LOG_PATH, CLUSTER_STATUS_PATH, NEXT_INDEX_HEADER},
+    replicate::ClusterStatus,
+};
+
+use super::remote::Remote;
+
+fn get(
+    remote: &Remote,
+    addr: SocketAddr,
+    path_and_query: &str,
+    token: &str,
+) -> anyhow::Result<(String, Option<u64>)> {
+    let mut response = remote
+        .http_agent()
+        .get(format!("{}://{addr}{path_and_query}", remote.http_scheme()))
+        .header("authorization", format!("Bearer {token}"))
+        .call()
+        .with_context(|| {
+            format!(
+                "cannot reach the control API at {addr} (is vexevent running with --control-addr {addr}?)"
+            )
+        })?;
+    let next =
+        response.headers().get(NEXT_INDEX_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let body = response.body_mut().with_config().limit(1 << 30).read_to_string().unwrap_or_default();
+    if !response.status().is_success() {
+        bail!("{}", body.trim_end());
+    }
+    Ok((body, next))
+}
+
+/// Prints the member's view of the cluster (or its JSON).
+pub fn status(remote: &Remote, addr: SocketAddr, token: &str, json: bool) -> anyhow::Result<()> {
+    let (body, _) = get(remote, addr, CLUSTER_STATUS_PATH, token)?;
+    if json {
+        println!("{}", body.trim_end());
+        return Ok(());
+    }
+    let status: ClusterStatus =
+        serde_json::from_str(&body).context("the instance answered an unknown status")?;
+    let show = |value: Option<u64>| value.map_or_else(|| "-".to_owned(), |v| v.to_string());
+    println!(
+        "member {} ({}), term {}, leader {}, commit index {}, last log index {}, first index {}, snapshot {}",
+        status.node_id,
+        status.state,
+        status.term,
+        show(status.leader),
+        show(status.commit_index),
+        show(status.last_log_index),
+        status.first_index,
+        show(status.snapshot_index),
+    );
+    println!("{:>6}  {:<24} {:>12} {:>8}", "id", "address", "matched", "lag");
+    for member in &status.members {
+        println!(
+            "{:>6}  {:<24} {:>12} {:>8}",
+            member.id,
+            member.addr,
+            show(member.matched),
+            show(member.lag)
+        );
+    }
+    if status.members.iter().all(|m| m.lag.is_none()) {
+        println!("(lags: no leader answered)");
+    }
+    Ok(())
+}
+
+/// Prints the committed events from log index `from` (JSON lines, commit order) up to the
+/// commit index, then says on stderr where to resume.
+pub fn log(remote: &Remote, addr: SocketAddr, token: &str, from: u64) -> anyhow::Result<()> {
+    let mut from = from;
+    let mut stdout = std::io::stdout().lock();
+    loop {
+        let (body, next) = get(remote, addr, &format!("{CLUSTER_LOG_PATH}?from={from}"), token)?;
+        stdout.write_all(body.as_bytes())?;
+        let next = next.context("the instance did not say where the log continues")?;
+        if next <= from {
+            break;
+        }
+        from = next;
+    }
+    stdout.flush()?;
+    eprintln!("next index: {from}");
+    Ok(())
+}

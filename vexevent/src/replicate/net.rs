@@ -1,0 +1,446 @@
+//! The peer protocol: TCP between members, length-prefixed postcard frames, one request and its
+//! reply at a time per connection (connections are pooled). A connection is used only after
+//! both ends proved they hold the shared secret: each sends a random nonce, each answers with
+//! HMAC-SHA256(secret, role, both nonces), checked in constant time; a peer without it is
+//! refused and counted (`cluster_peers_refused`).
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use openraft::{
+    BasicNode, RaftNetwork, RaftNetworkFactory,
+    error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable},
+    network::{Backoff, RPCOption},
+    raft::{
+        AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+        VoteRequest, VoteResponse,
+    },
+};
+use ring::{hmac, rand::SecureRandom as _};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+};
+
+use super::{Committed, Proposal, RaftId, TypeConfig, config::Secret, status::ClusterStatus};
+use crate::telemetry::{Counters, add};
+
+/// Version of the peer protocol (in the handshake; another version is refused).
+const PROTOCOL_VERSION: u16 = 1;
+/// Largest frame once authenticated: a few entries of at most `entry_events` events each.
+pub const FRAME_MAX: usize = 256 << 20;
+/// Largest handshake frame (a nonce and a MAC).
+const HANDSHAKE_FRAME_MAX: usize = 256;
+/// A handshake that takes longer is abandoned.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle connections kept per peer.
+const POOL: usize = 4;
+const NONCE: usize = 32;
+
+/// A request to a peer.
+#[derive(Serialize, Deserialize)]
+enum Request {
+    Append(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<RaftId>),
+    Snapshot(InstallSnapshotRequest<TypeConfig>),
+    /// Commit this batch (sent to the leader by the member that captured it).
+    Propose(Proposal),
+    /// This member's view of the cluster (asked of the leader, which knows every member's lag).
+    Status,
+}
+
+/// A peer's reply.
+#[derive(Serialize, Deserialize)]
+enum Reply {
+    Append(Result<AppendEntriesResponse<RaftId>, RaftError<RaftId>>),
+    Vote(Result<VoteResponse<RaftId>, RaftError<RaftId>>),
+    Snapshot(Result<InstallSnapshotResponse<RaftId>, RaftError<RaftId, InstallSnapshotError>>),
+    Propose(Result<Committed, Refused>),
+    Status(ClusterStatus),
+}
+
+/// Why a proposal was not committed.
+#[derive(Clone, Debug, Serialize, Deserialize, thiserror::Error)]
+pub enum Refused {
+    #[error("member {asked} is not the leader (leader: {leader:?})")]
+    NotLeader { asked: RaftId, leader: Option<RaftId> },
+    #[error("no leader is known")]
+    NoLeader,
+    #[error("{0}")]
+    Failed(String),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Hello {
+    version: u16,
+    from: RaftId,
+    nonce: [u8; NONCE],
+}
+
+#[derive(Serialize, Deserialize)]
+struct Proof {
+    nonce: [u8; NONCE],
+    mac: Vec<u8>,
+}
+
+/// What a member does with requests: the raft node's handlers (the server side).
+pub type Raft = openraft::Raft<TypeConfig>;
+
+fn nonce() -> std::io::Result<[u8; NONCE]> {
+    let mut nonce = [0u8; NONCE];
+    ring::rand::SystemRandom::new()
+        .fill(&mut nonce)
+        .map_err(|_| std::io::Error::other("no random source"))?;
+    Ok(nonce)
+}
+
+/// HMAC-SHA256(secret, role | client nonce | server nonce).
+fn mac(key: &hmac::Key, role: &[u8], client: &[u8; NONCE], server: &[u8; NONCE]) -> hmac::Tag {
+    let mut context = hmac::Context::with_key(key);
+    context.update(role);
+    context.update(client);
+    context.update(server);
+    context.sign()
+}
+
+fn verify(key: &hmac::Key, role: &[u8], client: &[u8; NONCE], server: &[u8; NONCE], tag: &[u8]) -> bool {
+    let mut message = Vec::with_capacity(role.len() + 2 * NONCE);
+    message.extend_from_slice(role);
+    message.extend_from_slice(client);
+    message.extend_from_slice(server);
+    // ring compares the tags in constant time.
+    hmac::verify(key, &message, tag).is_ok()
+}
+
+async fn write_frame<T: Serialize>(stream: &mut TcpStream, value: &T) -> std::io::Result<()> {
+    let mut bytes = vec![0u8; 4];
+    bytes = postcard::to_extend(value, bytes).map_err(std::io::Error::other)?;
+    let len = u32::try_from(bytes.len() - 4).map_err(|_| std::io::Error::other("frame too large"))?;
+    bytes[..4].copy_from_slice(&len.to_le_bytes());
+    stream.write_all(&bytes).await
+}
+
+async fn read_frame<T: DeserializeOwned>(stream: &mut TcpStream, max: usize) -> std::io::Result<T> {
+    let len = stream.read_u32_le().await? as usize;
+    if len > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds {max}"),
+        ));
+    }
+    let mut bytes = vec![0u8; len];
+    stream.read_exact(&mut bytes).await?;
+    postcard::from_bytes(&bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+fn refused(message: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::PermissionDenied, message.to_owned())
+}
+
+/// The client side of the handshake.
+async fn client_handshake(stream: &mut TcpStream, key: &hmac::Key, me: RaftId) -> std::io::Result<()> {
+    let ours = nonce()?;
+    write_frame(stream, &Hello { version: PROTOCOL_VERSION, from: me, nonce: ours }).await?;
+    let theirs: Proof = read_frame(stream, HANDSHAKE_FRAME_MAX).await?;
+    if !verify(key, b"vexevent-raft-server", &ours, &theirs.nonce, &theirs.mac) {
+        return Err(refused("the peer does not hold the cluster's shared secret"));
+    }
+    let mac = mac(key, b"vexevent-raft-client", &ours, &theirs.nonce);
+    write_frame(stream, &Proof { nonce: [0; NONCE], mac: mac.as_ref().to_vec() }).await
+}
+
+/// The server side of the handshake: the peer's raft id once it proved the secret.
+async fn server_handshake(stream: &mut TcpStream, key: &hmac::Key) -> std::io::Result<RaftId> {
+    let hello: Hello = read_frame(stream, HANDSHAKE_FRAME_MAX).await?;
+    if hello.version != PROTOCOL_VERSION {
+        return Err(refused(&format!(
+            "protocol version {} (this member speaks {PROTOCOL_VERSION})",
+            hello.version
+        )));
+    }
+    let ours = nonce()?;
+    let mac = mac(key, b"vexevent-raft-server", &hello.nonce, &ours);
+    write_frame(stream, &Proof { nonce: ours, mac: mac.as_ref().to_vec() }).await?;
+    let proof: Proof = read_frame(stream, HANDSHAKE_FRAME_MAX).await?;
+    if !verify(key, b"vexevent-raft-client", &hello.nonce, &ours, &proof.mac) {
+        return Err(refused("the peer does not hold the cluster's shared secret"));
+    }
+    Ok(hello.from)
+}
+
+/// What the server answers a status request with.
+pub type StatusFn = Arc<dyn Fn() -> ClusterStatus + Send + Sync>;
+
+/// Serves peers on `listener` until the runtime stops.
+pub async fn serve(
+    listener: TcpListener,
+    raft: Raft,
+    secret: Secret,
+    me: RaftId,
+    status: StatusFn,
+    counters: Arc<Counters>,
+) {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, secret.bytes());
+    loop {
+        let (mut stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "cluster listener: cannot accept");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (raft, key, counters, status) =
+            (raft.clone(), key.clone(), Arc::clone(&counters), Arc::clone(&status));
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, server_handshake(&mut stream, &key)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    add(&counters.cluster_peers_refused, 1);
+                    tracing::warn!(%peer, %error, "cluster: peer refused");
+                    return;
+                }
+                Err(_) => {
+                    add(&counters.cluster_peers_refused, 1);
+                    tracing::warn!(%peer, "cluster: peer refused (handshake timed out)");
+                    return;
+                }
+            }
+            while let Ok(request) = read_frame::<Request>(&mut stream, FRAME_MAX).await {
+                let reply = answer(&raft, me, &status, request).await;
+                if write_frame(&mut stream, &reply).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+async fn answer(raft: &Raft, me: RaftId, status: &StatusFn, request: Request) -> Reply {
+    match request {
+        Request::Append(rpc) => Reply::Append(raft.append_entries(rpc).await),
+        Request::Vote(rpc) => Reply::Vote(raft.vote(rpc).await),
+        Request::Snapshot(rpc) => Reply::Snapshot(raft.install_snapshot(rpc).await),
+        Request::Propose(proposal) => Reply::Propose(propose_here(raft, me, proposal).await),
+        Request::Status => Reply::Status(status()),
+    }
+}
+
+/// Commits `proposal` through this member (the leader).
+pub async fn propose_here(raft: &Raft, me: RaftId, proposal: Proposal) -> Result<Committed, Refused> {
+    use openraft::error::ClientWriteError;
+    match raft.client_write(proposal).await {
+        Ok(response) => Ok(Committed { index: response.log_id.index, outcome: response.data }),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+            Err(Refused::NotLeader { asked: me, leader: forward.leader_id })
+        }
+        Err(error) => Err(Refused::Failed(error.to_string())),
+    }
+}
+
+/// Pooled, authenticated connections to the members.
+#[derive(Clone)]
+pub struct Peers {
+    me: RaftId,
+    key: hmac::Key,
+    addrs: Arc<HashMap<RaftId, SocketAddr>>,
+    idle: Arc<Mutex<HashMap<RaftId, Vec<TcpStream>>>>,
+}
+
+impl Peers {
+    #[must_use]
+    pub fn new(me: RaftId, secret: &Secret, addrs: HashMap<RaftId, SocketAddr>) -> Self {
+        Self {
+            me,
+            key: hmac::Key::new(hmac::HMAC_SHA256, secret.bytes()),
+            addrs: Arc::new(addrs),
+            idle: Arc::default(),
+        }
+    }
+
+    async fn connection(&self, target: RaftId) -> std::io::Result<TcpStream> {
+        let pooled = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_mut(&target)
+            .and_then(Vec::pop);
+        if let Some(stream) = pooled {
+            return Ok(stream);
+        }
+        let addr = self
+            .addrs
+            .get(&target)
+            .ok_or_else(|| std::io::Error::other(format!("member {target} is not configured")))?;
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, client_handshake(&mut stream, &self.key, self.me))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"))??;
+        Ok(stream)
+    }
+
+    /// Sends `request` to `target` and waits up to `timeout` for the reply.
+    async fn call(&self, target: RaftId, request: &Request, timeout: Duration) -> std::io::Result<Reply> {
+        let exchange = async {
+            let mut stream = self.connection(target).await?;
+            write_frame(&mut stream, request).await?;
+            let reply = read_frame(&mut stream, FRAME_MAX).await?;
+            let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let pool = idle.entry(target).or_default();
+            if pool.len() < POOL {
+                pool.push(stream);
+            }
+            Ok(reply)
+        };
+        tokio::time::timeout(timeout, exchange).await.map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("member {target} did not answer in time"),
+            )
+        })?
+    }
+
+    /// Asks member `target` for its view of the cluster.
+    ///
+    /// # Errors
+    /// When it cannot be reached or does not answer within `timeout`.
+    pub async fn status(&self, target: RaftId, timeout: Duration) -> std::io::Result<ClusterStatus> {
+        match self.call(target, &Request::Status, timeout).await? {
+            Reply::Status(status) => Ok(status),
+            _ => Err(std::io::Error::other(format!("member {target} answered another request"))),
+        }
+    }
+
+    /// Asks member `target` (the leader) to commit `proposal`.
+    pub async fn propose(
+        &self,
+        target: RaftId,
+        proposal: Proposal,
+        timeout: Duration,
+    ) -> Result<Committed, Refused> {
+        match self.call(target, &Request::Propose(proposal), timeout).await {
+            Ok(Reply::Propose(outcome)) => outcome,
+            Ok(_) => Err(Refused::Failed(format!("member {target} answered another request"))),
+            Err(error) => Err(Refused::Failed(format!("member {target}: {error}"))),
+        }
+    }
+}
+
+/// The raft node's client to one member.
+pub struct PeerClient {
+    peers: Peers,
+    target: RaftId,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Peers {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: RaftId, _node: &BasicNode) -> PeerClient {
+        PeerClient { peers: self.clone(), target }
+    }
+}
+
+/// An I/O failure as openraft wants it: a refused connection means the member is down (back
+/// off), anything else is retried at once.
+fn failed<E: std::error::Error>(error: &std::io::Error) -> RPCError<RaftId, BasicNode, E> {
+    if matches!(error.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::PermissionDenied) {
+        RPCError::Unreachable(Unreachable::new(error))
+    } else {
+        RPCError::Network(NetworkError::new(error))
+    }
+}
+
+fn unexpected<E: std::error::Error>(target: RaftId) -> RPCError<RaftId, BasicNode, E> {
+    RPCError::Network(NetworkError::new(&std::io::Error::other(format!(
+        "member {target} answered another request"
+    ))))
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<RaftId>, RPCError<RaftId, BasicNode, RaftError<RaftId>>> {
+        match self.peers.call(self.target, &Request::Append(rpc), option.hard_ttl()).await {
+            Ok(Reply::Append(Ok(response))) => Ok(response),
+            Ok(Reply::Append(Err(error))) => Err(RPCError::RemoteError(RemoteError::new(self.target, error))),
+            Ok(_) => Err(unexpected(self.target)),
+            Err(error) => Err(failed(&error)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<RaftId>,
+        RPCError<RaftId, BasicNode, RaftError<RaftId, InstallSnapshotError>>,
+    > {
+        match self.peers.call(self.target, &Request::Snapshot(rpc), option.hard_ttl()).await {
+            Ok(Reply::Snapshot(Ok(response))) => Ok(response),
+            Ok(Reply::Snapshot(Err(error))) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, error)))
+            }
+            Ok(_) => Err(unexpected(self.target)),
+            Err(error) => Err(failed(&error)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<RaftId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<RaftId>, RPCError<RaftId, BasicNode, RaftError<RaftId>>> {
+        match self.peers.call(self.target, &Request::Vote(rpc), option.hard_ttl()).await {
+            Ok(Reply::Vote(Ok(response))) => Ok(response),
+            Ok(Reply::Vote(Err(error))) => Err(RPCError::RemoteError(RemoteError::new(self.target, error))),
+            Ok(_) => Err(unexpected(self.target)),
+            Err(error) => Err(failed(&error)),
+        }
+    }
+
+    fn backoff(&self) -> Backoff {
+        // A member that is down is tried again soon: it may be a restart.
+        Backoff::new(std::iter::repeat(Duration::from_millis(100)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_peer_without_the_secret_is_refused_and_one_with_it_admitted() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server_key = hmac::Key::new(hmac::HMAC_SHA256, b"the right secret, 32 bytes long!");
+        let server = tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            for _ in 0..2 {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                outcomes.push(server_handshake(&mut stream, &server_key).await.map_err(|e| e.kind()));
+            }
+            outcomes
+        });
+        let wrong = hmac::Key::new(hmac::HMAC_SHA256, b"a wrong secret of the same size!");
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let error = client_handshake(&mut stream, &wrong, 5).await.unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::PermissionDenied, "the server's proof fails too");
+        drop(stream);
+        let right = hmac::Key::new(hmac::HMAC_SHA256, b"the right secret, 32 bytes long!");
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        client_handshake(&mut stream, &right, 6).await.unwrap();
+        let outcomes = server.await.unwrap();
+        assert!(outcomes[0].is_err(), "the server refuses the client without the secret");
+        assert_eq!(outcomes[1], Ok(6));
+    }
+}

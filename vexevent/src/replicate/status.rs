@@ -1,0 +1,140 @@
+//! What `vexevent cluster status` and `vexevent log --from INDEX` read: a member's view of the
+//! cluster (from its raft metrics; every member's lag from the leader's) and the committed log.
+
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+
+use openraft::{EntryPayload, ServerState};
+use serde::{Deserialize, Serialize};
+
+use super::{LogStore, RaftId, machine::NotApplied, net::Peers, net::Raft};
+use crate::telemetry::{ClusterView, LogPage, StatusFuture};
+
+/// How long a follower waits for the leader's view of the lags.
+const LEADER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One member, as the leader sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub id: RaftId,
+    pub addr: String,
+    /// The last log index the leader knows it holds.
+    pub matched: Option<u64>,
+    /// Entries it is behind the leader's log.
+    pub lag: Option<u64>,
+}
+
+/// A member's view of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The member answering.
+    pub node_id: RaftId,
+    /// Leader, Follower, Candidate, Learner or Shutdown.
+    pub state: String,
+    pub term: u64,
+    pub leader: Option<RaftId>,
+    /// The last index committed and applied here.
+    pub commit_index: Option<u64>,
+    pub last_log_index: Option<u64>,
+    /// The first index still in the log here (`vexevent log --from` starts there at the earliest).
+    pub first_index: u64,
+    pub snapshot_index: Option<u64>,
+    /// Every member; `matched` and `lag` from the leader's view (absent when no leader answered).
+    pub members: Vec<MemberStatus>,
+}
+
+/// This member's view, from its metrics (lags only when it is the leader).
+pub fn local_status(raft: &Raft, log: &LogStore, members: &BTreeMap<RaftId, SocketAddr>) -> ClusterStatus {
+    let metrics = raft.metrics().borrow().clone();
+    let leading = metrics.state == ServerState::Leader;
+    let last = metrics.last_log_index;
+    let members = members
+        .iter()
+        .map(|(&id, addr)| {
+            let matched = if leading {
+                metrics
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).copied().flatten())
+                    .map(|l| l.index)
+                    .or(if id == metrics.id { last } else { None })
+            } else {
+                None
+            };
+            let lag = matched.zip(last).map(|(matched, last)| last.saturating_sub(matched));
+            MemberStatus {
+                id,
+                addr: addr.to_string(),
+                matched,
+                lag: if leading { lag.or(last) } else { None },
+            }
+        })
+        .collect();
+    ClusterStatus {
+        node_id: metrics.id,
+        state: format!("{:?}", metrics.state),
+        term: metrics.current_term,
+        leader: metrics.current_leader,
+        commit_index: metrics.last_applied.map(|l| l.index),
+        last_log_index: last,
+        first_index: log.bounds().0,
+        snapshot_index: metrics.snapshot.map(|l| l.index),
+        members,
+    }
+}
+
+/// The running member, as the control API reads it.
+#[derive(Clone)]
+pub struct ClusterHandle {
+    pub raft: Raft,
+    pub log: LogStore,
+    pub peers: Peers,
+    pub members: BTreeMap<RaftId, SocketAddr>,
+    /// Entries the state machine did not apply (repeats, refused batches): not replayed.
+    pub not_applied: NotApplied,
+    /// The replicate stage's runtime (a follower asks the leader from there).
+    pub runtime: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for ClusterHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterHandle").field("members", &self.members).finish_non_exhaustive()
+    }
+}
+
+impl ClusterView for ClusterHandle {
+    fn status(&self) -> StatusFuture {
+        let mut status = local_status(&self.raft, &self.log, &self.members);
+        let handle = self.clone();
+        Box::pin(async move {
+            if let Some(leader) = status.leader.filter(|&leader| leader != status.node_id) {
+                let asked = handle
+                    .runtime
+                    .spawn(async move { handle.peers.status(leader, LEADER_STATUS_TIMEOUT).await });
+                if let Ok(Ok(leaders)) = asked.await {
+                    status.members = leaders.members;
+                }
+            }
+            serde_json::to_value(status).unwrap_or_default()
+        })
+    }
+
+    fn log(&self, from: u64, max_entries: usize) -> Result<LogPage, String> {
+        let committed = self.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+        let to = committed.min(from.saturating_add(max_entries.max(1) as u64 - 1));
+        // Past the commit index this is empty (still refused when `from` is compacted).
+        let entries = self.log.read(from, to).map_err(|error| error.to_string())?;
+        let not_applied = self.not_applied.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut lines = String::new();
+        let mut next = from;
+        for entry in entries {
+            next = entry.log_id.index + 1;
+            if not_applied.contains(&entry.log_id.index) {
+                continue;
+            }
+            if let EntryPayload::Normal(proposal) = entry.payload {
+                lines.push_str(&String::from_utf8_lossy(&proposal.events));
+            }
+        }
+        Ok(LogPage { lines, next, committed })
+    }
+}

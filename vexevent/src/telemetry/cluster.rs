@@ -1,0 +1,51 @@
+//! How the control API reads the cluster without knowing the `replicate` stage: the stage puts a
+//! [`ClusterView`] in [`ClusterSlot`] when it starts; `vexevent cluster status` and `vexevent log`
+//! read through it.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{Arc, OnceLock},
+};
+
+/// The cluster's status as JSON (members, leader, term, commit index, lags).
+pub type StatusFuture = Pin<Box<dyn Future<Output = serde_json::Value> + Send>>;
+
+/// Committed events read back from the replicated log.
+#[derive(Debug)]
+pub struct LogPage {
+    /// The events, one JSON line each, in commit order.
+    pub lines: String,
+    /// The index to ask for next.
+    pub next: u64,
+    /// The last index committed and applied here.
+    pub committed: u64,
+}
+
+/// What the cluster answers.
+pub trait ClusterView: Send + Sync + std::fmt::Debug {
+    /// This member's view, with every member's lag as the leader sees it.
+    fn status(&self) -> StatusFuture;
+
+    /// Up to `max_entries` committed entries from log index `from`.
+    ///
+    /// # Errors
+    /// An index already compacted (the message names the first retained one) or an unreadable log.
+    fn log(&self, from: u64, max_entries: usize) -> Result<LogPage, String>;
+}
+
+/// Where the running cluster member is, once the `replicate` stage started.
+#[derive(Debug, Default)]
+pub struct ClusterSlot(OnceLock<Arc<dyn ClusterView>>);
+
+impl ClusterSlot {
+    /// Puts the view in (once).
+    pub fn set(&self, view: Arc<dyn ClusterView>) {
+        let _ = self.0.set(view);
+    }
+
+    #[must_use]
+    pub fn get(&self) -> Option<&Arc<dyn ClusterView>> {
+        self.0.get()
+    }
+}
