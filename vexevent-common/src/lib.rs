@@ -50,6 +50,10 @@ pub mod map_names {
     pub const CONFIG: &str = "CONFIG";
     pub const WATCH_PREFIXES: &str = "WATCH_PREFIXES";
     pub const FD_SCOPE: &str = "FD_SCOPE";
+    /// Fds open on watched files when the run started, `(tgid << 32) | fd`.
+    pub const SEEDED_FDS: &str = "SEEDED_FDS";
+    /// Where the kernel keeps an fd's open file (offsets from BTF).
+    pub const FILE_LAYOUT: &str = "FILE_LAYOUT";
     pub const CWD_SCOPE: &str = "CWD_SCOPE";
     pub const PID_FILTER: &str = "PID_FILTER";
     pub const STATS: &str = "STATS";

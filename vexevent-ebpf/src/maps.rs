@@ -5,9 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use vexevent_common::{
-    COMM_LEN, FUSE_NAME_BYTES, FuseConfig, FuseDaemonSide, FuseKprobeLayout, FuseRequestKey, GAP_KINDS,
-    GapRecordBuf, KERNEL_STAT_COUNT, KernelStat, MAX_SYSCALL_NR, PendingLoss, PrefixKey, ProbeConfig,
-    RecordBuf, SYSCALL_ARGS, SyscallSpec,
+    COMM_LEN, FUSE_NAME_BYTES, FileLayout, FuseConfig, FuseDaemonSide, FuseKprobeLayout, FuseRequestKey,
+    GAP_KINDS, GapRecordBuf, KERNEL_STAT_COUNT, KernelStat, MAX_SYSCALL_NR, PendingLoss, PrefixKey,
+    ProbeConfig, RecordBuf, SEEDED_FDS_MAX, SYSCALL_ARGS, SyscallSpec,
 };
 
 /// Default ring size; the loader sets the configured size at load time.
@@ -68,9 +68,32 @@ pub static CONFIG: Array<ProbeConfig> = Array::with_max_entries(1, 0);
 #[map]
 pub static WATCH_PREFIXES: LpmTrie<PrefixKey, u8> = LpmTrie::with_max_entries(64, 0);
 
-/// `(tgid << 32) | fd` of open fds that refer to watched files.
+/// An open file's scope, and the inode it had when marked: an entry whose file was freed
+/// without a close vexevent saw (its process exited) and whose memory now holds another open
+/// file is recognized by its other inode and dropped.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FileScope {
+    /// `struct inode *` of the file when it was marked (0 without BTF offsets).
+    pub inode: u64,
+    /// `NOT_WATCHED`, `WATCHED` or `VEXFS_SPECIAL` (see `scope`).
+    pub flag: u8,
+    pub padding: [u8; 7],
+}
+
+/// Open files (keyed as `OpenFile::key`: the `struct file` address, or `(tgid << 32) | fd`
+/// without BTF) that refer to watched files.
 #[map]
-pub static FD_SCOPE: LruHashMap<u64, u8> = LruHashMap::with_max_entries(1 << 17, 0);
+pub static FD_SCOPE: LruHashMap<u64, FileScope> = LruHashMap::with_max_entries(1 << 17, 0);
+
+/// `(tgid << 32) | fd` of fds open on watched files when the run started (from /proc): the
+/// first lookup of such an fd moves the mark to its open file.
+#[map]
+pub static SEEDED_FDS: HashMap<u64, u8> = HashMap::with_max_entries(SEEDED_FDS_MAX, 0);
+
+/// Where the kernel keeps an fd's open file (written by the loader from BTF).
+#[map]
+pub static FILE_LAYOUT: Array<FileLayout> = Array::with_max_entries(1, 0);
 
 /// Tgids whose cwd is inside a watched directory.
 #[map]
@@ -100,7 +123,7 @@ pub static FUSE_CONNECTIONS: HashMap<u32, u8> = HashMap::with_max_entries(256, 0
 #[derive(Clone, Copy)]
 pub struct FuseInflight {
     pub opcode: u32,
-    pub len: u32,
+    pub padding: u32,
     pub queued_ns: u64,
     /// `(tgid << 32) | tid` of the requester.
     pub requester: u64,
@@ -154,6 +177,20 @@ pub struct Inflight {
     pub active: u32,
     pub enter_ns: u64,
     pub args: Args,
+    /// The fd argument's open file, found at enter (`key` 0: none).
+    pub file: OpenFd,
+}
+
+/// An fd's open file as the probes found it, and its scope flag.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct OpenFd {
+    /// `OpenFile::key`.
+    pub key: u64,
+    /// The `struct file` address (0 without BTF offsets).
+    pub file: u64,
+    pub flag: u8,
+    pub padding: [u8; 7],
 }
 
 /// Thread id -> the syscall it is in.

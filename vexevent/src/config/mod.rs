@@ -23,7 +23,7 @@ use crate::{
     analyse::{AnalyseConfig, AnalyseConfigError},
     capture::DrainSettings,
     correlate::CorrelateOptions,
-    event::{NodeConfig, NodeId, OriginError, WatchScope},
+    event::{NodeConfig, NodeId, OriginError, WatchScope, is_under},
     expr::{Filter, FilterChain, FilterError},
     filter::{FilterConfig, KernelPart, pushdown},
     http::{AuthError, ControlConfig, StreamConfig},
@@ -450,14 +450,8 @@ impl Config {
         if let Some(pushed) = &kernel_filter.ops {
             ops.retain(|op| pushed.contains(op));
         }
-        if watch_dirs.is_empty() {
-            if let Some(dirs) = &kernel_filter.dirs {
-                watch_dirs = dirs
-                    .iter()
-                    .filter_map(|d| std::fs::canonicalize(d).ok())
-                    .map(|d| d.as_os_str().as_bytes().to_vec())
-                    .collect();
-            }
+        if let Some(dirs) = &kernel_filter.dirs {
+            watch_dirs = narrow_watch(watch_dirs, dirs);
         }
         let pids = if capture.pids.is_empty() {
             kernel_filter.pids.clone().unwrap_or_default()
@@ -520,6 +514,25 @@ impl Config {
     }
 }
 
+/// The watched directories narrowed to the directories a filter pins every path to (the default
+/// `/` included): each pinned directory inside a watched one, and each watched directory inside a
+/// pinned one. Unchanged when they do not meet (the filter then passes nothing anyway).
+fn narrow_watch(watch: Vec<Vec<u8>>, pinned: &[PathBuf]) -> Vec<Vec<u8>> {
+    let pinned: Vec<Vec<u8>> = pinned
+        .iter()
+        .filter_map(|dir| std::fs::canonicalize(dir).ok())
+        .map(|dir| dir.as_os_str().as_bytes().to_vec())
+        .collect();
+    let everything = watch.is_empty() || watch.iter().any(|dir| dir == b"/");
+    let mut narrowed: Vec<Vec<u8>> = pinned
+        .iter()
+        .filter(|dir| everything || watch.iter().any(|watched| is_under(dir, watched)))
+        .cloned()
+        .collect();
+    narrowed.extend(watch.iter().filter(|watched| pinned.iter().any(|dir| is_under(watched, dir))).cloned());
+    if narrowed.is_empty() { watch } else { narrowed }
+}
+
 /// A watched directory, canonical, as bytes.
 fn canonical_watch_dir(path: &PathBuf) -> Result<Vec<u8>, ConfigError> {
     let canonical = std::fs::canonicalize(path)
@@ -561,6 +574,31 @@ mod tests {
         let settings = config.validate().unwrap();
         assert!(settings.probes.scope.watches_all(), "default watches everything");
         assert_eq!(settings.ops.len(), USER_OPS.len());
+    }
+
+    #[test]
+    fn a_filter_path_narrows_the_kernel_scope_of_the_default_watch() {
+        let dir = tempfile::tempdir().unwrap();
+        let canonical = std::fs::canonicalize(dir.path()).unwrap().as_os_str().as_bytes().to_vec();
+        let filter = |config: &mut Config| {
+            config.filter.expressions = vec![format!("path prefix \"{}/\"", dir.path().display())];
+        };
+        // The default `--watch /`: the probes watch the filter's directory only.
+        let mut config = Config::default();
+        filter(&mut config);
+        assert_eq!(config.validate().unwrap().probes.scope.dirs(), std::slice::from_ref(&canonical));
+        // A watched directory around it narrows to it too; one inside it stays.
+        let inner = dir.path().join("inner");
+        std::fs::create_dir(&inner).unwrap();
+        for (watch, expected) in [
+            (std::env::temp_dir(), canonical.clone()),
+            (inner.clone(), std::fs::canonicalize(&inner).unwrap().as_os_str().as_bytes().to_vec()),
+        ] {
+            let mut config = Config::default();
+            config.capture.watch = vec![watch];
+            filter(&mut config);
+            assert_eq!(config.validate().unwrap().probes.scope.dirs(), [expected]);
+        }
     }
 
     #[test]

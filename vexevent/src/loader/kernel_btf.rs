@@ -108,6 +108,14 @@ fn c_string(strings: &[u8], offset: usize) -> Option<String> {
 }
 
 impl KernelBtf {
+    /// The running kernel's own BTF (vmlinux, without any module's).
+    ///
+    /// # Errors
+    /// When the BTF is missing or malformed.
+    pub fn vmlinux() -> Result<Self, BtfError> {
+        Self::parse(&read(&Path::new(SYSFS_BTF).join("vmlinux"))?, None, "vmlinux")
+    }
+
     /// The running kernel's BTF: vmlinux, plus `module`'s split BTF when the module is loaded
     /// and has its own (a built-in driver's types are in vmlinux).
     ///
