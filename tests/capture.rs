@@ -424,6 +424,13 @@ fn capture_scenario(mount: &Mount, extra: &[&str]) {
     assert!(finished.stderr.iter().any(|l| l.contains("final stats")), "{:?}", finished.stderr);
     let attached = if extra.contains(&"tracepoint") { "raw_syscalls/sys_enter" } else { "tp_btf/sys_enter" };
     assert!(finished.stderr.iter().any(|l| l.contains(attached)), "{:?}", finished.stderr);
+    // The exit hook frees the tables' slots; fds are followed by their open file; no watched
+    // file or cwd was refused by a full table.
+    for hook in ["sched/sched_process_exit", "fd scope by open file"] {
+        let line = finished.stderr.iter().find(|l| l.contains(hook));
+        assert!(line.is_some_and(|l| !l.contains("not ")), "{hook}: {:?}", finished.stderr);
+    }
+    assert_eq!(stats["kernel"]["scope_full"], 0, "{stats}");
 }
 
 #[test]

@@ -76,6 +76,8 @@ pub mod program_names {
     pub const SYS_ENTER: &str = "vexevent_sys_enter";
     pub const SYS_EXIT: &str = "vexevent_sys_exit";
     pub const PROCESS_FORK: &str = "vexevent_process_fork";
+    /// `sched/sched_process_exit`: frees the exiting thread's (and process's) table slots.
+    pub const PROCESS_EXIT: &str = "vexevent_process_exit";
     pub const FUSE_SEND: &str = "vexevent_fuse_request_send";
     pub const FUSE_END: &str = "vexevent_fuse_request_end";
     /// The same pair as kprobes, for kernels without the FUSE tracepoints (before Linux 6.12).

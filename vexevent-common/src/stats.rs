@@ -43,6 +43,9 @@ crate::counted_enum! {
         /// FUSE kprobes (kernels without the FUSE tracepoints) that could not read a `fuse_req`
         /// field: the request is not captured.
         FuseReadFaults,
+        /// A watched open file or cwd could not be recorded, its scope table being full: the
+        /// operations through it are not captured.
+        ScopeFull,
     }
 }
 
@@ -83,6 +86,7 @@ impl KernelStat {
             KernelStat::FuseDaemonReads => "fuse_daemon_reads",
             KernelStat::FuseDaemonReplies => "fuse_daemon_replies",
             KernelStat::FuseReadFaults => "fuse_read_faults",
+            KernelStat::ScopeFull => "scope_full",
         }
     }
 }

@@ -82,9 +82,13 @@ pub struct FileScope {
 }
 
 /// Open files (keyed as `OpenFile::key`: the `struct file` address, or `(tgid << 32) | fd`
-/// without BTF) that refer to watched files.
+/// without BTF) that refer to watched files. Not an LRU map: an eviction would silently take a
+/// watched file out of scope; a full table refuses the insert, which is counted (`ScopeFull`).
+/// Entries leave at the file's last close; one left by a process that exited with the file open
+/// stays until an open reuses the address (so, with BTF, there are never more than the kernel
+/// has `struct file`s).
 #[map]
-pub static FD_SCOPE: LruHashMap<u64, FileScope> = LruHashMap::with_max_entries(1 << 17, 0);
+pub static FD_SCOPE: HashMap<u64, FileScope> = HashMap::with_max_entries(1 << 17, 0);
 
 /// `(tgid << 32) | fd` of fds open on watched files when the run started (from /proc): the
 /// first lookup of such an fd moves the mark to its open file.
@@ -95,9 +99,10 @@ pub static SEEDED_FDS: HashMap<u64, u8> = HashMap::with_max_entries(SEEDED_FDS_M
 #[map]
 pub static FILE_LAYOUT: Array<FileLayout> = Array::with_max_entries(1, 0);
 
-/// Tgids whose cwd is inside a watched directory.
+/// Tgids whose cwd is inside a watched directory (removed when the process's leader exits; a
+/// full table refuses the insert, counted as `ScopeFull`).
 #[map]
-pub static CWD_SCOPE: LruHashMap<u32, u8> = LruHashMap::with_max_entries(1 << 15, 0);
+pub static CWD_SCOPE: HashMap<u32, u8> = HashMap::with_max_entries(1 << 15, 0);
 
 /// Tgids to capture when the pid filter is on.
 #[map]
@@ -153,10 +158,12 @@ pub static DAEMON_FN_START: LruHashMap<u32, u64> = LruHashMap::with_max_entries(
 #[map]
 pub static FUSE_DAEMONS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(256, 0);
 
-/// (connection, unique) -> the queued request. LRU: requests the daemon never answers (it died)
-/// age out.
+/// (connection, unique) -> the queued request. Not an LRU map (an eviction would lose a request
+/// silently): the kernel ends every request it queued, with an error when the connection is
+/// aborted (the daemon died), and a full table refuses the insert, counted as
+/// `LostInflightFull`.
 #[map]
-pub static FUSE_INFLIGHT: LruHashMap<FuseRequestKey, FuseInflight> = LruHashMap::with_max_entries(1 << 12, 0);
+pub static FUSE_INFLIGHT: HashMap<FuseRequestKey, FuseInflight> = HashMap::with_max_entries(1 << 12, 0);
 
 /// Slots for a syscall's arguments in the probes: `SYSCALL_ARGS` padded to a power of two, so an
 /// argument index from the syscall table can be masked into range. (Older verifiers, Linux 6.1
@@ -193,9 +200,11 @@ pub struct OpenFd {
     pub padding: [u8; 7],
 }
 
-/// Thread id -> the syscall it is in.
+/// Thread id -> the syscall it is in. A thread's slot is reused until it exits (then removed);
+/// not an LRU map: an eviction would lose a syscall silently, a full table refuses the insert,
+/// counted as `LostInflightFull`.
 #[map]
-pub static INFLIGHT: LruHashMap<u32, Inflight> = LruHashMap::with_max_entries(1 << 15, 0);
+pub static INFLIGHT: HashMap<u32, Inflight> = HashMap::with_max_entries(1 << 15, 0);
 
 /// Adds one to a kernel counter (per CPU: no atomics needed, summed by userspace).
 #[inline(always)]

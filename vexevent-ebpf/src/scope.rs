@@ -1,20 +1,19 @@
 //! Answers "is this watched?" for an fd, a cwd or a path, from the scope maps.
 
-use aya_ebpf::{
-    helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_buf},
-    maps::LruHashMap,
-};
-use vexevent_common::{FileLayout, PATH_BUF, PREFIX_KEY_BYTES, ProbeConfig, fd_scope_key};
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
+use aya_log_ebpf::warn;
+use vexevent_common::{FileLayout, KernelStat, PATH_BUF, PREFIX_KEY_BYTES, ProbeConfig, fd_scope_key};
 
 use crate::maps::{
-    CWD_SCOPE, FD_SCOPE, FILE_LAYOUT, FileScope, OpenFd, PREFIX_SCRATCH, SEEDED_FDS, WATCH_PREFIXES,
+    CWD_SCOPE, FD_SCOPE, FILE_LAYOUT, FileScope, OpenFd, PREFIX_SCRATCH, SEEDED_FDS, WATCH_PREFIXES, count,
 };
 
 /// `AT_FDCWD`.
 const AT_FDCWD: i32 = -100;
 
-// Scope entries hold 1 (watched) or 0 (not): an existing entry is flipped in place, which costs a
-// store, where insert and delete would each cost a map update on every open and close.
+// An fd's open file or a process's cwd is in its scope map while watched, and leaves it when it
+// no longer is: the maps are not LRU maps (an eviction would take a watched file out of scope
+// silently), so they hold nothing they do not need, and a full map refuses the insert, counted.
 
 /// Scope flag values: not watched, watched, watched `VexFS` special file (its writes' data is
 /// captured).
@@ -22,19 +21,12 @@ pub const NOT_WATCHED: u8 = 0;
 pub const WATCHED: u8 = 1;
 pub const VEXFS_SPECIAL: u8 = 2;
 
+/// A refused insert into a scope map: counted, never silent.
 #[inline(always)]
-fn flag<K>(map: &LruHashMap<K, u8>, key: K) -> u8 {
-    // SAFETY: a map value read; a racing flip only makes the answer one event early or late.
-    map.get_ptr(key).map_or(NOT_WATCHED, |flag| unsafe { *flag })
-}
-
-#[inline(always)]
-fn flag_store<K>(map: &LruHashMap<K, u8>, key: K, value: u8) {
-    if let Some(flag) = map.get_ptr_mut(&key) {
-        // SAFETY: a map value of this process's fd or cwd.
-        unsafe { *flag = value };
-    } else if value != NOT_WATCHED {
-        let _ = map.insert(key, value, 0);
+fn inserted(result: Result<(), i32>) {
+    if result.is_err() {
+        count(KernelStat::ScopeFull);
+        warn!(&(), "scope table full: a watched file or cwd is not followed");
     }
 }
 
@@ -121,14 +113,20 @@ pub fn fd_in_scope(tgid: u32, fd: u64) -> bool {
 /// Sets an open file's scope (`inode`: its `struct inode *`, 0 without BTF offsets).
 #[inline(always)]
 pub fn mark_file(open: &OpenFd, inode: u64, value: u8) {
-    if let Some(entry) = FD_SCOPE.get_ptr_mut(open.key) {
+    let entry = FD_SCOPE.get_ptr_mut(open.key);
+    match (entry, value) {
+        (Some(_), NOT_WATCHED) => {
+            let _ = FD_SCOPE.remove(open.key);
+        }
         // SAFETY: a map value of this open file.
-        unsafe {
+        (Some(entry), _) => unsafe {
             (*entry).flag = value;
             (*entry).inode = inode;
+        },
+        (None, NOT_WATCHED) => {}
+        (None, _) => {
+            inserted(FD_SCOPE.insert(open.key, FileScope { inode, flag: value, padding: [0; 7] }, 0))
         }
-    } else if value != NOT_WATCHED {
-        let _ = FD_SCOPE.insert(open.key, FileScope { inode, flag: value, padding: [0; 7] }, 0);
     }
 }
 
@@ -153,12 +151,18 @@ pub fn forget_if_last(open: &OpenFd) {
 
 #[inline(always)]
 pub fn cwd_in_scope(tgid: u32) -> bool {
-    flag(&CWD_SCOPE, tgid) != NOT_WATCHED
+    CWD_SCOPE.get_ptr(tgid).is_some()
 }
 
 #[inline(always)]
 pub fn mark_cwd(tgid: u32, watched: bool) {
-    flag_store(&CWD_SCOPE, tgid, if watched { WATCHED } else { NOT_WATCHED });
+    match (cwd_in_scope(tgid), watched) {
+        (false, true) => inserted(CWD_SCOPE.insert(tgid, WATCHED, 0)),
+        (true, false) => {
+            let _ = CWD_SCOPE.remove(tgid);
+        }
+        _ => {}
+    }
 }
 
 /// Whether a path names a `VexFS` special file whose writes carry meaning (`*.vec`, `*.search`,

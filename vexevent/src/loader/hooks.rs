@@ -145,8 +145,8 @@ impl Hooks {
         Ok(())
     }
 
-    /// Attaches the fork tracepoint (cwd scope inheritance); its absence is reported, not fatal.
-    /// Attaches the fork tracepoint, unless its format lacks the field the probe reads.
+    /// Attaches the fork tracepoint (cwd scope inheritance), unless its format lacks the field
+    /// the probe reads; its absence is reported, not fatal.
     pub fn attach_fork(&mut self, ebpf: &mut Ebpf, format_error: Option<&super::tracefs::MissingField>) {
         if let Some(error) = format_error {
             self.report(
@@ -156,6 +156,12 @@ impl Hooks {
             return;
         }
         let _ = self.attach_tracepoint(ebpf, program_names::PROCESS_FORK, "sched", "sched_process_fork");
+    }
+
+    /// Attaches the exit tracepoint that frees exiting threads' and processes' table slots
+    /// (without it the tables fill up, and full tables refuse inserts, counted).
+    pub fn attach_exit(&mut self, ebpf: &mut Ebpf) {
+        let _ = self.attach_tracepoint(ebpf, program_names::PROCESS_EXIT, "sched", "sched_process_exit");
     }
 
     /// Attaches the FUSE request pair: the tracepoints where the kernel has them (Linux 6.12+),

@@ -184,9 +184,13 @@ impl Probes {
             _probe_log: probe_log,
         };
         probes.configure(settings)?;
-        let file_layout = probes.configure_open_files()?;
+        let (file_layout, open_files_missing) = probes.configure_open_files()?;
         probes.configure_fuse(settings)?;
         probes.attach(settings.syscall_hooks)?;
+        // Reported once the syscall hooks are attached (a fallback there starts the report over).
+        probes
+            .hooks
+            .report("fd scope by open file (follows dup, F_DUPFD, fork)".to_owned(), open_files_missing);
         probes.attach_daemon_functions(settings);
         probes.seeded = seed::seed_scope(&mut probes.ebpf, settings)?;
         if !probes.seeded.fds.is_empty() {
@@ -269,21 +273,14 @@ impl Probes {
     }
 
     /// Where the kernel keeps an fd's open file, from its BTF; without it the probes key fds by
-    /// `(tgid, fd)`, which the hook report says.
-    fn configure_open_files(&mut self) -> Result<FileLayout, LoaderError> {
-        let hook = "fd scope by open file (follows dup, F_DUPFD, fork)".to_owned();
-        let layout = match open_files::running_kernel_layout() {
-            Ok(layout) => {
-                self.hooks.report(hook, None);
-                layout
-            }
-            Err(error) => {
-                self.hooks.report(hook, Some(format!("{error}; fds are followed by (pid, fd)")));
-                FileLayout::default()
-            }
+    /// `(tgid, fd)`: returned with why, for the hook report.
+    fn configure_open_files(&mut self) -> Result<(FileLayout, Option<String>), LoaderError> {
+        let (layout, missing) = match open_files::running_kernel_layout() {
+            Ok(layout) => (layout, None),
+            Err(error) => (FileLayout::default(), Some(format!("{error}; fds are followed by (pid, fd)"))),
         };
         self.set_file_layout(layout)?;
-        Ok(layout)
+        Ok((layout, missing))
     }
 
     fn set_file_layout(&mut self, layout: FileLayout) -> Result<(), LoaderError> {
@@ -381,6 +378,7 @@ impl Probes {
         self.hooks.attach_syscalls(&mut self.ebpf, syscall_hooks)?;
         self.traced_syscalls = traced;
         self.hooks.attach_fork(&mut self.ebpf, self.fork_child_pid_offset.as_ref().err());
+        self.hooks.attach_exit(&mut self.ebpf);
         self.hooks.attach_fuse(&mut self.ebpf, self.fuse_format_error.as_ref());
         Ok(())
     }

@@ -53,8 +53,17 @@ pub(super) fn seed_scope(ebpf: &mut Ebpf, settings: &ProbeSettings) -> Result<Se
     let mut cwd_scope: HashMap<_, u32, u8> =
         HashMap::try_from(ebpf.map_mut(map_names::CWD_SCOPE).ok_or_else(missing(map_names::CWD_SCOPE))?)
             .map_err(map_error(map_names::CWD_SCOPE))?;
-    for (pid, _) in &seeded.cwds {
-        cwd_scope.insert(pid, 1, 0).map_err(map_error(map_names::CWD_SCOPE))?;
+    for (seeded_cwds, (pid, _)) in seeded.cwds.iter().enumerate() {
+        // The table is full (E2BIG): the probes count what they cannot add from here on too.
+        if let Err(error) = cwd_scope.insert(pid, 1, 0) {
+            tracing::warn!(
+                seeded = seeded_cwds,
+                watched = seeded.cwds.len(),
+                %error,
+                "more processes have their cwd in a watched directory than the cwd scope table holds; the relative paths of the others are not followed"
+            );
+            break;
+        }
     }
     // The probes move each mark to the fd's open file at its first use.
     let mut seeded_fds: HashMap<_, u64, u8> =
