@@ -383,6 +383,7 @@ impl Translator {
                         inode: stat.map(|s| s.inode),
                         file_type: stat.map(|s| s.file_type),
                     };
+                    // By its number too: later paths are relative to it as a directory fd.
                     if let Some(key) = args.file_key {
                         self.processes.set_file(key, info.clone());
                     }
@@ -399,9 +400,15 @@ impl Translator {
             }
             OpKind::Close => {
                 let fd = args.fd.unwrap_or(-1);
-                let closed = self.processes.close_fd(header.pid, fd, header.enter_ns);
-                // Its open file may outlive this fd (shared with a dup or a fork): kept.
-                let info = args.file_key.and_then(|_| self.fd_file(record, fd)).or(closed);
+                // An fd this process did not open (inherited, passed) is found by its open file,
+                // which outlives the fd (shared with a dup or a fork): kept.
+                let info = match args.file_key {
+                    Some(key) => self
+                        .processes
+                        .take_fd(header.pid, fd, header.enter_ns)
+                        .or_else(|| self.processes.file(key)),
+                    None => self.processes.close_fd(header.pid, fd, header.enter_ns),
+                };
                 Self::fill_from_fd(&mut fs, info, fd);
                 EventType::FilesystemRead
             }

@@ -141,6 +141,12 @@ impl ProcessTable {
         Some(info)
     }
 
+    /// The open file with key `key`, when known.
+    #[must_use]
+    pub fn file(&self, key: u64) -> Option<FileInfo> {
+        self.files.get(&key).cloned()
+    }
+
     /// The open file with key `key` is `info` (an open made it).
     pub fn set_file(&mut self, key: u64, info: FileInfo) {
         if self.files.len() >= FILES_CAPACITY && !self.files.contains_key(&key) {
@@ -169,6 +175,11 @@ impl ProcessTable {
             // Learned from /proc (stamped 0, so the close takes it).
             self.fd(pid, fd)?;
         }
+        self.take_fd(pid, fd, close_entered_ns)
+    }
+
+    /// [`Self::close_fd`] without a look at /proc: what the table knows of the number.
+    pub fn take_fd(&mut self, pid: u32, fd: i32, close_entered_ns: u64) -> Option<FileInfo> {
         let fds = &mut self.process(pid).fds;
         match fds.get(&fd) {
             Some((_, since)) if *since <= close_entered_ns => fds.remove(&fd).map(|(info, _)| info),
@@ -205,6 +216,24 @@ mod tests {
         table.set_cwd(1_000_000, b"/w".to_vec());
         table.fork(1_000_000, 1_000_001);
         assert_eq!(table.cwd(1_000_001), Some(b"/w".to_vec()));
+    }
+
+    #[test]
+    fn an_open_file_is_found_through_any_process_that_shares_it() {
+        let mut table = ProcessTable::default();
+        let info = FileInfo { path: b"/w/log".to_vec(), inode: Some(9), file_type: Some(FileType::Regular) };
+        table.set_file(0xffff_8880_1234_5678, info.clone());
+        // A forked child (another pid, any fd number) writing through the inherited open file.
+        assert_eq!(table.open_file(2_000_001, 50, Some(0xffff_8880_1234_5678)), Some(info.clone()));
+        // A close of one of its fds keeps it for the others.
+        assert_eq!(table.take_fd(2_000_001, 50, 10), None, "not opened by this process");
+        assert_eq!(table.file(0xffff_8880_1234_5678), Some(info));
+        // An fd known from before the run by its number teaches the table its open file.
+        table.set_fd(2_000_002, 4, FileInfo { path: b"/w/old".to_vec(), ..FileInfo::default() }, 0);
+        assert_eq!(table.open_file(2_000_002, 4, Some(7)).unwrap().path, b"/w/old");
+        assert_eq!(table.file(7).unwrap().path, b"/w/old");
+        assert_eq!(table.take_fd(2_000_002, 4, 10).unwrap().path, b"/w/old");
+        assert_eq!(table.fd(2_000_002, 4), None, "taken, and no such process in /proc");
     }
 
     #[test]
