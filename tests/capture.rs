@@ -138,6 +138,24 @@ fn run_script(root: &Path) -> Script {
         s.expect("FilesystemCreate", b"sub/in.txt");
         check(libc::close(fd), "close");
         s.expect("FilesystemRead", b"sub/in.txt");
+        // openat2 reads its flags from a struct: O_CREAT there creates (and again, finds the file).
+        for expected in ["FilesystemCreate", "FilesystemRead"] {
+            // struct open_how { flags, mode, resolve }
+            let how: [u64; 3] = [(libc::O_CREAT | libc::O_WRONLY).cast_unsigned().into(), 0o640, 0];
+            let fd = check(
+                libc::syscall(
+                    libc::SYS_openat2,
+                    dirfd,
+                    c(b"how.txt").as_ptr(),
+                    how.as_ptr(),
+                    size_of_val(&how),
+                ),
+                "openat2",
+            );
+            s.expect(expected, b"sub/how.txt");
+            check(libc::close(fd), "close");
+            s.expect("FilesystemRead", b"sub/how.txt");
+        }
         check(
             libc::renameat(dirfd, c(b"in.txt").as_ptr(), libc::AT_FDCWD, c(b"moved.txt").as_ptr()),
             "renameat",
@@ -226,6 +244,8 @@ fn run_script(root: &Path) -> Script {
         s.expect("FilesystemDelete", b"sym");
         check(libc::unlinkat(dirfd, c(b"hard").as_ptr(), 0), "unlinkat");
         s.expect("FilesystemDelete", b"sub/hard");
+        check(libc::unlinkat(dirfd, c(b"how.txt").as_ptr(), 0), "unlinkat");
+        s.expect("FilesystemDelete", b"sub/how.txt");
         check(libc::close(dirfd), "close dirfd");
         s.expect("FilesystemRead", b"sub");
         check(libc::unlinkat(libc::AT_FDCWD, c(b"sub").as_ptr(), libc::AT_REMOVEDIR), "unlinkat dir");
@@ -301,6 +321,7 @@ fn assert_fields(ours: &[&Value]) {
     assert_eq!(find("FilesystemChmod", "fchmod")["context"]["filesystem"]["mode"], "600");
     assert_eq!(find("FilesystemChown", "chown")["context"]["filesystem"]["uid"], 1000);
     assert_eq!(find("FilesystemMkdir", "mkdir")["context"]["filesystem"]["mode"], "755");
+    assert_eq!(find("FilesystemCreate", "openat2")["context"]["filesystem"]["mode"], "640");
     assert_eq!(find("FilesystemWrite", "fsetxattr")["context"]["filesystem"]["xattr_name"], "user.test");
     assert_eq!(find("FilesystemRmdir", "unlinkat")["event_type_code"], 0x010A);
     let vector = find("VectorSearch", "KNN_SEARCH");
@@ -420,6 +441,13 @@ fn capture_scenario(mount: &Mount, extra: &[&str]) {
     assert!(finished.stderr.iter().any(|l| l.contains("final stats")), "{:?}", finished.stderr);
     let attached = if extra.contains(&"tracepoint") { "raw_syscalls/sys_enter" } else { "tp_btf/sys_enter" };
     assert!(support::attached_hooks(&finished.stderr).iter().any(|h| h == attached), "{:?}", finished.stderr);
+    // The exit hook frees the tables' slots; fds are followed by their open file; no watched
+    // file or cwd was refused by a full table.
+    for hook in ["sched/sched_process_exit", "fd scope by open file"] {
+        let line = finished.stderr.iter().find(|l| l.contains(hook));
+        assert!(line.is_some_and(|l| !l.contains("not ")), "{hook}: {:?}", finished.stderr);
+    }
+    assert_eq!(stats["kernel"]["scope_full"], 0, "{stats}");
 }
 
 #[test]
@@ -777,4 +805,77 @@ fn a_sigint_sent_while_the_probes_load_is_answered_with_an_orderly_stop() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(stderr.contains("vexevent final stats"), "an orderly stop prints the final stats: {stderr}");
+}
+
+/// Writes through every way an fd comes to share an open file: the fd `open` returned, Python's
+/// `os.dup` (`fcntl(F_DUPFD_CLOEXEC)`), `fcntl(F_DUPFD)`, and the fd a forked child inherited
+/// (written once the parent has closed all of its own). Prints the child's pid.
+const SHARED_FD_WRITER: &str = r"
+import fcntl, os, sys
+path = sys.argv[1]
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+os.write(fd, b'original\n')
+dup = os.dup(fd)
+os.write(dup, b'os.dup\n')
+dupfd = fcntl.fcntl(fd, fcntl.F_DUPFD, 50)
+os.write(dupfd, b'F_DUPFD\n')
+go_read, go_write = os.pipe()
+child = os.fork()
+if child == 0:
+    os.read(go_read, 1)
+    os.write(fd, b'child\n')
+    os._exit(0)
+for shared in (fd, dup, dupfd):
+    os.close(shared)
+os.write(go_write, b'x')
+os.waitpid(child, 0)
+print(child, flush=True)
+";
+
+#[test]
+fn writes_through_dup_fdupfd_and_forked_children_are_reported_on_their_path() {
+    let Some(_serial) =
+        exclusive_root_test("writes_through_dup_fdupfd_and_forked_children_are_reported_on_their_path")
+    else {
+        return;
+    };
+    if std::process::Command::new("python3").arg("-c").arg("pass").status().is_err() {
+        eprintln!(
+            "SKIP writes_through_dup_fdupfd_and_forked_children_are_reported_on_their_path: no python3"
+        );
+        return;
+    }
+    let mount = Mount::tmpfs();
+    let file = mount.path.join("shared.log");
+    let vexevent = Vexevent::start(&[&mount.path], &[]);
+    let output =
+        std::process::Command::new("python3").arg("-c").arg(SHARED_FD_WRITER).arg(&file).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let child: u64 = String::from_utf8_lossy(&output.stdout).trim().parse().unwrap();
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "original\nos.dup\nF_DUPFD\nchild\n");
+    let file_bytes = bytes(&file);
+    let writes = |events: &[Value]| -> Vec<Value> {
+        events
+            .iter()
+            .filter(|e| e["event_type"] == "FilesystemWrite" && has_path_bytes(e, &file_bytes))
+            .cloned()
+            .collect()
+    };
+    vexevent.wait_for("the child's write", Duration::from_secs(30), |events| {
+        writes(events).iter().any(|e| e["process"]["pid"].as_u64() == Some(child))
+    });
+    let finished = vexevent.stop();
+    let writes = writes(&finished.events);
+    let by = |pid: u64| writes.iter().filter(|e| e["process"]["pid"].as_u64() == Some(pid)).count();
+    assert_eq!(writes.len(), 4, "every write, on its path: {writes:?}");
+    assert_eq!(by(child), 1, "the child's write through the inherited fd: {writes:?}");
+    let parent = writes[0]["process"]["pid"].as_u64().unwrap();
+    assert_eq!(by(parent), 3, "the parent's writes through open, os.dup and F_DUPFD: {writes:?}");
+    let fds: Vec<u64> = writes.iter().map(|e| e["context"]["filesystem"]["fd"].as_u64().unwrap()).collect();
+    assert_eq!(fds[2], 50, "the F_DUPFD write names its own fd: {writes:?}");
+    assert_ne!(fds[0], fds[1], "the os.dup write names its own fd: {writes:?}");
+    for write in &writes {
+        assert!(write["context"]["filesystem"]["inode_number"].as_u64().is_some(), "{write}");
+    }
+    assert_eq!(finished.stats["loss"]["unaccounted"], 0, "{}", finished.stats);
 }

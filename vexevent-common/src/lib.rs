@@ -52,6 +52,10 @@ pub mod map_names {
     pub const CONFIG: &str = "CONFIG";
     pub const WATCH_PREFIXES: &str = "WATCH_PREFIXES";
     pub const FD_SCOPE: &str = "FD_SCOPE";
+    /// Fds open on watched files when the run started, `(tgid << 32) | fd`.
+    pub const SEEDED_FDS: &str = "SEEDED_FDS";
+    /// Where the kernel keeps an fd's open file (offsets from BTF).
+    pub const FILE_LAYOUT: &str = "FILE_LAYOUT";
     pub const CWD_SCOPE: &str = "CWD_SCOPE";
     pub const PID_FILTER: &str = "PID_FILTER";
     pub const STATS: &str = "STATS";
@@ -80,6 +84,8 @@ pub mod program_names {
     pub const SYS_ENTER: &str = "vexevent_sys_enter";
     pub const SYS_EXIT: &str = "vexevent_sys_exit";
     pub const PROCESS_FORK: &str = "vexevent_process_fork";
+    /// `sched/sched_process_exit`: frees the exiting thread's (and process's) table slots.
+    pub const PROCESS_EXIT: &str = "vexevent_process_exit";
     pub const FUSE_SEND: &str = "vexevent_fuse_request_send";
     pub const FUSE_END: &str = "vexevent_fuse_request_end";
     /// The same pair as kprobes, for kernels without the FUSE tracepoints (before Linux 6.12).

@@ -29,6 +29,11 @@ pub mod record_flags {
     /// Path 2's slot holds the first bytes a write wrote (writes to `VexFS` special files:
     /// `*.vec`, `*.search`, `_vexfs/search`, `_vexfs/control`).
     pub const PAYLOAD: u32 = 1 << 5;
+    /// `SyscallBody::file`'s `inode` and `mode` were read from the new file (successful opens on
+    /// kernels whose BTF gave the offsets).
+    pub const FILE_INFO: u32 = 1 << 6;
+    /// The open created the file (`FMODE_CREATED` on the new `struct file`; with `FILE_INFO`).
+    pub const FILE_CREATED: u32 = 1 << 7;
 }
 
 /// The part every record starts with, whatever its kind. A [`RecordBody`] follows it (which of
@@ -99,9 +104,29 @@ pub const NOT_A_SYSCALL: u32 = u32::MAX;
 pub struct SyscallBody {
     /// Raw syscall arguments as passed at enter; [`crate::SyscallSpec`] says which is what.
     pub args: [u64; SYSCALL_ARGS],
+    /// The open file the syscall acted on (its fd argument) or made (an open's new fd).
+    pub file: OpenFile,
     /// The first bytes of a `VexFS` ioctl's argument struct, read at exit (valid when
     /// [`record_flags::IOCTL_ARG_VALID`] is set).
     pub ioctl_arg: [u8; IOCTL_ARG_BYTES],
+}
+
+/// The open file (the kernel's `struct file`, shared by every fd that refers to it) a syscall
+/// record is about, read by the probes through the offsets in [`FileLayout`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenFile {
+    /// The open file's key in the probes' fd scope: the same for every fd that shares the open
+    /// file (`dup`, `fcntl(F_DUPFD)`, inherited across fork, passed over a Unix socket), so
+    /// userspace finds the path an fd refers to whichever process writes through it. The
+    /// kernel's `struct file` address (an identity only: never reported), or `(tgid << 32) | fd`
+    /// when the kernel's BTF gave no offsets; 0 when unknown (no fd, or not an fd).
+    pub key: u64,
+    /// Inode number of the file (valid with [`record_flags::FILE_INFO`]).
+    pub inode: u64,
+    /// `i_mode` of the inode: file type and permission bits (valid with `FILE_INFO`).
+    pub mode: u32,
+    pub padding: u32,
 }
 
 /// What a FUSE request record carries after its header. The header's `enter_ns` is when the
@@ -116,10 +141,6 @@ pub struct FuseBody {
     /// A [`crate::fuse_opcode`] value.
     pub opcode: u32,
     pub unique: u64,
-    /// Bytes of the request (header and arguments).
-    pub request_len: u32,
-    /// Bytes of the reply.
-    pub reply_len: u32,
     /// The daemon thread that replied.
     pub daemon_pid: u32,
     pub daemon_tid: u32,
@@ -164,8 +185,13 @@ pub union RecordBody {
 
 impl RecordBody {
     /// Every byte zero.
-    pub const ZEROED: RecordBody =
-        RecordBody { syscall: SyscallBody { args: [0; SYSCALL_ARGS], ioctl_arg: [0; IOCTL_ARG_BYTES] } };
+    pub const ZEROED: RecordBody = RecordBody {
+        syscall: SyscallBody {
+            args: [0; SYSCALL_ARGS],
+            file: OpenFile { key: 0, inode: 0, mode: 0, padding: 0 },
+            ioctl_arg: [0; IOCTL_ARG_BYTES],
+        },
+    };
 }
 
 pub const RECORD_HEADER_SIZE: usize = core::mem::size_of::<RecordHeader>();
@@ -176,11 +202,12 @@ pub const RECORD_PATHS_OFFSET: usize = RECORD_HEADER_SIZE + RECORD_BODY_SIZE;
 pub const RECORD_MAX_SIZE: usize = RECORD_PATHS_OFFSET + 2 * PATH_BUF;
 
 const _: () = assert!(RECORD_HEADER_SIZE == 88);
-const _: () = assert!(core::mem::size_of::<SyscallBody>() == 112);
-const _: () = assert!(core::mem::size_of::<FuseBody>() == 96);
+const _: () = assert!(core::mem::size_of::<OpenFile>() == 24);
+const _: () = assert!(core::mem::size_of::<SyscallBody>() == 136);
+const _: () = assert!(core::mem::size_of::<FuseBody>() == 88);
 const _: () = assert!(core::mem::size_of::<ForkBody>() == 8);
 const _: () = assert!(core::mem::size_of::<GapBody>() == 24);
-const _: () = assert!(RECORD_BODY_SIZE == 112);
+const _: () = assert!(RECORD_BODY_SIZE == 136);
 const _: () = assert!(RECORD_PATHS_OFFSET.is_multiple_of(8));
 
 /// Scratch space a probe assembles a record in before copying it to the ring.
@@ -317,55 +344,77 @@ pub struct FuseConfig {
     pub send_connection: u32,
     pub send_unique: u32,
     pub send_opcode: u32,
-    pub send_len: u32,
     pub end_connection: u32,
     pub end_unique: u32,
-    pub end_len: u32,
     pub end_error: u32,
     pub padding: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<FuseConfig>() == 40);
+const _: () = assert!(core::mem::size_of::<FuseConfig>() == 32);
 
 /// Where `struct fuse_req` and the structs it points to keep the fields the FUSE kprobes read
 /// (byte offsets from the running kernel's BTF), for kernels without the FUSE tracepoints
-/// (before Linux 6.12). The kprobes compute what the tracepoints would carry:
-/// `connection = req->fm->fc->dev`, `unique`/`opcode` from `req->in.h`, `len` as the kernel does
-/// (`sizeof(fuse_in_header)` plus the sizes of `req->args->in_args[..in_numargs]`), and
-/// `error`/reply `len` from `req->out.h`. One entry in the `FUSE_KPROBE_LAYOUT` array.
+/// (before Linux 6.12). The kprobes read what the tracepoints would carry and the records use:
+/// `connection = req->fm->fc->dev`, `unique`/`opcode` from `req->in.h`, and `error` from
+/// `req->out.h`. One entry in the `FUSE_KPROBE_LAYOUT` array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FuseKprobeLayout {
-    /// `fuse_req.args` (`struct fuse_args *`).
-    pub req_args: u32,
     /// `fuse_req.fm` (`struct fuse_mount *`).
     pub req_fm: u32,
     pub req_in_unique: u32,
     pub req_in_opcode: u32,
-    pub req_out_len: u32,
     pub req_out_error: u32,
     /// `fuse_mount.fc` (`struct fuse_conn *`).
     pub mount_fc: u32,
     /// `fuse_conn.dev` (`dev_t`, the connection number the tracepoints carry).
     pub conn_dev: u32,
-    pub args_in_numargs: u32,
-    /// Bytes of `fuse_args.in_numargs` (1 or 2 depending on the kernel).
-    pub args_in_numargs_size: u32,
-    pub args_in_args: u32,
-    /// `sizeof(struct fuse_in_arg)`: the stride of `in_args`.
-    pub in_arg_stride: u32,
-    /// `fuse_in_arg.size`.
-    pub in_arg_size: u32,
-    /// `sizeof(struct fuse_in_header)`.
-    pub in_header_size: u32,
     pub padding: [u32; 2],
 }
 
-const _: () = assert!(core::mem::size_of::<FuseKprobeLayout>() == 64);
+const _: () = assert!(core::mem::size_of::<FuseKprobeLayout>() == 32);
 
-/// Most request arguments a FUSE request carries (`fuse_args.in_args` has 3 entries in every
-/// kernel with `struct fuse_args`); the kprobe sums at most this many sizes.
-pub const FUSE_MAX_IN_ARGS: u32 = 3;
+/// Where the kernel keeps what the probes read to find an fd's open file and describe it (byte
+/// offsets from the running kernel's BTF, written by the loader): `current->files->fdt->fd[fd]`
+/// is the `struct file`, whose `f_inode` gives the inode number and mode and whose `f_mode`
+/// says whether an open created it. One entry in the `FILE_LAYOUT` array; `valid == 0` when the
+/// kernel has no BTF (the probes then key fds by `(tgid, fd)`, which does not follow fork or
+/// `fcntl(F_DUPFD)`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileLayout {
+    /// Non-zero: the offsets below are the running kernel's.
+    pub valid: u32,
+    /// Non-zero: `SEEDED_FDS` holds fds opened before the run (looked up when an fd's open file
+    /// is not in the scope map yet).
+    pub seeded_fds: u32,
+    /// `task_struct.files` (`struct files_struct *`).
+    pub task_files: u32,
+    /// `files_struct.fdt` (`struct fdtable *`).
+    pub files_fdt: u32,
+    /// `fdtable.max_fds` (`unsigned int`).
+    pub fdt_max_fds: u32,
+    /// `fdtable.fd` (`struct file **`).
+    pub fdt_fd: u32,
+    /// `file.f_inode` (`struct inode *`).
+    pub file_inode: u32,
+    /// `file.f_mode` (`fmode_t`, 4 bytes).
+    pub file_mode: u32,
+    /// `file.f_ref` (Linux 6.13+) or `file.f_count` (`atomic_long_t`, 8 bytes).
+    pub file_count: u32,
+    /// The count's value while one reference is left (0 for `f_ref`, 1 for `f_count`).
+    pub file_count_one: u32,
+    /// `inode.i_ino` (8 bytes).
+    pub inode_ino: u32,
+    /// `inode.i_mode` (`umode_t`, 2 bytes).
+    pub inode_mode: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<FileLayout>() == 48);
+
+/// `FMODE_CREATED` in `file.f_mode` (include/linux/fs.h, the same bit since Linux 4.19: BTF
+/// carries no macros).
+pub const FMODE_CREATED: u32 = 1 << 20;
 
 /// Key of the in-flight FUSE request table.
 #[repr(C)]
@@ -408,7 +457,10 @@ const _: () = assert!(core::mem::size_of::<FuseDaemonSide>() == 64);
 /// Key of the watch-prefix trie: the first `PREFIX_KEY_BYTES` of a path.
 pub type PrefixKey = [u8; PREFIX_KEY_BYTES];
 
-/// Key of the fd-scope map: `(tgid << 32) | fd`.
+/// Most fds open on watched files before the run that the probes follow (`SEEDED_FDS` entries).
+pub const SEEDED_FDS_MAX: u32 = 1 << 14;
+
+/// Key of an fd in the seeded-fd map (and of the fd scope without BTF): `(tgid << 32) | fd`.
 #[must_use]
 pub const fn fd_scope_key(tgid: u32, fd: u32) -> u64 {
     ((tgid as u64) << 32) | fd as u64
@@ -427,4 +479,6 @@ mod pod {
     unsafe impl aya::Pod for super::FuseConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FuseKprobeLayout {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FileLayout {}
 }

@@ -50,6 +50,9 @@ crate::counted_enum! {
         KernelReadFaults,
         /// Timed kernel function calls whose entry could not be remembered (table full).
         KernelCallsInflightFull,
+        /// A watched open file or cwd could not be recorded, its scope table being full: the
+        /// operations through it are not captured.
+        ScopeFull,
     }
 }
 
@@ -93,6 +96,7 @@ impl KernelStat {
             KernelStat::KernelRateLimited => "filtered_kernel_rate",
             KernelStat::KernelReadFaults => "kernel_read_faults",
             KernelStat::KernelCallsInflightFull => "kernel_calls_inflight_full",
+            KernelStat::ScopeFull => "scope_full",
         }
     }
 }

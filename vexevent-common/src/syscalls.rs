@@ -148,6 +148,11 @@ pub mod spec_flags {
     pub const FUSE_DAEMON_IO: u32 = 1 << 8;
     /// The probe keeps the first bytes written when the fd is a `VexFS` special file.
     pub const CAPTURES_DATA: u32 = 1 << 9;
+    /// The open flags argument points to a `struct open_how` (openat2): the probe reads its
+    /// `flags` and `mode` and puts them in the record in place of that argument and the next (the
+    /// struct's size), so the record's open flags and mode arguments hold them as for openat.
+    /// Both are 0 when the struct cannot be read (the syscall then fails with EFAULT too).
+    pub const OPEN_HOW: u32 = 1 << 10;
 }
 
 /// The ioctl type (`_IOC_TYPE`, bits 8..16 of the command) of `VexFS`'s vector ioctls; other
@@ -279,7 +284,7 @@ impl SyscallEntry {
 }
 
 use spec_flags::{
-    CAPTURES_DATA, CLOSES_FD, DUPLICATES_FD, FUSE_DAEMON_IO, IMPLIES_CREATE, IOCTL, PATH2_IS_TEXT,
+    CAPTURES_DATA, CLOSES_FD, DUPLICATES_FD, FUSE_DAEMON_IO, IMPLIES_CREATE, IOCTL, OPEN_HOW, PATH2_IS_TEXT,
     RET_IS_NEW_FD, SETS_CWD, VECTORED,
 };
 
@@ -341,8 +346,8 @@ pub const SYSCALLS: &[SyscallEntry] = &[
     sys(316, "renameat2", OpKind::Rename).path_at(0, 1).path2_at(2, 3),
     sys(327, "preadv2", OpKind::Read).fd(0).buf(1).offset(3).flags(VECTORED),
     sys(328, "pwritev2", OpKind::Write).fd(0).buf(1).offset(3).flags(VECTORED),
-    // openat2's flags and mode live in a user struct the probe does not copy.
-    sys(437, "openat2", OpKind::Open).path_at(0, 1).flags(RET_IS_NEW_FD),
+    // openat2(dirfd, path, how, size): the probe puts how->flags and how->mode in arguments 2, 3.
+    sys(437, "openat2", OpKind::Open).path_at(0, 1).open_flags(2).mode(3).flags(RET_IS_NEW_FD | OPEN_HOW),
     sys(452, "fchmodat2", OpKind::Chmod).path_at(0, 1).mode(2).at_flags(3),
     // setxattrat(dfd, path, at_flags, name, args, size), removexattrat(dfd, path, at_flags, name)
     sys(463, "setxattrat", OpKind::SetXattr).path_at(0, 1).at_flags(2).path2(3).flags(PATH2_IS_TEXT),

@@ -20,9 +20,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::{info, warn};
 use vexevent_common::{
-    FUSE_MAX_IN_ARGS, FUSE_NAME_BYTES, FuseBody, FuseDaemonSide, FuseKprobeLayout, FuseRequestKey,
-    KernelStat, NOT_A_SYSCALL, OpKind, PATH_BUF, RECORD_PATHS_OFFSET, fuse_has_aux_node,
-    fuse_has_entry_reply, fuse_name_layout,
+    FUSE_NAME_BYTES, FuseBody, FuseDaemonSide, FuseKprobeLayout, FuseRequestKey, KernelStat, NOT_A_SYSCALL,
+    OpKind, PATH_BUF, RECORD_PATHS_OFFSET, fuse_has_aux_node, fuse_has_entry_reply, fuse_name_layout,
 };
 
 use crate::{
@@ -74,9 +73,7 @@ pub fn vexevent_fuse_kprobe_end(ctx: ProbeContext) -> u32 {
 fn on_send(ctx: &TracePointContext) -> Option<()> {
     let fuse = FUSE_CONFIG.get(0)?;
     let connection: u32 = read(ctx, fuse.send_connection)?;
-    queued(connection, || {
-        Some((read(ctx, fuse.send_unique)?, read(ctx, fuse.send_opcode)?, read(ctx, fuse.send_len)?))
-    })
+    queued(connection, || Some((read(ctx, fuse.send_unique)?, read(ctx, fuse.send_opcode)?)))
 }
 
 fn on_end(ctx: &TracePointContext) -> Option<()> {
@@ -86,7 +83,7 @@ fn on_end(ctx: &TracePointContext) -> Option<()> {
         padding: 0,
         unique: read(ctx, fuse.end_unique)?,
     };
-    ended(&key, || Some((read(ctx, fuse.end_error)?, read(ctx, fuse.end_len)?)))
+    ended(&key, || read(ctx, fuse.end_error))
 }
 
 /// A kernel value at `base + offset`; a fault is counted.
@@ -109,40 +106,13 @@ fn connection_of(layout: &FuseKprobeLayout, req: u64) -> Option<u32> {
     kernel(conn, layout.conn_dev)
 }
 
-/// `req->in.h.len` as the kernel sets it when it queues the request (after this probe runs):
-/// the header and every request argument.
-#[inline(always)]
-fn request_len(layout: &FuseKprobeLayout, req: u64) -> Option<u32> {
-    let args: u64 = kernel(req, layout.req_args)?;
-    let numargs = if layout.args_in_numargs_size == 1 {
-        u32::from(kernel::<u8>(args, layout.args_in_numargs)?)
-    } else {
-        u32::from(kernel::<u16>(args, layout.args_in_numargs)?)
-    };
-    let mut len = layout.in_header_size;
-    for i in 0..FUSE_MAX_IN_ARGS {
-        if i >= numargs {
-            break;
-        }
-        let size: u32 = kernel(args, layout.args_in_args + i * layout.in_arg_stride + layout.in_arg_size)?;
-        len = len.wrapping_add(size);
-    }
-    Some(len)
-}
-
 fn on_kprobe_send(ctx: &ProbeContext) -> Option<()> {
     let layout = FUSE_KPROBE_LAYOUT.get(0)?;
     // `queue_request_and_unlock(fiq, req)`: the request is the second argument. (A constant:
     // the verifier refuses a context read at an offset chosen at run time.)
     let req: u64 = ctx.arg(1)?;
     let connection = connection_of(layout, req)?;
-    queued(connection, || {
-        Some((
-            kernel(req, layout.req_in_unique)?,
-            kernel(req, layout.req_in_opcode)?,
-            request_len(layout, req)?,
-        ))
-    })
+    queued(connection, || Some((kernel(req, layout.req_in_unique)?, kernel(req, layout.req_in_opcode)?)))
 }
 
 fn on_kprobe_end(ctx: &ProbeContext) -> Option<()> {
@@ -153,13 +123,13 @@ fn on_kprobe_end(ctx: &ProbeContext) -> Option<()> {
         padding: 0,
         unique: kernel(req, layout.req_in_unique)?,
     };
-    ended(&key, || Some((kernel(req, layout.req_out_error)?, kernel(req, layout.req_out_len)?)))
+    ended(&key, || kernel(req, layout.req_out_error))
 }
 
-/// A request was queued for the daemon on `connection`: remember it (unique, opcode, len from
+/// A request was queued for the daemon on `connection`: remember it (unique and opcode from
 /// `fields`, read only once the connection is known to be watched) with its requester.
 #[inline(always)]
-fn queued(connection: u32, fields: impl FnOnce() -> Option<(u64, u32, u32)>) -> Option<()> {
+fn queued(connection: u32, fields: impl FnOnce() -> Option<(u64, u32)>) -> Option<()> {
     let fuse = FUSE_CONFIG.get(0)?;
     let config = CONFIG.get(0)?;
     count(KernelStat::Seen);
@@ -172,14 +142,13 @@ fn queued(connection: u32, fields: impl FnOnce() -> Option<(u64, u32, u32)>) -> 
         count(KernelStat::FuseFilteredConnection);
         return None;
     }
-    let (unique, opcode, len) = fields()?;
+    let (unique, opcode) = fields()?;
     let key = FuseRequestKey { connection, padding: 0, unique };
     // Too large for the stack: assembled in per-CPU scratch space.
     let request = FUSE_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's scratch slot; nothing else uses it while this program runs.
     let request = unsafe { &mut *request };
     request.opcode = opcode;
-    request.len = len;
     // SAFETY: no preconditions.
     request.queued_ns = unsafe { bpf_ktime_get_ns() };
     request.requester = pid_tgid;
@@ -199,9 +168,9 @@ fn queued(connection: u32, fields: impl FnOnce() -> Option<(u64, u32, u32)>) -> 
     Some(())
 }
 
-/// The reply to the request `key` arrived (error and reply length from `reply`): one record.
+/// The reply to the request `key` arrived (its error from `reply`): one record.
 #[inline(always)]
-fn ended(key: &FuseRequestKey, reply: impl FnOnce() -> Option<(i32, u32)>) -> Option<()> {
+fn ended(key: &FuseRequestKey, reply: impl FnOnce() -> Option<i32>) -> Option<()> {
     let fuse = FUSE_CONFIG.get(0)?;
     let Some(request) = FUSE_INFLIGHT.get_ptr(key) else {
         if fuse.watch_all != 0 || FUSE_CONNECTIONS.get_ptr(key.connection).is_some() {
@@ -230,10 +199,10 @@ fn ended(key: &FuseRequestKey, reply: impl FnOnce() -> Option<(i32, u32)>) -> Op
         let _ = bpf_probe_read_kernel_buf(request.name2.as_ptr(), &mut paths2[..FUSE_NAME_BYTES]);
     }
     let daemon_side = request.daemon;
-    let (opcode, len, queued_ns, requester, uid_gid, comm) =
-        (request.opcode, request.len, request.queued_ns, request.requester, request.uid_gid, request.comm);
+    let (opcode, queued_ns, requester, uid_gid, comm) =
+        (request.opcode, request.queued_ns, request.requester, request.uid_gid, request.comm);
     let _ = FUSE_INFLIGHT.remove(key);
-    let (error, reply_len) = reply()?;
+    let error = reply()?;
     let requester = Task { pid_tgid: requester, uid_gid, comm };
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -245,8 +214,6 @@ fn ended(key: &FuseRequestKey, reply: impl FnOnce() -> Option<(i32, u32)>) -> Op
         connection: key.connection,
         opcode,
         unique: key.unique,
-        request_len: len,
-        reply_len,
         daemon_pid: high(daemon),
         daemon_tid: low(daemon),
         daemon: daemon_side,

@@ -5,10 +5,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use vexevent_common::{
-    COMM_LEN, FUSE_NAME_BYTES, FuseConfig, FuseDaemonSide, FuseKprobeLayout, FuseRequestKey, GAP_KINDS,
-    GapRecordBuf, KERNEL_STAT_COUNT, KernelCallBuf, KernelCallKey, KernelLayout, KernelRate, KernelSpec,
-    KernelStat, MAX_KERNEL_SOURCES, MAX_SYSCALL_NR, MAX_TRACEPOINTS, PendingLoss, PrefixKey, ProbeConfig,
-    RecordBuf, SYSCALL_ARGS, SyscallSpec,
+    COMM_LEN, FUSE_NAME_BYTES, FileLayout, FuseConfig, FuseDaemonSide, FuseKprobeLayout, FuseRequestKey,
+    GAP_KINDS, GapRecordBuf, KERNEL_STAT_COUNT, KernelCallBuf, KernelCallKey, KernelLayout, KernelRate,
+    KernelSpec, KernelStat, MAX_KERNEL_SOURCES, MAX_SYSCALL_NR, MAX_TRACEPOINTS, PendingLoss, PrefixKey,
+    ProbeConfig, RecordBuf, SEEDED_FDS_MAX, SYSCALL_ARGS, SyscallSpec,
 };
 
 /// Default ring size; the loader sets the configured size at load time.
@@ -69,13 +69,41 @@ pub static CONFIG: Array<ProbeConfig> = Array::with_max_entries(1, 0);
 #[map]
 pub static WATCH_PREFIXES: LpmTrie<PrefixKey, u8> = LpmTrie::with_max_entries(64, 0);
 
-/// `(tgid << 32) | fd` of open fds that refer to watched files.
-#[map]
-pub static FD_SCOPE: LruHashMap<u64, u8> = LruHashMap::with_max_entries(1 << 17, 0);
+/// An open file's scope, and the inode it had when marked: an entry whose file was freed
+/// without a close vexevent saw (its process exited) and whose memory now holds another open
+/// file is recognized by its other inode and dropped.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FileScope {
+    /// `struct inode *` of the file when it was marked (0 without BTF offsets).
+    pub inode: u64,
+    /// `NOT_WATCHED`, `WATCHED` or `VEXFS_SPECIAL` (see `scope`).
+    pub flag: u8,
+    pub padding: [u8; 7],
+}
 
-/// Tgids whose cwd is inside a watched directory.
+/// Open files (keyed as `OpenFile::key`: the `struct file` address, or `(tgid << 32) | fd`
+/// without BTF) that refer to watched files. Not an LRU map: an eviction would silently take a
+/// watched file out of scope; a full table refuses the insert, which is counted (`ScopeFull`).
+/// Entries leave at the file's last close; one left by a process that exited with the file open
+/// stays until an open reuses the address (so, with BTF, there are never more than the kernel
+/// has `struct file`s).
 #[map]
-pub static CWD_SCOPE: LruHashMap<u32, u8> = LruHashMap::with_max_entries(1 << 15, 0);
+pub static FD_SCOPE: HashMap<u64, FileScope> = HashMap::with_max_entries(1 << 17, 0);
+
+/// `(tgid << 32) | fd` of fds open on watched files when the run started (from /proc): the
+/// first lookup of such an fd moves the mark to its open file.
+#[map]
+pub static SEEDED_FDS: HashMap<u64, u8> = HashMap::with_max_entries(SEEDED_FDS_MAX, 0);
+
+/// Where the kernel keeps an fd's open file (written by the loader from BTF).
+#[map]
+pub static FILE_LAYOUT: Array<FileLayout> = Array::with_max_entries(1, 0);
+
+/// Tgids whose cwd is inside a watched directory (removed when the process's leader exits; a
+/// full table refuses the insert, counted as `ScopeFull`).
+#[map]
+pub static CWD_SCOPE: HashMap<u32, u8> = HashMap::with_max_entries(1 << 15, 0);
 
 /// Tgids to capture when the pid filter is on.
 #[map]
@@ -101,7 +129,7 @@ pub static FUSE_CONNECTIONS: HashMap<u32, u8> = HashMap::with_max_entries(256, 0
 #[derive(Clone, Copy)]
 pub struct FuseInflight {
     pub opcode: u32,
-    pub len: u32,
+    pub padding: u32,
     pub queued_ns: u64,
     /// `(tgid << 32) | tid` of the requester.
     pub requester: u64,
@@ -131,10 +159,12 @@ pub static DAEMON_FN_START: LruHashMap<u32, u64> = LruHashMap::with_max_entries(
 #[map]
 pub static FUSE_DAEMONS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(256, 0);
 
-/// (connection, unique) -> the queued request. LRU: requests the daemon never answers (it died)
-/// age out.
+/// (connection, unique) -> the queued request. Not an LRU map (an eviction would lose a request
+/// silently): the kernel ends every request it queued, with an error when the connection is
+/// aborted (the daemon died), and a full table refuses the insert, counted as
+/// `LostInflightFull`.
 #[map]
-pub static FUSE_INFLIGHT: LruHashMap<FuseRequestKey, FuseInflight> = LruHashMap::with_max_entries(1 << 12, 0);
+pub static FUSE_INFLIGHT: HashMap<FuseRequestKey, FuseInflight> = HashMap::with_max_entries(1 << 12, 0);
 
 /// Slots for a syscall's arguments in the probes: `SYSCALL_ARGS` padded to a power of two, so an
 /// argument index from the syscall table can be masked into range. (Older verifiers, Linux 6.1
@@ -155,11 +185,27 @@ pub struct Inflight {
     pub active: u32,
     pub enter_ns: u64,
     pub args: Args,
+    /// The fd argument's open file, found at enter (`key` 0: none).
+    pub file: OpenFd,
 }
 
-/// Thread id -> the syscall it is in.
+/// An fd's open file as the probes found it, and its scope flag.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct OpenFd {
+    /// `OpenFile::key`.
+    pub key: u64,
+    /// The `struct file` address (0 without BTF offsets).
+    pub file: u64,
+    pub flag: u8,
+    pub padding: [u8; 7],
+}
+
+/// Thread id -> the syscall it is in. A thread's slot is reused until it exits (then removed);
+/// not an LRU map: an eviction would lose a syscall silently, a full table refuses the insert,
+/// counted as `LostInflightFull`.
 #[map]
-pub static INFLIGHT: LruHashMap<u32, Inflight> = LruHashMap::with_max_entries(1 << 15, 0);
+pub static INFLIGHT: HashMap<u32, Inflight> = HashMap::with_max_entries(1 << 15, 0);
 
 /// Adds one to a kernel counter (per CPU: no atomics needed, summed by userspace).
 #[inline(always)]

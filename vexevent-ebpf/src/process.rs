@@ -1,12 +1,18 @@
 //! `sched/sched_process_fork`: a child inherits its parent's cwd, so it inherits its cwd scope.
+//! `sched/sched_process_exit`: an exiting thread's in-flight slot, and an exiting process's cwd
+//! scope, leave their tables (which are not LRU maps, so nothing else would free them).
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
 use aya_log_ebpf::info;
 use vexevent_common::{ForkBody, KernelStat, NOT_A_SYSCALL, OpKind, RECORD_PATHS_OFFSET};
 
 use crate::{
-    maps::{CONFIG, SCRATCH, count},
-    record::{Task, header, high},
+    maps::{CONFIG, CWD_SCOPE, INFLIGHT, SCRATCH, count},
+    record::{Task, header, high, low},
     ring::submit,
     scope::{cwd_in_scope, mark_cwd},
 };
@@ -43,4 +49,16 @@ fn on_fork(ctx: &TracePointContext) -> Option<()> {
     record.body.fork = ForkBody { child_pid: child, padding: 0 };
     submit(record, RECORD_PATHS_OFFSET);
     Some(())
+}
+
+#[tracepoint]
+pub fn vexevent_process_exit(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let _ = INFLIGHT.remove(low(pid_tgid));
+    // The leader's exit: the cwd scope is the process's. (A leader that exits before its other
+    // threads takes the scope with it: their relative paths are then resolved as unwatched.)
+    if low(pid_tgid) == high(pid_tgid) {
+        let _ = CWD_SCOPE.remove(high(pid_tgid));
+    }
+    0
 }

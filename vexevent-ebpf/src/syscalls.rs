@@ -7,26 +7,29 @@ use aya_ebpf::{
     EbpfContext as _,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
-        bpf_probe_read_user_buf,
-        generated::{bpf_probe_read_user, bpf_probe_read_user_str},
+        bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_buf,
+        generated::{bpf_probe_read_user as bpf_probe_read_user_raw, bpf_probe_read_user_str},
     },
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use aya_log_ebpf::warn;
 use vexevent_common::{
-    IOCTL_ARG_BYTES, KernelStat, NO_ARG, OpKind, PATH_BUF, RECORD_PATHS_OFFSET, RecordBuf, SYSCALL_ARGS,
-    SyscallSpec, VEXFS_IOCTL_TYPE, record_flags, spec_flags,
+    FMODE_CREATED, IOCTL_ARG_BYTES, KernelStat, NO_ARG, OpKind, OpenFile, PATH_BUF, RECORD_PATHS_OFFSET,
+    RecordBuf, SYSCALL_ARGS, SyscallSpec, VEXFS_IOCTL_TYPE, record_flags, spec_flags,
 };
 
 use crate::{
     fuse::{daemon_connection, daemon_read, daemon_write},
-    maps::{ARG_SLOTS, Args, CONFIG, INFLIGHT, Inflight, PID_FILTER, SCRATCH, SYSCALL_SPECS, count},
+    maps::{
+        ARG_SLOTS, Args, CONFIG, FILE_LAYOUT, INFLIGHT, Inflight, OpenFd, PID_FILTER, SCRATCH, SYSCALL_SPECS,
+        count,
+    },
     record::{Task, header, high, low},
     ring::submit,
     scope::{
-        NOT_WATCHED, VEXFS_SPECIAL, WATCHED, fd_flag, fd_in_scope, is_vexfs_special, mark_cwd, mark_fd,
-        path_in_scope,
+        NOT_WATCHED, VEXFS_SPECIAL, WATCHED, fd_in_scope, file_inode, forget_if_last, is_vexfs_special,
+        locate_fd, mark_cwd, mark_file, open_fd, path_in_scope,
     },
 };
 
@@ -157,7 +160,7 @@ fn on_enter(nr: i64, read_args: impl Fn() -> [u64; SYSCALL_ARGS]) -> Option<()> 
                     return None;
                 }
                 // The request is in the buffer only once the read returns.
-                remember(pid_tgid, nr, DAEMON_READ, args);
+                remember(pid_tgid, nr, DAEMON_READ, args, OpenFd::default());
                 return None;
             }
         }
@@ -188,26 +191,27 @@ fn on_enter(nr: i64, read_args: impl Fn() -> [u64; SYSCALL_ARGS]) -> Option<()> 
         count(KernelStat::FilteredOp);
         return None;
     }
-    // fd-based operations are decided here, before any work. fchdir is decided at exit because
-    // leaving the watched tree must clear the cwd scope.
+    // fd-based operations are decided here, before any work, by the fd's open file (whichever
+    // fd, process or fork refers to it). fchdir is decided at exit because leaving the watched
+    // tree must clear the cwd scope.
+    let mut file = OpenFd::default();
     if let Some(fd) = arg(&args, spec.fd_arg) {
-        if spec.flags & spec_flags::SETS_CWD == 0 && !fd_in_scope(tgid, fd) {
-            // dup2/dup3 onto a watched fd closes it: forget it.
-            if let Some(new_fd) = arg(&args, spec.new_fd_arg) {
-                if fd_in_scope(tgid, new_fd) {
-                    mark_fd(tgid, new_fd, NOT_WATCHED);
-                }
+        file = open_fd(tgid, fd);
+        if spec.flags & spec_flags::SETS_CWD == 0 && file.flag == NOT_WATCHED {
+            // dup2/dup3 onto a watched fd closes it.
+            if let Some(new_fd) = arg(&args, spec.new_fd_arg).filter(|new_fd| *new_fd != fd) {
+                forget_if_last(&open_fd(tgid, new_fd));
             }
             count(KernelStat::FilteredScope);
             return None;
         }
         if spec.flags & spec_flags::CLOSES_FD != 0 {
-            // Forget the fd now, not at exit: once close releases the number, another thread's
-            // open may get it and mark it before this close's exit would run.
-            mark_fd(tgid, fd, NOT_WATCHED);
+            // Forgotten now, not at exit: once close releases the number, another thread's open
+            // may get it (and, without BTF offsets, the same key) before this close's exit runs.
+            forget_if_last(&file);
         }
     }
-    remember(pid_tgid, nr, SYSCALL, args);
+    remember(pid_tgid, nr, SYSCALL, args, file);
     Some(())
 }
 
@@ -215,15 +219,16 @@ fn on_enter(nr: i64, read_args: impl Fn() -> [u64; SYSCALL_ARGS]) -> Option<()> 
 const SYSCALL: u32 = 1;
 const DAEMON_READ: u32 = 2;
 
-/// Keeps a syscall's arguments until its exit.
+/// Keeps a syscall's arguments (and its fd's open file) until its exit.
 #[inline(always)]
-fn remember(pid_tgid: u64, nr: u32, active: u32, args: Args) {
+fn remember(pid_tgid: u64, nr: u32, active: u32, args: Args, file: OpenFd) {
     let inflight = Inflight {
         nr,
         active,
         // SAFETY: no preconditions.
         enter_ns: unsafe { bpf_ktime_get_ns() },
         args,
+        file,
     };
     let tid = low(pid_tgid);
     // A thread's slot is reused in place (no map update in the steady state).
@@ -329,21 +334,19 @@ fn on_exit(nr: i64, ret: i64) -> Option<()> {
     } else {
         WATCHED
     };
-    update_scope_maps(spec, tgid, args, ret, fd_value);
+    let (file, file_flags) = update_scope_maps(spec, tgid, &inflight.file, ret, fd_value);
+    flags |= file_flags;
     if !in_scope {
         count(KernelStat::FilteredScope);
         return None;
     }
     // Writes to VexFS special files carry their meaning in their data: keep its first bytes.
     let mut payload_len = 0usize;
-    if spec.flags & spec_flags::CAPTURES_DATA != 0
-        && ret > 0
-        && arg(args, spec.fd_arg).is_some_and(|fd| fd_flag(tgid, fd) == VEXFS_SPECIAL)
-    {
+    if spec.flags & spec_flags::CAPTURES_DATA != 0 && ret > 0 && inflight.file.flag == VEXFS_SPECIAL {
         let wanted = (ret as usize).min(PATH_BUF - 1);
         // SAFETY: the destination is PATH_BUF writable bytes; the helper faults safely.
         let read = unsafe {
-            bpf_probe_read_user(
+            bpf_probe_read_user_raw(
                 path2.as_mut_ptr().cast(),
                 (wanted & (PATH_BUF - 1)) as u32,
                 arg(args, spec.buf_arg).unwrap_or(0) as *const _,
@@ -359,7 +362,7 @@ fn on_exit(nr: i64, ret: i64) -> Option<()> {
         // SAFETY: the destination is IOCTL_ARG_BYTES writable bytes of the record's syscall body;
         // the helper faults safely.
         let read = unsafe {
-            bpf_probe_read_user(
+            bpf_probe_read_user_raw(
                 (&raw mut record.body.syscall.ioctl_arg).cast(),
                 IOCTL_ARG_BYTES as u32,
                 arg(args, spec.buf_arg).unwrap_or(0) as *const _,
@@ -373,8 +376,14 @@ fn on_exit(nr: i64, ret: i64) -> Option<()> {
     record.header.flags = flags;
     record.header.path1_len = len1 as u32;
     record.header.path2_len = if payload_len > 0 { payload_len as u32 } else { len2 as u32 };
-    let [a0, a1, a2, a3, a4, a5, _, _] = *args;
+    let [a0, a1, mut a2, mut a3, a4, a5, _, _] = *args;
+    if spec.flags & spec_flags::OPEN_HOW != 0 {
+        // `struct open_how { u64 flags; u64 mode; u64 resolve; }`, copied in by the syscall.
+        // SAFETY: a user address; the helper faults safely.
+        [a2, a3] = unsafe { bpf_probe_read_user(a2 as *const [u64; 2]) }.unwrap_or([0, 0]);
+    }
     record.body.syscall.args = [a0, a1, a2, a3, a4, a5];
+    record.body.syscall.file = file;
 
     let size = if payload_len > 0 {
         RECORD_PATHS_OFFSET + PATH_BUF + (payload_len & (PATH_BUF - 1))
@@ -387,20 +396,60 @@ fn on_exit(nr: i64, ret: i64) -> Option<()> {
     Some(())
 }
 
-/// Keeps the fd and cwd scope maps in step with what the syscall did.
+/// Keeps the fd and cwd scope maps in step with what the syscall did; returns the open file the
+/// record is about (an open's new file, with its inode, mode and whether the open created it;
+/// else the fd argument's) and the record flags that say what it holds.
 #[inline(always)]
-fn update_scope_maps(spec: &SyscallSpec, tgid: u32, args: &Args, ret: i64, fd_value: u8) {
+fn update_scope_maps(
+    spec: &SyscallSpec,
+    tgid: u32,
+    fd_file: &OpenFd,
+    ret: i64,
+    fd_value: u8,
+) -> (OpenFile, u32) {
+    let mut file = OpenFile { key: fd_file.key, inode: 0, mode: 0, padding: 0 };
     if ret < 0 {
-        return;
+        return (file, 0);
     }
+    let mut flags = 0;
     if spec.flags & spec_flags::RET_IS_NEW_FD != 0 {
-        mark_fd(tgid, ret as u64, fd_value);
-    } else if spec.flags & spec_flags::DUPLICATES_FD != 0 {
-        // The duplicate is what the original is (watched, or a watched special file).
-        if let Some(fd) = arg(args, spec.fd_arg) {
-            mark_fd(tgid, ret as u64, fd_flag(tgid, fd));
+        if let Some(new) = locate_fd(tgid, ret as u64) {
+            let inode = file_inode(new.file);
+            mark_file(&new, inode, fd_value);
+            file.key = new.key;
+            if let Some((ino, mode, created)) = describe(new.file, inode) {
+                file.inode = ino;
+                file.mode = mode;
+                flags = record_flags::FILE_INFO | if created { record_flags::FILE_CREATED } else { 0 };
+            }
+        }
+    } else if spec.flags & spec_flags::DUPLICATES_FD != 0 && fd_file.file == 0 {
+        // Keyed by (tgid, fd) (no BTF offsets): the duplicate is what the original is. Keyed by
+        // the open file, it already is.
+        if let Some(new) = locate_fd(tgid, ret as u64) {
+            mark_file(&new, 0, fd_file.flag);
         }
     } else if spec.flags & spec_flags::SETS_CWD != 0 {
         mark_cwd(tgid, fd_value != NOT_WATCHED);
     }
+    (file, flags)
+}
+
+/// A new open file's inode number, mode, and whether the open created it (`FMODE_CREATED`), so
+/// userspace need not `lstat` the path (after the fact, racing with later changes).
+#[inline(always)]
+fn describe(file: u64, inode: u64) -> Option<(u64, u32, bool)> {
+    let layout = FILE_LAYOUT.get(0)?;
+    if file == 0 || inode == 0 {
+        return None;
+    }
+    // SAFETY (the three reads): kernel addresses read through the helper, which faults safely;
+    // the offsets are the running kernel's (from its BTF).
+    let f_mode: u32 =
+        unsafe { bpf_probe_read_kernel((file + u64::from(layout.file_mode)) as *const u32) }.ok()?;
+    let ino: u64 =
+        unsafe { bpf_probe_read_kernel((inode + u64::from(layout.inode_ino)) as *const u64) }.ok()?;
+    let mode: u16 =
+        unsafe { bpf_probe_read_kernel((inode + u64::from(layout.inode_mode)) as *const u16) }.ok()?;
+    Some((ino, u32::from(mode), f_mode & FMODE_CREATED != 0))
 }

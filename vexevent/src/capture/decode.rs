@@ -4,8 +4,8 @@
 
 use vexevent_common::{
     ForkBody, FuseBody, GAP_KINDS, GAP_OP, GAP_RECORD_SIZE, GapBody, IOCTL_ARG_BYTES, KERNEL_TEXT_BYTES,
-    KernelBody, NO_ARG, NOT_A_SYSCALL, OpKind, PATH_BUF, RECORD_HEADER_SIZE, RECORD_PATHS_OFFSET, RecordBody,
-    RecordHeader, SYSCALL_ARGS, SyscallBody, SyscallEntry, SyscallSpec, record_flags, spec_flags,
+    KernelBody, NO_ARG, NOT_A_SYSCALL, OpKind, OpenFile, PATH_BUF, RECORD_HEADER_SIZE, RECORD_PATHS_OFFSET,
+    RecordBody, RecordHeader, SYSCALL_ARGS, SyscallBody, SyscallEntry, SyscallSpec, record_flags, spec_flags,
     syscall_by_nr,
 };
 
@@ -76,6 +76,22 @@ pub struct SyscallArgs {
     pub at_flags: Option<u64>,
     /// A `VexFS` ioctl's command and the start of its argument struct.
     pub ioctl: Option<IoctlCall>,
+    /// The key of the open file the syscall acted on or made ([`OpenFile::key`]): the same for
+    /// every fd, in any process, that shares it.
+    pub file_key: Option<u64>,
+    /// What the kernel said of the file a successful open made (on kernels whose BTF gave the
+    /// offsets).
+    pub opened: Option<OpenedFile>,
+}
+
+/// A file an open made, as the kernel described it at the syscall's exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenedFile {
+    pub inode: u64,
+    /// `st_mode`: file type and permission bits.
+    pub mode: u32,
+    /// The open created the file (`FMODE_CREATED`).
+    pub created: bool,
 }
 
 /// An ioctl as captured.
@@ -256,6 +272,12 @@ fn syscall_args(spec: &SyscallSpec, body: &SyscallBody, flags: u32) -> SyscallAr
         gid: id(spec.gid_arg),
         at_flags: raw(spec.at_flags_arg),
         ioctl,
+        file_key: (body.file.key != 0).then_some(body.file.key),
+        opened: (flags & record_flags::FILE_INFO != 0).then_some(OpenedFile {
+            inode: body.file.inode,
+            mode: body.file.mode,
+            created: flags & record_flags::FILE_CREATED != 0,
+        }),
     }
 }
 
@@ -396,7 +418,7 @@ fn fixed_bytes(header: &RecordHeader, body: &RecordBody) -> Vec<u8> {
 /// The raw body of a syscall record with these arguments (for tests, replay and benchmarks).
 #[must_use]
 pub fn syscall_body(args: [u64; SYSCALL_ARGS]) -> RecordBody {
-    RecordBody { syscall: SyscallBody { args, ioctl_arg: [0; IOCTL_ARG_BYTES] } }
+    RecordBody { syscall: SyscallBody { args, file: OpenFile::default(), ioctl_arg: [0; IOCTL_ARG_BYTES] } }
 }
 
 /// Encodes a record the way the probes lay it out (for tests, replay and benchmarks).

@@ -314,6 +314,8 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::ffi::OsStrExt as _;
+
     use super::*;
 
     #[test]
@@ -323,6 +325,31 @@ mod tests {
         let settings = config.validate().unwrap();
         assert!(settings.probes.scope.watches_all(), "default watches everything");
         assert_eq!(settings.ops.len(), crate::event::USER_OPS.len());
+    }
+
+    #[test]
+    fn a_filter_path_narrows_the_kernel_scope_of_the_default_watch() {
+        let dir = tempfile::tempdir().unwrap();
+        let canonical = std::fs::canonicalize(dir.path()).unwrap().as_os_str().as_bytes().to_vec();
+        let filter = |config: &mut Config| {
+            config.filter.expressions = vec![format!("path prefix \"{}/\"", dir.path().display())];
+        };
+        // The default `--watch /`: the probes watch the filter's directory only.
+        let mut config = Config::default();
+        filter(&mut config);
+        assert_eq!(config.validate().unwrap().probes.scope.dirs(), std::slice::from_ref(&canonical));
+        // A watched directory around it narrows to it too; one inside it stays.
+        let inner = dir.path().join("inner");
+        std::fs::create_dir(&inner).unwrap();
+        for (watch, expected) in [
+            (std::env::temp_dir(), canonical.clone()),
+            (inner.clone(), std::fs::canonicalize(&inner).unwrap().as_os_str().as_bytes().to_vec()),
+        ] {
+            let mut config = Config::default();
+            config.capture.watch = vec![watch];
+            filter(&mut config);
+            assert_eq!(config.validate().unwrap().probes.scope.dirs(), [expected]);
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use vexevent_common::{OpKind, PREFIX_KEY_BYTES};
 use super::{ProbeSettings, SyscallHooks};
 use crate::{
     capture::DrainSettings,
-    event::{USER_OPS, WatchScope},
+    event::{USER_OPS, WatchScope, is_under},
     filter::KernelPart,
 };
 
@@ -140,14 +140,8 @@ impl CaptureConfig {
         if let Some(pushed) = &pushed.ops {
             ops.retain(|op| pushed.contains(op));
         }
-        if watch_dirs.is_empty() {
-            if let Some(dirs) = &pushed.dirs {
-                watch_dirs = dirs
-                    .iter()
-                    .filter_map(|d| std::fs::canonicalize(d).ok())
-                    .map(|d| d.as_os_str().as_bytes().to_vec())
-                    .collect();
-            }
+        if let Some(dirs) = &pushed.dirs {
+            watch_dirs = narrow_watch(watch_dirs, dirs);
         }
         let pids =
             if self.pids.is_empty() { pushed.pids.clone().unwrap_or_default() } else { self.pids.clone() };
@@ -182,6 +176,25 @@ impl CaptureConfig {
             ops,
         })
     }
+}
+
+/// The watched directories narrowed to the directories a filter pins every path to (the default
+/// `/` included): each pinned directory inside a watched one, and each watched directory inside a
+/// pinned one. Unchanged when they do not meet (the filter then passes nothing anyway).
+fn narrow_watch(watch: Vec<Vec<u8>>, pinned: &[PathBuf]) -> Vec<Vec<u8>> {
+    let pinned: Vec<Vec<u8>> = pinned
+        .iter()
+        .filter_map(|dir| std::fs::canonicalize(dir).ok())
+        .map(|dir| dir.as_os_str().as_bytes().to_vec())
+        .collect();
+    let everything = watch.is_empty() || watch.iter().any(|dir| dir == b"/");
+    let mut narrowed: Vec<Vec<u8>> = pinned
+        .iter()
+        .filter(|dir| everything || watch.iter().any(|watched| is_under(dir, watched)))
+        .cloned()
+        .collect();
+    narrowed.extend(watch.iter().filter(|watched| pinned.iter().any(|dir| is_under(watched, dir))).cloned());
+    if narrowed.is_empty() { watch } else { narrowed }
 }
 
 /// A watched directory, canonical, as bytes.

@@ -145,15 +145,36 @@ impl Hooks {
         Ok(())
     }
 
-    /// Attaches the fork tracepoint (cwd scope inheritance); its absence is reported, not fatal.
-    pub fn attach_fork(&mut self, ebpf: &mut Ebpf) {
+    /// Attaches the fork tracepoint (cwd scope inheritance), unless its format lacks the field
+    /// the probe reads; its absence is reported, not fatal.
+    pub fn attach_fork(&mut self, ebpf: &mut Ebpf, format_error: Option<&super::tracefs::MissingField>) {
+        if let Some(error) = format_error {
+            self.report(
+                "sched/sched_process_fork".to_owned(),
+                Some(format!("{error}: not attached, children do not inherit a watched cwd")),
+            );
+            return;
+        }
         let _ = self.attach_tracepoint(ebpf, program_names::PROCESS_FORK, "sched", "sched_process_fork");
+    }
+
+    /// Attaches the exit tracepoint that frees exiting threads' and processes' table slots
+    /// (without it the tables fill up, and full tables refuse inserts, counted).
+    pub fn attach_exit(&mut self, ebpf: &mut Ebpf) {
+        let _ = self.attach_tracepoint(ebpf, program_names::PROCESS_EXIT, "sched", "sched_process_exit");
     }
 
     /// Attaches the FUSE request pair: the tracepoints where the kernel has them (Linux 6.12+),
     /// else kprobes on the functions that queue and end a request; reports what attached, or why
     /// nothing did.
-    pub fn attach_fuse(&mut self, ebpf: &mut Ebpf) {
+    pub fn attach_fuse(&mut self, ebpf: &mut Ebpf, format_error: Option<&super::tracefs::MissingField>) {
+        if let Some(error) = format_error {
+            self.report(
+                "fuse/fuse_request_send, fuse/fuse_request_end".to_owned(),
+                Some(format!("{error}: not attached, FUSE requests are not seen")),
+            );
+            return;
+        }
         if super::tracefs::event_exists("fuse", "fuse_request_send") {
             for (program, name) in [
                 (program_names::FUSE_SEND, "fuse_request_send"),

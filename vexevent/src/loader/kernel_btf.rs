@@ -110,6 +110,14 @@ fn c_string(strings: &[u8], offset: usize) -> Option<String> {
 }
 
 impl KernelBtf {
+    /// The running kernel's own BTF (vmlinux, without any module's).
+    ///
+    /// # Errors
+    /// When the BTF is missing or malformed.
+    pub fn vmlinux() -> Result<Self, BtfError> {
+        Self::parse(&read(&Path::new(SYSFS_BTF).join("vmlinux"))?, None, "vmlinux")
+    }
+
     /// The running kernel's BTF: vmlinux, plus `module`'s split BTF when the module is loaded
     /// and has its own (a built-in driver's types are in vmlinux).
     ///
@@ -125,14 +133,6 @@ impl KernelBtf {
         }
         let split = read(&module_path)?;
         Self::parse(&split, Some((&base, &vmlinux)), module)
-    }
-
-    /// The running kernel's own BTF (`/sys/kernel/btf/vmlinux`), without any module's.
-    ///
-    /// # Errors
-    /// When the BTF is missing or malformed.
-    pub fn vmlinux() -> Result<Self, BtfError> {
-        Self::parse(&read(&Path::new(SYSFS_BTF).join("vmlinux"))?, None, "vmlinux")
     }
 
     /// Parses a BTF blob; split BTF (a module's) needs its base blob and parsed types, whose

@@ -10,6 +10,7 @@ mod fuse_mounts;
 mod hooks;
 mod kernel_btf;
 mod named;
+mod open_files;
 mod probe_log;
 mod seed;
 mod symbols;
@@ -20,8 +21,8 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
 };
 use vexevent_common::{
-    COMM_LEN, FuseConfig, KernelStat, MAX_SHARDS, OpKind, PREFIX_KEY_BYTES, PendingLoss, PrefixKey,
-    ProbeConfig, SYSCALLS, map_names,
+    COMM_LEN, FileLayout, FuseConfig, KernelStat, MAX_SHARDS, OpKind, PREFIX_KEY_BYTES, PendingLoss,
+    PrefixKey, ProbeConfig, SYSCALLS, map_names,
 };
 
 pub use config::{CaptureConfig, CaptureConfigError, CaptureSettings};
@@ -116,7 +117,9 @@ pub struct Probes {
     /// Watched cwds and fds found in /proc at start.
     seeded: Seeded,
     /// Where `sched_process_fork` keeps the child's pid (read from tracefs once).
-    fork_child_pid_offset: u32,
+    fork_child_pid_offset: Result<u32, tracefs::MissingField>,
+    /// A field the FUSE tracepoint probes read that this kernel's format lacks.
+    fuse_format_error: Option<tracefs::MissingField>,
     /// Tracepoints and functions attached by name, by their records' source number (`None`:
     /// planned but not attached).
     named: Vec<Option<NamedSource>>,
@@ -187,14 +190,24 @@ impl Probes {
             layout,
             fuse_mounts: Vec::new(),
             seeded: Seeded::default(),
-            fork_child_pid_offset: tracefs::field_offset("sched", "sched_process_fork", "child_pid")
-                .unwrap_or(0),
+            fork_child_pid_offset: tracefs::field_offsets(
+                "sched/sched_process_fork",
+                &tracefs::format("sched", "sched_process_fork"),
+                ["child_pid"],
+            )
+            .map(|[offset]| offset),
+            fuse_format_error: None,
             named: Vec::new(),
             _probe_log: probe_log,
         };
         probes.configure(settings)?;
+        let (file_layout, open_files_missing) = probes.configure_open_files()?;
         probes.configure_fuse(settings)?;
         probes.attach(settings.syscall_hooks)?;
+        // Reported once the syscall hooks are attached (a fallback there starts the report over).
+        probes
+            .hooks
+            .report("fd scope by open file (follows dup, F_DUPFD, fork)".to_owned(), open_files_missing);
         probes.attach_daemon_functions(settings);
         probes.named = named::attach(
             &mut probes.ebpf,
@@ -204,6 +217,9 @@ impl Probes {
         )
         .map_err(|detail| LoaderError::Named { detail })?;
         probes.seeded = seed::seed_scope(&mut probes.ebpf, settings)?;
+        if !probes.seeded.fds.is_empty() {
+            probes.set_file_layout(FileLayout { seeded_fds: 1, ..file_layout })?;
+        }
         Ok(probes)
     }
 
@@ -232,7 +248,7 @@ impl Probes {
             uid_filter: settings.uid.unwrap_or(0),
             comm_filter_enabled: u32::from(settings.comm.is_some()),
             comm_filter,
-            fork_child_pid_offset: self.fork_child_pid_offset,
+            fork_child_pid_offset: self.fork_child_pid_offset.as_ref().map_or(0, |offset| *offset),
             shard_count: u32::try_from(self.layout.shard_count).unwrap_or(1),
             cpus_per_shard: u32::try_from(self.layout.cpus_per_shard).unwrap_or(1),
             padding: 0,
@@ -280,22 +296,61 @@ impl Probes {
         Ok(())
     }
 
-    /// FUSE tracepoint field offsets and the watched connections.
-    fn configure_fuse(&mut self, settings: &ProbeSettings) -> Result<(), LoaderError> {
-        let send = |field| tracefs::field_offset("fuse", "fuse_request_send", field).unwrap_or(0);
-        let end = |field| tracefs::field_offset("fuse", "fuse_request_end", field).unwrap_or(0);
-        let config = FuseConfig {
-            watch_all: u32::from(settings.scope.watches_all()),
-            send_connection: send("connection"),
-            send_unique: send("unique"),
-            send_opcode: send("opcode"),
-            send_len: send("len"),
-            end_connection: end("connection"),
-            end_unique: end("unique"),
-            end_len: end("len"),
-            end_error: end("error"),
-            padding: 0,
+    /// Where the kernel keeps an fd's open file, from its BTF; without it the probes key fds by
+    /// `(tgid, fd)`: returned with why, for the hook report.
+    fn configure_open_files(&mut self) -> Result<(FileLayout, Option<String>), LoaderError> {
+        let (layout, missing) = match open_files::running_kernel_layout() {
+            Ok(layout) => (layout, None),
+            Err(error) => (FileLayout::default(), Some(format!("{error}; fds are followed by (pid, fd)"))),
         };
+        self.set_file_layout(layout)?;
+        Ok((layout, missing))
+    }
+
+    fn set_file_layout(&mut self, layout: FileLayout) -> Result<(), LoaderError> {
+        let name = map_names::FILE_LAYOUT;
+        let mut map: Array<_, FileLayout> =
+            Array::try_from(self.ebpf.map_mut(name).ok_or_else(missing(name))?).map_err(map_error(name))?;
+        map.set(0, layout, 0).map_err(map_error(name))
+    }
+
+    /// FUSE tracepoint field offsets and the watched connections. A field missing from a
+    /// tracepoint's format keeps the FUSE tracepoints detached (`attach` reports why).
+    fn configure_fuse(&mut self, settings: &ProbeSettings) -> Result<(), LoaderError> {
+        let mut config =
+            FuseConfig { watch_all: u32::from(settings.scope.watches_all()), ..FuseConfig::default() };
+        if tracefs::event_exists("fuse", "fuse_request_send") {
+            let offsets = tracefs::field_offsets(
+                "fuse/fuse_request_send",
+                &tracefs::format("fuse", "fuse_request_send"),
+                ["connection", "unique", "opcode"],
+            )
+            .and_then(|send| {
+                let end = tracefs::field_offsets(
+                    "fuse/fuse_request_end",
+                    &tracefs::format("fuse", "fuse_request_end"),
+                    ["connection", "unique", "error"],
+                )?;
+                Ok((send, end))
+            });
+            match offsets {
+                Ok((
+                    [send_connection, send_unique, send_opcode],
+                    [end_connection, end_unique, end_error],
+                )) => {
+                    config = FuseConfig {
+                        send_connection,
+                        send_unique,
+                        send_opcode,
+                        end_connection,
+                        end_unique,
+                        end_error,
+                        ..config
+                    };
+                }
+                Err(missing) => self.fuse_format_error = Some(missing),
+            }
+        }
         let mut config_map: Array<_, FuseConfig> = Array::try_from(
             self.ebpf.map_mut(map_names::FUSE_CONFIG).ok_or_else(missing(map_names::FUSE_CONFIG))?,
         )
@@ -346,8 +401,9 @@ impl Probes {
         }
         self.hooks.attach_syscalls(&mut self.ebpf, syscall_hooks)?;
         self.traced_syscalls = traced;
-        self.hooks.attach_fork(&mut self.ebpf);
-        self.hooks.attach_fuse(&mut self.ebpf);
+        self.hooks.attach_fork(&mut self.ebpf, self.fork_child_pid_offset.as_ref().err());
+        self.hooks.attach_exit(&mut self.ebpf);
+        self.hooks.attach_fuse(&mut self.ebpf, self.fuse_format_error.as_ref());
         Ok(())
     }
 

@@ -6,7 +6,7 @@
 use std::os::unix::ffi::OsStrExt;
 
 use aya::{Ebpf, maps::HashMap};
-use vexevent_common::{fd_scope_key, map_names};
+use vexevent_common::{SEEDED_FDS_MAX, fd_scope_key, map_names};
 
 use super::{LoaderError, ProbeSettings, map_error, missing};
 
@@ -53,17 +53,34 @@ pub(super) fn seed_scope(ebpf: &mut Ebpf, settings: &ProbeSettings) -> Result<Se
     let mut cwd_scope: HashMap<_, u32, u8> =
         HashMap::try_from(ebpf.map_mut(map_names::CWD_SCOPE).ok_or_else(missing(map_names::CWD_SCOPE))?)
             .map_err(map_error(map_names::CWD_SCOPE))?;
-    for (pid, _) in &seeded.cwds {
-        cwd_scope.insert(pid, 1, 0).map_err(map_error(map_names::CWD_SCOPE))?;
+    for (seeded_cwds, (pid, _)) in seeded.cwds.iter().enumerate() {
+        // The table is full (E2BIG): the probes count what they cannot add from here on too.
+        if let Err(error) = cwd_scope.insert(pid, 1, 0) {
+            tracing::warn!(
+                seeded = seeded_cwds,
+                watched = seeded.cwds.len(),
+                %error,
+                "more processes have their cwd in a watched directory than the cwd scope table holds; the relative paths of the others are not followed"
+            );
+            break;
+        }
     }
-    let mut fd_scope: HashMap<_, u64, u8> =
-        HashMap::try_from(ebpf.map_mut(map_names::FD_SCOPE).ok_or_else(missing(map_names::FD_SCOPE))?)
-            .map_err(map_error(map_names::FD_SCOPE))?;
-    for &(pid, fd, _) in &seeded.fds {
+    // The probes move each mark to the fd's open file at its first use.
+    let mut seeded_fds: HashMap<_, u64, u8> =
+        HashMap::try_from(ebpf.map_mut(map_names::SEEDED_FDS).ok_or_else(missing(map_names::SEEDED_FDS))?)
+            .map_err(map_error(map_names::SEEDED_FDS))?;
+    if seeded.fds.len() > SEEDED_FDS_MAX as usize {
+        tracing::warn!(
+            open = seeded.fds.len(),
+            followed = SEEDED_FDS_MAX,
+            "more fds are open on watched files than the probes follow from before the run; writes through the others are not captured"
+        );
+    }
+    for &(pid, fd, _) in seeded.fds.iter().take(SEEDED_FDS_MAX as usize) {
         // fds are never negative in /proc.
-        fd_scope
+        seeded_fds
             .insert(fd_scope_key(pid, fd.unsigned_abs()), 1, 0)
-            .map_err(map_error(map_names::FD_SCOPE))?;
+            .map_err(map_error(map_names::SEEDED_FDS))?;
     }
     Ok(seeded)
 }

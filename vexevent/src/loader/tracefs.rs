@@ -18,13 +18,38 @@ pub fn event_exists(category: &str, name: &str) -> bool {
     Path::new(TRACEFS).join("events").join(category).join(name).is_dir()
 }
 
-/// Offset of a field in a tracepoint's record, from its `format` file.
+/// A tracepoint's `format` file (empty when it cannot be read).
 #[must_use]
-pub fn field_offset(category: &str, name: &str, field: &str) -> Option<u32> {
-    let format =
-        std::fs::read_to_string(Path::new(TRACEFS).join("events").join(category).join(name).join("format"))
-            .ok()?;
-    parse_field_offset(&format, field)
+pub fn format(category: &str, name: &str) -> String {
+    std::fs::read_to_string(Path::new(TRACEFS).join("events").join(category).join(name).join("format"))
+        .unwrap_or_default()
+}
+
+/// A field a probe reads is not in its tracepoint's format: the probe would read another field.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "tracepoint {event} has no field {field} in its tracefs format; vexevent does not know this kernel's layout"
+)]
+pub struct MissingField {
+    pub event: String,
+    pub field: &'static str,
+}
+
+/// Offsets of `fields`, in order, in the format text of tracepoint `event`.
+///
+/// # Errors
+/// The first field the format does not declare.
+pub fn field_offsets<const N: usize>(
+    event: &str,
+    format: &str,
+    fields: [&'static str; N],
+) -> Result<[u32; N], MissingField> {
+    let mut offsets = [0; N];
+    for (offset, field) in offsets.iter_mut().zip(fields) {
+        *offset = parse_field_offset(format, field)
+            .ok_or_else(|| MissingField { event: event.to_owned(), field })?;
+    }
+    Ok(offsets)
 }
 
 /// Finds `offset:N` on the line declaring `field`.
@@ -54,5 +79,15 @@ mod tests {
         assert_eq!(parse_field_offset(format, "child_pid"), Some(20));
         assert_eq!(parse_field_offset(format, "parent_pid"), Some(12));
         assert_eq!(parse_field_offset(format, "pid"), None);
+        assert_eq!(
+            field_offsets("sched/sched_process_fork", format, ["child_pid", "parent_pid"]),
+            Ok([20, 12])
+        );
+        let missing = field_offsets("sched/sched_process_fork", format, ["parent_pid", "pid"]).unwrap_err();
+        assert_eq!(missing, MissingField { event: "sched/sched_process_fork".to_owned(), field: "pid" });
+        assert_eq!(
+            missing.to_string(),
+            "tracepoint sched/sched_process_fork has no field pid in its tracefs format; vexevent does not know this kernel's layout"
+        );
     }
 }

@@ -11,14 +11,13 @@ mod kernel;
 mod paths;
 mod process;
 mod source;
-mod stat_cache;
 mod vexfs;
 
 pub use config::VexfsConfig;
 pub use errno::errno_name;
 pub use ioctl::{VexfsIoctl, decode_vexfs_ioctl};
 pub use paths::{normalize, resolve};
-pub use process::{FileInfo, ProcessTable, stat_path};
+pub use process::{FileInfo, PathStat, ProcessTable, file_type_of, stat_path};
 pub use source::KernelSource;
 pub use vexfs::VexfsRoots;
 
@@ -80,7 +79,6 @@ pub struct TranslateOptions {
 pub struct Translator {
     options: TranslateOptions,
     processes: ProcessTable,
-    stats: stat_cache::StatCache,
     fuse_nodes: fuse_nodes::FuseNodes,
     /// Wall clock minus `CLOCK_MONOTONIC`, in nanoseconds.
     wall_offset_ns: i128,
@@ -124,7 +122,6 @@ impl Translator {
             fuse_nodes,
             options,
             processes: ProcessTable::default(),
-            stats: stat_cache::StatCache::default(),
             wall_offset_ns: wall_clock_offset_ns(),
             run: Run::new(NodeId::host()),
             kernel_sources: kernel::KernelSources::default(),
@@ -171,6 +168,12 @@ impl Translator {
 
     fn fd_arg(record: &RawRecord) -> Option<i32> {
         record.args()?.fd
+    }
+
+    /// The file behind the record's fd argument, by its open file when the record names it.
+    fn fd_file(&mut self, record: &RawRecord, fd: i32) -> Option<FileInfo> {
+        let key = record.args().and_then(|args| args.file_key);
+        self.processes.open_file(record.header.pid, fd, key)
     }
 
     /// Translates what capture delivered: an operation record or a gap report.
@@ -342,7 +345,7 @@ impl Translator {
             OpKind::Chdir => {
                 if ok {
                     let cwd = match Self::fd_arg(record) {
-                        Some(fd) => self.processes.fd(header.pid, fd).map(|f| f.path),
+                        Some(fd) => self.fd_file(record, fd).map(|f| f.path),
                         None => self.resolve_path(record, 1),
                     };
                     if let Some(cwd) = cwd {
@@ -361,22 +364,27 @@ impl Translator {
             }
             OpKind::Open => {
                 let path = self.resolve_path(record, 1).unwrap_or_default();
-                // openat2's flags live in a user struct the probe does not copy.
                 let open_flags = args.open_flags.unwrap_or(0);
-                let creating = open_flags & O_CREAT != 0;
-                if creating {
-                    self.stats.invalidate(&path);
-                }
-                let stat = if !ok {
-                    None
-                } else if creating {
-                    let stat = stat_path(&path);
-                    if let Some(stat) = stat {
-                        self.stats.fresh(&path, stat);
+                // What the kernel said of the new file; without it (no BTF offsets), an lstat of
+                // the path now, and a birth time within the syscall taken for a creation.
+                let (stat, created) = match (ok, args.opened) {
+                    (true, Some(opened)) => (
+                        Some(PathStat {
+                            inode: opened.inode,
+                            file_type: file_type_of(opened.mode),
+                            born: None,
+                        }),
+                        opened.created,
+                    ),
+                    (true, None) => {
+                        let stat = stat_path(&path);
+                        let created = open_flags & O_CREAT != 0
+                            && (open_flags & O_EXCL != 0
+                                || self.born_during(stat.and_then(|s| s.born), header));
+                        (stat, created)
                     }
-                    stat
-                } else {
-                    self.stats.stat(&path)
+                    // A failed open with O_CREAT is a failed creation.
+                    (false, _) => (None, open_flags & O_CREAT != 0),
                 };
                 if ok {
                     let info = FileInfo {
@@ -384,12 +392,12 @@ impl Translator {
                         inode: stat.map(|s| s.inode),
                         file_type: stat.map(|s| s.file_type),
                     };
+                    // By its number too: later paths are relative to it as a directory fd.
+                    if let Some(key) = args.file_key {
+                        self.processes.set_file(key, info.clone());
+                    }
                     self.processes.set_fd(header.pid, ret_int(header), info, header.exit_ns);
                 }
-                let created = open_flags & O_CREAT != 0
-                    && (!ok
-                        || open_flags & O_EXCL != 0
-                        || self.born_during(stat.and_then(|s| s.born), header));
                 fs.inode_number = stat.map(|s| s.inode);
                 fs.file_type = stat.map(|s| s.file_type);
                 if open_flags & O_CREAT != 0 {
@@ -401,13 +409,21 @@ impl Translator {
             }
             OpKind::Close => {
                 let fd = args.fd.unwrap_or(-1);
-                let info = self.processes.close_fd(header.pid, fd, header.enter_ns);
+                // An fd this process did not open (inherited, passed) is found by its open file,
+                // which outlives the fd (shared with a dup or a fork): kept.
+                let info = match args.file_key {
+                    Some(key) => self
+                        .processes
+                        .take_fd(header.pid, fd, header.enter_ns)
+                        .or_else(|| self.processes.file(key)),
+                    None => self.processes.close_fd(header.pid, fd, header.enter_ns),
+                };
                 Self::fill_from_fd(&mut fs, info, fd);
                 EventType::FilesystemRead
             }
             OpKind::Read | OpKind::Write | OpKind::Fsync | OpKind::Ioctl => {
                 let fd = args.fd.unwrap_or(-1);
-                let info = self.processes.fd(header.pid, fd);
+                let info = self.fd_file(record, fd);
                 Self::fill_from_fd(&mut fs, info, fd);
                 if matches!(record.op, OpKind::Read | OpKind::Write) {
                     fs.bytes = ok.then_some(header.ret.cast_unsigned());
@@ -440,21 +456,7 @@ impl Translator {
                 if !in_scope {
                     return Disposition::OutOfScope;
                 }
-                // A rename keeps the inode and the file type: what was known of the old name
-                // (fresh within the cache's lifetime) is true of the new one, without an lstat.
-                let renamed = match (op, target.as_deref()) {
-                    (OpKind::Rename, Some(target)) if ok => self.stats.rename(&path, target),
-                    _ => None,
-                };
-                self.stats.invalidate(&path);
-                if let Some(target) = target.as_deref().filter(|_| !record.text2) {
-                    if renamed.is_none() {
-                        self.stats.invalidate(target);
-                    }
-                }
-                let stat = if renamed.is_some() {
-                    renamed
-                } else if ok && !matches!(op, OpKind::Unlink | OpKind::Rmdir | OpKind::Umount) {
+                let stat = if ok && !matches!(op, OpKind::Unlink | OpKind::Rmdir | OpKind::Umount) {
                     stat_path(if op == OpKind::Rename { target.as_deref().unwrap_or(&path) } else { &path })
                 } else {
                     None
@@ -480,9 +482,8 @@ impl Translator {
         mut fs: FilesystemContext,
         out: &mut Vec<SemanticEvent>,
     ) -> Disposition {
-        let header = &record.header;
         let fd = Self::fd_arg(record).unwrap_or(-1);
-        let info = self.processes.fd(header.pid, fd);
+        let info = self.fd_file(record, fd);
         Self::fill_from_fd(&mut fs, info, fd);
         let syscall = record.syscall.map_or("", |e| e.name);
         let target = record.path2.clone();

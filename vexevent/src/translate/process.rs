@@ -12,6 +12,10 @@ use crate::event::FileType;
 
 /// Processes tracked before the table is pruned of exited ones.
 const PRUNE_THRESHOLD: usize = 4096;
+/// Open files remembered before the table starts over (the probes' fd scope holds as many). An
+/// entry outlives the fds that share it (the last close is not visible here) until its key is
+/// reused by a newer open, or the table starts over; then fds fall back to their process's table.
+const FILES_CAPACITY: usize = 1 << 17;
 
 /// A file as seen through an fd or a path.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -41,7 +45,9 @@ pub fn stat_path(path: &[u8]) -> Option<PathStat> {
     })
 }
 
-fn file_type_of(mode: u32) -> FileType {
+/// The file type in `st_mode` bits.
+#[must_use]
+pub fn file_type_of(mode: u32) -> FileType {
     match mode & libc::S_IFMT {
         libc::S_IFDIR => FileType::Directory,
         libc::S_IFLNK => FileType::Symlink,
@@ -64,10 +70,13 @@ struct ProcessState {
     fds: HashMap<i32, (FileInfo, u64)>,
 }
 
-/// Per-process cwd and fd tables.
+/// Per-process cwd and fd tables, and the open files fds share.
 #[derive(Debug)]
 pub struct ProcessTable {
     processes: HashMap<u32, ProcessState>,
+    /// Open files by key (`OpenFile::key`): found through any fd that shares one, in any
+    /// process (dup, `fcntl(F_DUPFD)`, fork, fds passed over sockets).
+    files: HashMap<u64, FileInfo>,
     /// Table size at which exited processes are pruned next: twice what survived the last
     /// prune, so a table of live processes is not walked again for every new pid.
     prune_at: usize,
@@ -75,7 +84,7 @@ pub struct ProcessTable {
 
 impl Default for ProcessTable {
     fn default() -> Self {
-        Self { processes: HashMap::new(), prune_at: PRUNE_THRESHOLD }
+        Self { processes: HashMap::new(), files: HashMap::new(), prune_at: PRUNE_THRESHOLD }
     }
 }
 
@@ -119,6 +128,33 @@ impl ProcessTable {
         Some(info)
     }
 
+    /// The file behind `fd` of `pid`, whose open file has key `key` (when the record carries
+    /// one): by its open file, which any process may have opened, else as [`Self::fd`] finds it
+    /// (and then remembered for the open file's other fds).
+    pub fn open_file(&mut self, pid: u32, fd: i32, key: Option<u64>) -> Option<FileInfo> {
+        let Some(key) = key else { return self.fd(pid, fd) };
+        if let Some(info) = self.files.get(&key) {
+            return Some(info.clone());
+        }
+        let info = self.fd(pid, fd)?;
+        self.set_file(key, info.clone());
+        Some(info)
+    }
+
+    /// The open file with key `key`, when known.
+    #[must_use]
+    pub fn file(&self, key: u64) -> Option<FileInfo> {
+        self.files.get(&key).cloned()
+    }
+
+    /// The open file with key `key` is `info` (an open made it).
+    pub fn set_file(&mut self, key: u64, info: FileInfo) {
+        if self.files.len() >= FILES_CAPACITY && !self.files.contains_key(&key) {
+            self.files.clear();
+        }
+        self.files.insert(key, info);
+    }
+
     /// `fd` was open on `path` before the run started.
     pub fn seed_fd(&mut self, pid: u32, fd: i32, path: Vec<u8>) {
         let stat = stat_path(&path);
@@ -139,6 +175,11 @@ impl ProcessTable {
             // Learned from /proc (stamped 0, so the close takes it).
             self.fd(pid, fd)?;
         }
+        self.take_fd(pid, fd, close_entered_ns)
+    }
+
+    /// [`Self::close_fd`] without a look at /proc: what the table knows of the number.
+    pub fn take_fd(&mut self, pid: u32, fd: i32, close_entered_ns: u64) -> Option<FileInfo> {
         let fds = &mut self.process(pid).fds;
         match fds.get(&fd) {
             Some((_, since)) if *since <= close_entered_ns => fds.remove(&fd).map(|(info, _)| info),
@@ -175,6 +216,24 @@ mod tests {
         table.set_cwd(1_000_000, b"/w".to_vec());
         table.fork(1_000_000, 1_000_001);
         assert_eq!(table.cwd(1_000_001), Some(b"/w".to_vec()));
+    }
+
+    #[test]
+    fn an_open_file_is_found_through_any_process_that_shares_it() {
+        let mut table = ProcessTable::default();
+        let info = FileInfo { path: b"/w/log".to_vec(), inode: Some(9), file_type: Some(FileType::Regular) };
+        table.set_file(0xffff_8880_1234_5678, info.clone());
+        // A forked child (another pid, any fd number) writing through the inherited open file.
+        assert_eq!(table.open_file(2_000_001, 50, Some(0xffff_8880_1234_5678)), Some(info.clone()));
+        // A close of one of its fds keeps it for the others.
+        assert_eq!(table.take_fd(2_000_001, 50, 10), None, "not opened by this process");
+        assert_eq!(table.file(0xffff_8880_1234_5678), Some(info));
+        // An fd known from before the run by its number teaches the table its open file.
+        table.set_fd(2_000_002, 4, FileInfo { path: b"/w/old".to_vec(), ..FileInfo::default() }, 0);
+        assert_eq!(table.open_file(2_000_002, 4, Some(7)).unwrap().path, b"/w/old");
+        assert_eq!(table.file(7).unwrap().path, b"/w/old");
+        assert_eq!(table.take_fd(2_000_002, 4, 10).unwrap().path, b"/w/old");
+        assert_eq!(table.fd(2_000_002, 4), None, "taken, and no such process in /proc");
     }
 
     #[test]
