@@ -343,17 +343,20 @@ fn on_exit(nr: i64, ret: i64) -> Option<()> {
     // Writes to VexFS special files carry their meaning in their data: keep its first bytes.
     let mut payload_len = 0usize;
     if spec.flags & spec_flags::CAPTURES_DATA != 0 && ret > 0 && inflight.file.flag == VEXFS_SPECIAL {
-        let wanted = (ret as usize).min(PATH_BUF - 1);
+        // The size as a 32-bit value masked right before the call: Linux 6.1's verifier loses
+        // the bound of a 64-bit minimum the compiler computes early (and refuses the program).
+        let wanted = if ret >= (PATH_BUF - 1) as i64 { (PATH_BUF - 1) as u32 } else { ret as u32 };
+        let size = wanted & (PATH_BUF as u32 - 1);
         // SAFETY: the destination is PATH_BUF writable bytes; the helper faults safely.
         let read = unsafe {
             bpf_probe_read_user_raw(
                 path2.as_mut_ptr().cast(),
-                (wanted & (PATH_BUF - 1)) as u32,
+                size,
                 arg(args, spec.buf_arg).unwrap_or(0) as *const _,
             )
         };
         if read == 0 {
-            payload_len = wanted & (PATH_BUF - 1);
+            payload_len = size as usize;
             flags |= record_flags::PAYLOAD;
         }
     }
