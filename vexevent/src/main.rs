@@ -76,23 +76,11 @@ enum Command {
     /// Show a running instance's busiest files and processes, slowest operations and anomalies,
     /// redrawn once per window (it must run with --control-addr and [analyse] enabled).
     Top {
-        /// The instance's control API address (`vexevent run --control-addr`).
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7879")]
-        control_addr: std::net::SocketAddr,
-        /// Token to present (when the control API has one of its own); default: the token
-        /// file's.
-        #[arg(long, env = "VEXEVENT_CONTROL_TOKEN")]
-        token: Option<String>,
-        /// The instance's token file (beside its stats file), read when no --token is given.
-        #[arg(long, value_name = "FILE", default_value_os_t = default_token_file())]
-        token_file: PathBuf,
+        #[command(flatten)]
+        control: ControlArgs,
         /// Rows per table.
         #[arg(long, default_value_t = 10)]
         rows: usize,
-        /// The instance serves TLS ([stream.tls] / [control.tls]): connect with TLS and trust only
-        /// the certificates in this PEM file (its certificate, or the authority that signed it).
-        #[arg(long, value_name = "FILE")]
-        tls_ca: Option<PathBuf>,
     },
     /// Reload a running instance's filters and routes from its configuration file: through its
     /// control API when given its address (and print the outcome), else with SIGHUP.
@@ -476,10 +464,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             &client_token(token, &token_file)?,
             json,
         ),
-        Command::Top { control_addr, token, token_file, rows, tls_ca } => commands::top::follow(
-            &Remote::new(tls_ca.as_deref())?,
-            control_addr,
-            &client_token(token, &token_file)?,
+        Command::Top { control, rows } => commands::top::follow(
+            &Remote::new(control.tls_ca.as_deref())?,
+            control.control_addr,
+            &client_token(control.token, &control.token_file)?,
             rows,
         ),
         Command::Replay { rules, events } => commands::rules::replay_log(&rules, &events),

@@ -17,16 +17,7 @@ fn get(
     path_and_query: &str,
     token: &str,
 ) -> anyhow::Result<(String, Option<u64>)> {
-    let mut response = remote
-        .http_agent()
-        .get(format!("{}://{addr}{path_and_query}", remote.http_scheme()))
-        .header("authorization", format!("Bearer {token}"))
-        .call()
-        .with_context(|| {
-            format!(
-                "cannot reach the control API at {addr} (is vexevent running with --control-addr {addr}?)"
-            )
-        })?;
+    let mut response = remote.control_get(addr, path_and_query, token)?;
     let next =
         response.headers().get(NEXT_INDEX_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     let body = response.body_mut().with_config().limit(1 << 30).read_to_string().unwrap_or_default();

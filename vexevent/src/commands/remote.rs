@@ -2,7 +2,7 @@
 //! HTTP and WebSocket, or, with `--tls-ca FILE`, HTTPS and WSS trusting only the certificates
 //! in FILE (the server's own self-signed one, or the authority that signed it).
 
-use std::{path::Path, sync::Arc};
+use std::{net::SocketAddr, path::Path, sync::Arc};
 
 use anyhow::Context as _;
 use tokio::{
@@ -68,6 +68,28 @@ impl Remote {
             None => config,
         };
         config.build().into()
+    }
+
+    /// `GET path` on the control API at `addr` with the bearer `token`: the response, whatever
+    /// its status.
+    ///
+    /// # Errors
+    /// When the control API cannot be reached.
+    pub fn control_get(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        token: &str,
+    ) -> anyhow::Result<ureq::http::Response<ureq::Body>> {
+        self.http_agent()
+            .get(format!("{}://{addr}{path}", self.http_scheme()))
+            .header("authorization", format!("Bearer {token}"))
+            .call()
+            .with_context(|| {
+                format!(
+                    "cannot reach the control API at {addr} (is vexevent running with --control-addr {addr}?)"
+                )
+            })
     }
 
     /// Opens the WebSocket at `url` (on `addr`, `host:port`) with the bearer `token`.

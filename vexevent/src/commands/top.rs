@@ -19,16 +19,7 @@ const CLEAR: &str = "\x1b[H\x1b[2J";
 
 /// Follows the summaries at `addr` and redraws `rows` rows per table until the stream ends.
 pub fn follow(remote: &Remote, addr: SocketAddr, token: &str, rows: usize) -> anyhow::Result<()> {
-    let response = remote
-        .http_agent()
-        .get(format!("{}://{addr}{DASHBOARD_EVENTS_PATH}", remote.http_scheme()))
-        .header("authorization", format!("Bearer {token}"))
-        .call()
-        .with_context(|| {
-            format!(
-                "cannot reach the control API at {addr} (is vexevent running with --control-addr {addr}?)"
-            )
-        })?;
+    let response = remote.control_get(addr, DASHBOARD_EVENTS_PATH, token)?;
     if !response.status().is_success() {
         bail!("the control API answered {}", response.status());
     }
