@@ -14,7 +14,9 @@ use std::{
 use support::{Mount, root_or_skip, webhook::webhook_receiver};
 use vexevent::{
     pipeline::WhenFull,
-    sinks::{Delivery, Destination, Queued, Rotation, SinkSpec, Sinks, SocketAddress, WebhookSettings},
+    sinks::{
+        Delivery, Destination, FileAccess, Queued, Rotation, SinkSpec, Sinks, SocketAddress, WebhookSettings,
+    },
     telemetry::Counters,
 };
 
@@ -174,7 +176,11 @@ fn a_full_disk_fails_batches_that_are_then_written_once_whole_when_space_returns
     std::fs::write(&filler, vec![0u8; 48 << 10]).unwrap();
     let path = mount.path.join("events.jsonl");
     let counters = Arc::new(Counters::default());
-    let file = Destination::File { path: path.clone(), rotation: Rotation::default(), mode: 0o600 };
+    let file = Destination::File {
+        path: path.clone(),
+        rotation: Rotation::default(),
+        access: FileAccess { mode: 0o600, group: None },
+    };
     let sinks = Sinks::start(&[spec("file", file, 10_000, WhenFull::Block)], &counters).unwrap();
     for n in 0..3000 {
         sinks.offer(0, [item(n)], &counters);

@@ -9,6 +9,23 @@
 pub use caps::Capability;
 use caps::{CapSet, CapsHashSet};
 
+/// The id of a group named in the configuration (a name in /etc/group, or a number).
+#[must_use]
+pub fn group_id(name: &str) -> Option<u32> {
+    if let Ok(gid) = name.parse() {
+        return Some(gid);
+    }
+    std::fs::read_to_string("/etc/group")
+        .ok()?
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(':');
+            Some((fields.next()?, fields.nth(1)?))
+        })
+        .find(|(group, _)| *group == name)
+        .and_then(|(_, gid)| gid.parse().ok())
+}
+
 /// A capability kept after start, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Kept {

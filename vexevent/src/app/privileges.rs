@@ -5,6 +5,7 @@ use crate::{
     config::Settings,
     privilege::{Capability, Kept},
     react::{ActionType, Mode},
+    sinks::{Destination, FileAccess},
 };
 
 /// Kernels before this check `CAP_BPF` on every `bpf()` command (map reads and updates too)
@@ -56,6 +57,15 @@ pub fn needed(settings: &Settings) -> Vec<Kept> {
     for (server, addr) in [("stream", settings.stream.addr), ("control", settings.control.addr)] {
         if let Some(addr) = addr.filter(|a| a.port() != 0 && a.port() < FIRST_UNPRIVILEGED_PORT) {
             add(&mut kept, Capability::CAP_NET_BIND_SERVICE, format!("{server}.addr port {}", addr.port()));
+        }
+    }
+    for sink in &settings.outputs.sinks {
+        if let Destination::File { access: FileAccess { group: Some(gid), .. }, .. } = &sink.destination {
+            add(
+                &mut kept,
+                Capability::CAP_CHOWN,
+                format!("sinks.{} group {gid} (files it rotates to)", sink.name),
+            );
         }
     }
     if settings.react.config.mode == Mode::Enforce {
@@ -158,6 +168,14 @@ mod tests {
         assert_eq!(find(Capability::CAP_NET_BIND_SERVICE), Some("stream.addr port 443"));
         assert_eq!(find(Capability::CAP_KILL), Some("rule stop: signal"));
         assert_eq!(find(Capability::CAP_FOWNER), None, "a dry-run action needs nothing");
+    }
+
+    #[test]
+    fn a_file_sink_given_to_a_group_keeps_cap_chown() {
+        let kept = kept("[sinks.f]\ntype = \"file\"\npath = \"/tmp/x.jsonl\"\ngroup = \"4242\"\n");
+        let chown = kept.iter().find(|(c, _)| *c == Capability::CAP_CHOWN).map(|(_, why)| why.as_str());
+        assert_eq!(chown, Some("sinks.f group 4242 (files it rotates to)"));
+        assert!(!self::kept("").iter().any(|(c, _)| *c == Capability::CAP_CHOWN));
     }
 
     #[test]

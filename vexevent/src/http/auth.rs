@@ -214,20 +214,7 @@ pub fn read_token_file(path: &Path) -> Result<Token, AuthError> {
 /// # Errors
 /// When it is neither.
 pub fn resolve_group(name: &str) -> Result<u32, AuthError> {
-    if let Ok(gid) = name.parse() {
-        return Ok(gid);
-    }
-    let unknown = || AuthError::UnknownGroup { name: name.to_owned() };
-    let groups = fs::read_to_string("/etc/group").map_err(|_| unknown())?;
-    groups
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split(':');
-            Some((fields.next()?, fields.nth(1)?))
-        })
-        .find(|(group, _)| *group == name)
-        .and_then(|(_, gid)| gid.parse().ok())
-        .ok_or_else(unknown)
+    crate::privilege::group_id(name).ok_or_else(|| AuthError::UnknownGroup { name: name.to_owned() })
 }
 
 /// Refuses a non-loopback address without a token, for the `server` (the event stream, the

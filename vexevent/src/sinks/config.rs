@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 use serde::Deserialize;
 
 use super::{
-    Delivery, Destination, NatsAuth, NatsSettings, Rotation, Servers, SinkSpec, SocketAddress,
+    Delivery, Destination, FileAccess, NatsAuth, NatsSettings, Rotation, Servers, SinkSpec, SocketAddress,
     SubjectTemplate, WebhookSettings,
 };
 use crate::pipeline::WhenFull;
@@ -71,6 +71,8 @@ pub struct SinkConfig {
     pub keep: Option<usize>,
     /// `file`: permission bits of the file (TOML octal, e.g. `0o640`); default 0o600.
     pub mode: Option<u32>,
+    /// `file`: the group the file belongs to (a name or a number); default root's.
+    pub group: Option<String>,
     /// `webhook`: the `http://` or `https://` URL to POST batches to; `nats`: the server,
     /// `nats://host:port` or `tls://host:port` (several comma-separated).
     pub url: Option<String>,
@@ -112,6 +114,7 @@ impl Default for SinkConfig {
             rotate_secs: 0,
             keep: None,
             mode: None,
+            group: None,
             url: None,
             headers: BTreeMap::new(),
             timeout_ms: None,
@@ -156,11 +159,13 @@ pub struct OutputConfig {
     pub keep: usize,
     /// Permission bits of the file (TOML octal, e.g. `0o640`).
     pub mode: u32,
+    /// The group the file belongs to (a name or a number); default root's.
+    pub group: Option<String>,
 }
 
 impl Default for OutputConfig {
     fn default() -> Self {
-        Self { path: None, rotate_bytes: 0, rotate_secs: 0, keep: 5, mode: DEFAULT_FILE_MODE }
+        Self { path: None, rotate_bytes: 0, rotate_secs: 0, keep: 5, mode: DEFAULT_FILE_MODE, group: None }
     }
 }
 
@@ -176,6 +181,7 @@ impl SinkConfig {
             ("rotate_secs", self.rotate_secs > 0 && !file),
             ("keep", self.keep.is_some() && !file),
             ("mode", self.mode.is_some() && !file),
+            ("group", self.group.is_some() && !file),
             ("url", self.url.is_some() && !webhook && !nats),
             ("headers", !self.headers.is_empty() && !webhook),
             ("timeout_ms", self.timeout_ms.is_some() && !webhook && !nats && self.kind != SinkType::Socket),
@@ -211,6 +217,15 @@ impl SinkConfig {
                 if self.path.is_none() {
                     problems.push(required("path"));
                 }
+                let group = self.group.as_deref().and_then(|name| {
+                    let gid = crate::privilege::group_id(name);
+                    if gid.is_none() {
+                        problems.push(problem(format!(
+                            "`group` {name:?} is not a group in /etc/group nor a number"
+                        )));
+                    }
+                    gid
+                });
                 self.path.as_ref().map(|path| Destination::File {
                     path: path.clone(),
                     rotation: rotation(
@@ -218,7 +233,7 @@ impl SinkConfig {
                         self.rotate_secs,
                         self.keep.unwrap_or(DEFAULT_KEEP),
                     ),
-                    mode: self.mode.unwrap_or(DEFAULT_FILE_MODE),
+                    access: FileAccess { mode: self.mode.unwrap_or(DEFAULT_FILE_MODE), group },
                 })
             }
             SinkType::Webhook => match &self.url {
@@ -366,6 +381,7 @@ pub fn default_sink(output: &OutputConfig) -> Result<SinkSpec, Vec<SinkConfigErr
             rotate_secs: output.rotate_secs,
             keep: Some(output.keep),
             mode: Some(output.mode),
+            group: output.group.clone(),
             ..SinkConfig::default()
         },
         // Rotation means nothing on stdout: `[output]` ignores it there.
@@ -421,5 +437,27 @@ password = "p"
             assert!(problems.iter().any(|p| p.contains(expected)), "missing {expected:?} in {problems:#?}");
         }
         assert_eq!(problems.len(), expect.len(), "{problems:#?}");
+    }
+
+    #[test]
+    fn a_file_sinks_group_is_resolved_or_refused_by_name() {
+        let sinks: BTreeMap<String, SinkConfig> = toml::from_str(
+            "[a]\ntype = \"file\"\npath = \"/tmp/a\"\ngroup = \"root\"\n\
+             [b]\ntype = \"file\"\npath = \"/tmp/b\"\ngroup = \"no-such-group-here\"\n\
+             [c]\ntype = \"stdout\"\ngroup = \"root\"\n",
+        )
+        .unwrap();
+        let spec = sinks["a"].spec("a").unwrap();
+        assert!(matches!(
+            spec.destination,
+            Destination::File { access: FileAccess { mode: 0o600, group: Some(0) }, .. }
+        ));
+        let refused = sinks["b"].spec("b").err().unwrap();
+        assert_eq!(
+            refused[0].to_string(),
+            "sinks.b: `group` \"no-such-group-here\" is not a group in /etc/group nor a number"
+        );
+        let stray = sinks["c"].spec("c").err().unwrap();
+        assert_eq!(stray[0].to_string(), "sinks.c: `group` does not apply to type Stdout");
     }
 }

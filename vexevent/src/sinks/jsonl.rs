@@ -33,16 +33,23 @@ struct RotatingFile {
     path: PathBuf,
     rotation: Rotation,
     /// Permission bits of the file.
-    mode: u32,
+    access: FileAccess,
     /// The file, when it is a regular one: a failed batch is cut back off it.
     regular: Option<File>,
     written: u64,
     opened: Instant,
 }
 
-/// Opens `path` to append, creating it with `mode`; never through a symbolic link. A regular file
-/// that already exists gets `mode` too (whatever created it, its events are as private).
-fn open_append(path: &Path, mode: u32) -> Result<File, SinkError> {
+/// Who may read an output file: its permission bits and, when set, its group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileAccess {
+    pub mode: u32,
+    pub group: Option<u32>,
+}
+
+/// Opens `path` to append, creating it with `access`; never through a symbolic link. A regular
+/// file that already exists gets `access` too (whatever created it, its events are as private).
+fn open_append(path: &Path, access: FileAccess) -> Result<File, SinkError> {
     let open_error = |source: io::Error| {
         if source.raw_os_error() == Some(libc::ELOOP) {
             SinkError::Symlink { path: path.to_owned() }
@@ -55,13 +62,16 @@ fn open_append(path: &Path, mode: u32) -> Result<File, SinkError> {
         .read(true)
         .create(true)
         .append(true)
-        .mode(mode)
+        .mode(access.mode)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(open_error)?;
     // Not a device or a FIFO the user pointed the output at (`/dev/null`'s mode is not ours).
     if file.metadata().map_err(open_error)?.is_file() {
-        file.set_permissions(Permissions::from_mode(mode)).map_err(open_error)?;
+        if let Some(gid) = access.group {
+            std::os::unix::fs::fchown(&file, None, Some(gid)).map_err(open_error)?;
+        }
+        file.set_permissions(Permissions::from_mode(access.mode)).map_err(open_error)?;
     }
     Ok(file)
 }
@@ -106,17 +116,17 @@ pub struct JsonLinesSink {
 }
 
 impl JsonLinesSink {
-    /// Appends to `path` (with permission bits `mode`, rotating as `rotation` says).
+    /// Appends to `path` (readable as `access` says, rotating as `rotation` says).
     ///
     /// # Errors
     /// When the file cannot be opened, or `path` is a symbolic link.
-    pub fn open(path: &Path, rotation: Rotation, mode: u32) -> Result<Self, SinkError> {
-        let (file, regular, written) = open_output(path, mode)?;
+    pub fn open(path: &Path, rotation: Rotation, access: FileAccess) -> Result<Self, SinkError> {
+        let (file, regular, written) = open_output(path, access)?;
         let mut sink = Self::new(Box::new(file));
         sink.file = Some(RotatingFile {
             path: path.to_owned(),
             rotation,
-            mode,
+            access,
             regular,
             written,
             opened: Instant::now(),
@@ -153,7 +163,7 @@ impl JsonLinesSink {
             }
             shift(&file.path, &numbered(&file.path, 1))?;
         }
-        let (new, regular, written) = open_output(&file.path, file.mode)?;
+        let (new, regular, written) = open_output(&file.path, file.access)?;
         self.writer = BufWriter::with_capacity(1 << 16, Box::new(new));
         file.regular = regular;
         file.written = written;
@@ -164,8 +174,8 @@ impl JsonLinesSink {
 
 /// Opens an output file (see `open_append`); for a regular file, also a handle to cut it with
 /// and its length once a partial last line is cut off.
-fn open_output(path: &Path, mode: u32) -> Result<(File, Option<File>, u64), SinkError> {
-    let file = open_append(path, mode)?;
+fn open_output(path: &Path, access: FileAccess) -> Result<(File, Option<File>, u64), SinkError> {
+    let file = open_append(path, access)?;
     let open_error = |source| SinkError::Open { path: path.to_owned(), source };
     if !file.metadata().map_err(open_error)?.is_file() {
         return Ok((file, None, 0));
@@ -276,7 +286,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
         let rotation = Rotation { max_bytes: Some(1), max_age: None, keep: 2 };
-        let mut sink = JsonLinesSink::open(&path, rotation, 0o600).unwrap();
+        let mut sink = JsonLinesSink::open(&path, rotation, private(0o600)).unwrap();
         for id in 0..4 {
             sink.deliver(&batch(&[id, id + 100])).unwrap();
         }
@@ -299,26 +309,53 @@ mod tests {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o777
     }
 
+    fn private(mode: u32) -> FileAccess {
+        FileAccess { mode, group: None }
+    }
+
     #[test]
     fn files_are_private_unless_configured_and_rotated_ones_too() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
         let rotation = Rotation { max_bytes: Some(1), max_age: None, keep: 1 };
-        let mut sink = JsonLinesSink::open(&path, rotation, 0o600).unwrap();
+        let mut sink = JsonLinesSink::open(&path, rotation, private(0o600)).unwrap();
         sink.deliver(&batch(&[0])).unwrap();
         assert_eq!((mode(&path), mode(&numbered(&path, 1))), (0o600, 0o600));
         // A file that exists with wider permissions is narrowed; a configured mode is kept.
         let shared = dir.path().join("shared.jsonl");
         std::fs::write(&shared, "").unwrap();
         std::fs::set_permissions(&shared, Permissions::from_mode(0o666)).unwrap();
-        JsonLinesSink::open(&shared, Rotation::default(), 0o600).unwrap();
+        JsonLinesSink::open(&shared, Rotation::default(), private(0o600)).unwrap();
         assert_eq!(mode(&shared), 0o600);
-        JsonLinesSink::open(&shared, Rotation::default(), 0o640).unwrap();
+        JsonLinesSink::open(&shared, Rotation::default(), private(0o640)).unwrap();
         assert_eq!(mode(&shared), 0o640);
         // A device keeps its own mode.
         let null_mode = mode(Path::new("/dev/null"));
-        JsonLinesSink::open(Path::new("/dev/null"), Rotation::default(), 0o600).unwrap();
+        JsonLinesSink::open(Path::new("/dev/null"), Rotation::default(), private(0o600)).unwrap();
         assert_eq!(mode(Path::new("/dev/null")), null_mode);
+    }
+
+    #[test]
+    fn a_configured_group_owns_the_file_and_its_rotated_ones() {
+        use std::os::unix::fs::MetadataExt as _;
+        // SAFETY: no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!(
+                "SKIP a_configured_group_owns_the_file_and_its_rotated_ones: giving a file to another group needs root"
+            );
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let rotation = Rotation { max_bytes: Some(1), max_age: None, keep: 1 };
+        let access = FileAccess { mode: 0o640, group: Some(4242) };
+        let mut sink = JsonLinesSink::open(&path, rotation, access).unwrap();
+        sink.deliver(&batch(&[0])).unwrap();
+        sink.deliver(&batch(&[1])).unwrap();
+        for file in [path.clone(), numbered(&path, 1)] {
+            let meta = std::fs::metadata(&file).unwrap();
+            assert_eq!((meta.gid(), meta.mode() & 0o777), (4242, 0o640), "{}", file.display());
+        }
     }
 
     #[test]
@@ -328,7 +365,9 @@ mod tests {
         std::fs::write(&target, "precious\n").unwrap();
         let link = dir.path().join("events.jsonl");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        let Err(error) = JsonLinesSink::open(&link, Rotation::default(), 0o600) else { panic!("opened") };
+        let Err(error) = JsonLinesSink::open(&link, Rotation::default(), private(0o600)) else {
+            panic!("opened")
+        };
         assert!(matches!(error, SinkError::Symlink { .. }), "{error}");
         assert!(error.to_string().contains("is a symbolic link"), "{error}");
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious\n");
@@ -339,7 +378,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
         std::fs::write(&path, "{\"event_id\":7}\n{\"event_id\":8,\"trunc").unwrap();
-        let mut sink = JsonLinesSink::open(&path, Rotation::default(), 0o600).unwrap();
+        let mut sink = JsonLinesSink::open(&path, Rotation::default(), private(0o600)).unwrap();
         sink.deliver(&batch(&[9])).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let ids: Vec<u64> = text
@@ -349,7 +388,7 @@ mod tests {
         assert_eq!(ids, vec![7, 9]);
         // No complete line at all: nothing is kept.
         std::fs::write(&path, "{\"event_id\":8,").unwrap();
-        JsonLinesSink::open(&path, Rotation::default(), 0o600).unwrap();
+        JsonLinesSink::open(&path, Rotation::default(), private(0o600)).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"");
     }
 }

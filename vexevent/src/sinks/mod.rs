@@ -20,7 +20,7 @@ use std::{
 pub use config::{
     DEFAULT_FILE_MODE, DEFAULT_SINK, OutputConfig, SinkConfig, SinkConfigError, SinkType, default_sink,
 };
-pub use jsonl::Rotation;
+pub use jsonl::{FileAccess, Rotation};
 pub use nats::{NatsAuth, NatsSettings, Servers, SubjectTemplate};
 pub use queue::Queued;
 pub use socket::SocketAddress;
@@ -90,8 +90,8 @@ pub enum Destination {
     File {
         path: PathBuf,
         rotation: Rotation,
-        /// Permission bits of the file (0600 unless configured).
-        mode: u32,
+        /// Permission bits (0600 unless configured) and group of the file.
+        access: FileAccess,
     },
     Webhook(WebhookSettings),
     Socket {
@@ -148,8 +148,8 @@ impl Sinks {
         for spec in specs {
             let destination: Box<dyn Deliver> = match &spec.destination {
                 Destination::Stdout => Box::new(JsonLinesSink::new(Box::new(std::io::stdout()))),
-                Destination::File { path, rotation, mode } => {
-                    Box::new(JsonLinesSink::open(path, *rotation, *mode)?)
+                Destination::File { path, rotation, access } => {
+                    Box::new(JsonLinesSink::open(path, *rotation, *access)?)
                 }
                 Destination::Webhook(settings) => Box::new(Webhook::new(settings.clone())),
                 Destination::Socket { address, timeout } => {
