@@ -3,12 +3,16 @@
 //! inheritable and ambient set, the same bounding set and `no_new_privs`; capture still sees an
 //! unprivileged user's files in a directory only that user can enter. The shipped systemd unit
 //! passes `systemd-analyze verify` without a warning, and vexevent started with the unit's
-//! bounding set and `no_new_privs` attaches, captures and narrows it further.
+//! bounding set and `no_new_privs` attaches, captures and narrows it further. An output file
+//! given to a group is created and rotated in it after the drop (`CAP_CHOWN` kept for it).
 
 mod support;
 
 use std::{
-    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    os::unix::{
+        fs::{MetadataExt as _, PermissionsExt as _},
+        process::CommandExt as _,
+    },
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
@@ -207,4 +211,39 @@ fn the_shipped_systemd_unit_verifies_and_its_bounding_set_is_enough_to_capture()
     });
     let finished = vexevent.stop();
     assert!(finished.exit_ok, "{:?}", finished.stderr);
+}
+
+#[test]
+fn an_output_file_given_to_a_group_is_created_and_rotated_in_it_after_the_drop() {
+    let Some(_serial) =
+        exclusive_root_test("an_output_file_given_to_a_group_is_created_and_rotated_in_it_after_the_drop")
+    else {
+        return;
+    };
+    let mount = Mount::tmpfs();
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = config_dir.path().join("vexevent.toml");
+    let output = config_dir.path().join("shared.jsonl");
+    std::fs::write(
+        &config,
+        format!(
+            "[sinks.shared]\ntype = \"file\"\npath = \"{}\"\nmode = 0o640\ngroup = \"{NOBODY}\"\nrotate_bytes = 4096\nkeep = 2\n",
+            output.display()
+        ),
+    )
+    .unwrap();
+    let vexevent = Vexevent::start_with_own_sinks(&[&mount.path], &["--config", config.to_str().unwrap()]);
+    let line = vexevent.stderr.iter().find(|l| l.contains("keeping CAP_")).cloned().unwrap_or_default();
+    assert!(line.contains("CAP_CHOWN (sinks.shared group 65534"), "{:?}", vexevent.stderr);
+    // Enough events to rotate at least once: the new file is created after the drop.
+    for i in 0..200 {
+        std::fs::write(mount.path.join(format!("f{i}")), b"x").unwrap();
+    }
+    let finished = vexevent.stop();
+    assert!(finished.exit_ok, "{:?}", finished.stderr);
+    let rotated = output.with_file_name("shared.jsonl.1");
+    for file in [&output, &rotated] {
+        let meta = std::fs::metadata(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        assert_eq!((meta.gid(), meta.mode() & 0o777), (NOBODY, 0o640), "{}", file.display());
+    }
 }
