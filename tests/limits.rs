@@ -3,6 +3,8 @@
 //! and so must a consumer paused (SIGSTOP) while the loop runs, which then resumes capturing;
 //! events from different CPUs must come out in kernel-timestamp order, so that per-file
 //! causality (create before write before rename) holds even when the writer hops between CPUs.
+//! More watched open files than the kernel's scope table holds are counted (`scope_full`), and
+//! the table has room again once they are closed.
 
 mod support;
 
@@ -198,4 +200,68 @@ fn merged_order_keeps_per_file_causality_across_cpus() {
     let timestamps: Vec<u64> =
         finished.events.iter().map(|e| e["timestamp"]["monotonic_ns"].as_u64().unwrap()).collect();
     assert!(timestamps.windows(2).all(|w| w[0] <= w[1]), "the stream is in timestamp order");
+}
+
+/// Opens a file `total` times, all open at once (each open is an open file of its own), spread
+/// over as many processes as the descriptor limit asks, then closes them all.
+const MANY_OPEN_FILES: &str = r#"
+import os, resource, sys
+path, total = sys.argv[1], int(sys.argv[2])
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+if hard == resource.RLIM_INFINITY or hard > 1 << 20:
+    hard = 1 << 20
+each = hard - 64
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+procs = -(-total // each)
+ready_r, ready_w = os.pipe()
+go_r, go_w = os.pipe()
+children = []
+for _ in range(procs):
+    pid = os.fork()
+    if pid == 0:
+        fds = [os.open(path, os.O_RDONLY) for _ in range(min(each, total - len(children) * each))]
+        os.write(ready_w, b"r")
+        os.read(go_r, 1)
+        for fd in fds:
+            os.close(fd)
+        os._exit(0)
+    children.append(pid)
+for _ in range(procs):
+    os.read(ready_r, 1)
+os.write(go_w, b"g" * procs)
+for pid in children:
+    assert os.waitpid(pid, 0)[1] == 0
+"#;
+
+#[test]
+fn open_files_past_the_scope_table_are_counted_and_its_room_comes_back() {
+    let Some(_serial) =
+        exclusive_root_test("open_files_past_the_scope_table_are_counted_and_its_room_comes_back")
+    else {
+        return;
+    };
+    let mount = Mount::tmpfs();
+    let file = mount.path.join("opened-many-times");
+    std::fs::write(&file, b"x").unwrap();
+    let vexevent = Vexevent::start(&[&mount.path], &["--ops", "write"]);
+    // The kernel's table of watched open files holds 2^17 = 131,072: 144,000 stay open at once.
+    let opened = 144_000u64;
+    let status = std::process::Command::new("python3")
+        .args(["-c", MANY_OPEN_FILES])
+        .arg(&file)
+        .arg(opened.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "the opener failed");
+    // Closed again: a new watched file is followed, and its write reported.
+    let after = mount.path.join("after");
+    std::fs::write(&after, b"written").unwrap();
+    vexevent.wait_for("the write after the table emptied", Duration::from_secs(30), |events| {
+        events
+            .iter()
+            .any(|e| e["event_type"] == "FilesystemWrite" && has_path_bytes(e, after.as_os_str().as_bytes()))
+    });
+    let finished = vexevent.stop();
+    let full = finished.stats["kernel"]["scope_full"].as_u64().unwrap();
+    assert!((10_000..=opened).contains(&full), "scope_full {full} of {opened} opens: {}", finished.stats);
 }
