@@ -243,7 +243,9 @@ fn open_files_past_the_scope_table_are_counted_and_its_room_comes_back() {
     let mount = Mount::tmpfs();
     let file = mount.path.join("opened-many-times");
     std::fs::write(&file, b"x").unwrap();
-    let vexevent = Vexevent::start(&[&mount.path], &["--ops", "write"]);
+    // Every operation traced: the closes free the table's entries (with closes filtered out by
+    // `--ops`, entries are freed only when their address is reused: see the note on issue 11).
+    let vexevent = Vexevent::start(&[&mount.path], &[]);
     // The kernel's table of watched open files holds 2^17 = 131,072: 144,000 stay open at once.
     let opened = 144_000u64;
     let status = std::process::Command::new("python3")
@@ -256,7 +258,7 @@ fn open_files_past_the_scope_table_are_counted_and_its_room_comes_back() {
     // Closed again: a new watched file is followed, and its write reported.
     let after = mount.path.join("after");
     std::fs::write(&after, b"written").unwrap();
-    vexevent.wait_for("the write after the table emptied", Duration::from_secs(30), |events| {
+    vexevent.wait_for("the write after the table emptied", Duration::from_mins(2), |events| {
         events
             .iter()
             .any(|e| e["event_type"] == "FilesystemWrite" && has_path_bytes(e, after.as_os_str().as_bytes()))

@@ -11,6 +11,9 @@ use vexevent::{
 
 use super::remote::Remote;
 
+/// Largest answer read from the control API.
+const MAX_ANSWER_BYTES: u64 = 1 << 30;
+
 fn get(
     remote: &Remote,
     addr: SocketAddr,
@@ -20,7 +23,11 @@ fn get(
     let mut response = remote.control_get(addr, path_and_query, token)?;
     let next =
         response.headers().get(NEXT_INDEX_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-    let body = response.body_mut().with_config().limit(1 << 30).read_to_string().unwrap_or_default();
+    // One page of the log is at most LOG_ENTRIES_MAX entries of at most a few MiB each.
+    let body =
+        response.body_mut().with_config().limit(MAX_ANSWER_BYTES).read_to_string().with_context(|| {
+            format!("cannot read the control API's answer from {addr} (at most {MAX_ANSWER_BYTES} bytes)")
+        })?;
     if !response.status().is_success() {
         bail!("{}", body.trim_end());
     }
