@@ -167,6 +167,27 @@ impl Vexevent {
         panic!("timed out waiting for {what}");
     }
 
+    /// Waits until the consumer has drained the rings: a stats file written after this call
+    /// (it is refreshed every second) shows every ring empty at its last drain.
+    pub fn wait_until_drained(&self, deadline: Duration) {
+        let since_ms = u64::try_from(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis(),
+        )
+        .unwrap();
+        let end = Instant::now() + deadline;
+        loop {
+            let stats: Value = serde_json::from_slice(&std::fs::read(&self.stats_file).unwrap_or_default())
+                .unwrap_or_default();
+            let drained =
+                stats["rings"].as_array().is_some_and(|rings| rings.iter().all(|r| r["used_bytes"] == 0));
+            if drained && stats["at_unix_ms"].as_u64().is_some_and(|at| at > since_ms) {
+                return;
+            }
+            assert!(Instant::now() < end, "the rings were never drained: {stats}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Waits until vexevent prints a stderr line containing `needle`.
     pub fn wait_for_stderr(&mut self, needle: &str, deadline: Duration) {
         self.wait_for_stderr_times(needle, 1, deadline);
