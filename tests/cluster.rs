@@ -498,6 +498,7 @@ fn causal_every_event_carries_a_clock_and_what_a_node_had_seen_comes_first_on_ev
             stamped.len()
         );
         assert!(inversions as u64 <= late, "node {id}: every event out of clock order is counted late");
+        assert_eq!(stats["userspace"]["cluster_causal_clock_ahead"], 0, "node {id}: one machine, one clock");
     }
     for vexevent in running.into_values() {
         assert!(vexevent.stop().exit_ok);

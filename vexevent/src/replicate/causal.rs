@@ -18,6 +18,9 @@ use crate::event::SemanticEvent;
 
 /// Bits of the counter below the wall milliseconds.
 pub const LOGICAL_BITS: u32 = 16;
+/// A received stamp more than this ahead of this member's wall clock means a member's clock is
+/// off (counted: the clocks of every member follow the one furthest ahead).
+pub const AHEAD_MAX_MS: u64 = 1_000;
 
 /// A member's hybrid logical clock.
 #[derive(Debug, Default)]
@@ -34,9 +37,11 @@ impl Hlc {
         self.last
     }
 
-    /// Receives `stamp` (a committed event of any member): later stamps are higher.
-    pub fn observe(&mut self, stamp: u64) {
+    /// Receives `stamp` (a committed event of any member) at wall time `wall_ns`: later stamps
+    /// are higher. Returns whether the stamp is more than [`AHEAD_MAX_MS`] ahead of `wall_ns`.
+    pub fn observe(&mut self, stamp: u64, wall_ns: u64) -> bool {
         self.last = self.last.max(stamp);
+        stamp >> LOGICAL_BITS > wall_ns / 1_000_000 + AHEAD_MAX_MS
     }
 }
 
@@ -174,10 +179,10 @@ mod tests {
         assert_eq!(clock.stamp(ms(2_000)), 2_000 << LOGICAL_BITS, "later wall time: the counter resets");
         // Another member, its wall clock 5 s ahead: what this member stamps next comes after it.
         let received = (7_000 << LOGICAL_BITS) + 3;
-        clock.observe(received);
+        assert!(clock.observe(received, ms(2_001)), "5 s ahead of this wall clock: a clock is off");
         let after = clock.stamp(ms(2_001));
         assert!(after > received, "stamped after receiving: higher, whatever the wall clock says");
-        clock.observe(5);
+        assert!(!clock.observe(5, ms(2_001)));
         assert_eq!(clock.stamp(ms(0)), after + 1, "an older stamp received changes nothing");
         let mut counted = Hlc::default();
         let stamps: Vec<u64> = (0..70_000).map(|_| counted.stamp(ms(10))).collect();

@@ -191,9 +191,10 @@ impl ReplicateStage {
             }
             Mode::Causal { clock, order, taken } => {
                 let now = Instant::now();
+                let wall_ns = wall_now_ns();
                 for event in events {
-                    if let Some(stamp) = event.timestamp.hlc {
-                        clock.observe(stamp);
+                    if event.timestamp.hlc.is_some_and(|stamp| clock.observe(stamp, wall_ns)) {
+                        add(&self.counters.cluster_causal_clock_ahead, 1);
                     }
                     order.hold(index, event, now);
                 }
@@ -466,6 +467,13 @@ impl Member {
         };
         Ok((raft, handle, machine, backlog))
     }
+}
+
+/// The wall clock now, in Unix nanoseconds.
+fn wall_now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
 }
 
 fn millis(duration: Duration) -> u64 {

@@ -162,6 +162,9 @@ counters! {
     /// Cluster, `causal` mode: committed events delivered after an event with a higher clock
     /// (they were applied here more than `causal_delay_ms` after it).
     cluster_causal_late,
+    /// Cluster, `causal` mode: committed events whose clock was more than 1 s ahead of this
+    /// member's wall clock (a member's clock is off; every member's clock follows it).
+    cluster_causal_clock_ahead,
     /// Cluster: counters of a peer's runs refused by the cluster-wide counters' bounds (too many
     /// runs or counters, a name too long).
     cluster_gossip_refused,
