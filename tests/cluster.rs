@@ -442,7 +442,7 @@ fn causal_every_event_carries_a_clock_and_what_a_node_had_seen_comes_first_on_ev
         return;
     };
     let base = tempfile::tempdir().unwrap();
-    let nodes = cluster_with(base.path(), "consistency = \"causal\"\ncausal_delay_ms = 100");
+    let nodes = cluster_with(base.path(), "consistency = \"causal\"");
     let running = start_cluster(&nodes);
     let never = Arc::new(AtomicBool::new(false));
     // Load on every node; meanwhile node 1 writes A, node 2 sees A, then writes B.
