@@ -69,6 +69,7 @@ fn start(base: &Path) -> Vec<Member> {
                 keep_entries: 1_024,
                 heartbeat_ms: 50,
                 election_timeout_ms: [300, 600],
+                causal_delay_ms: 100,
             };
             let settings = config.settings().expect("valid cluster settings");
             let run = Run::new(NodeId::new(&format!("bench{}", i + 1)).expect("node id"));

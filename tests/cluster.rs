@@ -3,6 +3,10 @@
 //! node's output holds every node's events exactly once; the leader is killed (SIGKILL) under
 //! load, a new leader takes the survivors' events, the killed node restarts with its data and
 //! catches up; per origin, delivered + reported lost == performed, with no repeats.
+//! The consistency modes: `eventual` delivers a node's own events without a quorum; `causal`
+//! stamps every event with a hybrid logical clock and delivers what a node had seen before what
+//! it captured next, on every node; `session` readers carry the index they saw to another node.
+//! The cluster-wide counters (CRDTs) sum every node's and converge after a node was stopped.
 
 mod support;
 
@@ -38,6 +42,11 @@ fn free_port() -> u16 {
 
 /// Writes three members' configurations under `base`.
 fn cluster(base: &Path) -> Vec<Node> {
+    cluster_with(base, "")
+}
+
+/// Writes three members' configurations under `base`, with `extra` lines in `[cluster]`.
+fn cluster_with(base: &Path, extra: &str) -> Vec<Node> {
     let secret = base.join("secret");
     std::fs::write(&secret, "a shared secret of the three members\n").unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -54,7 +63,7 @@ fn cluster(base: &Path) -> Vec<Node> {
             let text = format!(
                 "[node]\nid = \"n{id}\"\n[capture]\nops = [\"write\"]\n[cluster]\nnode_id = {id}\n\
                  listen = \"127.0.0.1:{port}\"\ndata_dir = \"{data}\"\nsecret_file = \"{secret}\"\n\
-                 heartbeat_ms = 100\nelection_timeout_ms = [500, 1000]\n[cluster.peers]\n{peers}",
+                 heartbeat_ms = 100\nelection_timeout_ms = [500, 1000]\n{extra}\n[cluster.peers]\n{peers}",
                 port = ports[usize::try_from(id).unwrap() - 1],
                 data = base.join(format!("data{id}")).display(),
                 secret = secret.display(),
@@ -74,14 +83,19 @@ fn start(node: &Node) -> Vexevent {
 
 /// The member's view of the cluster, through its control API.
 fn status(vexevent: &Vexevent) -> Option<Value> {
+    serde_json::from_str(&api(vexevent, "/api/v1/cluster/status")?).ok()
+}
+
+/// What the member's control API answers at `path` (its full token).
+fn api(vexevent: &Vexevent, path: &str) -> Option<String> {
     let addr = vexevent.served_address("http://");
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let mut response = agent
-        .get(format!("http://{addr}/api/v1/cluster/status"))
+        .get(format!("http://{addr}{path}"))
         .header("authorization", format!("Bearer {}", vexevent.token()))
         .call()
         .ok()?;
-    serde_json::from_str(&response.body_mut().read_to_string().ok()?).ok()
+    response.body_mut().read_to_string().ok()
 }
 
 fn leader_of(vexevent: &Vexevent) -> Option<u64> {
@@ -157,6 +171,32 @@ fn reported_lost(vexevent: &Vexevent) -> u64 {
         .iter()
         .map(|name| stats["userspace"][name].as_u64().unwrap_or(0))
         .sum()
+}
+
+/// Runs `vexevent ARGS` against `member`'s control API: whether it succeeded, stdout, stderr.
+fn cli(member: &Vexevent, args: &[&str]) -> (bool, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_vexevent"))
+        .args(args)
+        .args(["--control-addr", &member.served_address("http://")])
+        .arg("--token-file")
+        .arg(member.token_file())
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+/// Starts the three members of `nodes` and waits until they agree on a leader.
+fn start_cluster(nodes: &[Node]) -> BTreeMap<u64, Vexevent> {
+    let running: BTreeMap<u64, Vexevent> = nodes.iter().map(|node| (node.id, start(node))).collect();
+    wait_until("a leader every member agrees on", || {
+        let leaders: Vec<Option<u64>> = running.values().map(leader_of).collect();
+        leaders[0].is_some() && leaders.iter().all(|l| *l == leaders[0])
+    });
+    running
 }
 
 #[test]
@@ -304,15 +344,9 @@ fn three_nodes_replicate_every_event_once_and_survive_the_leader_being_killed() 
     let member = &running[&survivor];
     wait_until("a leader after the restart", || leader_of(member).is_some_and(|l| l != leader));
     let cli = |args: &[&str]| {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_vexevent"))
-            .args(args)
-            .args(["--control-addr", &member.served_address("http://")])
-            .arg("--token-file")
-            .arg(member.token_file())
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
-        (String::from_utf8(output.stdout).unwrap(), String::from_utf8(output.stderr).unwrap())
+        let (ok, stdout, stderr) = cli(member, args);
+        assert!(ok, "{args:?}: {stderr}");
+        (stdout, stderr)
     };
     let (text, _) = cli(&["cluster", "status", "--json"]);
     let status: Value = serde_json::from_str(&text).unwrap();
@@ -336,4 +370,251 @@ fn three_nodes_replicate_every_event_once_and_survive_the_leader_being_killed() 
         assert!(finished.exit_ok, "{:?}", finished.stderr);
     }
     assert!(restarted.stop().exit_ok);
+}
+
+#[test]
+fn eventual_a_node_without_a_quorum_delivers_its_own_events_at_once_and_every_node_gets_them_once() {
+    let Some(_serial) = exclusive_root_test(
+        "eventual_a_node_without_a_quorum_delivers_its_own_events_at_once_and_every_node_gets_them_once",
+    ) else {
+        return;
+    };
+    let base = tempfile::tempdir().unwrap();
+    let nodes = cluster_with(base.path(), "consistency = \"eventual\"");
+    let running = start_cluster(&nodes);
+    // Nodes 2 and 3 stop: node 1 has no quorum, nothing can commit.
+    running[&2].signal(libc::SIGSTOP);
+    running[&3].signal(libc::SIGSTOP);
+    let never = AtomicBool::new(false);
+    let alone = workload(&nodes[0].watch, "alone", 100, &never);
+    wait_until("node 1 to deliver its own writes without a quorum", || {
+        reconcile(&alone, &writes(&running[&1].events_so_far())).1 == 0
+    });
+    running[&2].signal(libc::SIGCONT);
+    running[&3].signal(libc::SIGCONT);
+    let mut performed: BTreeMap<u64, Performed> = BTreeMap::new();
+    performed.insert(1, alone);
+    for node in &nodes[1..] {
+        performed.insert(node.id, workload(&node.watch, "later", 100, &never));
+    }
+    for (id, vexevent) in &running {
+        wait_until(&format!("node {id} to hold every node's writes"), || {
+            let delivered = writes(&vexevent.events_so_far());
+            performed.values().all(|files| reconcile(files, &delivered).1 == 0)
+        });
+        let delivered = writes(&vexevent.events_so_far());
+        for (origin, files) in &performed {
+            assert_eq!(
+                reconcile(files, &delivered),
+                (files.len(), 0, 0),
+                "node {id} holds node {origin}'s writes once each (its own not again once committed)"
+            );
+        }
+    }
+    for vexevent in running.into_values() {
+        let finished = vexevent.stop();
+        assert!(finished.exit_ok, "{:?}", finished.stderr);
+        for name in ["cluster_dropped_buffer_full", "cluster_dropped_shutdown"] {
+            assert_eq!(finished.stats["userspace"][name], 0, "{name}");
+        }
+    }
+}
+
+/// The write events of `events` with their hybrid logical clock and origin node, in output order.
+fn stamped_writes(events: &[Value]) -> Vec<(PathBuf, String, Option<u64>)> {
+    events
+        .iter()
+        .filter(|e| e["event_type"] == "FilesystemWrite")
+        .filter_map(|e| {
+            let path = PathBuf::from(
+                String::from_utf8(event_path_bytes(&e["context"]["filesystem"]["path"])?).ok()?,
+            );
+            Some((path, e["origin"]["node"].as_str()?.to_owned(), e["timestamp"]["hlc"].as_u64()))
+        })
+        .collect()
+}
+
+#[test]
+fn causal_every_event_carries_a_clock_and_what_a_node_had_seen_comes_first_on_every_node() {
+    let Some(_serial) = exclusive_root_test(
+        "causal_every_event_carries_a_clock_and_what_a_node_had_seen_comes_first_on_every_node",
+    ) else {
+        return;
+    };
+    let base = tempfile::tempdir().unwrap();
+    let nodes = cluster_with(base.path(), "consistency = \"causal\"");
+    let running = start_cluster(&nodes);
+    let never = Arc::new(AtomicBool::new(false));
+    // Load on every node; meanwhile node 1 writes A, node 2 sees A, then writes B.
+    let loads: Vec<_> = nodes
+        .iter()
+        .map(|node| {
+            let (dir, stop) = (node.watch.clone(), Arc::clone(&never));
+            (node.id, std::thread::spawn(move || workload(&dir, "load", 500, &stop)))
+        })
+        .collect();
+    let a = nodes[0].watch.join("A");
+    std::fs::write(&a, b"first").unwrap();
+    wait_until("node 2 to deliver A", || {
+        stamped_writes(&running[&2].events_so_far()).iter().any(|w| w.0 == a)
+    });
+    let b = nodes[1].watch.join("B");
+    std::fs::write(&b, b"after A").unwrap();
+    let mut performed: BTreeMap<u64, Performed> = BTreeMap::new();
+    for (id, thread) in loads {
+        performed.insert(id, thread.join().unwrap());
+    }
+    for (id, vexevent) in &running {
+        wait_until(&format!("node {id} to hold every write"), || {
+            let delivered = writes(&vexevent.events_so_far());
+            reconcile(std::slice::from_ref(&b), &delivered).1 == 0
+                && performed.values().all(|f| reconcile(f, &delivered).1 == 0)
+        });
+        let stamped = stamped_writes(&vexevent.events_so_far());
+        assert!(stamped.iter().all(|w| w.2.is_some()), "node {id}: every event carries its clock");
+        let position = |path: &Path| stamped.iter().position(|w| w.0 == path).unwrap();
+        let (pa, pb) = (position(&a), position(&b));
+        assert!(pa < pb, "node {id}: A (seen by node 2) comes before B (captured by node 2 after)");
+        assert!(stamped[pa].2 < stamped[pb].2, "node {id}: A's clock is below B's");
+        for node in ["n1", "n2", "n3"] {
+            let clocks: Vec<u64> = stamped.iter().filter(|w| w.1 == node).filter_map(|w| w.2).collect();
+            assert!(clocks.windows(2).all(|w| w[0] < w[1]), "node {id}: {node}'s events in capture order");
+        }
+        // Events below a clock already delivered: what the member counts late.
+        let mut highest = 0;
+        let inversions = stamped
+            .iter()
+            .filter_map(|w| w.2)
+            .filter(|&clock| {
+                let below = clock < highest;
+                highest = highest.max(clock);
+                below
+            })
+            .count();
+        let stats: Value = serde_json::from_str(&api(vexevent, "/api/v1/control/stats").unwrap()).unwrap();
+        let late = stats["userspace"]["cluster_causal_late"].as_u64().unwrap();
+        eprintln!(
+            "causal: node {id}: {} writes, {inversions} out of clock order, {late} counted late",
+            stamped.len()
+        );
+        assert!(inversions as u64 <= late, "node {id}: every event out of clock order is counted late");
+        assert_eq!(stats["userspace"]["cluster_causal_clock_ahead"], 0, "node {id}: one machine, one clock");
+    }
+    for vexevent in running.into_values() {
+        assert!(vexevent.stop().exit_ok);
+    }
+}
+
+/// `name` among the cluster totals `member` shows in `vexevent cluster status`.
+fn cluster_total(member: &Vexevent, name: &str) -> u64 {
+    status(member).and_then(|s| s["counters"][name].as_u64()).unwrap_or(0)
+}
+
+/// `name` among `member`'s own userspace counters.
+fn own_counter(member: &Vexevent, name: &str) -> u64 {
+    api(member, "/api/v1/control/stats")
+        .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+        .and_then(|stats| stats["userspace"][name].as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn session_readers_never_see_less_and_cluster_counters_sum_every_node_and_converge_after_a_stop() {
+    let Some(_serial) = exclusive_root_test(
+        "session_readers_never_see_less_and_cluster_counters_sum_every_node_and_converge_after_a_stop",
+    ) else {
+        return;
+    };
+    let base = tempfile::tempdir().unwrap();
+    let nodes = cluster_with(base.path(), "consistency = \"session\"");
+    let running = start_cluster(&nodes);
+    let never = AtomicBool::new(false);
+    for node in &nodes {
+        workload(&node.watch, "a", 100, &never);
+    }
+    // The totals: every node's count of translated events, summed, the same on every node.
+    let sum = || running.values().map(|v| own_counter(v, "events_translated")).sum::<u64>();
+    wait_until("every node to show the sum of every node's counters", || {
+        let expected = sum();
+        expected >= 300 && running.values().all(|v| cluster_total(v, "events_translated") == expected)
+    });
+    let metrics = api(&running[&1], "/metrics").unwrap();
+    assert!(metrics.contains("vexevent_cluster_total{counter=\"events_translated\"}"), "{metrics}");
+    let (ok, table, _) = cli(&running[&2], &["cluster", "status"]);
+    assert!(ok && table.contains("cluster totals") && table.contains("events_translated"), "{table}");
+
+    // A session: what a reader saw on node 1 it gets on node 3, which waits for it.
+    let (ok, seen, resume) = cli(&running[&1], &["log", "--from", "0"]);
+    assert!(ok, "{resume}");
+    let session: u64 = resume.lines().find_map(|l| l.strip_prefix("session: ")?.parse().ok()).unwrap();
+    assert!(session > 0, "{resume}");
+    let (ok, again, resume) = cli(&running[&3], &["log", "--from", "0", "--session", &session.to_string()]);
+    assert!(ok, "{resume}");
+    assert!(again.lines().count() >= seen.lines().count(), "node 3 shows no less than node 1 showed");
+    // A session ahead of what is committed: refused after the wait, with the reason.
+    let ahead = (session + 1_000_000).to_string();
+    let (ok, _, refused) =
+        cli(&running[&3], &["log", "--from", "0", "--session", &ahead, "--wait-ms", "300"]);
+    assert!(!ok && refused.contains("the session saw index") && refused.contains("ask again"), "{refused}");
+    // A session just ahead: the reader waits until the node applies it (a write commits it).
+    let waiting = {
+        let (addr, token) = (running[&2].served_address("http://"), running[&2].token_file());
+        let next = (session + 1).to_string();
+        std::thread::spawn(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_vexevent"))
+                .args([
+                    "log",
+                    "--from",
+                    "0",
+                    "--session",
+                    &next,
+                    "--wait-ms",
+                    "60000",
+                    "--control-addr",
+                    &addr,
+                ])
+                .arg("--token-file")
+                .arg(token)
+                .output()
+                .unwrap()
+        })
+    };
+    workload(&nodes[0].watch, "b", 1, &never);
+    let waited = waiting.join().unwrap();
+    assert!(waited.status.success(), "{}", String::from_utf8_lossy(&waited.stderr));
+
+    // Node 3 stops; nodes 1 and 2 count on; once node 3 runs again its totals converge.
+    let third = own_counter(&running[&3], "events_translated");
+    running[&3].signal(libc::SIGSTOP);
+    workload(&nodes[0].watch, "c", 200, &never);
+    let expected = wait_for_value(|| {
+        let now = third
+            + own_counter(&running[&1], "events_translated")
+            + own_counter(&running[&2], "events_translated");
+        let total = cluster_total(&running[&1], "events_translated");
+        (total >= now).then_some(total)
+    });
+    running[&3].signal(libc::SIGCONT);
+    let resumed = Instant::now();
+    wait_until("node 3's totals to converge", || {
+        cluster_total(&running[&3], "events_translated") >= expected
+    });
+    let converged = resumed.elapsed();
+    eprintln!("cluster totals: node 3 converged {converged:?} after it ran again");
+    assert!(converged < Duration::from_secs(1), "converged in {converged:?}");
+    for vexevent in running.into_values() {
+        assert!(vexevent.stop().exit_ok);
+    }
+}
+
+/// Polls `value` until it gives something (deadline, no fixed sleep).
+fn wait_for_value<T>(mut value: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = value() {
+            return value;
+        }
+        assert!(Instant::now() < end, "timed out");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -129,10 +129,18 @@ enum Command {
     },
     /// Print the cluster's committed events from a log index, in commit order (JSON Lines), up
     /// to the commit index; an index already compacted is refused with the first retained one.
+    /// Says on stderr the index to resume from and the session to carry to another member.
     Log {
         /// The first log index to print.
         #[arg(long, value_name = "INDEX")]
         from: u64,
+        /// The session a previous `vexevent log` printed (on any member): this member answers
+        /// only once it applied that index, so the reader never sees less than it saw.
+        #[arg(long, value_name = "INDEX")]
+        session: Option<u64>,
+        /// How long the member may wait to apply the session's index before refusing.
+        #[arg(long, value_name = "MS", default_value_t = vexevent::http::SESSION_WAIT_DEFAULT_MS)]
+        wait_ms: u64,
         #[command(flatten)]
         control: ControlArgs,
     },
@@ -480,11 +488,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             &client_token(control.token, &control.token_file)?,
             json,
         ),
-        Command::Log { from, control } => commands::cluster::log(
+        Command::Log { from, session, wait_ms, control } => commands::cluster::log(
             &Remote::new(control.tls_ca.as_deref())?,
             control.control_addr,
             &client_token(control.token, &control.token_file)?,
             from,
+            session.map(|index| (index, wait_ms)),
         ),
         Command::Audit { command: AuditCommand::Verify { file } } => commands::rules::verify_log(&file),
         Command::Rollback { audit_log, id } => commands::rules::rollback_action(&audit_log, id),

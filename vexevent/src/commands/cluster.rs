@@ -68,16 +68,36 @@ pub fn status(remote: &Remote, addr: SocketAddr, token: &str, json: bool) -> any
     if status.members.iter().all(|m| m.lag.is_none()) {
         println!("(lags: no leader answered)");
     }
+    let totals: Vec<_> = status.counters.iter().filter(|(_, value)| **value > 0).collect();
+    if !totals.is_empty() {
+        println!("cluster totals (every member's counters, summed):");
+        for (name, value) in totals {
+            println!("  {name:<32} {value:>14}");
+        }
+    }
     Ok(())
 }
 
 /// Prints the committed events from log index `from` (JSON lines, commit order) up to the
-/// commit index, then says on stderr where to resume.
-pub fn log(remote: &Remote, addr: SocketAddr, token: &str, from: u64) -> anyhow::Result<()> {
+/// commit index, then says on stderr where to resume and the session to carry to another member.
+/// With a `session` (an index and how long to wait, in ms), the member answers only once it
+/// applied that index.
+pub fn log(
+    remote: &Remote,
+    addr: SocketAddr,
+    token: &str,
+    from: u64,
+    session: Option<(u64, u64)>,
+) -> anyhow::Result<()> {
     let mut from = from;
     let mut stdout = std::io::stdout().lock();
+    let mut query =
+        session.map_or_else(String::new, |(index, wait_ms)| format!("&session={index}&wait_ms={wait_ms}"));
     loop {
-        let (body, next) = get(remote, addr, &format!("{CLUSTER_LOG_PATH}?from={from}"), token)?;
+        let path = format!("{CLUSTER_LOG_PATH}?from={from}{query}");
+        // Once the member answered, it applied the session's index.
+        query.clear();
+        let (body, next) = get(remote, addr, &path, token)?;
         stdout.write_all(body.as_bytes())?;
         let next = next.context("the instance did not say where the log continues")?;
         if next <= from {
@@ -87,5 +107,7 @@ pub fn log(remote: &Remote, addr: SocketAddr, token: &str, from: u64) -> anyhow:
     }
     stdout.flush()?;
     eprintln!("next index: {from}");
+    // What this reader has seen: the log up to the index before `from`.
+    eprintln!("session: {}", session.map_or(0, |(index, _)| index).max(from.saturating_sub(1)));
     Ok(())
 }

@@ -89,7 +89,7 @@ impl SemanticEvent {
             event_type,
             event_type_code: event_type.code(),
             event_subtype: subtype,
-            timestamp: Timestamp { wall_ns, monotonic_ns, cpu: 0, pid: 0, sequence: 0 },
+            timestamp: Timestamp { wall_ns, monotonic_ns, cpu: 0, pid: 0, sequence: 0, hlc: None },
             global_sequence: 0,
             local_sequence: 0,
             flags: flags::DEFAULT,
@@ -256,6 +256,10 @@ pub struct Timestamp {
     pub pid: u32,
     /// The record's sequence number in its shard.
     pub sequence: u64,
+    /// Hybrid logical clock, stamped by the `replicate` stage in `causal` mode (README,
+    /// "Cluster"): wall milliseconds in the high 48 bits, a counter in the low 16.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hlc: Option<u64>,
 }
 
 /// The contexts `VexFS` defines; only the ones that apply are present.

@@ -7,7 +7,7 @@
 //! everything, the read-only metrics token for the stats and metrics. Requests are served by the
 //! main loop, which owns the state.
 
-use std::{net::SocketAddr, num::NonZeroUsize, sync::Arc};
+use std::{net::SocketAddr, num::NonZeroUsize, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
@@ -42,6 +42,10 @@ pub const CLUSTER_LOG_PATH: &str = "/api/v1/cluster/log";
 pub const NEXT_INDEX_HEADER: &str = "x-vexevent-next-index";
 /// Most entries one log request returns.
 pub const LOG_ENTRIES_MAX: usize = 64;
+/// How long a log request with a session waits, by default and at most, for this member to
+/// apply the session's index.
+pub const SESSION_WAIT_DEFAULT_MS: u64 = 5_000;
+pub const SESSION_WAIT_MAX_MS: u64 = 60_000;
 pub const METRICS_PATH: &str = "/metrics";
 /// Liveness (200 while the instance serves) and readiness (200 when every check passes, else
 /// 503), both with the checks and their reasons as JSON.
@@ -227,12 +231,15 @@ async fn cluster_status(State(state): State<ControlState>, headers: HeaderMap) -
     }
 }
 
-/// `from` (a log index) and `limit` (entries, at most [`LOG_ENTRIES_MAX`]).
+/// `from` (a log index), `limit` (entries, at most [`LOG_ENTRIES_MAX`]), and a reader's
+/// `session` (the last log index it saw, on any member) with how long to wait for it.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LogQuery {
     from: u64,
     limit: Option<usize>,
+    session: Option<u64>,
+    wait_ms: Option<u64>,
 }
 
 /// Committed events from a log index, as JSON lines; the next index in a header. An index
@@ -246,9 +253,25 @@ async fn cluster_log(
         return UNAUTHORIZED.into_response();
     }
     let Ok(axum::extract::Query(query)) = query else {
-        return (StatusCode::BAD_REQUEST, "expected ?from=INDEX[&limit=ENTRIES]\n").into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            "expected ?from=INDEX[&limit=ENTRIES][&session=INDEX[&wait_ms=MS]]\n",
+        )
+            .into_response();
     };
     let Some(cluster) = state.counters.cluster.get() else { return NOT_A_MEMBER.into_response() };
+    if let Some(session) = query.session {
+        let wait_ms = query.wait_ms.unwrap_or(SESSION_WAIT_DEFAULT_MS).min(SESSION_WAIT_MAX_MS);
+        if let Err(applied) = cluster.applied_at_least(session, Duration::from_millis(wait_ms)).await {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "this member applied the log up to index {applied}; the session saw index {session} (waited {wait_ms} ms): ask again, or ask another member\n"
+                ),
+            )
+                .into_response();
+        }
+    }
     let limit = query.limit.unwrap_or(LOG_ENTRIES_MAX).clamp(1, LOG_ENTRIES_MAX);
     match cluster.log(query.from, limit) {
         Ok(page) => (

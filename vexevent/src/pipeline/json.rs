@@ -72,13 +72,16 @@ pub fn write_event(event: &SemanticEvent, out: &mut Vec<u8>) -> serde_json::Resu
 }
 
 fn write_timestamp(out: &mut Vec<u8>, timestamp: &Timestamp) {
-    let Timestamp { wall_ns, monotonic_ns, cpu, pid, sequence } = timestamp;
+    let Timestamp { wall_ns, monotonic_ns, cpu, pid, sequence, hlc } = timestamp;
     let mut object = Object::new(out);
     object.key("wall_ns").uint(*wall_ns);
     object.key("monotonic_ns").uint(*monotonic_ns);
     object.key("cpu").uint(*cpu);
     object.key("pid").uint(*pid);
     object.key("sequence").uint(*sequence);
+    if let Some(hlc) = hlc {
+        object.key("hlc").uint(*hlc);
+    }
     object.end();
 }
 

@@ -8,6 +8,7 @@
 //! skip one is refused (the proposer sends again from the missing one). So per origin the order
 //! is kept and nothing is applied twice.
 
+mod causal;
 mod config;
 mod log;
 mod machine;
@@ -17,6 +18,7 @@ mod stage;
 mod status;
 #[cfg(test)]
 mod tests;
+mod totals;
 
 pub use config::{ClusterConfig, ClusterConfigError, ClusterSettings, Consistency, Secret};
 pub use log::{LogError, LogStore};

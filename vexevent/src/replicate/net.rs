@@ -27,7 +27,12 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use super::{Committed, Proposal, RaftId, TypeConfig, config::Secret, status::ClusterStatus};
+use super::{
+    Committed, Proposal, RaftId, TypeConfig,
+    config::Secret,
+    status::ClusterStatus,
+    totals::{Ack, Delta, SharedTotals},
+};
 use crate::telemetry::{Counters, add};
 
 /// Version of the peer protocol (in the handshake; another version is refused).
@@ -52,6 +57,8 @@ enum Request {
     Propose(Proposal),
     /// This member's view of the cluster (asked of the leader, which knows every member's lag).
     Status,
+    /// Counters of runs that changed (the cluster-wide counters, `totals`).
+    Gossip(Delta),
 }
 
 /// A peer's reply.
@@ -62,6 +69,7 @@ enum Reply {
     Snapshot(Result<InstallSnapshotResponse<RaftId>, RaftError<RaftId, InstallSnapshotError>>),
     Propose(Result<Committed, Refused>),
     Status(ClusterStatus),
+    Gossip(Ack),
 }
 
 /// Why a proposal was not committed.
@@ -183,6 +191,7 @@ pub async fn serve(
     secret: Secret,
     me: RaftId,
     status: StatusFn,
+    totals: Arc<SharedTotals>,
     counters: Arc<Counters>,
 ) {
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret.bytes());
@@ -195,8 +204,8 @@ pub async fn serve(
                 continue;
             }
         };
-        let (raft, key, counters, status) =
-            (raft.clone(), key.clone(), Arc::clone(&counters), Arc::clone(&status));
+        let (raft, key, counters, status, totals) =
+            (raft.clone(), key.clone(), Arc::clone(&counters), Arc::clone(&status), Arc::clone(&totals));
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, server_handshake(&mut stream, &key)).await {
@@ -213,7 +222,7 @@ pub async fn serve(
                 }
             }
             while let Ok(request) = read_frame::<Request>(&mut stream, FRAME_MAX).await {
-                let reply = answer(&raft, me, &status, request).await;
+                let reply = answer(&raft, me, &status, &totals, request).await;
                 if write_frame(&mut stream, &reply).await.is_err() {
                     break;
                 }
@@ -222,13 +231,20 @@ pub async fn serve(
     }
 }
 
-async fn answer(raft: &Raft, me: RaftId, status: &StatusFn, request: Request) -> Reply {
+async fn answer(
+    raft: &Raft,
+    me: RaftId,
+    status: &StatusFn,
+    totals: &SharedTotals,
+    request: Request,
+) -> Reply {
     match request {
         Request::Append(rpc) => Reply::Append(raft.append_entries(rpc).await),
         Request::Vote(rpc) => Reply::Vote(raft.vote(rpc).await),
         Request::Snapshot(rpc) => Reply::Snapshot(raft.install_snapshot(rpc).await),
         Request::Propose(proposal) => Reply::Propose(propose_here(raft, me, proposal).await),
         Request::Status => Reply::Status(status()),
+        Request::Gossip(delta) => Reply::Gossip(totals.receive(delta)),
     }
 }
 
@@ -314,6 +330,17 @@ impl Peers {
     pub async fn status(&self, target: RaftId, timeout: Duration) -> std::io::Result<ClusterStatus> {
         match self.call(target, &Request::Status, timeout).await? {
             Reply::Status(status) => Ok(status),
+            _ => Err(std::io::Error::other(format!("member {target} answered another request"))),
+        }
+    }
+
+    /// Sends member `target` the counters that changed; its acknowledgement.
+    ///
+    /// # Errors
+    /// When it cannot be reached or does not answer within `timeout`.
+    pub async fn gossip(&self, target: RaftId, delta: Delta, timeout: Duration) -> std::io::Result<Ack> {
+        match self.call(target, &Request::Gossip(delta), timeout).await? {
+            Reply::Gossip(ack) => Ok(ack),
             _ => Err(std::io::Error::other(format!("member {target} answered another request"))),
         }
     }

@@ -2,7 +2,8 @@
 //! own (openraft, the peer server, the proposer). The stage never waits on the cluster: the
 //! events it is given go to the proposer (or, when the buffer of events waiting to commit is
 //! full, are dropped and counted); what it passes on are the committed events, every node's, in
-//! commit order.
+//! commit order (`causal`: in clock order, within a bounded hold; `eventual`: this node's own
+//! events at once, the others' as they commit).
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -19,14 +20,16 @@ use openraft::{BasicNode, SnapshotPolicy};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    ClusterSettings, LogError, LogStore,
+    ClusterSettings, Consistency, LogError, LogStore,
+    causal::{CausalOrder, Hlc},
     machine::{Delivery, MachineError, StateMachine, write_delivered},
     net::{Peers, Raft, serve},
     proposer::{Proposer, SHUTDOWN_GRACE},
     status::{ClusterHandle, local_status},
+    totals::{SharedTotals, gossip},
 };
 use crate::{
-    event::{Run, SemanticEvent},
+    event::{NodeId, Run, SemanticEvent},
     pipeline::{EventBatch, Stage},
     telemetry::{Counters, add},
 };
@@ -80,6 +83,17 @@ pub struct ReplicateStage {
     counters: Arc<Counters>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
+    mode: Mode,
+}
+
+/// What the consistency mode changes in the stage.
+enum Mode {
+    /// `strong`, `session`: committed events in commit order.
+    Committed,
+    /// Stamps this node's events, receives the others' stamps, delivers in clock order.
+    Causal { clock: Hlc, order: CausalOrder, taken: u64 },
+    /// Delivers this node's events at once (committed ones of this node are not delivered again).
+    Eventual { me: NodeId },
 }
 
 impl ReplicateStage {
@@ -155,7 +169,54 @@ impl ReplicateStage {
             counters: Arc::clone(counters),
             stop: Some(stop),
             thread: Some(thread),
+            mode: match settings.consistency {
+                Consistency::Strong | Consistency::Session => Mode::Committed,
+                Consistency::Causal => Mode::Causal {
+                    clock: Hlc::default(),
+                    order: CausalOrder::new(settings.causal_delay, settings.buffer_events),
+                    taken: 0,
+                },
+                Consistency::Eventual => Mode::Eventual { me: run.node().clone() },
+            },
         })
+    }
+
+    /// Passes on the events of a committed entry, as the mode wants them.
+    fn accept(&mut self, delivery: Delivery, batch: &mut EventBatch) {
+        let Delivery { index, mut events } = delivery;
+        match &mut self.mode {
+            Mode::Committed => {
+                batch.events.extend(events);
+                self.delivered = index;
+            }
+            Mode::Causal { clock, order, taken } => {
+                let now = Instant::now();
+                let wall_ns = wall_now_ns();
+                for event in events {
+                    if event.timestamp.hlc.is_some_and(|stamp| clock.observe(stamp, wall_ns)) {
+                        add(&self.counters.cluster_causal_clock_ahead, 1);
+                    }
+                    order.hold(index, event, now);
+                }
+                *taken = index;
+            }
+            Mode::Eventual { me } => {
+                events.retain(|event| event.origin.run.node() != me);
+                batch.events.extend(events);
+                self.delivered = index;
+            }
+        }
+    }
+
+    /// `causal`: moves the held events that are due (every one when `all`) into `batch`.
+    fn release(&mut self, all: bool, batch: &mut EventBatch) {
+        if let Mode::Causal { order, taken, .. } = &mut self.mode {
+            let room = BATCH_EVENTS.saturating_sub(batch.len());
+            let late =
+                order.release(Instant::now(), all, if all { usize::MAX } else { room }, &mut batch.events);
+            add(&self.counters.cluster_causal_late, late);
+            self.delivered = order.released_through(*taken);
+        }
     }
 
     /// Hands this node's events to the proposer, as many as the buffer has room for (the rest
@@ -182,13 +243,17 @@ impl ReplicateStage {
 
     /// Moves committed events (every node's, in commit order) into `batch`.
     fn take_committed(&mut self, batch: &mut EventBatch) {
-        while batch.len() < BATCH_EVENTS {
+        // `causal` holds what it takes: at most a channel's worth per call.
+        for _ in 0..DELIVERIES {
+            if batch.len() >= BATCH_EVENTS {
+                break;
+            }
             let Some(delivery) = self.backlog.pop_front().or_else(|| self.deliveries.try_recv().ok()) else {
                 break;
             };
-            batch.events.extend(delivery.events);
-            self.delivered = delivery.index;
+            self.accept(delivery, batch);
         }
+        self.release(false, batch);
         self.write_mark(false);
     }
 
@@ -217,7 +282,16 @@ impl Stage for ReplicateStage {
     }
 
     fn process(&mut self, batch: &mut EventBatch) {
-        let local = std::mem::take(&mut batch.events);
+        let mut local = std::mem::take(&mut batch.events);
+        match &mut self.mode {
+            Mode::Committed => {}
+            Mode::Causal { clock, .. } => {
+                for event in &mut local {
+                    event.timestamp.hlc = Some(clock.stamp(event.timestamp.wall_ns));
+                }
+            }
+            Mode::Eventual { .. } => batch.events.clone_from(&local),
+        }
         self.offer(local);
         self.take_committed(batch);
     }
@@ -231,24 +305,20 @@ impl Stage for ReplicateStage {
     fn flush(&mut self, batch: &mut EventBatch) {
         self.incoming = None;
         for delivery in std::mem::take(&mut self.backlog) {
-            batch.events.extend(delivery.events);
-            self.delivered = delivery.index;
+            self.accept(delivery, batch);
         }
         let deadline = Instant::now() + SHUTDOWN_GRACE + Duration::from_secs(1);
         while !self.proposer_done.load(Ordering::Acquire) && Instant::now() < deadline {
             match self.deliveries.try_recv() {
-                Ok(delivery) => {
-                    batch.events.extend(delivery.events);
-                    self.delivered = delivery.index;
-                }
+                Ok(delivery) => self.accept(delivery, batch),
                 // Shutdown only: the proposer's end is not an event to wait on here.
                 Err(_) => std::thread::sleep(Duration::from_millis(5)),
             }
         }
         while let Ok(delivery) = self.deliveries.try_recv() {
-            batch.events.extend(delivery.events);
-            self.delivered = delivery.index;
+            self.accept(delivery, batch);
         }
+        self.release(true, batch);
     }
 
     fn finish(mut self: Box<Self>) {
@@ -360,12 +430,21 @@ impl Member {
             let (raft, log, members) = (raft.clone(), log.clone(), members.clone());
             Arc::new(move || local_status(&raft, &log, &members))
         };
+        let totals = SharedTotals::new(self.run);
         tokio::spawn(serve(
             listener,
             raft.clone(),
             settings.secret.clone(),
             settings.node_id,
             status,
+            Arc::clone(&totals),
+            Arc::clone(&self.counters),
+        ));
+        tokio::spawn(gossip(
+            Arc::clone(&totals),
+            self.node.clone(),
+            peers.clone(),
+            members.keys().copied().filter(|&id| id != settings.node_id).collect(),
             Arc::clone(&self.counters),
         ));
         // Every member forms the cluster from the same static list: safe to repeat (openraft
@@ -383,10 +462,18 @@ impl Member {
             peers,
             members,
             not_applied: Arc::clone(&machine.not_applied),
+            totals,
             runtime: tokio::runtime::Handle::current(),
         };
         Ok((raft, handle, machine, backlog))
     }
+}
+
+/// The wall clock now, in Unix nanoseconds.
+fn wall_now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
 }
 
 fn millis(duration: Duration) -> u64 {

@@ -1,13 +1,13 @@
 //! What `vexevent cluster status` and `vexevent log --from INDEX` read: a member's view of the
 //! cluster (from its raft metrics; every member's lag from the leader's) and the committed log.
 
-use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use openraft::{EntryPayload, ServerState};
 use serde::{Deserialize, Serialize};
 
-use super::{LogStore, RaftId, machine::NotApplied, net::Peers, net::Raft};
-use crate::telemetry::{ClusterView, LogPage, StatusFuture};
+use super::{LogStore, RaftId, machine::NotApplied, net::Peers, net::Raft, totals::SharedTotals};
+use crate::telemetry::{AppliedFuture, ClusterView, LogPage, StatusFuture};
 
 /// How long a follower waits for the leader's view of the lags.
 const LEADER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -40,6 +40,9 @@ pub struct ClusterStatus {
     pub snapshot_index: Option<u64>,
     /// Every member; `matched` and `lag` from the leader's view (absent when no leader answered).
     pub members: Vec<MemberStatus>,
+    /// The cluster's counters (every member's runs summed, as merged here).
+    #[serde(default)]
+    pub counters: BTreeMap<String, u64>,
 }
 
 /// This member's view, from its metrics (lags only when it is the leader).
@@ -79,6 +82,7 @@ pub fn local_status(raft: &Raft, log: &LogStore, members: &BTreeMap<RaftId, Sock
         first_index: log.bounds().0,
         snapshot_index: metrics.snapshot.map(|l| l.index),
         members,
+        counters: BTreeMap::new(),
     }
 }
 
@@ -91,6 +95,8 @@ pub struct ClusterHandle {
     pub members: BTreeMap<RaftId, SocketAddr>,
     /// Entries the state machine did not apply (repeats, refused batches): not replayed.
     pub not_applied: NotApplied,
+    /// The cluster-wide counters, as merged here.
+    pub totals: Arc<SharedTotals>,
     /// The replicate stage's runtime (a follower asks the leader from there).
     pub runtime: tokio::runtime::Handle,
 }
@@ -104,6 +110,7 @@ impl std::fmt::Debug for ClusterHandle {
 impl ClusterView for ClusterHandle {
     fn status(&self) -> StatusFuture {
         let mut status = local_status(&self.raft, &self.log, &self.members);
+        status.counters = self.totals.totals();
         let handle = self.clone();
         Box::pin(async move {
             if let Some(leader) = status.leader.filter(|&leader| leader != status.node_id) {
@@ -136,5 +143,32 @@ impl ClusterView for ClusterHandle {
             }
         }
         Ok(LogPage { lines, next, committed })
+    }
+
+    fn applied_at_least(&self, index: u64, timeout: Duration) -> AppliedFuture {
+        let raft = self.raft.clone();
+        let runtime = self.runtime.clone();
+        Box::pin(async move {
+            if index == 0 {
+                return Ok(());
+            }
+            let waiting = raft.clone();
+            let waited = runtime
+                .spawn(async move {
+                    waiting
+                        .wait(Some(timeout))
+                        .applied_index_at_least(Some(index), "a reader's session")
+                        .await
+                })
+                .await;
+            match waited {
+                Ok(Ok(_)) => Ok(()),
+                _ => Err(raft.metrics().borrow().last_applied.map_or(0, |l| l.index)),
+            }
+        })
+    }
+
+    fn totals(&self) -> BTreeMap<String, u64> {
+        self.totals.totals()
     }
 }

@@ -1,5 +1,8 @@
 //! Members in one process on loopback: a member without a quorum buffers what it captured (and
 //! counts what does not fit), then proposes it once the others start; every member delivers it.
+//! `eventual`: a member delivers its own events at once, without a quorum, and not again once
+//! committed. `causal`: an event stamped after its member received another's comes after it on
+//! every member, even from a member whose wall clock is behind.
 
 use std::{
     collections::BTreeMap,
@@ -18,7 +21,12 @@ use crate::{
 
 const DEADLINE: Duration = Duration::from_mins(1);
 
-fn config(base: &Path, id: u64, peers: &BTreeMap<String, std::net::SocketAddr>) -> ClusterConfig {
+fn config(
+    base: &Path,
+    id: u64,
+    peers: &BTreeMap<String, std::net::SocketAddr>,
+    consistency: Consistency,
+) -> ClusterConfig {
     let secret = base.join("secret");
     std::fs::write(&secret, "a secret the members share, 32 b").unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -27,7 +35,7 @@ fn config(base: &Path, id: u64, peers: &BTreeMap<String, std::net::SocketAddr>) 
         listen: peers[&id.to_string()],
         peers: peers.clone(),
         data_dir: base.join(format!("node{id}")),
-        consistency: Consistency::Strong,
+        consistency,
         secret_file: secret,
         buffer_events: 10,
         entry_events: 4,
@@ -35,6 +43,7 @@ fn config(base: &Path, id: u64, peers: &BTreeMap<String, std::net::SocketAddr>) 
         keep_entries: 16,
         heartbeat_ms: 50,
         election_timeout_ms: [150, 300],
+        causal_delay_ms: 100,
     }
 }
 
@@ -44,8 +53,13 @@ struct Member {
     delivered: Vec<SemanticEvent>,
 }
 
-fn start(base: &Path, id: u64, peers: &BTreeMap<String, std::net::SocketAddr>) -> Member {
-    let settings = config(base, id, peers).settings().unwrap();
+fn start(
+    base: &Path,
+    id: u64,
+    peers: &BTreeMap<String, std::net::SocketAddr>,
+    consistency: Consistency,
+) -> Member {
+    let settings = config(base, id, peers, consistency).settings().unwrap();
     let counters = Arc::new(Counters::default());
     let run = Run::new(NodeId::new(&format!("m{id}")).unwrap());
     let stage = Box::new(ReplicateStage::start(&settings, &run, &counters).unwrap());
@@ -66,25 +80,35 @@ fn wait(members: &mut [&mut Member], what: &str, done: impl Fn(&Member) -> bool)
     }
 }
 
-#[test]
-fn without_a_quorum_events_wait_in_a_bounded_buffer_and_commit_when_the_others_come() {
-    let base = tempfile::tempdir().unwrap();
-    let peers: BTreeMap<String, std::net::SocketAddr> = (1..=3)
+fn loopback_peers() -> BTreeMap<String, std::net::SocketAddr> {
+    (1..=3)
         .map(|id| {
             let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
             (id.to_string(), format!("127.0.0.1:{port}").parse().unwrap())
         })
-        .collect();
-    let mut alone = start(base.path(), 1, &peers);
-    let run = Run::new(NodeId::new("m1").unwrap());
+        .collect()
+}
+
+/// Events of node `node`, sequence numbers `sequences`, captured at wall time `wall_ns`.
+fn captured(node: &str, sequences: std::ops::Range<u64>, wall_ns: u64) -> EventBatch {
+    let run = Run::new(NodeId::new(node).unwrap());
     let mut batch = EventBatch::default();
-    batch.events = (0..25)
+    batch.events = sequences
         .map(|i| {
-            let mut event = SemanticEvent::own(&run, EventType::FilesystemWrite, "write".into(), i, i);
+            let mut event = SemanticEvent::own(&run, EventType::FilesystemWrite, "write".into(), i, wall_ns);
             event.origin = run.origin(0, i);
             event
         })
         .collect();
+    batch
+}
+
+#[test]
+fn without_a_quorum_events_wait_in_a_bounded_buffer_and_commit_when_the_others_come() {
+    let base = tempfile::tempdir().unwrap();
+    let peers = loopback_peers();
+    let mut alone = start(base.path(), 1, &peers, Consistency::Strong);
+    let mut batch = captured("m1", 0..25, 0);
     alone.stage.process(&mut batch);
     assert!(batch.is_empty(), "nothing is delivered before it is committed");
     assert_eq!(
@@ -92,8 +116,8 @@ fn without_a_quorum_events_wait_in_a_bounded_buffer_and_commit_when_the_others_c
         15,
         "what does not fit in the buffer is dropped and counted"
     );
-    let mut second = start(base.path(), 2, &peers);
-    let mut third = start(base.path(), 3, &peers);
+    let mut second = start(base.path(), 2, &peers, Consistency::Strong);
+    let mut third = start(base.path(), 3, &peers, Consistency::Strong);
     wait(&mut [&mut alone, &mut second, &mut third], "the buffered events on every member", |m| {
         m.delivered.len() == 10
     });
@@ -109,6 +133,66 @@ fn without_a_quorum_events_wait_in_a_bounded_buffer_and_commit_when_the_others_c
     let replicated = |m: &Member| m.delivered.iter().all(|e| e.flags & crate::event::flags::REPLICATED != 0);
     assert!(!replicated(&alone) && replicated(&second), "events of another node are marked replicated");
     for member in [alone, second, third] {
+        member.stage.finish();
+    }
+}
+
+#[test]
+fn eventual_delivers_own_events_at_once_and_the_others_once_committed() {
+    let base = tempfile::tempdir().unwrap();
+    let peers = loopback_peers();
+    let mut alone = start(base.path(), 1, &peers, Consistency::Eventual);
+    let mut batch = captured("m1", 0..25, 0);
+    alone.stage.process(&mut batch);
+    let sequences = |events: &[SemanticEvent]| events.iter().map(|e| e.origin.sequence).collect::<Vec<_>>();
+    assert_eq!(sequences(&batch.events), (0..25).collect::<Vec<_>>(), "delivered here without a quorum");
+    assert_eq!(
+        alone.counters.cluster_dropped_buffer_full.load(Ordering::Relaxed),
+        15,
+        "what does not fit the buffer is not replicated, and counted"
+    );
+    let mut second = start(base.path(), 2, &peers, Consistency::Eventual);
+    let mut third = start(base.path(), 3, &peers, Consistency::Eventual);
+    wait(&mut [&mut alone, &mut second, &mut third], "the replicated events on the others", |m| {
+        m.counters.cluster_events_committed.load(Ordering::Relaxed) == 10
+    });
+    // Once committed, the first member's events reach the others, and not the first again.
+    // (The first member, the one that dropped, is ticked along: what it was sent it takes.)
+    wait(&mut [&mut alone, &mut second, &mut third], "the others to deliver them", |m| {
+        m.delivered.len() >= 10 || m.counters.cluster_dropped_buffer_full.load(Ordering::Relaxed) > 0
+    });
+    assert!(alone.delivered.is_empty(), "its own committed events are not delivered twice");
+    for member in [&second, &third] {
+        assert_eq!(sequences(&member.delivered), (0..10).collect::<Vec<_>>());
+    }
+    for member in [alone, second, third] {
+        member.stage.finish();
+    }
+}
+
+#[test]
+fn causal_an_event_stamped_after_another_was_received_comes_after_it_everywhere() {
+    let base = tempfile::tempdir().unwrap();
+    let peers = loopback_peers();
+    let mut members: Vec<Member> =
+        (1..=3).map(|id| start(base.path(), id, &peers, Consistency::Causal)).collect();
+    let now = crate::telemetry::monotonic_ns() + 1_700_000_000_000_000_000;
+    // Member 1 captures A; member 2 receives it, then captures B with a wall clock 10 s behind.
+    let mut first = captured("m1", 0..1, now);
+    members[0].stage.process(&mut first);
+    let [one, two, three] = &mut members[..] else { unreachable!() };
+    wait(&mut [one, two, three], "A on every member", |m| m.delivered.len() == 1);
+    let mut second = captured("m2", 0..1, now - 10_000_000_000);
+    two.stage.process(&mut second);
+    wait(&mut [one, two, three], "B on every member", |m| m.delivered.len() == 2);
+    for member in &members {
+        let order: Vec<&str> = member.delivered.iter().map(|e| e.origin.run.node().as_str()).collect();
+        assert_eq!(order, ["m1", "m2"], "A, then B");
+        let stamps: Vec<u64> = member.delivered.iter().map(|e| e.timestamp.hlc.unwrap()).collect();
+        assert!(stamps[0] < stamps[1], "B is stamped after A although its wall clock is behind: {stamps:?}");
+        assert_eq!(member.counters.cluster_causal_late.load(Ordering::Relaxed), 0);
+    }
+    for member in members {
         member.stage.finish();
     }
 }

@@ -3,13 +3,18 @@
 //! read through it.
 
 use std::{
+    collections::BTreeMap,
     future::Future,
     pin::Pin,
     sync::{Arc, OnceLock},
+    time::Duration,
 };
 
 /// The cluster's status as JSON (members, leader, term, commit index, lags).
 pub type StatusFuture = Pin<Box<dyn Future<Output = serde_json::Value> + Send>>;
+
+/// Whether this member applied a log index in time; else the index it applied.
+pub type AppliedFuture = Pin<Box<dyn Future<Output = Result<(), u64>> + Send>>;
 
 /// Committed events read back from the replicated log.
 #[derive(Debug)]
@@ -32,6 +37,12 @@ pub trait ClusterView: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// An index already compacted (the message names the first retained one) or an unreadable log.
     fn log(&self, from: u64, max_entries: usize) -> Result<LogPage, String>;
+
+    /// Waits up to `timeout` until this member applied log index `index` (a reader's session).
+    fn applied_at_least(&self, index: u64, timeout: Duration) -> AppliedFuture;
+
+    /// The cluster's counters: every member's (every run's) summed, as merged here.
+    fn totals(&self) -> BTreeMap<String, u64>;
 }
 
 /// Where the running cluster member is, once the `replicate` stage started.

@@ -14,13 +14,13 @@ mod stages;
 pub use analytics::{
     Analytics, LATENCY_BOUNDS_SECONDS, LATENCY_MAX_NS, LatencyHistogram, latency_histogram, seconds_buckets,
 };
-pub use cluster::{ClusterSlot, ClusterView, LogPage, StatusFuture};
+pub use cluster::{AppliedFuture, ClusterSlot, ClusterView, LogPage, StatusFuture};
 pub use health::{Check, Health, HealthConfig, HealthConfigError, HealthReport};
 pub use outputs::{OutputCounters, SinkCounters, SinkSummary};
 pub use prometheus::prometheus_text;
 pub use rings::{RingGauges, RingSummary};
 pub use rules::{AuditHead, RuleCounters, RuleSummary, RuleTable};
-pub use snapshot::{KernelCounters, LatencySummary, LossSummary, StatsSnapshot};
+pub use snapshot::{KernelCounters, LatencySummary, LossSummary, StatsSnapshot, userspace_values};
 pub use stages::{StageCounters, StageSummary, StageTable};
 
 use std::{
@@ -159,6 +159,15 @@ counters! {
     cluster_leader_changes,
     /// Cluster: the last log index applied here (a gauge).
     cluster_applied_index,
+    /// Cluster, `causal` mode: committed events delivered after an event with a higher clock
+    /// (they were applied here more than `causal_delay_ms` after it).
+    cluster_causal_late,
+    /// Cluster, `causal` mode: committed events whose clock was more than 1 s ahead of this
+    /// member's wall clock (a member's clock is off; every member's clock follows it).
+    cluster_causal_clock_ahead,
+    /// Cluster: counters of a peer's runs refused by the cluster-wide counters' bounds (too many
+    /// runs or counters, a name too long).
+    cluster_gossip_refused,
 }
 
 /// Locks a counter mutex; a panic elsewhere does not make counts unreadable.

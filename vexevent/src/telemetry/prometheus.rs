@@ -97,6 +97,12 @@ impl Collector for SnapshotCollector {
             "Userspace counters (records, decode errors by reason, filtered, delivered, sink errors, ...)",
             s.userspace.iter().map(|(name, v)| ([("counter", name.as_str())], counter(*v))),
         )?;
+        family(
+            &mut encoder,
+            "cluster",
+            "Cluster members: the userspace counters summed over every member (merged as CRDTs)",
+            s.cluster_totals.iter().map(|(name, v)| ([("counter", name.as_str())], counter(*v))),
+        )?;
         let unaccounted = gauge(s.loss.unaccounted);
         unaccounted.encode(encoder.encode_descriptor(
             "records_unaccounted",

@@ -70,6 +70,22 @@ pub struct StatsSnapshot {
     /// size.
     #[serde(default)]
     pub rings: Vec<RingSummary>,
+    /// Cluster members only: the userspace counters summed over every member (README, "Cluster").
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cluster_totals: BTreeMap<String, u64>,
+}
+
+/// The userspace counters by name, with `events_delivered` (deliveries to sinks, summed: an event
+/// routed to two sinks counts twice).
+#[must_use]
+pub fn userspace_values(counters: &Counters) -> BTreeMap<String, u64> {
+    let mut userspace: BTreeMap<String, u64> =
+        counters.values().into_iter().map(|(name, value)| (name.to_owned(), value)).collect();
+    userspace.insert(
+        "events_delivered".to_owned(),
+        counters.outputs.sinks().values().map(|sink| sink.delivered).sum(),
+    );
+    userspace
 }
 
 /// One sequence gap, as reported.
@@ -117,10 +133,7 @@ impl StatsSnapshot {
     #[must_use]
     pub fn new(kernel: KernelCounters, counters: &Counters, uptime_secs: f64) -> Self {
         let sinks = counters.outputs.sinks();
-        let mut userspace: BTreeMap<String, u64> =
-            counters.values().into_iter().map(|(name, value)| (name.to_owned(), value)).collect();
-        // Deliveries to sinks, summed (an event routed to two sinks counts twice).
-        userspace.insert("events_delivered".to_owned(), sinks.values().map(|sink| sink.delivered).sum());
+        let userspace = userspace_values(counters);
         let get = |key: &str| userspace.get(key).copied().unwrap_or(0);
         let records_received = get("records_received");
         let lost_reported = get("lost_reported");
@@ -162,6 +175,7 @@ impl StatsSnapshot {
             rules: counters.rules.summaries(),
             audit_head: counters.rules.audit_head(),
             rings: counters.rings.summaries(),
+            cluster_totals: counters.cluster.get().map(|cluster| cluster.totals()).unwrap_or_default(),
         }
     }
 }
