@@ -8,6 +8,7 @@
 //! skip one is refused (the proposer sends again from the missing one). So per origin the order
 //! is kept and nothing is applied twice.
 
+mod codec;
 mod config;
 mod log;
 mod machine;
@@ -50,7 +51,7 @@ pub struct Proposal {
     pub batch: u64,
     /// How many events `events` holds.
     pub count: u32,
-    /// The events, one JSON line each (the event's own encoding: what every sink writes).
+    /// The events in the log's binary encoding ([`codec`]).
     pub events: bytes::Bytes,
 }
 

@@ -6,8 +6,16 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 use openraft::{EntryPayload, ServerState};
 use serde::{Deserialize, Serialize};
 
-use super::{LogStore, RaftId, machine::NotApplied, net::Peers, net::Raft};
-use crate::telemetry::{ClusterView, LogPage, StatusFuture};
+use super::{
+    LogStore, RaftId,
+    machine::{NotApplied, decode_events},
+    net::Peers,
+    net::Raft,
+};
+use crate::{
+    pipeline::write_event,
+    telemetry::{ClusterView, LogPage, StatusFuture},
+};
 
 /// How long a follower waits for the leader's view of the lags.
 const LEADER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -40,6 +48,32 @@ pub struct ClusterStatus {
     pub snapshot_index: Option<u64>,
     /// Every member; `matched` and `lag` from the leader's view (absent when no leader answered).
     pub members: Vec<MemberStatus>,
+    /// Why this member cannot commit strong writes now (`None`: it can): no leader is known, or
+    /// it leads without having heard from a majority for longer than an election timeout (a
+    /// minority side of a partition). Its captured events wait in its buffer meanwhile.
+    pub writes_refused: Option<String>,
+}
+
+/// Why `metrics`' member cannot commit strong writes now.
+fn writes_refused(
+    metrics: &openraft::RaftMetrics<RaftId, openraft::BasicNode>,
+    election_ms: u64,
+) -> Option<String> {
+    match (metrics.current_leader, metrics.millis_since_quorum_ack) {
+        (None, _) => Some(format!(
+            "no leader is known in term {} (an election is under way, or this member cannot reach a majority)",
+            metrics.current_term
+        )),
+        (Some(leader), Some(ms)) if leader == metrics.id && ms > election_ms => Some(format!(
+            "this member leads term {} but has not heard from a majority for {ms} ms (it is cut off from it)",
+            metrics.current_term
+        )),
+        (Some(leader), None) if leader == metrics.id => Some(format!(
+            "this member leads term {} but no majority has acknowledged it yet",
+            metrics.current_term
+        )),
+        _ => None,
+    }
 }
 
 /// This member's view, from its metrics (lags only when it is the leader).
@@ -79,6 +113,7 @@ pub fn local_status(raft: &Raft, log: &LogStore, members: &BTreeMap<RaftId, Sock
         first_index: log.bounds().0,
         snapshot_index: metrics.snapshot.map(|l| l.index),
         members,
+        writes_refused: writes_refused(&metrics, raft.config().election_timeout_max),
     }
 }
 
@@ -124,7 +159,7 @@ impl ClusterView for ClusterHandle {
         // Past the commit index this is empty (still refused when `from` is compacted).
         let entries = self.log.read(from, to).map_err(|error| error.to_string())?;
         let not_applied = self.not_applied.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut lines = String::new();
+        let mut lines = Vec::new();
         let mut next = from;
         for entry in entries {
             next = entry.log_id.index + 1;
@@ -132,9 +167,17 @@ impl ClusterView for ClusterHandle {
                 continue;
             }
             if let EntryPayload::Normal(proposal) = entry.payload {
-                lines.push_str(&String::from_utf8_lossy(&proposal.events));
+                let (events, error) = decode_events(&proposal);
+                if let Some(error) = error {
+                    return Err(format!("log index {}: {error}", entry.log_id.index));
+                }
+                for event in &events {
+                    write_event(event, &mut lines).map_err(|error| error.to_string())?;
+                    lines.push(b'\n');
+                }
             }
         }
+        let lines = String::from_utf8(lines).map_err(|error| error.to_string())?;
         Ok(LogPage { lines, next, committed })
     }
 }
