@@ -157,9 +157,10 @@ impl Proposer {
                 Ok(()) = server.changed() => {
                     let now = server.borrow_and_update().current_leader;
                     if now.is_some() && now != leader && !unacked.is_empty() {
-                        // Proposals sent to the old leader would wait for their timeout (a
-                        // stopped or cut-off leader never answers): send them again to the new
-                        // one now, in order; what the old one did commit is dropped as a repeat.
+                        // A leader again, or another one: proposals sent to the old leader would
+                        // wait for their timeout (a stopped or cut-off leader never answers) or
+                        // for the backoff; send them again now, in order (what the old one did
+                        // commit is dropped as a repeat).
                         tracing::debug!(?leader, ?now, "cluster: new leader; sending the unacknowledged batches to it");
                         in_flight.shutdown().await;
                         failing = false;
@@ -167,7 +168,7 @@ impl Proposer {
                         retry_at = None;
                         backoff = BACKOFF_MIN;
                     }
-                    leader = now.or(leader);
+                    leader = now;
                 }
                 () = sleep_until(retry_at), if retry_at.is_some() => {}
                 () = sleep_until(deadline), if deadline.is_some() => {}
