@@ -89,6 +89,34 @@ struct Rest {
     causality_links: Vec<u64>,
 }
 
+/// What `Rest` carries of an event, when it carries anything.
+fn rest_of(context: &Context, timeline: Option<&Timeline>, causality_links: &[u64]) -> Option<Rest> {
+    let Context { filesystem: _, vector, observability, gap, graph, parameters, fuse, kernel } = context;
+    (vector.is_some()
+        || observability.is_some()
+        || gap.is_some()
+        || graph.is_some()
+        || !parameters.is_empty()
+        || !fuse.is_empty()
+        || kernel.is_some()
+        || timeline.is_some()
+        || !causality_links.is_empty())
+    .then(|| Rest {
+        context: Context {
+            filesystem: None,
+            vector: vector.clone(),
+            observability: observability.clone(),
+            gap: gap.clone(),
+            graph: graph.clone(),
+            parameters: parameters.clone(),
+            fuse: fuse.clone(),
+            kernel: kernel.clone(),
+        },
+        timeline: timeline.copied(),
+        causality_links: causality_links.to_vec(),
+    })
+}
+
 /// The values the next event is encoded against.
 #[derive(Default)]
 struct Previous {
@@ -109,6 +137,11 @@ pub struct Encoder {
     run: Option<Run>,
     /// Events encoded.
     pub count: u32,
+}
+
+/// The mask of the bits whose condition holds.
+fn bits(conditions: &[(bool, u32)]) -> u32 {
+    conditions.iter().filter(|(on, _)| *on).fold(0, |mask, (_, bit)| mask | bit)
 }
 
 fn zigzag(value: i64) -> u64 {
@@ -139,10 +172,10 @@ impl Encoder {
 
     fn varint(&mut self, mut value: u64) {
         while value >= 0x80 {
-            self.out.push((value as u8) | 0x80);
+            self.out.push(value.to_le_bytes()[0] | 0x80);
             value >>= 7;
         }
-        self.out.push(value as u8);
+        self.out.push(value.to_le_bytes()[0]);
     }
 
     fn bytes(&mut self, bytes: &[u8]) {
@@ -207,39 +240,19 @@ impl Encoder {
             duration_ns,
             timeline,
         } = event;
-        let Context { filesystem, vector, observability, gap, graph, parameters, fuse, kernel } = context;
-        let rest = (vector.is_some()
-            || observability.is_some()
-            || gap.is_some()
-            || graph.is_some()
-            || !parameters.is_empty()
-            || !fuse.is_empty()
-            || kernel.is_some()
-            || timeline.is_some()
-            || !causality_links.is_empty())
-        .then(|| Rest {
-            context: Context {
-                filesystem: None,
-                vector: vector.clone(),
-                observability: observability.clone(),
-                gap: gap.clone(),
-                graph: graph.clone(),
-                parameters: parameters.clone(),
-                fuse: fuse.clone(),
-                kernel: kernel.clone(),
-            },
-            timeline: *timeline,
-            causality_links: causality_links.clone(),
-        });
+        let filesystem = &context.filesystem;
+        let rest = rest_of(context, timeline.as_ref(), causality_links);
         let rest = rest.as_ref().map(serde_json::to_vec).transpose()?;
         let new_run = self.run.as_ref() != Some(&origin.run);
-        let mask = u32::from(parent_event_id.is_some()) * PARENT
-            | u32::from(process.is_some()) * PROCESS
-            | u32::from(result.is_some()) * RESULT
-            | u32::from(filesystem.is_some()) * FILESYSTEM
-            | u32::from(rest.is_some()) * REST
-            | u32::from(new_run) * NEW_RUN
-            | u32::from(*event_type_code != event_type.code()) * OTHER_CODE;
+        let mask = bits(&[
+            (parent_event_id.is_some(), PARENT),
+            (process.is_some(), PROCESS),
+            (result.is_some(), RESULT),
+            (filesystem.is_some(), FILESYSTEM),
+            (rest.is_some(), REST),
+            (new_run, NEW_RUN),
+            (*event_type_code != event_type.code(), OTHER_CODE),
+        ]);
         self.varint(u64::from(mask));
         self.varint(delta(*event_id, self.previous.event_id));
         self.previous.event_id = *event_id;
@@ -314,19 +327,21 @@ impl Encoder {
             gid,
             size,
         } = filesystem;
-        let mask = u32::from(path.is_some()) * FS_PATH
-            | u32::from(*path_truncated) * FS_TRUNCATED
-            | u32::from(inode_number.is_some()) * FS_INODE
-            | u32::from(file_type.is_some()) * FS_TYPE
-            | u32::from(target_path.is_some()) * FS_TARGET
-            | u32::from(xattr_name.is_some()) * FS_XATTR
-            | u32::from(fd.is_some()) * FS_FD
-            | u32::from(bytes.is_some()) * FS_BYTES
-            | u32::from(offset.is_some()) * FS_OFFSET
-            | u32::from(mode.is_some()) * FS_MODE
-            | u32::from(uid.is_some()) * FS_UID
-            | u32::from(gid.is_some()) * FS_GID
-            | u32::from(size.is_some()) * FS_SIZE;
+        let mask = bits(&[
+            (path.is_some(), FS_PATH),
+            (*path_truncated, FS_TRUNCATED),
+            (inode_number.is_some(), FS_INODE),
+            (file_type.is_some(), FS_TYPE),
+            (target_path.is_some(), FS_TARGET),
+            (xattr_name.is_some(), FS_XATTR),
+            (fd.is_some(), FS_FD),
+            (bytes.is_some(), FS_BYTES),
+            (offset.is_some(), FS_OFFSET),
+            (mode.is_some(), FS_MODE),
+            (uid.is_some(), FS_UID),
+            (gid.is_some(), FS_GID),
+            (size.is_some(), FS_SIZE),
+        ]);
         self.varint(u64::from(mask));
         if let Some(path) = path {
             self.path(path.as_bytes());
@@ -336,7 +351,7 @@ impl Encoder {
         }
         if let Some(file_type) = file_type {
             let place = FILE_TYPES.iter().position(|t| t == file_type).unwrap_or_default();
-            self.out.push(place as u8);
+            self.out.push(u8::try_from(place).unwrap_or_default());
         }
         if let Some(target) = target_path {
             self.bytes(target.as_bytes());
