@@ -2,7 +2,10 @@
 //! each watching its own directory with a real workload (file writes), form a cluster; every
 //! node's output holds every node's events exactly once; the leader is killed (SIGKILL) under
 //! load, a new leader takes the survivors' events, the killed node restarts with its data and
-//! catches up; per origin, delivered + reported lost == performed, with no repeats.
+//! catches up; per origin, delivered + reported lost == performed, with no repeats. Through
+//! fault-injecting proxies between the members: the leader stopped (SIGSTOP) under load and
+//! continued; a follower, the leader and everyone partitioned (the cut-off side refuses strong
+//! writes and says why); randomized schedules of these faults and kills (`cargo xtask chaos`).
 
 mod support;
 
