@@ -6,7 +6,7 @@
 //! own member's stage (committed by a majority, applied, handed on in commit order).
 //! Two runs: saturated (as fast as the members take them, 1,000,000 events) and paced
 //! (100,000 events/s for 5 s). Prints events/s, latency p50/p99, bytes per event in the log
-//! and events per entry. Run: `cargo bench --bench replication`.
+//! and events per entry (the events in the log's binary encoding). Run: `cargo bench --bench replication`.
 
 use std::{
     collections::BTreeMap,
@@ -210,7 +210,7 @@ fn main() {
     #[expect(clippy::cast_precision_loss, reason = "ratios for display")]
     let (per_event, per_entry) = (bytes as f64 / committed.max(1) as f64, committed as f64 / entries as f64);
     println!(
-        "log: {committed} events in {entries} entries ({per_entry:.0} events per entry), {bytes} bytes on node 1 ({per_event:.0} bytes per event, JSON lines in postcard records); drops and repeats: {dropped}"
+        "log: {committed} events in {entries} entries ({per_entry:.0} events per entry), {bytes} bytes on node 1 ({per_event:.0} bytes per event, binary encoding in postcard records); drops and repeats: {dropped}"
     );
     let mut batch = EventBatch::default();
     for mut member in members {

@@ -2,7 +2,10 @@
 //! each watching its own directory with a real workload (file writes), form a cluster; every
 //! node's output holds every node's events exactly once; the leader is killed (SIGKILL) under
 //! load, a new leader takes the survivors' events, the killed node restarts with its data and
-//! catches up; per origin, delivered + reported lost == performed, with no repeats.
+//! catches up; per origin, delivered + reported lost == performed, with no repeats. Through
+//! fault-injecting proxies between the members: the leader stopped (SIGSTOP) under load and
+//! continued; a follower, the leader and everyone partitioned (the cut-off side refuses strong
+//! writes and says why); randomized schedules of these faults and kills (`cargo xtask chaos`).
 //! The consistency modes: `eventual` delivers a node's own events without a quorum; `causal`
 //! stamps every event with a hybrid logical clock and delivers what a node had seen before what
 //! it captured next, on every node; `session` readers carry the index they saw to another node.
@@ -13,7 +16,7 @@ mod support;
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     fmt::Write as _,
-    net::TcpListener,
+    net::{SocketAddr, TcpListener},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     sync::{
@@ -24,7 +27,7 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{Vexevent, event_path_bytes, exclusive_root_test, read_events};
+use support::{Vexevent, event_path_bytes, exclusive_root_test, proxy::Proxy, read_events};
 
 /// How long the cluster may take to form, deliver, elect.
 const DEADLINE: Duration = Duration::from_mins(2);
@@ -42,29 +45,37 @@ fn free_port() -> u16 {
 
 /// Writes three members' configurations under `base`.
 fn cluster(base: &Path) -> Vec<Node> {
-    cluster_with(base, "")
+    cluster_with(base, "", |_, _, addr| addr)
 }
 
-/// Writes three members' configurations under `base`, with `extra` lines in `[cluster]`.
-fn cluster_with(base: &Path, extra: &str) -> Vec<Node> {
+/// Writes three members' configurations under `base`, with `extra` lines in `[cluster]`; member
+/// `from` dials member `to` at `dial(from, to, address to listens on)`.
+fn cluster_with(
+    base: &Path,
+    extra: &str,
+    mut dial: impl FnMut(u64, u64, SocketAddr) -> SocketAddr,
+) -> Vec<Node> {
     let secret = base.join("secret");
     std::fs::write(&secret, "a shared secret of the three members\n").unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let peers = (1..=3).fold(String::new(), |mut peers, id| {
-        let _ = writeln!(peers, "{id} = \"127.0.0.1:{}\"", ports[id - 1]);
-        peers
-    });
+    let listen: Vec<SocketAddr> =
+        (0..3).map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap()).collect();
     (1..=3u64)
         .map(|id| {
+            let peers = (1..=3u64).fold(String::new(), |mut peers, to| {
+                let real = listen[usize::try_from(to).unwrap() - 1];
+                let addr = if to == id { real } else { dial(id, to, real) };
+                let _ = writeln!(peers, "{to} = \"{addr}\"");
+                peers
+            });
             let watch = base.join(format!("watch{id}"));
             std::fs::create_dir_all(&watch).unwrap();
             let config = base.join(format!("node{id}.toml"));
             let text = format!(
                 "[node]\nid = \"n{id}\"\n[capture]\nops = [\"write\"]\n[cluster]\nnode_id = {id}\n\
-                 listen = \"127.0.0.1:{port}\"\ndata_dir = \"{data}\"\nsecret_file = \"{secret}\"\n\
+                 listen = \"{listen}\"\ndata_dir = \"{data}\"\nsecret_file = \"{secret}\"\n\
                  heartbeat_ms = 100\nelection_timeout_ms = [500, 1000]\n{extra}\n[cluster.peers]\n{peers}",
-                port = ports[usize::try_from(id).unwrap() - 1],
+                listen = listen[usize::try_from(id).unwrap() - 1],
                 data = base.join(format!("data{id}")).display(),
                 secret = secret.display(),
             );
@@ -89,7 +100,12 @@ fn status(vexevent: &Vexevent) -> Option<Value> {
 /// What the member's control API answers at `path` (its full token).
 fn api(vexevent: &Vexevent, path: &str) -> Option<String> {
     let addr = vexevent.served_address("http://");
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    // Bounded: a stopped member's kernel accepts the connection and nothing answers.
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(3)))
+        .build()
+        .into();
     let mut response = agent
         .get(format!("http://{addr}{path}"))
         .header("authorization", format!("Bearer {}", vexevent.token()))
@@ -258,6 +274,14 @@ fn three_nodes_replicate_every_event_once_and_survive_the_leader_being_killed() 
     let killed_output = killed.output.clone();
     killed.signal(libc::SIGKILL);
     let killed_at = Instant::now();
+    // A write on a survivor right after the kill: committed once a new leader takes writes.
+    let marker = nodes[usize::try_from(survivor).unwrap() - 1].watch.join("after-kill");
+    std::fs::write(&marker, b"marker").unwrap();
+    performed.get_mut(&survivor).unwrap().push(marker.clone());
+    wait_until("a write after the kill to commit", || {
+        writes(&running[&survivor].events_so_far()).iter().any(|(path, _, _)| *path == marker)
+    });
+    let accepted_in = killed_at.elapsed();
     wait_until("a new leader", || running.values().all(|v| leader_of(v).is_some_and(|l| l != leader)));
     let elected_in = killed_at.elapsed();
     for (id, thread) in loads {
@@ -336,7 +360,7 @@ fn three_nodes_replicate_every_event_once_and_survive_the_leader_being_killed() 
     assert!(after.iter().all(|(_, _, id)| ids.insert(id)), "the restarted node delivers nothing twice");
     let overlap = killed_delivered.iter().filter(|(_, _, id)| ids.contains(id)).count();
     eprintln!(
-        "cluster: leader {leader} killed; new leader elected in {elected_in:?}; restarted node: {} writes before the kill, {} after, {overlap} delivered on both sides of the crash (its delivered mark lags by one to two 200 ms periods)",
+        "cluster: leader {leader} killed; a write on member {survivor} committed {accepted_in:?} after the kill, every survivor named the new leader after {elected_in:?}; restarted node: {} writes before the kill, {} after, {overlap} delivered on both sides of the crash (its delivered mark lags by one to two 200 ms periods)",
         killed_delivered.len(),
         after.len(),
     );
@@ -380,7 +404,7 @@ fn eventual_a_node_without_a_quorum_delivers_its_own_events_at_once_and_every_no
         return;
     };
     let base = tempfile::tempdir().unwrap();
-    let nodes = cluster_with(base.path(), "consistency = \"eventual\"");
+    let nodes = cluster_with(base.path(), "consistency = \"eventual\"", |_, _, addr| addr);
     let running = start_cluster(&nodes);
     // Nodes 2 and 3 stop: node 1 has no quorum, nothing can commit.
     running[&2].signal(libc::SIGSTOP);
@@ -442,7 +466,7 @@ fn causal_every_event_carries_a_clock_and_what_a_node_had_seen_comes_first_on_ev
         return;
     };
     let base = tempfile::tempdir().unwrap();
-    let nodes = cluster_with(base.path(), "consistency = \"causal\"");
+    let nodes = cluster_with(base.path(), "consistency = \"causal\"", |_, _, addr| addr);
     let running = start_cluster(&nodes);
     let never = Arc::new(AtomicBool::new(false));
     // Load on every node; meanwhile node 1 writes A, node 2 sees A, then writes B.
@@ -526,7 +550,7 @@ fn session_readers_never_see_less_and_cluster_counters_sum_every_node_and_conver
         return;
     };
     let base = tempfile::tempdir().unwrap();
-    let nodes = cluster_with(base.path(), "consistency = \"session\"");
+    let nodes = cluster_with(base.path(), "consistency = \"session\"", |_, _, addr| addr);
     let running = start_cluster(&nodes);
     let never = AtomicBool::new(false);
     for node in &nodes {
@@ -617,4 +641,499 @@ fn wait_for_value<T>(mut value: impl FnMut() -> Option<T>) -> T {
         assert!(Instant::now() < end, "timed out");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Proxies between members (`links[&(from, to)]` carries what `from` sends to `to`).
+struct Links(BTreeMap<(u64, u64), Proxy>);
+
+impl Links {
+    /// Cuts every link between `side` and the other members, both ways.
+    fn partition(&self, side: &[u64]) {
+        for ((from, to), proxy) in &self.0 {
+            if side.contains(from) != side.contains(to) {
+                proxy.cut();
+            }
+        }
+    }
+
+    /// Cuts every link: no member reaches another.
+    fn isolate_all(&self) {
+        self.0.values().for_each(Proxy::cut);
+    }
+
+    fn heal(&self) {
+        self.0.values().for_each(Proxy::heal);
+    }
+}
+
+/// A member and every run of it: the outputs of its earlier runs (killed or stopped) and the
+/// running one.
+struct Member {
+    node: Node,
+    running: Option<Vexevent>,
+    earlier: Vec<Vec<(PathBuf, String, String)>>,
+    /// Killed at least once: what it had captured and not committed is lost unreported.
+    killed: bool,
+}
+
+/// Files written under load, per member, paced (`RATE` a second each) until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<(u64, std::thread::JoinHandle<Performed>)>,
+}
+
+/// Files each member's workload writes a second under load.
+const RATE: u64 = 200;
+
+impl Load {
+    fn start(members: &BTreeMap<u64, Member>, prefix: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = members
+            .values()
+            .map(|member| {
+                let (dir, stop, prefix) = (member.node.watch.clone(), Arc::clone(&stop), prefix.to_owned());
+                let thread = std::thread::spawn(move || {
+                    let started = Instant::now();
+                    let mut written = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let due = u64::try_from(started.elapsed().as_millis()).unwrap() * RATE / 1000;
+                        if (written.len() as u64) < due {
+                            let path = dir.join(format!("{prefix}{}", written.len()));
+                            std::fs::write(&path, b"replicate").unwrap();
+                            written.push(path);
+                        } else {
+                            // Pacing the load generator, not waiting for a result.
+                            std::thread::sleep(Duration::from_millis(2));
+                        }
+                    }
+                    written
+                });
+                (member.node.id, thread)
+            })
+            .collect();
+        Self { stop, threads }
+    }
+
+    fn finish(self, performed: &mut BTreeMap<u64, Performed>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for (id, thread) in self.threads {
+            performed.entry(id).or_default().extend(thread.join().unwrap());
+        }
+    }
+}
+
+/// Three members whose peer traffic goes through fault-injecting proxies, started, with a
+/// leader they agree on.
+fn proxied_cluster(base: &Path) -> (BTreeMap<u64, Member>, Links) {
+    let mut links = BTreeMap::new();
+    let nodes = cluster_with(base, "", |from, to, real| {
+        let proxy = Proxy::start(real);
+        let addr = proxy.addr;
+        links.insert((from, to), proxy);
+        addr
+    });
+    let members: BTreeMap<u64, Member> = nodes
+        .into_iter()
+        .map(|node| {
+            let running = Some(start(&node));
+            (node.id, Member { node, running, earlier: Vec::new(), killed: false })
+        })
+        .collect();
+    agreed_leader(&members);
+    (members, Links(links))
+}
+
+/// Waits for a leader every running member names; returns it.
+fn agreed_leader(members: &BTreeMap<u64, Member>) -> u64 {
+    let mut leader = None;
+    wait_until("a leader every member agrees on", || {
+        let leaders: Vec<Option<u64>> =
+            members.values().filter_map(|m| m.running.as_ref()).map(leader_of).collect();
+        leader = leaders[0];
+        leaders[0].is_some() && leaders.iter().all(|l| *l == leaders[0])
+    });
+    leader.unwrap()
+}
+
+impl Member {
+    fn running(&self) -> &Vexevent {
+        self.running.as_ref().expect("the member runs")
+    }
+
+    /// Every write its runs delivered, the running one's last.
+    fn delivered(&self) -> Vec<(PathBuf, String, String)> {
+        let mut all: Vec<_> = self.earlier.iter().flatten().cloned().collect();
+        if let Some(running) = &self.running {
+            all.extend(writes(&running.events_so_far()));
+        }
+        all
+    }
+
+    fn kill(&mut self) {
+        let running = self.running.take().expect("the member runs");
+        running.signal(libc::SIGKILL);
+        // Its output as the sinks left it once it is dead (a zombie until dropped).
+        wait_until("the killed member to die", || {
+            std::fs::read_to_string(format!("/proc/{}/stat", running.pid())).is_ok_and(|stat| {
+                stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'))
+            })
+        });
+        self.earlier.push(writes(&read_events(&running.output)));
+        self.killed = true;
+    }
+
+    fn restart(&mut self) {
+        assert!(self.running.is_none());
+        self.running = Some(start(&self.node));
+    }
+}
+
+/// Waits until the members converge after faults: every running member delivered the same
+/// writes, and every write of a member never killed is delivered or reported lost by it; then
+/// checks that no run of any member delivered an event twice or one nobody performed. Prints a
+/// line per member and origin.
+fn converge_and_check(members: &BTreeMap<u64, Member>, performed: &BTreeMap<u64, Performed>, what: &str) {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let delivered: Vec<HashSet<PathBuf>> =
+            members.values().map(|m| m.delivered().into_iter().map(|(path, _, _)| path).collect()).collect();
+        let agree = delivered.iter().all(|d| *d == delivered[0]);
+        let complete = members.values().filter(|m| !m.killed).all(|m| {
+            let files = &performed[&m.node.id];
+            let missing = files.iter().filter(|f| !delivered[0].contains(*f)).count() as u64;
+            missing <= reported_lost(m.running())
+        });
+        if agree && complete {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "{what}: the members did not converge (agree {agree}, complete {complete}): {:?}",
+            members.values().map(|m| (m.node.id, m.running.as_ref().and_then(status))).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for member in members.values() {
+        let runs: Vec<Vec<(PathBuf, String, String)>> = member
+            .earlier
+            .iter()
+            .cloned()
+            .chain(member.running.as_ref().map(|r| writes(&r.events_so_far())))
+            .collect();
+        for run in &runs {
+            let mut ids = HashSet::new();
+            let repeats: Vec<&String> =
+                run.iter().map(|(_, _, id)| id).filter(|id| !ids.insert(*id)).collect();
+            assert!(repeats.is_empty(), "{what}: member {} delivered {repeats:?} twice", member.node.id);
+        }
+        let all: HashSet<&PathBuf> = performed.values().flatten().collect();
+        let delivered = member.delivered();
+        assert!(
+            delivered.iter().all(|(path, _, _)| all.contains(path)),
+            "{what}: member {} delivered a write nobody performed",
+            member.node.id
+        );
+        for (origin, files) in performed {
+            let (once, missing, _) = reconcile(files, &delivered);
+            let lost = members[origin].running.as_ref().map_or(0, reported_lost);
+            eprintln!(
+                "{what}: member {}: writes of n{origin}: performed {}, delivered {once}, missing {missing}{}",
+                member.node.id,
+                files.len(),
+                if members[origin].killed {
+                    " (killed: what it had not committed and what was written while it was down are not captured)".to_owned()
+                } else {
+                    format!(", reported lost {lost}")
+                }
+            );
+        }
+    }
+}
+
+/// Writes `name` in `member`'s directory (recorded as performed) and waits until that write is
+/// delivered by `member`: how long a write takes to be accepted and committed.
+fn marker_committed_in(member: &Member, name: &str, performed: &mut BTreeMap<u64, Performed>) -> Duration {
+    let path = write_marker(member, name, performed);
+    let started = Instant::now();
+    wait_until(&format!("{name} to commit"), || delivered_by(member, &path));
+    started.elapsed()
+}
+
+/// Writes `name` in `member`'s directory, recorded as performed.
+fn write_marker(member: &Member, name: &str, performed: &mut BTreeMap<u64, Performed>) -> PathBuf {
+    let path = member.node.watch.join(name);
+    std::fs::write(&path, b"marker").unwrap();
+    performed.entry(member.node.id).or_default().push(path.clone());
+    path
+}
+
+/// Whether `member`'s running output holds a write of `path` (a text search: the outputs grow
+/// large under load, and the path is a plain string in JSON).
+fn delivered_by(member: &Member, path: &Path) -> bool {
+    let needle = format!("\"path\":\"{}\"", path.display());
+    member
+        .running
+        .as_ref()
+        .is_some_and(|r| std::fs::read_to_string(&r.output).unwrap_or_default().contains(&needle))
+}
+
+/// Why `member` says it refuses strong writes, once it says so.
+fn refusal(member: &Member) -> String {
+    let mut why = String::new();
+    wait_until(&format!("member {} to refuse strong writes", member.node.id), || {
+        why = status(member.running())
+            .and_then(|s| s["writes_refused"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        !why.is_empty()
+    });
+    why
+}
+
+#[test]
+fn a_stopped_leader_is_replaced_under_load_and_rejoins_when_continued() {
+    let Some(_serial) =
+        exclusive_root_test("a_stopped_leader_is_replaced_under_load_and_rejoins_when_continued")
+    else {
+        return;
+    };
+    let base = tempfile::tempdir().unwrap();
+    let (members, _links) = proxied_cluster(base.path());
+    let mut performed = BTreeMap::new();
+    let load = Load::start(&members, "s");
+    let leader = agreed_leader(&members);
+    let survivor = *members.keys().find(|&&id| id != leader).unwrap();
+    let before = members[&survivor].delivered().len();
+    wait_until("the load to reach the cluster", || members[&survivor].delivered().len() > before + 300);
+    members[&leader].running().signal(libc::SIGSTOP);
+    let accepted_in = marker_committed_in(&members[&survivor], "after-stop", &mut performed);
+    let elected = leader_of(members[&survivor].running()).unwrap();
+    assert_ne!(elected, leader, "the stopped member cannot lead");
+    eprintln!(
+        "SIGSTOP of leader {leader}: a write on member {survivor} committed {accepted_in:?} after it (new leader {elected})"
+    );
+    // Continued under load, the old leader steps down, follows the new one and commits again.
+    members[&leader].running().signal(libc::SIGCONT);
+    wait_until("the continued member to follow the new leader", || {
+        leader_of(members[&leader].running()).is_some_and(|l| l != leader)
+    });
+    let own_in = marker_committed_in(&members[&leader], "after-continue", &mut performed);
+    eprintln!("the continued member {leader} commits its own writes again ({own_in:?} for one)");
+    load.finish(&mut performed);
+    converge_and_check(&members, &performed, "SIGSTOP");
+    for member in members.into_values() {
+        let finished = member.running.unwrap().stop();
+        assert!(finished.exit_ok, "{:?}", finished.stderr);
+    }
+}
+
+#[test]
+fn a_partitioned_minority_refuses_strong_writes_and_the_majority_goes_on() {
+    let Some(_serial) =
+        exclusive_root_test("a_partitioned_minority_refuses_strong_writes_and_the_majority_goes_on")
+    else {
+        return;
+    };
+    let base = tempfile::tempdir().unwrap();
+    let (members, links) = proxied_cluster(base.path());
+    let mut performed = BTreeMap::new();
+    let load = Load::start(&members, "p");
+    for phase in ["a follower", "the leader"] {
+        let leader = agreed_leader(&members);
+        let cut =
+            if phase == "the leader" { leader } else { *members.keys().find(|&&id| id != leader).unwrap() };
+        let majority: Vec<u64> = members.keys().copied().filter(|&id| id != cut).collect();
+        links.partition(&[cut]);
+        let cut_at = Instant::now();
+        let why = refusal(&members[&cut]);
+        let stranded = write_marker(&members[&cut], &format!("stranded-{cut}"), &mut performed);
+        let accepted_in =
+            marker_committed_in(&members[&majority[0]], &format!("majority-{cut}"), &mut performed);
+        eprintln!(
+            "partition of {phase} (member {cut}): it refuses strong writes ({why}); the majority committed a write {:?} after the cut ({accepted_in:?} for it)",
+            cut_at.elapsed()
+        );
+        // The minority's write waits in its buffer: delivered nowhere while it is cut off.
+        let majority_leader = leader_of(members[&majority[0]].running()).unwrap();
+        assert_ne!(majority_leader, cut, "the majority follows one of its own");
+        for member in members.values() {
+            assert!(
+                !delivered_by(member, &stranded),
+                "{phase}: the cut-off write was delivered by {} before the heal",
+                member.node.id
+            );
+            if member.node.id != cut {
+                assert!(
+                    status(member.running()).is_some_and(|s| s["writes_refused"].is_null()),
+                    "{phase}: member {} of the majority refuses writes",
+                    member.node.id
+                );
+            }
+        }
+        links.heal();
+        let healed = Instant::now();
+        wait_until("the cut-off write to commit after the heal", || {
+            members.values().all(|m| delivered_by(m, &stranded))
+        });
+        eprintln!(
+            "partition of {phase} healed: the cut-off write committed on every member {:?} later",
+            healed.elapsed()
+        );
+    }
+    // No majority anywhere: every member refuses, nothing commits, until the links heal.
+    links.isolate_all();
+    let stranded: Vec<PathBuf> = members
+        .values()
+        .map(|member| {
+            let why = refusal(member);
+            eprintln!("every member cut off: member {} refuses strong writes ({why})", member.node.id);
+            write_marker(member, &format!("alone-{}", member.node.id), &mut performed)
+        })
+        .collect();
+    // Long enough for an election timeout to pass twice on every side.
+    let cut_at = Instant::now();
+    while cut_at.elapsed() < Duration::from_secs(2) {
+        for member in members.values() {
+            assert!(
+                stranded.iter().all(|path| !delivered_by(member, path)),
+                "a write committed without a majority"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    links.heal();
+    wait_until("the writes of every member to commit after the heal", || {
+        members.values().all(|m| stranded.iter().all(|path| delivered_by(m, path)))
+    });
+    load.finish(&mut performed);
+    converge_and_check(&members, &performed, "partitions");
+    for member in members.into_values() {
+        let finished = member.running.unwrap().stop();
+        assert!(finished.exit_ok, "{:?}", finished.stderr);
+    }
+}
+
+/// One fault of a randomized schedule.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    StopLeader,
+    StopFollower,
+    IsolateLeader,
+    IsolateFollower,
+    IsolateAll,
+    KillLeader,
+    KillFollower,
+}
+
+const FAULTS: [Fault; 7] = [
+    Fault::StopLeader,
+    Fault::StopFollower,
+    Fault::IsolateLeader,
+    Fault::IsolateFollower,
+    Fault::IsolateAll,
+    Fault::KillLeader,
+    Fault::KillFollower,
+];
+
+/// xorshift64*: the schedule's choices, reproducible from the seed printed.
+fn next_random(state: &mut u64) -> u64 {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+}
+
+/// Randomized faults under load: each schedule applies one or two faults (pauses, partitions,
+/// kills and restarts) for a random time, recovers, and checks that the members converge with
+/// nothing committed lost or delivered twice. `VEXEVENT_CHAOS_SCHEDULES` (default 2) schedules,
+/// `VEXEVENT_CHAOS_SEED` to replay one run (`cargo xtask chaos --schedules N`).
+#[test]
+fn randomized_faults_keep_every_committed_event_once() {
+    let Some(_serial) = exclusive_root_test("randomized_faults_keep_every_committed_event_once") else {
+        return;
+    };
+    let schedules: u64 =
+        std::env::var("VEXEVENT_CHAOS_SCHEDULES").ok().and_then(|n| n.parse().ok()).unwrap_or(2);
+    let seed: u64 =
+        std::env::var("VEXEVENT_CHAOS_SEED").ok().and_then(|n| n.parse().ok()).unwrap_or_else(|| {
+            u64::try_from(
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros(),
+            )
+            .unwrap()
+                | 1
+        });
+    eprintln!("chaos: {schedules} schedules, seed {seed} (VEXEVENT_CHAOS_SEED={seed} replays them)");
+    let mut random = seed;
+    let base = tempfile::tempdir().unwrap();
+    let (mut members, links) = proxied_cluster(base.path());
+    let mut performed = BTreeMap::new();
+    for schedule in 1..=schedules {
+        let load = Load::start(&members, &format!("c{schedule}-"));
+        let faults: Vec<Fault> = (0..=next_random(&mut random) % 2)
+            .map(|_| FAULTS[usize::try_from(next_random(&mut random) % FAULTS.len() as u64).unwrap()])
+            .collect();
+        let hold = Duration::from_millis(200 + next_random(&mut random) % 1_800);
+        eprintln!("chaos: schedule {schedule}: {faults:?}, held {hold:?}");
+        let mut stopped = Vec::new();
+        let mut killed = Vec::new();
+        for fault in faults {
+            let leader = leader_of_running(&members, &stopped);
+            let follower =
+                *members.keys().find(|&&id| id != leader && members[&id].running.is_some()).unwrap();
+            match fault {
+                Fault::StopLeader | Fault::StopFollower => {
+                    let id = if matches!(fault, Fault::StopLeader) { leader } else { follower };
+                    if !stopped.contains(&id) && !killed.contains(&id) {
+                        members[&id].running().signal(libc::SIGSTOP);
+                        stopped.push(id);
+                    }
+                }
+                Fault::IsolateLeader => links.partition(&[leader]),
+                Fault::IsolateFollower => links.partition(&[follower]),
+                Fault::IsolateAll => links.isolate_all(),
+                Fault::KillLeader | Fault::KillFollower => {
+                    let id = if matches!(fault, Fault::KillLeader) { leader } else { follower };
+                    if !killed.contains(&id) {
+                        if stopped.contains(&id) {
+                            members[&id].running().signal(libc::SIGCONT);
+                            stopped.retain(|&s| s != id);
+                        }
+                        members.get_mut(&id).unwrap().kill();
+                        killed.push(id);
+                    }
+                }
+            }
+            let applied_at = Instant::now();
+            // The fault's duration is the schedule, not a wait for a result.
+            while applied_at.elapsed() < hold / 2 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        for id in stopped {
+            members[&id].running().signal(libc::SIGCONT);
+        }
+        links.heal();
+        for id in killed {
+            members.get_mut(&id).unwrap().restart();
+        }
+        agreed_leader(&members);
+        load.finish(&mut performed);
+        converge_and_check(&members, &performed, &format!("chaos schedule {schedule}"));
+        eprintln!("chaos: schedule {schedule} survived");
+    }
+    eprintln!("chaos: {schedules} of {schedules} schedules survived (seed {seed})");
+    for member in members.into_values() {
+        let finished = member.running.unwrap().stop();
+        assert!(finished.exit_ok, "{:?}", finished.stderr);
+    }
+}
+
+/// The leader a running member that is not stopped names (faults already applied may leave
+/// them disagreeing, or without one: then the first such member).
+fn leader_of_running(members: &BTreeMap<u64, Member>, stopped: &[u64]) -> u64 {
+    let answering = || members.values().filter(|m| m.running.is_some() && !stopped.contains(&m.node.id));
+    answering()
+        .find_map(|m| leader_of(m.running()))
+        .filter(|leader| members[leader].running.is_some())
+        .or_else(|| answering().next().map(|m| m.node.id))
+        .unwrap_or_else(|| members.values().find(|m| m.running.is_some()).unwrap().node.id)
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code, reason = "each test or bench target uses a different part of this module")]
 
 pub mod process;
+pub mod proxy;
 pub mod webhook;
 
 use std::{

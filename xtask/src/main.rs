@@ -2,7 +2,8 @@
 //! programs and sizes; `cargo xtask clippy-ebpf` lints the eBPF crate for its target (the
 //! workspace clippy run cannot: the crate does not build for the host); `cargo xtask bench` runs
 //! every benchmark; `cargo xtask vm-test` runs vexevent on an older kernel (Debian's 6.1) under
-//! QEMU; `cargo xtask fuzz` fuzzes everything that parses outside input.
+//! QEMU; `cargo xtask fuzz` fuzzes everything that parses outside input; `cargo xtask chaos`
+//! runs randomized fault schedules against a real three-member cluster.
 
 mod fuzz;
 mod vm_test;
@@ -55,6 +56,30 @@ enum Task {
         #[arg(long)]
         kernel_package: Option<String>,
     },
+    /// Randomized faults (pauses, partitions, kills and restarts) under load against three real
+    /// members on loopback, SCHEDULES of them, checking after each that nothing committed is lost
+    /// or delivered twice; prints the number survived. Needs root.
+    Chaos {
+        #[arg(long, default_value_t = 20)]
+        schedules: u32,
+        /// Replays the schedules of an earlier run (its seed is printed).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+}
+
+/// The chaos test of tests/cluster.rs with `schedules` schedules, its output shown.
+fn chaos(schedules: u32, seed: Option<u64>) -> anyhow::Result<()> {
+    let mut command = Command::new("cargo");
+    command
+        .current_dir(workspace_root())
+        .args(["test", "--package", "vexevent", "--test", "cluster", "randomized_faults"])
+        .args(["--", "--nocapture", "--test-threads=1"])
+        .env("VEXEVENT_CHAOS_SCHEDULES", schedules.to_string());
+    if let Some(seed) = seed {
+        command.env("VEXEVENT_CHAOS_SEED", seed.to_string());
+    }
+    run(&mut command)
 }
 
 fn workspace_root() -> PathBuf {
@@ -174,5 +199,6 @@ fn main() -> anyhow::Result<()> {
         Task::Bench => bench(),
         Task::Fuzz { inputs } => fuzz::fuzz(inputs),
         Task::VmTest { kernel_package } => vm_test::vm_test(kernel_package.as_deref()),
+        Task::Chaos { schedules, seed } => chaos(schedules, seed),
     }
 }

@@ -68,6 +68,9 @@ pub fn status(remote: &Remote, addr: SocketAddr, token: &str, json: bool) -> any
     if status.members.iter().all(|m| m.lag.is_none()) {
         println!("(lags: no leader answered)");
     }
+    if let Some(why) = &status.writes_refused {
+        println!("strong writes refused here: {why}");
+    }
     let totals: Vec<_> = status.counters.iter().filter(|(_, value)| **value > 0).collect();
     if !totals.is_empty() {
         println!("cluster totals (every member's counters, summed):");

@@ -122,7 +122,8 @@ impl Run {
     }
 
     /// The run `id` of `node` (an event read back names its run).
-    fn with_id(node: NodeId, id: u64) -> Self {
+    #[must_use]
+    pub fn with_id(node: NodeId, id: u64) -> Self {
         let prefix = format!("{node}:{id:016x}").into_boxed_str();
         Self(Arc::new(RunName { node, id, prefix }))
     }

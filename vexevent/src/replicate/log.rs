@@ -34,8 +34,9 @@ use serde::{Deserialize, Serialize};
 use super::{RaftId, TypeConfig};
 
 const MAGIC: &[u8; 8] = b"VXRAFTLG";
-/// Version of the segment format; a segment of another version is refused.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the segment format (2: events in the binary encoding of `codec`; 1 held JSON
+/// lines); a segment of another version is refused.
+pub const FORMAT_VERSION: u32 = 2;
 const HEADER_LEN: usize = 16;
 const HEADER_BYTES: u64 = HEADER_LEN as u64;
 const RECORD_HEAD: usize = 8;

@@ -20,7 +20,10 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, mpsc};
 
-use super::{Outcome, Proposal, RaftId, TypeConfig};
+use super::{
+    Outcome, Proposal, RaftId, TypeConfig,
+    codec::{CodecError, Decoder},
+};
 use crate::{
     event::{NodeId, SemanticEvent, flags},
     telemetry::{Counters, add},
@@ -158,25 +161,35 @@ impl StateMachine {
         })
     }
 
-    /// Decodes a batch's events (one JSON line each); a line that does not decode is counted.
+    /// Decodes a batch's events; what does not decode is counted (and the rest of the batch with
+    /// it: its encoding reads only in order).
     fn decode(&self, proposal: &Proposal) -> Vec<SemanticEvent> {
         let replicated = proposal.node != self.node.as_str();
-        let mut events = Vec::with_capacity(proposal.count as usize);
-        for line in proposal.events.split(|&b| b == b'\n').filter(|line| !line.is_empty()) {
-            match serde_json::from_slice::<SemanticEvent>(line) {
-                Ok(mut event) => {
-                    if replicated {
-                        event.flags |= flags::REPLICATED;
-                    }
-                    events.push(event);
-                }
-                Err(error) => {
-                    add(&self.counters.cluster_decode_errors, 1);
-                    tracing::warn!(%error, node = proposal.node, "a committed event does not decode; skipped");
-                }
+        let (mut events, error) = decode_events(proposal);
+        if let Some(error) = error {
+            let lost = u64::from(proposal.count).saturating_sub(events.len() as u64).max(1);
+            add(&self.counters.cluster_decode_errors, lost);
+            tracing::warn!(%error, node = proposal.node, events = lost, "committed events do not decode; skipped");
+        }
+        if replicated {
+            for event in &mut events {
+                event.flags |= flags::REPLICATED;
             }
         }
         events
+    }
+}
+
+/// The events of a batch, and why the rest did not decode (if it did not).
+pub fn decode_events(proposal: &Proposal) -> (Vec<SemanticEvent>, Option<CodecError>) {
+    let mut events = Vec::with_capacity(proposal.count as usize);
+    let mut decoder = Decoder::new(&proposal.events);
+    loop {
+        match decoder.next_event() {
+            Ok(Some(event)) => events.push(event),
+            Ok(None) => return (events, None),
+            Err(error) => return (events, Some(error)),
+        }
     }
 }
 
@@ -437,16 +450,15 @@ mod tests {
         let log = super::super::LogStore::open(&dir.path().join("log")).unwrap();
         let entries: Vec<Entry<TypeConfig>> = (1..=5)
             .map(|index| {
-                let mut line = Vec::new();
+                let mut encoder = super::super::codec::Encoder::default();
                 let mut event =
                     SemanticEvent::own(&run, crate::event::EventType::FilesystemWrite, "write".into(), 0, 0);
                 event.origin = run.origin(0, index);
-                crate::pipeline::write_event(&event, &mut line).unwrap();
-                line.push(b'\n');
+                encoder.push(&event).unwrap();
                 Entry {
                     log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
                     payload: EntryPayload::Normal(Proposal {
-                        events: line.into(),
+                        events: encoder.finish().into(),
                         count: 1,
                         ..proposal(index)
                     }),

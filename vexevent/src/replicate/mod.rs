@@ -9,6 +9,7 @@
 //! is kept and nothing is applied twice.
 
 mod causal;
+mod codec;
 mod config;
 mod log;
 mod machine;
@@ -52,7 +53,7 @@ pub struct Proposal {
     pub batch: u64,
     /// How many events `events` holds.
     pub count: u32,
-    /// The events, one JSON line each (the event's own encoding: what every sink writes).
+    /// The events in the log's binary encoding ([`codec`]).
     pub events: bytes::Bytes,
 }
 

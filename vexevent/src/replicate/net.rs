@@ -35,8 +35,9 @@ use super::{
 };
 use crate::telemetry::{Counters, add};
 
-/// Version of the peer protocol (in the handshake; another version is refused).
-const PROTOCOL_VERSION: u16 = 1;
+/// Version of the peer protocol (in the handshake; another version is refused). 2: entries hold
+/// events in the binary encoding of `codec`.
+const PROTOCOL_VERSION: u16 = 2;
 /// Largest frame once authenticated: a few entries of at most `entry_events` events each.
 pub const FRAME_MAX: usize = 256 << 20;
 /// Largest handshake frame (a nonce and a MAC).

@@ -3,7 +3,8 @@
 //! while the previous ones were in flight, up to `entry_events` (so one event per entry at low
 //! load, full entries under load). A batch that fails (no leader, the leader died, a batch
 //! before it failed) is sent again, in order, from the first unacknowledged one, after a
-//! backoff; the state machine drops what was in fact committed already.
+//! backoff; the state machine drops what was in fact committed already. When another member
+//! becomes leader, what is unacknowledged goes to it at once (no timeout, no backoff).
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -18,11 +19,11 @@ use tokio::{sync::mpsc, task::JoinSet, time::Instant};
 
 use super::{
     Committed, Outcome, Proposal, RaftId,
+    codec::Encoder,
     net::{Peers, Raft, Refused, propose_here},
 };
 use crate::{
     event::SemanticEvent,
-    pipeline::write_event,
     telemetry::{Counters, add},
 };
 
@@ -68,18 +69,15 @@ async fn propose(raft: Raft, peers: Peers, me: RaftId, proposal: Proposal) -> Re
 impl Proposer {
     /// The next batch: up to `entry_events` events (and [`ENTRY_BYTES_MAX`] bytes) from `pending`.
     fn cut(&self, batch: u64, pending: &mut VecDeque<SemanticEvent>) -> Proposal {
-        let mut bytes = Vec::new();
-        let mut count = 0u32;
-        while (count as usize) < self.entry_events && bytes.len() < ENTRY_BYTES_MAX {
+        let mut encoder = Encoder::default();
+        while (encoder.count as usize) < self.entry_events && encoder.encoded_len() < ENTRY_BYTES_MAX {
             let Some(event) = pending.pop_front() else { break };
-            if write_event(&event, &mut bytes).is_err() {
+            if encoder.push(&event).is_err() {
                 add(&self.counters.sink_errors, 1);
-                continue;
             }
-            bytes.push(b'\n');
-            count += 1;
         }
-        Proposal { node: self.node.clone(), run: self.run, batch, count, events: bytes.into() }
+        let count = encoder.count;
+        Proposal { node: self.node.clone(), run: self.run, batch, count, events: encoder.finish().into() }
     }
 
     /// Runs until `incoming` closes and what it delivered is committed (or the grace passed:
@@ -95,6 +93,8 @@ impl Proposer {
         let mut backoff = BACKOFF_MIN;
         let mut closed_at: Option<Instant> = None;
         let mut last_index = 0u64;
+        let mut server = self.raft.server_metrics();
+        let mut leader = server.borrow_and_update().current_leader;
         loop {
             if !failing && retry_at.is_none_or(|at| at <= Instant::now()) {
                 retry_at = None;
@@ -153,6 +153,22 @@ impl Proposer {
                         retry_at = Some(Instant::now() + backoff);
                         backoff = (backoff * 2).min(BACKOFF_MAX);
                     }
+                }
+                Ok(()) = server.changed() => {
+                    let now = server.borrow_and_update().current_leader;
+                    if now.is_some() && now != leader && !unacked.is_empty() {
+                        // A leader again, or another one: proposals sent to the old leader would
+                        // wait for their timeout (a stopped or cut-off leader never answers) or
+                        // for the backoff; send them again now, in order (what the old one did
+                        // commit is dropped as a repeat).
+                        tracing::debug!(?leader, ?now, "cluster: new leader; sending the unacknowledged batches to it");
+                        in_flight.shutdown().await;
+                        failing = false;
+                        resend = unacked.keys().copied().collect();
+                        retry_at = None;
+                        backoff = BACKOFF_MIN;
+                    }
+                    leader = now;
                 }
                 () = sleep_until(retry_at), if retry_at.is_some() => {}
                 () = sleep_until(deadline), if deadline.is_some() => {}

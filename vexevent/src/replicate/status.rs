@@ -6,8 +6,17 @@ use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
 use openraft::{EntryPayload, ServerState};
 use serde::{Deserialize, Serialize};
 
-use super::{LogStore, RaftId, machine::NotApplied, net::Peers, net::Raft, totals::SharedTotals};
-use crate::telemetry::{AppliedFuture, ClusterView, LogPage, StatusFuture};
+use super::{
+    LogStore, RaftId,
+    machine::{NotApplied, decode_events},
+    net::Peers,
+    net::Raft,
+    totals::SharedTotals,
+};
+use crate::{
+    pipeline::write_event,
+    telemetry::{AppliedFuture, ClusterView, LogPage, StatusFuture},
+};
 
 /// How long a follower waits for the leader's view of the lags.
 const LEADER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -43,6 +52,32 @@ pub struct ClusterStatus {
     /// The cluster's counters (every member's runs summed, as merged here).
     #[serde(default)]
     pub counters: BTreeMap<String, u64>,
+    /// Why this member cannot commit strong writes now (`None`: it can): no leader is known, or
+    /// it leads without having heard from a majority for longer than an election timeout (a
+    /// minority side of a partition). Its captured events wait in its buffer meanwhile.
+    pub writes_refused: Option<String>,
+}
+
+/// Why `metrics`' member cannot commit strong writes now.
+fn writes_refused(
+    metrics: &openraft::RaftMetrics<RaftId, openraft::BasicNode>,
+    election_ms: u64,
+) -> Option<String> {
+    match (metrics.current_leader, metrics.millis_since_quorum_ack) {
+        (None, _) => Some(format!(
+            "no leader is known in term {} (an election is under way, or this member cannot reach a majority)",
+            metrics.current_term
+        )),
+        (Some(leader), Some(ms)) if leader == metrics.id && ms > election_ms => Some(format!(
+            "this member leads term {} but has not heard from a majority for {ms} ms (it is cut off from it)",
+            metrics.current_term
+        )),
+        (Some(leader), None) if leader == metrics.id => Some(format!(
+            "this member leads term {} but no majority has acknowledged it yet",
+            metrics.current_term
+        )),
+        _ => None,
+    }
 }
 
 /// This member's view, from its metrics (lags only when it is the leader).
@@ -83,6 +118,7 @@ pub fn local_status(raft: &Raft, log: &LogStore, members: &BTreeMap<RaftId, Sock
         snapshot_index: metrics.snapshot.map(|l| l.index),
         members,
         counters: BTreeMap::new(),
+        writes_refused: writes_refused(&metrics, raft.config().election_timeout_max),
     }
 }
 
@@ -131,7 +167,7 @@ impl ClusterView for ClusterHandle {
         // Past the commit index this is empty (still refused when `from` is compacted).
         let entries = self.log.read(from, to).map_err(|error| error.to_string())?;
         let not_applied = self.not_applied.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut lines = String::new();
+        let mut lines = Vec::new();
         let mut next = from;
         for entry in entries {
             next = entry.log_id.index + 1;
@@ -139,9 +175,17 @@ impl ClusterView for ClusterHandle {
                 continue;
             }
             if let EntryPayload::Normal(proposal) = entry.payload {
-                lines.push_str(&String::from_utf8_lossy(&proposal.events));
+                let (events, error) = decode_events(&proposal);
+                if let Some(error) = error {
+                    return Err(format!("log index {}: {error}", entry.log_id.index));
+                }
+                for event in &events {
+                    write_event(event, &mut lines).map_err(|error| error.to_string())?;
+                    lines.push(b'\n');
+                }
             }
         }
+        let lines = String::from_utf8(lines).map_err(|error| error.to_string())?;
         Ok(LogPage { lines, next, committed })
     }
 
