@@ -10,7 +10,10 @@ use vexevent_common::{KERNEL_VALUES, KernelBody, kernel_flags, syscall_by_nr};
 use super::{Disposition, Translator, errno_name};
 use crate::{
     capture::RawRecord,
-    event::{Context, FilesystemContext, KernelContext, OpResult, PathBytes, Priority, SemanticEvent},
+    event::{
+        Context, FilesystemContext, KernelContext, OpResult, PathBytes, Priority, SemanticEvent,
+        VectorContext,
+    },
     loader::{DeviceMount, NamedKind, NamedSource, parse_device_mounts},
 };
 
@@ -90,6 +93,24 @@ fn sign_extend(value: u64, size: u8) -> i64 {
 /// `MAJ:MIN` of a kernel-encoded device number.
 fn device_text(dev: u32) -> String {
     format!("{}:{}", dev >> 20, dev & 0xf_ffff)
+}
+
+/// A vector event's context from the numeric arguments named as its fields (`dimensions`,
+/// `element_type`, `vector_count`, `k`, `metric`, `search_type`, `max_results`); `None` when
+/// none is.
+fn vector_context(fields: &std::collections::BTreeMap<String, Value>) -> Option<VectorContext> {
+    let number = |name: &str| fields.get(name).and_then(Value::as_u64).and_then(|n| u32::try_from(n).ok());
+    let vector = VectorContext {
+        dimensions: number("dimensions"),
+        element_type: number("element_type"),
+        vector_count: number("vector_count"),
+        k: number("k"),
+        metric: number("metric"),
+        search_type: number("search_type"),
+        max_results: number("max_results"),
+        ..VectorContext::default()
+    };
+    (vector != VectorContext::default()).then_some(vector)
 }
 
 impl Translator {
@@ -173,8 +194,14 @@ impl Translator {
                 != 0,
         };
         let has_fs = filesystem.path.is_some() || filesystem.inode_number.is_some();
-        let context =
-            Context { filesystem: has_fs.then_some(filesystem), kernel: Some(kernel), ..Context::default() };
+        let vector =
+            (source.event_type.category() == "vector").then(|| vector_context(&kernel.fields)).flatten();
+        let context = Context {
+            filesystem: has_fs.then_some(filesystem),
+            vector,
+            kernel: Some(kernel),
+            ..Context::default()
+        };
         let ret = match source.signed_return {
             Some(size) => sign_extend(record.header.ret.cast_unsigned(), size),
             None => record.header.ret,
@@ -277,6 +304,19 @@ mod tests {
         let outside = encode_kernel(&header, body, b"x\0", None);
         let Ok(Captured::Record(record)) = decode(&outside) else { panic!("not a record") };
         assert_eq!(translator.translate(&record, &mut out, &Counters::default()), Disposition::OutOfScope);
+    }
+
+    /// A vector function's numeric arguments named as vector fields fill its vector context.
+    #[test]
+    fn vector_arguments_fill_the_vector_context() {
+        let fields = [("dimensions", Value::from(3)), ("k", Value::from(10)), ("flags", Value::from(1))]
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value))
+            .collect();
+        let vector = vector_context(&fields).unwrap();
+        assert_eq!((vector.dimensions, vector.k, vector.vector_count), (Some(3), Some(10), None));
+        let unrelated = [("count".to_owned(), Value::from(3)), ("k".to_owned(), Value::from(-1))];
+        assert_eq!(vector_context(&unrelated.into_iter().collect()), None);
     }
 
     #[test]
