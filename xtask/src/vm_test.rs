@@ -218,8 +218,9 @@ out "@@vexfs-events"
 cat /tmp/vexfs.jsonl >/dev/ttyS1
 out "@@vexfs-end"
 # What the function probes cost, measured under emulation: one process (rm -r) unlinking 3000
-# files, without vexevent, with vexevent (syscall probes) and with vfs_unlink attached as well;
-# the best of two runs each, in centiseconds (/proc/uptime).
+# files, without vexevent, with vexevent (syscall probes), and with vfs_unlink attached as well,
+# by fentry/fexit and by kprobe/kretprobe; the best of two runs each, in centiseconds
+# (/proc/uptime).
 now() { read up rest </proc/uptime; echo "${up%.*}${up#*.}"; }
 cost() {
   best=
@@ -230,22 +231,28 @@ cost() {
   done
   echo $best
 }
-printf '[[kernel_functions]]\nname = "vfs_unlink"\n' >/tmp/cost.toml
+# cost() under a vexevent run named $1 with the further arguments.
+under() {
+  name=$1
+  shift
+  vexevent run "$@" --watch /tmp --output /tmp/cost-$name.jsonl --stats-file /tmp/cost-$name.json \
+    --stats-interval 0 </dev/null >/dev/null 2>/tmp/cost-$name.err &
+  VX=$!
+  ready /tmp/cost-$name.err $VX
+  cost
+  kill -INT $VX
+  wait $VX
+}
+printf '[[kernel_functions]]\nname = "vfs_unlink"\n' >/tmp/cost-fentry.toml
+printf '[[kernel_functions]]\nname = "vfs_unlink"\nhook = "kprobe"\n' >/tmp/cost-kprobe.toml
 bare=$(cost)
-vexevent run --watch /tmp --output /tmp/cost1.jsonl --stats-file /tmp/cost1.json --stats-interval 0 </dev/null >/dev/null 2>/tmp/cost1.err &
-VX=$!
-ready /tmp/cost1.err $VX
-syscalls=$(cost)
-kill -INT $VX
-wait $VX
-vexevent run --config /tmp/cost.toml --watch /tmp --output /tmp/cost2.jsonl --stats-file /tmp/cost2.json --stats-interval 0 </dev/null >/dev/null 2>/tmp/cost2.err &
-VX=$!
-ready /tmp/cost2.err $VX
-functions=$(cost)
-kill -INT $VX
-wait $VX
-echo "vm: rm -r of 3000 files (cs): bare $bare, syscall probes $syscalls, plus vfs_unlink $functions"
-out "@@cost $bare $syscalls $functions $(grep -c '"vfs_unlink"' /tmp/cost2.jsonl)"
+syscalls=$(under syscalls)
+fentry=$(under fentry --config /tmp/cost-fentry.toml)
+kprobe=$(under kprobe --config /tmp/cost-kprobe.toml)
+grep -q "attached.*fentry/vfs_unlink" /tmp/cost-fentry.err || { cat /tmp/cost-fentry.err; fail "vfs_unlink not by fentry"; }
+grep -q "attached.*kprobe/vfs_unlink" /tmp/cost-kprobe.err || { cat /tmp/cost-kprobe.err; fail "vfs_unlink not by kprobe"; }
+echo "vm: rm -r of 3000 files (cs): bare $bare, syscall probes $syscalls, plus vfs_unlink by fentry $fentry, by kprobe $kprobe"
+out "@@cost $bare $syscalls $fentry $kprobe $(grep -c '"vfs_unlink"' /tmp/cost-fentry.jsonl) $(grep -c '"vfs_unlink"' /tmp/cost-kprobe.jsonl)"
 echo "VEXEVENT-VM-TEST: PASS"
 poweroff -f
 "#;
@@ -447,7 +454,7 @@ fn check_results(results: &str) -> anyhow::Result<()> {
 fn check_kernel_functions(results: &str) -> anyhow::Result<()> {
     let list = section(results, "kfunc-list");
     ensure!(
-        list.lines().any(|l| l.starts_with("vfs_mkdir\t") && l.contains("attachable (kprobe)")),
+        list.lines().any(|l| l.starts_with("vfs_mkdir\t") && l.contains("attachable (fentry or kprobe)")),
         "vexevent functions --list does not say vfs_mkdir is attachable:\n{list}"
     );
     let expected = [
@@ -456,7 +463,7 @@ fn check_kernel_functions(results: &str) -> anyhow::Result<()> {
         Call::new("vfs_rmdir", "FilesystemRmdir", "/tmp/kf/d", -39, "rmdir"),
         Call::new("vfs_unlink", "FilesystemDelete", "/tmp/kf/d/b", 0, "unlink"),
     ];
-    check_function_run(results, "kfunc", &expected)?;
+    check_function_run(results, "kfunc", "fentry", &expected)?;
     check_vexfs_module(results)?;
     report_cost(results);
     Ok(())
@@ -487,7 +494,7 @@ fn check_vexfs_module(results: &str) -> anyhow::Result<()> {
         Call::new("vexfs_unlink", "FilesystemDelete", "/tmp/vexfs/docs/b.txt", 0, "unlink"),
         Call::new("vexfs_rmdir", "FilesystemRmdir", "/tmp/vexfs/docs", -39, "rmdir"),
     ];
-    check_function_run(results, "vexfs", &expected)
+    check_function_run(results, "vexfs", "kprobe", &expected)
 }
 
 /// One expected kernel-function call.
@@ -527,10 +534,10 @@ impl Call {
         Self { dimensions: Some(dimensions), ..self }
     }
 
-    /// Whether `event` is this call as expected (else what differs).
-    fn check(&self, event: &Value) -> anyhow::Result<()> {
+    /// Whether `event` is this call as expected, through `hook` (else what differs).
+    fn check(&self, event: &Value, hook: &str) -> anyhow::Result<()> {
         ensure!(event["event_type"] == self.event_type, "not {}", self.event_type);
-        ensure!(event["context"]["kernel"]["hook"] == "kprobe", "not from a kprobe");
+        ensure!(event["context"]["kernel"]["hook"] == hook, "not from a {hook}");
         let fs = &event["context"]["filesystem"];
         ensure!(fs["path"] == self.path, "path is not {}", self.path);
         if let Some(target) = self.target {
@@ -557,12 +564,13 @@ impl Call {
 }
 
 /// A kernel-function run of the VM (sections `NAME-stderr`, `NAME-events`, `NAME-stats`): every
-/// function attached, each call's event as expected, no read fault, no unaccounted loss.
-fn check_function_run(results: &str, name: &str, expected: &[Call]) -> anyhow::Result<()> {
+/// function attached through `hook`, each call's event as expected, no read fault, no
+/// unaccounted loss.
+fn check_function_run(results: &str, name: &str, hook: &str, expected: &[Call]) -> anyhow::Result<()> {
     let stderr = section(results, &format!("{name}-stderr"));
     let attached = stderr.lines().find(|l| l.contains("vexevent: attached")).context("no start-up report")?;
     for call in expected {
-        let hook = format!("kprobe/{}", call.function);
+        let hook = format!("{hook}/{}", call.function);
         ensure!(attached.contains(&hook), "the start-up report does not name {hook} as attached: {attached}");
     }
     let events: Vec<Value> = section(results, &format!("{name}-events"))
@@ -577,7 +585,7 @@ fn check_function_run(results: &str, name: &str, expected: &[Call]) -> anyhow::R
             .iter()
             .find(|e| e["context"]["kernel"]["name"] == call.function)
             .with_context(|| format!("no {} event", call.function))?;
-        call.check(event).with_context(|| format!("{}: {event}", call.function))?;
+        call.check(event, hook).with_context(|| format!("{}: {event}", call.function))?;
     }
     let stats: Value = serde_json::from_str(section(results, &format!("{name}-stats")).trim())
         .context("the stats are not JSON")?;
@@ -595,13 +603,14 @@ fn report_cost(results: &str) {
         return;
     };
     let figures: Vec<f64> = line.split_whitespace().filter_map(|f| f.parse().ok()).collect();
-    if let [bare, syscalls, functions, events] = figures[..] {
+    if let [bare, syscalls, fentry, kprobe, fentry_events, kprobe_events] = figures[..] {
         eprintln!(
-            "vm-test: rm -r of 3000 files under emulation: bare {bare} cs, syscall probes {syscalls} cs ({:.2}x), \
-             plus vfs_unlink kprobe pair {functions} cs ({:.2}x bare, {:.2}x syscall probes; {events} vfs_unlink events)",
+            "vm-test: rm -r of 3000 files under emulation: bare {bare} cs, syscall probes {syscalls} cs ({:.2}x); \
+             plus vfs_unlink by fentry/fexit {fentry} cs ({:.2}x syscall probes, {fentry_events} events), \
+             by kprobe/kretprobe {kprobe} cs ({:.2}x syscall probes, {kprobe_events} events)",
             syscalls / bare.max(1.0),
-            functions / bare.max(1.0),
-            functions / syscalls.max(1.0)
+            fentry / syscalls.max(1.0),
+            kprobe / syscalls.max(1.0)
         );
     }
 }

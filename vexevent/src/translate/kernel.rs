@@ -14,7 +14,7 @@ use crate::{
         Context, FilesystemContext, KernelContext, OpResult, PathBytes, Priority, SemanticEvent,
         VectorContext,
     },
-    loader::{DeviceMount, NamedKind, NamedSource, parse_device_mounts},
+    loader::{DeviceMount, NamedSource, parse_device_mounts},
 };
 
 /// Least time between two reads of mountinfo when a device is not known.
@@ -178,11 +178,7 @@ impl Translator {
         }
         let in_syscall = body.flags & kernel_flags::IN_SYSCALL != 0;
         let kernel = KernelContext {
-            hook: match source.kind {
-                NamedKind::Tracepoint => "tracepoint",
-                NamedKind::Function => "kprobe",
-            }
-            .to_owned(),
+            hook: source.kind.hook().to_owned(),
             name: source.name.clone(),
             fields,
             syscall: in_syscall
@@ -230,7 +226,7 @@ mod tests {
     use crate::{
         capture::{Captured, decode, encode_kernel},
         event::{EventType, WatchScope},
-        loader::{NamedText, NamedValue},
+        loader::{NamedKind, NamedText, NamedValue},
         telemetry::Counters,
         translate::{TranslateOptions, VexfsRoots},
     };
@@ -245,7 +241,7 @@ mod tests {
             vexfs: VexfsRoots(Vec::new()),
         });
         let source = NamedSource {
-            kind: NamedKind::Function,
+            kind: NamedKind::Kprobe,
             name: "vfs_rename".into(),
             event_type: EventType::FilesystemRename,
             values: vec![NamedValue { name: "flags".into(), signed: true, size: 4 }],
