@@ -252,7 +252,7 @@ kprobe=$(under kprobe --config /tmp/cost-kprobe.toml)
 grep -q "attached.*fentry/vfs_unlink" /tmp/cost-fentry.err || { cat /tmp/cost-fentry.err; fail "vfs_unlink not by fentry"; }
 grep -q "attached.*kprobe/vfs_unlink" /tmp/cost-kprobe.err || { cat /tmp/cost-kprobe.err; fail "vfs_unlink not by kprobe"; }
 echo "vm: rm -r of 3000 files (cs): bare $bare, syscall probes $syscalls, plus vfs_unlink by fentry $fentry, by kprobe $kprobe"
-out "@@cost $bare $syscalls $fentry $kprobe $(grep -c '"vfs_unlink"' /tmp/cost-fentry.jsonl) $(grep -c '"vfs_unlink"' /tmp/cost-kprobe.jsonl)"
+out "@@cost $bare $syscalls $fentry $kprobe $(grep -c '"event_subtype":"vfs_unlink"' /tmp/cost-fentry.jsonl) $(grep -c '"event_subtype":"vfs_unlink"' /tmp/cost-kprobe.jsonl)"
 echo "VEXEVENT-VM-TEST: PASS"
 poweroff -f
 "#;
@@ -321,7 +321,7 @@ pub fn vm_test(kernel_package: Option<&str>) -> anyhow::Result<()> {
     );
     check_results(&results)?;
     println!(
-        "vm-test: PASS (Linux {release}: FUSE requests, VFS and vexfs module functions captured through kprobes)"
+        "vm-test: PASS (Linux {release}: FUSE requests through kprobes, VFS functions through fentry, vexfs module functions through kprobes)"
     );
     Ok(())
 }
@@ -564,8 +564,8 @@ impl Call {
 }
 
 /// A kernel-function run of the VM (sections `NAME-stderr`, `NAME-events`, `NAME-stats`): every
-/// function attached through `hook`, each call's event as expected, no read fault, no
-/// unaccounted loss.
+/// function attached through `hook`, each call's event as expected and listed in its syscall's
+/// event, no read fault, no unaccounted loss.
 fn check_function_run(results: &str, name: &str, hook: &str, expected: &[Call]) -> anyhow::Result<()> {
     let stderr = section(results, &format!("{name}-stderr"));
     let attached = stderr.lines().find(|l| l.contains("vexevent: attached")).context("no start-up report")?;
@@ -586,6 +586,18 @@ fn check_function_run(results: &str, name: &str, hook: &str, expected: &[Call]) 
             .find(|e| e["context"]["kernel"]["name"] == call.function)
             .with_context(|| format!("no {} event", call.function))?;
         call.check(event, hook).with_context(|| format!("{}: {event}", call.function))?;
+        // The syscall's own event lists the call (the correlate stage's join).
+        let listed = events.iter().any(|e| {
+            e["process"]["tid"] == event["process"]["tid"]
+                && e["context"]["kernel_calls"].as_array().is_some_and(|calls| {
+                    calls.iter().any(|c| {
+                        c["name"] == call.function
+                            && c["hook"] == hook
+                            && c["exit_ns"] == event["timestamp"]["monotonic_ns"]
+                    })
+                })
+        });
+        ensure!(listed, "no syscall event lists the {} call: {event}", call.function);
     }
     let stats: Value = serde_json::from_str(section(results, &format!("{name}-stats")).trim())
         .context("the stats are not JSON")?;
