@@ -26,6 +26,12 @@ use crate::{
 
 /// Most calls kept per thread for the syscall they ran in (the oldest make room).
 const CALLS_PER_THREAD: usize = 64;
+/// Most threads with calls kept (a new thread's calls are not kept beyond it).
+const CALL_THREADS: usize = 4096;
+/// How long a call waits for its syscall's event after reaching this stage: far longer than
+/// the consumer lags, so that a join does not depend on how records are batched (nothing is
+/// held back meanwhile). A thread's next syscall event ends the wait either way.
+const CALL_WAIT: Duration = Duration::from_secs(10);
 
 /// Settings of the correlate stage.
 #[derive(Clone, Copy, Debug)]
@@ -107,11 +113,13 @@ impl Correlator {
             return;
         }
         if let Some((tid, syscall_enter, call)) = kernel_call(&event) {
-            let calls = self.calls.entry(tid).or_default();
-            if calls.len() == CALLS_PER_THREAD {
-                calls.pop_front();
+            if self.calls.len() < CALL_THREADS || self.calls.contains_key(&tid) {
+                let calls = self.calls.entry(tid).or_default();
+                if calls.len() == CALLS_PER_THREAD {
+                    calls.pop_front();
+                }
+                calls.push_back((syscall_enter, call, arrived_ns));
             }
-            calls.push_back((syscall_enter, call, arrived_ns));
         }
         // A syscall's event (a call inside it must not take its FUSE requests).
         if let (Some(tid), None) = (event.process.as_ref().map(|p| p.tid), &event.context.kernel) {
@@ -204,9 +212,10 @@ impl Correlator {
     /// waits until `now_ns` (`CLOCK_MONOTONIC`) is `window` past its reply and past its arrival.
     pub fn drain(&mut self, now_ns: u64, out: &mut Vec<SemanticEvent>, counters: &Counters) {
         let window = u64::try_from(self.options.window.as_nanos()).unwrap_or(u64::MAX);
-        // Calls whose syscall's event did not come within the window are let go.
+        // Calls whose syscall's event did not come are let go.
+        let wait = u64::try_from(CALL_WAIT.as_nanos()).unwrap_or(u64::MAX);
         self.calls.retain(|_, calls| {
-            calls.retain(|(_, _, arrived)| arrived.saturating_add(window) > now_ns);
+            calls.retain(|(_, _, arrived)| arrived.saturating_add(wait) > now_ns);
             !calls.is_empty()
         });
         while let Some(front) = self.queue.front() {
