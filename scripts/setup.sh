@@ -45,12 +45,13 @@ if ! linker_ok; then
 fi
 
 # 3. Debian packages: FUSE (fuse3, bindfs) for the FUSE tests, e2fsprogs for ext4 images, QEMU
-# for the VM test on an older kernel (`cargo xtask vm-test`, which fetches the kernel itself),
+# for the VM test on an older kernel (`cargo xtask vm-test`, which fetches the kernel itself) with
+# make, gcc-12 and libelf1 to build its vexfs module against that kernel's headers,
 # nats-server (2.9, with JetStream) for the NATS sink tests (tests/nats.rs starts its own);
 # chromium for the dashboard's browser test and prometheus for promtool (metrics and alert rules);
 # systemd for `systemd-analyze verify` of the shipped unit (dist/vexevent.service).
 missing=()
-for pkg in fuse3 bindfs e2fsprogs qemu-system-x86 nats-server chromium prometheus systemd; do
+for pkg in fuse3 bindfs e2fsprogs qemu-system-x86 make gcc-12 libelf1 nats-server chromium prometheus systemd; do
   has 'install ok installed' dpkg-query -W -f='${Status}' "$pkg" || missing+=("$pkg")
 done
 if ((${#missing[@]})); then

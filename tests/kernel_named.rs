@@ -1,7 +1,8 @@
 //! Root tests of tracepoints and kernel functions attached by name: a tracepoint's events after
 //! a real write on ext4 (fields from its format file, the implied event type, the rate cap
 //! counted), and the start-up report for kernel functions (what did not attach and why; capture
-//! goes on). Where the kernel has kprobes the functions attach and their events are checked.
+//! goes on: why fentry did not attach and what was used instead). Where the kernel has fentry
+//! or kprobes the functions attach and their events are checked.
 
 mod support;
 
@@ -130,13 +131,22 @@ args = ["no_such_argument"]
     );
     assert!(report.contains("not attached: vfs_unlink (has no argument no_such_argument"), "{report}");
     let kprobes = Path::new("/sys/bus/event_source/devices/kprobe").exists();
-    if kprobes {
-        assert!(report.contains("kprobe/vfs_mkdir"), "{report}");
-    } else {
+    // fentry first; where it did not attach, the report says why and which fallback is taken.
+    let fentry = report.lines().any(|l| l.contains("vexevent: attached") && l.contains("fentry/vfs_mkdir"));
+    if !fentry {
+        let fallback = if kprobes { "; using a kprobe)" } else { "; no kprobe either)" };
         assert!(
-            report.contains("not attached: vfs_mkdir (this kernel has no kprobes"),
-            "the start-up report says why vfs_mkdir did not attach: {report}"
+            report.lines().any(|l| l.contains("not attached: fentry/vfs_mkdir (") && l.ends_with(fallback)),
+            "the start-up report says why fentry did not attach: {report}"
         );
+        if kprobes {
+            assert!(report.contains("kprobe/vfs_mkdir"), "{report}");
+        } else {
+            assert!(
+                report.contains("not attached: vfs_mkdir (this kernel has no kprobes"),
+                "the start-up report says why vfs_mkdir did not attach: {report}"
+            );
+        }
     }
     // Capture goes on: the syscall probes see the mkdir.
     let made = mount.path.join("made");
@@ -149,7 +159,7 @@ args = ["no_such_argument"]
     });
     let finished = vexevent.stop();
     let by_function = kernel_events(&finished.events, "vfs_mkdir");
-    if kprobes {
+    if fentry || kprobes {
         let event = by_function
             .iter()
             .find(|e| e["context"]["filesystem"]["path"] == path)

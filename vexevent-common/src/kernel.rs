@@ -8,6 +8,9 @@
 pub const MAX_KERNEL_SOURCES: u32 = 64;
 /// Most tracepoints one run attaches (the object has one tracepoint program per slot).
 pub const MAX_TRACEPOINTS: u32 = 8;
+/// Most vmlinux functions one run attaches through fentry/fexit (the object has one pair per
+/// slot); the rest attach as kprobes.
+pub const MAX_FENTRY_SLOTS: u32 = 8;
 /// Numeric values a record carries (tracepoint fields, function arguments).
 pub const KERNEL_VALUES: usize = 8;
 /// Text values a record carries (strings, paths of dentries).

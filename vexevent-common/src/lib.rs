@@ -108,4 +108,25 @@ pub mod program_names {
     /// Kernel functions attached by name (`[[kernel_functions]]`), as kprobe and kretprobe.
     pub const FUNCTION_ENTRY: &str = "vexevent_function_entry";
     pub const FUNCTION_RETURN: &str = "vexevent_function_return";
+    /// Kernel functions of vmlinux attached by name as fentry and fexit, one pair per slot.
+    pub const FENTRY: [&str; crate::MAX_FENTRY_SLOTS as usize] = [
+        "vexevent_fentry_0",
+        "vexevent_fentry_1",
+        "vexevent_fentry_2",
+        "vexevent_fentry_3",
+        "vexevent_fentry_4",
+        "vexevent_fentry_5",
+        "vexevent_fentry_6",
+        "vexevent_fentry_7",
+    ];
+    pub const FEXIT: [&str; crate::MAX_FENTRY_SLOTS as usize] = [
+        "vexevent_fexit_0",
+        "vexevent_fexit_1",
+        "vexevent_fexit_2",
+        "vexevent_fexit_3",
+        "vexevent_fexit_4",
+        "vexevent_fexit_5",
+        "vexevent_fexit_6",
+        "vexevent_fexit_7",
+    ];
 }

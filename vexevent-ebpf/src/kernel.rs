@@ -1,8 +1,10 @@
 //! Tracepoints and kernel functions attached by name. Eight copies of one tracepoint program
 //! serve up to eight configured tracepoints, each reading its slot's spec and copying the
 //! configured fields (offsets from tracefs `format` files). One kprobe/kretprobe pair
-//! serves every configured function: it finds its spec by the probed address
-//! (`bpf_get_func_ip`) and copies the configured arguments, following `struct dentry`, `file`,
+//! serves every configured function, and eight fentry/fexit pairs (one target each: the kernel
+//! binds a tracing program to its function at load) serve vmlinux functions where the kernel
+//! allows them; each finds its spec by the probed address (`bpf_get_func_ip`) and copies the
+//! configured arguments, following `struct dentry`, `file`,
 //! `path`, `inode` and `renamedata` at offsets the loader read from BTF (`KERNEL_LAYOUT`). A
 //! timed function's record is built at entry, kept per (thread, function) and submitted at
 //! return with its duration and return value. Same filters (self, pid, uid, comm) and loss
@@ -14,14 +16,14 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
         bpf_probe_read_kernel, generated,
     },
-    macros::{kprobe, kretprobe, tracepoint},
-    programs::{ProbeContext, RetProbeContext, TracePointContext},
+    macros::{fentry, fexit, kprobe, kretprobe, tracepoint},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
 use vexevent_common::{
     KERNEL_ARGS, KERNEL_NAME_BYTES, KERNEL_PATH_DEPTH, KERNEL_RECORD_MAX, KERNEL_TEXT_BYTES, KERNEL_TEXTS,
     KERNEL_VALUES, KernelBody, KernelCallBuf, KernelCallKey, KernelField, KernelLayout, KernelSpec,
-    KernelStat, MAX_TRACEPOINTS, NOT_A_SYSCALL, OpKind, RECORD_PATHS_OFFSET, RecordBuf, field_kind,
-    kernel_flags, spec_kernel,
+    KernelStat, MAX_FENTRY_SLOTS, MAX_TRACEPOINTS, NOT_A_SYSCALL, OpKind, RECORD_PATHS_OFFSET, RecordBuf,
+    field_kind, kernel_flags, spec_kernel,
 };
 
 use crate::{
@@ -68,15 +70,88 @@ const _: () = assert!(MAX_TRACEPOINTS == 8);
 #[kprobe]
 #[expect(clippy::needless_pass_by_value, reason = "aya-ebpf's program macros pass the context by value")]
 pub fn vexevent_function_entry(ctx: ProbeContext) -> u32 {
-    let _ = on_entry(&ctx);
+    // SAFETY: a kprobe context, which the helper accepts (Linux 5.15+).
+    let ip = unsafe { generated::bpf_get_func_ip(ctx.as_ptr()) };
+    // One load per argument at a constant position: the verifier refuses a context read at an
+    // offset chosen at run time.
+    let args: [u64; 8] = [
+        ctx.arg(0).unwrap_or(0),
+        ctx.arg(1).unwrap_or(0),
+        ctx.arg(2).unwrap_or(0),
+        ctx.arg(3).unwrap_or(0),
+        ctx.arg(4).unwrap_or(0),
+        ctx.arg(5).unwrap_or(0),
+        0,
+        0,
+    ];
+    let _ = on_entry(ip, &args);
     0
 }
 
 #[kretprobe]
 #[expect(clippy::needless_pass_by_value, reason = "aya-ebpf's program macros pass the context by value")]
 pub fn vexevent_function_return(ctx: RetProbeContext) -> u32 {
-    let _ = on_return(&ctx);
+    // SAFETY: a kretprobe context, which the helper accepts (Linux 5.15+).
+    let ip = unsafe { generated::bpf_get_func_ip(ctx.as_ptr()) };
+    let _ = on_return(ip, ctx.ret::<i64>());
     0
+}
+
+/// fentry/fexit pairs, one target function each. A slot's programs serve whichever function
+/// the loader bound them to: the spec is found by address, as for the kprobe pair. Arguments
+/// and the return value come through `bpf_get_func_arg`/`bpf_get_func_ret` (Linux 5.17+), which
+/// answer for any argument count (a direct context read past the target's last argument is
+/// refused at load).
+macro_rules! fentry_slots {
+    ($($entry:ident, $exit:ident;)*) => {$(
+        #[fentry]
+        pub fn $entry(ctx: FEntryContext) -> u32 {
+            let _ = on_fentry(&ctx);
+            0
+        }
+
+        #[fexit]
+        pub fn $exit(ctx: FExitContext) -> u32 {
+            let _ = on_fexit(&ctx);
+            0
+        }
+    )*};
+}
+
+fentry_slots! {
+    vexevent_fentry_0, vexevent_fexit_0;
+    vexevent_fentry_1, vexevent_fexit_1;
+    vexevent_fentry_2, vexevent_fexit_2;
+    vexevent_fentry_3, vexevent_fexit_3;
+    vexevent_fentry_4, vexevent_fexit_4;
+    vexevent_fentry_5, vexevent_fexit_5;
+    vexevent_fentry_6, vexevent_fexit_6;
+    vexevent_fentry_7, vexevent_fexit_7;
+}
+
+const _: () = assert!(MAX_FENTRY_SLOTS == 8);
+
+#[inline(always)]
+fn on_fentry(ctx: &FEntryContext) -> Option<()> {
+    // SAFETY: a tracing context, which the helper accepts (Linux 5.15+).
+    let ip = unsafe { generated::bpf_get_func_ip(ctx.as_ptr()) };
+    let mut args = [0u64; 8];
+    for (n, arg) in args.iter_mut().enumerate().take(6) {
+        // SAFETY: a tracing context and a stack slot; an argument the function lacks is refused
+        // (the slot stays 0).
+        let _ = unsafe { generated::bpf_get_func_arg(ctx.as_ptr(), n as u32, core::ptr::from_mut(arg)) };
+    }
+    on_entry(ip, &args)
+}
+
+#[inline(always)]
+fn on_fexit(ctx: &FExitContext) -> Option<()> {
+    // SAFETY: a tracing context, which the helper accepts (Linux 5.15+).
+    let ip = unsafe { generated::bpf_get_func_ip(ctx.as_ptr()) };
+    let mut ret = 0u64;
+    // SAFETY: an fexit context and a stack slot.
+    let _ = unsafe { generated::bpf_get_func_ret(ctx.as_ptr(), core::ptr::from_mut(&mut ret)) };
+    on_return(ip, ret.cast_signed())
 }
 
 /// The filters every source goes through: self, pid, uid, comm, then the source's rate cap.
@@ -259,25 +334,12 @@ fn kernel<T>(record: &mut RecordBuf, base: u64, offset: u32) -> Option<T> {
     value.ok()
 }
 
-fn on_entry(ctx: &ProbeContext) -> Option<()> {
-    // SAFETY: a kprobe context, which the helper accepts (Linux 5.15+).
-    let ip = unsafe { generated::bpf_get_func_ip(ctx.as_ptr()) };
+/// A call of the function at `ip` with `args`: its record, submitted now or at return.
+fn on_entry(ip: u64, args: &[u64; 8]) -> Option<()> {
     let (spec, ip) = function_spec(ip)?;
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let task = admit(spec, now)?;
-    // One load per argument at a constant position: the verifier refuses a context read at an
-    // offset chosen at run time.
-    let args: [u64; 8] = [
-        ctx.arg(0).unwrap_or(0),
-        ctx.arg(1).unwrap_or(0),
-        ctx.arg(2).unwrap_or(0),
-        ctx.arg(3).unwrap_or(0),
-        ctx.arg(4).unwrap_or(0),
-        ctx.arg(5).unwrap_or(0),
-        0,
-        0,
-    ];
     let record = start_record(OpKind::KernelFunction, &task, spec, now)?;
     for i in 0..KERNEL_VALUES {
         let field = spec.values[i];
@@ -393,9 +455,8 @@ fn walk(record: &mut RecordBuf, layout: &KernelLayout, slot: usize, dentry: u64)
     Some(())
 }
 
-fn on_return(ctx: &RetProbeContext) -> Option<()> {
-    // SAFETY: a kretprobe context, which the helper accepts (Linux 5.15+).
-    let ip = unsafe { generated::bpf_get_func_ip(ctx.as_ptr()) };
+/// The return of the function at `ip` with `ret`: the record kept at entry, submitted.
+fn on_return(ip: u64, ret: i64) -> Option<()> {
     let key = KernelCallKey { tid: bpf_get_current_pid_tgid(), ip };
     let call = KERNEL_CALLS.get_ptr(key)?;
     let record = SCRATCH.get_ptr_mut(0)?;
@@ -411,7 +472,7 @@ fn on_return(ctx: &RetProbeContext) -> Option<()> {
     copied.ok()?;
     // SAFETY: no preconditions.
     record.header.exit_ns = unsafe { bpf_ktime_get_ns() };
-    record.header.ret = ctx.ret::<i64>();
+    record.header.ret = ret;
     body(record).flags |= kernel_flags::RETURNED;
     let size = record_size(record);
     submit(record, size);

@@ -2,11 +2,14 @@
 //! FUSE tracepoints, kprobes allowed), under QEMU, and checks that FUSE requests on a bindfs
 //! mount are captured through the kprobe fallback with the right opcodes, paths, requesters and
 //! timelines, and that the start-up report names the kprobe hooks; then that kernel functions
-//! attached by name (`vfs_mkdir`, `vfs_rename`, `vfs_unlink`, `vfs_rmdir`) give their events.
+//! attached by name (`vfs_mkdir`, `vfs_rename`, `vfs_unlink`, `vfs_rmdir`) give their events,
+//! and so do the functions of a small `vexfs` kernel module (`xtask/vexfs-module`) built here
+//! against that kernel's headers, typed by signatures declared in the configuration.
 //!
 //! Everything it needs is fetched with apt into `target/vm-test/` once (idempotent): the kernel
-//! package (vmlinuz and fuse.ko) and a static busybox. The initramfs holds busybox, fuse.ko, the
-//! host's bindfs and vexevent with their shared libraries, and `/init` (the test script). The VM
+//! package (vmlinuz and fuse.ko), its headers and a static busybox. The initramfs holds busybox,
+//! fuse.ko, vexfs.ko, the host's bindfs and vexevent with their shared libraries, and `/init`
+//! (the test script). The VM
 //! writes its console to stdout and its results to a second serial port (a file), which this
 //! task checks.
 
@@ -152,9 +155,72 @@ out ""
 out "@@kfunc-events"
 cat /tmp/kf.jsonl >/dev/ttyS1
 out "@@kfunc-end"
+# VexFS's kernel module: its functions by name, typed by the signatures declared here (the module
+# is built without BTF), on a vexfs mount: file operations and two vector operations.
+insmod /lib/modules/vexfs.ko || fail "insmod vexfs.ko"
+mkdir -p /tmp/vexfs
+mount -t vexfs vexfs /tmp/vexfs || fail "mount -t vexfs"
+cat >/tmp/vexfs.toml <<'TOML'
+[[kernel_functions]]
+name = "vexfs_create"
+signature = ["struct user_namespace *userns", "struct inode *dir", "struct dentry *dentry", "umode_t mode", "bool excl"]
+args = ["dentry", "mode"]
+[[kernel_functions]]
+name = "vexfs_mkdir"
+signature = ["struct user_namespace *userns", "struct inode *dir", "struct dentry *dentry", "umode_t mode"]
+args = ["dentry", "mode"]
+[[kernel_functions]]
+name = "vexfs_unlink"
+signature = ["struct inode *dir", "struct dentry *dentry"]
+args = ["dentry"]
+[[kernel_functions]]
+name = "vexfs_rmdir"
+signature = ["struct inode *dir", "struct dentry *dentry"]
+args = ["dentry"]
+[[kernel_functions]]
+name = "vexfs_rename"
+signature = ["struct user_namespace *userns", "struct inode *old_dir", "struct dentry *old_dentry", "struct inode *new_dir", "struct dentry *new_dentry", "unsigned int flags"]
+args = ["old_dentry", "new_dentry", "flags"]
+[[kernel_functions]]
+name = "vexfs_file_write"
+signature = ["struct file *file", "const char *buf", "size_t count", "loff_t *pos"]
+args = ["file", "count"]
+[[kernel_functions]]
+name = "vexfs_vector_insert"
+signature = ["struct file *file", "u32 dimensions"]
+event_type = "VectorCreate"
+[[kernel_functions]]
+name = "vexfs_knn_search"
+signature = ["struct file *file", "u32 dimensions"]
+event_type = "VectorSearch"
+TOML
+vexevent functions --list 'vexfs_*' >/tmp/vexfs.list 2>&1 || fail "vexevent functions --list vexfs_* failed"
+vexevent run --config /tmp/vexfs.toml --watch /tmp/vexfs --output /tmp/vexfs.jsonl --stats-file /tmp/vexfs.json \
+  --stats-interval 0 </dev/null >/dev/null 2>/tmp/vexfs.err &
+VX=$!
+ready /tmp/vexfs.err $VX
+cat /tmp/vexfs.err
+sh -c 'mkdir /tmp/vexfs/docs; echo hello >/tmp/vexfs/docs/a.txt; mv /tmp/vexfs/docs/a.txt /tmp/vexfs/docs/b.txt;
+  echo 0.5,0.25,1 >/tmp/vexfs/docs/q.vec; echo 1,2,3 >/tmp/vexfs/docs/q.search; rm /tmp/vexfs/docs/b.txt;
+  rmdir /tmp/vexfs/docs 2>/dev/null'
+seen '"vexfs_rmdir"' /tmp/vexfs.jsonl || :
+kill -INT $VX
+wait $VX || fail "vexevent (vexfs module) exited with $?"
+cat /tmp/vexfs.err
+out "@@vexfs-list"
+cat /tmp/vexfs.list >/dev/ttyS1
+out "@@vexfs-stderr"
+cat /tmp/vexfs.err >/dev/ttyS1
+out "@@vexfs-stats"
+cat /tmp/vexfs.json >/dev/ttyS1
+out ""
+out "@@vexfs-events"
+cat /tmp/vexfs.jsonl >/dev/ttyS1
+out "@@vexfs-end"
 # What the function probes cost, measured under emulation: one process (rm -r) unlinking 3000
-# files, without vexevent, with vexevent (syscall probes) and with vfs_unlink attached as well;
-# the best of two runs each, in centiseconds (/proc/uptime).
+# files, without vexevent, with vexevent (syscall probes), and with vfs_unlink attached as well,
+# by fentry/fexit and by kprobe/kretprobe; the best of two runs each, in centiseconds
+# (/proc/uptime).
 now() { read up rest </proc/uptime; echo "${up%.*}${up#*.}"; }
 cost() {
   best=
@@ -165,22 +231,28 @@ cost() {
   done
   echo $best
 }
-printf '[[kernel_functions]]\nname = "vfs_unlink"\n' >/tmp/cost.toml
+# cost() under a vexevent run named $1 with the further arguments.
+under() {
+  name=$1
+  shift
+  vexevent run "$@" --watch /tmp --output /tmp/cost-$name.jsonl --stats-file /tmp/cost-$name.json \
+    --stats-interval 0 </dev/null >/dev/null 2>/tmp/cost-$name.err &
+  VX=$!
+  ready /tmp/cost-$name.err $VX
+  cost
+  kill -INT $VX
+  wait $VX
+}
+printf '[[kernel_functions]]\nname = "vfs_unlink"\n' >/tmp/cost-fentry.toml
+printf '[[kernel_functions]]\nname = "vfs_unlink"\nhook = "kprobe"\n' >/tmp/cost-kprobe.toml
 bare=$(cost)
-vexevent run --watch /tmp --output /tmp/cost1.jsonl --stats-file /tmp/cost1.json --stats-interval 0 </dev/null >/dev/null 2>/tmp/cost1.err &
-VX=$!
-ready /tmp/cost1.err $VX
-syscalls=$(cost)
-kill -INT $VX
-wait $VX
-vexevent run --config /tmp/cost.toml --watch /tmp --output /tmp/cost2.jsonl --stats-file /tmp/cost2.json --stats-interval 0 </dev/null >/dev/null 2>/tmp/cost2.err &
-VX=$!
-ready /tmp/cost2.err $VX
-functions=$(cost)
-kill -INT $VX
-wait $VX
-echo "vm: rm -r of 3000 files (cs): bare $bare, syscall probes $syscalls, plus vfs_unlink $functions"
-out "@@cost $bare $syscalls $functions $(grep -c '"vfs_unlink"' /tmp/cost2.jsonl)"
+syscalls=$(under syscalls)
+fentry=$(under fentry --config /tmp/cost-fentry.toml)
+kprobe=$(under kprobe --config /tmp/cost-kprobe.toml)
+grep -q "attached.*fentry/vfs_unlink" /tmp/cost-fentry.err || { cat /tmp/cost-fentry.err; fail "vfs_unlink not by fentry"; }
+grep -q "attached.*kprobe/vfs_unlink" /tmp/cost-kprobe.err || { cat /tmp/cost-kprobe.err; fail "vfs_unlink not by kprobe"; }
+echo "vm: rm -r of 3000 files (cs): bare $bare, syscall probes $syscalls, plus vfs_unlink by fentry $fentry, by kprobe $kprobe"
+out "@@cost $bare $syscalls $fentry $kprobe $(grep -c '"event_subtype":"vfs_unlink"' /tmp/cost-fentry.jsonl) $(grep -c '"event_subtype":"vfs_unlink"' /tmp/cost-kprobe.jsonl)"
 echo "VEXEVENT-VM-TEST: PASS"
 poweroff -f
 "#;
@@ -197,6 +269,7 @@ pub fn vm_test(kernel_package: Option<&str>) -> anyhow::Result<()> {
     let vmlinuz = kernel_root.join(format!("boot/vmlinuz-{release}"));
     let fuse_ko = kernel_root.join(format!("lib/modules/{release}/kernel/fs/fuse/fuse.ko"));
     ensure!(vmlinuz.is_file() && fuse_ko.is_file(), "the {release} kernel package lacks vmlinuz or fuse.ko");
+    let vexfs_ko = build_vexfs_module(&root, &cache, &release)?;
 
     eprintln!("vm-test: building vexevent");
     run(Command::new("cargo").current_dir(&root).args([
@@ -215,6 +288,7 @@ pub fn vm_test(kernel_package: Option<&str>) -> anyhow::Result<()> {
     archive.file("init", INIT.as_bytes(), 0o755);
     archive.file("bin/busybox", &read(&busybox_root.join("bin/busybox"))?, 0o755);
     archive.file("lib/modules/fuse.ko", &read(&fuse_ko)?, 0o644);
+    archive.file("lib/modules/vexfs.ko", &read(&vexfs_ko)?, 0o644);
     archive.symlink("etc/mtab", "/proc/mounts");
     for dir in ["proc", "sys", "dev", "tmp"] {
         archive.dir(dir);
@@ -246,7 +320,9 @@ pub fn vm_test(kernel_package: Option<&str>) -> anyhow::Result<()> {
         "the VM never printed {PASS_LINE} (see the console above)"
     );
     check_results(&results)?;
-    println!("vm-test: PASS (Linux {release}: FUSE requests and VFS functions captured through kprobes)");
+    println!(
+        "vm-test: PASS (Linux {release}: FUSE requests through kprobes, VFS functions through fentry, vexfs module functions through kprobes)"
+    );
     Ok(())
 }
 
@@ -378,61 +454,156 @@ fn check_results(results: &str) -> anyhow::Result<()> {
 fn check_kernel_functions(results: &str) -> anyhow::Result<()> {
     let list = section(results, "kfunc-list");
     ensure!(
-        list.lines().any(|l| l.starts_with("vfs_mkdir\t") && l.contains("attachable (kprobe)")),
+        list.lines().any(|l| l.starts_with("vfs_mkdir\t") && l.contains("attachable (fentry or kprobe)")),
         "vexevent functions --list does not say vfs_mkdir is attachable:\n{list}"
     );
-    let stderr = section(results, "kfunc-stderr");
-    let attached = stderr.lines().find(|l| l.contains("vexevent: attached")).context("no start-up report")?;
-    for hook in ["kprobe/vfs_mkdir", "kprobe/vfs_rename", "kprobe/vfs_unlink", "kprobe/vfs_rmdir"] {
-        ensure!(attached.contains(hook), "the start-up report does not name {hook} as attached: {attached}");
+    let expected = [
+        Call::new("vfs_mkdir", "FilesystemMkdir", "/tmp/kf/d", 0, "mkdir").without_inode(),
+        Call::new("vfs_rename", "FilesystemRename", "/tmp/kf/d/a", 0, "rename").target("/tmp/kf/d/b"),
+        Call::new("vfs_rmdir", "FilesystemRmdir", "/tmp/kf/d", -39, "rmdir"),
+        Call::new("vfs_unlink", "FilesystemDelete", "/tmp/kf/d/b", 0, "unlink"),
+    ];
+    check_function_run(results, "kfunc", "fentry", &expected)?;
+    check_vexfs_module(results)?;
+    report_cost(results);
+    Ok(())
+}
+
+/// The vexfs module's run: its functions are listed as attachable without BTF, and each call's
+/// event has the type it means (file operations by name, vector operations as configured), the
+/// path within the vexfs mount, and the vector's dimensions.
+fn check_vexfs_module(results: &str) -> anyhow::Result<()> {
+    let list = section(results, "vexfs-list");
+    for function in ["vexfs_create", "vexfs_knn_search"] {
+        ensure!(
+            list.lines().any(|l| l.starts_with(&format!("{function}\t"))
+                && l.contains("vexfs")
+                && l.contains("attachable (kprobe)")),
+            "vexevent functions --list does not say the module's {function} is attachable:\n{list}"
+        );
     }
-    let events: Vec<Value> = section(results, "kfunc-events")
+    let expected = [
+        Call::new("vexfs_mkdir", "FilesystemMkdir", "/tmp/vexfs/docs", 0, "mkdir").without_inode(),
+        Call::new("vexfs_create", "FilesystemCreate", "/tmp/vexfs/docs/a.txt", 0, "open").without_inode(),
+        Call::new("vexfs_file_write", "FilesystemWrite", "/tmp/vexfs/docs/a.txt", 6, "write"),
+        Call::new("vexfs_rename", "FilesystemRename", "/tmp/vexfs/docs/a.txt", 0, "rename")
+            .target("/tmp/vexfs/docs/b.txt"),
+        Call::new("vexfs_vector_insert", "VectorCreate", "/tmp/vexfs/docs/q.vec", 0, "write").dimensions(3),
+        // One vector stored: the search finds it.
+        Call::new("vexfs_knn_search", "VectorSearch", "/tmp/vexfs/docs/q.search", 1, "write").dimensions(3),
+        Call::new("vexfs_unlink", "FilesystemDelete", "/tmp/vexfs/docs/b.txt", 0, "unlink"),
+        Call::new("vexfs_rmdir", "FilesystemRmdir", "/tmp/vexfs/docs", -39, "rmdir"),
+    ];
+    check_function_run(results, "vexfs", "kprobe", &expected)
+}
+
+/// One expected kernel-function call.
+struct Call {
+    function: &'static str,
+    event_type: &'static str,
+    path: &'static str,
+    target: Option<&'static str>,
+    ret: i64,
+    /// What the enclosing syscall's name starts with.
+    syscall: &'static str,
+    /// Whether the dentry had its inode at the probe (a new one has none at entry).
+    inode: bool,
+    dimensions: Option<u64>,
+}
+
+impl Call {
+    fn new(
+        function: &'static str,
+        event_type: &'static str,
+        path: &'static str,
+        ret: i64,
+        syscall: &'static str,
+    ) -> Self {
+        Self { function, event_type, path, target: None, ret, syscall, inode: true, dimensions: None }
+    }
+
+    fn without_inode(self) -> Self {
+        Self { inode: false, ..self }
+    }
+
+    fn target(self, target: &'static str) -> Self {
+        Self { target: Some(target), ..self }
+    }
+
+    fn dimensions(self, dimensions: u64) -> Self {
+        Self { dimensions: Some(dimensions), ..self }
+    }
+
+    /// Whether `event` is this call as expected, through `hook` (else what differs).
+    fn check(&self, event: &Value, hook: &str) -> anyhow::Result<()> {
+        ensure!(event["event_type"] == self.event_type, "not {}", self.event_type);
+        ensure!(event["context"]["kernel"]["hook"] == hook, "not from a {hook}");
+        let fs = &event["context"]["filesystem"];
+        ensure!(fs["path"] == self.path, "path is not {}", self.path);
+        if let Some(target) = self.target {
+            ensure!(fs["target_path"] == target, "target is not {target}");
+        }
+        ensure!(!self.inode || fs["inode_number"].as_u64().is_some_and(|i| i > 0), "no inode number");
+        if let Some(dimensions) = self.dimensions {
+            ensure!(
+                event["context"]["vector"]["dimensions"] == dimensions,
+                "dimensions are not {dimensions}"
+            );
+        }
+        ensure!(event["result"]["ret"] == self.ret, "return value is not {}", self.ret);
+        ensure!(event["duration_ns"].as_u64().is_some_and(|d| d > 0), "no duration");
+        let within = event["context"]["kernel"]["syscall"].as_str().unwrap_or_default();
+        ensure!(within.starts_with(self.syscall), "not joined to its {} syscall", self.syscall);
+        let enter =
+            event["context"]["kernel"]["syscall_enter_ns"].as_u64().context("no syscall enter time")?;
+        let exit = event["timestamp"]["monotonic_ns"].as_u64().context("no timestamp")?;
+        let duration = event["duration_ns"].as_u64().unwrap_or_default();
+        ensure!(enter <= exit - duration, "the call started before its syscall");
+        Ok(())
+    }
+}
+
+/// A kernel-function run of the VM (sections `NAME-stderr`, `NAME-events`, `NAME-stats`): every
+/// function attached through `hook`, each call's event as expected and listed in its syscall's
+/// event, no read fault, no unaccounted loss.
+fn check_function_run(results: &str, name: &str, hook: &str, expected: &[Call]) -> anyhow::Result<()> {
+    let stderr = section(results, &format!("{name}-stderr"));
+    let attached = stderr.lines().find(|l| l.contains("vexevent: attached")).context("no start-up report")?;
+    for call in expected {
+        let hook = format!("{hook}/{}", call.function);
+        ensure!(attached.contains(&hook), "the start-up report does not name {hook} as attached: {attached}");
+    }
+    let events: Vec<Value> = section(results, &format!("{name}-events"))
         .lines()
         .filter(|l| l.starts_with('{'))
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()
         .context("an event line is not JSON")?;
-    eprintln!("vm-test: {} events from the kernel-function run", events.len());
-    // (function, event type, path, target, return value, syscall prefix, has an inode)
-    let expected = [
-        ("vfs_mkdir", "FilesystemMkdir", "/tmp/kf/d", None, 0, "mkdir", false),
-        ("vfs_rename", "FilesystemRename", "/tmp/kf/d/a", Some("/tmp/kf/d/b"), 0, "rename", true),
-        ("vfs_rmdir", "FilesystemRmdir", "/tmp/kf/d", None, -39, "rmdir", true),
-        ("vfs_unlink", "FilesystemDelete", "/tmp/kf/d/b", None, 0, "unlink", true),
-    ];
-    for (function, event_type, path, target, ret, syscall, inode) in expected {
+    eprintln!("vm-test: {} events from the {name} run", events.len());
+    for call in expected {
         let event = events
             .iter()
-            .find(|e| e["context"]["kernel"]["name"] == function)
-            .with_context(|| format!("no {function} event"))?;
-        let check = || -> anyhow::Result<()> {
-            ensure!(event["event_type"] == event_type, "not {event_type}");
-            ensure!(event["context"]["kernel"]["hook"] == "kprobe", "not from a kprobe");
-            let fs = &event["context"]["filesystem"];
-            ensure!(fs["path"] == path, "path is not {path}");
-            if let Some(target) = target {
-                ensure!(fs["target_path"] == target, "target is not {target}");
-            }
-            ensure!(!inode || fs["inode_number"].as_u64().is_some_and(|i| i > 0), "no inode number");
-            ensure!(event["result"]["ret"] == ret, "return value is not {ret}");
-            ensure!(event["duration_ns"].as_u64().is_some_and(|d| d > 0), "no duration");
-            let within = event["context"]["kernel"]["syscall"].as_str().unwrap_or_default();
-            ensure!(within.starts_with(syscall), "not joined to its {syscall} syscall");
-            let enter =
-                event["context"]["kernel"]["syscall_enter_ns"].as_u64().context("no syscall enter time")?;
-            let exit = event["timestamp"]["monotonic_ns"].as_u64().context("no timestamp")?;
-            let duration = event["duration_ns"].as_u64().unwrap_or_default();
-            ensure!(enter <= exit - duration, "the call started before its syscall");
-            Ok(())
-        };
-        check().with_context(|| format!("{function}: {event}"))?;
+            .find(|e| e["context"]["kernel"]["name"] == call.function)
+            .with_context(|| format!("no {} event", call.function))?;
+        call.check(event, hook).with_context(|| format!("{}: {event}", call.function))?;
+        // The syscall's own event lists the call (the correlate stage's join).
+        let listed = events.iter().any(|e| {
+            e["process"]["tid"] == event["process"]["tid"]
+                && e["context"]["kernel_calls"].as_array().is_some_and(|calls| {
+                    calls.iter().any(|c| {
+                        c["name"] == call.function
+                            && c["hook"] == hook
+                            && c["exit_ns"] == event["timestamp"]["monotonic_ns"]
+                    })
+                })
+        });
+        ensure!(listed, "no syscall event lists the {} call: {event}", call.function);
     }
-    let stats: Value =
-        serde_json::from_str(section(results, "kfunc-stats").trim()).context("the stats are not JSON")?;
-    eprintln!("vm-test: kernel-function run stats: {stats}");
+    let stats: Value = serde_json::from_str(section(results, &format!("{name}-stats")).trim())
+        .context("the stats are not JSON")?;
+    eprintln!("vm-test: {name} run stats: {stats}");
     ensure!(stats["kernel"]["kernel_read_faults"] == 0, "the probes failed to read a struct field: {stats}");
     ensure!(stats["loss"]["unaccounted"].as_u64() == Some(0), "events lost without account: {stats}");
-    report_cost(results);
     Ok(())
 }
 
@@ -444,13 +615,14 @@ fn report_cost(results: &str) {
         return;
     };
     let figures: Vec<f64> = line.split_whitespace().filter_map(|f| f.parse().ok()).collect();
-    if let [bare, syscalls, functions, events] = figures[..] {
+    if let [bare, syscalls, fentry, kprobe, fentry_events, kprobe_events] = figures[..] {
         eprintln!(
-            "vm-test: rm -r of 3000 files under emulation: bare {bare} cs, syscall probes {syscalls} cs ({:.2}x), \
-             plus vfs_unlink kprobe pair {functions} cs ({:.2}x bare, {:.2}x syscall probes; {events} vfs_unlink events)",
+            "vm-test: rm -r of 3000 files under emulation: bare {bare} cs, syscall probes {syscalls} cs ({:.2}x); \
+             plus vfs_unlink by fentry/fexit {fentry} cs ({:.2}x syscall probes, {fentry_events} events), \
+             by kprobe/kretprobe {kprobe} cs ({:.2}x syscall probes, {kprobe_events} events)",
             syscalls / bare.max(1.0),
-            functions / bare.max(1.0),
-            functions / syscalls.max(1.0)
+            fentry / syscalls.max(1.0),
+            kprobe / syscalls.max(1.0)
         );
     }
 }
@@ -527,13 +699,65 @@ fn with_release(unpacked: PathBuf) -> anyhow::Result<(PathBuf, String)> {
     Ok((unpacked, release))
 }
 
+/// Builds the small `vexfs` module (`xtask/vexfs-module`) against the headers of the kernel the
+/// VM boots: Debian's `linux-headers-RELEASE`, its `-common` part and `linux-kbuild-6.1`, fetched
+/// with apt and unpacked together (the headers reach the build scripts by relative links). The
+/// sources are copied into the cache, where kbuild writes its outputs; returns the `.ko`.
+fn build_vexfs_module(root: &Path, cache: &Path, release: &str) -> anyhow::Result<PathBuf> {
+    let abi = release.strip_suffix("-cloud-amd64").context("not a cloud-amd64 kernel release")?;
+    let common = format!("linux-headers-{abi}-common");
+    let headers = fetch_packages(
+        cache,
+        &format!("linux-headers-{release}"),
+        &[&format!("linux-headers-{release}"), &common, "linux-kbuild-6.1"],
+    )?;
+    let build = cache.join("vexfs-module");
+    std::fs::create_dir_all(&build)?;
+    for file in ["Kbuild", "vexfs.c"] {
+        std::fs::copy(root.join("xtask/vexfs-module").join(file), build.join(file))
+            .with_context(|| format!("cannot copy xtask/vexfs-module/{file}"))?;
+    }
+    eprintln!("vm-test: building the vexfs module against the {release} headers");
+    // The release's Makefile includes the common one by its installed path (/usr/src/...): call
+    // the common Makefile directly, from the release's directory (its .config and variables).
+    run(Command::new("make")
+        .arg("-s")
+        .arg("-C")
+        .arg(headers.join(format!("usr/src/linux-headers-{release}")))
+        .arg("-f")
+        .arg(headers.join(format!("usr/src/{common}/Makefile")))
+        .arg(format!("M={}", build.display()))
+        .arg("modules"))
+    .context("cannot build the vexfs module (needs make and gcc-12: run scripts/setup.sh)")?;
+    let module = build.join("vexfs.ko");
+    ensure!(module.is_file(), "the module build left no {}", module.display());
+    Ok(module)
+}
+
 /// Downloads (once) and unpacks (once) a Debian package into the cache; returns where.
 fn fetch_package(cache: &Path, package: &str) -> anyhow::Result<PathBuf> {
-    let unpacked = cache.join(package);
+    fetch_packages(cache, package, &[package])
+}
+
+/// Downloads (once) Debian packages and unpacks them (once) together into `cache/name`; returns
+/// where.
+fn fetch_packages(cache: &Path, name: &str, packages: &[&str]) -> anyhow::Result<PathBuf> {
+    let unpacked = cache.join(name);
     let done = unpacked.join(".unpacked");
     if done.exists() {
         return Ok(unpacked);
     }
+    let debs = packages.iter().map(|package| download(cache, package)).collect::<anyhow::Result<Vec<_>>>()?;
+    let _ = std::fs::remove_dir_all(&unpacked);
+    for deb in debs {
+        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
+    }
+    std::fs::write(&done, b"")?;
+    Ok(unpacked)
+}
+
+/// Downloads (once) a Debian package into `cache/debs`; returns the `.deb`.
+fn download(cache: &Path, package: &str) -> anyhow::Result<PathBuf> {
     let debs = cache.join("debs");
     std::fs::create_dir_all(&debs)?;
     let find_deb = || -> Option<PathBuf> {
@@ -557,12 +781,7 @@ fn fetch_package(cache: &Path, package: &str) -> anyhow::Result<PathBuf> {
             );
         }
     }
-    let deb = find_deb()
-        .with_context(|| format!("apt-get download {package} left no .deb in {}", debs.display()))?;
-    let _ = std::fs::remove_dir_all(&unpacked);
-    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
-    std::fs::write(&done, b"")?;
-    Ok(unpacked)
+    find_deb().with_context(|| format!("apt-get download {package} left no .deb in {}", debs.display()))
 }
 
 /// The shared libraries a binary loads (and the dynamic loader), from `ldd`.

@@ -6,6 +6,11 @@
 //! passed since the request reached userspace (not since the kernel stamped it: a pipeline that
 //! lags behind must not give up on callers whose records are right behind). Events leave in the
 //! order they came in; a pending request holds back the events behind it for at most `window`.
+//!
+//! Tracepoint and kernel-function events that ran inside a traced syscall are listed in that
+//! syscall's event too (`context.kernel_calls`, with their times), when the syscall's event
+//! comes after them (it does: a call returns before its syscall exits, and the thread's records
+//! come in order); they are not held back, and leave as events of their own.
 
 mod config;
 
@@ -14,10 +19,19 @@ pub use config::{FuseConfig, FuseConfigError};
 use std::{collections::HashMap, collections::VecDeque, sync::Arc, time::Duration};
 
 use crate::{
-    event::{Priority, SemanticEvent, Timeline},
+    event::{KernelCall, Priority, SemanticEvent, Timeline},
     pipeline::{EventBatch, Stage},
     telemetry::{Counters, add, monotonic_ns},
 };
+
+/// Most calls kept per thread for the syscall they ran in (the oldest make room).
+const CALLS_PER_THREAD: usize = 64;
+/// Most threads with calls kept (a new thread's calls are not kept beyond it).
+const CALL_THREADS: usize = 4096;
+/// How long a call waits for its syscall's event after reaching this stage: far longer than
+/// the consumer lags, so that a join does not depend on how records are batched (nothing is
+/// held back meanwhile). A thread's next syscall event ends the wait either way.
+const CALL_WAIT: Duration = Duration::from_secs(10);
 
 /// Settings of the correlate stage.
 #[derive(Clone, Copy, Debug)]
@@ -47,6 +61,32 @@ pub struct Correlator {
     base: u64,
     /// Requester thread -> absolute positions of its pending requests.
     pending: HashMap<u32, Vec<u64>>,
+    /// Thread -> calls that ran inside a syscall whose event has not come yet: that syscall's
+    /// enter time, the call, when it reached this stage.
+    calls: HashMap<u32, VecDeque<(u64, KernelCall, u64)>>,
+}
+
+/// Whether the correlator has work with `event`: a FUSE request, or a call inside a syscall.
+fn joins(event: &SemanticEvent) -> bool {
+    is_fuse_request(event) || event.context.kernel.as_ref().is_some_and(|k| k.syscall_enter_ns.is_some())
+}
+
+/// A tracepoint or kernel-function event that ran inside a syscall: its thread, the syscall's
+/// enter time, and the call as the syscall's event lists it.
+fn kernel_call(event: &SemanticEvent) -> Option<(u32, u64, KernelCall)> {
+    let kernel = event.context.kernel.as_ref()?;
+    let syscall_enter = kernel.syscall_enter_ns?;
+    let tid = event.process.as_ref()?.tid;
+    let exit_ns = event.timestamp.monotonic_ns;
+    let call = KernelCall {
+        hook: kernel.hook.clone(),
+        name: kernel.name.clone(),
+        event_type: event.event_type,
+        enter_ns: exit_ns.saturating_sub(event.duration_ns),
+        exit_ns,
+        ret: event.result.as_ref().map(|r| r.ret),
+    };
+    Some((tid, syscall_enter, call))
 }
 
 /// A FUSE request event, carrying its one request.
@@ -57,7 +97,7 @@ fn is_fuse_request(event: &SemanticEvent) -> bool {
 impl Correlator {
     #[must_use]
     pub fn new(options: CorrelateOptions) -> Self {
-        Self { options, queue: VecDeque::new(), base: 0, pending: HashMap::new() }
+        Self { options, queue: VecDeque::new(), base: 0, pending: HashMap::new(), calls: HashMap::new() }
     }
 
     /// Takes the next event of the stream, which reached userspace at `arrived_ns`
@@ -72,9 +112,32 @@ impl Correlator {
             self.queue.push_back(Slot::Pending(event, arrived_ns));
             return;
         }
-        if let Some(tid) = event.process.as_ref().map(|p| p.tid) {
+        if let Some((tid, syscall_enter, call)) = kernel_call(&event) {
+            if self.calls.len() < CALL_THREADS || self.calls.contains_key(&tid) {
+                let calls = self.calls.entry(tid).or_default();
+                if calls.len() == CALLS_PER_THREAD {
+                    calls.pop_front();
+                }
+                calls.push_back((syscall_enter, call, arrived_ns));
+            }
+        }
+        // A syscall's event (a call inside it must not take its FUSE requests).
+        if let (Some(tid), None) = (event.process.as_ref().map(|p| p.tid), &event.context.kernel) {
             if let Some(positions) = self.pending.remove(&tid) {
                 self.claim(&mut event, positions, counters);
+            }
+            if let Some(calls) = self.calls.remove(&tid) {
+                let exit = event.timestamp.monotonic_ns;
+                let enter = exit.saturating_sub(event.duration_ns);
+                // The thread's calls inside this syscall; older ones ran in a syscall whose event
+                // did not come (out of the watch, filtered in the kernel) and are let go.
+                event.context.kernel_calls.extend(
+                    calls
+                        .into_iter()
+                        .filter(|(at, _, _)| (enter..=exit).contains(at))
+                        .map(|(_, call, _)| call),
+                );
+                add(&counters.kernel_calls_joined, event.context.kernel_calls.len() as u64);
             }
         }
         self.queue.push_back(Slot::Ready(event));
@@ -149,6 +212,12 @@ impl Correlator {
     /// waits until `now_ns` (`CLOCK_MONOTONIC`) is `window` past its reply and past its arrival.
     pub fn drain(&mut self, now_ns: u64, out: &mut Vec<SemanticEvent>, counters: &Counters) {
         let window = u64::try_from(self.options.window.as_nanos()).unwrap_or(u64::MAX);
+        // Calls whose syscall's event did not come are let go.
+        let wait = u64::try_from(CALL_WAIT.as_nanos()).unwrap_or(u64::MAX);
+        self.calls.retain(|_, calls| {
+            calls.retain(|(_, _, arrived)| arrived.saturating_add(wait) > now_ns);
+            !calls.is_empty()
+        });
         while let Some(front) = self.queue.front() {
             if let Slot::Pending(request, arrived_ns) = front {
                 if request.timestamp.monotonic_ns.max(*arrived_ns).saturating_add(window) > now_ns {
@@ -159,9 +228,10 @@ impl Correlator {
         }
     }
 
-    /// Whether nothing is held back (no event queued, no request pending).
+    /// Whether nothing is held back (no event queued, no request pending) and no call awaits
+    /// its syscall's event.
     fn is_idle(&self) -> bool {
-        self.queue.is_empty()
+        self.queue.is_empty() && self.calls.is_empty()
     }
 
     /// Kernel time of the oldest event held back (events leave in order: the front).
@@ -233,10 +303,11 @@ impl Stage for CorrelateStage {
 
     fn process(&mut self, batch: &mut EventBatch) {
         let arrived = monotonic_ns();
-        // With nothing held, the events before the first FUSE request are ready as they are:
-        // they stay in the batch (in order, ahead of whatever the queue releases after them).
+        // With nothing held, the events before the first FUSE request or call inside a syscall
+        // are ready as they are: they stay in the batch (in order, ahead of whatever the queue
+        // releases after them).
         let first_held = if self.correlator.is_idle() {
-            batch.events.iter().position(is_fuse_request).unwrap_or(batch.events.len())
+            batch.events.iter().position(joins).unwrap_or(batch.events.len())
         } else {
             0
         };

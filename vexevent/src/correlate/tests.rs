@@ -1,7 +1,7 @@
 //! The correlate stage on synthetic events.
 
 use super::*;
-use crate::event::{Context, EventType, FilesystemContext, FuseRequest, PathBytes};
+use crate::event::{Context, EventType, FilesystemContext, FuseRequest, KernelContext, OpResult, PathBytes};
 
 fn options() -> CorrelateOptions {
     CorrelateOptions { window: Duration::from_millis(20), include_metadata: false, raw_boundaries: false }
@@ -166,4 +166,84 @@ fn the_stage_keeps_order_across_batches_whether_or_not_it_holds_requests() {
     batch.events.push(d.clone());
     stage.process(&mut batch);
     assert_eq!(ids(&batch), vec![d.event_id]);
+}
+
+/// A kernel-function event of thread `tid` that ran from `enter` to `exit` inside a syscall
+/// entered at `syscall_enter`.
+fn function(tid: u32, name: &str, enter: u64, exit: u64, syscall_enter: u64) -> SemanticEvent {
+    let mut event = syscall(tid, enter, exit, true);
+    event.event_type = EventType::FilesystemMkdir;
+    event.event_subtype = name.into();
+    event.result = Some(OpResult { ok: true, ret: 0, error: None });
+    event.context = Context {
+        kernel: Some(KernelContext {
+            hook: "fentry".into(),
+            name: name.into(),
+            syscall: Some("mkdir".into()),
+            syscall_enter_ns: Some(syscall_enter),
+            ..KernelContext::default()
+        }),
+        ..Context::default()
+    };
+    event
+}
+
+#[test]
+fn calls_inside_a_syscall_are_listed_in_its_event_and_stay_events() {
+    let events = vec![
+        // A call in an earlier syscall whose event never came (out of the watch).
+        function(7, "vfs_unlink", 20, 30, 10),
+        function(7, "vfs_mkdir", 120, 150, 100),
+        // Another thread's call and FUSE request; the call does not take the request.
+        function(8, "vfs_rmdir", 125, 135, 110),
+        request(8, "RMDIR", 126, 134, 0, false),
+        syscall(7, 100, 200, true),
+        syscall(8, 110, 140, true),
+    ];
+    let (out, counters) = run(events, options());
+    assert_eq!(out.len(), 5, "every call stays an event of its own: {out:?}");
+    let mkdir = &out[3];
+    assert_eq!(
+        mkdir.context.kernel_calls,
+        [KernelCall {
+            hook: "fentry".into(),
+            name: "vfs_mkdir".into(),
+            event_type: EventType::FilesystemMkdir,
+            enter_ns: 120,
+            exit_ns: 150,
+            ret: Some(0),
+        }]
+    );
+    let rmdir = &out[4];
+    assert_eq!(rmdir.context.kernel_calls[0].name, "vfs_rmdir");
+    assert_eq!(rmdir.context.fuse.len(), 1, "the syscall, not the call, takes the FUSE request");
+    assert_eq!(counters.kernel_calls_joined.load(std::sync::atomic::Ordering::Relaxed), 2);
+}
+
+#[test]
+fn calls_whose_syscall_never_comes_are_let_go_after_their_wait() {
+    let counters = Counters::default();
+    let mut correlator = Correlator::new(options());
+    correlator.push(function(7, "vfs_mkdir", 120, 150, 100), 1_000, &counters);
+    let mut out = Vec::new();
+    // Past the FUSE window, the call still waits (the consumer may lag between batches).
+    correlator.drain(1_000 + 20_000_000, &mut out, &counters);
+    assert_eq!((out.len(), correlator.calls.len()), (1, 1));
+    let wait = u64::try_from(CALL_WAIT.as_nanos()).unwrap();
+    correlator.drain(1_000 + wait, &mut out, &counters);
+    assert!(correlator.calls.is_empty());
+}
+
+#[test]
+fn the_stage_joins_a_call_to_its_syscall_in_a_later_batch() {
+    let counters = Arc::new(Counters::default());
+    let mut stage = CorrelateStage::new(options(), Arc::clone(&counters));
+    let mut batch = EventBatch::default();
+    batch.events = vec![syscall(1, 10, 20, true), function(7, "vfs_mkdir", 120, 150, 100)];
+    stage.process(&mut batch);
+    assert_eq!(batch.events.len(), 2, "nothing held back");
+    batch.clear();
+    batch.events.push(syscall(7, 100, 200, true));
+    stage.process(&mut batch);
+    assert_eq!(batch.events[0].context.kernel_calls[0].name, "vfs_mkdir");
 }

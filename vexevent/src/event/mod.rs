@@ -287,12 +287,35 @@ pub struct Context {
     /// On events of tracepoints and kernel functions attached by name: what the kernel passed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel: Option<KernelContext>,
+    /// Tracepoints and kernel functions that ran inside this event's syscall (same thread,
+    /// between its enter and exit), joined by the correlate stage; each is an event of its own
+    /// too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernel_calls: Vec<KernelCall>,
+}
+
+/// A tracepoint or kernel function call inside a syscall, as the syscall's event lists it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KernelCall {
+    /// `tracepoint`, `fentry` or `kprobe`.
+    pub hook: String,
+    /// The tracepoint (`category:name`) or the function.
+    pub name: String,
+    /// The type of the call's own event.
+    pub event_type: EventType,
+    /// When it was entered and when it returned (`CLOCK_MONOTONIC`; the same for a tracepoint
+    /// or an untimed function).
+    pub enter_ns: u64,
+    pub exit_ns: u64,
+    /// What it returned (a timed function).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ret: Option<i64>,
 }
 
 /// What a tracepoint or kernel function attached by name saw.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct KernelContext {
-    /// `tracepoint` or `kprobe`.
+    /// `tracepoint`, `fentry` or `kprobe`.
     pub hook: String,
     /// The tracepoint (`category:name`) or the function.
     pub name: String,

@@ -10,7 +10,9 @@ use aya::{
     Btf, Ebpf,
     maps::Array,
     programs::{
-        BtfTracePoint, KProbe, Program, ProgramError, TracePoint, UProbe,
+        BtfTracePoint, FEntry, FExit, KProbe, Program, ProgramError, TracePoint, UProbe,
+        fentry::FEntryLinkId,
+        fexit::FExitLinkId,
         kprobe::KProbeLinkId,
         tp_btf::BtfTracePointLinkId,
         trace_point::TracePointLinkId,
@@ -80,6 +82,21 @@ fn load_error(name: &'static str) -> impl FnOnce(ProgramError) -> String {
     move |error| program_error(name)(error).to_string()
 }
 
+/// A program error in one line, as the start-up report says it: a refused load as the
+/// syscall's error and the verifier's last line (its whole log can run to many lines).
+fn one_line_error(name: &'static str) -> impl FnOnce(ProgramError) -> String {
+    move |error| match error {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            let log = verifier_log.to_string();
+            match log.lines().rev().map(str::trim).find(|line| !line.is_empty()) {
+                Some(last) => format!("program {name} failed to load: {io_error} (verifier: {last})"),
+                None => format!("program {name} failed to load: {io_error}"),
+            }
+        }
+        other => load_error(name)(other),
+    }
+}
+
 /// A hook and whether it attached.
 #[derive(Clone, Debug)]
 pub struct HookReport {
@@ -94,6 +111,8 @@ enum Link {
     Btf(&'static str, BtfTracePointLinkId),
     UProbe(&'static str, UProbeLinkId),
     KProbe(&'static str, KProbeLinkId),
+    FEntry(&'static str, FEntryLinkId),
+    FExit(&'static str, FExitLinkId),
 }
 
 /// The attached hooks.
@@ -270,6 +289,52 @@ impl Hooks {
         Ok(())
     }
 
+    /// Attaches fentry slot `slot`'s programs to the vmlinux function `function`: the fentry, and
+    /// the fexit when it is timed; both or neither (a program that loaded is unloaded again, so
+    /// the slot can serve another function). Reported only when attached: the caller falls back
+    /// to the kprobe pair and reports why.
+    pub(super) fn attach_fentry(
+        &mut self,
+        ebpf: &mut Ebpf,
+        slot: usize,
+        function: &str,
+        timed: bool,
+        btf: &Btf,
+    ) -> Result<(), String> {
+        let (entry, exit) = (program_names::FENTRY[slot], program_names::FEXIT[slot]);
+        let before = self.links.len();
+        let attached = (|| {
+            let prog: &mut FEntry = program(ebpf, entry)?;
+            prog.load(function, btf).map_err(one_line_error(entry))?;
+            let link = prog.attach().map_err(|e| format!("fentry: {e}"))?;
+            self.links.push(Link::FEntry(entry, link));
+            if timed {
+                let prog: &mut FExit = program(ebpf, exit)?;
+                prog.load(function, btf).map_err(one_line_error(exit))?;
+                let link = prog.attach().map_err(|e| format!("fexit: {e}"))?;
+                self.links.push(Link::FExit(exit, link));
+            }
+            Ok(())
+        })();
+        if let Err(error) = attached {
+            let partial: Vec<Link> = self.links.drain(before..).collect();
+            Self::detach_links(ebpf, partial);
+            for name in [entry, exit] {
+                let unloaded = match ebpf.program_mut(name) {
+                    Some(Program::FEntry(prog)) if prog.fd().is_ok() => prog.unload(),
+                    Some(Program::FExit(prog)) if prog.fd().is_ok() => prog.unload(),
+                    _ => Ok(()),
+                };
+                if let Err(error) = unloaded {
+                    tracing::warn!(%error, program = name, "failed to unload a program");
+                }
+            }
+            return Err(error);
+        }
+        self.report(format!("fentry/{function}"), None);
+        Ok(())
+    }
+
     /// Attaches the entry and return uprobes to each configured daemon function; a function that
     /// cannot be found or attached is reported, not fatal.
     pub fn attach_daemon_functions(&mut self, ebpf: &mut Ebpf, binary: &Path, functions: &[String]) {
@@ -370,6 +435,14 @@ impl Hooks {
                 Link::KProbe(program, link) => ebpf
                     .program_mut(program)
                     .and_then(|p| <&mut KProbe>::try_from(p).ok())
+                    .map(|p| p.detach(link)),
+                Link::FEntry(program, link) => ebpf
+                    .program_mut(program)
+                    .and_then(|p| <&mut FEntry>::try_from(p).ok())
+                    .map(|p| p.detach(link)),
+                Link::FExit(program, link) => ebpf
+                    .program_mut(program)
+                    .and_then(|p| <&mut FExit>::try_from(p).ok())
                     .map(|p| p.detach(link)),
             };
             if let Some(Err(error)) = result {

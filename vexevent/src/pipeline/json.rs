@@ -86,7 +86,8 @@ fn write_timestamp(out: &mut Vec<u8>, timestamp: &Timestamp) {
 }
 
 fn write_context(out: &mut Vec<u8>, context: &Context) -> serde_json::Result<()> {
-    let Context { filesystem, vector, observability, gap, graph, parameters, fuse, kernel } = context;
+    let Context { filesystem, vector, observability, gap, graph, parameters, fuse, kernel, kernel_calls } =
+        context;
     let mut object = Object::new(out);
     if let Some(filesystem) = filesystem {
         write_filesystem(object.key("filesystem").0, filesystem)?;
@@ -111,6 +112,9 @@ fn write_context(out: &mut Vec<u8>, context: &Context) -> serde_json::Result<()>
     }
     if let Some(kernel) = kernel {
         object.key("kernel").serde(kernel)?;
+    }
+    if !kernel_calls.is_empty() {
+        object.key("kernel_calls").serde(kernel_calls)?;
     }
     object.end();
     Ok(())
@@ -338,8 +342,8 @@ mod tests {
 
     use super::*;
     use crate::event::{
-        EventType, FuseRequest, GapContext, GraphContext, GraphEdge, ObservabilityContext, Priority,
-        Timeline, VectorContext,
+        EventType, FuseRequest, GapContext, GraphContext, GraphEdge, KernelCall, ObservabilityContext,
+        Priority, Timeline, VectorContext,
     };
 
     fn line(event: &SemanticEvent) -> String {
@@ -397,6 +401,14 @@ mod tests {
         });
         event.context.parameters.insert("k".into(), "v\n".into());
         event.context.fuse.push(FuseRequest { opcode_name: "RENAME".into(), ..FuseRequest::default() });
+        event.context.kernel_calls.push(KernelCall {
+            hook: "fentry".into(),
+            name: "vfs_rename".into(),
+            event_type: EventType::FilesystemRename,
+            enter_ns: 1,
+            exit_ns: 2,
+            ret: Some(-18),
+        });
         event.process.as_mut().unwrap().comm = PathBytes(b"\xfe".to_vec());
         same_as_serde(&event);
         for file_type in [

@@ -106,6 +106,8 @@ counters! {
     filtered_scope_userspace,
     /// FUSE requests folded into the event of the syscall that caused them.
     fuse_joined,
+    /// Tracepoint and kernel-function calls listed in the event of the syscall they ran in.
+    kernel_calls_joined,
     /// FUSE requests no syscall claimed, reported on their own.
     fuse_standalone,
     /// Metadata FUSE requests (lookups, attribute reads, flushes) no syscall claimed, left out.

@@ -10,8 +10,11 @@ use vexevent_common::{KERNEL_VALUES, KernelBody, kernel_flags, syscall_by_nr};
 use super::{Disposition, Translator, errno_name};
 use crate::{
     capture::RawRecord,
-    event::{Context, FilesystemContext, KernelContext, OpResult, PathBytes, Priority, SemanticEvent},
-    loader::{DeviceMount, NamedKind, NamedSource, parse_device_mounts},
+    event::{
+        Context, FilesystemContext, KernelContext, OpResult, PathBytes, Priority, SemanticEvent,
+        VectorContext,
+    },
+    loader::{DeviceMount, NamedSource, parse_device_mounts},
 };
 
 /// Least time between two reads of mountinfo when a device is not known.
@@ -92,6 +95,24 @@ fn device_text(dev: u32) -> String {
     format!("{}:{}", dev >> 20, dev & 0xf_ffff)
 }
 
+/// A vector event's context from the numeric arguments named as its fields (`dimensions`,
+/// `element_type`, `vector_count`, `k`, `metric`, `search_type`, `max_results`); `None` when
+/// none is.
+fn vector_context(fields: &std::collections::BTreeMap<String, Value>) -> Option<VectorContext> {
+    let number = |name: &str| fields.get(name).and_then(Value::as_u64).and_then(|n| u32::try_from(n).ok());
+    let vector = VectorContext {
+        dimensions: number("dimensions"),
+        element_type: number("element_type"),
+        vector_count: number("vector_count"),
+        k: number("k"),
+        metric: number("metric"),
+        search_type: number("search_type"),
+        max_results: number("max_results"),
+        ..VectorContext::default()
+    };
+    (vector != VectorContext::default()).then_some(vector)
+}
+
 impl Translator {
     /// The tracepoints and functions attached by name, by record source number.
     pub fn set_named_sources(&mut self, sources: Vec<Option<NamedSource>>) {
@@ -157,11 +178,7 @@ impl Translator {
         }
         let in_syscall = body.flags & kernel_flags::IN_SYSCALL != 0;
         let kernel = KernelContext {
-            hook: match source.kind {
-                NamedKind::Tracepoint => "tracepoint",
-                NamedKind::Function => "kprobe",
-            }
-            .to_owned(),
+            hook: source.kind.hook().to_owned(),
             name: source.name.clone(),
             fields,
             syscall: in_syscall
@@ -173,8 +190,14 @@ impl Translator {
                 != 0,
         };
         let has_fs = filesystem.path.is_some() || filesystem.inode_number.is_some();
-        let context =
-            Context { filesystem: has_fs.then_some(filesystem), kernel: Some(kernel), ..Context::default() };
+        let vector =
+            (source.event_type.category() == "vector").then(|| vector_context(&kernel.fields)).flatten();
+        let context = Context {
+            filesystem: has_fs.then_some(filesystem),
+            vector,
+            kernel: Some(kernel),
+            ..Context::default()
+        };
         let ret = match source.signed_return {
             Some(size) => sign_extend(record.header.ret.cast_unsigned(), size),
             None => record.header.ret,
@@ -203,7 +226,7 @@ mod tests {
     use crate::{
         capture::{Captured, decode, encode_kernel},
         event::{EventType, WatchScope},
-        loader::{NamedText, NamedValue},
+        loader::{NamedKind, NamedText, NamedValue},
         telemetry::Counters,
         translate::{TranslateOptions, VexfsRoots},
     };
@@ -218,7 +241,7 @@ mod tests {
             vexfs: VexfsRoots(Vec::new()),
         });
         let source = NamedSource {
-            kind: NamedKind::Function,
+            kind: NamedKind::Kprobe,
             name: "vfs_rename".into(),
             event_type: EventType::FilesystemRename,
             values: vec![NamedValue { name: "flags".into(), signed: true, size: 4 }],
@@ -277,6 +300,19 @@ mod tests {
         let outside = encode_kernel(&header, body, b"x\0", None);
         let Ok(Captured::Record(record)) = decode(&outside) else { panic!("not a record") };
         assert_eq!(translator.translate(&record, &mut out, &Counters::default()), Disposition::OutOfScope);
+    }
+
+    /// A vector function's numeric arguments named as vector fields fill its vector context.
+    #[test]
+    fn vector_arguments_fill_the_vector_context() {
+        let fields = [("dimensions", Value::from(3)), ("k", Value::from(10)), ("flags", Value::from(1))]
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value))
+            .collect();
+        let vector = vector_context(&fields).unwrap();
+        assert_eq!((vector.dimensions, vector.k, vector.vector_count), (Some(3), Some(10), None));
+        let unrelated = [("count".to_owned(), Value::from(3)), ("k".to_owned(), Value::from(-1))];
+        assert_eq!(vector_context(&unrelated.into_iter().collect()), None);
     }
 
     #[test]

@@ -52,6 +52,21 @@ pub struct FunctionConfig {
     /// Most events per second per CPU (0: no cap); the rest are counted (`filtered_kernel_rate`).
     #[serde(default = "default_rate")]
     pub rate_per_sec: u32,
+    /// How to attach: `auto` (fentry/fexit for a vmlinux function where the kernel loads them,
+    /// else kprobe/kretprobe) or `kprobe`.
+    #[serde(default)]
+    pub hook: FunctionHook,
+}
+
+/// How a function is attached (`[[kernel_functions]] hook`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FunctionHook {
+    /// fentry/fexit where possible, else kprobe/kretprobe.
+    #[default]
+    Auto,
+    /// kprobe/kretprobe only.
+    Kprobe,
 }
 
 /// A function symbol of the running kernel.
@@ -122,7 +137,8 @@ impl BtfCache {
 }
 
 /// The functions matching `pattern` (a name or a glob) and how each stands: in kallsyms or
-/// not, in BTF or not (in BTF but not in kallsyms: inlined), attachable or why not.
+/// not, in BTF or not (in BTF but not in kallsyms: inlined), attachable (by fentry or kprobe,
+/// or kprobe only: a module's function) or why not.
 ///
 /// # Errors
 /// When the glob is malformed or /proc/kallsyms cannot be read.
@@ -161,6 +177,8 @@ pub fn list_functions(pattern: &str) -> Result<Vec<FunctionStatus>, String> {
                         .to_owned())
                 }
                 (Some(_), Err(why)) => Err(why.clone()),
+                // vmlinux functions described by BTF: fentry is tried first at start.
+                (Some(symbol), Ok(())) if symbol.module.is_none() && btf => Ok("fentry or kprobe".to_owned()),
                 (Some(_), Ok(())) => Ok("kprobe".to_owned()),
             };
             FunctionStatus { name, symbol, btf, attachable }
@@ -251,6 +269,8 @@ pub fn parse_declaration(text: &str) -> Result<(String, ParamType), String> {
 pub struct FunctionPlan {
     pub function: String,
     pub address: u64,
+    /// Try fentry first (`hook = "auto"` and a vmlinux function: fentry needs its BTF).
+    pub fentry: bool,
     pub spec: KernelSpec,
     pub source: NamedSource,
 }
@@ -268,7 +288,7 @@ fn function_slots(
         ..KernelSpec::default()
     };
     let mut source = NamedSource {
-        kind: NamedKind::Function,
+        kind: NamedKind::Kprobe,
         name: function.to_owned(),
         event_type: event_type_for(function, config.event_type),
         values: Vec::new(),
@@ -418,6 +438,7 @@ pub fn plan_functions(configs: &[FunctionConfig], first: u32, max_sources: u32) 
                     planned.plans.push(FunctionPlan {
                         function: name,
                         address: symbol.address,
+                        fentry: symbol.module.is_none() && config.hook == FunctionHook::Auto,
                         spec,
                         source,
                     });
@@ -472,7 +493,16 @@ mod tests {
             timed: true,
             event_type: None,
             rate_per_sec: 0,
+            hook: FunctionHook::Auto,
         }
+    }
+
+    #[test]
+    fn the_hook_is_auto_or_kprobe() {
+        let parse = |text: &str| toml::from_str::<FunctionConfig>(text).map(|c| c.hook);
+        assert_eq!(parse("name = \"vfs_mkdir\"").unwrap(), FunctionHook::Auto);
+        assert_eq!(parse("name = \"vfs_mkdir\"\nhook = \"kprobe\"").unwrap(), FunctionHook::Kprobe);
+        assert!(parse("name = \"vfs_mkdir\"\nhook = \"uprobe\"").is_err());
     }
 
     #[test]

@@ -14,8 +14,8 @@ use aya::{
 };
 use serde::Deserialize;
 use vexevent_common::{
-    KERNEL_TEXTS, KERNEL_VALUES, KernelField, KernelLayout, KernelSpec, MAX_KERNEL_SOURCES, MAX_TRACEPOINTS,
-    field_kind, map_names, program_names,
+    KERNEL_TEXTS, KERNEL_VALUES, KernelField, KernelLayout, KernelSpec, MAX_FENTRY_SLOTS, MAX_KERNEL_SOURCES,
+    MAX_TRACEPOINTS, field_kind, map_names, program_names,
 };
 
 pub use format::{FieldType, FormatError, FormatField};
@@ -54,7 +54,22 @@ pub struct TracepointConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NamedKind {
     Tracepoint,
-    Function,
+    /// A function through the kprobe/kretprobe pair.
+    Kprobe,
+    /// A vmlinux function through an fentry/fexit pair.
+    Fentry,
+}
+
+impl NamedKind {
+    /// The hook, as events say it (`context.kernel.hook`).
+    #[must_use]
+    pub const fn hook(self) -> &'static str {
+        match self {
+            Self::Tracepoint => "tracepoint",
+            Self::Kprobe => "kprobe",
+            Self::Fentry => "fentry",
+        }
+    }
 }
 
 /// A numeric value of a source's records.
@@ -323,23 +338,47 @@ pub fn attach(
     if planned.plans.is_empty() {
         return Ok(sources);
     }
-    if let Err(why) = functions::kprobes_available() {
-        for plan in &planned.plans {
-            hooks.report(plan.function.clone(), Some(why.clone()));
-        }
-        return Ok(sources);
-    }
     if let Some(layout) = planned.layout {
         let mut array: Array<_, KernelLayout> = map(ebpf, map_names::KERNEL_LAYOUT)?;
         array.set(0, layout, 0).map_err(|e| format!("{}: {e}", map_names::KERNEL_LAYOUT))?;
     }
-    for plan in planned.plans {
+    let btf = aya::Btf::from_sys_fs().map_err(|e| format!("no kernel BTF: {e}"));
+    let kprobes = functions::kprobes_available();
+    let mut fentry_slot = 0usize;
+    for mut plan in planned.plans {
         let mut specs: HashMap<_, u64, KernelSpec> = map(ebpf, map_names::FUNCTION_SPECS)?;
         specs
             .insert(plan.address, plan.spec, 0)
             .map_err(|e| format!("{}: {e}", map_names::FUNCTION_SPECS))?;
         let index = plan.spec.source as usize;
-        if hooks.attach_function(ebpf, &plan.function, plan.source.timed).is_ok() {
+        // fentry/fexit where the kernel loads them (a vmlinux function, a free slot), else the
+        // kprobe pair, saying why.
+        let fentry = plan.fentry.then(|| {
+            if fentry_slot >= MAX_FENTRY_SLOTS as usize {
+                return Err(format!("more than {MAX_FENTRY_SLOTS} functions"));
+            }
+            btf.as_ref().map_err(Clone::clone).and_then(|btf| {
+                hooks.attach_fentry(ebpf, fentry_slot, &plan.function, plan.source.timed, btf)
+            })
+        });
+        let attached = if let Some(Ok(())) = fentry {
+            fentry_slot += 1;
+            plan.source.kind = NamedKind::Fentry;
+            Ok(())
+        } else {
+            if let Some(Err(why)) = fentry {
+                let fallback = if kprobes.is_ok() { "using a kprobe" } else { "no kprobe either" };
+                hooks.report(format!("fentry/{}", plan.function), Some(format!("{why}; {fallback}")));
+            }
+            match &kprobes {
+                Ok(()) => hooks.attach_function(ebpf, &plan.function, plan.source.timed),
+                Err(why) => {
+                    hooks.report(plan.function.clone(), Some(why.clone()));
+                    Err(why.clone())
+                }
+            }
+        };
+        if attached.is_ok() {
             sources.resize(index + 1, None);
             sources[index] = Some(plan.source);
         } else {
