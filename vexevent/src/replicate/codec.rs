@@ -94,7 +94,8 @@ struct Rest {
 
 /// What `Rest` carries of an event, when it carries anything.
 fn rest_of(context: &Context, timeline: Option<&Timeline>, causality_links: &[u64]) -> Option<Rest> {
-    let Context { filesystem: _, vector, observability, gap, graph, parameters, fuse, kernel } = context;
+    let Context { filesystem: _, vector, observability, gap, graph, parameters, fuse, kernel, kernel_calls } =
+        context;
     (vector.is_some()
         || observability.is_some()
         || gap.is_some()
@@ -102,6 +103,7 @@ fn rest_of(context: &Context, timeline: Option<&Timeline>, causality_links: &[u6
         || !parameters.is_empty()
         || !fuse.is_empty()
         || kernel.is_some()
+        || !kernel_calls.is_empty()
         || timeline.is_some()
         || !causality_links.is_empty())
     .then(|| Rest {
@@ -114,6 +116,7 @@ fn rest_of(context: &Context, timeline: Option<&Timeline>, causality_links: &[u6
             parameters: parameters.clone(),
             fuse: fuse.clone(),
             kernel: kernel.clone(),
+            kernel_calls: kernel_calls.clone(),
         },
         timeline: timeline.copied(),
         causality_links: causality_links.to_vec(),
@@ -686,6 +689,14 @@ mod tests {
             ..KernelContext::default()
         });
         full.context.parameters.insert("k".into(), "v".into());
+        full.context.kernel_calls.push(crate::event::KernelCall {
+            hook: "fentry".into(),
+            name: "vfs_rename".into(),
+            event_type: EventType::FilesystemRename,
+            enter_ns: 10,
+            exit_ns: 20,
+            ret: Some(0),
+        });
         full.process.as_mut().unwrap().tid = 3;
         let other_run = crate::event::Run::new(NodeId::new("elsewhere").unwrap());
         let mut elsewhere = plain.clone();
