@@ -335,11 +335,15 @@ impl Engine {
     fn event(&mut self, event: &SemanticEvent, out: &mut Vec<Detection>) {
         let time = event.timestamp.monotonic_ns;
         self.last_ns = self.last_ns.max(time);
-        if let Some(gap) = &event.context.gap {
-            self.gaps.push_back((gap.lost_from_ns, gap.lost_to_ns));
+        // Gap reports are alerts (`translate`): other events' gap field is not read (one cache
+        // line less per event).
+        if event.event_type == EventType::ObservabilityAlertTriggered {
+            if let Some(gap) = &event.context.gap {
+                self.gaps.push_back((gap.lost_from_ns, gap.lost_to_ns));
+            }
         }
         let mut candidates = std::mem::take(&mut self.candidates);
-        self.index.candidates(event.event_type, path_of(event), &mut candidates);
+        self.index.candidates(event.event_type, || path_of(event), &mut candidates);
         for &index in &candidates {
             let index = index as usize;
             let rule = &mut self.rules[index];

@@ -76,10 +76,17 @@ impl RuleIndex {
         }
     }
 
-    /// The rules an event of `event_type` at `path` can match, in rule order, into `out`.
-    pub fn candidates(&self, event_type: EventType, path: Option<&[u8]>, out: &mut Vec<u32>) {
+    /// The rules an event of `event_type` at `path` can match, in rule order, into `out`; the
+    /// path is read only when some rule needs a prefix.
+    pub fn candidates<'a>(
+        &self,
+        event_type: EventType,
+        path: impl FnOnce() -> Option<&'a [u8]>,
+        out: &mut Vec<u32>,
+    ) {
         out.clear();
         out.extend_from_slice(&self.unprefixed[event_type as usize]);
+        let path = if self.prefix_lengths.is_empty() { None } else { path() };
         if let Some(path) = path {
             for &length in self.prefix_lengths.iter().take_while(|&&length| length <= path.len()) {
                 if let Some(slots) = self.by_prefix.get(&path[..length]) {
@@ -112,7 +119,7 @@ mod tests {
 
     fn candidates(index: &RuleIndex, event_type: EventType, path: Option<&str>) -> Vec<u32> {
         let mut out = vec![99];
-        index.candidates(event_type, path.map(str::as_bytes), &mut out);
+        index.candidates(event_type, || path.map(str::as_bytes), &mut out);
         out
     }
 
