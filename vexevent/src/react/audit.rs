@@ -194,6 +194,48 @@ fn last_line(file: &mut File) -> std::io::Result<Option<String>> {
     Ok(Some(text.rsplit('\n').next().unwrap_or(text).to_owned()))
 }
 
+/// A line's fields, its body (without its hash) and its hash.
+fn parse_line(raw: &[u8]) -> Result<(Line, &str, &str), String> {
+    let text = std::str::from_utf8(raw).map_err(|_| "not UTF-8: not an audit line".to_owned())?;
+    let text = text.strip_suffix('\n').unwrap_or(text);
+    let (body, hash) = split_line(text).ok_or_else(|| "not an audit line".to_owned())?;
+    let line: Line =
+        serde_json::from_str(&format!("{body}}}")).map_err(|e| format!("not an audit line: {e}"))?;
+    Ok((line, body, hash))
+}
+
+/// The complete lines written to the log at `path` after byte `offset` (not verified: lines
+/// that are not audit lines are skipped), and the offset after the last of them; what another
+/// process (`vexevent rollback`) appended is followed this way.
+///
+/// # Errors
+/// When the log cannot be read.
+pub fn lines_after(path: &Path, offset: u64) -> Result<(Vec<Verified>, u64), AuditError> {
+    let io = |source| AuditError::Io { path: path.to_owned(), source };
+    let mut file = File::open(path).map_err(io)?;
+    let len = file.seek(SeekFrom::End(0)).map_err(io)?;
+    if len <= offset {
+        return Ok((Vec::new(), len.min(offset)));
+    }
+    file.seek(SeekFrom::Start(offset)).map_err(io)?;
+    let mut reader = BufReader::new(file.take(len - offset));
+    let (mut lines, mut raw, mut at) = (Vec::new(), Vec::new(), offset);
+    loop {
+        raw.clear();
+        let read =
+            Read::take(&mut reader, MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut raw).map_err(io)?;
+        let whole = raw.last() == Some(&b'\n');
+        if read == 0 || (!whole && raw.len() <= MAX_LINE_BYTES) {
+            // The end, or a line still being written (read again next time).
+            return Ok((lines, at));
+        }
+        at += read as u64;
+        if let Some((line, _, hash)) = parse_line(&raw).ok().filter(|_| whole) {
+            lines.push(Verified { seq: line.seq, hash: hash.to_owned(), record: line.record });
+        }
+    }
+}
+
 /// A line of the log, verified.
 #[derive(Debug)]
 pub struct Verified {
@@ -227,12 +269,7 @@ pub fn verify(path: &Path) -> Result<Vec<Verified>, AuditError> {
         if raw.len() > MAX_LINE_BYTES {
             return Err(broken(number, format!("longer than {MAX_LINE_BYTES} bytes: not an audit line")));
         }
-        let text =
-            std::str::from_utf8(&raw).map_err(|_| broken(number, "not UTF-8: not an audit line".into()))?;
-        let text = text.strip_suffix('\n').unwrap_or(text);
-        let (body, hash) = split_line(text).ok_or_else(|| broken(number, "not an audit line".into()))?;
-        let line: Line = serde_json::from_str(&format!("{body}}}"))
-            .map_err(|e| broken(number, format!("not an audit line: {e}")))?;
+        let (line, body, hash) = parse_line(&raw).map_err(|problem| broken(number, problem))?;
         if line.prev != prev {
             return Err(broken(
                 number,
