@@ -308,7 +308,11 @@ fn actions_that_ask_for_it_are_rolled_back_automatically_each_rollback_an_event(
         .map(|e| {
             let p = &e["context"]["parameters"];
             assert_eq!(e["process"]["pid"].as_u64(), Some(u64::from(pid)), "derived from the detection: {e}");
-            (e["event_subtype"].as_str().unwrap().to_owned(), p["outcome"].to_string(), p["rolls_back"].to_string())
+            (
+                e["event_subtype"].as_str().unwrap().to_owned(),
+                p["outcome"].to_string(),
+                p["rolls_back"].to_string(),
+            )
         })
         .collect();
     seen.sort();
@@ -327,9 +331,17 @@ fn actions_that_ask_for_it_are_rolled_back_automatically_each_rollback_an_event(
     assert!(verified.status.success(), "{verified:?}");
     assert_eq!(finished.stats["rules"]["locker"]["actions"]["rolled_back"], 2, "{}", finished.stats);
     // A rollback already done is not done again by hand.
-    let again = vexevent_command(&["rollback", "--audit-log", audit_log.to_str().unwrap(), &seq_of("signal").replace('"', "")]);
+    let again = vexevent_command(&[
+        "rollback",
+        "--audit-log",
+        audit_log.to_str().unwrap(),
+        &seq_of("signal").replace('"', ""),
+    ]);
     assert!(!again.status.success(), "a rollback is done once");
 }
+
+/// Temporary files renamed over others in the FUSE sequence test.
+const PAIRS: usize = 200;
 
 /// The `p`th percentile of sorted `values`.
 fn percentile(values: &[u64], p: usize) -> u64 {
@@ -343,7 +355,6 @@ fn a_sequence_rule_detects_temporary_files_renamed_over_others_on_a_fuse_mount()
     else {
         return;
     };
-    const PAIRS: usize = 200;
     let watched = tempfile::tempdir().unwrap();
     let bindfs = Bindfs::mount(watched.path());
     let root = bindfs.mount_point.clone();
@@ -397,7 +408,10 @@ steps = [
         let tmp = root.join(format!("t{i}.tmp"));
         assert!(support::path_is(create, &tmp) && create["event_type"] == "FilesystemCreate", "{create}");
         assert!(support::path_is(rename, &tmp) && rename["event_type"] == "FilesystemRename", "{rename}");
-        assert!(!rename["context"]["fuse"].as_array().unwrap().is_empty(), "served by the FUSE daemon: {rename}");
+        assert!(
+            !rename["context"]["fuse"].as_array().unwrap().is_empty(),
+            "served by the FUSE daemon: {rename}"
+        );
         assert_eq!(detection["process"]["pid"], rename["process"]["pid"]);
         assert_eq!(detection["context"]["parameters"]["verdict"], "complete");
         assert_eq!(detection["timestamp"]["monotonic_ns"], rename["timestamp"]["monotonic_ns"]);

@@ -195,7 +195,9 @@ fn text_match(field_name: &str, op: TextOp, pattern: &str) -> Result<Matcher, Co
                 let literal = pattern.as_bytes().to_vec();
                 return Ok(Box::new(move |e| get(e).is_some_and(|v| v == literal.as_slice())));
             }
-            if let Some(suffix) = pattern.strip_prefix("**/*").filter(|s| !s.is_empty() && !s.contains(SPECIAL) && !s.contains('/'))
+            if let Some(suffix) = pattern
+                .strip_prefix("**/*")
+                .filter(|s| !s.is_empty() && !s.contains(SPECIAL) && !s.contains('/'))
             {
                 let suffix = suffix.as_bytes().to_vec();
                 return Ok(Box::new(move |e| get(e).is_some_and(|v| v.ends_with(&suffix))));

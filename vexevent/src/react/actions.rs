@@ -415,18 +415,17 @@ impl Worker {
         if let Some(counters) = counters {
             counters.action(if record.outcome == "done" { "rolled_back" } else { "rollback_failed" });
         }
-        let event = match detection {
-            Some(detection) => audit_event(detection, record, written),
-            None => {
-                let base = SemanticEvent::own(
-                    &self.run,
-                    EventType::ObservabilityAuditEvent,
-                    String::new(),
-                    monotonic_ns(),
-                    super::wall_ns(),
-                );
-                audit_event(&base, record, written)
-            }
+        let event = if let Some(detection) = detection {
+            audit_event(detection, record, written)
+        } else {
+            let base = SemanticEvent::own(
+                &self.run,
+                EventType::ObservabilityAuditEvent,
+                String::new(),
+                monotonic_ns(),
+                super::wall_ns(),
+            );
+            audit_event(&base, record, written)
         };
         if self.events.try_send(event).is_err() {
             if let Some(counters) = counters {

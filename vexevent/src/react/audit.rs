@@ -306,6 +306,27 @@ mod tests {
     }
 
     #[test]
+    fn lines_after_an_offset_are_the_complete_lines_appended_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let mut log = AuditLog::open(&path).unwrap();
+        log.append(record("a")).unwrap();
+        let start = std::fs::metadata(&path).unwrap().len();
+        // Another writer's lines, then one still being written.
+        AuditLog::open(&path).unwrap().append(record("b")).unwrap();
+        log.append(record("c")).unwrap();
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(b"{\"seq\":4,").unwrap();
+        let (lines, at) = lines_after(&path, start).unwrap();
+        assert_eq!(
+            lines.iter().map(|l| (l.seq, l.record.outcome.as_str())).collect::<Vec<_>>(),
+            [(2, "b"), (3, "c")]
+        );
+        assert_eq!(at, std::fs::metadata(&path).unwrap().len() - 9, "the partial line is read next time");
+        assert!(lines_after(&path, at).unwrap().0.is_empty());
+    }
+
+    #[test]
     fn a_line_past_the_bound_is_refused_without_reading_it_whole() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("huge.log");

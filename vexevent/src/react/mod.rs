@@ -108,7 +108,8 @@ impl ReactStage {
     /// A rule that does not compile, an audit log that cannot be opened.
     pub fn new(settings: &ReactSettings, run: Run, counters: &Arc<Counters>) -> Result<Self, ReactError> {
         let engine = Engine::new(settings, &counters.rules)?;
-        let actions = Actions::start(&settings.config, &settings.rules, counters, Arc::default(), run.clone())?;
+        let actions =
+            Actions::start(&settings.config, &settings.rules, counters, Arc::default(), run.clone())?;
         Ok(Self {
             engine,
             actions,
@@ -131,7 +132,8 @@ impl ReactStage {
         let settings = ReactSettings { config: self.settings.config.clone(), ..rules };
         let engine = Engine::new(&settings, &self.counters.rules)?;
         let own = Arc::clone(&self.actions.own);
-        let actions = Actions::start(&settings.config, &settings.rules, &self.counters, own, self.run.clone())?;
+        let actions =
+            Actions::start(&settings.config, &settings.rules, &self.counters, own, self.run.clone())?;
         self.engine.advance(self.watermark_ns, &mut self.detections);
         let mut held = std::mem::take(&mut self.held);
         self.emit(&mut held);
