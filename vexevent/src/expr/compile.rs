@@ -115,7 +115,18 @@ fn number_of(field_name: &str, value: &Value) -> Result<i64, CompileError> {
     }
 }
 
+/// The event type a `type` comparison names (compared as the enum, not its name).
+fn event_type_of(value: &Value) -> Result<EventType, CompileError> {
+    let text = String::from_utf8_lossy(&text_of("type", value)?).into_owned();
+    EventType::from_name(&text).ok_or(CompileError::UnknownEventType { name: text })
+}
+
 fn compare(field_name: &str, op: CompareOp, value: &Value) -> Result<Matcher, CompileError> {
+    if field_name == "type" && matches!(op, CompareOp::Eq | CompareOp::Ne) {
+        let wanted = event_type_of(value)?;
+        let equal = op == CompareOp::Eq;
+        return Ok(Box::new(move |e| (e.event_type == wanted) == equal));
+    }
     Ok(match field(field_name)? {
         Field::Number(get) => {
             let n = number_of(field_name, value)?;
@@ -147,6 +158,10 @@ fn compare(field_name: &str, op: CompareOp, value: &Value) -> Result<Matcher, Co
 }
 
 fn one_of(field_name: &str, values: &[Value]) -> Result<Matcher, CompileError> {
+    if field_name == "type" {
+        let set: Vec<EventType> = values.iter().map(event_type_of).collect::<Result<_, _>>()?;
+        return Ok(Box::new(move |e| set.contains(&e.event_type)));
+    }
     Ok(match field(field_name)? {
         Field::Number(get) => {
             let set: Vec<i64> = values.iter().map(|v| number_of(field_name, v)).collect::<Result<_, _>>()?;
@@ -173,6 +188,20 @@ fn text_match(field_name: &str, op: TextOp, pattern: &str) -> Result<Matcher, Co
     let invalid = |reason: String| CompileError::Pattern { pattern: pattern.to_owned(), reason };
     Ok(match op {
         TextOp::Glob => {
+            // Common shapes without a regex: a literal, and `**/*SUFFIX` (a last component
+            // ending in SUFFIX: as SUFFIX holds no `/`, the path ends with it).
+            const SPECIAL: [char; 7] = ['*', '?', '[', ']', '{', '}', '\\'];
+            if !pattern.contains(SPECIAL) {
+                let literal = pattern.as_bytes().to_vec();
+                return Ok(Box::new(move |e| get(e).is_some_and(|v| v == literal.as_slice())));
+            }
+            if let Some(suffix) = pattern
+                .strip_prefix("**/*")
+                .filter(|s| !s.is_empty() && !s.contains(SPECIAL) && !s.contains('/'))
+            {
+                let suffix = suffix.as_bytes().to_vec();
+                return Ok(Box::new(move |e| get(e).is_some_and(|v| v.ends_with(&suffix))));
+            }
             // `*` stays within one path component; `**` crosses them.
             let glob = GlobBuilder::new(pattern)
                 .literal_separator(true)

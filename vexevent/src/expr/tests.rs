@@ -66,6 +66,34 @@ fn macros_expand_and_bad_filters_say_why() {
 }
 
 #[test]
+fn globs_without_a_regex_match_as_globset_does() {
+    for pattern in ["**/*.locked", "/etc/shadow", "**/*.tmp.x", "*.locked", "/srv/*/a", "**/*"] {
+        let glob =
+            globset::GlobBuilder::new(pattern).literal_separator(true).build().unwrap().compile_matcher();
+        let compiled = filter(&format!("path glob {pattern:?}"));
+        for path in [
+            "/srv/a.locked",
+            "a.locked",
+            ".locked",
+            "/srv/x/.locked",
+            "/srv/a.lockedx",
+            "/etc/shadow",
+            "/etc/shadow2",
+            "/srv/q/a",
+            "/a.tmp.x",
+            "",
+        ] {
+            let event = event(EventType::FilesystemWrite, path, 1, "c", true);
+            assert_eq!(compiled.matches(&event), glob.is_match(path), "{pattern} on {path:?}");
+        }
+    }
+    let rename = event(EventType::FilesystemRename, "/a", 1, "c", true);
+    assert!(filter("type == FilesystemRename and type != FilesystemWrite").matches(&rename));
+    assert!(filter("type in [FilesystemWrite, FilesystemRename]").matches(&rename));
+    assert!(!filter("type in [FilesystemWrite]").matches(&rename));
+}
+
+#[test]
 fn macros_nest_a_bounded_number_of_levels() {
     // m0 = pid == 1, m1 = @m0, ..., each level one more macro deep.
     let chain = |levels: usize| -> BTreeMap<String, String> {

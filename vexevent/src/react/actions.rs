@@ -21,17 +21,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 
 use super::{
-    audit::{AuditError, AuditLog, AuditRecord, Undo, Written, verify},
+    audit::{AuditError, AuditLog, AuditRecord, Undo, Verified, Written, lines_after, verify},
     config::{
         ActionConfig, ActionType, DEFAULT_RUN_USER, Mode, ReactConfig, RuleConfig, lookup_user, signal_number,
     },
 };
 use crate::{
-    event::{EventType, Priority, SemanticEvent},
-    telemetry::{AuditHead, RuleCounters, RuleTable},
+    event::{EventType, Priority, Run, SemanticEvent},
+    telemetry::{AuditHead, RuleCounters, RuleTable, monotonic_ns},
 };
 
 /// Audit events waiting to enter the stream; more are dropped (the audit log has them) and
@@ -39,6 +39,12 @@ use crate::{
 const AUDIT_EVENTS_QUEUE: usize = 4096;
 /// Parents followed from a pid looking for a program vexevent runs.
 const MAX_TREE_DEPTH: usize = 32;
+/// How often the worker looks for rollbacks other processes appended to the audit log
+/// (`vexevent rollback`, the control API), to send them to the stream.
+const FOLLOW_EVERY: Duration = Duration::from_millis(200);
+/// Detections whose undoable actions are remembered, so a rollback's audit event is derived
+/// from its detection (older ones get an event of vexevent's own).
+const MAX_UNDOABLE: usize = 4096;
 
 /// The start time of process `pid` (clock ticks since boot, `/proc/PID/stat` field 22).
 #[must_use]
@@ -153,6 +159,12 @@ struct RuleActions {
     counters: Arc<RuleCounters>,
 }
 
+/// A rollback the rule asked for: when, and the outcome line to undo.
+struct Due {
+    at: Instant,
+    seq: u64,
+}
+
 struct Worker {
     rules: Vec<RuleActions>,
     mode: Mode,
@@ -161,6 +173,14 @@ struct Worker {
     table: Arc<crate::telemetry::Counters>,
     events: Sender<SemanticEvent>,
     own: Arc<OwnTree>,
+    /// Automatic rollbacks to do, in the order they are due.
+    due: VecDeque<Due>,
+    /// Outcome lines that can be undone, with their detection (the newest [`MAX_UNDOABLE`]).
+    undoable: VecDeque<(u64, SemanticEvent)>,
+    /// The audit log read up to here (rollback lines after it go to the stream).
+    followed: u64,
+    /// The run this instance's own events belong to.
+    run: Run,
 }
 
 /// The action worker, from the stage's side.
@@ -192,8 +212,11 @@ impl Actions {
         rules: &[RuleConfig],
         counters: &Arc<crate::telemetry::Counters>,
         own: Arc<OwnTree>,
+        run: Run,
     ) -> Result<Self, ActionsError> {
         let log = AuditLog::open(&config.audit_log)?;
+        // Rollbacks recorded before this start are not sent again.
+        let followed = std::fs::metadata(log.path()).map_or(0, |meta| meta.len());
         let table: &RuleTable = &counters.rules;
         let rules: Vec<RuleActions> = rules
             .iter()
@@ -222,6 +245,10 @@ impl Actions {
             table: Arc::clone(counters),
             events: events_tx,
             own: Arc::clone(&own),
+            due: VecDeque::new(),
+            undoable: VecDeque::new(),
+            followed,
+            run,
         };
         let handle = std::thread::Builder::new()
             .name("vexevent-actions".into())
@@ -307,9 +334,102 @@ type Attempt = (&'static str, String, Option<Undo>);
 
 impl Worker {
     fn run(mut self, jobs: &Receiver<Job>) {
-        for job in jobs {
-            for index in 0..self.rules[job.rule].actions.len() {
-                self.act(&job, index);
+        loop {
+            let wait = self.due.front().map_or(FOLLOW_EVERY, |due| {
+                due.at.saturating_duration_since(Instant::now()).min(FOLLOW_EVERY)
+            });
+            match jobs.recv_timeout(wait) {
+                Ok(job) => {
+                    for index in 0..self.rules[job.rule].actions.len() {
+                        self.act(&job, index);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            self.roll_back_due(Instant::now());
+            self.follow_log();
+        }
+        // Stopping (shutdown, or rules replaced): what was to be undone later is undone now,
+        // rather than never (a stopped process is not left stopped).
+        self.roll_back_due(Instant::now() + Duration::from_secs(u64::from(u32::MAX)));
+        self.follow_log();
+    }
+
+    /// Does the automatic rollbacks due by `now`, through the audit log as `vexevent rollback`
+    /// does (a line already rolled back by hand is left alone); their lines reach the stream
+    /// through [`Worker::follow_log`].
+    fn roll_back_due(&mut self, now: Instant) {
+        while let Some(due) = self.due.pop_front_if(|due| due.at <= now) {
+            match rollback_line(self.log.path(), due.seq) {
+                Ok(_) | Err(RollbackError::Failed { .. }) => {}
+                Err(RollbackError::AlreadyRolledBack { .. }) => {
+                    tracing::debug!(seq = due.seq, "already rolled back by hand");
+                }
+                Err(error) => {
+                    // Nothing was undone and no line written: say so in the stream.
+                    tracing::error!(%error, seq = due.seq, "the automatic rollback cannot run");
+                    let record = AuditRecord {
+                        record: "rollback".into(),
+                        outcome: "failed".into(),
+                        detail: error.to_string(),
+                        rolls_back: Some(due.seq),
+                        ..AuditRecord::default()
+                    };
+                    self.send_rollback(&record, None);
+                }
+            }
+        }
+    }
+
+    /// Sends the rollback lines appended to the audit log since it was last read (by this
+    /// worker or another process) to the stream as audit events, and moves the chain's head.
+    fn follow_log(&mut self) {
+        let (lines, followed) = match lines_after(self.log.path(), self.followed) {
+            Ok(read) => read,
+            Err(error) => {
+                tracing::warn!(%error, "cannot follow the audit log");
+                return;
+            }
+        };
+        self.followed = followed;
+        if let Some(last) = lines.last() {
+            self.table.rules.set_audit_head(AuditHead {
+                file: self.log.path().display().to_string(),
+                seq: last.seq,
+                hash: last.hash.clone(),
+            });
+        }
+        for Verified { seq, hash, record } in lines.into_iter().filter(|l| l.record.record == "rollback") {
+            self.send_rollback(&record, Some(&Written { seq, hash }));
+        }
+    }
+
+    /// The audit event of a rollback: derived from its detection when it is remembered.
+    fn send_rollback(&self, record: &AuditRecord, written: Option<&Written>) {
+        let detection = record
+            .rolls_back
+            .and_then(|seq| self.undoable.iter().find(|(line, _)| *line == seq))
+            .map(|(_, detection)| detection);
+        let counters = self.rules.iter().find(|r| r.name == record.rule).map(|r| &r.counters);
+        if let Some(counters) = counters {
+            counters.action(if record.outcome == "done" { "rolled_back" } else { "rollback_failed" });
+        }
+        let event = if let Some(detection) = detection {
+            audit_event(detection, record, written)
+        } else {
+            let base = SemanticEvent::own(
+                &self.run,
+                EventType::ObservabilityAuditEvent,
+                String::new(),
+                monotonic_ns(),
+                super::wall_ns(),
+            );
+            audit_event(&base, record, written)
+        };
+        if self.events.try_send(event).is_err() {
+            if let Some(counters) = counters {
+                counters.action("audit_event_dropped");
             }
         }
     }
@@ -340,7 +460,20 @@ impl Worker {
         self.audit(job, &action, "decision", &describe, decision, would, None);
         let Some(target) = target.filter(|_| decision == "decided") else { return };
         let (outcome, detail, undo) = self.attempt(&action, &target, job);
-        self.audit(job, &action, "outcome", &describe, outcome, detail, undo);
+        let undoable = undo.is_some();
+        let written = self.audit(job, &action, "outcome", &describe, outcome, detail, undo);
+        if let Some(written) = written.filter(|_| undoable) {
+            if self.undoable.len() == MAX_UNDOABLE {
+                self.undoable.pop_front();
+            }
+            self.undoable.push_back((written.seq, job.detection.clone()));
+            if let Some(after) = action.rollback_after_ms {
+                let at = Instant::now() + Duration::from_millis(after);
+                // Delays differ between actions: keep the queue in the order rollbacks are due.
+                let place = self.due.partition_point(|due| due.at <= at);
+                self.due.insert(place, Due { at, seq: written.seq });
+            }
+        }
     }
 
     fn attempt(&self, action: &ActionConfig, target: &Target, job: &Job) -> Attempt {
@@ -380,7 +513,7 @@ impl Worker {
         outcome: &'static str,
         detail: String,
         undo: Option<Undo>,
-    ) {
+    ) -> Option<Written> {
         let rule = &self.rules[job.rule];
         rule.counters.action(outcome);
         let entry = AuditRecord {
@@ -412,6 +545,7 @@ impl Worker {
         if self.events.try_send(event).is_err() {
             rule.counters.action("audit_event_dropped");
         }
+        written
     }
 }
 
@@ -439,6 +573,9 @@ pub fn audit_event(
     if let Some(written) = written {
         parameters.insert("audit_seq".into(), written.seq.to_string());
         parameters.insert("audit_hash".into(), written.hash.clone());
+    }
+    if let Some(seq) = entry.rolls_back {
+        parameters.insert("rolls_back".into(), seq.to_string());
     }
     event
 }

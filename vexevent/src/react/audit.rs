@@ -194,6 +194,48 @@ fn last_line(file: &mut File) -> std::io::Result<Option<String>> {
     Ok(Some(text.rsplit('\n').next().unwrap_or(text).to_owned()))
 }
 
+/// A line's fields, its body (without its hash) and its hash.
+fn parse_line(raw: &[u8]) -> Result<(Line, &str, &str), String> {
+    let text = std::str::from_utf8(raw).map_err(|_| "not UTF-8: not an audit line".to_owned())?;
+    let text = text.strip_suffix('\n').unwrap_or(text);
+    let (body, hash) = split_line(text).ok_or_else(|| "not an audit line".to_owned())?;
+    let line: Line =
+        serde_json::from_str(&format!("{body}}}")).map_err(|e| format!("not an audit line: {e}"))?;
+    Ok((line, body, hash))
+}
+
+/// The complete lines written to the log at `path` after byte `offset` (not verified: lines
+/// that are not audit lines are skipped), and the offset after the last of them; what another
+/// process (`vexevent rollback`) appended is followed this way.
+///
+/// # Errors
+/// When the log cannot be read.
+pub fn lines_after(path: &Path, offset: u64) -> Result<(Vec<Verified>, u64), AuditError> {
+    let io = |source| AuditError::Io { path: path.to_owned(), source };
+    let mut file = File::open(path).map_err(io)?;
+    let len = file.seek(SeekFrom::End(0)).map_err(io)?;
+    if len <= offset {
+        return Ok((Vec::new(), len.min(offset)));
+    }
+    file.seek(SeekFrom::Start(offset)).map_err(io)?;
+    let mut reader = BufReader::new(file.take(len - offset));
+    let (mut lines, mut raw, mut at) = (Vec::new(), Vec::new(), offset);
+    loop {
+        raw.clear();
+        let read =
+            Read::take(&mut reader, MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut raw).map_err(io)?;
+        let whole = raw.last() == Some(&b'\n');
+        if read == 0 || (!whole && raw.len() <= MAX_LINE_BYTES) {
+            // The end, or a line still being written (read again next time).
+            return Ok((lines, at));
+        }
+        at += read as u64;
+        if let Some((line, _, hash)) = parse_line(&raw).ok().filter(|_| whole) {
+            lines.push(Verified { seq: line.seq, hash: hash.to_owned(), record: line.record });
+        }
+    }
+}
+
 /// A line of the log, verified.
 #[derive(Debug)]
 pub struct Verified {
@@ -227,12 +269,7 @@ pub fn verify(path: &Path) -> Result<Vec<Verified>, AuditError> {
         if raw.len() > MAX_LINE_BYTES {
             return Err(broken(number, format!("longer than {MAX_LINE_BYTES} bytes: not an audit line")));
         }
-        let text =
-            std::str::from_utf8(&raw).map_err(|_| broken(number, "not UTF-8: not an audit line".into()))?;
-        let text = text.strip_suffix('\n').unwrap_or(text);
-        let (body, hash) = split_line(text).ok_or_else(|| broken(number, "not an audit line".into()))?;
-        let line: Line = serde_json::from_str(&format!("{body}}}"))
-            .map_err(|e| broken(number, format!("not an audit line: {e}")))?;
+        let (line, body, hash) = parse_line(&raw).map_err(|problem| broken(number, problem))?;
         if line.prev != prev {
             return Err(broken(
                 number,
@@ -266,6 +303,27 @@ mod tests {
             outcome: outcome.into(),
             ..AuditRecord::default()
         }
+    }
+
+    #[test]
+    fn lines_after_an_offset_are_the_complete_lines_appended_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let mut log = AuditLog::open(&path).unwrap();
+        log.append(record("a")).unwrap();
+        let start = std::fs::metadata(&path).unwrap().len();
+        // Another writer's lines, then one still being written.
+        AuditLog::open(&path).unwrap().append(record("b")).unwrap();
+        log.append(record("c")).unwrap();
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(b"{\"seq\":4,").unwrap();
+        let (lines, at) = lines_after(&path, start).unwrap();
+        assert_eq!(
+            lines.iter().map(|l| (l.seq, l.record.outcome.as_str())).collect::<Vec<_>>(),
+            [(2, "b"), (3, "c")]
+        );
+        assert_eq!(at, std::fs::metadata(&path).unwrap().len() - 9, "the partial line is read next time");
+        assert!(lines_after(&path, at).unwrap().0.is_empty());
     }
 
     #[test]

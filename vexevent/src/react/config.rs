@@ -183,6 +183,9 @@ pub struct ActionConfig {
     /// Longest the action may take (a `run` program is killed then).
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Undo the action this long after it was done (signal SIGSTOP, quarantine, chmod, xattr),
+    /// as `vexevent rollback` would.
+    pub rollback_after_ms: Option<u64>,
 }
 
 const fn default_per_minute() -> u32 {
@@ -236,6 +239,8 @@ const MAX_STEPS: usize = 8;
 /// action sets.
 const MAX_XATTR_NAME: usize = 255;
 const MAX_XATTR_VALUE: usize = 4096;
+/// Longest delay of an automatic rollback (a day).
+const MAX_ROLLBACK_AFTER_MS: u64 = 86_400_000;
 
 /// Reads a rules file.
 ///
@@ -336,6 +341,19 @@ fn action_problems(action: &ActionConfig) -> Vec<String> {
             }
         }
         ActionType::Quarantine => {}
+    }
+    if let Some(after) = action.rollback_after_ms {
+        let reversible = match kind {
+            ActionType::Signal => action.signal.as_deref() == Some("SIGSTOP"),
+            ActionType::Run => false,
+            ActionType::Quarantine | ActionType::Chmod | ActionType::Xattr => true,
+        };
+        if !reversible {
+            problems.push("`rollback_after_ms` applies to actions that can be undone (signal SIGSTOP, quarantine, chmod, xattr)".into());
+        }
+        if after == 0 || after > MAX_ROLLBACK_AFTER_MS {
+            problems.push(format!("`rollback_after_ms` must be 1 to {MAX_ROLLBACK_AFTER_MS}"));
+        }
     }
     if action.max_per_minute == 0 || action.timeout_ms == 0 {
         problems.push("`max_per_minute` and `timeout_ms` must be at least 1".into());

@@ -18,7 +18,7 @@ use crate::{
     event::{EventType, ObservabilityContext, Priority, SemanticEvent},
     expr::{Filter, Needs, StepMatcher, compile_steps, needs, parse, parse_macros},
     telemetry::{RuleCounters, RuleTable, add},
-    window::{Closed, WindowSpec, Windows},
+    window::{KeyedWindows, WindowSpec},
 };
 
 /// Sliding windows per rule window: a burst shorter than 3/4 of `within_ms` is always inside one.
@@ -96,13 +96,14 @@ fn key_of(field: KeyField, event: &SemanticEvent) -> Option<Key> {
     })
 }
 
-/// A count window's aggregate for one key.
+/// A count window's aggregate for one key (kept small: a window holds one per key).
 #[derive(Default)]
 struct Tally {
     count: u64,
     links: Vec<u64>,
-    /// Distinct paths (distinct rules), up to the threshold.
-    paths: HashSet<Box<[u8]>>,
+    /// Distinct paths (distinct rules only), up to the threshold.
+    #[expect(clippy::box_collection, reason = "8 bytes in every tally instead of 48; count rules have none")]
+    paths: Option<Box<HashSet<Box<[u8]>>>>,
     fired: bool,
 }
 
@@ -124,7 +125,7 @@ enum Pattern {
         condition: Filter,
         at_least: u64,
         distinct: bool,
-        windows: Windows<Key, Tally>,
+        windows: KeyedWindows<Key, Tally>,
     },
     Sequence {
         steps: Vec<StepMatcher>,
@@ -238,7 +239,7 @@ impl Engine {
                         condition,
                         at_least,
                         distinct,
-                        windows: Windows::new(spec, self.max_keys),
+                        windows: KeyedWindows::new(spec, self.max_keys),
                     },
                     needs,
                 )
@@ -335,11 +336,15 @@ impl Engine {
     fn event(&mut self, event: &SemanticEvent, out: &mut Vec<Detection>) {
         let time = event.timestamp.monotonic_ns;
         self.last_ns = self.last_ns.max(time);
-        if let Some(gap) = &event.context.gap {
-            self.gaps.push_back((gap.lost_from_ns, gap.lost_to_ns));
+        // Gap reports are alerts (`translate`): other events' gap field is not read (one cache
+        // line less per event).
+        if event.event_type == EventType::ObservabilityAlertTriggered {
+            if let Some(gap) = &event.context.gap {
+                self.gaps.push_back((gap.lost_from_ns, gap.lost_to_ns));
+            }
         }
         let mut candidates = std::mem::take(&mut self.candidates);
-        self.index.candidates(event.event_type, path_of(event), &mut candidates);
+        self.index.candidates(event.event_type, || path_of(event), &mut candidates);
         for &index in &candidates {
             let index = index as usize;
             let rule = &mut self.rules[index];
@@ -357,13 +362,11 @@ impl Engine {
 
     /// Closes windows and deadlines `watermark_ns` passed: absences fire, the rest is freed.
     pub fn advance(&mut self, watermark_ns: u64, out: &mut Vec<Detection>) {
-        let mut closed: Vec<Closed<Key, Tally>> = Vec::new();
         let mut fired = Vec::new();
         for (index, rule) in self.rules.iter_mut().enumerate() {
             match &mut rule.pattern {
                 Pattern::Count { windows, .. } => {
-                    windows.close(watermark_ns, &mut closed);
-                    closed.clear();
+                    windows.close(watermark_ns);
                     add(&rule.counters.evictions, windows.evicted - rule.evictions_counted);
                     rule.evictions_counted = windows.evicted;
                 }
@@ -454,18 +457,26 @@ fn step(
             add(&counters.matches, 1);
             let (at_least, distinct) = (*at_least, *distinct);
             let path = if distinct { Some(path_of(event)?) } else { None };
+            // Links are kept up to the threshold or MAX_LINKS, allocated once per key and window.
+            let links_held = usize::try_from(at_least).unwrap_or(usize::MAX).min(MAX_LINKS);
             let mut fired = None;
             windows.add(&key, time, |tally| {
                 match path {
-                    Some(path) if tally.paths.len() < usize::try_from(at_least).unwrap_or(usize::MAX) => {
-                        if tally.paths.insert(path.into()) {
+                    Some(path) => {
+                        let paths = tally.paths.get_or_insert_default();
+                        if paths.len() < usize::try_from(at_least).unwrap_or(usize::MAX)
+                            && !paths.contains(path)
+                        {
+                            paths.insert(path.into());
                             tally.count += 1;
                         }
                     }
-                    Some(_) => {}
                     None => tally.count += 1,
                 }
                 if tally.links.len() < MAX_LINKS {
+                    if tally.links.capacity() == 0 {
+                        tally.links.reserve_exact(links_held);
+                    }
                     tally.links.push(event.event_id);
                 }
                 if tally.count >= at_least && !tally.fired && fired.is_none() {

@@ -33,14 +33,24 @@ impl Slots {
 }
 
 /// Rules by what they need of an event.
-#[derive(Default)]
 pub struct RuleIndex {
     /// Rules that need the path to start with a prefix, by prefix.
     by_prefix: HashMap<Box<[u8]>, Slots, FixedState>,
     /// The distinct lengths of those prefixes, shortest first.
     prefix_lengths: Vec<usize>,
-    /// Rules that need no prefix.
-    unprefixed: Slots,
+    /// Rules that need no prefix, by event type (`EventType as usize`; those of any type in
+    /// each), in rule order.
+    unprefixed: Vec<Vec<u32>>,
+}
+
+impl Default for RuleIndex {
+    fn default() -> Self {
+        Self {
+            by_prefix: HashMap::default(),
+            prefix_lengths: Vec::new(),
+            unprefixed: vec![Vec::new(); EventType::ALL.len()],
+        }
+    }
 }
 
 impl RuleIndex {
@@ -48,7 +58,13 @@ impl RuleIndex {
     pub fn add(&mut self, rule: u32, needs: &Needs) {
         let types = needs.types.as_ref();
         match &needs.path_prefixes {
-            None => self.unprefixed.add(types, rule),
+            None => {
+                for event_type in EventType::ALL {
+                    if types.is_none_or(|types| types.contains(event_type)) {
+                        self.unprefixed[*event_type as usize].push(rule);
+                    }
+                }
+            }
             Some(prefixes) => {
                 for prefix in prefixes {
                     self.by_prefix.entry(prefix.as_slice().into()).or_default().add(types, rule);
@@ -60,10 +76,17 @@ impl RuleIndex {
         }
     }
 
-    /// The rules an event of `event_type` at `path` can match, in rule order, into `out`.
-    pub fn candidates(&self, event_type: EventType, path: Option<&[u8]>, out: &mut Vec<u32>) {
+    /// The rules an event of `event_type` at `path` can match, in rule order, into `out`; the
+    /// path is read only when some rule needs a prefix.
+    pub fn candidates<'a>(
+        &self,
+        event_type: EventType,
+        path: impl FnOnce() -> Option<&'a [u8]>,
+        out: &mut Vec<u32>,
+    ) {
         out.clear();
-        self.unprefixed.collect(event_type, out);
+        out.extend_from_slice(&self.unprefixed[event_type as usize]);
+        let path = if self.prefix_lengths.is_empty() { None } else { path() };
         if let Some(path) = path {
             for &length in self.prefix_lengths.iter().take_while(|&&length| length <= path.len()) {
                 if let Some(slots) = self.by_prefix.get(&path[..length]) {
@@ -96,7 +119,7 @@ mod tests {
 
     fn candidates(index: &RuleIndex, event_type: EventType, path: Option<&str>) -> Vec<u32> {
         let mut out = vec![99];
-        index.candidates(event_type, path.map(str::as_bytes), &mut out);
+        index.candidates(event_type, || path.map(str::as_bytes), &mut out);
         out
     }
 

@@ -26,7 +26,7 @@ use std::{io::BufRead, sync::Arc};
 use crate::{
     event::{EventType, Run, SemanticEvent},
     pipeline::{EventBatch, Stage, Update, settings_for},
-    telemetry::{AuditHead, Counters},
+    telemetry::{AuditHead, Counters, monotonic_ns},
 };
 
 /// How far behind the clock an idle tick closes windows: when the source is idle, capture holds
@@ -108,7 +108,8 @@ impl ReactStage {
     /// A rule that does not compile, an audit log that cannot be opened.
     pub fn new(settings: &ReactSettings, run: Run, counters: &Arc<Counters>) -> Result<Self, ReactError> {
         let engine = Engine::new(settings, &counters.rules)?;
-        let actions = Actions::start(&settings.config, &settings.rules, counters, Arc::default())?;
+        let actions =
+            Actions::start(&settings.config, &settings.rules, counters, Arc::default(), run.clone())?;
         Ok(Self {
             engine,
             actions,
@@ -131,7 +132,8 @@ impl ReactStage {
         let settings = ReactSettings { config: self.settings.config.clone(), ..rules };
         let engine = Engine::new(&settings, &self.counters.rules)?;
         let own = Arc::clone(&self.actions.own);
-        let actions = Actions::start(&settings.config, &settings.rules, &self.counters, own)?;
+        let actions =
+            Actions::start(&settings.config, &settings.rules, &self.counters, own, self.run.clone())?;
         self.engine.advance(self.watermark_ns, &mut self.detections);
         let mut held = std::mem::take(&mut self.held);
         self.emit(&mut held);
@@ -162,7 +164,12 @@ impl ReactStage {
     /// what rules replaced by a reload left).
     fn emit(&mut self, out: &mut Vec<SemanticEvent>) {
         out.append(&mut self.held);
-        for Detection { rule, act, event, .. } in self.detections.drain(..) {
+        let now_ns = monotonic_ns();
+        for Detection { rule, act, mut event, .. } in self.detections.drain(..) {
+            // Live only (a replay has no such time): from the kernel timestamp of the last
+            // matching event (an absence: its deadline) to the detection leaving the stage.
+            let latency = now_ns.saturating_sub(event.timestamp.monotonic_ns);
+            event.context.parameters.insert("latency_ns".into(), latency.to_string());
             if self.acting[rule] {
                 // Events replicated from another node never act here (their pids are not ours).
                 let local = event.origin.run.node() == self.run.node();

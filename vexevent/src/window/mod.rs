@@ -23,6 +23,9 @@ use std::{
 
 use foldhash::fast::RandomState;
 
+mod keyed;
+pub use keyed::KeyedWindows;
+
 /// A window's map of keys.
 type KeyMap<K, A> = HashMap<K, A, RandomState>;
 
