@@ -32,6 +32,12 @@ impl Dimension {
         Dimension::EventType,
     ];
 
+    /// Its place in [`Dimension::ALL`].
+    #[must_use]
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
     /// The name used in config, events and the dashboard.
     #[must_use]
     pub const fn name(self) -> &'static str {

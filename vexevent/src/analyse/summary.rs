@@ -132,7 +132,7 @@ impl AnalyseStage {
         let mut slowest = Vec::new();
         self.slowest.close(watermark_ns, &mut slowest);
         for closed in slowest {
-            parts.entry(closed.start_ns).or_default().slowest = closed.value.0;
+            parts.entry(closed.start_ns).or_default().slowest = closed.value.ops;
         }
         // Empty windows are reported up to the watermark (at most a history's worth), or, at the
         // end, up to the last window with events.
@@ -180,8 +180,8 @@ impl AnalyseStage {
             window.keys.iter().find(|(key, _)| *key == ALL).map(|(_, agg)| agg.clone()).unwrap_or_default();
         let mut by_dimension: HashMap<Dimension, Vec<(u64, &KeyAgg)>> = HashMap::new();
         for (key, agg) in &window.keys {
-            if let Some(name) = self.names.get(key).filter(|_| *key != ALL) {
-                by_dimension.entry(name.dimension).or_default().push((*key, agg));
+            if let Some(dimension) = super::dimension_of(*key) {
+                by_dimension.entry(dimension).or_default().push((*key, agg));
             }
         }
         for (dimension, rows) in &mut by_dimension {
