@@ -83,6 +83,14 @@ impl Hdr {
     pub fn record(&mut self, ns: u64) {
         self.0.get_or_insert_with(latency_histogram).saturating_record(ns.max(1));
     }
+
+    /// Adds another window's histogram.
+    pub fn merge(&mut self, other: &Hdr) {
+        if let Some(theirs) = &other.0 {
+            // Same bounds: adding cannot fail.
+            let _ = self.0.get_or_insert_with(latency_histogram).add(theirs);
+        }
+    }
 }
 
 /// One slow operation (`fileslower`).

@@ -1,21 +1,26 @@
-//! The analyse stage: live analytics on the event stream. Tumbling windows on event time (the
-//! shared [`window`](crate::window) module, closed by the batch watermark, carrying the loss in
-//! each window) aggregate counts, bytes, errors, time and log-bucketed latency per key (path,
-//! directory, pid, comm, uid, operation, event type), with full HDR histograms per operation,
-//! FUSE mount and FUSE stage (the operation's timeline). Each closed window gives the top keys
-//! (exact within the window, to within the events evicted past `max_keys`) and the top keys since
-//! start (Space-Saving, with its error bound), the slowest operations, anomalies (EWMA and z-score
+//! The analyse stage: live analytics on the event stream. Tumbling or sliding windows on event
+//! time (panes of the shared [`window`](crate::window) module, closed by the batch watermark,
+//! carrying the loss in each window) aggregate counts, bytes, errors, time and log-bucketed
+//! latency per key (path, directory, pid, comm, uid, operation, event type, cgroup), with full
+//! HDR histograms per operation, FUSE mount and FUSE stage (the operation's timeline). Each
+//! closed window gives the top keys (exact within the window, to within the events evicted past
+//! `max_keys`) and the top keys since start (Space-Saving, with its error bound), the slowest operations, anomalies (EWMA and z-score
 //! per key, raised as `ObservabilityAlertTriggered` events `anomaly:NAME`) and health alerts
 //! (`health:NAME`); the window's summary goes to the dashboard and `/metrics`, and optionally to
 //! the sinks as `ObservabilityMetricCollected` events. Owns `[analyse]`.
 
 mod aggregate;
 mod anomaly;
+mod cgroups;
 mod config;
 mod summary;
 mod topn;
 
-use std::{collections::HashMap, hash::BuildHasher as _, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    hash::BuildHasher as _,
+    sync::Arc,
+};
 
 pub use aggregate::{KeyAgg, SlowOp};
 pub use anomaly::{Anomaly, Metric};
@@ -23,7 +28,9 @@ pub use config::{AnalyseConfig, AnalyseConfigError, AnomalyConfig, Dimension};
 
 use aggregate::{Hdr, Slowest};
 use anomaly::Detector;
+use cgroups::CgroupNames;
 use foldhash::fast::FixedState;
+use summary::Parts;
 use topn::SpaceSaving;
 
 use crate::{
@@ -103,17 +110,24 @@ struct LastOperation {
 /// The analyse stage (see the module documentation).
 pub struct AnalyseStage {
     config: AnalyseConfig,
+    /// Window length, and the distance between window starts (the panes' length: events are
+    /// aggregated in tumbling panes of `slide_ns`, and a window merges its `window / slide`
+    /// panes when it closes, so an event costs the same whatever the slide).
     window_ns: u64,
+    slide_ns: u64,
     keyed: Windows<u64, KeyAgg>,
     series: Windows<Series, Hdr>,
     slowest: Windows<(), Slowest>,
     names: HashMap<u64, Name, FixedState>,
+    cgroups: CgroupNames,
     pending: Pending,
     last_operation: LastOperation,
     /// Events not aggregated per key: in a window already closed, or beyond `max_keys`.
     late_events: u64,
     evicted_events: u64,
-    /// Top keys since start, per dimension.
+    /// Closed panes a window still to report needs (sliding windows), by start.
+    panes: BTreeMap<u64, Parts>,
+    /// Top keys since start, per dimension (fed once per pane).
     totals: Vec<(Dimension, SpaceSaving)>,
     detector: Detector,
     /// Health checks failing at the last window (to alert on the change).
@@ -135,8 +149,9 @@ impl AnalyseStage {
     #[must_use]
     pub fn new(config: AnalyseConfig, run: Run, counters: Arc<Counters>) -> Self {
         let window_ns = config.window_secs.max(1) * 1_000_000_000;
-        let spec = WindowSpec::tumbling(window_ns);
-        let totals = [Dimension::Path, Dimension::Dir, Dimension::Pid, Dimension::Comm]
+        let slide_ns = config.slide_secs().clamp(1, config.window_secs.max(1)) * 1_000_000_000;
+        let spec = WindowSpec::tumbling(slide_ns);
+        let totals = [Dimension::Path, Dimension::Dir, Dimension::Pid, Dimension::Comm, Dimension::Cgroup]
             .into_iter()
             .filter(|d| config.dimensions.contains(d))
             .map(|d| (d, SpaceSaving::new(config.top_capacity)))
@@ -147,10 +162,12 @@ impl AnalyseStage {
             series: Windows::new(spec, 4_096),
             slowest: Windows::new(spec, 1),
             names: HashMap::with_hasher(FixedState::default()),
+            cgroups: CgroupNames::from_mounts(),
             pending: Pending::default(),
             last_operation: LastOperation::default(),
             late_events: 0,
             evicted_events: 0,
+            panes: BTreeMap::new(),
             totals,
             detector: Detector::new(config.anomaly.clone()),
             failing: Vec::new(),
@@ -160,6 +177,7 @@ impl AnalyseStage {
             evicted_before: 0,
             late_before: 0,
             window_ns,
+            slide_ns,
             config,
             counters,
         }
@@ -172,7 +190,7 @@ impl AnalyseStage {
         let time = event.timestamp.monotonic_ns;
         self.wall_offset_ns = i128::from(event.timestamp.wall_ns) - i128::from(time);
         if self.next_start.is_none() {
-            self.next_start = Some(time - time % self.window_ns);
+            self.next_start = Some(time - time % self.slide_ns);
         }
         if let Some(gap) = &event.context.gap {
             self.keyed.record_loss(gap.lost_from_ns, gap.lost_to_ns, gap.count);
@@ -182,8 +200,8 @@ impl AnalyseStage {
         let bytes = filesystem.and_then(|f| f.bytes).unwrap_or(0);
         let error = event.result.as_ref().is_some_and(|r| !r.ok);
         let duration = event.duration_ns;
-        let window_start = time - time % self.window_ns;
-        let Self { keyed, config, names, .. } = self;
+        let pane = time - time % self.slide_ns;
+        let Self { keyed, config, names, cgroups, .. } = self;
         let (late, evicted) = (keyed.late, keyed.evicted);
         keyed.add(&ALL, time, |agg| agg.record(bytes, error, duration));
         self.late_events += keyed.late - late;
@@ -197,17 +215,17 @@ impl AnalyseStage {
             if new {
                 // The key's first event in this window: it needs a name.
                 let name = names.entry(key).or_insert_with(|| Name {
-                    text: text_of(dimension, event).into(),
-                    last_window: window_start,
+                    text: text_of(dimension, event, cgroups).into(),
+                    last_window: pane,
                 });
-                name.last_window = name.last_window.max(window_start);
+                name.last_window = name.last_window.max(pane);
             }
         }
         self.evicted_events += keyed.evicted - evicted;
         self.record_series(event, time, duration);
         if self.config.slowest > 0 && event.result.is_some() {
             let capacity = self.config.slowest;
-            self.pending.slowest.entry(window_start).or_default().offer(capacity, duration, || SlowOp {
+            self.pending.slowest.entry(pane).or_default().offer(capacity, duration, || SlowOp {
                 duration_us: duration / 1_000,
                 operation: event.event_subtype.clone(),
                 path: path.map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default(),
@@ -223,7 +241,7 @@ impl AnalyseStage {
         if event.result.is_none() {
             return;
         }
-        let start = time - time % self.window_ns;
+        let start = time - time % self.slide_ns;
         let last = &mut self.last_operation;
         if last.key == 0 || last.window != start || last.name != event.event_subtype {
             // A new operation, or a new window: the name is kept for the window's summary.
@@ -312,11 +330,12 @@ fn key_of(dimension: Dimension, event: &SemanticEvent, path: Option<&[u8]>) -> O
         Dimension::Uid => hash(dimension, &process?.uid.to_le_bytes()),
         Dimension::Operation => hash(dimension, event.event_subtype.as_bytes()),
         Dimension::EventType => hash(dimension, event.event_type.name().as_bytes()),
+        Dimension::Cgroup => hash(dimension, &Some(process?.cgroup_id).filter(|&id| id != 0)?.to_le_bytes()),
     })
 }
 
 /// The name summaries show for `event`'s key in `dimension`.
-fn text_of(dimension: Dimension, event: &SemanticEvent) -> String {
+fn text_of(dimension: Dimension, event: &SemanticEvent, cgroups: &mut CgroupNames) -> String {
     let path = event.context.filesystem.as_ref().and_then(|f| f.path.as_ref()).map(PathBytes::as_bytes);
     let process = event.process.as_ref();
     match dimension {
@@ -327,6 +346,7 @@ fn text_of(dimension: Dimension, event: &SemanticEvent) -> String {
         Dimension::Uid => process.map(|p| p.uid.to_string()).unwrap_or_default(),
         Dimension::Operation => event.event_subtype.clone(),
         Dimension::EventType => event.event_type.name().to_owned(),
+        Dimension::Cgroup => process.map(|p| cgroups.name(p.cgroup_id)).unwrap_or_default(),
     }
 }
 
