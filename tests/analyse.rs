@@ -497,21 +497,28 @@ impl Drop for Cgroup {
 
 #[test]
 fn a_workload_in_a_fresh_cgroup_is_counted_under_its_cgroup_path() {
-    let Some(_serial) = exclusive_root_test("a_workload_in_a_fresh_cgroup_is_counted_under_its_cgroup_path") else {
+    let Some(_serial) = exclusive_root_test("a_workload_in_a_fresh_cgroup_is_counted_under_its_cgroup_path")
+    else {
         return;
     };
-    let root = Path::new("/sys/fs/cgroup");
-    if !root.join("cgroup.controllers").exists() {
-        eprintln!("skipped: no cgroup v2 file system at /sys/fs/cgroup");
+    // The cgroup v2 mount (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on a hybrid host).
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let Some(root) =
+        mountinfo.lines().find(|line| line.contains(" - cgroup2 ")).and_then(|line| line.split(' ').nth(4))
+    else {
+        eprintln!("skipped: no cgroup v2 file system is mounted");
         return;
-    }
+    };
+    let root = Path::new(root);
     let name = format!("vexevent-test-{}", std::process::id());
     let cgroup = Cgroup(root.join(&name));
     std::fs::create_dir(&cgroup.0).expect("a new cgroup");
     let id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cgroup.0).unwrap());
     let mount = support::Mount::tmpfs();
-    let (vexevent, _control, _config) =
-        start(&mount.path, "dimensions = [\"path\", \"cgroup\"]\nemit = [\"cgroup\"]");
+    let (vexevent, _control, _config) = start(
+        &mount.path,
+        "dimensions = [\"path\", \"cgroup\"]\nemit = [\"cgroup\"]\n[analyse.anomaly]\ndimensions = [\"cgroup\"]",
+    );
     let file = mount.path.join("in-cgroup.log");
     // A shell moves itself into the cgroup, then writes the file 50 times.
     let script = format!(
@@ -524,7 +531,9 @@ fn a_workload_in_a_fresh_cgroup_is_counted_under_its_cgroup_path() {
     let counted = |events: &[Value]| -> u64 {
         events
             .iter()
-            .filter(|e| e["event_subtype"] == "window:cgroup" && e["context"]["parameters"]["key"] == key.as_str())
+            .filter(|e| {
+                e["event_subtype"] == "window:cgroup" && e["context"]["parameters"]["key"] == key.as_str()
+            })
             .map(|e| e["context"]["parameters"]["count"].as_str().unwrap().parse::<u64>().unwrap())
             .sum()
     };
