@@ -28,6 +28,9 @@ use foldhash::fast::RandomState;
 /// A window's keys: where each one's aggregate is in its `slots`.
 type KeyMap<K> = HashMap<K, u32, RandomState>;
 
+/// A window's keys and its aggregates (a closed window's, emptied, kept for the next one).
+type Storage<K, A> = (KeyMap<K>, Vec<(K, A)>);
+
 /// Window length and step, in nanoseconds of kernel time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WindowSpec {
@@ -82,7 +85,7 @@ pub struct Windows<K, A> {
     spec: WindowSpec,
     open: BTreeMap<u64, Open<K, A>>,
     /// Emptied maps and vectors of closed windows (at most one per window an event is in), reused.
-    spare: Vec<(KeyMap<K>, Vec<(K, A)>)>,
+    spare: Vec<Storage<K, A>>,
     /// Keys one window may hold; events of further keys are counted in `evicted`.
     max_keys: usize,
     /// Everything before this has been closed.
