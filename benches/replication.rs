@@ -93,8 +93,14 @@ fn event(run: &Run, sequence: u64) -> SemanticEvent {
         bytes: Some(4096),
         ..FilesystemContext::default()
     });
-    event.process =
-        Some(ProcessInfo { pid: 4242, tid: 4243, uid: 1000, gid: 1000, comm: PathBytes::from("writer") });
+    event.process = Some(ProcessInfo {
+        pid: 4242,
+        tid: 4243,
+        uid: 1000,
+        gid: 1000,
+        comm: PathBytes::from("writer"),
+        cgroup_id: 0,
+    });
     event.result = Some(OpResult { ok: true, ret: 4096, error: None });
     event.duration_ns = 2_500;
     event

@@ -485,3 +485,66 @@ fn vexevent_top_shows_the_busiest_file_in_a_terminal() {
     eprintln!("{screen}");
     drop(vexevent.stop());
 }
+
+/// A cgroup v2 directory made for a test, removed when dropped (once its processes are gone).
+struct Cgroup(std::path::PathBuf);
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn a_workload_in_a_fresh_cgroup_is_counted_under_its_cgroup_path() {
+    let Some(_serial) = exclusive_root_test("a_workload_in_a_fresh_cgroup_is_counted_under_its_cgroup_path")
+    else {
+        return;
+    };
+    // The cgroup v2 mount (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on a hybrid host).
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let Some(root) =
+        mountinfo.lines().find(|line| line.contains(" - cgroup2 ")).and_then(|line| line.split(' ').nth(4))
+    else {
+        eprintln!("skipped: no cgroup v2 file system is mounted");
+        return;
+    };
+    let root = Path::new(root);
+    let name = format!("vexevent-test-{}", std::process::id());
+    let cgroup = Cgroup(root.join(&name));
+    std::fs::create_dir(&cgroup.0).expect("a new cgroup");
+    let id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cgroup.0).unwrap());
+    let mount = support::Mount::tmpfs();
+    let (vexevent, _control, _config) = start(
+        &mount.path,
+        "dimensions = [\"path\", \"cgroup\"]\nemit = [\"cgroup\"]\n[analyse.anomaly]\ndimensions = [\"cgroup\"]",
+    );
+    let file = mount.path.join("in-cgroup.log");
+    // A shell moves itself into the cgroup, then writes the file 50 times.
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && for i in $(seq 50); do echo x > {}; done",
+        cgroup.0.display(),
+        file.display()
+    );
+    assert!(Command::new("sh").arg("-c").arg(&script).status().unwrap().success());
+    let key = format!("/{name}");
+    let counted = |events: &[Value]| -> u64 {
+        events
+            .iter()
+            .filter(|e| {
+                e["event_subtype"] == "window:cgroup" && e["context"]["parameters"]["key"] == key.as_str()
+            })
+            .map(|e| e["context"]["parameters"]["count"].as_str().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    vexevent.wait_for("the cgroup's windows", Duration::from_secs(30), |events| counted(events) >= 50);
+    let finished = vexevent.stop();
+    let writes: Vec<&Value> = finished.events.iter().filter(|e| path_is(e, &file)).collect();
+    assert!(writes.len() >= 50, "{} events on the file", writes.len());
+    assert!(
+        writes.iter().all(|e| e["process"]["cgroup_id"] == id),
+        "every event on the file carries the cgroup's id {id}: {:?}",
+        writes.iter().map(|e| &e["process"]).collect::<Vec<_>>()
+    );
+    assert_eq!(counted(&finished.events), writes.len() as u64, "the cgroup's windows count them all");
+}

@@ -71,6 +71,9 @@ pub struct RecordHeader {
     /// Bytes of path 2 (without the NUL), 0 when absent.
     pub path2_len: u32,
     pub comm: [u8; COMM_LEN],
+    /// The task's cgroup (v2) id, `bpf_get_current_cgroup_id`: the inode number of its
+    /// directory in the cgroup file system; 0 when unknown (FUSE requests, gaps).
+    pub cgroup_id: u64,
 }
 
 impl RecordHeader {
@@ -92,6 +95,7 @@ impl RecordHeader {
         path1_len: 0,
         path2_len: 0,
         comm: [0; COMM_LEN],
+        cgroup_id: 0,
     };
 }
 
@@ -201,7 +205,7 @@ pub const RECORD_PATHS_OFFSET: usize = RECORD_HEADER_SIZE + RECORD_BODY_SIZE;
 /// Largest record: header, body and two full paths. This is the per-CPU scratch buffer's size.
 pub const RECORD_MAX_SIZE: usize = RECORD_PATHS_OFFSET + 2 * PATH_BUF;
 
-const _: () = assert!(RECORD_HEADER_SIZE == 88);
+const _: () = assert!(RECORD_HEADER_SIZE == 96);
 const _: () = assert!(core::mem::size_of::<OpenFile>() == 24);
 const _: () = assert!(core::mem::size_of::<SyscallBody>() == 136);
 const _: () = assert!(core::mem::size_of::<FuseBody>() == 88);

@@ -203,7 +203,8 @@ fn ended(key: &FuseRequestKey, reply: impl FnOnce() -> Option<i32>) -> Option<()
         (request.opcode, request.queued_ns, request.requester, request.uid_gid, request.comm);
     let _ = FUSE_INFLIGHT.remove(key);
     let error = reply()?;
-    let requester = Task { pid_tgid: requester, uid_gid, comm };
+    // The requester's cgroup is not kept with the request: unknown (its syscall's event has it).
+    let requester = Task { pid_tgid: requester, uid_gid, comm, cgroup_id: 0 };
     // SAFETY: no preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     record.header =

@@ -184,7 +184,9 @@ fn admit(spec: &KernelSpec, now: u64) -> Option<Task> {
         count(KernelStat::KernelRateLimited);
         return None;
     }
-    Some(Task { pid_tgid, uid_gid, comm })
+    // SAFETY: no preconditions.
+    let cgroup_id = unsafe { aya_ebpf::helpers::bpf_get_current_cgroup_id() };
+    Some(Task { pid_tgid, uid_gid, comm, cgroup_id })
 }
 
 /// Whether this CPU may emit one more record of the source this second.

@@ -1,7 +1,9 @@
 //! Filling a record's header: one helper for every probe (syscalls, fork, FUSE, gaps), so the
 //! kinds differ only in their bodies. `submit` stamps the CPU and sequence number.
 
-use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid};
+use aya_ebpf::helpers::{
+    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+};
 use vexevent_common::{COMM_LEN, RecordHeader};
 
 /// The task a record is about.
@@ -11,11 +13,13 @@ pub struct Task {
     /// `(gid << 32) | uid`.
     pub uid_gid: u64,
     pub comm: [u8; COMM_LEN],
+    /// Its cgroup id (0: unknown).
+    pub cgroup_id: u64,
 }
 
 impl Task {
     /// No task (gap records).
-    pub const NONE: Task = Task { pid_tgid: 0, uid_gid: 0, comm: [0; COMM_LEN] };
+    pub const NONE: Task = Task { pid_tgid: 0, uid_gid: 0, comm: [0; COMM_LEN], cgroup_id: 0 };
 
     /// The task the probe runs in.
     #[inline(always)]
@@ -24,6 +28,8 @@ impl Task {
             pid_tgid: bpf_get_current_pid_tgid(),
             uid_gid: bpf_get_current_uid_gid(),
             comm: bpf_get_current_comm().unwrap_or_default(),
+            // SAFETY: no preconditions (tracing programs, Linux 4.18 and later).
+            cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         }
     }
 }
@@ -60,5 +66,6 @@ pub fn header(op: u32, syscall_nr: u32, task: &Task, enter_ns: u64, exit_ns: u64
         path1_len: 0,
         path2_len: 0,
         comm: task.comm,
+        cgroup_id: task.cgroup_id,
     }
 }

@@ -83,6 +83,14 @@ impl Hdr {
     pub fn record(&mut self, ns: u64) {
         self.0.get_or_insert_with(latency_histogram).saturating_record(ns.max(1));
     }
+
+    /// Adds another window's histogram.
+    pub fn merge(&mut self, other: &Hdr) {
+        if let Some(theirs) = &other.0 {
+            // Same bounds: adding cannot fail.
+            let _ = self.0.get_or_insert_with(latency_histogram).add(theirs);
+        }
+    }
 }
 
 /// One slow operation (`fileslower`).
@@ -99,17 +107,25 @@ pub struct SlowOp {
 
 /// The slowest operations of a window, slowest first once sorted.
 #[derive(Default)]
-pub struct Slowest(pub Vec<SlowOp>);
+pub struct Slowest {
+    pub ops: Vec<SlowOp>,
+    /// Once `ops` is full: the fastest of them, in microseconds (anything not slower is refused
+    /// without a look at the list).
+    floor_us: u64,
+}
 
 impl Slowest {
     /// Keeps the operation if it is among the `capacity` slowest (`make` builds it only then).
     pub fn offer(&mut self, capacity: usize, duration_ns: u64, make: impl FnOnce() -> SlowOp) {
-        if self.0.len() < capacity {
-            self.0.push(make());
-        } else if let Some(fastest) = self.0.iter_mut().min_by_key(|op| op.duration_us) {
-            if fastest.duration_us < duration_ns / 1_000 {
-                *fastest = make();
-            }
+        if self.ops.len() < capacity {
+            self.ops.push(make());
+        } else if duration_ns / 1_000 <= self.floor_us {
+            return;
+        } else if let Some(fastest) = self.ops.iter_mut().min_by_key(|op| op.duration_us) {
+            *fastest = make();
+        }
+        if self.ops.len() >= capacity {
+            self.floor_us = self.ops.iter().map(|op| op.duration_us).min().unwrap_or(0);
         }
     }
 }
@@ -145,7 +161,7 @@ mod tests {
                 at_ns: 0,
             });
         }
-        let mut kept: Vec<u64> = slowest.0.iter().map(|op| op.duration_us).collect();
+        let mut kept: Vec<u64> = slowest.ops.iter().map(|op| op.duration_us).collect();
         kept.sort_unstable();
         assert_eq!(kept, [5, 7, 9]);
     }

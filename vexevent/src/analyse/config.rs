@@ -19,10 +19,12 @@ pub enum Dimension {
     Operation,
     /// The `VexFS` event type (`FilesystemWrite`, ...).
     EventType,
+    /// The task's cgroup (containers, services), shown as its path in the cgroup file system.
+    Cgroup,
 }
 
 impl Dimension {
-    pub const ALL: [Dimension; 7] = [
+    pub const ALL: [Dimension; 8] = [
         Dimension::Path,
         Dimension::Dir,
         Dimension::Pid,
@@ -30,7 +32,14 @@ impl Dimension {
         Dimension::Uid,
         Dimension::Operation,
         Dimension::EventType,
+        Dimension::Cgroup,
     ];
+
+    /// Its place in [`Dimension::ALL`].
+    #[must_use]
+    pub const fn index(self) -> usize {
+        self as usize
+    }
 
     /// The name used in config, events and the dashboard.
     #[must_use]
@@ -43,6 +52,7 @@ impl Dimension {
             Dimension::Uid => "uid",
             Dimension::Operation => "operation",
             Dimension::EventType => "event_type",
+            Dimension::Cgroup => "cgroup",
         }
     }
 }
@@ -53,8 +63,12 @@ impl Dimension {
 pub struct AnalyseConfig {
     /// Run the analyse stage (off: it is not in the pipeline and costs nothing).
     pub enabled: bool,
-    /// Length of the tumbling windows, in seconds of event time.
+    /// Length of the windows, in seconds of event time.
     pub window_secs: u64,
+    /// Distance between window starts, in seconds (a divisor of `window_secs`): unset, the
+    /// windows are tumbling (back to back); less than `window_secs`, they slide (a window of
+    /// `window_secs` closes every `slide_secs`).
+    pub slide_secs: Option<u64>,
     /// Dimensions aggregated per window.
     pub dimensions: Vec<Dimension>,
     /// Keys one window holds per run (all dimensions together); events of further keys are
@@ -80,6 +94,7 @@ impl Default for AnalyseConfig {
         Self {
             enabled: false,
             window_secs: 1,
+            slide_secs: None,
             dimensions: Dimension::ALL.to_vec(),
             max_keys: 100_000,
             top: 10,
@@ -139,6 +154,8 @@ pub enum AnalyseConfigError {
     TooLarge { field: &'static str, max: u64 },
     #[error("analyse.anomaly.{field} must be {rule}, not {value}")]
     Anomaly { field: &'static str, rule: &'static str, value: f64 },
+    #[error("analyse.slide_secs ({slide}) must divide analyse.window_secs ({window})")]
+    SlideNotDivisor { slide: u64, window: u64 },
     #[error("analyse.emit names {dimension:?}, which is not in analyse.dimensions")]
     EmitNotAggregated { dimension: &'static str },
 }
@@ -151,6 +168,12 @@ const MAX_HISTORY_SECS: u64 = 86_400;
 const MAX_KEYS: u64 = 10_000_000;
 
 impl AnalyseConfig {
+    /// Seconds between window starts (`window_secs` for tumbling windows).
+    #[must_use]
+    pub fn slide_secs(&self) -> u64 {
+        self.slide_secs.unwrap_or(self.window_secs)
+    }
+
     /// Every problem, in field order.
     #[must_use]
     pub fn problems(&self) -> Vec<AnalyseConfigError> {
@@ -163,12 +186,17 @@ impl AnalyseConfig {
             }
         };
         range("window_secs", self.window_secs, 1, MAX_WINDOW_SECS);
+        let (slide, window) = (self.slide_secs(), self.window_secs);
+        range("slide_secs", slide, 1, window.max(1));
         range("max_keys", self.max_keys as u64, 1, MAX_KEYS);
         range("top", self.top as u64, 1, 1_000);
         range("top_capacity", self.top_capacity as u64, 1, 1_000_000);
         range("slowest", self.slowest as u64, 0, 1_000);
         range("history_secs", self.history_secs, 0, MAX_HISTORY_SECS);
         range("anomaly.max_keys", self.anomaly.max_keys as u64, 1, MAX_KEYS);
+        if (1..=window).contains(&slide) && window % slide != 0 {
+            problems.push(AnalyseConfigError::SlideNotDivisor { slide, window });
+        }
         let anomaly = &self.anomaly;
         for (field, value, ok, rule) in [
             ("alpha", anomaly.alpha, anomaly.alpha > 0.0 && anomaly.alpha <= 1.0, "in (0, 1]"),
@@ -202,7 +230,7 @@ mod tests {
     #[test]
     fn bad_values_are_named() {
         let config: AnalyseConfig = toml::from_str(
-            "window_secs = 0\nemit = [\"pid\"]\ndimensions = [\"path\"]\n[anomaly]\nalpha = 2.0\ndimensions = []\n",
+            "window_secs = 0\nslide_secs = 0\nemit = [\"pid\"]\ndimensions = [\"path\"]\n[anomaly]\nalpha = 2.0\ndimensions = []\n",
         )
         .unwrap();
         let problems: Vec<String> = config.problems().iter().map(ToString::to_string).collect();
@@ -210,10 +238,16 @@ mod tests {
             problems,
             [
                 "analyse.window_secs must be at least 1",
+                "analyse.slide_secs must be at least 1",
                 "analyse.anomaly.alpha must be in (0, 1], not 2",
                 "analyse.emit names \"pid\", which is not in analyse.dimensions",
             ]
         );
         assert!(toml::from_str::<AnalyseConfig>("windows = 1").is_err(), "unknown keys are refused");
+        let sliding: AnalyseConfig = toml::from_str("window_secs = 10\nslide_secs = 4").unwrap();
+        let problems: Vec<String> = sliding.problems().iter().map(ToString::to_string).collect();
+        assert_eq!(problems, ["analyse.slide_secs (4) must divide analyse.window_secs (10)"]);
+        let sliding: AnalyseConfig = toml::from_str("window_secs = 10\nslide_secs = 20").unwrap();
+        assert_eq!(sliding.problems()[0].to_string(), "analyse.slide_secs must be at most 10");
     }
 }

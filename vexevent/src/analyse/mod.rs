@@ -1,21 +1,26 @@
-//! The analyse stage: live analytics on the event stream. Tumbling windows on event time (the
-//! shared [`window`](crate::window) module, closed by the batch watermark, carrying the loss in
-//! each window) aggregate counts, bytes, errors, time and log-bucketed latency per key (path,
-//! directory, pid, comm, uid, operation, event type), with full HDR histograms per operation,
-//! FUSE mount and FUSE stage (the operation's timeline). Each closed window gives the top keys
-//! (exact within the window, to within the events evicted past `max_keys`) and the top keys since
-//! start (Space-Saving, with its error bound), the slowest operations, anomalies (EWMA and z-score
+//! The analyse stage: live analytics on the event stream. Tumbling or sliding windows on event
+//! time (panes of the shared [`window`](crate::window) module, closed by the batch watermark,
+//! carrying the loss in each window) aggregate counts, bytes, errors, time and log-bucketed
+//! latency per key (path, directory, pid, comm, uid, operation, event type, cgroup), with full
+//! HDR histograms per operation, FUSE mount and FUSE stage (the operation's timeline). Each
+//! closed window gives the top keys (exact within the window, to within the events evicted past
+//! `max_keys`) and the top keys since start (Space-Saving, with its error bound), the slowest operations, anomalies (EWMA and z-score
 //! per key, raised as `ObservabilityAlertTriggered` events `anomaly:NAME`) and health alerts
 //! (`health:NAME`); the window's summary goes to the dashboard and `/metrics`, and optionally to
 //! the sinks as `ObservabilityMetricCollected` events. Owns `[analyse]`.
 
 mod aggregate;
 mod anomaly;
+mod cgroups;
 mod config;
 mod summary;
 mod topn;
 
-use std::{collections::HashMap, hash::BuildHasher as _, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    hash::BuildHasher as _,
+    sync::Arc,
+};
 
 pub use aggregate::{KeyAgg, SlowOp};
 pub use anomaly::{Anomaly, Metric};
@@ -23,7 +28,9 @@ pub use config::{AnalyseConfig, AnalyseConfigError, AnomalyConfig, Dimension};
 
 use aggregate::{Hdr, Slowest};
 use anomaly::Detector;
+use cgroups::CgroupNames;
 use foldhash::fast::FixedState;
+use summary::Parts;
 use topn::SpaceSaving;
 
 use crate::{
@@ -75,45 +82,52 @@ impl FuseStage {
     }
 }
 
-/// A key's dimension and display name, and the last window it was seen in.
+/// A key's display name, and the last window it was seen in.
 struct Name {
-    dimension: Dimension,
     text: Box<str>,
     last_window: u64,
 }
 
-/// A key's dimension and the batch's first event of it (whose name it gets).
-type Named = (Dimension, usize);
-
-/// One batch's aggregates, merged into the windows once per key and window at the batch's end:
-/// most keys of a batch repeat (a process, an operation, a directory), so the windows see one
-/// update per key instead of one per event. A key's name is looked up (and made from the batch's
-/// event) only when the key is new in its window: most events then touch one large map, the
-/// window's. A series keeps the batch's values (recorded into the window's histogram at the
-/// merge; a histogram per batch would be allocated, zeroed and added whole each time), in a list
-/// kept from batch to batch while the series has values.
+/// One batch's latency values per series and window, recorded into the window's histograms at
+/// the batch's end (a histogram per batch would be allocated, zeroed and added whole each time),
+/// in lists kept from batch to batch while the series has values; and the batch's slowest
+/// operations per window.
 #[derive(Default)]
 struct Pending {
-    /// Per window and key: the batch's aggregate, and the dimension and first event of a key
-    /// that has a name (not the totals).
-    keyed: HashMap<(u64, u64), (KeyAgg, Option<Named>), FixedState>,
     series: HashMap<(u64, Series), Vec<u64>, FixedState>,
     slowest: HashMap<u64, Slowest, FixedState>,
+}
+
+/// The last operation name seen, its key, and the window its name was last kept for (most
+/// events of a batch share a few operations).
+#[derive(Default)]
+struct LastOperation {
+    name: String,
+    key: u64,
+    window: u64,
 }
 
 /// The analyse stage (see the module documentation).
 pub struct AnalyseStage {
     config: AnalyseConfig,
+    /// Window length, and the distance between window starts (the panes' length: events are
+    /// aggregated in tumbling panes of `slide_ns`, and a window merges its `window / slide`
+    /// panes when it closes, so an event costs the same whatever the slide).
     window_ns: u64,
+    slide_ns: u64,
     keyed: Windows<u64, KeyAgg>,
     series: Windows<Series, Hdr>,
     slowest: Windows<(), Slowest>,
     names: HashMap<u64, Name, FixedState>,
+    cgroups: CgroupNames,
     pending: Pending,
+    last_operation: LastOperation,
     /// Events not aggregated per key: in a window already closed, or beyond `max_keys`.
     late_events: u64,
     evicted_events: u64,
-    /// Top keys since start, per dimension.
+    /// Closed panes a window still to report needs (sliding windows), by start.
+    panes: BTreeMap<u64, Parts>,
+    /// Top keys since start, per dimension (fed once per pane).
     totals: Vec<(Dimension, SpaceSaving)>,
     detector: Detector,
     /// Health checks failing at the last window (to alert on the change).
@@ -135,8 +149,9 @@ impl AnalyseStage {
     #[must_use]
     pub fn new(config: AnalyseConfig, run: Run, counters: Arc<Counters>) -> Self {
         let window_ns = config.window_secs.max(1) * 1_000_000_000;
-        let spec = WindowSpec::tumbling(window_ns);
-        let totals = [Dimension::Path, Dimension::Dir, Dimension::Pid, Dimension::Comm]
+        let slide_ns = config.slide_secs().clamp(1, config.window_secs.max(1)) * 1_000_000_000;
+        let spec = WindowSpec::tumbling(slide_ns);
+        let totals = [Dimension::Path, Dimension::Dir, Dimension::Pid, Dimension::Comm, Dimension::Cgroup]
             .into_iter()
             .filter(|d| config.dimensions.contains(d))
             .map(|d| (d, SpaceSaving::new(config.top_capacity)))
@@ -147,9 +162,12 @@ impl AnalyseStage {
             series: Windows::new(spec, 4_096),
             slowest: Windows::new(spec, 1),
             names: HashMap::with_hasher(FixedState::default()),
+            cgroups: CgroupNames::from_mounts(),
             pending: Pending::default(),
+            last_operation: LastOperation::default(),
             late_events: 0,
             evicted_events: 0,
+            panes: BTreeMap::new(),
             totals,
             detector: Detector::new(config.anomaly.clone()),
             failing: Vec::new(),
@@ -159,17 +177,20 @@ impl AnalyseStage {
             evicted_before: 0,
             late_before: 0,
             window_ns,
+            slide_ns,
             config,
             counters,
         }
     }
 
-    /// Aggregates one event (the batch's `index`th) into the batch's aggregates.
-    fn observe(&mut self, event: &SemanticEvent, index: usize) {
+    /// Aggregates one event into its windows: the totals and each dimension's key directly (one
+    /// lookup in the window's compact key map each), its latency series and the slowest list
+    /// into the batch's pending values.
+    fn observe(&mut self, event: &SemanticEvent) {
         let time = event.timestamp.monotonic_ns;
         self.wall_offset_ns = i128::from(event.timestamp.wall_ns) - i128::from(time);
         if self.next_start.is_none() {
-            self.next_start = Some(time - time % self.window_ns);
+            self.next_start = Some(time - time % self.slide_ns);
         }
         if let Some(gap) = &event.context.gap {
             self.keyed.record_loss(gap.lost_from_ns, gap.lost_to_ns, gap.count);
@@ -179,19 +200,32 @@ impl AnalyseStage {
         let bytes = filesystem.and_then(|f| f.bytes).unwrap_or(0);
         let error = event.result.as_ref().is_some_and(|r| !r.ok);
         let duration = event.duration_ns;
-        let window_start = time - time % self.window_ns;
-        let Self { pending, config, .. } = self;
-        pending.keyed.entry((window_start, ALL)).or_default().0.record(bytes, error, duration);
+        let pane = time - time % self.slide_ns;
+        let Self { keyed, config, names, cgroups, .. } = self;
+        let (late, evicted) = (keyed.late, keyed.evicted);
+        keyed.add(&ALL, time, |agg| agg.record(bytes, error, duration));
+        self.late_events += keyed.late - late;
         for &dimension in &config.dimensions {
             let Some(key) = key_of(dimension, event, path) else { continue };
-            let (agg, first) = pending.keyed.entry((window_start, key)).or_default();
-            first.get_or_insert((dimension, index));
-            agg.record(bytes, error, duration);
+            let mut new = false;
+            keyed.add(&key, time, |agg| {
+                new = agg.count == 0;
+                agg.record(bytes, error, duration);
+            });
+            if new {
+                // The key's first event in this window: it needs a name.
+                let name = names.entry(key).or_insert_with(|| Name {
+                    text: text_of(dimension, event, cgroups).into(),
+                    last_window: pane,
+                });
+                name.last_window = name.last_window.max(pane);
+            }
         }
+        self.evicted_events += keyed.evicted - evicted;
         self.record_series(event, time, duration);
         if self.config.slowest > 0 && event.result.is_some() {
             let capacity = self.config.slowest;
-            self.pending.slowest.entry(window_start).or_default().offer(capacity, duration, || SlowOp {
+            self.pending.slowest.entry(pane).or_default().offer(capacity, duration, || SlowOp {
                 duration_us: duration / 1_000,
                 operation: event.event_subtype.clone(),
                 path: path.map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default(),
@@ -207,13 +241,20 @@ impl AnalyseStage {
         if event.result.is_none() {
             return;
         }
-        let operation = hash(Dimension::Operation, event.event_subtype.as_bytes());
-        self.names.entry(operation).or_insert_with(|| Name {
-            dimension: Dimension::Operation,
-            text: event.event_subtype.as_str().into(),
-            last_window: time,
-        });
-        let start = time - time % self.window_ns;
+        let start = time - time % self.slide_ns;
+        let last = &mut self.last_operation;
+        if last.key == 0 || last.window != start || last.name != event.event_subtype {
+            // A new operation, or a new window: the name is kept for the window's summary.
+            last.key = hash(Dimension::Operation, event.event_subtype.as_bytes());
+            last.name.clone_from(&event.event_subtype);
+            last.window = start;
+            let name = self
+                .names
+                .entry(last.key)
+                .or_insert_with(|| Name { text: event.event_subtype.as_str().into(), last_window: start });
+            name.last_window = name.last_window.max(start);
+        }
+        let operation = last.key;
         let series = &mut self.pending.series;
         series.entry((start, Series::Operation(operation))).or_default().push(duration);
         if let Some(request) = event.context.fuse.first() {
@@ -238,26 +279,8 @@ impl AnalyseStage {
 }
 
 impl AnalyseStage {
-    /// Merges the aggregates of the batch (`events`) into the windows.
-    fn merge_pending(&mut self, events: &[SemanticEvent]) {
-        for ((start, key), (agg, first)) in self.pending.keyed.drain() {
-            let (late, evicted) = (self.keyed.late, self.keyed.evicted);
-            let mut new = false;
-            self.keyed.add(&key, start, |window| {
-                new = window.count == 0;
-                window.merge(&agg);
-            });
-            self.late_events += (self.keyed.late - late) * agg.count;
-            self.evicted_events += (self.keyed.evicted - evicted) * agg.count;
-            if let Some((dimension, index)) = first.filter(|_| new) {
-                let name = self.names.entry(key).or_insert_with(|| Name {
-                    dimension,
-                    text: text_of(dimension, &events[index]).into(),
-                    last_window: start,
-                });
-                name.last_window = name.last_window.max(start);
-            }
-        }
+    /// Merges the batch's latency values and slowest operations into the windows.
+    fn merge_pending(&mut self) {
         let windows = &mut self.series;
         self.pending.series.retain(|(start, series), values| {
             if values.is_empty() {
@@ -271,7 +294,7 @@ impl AnalyseStage {
         let capacity = self.config.slowest;
         for (start, slowest) in self.pending.slowest.drain() {
             self.slowest.add(&(), start, |window| {
-                for op in &slowest.0 {
+                for op in &slowest.ops {
                     window.offer(capacity, op.duration_us * 1_000, || op.clone());
                 }
             });
@@ -279,11 +302,21 @@ impl AnalyseStage {
     }
 }
 
-/// A key's hash: its dimension and bytes (64 bits: a collision between two live keys is
-/// vanishingly unlikely, and would merge two rows of a summary).
+/// Bits of a key that say its dimension (its index in [`Dimension::ALL`] plus one; 0: the totals).
+const DIMENSION_SHIFT: u32 = 60;
+
+/// A key's hash: its dimension and bytes (the dimension in the top 4 bits, the bytes' hash in the
+/// other 60: a collision between two live keys is vanishingly unlikely, and would merge two rows
+/// of a summary).
 fn hash(dimension: Dimension, bytes: &[u8]) -> u64 {
-    // 0 is the totals key.
-    FixedState::with_seed(dimension as u64 + 1).hash_one(bytes).max(1)
+    let tag = dimension.index() as u64 + 1;
+    (FixedState::with_seed(tag).hash_one(bytes) >> 4) | (tag << DIMENSION_SHIFT)
+}
+
+/// The dimension of a key made by [`hash`] (none for the totals).
+fn dimension_of(key: u64) -> Option<Dimension> {
+    let tag = usize::try_from(key >> DIMENSION_SHIFT).ok()?;
+    Dimension::ALL.get(tag.checked_sub(1)?).copied()
 }
 
 /// `event`'s key in `dimension` (`path`: the event's path), if it has one.
@@ -297,11 +330,12 @@ fn key_of(dimension: Dimension, event: &SemanticEvent, path: Option<&[u8]>) -> O
         Dimension::Uid => hash(dimension, &process?.uid.to_le_bytes()),
         Dimension::Operation => hash(dimension, event.event_subtype.as_bytes()),
         Dimension::EventType => hash(dimension, event.event_type.name().as_bytes()),
+        Dimension::Cgroup => hash(dimension, &Some(process?.cgroup_id).filter(|&id| id != 0)?.to_le_bytes()),
     })
 }
 
 /// The name summaries show for `event`'s key in `dimension`.
-fn text_of(dimension: Dimension, event: &SemanticEvent) -> String {
+fn text_of(dimension: Dimension, event: &SemanticEvent, cgroups: &mut CgroupNames) -> String {
     let path = event.context.filesystem.as_ref().and_then(|f| f.path.as_ref()).map(PathBytes::as_bytes);
     let process = event.process.as_ref();
     match dimension {
@@ -312,6 +346,7 @@ fn text_of(dimension: Dimension, event: &SemanticEvent) -> String {
         Dimension::Uid => process.map(|p| p.uid.to_string()).unwrap_or_default(),
         Dimension::Operation => event.event_subtype.clone(),
         Dimension::EventType => event.event_type.name().to_owned(),
+        Dimension::Cgroup => process.map(|p| cgroups.name(p.cgroup_id)).unwrap_or_default(),
     }
 }
 
@@ -330,10 +365,10 @@ impl Stage for AnalyseStage {
     }
 
     fn process(&mut self, batch: &mut EventBatch) {
-        for (index, event) in batch.events.iter().enumerate() {
-            self.observe(event, index);
+        for event in &batch.events {
+            self.observe(event);
         }
-        self.merge_pending(&batch.events);
+        self.merge_pending();
         let mut derived = Vec::new();
         self.close(batch.watermark_ns, &mut derived);
         batch.events.extend(derived);

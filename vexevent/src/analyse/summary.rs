@@ -8,6 +8,7 @@ use std::{
     sync::Arc,
 };
 
+use foldhash::fast::FixedState;
 use serde::Serialize;
 
 use super::{
@@ -18,7 +19,6 @@ use super::{
 use crate::{
     event::{EventType, FilesystemContext, ObservabilityContext, PathBytes, Priority, SemanticEvent},
     telemetry::{HealthReport, LatencySummary, add},
-    window::Closed,
 };
 
 /// One closed window, as the dashboard and `vexevent top` read it.
@@ -29,6 +29,8 @@ pub struct Frame {
     /// Wall-clock time of the window's end, milliseconds since the Unix epoch.
     pub wall_ms: u64,
     pub window_secs: u64,
+    /// Seconds between window starts (`window_secs` when the windows are tumbling).
+    pub slide_secs: u64,
     pub events: u64,
     pub bytes: u64,
     pub errors: u64,
@@ -99,58 +101,77 @@ pub struct SinkRow {
     pub down: bool,
 }
 
-/// What closed for one window.
+/// What closed for one pane (events aggregated over `slide_secs`), or the panes of a window
+/// merged.
 #[derive(Default)]
-struct Parts {
+pub(super) struct Parts {
     keys: Vec<(u64, KeyAgg)>,
+    /// Records lost while the pane was open (a window: the sum over its panes, so a loss that
+    /// spans two panes of a sliding window is counted twice: a bound, never short).
     lost: u64,
-    series: Vec<Closed<Series, super::Hdr>>,
+    series: Vec<(Series, super::Hdr)>,
     slowest: Vec<SlowOp>,
 }
 
+impl Parts {
+    /// The panes of one window merged (`capacity`: the slowest operations kept).
+    fn merge<'a>(panes: impl Iterator<Item = &'a Parts>, capacity: usize) -> Parts {
+        let mut keys: HashMap<u64, KeyAgg, FixedState> = HashMap::with_hasher(FixedState::default());
+        let mut series: HashMap<Series, super::Hdr> = HashMap::new();
+        let mut merged = Parts::default();
+        for pane in panes {
+            merged.lost += pane.lost;
+            for (key, agg) in &pane.keys {
+                keys.entry(*key).or_default().merge(agg);
+            }
+            for (name, hdr) in &pane.series {
+                series.entry(*name).or_default().merge(hdr);
+            }
+            merged.slowest.extend(pane.slowest.iter().cloned());
+        }
+        merged.slowest.sort_by_key(|op| std::cmp::Reverse(op.duration_us));
+        merged.slowest.truncate(capacity);
+        merged.keys = keys.into_iter().collect();
+        merged.series = series.into_iter().collect();
+        merged
+    }
+}
+
 impl AnalyseStage {
-    /// Closes every window that ends at or before `watermark_ns` and reports each one, empty
-    /// windows included, up to the last one with events (`u64::MAX`: all, at the end).
+    /// Closes every pane that ends at or before `watermark_ns`, then reports each window that
+    /// ends by then, empty windows included, up to the last one with events (`u64::MAX`: all,
+    /// at the end; the last windows are then partial).
     pub(super) fn close(&mut self, watermark_ns: u64, out: &mut Vec<SemanticEvent>) {
         let Some(mut start) = self.next_start else { return };
         if start.saturating_add(self.window_ns) > watermark_ns {
             return;
         }
-        let mut parts: BTreeMap<u64, Parts> = BTreeMap::new();
-        let mut keyed = Vec::new();
-        self.keyed.close(watermark_ns, &mut keyed);
-        for closed in keyed {
-            let window = parts.entry(closed.start_ns).or_default();
-            window.lost = closed.lost;
-            window.keys.push((closed.key, closed.value));
-        }
-        let mut series = Vec::new();
-        self.series.close(watermark_ns, &mut series);
-        for closed in series {
-            parts.entry(closed.start_ns).or_default().series.push(closed);
-        }
-        let mut slowest = Vec::new();
-        self.slowest.close(watermark_ns, &mut slowest);
-        for closed in slowest {
-            parts.entry(closed.start_ns).or_default().slowest = closed.value.0;
-        }
-        // Empty windows are reported up to the watermark (at most a history's worth), or, at the
-        // end, up to the last window with events.
-        let last = if watermark_ns == u64::MAX {
-            parts.keys().next_back().map_or(start, |s| s + self.window_ns)
+        self.close_panes(watermark_ns);
+        let slide = self.slide_ns;
+        // Windows are reported up to the watermark (empty ones at most a history's worth), or,
+        // at the end, up to the last one starting with a pane that had events.
+        let end = if watermark_ns == u64::MAX {
+            self.panes.keys().next_back().map_or(start, |s| s + slide)
         } else {
-            watermark_ns - watermark_ns % self.window_ns
+            (watermark_ns - watermark_ns % slide + slide).saturating_sub(self.window_ns)
         };
-        let history = self.config.history_secs / self.config.window_secs + 1;
+        let history = self.config.history_secs / self.config.slide_secs() + 1;
         start = start
-            .max(last.saturating_sub(history * self.window_ns))
-            .min(parts.keys().next().copied().unwrap_or(u64::MAX));
-        while start < last {
-            let window = parts.remove(&start).unwrap_or_default();
-            self.report(start, window, out);
-            start += self.window_ns;
+            .max(end.saturating_sub(history * slide))
+            .min(self.panes.keys().next().copied().unwrap_or(u64::MAX));
+        while start < end {
+            let window_end = start + self.window_ns;
+            let parts = if self.window_ns == slide {
+                self.panes.remove(&start).unwrap_or_default()
+            } else {
+                Parts::merge(self.panes.range(start..window_end).map(|(_, p)| p), self.config.slowest)
+            };
+            self.report(start, parts, out);
+            start += slide;
         }
         self.next_start = Some(start);
+        // No later window needs the panes before its start.
+        self.panes = self.panes.split_off(&start);
         // Names of keys no open window, top list or baseline holds any more.
         let Self { names, totals, detector, .. } = self;
         names.retain(|key, name| {
@@ -158,6 +179,38 @@ impl AnalyseStage {
                 || totals.iter().any(|(_, summary)| summary.contains(*key))
                 || detector.knows(*key)
         });
+    }
+
+    /// Closes every pane that ends at or before `watermark_ns` into `self.panes`, and feeds the
+    /// top keys since start (each pane once).
+    fn close_panes(&mut self, watermark_ns: u64) {
+        let mut keyed = Vec::new();
+        self.keyed.close(watermark_ns, &mut keyed);
+        for closed in keyed {
+            let pane = self.panes.entry(closed.start_ns).or_default();
+            pane.lost = closed.lost;
+            if let Some(dimension) = super::dimension_of(closed.key) {
+                if let Some((_, summary)) = self.totals.iter_mut().find(|(d, _)| *d == dimension) {
+                    summary.add(closed.key, closed.value.count);
+                }
+            }
+            pane.keys.push((closed.key, closed.value));
+        }
+        let mut series = Vec::new();
+        self.series.close(watermark_ns, &mut series);
+        for closed in series {
+            // The exported histograms take each pane once.
+            if let Some(histogram) = &closed.value.0 {
+                let (family, name) = self.series_name(closed.key);
+                self.counters.analytics.merge_latency(family, &name, histogram);
+            }
+            self.panes.entry(closed.start_ns).or_default().series.push((closed.key, closed.value));
+        }
+        let mut slowest = Vec::new();
+        self.slowest.close(watermark_ns, &mut slowest);
+        for closed in slowest {
+            self.panes.entry(closed.start_ns).or_default().slowest = closed.value.ops;
+        }
     }
 
     fn name(&self, key: u64) -> String {
@@ -180,8 +233,8 @@ impl AnalyseStage {
             window.keys.iter().find(|(key, _)| *key == ALL).map(|(_, agg)| agg.clone()).unwrap_or_default();
         let mut by_dimension: HashMap<Dimension, Vec<(u64, &KeyAgg)>> = HashMap::new();
         for (key, agg) in &window.keys {
-            if let Some(name) = self.names.get(key).filter(|_| *key != ALL) {
-                by_dimension.entry(name.dimension).or_default().push((*key, agg));
+            if let Some(dimension) = super::dimension_of(*key) {
+                by_dimension.entry(dimension).or_default().push((*key, agg));
             }
         }
         for (dimension, rows) in &mut by_dimension {
@@ -210,11 +263,6 @@ impl AnalyseStage {
             .get(&Dimension::EventType)
             .map(|rows| rows.iter().map(|(key, agg)| (self.name(*key), agg.count)).collect())
             .unwrap_or_default();
-        for (dimension, summary) in &mut self.totals {
-            for (key, agg) in by_dimension.get(dimension).into_iter().flatten() {
-                summary.add(*key, agg.count);
-            }
-        }
         let top_total = self
             .totals
             .iter()
@@ -239,6 +287,7 @@ impl AnalyseStage {
             end_ns: end,
             wall_ms: wall_ns / 1_000_000,
             window_secs: self.config.window_secs,
+            slide_secs: self.config.slide_secs(),
             events: totals.count,
             bytes: totals.bytes,
             errors: totals.errors,
@@ -260,8 +309,8 @@ impl AnalyseStage {
         self.derive(&frame, &by_dimension, out);
         match serde_json::to_string(&frame) {
             Ok(json) => {
-                let keep =
-                    usize::try_from(self.config.history_secs / self.config.window_secs).unwrap_or(usize::MAX);
+                let keep = usize::try_from(self.config.history_secs / self.config.slide_secs())
+                    .unwrap_or(usize::MAX);
                 analytics.publish(Arc::from(json), keep);
             }
             Err(error) => tracing::error!(%error, "cannot serialize a window summary"),
@@ -298,21 +347,29 @@ impl AnalyseStage {
             .collect()
     }
 
-    /// Latency rows of the operations, mounts and FUSE stages, merged into the exported histograms.
+    /// A series' family and label (in summaries and `/metrics`).
+    fn series_name(&self, series: Series) -> (&'static str, String) {
+        match series {
+            Series::Operation(key) => ("operation", self.name(key)),
+            Series::Mount(connection) => ("mount", connection.to_string()),
+            Series::FuseStage(stage) => ("fuse_stage", stage.name().to_owned()),
+        }
+    }
+
+    /// Latency rows of the operations, mounts and FUSE stages.
     fn latency_rows(
         &self,
-        series: Vec<Closed<Series, super::Hdr>>,
+        series: Vec<(Series, super::Hdr)>,
     ) -> (Vec<LatencyRow>, Vec<LatencyRow>, Vec<LatencyRow>) {
-        let analytics = &self.counters.analytics;
         let (mut operations, mut mounts, mut fuse_stages) = (Vec::new(), Vec::new(), Vec::new());
-        for closed in series {
-            let Some(histogram) = closed.value.0 else { continue };
-            let (family, name, rows) = match closed.key {
-                Series::Operation(key) => ("operation", self.name(key), &mut operations),
-                Series::Mount(connection) => ("mount", connection.to_string(), &mut mounts),
-                Series::FuseStage(stage) => ("fuse_stage", stage.name().to_owned(), &mut fuse_stages),
+        for (key, hdr) in series {
+            let Some(histogram) = hdr.0 else { continue };
+            let (_, name) = self.series_name(key);
+            let rows = match key {
+                Series::Operation(_) => &mut operations,
+                Series::Mount(_) => &mut mounts,
+                Series::FuseStage(_) => &mut fuse_stages,
             };
-            analytics.merge_latency(family, &name, &histogram);
             rows.push(LatencyRow {
                 name,
                 count: histogram.len(),

@@ -163,3 +163,56 @@ fn ten_minutes_of_a_steady_noisy_workload_raise_no_anomaly() {
         alerts.iter().map(|e| format!("{} {:?}", e.event_subtype, e.context.parameters)).collect();
     assert!(subjects.is_empty(), "{subjects:#?}");
 }
+
+#[test]
+fn sliding_windows_merge_their_panes_and_each_event_is_exported_once() {
+    let config =
+        AnalyseConfig { enabled: true, window_secs: 3, slide_secs: Some(1), ..AnalyseConfig::default() };
+    let (mut stage, counters) = stage(config);
+    let mut events: Vec<SemanticEvent> = (0..5).map(|i| event("/s/a", "c", 10 * SECOND + i, 1_000)).collect();
+    events.extend((0..7).map(|i| event("/s/b", "c", 11 * SECOND + i, 9_000_000)));
+    let mut gap = event("/", "x", 11 * SECOND + 500, 0);
+    gap.context.gap = Some(GapContext {
+        count: 3,
+        lost_from_ns: 11 * SECOND,
+        lost_to_ns: 11 * SECOND + 9,
+        ..GapContext::default()
+    });
+    gap.result = None;
+    events.push(gap);
+    events.extend((0..2).map(|i| event("/s/a", "c", 13 * SECOND + i, 1_000)));
+    run(&mut stage, events, 12 * SECOND + 1);
+    assert!(frames(&counters).is_empty(), "the first window ends at 13 s");
+    run(&mut stage, Vec::new(), 16 * SECOND);
+    let frames = frames(&counters);
+    let windows: Vec<(u64, u64, u64, u64)> = frames
+        .iter()
+        .map(|f| {
+            let n = |field: &str| f[field].as_u64().unwrap();
+            (n("start_ns") / SECOND, n("end_ns") / SECOND, n("events"), n("lost"))
+        })
+        .collect();
+    // Window [10, 13) holds seconds 10 to 12: 5 + 7 events and the gap event; [11, 14) 7 + 1 + 2.
+    assert_eq!(windows, [(10, 13, 13, 3), (11, 14, 10, 3), (12, 15, 2, 0), (13, 16, 2, 0)]);
+    assert!(frames.iter().all(|f| f["window_secs"] == 3 && f["slide_secs"] == 1));
+    assert_eq!(frames[0]["top"]["path"][0]["key"], "/s/b");
+    assert_eq!(
+        (frames[1]["top"]["path"][1]["key"].as_str(), frames[1]["top"]["path"][1]["count"].as_u64()),
+        (Some("/s/a"), Some(2))
+    );
+    assert_eq!(frames[0]["slowest"][0]["path"], "/s/b", "the slowest operations of both panes");
+    assert_eq!(frames[0]["operations"][0]["count"], 12);
+    let exported: u64 = counters
+        .analytics
+        .latency_histograms()
+        .iter()
+        .filter(|h| h.family == "operation")
+        .map(|h| h.count)
+        .sum();
+    assert_eq!(exported, 14, "each event once in /metrics, not once per window holding it");
+    let totals = frames[3]["top_total"]["path"].as_array().unwrap();
+    let a = totals.iter().find(|row| row["key"] == "/s/a").unwrap();
+    assert_eq!(a["count"], 7, "the top since start is fed once per pane, not once per window");
+    run(&mut stage, vec![event("/s/a", "c", 12 * SECOND, 1)], 16 * SECOND + 1);
+    assert_eq!(stage.late_events, 1, "an event in a closed pane is late");
+}

@@ -117,7 +117,8 @@ impl SemanticEvent {
         event.timestamp.pid = pid;
         event.context.filesystem =
             Some(FilesystemContext { path: Some(PathBytes::from(path)), ..FilesystemContext::default() });
-        event.process = Some(ProcessInfo { pid, tid: pid, uid: 0, gid: 0, comm: PathBytes::from(comm) });
+        event.process =
+            Some(ProcessInfo { pid, tid: pid, uid: 0, gid: 0, comm: PathBytes::from(comm), cgroup_id: 0 });
         event.result =
             Some(OpResult { ok, ret: if ok { 0 } else { -2 }, error: (!ok).then(|| "ENOENT".into()) });
         event
@@ -482,6 +483,14 @@ pub struct ProcessInfo {
     pub gid: u32,
     /// Task name (up to 15 bytes, same encoding as paths).
     pub comm: PathBytes,
+    /// The task's cgroup (v2) id: the inode number of its cgroup directory (absent: unknown).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cgroup_id: u64,
+}
+
+#[expect(clippy::trivially_copy_pass_by_ref, reason = "serde's skip_serializing_if passes a reference")]
+const fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 /// How the operation ended.

@@ -1,5 +1,6 @@
 //! Mounts that matter, from /proc/self/mountinfo: which FUSE connections to watch (the FUSE mounts
-//! that lie inside a watched directory or contain one), and where `VexFS` is mounted. A connection is the mount's device number in the kernel's
+//! that lie inside a watched directory or contain one), where `VexFS` is mounted, and where the
+//! cgroup v2 file system is. A connection is the mount's device number in the kernel's
 //! encoding (`major << 20 | minor`), the value the FUSE tracepoints carry.
 
 use crate::event::WatchScope;
@@ -69,6 +70,12 @@ pub fn parse_device_mounts(mountinfo: &str) -> Vec<DeviceMount> {
             Some(DeviceMount { dev, root: unescape(fields.get(3)?), mount_point: unescape(fields.get(4)?) })
         })
         .collect()
+}
+
+/// Where the cgroup v2 file system is mounted (its first mount in mountinfo text).
+#[must_use]
+pub fn cgroup2_mount_point(mountinfo: &str) -> Option<Vec<u8>> {
+    parse_mounts(mountinfo).into_iter().find(|m| m.fstype == "cgroup2").map(|m| m.mount_point)
 }
 
 /// Parses mountinfo text into its FUSE mounts.

@@ -26,7 +26,7 @@ use vexevent_common::{
 };
 
 pub use config::{CaptureConfig, CaptureConfigError, CaptureSettings};
-pub use fuse_mounts::{DeviceMount, FuseMount, parse_device_mounts, vexfs_mount_points};
+pub use fuse_mounts::{DeviceMount, FuseMount, cgroup2_mount_point, parse_device_mounts, vexfs_mount_points};
 pub use hooks::{HookReport, SyscallHooks};
 pub use named::{
     FunctionConfig, FunctionStatus, NamedKind, NamedSource, NamedText, NamedValue, Symbol, TracepointConfig,

@@ -195,13 +195,16 @@ const fn file_type_name(file_type: FileType) -> &'static str {
 }
 
 fn write_process(out: &mut Vec<u8>, process: &ProcessInfo) -> serde_json::Result<()> {
-    let ProcessInfo { pid, tid, uid, gid, comm } = process;
+    let ProcessInfo { pid, tid, uid, gid, comm, cgroup_id } = process;
     let mut object = Object::new(out);
     object.key("pid").uint(*pid);
     object.key("tid").uint(*tid);
     object.key("uid").uint(*uid);
     object.key("gid").uint(*gid);
     object.key("comm").path(comm)?;
+    if *cgroup_id != 0 {
+        object.key("cgroup_id").uint(*cgroup_id);
+    }
     object.end();
     Ok(())
 }
@@ -371,6 +374,7 @@ mod tests {
         event.priority = Priority::Critical;
         event.timeline = Some(Timeline { fuse_ns: 5, daemon_ns: Some(2), ..Timeline::default() });
         event.result.as_mut().unwrap().ret = i64::MIN;
+        event.process.as_mut().unwrap().cgroup_id = u64::MAX;
         let fs = event.context.filesystem.as_mut().unwrap();
         fs.path_truncated = true;
         fs.inode_number = Some(u64::MAX);

@@ -300,12 +300,13 @@ impl Encoder {
         if let Some(parent) = parent_event_id {
             self.varint(delta(*parent, *event_id));
         }
-        if let Some(ProcessInfo { pid, tid, uid, gid, comm }) = process {
+        if let Some(ProcessInfo { pid, tid, uid, gid, comm, cgroup_id }) = process {
             self.varint(u64::from(*pid));
             self.varint(zigzag(i64::from(*tid) - i64::from(*pid)));
             self.varint(u64::from(*uid));
             self.varint(u64::from(*gid));
             self.interned(comm.as_bytes());
+            self.varint(*cgroup_id);
         }
         if let Some(OpResult { ok, ret, error }) = result {
             self.out.push(u8::from(*ok));
@@ -533,7 +534,8 @@ impl<'a> Decoder<'a> {
             let pid: u32 = self.small("pid")?;
             let tid = u32::try_from(i64::from(pid) + unzigzag(self.varint()?)).map_err(|_| invalid("tid"))?;
             let (uid, gid) = (self.small("uid")?, self.small("gid")?);
-            Some(ProcessInfo { pid, tid, uid, gid, comm: PathBytes(self.interned()?.to_vec()) })
+            let comm = PathBytes(self.interned()?.to_vec());
+            Some(ProcessInfo { pid, tid, uid, gid, comm, cgroup_id: self.varint()? })
         };
         let result = if mask & RESULT == 0 {
             None
@@ -698,6 +700,7 @@ mod tests {
             ret: Some(0),
         });
         full.process.as_mut().unwrap().tid = 3;
+        full.process.as_mut().unwrap().cgroup_id = 8_589_934_593;
         let other_run = crate::event::Run::new(NodeId::new("elsewhere").unwrap());
         let mut elsewhere = plain.clone();
         elsewhere.origin = other_run.origin(1, 5);

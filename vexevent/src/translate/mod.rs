@@ -651,6 +651,7 @@ impl Translator {
                 uid: header.uid,
                 gid: header.gid,
                 comm: comm_of(header),
+                cgroup_id: header.cgroup_id,
             }),
             result: Some(result),
             duration_ns: header.exit_ns.saturating_sub(header.enter_ns),

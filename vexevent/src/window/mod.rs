@@ -3,8 +3,10 @@
 //! closed when the pipeline's watermark passes their end. Each window carries the records the
 //! kernel lost while it was open (from the gap events' time spans), so a count or an absence over
 //! it is known to be complete or not. Keys hash with foldhash, seeded per process (keys such as
-//! paths come from outside); a closed window's emptied key map is kept for a later window, so a
-//! window does not grow its map from empty again.
+//! paths come from outside). A window's map holds only each key's slot; the aggregates live in
+//! a vector beside it (the map stays small enough to stay in the cache with 100,000 keys, and a
+//! window closes by draining the vector in order). A closed window's emptied map and vector are
+//! kept for a later window, so a window does not grow them from empty again.
 //!
 //! ```
 //! use vexevent::window::{WindowSpec, Windows};
@@ -26,8 +28,11 @@ use foldhash::fast::RandomState;
 mod keyed;
 pub use keyed::KeyedWindows;
 
-/// A window's map of keys.
-type KeyMap<K, A> = HashMap<K, A, RandomState>;
+/// A window's keys: where each one's aggregate is in its `slots`.
+type KeyMap<K> = HashMap<K, u32, RandomState>;
+
+/// A window's keys and its aggregates (a closed window's, emptied, kept for the next one).
+type Storage<K, A> = (KeyMap<K>, Vec<(K, A)>);
 
 /// Window length and step, in nanoseconds of kernel time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,9 +76,10 @@ pub struct Closed<K, A> {
     pub lost: u64,
 }
 
-/// One window's keys.
+/// One window's keys and their aggregates.
 struct Open<K, A> {
-    keys: KeyMap<K, A>,
+    keys: KeyMap<K>,
+    slots: Vec<(K, A)>,
     lost: u64,
 }
 
@@ -81,8 +87,8 @@ struct Open<K, A> {
 pub struct Windows<K, A> {
     spec: WindowSpec,
     open: BTreeMap<u64, Open<K, A>>,
-    /// Emptied maps of closed windows (at most one per window an event is in), reused.
-    spare: Vec<KeyMap<K, A>>,
+    /// Emptied maps and vectors of closed windows (at most one per window an event is in), reused.
+    spare: Vec<Storage<K, A>>,
     /// Keys one window may hold; events of further keys are counted in `evicted`.
     max_keys: usize,
     /// Everything before this has been closed.
@@ -94,13 +100,14 @@ pub struct Windows<K, A> {
 }
 
 impl<K: Hash + Eq + Clone, A: Default> Windows<K, A> {
+    /// Windows of `spec`, each holding at most `max_keys` keys (and at most 2^32).
     #[must_use]
     pub fn new(spec: WindowSpec, max_keys: usize) -> Self {
         Self {
             spec,
             open: BTreeMap::new(),
             spare: Vec::new(),
-            max_keys,
+            max_keys: max_keys.min(u32::MAX as usize),
             closed_up_to: 0,
             evicted: 0,
             late: 0,
@@ -110,9 +117,10 @@ impl<K: Hash + Eq + Clone, A: Default> Windows<K, A> {
     /// The open window starting at `start`, opened (with a spare map) if need be.
     fn window(&mut self, start: u64) -> &mut Open<K, A> {
         let spare = &mut self.spare;
-        self.open.entry(start).or_insert_with(|| Open {
-            keys: spare.pop().unwrap_or_else(|| HashMap::with_hasher(RandomState::default())),
-            lost: 0,
+        self.open.entry(start).or_insert_with(|| {
+            let (keys, slots) =
+                spare.pop().unwrap_or_else(|| (HashMap::with_hasher(RandomState::default()), Vec::new()));
+            Open { keys, slots, lost: 0 }
         })
     }
 
@@ -125,10 +133,14 @@ impl<K: Hash + Eq + Clone, A: Default> Windows<K, A> {
             }
             let max_keys = self.max_keys;
             let window = self.window(start);
-            if let Some(value) = window.keys.get_mut(key) {
-                update(value);
-            } else if window.keys.len() < max_keys {
-                update(window.keys.entry(key.clone()).or_default());
+            if let Some(&slot) = window.keys.get(key) {
+                update(&mut window.slots[slot as usize].1);
+            } else if window.slots.len() < max_keys {
+                #[expect(clippy::cast_possible_truncation, reason = "below max_keys, at most u32::MAX")]
+                window.keys.insert(key.clone(), window.slots.len() as u32);
+                let mut value = A::default();
+                update(&mut value);
+                window.slots.push((key.clone(), value));
             } else {
                 self.evicted += 1;
             }
@@ -156,8 +168,9 @@ impl<K: Hash + Eq + Clone, A: Default> Windows<K, A> {
             if end > watermark_ns {
                 break;
             }
-            let Open { mut keys, lost } = entry.remove();
-            out.extend(keys.drain().map(|(key, value)| Closed {
+            let Open { mut keys, mut slots, lost } = entry.remove();
+            keys.clear();
+            out.extend(slots.drain(..).map(|(key, value)| Closed {
                 key,
                 start_ns: start,
                 end_ns: end,
@@ -165,7 +178,7 @@ impl<K: Hash + Eq + Clone, A: Default> Windows<K, A> {
                 lost,
             }));
             if (self.spare.len() as u64) < self.spec.size_ns.div_ceil(self.spec.slide_ns.max(1)) {
-                self.spare.push(keys);
+                self.spare.push((keys, slots));
             }
             self.closed_up_to = self.closed_up_to.max(start + self.spec.slide_ns.max(1));
         }
@@ -179,7 +192,7 @@ impl<K: Hash + Eq + Clone, A: Default> Windows<K, A> {
     /// Keys held over all open windows (for memory accounting).
     #[must_use]
     pub fn open_keys(&self) -> usize {
-        self.open.values().map(|window| window.keys.len()).sum()
+        self.open.values().map(|window| window.slots.len()).sum()
     }
 }
 
