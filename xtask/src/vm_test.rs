@@ -50,6 +50,14 @@ mount -t tmpfs tmp /tmp
 mount -t tracefs tracefs /sys/kernel/tracing
 fail() { echo "VEXEVENT-VM-TEST: FAIL $*"; poweroff -f; sleep 10; }
 out() { echo "$*" >/dev/ttyS1; }
+# Sends the files of one run (/tmp/$2.list, .err, .json, .jsonl) as sections @@$1-list ... @@$1-end.
+report() {
+  out "@@$1-list"; cat /tmp/$2.list >/dev/ttyS1
+  out "@@$1-stderr"; cat /tmp/$2.err >/dev/ttyS1
+  out "@@$1-stats"; cat /tmp/$2.json >/dev/ttyS1; out ""
+  out "@@$1-events"; cat /tmp/$2.jsonl >/dev/ttyS1
+  out "@@$1-end"
+}
 echo "vm: kernel $(uname -r)"
 # Waits until the vexevent with pid $2 writing stderr to $1 is capturing.
 ready() {
@@ -145,16 +153,7 @@ seen '"vfs_unlink"' /tmp/kf.jsonl || :
 kill -INT $VX
 wait $VX || fail "vexevent (kernel functions) exited with $?"
 cat /tmp/kf.err
-out "@@kfunc-list"
-cat /tmp/kf.list >/dev/ttyS1
-out "@@kfunc-stderr"
-cat /tmp/kf.err >/dev/ttyS1
-out "@@kfunc-stats"
-cat /tmp/kf.json >/dev/ttyS1
-out ""
-out "@@kfunc-events"
-cat /tmp/kf.jsonl >/dev/ttyS1
-out "@@kfunc-end"
+report kfunc kf
 # VexFS's kernel module: its functions by name, typed by the signatures declared here (the module
 # is built without BTF), on a vexfs mount: file operations and two vector operations.
 insmod /lib/modules/vexfs.ko || fail "insmod vexfs.ko"
@@ -207,16 +206,7 @@ seen '"vexfs_rmdir"' /tmp/vexfs.jsonl || :
 kill -INT $VX
 wait $VX || fail "vexevent (vexfs module) exited with $?"
 cat /tmp/vexfs.err
-out "@@vexfs-list"
-cat /tmp/vexfs.list >/dev/ttyS1
-out "@@vexfs-stderr"
-cat /tmp/vexfs.err >/dev/ttyS1
-out "@@vexfs-stats"
-cat /tmp/vexfs.json >/dev/ttyS1
-out ""
-out "@@vexfs-events"
-cat /tmp/vexfs.jsonl >/dev/ttyS1
-out "@@vexfs-end"
+report vexfs vexfs
 # What the function probes cost, measured under emulation: one process (rm -r) unlinking 3000
 # files, without vexevent, with vexevent (syscall probes), and with vfs_unlink attached as well,
 # by fentry/fexit and by kprobe/kretprobe; the best of two runs each, in centiseconds
