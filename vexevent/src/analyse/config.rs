@@ -156,8 +156,8 @@ pub enum AnalyseConfigError {
     Anomaly { field: &'static str, rule: &'static str, value: f64 },
     #[error("analyse.slide_secs ({slide}) must divide analyse.window_secs ({window})")]
     SlideNotDivisor { slide: u64, window: u64 },
-    #[error("analyse.emit names {dimension:?}, which is not in analyse.dimensions")]
-    EmitNotAggregated { dimension: &'static str },
+    #[error("analyse.{field} names {dimension:?}, which is not in analyse.dimensions")]
+    NotAggregated { field: &'static str, dimension: &'static str },
 }
 
 /// Largest window: an hour (longer ones belong in a database).
@@ -207,9 +207,12 @@ impl AnalyseConfig {
                 problems.push(AnalyseConfigError::Anomaly { field, rule, value });
             }
         }
-        for dimension in self.emit.iter().chain(&self.anomaly.dimensions) {
+        let named = self.emit.iter().map(|d| ("emit", d));
+        for (field, dimension) in
+            named.chain(self.anomaly.dimensions.iter().map(|d| ("anomaly.dimensions", d)))
+        {
             if !self.dimensions.contains(dimension) {
-                problems.push(AnalyseConfigError::EmitNotAggregated { dimension: dimension.name() });
+                problems.push(AnalyseConfigError::NotAggregated { field, dimension: dimension.name() });
             }
         }
         problems
@@ -230,7 +233,7 @@ mod tests {
     #[test]
     fn bad_values_are_named() {
         let config: AnalyseConfig = toml::from_str(
-            "window_secs = 0\nslide_secs = 0\nemit = [\"pid\"]\ndimensions = [\"path\"]\n[anomaly]\nalpha = 2.0\ndimensions = []\n",
+            "window_secs = 0\nslide_secs = 0\nemit = [\"pid\"]\ndimensions = [\"path\"]\n[anomaly]\nalpha = 2.0\ndimensions = [\"comm\"]\n",
         )
         .unwrap();
         let problems: Vec<String> = config.problems().iter().map(ToString::to_string).collect();
@@ -241,6 +244,7 @@ mod tests {
                 "analyse.slide_secs must be at least 1",
                 "analyse.anomaly.alpha must be in (0, 1], not 2",
                 "analyse.emit names \"pid\", which is not in analyse.dimensions",
+                "analyse.anomaly.dimensions names \"comm\", which is not in analyse.dimensions",
             ]
         );
         assert!(toml::from_str::<AnalyseConfig>("windows = 1").is_err(), "unknown keys are refused");
