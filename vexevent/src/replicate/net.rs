@@ -211,14 +211,19 @@ pub async fn serve(
             let _ = stream.set_nodelay(true);
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, server_handshake(&mut stream, &key)).await {
                 Ok(Ok(_)) => {}
-                Ok(Err(error)) => {
+                Ok(Err(error)) if error.kind() == std::io::ErrorKind::PermissionDenied => {
                     add(&counters.cluster_peers_refused, 1);
                     tracing::warn!(%peer, %error, "cluster: peer refused");
                     return;
                 }
+                Ok(Err(error)) => {
+                    add(&counters.cluster_handshakes_failed, 1);
+                    tracing::warn!(%peer, %error, "cluster: peer handshake failed");
+                    return;
+                }
                 Err(_) => {
-                    add(&counters.cluster_peers_refused, 1);
-                    tracing::warn!(%peer, "cluster: peer refused (handshake timed out)");
+                    add(&counters.cluster_handshakes_failed, 1);
+                    tracing::warn!(%peer, "cluster: peer handshake timed out");
                     return;
                 }
             }

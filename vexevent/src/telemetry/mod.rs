@@ -153,8 +153,11 @@ counters! {
     cluster_snapshot_skipped,
     /// Cluster: committed events that did not decode (skipped).
     cluster_decode_errors,
-    /// Cluster: peer connections refused (no or wrong shared secret, a bad handshake).
+    /// Cluster: peer connections refused (no or wrong shared secret, another protocol version).
     cluster_peers_refused,
+    /// Cluster: peer handshakes that broke off or timed out (the network, a stopped or cut-off
+    /// peer, or a peer with another secret, which hangs up on this member's proof).
+    cluster_handshakes_failed,
     /// Cluster: the raft term (a gauge).
     cluster_term,
     /// Cluster: times the leader changed, as seen here.
