@@ -48,7 +48,7 @@ pub(super) enum Field {
 }
 
 const FIELDS: &str = "type, category, code, subtype, source, path, target, comm, error, ok, pid, tid, uid, \
-                      gid, ret, duration_ns, bytes, inode, flags, priority";
+                      gid, cgroup_id, ret, duration_ns, bytes, inode, flags, priority";
 
 fn fs(event: &SemanticEvent) -> Option<&crate::event::FilesystemContext> {
     event.context.filesystem.as_ref()
@@ -70,6 +70,10 @@ pub(super) fn field(name: &str) -> Result<Field, CompileError> {
         "tid" => Field::Number(|e| e.process.as_ref().map(|p| i64::from(p.tid))),
         "uid" => Field::Number(|e| e.process.as_ref().map(|p| i64::from(p.uid))),
         "gid" => Field::Number(|e| e.process.as_ref().map(|p| i64::from(p.gid))),
+        // 0: the record did not say (a FUSE request's own record).
+        "cgroup_id" => Field::Number(|e| {
+            e.process.as_ref().filter(|p| p.cgroup_id != 0).and_then(|p| i64::try_from(p.cgroup_id).ok())
+        }),
         "ret" => Field::Number(|e| e.result.as_ref().map(|r| r.ret)),
         "duration_ns" => Field::Number(|e| i64::try_from(e.duration_ns).ok()),
         "bytes" => Field::Number(|e| fs(e)?.bytes.and_then(|b| i64::try_from(b).ok())),

@@ -9,7 +9,7 @@ fn event(event_type: EventType, path: &str, pid: u32, comm: &str, ok: bool) -> S
     let mut event = SemanticEvent::sample(event_type, path, pid, comm, ok);
     event.context.filesystem.as_mut().unwrap().bytes = Some(10);
     let process = event.process.as_mut().unwrap();
-    (process.uid, process.gid) = (1000, 1000);
+    (process.uid, process.gid, process.cgroup_id) = (1000, 1000, 4242);
     event.duration_ns = 5_000;
     event
 }
@@ -32,12 +32,16 @@ fn evaluates_every_kind_of_condition() {
         ("ok == false or error == ENOENT", false),
         ("flags has 0x04 and priority <= 3 and bytes > 9 and duration_ns < 10000", true),
         ("source == syscall and uid != 0", true),
+        ("cgroup_id == 4242", true),
         (r#"path contains "data/a""#, true),
     ] {
         assert_eq!(filter(text).matches(&create), expected, "{text}");
     }
     let failed = event(EventType::FilesystemDelete, "/srv/x", 1, "rm", false);
     assert!(filter("ok == false and error == ENOENT").matches(&failed));
+    let mut unknown_cgroup = failed;
+    unknown_cgroup.process.as_mut().unwrap().cgroup_id = 0;
+    assert!(!filter("cgroup_id == 0").matches(&unknown_cgroup), "0 is no cgroup: the field is absent");
 }
 
 #[test]
