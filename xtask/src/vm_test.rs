@@ -50,6 +50,21 @@ mount -t tmpfs tmp /tmp
 mount -t tracefs tracefs /sys/kernel/tracing
 fail() { echo "VEXEVENT-VM-TEST: FAIL $*"; poweroff -f; sleep 10; }
 out() { echo "$*" >/dev/ttyS1; }
+# Starts `vexevent run --config /tmp/$1.toml` watching $2 (output /tmp/$1.jsonl, stats
+# /tmp/$1.json, stderr /tmp/$1.err) in the background, as $VX, and waits until it is ready.
+traced_start() {
+  vexevent run --config /tmp/$1.toml --watch $2 --output /tmp/$1.jsonl --stats-file /tmp/$1.json \
+    --stats-interval 0 </dev/null >/dev/null 2>/tmp/$1.err &
+  VX=$!
+  ready /tmp/$1.err $VX
+  cat /tmp/$1.err
+}
+# Stops the run traced_start began ($2 names it in a failure).
+traced_stop() {
+  kill -INT $VX
+  wait $VX || fail "vexevent ($2) exited with $?"
+  cat /tmp/$1.err
+}
 # Sends the files of one run (/tmp/$2.list, .err, .json, .jsonl) as sections @@$1-list ... @@$1-end.
 report() {
   out "@@$1-list"; cat /tmp/$2.list >/dev/ttyS1
@@ -143,16 +158,10 @@ name = "vfs_unlink"
 name = "vfs_rmdir"
 TOML
 vexevent functions --list 'vfs_[mru]*' >/tmp/kf.list 2>&1 || fail "vexevent functions --list failed"
-vexevent run --config /tmp/kf.toml --watch /tmp/kf --output /tmp/kf.jsonl --stats-file /tmp/kf.json \
-  --stats-interval 0 </dev/null >/dev/null 2>/tmp/kf.err &
-VX=$!
-ready /tmp/kf.err $VX
-cat /tmp/kf.err
+traced_start kf /tmp/kf
 sh -c 'mkdir /tmp/kf/d; echo x >/tmp/kf/d/a; mv /tmp/kf/d/a /tmp/kf/d/b; rmdir /tmp/kf/d 2>/dev/null; rm /tmp/kf/d/b'
 seen '"vfs_unlink"' /tmp/kf.jsonl || :
-kill -INT $VX
-wait $VX || fail "vexevent (kernel functions) exited with $?"
-cat /tmp/kf.err
+traced_stop kf "kernel functions"
 report kfunc kf
 # VexFS's kernel module: its functions by name, typed by the signatures declared here (the module
 # is built without BTF), on a vexfs mount: file operations and two vector operations.
@@ -194,18 +203,12 @@ signature = ["struct file *file", "u32 dimensions"]
 event_type = "VectorSearch"
 TOML
 vexevent functions --list 'vexfs_*' >/tmp/vexfs.list 2>&1 || fail "vexevent functions --list vexfs_* failed"
-vexevent run --config /tmp/vexfs.toml --watch /tmp/vexfs --output /tmp/vexfs.jsonl --stats-file /tmp/vexfs.json \
-  --stats-interval 0 </dev/null >/dev/null 2>/tmp/vexfs.err &
-VX=$!
-ready /tmp/vexfs.err $VX
-cat /tmp/vexfs.err
+traced_start vexfs /tmp/vexfs
 sh -c 'mkdir /tmp/vexfs/docs; echo hello >/tmp/vexfs/docs/a.txt; mv /tmp/vexfs/docs/a.txt /tmp/vexfs/docs/b.txt;
   echo 0.5,0.25,1 >/tmp/vexfs/docs/q.vec; echo 1,2,3 >/tmp/vexfs/docs/q.search; rm /tmp/vexfs/docs/b.txt;
   rmdir /tmp/vexfs/docs 2>/dev/null'
 seen '"vexfs_rmdir"' /tmp/vexfs.jsonl || :
-kill -INT $VX
-wait $VX || fail "vexevent (vexfs module) exited with $?"
-cat /tmp/vexfs.err
+traced_stop vexfs "vexfs module"
 report vexfs vexfs
 # What the function probes cost, measured under emulation: one process (rm -r) unlinking 3000
 # files, without vexevent, with vexevent (syscall probes), and with vfs_unlink attached as well,
