@@ -207,7 +207,11 @@ fn cli(member: &Vexevent, args: &[&str]) -> (bool, String, String) {
 
 /// Starts the three members of `nodes` and waits until they agree on a leader.
 fn start_cluster(nodes: &[Node]) -> BTreeMap<u64, Vexevent> {
-    let running: BTreeMap<u64, Vexevent> = nodes.iter().map(|node| (node.id, start(node))).collect();
+    agreed(nodes.iter().map(|node| (node.id, start(node))).collect())
+}
+
+/// Waits until the `running` members agree on a leader.
+fn agreed(running: BTreeMap<u64, Vexevent>) -> BTreeMap<u64, Vexevent> {
     wait_until("a leader every member agrees on", || {
         let leaders: Vec<Option<u64>> = running.values().map(leader_of).collect();
         leaders[0].is_some() && leaders.iter().all(|l| *l == leaders[0])
@@ -1136,4 +1140,206 @@ fn leader_of_running(members: &BTreeMap<u64, Member>, stopped: &[u64]) -> u64 {
         .filter(|leader| members[leader].running.is_some())
         .or_else(|| answering().next().map(|m| m.node.id))
         .unwrap_or_else(|| members.values().find(|m| m.running.is_some()).unwrap().node.id)
+}
+
+/// A `vexevent log --follow` this test started against a member, and the lines it printed.
+struct Follower {
+    child: std::process::Child,
+    lines: Arc<std::sync::Mutex<Vec<String>>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+/// An event line of a follow stream: its entry, its offset there and its origin id.
+fn position(line: &str) -> (u64, u64, String) {
+    let value: Value = serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+    (
+        value["index"].as_u64().unwrap(),
+        value["offset"].as_u64().unwrap(),
+        value["event"]["origin"]["id"].as_str().unwrap().to_owned(),
+    )
+}
+
+impl Follower {
+    fn start(member: &Vexevent, from: u64, skip: u64) -> Self {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vexevent"))
+            .args(["log", "--follow", "--from", &from.to_string(), "--skip", &skip.to_string()])
+            .args(["--control-addr", &member.served_address("http://")])
+            .arg("--token-file")
+            .arg(member.token_file())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let shared = Arc::clone(&lines);
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+                let Ok(line) = line else { break };
+                shared.lock().unwrap().push(line);
+            }
+        });
+        Self { child, lines, reader }
+    }
+
+    fn count(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    fn printed(&self, needle: &str) -> bool {
+        self.lines.lock().unwrap().iter().any(|line| line.contains(needle))
+    }
+
+    /// Waits until it exits by itself: whether it succeeded, its lines, its stderr.
+    fn ended(mut self) -> (bool, Vec<String>, String) {
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut self.child.stderr.take().unwrap(), &mut stderr).unwrap();
+        let status = self.child.wait().unwrap();
+        self.reader.join().unwrap();
+        (status.success(), std::mem::take(&mut *self.lines.lock().unwrap()), stderr)
+    }
+
+    /// Stops it (SIGKILL, its pid): its lines.
+    fn stop(mut self) -> Vec<String> {
+        self.child.kill().unwrap();
+        self.ended().1
+    }
+}
+
+/// Reads `count` messages of a stream socket (deadline).
+async fn messages(
+    socket: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    count: usize,
+    mut done: impl FnMut(&str) -> bool,
+) -> Vec<String> {
+    use futures_util::StreamExt as _;
+    let mut read = Vec::new();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while read.len() < count {
+        let next = tokio::time::timeout_at(deadline, socket.next()).await;
+        let Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text)))) = next else {
+            panic!("the stream ended after {} messages: {next:?}", read.len())
+        };
+        read.push(text.to_string());
+        if done(&text) {
+            break;
+        }
+    }
+    read
+}
+
+/// The answer to a stream request the server refuses: status and body.
+async fn refused(url: String) -> (u16, String) {
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => (
+            response.status().as_u16(),
+            String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).into_owned(),
+        ),
+        other => panic!("expected a refusal, got {:?}", other.map(|_| "a connection")),
+    }
+}
+
+#[test]
+#[expect(clippy::too_many_lines, reason = "one scenario in its order: follow, kill, resume, move, check")]
+fn follow_streams_the_log_live_and_resumes_on_another_member_after_a_kill_without_loss_or_repeats() {
+    let Some(_serial) = exclusive_root_test(
+        "follow_streams_the_log_live_and_resumes_on_another_member_after_a_kill_without_loss_or_repeats",
+    ) else {
+        return;
+    };
+    let base = tempfile::tempdir().unwrap();
+    let nodes = cluster(base.path());
+    let mut running = agreed(
+        nodes
+            .iter()
+            .map(|node| {
+                let config = node.config.to_str().unwrap();
+                let extra =
+                    ["--config", config, "--control-addr", "127.0.0.1:0", "--stream-addr", "127.0.0.1:0"];
+                (node.id, Vexevent::start(&[&node.watch], &extra))
+            })
+            .collect(),
+    );
+    // A reader follows member 1 while every member's workload runs; member 1 is killed.
+    let first = Follower::start(&running[&1], 0, 0);
+    let stop = AtomicBool::new(false);
+    let (ended, second) = std::thread::scope(|scope| {
+        for node in &nodes {
+            let stop = &stop;
+            scope.spawn(move || workload(&node.watch, "f", 3_000, stop));
+        }
+        wait_until("the reader to print 300 events", || first.count() >= 300);
+        running[&1].signal(libc::SIGKILL);
+        let ended = first.ended();
+        let (ok, lines, stderr) = &ended;
+        assert!(!ok && !lines.is_empty(), "{stderr}");
+        // It resumes on member 2 from the position after the last line it printed.
+        let (index, offset, _) = position(lines.last().unwrap());
+        assert!(stderr.contains(&format!("resume: --from {index} --skip {}", offset + 1)), "{stderr}");
+        let second = Follower::start(&running[&2], index, offset + 1);
+        wait_until("the resumed reader to print 300 events", || second.count() >= 300);
+        stop.store(true, Ordering::Relaxed);
+        (ended, second)
+    });
+    // A last write, to know when the resumed reader has everything before it.
+    std::fs::write(nodes[1].watch.join("follow-marker"), b"m").unwrap();
+    wait_until("the resumed reader to print the marker", || second.printed("follow-marker"));
+    let second = second.stop();
+    let union: Vec<(u64, u64, String)> = ended.1.iter().chain(&second).map(|line| position(line)).collect();
+    let marker = second.iter().position(|line| line.contains("follow-marker")).unwrap() + ended.1.len();
+    let union = &union[..=marker];
+    let (marker_index, _, _) = union[marker];
+    eprintln!(
+        "follow: {} events before the kill, {} after on another member, through log index {marker_index}",
+        ended.1.len(),
+        second.len()
+    );
+    // Positions run on without a gap (every event of an entry, offsets from 0).
+    for pair in union.windows(2) {
+        let ((a, k, _), (b, l, _)) = (&pair[0], &pair[1]);
+        assert!((b == a && *l == k + 1) || (b > a && *l == 0), "{:?} then {:?}", pair[0], pair[1]);
+    }
+    // The union is the committed log as member 3 serves it, event for event.
+    let session = marker_index.to_string();
+    let (ok, log, resume) = cli(&running[&3], &["log", "--from", "0", "--session", &session]);
+    assert!(ok, "{resume}");
+    let committed: Vec<String> = log
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap()["origin"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    let followed: Vec<&String> = union.iter().map(|(_, _, id)| id).collect();
+    assert!(committed.len() >= followed.len(), "member 3 shows {} events", committed.len());
+    assert_eq!(followed, committed.iter().take(followed.len()).collect::<Vec<_>>(), "no loss, no repeat");
+    assert_eq!(followed.iter().collect::<HashSet<_>>().len(), followed.len());
+
+    // The stream server of member 3: the log from a position, after a session from member 2.
+    let addr = running[&3].served_address("ws://");
+    let token = running[&3].token();
+    let url = |query: &str| format!("ws://{addr}/api/v1/semantic/events/stream?token={token}&{query}");
+    let (resumed_index, resumed_offset, _) = position(&second[0]);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let query =
+            format!("from={resumed_index}&skip={resumed_offset}&session={marker_index}&wait_ms=30000");
+        let mut socket = tokio_tungstenite::connect_async(url(&query)).await.unwrap().0;
+        let served = messages(&mut socket, marker + 1 - ended.1.len(), |_| false).await;
+        let served: Vec<_> = served.iter().map(|line| position(line)).collect();
+        assert_eq!(served, union[ended.1.len()..], "the stream serves what the resumed reader printed");
+        // A session this member has not applied: refused after the wait, with the reason.
+        let ahead = marker_index + 1_000_000;
+        let (status, why) = refused(url(&format!("session={ahead}&wait_ms=300"))).await;
+        assert!(status == 503 && why.contains("the session saw index"), "{status} {why}");
+        // Selecting events of the live stream does not mix with the log.
+        let (status, why) = refused(url("from=0&event_types=FilesystemWrite")).await;
+        assert!(status == 400 && why.contains("event_types= selects"), "{status} {why}");
+        // The live stream with the session: opens once applied; a new write on member 2 arrives.
+        let mut live =
+            tokio_tungstenite::connect_async(url(&format!("session={marker_index}"))).await.unwrap().0;
+        std::fs::write(nodes[1].watch.join("after-session"), b"s").unwrap();
+        let got = messages(&mut live, usize::MAX, |text| text.contains("after-session")).await;
+        assert!(got.last().unwrap().contains("after-session"));
+    });
+    for id in [2, 3] {
+        assert!(running.remove(&id).unwrap().stop().exit_ok);
+    }
 }

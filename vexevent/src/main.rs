@@ -130,10 +130,18 @@ enum Command {
     /// Print the cluster's committed events from a log index, in commit order (JSON Lines), up
     /// to the commit index; an index already compacted is refused with the first retained one.
     /// Says on stderr the index to resume from and the session to carry to another member.
+    /// With --follow, goes on printing each entry as it commits, every event as
+    /// {"index":N,"offset":K,"event":{..}}; resume on any member with --from N --skip K+1.
     Log {
         /// The first log index to print.
         #[arg(long, value_name = "INDEX")]
         from: u64,
+        /// Events of entry --from already read (the offset after the last one printed).
+        #[arg(long, value_name = "EVENTS", default_value_t = 0)]
+        skip: u64,
+        /// Keep printing entries as they commit (the log as a live, resumable stream).
+        #[arg(long)]
+        follow: bool,
         /// The session a previous `vexevent log` printed (on any member): this member answers
         /// only once it applied that index, so the reader never sees less than it saw.
         #[arg(long, value_name = "INDEX")]
@@ -488,13 +496,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             &client_token(control.token, &control.token_file)?,
             json,
         ),
-        Command::Log { from, session, wait_ms, control } => commands::cluster::log(
-            &Remote::new(control.tls_ca.as_deref())?,
-            control.control_addr,
-            &client_token(control.token, &control.token_file)?,
-            from,
-            session.map(|index| (index, wait_ms)),
-        ),
+        Command::Log { from, skip, follow, session, wait_ms, control } => {
+            let (remote, token) =
+                (Remote::new(control.tls_ca.as_deref())?, client_token(control.token, &control.token_file)?);
+            let session = session.map(|index| (index, wait_ms));
+            if follow {
+                commands::cluster::follow(&remote, control.control_addr, &token, (from, skip), session)
+            } else {
+                commands::cluster::log(&remote, control.control_addr, &token, (from, skip), session)
+            }
+        }
         Command::Audit { command: AuditCommand::Verify { file } } => commands::rules::verify_log(&file),
         Command::Rollback { audit_log, id } => commands::rules::rollback_action(&audit_log, id),
         Command::Functions { list } => commands::functions::list(&list),

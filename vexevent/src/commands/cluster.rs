@@ -1,7 +1,10 @@
-//! `vexevent cluster status` and `vexevent log --from INDEX`: a cluster member's view (members,
+//! `vexevent cluster status` and `vexevent log --from INDEX [--follow]`: a cluster member's view (members,
 //! leader, term, commit index, lags) and its committed log, through its control API.
 
-use std::{io::Write as _, net::SocketAddr};
+use std::{
+    io::{BufRead as _, Write as _},
+    net::SocketAddr,
+};
 
 use anyhow::{Context as _, bail};
 use vexevent::{
@@ -81,24 +84,28 @@ pub fn status(remote: &Remote, addr: SocketAddr, token: &str, json: bool) -> any
     Ok(())
 }
 
-/// Prints the committed events from log index `from` (JSON lines, commit order) up to the
-/// commit index, then says on stderr where to resume and the session to carry to another member.
-/// With a `session` (an index and how long to wait, in ms), the member answers only once it
-/// applied that index.
+/// The query of a log request: its session (an index and how long to wait, in ms), if any.
+fn session_query(session: Option<(u64, u64)>) -> String {
+    session.map_or_else(String::new, |(index, wait_ms)| format!("&session={index}&wait_ms={wait_ms}"))
+}
+
+/// Prints the committed events from log index `from` (after the first `skip` events of that
+/// entry; JSON lines, commit order) up to the commit index, then says on stderr where to resume
+/// and the session to carry to another member. With a `session` (an index and how long to
+/// wait, in ms), the member answers only once it applied that index.
 pub fn log(
     remote: &Remote,
     addr: SocketAddr,
     token: &str,
-    from: u64,
+    (from, skip): (u64, u64),
     session: Option<(u64, u64)>,
 ) -> anyhow::Result<()> {
     let mut from = from;
     let mut stdout = std::io::stdout().lock();
-    let mut query =
-        session.map_or_else(String::new, |(index, wait_ms)| format!("&session={index}&wait_ms={wait_ms}"));
+    let mut query = format!("&skip={skip}{}", session_query(session));
     loop {
         let path = format!("{CLUSTER_LOG_PATH}?from={from}{query}");
-        // Once the member answered, it applied the session's index.
+        // Once the member answered, it applied the session's index; `skip` counts in `from`.
         query.clear();
         let (body, next) = get(remote, addr, &path, token)?;
         stdout.write_all(body.as_bytes())?;
@@ -113,4 +120,79 @@ pub fn log(
     // What this reader has seen: the log up to the index before `from`.
     eprintln!("session: {}", session.map_or(0, |(index, _)| index).max(from.saturating_sub(1)));
     Ok(())
+}
+
+/// Longest line of a follow stream read (an entry holds at most 65,536 events; one event's
+/// JSON is a few KiB at most).
+const MAX_LINE_BYTES: u64 = 64 << 20;
+
+/// A line of a follow stream, as far as the reader needs it (the event is printed as it came).
+#[derive(serde::Deserialize)]
+struct FollowLine {
+    index: Option<u64>,
+    offset: Option<u64>,
+    next: Option<u64>,
+    error: Option<String>,
+}
+
+/// Prints the committed log from the `skip`th event of entry `from`, and each entry as it
+/// commits, until the member ends the stream or goes away; each event as
+/// `{"index":N,"offset":K,"event":{..}}`. On the way out, says on stderr where to resume (on
+/// any member). With a `session`, the member starts only once it applied that index.
+pub fn follow(
+    remote: &Remote,
+    addr: SocketAddr,
+    token: &str,
+    (from, skip): (u64, u64),
+    session: Option<(u64, u64)>,
+) -> anyhow::Result<()> {
+    let path = format!("{CLUSTER_LOG_PATH}?from={from}&skip={skip}&follow=true{}", session_query(session));
+    let mut response = remote.control_get(addr, &path, token)?;
+    if !response.status().is_success() {
+        let body =
+            response.body_mut().with_config().limit(MAX_LINE_BYTES).read_to_string().unwrap_or_default();
+        bail!("{}", body.trim_end());
+    }
+    let mut reader = std::io::BufReader::new(response.body_mut().as_reader());
+    let mut stdout = std::io::stdout().lock();
+    // Where a reader that has everything printed so far resumes.
+    let (mut at, mut skip) = (from, skip);
+    let mut line = Vec::new();
+    let ended = loop {
+        line.clear();
+        match std::io::Read::take(&mut reader, MAX_LINE_BYTES).read_until(b'\n', &mut line) {
+            Ok(0) => break format!("the member at {addr} closed the stream"),
+            Ok(_) if line.last() != Some(&b'\n') => {
+                break format!("the member at {addr} broke off the stream (a line cut short)");
+            }
+            Ok(_) => {}
+            Err(error) => break format!("the stream from {addr} broke off: {error}"),
+        }
+        let Ok(parsed) = serde_json::from_slice::<FollowLine>(&line) else {
+            break format!(
+                "the member at {addr} sent a line that is not the log's: {}",
+                String::from_utf8_lossy(&line)
+            );
+        };
+        match parsed {
+            FollowLine { error: Some(error), .. } => break error,
+            FollowLine { index: Some(index), offset: Some(offset), .. } => {
+                stdout.write_all(&line)?;
+                (at, skip) = (index, offset + 1);
+            }
+            FollowLine { next: Some(next), .. } => (at, skip) = (next, 0),
+            FollowLine { .. } => {
+                break format!(
+                    "the member at {addr} sent an unknown line: {}",
+                    String::from_utf8_lossy(&line)
+                );
+            }
+        }
+        if reader.buffer().is_empty() {
+            stdout.flush()?;
+        }
+    };
+    stdout.flush()?;
+    eprintln!("resume: --from {at} --skip {skip}");
+    bail!("{ended}; resume on any member with --from {at} --skip {skip}")
 }

@@ -7,7 +7,7 @@
 //! everything, the read-only metrics token for the stats and metrics. Requests are served by the
 //! main loop, which owns the state.
 
-use std::{net::SocketAddr, num::NonZeroUsize, sync::Arc, time::Duration};
+use std::{net::SocketAddr, num::NonZeroUsize, sync::Arc};
 
 use axum::{
     Json, Router,
@@ -25,6 +25,7 @@ use super::{
     dashboard::{
         self, DASHBOARD_EVENTS_PATH, DASHBOARD_LOGIN_API_PATH, DASHBOARD_LOGIN_PATH, DASHBOARD_PATH, Logins,
     },
+    follow::{self, Follow},
     serve,
     tls::{self, TlsFiles},
 };
@@ -231,18 +232,24 @@ async fn cluster_status(State(state): State<ControlState>, headers: HeaderMap) -
     }
 }
 
-/// `from` (a log index), `limit` (entries, at most [`LOG_ENTRIES_MAX`]), and a reader's
-/// `session` (the last log index it saw, on any member) with how long to wait for it.
+/// `from` (a log index), `skip` (events of that entry the reader has), `limit` (entries, at
+/// most [`LOG_ENTRIES_MAX`]), `follow` (a live stream, see `follow`), and a reader's `session`
+/// (the last log index it saw, on any member) with how long to wait for it.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LogQuery {
     from: u64,
+    #[serde(default)]
+    skip: u64,
     limit: Option<usize>,
+    #[serde(default)]
+    follow: bool,
     session: Option<u64>,
     wait_ms: Option<u64>,
 }
 
-/// Committed events from a log index, as JSON lines; the next index in a header. An index
+/// Committed events from a log index, as JSON lines; the next index in a header. With
+/// `follow=true`, the live stream of `follow` (JSON lines with each event's position). An index
 /// already compacted is refused (410) with the first retained one.
 async fn cluster_log(
     State(state): State<ControlState>,
@@ -255,35 +262,48 @@ async fn cluster_log(
     let Ok(axum::extract::Query(query)) = query else {
         return (
             StatusCode::BAD_REQUEST,
-            "expected ?from=INDEX[&limit=ENTRIES][&session=INDEX[&wait_ms=MS]]\n",
+            "expected ?from=INDEX[&skip=EVENTS][&limit=ENTRIES][&follow=true][&session=INDEX[&wait_ms=MS]]\n",
         )
             .into_response();
     };
     let Some(cluster) = state.counters.cluster.get() else { return NOT_A_MEMBER.into_response() };
     if let Some(session) = query.session {
         let wait_ms = query.wait_ms.unwrap_or(SESSION_WAIT_DEFAULT_MS).min(SESSION_WAIT_MAX_MS);
-        if let Err(applied) = cluster.applied_at_least(session, Duration::from_millis(wait_ms)).await {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "this member applied the log up to index {applied}; the session saw index {session} (waited {wait_ms} ms): ask again, or ask another member\n"
-                ),
-            )
-                .into_response();
+        if let Err(refused) = follow::session_applied(cluster.as_ref(), session, wait_ms).await {
+            return (StatusCode::SERVICE_UNAVAILABLE, format!("{refused}\n")).into_response();
         }
     }
-    let limit = query.limit.unwrap_or(LOG_ENTRIES_MAX).clamp(1, LOG_ENTRIES_MAX);
-    match cluster.log(query.from, limit) {
-        Ok(page) => (
-            [
-                (CONTENT_TYPE, "application/x-ndjson".to_owned()),
-                (NEXT_INDEX_HEADER.parse().expect("a valid header name"), page.next.to_string()),
-            ],
-            page.lines,
-        )
-            .into_response(),
-        Err(error) => (StatusCode::GONE, format!("{error}\n")).into_response(),
+    let limit =
+        if query.follow { 1 } else { query.limit.unwrap_or(LOG_ENTRIES_MAX).clamp(1, LOG_ENTRIES_MAX) };
+    let page = match cluster.log(query.from, limit) {
+        Ok(page) => page,
+        Err(error) => return (StatusCode::GONE, format!("{error}\n")).into_response(),
+    };
+    if query.follow {
+        let follow = Follow::new(Arc::clone(cluster), query.from, query.skip);
+        let lines = futures_util::stream::unfold(follow, |mut follow| async move {
+            let lines = follow.next().await?;
+            Some((Ok::<_, std::convert::Infallible>(lines), follow))
+        });
+        return ([(CONTENT_TYPE, "application/x-ndjson")], axum::body::Body::from_stream(lines))
+            .into_response();
     }
+    let mut lines = String::new();
+    for entry in &page.entries {
+        let skip = if entry.index == query.from { query.skip } else { 0 };
+        for event in entry.events.iter().skip(usize::try_from(skip).unwrap_or(usize::MAX)) {
+            lines.push_str(event);
+            lines.push('\n');
+        }
+    }
+    (
+        [
+            (CONTENT_TYPE, "application/x-ndjson".to_owned()),
+            (NEXT_INDEX_HEADER.parse().expect("a valid header name"), page.next.to_string()),
+        ],
+        lines,
+    )
+        .into_response()
 }
 
 /// The health checks; `ready` answers 503 when one fails.

@@ -5,6 +5,7 @@
 mod auth;
 pub mod control;
 mod dashboard;
+mod follow;
 mod guard;
 mod listener;
 mod stream;

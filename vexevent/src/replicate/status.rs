@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     pipeline::write_event,
-    telemetry::{AppliedFuture, ClusterView, LogPage, StatusFuture},
+    telemetry::{AppliedFuture, ClusterView, LogEntry, LogPage, StatusFuture},
 };
 
 /// How long a follower waits for the leader's view of the lags.
@@ -167,26 +167,29 @@ impl ClusterView for ClusterHandle {
         // Past the commit index this is empty (still refused when `from` is compacted).
         let entries = self.log.read(from, to).map_err(|error| error.to_string())?;
         let not_applied = self.not_applied.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut lines = Vec::new();
+        let mut page = Vec::new();
         let mut next = from;
         for entry in entries {
-            next = entry.log_id.index + 1;
-            if not_applied.contains(&entry.log_id.index) {
+            let index = entry.log_id.index;
+            next = index + 1;
+            if not_applied.contains(&index) {
                 continue;
             }
             if let EntryPayload::Normal(proposal) = entry.payload {
                 let (events, error) = decode_events(&proposal);
                 if let Some(error) = error {
-                    return Err(format!("log index {}: {error}", entry.log_id.index));
+                    return Err(format!("log index {index}: {error}"));
                 }
+                let mut lines = Vec::with_capacity(events.len());
                 for event in &events {
-                    write_event(event, &mut lines).map_err(|error| error.to_string())?;
-                    lines.push(b'\n');
+                    let mut line = Vec::new();
+                    write_event(event, &mut line).map_err(|error| error.to_string())?;
+                    lines.push(String::from_utf8(line).map_err(|error| error.to_string())?);
                 }
+                page.push(LogEntry { index, events: lines });
             }
         }
-        let lines = String::from_utf8(lines).map_err(|error| error.to_string())?;
-        Ok(LogPage { lines, next, committed })
+        Ok(LogPage { entries: page, next, committed })
     }
 
     fn applied_at_least(&self, index: u64, timeout: Duration) -> AppliedFuture {

@@ -16,11 +16,21 @@ pub type StatusFuture = Pin<Box<dyn Future<Output = serde_json::Value> + Send>>;
 /// Whether this member applied a log index in time; else the index it applied.
 pub type AppliedFuture = Pin<Box<dyn Future<Output = Result<(), u64>> + Send>>;
 
+/// The events of one committed log entry.
+#[derive(Debug)]
+pub struct LogEntry {
+    /// Its log index.
+    pub index: u64,
+    /// Its events' JSON (no newline), in their order in the entry (the same on every member).
+    pub events: Vec<String>,
+}
+
 /// Committed events read back from the replicated log.
 #[derive(Debug)]
 pub struct LogPage {
-    /// The events, one JSON line each, in commit order.
-    pub lines: String,
+    /// The entries that hold events, in commit order (blank, membership and repeated entries
+    /// hold none and are left out).
+    pub entries: Vec<LogEntry>,
     /// The index to ask for next.
     pub next: u64,
     /// The last index committed and applied here.

@@ -3,6 +3,10 @@
 //! `query`), numbered per subscription, through the subscriber index (see `subscribers`). Every
 //! request must carry the token (generated at start, or configured); off loopback only with a
 //! configured one. Subscriptions and connections are bounded (`StreamConfig`).
+//!
+//! On a cluster member, `session=INDEX[&wait_ms=MS]` opens a subscription only once this member
+//! applied that log index (or refuses it with the reason), and `from=INDEX[&skip=K]` serves the
+//! committed log from there instead of the live events, as a resumable stream (`follow`).
 
 mod query;
 mod stage;
@@ -27,6 +31,8 @@ pub use subscribers::Broadcaster;
 
 use super::{
     auth::{AuthError, Keys, Token, bearer_token, require_tls_for_remote, require_token_for_remote},
+    control::{SESSION_WAIT_DEFAULT_MS, SESSION_WAIT_MAX_MS},
+    follow::{self, Follow, LogParams},
     serve,
     tls::{self, TlsError, TlsFiles},
 };
@@ -133,6 +139,8 @@ struct ServerState {
     subscriptions: Arc<Semaphore>,
     max_subscribers: usize,
     max_buffer: usize,
+    /// Where the cluster member is, if this instance is one.
+    counters: Arc<Counters>,
 }
 
 fn authorized(state: &ServerState, headers: &HeaderMap, query: &BTreeMap<String, String>) -> bool {
@@ -140,6 +148,14 @@ fn authorized(state: &ServerState, headers: &HeaderMap, query: &BTreeMap<String,
         .into_iter()
         .flatten()
         .any(|presented| state.token.matches(presented))
+}
+
+/// What a stream request is served.
+enum Serve {
+    /// The live events its query selects.
+    Live(Subscription),
+    /// The committed log from a position.
+    Log(Follow),
 }
 
 async fn stream(
@@ -152,12 +168,39 @@ async fn stream(
         return (StatusCode::UNAUTHORIZED, "a valid token is required (Authorization: Bearer <token>)\n")
             .into_response();
     }
-    let subscription = match Subscription::parse(&query, state.max_buffer) {
-        Ok(subscription) => subscription,
-        Err(error) => {
-            let cause = std::error::Error::source(&error).map(|c| format!(": {c}")).unwrap_or_default();
-            return (StatusCode::BAD_REQUEST, format!("{error}{cause}\n")).into_response();
+    let log = match LogParams::parse(&query, SESSION_WAIT_DEFAULT_MS, SESSION_WAIT_MAX_MS) {
+        Ok(log) => log,
+        Err(error) => return (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response(),
+    };
+    let cluster = state.counters.cluster.get().map(Arc::clone);
+    if log.from.is_some() || log.session.is_some() {
+        let Some(cluster) = &cluster else {
+            return (
+                StatusCode::NOT_FOUND,
+                "from= and session= need a cluster member (no [cluster] in its configuration)\n",
+            )
+                .into_response();
+        };
+        if let Some(session) = log.session {
+            if let Err(refused) = follow::session_applied(cluster.as_ref(), session, log.wait_ms).await {
+                return (StatusCode::SERVICE_UNAVAILABLE, format!("{refused}\n")).into_response();
+            }
         }
+    }
+    let subscription = match (log.from, cluster) {
+        (Some(from), Some(cluster)) => {
+            if let Err(error) = cluster.log(from, 1) {
+                return (StatusCode::GONE, format!("{error}\n")).into_response();
+            }
+            Serve::Log(Follow::new(cluster, from, log.skip))
+        }
+        _ => match Subscription::parse(&query, state.max_buffer) {
+            Ok(subscription) => Serve::Live(subscription),
+            Err(error) => {
+                let cause = std::error::Error::source(&error).map(|c| format!(": {c}")).unwrap_or_default();
+                return (StatusCode::BAD_REQUEST, format!("{error}{cause}\n")).into_response();
+            }
+        },
     };
     let Ok(place) = Arc::clone(&state.subscriptions).try_acquire_owned() else {
         let limit = state.max_subscribers;
@@ -167,12 +210,47 @@ async fn stream(
         )
             .into_response();
     };
-    let receiver = state.broadcaster.subscribe(subscription);
-    upgrade
+    let upgrade = upgrade
         .read_buffer_size(READ_BUFFER)
         .max_message_size(MAX_INCOMING_MESSAGE)
-        .max_frame_size(MAX_INCOMING_MESSAGE)
-        .on_upgrade(move |socket| forward(socket, receiver, place))
+        .max_frame_size(MAX_INCOMING_MESSAGE);
+    match subscription {
+        Serve::Live(subscription) => {
+            let receiver = state.broadcaster.subscribe(subscription);
+            upgrade.on_upgrade(move |socket| forward(socket, receiver, place))
+        }
+        Serve::Log(follow) => upgrade.on_upgrade(move |socket| forward_log(socket, follow, place)),
+    }
+}
+
+/// Writes the committed log to a socket, one message per line of [`Follow`], each once the
+/// last was sent (the reader's pace; nothing queues), until either side closes or the stream
+/// ends (its last message says why).
+async fn forward_log(mut socket: WebSocket, mut follow: Follow, place: OwnedSemaphorePermit) {
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_PERIOD, PING_PERIOD);
+    'serve: loop {
+        tokio::select! {
+            _ = ping.tick() => {
+                if socket.send(Message::Ping(axum::body::Bytes::new())).await.is_err() {
+                    break;
+                }
+            }
+            lines = follow.next() => {
+                let Some(lines) = lines else { break };
+                for line in lines.lines() {
+                    if socket.send(Message::Text(line.into())).await.is_err() {
+                        break 'serve;
+                    }
+                }
+            }
+            incoming = socket.recv() => match incoming {
+                Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    let _ = socket.send(Message::Close(None)).await;
+    drop(place);
 }
 
 /// Writes a subscription's messages to its socket until either side closes. Reading the socket
@@ -246,6 +324,7 @@ impl StreamServer {
             subscriptions: Arc::new(Semaphore::new(config.max_subscribers.get())),
             max_subscribers: config.max_subscribers.get(),
             max_buffer: config.max_buffer.get(),
+            counters: Arc::clone(&counters),
         };
         let app = Router::new().route(STREAM_PATH, get(stream)).with_state(state);
         serve(runtime.handle(), listener, app, STREAM_SERVER, config.max_connections.get(), counters, tls);
