@@ -1240,7 +1240,6 @@ async fn refused(url: String) -> (u16, String) {
 }
 
 #[test]
-#[expect(clippy::too_many_lines, reason = "one scenario in its order: follow, kill, resume, move, check")]
 fn follow_streams_the_log_live_and_resumes_on_another_member_after_a_kill_without_loss_or_repeats() {
     let Some(_serial) = exclusive_root_test(
         "follow_streams_the_log_live_and_resumes_on_another_member_after_a_kill_without_loss_or_repeats",
