@@ -10,6 +10,9 @@
 //! stamps every event with a hybrid logical clock and delivers what a node had seen before what
 //! it captured next, on every node; `session` readers carry the index they saw to another node.
 //! The cluster-wide counters (CRDTs) sum every node's and converge after a node was stopped.
+//! `vexevent log --follow`: a reader of the live log whose member is killed resumes on another
+//! from its last position, and the two together are the committed log; the stream server serves
+//! the same from a position after a session; a slow reader the compaction overtakes is told so.
 
 mod support;
 
@@ -1340,5 +1343,89 @@ fn follow_streams_the_log_live_and_resumes_on_another_member_after_a_kill_withou
     });
     for id in [2, 3] {
         assert!(running.remove(&id).unwrap().stop().exit_ok);
+    }
+}
+
+/// A follow request on the control API at `addr` (with `token`), read at most `slow_bytes` at a time with a pause
+/// between reads (a reader slower than the workload) until `fast` is set, then at full speed;
+/// returns the stream's JSON lines once one says why it ended.
+fn slow_follow(addr: &str, token: &str, slow_bytes: usize, fast: &AtomicBool) -> Vec<String> {
+    use std::io::{Read as _, Write as _};
+    let mut socket = std::net::TcpStream::connect(addr).unwrap();
+    let request = format!(
+        "GET /api/v1/cluster/log?from=0&follow=true HTTP/1.1\r\nhost: vexevent\r\nauthorization: Bearer {token}\r\n\r\n"
+    );
+    socket.write_all(request.as_bytes()).unwrap();
+    socket.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut received = Vec::new();
+    let mut buffer = vec![0; 64 * 1024];
+    // The lines of the chunked body (each chunk is whole lines; chunk sizes are lines of their own).
+    let lines = |received: &[u8]| -> Vec<String> {
+        String::from_utf8_lossy(received).lines().filter(|l| l.starts_with('{')).map(str::to_owned).collect()
+    };
+    loop {
+        let want = if fast.load(Ordering::Relaxed) { buffer.len() } else { slow_bytes };
+        let read = socket.read(&mut buffer[..want]).unwrap();
+        assert!(read > 0, "the member closed the stream: {:?}", lines(&received).last());
+        received.extend_from_slice(&buffer[..read]);
+        if received.ends_with(b"\n") && lines(&received).last().is_some_and(|l| l.starts_with("{\"error\"")) {
+            return lines(&received);
+        }
+        if !fast.load(Ordering::Relaxed) {
+            // The pace of a slow reader, not a wait for something.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn a_follower_the_compaction_overtakes_is_told_the_first_retained_index() {
+    let Some(_serial) =
+        exclusive_root_test("a_follower_the_compaction_overtakes_is_told_the_first_retained_index")
+    else {
+        return;
+    };
+    let base = tempfile::tempdir().unwrap();
+    // A snapshot after 1 MiB of events (about 16,000), the log purged up to it.
+    let nodes = cluster_with(base.path(), "snapshot_bytes = 1048576\nkeep_entries = 0", |_, _, addr| addr);
+    let running = start_cluster(&nodes);
+    let (fast, never) = (AtomicBool::new(false), AtomicBool::new(false));
+    let (addr, token) = (running[&1].served_address("http://"), running[&1].token());
+    let lines = std::thread::scope(|scope| {
+        let reader = scope.spawn(|| slow_follow(&addr, &token, 2048, &fast));
+        let workloads: Vec<_> = nodes
+            .iter()
+            .map(|node| {
+                let never = &never;
+                scope.spawn(move || workload(&node.watch, "c", 7_000, never))
+            })
+            .collect();
+        for workload in workloads {
+            workload.join().unwrap();
+        }
+        wait_until("member 1 to compact its log", || {
+            status(&running[&1]).is_some_and(|s| s["first_index"].as_u64().unwrap_or(0) > 0)
+        });
+        fast.store(true, Ordering::Relaxed);
+        reader.join().unwrap()
+    });
+    let (end, events) = lines.split_last().unwrap();
+    let end: Value = serde_json::from_str(end).unwrap();
+    let why = end["error"].as_str().unwrap();
+    let first: u64 = why.rsplit(' ').next().unwrap().parse().unwrap();
+    let next = end["next"].as_u64().unwrap();
+    eprintln!("follow: a slow reader got {} events, then: {why}", events.len());
+    assert!(why.contains("is compacted; the first retained index is") && next < first, "{end}");
+    // It had every event before the entry it was told of, in order, and none after.
+    for (k, pair) in events.windows(2).enumerate() {
+        let ((a, i, _), (b, j, _)) = (position(&pair[0]), position(&pair[1]));
+        assert!((b == a && j == i + 1) || (b > a && j == 0), "line {k}: {a}.{i} then {b}.{j}");
+    }
+    assert!(events.last().is_none_or(|line| position(line).0 < next));
+    // Asked from there again: refused at once with the first retained index.
+    let (ok, _, refused) = cli(&running[&2], &["log", "--follow", "--from", &next.to_string()]);
+    assert!(!ok && refused.contains("is compacted; the first retained index is"), "{refused}");
+    for vexevent in running.into_values() {
+        assert!(vexevent.stop().exit_ok);
     }
 }
