@@ -290,8 +290,7 @@ async fn cluster_log(
     }
     let mut lines = String::new();
     for entry in &page.entries {
-        let skip = if entry.index == query.from { query.skip } else { 0 };
-        for event in entry.events.iter().skip(usize::try_from(skip).unwrap_or(usize::MAX)) {
+        for (_, event) in entry.after((query.from, query.skip)) {
             lines.push_str(event);
             lines.push('\n');
         }

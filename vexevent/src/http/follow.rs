@@ -61,6 +61,8 @@ impl Follow {
             return None;
         }
         let started = Instant::now();
+        // Whether the wait said the position is applied since the position last moved.
+        let mut waited = false;
         loop {
             let page = match self.view.log(self.index, 1) {
                 Ok(page) => page,
@@ -72,16 +74,13 @@ impl Follow {
             };
             let mut lines = String::new();
             for entry in &page.entries {
-                let skip = if entry.index == self.index { self.skip } else { 0 };
-                for (offset, event) in
-                    entry.events.iter().enumerate().skip(usize::try_from(skip).unwrap_or(usize::MAX))
-                {
+                for (offset, event) in entry.after((self.index, self.skip)) {
                     let _ =
                         writeln!(lines, r#"{{"index":{},"offset":{offset},"event":{event}}}"#, entry.index);
                 }
             }
             if page.next > self.index {
-                (self.index, self.skip) = (page.next, 0);
+                (self.index, self.skip, waited) = (page.next, 0, false);
                 if !lines.is_empty() {
                     return Some(lines);
                 }
@@ -90,11 +89,13 @@ impl Follow {
             // Nothing committed at the position yet: wait for it, or say where the reader stands.
             // (Index 0 counts as applied before anything is: wait for 1, which implies it.)
             let left = HEARTBEAT.saturating_sub(started.elapsed());
-            if let Err(committed) = self.view.applied_at_least(self.index.max(1), left).await {
+            if waited || left.is_zero() || self.view.applied_at_least(self.index.max(1), left).await.is_err()
+            {
                 // A member that is stopping answers at once: not a busy loop.
                 tokio::time::sleep_until((started + HEARTBEAT).into()).await;
-                return Some(format!("{{\"next\":{},\"committed\":{committed}}}\n", self.index));
+                return Some(format!("{{\"next\":{},\"committed\":{}}}\n", self.index, page.committed));
             }
+            waited = true;
         }
     }
 }

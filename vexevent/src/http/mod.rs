@@ -5,7 +5,7 @@
 mod auth;
 pub mod control;
 mod dashboard;
-mod follow;
+pub(crate) mod follow;
 mod guard;
 mod listener;
 mod stream;

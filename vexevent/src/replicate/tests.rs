@@ -2,7 +2,8 @@
 //! counts what does not fit), then proposes it once the others start; every member delivers it.
 //! `eventual`: a member delivers its own events at once, without a quorum, and not again once
 //! committed. `causal`: an event stamped after its member received another's comes after it on
-//! every member, even from a member whose wall clock is behind.
+//! every member, even from a member whose wall clock is behind. Following the log: a reader gets
+//! every committed event with its position, resumes from one, and is woken by what commits next.
 
 use std::{
     collections::BTreeMap,
@@ -195,4 +196,55 @@ fn causal_an_event_stamped_after_another_was_received_comes_after_it_everywhere(
     for member in members {
         member.stage.finish();
     }
+}
+
+/// Reads `follow` until it has `count` events: their (entry, offset, origin sequence).
+fn followed(
+    runtime: &tokio::runtime::Runtime,
+    follow: &mut crate::http::follow::Follow,
+    count: usize,
+) -> Vec<(u64, u64, u64)> {
+    let mut events = Vec::new();
+    while events.len() < count {
+        let lines = runtime.block_on(follow.next()).expect("the stream goes on");
+        for line in lines.lines() {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            if let Some(index) = value["index"].as_u64() {
+                // The origin id ends in `:sequence:part`.
+                let sequence = value["event"]["origin"]["id"].as_str().unwrap().rsplit(':').nth(1).unwrap();
+                events.push((index, value["offset"].as_u64().unwrap(), sequence.parse().unwrap()));
+            }
+        }
+    }
+    events
+}
+
+#[test]
+fn a_follower_gets_every_event_with_its_position_resumes_from_one_and_is_woken_by_new_commits() {
+    use crate::http::follow::Follow;
+    let base = tempfile::tempdir().unwrap();
+    let peers: BTreeMap<_, _> = loopback_peers().into_iter().take(1).collect();
+    let mut member = start(base.path(), 1, &peers, Consistency::Strong);
+    member.stage.process(&mut captured("m1", 0..10, 0));
+    wait(&mut [&mut member], "the events committed", |m| m.delivered.len() == 10);
+    let view = Arc::clone(member.counters.cluster.get().unwrap());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let all = followed(&runtime, &mut Follow::new(Arc::clone(&view), 0, 0), 10);
+    assert_eq!(all.iter().map(|e| e.2).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
+    assert!(
+        all.windows(2)
+            .all(|w| (w[1].0 == w[0].0 && w[1].1 == w[0].1 + 1) || (w[1].0 > w[0].0 && w[1].1 == 0))
+    );
+    assert!(all.iter().any(|e| e.1 > 0), "entries of several events (entry_events = 4)");
+    // Resumed after the 6th event (mid-entry or not): the 4 after it, nothing else.
+    let (index, offset, _) = all[5];
+    let mut resumed = Follow::new(Arc::clone(&view), index, offset + 1);
+    assert_eq!(followed(&runtime, &mut resumed, 4), all[6..]);
+    // Waiting at the end of the log: woken by the next commit.
+    let waiting = std::thread::spawn(move || followed(&runtime, &mut resumed, 3));
+    member.stage.process(&mut captured("m1", 10..13, 0));
+    wait(&mut [&mut member], "the new events committed", |m| m.delivered.len() == 13);
+    let woken = waiting.join().unwrap();
+    assert_eq!(woken.iter().map(|e| e.2).collect::<Vec<_>>(), vec![10, 11, 12]);
+    member.stage.finish();
 }

@@ -25,6 +25,15 @@ pub struct LogEntry {
     pub events: Vec<String>,
 }
 
+impl LogEntry {
+    /// Its events at and after a reader's position (`from`, `skip`: the reader has the first
+    /// `skip` events of entry `from`), with their offsets in the entry.
+    pub fn after(&self, (from, skip): (u64, u64)) -> impl Iterator<Item = (usize, &str)> {
+        let skip = if self.index == from { usize::try_from(skip).unwrap_or(usize::MAX) } else { 0 };
+        self.events.iter().map(String::as_str).enumerate().skip(skip)
+    }
+}
+
 /// Committed events read back from the replicated log.
 #[derive(Debug)]
 pub struct LogPage {
