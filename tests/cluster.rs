@@ -1341,6 +1341,13 @@ fn follow_streams_the_log_live_and_resumes_on_another_member_after_a_kill_withou
         let got = messages(&mut live, usize::MAX, |text| text.contains("after-session")).await;
         assert!(got.last().unwrap().contains("after-session"));
     });
+    // A member that stops answering without closing (SIGSTOP): after 30 s without a line (not
+    // even a heartbeat) the reader gives up and says where to resume.
+    let hung = Follower::start(&running[&3], marker_index + 1, 0);
+    running[&3].signal(libc::SIGSTOP);
+    let (ok, _, stderr) = hung.ended();
+    running[&3].signal(libc::SIGCONT);
+    assert!(!ok && stderr.contains("sent nothing for 30 s") && stderr.contains("resume: --from"), "{stderr}");
     for id in [2, 3] {
         assert!(running.remove(&id).unwrap().stop().exit_ok);
     }

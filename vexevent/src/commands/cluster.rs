@@ -4,11 +4,13 @@
 use std::{
     io::{BufRead as _, Write as _},
     net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use vexevent::{
-    http::{CLUSTER_LOG_PATH, CLUSTER_STATUS_PATH, NEXT_INDEX_HEADER},
+    http::{CLUSTER_LOG_PATH, CLUSTER_STATUS_PATH, FOLLOW_HEARTBEAT, NEXT_INDEX_HEADER},
     replicate::ClusterStatus,
 };
 
@@ -135,10 +137,29 @@ struct FollowLine {
     error: Option<String>,
 }
 
+/// How long a follow stream may say nothing (heartbeats come every [`FOLLOW_HEARTBEAT`]) before
+/// the member counts as gone (stopped, or cut off without the connection closing).
+const SILENCE: Duration = FOLLOW_HEARTBEAT.saturating_mul(3);
+
+/// Where a follow reader stands (it has everything before the `skip`th event of entry `at`),
+/// and since when it waits for the member (`None`: it is not waiting on the network).
+struct Watch {
+    at: u64,
+    skip: u64,
+    waiting_since: Option<Instant>,
+}
+
+/// Says on stderr where to resume and why the stream ended.
+fn resume_from(watch: &Watch, ended: &str) -> anyhow::Error {
+    let (at, skip) = (watch.at, watch.skip);
+    eprintln!("resume: --from {at} --skip {skip}");
+    anyhow::anyhow!("{ended}; resume on any member with --from {at} --skip {skip}")
+}
+
 /// Prints the committed log from the `skip`th event of entry `from`, and each entry as it
-/// commits, until the member ends the stream or goes away; each event as
-/// `{"index":N,"offset":K,"event":{..}}`. On the way out, says on stderr where to resume (on
-/// any member). With a `session`, the member starts only once it applied that index.
+/// commits, until the member ends the stream, goes away or says nothing for [`SILENCE`]; each
+/// event as `{"index":N,"offset":K,"event":{..}}`. On the way out, says on stderr where to
+/// resume (on any member). With a `session`, the member starts only once it applied that index.
 pub fn follow(
     remote: &Remote,
     addr: SocketAddr,
@@ -146,6 +167,26 @@ pub fn follow(
     (from, skip): (u64, u64),
     session: Option<(u64, u64)>,
 ) -> anyhow::Result<()> {
+    // The member may first wait for the session's index.
+    let answer_within = Duration::from_millis(session.map_or(0, |(_, wait_ms)| wait_ms));
+    let watch =
+        Arc::new(Mutex::new(Watch { at: from, skip, waiting_since: Some(Instant::now() + answer_within) }));
+    let watchdog = Arc::clone(&watch);
+    std::thread::spawn(move || {
+        loop {
+            let left = {
+                let watch = lock(&watchdog);
+                let waited = watch.waiting_since.map_or(Duration::ZERO, |since| since.elapsed());
+                if waited >= SILENCE {
+                    let why = format!("the member at {addr} sent nothing for {} s", waited.as_secs());
+                    eprintln!("Error: {}", resume_from(&watch, &why));
+                    std::process::exit(1);
+                }
+                SILENCE - waited
+            };
+            std::thread::sleep(left);
+        }
+    });
     let path = format!("{CLUSTER_LOG_PATH}?from={from}&skip={skip}&follow=true{}", session_query(session));
     let mut response = remote.control_get(addr, &path, token)?;
     if !response.status().is_success() {
@@ -155,12 +196,16 @@ pub fn follow(
     }
     let mut reader = std::io::BufReader::new(response.body_mut().as_reader());
     let mut stdout = std::io::stdout().lock();
-    // Where a reader that has everything printed so far resumes.
-    let (mut at, mut skip) = (from, skip);
     let mut line = Vec::new();
     let ended = loop {
         line.clear();
-        match std::io::Read::take(&mut reader, MAX_LINE_BYTES).read_until(b'\n', &mut line) {
+        if reader.buffer().is_empty() {
+            stdout.flush()?;
+            lock(&watch).waiting_since = Some(Instant::now());
+        }
+        let read = std::io::Read::take(&mut reader, MAX_LINE_BYTES).read_until(b'\n', &mut line);
+        lock(&watch).waiting_since = None;
+        match read {
             Ok(0) => break format!("the member at {addr} closed the stream"),
             Ok(_) if line.last() != Some(&b'\n') => {
                 break format!("the member at {addr} broke off the stream (a line cut short)");
@@ -174,25 +219,28 @@ pub fn follow(
                 String::from_utf8_lossy(&line)
             );
         };
-        match parsed {
+        let (at, skip) = match parsed {
             FollowLine { error: Some(error), .. } => break error,
             FollowLine { index: Some(index), offset: Some(offset), .. } => {
                 stdout.write_all(&line)?;
-                (at, skip) = (index, offset + 1);
+                (index, offset + 1)
             }
-            FollowLine { next: Some(next), .. } => (at, skip) = (next, 0),
+            FollowLine { next: Some(next), .. } => (next, 0),
             FollowLine { .. } => {
                 break format!(
                     "the member at {addr} sent an unknown line: {}",
                     String::from_utf8_lossy(&line)
                 );
             }
-        }
-        if reader.buffer().is_empty() {
-            stdout.flush()?;
-        }
+        };
+        let mut watch = lock(&watch);
+        (watch.at, watch.skip) = (at, skip);
     };
     stdout.flush()?;
-    eprintln!("resume: --from {at} --skip {skip}");
-    bail!("{ended}; resume on any member with --from {at} --skip {skip}")
+    let error = resume_from(&lock(&watch), &ended);
+    Err(error)
+}
+
+fn lock(watch: &Mutex<Watch>) -> std::sync::MutexGuard<'_, Watch> {
+    watch.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

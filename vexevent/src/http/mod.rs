@@ -27,6 +27,7 @@ pub use control::{
     SESSION_WAIT_DEFAULT_MS, SESSION_WAIT_MAX_MS, STATS_PATH,
 };
 pub use dashboard::{DASHBOARD_EVENTS_PATH, DASHBOARD_LOGIN_API_PATH, DASHBOARD_LOGIN_PATH, DASHBOARD_PATH};
+pub use follow::HEARTBEAT as FOLLOW_HEARTBEAT;
 pub use stream::{
     Broadcaster, STREAM_PATH, STREAM_SERVER, STREAM_TOKEN_FLAG, StreamConfig, StreamError, StreamServer,
     StreamStage,
