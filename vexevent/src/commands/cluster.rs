@@ -178,11 +178,11 @@ pub fn follow(
                 let watch = lock(&watchdog);
                 let waited = watch.waiting_since.map_or(Duration::ZERO, |since| since.elapsed());
                 if waited >= SILENCE {
-                    let why = format!("the member at {addr} sent nothing for {} s", waited.as_secs());
+                    let why = format!("the member at {addr} sent nothing for {} s", SILENCE.as_secs());
                     eprintln!("Error: {}", resume_from(&watch, &why));
                     std::process::exit(1);
                 }
-                SILENCE - waited
+                SILENCE.saturating_sub(waited)
             };
             std::thread::sleep(left);
         }
