@@ -1285,14 +1285,17 @@ fn follow_streams_the_log_live_and_resumes_on_another_member_after_a_kill_withou
     });
     // A last write, to know when the resumed reader has everything before it.
     std::fs::write(nodes[1].watch.join("follow-marker"), b"m").unwrap();
+    let written = Instant::now();
     wait_until("the resumed reader to print the marker", || second.printed("follow-marker"));
+    let printed = written.elapsed();
     let second = second.stop();
     let union: Vec<(u64, u64, String)> = ended.1.iter().chain(&second).map(|line| position(line)).collect();
     let marker = second.iter().position(|line| line.contains("follow-marker")).unwrap() + ended.1.len();
     let union = &union[..=marker];
     let (marker_index, _, _) = union[marker];
     eprintln!(
-        "follow: {} events before the kill, {} after on another member, through log index {marker_index}",
+        "follow: {} events before the kill, {} after on another member, through log index \
+         {marker_index}; the last write printed {printed:?} after it was made",
         ended.1.len(),
         second.len()
     );
