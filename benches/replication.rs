@@ -70,6 +70,9 @@ fn start(base: &Path) -> Vec<Member> {
                 heartbeat_ms: 50,
                 election_timeout_ms: [300, 600],
                 causal_delay_ms: 100,
+                tls: None,
+                plaintext_off_loopback: false,
+                min_free_bytes: 1 << 20,
             };
             let settings = config.settings().expect("valid cluster settings");
             let run = Run::new(NodeId::new(&format!("bench{}", i + 1)).expect("node id"));
