@@ -1288,7 +1288,6 @@ fn fill(dir: &Path, filler: &Path, keep: u64) {
 const RESERVE: u64 = 4 << 20;
 
 #[test]
-#[expect(clippy::too_many_lines, reason = "one scenario in its order: fill, step back, refuse, free, resume")]
 fn a_member_whose_data_directory_fills_steps_back_counts_its_drops_loses_nothing_acknowledged_and_resumes() {
     let Some(_serial) = exclusive_root_test(
         "a_member_whose_data_directory_fills_steps_back_counts_its_drops_loses_nothing_acknowledged_and_resumes",

@@ -244,17 +244,16 @@ impl ClusterConfig {
         range("causal_delay_ms", self.causal_delay_ms, 0, 10_000);
         range("min_free_bytes", self.min_free_bytes, MIN_FREE_BYTES_MIN, 1 << 40);
         let dialed = members.get(&self.node_id).copied().unwrap_or(self.listen);
-        let tls = match &self.tls {
-            Some(files) => PeerTls::load(files, dialed.ip()).map(Some).map_err(|e| problems.push(e.into())),
-            None => {
-                if !self.plaintext_off_loopback {
-                    let addrs = std::iter::once(self.listen).chain(self.peers.values().copied());
-                    if let Some(addr) = addrs.into_iter().find(|addr| !addr.ip().is_loopback()) {
-                        problems.push(ClusterConfigError::Plaintext { addr });
-                    }
+        let tls = if let Some(files) = &self.tls {
+            PeerTls::load(files, dialed.ip()).map(Some).map_err(|e| problems.push(e.into()))
+        } else {
+            if !self.plaintext_off_loopback {
+                let addrs = std::iter::once(self.listen).chain(self.peers.values().copied());
+                if let Some(addr) = addrs.into_iter().find(|addr| !addr.ip().is_loopback()) {
+                    problems.push(ClusterConfigError::Plaintext { addr });
                 }
-                Ok(None)
             }
+            Ok(None)
         };
         let [min, max] = self.election_timeout_ms;
         if !(self.heartbeat_ms > 0 && self.heartbeat_ms < min && min < max) {

@@ -76,12 +76,13 @@ impl DiskGuard {
         self.low.send_if_modified(|current| {
             let changed = current.is_some() != state.is_some();
             if changed {
-                match &state {
-                    Some(low) => tracing::error!(
+                if let Some(low) = &state {
+                    tracing::error!(
                         %low,
                         "cluster: this member stops proposing, takes no new entries and does not lead until space is freed"
-                    ),
-                    None => tracing::warn!(dir = %self.dir.display(), "cluster: the data directory has room again; this member takes part again"),
+                    );
+                } else {
+                    tracing::warn!(dir = %self.dir.display(), "cluster: the data directory has room again; this member takes part again");
                 }
                 self.counters.cluster_disk_low.store(u64::from(state.is_some()), Ordering::Relaxed);
             }

@@ -629,8 +629,8 @@ mod tests {
             let peers = Peers::new(9, &secret, HashMap::from([(1, addr)]), tls, &counters);
             async move { peers.connection(1).await.map(|_| ()).map_err(|e| e.kind()) }
         };
-        use std::io::ErrorKind::PermissionDenied;
-        assert_eq!(dial(Some(foreign.client)).await, Err(PermissionDenied), "the server is not of its CA");
+        let denied = Err(std::io::ErrorKind::PermissionDenied);
+        assert_eq!(dial(Some(foreign.client)).await, denied, "the server is not of its CA");
         assert_eq!(counters.cluster_peers_refused.load(std::sync::atomic::Ordering::Relaxed), 1);
         assert!(dial(Some(impostor)).await.is_err(), "the server refuses its certificate");
         assert!(dial(None).await.is_err(), "plain TCP to a TLS member");
@@ -638,7 +638,7 @@ mod tests {
         let outcomes = server.await.unwrap();
         assert_eq!(
             outcomes,
-            [Err(PermissionDenied), Err(PermissionDenied), Err(PermissionDenied), Ok(())],
+            [denied, denied, denied, Ok(())],
             "refused: a client that refuses the server, a certificate of another CA, plain TCP"
         );
     }
