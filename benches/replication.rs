@@ -21,6 +21,7 @@ mod support;
 
 use std::{
     collections::BTreeMap,
+    fmt::Write as _,
     net::TcpListener,
     os::unix::fs::PermissionsExt as _,
     path::Path,
@@ -250,8 +251,10 @@ fn start_processes(base: &Path) -> Vec<(support::Vexevent, std::path::PathBuf)> 
     std::fs::write(&secret, "benchmark secret, 32 bytes long.").expect("secret");
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     let listen: Vec<String> = (0..NODES).map(|_| format!("127.0.0.1:{}", free_port())).collect();
-    let peers: String =
-        listen.iter().enumerate().map(|(i, addr)| format!("{} = \"{addr}\"\n", i + 1)).collect();
+    let peers = listen.iter().enumerate().fold(String::new(), |mut peers, (i, addr)| {
+        let _ = writeln!(peers, "{} = \"{addr}\"", i + 1);
+        peers
+    });
     (1..=NODES)
         .map(|id| {
             let watch = base.join(format!("watch{id}"));
@@ -314,7 +317,8 @@ fn write_load(dir: &Path, rate: Option<u64>) -> u64 {
             u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX) * rate / 1_000_000
         });
         if written < due {
-            for _ in written..due.min(written + 256) {
+            let end = due.min(written + 256);
+            while written < end {
                 file.write_all(&block).expect("write");
                 written += 1;
             }
@@ -366,7 +370,7 @@ fn capture_round(name: &str, rate: Option<u64>) {
     let bytes = log_bytes(&base.path().join("data1"));
     let finished: Vec<support::Finished> = members.into_iter().map(|(member, _)| member.stop()).collect();
     let stats = &finished[0].stats;
-    let lost: u64 = finished
+    let reported_lost: u64 = finished
         .iter()
         .map(|f| {
             counter(&f.stats, "lost_reported")
@@ -379,7 +383,7 @@ fn capture_round(name: &str, rate: Option<u64>) {
     let (per_second, per_event) = (events as f64 / elapsed.as_secs_f64(), bytes as f64 / last.max(1) as f64);
     println!(
         "{name}: {performed} writes performed, {events} events committed in {:.2} s = {per_second:.0} events/s; \
-         kernel-to-sink latency on member 1 p50 {:.2} ms, p99 {:.2} ms ({} events); reported lost {lost}; \
+         kernel-to-sink latency on member 1 p50 {:.2} ms, p99 {:.2} ms ({} events); reported lost {reported_lost}; \
          log of member 1: {bytes} bytes, {per_event:.0} bytes per event",
         elapsed.as_secs_f64(),
         latency["p50_us"].as_f64().unwrap_or(0.0) / 1000.0,
