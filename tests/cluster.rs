@@ -30,7 +30,7 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{Vexevent, event_path_bytes, exclusive_root_test, proxy::Proxy, read_events};
+use support::{Mount, Vexevent, event_path_bytes, exclusive_root_test, proxy::Proxy, read_events};
 
 /// How long the cluster may take to form, deliver, elect.
 const DEADLINE: Duration = Duration::from_mins(2);
@@ -51,8 +51,9 @@ fn cluster(base: &Path) -> Vec<Node> {
     cluster_with(base, "", |_, _, addr| addr)
 }
 
-/// Writes three members' configurations under `base`, with `extra` lines in `[cluster]`; member
-/// `from` dials member `to` at `dial(from, to, address to listens on)`.
+/// Writes three members' configurations under `base`, with `extra` lines in `[cluster]` (`{id}`
+/// in them: the member's raft id); member `from` dials member `to` at `dial(from, to, address to
+/// listens on)`.
 fn cluster_with(
     base: &Path,
     extra: &str,
@@ -78,6 +79,7 @@ fn cluster_with(
                 "[node]\nid = \"n{id}\"\n[capture]\nops = [\"write\"]\n[cluster]\nnode_id = {id}\n\
                  listen = \"{listen}\"\ndata_dir = \"{data}\"\nsecret_file = \"{secret}\"\n\
                  heartbeat_ms = 100\nelection_timeout_ms = [500, 1000]\n{extra}\n[cluster.peers]\n{peers}",
+                extra = extra.replace("{id}", &id.to_string()),
                 listen = listen[usize::try_from(id).unwrap() - 1],
                 data = base.join(format!("data{id}")).display(),
                 secret = secret.display(),
@@ -1437,5 +1439,237 @@ fn a_follower_the_compaction_overtakes_is_told_the_first_retained_index() {
     assert!(!ok && refused.contains("is compacted; the first retained index is"), "{refused}");
     for vexevent in running.into_values() {
         assert!(vexevent.stop().exit_ok);
+    }
+}
+
+/// A certificate authority of the test, and member certificates for 127.0.0.1 it signs (written
+/// as `<name>.pem`, `<name>.key`, and the authority as `<ca_name>.pem`, under `dir`).
+fn certificate_authority(dir: &Path, ca_name: &str, members: &[&str]) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, ca_name);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(dir.join(format!("{ca_name}.pem")), params.self_signed(&ca_key).unwrap().pem()).unwrap();
+    let issuer = rcgen::Issuer::new(params, ca_key);
+    for name in members {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        let key_path = dir.join(format!("{name}.key"));
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+}
+
+#[test]
+fn three_members_over_mutual_tls_commit_every_event_once_and_a_foreign_certificate_is_refused_and_counted() {
+    let Some(_serial) = exclusive_root_test(
+        "three_members_over_mutual_tls_commit_every_event_once_and_a_foreign_certificate_is_refused_and_counted",
+    ) else {
+        return;
+    };
+    let base = tempfile::tempdir().unwrap();
+    // Made here, for this run: no private key is committed.
+    certificate_authority(base.path(), "cluster-ca", &["n1", "n2", "n3"]);
+    certificate_authority(base.path(), "foreign-ca", &["foreign"]);
+    let tls = |name: &str, ca: &str| {
+        let file = |suffix: &str| base.path().join(format!("{name}.{suffix}")).display().to_string();
+        format!(
+            "tls = {{ cert = \"{}\", key = \"{}\", ca = \"{}\" }}",
+            file("pem"),
+            file("key"),
+            base.path().join(format!("{ca}.pem")).display()
+        )
+    };
+    let nodes = cluster_with(base.path(), &tls("n{id}", "cluster-ca"), |_, _, addr| addr);
+    let running = start_cluster(&nodes);
+    let never = AtomicBool::new(false);
+    let mut performed: BTreeMap<u64, Performed> = BTreeMap::new();
+    for node in &nodes {
+        performed.insert(node.id, workload(&node.watch, "t", 100, &never));
+    }
+    let check_every_member = |performed: &BTreeMap<u64, Performed>| {
+        for (id, vexevent) in &running {
+            wait_until(&format!("node {id} to hold every node's writes"), || {
+                let delivered = writes(&vexevent.events_so_far());
+                performed.values().all(|files| reconcile(files, &delivered).1 == 0)
+            });
+            let delivered = writes(&vexevent.events_so_far());
+            for (origin, files) in performed {
+                assert_eq!(
+                    reconcile(files, &delivered),
+                    (files.len(), 0, 0),
+                    "node {id}, writes of node {origin}: every one once"
+                );
+            }
+        }
+    };
+    check_every_member(&performed);
+    for vexevent in running.values() {
+        assert_eq!(own_counter(vexevent, "cluster_peers_refused"), 0, "the members admit each other");
+    }
+
+    // A fourth instance whose certificate another CA signed, naming the three as its peers.
+    let foreign_watch = base.path().join("watch-foreign");
+    std::fs::create_dir_all(&foreign_watch).unwrap();
+    let config = std::fs::read_to_string(&nodes[0].config).unwrap();
+    let own_listen = format!("127.0.0.1:{}", free_port());
+    let foreign_config = base.path().join("foreign.toml");
+    let text = config
+        .replace("id = \"n1\"", "id = \"intruder\"")
+        .replace("node_id = 1", "node_id = 4")
+        .replace(&tls("n1", "cluster-ca"), &tls("foreign", "foreign-ca"))
+        .replace(
+            &base.path().join("data1").display().to_string(),
+            &base.path().join("data4").display().to_string(),
+        );
+    let listen_line = text.lines().find(|line| line.starts_with("listen = ")).unwrap().to_owned();
+    let text = text.replace(&listen_line, &format!("listen = \"{own_listen}\""))
+        + &format!("4 = \"{own_listen}\"\n");
+    std::fs::write(&foreign_config, text).unwrap();
+    let foreign = Vexevent::start(
+        &[&foreign_watch],
+        &["--config", foreign_config.to_str().unwrap(), "--control-addr", "127.0.0.1:0"],
+    );
+    for (id, vexevent) in &running {
+        wait_until(&format!("member {id} to refuse the foreign certificate"), || {
+            own_counter(vexevent, "cluster_peers_refused") > 0
+        });
+    }
+    wait_until("the intruder to count the members' refusals", || {
+        own_counter(&foreign, "cluster_peers_refused") > 0
+    });
+    std::fs::write(foreign_watch.join("intruder-write"), b"x").unwrap();
+    // The members go on committing, and none of it reaches the intruder.
+    for node in &nodes {
+        performed.get_mut(&node.id).unwrap().extend(workload(&node.watch, "u", 50, &never));
+    }
+    check_every_member(&performed);
+    let finished = foreign.stop();
+    assert!(
+        writes(&finished.events).iter().all(|(_, node, _)| node == "intruder"),
+        "the intruder got none of the members' events"
+    );
+    for (id, vexevent) in running {
+        let delivered = writes(&vexevent.events_so_far());
+        assert!(
+            delivered.iter().all(|(_, node, _)| node != "intruder"),
+            "member {id} got the intruder's events"
+        );
+        let refused = own_counter(&vexevent, "cluster_peers_refused");
+        eprintln!("TLS: member {id} refused the foreign certificate {refused} times");
+        assert!(vexevent.stop().exit_ok);
+    }
+}
+
+/// Bytes the file system of `dir` has free for an unprivileged writer.
+fn free_bytes(dir: &Path) -> u64 {
+    let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: statvfs fills the zeroed plain-data struct it is given.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a valid struct to fill.
+    assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &raw mut stat) }, 0);
+    stat.f_bavail * stat.f_frsize
+}
+
+/// Fills the file system of `dir` with `filler` until less than `keep` bytes are free.
+fn fill(dir: &Path, filler: &Path, keep: u64) {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(filler).unwrap();
+    let chunk = vec![0xa5u8; 64 << 10];
+    while free_bytes(dir) >= keep {
+        file.write_all(&chunk).unwrap();
+        file.flush().unwrap();
+    }
+}
+
+/// Reserve of free space the members keep in the disk-full test, and how full the disk is made.
+const RESERVE: u64 = 4 << 20;
+
+#[test]
+fn a_member_whose_data_directory_fills_steps_back_counts_its_drops_loses_nothing_acknowledged_and_resumes() {
+    let Some(_serial) = exclusive_root_test(
+        "a_member_whose_data_directory_fills_steps_back_counts_its_drops_loses_nothing_acknowledged_and_resumes",
+    ) else {
+        return;
+    };
+    let base = tempfile::tempdir().unwrap();
+    // Each member's data directory is a small tmpfs of its own (a real file system that fills).
+    let disks: Vec<Mount> = (1..=3).map(|_| Mount::tmpfs_of_size("24m")).collect();
+    for (id, disk) in (1..=3).zip(&disks) {
+        std::os::unix::fs::symlink(&disk.path, base.path().join(format!("data{id}"))).unwrap();
+    }
+    let extra = format!("min_free_bytes = {RESERVE}\nbuffer_events = 1000\nentry_events = 100");
+    let nodes = cluster_with(base.path(), &extra, |_, _, addr| addr);
+    let members: BTreeMap<u64, Member> = nodes
+        .into_iter()
+        .map(|node| {
+            let running = Some(start(&node));
+            (node.id, Member { node, running, earlier: Vec::new(), killed: false })
+        })
+        .collect();
+    let full = agreed_leader(&members);
+    let others: Vec<u64> = members.keys().copied().filter(|&id| id != full).collect();
+    let mut performed = BTreeMap::new();
+    let load = Load::start(&members, "d");
+    let before = members[&others[0]].delivered().len();
+    wait_until("the load to reach the cluster", || members[&others[0]].delivered().len() > before + 300);
+
+    // The leader's disk fills (past its reserve, short of full).
+    let disk = &disks[usize::try_from(full).unwrap() - 1].path;
+    let filler = disk.join("filler");
+    fill(disk, &filler, RESERVE / 2);
+    let filled_at = Instant::now();
+    let why = refusal(&members[&full]);
+    assert!(why.contains("under cluster.min_free_bytes"), "{why}");
+    assert_eq!(own_counter(members[&full].running(), "cluster_disk_low"), 1);
+    // It stops leading; the others elect one of theirs and go on committing.
+    wait_until("a leader that can write", || {
+        others.iter().all(|id| leader_of(members[id].running()).is_some_and(|l| l != full))
+    });
+    let elected_in = filled_at.elapsed();
+    let stranded = write_marker(&members[&full], "stranded", &mut performed);
+    let accepted_in = marker_committed_in(&members[&others[0]], "while-full", &mut performed);
+    for member in members.values() {
+        assert!(!delivered_by(member, &stranded), "the full member proposed while under its reserve");
+    }
+    // It refuses the new leader's entries, and its own events wait in its bounded buffer until
+    // it is full: then they are dropped and counted.
+    wait_until("the full member to refuse entries and count its drops", || {
+        let running = members[&full].running();
+        own_counter(running, "cluster_writes_refused_disk") > 0
+            && own_counter(running, "cluster_dropped_buffer_full") > 0
+    });
+    let dropped = own_counter(members[&full].running(), "cluster_dropped_buffer_full");
+    assert!(free_bytes(disk) > 0, "the reserve kept the disk from filling");
+    eprintln!(
+        "disk of leader {full} filled: it says {why:?}; members {others:?} elected a leader after {elected_in:?} and committed a write in {accepted_in:?}; it dropped {dropped} of its events, counted"
+    );
+
+    // Space is freed: it takes part again, proposes what waited, catches up.
+    std::fs::remove_file(&filler).unwrap();
+    let freed_at = Instant::now();
+    wait_until("the member to take writes again", || {
+        status(members[&full].running()).is_some_and(|s| s["writes_refused"].is_null())
+    });
+    wait_until("the write that waited to commit everywhere", || {
+        members.values().all(|m| delivered_by(m, &stranded))
+    });
+    let resumed_in = freed_at.elapsed();
+    let own_in = marker_committed_in(&members[&full], "after-free", &mut performed);
+    eprintln!(
+        "space freed: the waiting write committed on every member {resumed_in:?} later; a new one in {own_in:?}"
+    );
+    load.finish(&mut performed);
+    converge_and_check(&members, &performed, "disk full");
+    let running = members[&full].running();
+    assert_eq!(own_counter(running, "cluster_disk_low"), 0);
+    assert_eq!(own_counter(running, "cluster_log_failed"), 0, "the log never ran into the full disk");
+    for member in members.into_values() {
+        let finished = member.running.unwrap().stop();
+        assert!(finished.exit_ok, "{:?}", finished.stderr);
     }
 }

@@ -32,7 +32,7 @@ pub use stream::{
     Broadcaster, STREAM_PATH, STREAM_SERVER, STREAM_TOKEN_FLAG, StreamConfig, StreamError, StreamServer,
     StreamStage,
 };
-pub use tls::{TlsError, TlsFiles, client_config, trusted_certificates};
+pub use tls::{TlsError, TlsFiles, client_config, private_key, trusted_certificates};
 
 /// Serves `router` as `server` on `listener` (on `runtime`), at most `max_connections` at a
 /// time (each closed when idle), every request through the guard, over TLS when `tls` is given.

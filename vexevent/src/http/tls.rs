@@ -94,8 +94,7 @@ pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
     if chain.is_empty() {
         return Err(TlsError::Missing { path: files.cert.clone(), what: "certificate" });
     }
-    let key = PrivateKeyDer::from_pem_slice(&read_bounded(&files.key)?)
-        .map_err(|_| TlsError::Missing { path: files.key.clone(), what: "private key" })?;
+    let key = private_key(&files.key)?;
     let config_error = |source| TlsError::Config { cert: files.cert.clone(), key: files.key.clone(), source };
     let config = ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
@@ -104,6 +103,15 @@ pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
         .with_single_cert(chain, key)
         .map_err(config_error)?;
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
+///
+/// # Errors
+/// A file that cannot be read, is too large, or holds no private key.
+pub fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(&read_bounded(path)?)
+        .map_err(|_| TlsError::Missing { path: path.to_owned(), what: "private key" })
 }
 
 /// The certificates of a PEM file (a server's own, or the authority that signed it), which a

@@ -15,6 +15,8 @@ use std::{
 
 use serde::Deserialize;
 
+use super::tls::{PeerTls, PeerTlsError, PeerTlsFiles};
+
 /// Fewest bytes a shared secret may have (128 bits).
 pub const SECRET_MIN_BYTES: usize = 16;
 /// Most bytes read from a secret file (a secret is a line of random text).
@@ -22,6 +24,8 @@ pub const SECRET_MAX_BYTES: usize = 4096;
 /// Most events one log entry may hold: larger entries made the probe's p99 commit latency jump
 /// to seconds (shared/notes/openraft.md).
 pub const ENTRY_EVENTS_MAX: usize = 65_536;
+/// Fewest bytes `min_free_bytes` may keep free: more than the largest append a member takes at once.
+pub const MIN_FREE_BYTES_MIN: u64 = 1 << 20;
 
 /// What the events a member delivers promise (README, "Cluster": what each mode promises).
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -80,6 +84,17 @@ pub struct ClusterConfig {
     /// `causal` mode: how long committed events are held here to be delivered in clock order.
     #[serde(default = "default_causal_delay_ms")]
     pub causal_delay_ms: u64,
+    /// Mutual TLS between members (certificate, key, cluster CA); absent: plain TCP, allowed on
+    /// loopback only unless `plaintext_off_loopback`.
+    #[serde(default)]
+    pub tls: Option<PeerTlsFiles>,
+    /// Lets members talk plain TCP on addresses that are not loopback (a private network).
+    #[serde(default)]
+    pub plaintext_off_loopback: bool,
+    /// Bytes the file system of `data_dir` keeps free: under it, this member stops proposing,
+    /// takes no new entries and does not lead, until space is freed.
+    #[serde(default = "default_min_free_bytes")]
+    pub min_free_bytes: u64,
 }
 
 const fn default_buffer_events() -> usize {
@@ -103,6 +118,9 @@ const fn default_heartbeat_ms() -> u64 {
 const fn default_election_ms() -> [u64; 2] {
     [300, 600]
 }
+const fn default_min_free_bytes() -> u64 {
+    64 << 20
+}
 // 100 ms left up to a quarter of the events late under load in the root test here; 500 ms a
 // few in a thousand (README, "Cluster").
 const fn default_causal_delay_ms() -> u64 {
@@ -124,6 +142,12 @@ pub enum ClusterConfigError {
     DataDir { path: PathBuf },
     #[error("cluster.{field} = {value} must be between {min} and {max}")]
     Range { field: &'static str, value: u64, min: u64, max: u64 },
+    #[error(transparent)]
+    Tls(#[from] PeerTlsError),
+    #[error(
+        "cluster: {addr} is not loopback and peer traffic would be plain TCP; give [cluster.tls] cert, key and ca, or set cluster.plaintext_off_loopback = true (a private network)"
+    )]
+    Plaintext { addr: SocketAddr },
     #[error(
         "cluster timers: heartbeat_ms ({heartbeat}) < election_timeout_ms[0] ({min}) < election_timeout_ms[1] ({max}) must hold"
     )]
@@ -132,7 +156,7 @@ pub enum ClusterConfigError {
 
 /// The shared secret (never printed).
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Arc<[u8]>);
+pub struct Secret(pub(super) Arc<[u8]>);
 
 impl Secret {
     #[must_use]
@@ -164,6 +188,9 @@ pub struct ClusterSettings {
     pub heartbeat: Duration,
     pub election_timeout: [Duration; 2],
     pub causal_delay: Duration,
+    /// Mutual TLS between members (`None`: plain TCP).
+    pub tls: Option<PeerTls>,
+    pub min_free_bytes: u64,
 }
 
 impl ClusterConfig {
@@ -215,12 +242,25 @@ impl ClusterConfig {
         range("snapshot_bytes", self.snapshot_bytes, 1 << 20, 1 << 40);
         range("keep_entries", self.keep_entries, 0, 1 << 20);
         range("causal_delay_ms", self.causal_delay_ms, 0, 10_000);
+        range("min_free_bytes", self.min_free_bytes, MIN_FREE_BYTES_MIN, 1 << 40);
+        let dialed = members.get(&self.node_id).copied().unwrap_or(self.listen);
+        let tls = if let Some(files) = &self.tls {
+            PeerTls::load(files, dialed.ip()).map(Some).map_err(|e| problems.push(e.into()))
+        } else {
+            if !self.plaintext_off_loopback {
+                let addrs = std::iter::once(self.listen).chain(self.peers.values().copied());
+                if let Some(addr) = addrs.into_iter().find(|addr| !addr.ip().is_loopback()) {
+                    problems.push(ClusterConfigError::Plaintext { addr });
+                }
+            }
+            Ok(None)
+        };
         let [min, max] = self.election_timeout_ms;
         if !(self.heartbeat_ms > 0 && self.heartbeat_ms < min && min < max) {
             problems.push(ClusterConfigError::Timers { heartbeat: self.heartbeat_ms, min, max });
         }
-        match secret {
-            Some(secret) if problems.is_empty() => Ok(ClusterSettings {
+        match (secret, tls) {
+            (Some(secret), Ok(tls)) if problems.is_empty() => Ok(ClusterSettings {
                 node_id: self.node_id,
                 listen: self.listen,
                 members,
@@ -234,6 +274,8 @@ impl ClusterConfig {
                 heartbeat: Duration::from_millis(self.heartbeat_ms),
                 election_timeout: [Duration::from_millis(min), Duration::from_millis(max)],
                 causal_delay: Duration::from_millis(self.causal_delay_ms),
+                tls,
+                min_free_bytes: self.min_free_bytes,
             }),
             _ => Err(problems),
         }
@@ -340,5 +382,35 @@ mod tests {
         assert!(toml::from_str::<ClusterConfig>(&format!("leader = 1\n{base}")).is_err());
         let slow: ClusterConfig = toml::from_str(&format!("causal_delay_ms = 60000\n{base}")).unwrap();
         assert!(slow.problems().iter().any(|p| p.to_string().contains("causal_delay_ms = 60000")));
+    }
+
+    #[test]
+    fn plain_tcp_off_loopback_is_refused_unless_allowed_and_tls_files_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = secret_file(dir.path(), "0123456789abcdef", 0o600);
+        let remote = config(&secret, dir.path()).replace("3 = \"127.0.0.1:7403\"", "3 = \"10.0.0.3:7403\"");
+        let parsed: ClusterConfig = toml::from_str(&remote).unwrap();
+        let problems: Vec<String> = parsed.problems().iter().map(ToString::to_string).collect();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("10.0.0.3:7403 is not loopback") && p.contains("[cluster.tls]")),
+            "{problems:?}"
+        );
+        let allowed: ClusterConfig =
+            toml::from_str(&format!("plaintext_off_loopback = true\n{remote}")).unwrap();
+        assert!(allowed.settings().unwrap().tls.is_none());
+
+        let ca = super::super::tls::testing::Ca::new("cluster CA");
+        let files = ca.member(dir.path(), "n2", "127.0.0.1", None);
+        let with_tls =
+            format!("{remote}[tls]\ncert = {:?}\nkey = {:?}\nca = {:?}\n", files.cert, files.key, files.ca);
+        let parsed: ClusterConfig = toml::from_str(&with_tls).unwrap();
+        assert!(parsed.settings().unwrap().tls.is_some(), "TLS off loopback needs no permission");
+        std::fs::remove_file(&files.ca).unwrap();
+        let problems: Vec<String> = parsed.problems().iter().map(ToString::to_string).collect();
+        assert!(problems.iter().any(|p| p.starts_with("cluster.tls: cannot read")), "{problems:?}");
+        let small: ClusterConfig = toml::from_str(&format!("min_free_bytes = 1000\n{remote}")).unwrap();
+        assert!(small.problems().iter().any(|p| p.to_string().contains("min_free_bytes = 1000")));
     }
 }

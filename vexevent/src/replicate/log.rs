@@ -14,6 +14,15 @@
 //! appends were never acknowledged, fsync had not returned). The same in an older segment is
 //! corruption and refused. A new segment starts with the vote and the purge point, so older
 //! segments can be deleted once purged.
+//!
+//! A write or fsync that fails (a full disk, an I/O error) ends the log's life in this process:
+//! the appends it held are not acknowledged, the segment is cut back to the length the last
+//! successful fsync covered (after a failed fsync the kernel may have dropped or marked clean
+//! pages it never wrote, so what lies past that point cannot be trusted, not even to read), and
+//! every later write is refused without touching the disk: an fsync is never tried again and its
+//! success taken to mean the earlier data is safe ("fsyncgate"). openraft stops the raft node on
+//! the storage error; restarted, the member replays what is on disk and catches up from the
+//! leader. The data directory's reserve (`disk`) keeps a full disk from getting this far.
 
 use std::{
     collections::BTreeMap,
@@ -22,7 +31,11 @@ use std::{
     ops::RangeBounds,
     os::unix::fs::FileExt as _,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, mpsc},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
 };
 
 use openraft::{
@@ -101,13 +114,22 @@ struct Segment {
     path: PathBuf,
     /// Highest entry index written in it.
     last_entry: Option<u64>,
+    /// Its length the last successful fsync covered (changed with the [`Inner::failed`] lock held).
+    synced: Arc<AtomicU64>,
 }
 
 /// Appends waiting for the flusher's `fdatasync`.
 struct Flush {
     file: Arc<File>,
+    path: PathBuf,
+    /// The segment's length once they were written, and how far it is durable.
+    len: u64,
+    synced: Arc<AtomicU64>,
     done: LogFlushed<TypeConfig>,
 }
+
+/// The first failed write or fsync (shared with the flusher).
+type Failure = Arc<Mutex<Option<String>>>;
 
 #[derive(Debug)]
 struct Inner {
@@ -120,6 +142,8 @@ struct Inner {
     vote: Option<Vote<RaftId>>,
     last_purged: Option<LogId<RaftId>>,
     flusher: mpsc::Sender<Flush>,
+    /// Set at the first failed write or fsync; from then on nothing is written.
+    failed: Failure,
 }
 
 /// The raft log (clones share it).
@@ -195,9 +219,11 @@ impl LogStore {
             .collect();
         numbers.sort_unstable();
         let (flusher, waiting) = mpsc::channel();
+        let failed = Failure::default();
+        let failure = Arc::clone(&failed);
         std::thread::Builder::new()
             .name("raft-log-flush".into())
-            .spawn(move || flush_loop(&waiting))
+            .spawn(move || flush_loop(&waiting, &failure))
             .map_err(io(dir))?;
         let mut inner = Inner {
             dir: dir.to_owned(),
@@ -208,6 +234,7 @@ impl LogStore {
             vote: None,
             last_purged: None,
             flusher,
+            failed,
         };
         let last = numbers.last().copied();
         for number in numbers {
@@ -221,6 +248,12 @@ impl LogStore {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The first write or fsync that failed (the log takes no more writes), if one did.
+    #[must_use]
+    pub fn failed(&self) -> Option<String> {
+        lock(&self.lock().failed).clone()
     }
 
     /// The first index still in the log (after the purged ones), and the last.
@@ -315,7 +348,8 @@ impl Inner {
 
     /// Makes segment `number` (of `len` bytes) the current one.
     fn adopt(&mut self, number: u64, file: File, path: PathBuf, len: u64) {
-        self.segments.insert(number, Segment { file: Arc::new(file), path, last_entry: None });
+        let synced = Arc::new(AtomicU64::new(len));
+        self.segments.insert(number, Segment { file: Arc::new(file), path, last_entry: None, synced });
         self.current = number;
         self.current_len = len;
     }
@@ -352,26 +386,56 @@ impl Inner {
     }
 
     /// Writes one record at the end of the current segment (not yet durable); where it is.
+    /// Refused once a write or fsync failed; a failure here is the log's last.
     fn write(&mut self, record: &RecordRef<'_>) -> std::io::Result<(u64, u64, u32)> {
+        refuse_after_failure(&self.failed)?;
         let bytes = frame(record).map_err(std::io::Error::other)?;
+        let offset = self.write_at_end(&bytes).map_err(|error| self.fail(error))?;
+        self.current_len += bytes.len() as u64;
+        Ok((self.current, offset, u32::try_from(bytes.len()).unwrap_or(u32::MAX)))
+    }
+
+    /// Writes `bytes` at the end of the current segment (a new one when it is full); where.
+    fn write_at_end(&mut self, bytes: &[u8]) -> std::io::Result<u64> {
         if self.current_len + bytes.len() as u64 > SEGMENT_BYTES && self.current_len > HEADER_BYTES {
-            self.current_file().sync_data()?;
+            self.sync_current()?;
             self.start_segment(self.current + 1).map_err(std::io::Error::other)?;
         }
         let offset = self.current_len;
-        self.current_file().write_all_at(&bytes, offset)?;
-        self.current_len += bytes.len() as u64;
-        Ok((self.current, offset, u32::try_from(bytes.len()).unwrap_or(u32::MAX)))
+        self.current_file().write_all_at(bytes, offset)?;
+        Ok(offset)
     }
 
     fn current_file(&self) -> Arc<File> {
         Arc::clone(&self.segments[&self.current].file)
     }
 
+    /// fsyncs the current segment and records how far it is durable.
+    fn sync_current(&self) -> std::io::Result<()> {
+        let segment = &self.segments[&self.current];
+        segment.file.sync_data()?;
+        let failed = lock(&self.failed);
+        refuse_after_failure_locked(failed.as_ref())?;
+        segment.synced.fetch_max(self.current_len, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Writes `record` and waits until it is on disk.
     fn write_durable(&mut self, record: &RecordRef<'_>) -> std::io::Result<()> {
         self.write(record)?;
-        self.current_file().sync_data()
+        self.sync_current().map_err(|error| self.fail(error))
+    }
+
+    /// The current segment's write or fsync failed: no more writes, its untrusted tail cut off.
+    fn fail(&mut self, error: std::io::Error) -> std::io::Error {
+        let segment = &self.segments[&self.current];
+        fail(&self.failed, &segment.file, &segment.path, &segment.synced, &error);
+        let durable = segment.synced.load(Ordering::Relaxed);
+        self.current_len = self.current_len.min(durable);
+        // What was cut off is not there to read (it was never acknowledged).
+        let current = self.current;
+        self.entries.retain(|_, location| location.segment != current || location.offset < durable);
+        error
     }
 
     fn read_entry(&self, location: &Location) -> Result<Entry<TypeConfig>, LogError> {
@@ -400,9 +464,47 @@ impl Inner {
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn refuse_after_failure_locked(failed: Option<&String>) -> std::io::Result<()> {
+    match failed {
+        Some(first) => Err(std::io::Error::other(format!(
+            "the raft log takes no more writes after a failed write or fsync ({first}); restart this member"
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn refuse_after_failure(failed: &Failure) -> std::io::Result<()> {
+    refuse_after_failure_locked(lock(failed).as_ref())
+}
+
+/// Records the first failure and cuts `file` back to what its last successful fsync covered
+/// (with the failure lock held, so no fsync is acknowledged past the cut).
+fn fail(failed: &Failure, file: &File, path: &Path, synced: &AtomicU64, error: &std::io::Error) {
+    let mut first = lock(failed);
+    if first.is_some() {
+        return;
+    }
+    *first = Some(format!("{}: {error}", path.display()));
+    let durable = synced.load(Ordering::Relaxed);
+    tracing::error!(
+        path = %path.display(),
+        %error,
+        durable_bytes = durable,
+        "cluster: a write or fsync of the raft log failed; nothing more is written (restart this member once the cause is fixed)"
+    );
+    if let Err(error) = file.set_len(durable).and_then(|()| file.sync_all()) {
+        tracing::error!(path = %path.display(), %error, "cluster: cannot cut the raft log back to its durable length");
+    }
+}
+
 /// The flusher: takes every append waiting, syncs each file they wrote once, then tells
-/// openraft they are durable (group commit).
-fn flush_loop(flushes: &mpsc::Receiver<Flush>) {
+/// openraft they are durable (group commit). After a failed fsync it syncs nothing again: every
+/// later append is answered with the failure.
+fn flush_loop(flushes: &mpsc::Receiver<Flush>, failed: &Failure) {
     while let Ok(first) = flushes.recv() {
         let mut group = vec![first];
         group.extend(flushes.try_iter());
@@ -412,11 +514,22 @@ fn flush_loop(flushes: &mpsc::Receiver<Flush>) {
             let result = if let Some((_, result)) = synced.iter().find(|(file, _)| *file == key) {
                 *result
             } else {
-                let result = flush.file.sync_data().map_err(|e| e.kind());
+                let result =
+                    refuse_after_failure(failed).and_then(|()| flush.file.sync_data()).map_err(|error| {
+                        fail(failed, &flush.file, &flush.path, &flush.synced, &error);
+                        error.kind()
+                    });
                 synced.push((key, result));
                 result
             };
-            flush.done.log_io_completed(result.map_err(std::io::Error::from));
+            // Durable only if no failure cut the file meanwhile.
+            let result = result.map_err(std::io::Error::from).and_then(|()| {
+                let failed = lock(failed);
+                refuse_after_failure_locked(failed.as_ref())?;
+                flush.synced.fetch_max(flush.len, Ordering::Relaxed);
+                Ok(())
+            });
+            flush.done.log_io_completed(result);
         }
     }
 }
@@ -496,10 +609,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 segment.last_entry = Some(index);
             }
         }
-        let file = inner.current_file();
-        if let Err(mpsc::SendError(flush)) = inner.flusher.send(Flush { file, done: callback }) {
+        let segment = &inner.segments[&inner.current];
+        let flush = Flush {
+            file: Arc::clone(&segment.file),
+            path: segment.path.clone(),
+            len: inner.current_len,
+            synced: Arc::clone(&segment.synced),
+            done: callback,
+        };
+        if let Err(mpsc::SendError(flush)) = inner.flusher.send(flush) {
             // The flusher is gone (it never stops while the store lives): sync here.
-            let result = flush.file.sync_data();
+            let result = inner.sync_current().map_err(|error| inner.fail(error));
             flush.done.log_io_completed(result);
         }
         Ok(())
@@ -532,7 +652,7 @@ impl LogStore {
             inner.entries.insert(entry.log_id.index, Location { segment, offset, len, log_id: entry.log_id });
             inner.segments.get_mut(&segment).unwrap().last_entry = Some(entry.log_id.index);
         }
-        inner.current_file().sync_data().unwrap();
+        inner.sync_current().unwrap();
     }
 }
 
@@ -607,6 +727,84 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         std::fs::write(segment_path(dir.path(), 2), header()).unwrap();
         assert!(matches!(LogStore::open(dir.path()), Err(LogError::Corrupt { .. })));
+    }
+
+    /// A small tmpfs, unmounted when dropped.
+    struct SmallDisk(PathBuf);
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+
+    #[test]
+    fn a_write_that_finds_the_disk_full_ends_the_log_and_keeps_only_what_was_durable() {
+        // SAFETY: no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!(
+                "SKIP a_write_that_finds_the_disk_full_ends_the_log_and_keeps_only_what_was_durable: mounting a small tmpfs needs root"
+            );
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let disk = SmallDisk(dir.path().join("disk"));
+        std::fs::create_dir(&disk.0).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=512k", "vexevent-test"])
+            .arg(&disk.0)
+            .status()
+            .unwrap();
+        assert!(mounted.success());
+        let store = LogStore::open(&disk.0.join("log")).unwrap();
+        store.append_synced(&(1..=3).map(|i| entry(i, 1)).collect::<Vec<_>>());
+        let path = segment_path(&disk.0.join("log"), 1);
+        let durable = std::fs::metadata(&path).unwrap().len();
+        let large = |index| {
+            let mut entry = entry(index, 1);
+            if let EntryPayload::Normal(proposal) = &mut entry.payload {
+                proposal.events = bytes::Bytes::from(vec![b'x'; 16 << 10]);
+            }
+            entry
+        };
+        // Written, not yet fsync'd (the flusher has not run), until the disk is full.
+        let error = {
+            let mut inner = store.lock();
+            (4..).find_map(|index| inner.write(&RecordRef::Entry(&large(index))).err()).unwrap()
+        };
+        assert_eq!(error.raw_os_error(), Some(libc::ENOSPC), "{error}");
+        assert!(store.failed().is_some_and(|first| first.contains("No space left")), "{:?}", store.failed());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), durable, "cut back to what was fsync'd");
+        assert_eq!(indexes(&store), vec![1, 2, 3], "what was cut off is not served");
+        // The cut freed space; still nothing is written (no fsync is tried again as if it were safe).
+        assert!(crate::replicate::disk::free_bytes(&disk.0).unwrap() > 16 << 10);
+        let refused = store.lock().write_durable(&RecordRef::Vote(&Vote::new(9, 1))).unwrap_err();
+        assert!(refused.to_string().contains("takes no more writes"), "{refused}");
+    }
+
+    #[test]
+    fn a_failed_log_takes_no_more_writes_and_a_reopened_one_keeps_the_durable_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path()).unwrap();
+        store.append_synced(&(1..=3).map(|i| entry(i, 1)).collect::<Vec<_>>());
+        let path = segment_path(dir.path(), 1);
+        let durable = std::fs::metadata(&path).unwrap().len();
+        {
+            let mut inner = store.lock();
+            inner.write(&RecordRef::Entry(&entry(4, 1))).unwrap();
+            // As the flusher does when an fsync fails: the not yet durable tail is cut.
+            let error = inner.fail(std::io::Error::from_raw_os_error(libc::EIO));
+            assert_eq!(error.raw_os_error(), Some(libc::EIO));
+            assert!(inner.write(&RecordRef::Entry(&entry(5, 1))).is_err(), "nothing is written after it");
+        }
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), durable);
+        assert_eq!(indexes(&store), vec![1, 2, 3]);
+        drop(store);
+        let store = LogStore::open(dir.path()).unwrap();
+        assert_eq!(store.failed(), None, "a new life");
+        assert_eq!(indexes(&store), vec![1, 2, 3]);
+        store.append_synced(&[entry(4, 2)]);
+        assert_eq!(indexes(&store), vec![1, 2, 3, 4]);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 mod causal;
 mod codec;
 mod config;
+mod disk;
 mod log;
 mod machine;
 mod net;
@@ -19,12 +20,14 @@ mod stage;
 mod status;
 #[cfg(test)]
 mod tests;
+mod tls;
 mod totals;
 
 pub use config::{ClusterConfig, ClusterConfigError, ClusterSettings, Consistency, Secret};
 pub use log::{LogError, LogStore};
 pub use stage::{ReplicateError, ReplicateStage};
 pub use status::{ClusterStatus, MemberStatus};
+pub use tls::{PeerTls, PeerTlsError, PeerTlsFiles};
 
 use std::fmt;
 

@@ -1,8 +1,11 @@
-//! The peer protocol: TCP between members, length-prefixed postcard frames, one request and its
-//! reply at a time per connection (connections are pooled). A connection is used only after
-//! both ends proved they hold the shared secret: each sends a random nonce, each answers with
-//! HMAC-SHA256(secret, role, both nonces), checked in constant time; a peer without it is
-//! refused and counted (`cluster_peers_refused`).
+//! The peer protocol: TCP between members (mutual TLS 1.3 when `[cluster.tls]` is set, see
+//! `tls`), length-prefixed postcard frames, one request and its reply at a time per connection
+//! (connections are pooled). A connection is used only after both ends proved they hold the
+//! shared secret (inside TLS when it is on): each sends a random nonce, each answers with
+//! HMAC-SHA256(secret, role, both nonces), checked in constant time; a peer without it, or
+//! whose certificate does not lead to the cluster CA, is refused and counted
+//! (`cluster_peers_refused`). A member whose data directory is under its reserve answers
+//! entries and proposals with a refusal (`disk`).
 
 use std::{
     collections::HashMap,
@@ -23,13 +26,18 @@ use openraft::{
 use ring::{hmac, rand::SecureRandom as _};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
+};
+use tokio_rustls::{
+    TlsAcceptor, TlsConnector,
+    rustls::{self, ClientConfig, ServerConfig, pki_types::ServerName},
 };
 
 use super::{
     Committed, Proposal, RaftId, TypeConfig,
     config::Secret,
+    disk::DiskGuard,
     status::ClusterStatus,
     totals::{Ack, Delta, SharedTotals},
 };
@@ -71,6 +79,8 @@ enum Reply {
     Propose(Result<Committed, Refused>),
     Status(ClusterStatus),
     Gossip(Ack),
+    /// The request was not served (a data directory under its reserve): why.
+    Refused(String),
 }
 
 /// Why a proposal was not committed.
@@ -100,6 +110,11 @@ struct Proof {
 /// What a member does with requests: the raft node's handlers (the server side).
 pub type Raft = openraft::Raft<TypeConfig>;
 
+/// A connection to a peer, plain or TLS.
+trait PeerIo: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> PeerIo for T {}
+type Connection = Box<dyn PeerIo>;
+
 fn nonce() -> std::io::Result<[u8; NONCE]> {
     let mut nonce = [0u8; NONCE];
     ring::rand::SystemRandom::new()
@@ -126,15 +141,20 @@ fn verify(key: &hmac::Key, role: &[u8], client: &[u8; NONCE], server: &[u8; NONC
     hmac::verify(key, &message, tag).is_ok()
 }
 
-async fn write_frame<T: Serialize>(stream: &mut TcpStream, value: &T) -> std::io::Result<()> {
+async fn write_frame<T: Serialize>(stream: &mut (impl AsyncWrite + Unpin), value: &T) -> std::io::Result<()> {
     let mut bytes = vec![0u8; 4];
     bytes = postcard::to_extend(value, bytes).map_err(std::io::Error::other)?;
     let len = u32::try_from(bytes.len() - 4).map_err(|_| std::io::Error::other("frame too large"))?;
     bytes[..4].copy_from_slice(&len.to_le_bytes());
-    stream.write_all(&bytes).await
+    stream.write_all(&bytes).await?;
+    // TLS holds records until flushed.
+    stream.flush().await
 }
 
-async fn read_frame<T: DeserializeOwned>(stream: &mut TcpStream, max: usize) -> std::io::Result<T> {
+async fn read_frame<T: DeserializeOwned>(
+    stream: &mut (impl AsyncRead + Unpin),
+    max: usize,
+) -> std::io::Result<T> {
     let len = stream.read_u32_le().await? as usize;
     if len > max {
         return Err(std::io::Error::new(
@@ -151,8 +171,21 @@ fn refused(message: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::PermissionDenied, message.to_owned())
 }
 
+/// A TLS handshake's failure: what TLS refused (a certificate not from the cluster CA or none,
+/// plain TCP, another protocol) is a refusal; the connection breaking off is not.
+fn tls_failure(error: std::io::Error) -> std::io::Error {
+    match error.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(tls) => refused(&format!("TLS: {tls}")),
+        None => error,
+    }
+}
+
 /// The client side of the handshake.
-async fn client_handshake(stream: &mut TcpStream, key: &hmac::Key, me: RaftId) -> std::io::Result<()> {
+async fn client_handshake(
+    stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    key: &hmac::Key,
+    me: RaftId,
+) -> std::io::Result<()> {
     let ours = nonce()?;
     write_frame(stream, &Hello { version: PROTOCOL_VERSION, from: me, nonce: ours }).await?;
     let theirs: Proof = read_frame(stream, HANDSHAKE_FRAME_MAX).await?;
@@ -164,7 +197,10 @@ async fn client_handshake(stream: &mut TcpStream, key: &hmac::Key, me: RaftId) -
 }
 
 /// The server side of the handshake: the peer's raft id once it proved the secret.
-async fn server_handshake(stream: &mut TcpStream, key: &hmac::Key) -> std::io::Result<RaftId> {
+async fn server_handshake(
+    stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    key: &hmac::Key,
+) -> std::io::Result<RaftId> {
     let hello: Hello = read_frame(stream, HANDSHAKE_FRAME_MAX).await?;
     if hello.version != PROTOCOL_VERSION {
         return Err(refused(&format!(
@@ -185,19 +221,40 @@ async fn server_handshake(stream: &mut TcpStream, key: &hmac::Key) -> std::io::R
 /// What the server answers a status request with.
 pub type StatusFn = Arc<dyn Fn() -> ClusterStatus + Send + Sync>;
 
+/// What the peer server answers with.
+pub struct Server {
+    pub raft: Raft,
+    pub secret: Secret,
+    pub me: RaftId,
+    pub status: StatusFn,
+    pub totals: Arc<SharedTotals>,
+    pub counters: Arc<Counters>,
+    /// Mutual TLS (`None`: plain TCP).
+    pub tls: Option<Arc<ServerConfig>>,
+    pub disk: DiskGuard,
+}
+
+/// The server side of a connection: TLS (when on), then the shared secret.
+async fn accept(
+    stream: TcpStream,
+    tls: Option<&TlsAcceptor>,
+    key: &hmac::Key,
+) -> std::io::Result<Connection> {
+    let mut connection: Connection = match tls {
+        Some(acceptor) => Box::new(acceptor.accept(stream).await.map_err(tls_failure)?),
+        None => Box::new(stream),
+    };
+    server_handshake(&mut connection, key).await?;
+    Ok(connection)
+}
+
 /// Serves peers on `listener` until the runtime stops.
-pub async fn serve(
-    listener: TcpListener,
-    raft: Raft,
-    secret: Secret,
-    me: RaftId,
-    status: StatusFn,
-    totals: Arc<SharedTotals>,
-    counters: Arc<Counters>,
-) {
-    let key = hmac::Key::new(hmac::HMAC_SHA256, secret.bytes());
+pub async fn serve(listener: TcpListener, server: Server) {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, server.secret.bytes());
+    let tls = server.tls.clone().map(TlsAcceptor::from);
+    let server = Arc::new(server);
     loop {
-        let (mut stream, peer) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
                 tracing::warn!(%error, "cluster listener: cannot accept");
@@ -205,30 +262,31 @@ pub async fn serve(
                 continue;
             }
         };
-        let (raft, key, counters, status, totals) =
-            (raft.clone(), key.clone(), Arc::clone(&counters), Arc::clone(&status), Arc::clone(&totals));
+        let (server, key, tls) = (Arc::clone(&server), key.clone(), tls.clone());
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, server_handshake(&mut stream, &key)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) if error.kind() == std::io::ErrorKind::PermissionDenied => {
-                    add(&counters.cluster_peers_refused, 1);
-                    tracing::warn!(%peer, %error, "cluster: peer refused");
-                    return;
-                }
-                Ok(Err(error)) => {
-                    add(&counters.cluster_handshakes_failed, 1);
-                    tracing::warn!(%peer, %error, "cluster: peer handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    add(&counters.cluster_handshakes_failed, 1);
-                    tracing::warn!(%peer, "cluster: peer handshake timed out");
-                    return;
-                }
-            }
+            let counters = &server.counters;
+            let mut stream =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept(stream, tls.as_ref(), &key)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+                        add(&counters.cluster_peers_refused, 1);
+                        tracing::warn!(%peer, %error, "cluster: peer refused");
+                        return;
+                    }
+                    Ok(Err(error)) => {
+                        add(&counters.cluster_handshakes_failed, 1);
+                        tracing::warn!(%peer, %error, "cluster: peer handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        add(&counters.cluster_handshakes_failed, 1);
+                        tracing::warn!(%peer, "cluster: peer handshake timed out");
+                        return;
+                    }
+                };
             while let Ok(request) = read_frame::<Request>(&mut stream, FRAME_MAX).await {
-                let reply = answer(&raft, me, &status, &totals, request).await;
+                let reply = answer(&server, request).await;
                 if write_frame(&mut stream, &reply).await.is_err() {
                     break;
                 }
@@ -237,26 +295,36 @@ pub async fn serve(
     }
 }
 
-async fn answer(
-    raft: &Raft,
-    me: RaftId,
-    status: &StatusFn,
-    totals: &SharedTotals,
-    request: Request,
-) -> Reply {
+async fn answer(server: &Server, request: Request) -> Reply {
+    let raft = &server.raft;
     match request {
+        Request::Append(rpc) if !rpc.entries.is_empty() => match server.disk.admit() {
+            Ok(()) => Reply::Append(raft.append_entries(rpc).await),
+            Err(low) => Reply::Refused(format!("member {}: {low}", server.me)),
+        },
         Request::Append(rpc) => Reply::Append(raft.append_entries(rpc).await),
         Request::Vote(rpc) => Reply::Vote(raft.vote(rpc).await),
         Request::Snapshot(rpc) => Reply::Snapshot(raft.install_snapshot(rpc).await),
-        Request::Propose(proposal) => Reply::Propose(propose_here(raft, me, proposal).await),
-        Request::Status => Reply::Status(status()),
-        Request::Gossip(delta) => Reply::Gossip(totals.receive(delta)),
+        Request::Propose(proposal) => {
+            Reply::Propose(propose_here(raft, server.me, &server.disk, proposal).await)
+        }
+        Request::Status => Reply::Status((server.status)()),
+        Request::Gossip(delta) => Reply::Gossip(server.totals.receive(delta)),
     }
 }
 
-/// Commits `proposal` through this member (the leader).
-pub async fn propose_here(raft: &Raft, me: RaftId, proposal: Proposal) -> Result<Committed, Refused> {
+/// Commits `proposal` through this member (the leader), unless its data directory is under
+/// its reserve.
+pub async fn propose_here(
+    raft: &Raft,
+    me: RaftId,
+    disk: &DiskGuard,
+    proposal: Proposal,
+) -> Result<Committed, Refused> {
     use openraft::error::ClientWriteError;
+    if let Err(low) = disk.admit() {
+        return Err(Refused::Failed(format!("member {me} takes no writes: {low}")));
+    }
     match raft.client_write(proposal).await {
         Ok(response) => Ok(Committed { index: response.log_id.index, outcome: response.data }),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
@@ -272,21 +340,49 @@ pub struct Peers {
     me: RaftId,
     key: hmac::Key,
     addrs: Arc<HashMap<RaftId, SocketAddr>>,
-    idle: Arc<Mutex<HashMap<RaftId, Vec<TcpStream>>>>,
+    idle: Arc<Mutex<HashMap<RaftId, Vec<Connection>>>>,
+    /// Mutual TLS (`None`: plain TCP).
+    tls: Option<TlsConnector>,
+    counters: Arc<Counters>,
 }
 
 impl Peers {
     #[must_use]
-    pub fn new(me: RaftId, secret: &Secret, addrs: HashMap<RaftId, SocketAddr>) -> Self {
+    pub fn new(
+        me: RaftId,
+        secret: &Secret,
+        addrs: HashMap<RaftId, SocketAddr>,
+        tls: Option<Arc<ClientConfig>>,
+        counters: &Arc<Counters>,
+    ) -> Self {
         Self {
             me,
             key: hmac::Key::new(hmac::HMAC_SHA256, secret.bytes()),
             addrs: Arc::new(addrs),
             idle: Arc::default(),
+            tls: tls.map(TlsConnector::from),
+            counters: Arc::clone(counters),
         }
     }
 
-    async fn connection(&self, target: RaftId) -> std::io::Result<TcpStream> {
+    /// Dials `addr`: TLS (when on, the certificate must name the address), then the secret.
+    async fn dial(&self, addr: SocketAddr) -> std::io::Result<Connection> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let mut connection: Connection = match &self.tls {
+            Some(connector) => Box::new(
+                connector
+                    .connect(ServerName::IpAddress(addr.ip().into()), stream)
+                    .await
+                    .map_err(tls_failure)?,
+            ),
+            None => Box::new(stream),
+        };
+        client_handshake(&mut connection, &self.key, self.me).await?;
+        Ok(connection)
+    }
+
+    async fn connection(&self, target: RaftId) -> std::io::Result<Connection> {
         let pooled = self
             .idle
             .lock()
@@ -300,12 +396,17 @@ impl Peers {
             .addrs
             .get(&target)
             .ok_or_else(|| std::io::Error::other(format!("member {target} is not configured")))?;
-        let mut stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, client_handshake(&mut stream, &self.key, self.me))
+        let dialed = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.dial(*addr))
             .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"))??;
-        Ok(stream)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"))
+            .flatten();
+        if let Err(error) = &dialed {
+            if error.kind() == std::io::ErrorKind::PermissionDenied {
+                add(&self.counters.cluster_peers_refused, 1);
+                tracing::warn!(member = target, %addr, %error, "cluster: member refused");
+            }
+        }
+        dialed
     }
 
     /// Sends `request` to `target` and waits up to `timeout` for the reply.
@@ -405,6 +506,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         match self.peers.call(self.target, &Request::Append(rpc), option.hard_ttl()).await {
             Ok(Reply::Append(Ok(response))) => Ok(response),
             Ok(Reply::Append(Err(error))) => Err(RPCError::RemoteError(RemoteError::new(self.target, error))),
+            // Tried again after the backoff, as a member that is down.
+            Ok(Reply::Refused(reason)) => {
+                Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(reason))))
+            }
             Ok(_) => Err(unexpected(self.target)),
             Err(error) => Err(failed(&error)),
         }
@@ -475,5 +580,66 @@ mod tests {
         let outcomes = server.await.unwrap();
         assert!(outcomes[0].is_err(), "the server refuses the client without the secret");
         assert_eq!(outcomes[1], Ok(6));
+    }
+
+    #[tokio::test]
+    async fn over_tls_a_certificate_of_the_cluster_ca_is_admitted_and_any_other_refused_and_counted() {
+        use super::super::tls::{PeerTls, testing::Ca};
+        let dir = tempfile::tempdir().unwrap();
+        let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let ca = Ca::new("cluster CA");
+        let load = |files| PeerTls::load(&files, ip).unwrap();
+        let server_tls = load(ca.member(dir.path(), "server", "127.0.0.1", None));
+        let member_files = ca.member(dir.path(), "member", "127.0.0.1", None);
+        let member = load(member_files.clone());
+        let other_ca = Ca::new("another CA");
+        let foreign = load(other_ca.member(dir.path(), "foreign", "127.0.0.1", None));
+        // One that trusts the cluster CA but whose own certificate another CA signed.
+        let impostor_files = other_ca.member(dir.path(), "impostor", "127.0.0.1", None);
+        let impostor = {
+            let chain = crate::http::trusted_certificates(&impostor_files.cert).unwrap();
+            let key = crate::http::private_key(&impostor_files.key).unwrap();
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add_parsable_certificates(crate::http::trusted_certificates(&member_files.ca).unwrap());
+            let config =
+                ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                    .with_protocol_versions(&[&rustls::version::TLS13])
+                    .unwrap()
+                    .with_root_certificates(roots)
+                    .with_client_auth_cert(chain, key)
+                    .unwrap();
+            Arc::new(config)
+        };
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let secret = Secret(Arc::from(&b"the right secret, 32 bytes long!"[..]));
+        let key = hmac::Key::new(hmac::HMAC_SHA256, secret.bytes());
+        let acceptor = TlsAcceptor::from(server_tls.server);
+        let server = tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            for _ in 0..4 {
+                let (stream, _) = listener.accept().await.unwrap();
+                outcomes.push(accept(stream, Some(&acceptor), &key).await.map(|_| ()).map_err(|e| e.kind()));
+            }
+            outcomes
+        });
+        let counters = Arc::new(Counters::default());
+        let dial = |tls: Option<Arc<ClientConfig>>| {
+            let peers = Peers::new(9, &secret, HashMap::from([(1, addr)]), tls, &counters);
+            async move { peers.connection(1).await.map(|_| ()).map_err(|e| e.kind()) }
+        };
+        let denied = Err(std::io::ErrorKind::PermissionDenied);
+        assert_eq!(dial(Some(foreign.client)).await, denied, "the server is not of its CA");
+        assert_eq!(counters.cluster_peers_refused.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert!(dial(Some(impostor)).await.is_err(), "the server refuses its certificate");
+        assert!(dial(None).await.is_err(), "plain TCP to a TLS member");
+        assert_eq!(dial(Some(member.client)).await, Ok(()));
+        let outcomes = server.await.unwrap();
+        assert_eq!(
+            outcomes,
+            [denied, denied, denied, Ok(())],
+            "refused: a client that refuses the server, a certificate of another CA, plain TCP"
+        );
     }
 }

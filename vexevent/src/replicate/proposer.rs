@@ -4,7 +4,9 @@
 //! load, full entries under load). A batch that fails (no leader, the leader died, a batch
 //! before it failed) is sent again, in order, from the first unacknowledged one, after a
 //! backoff; the state machine drops what was in fact committed already. When another member
-//! becomes leader, what is unacknowledged goes to it at once (no timeout, no backoff).
+//! becomes leader, what is unacknowledged goes to it at once (no timeout, no backoff). While
+//! the data directory is under its reserve (`disk`) nothing is sent: the events wait in the
+//! stage's bounded buffer.
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -20,6 +22,7 @@ use tokio::{sync::mpsc, task::JoinSet, time::Instant};
 use super::{
     Committed, Outcome, Proposal, RaftId,
     codec::Encoder,
+    disk::DiskGuard,
     net::{Peers, Raft, Refused, propose_here},
 };
 use crate::{
@@ -50,15 +53,22 @@ pub struct Proposer {
     /// Events handed over by the stage and not yet committed (the stage bounds it).
     pub buffered: Arc<AtomicU64>,
     pub counters: Arc<Counters>,
+    pub disk: DiskGuard,
 }
 
 /// Commits `proposal` through the leader this member knows.
-async fn propose(raft: Raft, peers: Peers, me: RaftId, proposal: Proposal) -> Result<Committed, Refused> {
+async fn propose(
+    raft: Raft,
+    peers: Peers,
+    me: RaftId,
+    disk: DiskGuard,
+    proposal: Proposal,
+) -> Result<Committed, Refused> {
     let leader = raft.metrics().borrow().current_leader;
     match leader {
         None => Err(Refused::NoLeader),
         Some(leader) if leader == me => {
-            tokio::time::timeout(PROPOSE_TIMEOUT, propose_here(&raft, me, proposal))
+            tokio::time::timeout(PROPOSE_TIMEOUT, propose_here(&raft, me, &disk, proposal))
                 .await
                 .unwrap_or_else(|_| Err(Refused::Failed("the commit timed out".into())))
         }
@@ -95,8 +105,10 @@ impl Proposer {
         let mut last_index = 0u64;
         let mut server = self.raft.server_metrics();
         let mut leader = server.borrow_and_update().current_leader;
+        let mut disk = self.disk.watch();
         loop {
-            if !failing && retry_at.is_none_or(|at| at <= Instant::now()) {
+            let room = disk.borrow_and_update().is_none();
+            if room && !failing && retry_at.is_none_or(|at| at <= Instant::now()) {
                 retry_at = None;
                 while in_flight.len() < IN_FLIGHT {
                     let batch = if let Some(batch) = resend.pop_front() {
@@ -110,8 +122,9 @@ impl Proposer {
                         next_batch - 1
                     };
                     let Some(proposal) = unacked.get(&batch).cloned() else { continue };
-                    let (raft, peers, me) = (self.raft.clone(), self.peers.clone(), self.me);
-                    in_flight.spawn(async move { (batch, propose(raft, peers, me, proposal).await) });
+                    let (raft, peers, me, guard) =
+                        (self.raft.clone(), self.peers.clone(), self.me, self.disk.clone());
+                    in_flight.spawn(async move { (batch, propose(raft, peers, me, guard, proposal).await) });
                 }
             }
             if closed_at.is_some() && pending.is_empty() && unacked.is_empty() {
@@ -170,6 +183,8 @@ impl Proposer {
                     }
                     leader = now;
                 }
+                // Under the reserve and back: looked at again at the top.
+                Ok(()) = disk.changed() => {}
                 () = sleep_until(retry_at), if retry_at.is_some() => {}
                 () = sleep_until(deadline), if deadline.is_some() => {}
             }

@@ -22,8 +22,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     ClusterSettings, Consistency, LogError, LogStore,
     causal::{CausalOrder, Hlc},
+    disk::DiskGuard,
     machine::{Delivery, MachineError, StateMachine, write_delivered},
-    net::{Peers, Raft, serve},
+    net::{Peers, Raft, Server, serve},
     proposer::{Proposer, SHUTDOWN_GRACE},
     status::{ClusterHandle, local_status},
     totals::{SharedTotals, gossip},
@@ -369,6 +370,8 @@ impl Member {
         let monitor = tokio::spawn(monitor(
             raft.clone(),
             machine,
+            handle.log.clone(),
+            handle.disk.clone(),
             self.settings.snapshot_bytes,
             Arc::clone(&self.counters),
         ));
@@ -381,6 +384,7 @@ impl Member {
             entry_events: self.settings.entry_events,
             buffered: self.buffered,
             counters: Arc::clone(&self.counters),
+            disk: handle.disk.clone(),
         };
         let last = proposer.run(incoming).await;
         // This node's own events reach its pipeline once applied here.
@@ -404,7 +408,15 @@ impl Member {
         let machine = StateMachine::open(&settings.data_dir, node, deliver, Arc::clone(&self.counters))?;
         let backlog = machine.behind_snapshot(&log).await;
         let addrs: HashMap<_, _> = settings.members.iter().map(|(&id, &addr)| (id, addr)).collect();
-        let peers = Peers::new(settings.node_id, &settings.secret, addrs);
+        warn_if_plaintext(settings);
+        let peers = Peers::new(
+            settings.node_id,
+            &settings.secret,
+            addrs,
+            settings.tls.as_ref().map(|tls| Arc::clone(&tls.client)),
+            &self.counters,
+        );
+        let disk = DiskGuard::new(&settings.data_dir, settings.min_free_bytes, &self.counters);
         let config = openraft::Config {
             cluster_name: "vexevent".into(),
             heartbeat_interval: millis(settings.heartbeat),
@@ -422,23 +434,29 @@ impl Member {
         let raft = Raft::new(settings.node_id, Arc::new(config), peers.clone(), log.clone(), machine.clone())
             .await
             .map_err(|e| ReplicateError::Raft { message: e.to_string() })?;
+        // A member that starts with a full disk does not stand for election.
+        take_part(&raft, disk.check().is_ok());
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .map_err(|source| ReplicateError::Listen { addr: settings.listen, source })?;
         let members: BTreeMap<_, _> = settings.members.clone();
         let status = {
-            let (raft, log, members) = (raft.clone(), log.clone(), members.clone());
-            Arc::new(move || local_status(&raft, &log, &members))
+            let (raft, log, disk, members) = (raft.clone(), log.clone(), disk.clone(), members.clone());
+            Arc::new(move || local_status(&raft, &log, &disk, &members))
         };
         let totals = SharedTotals::new(self.run);
         tokio::spawn(serve(
             listener,
-            raft.clone(),
-            settings.secret.clone(),
-            settings.node_id,
-            status,
-            Arc::clone(&totals),
-            Arc::clone(&self.counters),
+            Server {
+                raft: raft.clone(),
+                secret: settings.secret.clone(),
+                me: settings.node_id,
+                status,
+                totals: Arc::clone(&totals),
+                counters: Arc::clone(&self.counters),
+                tls: settings.tls.as_ref().map(|tls| Arc::clone(&tls.server)),
+                disk: disk.clone(),
+            },
         ));
         tokio::spawn(gossip(
             Arc::clone(&totals),
@@ -459,6 +477,7 @@ impl Member {
         let handle = ClusterHandle {
             raft: raft.clone(),
             log,
+            disk,
             peers,
             members,
             not_applied: Arc::clone(&machine.not_applied),
@@ -480,14 +499,54 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Copies the raft metrics into the counters (term, leader changes) and builds a snapshot once
-/// `snapshot_bytes` of events were applied since the last one.
-async fn monitor(raft: Raft, machine: StateMachine, snapshot_bytes: u64, counters: Arc<Counters>) {
+/// Says at start how peer traffic travels: plain TCP off loopback (allowed by
+/// `plaintext_off_loopback`) loudly.
+fn warn_if_plaintext(settings: &ClusterSettings) {
+    if settings.tls.is_some() {
+        tracing::info!("cluster: peer traffic is mutual TLS 1.3 (cluster CA)");
+    } else if let Some(addr) =
+        std::iter::once(&settings.listen).chain(settings.members.values()).find(|a| !a.ip().is_loopback())
+    {
+        tracing::warn!(
+            %addr,
+            "cluster: peer traffic is NOT ENCRYPTED off loopback (cluster.plaintext_off_loopback): anyone on that network reads every event; set [cluster.tls]"
+        );
+    } else {
+        tracing::info!("cluster: peer traffic is plain TCP on loopback (set [cluster.tls] to encrypt it)");
+    }
+}
+
+/// Lets this member stand for and keep leadership (heartbeats), or not (its disk is full: the
+/// others elect a leader that can write).
+fn take_part(raft: &Raft, can_write: bool) {
+    raft.runtime_config().elect(can_write);
+    raft.runtime_config().heartbeat(can_write);
+}
+
+/// Copies the raft metrics into the counters (term, leader changes), builds a snapshot once
+/// `snapshot_bytes` of events were applied since the last one, looks at the data directory's
+/// free space (under the reserve, this member steps back; see `disk`) and at the log's health.
+async fn monitor(
+    raft: Raft,
+    machine: StateMachine,
+    log: LogStore,
+    disk: DiskGuard,
+    snapshot_bytes: u64,
+    counters: Arc<Counters>,
+) {
     let mut leader = None;
     let mut asked = false;
+    let mut can_write = disk.low().is_none();
     let mut tick = tokio::time::interval(MONITOR_PERIOD);
     loop {
         tick.tick().await;
+        if disk.check().is_ok() != can_write {
+            can_write = !can_write;
+            take_part(&raft, can_write);
+        }
+        if log.failed().is_some() {
+            counters.cluster_log_failed.store(1, Ordering::Relaxed);
+        }
         let (term, current) = {
             let metrics = raft.metrics().borrow().clone();
             (metrics.current_term, metrics.current_leader)

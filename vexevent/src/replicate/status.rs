@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     LogStore, RaftId,
+    disk::DiskGuard,
     machine::{NotApplied, decode_events},
     net::Peers,
     net::Raft,
@@ -52,9 +53,10 @@ pub struct ClusterStatus {
     /// The cluster's counters (every member's runs summed, as merged here).
     #[serde(default)]
     pub counters: BTreeMap<String, u64>,
-    /// Why this member cannot commit strong writes now (`None`: it can): no leader is known, or
-    /// it leads without having heard from a majority for longer than an election timeout (a
-    /// minority side of a partition). Its captured events wait in its buffer meanwhile.
+    /// Why this member cannot commit strong writes now (`None`: it can): its raft log failed a
+    /// write, its data directory is under its reserve, no leader is known, or it leads without
+    /// having heard from a majority for longer than an election timeout (a minority side of a
+    /// partition). Its captured events wait in its buffer meanwhile.
     pub writes_refused: Option<String>,
 }
 
@@ -80,8 +82,26 @@ fn writes_refused(
     }
 }
 
+/// Why this member cannot write: its log failed, or its data directory is under its reserve.
+fn storage_refused(log: &LogStore, disk: &DiskGuard) -> Option<String> {
+    log.failed()
+        .map(|first| {
+            format!("the raft log failed a write or fsync ({first}); the raft node stopped: restart this member once the cause is fixed")
+        })
+        .or_else(|| {
+            disk.low().map(|low| {
+                format!("{low}: this member stops proposing, takes no new entries and does not lead until space is freed")
+            })
+        })
+}
+
 /// This member's view, from its metrics (lags only when it is the leader).
-pub fn local_status(raft: &Raft, log: &LogStore, members: &BTreeMap<RaftId, SocketAddr>) -> ClusterStatus {
+pub fn local_status(
+    raft: &Raft,
+    log: &LogStore,
+    disk: &DiskGuard,
+    members: &BTreeMap<RaftId, SocketAddr>,
+) -> ClusterStatus {
     let metrics = raft.metrics().borrow().clone();
     let leading = metrics.state == ServerState::Leader;
     let last = metrics.last_log_index;
@@ -118,7 +138,8 @@ pub fn local_status(raft: &Raft, log: &LogStore, members: &BTreeMap<RaftId, Sock
         snapshot_index: metrics.snapshot.map(|l| l.index),
         members,
         counters: BTreeMap::new(),
-        writes_refused: writes_refused(&metrics, raft.config().election_timeout_max),
+        writes_refused: storage_refused(log, disk)
+            .or_else(|| writes_refused(&metrics, raft.config().election_timeout_max)),
     }
 }
 
@@ -127,6 +148,7 @@ pub fn local_status(raft: &Raft, log: &LogStore, members: &BTreeMap<RaftId, Sock
 pub struct ClusterHandle {
     pub raft: Raft,
     pub log: LogStore,
+    pub disk: DiskGuard,
     pub peers: Peers,
     pub members: BTreeMap<RaftId, SocketAddr>,
     /// Entries the state machine did not apply (repeats, refused batches): not replayed.
@@ -145,7 +167,7 @@ impl std::fmt::Debug for ClusterHandle {
 
 impl ClusterView for ClusterHandle {
     fn status(&self) -> StatusFuture {
-        let mut status = local_status(&self.raft, &self.log, &self.members);
+        let mut status = local_status(&self.raft, &self.log, &self.disk, &self.members);
         status.counters = self.totals.totals();
         let handle = self.clone();
         Box::pin(async move {

@@ -45,6 +45,9 @@ fn config(
         heartbeat_ms: 50,
         election_timeout_ms: [150, 300],
         causal_delay_ms: 100,
+        tls: None,
+        plaintext_off_loopback: false,
+        min_free_bytes: 1 << 20,
     }
 }
 

@@ -28,7 +28,7 @@ pub const RUNS_MAX: usize = 1_024;
 pub const COUNTERS_MAX: usize = 512;
 pub const NAME_MAX: usize = 64;
 /// Gauges, not counts: not summed across members.
-const GAUGES: [&str; 2] = ["cluster_term", "cluster_applied_index"];
+const GAUGES: [&str; 3] = ["cluster_term", "cluster_applied_index", "cluster_disk_low"];
 
 /// A run: its node and run id (an event origin's `node` and `run`).
 pub type RunKey = (String, u64);

@@ -153,7 +153,9 @@ counters! {
     cluster_snapshot_skipped,
     /// Cluster: committed events that did not decode (skipped).
     cluster_decode_errors,
-    /// Cluster: peer connections refused (no or wrong shared secret, another protocol version).
+    /// Cluster: peer connections refused, by this member's server or its client (no or wrong
+    /// shared secret, another protocol version, a TLS certificate not from the cluster CA or
+    /// none, plain TCP to a TLS member).
     cluster_peers_refused,
     /// Cluster: peer handshakes that broke off or timed out (the network, a stopped or cut-off
     /// peer, or a peer with another secret, which hangs up on this member's proof).
@@ -173,6 +175,16 @@ counters! {
     /// Cluster: counters of a peer's runs refused by the cluster-wide counters' bounds (too many
     /// runs or counters, a name too long).
     cluster_gossip_refused,
+    /// Cluster: 1 while the data directory has less than `cluster.min_free_bytes` free (a gauge):
+    /// the member stops proposing, takes no new entries and does not lead.
+    cluster_disk_low,
+    /// Cluster: entries from the leader and proposals refused because the data directory had
+    /// less than `cluster.min_free_bytes` free.
+    cluster_writes_refused_disk,
+    /// Cluster: 1 once a write or fsync of the raft log failed: the log takes no more writes
+    /// (nothing is fsync'd again as if it were safe) and the raft node stops; restart the member
+    /// once the cause is fixed.
+    cluster_log_failed,
 }
 
 /// Locks a counter mutex; a panic elsewhere does not make counts unreadable.
