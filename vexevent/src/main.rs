@@ -200,6 +200,25 @@ enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Add a member at runtime: the instance at ADDR (started with `join = true`) becomes a
+    /// learner, catches up (by snapshot when the log it needs is compacted), then a voter.
+    /// Asked of any member: a follower forwards it to the leader.
+    Add {
+        /// Its raft id (`cluster.node_id` there).
+        id: u64,
+        /// The address its peer protocol listens at (`cluster.listen` there).
+        addr: std::net::SocketAddr,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Remove a member at runtime (through a joint configuration); it stops taking part and
+    /// refuses to start again with its data. Asked of any member.
+    Remove {
+        /// Its raft id.
+        id: u64,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
 }
 
 /// Where a running instance's control API is and how to prove the right to use it.
@@ -487,6 +506,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             control.control_addr,
             &client_token(control.token, &control.token_file)?,
             json,
+        ),
+        Command::Cluster { command: ClusterCommand::Add { id, addr, control } } => commands::cluster::change(
+            &Remote::new(control.tls_ca.as_deref())?,
+            control.control_addr,
+            &client_token(control.token, &control.token_file)?,
+            Some(addr),
+            id,
+        ),
+        Command::Cluster { command: ClusterCommand::Remove { id, control } } => commands::cluster::change(
+            &Remote::new(control.tls_ca.as_deref())?,
+            control.control_addr,
+            &client_token(control.token, &control.token_file)?,
+            None,
+            id,
         ),
         Command::Log { from, session, wait_ms, control } => commands::cluster::log(
             &Remote::new(control.tls_ca.as_deref())?,

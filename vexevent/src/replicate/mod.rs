@@ -13,6 +13,7 @@ mod codec;
 mod config;
 mod log;
 mod machine;
+mod members;
 mod net;
 mod proposer;
 mod stage;

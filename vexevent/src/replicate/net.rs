@@ -5,7 +5,7 @@
 //! refused and counted (`cluster_peers_refused`).
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
@@ -30,14 +30,15 @@ use tokio::{
 use super::{
     Committed, Proposal, RaftId, TypeConfig,
     config::Secret,
+    members::{Change, ChangeRefused, Removal, change_here},
     status::ClusterStatus,
     totals::{Ack, Delta, SharedTotals},
 };
 use crate::telemetry::{Counters, add};
 
 /// Version of the peer protocol (in the handshake; another version is refused). 2: entries hold
-/// events in the binary encoding of `codec`.
-const PROTOCOL_VERSION: u16 = 2;
+/// events in the binary encoding of `codec`. 3: membership changes (`Change`, `Removed`).
+const PROTOCOL_VERSION: u16 = 3;
 /// Largest frame once authenticated: a few entries of at most `entry_events` events each.
 pub const FRAME_MAX: usize = 256 << 20;
 /// Largest handshake frame (a nonce and a MAC).
@@ -60,6 +61,10 @@ enum Request {
     Status,
     /// Counters of runs that changed (the cluster-wide counters, `totals`).
     Gossip(Delta),
+    /// Add or remove a member (sent to the leader by the member whose control API was asked).
+    Change(Change),
+    /// The leader removed the member it sends this to (the reason, as it says it).
+    Removed(String),
 }
 
 /// A peer's reply.
@@ -71,6 +76,11 @@ enum Reply {
     Propose(Result<Committed, Refused>),
     Status(ClusterStatus),
     Gossip(Ack),
+    Change(Result<String, ChangeRefused>),
+    /// A proposal or counters from a raft id that is not in this member's view of the
+    /// membership (removed, or not added yet) are refused.
+    NotMember,
+    Removed,
 }
 
 /// Why a proposal was not committed.
@@ -80,6 +90,8 @@ pub enum Refused {
     NotLeader { asked: RaftId, leader: Option<RaftId> },
     #[error("no leader is known")]
     NoLeader,
+    #[error("member {0} is not in the cluster's membership (removed, or not added yet)")]
+    NotMember(RaftId),
     #[error("{0}")]
     Failed(String),
 }
@@ -185,16 +197,18 @@ async fn server_handshake(stream: &mut TcpStream, key: &hmac::Key) -> std::io::R
 /// What the server answers a status request with.
 pub type StatusFn = Arc<dyn Fn() -> ClusterStatus + Send + Sync>;
 
+/// What the peer server answers with.
+#[derive(Clone)]
+pub struct Server {
+    pub raft: Raft,
+    pub peers: Peers,
+    pub removal: Removal,
+    pub status: StatusFn,
+    pub totals: Arc<SharedTotals>,
+}
+
 /// Serves peers on `listener` until the runtime stops.
-pub async fn serve(
-    listener: TcpListener,
-    raft: Raft,
-    secret: Secret,
-    me: RaftId,
-    status: StatusFn,
-    totals: Arc<SharedTotals>,
-    counters: Arc<Counters>,
-) {
+pub async fn serve(listener: TcpListener, server: Server, secret: Secret, counters: Arc<Counters>) {
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret.bytes());
     loop {
         let (mut stream, peer) = match listener.accept().await {
@@ -205,30 +219,30 @@ pub async fn serve(
                 continue;
             }
         };
-        let (raft, key, counters, status, totals) =
-            (raft.clone(), key.clone(), Arc::clone(&counters), Arc::clone(&status), Arc::clone(&totals));
+        let (server, key, counters) = (server.clone(), key.clone(), Arc::clone(&counters));
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, server_handshake(&mut stream, &key)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) if error.kind() == std::io::ErrorKind::PermissionDenied => {
-                    add(&counters.cluster_peers_refused, 1);
-                    tracing::warn!(%peer, %error, "cluster: peer refused");
-                    return;
-                }
-                Ok(Err(error)) => {
-                    add(&counters.cluster_handshakes_failed, 1);
-                    tracing::warn!(%peer, %error, "cluster: peer handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    add(&counters.cluster_handshakes_failed, 1);
-                    tracing::warn!(%peer, "cluster: peer handshake timed out");
-                    return;
-                }
-            }
+            let from =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, server_handshake(&mut stream, &key)).await {
+                    Ok(Ok(from)) => from,
+                    Ok(Err(error)) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+                        add(&counters.cluster_peers_refused, 1);
+                        tracing::warn!(%peer, %error, "cluster: peer refused");
+                        return;
+                    }
+                    Ok(Err(error)) => {
+                        add(&counters.cluster_handshakes_failed, 1);
+                        tracing::warn!(%peer, %error, "cluster: peer handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        add(&counters.cluster_handshakes_failed, 1);
+                        tracing::warn!(%peer, "cluster: peer handshake timed out");
+                        return;
+                    }
+                };
             while let Ok(request) = read_frame::<Request>(&mut stream, FRAME_MAX).await {
-                let reply = answer(&raft, me, &status, &totals, request).await;
+                let reply = server.answer(from, request).await;
                 if write_frame(&mut stream, &reply).await.is_err() {
                     break;
                 }
@@ -237,20 +251,30 @@ pub async fn serve(
     }
 }
 
-async fn answer(
-    raft: &Raft,
-    me: RaftId,
-    status: &StatusFn,
-    totals: &SharedTotals,
-    request: Request,
-) -> Reply {
-    match request {
-        Request::Append(rpc) => Reply::Append(raft.append_entries(rpc).await),
-        Request::Vote(rpc) => Reply::Vote(raft.vote(rpc).await),
-        Request::Snapshot(rpc) => Reply::Snapshot(raft.install_snapshot(rpc).await),
-        Request::Propose(proposal) => Reply::Propose(propose_here(raft, me, proposal).await),
-        Request::Status => Reply::Status(status()),
-        Request::Gossip(delta) => Reply::Gossip(totals.receive(delta)),
+impl Server {
+    /// The reply to `request` from member `from` (authenticated). Events and counters are
+    /// taken from members only: a removed member's are refused.
+    async fn answer(&self, from: RaftId, request: Request) -> Reply {
+        let raft = &self.raft;
+        let me = self.peers.me;
+        match request {
+            Request::Append(rpc) => Reply::Append(raft.append_entries(rpc).await),
+            Request::Vote(rpc) => Reply::Vote(raft.vote(rpc).await),
+            Request::Snapshot(rpc) => Reply::Snapshot(raft.install_snapshot(rpc).await),
+            Request::Propose(_) | Request::Gossip(_) if !self.peers.is_member(from) => Reply::NotMember,
+            Request::Propose(proposal) => Reply::Propose(propose_here(raft, me, proposal).await),
+            Request::Status => Reply::Status((self.status)()),
+            Request::Gossip(delta) => Reply::Gossip(self.totals.receive(delta)),
+            Request::Change(change) => {
+                Reply::Change(change_here(raft, &self.peers, &self.removal, change).await)
+            }
+            Request::Removed(why) => {
+                let removal = self.removal.clone();
+                // Not awaited here: retiring stops the raft node this connection serves.
+                tokio::spawn(async move { removal.retire(why).await });
+                Reply::Removed
+            }
+        }
     }
 }
 
@@ -269,21 +293,65 @@ pub async fn propose_here(raft: &Raft, me: RaftId, proposal: Proposal) -> Result
 /// Pooled, authenticated connections to the members.
 #[derive(Clone)]
 pub struct Peers {
-    me: RaftId,
+    pub me: RaftId,
     key: hmac::Key,
-    addrs: Arc<HashMap<RaftId, SocketAddr>>,
+    /// The addresses `cluster.peers` names: dialed first.
+    configured: Arc<BTreeMap<RaftId, SocketAddr>>,
+    /// The members as the cluster's membership holds them (the configured ones until it is known).
+    members: Arc<Mutex<BTreeMap<RaftId, SocketAddr>>>,
     idle: Arc<Mutex<HashMap<RaftId, Vec<TcpStream>>>>,
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Peers {
     #[must_use]
-    pub fn new(me: RaftId, secret: &Secret, addrs: HashMap<RaftId, SocketAddr>) -> Self {
+    pub fn new(me: RaftId, secret: &Secret, configured: BTreeMap<RaftId, SocketAddr>) -> Self {
         Self {
             me,
             key: hmac::Key::new(hmac::HMAC_SHA256, secret.bytes()),
-            addrs: Arc::new(addrs),
+            members: Arc::new(Mutex::new(configured.clone())),
+            configured: Arc::new(configured),
             idle: Arc::default(),
         }
+    }
+
+    /// The address this member dials for `id`: the configured one, else the membership's.
+    #[must_use]
+    pub fn addr(&self, id: RaftId) -> Option<SocketAddr> {
+        self.configured.get(&id).copied().or_else(|| locked(&self.members).get(&id).copied())
+    }
+
+    /// Whether `id` is in the membership as this member knows it.
+    #[must_use]
+    pub fn is_member(&self, id: RaftId) -> bool {
+        locked(&self.members).contains_key(&id)
+    }
+
+    /// The members as this member knows them, itself left out.
+    #[must_use]
+    pub fn others(&self) -> Vec<RaftId> {
+        locked(&self.members).keys().copied().filter(|&id| id != self.me).collect()
+    }
+
+    /// Takes the membership's members (voters and learners): idle connections to a member that
+    /// left or moved are closed.
+    pub fn set_members(&self, members: BTreeMap<RaftId, SocketAddr>) {
+        let mut held = locked(&self.members);
+        if *held == members {
+            return;
+        }
+        let mut idle = locked(&self.idle);
+        idle.retain(|id, _| members.get(id).is_some_and(|addr| held.get(id) == Some(addr)));
+        *held = members;
+    }
+
+    /// Knows `id` at `addr` until the membership says otherwise (a learner the leader replicates
+    /// to before its membership is seen here).
+    fn learn(&self, id: RaftId, addr: SocketAddr) {
+        locked(&self.members).entry(id).or_insert(addr);
     }
 
     async fn connection(&self, target: RaftId) -> std::io::Result<TcpStream> {
@@ -297,15 +365,37 @@ impl Peers {
             return Ok(stream);
         }
         let addr = self
-            .addrs
-            .get(&target)
-            .ok_or_else(|| std::io::Error::other(format!("member {target} is not configured")))?;
+            .addr(target)
+            .ok_or_else(|| std::io::Error::other(format!("member {target} is not in the membership")))?;
+        self.dial(addr).await
+    }
+
+    /// A new authenticated connection to `addr`.
+    async fn dial(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
         let mut stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         tokio::time::timeout(HANDSHAKE_TIMEOUT, client_handshake(&mut stream, &self.key, self.me))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"))??;
         Ok(stream)
+    }
+
+    /// Asks the instance at `addr` (not a member yet) for its view, on a connection of its own.
+    ///
+    /// # Errors
+    /// When it cannot be reached, does not hold the secret or does not answer within `timeout`.
+    pub async fn status_at(&self, addr: SocketAddr, timeout: Duration) -> std::io::Result<ClusterStatus> {
+        let exchange = async {
+            let mut stream = self.dial(addr).await?;
+            write_frame(&mut stream, &Request::Status).await?;
+            read_frame(&mut stream, FRAME_MAX).await
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(Reply::Status(status))) => Ok(status),
+            Ok(Ok(_)) => Err(std::io::Error::other(format!("{addr} answered another request"))),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "it did not answer in time")),
+        }
     }
 
     /// Sends `request` to `target` and waits up to `timeout` for the reply.
@@ -343,10 +433,44 @@ impl Peers {
     /// Sends member `target` the counters that changed; its acknowledgement.
     ///
     /// # Errors
-    /// When it cannot be reached or does not answer within `timeout`.
+    /// When it cannot be reached, does not answer within `timeout`, or does not count this
+    /// member as a member (yet).
     pub async fn gossip(&self, target: RaftId, delta: Delta, timeout: Duration) -> std::io::Result<Ack> {
         match self.call(target, &Request::Gossip(delta), timeout).await? {
             Reply::Gossip(ack) => Ok(ack),
+            Reply::NotMember => {
+                Err(std::io::Error::other(format!("member {target} does not count this one a member")))
+            }
+            _ => Err(std::io::Error::other(format!("member {target} answered another request"))),
+        }
+    }
+
+    /// Asks member `target` (the leader) to add or remove a member.
+    ///
+    /// # Errors
+    /// When it cannot be reached or does not answer within `timeout`, or refuses.
+    pub async fn change(
+        &self,
+        target: RaftId,
+        change: Change,
+        timeout: Duration,
+    ) -> Result<String, ChangeRefused> {
+        match self.call(target, &Request::Change(change), timeout).await {
+            Ok(Reply::Change(outcome)) => outcome,
+            Ok(_) => Err(ChangeRefused::Unavailable(format!(
+                "the leader (member {target}) answered another request"
+            ))),
+            Err(error) => Err(ChangeRefused::Unavailable(format!("the leader (member {target}): {error}"))),
+        }
+    }
+
+    /// Tells member `target` it was removed (it stops taking part).
+    ///
+    /// # Errors
+    /// When it cannot be reached or does not answer within `timeout`.
+    pub async fn removed(&self, target: RaftId, why: String, timeout: Duration) -> std::io::Result<()> {
+        match self.call(target, &Request::Removed(why), timeout).await? {
+            Reply::Removed => Ok(()),
             _ => Err(std::io::Error::other(format!("member {target} answered another request"))),
         }
     }
@@ -360,6 +484,7 @@ impl Peers {
     ) -> Result<Committed, Refused> {
         match self.call(target, &Request::Propose(proposal), timeout).await {
             Ok(Reply::Propose(outcome)) => outcome,
+            Ok(Reply::NotMember) => Err(Refused::NotMember(self.me)),
             Ok(_) => Err(Refused::Failed(format!("member {target} answered another request"))),
             Err(error) => Err(Refused::Failed(format!("member {target}: {error}"))),
         }
@@ -375,7 +500,13 @@ pub struct PeerClient {
 impl RaftNetworkFactory<TypeConfig> for Peers {
     type Network = PeerClient;
 
-    async fn new_client(&mut self, target: RaftId, _node: &BasicNode) -> PeerClient {
+    async fn new_client(&mut self, target: RaftId, node: &BasicNode) -> PeerClient {
+        match node.addr.parse() {
+            Ok(addr) => self.learn(target, addr),
+            Err(error) => {
+                tracing::warn!(target, addr = node.addr, %error, "cluster: a member's address does not parse")
+            }
+        }
         PeerClient { peers: self.clone(), target }
     }
 }

@@ -6,7 +6,7 @@
 //! events at once, the others' as they commit).
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, VecDeque},
     path::PathBuf,
     sync::{
         Arc,
@@ -23,7 +23,8 @@ use super::{
     ClusterSettings, Consistency, LogError, LogStore,
     causal::{CausalOrder, Hlc},
     machine::{Delivery, MachineError, StateMachine, write_delivered},
-    net::{Peers, Raft, serve},
+    members::{Removal, follow},
+    net::{Peers, Raft, Server, serve},
     proposer::{Proposer, SHUTDOWN_GRACE},
     status::{ClusterHandle, local_status},
     totals::{SharedTotals, gossip},
@@ -63,6 +64,10 @@ pub enum ReplicateError {
     },
     #[error("cluster: openraft refused to start: {message}")]
     Raft { message: String },
+    #[error(
+        "cluster: this member was {why} (says {path}); to join again, move its data_dir away, set cluster.join = true and add it with `vexevent cluster add`"
+    )]
+    Removed { path: PathBuf, why: String },
 }
 
 /// The `replicate` stage.
@@ -388,8 +393,11 @@ impl Member {
         self.proposer_done.store(true, Ordering::Release);
         let _ = stopped.await;
         monitor.abort();
-        if let Err(error) = raft.shutdown().await {
-            tracing::warn!(%error, "cluster: the raft node did not stop cleanly");
+        // A removed member's raft node stopped when it was removed.
+        if handle.removal.why().is_none() {
+            if let Err(error) = raft.shutdown().await {
+                tracing::warn!(%error, "cluster: the raft node did not stop cleanly");
+            }
         }
     }
 
@@ -398,13 +406,16 @@ impl Member {
         deliver: mpsc::Sender<Delivery>,
     ) -> Result<(Raft, ClusterHandle, StateMachine, Vec<Delivery>), ReplicateError> {
         let settings = &self.settings;
+        let (removal, removed_before) = Removal::new(&settings.data_dir);
+        if let Some(why) = removed_before {
+            return Err(ReplicateError::Removed { path: settings.data_dir.clone(), why });
+        }
         let log = LogStore::open(&settings.data_dir.join("log"))?;
         let node = crate::event::NodeId::new(&self.node)
             .map_err(|e| ReplicateError::Raft { message: e.to_string() })?;
         let machine = StateMachine::open(&settings.data_dir, node, deliver, Arc::clone(&self.counters))?;
         let backlog = machine.behind_snapshot(&log).await;
-        let addrs: HashMap<_, _> = settings.members.iter().map(|(&id, &addr)| (id, addr)).collect();
-        let peers = Peers::new(settings.node_id, &settings.secret, addrs);
+        let peers = Peers::new(settings.node_id, &settings.secret, settings.members.clone());
         let config = openraft::Config {
             cluster_name: "vexevent".into(),
             heartbeat_interval: millis(settings.heartbeat),
@@ -425,33 +436,39 @@ impl Member {
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .map_err(|source| ReplicateError::Listen { addr: settings.listen, source })?;
-        let members: BTreeMap<_, _> = settings.members.clone();
+        removal.attach(raft.clone());
+        tokio::spawn(follow(raft.clone(), peers.clone()));
         let status = {
-            let (raft, log, members) = (raft.clone(), log.clone(), members.clone());
-            Arc::new(move || local_status(&raft, &log, &members))
+            let (raft, log, removal) = (raft.clone(), log.clone(), removal.clone());
+            Arc::new(move || local_status(&raft, &log, &removal))
         };
         let totals = SharedTotals::new(self.run);
-        tokio::spawn(serve(
-            listener,
-            raft.clone(),
-            settings.secret.clone(),
-            settings.node_id,
+        let server = Server {
+            raft: raft.clone(),
+            peers: peers.clone(),
+            removal: removal.clone(),
             status,
-            Arc::clone(&totals),
-            Arc::clone(&self.counters),
-        ));
+            totals: Arc::clone(&totals),
+        };
+        tokio::spawn(serve(listener, server, settings.secret.clone(), Arc::clone(&self.counters)));
         tokio::spawn(gossip(
             Arc::clone(&totals),
             self.node.clone(),
             peers.clone(),
-            members.keys().copied().filter(|&id| id != settings.node_id).collect(),
             Arc::clone(&self.counters),
         ));
         // Every member forms the cluster from the same static list: safe to repeat (openraft
-        // refuses it once the log has a membership).
-        if !raft.is_initialized().await.map_err(|e| ReplicateError::Raft { message: e.to_string() })? {
-            let nodes: BTreeMap<_, _> =
-                members.iter().map(|(&id, addr)| (id, BasicNode { addr: addr.to_string() })).collect();
+        // refuses it once the log has a membership). A joining member waits to be added; a
+        // member restarted after membership changes comes back with the membership its log
+        // (or snapshot) holds, whatever `peers` says.
+        if !settings.join
+            && !raft.is_initialized().await.map_err(|e| ReplicateError::Raft { message: e.to_string() })?
+        {
+            let nodes: BTreeMap<_, _> = settings
+                .members
+                .iter()
+                .map(|(&id, addr)| (id, BasicNode { addr: addr.to_string() }))
+                .collect();
             if let Err(error) = raft.initialize(nodes).await {
                 tracing::debug!(%error, "cluster: already formed");
             }
@@ -460,7 +477,7 @@ impl Member {
             raft: raft.clone(),
             log,
             peers,
-            members,
+            removal,
             not_applied: Arc::clone(&machine.not_applied),
             totals,
             runtime: tokio::runtime::Handle::current(),

@@ -34,6 +34,7 @@ fn config(
         node_id: id,
         listen: peers[&id.to_string()],
         peers: peers.clone(),
+        join: false,
         data_dir: base.join(format!("node{id}")),
         consistency,
         secret_file: secret,

@@ -14,7 +14,10 @@ mod stages;
 pub use analytics::{
     Analytics, LATENCY_BOUNDS_SECONDS, LATENCY_MAX_NS, LatencyHistogram, latency_histogram, seconds_buckets,
 };
-pub use cluster::{AppliedFuture, ClusterSlot, ClusterView, LogPage, StatusFuture};
+pub use cluster::{
+    AppliedFuture, ChangeFuture, ClusterSlot, ClusterView, LogPage, MemberChange, MemberChangeError,
+    StatusFuture,
+};
 pub use health::{Check, Health, HealthConfig, HealthConfigError, HealthReport};
 pub use outputs::{OutputCounters, SinkCounters, SinkSummary};
 pub use prometheus::prometheus_text;
