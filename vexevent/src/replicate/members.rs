@@ -81,7 +81,7 @@ fn listed(ids: impl Iterator<Item = RaftId>) -> String {
 /// # Errors
 /// A member added twice or at another member's address, an unknown member, the last voter.
 pub fn plan(membership: &Membership<RaftId, BasicNode>, change: &Change) -> Result<Plan, ChangeRefused> {
-    if (membership.get_joint_config().len() > 1) {
+    if membership.get_joint_config().len() > 1 {
         return Err(Unavailable("a membership change is under way; try again once it is done".into()));
     }
     let is_voter = |id: RaftId| membership.voter_ids().any(|voter| voter == id);

@@ -145,7 +145,7 @@ pub fn local_status(raft: &Raft, log: &LogStore, removal: &Removal) -> ClusterSt
         first_index: log.bounds().0,
         snapshot_index: metrics.snapshot.map(|l| l.index),
         members,
-        joint: (membership.get_joint_config().len() > 1),
+        joint: membership.get_joint_config().len() > 1,
         counters: BTreeMap::new(),
         writes_refused: writes_refused(&metrics, raft.config().election_timeout_max, removal),
     }
