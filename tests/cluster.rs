@@ -1145,7 +1145,10 @@ fn wide_workload(dir: &Path, prefix: &str, count: usize) -> Performed {
     let mut state = 0x9e37_79b9_7f4a_7c15_u64;
     (0..count)
         .map(|k| {
-            let noise: String = (0..13).map(|_| format!("{:016x}", next_random(&mut state))).collect();
+            let noise = (0..13).fold(String::new(), |mut noise, _| {
+                let _ = write!(noise, "{:016x}", next_random(&mut state));
+                noise
+            });
             let path = dir.join(format!("{}{prefix}{k}", &noise[..200]));
             std::fs::write(&path, b"replicate").unwrap();
             path

@@ -447,6 +447,32 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `vexevent cluster ...`: through a member's control API.
+fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
+    match command {
+        ClusterCommand::Status { control, json } => commands::cluster::status(
+            &Remote::new(control.tls_ca.as_deref())?,
+            control.control_addr,
+            &client_token(control.token, &control.token_file)?,
+            json,
+        ),
+        ClusterCommand::Add { id, addr, control } => commands::cluster::change(
+            &Remote::new(control.tls_ca.as_deref())?,
+            control.control_addr,
+            &client_token(control.token, &control.token_file)?,
+            Some(addr),
+            id,
+        ),
+        ClusterCommand::Remove { id, control } => commands::cluster::change(
+            &Remote::new(control.tls_ca.as_deref())?,
+            control.control_addr,
+            &client_token(control.token, &control.token_file)?,
+            None,
+            id,
+        ),
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
@@ -501,26 +527,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rules { command: RulesCommand::Test { file, events } } => {
             commands::rules::test_rules(&file, &events)
         }
-        Command::Cluster { command: ClusterCommand::Status { control, json } } => commands::cluster::status(
-            &Remote::new(control.tls_ca.as_deref())?,
-            control.control_addr,
-            &client_token(control.token, &control.token_file)?,
-            json,
-        ),
-        Command::Cluster { command: ClusterCommand::Add { id, addr, control } } => commands::cluster::change(
-            &Remote::new(control.tls_ca.as_deref())?,
-            control.control_addr,
-            &client_token(control.token, &control.token_file)?,
-            Some(addr),
-            id,
-        ),
-        Command::Cluster { command: ClusterCommand::Remove { id, control } } => commands::cluster::change(
-            &Remote::new(control.tls_ca.as_deref())?,
-            control.control_addr,
-            &client_token(control.token, &control.token_file)?,
-            None,
-            id,
-        ),
+        Command::Cluster { command } => cluster(command),
         Command::Log { from, session, wait_ms, control } => commands::cluster::log(
             &Remote::new(control.tls_ca.as_deref())?,
             control.control_addr,

@@ -128,16 +128,16 @@ pub fn plan(membership: &Membership<RaftId, BasicNode>, change: &Change) -> Resu
 /// parse is left out, and logged).
 #[must_use]
 pub fn addresses(membership: &Membership<RaftId, BasicNode>) -> BTreeMap<RaftId, SocketAddr> {
-    membership
-        .nodes()
-        .filter_map(|(&id, node)| match node.addr.parse() {
-            Ok(addr) => Some((id, addr)),
-            Err(error) => {
-                tracing::warn!(id, addr = node.addr, %error, "cluster: a member's address does not parse");
-                None
-            }
-        })
-        .collect()
+    membership.nodes().filter_map(|(&id, node)| Some((id, address(id, node)?))).collect()
+}
+
+/// Where member `id` listens, as its node says (an address that does not parse is logged).
+#[must_use]
+pub fn address(id: RaftId, node: &BasicNode) -> Option<SocketAddr> {
+    node.addr
+        .parse()
+        .inspect_err(|error| tracing::warn!(id, addr = node.addr, %error, "cluster: a member's address does not parse"))
+        .ok()
 }
 
 /// An openraft write error as a refusal.

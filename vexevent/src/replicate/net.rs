@@ -30,7 +30,7 @@ use tokio::{
 use super::{
     Committed, Proposal, RaftId, TypeConfig,
     config::Secret,
-    members::{Change, ChangeRefused, Removal, change_here},
+    members::{Change, ChangeRefused, Removal, address, change_here},
     status::ClusterStatus,
     totals::{Ack, Delta, SharedTotals},
 };
@@ -501,11 +501,8 @@ impl RaftNetworkFactory<TypeConfig> for Peers {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: RaftId, node: &BasicNode) -> PeerClient {
-        match node.addr.parse() {
-            Ok(addr) => self.learn(target, addr),
-            Err(error) => {
-                tracing::warn!(target, addr = node.addr, %error, "cluster: a member's address does not parse")
-            }
+        if let Some(addr) = address(target, node) {
+            self.learn(target, addr);
         }
         PeerClient { peers: self.clone(), target }
     }
