@@ -1263,6 +1263,10 @@ fn a_member_added_after_compaction_catches_up_by_snapshot_and_a_removed_one_stop
         "membership: member 4 added in {add_took:?} (learner, caught up, voter), delivered a new write {caught_up:?} after the add began; it installed a snapshot of {snapshot_bytes} bytes standing for {skipped} events"
     );
     assert!(skipped > 0, "the fourth member caught up through a snapshot (the log it needed was compacted)");
+    // The cluster totals follow the membership: the new member's counters reach the others.
+    wait_until("member 1's cluster totals to hold member 4's counters", || {
+        cluster_total(members[&1].running(), "cluster_snapshot_skipped") == skipped
+    });
     for member in members.values() {
         wait_until("every member to show four voters", || {
             membership_of(member.running()).is_some_and(|m| m == [(1, true), (2, true), (3, true), (4, true)])
