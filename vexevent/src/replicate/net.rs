@@ -242,7 +242,7 @@ pub async fn serve(listener: TcpListener, server: Server, secret: Secret, counte
                     }
                 };
             while let Ok(request) = read_frame::<Request>(&mut stream, FRAME_MAX).await {
-                let reply = server.answer(from, request).await;
+                let reply = server.answer(from, request, &counters).await;
                 if write_frame(&mut stream, &reply).await.is_err() {
                     break;
                 }
@@ -254,14 +254,17 @@ pub async fn serve(listener: TcpListener, server: Server, secret: Secret, counte
 impl Server {
     /// The reply to `request` from member `from` (authenticated). Events and counters are
     /// taken from members only: a removed member's are refused.
-    async fn answer(&self, from: RaftId, request: Request) -> Reply {
+    async fn answer(&self, from: RaftId, request: Request, counters: &Counters) -> Reply {
         let raft = &self.raft;
         let me = self.peers.me;
         match request {
             Request::Append(rpc) => Reply::Append(raft.append_entries(rpc).await),
             Request::Vote(rpc) => Reply::Vote(raft.vote(rpc).await),
             Request::Snapshot(rpc) => Reply::Snapshot(raft.install_snapshot(rpc).await),
-            Request::Propose(_) | Request::Gossip(_) if !self.peers.is_member(from) => Reply::NotMember,
+            Request::Propose(_) | Request::Gossip(_) if !self.peers.is_member(from) => {
+                add(&counters.cluster_not_member_refused, 1);
+                Reply::NotMember
+            }
             Request::Propose(proposal) => Reply::Propose(propose_here(raft, me, proposal).await),
             Request::Status => Reply::Status((self.status)()),
             Request::Gossip(delta) => Reply::Gossip(self.totals.receive(delta)),
