@@ -1272,6 +1272,11 @@ fn a_member_added_after_compaction_catches_up_by_snapshot_and_a_removed_one_stop
             membership_of(member.running()).is_some_and(|m| m == [(1, true), (2, true), (3, true), (4, true)])
         });
     }
+    let (ok, table, _) = cli(members[&1].running(), &["cluster", "status"]);
+    assert!(
+        ok && table.contains("role") && table.lines().filter(|l| l.contains(" voter ")).count() == 4,
+        "{table}"
+    );
     // The fourth member writes too: its events commit and reach the others.
     let fourth_member = Member { node: joining, running: Some(fourth), earlier: Vec::new(), killed: false };
     let took = marker_committed_in(&fourth_member, "from-4", &mut performed);
