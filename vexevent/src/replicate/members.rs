@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     RaftId,
-    net::{Peers, Raft},
+    net::{Peers, Raft, locked},
 };
 
 /// How long a new member may take to catch up before it becomes a voter (else it is not added).
@@ -56,20 +56,11 @@ use ChangeRefused::{Refused, Unavailable};
 #[derive(Debug, PartialEq, Eq)]
 pub enum Plan {
     /// Add as a learner, wait for it to catch up, make it a voter.
-    Add {
-        id: RaftId,
-        addr: SocketAddr,
-    },
+    Add { id: RaftId, addr: SocketAddr },
     /// It is a learner at that address already: make it a voter.
-    Promote {
-        id: RaftId,
-    },
-    RemoveVoter {
-        id: RaftId,
-    },
-    RemoveLearner {
-        id: RaftId,
-    },
+    Promote { id: RaftId },
+    /// Take it out (a voter through a joint configuration).
+    Remove { id: RaftId, voter: bool },
 }
 
 fn listed(ids: impl Iterator<Item = RaftId>) -> String {
@@ -113,13 +104,11 @@ pub fn plan(membership: &Membership<RaftId, BasicNode>, change: &Change) -> Resu
                     listed(membership.nodes().map(|(id, _)| *id))
                 )));
             }
-            if !is_voter(id) {
-                Ok(Plan::RemoveLearner { id })
-            } else if membership.voter_ids().count() == 1 {
-                Err(Refused(format!("member {id} is the last voter: a cluster needs one")))
-            } else {
-                Ok(Plan::RemoveVoter { id })
+            let voter = is_voter(id);
+            if voter && membership.voter_ids().count() == 1 {
+                return Err(Refused(format!("member {id} is the last voter: a cluster needs one")));
             }
+            Ok(Plan::Remove { id, voter })
         }
     }
 }
@@ -213,8 +202,8 @@ pub async fn change_here(
         Plan::Promote { id } => promote(raft, id)
             .await
             .map(|index| done(format!("learner {id} made a voter at log index {index}"), raft)),
-        plan @ (Plan::RemoveVoter { id } | Plan::RemoveLearner { id }) => {
-            let changes = if plan == (Plan::RemoveVoter { id }) {
+        Plan::Remove { id, voter } => {
+            let changes = if voter {
                 ChangeMembers::RemoveVoters([id].into())
             } else {
                 ChangeMembers::RemoveNodes([id].into())
@@ -317,13 +306,13 @@ impl Removal {
 
     /// The raft node to stop once removed.
     pub fn attach(&self, raft: Raft) {
-        *self.raft.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(raft);
+        *locked(&self.raft) = Some(raft);
     }
 
     /// Why this member is no longer one (`None`: it is).
     #[must_use]
     pub fn why(&self) -> Option<String> {
-        self.why.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        locked(&self.why).clone()
     }
 
     /// Marks this member removed, on disk and here, and stops its raft node.
@@ -335,8 +324,8 @@ impl Removal {
         if let Err(error) = std::fs::write(self.dir.join(REMOVED_FILE), format!("{why}\n")) {
             tracing::warn!(%error, "cluster: cannot mark the data_dir as removed");
         }
-        *self.why.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why);
-        let raft = self.raft.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        *locked(&self.why) = Some(why);
+        let raft = locked(&self.raft).take();
         if let Some(raft) = raft {
             if let Err(error) = raft.shutdown().await {
                 tracing::warn!(%error, "cluster: the removed member's raft node did not stop cleanly");
@@ -391,8 +380,8 @@ mod tests {
     #[test]
     fn a_removal_names_an_unknown_member_and_keeps_the_last_voter() {
         let three = membership(&[1, 2, 3], &[4]);
-        assert_eq!(plan(&three, &Change::Remove { id: 2 }), Ok(Plan::RemoveVoter { id: 2 }));
-        assert_eq!(plan(&three, &Change::Remove { id: 4 }), Ok(Plan::RemoveLearner { id: 4 }));
+        assert_eq!(plan(&three, &Change::Remove { id: 2 }), Ok(Plan::Remove { id: 2, voter: true }));
+        assert_eq!(plan(&three, &Change::Remove { id: 4 }), Ok(Plan::Remove { id: 4, voter: false }));
         assert_eq!(
             plan(&three, &Change::Remove { id: 7 }),
             Err(Refused("no member 7 in the cluster (members: 1, 2, 3, 4)".into()))

@@ -305,7 +305,8 @@ pub struct Peers {
     idle: Arc<Mutex<HashMap<RaftId, Vec<TcpStream>>>>,
 }
 
-fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks `mutex`, whether or not a holder panicked.
+pub fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -358,12 +359,7 @@ impl Peers {
     }
 
     async fn connection(&self, target: RaftId) -> std::io::Result<TcpStream> {
-        let pooled = self
-            .idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get_mut(&target)
-            .and_then(Vec::pop);
+        let pooled = locked(&self.idle).get_mut(&target).and_then(Vec::pop);
         if let Some(stream) = pooled {
             return Ok(stream);
         }
@@ -407,7 +403,7 @@ impl Peers {
             let mut stream = self.connection(target).await?;
             write_frame(&mut stream, request).await?;
             let reply = read_frame(&mut stream, FRAME_MAX).await?;
-            let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut idle = locked(&self.idle);
             let pool = idle.entry(target).or_default();
             if pool.len() < POOL {
                 pool.push(stream);
