@@ -72,6 +72,7 @@ fn start(base: &Path) -> Vec<Member> {
                 node_id: i as u64 + 1,
                 listen: peers[&(i + 1).to_string()],
                 peers: peers.clone(),
+                join: false,
                 data_dir: base.join(format!("node{}", i + 1)),
                 consistency: Consistency::Strong,
                 secret_file: secret.clone(),

@@ -1673,3 +1673,261 @@ fn a_member_whose_data_directory_fills_steps_back_counts_its_drops_loses_nothing
         assert!(finished.exit_ok, "{:?}", finished.stderr);
     }
 }
+
+/// Writes `count` files in `dir` whose names share nothing with the previous one (the log
+/// encodes a path as what it shares with the previous path plus the rest): about 230 bytes an
+/// event in the log, so that a few thousand fill a 1 MiB snapshot interval.
+fn wide_workload(dir: &Path, prefix: &str, count: usize) -> Performed {
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    (0..count)
+        .map(|k| {
+            let noise = (0..13).fold(String::new(), |mut noise, _| {
+                let _ = write!(noise, "{:016x}", next_random(&mut state));
+                noise
+            });
+            let path = dir.join(format!("{}{prefix}{k}", &noise[..200]));
+            std::fs::write(&path, b"replicate").unwrap();
+            path
+        })
+        .collect()
+}
+
+/// A member that joins a running cluster: `join = true`, no peers, the cluster's secret.
+fn joining_node(base: &Path, id: u64, extra: &str) -> (Node, SocketAddr) {
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let watch = base.join(format!("watch{id}"));
+    std::fs::create_dir_all(&watch).unwrap();
+    let config = base.join(format!("node{id}.toml"));
+    let text = format!(
+        "[node]\nid = \"n{id}\"\n[capture]\nops = [\"write\"]\n[cluster]\nnode_id = {id}\njoin = true\n\
+         listen = \"{listen}\"\ndata_dir = \"{data}\"\nsecret_file = \"{secret}\"\n\
+         heartbeat_ms = 100\nelection_timeout_ms = [500, 1000]\n{extra}\n",
+        data = base.join(format!("data{id}")).display(),
+        secret = base.join("secret").display(),
+    );
+    std::fs::write(&config, text).unwrap();
+    (Node { id, watch, config }, listen)
+}
+
+/// The ids and roles of the members `member` shows.
+fn membership_of(member: &Vexevent) -> Option<Vec<(u64, bool)>> {
+    let status = status(member)?;
+    Some(
+        status["members"]
+            .as_array()?
+            .iter()
+            .filter_map(|m| Some((m["id"].as_u64()?, m["voter"].as_bool()?)))
+            .collect(),
+    )
+}
+
+#[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario in its order: compact, add, reconcile, remove, restart"
+)]
+fn a_member_added_after_compaction_catches_up_by_snapshot_and_a_removed_one_stops_taking_part() {
+    let Some(_serial) = exclusive_root_test(
+        "a_member_added_after_compaction_catches_up_by_snapshot_and_a_removed_one_stops_taking_part",
+    ) else {
+        return;
+    };
+    let base = tempfile::tempdir().unwrap();
+    // Snapshots every MiB of events, 8 entries kept behind one: the log a new member needs is
+    // soon compacted away.
+    let extra = "snapshot_bytes = 1048576\nkeep_entries = 8";
+    let nodes = cluster_with(base.path(), extra, |_, _, addr| addr);
+    let mut members: BTreeMap<u64, Member> = nodes
+        .into_iter()
+        .map(|node| {
+            let running = Some(start(&node));
+            (node.id, Member { node, running, earlier: Vec::new(), killed: false })
+        })
+        .collect();
+    let leader = agreed_leader(&members);
+
+    // Phase 1: enough events for a snapshot on every member, and the log behind it purged.
+    let mut performed: BTreeMap<u64, Performed> = BTreeMap::new();
+    let writers: Vec<_> = members
+        .values()
+        .map(|m| {
+            let (id, dir) = (m.node.id, m.node.watch.clone());
+            (id, std::thread::spawn(move || wide_workload(&dir, "w", 2_000)))
+        })
+        .collect();
+    for (id, writer) in writers {
+        performed.insert(id, writer.join().unwrap());
+    }
+    let compacted = wait_for_value(|| {
+        let status = status(members[&leader].running())?;
+        let first = status["first_index"].as_u64()?;
+        (status["snapshot_index"].as_u64().is_some() && first > 1).then_some(first)
+    });
+    eprintln!("membership: the leader's log is compacted up to index {compacted}");
+
+    // Phase 2: under load on the three members, a fourth is added through a follower.
+    let load = Load::start(&members, "b");
+    let (joining, addr) = joining_node(base.path(), 4, extra);
+    let fourth = start(&joining);
+    let waiting = status(&fourth).unwrap();
+    assert!(
+        waiting["writes_refused"].as_str().is_some_and(|why| why.contains("in no cluster yet")),
+        "{waiting}"
+    );
+    let follower = members.keys().copied().find(|&id| id != leader).unwrap();
+    let asked = members[&follower].running();
+    let (ok, _, refused) = cli(asked, &["cluster", "add", "5", &format!("127.0.0.1:{}", free_port())]);
+    assert!(!ok && refused.contains("does not answer as a cluster member"), "{refused}");
+    let (ok, _, refused) = cli(asked, &["cluster", "add", "5", &addr.to_string()]);
+    assert!(!ok && refused.contains("is member 4, not 5"), "{refused}");
+    let added_at = Instant::now();
+    let (ok, said, stderr) = cli(asked, &["cluster", "add", "4", &addr.to_string()]);
+    assert!(ok, "{stderr}");
+    let add_took = added_at.elapsed();
+    assert!(said.contains("member 4") && said.contains("voters: 1, 2, 3, 4"), "{said}");
+    let marker = members[&1].node.watch.join("after-add");
+    std::fs::write(&marker, b"marker").unwrap();
+    performed.get_mut(&1).unwrap().push(marker.clone());
+    let needle = format!("\"path\":\"{}\"", marker.display());
+    wait_until("the fourth member to deliver a write made after it was added", || {
+        std::fs::read_to_string(&fourth.output).unwrap_or_default().contains(&needle)
+    });
+    let caught_up = added_at.elapsed();
+    let skipped = own_counter(&fourth, "cluster_snapshot_skipped");
+    let snapshot_bytes = std::fs::metadata(base.path().join("data4/snapshot.bin")).unwrap().len();
+    eprintln!(
+        "membership: member 4 added in {add_took:?} (learner, caught up, voter), delivered a new write {caught_up:?} after the add began; it installed a snapshot of {snapshot_bytes} bytes standing for {skipped} events"
+    );
+    assert!(skipped > 0, "the fourth member caught up through a snapshot (the log it needed was compacted)");
+    // The cluster totals follow the membership: the new member's counters reach the others.
+    wait_until("member 1's cluster totals to hold member 4's counters", || {
+        cluster_total(members[&1].running(), "cluster_snapshot_skipped") == skipped
+    });
+    for member in members.values() {
+        wait_until("every member to show four voters", || {
+            membership_of(member.running()).is_some_and(|m| m == [(1, true), (2, true), (3, true), (4, true)])
+        });
+    }
+    let (ok, table, _) = cli(members[&1].running(), &["cluster", "status"]);
+    assert!(
+        ok && table.contains("role") && table.lines().filter(|l| l.contains(" voter ")).count() == 4,
+        "{table}"
+    );
+    // The fourth member writes too: its events commit and reach the others.
+    let fourth_member = Member { node: joining, running: Some(fourth), earlier: Vec::new(), killed: false };
+    let took = marker_committed_in(&fourth_member, "from-4", &mut performed);
+    eprintln!("membership: a write on member 4 committed in {took:?}");
+    load.finish(&mut performed);
+
+    // Its output is the others' from the snapshot on: the same writes in the same (commit) order,
+    // and what it skipped is what the snapshot stood for.
+    let reference_output = members[&1].running.as_ref().unwrap().output.clone();
+    let all_events = |path: &Path| read_events(path);
+    let mut fourth_events = Vec::new();
+    wait_until("the fourth member to hold every committed event after its snapshot", || {
+        let reference = all_events(&reference_output);
+        fourth_events = all_events(&fourth_member.running().output);
+        let ids = |events: &[Value]| -> Vec<String> {
+            events.iter().filter_map(|e| e["origin"]["id"].as_str().map(str::to_owned)).collect()
+        };
+        let (reference, fourth) = (ids(&reference), ids(&fourth_events));
+        let Some(start) = fourth.first().and_then(|first| reference.iter().position(|id| id == first)) else {
+            return false;
+        };
+        if reference[start..] != fourth[..] {
+            return false;
+        }
+        assert_eq!(
+            start as u64, skipped,
+            "the events before the fourth member's first are the ones its snapshot stood for"
+        );
+        true
+    });
+    let fourth_writes = writes(&fourth_events);
+    for (origin, files) in &performed {
+        let (_, _, repeats) = reconcile(files, &fourth_writes);
+        assert_eq!(repeats, 0, "member 4 delivers node {origin}'s writes at most once");
+    }
+
+    // Phase 3: a follower (neither the leader nor the one asked) is removed, asked of member 4.
+    let removed = members.keys().copied().find(|&id| id != leader && id != follower).unwrap();
+    let (ok, said, stderr) = cli(fourth_member.running(), &["cluster", "remove", &removed.to_string()]);
+    assert!(ok, "{stderr}");
+    assert!(said.contains(&format!("member {removed} removed")), "{said}");
+    let (ok, _, refused) = cli(fourth_member.running(), &["cluster", "remove", &removed.to_string()]);
+    assert!(!ok && refused.contains(&format!("no member {removed} in the cluster")), "{refused}");
+    let gone = members.remove(&removed).unwrap();
+    let why = refusal(&gone);
+    assert!(why.contains("removed"), "{why}");
+    members.insert(4, fourth_member);
+    let expected: Vec<(u64, bool)> = members.keys().map(|&id| (id, true)).collect();
+    for member in members.values() {
+        wait_until("every member to show three voters", || {
+            membership_of(member.running()).is_some_and(|m| m == expected)
+        });
+    }
+    // The others go on committing; the removed member's new writes are taken by nobody, and it
+    // gets nothing more.
+    let stray = write_marker(&gone, "after-removal", &mut BTreeMap::new());
+    let took = marker_committed_in(&members[&leader], "after-removal-on-the-leader", &mut performed);
+    eprintln!("membership: member {removed} removed; a write on the leader committed in {took:?}");
+    let late = members[&leader].node.watch.join("after-removal-on-the-leader");
+    for member in members.values() {
+        wait_until("the remaining members to deliver the write", || delivered_by(member, &late));
+        assert!(!delivered_by(member, &stray), "a removed member's write is not committed");
+    }
+    assert!(!delivered_by(&gone, &late), "the removed member gets nothing more");
+    wait_until("the removed member's proposals and counters to be refused, and counted", || {
+        members.values().map(|m| own_counter(m.running(), "cluster_not_member_refused")).sum::<u64>() > 0
+    });
+    let removed_stats = gone.running.unwrap().stop();
+    assert!(removed_stats.exit_ok, "{:?}", removed_stats.stderr);
+    // It does not start again as a member with its data.
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_vexevent"))
+        .args(["run", "--config", gone.node.config.to_str().unwrap(), "--watch"])
+        .arg(&gone.node.watch)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("this member was removed"), "{stderr}");
+
+    // Phase 4: the added member restarts with its data (its configuration names no peers): it
+    // comes back with the membership its log holds, and commits.
+    let fourth_member = members.get_mut(&4).unwrap();
+    let finished = fourth_member.running.take().unwrap().stop();
+    assert!(finished.exit_ok, "{:?}", finished.stderr);
+    fourth_member.restart();
+    wait_until("the restarted member to rejoin", || {
+        membership_of(fourth_member.running()).is_some_and(|m| m == expected)
+            && leader_of(fourth_member.running()).is_some()
+    });
+    let took = marker_committed_in(&members[&4], "after-restart", &mut performed);
+    eprintln!("membership: member 4 restarted; a write on it committed in {took:?}");
+    for member in members.values() {
+        wait_until("every member to deliver it", || {
+            delivered_by(member, &members[&4].node.watch.join("after-restart"))
+        });
+    }
+    // The members that never left hold every write of the members that stayed once, or lost
+    // (the stats file that reports losses is written periodically: polled).
+    for id in members.keys().copied().filter(|&id| id != 4) {
+        for origin in members.keys() {
+            let files = &performed[origin];
+            wait_until(&format!("member {id} to hold n{origin}'s writes or report them lost"), || {
+                let (_, missing, _) = reconcile(files, &members[&id].delivered());
+                missing as u64 <= reported_lost(members[origin].running())
+            });
+            let (once, missing, repeats) = reconcile(files, &members[&id].delivered());
+            let lost = reported_lost(members[origin].running());
+            eprintln!(
+                "membership: member {id}: writes of n{origin}: performed {}, delivered {once}, missing {missing}, reported lost {lost}",
+                files.len()
+            );
+            assert_eq!(repeats, 0, "member {id}: repeats of n{origin}'s writes");
+        }
+    }
+    for member in members.into_values() {
+        let finished = member.running.unwrap().stop();
+        assert!(finished.exit_ok, "{:?}", finished.stderr);
+    }
+}

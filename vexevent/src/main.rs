@@ -208,6 +208,25 @@ enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Add a member at runtime: the instance at ADDR (started with `join = true`) becomes a
+    /// learner, catches up (by snapshot when the log it needs is compacted), then a voter.
+    /// Asked of any member: a follower forwards it to the leader.
+    Add {
+        /// Its raft id (`cluster.node_id` there).
+        id: u64,
+        /// The address its peer protocol listens at (`cluster.listen` there).
+        addr: std::net::SocketAddr,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Remove a member at runtime (through a joint configuration); it stops taking part and
+    /// refuses to start again with its data. Asked of any member.
+    Remove {
+        /// Its raft id.
+        id: u64,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
 }
 
 /// Where a running instance's control API is and how to prove the right to use it.
@@ -436,6 +455,32 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `vexevent cluster ...`: through a member's control API.
+fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
+    match command {
+        ClusterCommand::Status { control, json } => commands::cluster::status(
+            &Remote::new(control.tls_ca.as_deref())?,
+            control.control_addr,
+            &client_token(control.token, &control.token_file)?,
+            json,
+        ),
+        ClusterCommand::Add { id, addr, control } => commands::cluster::change(
+            &Remote::new(control.tls_ca.as_deref())?,
+            control.control_addr,
+            &client_token(control.token, &control.token_file)?,
+            Some(addr),
+            id,
+        ),
+        ClusterCommand::Remove { id, control } => commands::cluster::change(
+            &Remote::new(control.tls_ca.as_deref())?,
+            control.control_addr,
+            &client_token(control.token, &control.token_file)?,
+            None,
+            id,
+        ),
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
@@ -490,12 +535,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rules { command: RulesCommand::Test { file, events } } => {
             commands::rules::test_rules(&file, &events)
         }
-        Command::Cluster { command: ClusterCommand::Status { control, json } } => commands::cluster::status(
-            &Remote::new(control.tls_ca.as_deref())?,
-            control.control_addr,
-            &client_token(control.token, &control.token_file)?,
-            json,
-        ),
+        Command::Cluster { command } => cluster(command),
         Command::Log { from, skip, follow, session, wait_ms, control } => {
             let (remote, token) =
                 (Remote::new(control.tls_ca.as_deref())?, client_token(control.token, &control.token_file)?);

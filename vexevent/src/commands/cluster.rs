@@ -1,5 +1,6 @@
-//! `vexevent cluster status` and `vexevent log --from INDEX [--follow]`: a cluster member's view (members,
-//! leader, term, commit index, lags) and its committed log, through its control API.
+//! `vexevent cluster status`, `add`, `remove` and `vexevent log --from INDEX [--follow]`: a
+//! cluster member's view (members, leader, term, commit index, lags), membership changes and its
+//! committed log, through its control API.
 
 use std::{
     io::{BufRead as _, Write as _},
@@ -10,7 +11,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use vexevent::{
-    http::{CLUSTER_LOG_PATH, CLUSTER_STATUS_PATH, FOLLOW_HEARTBEAT, NEXT_INDEX_HEADER},
+    http::{
+        CLUSTER_LOG_PATH, CLUSTER_MEMBERS_PATH, CLUSTER_STATUS_PATH, FOLLOW_HEARTBEAT, MemberAdd,
+        NEXT_INDEX_HEADER,
+    },
     replicate::ClusterStatus,
 };
 
@@ -60,12 +64,16 @@ pub fn status(remote: &Remote, addr: SocketAddr, token: &str, json: bool) -> any
         status.first_index,
         show(status.snapshot_index),
     );
-    println!("{:>6}  {:<24} {:>12} {:>8}", "id", "address", "matched", "lag");
+    if status.joint {
+        println!("a membership change is under way (joint configuration)");
+    }
+    println!("{:>6}  {:<24} {:<8} {:>12} {:>8}", "id", "address", "role", "matched", "lag");
     for member in &status.members {
         println!(
-            "{:>6}  {:<24} {:>12} {:>8}",
+            "{:>6}  {:<24} {:<8} {:>12} {:>8}",
             member.id,
             member.addr,
+            if member.voter { "voter" } else { "learner" },
             show(member.matched),
             show(member.lag)
         );
@@ -89,6 +97,39 @@ pub fn status(remote: &Remote, addr: SocketAddr, token: &str, json: bool) -> any
 /// The query of a log request: its session (an index and how long to wait, in ms), if any.
 fn session_query(session: Option<(u64, u64)>) -> String {
     session.map_or_else(String::new, |(index, wait_ms)| format!("&session={index}&wait_ms={wait_ms}"))
+}
+
+/// Adds member `id` at `addr` (with an address) or removes it (without), through the member
+/// at `control`; prints what was done.
+pub fn change(
+    remote: &Remote,
+    control: SocketAddr,
+    token: &str,
+    addr: Option<SocketAddr>,
+    id: u64,
+) -> anyhow::Result<()> {
+    let base = format!("{}://{control}{CLUSTER_MEMBERS_PATH}", remote.http_scheme());
+    let agent = remote.http_agent();
+    let bearer = format!("Bearer {token}");
+    let sent = match addr {
+        Some(addr) => agent
+            .post(&base)
+            .header("authorization", &bearer)
+            .header("content-type", "application/json")
+            .send(serde_json::to_vec(&MemberAdd { id, addr })?),
+        None => agent.delete(format!("{base}/{id}")).header("authorization", &bearer).call(),
+    };
+    let mut response = sent.with_context(|| {
+        format!(
+            "cannot reach the control API at {control} (is vexevent running with --control-addr {control}?)"
+        )
+    })?;
+    let body = response.body_mut().with_config().limit(1 << 16).read_to_string().unwrap_or_default();
+    if !response.status().is_success() {
+        bail!("{}", body.trim_end());
+    }
+    println!("{}", body.trim_end());
+    Ok(())
 }
 
 /// Prints the committed events from log index `from` (after the first `skip` events of that

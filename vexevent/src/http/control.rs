@@ -29,7 +29,7 @@ use super::{
     serve,
     tls::{self, TlsFiles},
 };
-use crate::telemetry::{Counters, StatsSnapshot, prometheus_text};
+use crate::telemetry::{Counters, MemberChange, MemberChangeError, StatsSnapshot, prometheus_text};
 
 /// The control API's paths.
 pub const RELOAD_PATH: &str = "/api/v1/control/reload";
@@ -39,6 +39,9 @@ pub const ROLLBACK_PATH: &str = "/api/v1/control/rollback";
 /// The cluster member's view (`vexevent cluster status`) and the committed log (`vexevent log`).
 pub const CLUSTER_STATUS_PATH: &str = "/api/v1/cluster/status";
 pub const CLUSTER_LOG_PATH: &str = "/api/v1/cluster/log";
+/// `POST` a [`MemberAdd`] adds a member; `DELETE .../{id}` removes one (`vexevent cluster add`,
+/// `remove`).
+pub const CLUSTER_MEMBERS_PATH: &str = "/api/v1/cluster/members";
 /// The response header that says which log index to ask for next.
 pub const NEXT_INDEX_HEADER: &str = "x-vexevent-next-index";
 /// Most entries one log request returns.
@@ -232,6 +235,64 @@ async fn cluster_status(State(state): State<ControlState>, headers: HeaderMap) -
     }
 }
 
+/// The member to add: its raft id and the address its peer protocol listens at.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberAdd {
+    pub id: u64,
+    pub addr: SocketAddr,
+}
+
+/// Makes a membership change through the cluster (the full token): 200 with what was done,
+/// 422 with why it does not fit, 503 when it cannot be made now.
+async fn change_members(state: &ControlState, headers: &HeaderMap, change: MemberChange) -> Response {
+    if !state.authorized(headers, false) {
+        return UNAUTHORIZED.into_response();
+    }
+    let Some(cluster) = state.counters.cluster.get() else { return NOT_A_MEMBER.into_response() };
+    match cluster.change(change).await {
+        Ok(done) => (StatusCode::OK, format!("{done}\n")).into_response(),
+        Err(MemberChangeError::Refused(why)) => {
+            (StatusCode::UNPROCESSABLE_ENTITY, format!("{why}\n")).into_response()
+        }
+        Err(MemberChangeError::Unavailable(why)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response()
+        }
+    }
+}
+
+async fn add_member(
+    State(state): State<ControlState>,
+    headers: HeaderMap,
+    body: Result<Json<MemberAdd>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(MemberAdd { id, addr })) => {
+            change_members(&state, &headers, MemberChange::Add { id, addr }).await
+        }
+        Err(rejection) if state.authorized(&headers, false) => (
+            StatusCode::BAD_REQUEST,
+            format!("expected {{\"id\": RAFT_ID, \"addr\": \"IP:PORT\"}} ({rejection})\n"),
+        )
+            .into_response(),
+        Err(_) => UNAUTHORIZED.into_response(),
+    }
+}
+
+async fn remove_member(
+    State(state): State<ControlState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    match id.parse::<u64>() {
+        Ok(id) => change_members(&state, &headers, MemberChange::Remove { id }).await,
+        Err(_) if state.authorized(&headers, false) => {
+            (StatusCode::BAD_REQUEST, "the member to remove is a raft id (a number)\n").into_response()
+        }
+        Err(_) => UNAUTHORIZED.into_response(),
+    }
+}
+
 /// `from` (a log index), `skip` (events of that entry the reader has), `limit` (entries, at
 /// most [`LOG_ENTRIES_MAX`]), `follow` (a live stream, see `follow`), and a reader's `session`
 /// (the last log index it saw, on any member) with how long to wait for it.
@@ -351,6 +412,8 @@ pub async fn start(
         .route(READYZ_PATH, get(readyz))
         .route(CLUSTER_STATUS_PATH, get(cluster_status))
         .route(CLUSTER_LOG_PATH, get(cluster_log))
+        .route(CLUSTER_MEMBERS_PATH, post(add_member))
+        .route(&format!("{CLUSTER_MEMBERS_PATH}/{{id}}"), axum::routing::delete(remove_member))
         .route(DASHBOARD_PATH, get(dashboard::page))
         .route("/dashboard/assets/{name}", get(dashboard::asset))
         .route(DASHBOARD_LOGIN_PATH, get(dashboard::login))

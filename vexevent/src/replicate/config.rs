@@ -53,8 +53,15 @@ pub struct ClusterConfig {
     pub node_id: u64,
     /// Address the peer protocol listens on (loopback or a private network).
     pub listen: SocketAddr,
-    /// Every member, this one included: raft id (a TOML key, "1") = address peers dial.
+    /// The members this one forms the cluster with, itself included: raft id (a TOML key, "1") =
+    /// the address this member dials for it (before the cluster's membership knows it, and
+    /// instead of the address the membership holds). With `join`, only addresses to dial.
+    #[serde(default)]
     pub peers: BTreeMap<String, SocketAddr>,
+    /// This member does not form a cluster: it waits to be added to a running one (`vexevent
+    /// cluster add`) and learns the members from it.
+    #[serde(default)]
+    pub join: bool,
     /// Directory of the replicated log, the snapshot and the delivered mark (created if absent).
     pub data_dir: PathBuf,
     #[serde(default)]
@@ -134,7 +141,9 @@ pub enum ClusterConfigError {
     NodeIdZero,
     #[error("cluster.peers: {key:?} is not a raft id (a number of 1 or more)")]
     PeerId { key: String },
-    #[error("cluster.peers has no entry for this node (cluster.node_id = {node_id}); list every member")]
+    #[error(
+        "cluster.peers has no entry for this node (cluster.node_id = {node_id}); list every member, or set cluster.join = true to wait to be added to a running cluster"
+    )]
     SelfMissing { node_id: u64 },
     #[error("cluster.secret_file {path}: {message}")]
     Secret { path: PathBuf, message: String },
@@ -176,8 +185,11 @@ impl fmt::Debug for Secret {
 pub struct ClusterSettings {
     pub node_id: u64,
     pub listen: SocketAddr,
-    /// Every member by raft id.
+    /// The configured members by raft id (`peers`): the first members when this node forms the
+    /// cluster, and the address it dials for each.
     pub members: BTreeMap<u64, SocketAddr>,
+    /// Wait to be added instead of forming the cluster.
+    pub join: bool,
     pub data_dir: PathBuf,
     pub consistency: Consistency,
     pub secret: Secret,
@@ -225,7 +237,7 @@ impl ClusterConfig {
                 _ => problems.push(ClusterConfigError::PeerId { key: key.clone() }),
             }
         }
-        if self.node_id > 0 && !members.contains_key(&self.node_id) {
+        if self.node_id > 0 && !self.join && !members.contains_key(&self.node_id) {
             problems.push(ClusterConfigError::SelfMissing { node_id: self.node_id });
         }
         let secret = read_secret(&self.secret_file).map_err(|message| problems.push(message)).ok();
@@ -264,6 +276,7 @@ impl ClusterConfig {
                 node_id: self.node_id,
                 listen: self.listen,
                 members,
+                join: self.join,
                 data_dir: self.data_dir.clone(),
                 consistency: self.consistency,
                 secret,
@@ -380,6 +393,15 @@ mod tests {
         }
         assert!(toml::from_str::<ClusterConfig>(&format!("consistency = \"linear\"\n{base}")).is_err());
         assert!(toml::from_str::<ClusterConfig>(&format!("leader = 1\n{base}")).is_err());
+        let joining = format!(
+            "node_id = 4\nlisten = \"127.0.0.1:7404\"\ndata_dir = {:?}\nsecret_file = {secret:?}\njoin = true\n",
+            dir.path()
+        );
+        let parsed: ClusterConfig = toml::from_str(&joining).unwrap();
+        let settings = parsed.settings().unwrap();
+        assert!(settings.join && settings.members.is_empty(), "a joining member needs no peers");
+        let parsed: ClusterConfig = toml::from_str(&joining.replace("join = true", "join = false")).unwrap();
+        assert!(parsed.problems().iter().any(|p| p.to_string().contains("cluster.join = true")));
         let slow: ClusterConfig = toml::from_str(&format!("causal_delay_ms = 60000\n{base}")).unwrap();
         assert!(slow.problems().iter().any(|p| p.to_string().contains("causal_delay_ms = 60000")));
     }

@@ -14,6 +14,7 @@ mod config;
 mod disk;
 mod log;
 mod machine;
+mod members;
 mod net;
 mod proposer;
 mod stage;

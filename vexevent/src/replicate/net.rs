@@ -8,7 +8,7 @@
 //! entries and proposals with a refusal (`disk`).
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
@@ -38,14 +38,15 @@ use super::{
     Committed, Proposal, RaftId, TypeConfig,
     config::Secret,
     disk::DiskGuard,
+    members::{Change, ChangeRefused, Removal, address, change_here},
     status::ClusterStatus,
     totals::{Ack, Delta, SharedTotals},
 };
 use crate::telemetry::{Counters, add};
 
 /// Version of the peer protocol (in the handshake; another version is refused). 2: entries hold
-/// events in the binary encoding of `codec`.
-const PROTOCOL_VERSION: u16 = 2;
+/// events in the binary encoding of `codec`. 3: membership changes (`Change`, `Removed`).
+const PROTOCOL_VERSION: u16 = 3;
 /// Largest frame once authenticated: a few entries of at most `entry_events` events each.
 pub const FRAME_MAX: usize = 256 << 20;
 /// Largest handshake frame (a nonce and a MAC).
@@ -68,6 +69,10 @@ enum Request {
     Status,
     /// Counters of runs that changed (the cluster-wide counters, `totals`).
     Gossip(Delta),
+    /// Add or remove a member (sent to the leader by the member whose control API was asked).
+    Change(Change),
+    /// The leader removed the member it sends this to (the reason, as it says it).
+    Removed(String),
 }
 
 /// A peer's reply.
@@ -79,6 +84,11 @@ enum Reply {
     Propose(Result<Committed, Refused>),
     Status(ClusterStatus),
     Gossip(Ack),
+    Change(Result<String, ChangeRefused>),
+    /// A proposal or counters from a raft id that is not in this member's view of the
+    /// membership (removed, or not added yet) are refused.
+    NotMember,
+    Removed,
     /// The request was not served (a data directory under its reserve): why.
     Refused(String),
 }
@@ -90,6 +100,8 @@ pub enum Refused {
     NotLeader { asked: RaftId, leader: Option<RaftId> },
     #[error("no leader is known")]
     NoLeader,
+    #[error("member {0} is not in the cluster's membership (removed, or not added yet)")]
+    NotMember(RaftId),
     #[error("{0}")]
     Failed(String),
 }
@@ -224,8 +236,9 @@ pub type StatusFn = Arc<dyn Fn() -> ClusterStatus + Send + Sync>;
 /// What the peer server answers with.
 pub struct Server {
     pub raft: Raft,
+    pub peers: Peers,
+    pub removal: Removal,
     pub secret: Secret,
-    pub me: RaftId,
     pub status: StatusFn,
     pub totals: Arc<SharedTotals>,
     pub counters: Arc<Counters>,
@@ -234,18 +247,18 @@ pub struct Server {
     pub disk: DiskGuard,
 }
 
-/// The server side of a connection: TLS (when on), then the shared secret.
+/// The server side of a connection: TLS (when on), then the shared secret; the peer's raft id.
 async fn accept(
     stream: TcpStream,
     tls: Option<&TlsAcceptor>,
     key: &hmac::Key,
-) -> std::io::Result<Connection> {
+) -> std::io::Result<(Connection, RaftId)> {
     let mut connection: Connection = match tls {
         Some(acceptor) => Box::new(acceptor.accept(stream).await.map_err(tls_failure)?),
         None => Box::new(stream),
     };
-    server_handshake(&mut connection, key).await?;
-    Ok(connection)
+    let from = server_handshake(&mut connection, key).await?;
+    Ok((connection, from))
 }
 
 /// Serves peers on `listener` until the runtime stops.
@@ -266,9 +279,9 @@ pub async fn serve(listener: TcpListener, server: Server) {
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
             let counters = &server.counters;
-            let mut stream =
+            let (mut stream, from) =
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept(stream, tls.as_ref(), &key)).await {
-                    Ok(Ok(stream)) => stream,
+                    Ok(Ok(accepted)) => accepted,
                     Ok(Err(error)) if error.kind() == std::io::ErrorKind::PermissionDenied => {
                         add(&counters.cluster_peers_refused, 1);
                         tracing::warn!(%peer, %error, "cluster: peer refused");
@@ -286,7 +299,7 @@ pub async fn serve(listener: TcpListener, server: Server) {
                     }
                 };
             while let Ok(request) = read_frame::<Request>(&mut stream, FRAME_MAX).await {
-                let reply = answer(&server, request).await;
+                let reply = server.answer(from, request).await;
                 if write_frame(&mut stream, &reply).await.is_err() {
                     break;
                 }
@@ -295,21 +308,38 @@ pub async fn serve(listener: TcpListener, server: Server) {
     }
 }
 
-async fn answer(server: &Server, request: Request) -> Reply {
-    let raft = &server.raft;
-    match request {
-        Request::Append(rpc) if !rpc.entries.is_empty() => match server.disk.admit() {
-            Ok(()) => Reply::Append(raft.append_entries(rpc).await),
-            Err(low) => Reply::Refused(format!("member {}: {low}", server.me)),
-        },
-        Request::Append(rpc) => Reply::Append(raft.append_entries(rpc).await),
-        Request::Vote(rpc) => Reply::Vote(raft.vote(rpc).await),
-        Request::Snapshot(rpc) => Reply::Snapshot(raft.install_snapshot(rpc).await),
-        Request::Propose(proposal) => {
-            Reply::Propose(propose_here(raft, server.me, &server.disk, proposal).await)
+impl Server {
+    /// The reply to `request` from member `from` (authenticated). Events and counters are
+    /// taken from members only: a removed member's are refused. A member under its disk reserve
+    /// refuses entries and proposals.
+    async fn answer(&self, from: RaftId, request: Request) -> Reply {
+        let raft = &self.raft;
+        let me = self.peers.me;
+        match request {
+            Request::Append(rpc) if !rpc.entries.is_empty() => match self.disk.admit() {
+                Ok(()) => Reply::Append(raft.append_entries(rpc).await),
+                Err(low) => Reply::Refused(format!("member {me}: {low}")),
+            },
+            Request::Append(rpc) => Reply::Append(raft.append_entries(rpc).await),
+            Request::Vote(rpc) => Reply::Vote(raft.vote(rpc).await),
+            Request::Snapshot(rpc) => Reply::Snapshot(raft.install_snapshot(rpc).await),
+            Request::Propose(_) | Request::Gossip(_) if !self.peers.is_member(from) => {
+                add(&self.counters.cluster_not_member_refused, 1);
+                Reply::NotMember
+            }
+            Request::Propose(proposal) => Reply::Propose(propose_here(raft, me, &self.disk, proposal).await),
+            Request::Status => Reply::Status((self.status)()),
+            Request::Gossip(delta) => Reply::Gossip(self.totals.receive(delta)),
+            Request::Change(change) => {
+                Reply::Change(change_here(raft, &self.peers, &self.removal, change).await)
+            }
+            Request::Removed(why) => {
+                let removal = self.removal.clone();
+                // Not awaited here: retiring stops the raft node this connection serves.
+                tokio::spawn(async move { removal.retire(why).await });
+                Reply::Removed
+            }
         }
-        Request::Status => Reply::Status((server.status)()),
-        Request::Gossip(delta) => Reply::Gossip(server.totals.receive(delta)),
     }
 }
 
@@ -337,13 +367,21 @@ pub async fn propose_here(
 /// Pooled, authenticated connections to the members.
 #[derive(Clone)]
 pub struct Peers {
-    me: RaftId,
+    pub me: RaftId,
     key: hmac::Key,
-    addrs: Arc<HashMap<RaftId, SocketAddr>>,
+    /// The addresses `cluster.peers` names: dialed first.
+    configured: Arc<BTreeMap<RaftId, SocketAddr>>,
+    /// The members as the cluster's membership holds them (the configured ones until it is known).
+    members: Arc<Mutex<BTreeMap<RaftId, SocketAddr>>>,
     idle: Arc<Mutex<HashMap<RaftId, Vec<Connection>>>>,
     /// Mutual TLS (`None`: plain TCP).
     tls: Option<TlsConnector>,
     counters: Arc<Counters>,
+}
+
+/// Locks `mutex`, whether or not a holder panicked.
+pub fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Peers {
@@ -351,14 +389,15 @@ impl Peers {
     pub fn new(
         me: RaftId,
         secret: &Secret,
-        addrs: HashMap<RaftId, SocketAddr>,
+        configured: BTreeMap<RaftId, SocketAddr>,
         tls: Option<Arc<ClientConfig>>,
         counters: &Arc<Counters>,
     ) -> Self {
         Self {
             me,
             key: hmac::Key::new(hmac::HMAC_SHA256, secret.bytes()),
-            addrs: Arc::new(addrs),
+            members: Arc::new(Mutex::new(configured.clone())),
+            configured: Arc::new(configured),
             idle: Arc::default(),
             tls: tls.map(TlsConnector::from),
             counters: Arc::clone(counters),
@@ -382,21 +421,51 @@ impl Peers {
         Ok(connection)
     }
 
+    /// The address this member dials for `id`: the configured one, else the membership's.
+    #[must_use]
+    pub fn addr(&self, id: RaftId) -> Option<SocketAddr> {
+        self.configured.get(&id).copied().or_else(|| locked(&self.members).get(&id).copied())
+    }
+
+    /// Whether `id` is in the membership as this member knows it.
+    #[must_use]
+    pub fn is_member(&self, id: RaftId) -> bool {
+        locked(&self.members).contains_key(&id)
+    }
+
+    /// The members as this member knows them, itself left out.
+    #[must_use]
+    pub fn others(&self) -> Vec<RaftId> {
+        locked(&self.members).keys().copied().filter(|&id| id != self.me).collect()
+    }
+
+    /// Takes the membership's members (voters and learners): idle connections to a member that
+    /// left or moved are closed.
+    pub fn set_members(&self, members: BTreeMap<RaftId, SocketAddr>) {
+        let mut held = locked(&self.members);
+        if *held == members {
+            return;
+        }
+        let mut idle = locked(&self.idle);
+        idle.retain(|id, _| members.get(id).is_some_and(|addr| held.get(id) == Some(addr)));
+        *held = members;
+    }
+
+    /// Knows `id` at `addr` until the membership says otherwise (a learner the leader replicates
+    /// to before its membership is seen here).
+    fn learn(&self, id: RaftId, addr: SocketAddr) {
+        locked(&self.members).entry(id).or_insert(addr);
+    }
+
     async fn connection(&self, target: RaftId) -> std::io::Result<Connection> {
-        let pooled = self
-            .idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get_mut(&target)
-            .and_then(Vec::pop);
+        let pooled = locked(&self.idle).get_mut(&target).and_then(Vec::pop);
         if let Some(stream) = pooled {
             return Ok(stream);
         }
         let addr = self
-            .addrs
-            .get(&target)
-            .ok_or_else(|| std::io::Error::other(format!("member {target} is not configured")))?;
-        let dialed = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.dial(*addr))
+            .addr(target)
+            .ok_or_else(|| std::io::Error::other(format!("member {target} is not in the membership")))?;
+        let dialed = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.dial(addr))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"))
             .flatten();
@@ -409,13 +478,31 @@ impl Peers {
         dialed
     }
 
+    /// Asks the instance at `addr` (not a member yet) for its view, on a connection of its own.
+    ///
+    /// # Errors
+    /// When it cannot be reached, does not hold the secret or does not answer within `timeout`.
+    pub async fn status_at(&self, addr: SocketAddr, timeout: Duration) -> std::io::Result<ClusterStatus> {
+        let exchange = async {
+            let mut stream = self.dial(addr).await?;
+            write_frame(&mut stream, &Request::Status).await?;
+            read_frame(&mut stream, FRAME_MAX).await
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(Reply::Status(status))) => Ok(status),
+            Ok(Ok(_)) => Err(std::io::Error::other(format!("{addr} answered another request"))),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "it did not answer in time")),
+        }
+    }
+
     /// Sends `request` to `target` and waits up to `timeout` for the reply.
     async fn call(&self, target: RaftId, request: &Request, timeout: Duration) -> std::io::Result<Reply> {
         let exchange = async {
             let mut stream = self.connection(target).await?;
             write_frame(&mut stream, request).await?;
             let reply = read_frame(&mut stream, FRAME_MAX).await?;
-            let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut idle = locked(&self.idle);
             let pool = idle.entry(target).or_default();
             if pool.len() < POOL {
                 pool.push(stream);
@@ -444,10 +531,44 @@ impl Peers {
     /// Sends member `target` the counters that changed; its acknowledgement.
     ///
     /// # Errors
-    /// When it cannot be reached or does not answer within `timeout`.
+    /// When it cannot be reached, does not answer within `timeout`, or does not count this
+    /// member as a member (yet).
     pub async fn gossip(&self, target: RaftId, delta: Delta, timeout: Duration) -> std::io::Result<Ack> {
         match self.call(target, &Request::Gossip(delta), timeout).await? {
             Reply::Gossip(ack) => Ok(ack),
+            Reply::NotMember => {
+                Err(std::io::Error::other(format!("member {target} does not count this one a member")))
+            }
+            _ => Err(std::io::Error::other(format!("member {target} answered another request"))),
+        }
+    }
+
+    /// Asks member `target` (the leader) to add or remove a member.
+    ///
+    /// # Errors
+    /// When it cannot be reached or does not answer within `timeout`, or refuses.
+    pub async fn change(
+        &self,
+        target: RaftId,
+        change: Change,
+        timeout: Duration,
+    ) -> Result<String, ChangeRefused> {
+        match self.call(target, &Request::Change(change), timeout).await {
+            Ok(Reply::Change(outcome)) => outcome,
+            Ok(_) => Err(ChangeRefused::Unavailable(format!(
+                "the leader (member {target}) answered another request"
+            ))),
+            Err(error) => Err(ChangeRefused::Unavailable(format!("the leader (member {target}): {error}"))),
+        }
+    }
+
+    /// Tells member `target` it was removed (it stops taking part).
+    ///
+    /// # Errors
+    /// When it cannot be reached or does not answer within `timeout`.
+    pub async fn removed(&self, target: RaftId, why: String, timeout: Duration) -> std::io::Result<()> {
+        match self.call(target, &Request::Removed(why), timeout).await? {
+            Reply::Removed => Ok(()),
             _ => Err(std::io::Error::other(format!("member {target} answered another request"))),
         }
     }
@@ -461,6 +582,7 @@ impl Peers {
     ) -> Result<Committed, Refused> {
         match self.call(target, &Request::Propose(proposal), timeout).await {
             Ok(Reply::Propose(outcome)) => outcome,
+            Ok(Reply::NotMember) => Err(Refused::NotMember(self.me)),
             Ok(_) => Err(Refused::Failed(format!("member {target} answered another request"))),
             Err(error) => Err(Refused::Failed(format!("member {target}: {error}"))),
         }
@@ -476,7 +598,10 @@ pub struct PeerClient {
 impl RaftNetworkFactory<TypeConfig> for Peers {
     type Network = PeerClient;
 
-    async fn new_client(&mut self, target: RaftId, _node: &BasicNode) -> PeerClient {
+    async fn new_client(&mut self, target: RaftId, node: &BasicNode) -> PeerClient {
+        if let Some(addr) = address(target, node) {
+            self.learn(target, addr);
+        }
         PeerClient { peers: self.clone(), target }
     }
 }
@@ -626,7 +751,7 @@ mod tests {
         });
         let counters = Arc::new(Counters::default());
         let dial = |tls: Option<Arc<ClientConfig>>| {
-            let peers = Peers::new(9, &secret, HashMap::from([(1, addr)]), tls, &counters);
+            let peers = Peers::new(9, &secret, BTreeMap::from([(1, addr)]), tls, &counters);
             async move { peers.connection(1).await.map(|_| ()).map_err(|e| e.kind()) }
         };
         let denied = Err(std::io::ErrorKind::PermissionDenied);

@@ -6,7 +6,7 @@
 //! events at once, the others' as they commit).
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, VecDeque},
     path::PathBuf,
     sync::{
         Arc,
@@ -24,6 +24,7 @@ use super::{
     causal::{CausalOrder, Hlc},
     disk::DiskGuard,
     machine::{Delivery, MachineError, StateMachine, write_delivered},
+    members::{Removal, follow},
     net::{Peers, Raft, Server, serve},
     proposer::{Proposer, SHUTDOWN_GRACE},
     status::{ClusterHandle, local_status},
@@ -64,6 +65,10 @@ pub enum ReplicateError {
     },
     #[error("cluster: openraft refused to start: {message}")]
     Raft { message: String },
+    #[error(
+        "cluster: this member was {why} (says {path}); to join again, move its data_dir away, set cluster.join = true and add it with `vexevent cluster add`"
+    )]
+    Removed { path: PathBuf, why: String },
 }
 
 /// The `replicate` stage.
@@ -392,8 +397,11 @@ impl Member {
         self.proposer_done.store(true, Ordering::Release);
         let _ = stopped.await;
         monitor.abort();
-        if let Err(error) = raft.shutdown().await {
-            tracing::warn!(%error, "cluster: the raft node did not stop cleanly");
+        // A removed member's raft node stopped when it was removed.
+        if handle.removal.why().is_none() {
+            if let Err(error) = raft.shutdown().await {
+                tracing::warn!(%error, "cluster: the raft node did not stop cleanly");
+            }
         }
     }
 
@@ -402,17 +410,20 @@ impl Member {
         deliver: mpsc::Sender<Delivery>,
     ) -> Result<(Raft, ClusterHandle, StateMachine, Vec<Delivery>), ReplicateError> {
         let settings = &self.settings;
+        let (removal, removed_before) = Removal::new(&settings.data_dir);
+        if let Some(why) = removed_before {
+            return Err(ReplicateError::Removed { path: settings.data_dir.clone(), why });
+        }
         let log = LogStore::open(&settings.data_dir.join("log"))?;
         let node = crate::event::NodeId::new(&self.node)
             .map_err(|e| ReplicateError::Raft { message: e.to_string() })?;
         let machine = StateMachine::open(&settings.data_dir, node, deliver, Arc::clone(&self.counters))?;
         let backlog = machine.behind_snapshot(&log).await;
-        let addrs: HashMap<_, _> = settings.members.iter().map(|(&id, &addr)| (id, addr)).collect();
         warn_if_plaintext(settings);
         let peers = Peers::new(
             settings.node_id,
             &settings.secret,
-            addrs,
+            settings.members.clone(),
             settings.tls.as_ref().map(|tls| Arc::clone(&tls.client)),
             &self.counters,
         );
@@ -439,18 +450,20 @@ impl Member {
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .map_err(|source| ReplicateError::Listen { addr: settings.listen, source })?;
-        let members: BTreeMap<_, _> = settings.members.clone();
+        removal.attach(raft.clone());
+        tokio::spawn(follow(raft.clone(), peers.clone()));
         let status = {
-            let (raft, log, disk, members) = (raft.clone(), log.clone(), disk.clone(), members.clone());
-            Arc::new(move || local_status(&raft, &log, &disk, &members))
+            let (raft, log, disk, removal) = (raft.clone(), log.clone(), disk.clone(), removal.clone());
+            Arc::new(move || local_status(&raft, &log, &disk, &removal))
         };
         let totals = SharedTotals::new(self.run);
         tokio::spawn(serve(
             listener,
             Server {
                 raft: raft.clone(),
+                peers: peers.clone(),
+                removal: removal.clone(),
                 secret: settings.secret.clone(),
-                me: settings.node_id,
                 status,
                 totals: Arc::clone(&totals),
                 counters: Arc::clone(&self.counters),
@@ -462,14 +475,20 @@ impl Member {
             Arc::clone(&totals),
             self.node.clone(),
             peers.clone(),
-            members.keys().copied().filter(|&id| id != settings.node_id).collect(),
             Arc::clone(&self.counters),
         ));
         // Every member forms the cluster from the same static list: safe to repeat (openraft
-        // refuses it once the log has a membership).
-        if !raft.is_initialized().await.map_err(|e| ReplicateError::Raft { message: e.to_string() })? {
-            let nodes: BTreeMap<_, _> =
-                members.iter().map(|(&id, addr)| (id, BasicNode { addr: addr.to_string() })).collect();
+        // refuses it once the log has a membership). A joining member waits to be added; a
+        // member restarted after membership changes comes back with the membership its log
+        // (or snapshot) holds, whatever `peers` says.
+        if !settings.join
+            && !raft.is_initialized().await.map_err(|e| ReplicateError::Raft { message: e.to_string() })?
+        {
+            let nodes: BTreeMap<_, _> = settings
+                .members
+                .iter()
+                .map(|(&id, addr)| (id, BasicNode { addr: addr.to_string() }))
+                .collect();
             if let Err(error) = raft.initialize(nodes).await {
                 tracing::debug!(%error, "cluster: already formed");
             }
@@ -479,7 +498,7 @@ impl Member {
             log,
             disk,
             peers,
-            members,
+            removal,
             not_applied: Arc::clone(&machine.not_applied),
             totals,
             runtime: tokio::runtime::Handle::current(),

@@ -1,7 +1,7 @@
 //! What `vexevent cluster status` and `vexevent log --from INDEX` read: a member's view of the
 //! cluster (from its raft metrics; every member's lag from the leader's) and the committed log.
 
-use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use openraft::{EntryPayload, ServerState};
 use serde::{Deserialize, Serialize};
@@ -10,23 +10,32 @@ use super::{
     LogStore, RaftId,
     disk::DiskGuard,
     machine::{NotApplied, decode_events},
+    members::{Change, ChangeRefused, Removal, change_here},
     net::Peers,
     net::Raft,
     totals::SharedTotals,
 };
 use crate::{
     pipeline::write_event,
-    telemetry::{AppliedFuture, ClusterView, LogEntry, LogPage, StatusFuture},
+    telemetry::{
+        AppliedFuture, ChangeFuture, ClusterView, LogEntry, LogPage, MemberChange, MemberChangeError,
+        StatusFuture,
+    },
 };
 
 /// How long a follower waits for the leader's view of the lags.
 const LEADER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a member waits for the leader to make a membership change it forwarded.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(super::members::CATCH_UP_TIMEOUT.as_secs() + 30);
 
 /// One member, as the leader sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberStatus {
     pub id: RaftId,
     pub addr: String,
+    /// A voter (else a learner: it gets the log, does not vote, and is not counted in a majority).
+    #[serde(default)]
+    pub voter: bool,
     /// The last log index the leader knows it holds.
     pub matched: Option<u64>,
     /// Entries it is behind the leader's log.
@@ -48,8 +57,13 @@ pub struct ClusterStatus {
     /// The first index still in the log here (`vexevent log --from` starts there at the earliest).
     pub first_index: u64,
     pub snapshot_index: Option<u64>,
-    /// Every member; `matched` and `lag` from the leader's view (absent when no leader answered).
+    /// Every member (voters and learners, from the membership in the log); `matched` and `lag`
+    /// from the leader's view (absent when no leader answered).
     pub members: Vec<MemberStatus>,
+    /// A membership change is under way (the log holds a joint configuration: the old and the
+    /// new voters must both agree).
+    #[serde(default)]
+    pub joint: bool,
     /// The cluster's counters (every member's runs summed, as merged here).
     #[serde(default)]
     pub counters: BTreeMap<String, u64>,
@@ -64,7 +78,20 @@ pub struct ClusterStatus {
 fn writes_refused(
     metrics: &openraft::RaftMetrics<RaftId, openraft::BasicNode>,
     election_ms: u64,
+    removal: &Removal,
 ) -> Option<String> {
+    if let Some(why) = removal.why() {
+        return Some(format!("this member was {why}; it takes no more part in the cluster"));
+    }
+    let membership = metrics.membership_config.membership();
+    if membership.get_node(&metrics.id).is_none() {
+        return Some(if membership.nodes().next().is_none() {
+            "this member is in no cluster yet: add it on a member with `vexevent cluster add ID ADDR`"
+                .to_owned()
+        } else {
+            "this member is not in the cluster's membership (it was removed)".to_owned()
+        });
+    }
     match (metrics.current_leader, metrics.millis_since_quorum_ack) {
         (None, _) => Some(format!(
             "no leader is known in term {} (an election is under way, or this member cannot reach a majority)",
@@ -96,18 +123,14 @@ fn storage_refused(log: &LogStore, disk: &DiskGuard) -> Option<String> {
 }
 
 /// This member's view, from its metrics (lags only when it is the leader).
-pub fn local_status(
-    raft: &Raft,
-    log: &LogStore,
-    disk: &DiskGuard,
-    members: &BTreeMap<RaftId, SocketAddr>,
-) -> ClusterStatus {
+pub fn local_status(raft: &Raft, log: &LogStore, disk: &DiskGuard, removal: &Removal) -> ClusterStatus {
     let metrics = raft.metrics().borrow().clone();
     let leading = metrics.state == ServerState::Leader;
     let last = metrics.last_log_index;
-    let members = members
-        .iter()
-        .map(|(&id, addr)| {
+    let membership = metrics.membership_config.membership();
+    let members = membership
+        .nodes()
+        .map(|(&id, node)| {
             let matched = if leading {
                 metrics
                     .replication
@@ -121,7 +144,8 @@ pub fn local_status(
             let lag = matched.zip(last).map(|(matched, last)| last.saturating_sub(matched));
             MemberStatus {
                 id,
-                addr: addr.to_string(),
+                addr: node.addr.clone(),
+                voter: membership.voter_ids().any(|voter| voter == id),
                 matched,
                 lag: if leading { lag.or(last) } else { None },
             }
@@ -137,9 +161,10 @@ pub fn local_status(
         first_index: log.bounds().0,
         snapshot_index: metrics.snapshot.map(|l| l.index),
         members,
+        joint: membership.get_joint_config().len() > 1,
         counters: BTreeMap::new(),
         writes_refused: storage_refused(log, disk)
-            .or_else(|| writes_refused(&metrics, raft.config().election_timeout_max)),
+            .or_else(|| writes_refused(&metrics, raft.config().election_timeout_max, removal)),
     }
 }
 
@@ -150,7 +175,7 @@ pub struct ClusterHandle {
     pub log: LogStore,
     pub disk: DiskGuard,
     pub peers: Peers,
-    pub members: BTreeMap<RaftId, SocketAddr>,
+    pub removal: Removal,
     /// Entries the state machine did not apply (repeats, refused batches): not replayed.
     pub not_applied: NotApplied,
     /// The cluster-wide counters, as merged here.
@@ -161,13 +186,13 @@ pub struct ClusterHandle {
 
 impl std::fmt::Debug for ClusterHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClusterHandle").field("members", &self.members).finish_non_exhaustive()
+        f.debug_struct("ClusterHandle").field("me", &self.peers.me).finish_non_exhaustive()
     }
 }
 
 impl ClusterView for ClusterHandle {
     fn status(&self) -> StatusFuture {
-        let mut status = local_status(&self.raft, &self.log, &self.disk, &self.members);
+        let mut status = local_status(&self.raft, &self.log, &self.disk, &self.removal);
         status.counters = self.totals.totals();
         let handle = self.clone();
         Box::pin(async move {
@@ -239,5 +264,40 @@ impl ClusterView for ClusterHandle {
 
     fn totals(&self) -> BTreeMap<String, u64> {
         self.totals.totals()
+    }
+
+    /// Makes the change here when this member leads, else asks the leader to.
+    fn change(&self, change: MemberChange) -> ChangeFuture {
+        let change = match change {
+            MemberChange::Add { id, addr } => Change::Add { id, addr },
+            MemberChange::Remove { id } => Change::Remove { id },
+        };
+        let handle = self.clone();
+        Box::pin(async move {
+            let runtime = handle.runtime.clone();
+            let made = runtime
+                .spawn(async move {
+                    let leader = handle.raft.metrics().borrow().current_leader;
+                    match leader {
+                        _ if handle.removal.why().is_some() => Err(ChangeRefused::Refused(
+                            "this member was removed from the cluster; ask a member".into(),
+                        )),
+                        None => Err(ChangeRefused::Unavailable(
+                            "no leader is known (an election, or no majority reachable); try again".into(),
+                        )),
+                        Some(leader) if leader == handle.peers.me => {
+                            change_here(&handle.raft, &handle.peers, &handle.removal, change).await
+                        }
+                        Some(leader) => handle.peers.change(leader, change, CHANGE_TIMEOUT).await,
+                    }
+                })
+                .await;
+            match made {
+                Ok(Ok(done)) => Ok(done),
+                Ok(Err(ChangeRefused::Refused(why))) => Err(MemberChangeError::Refused(why)),
+                Ok(Err(ChangeRefused::Unavailable(why))) => Err(MemberChangeError::Unavailable(why)),
+                Err(error) => Err(MemberChangeError::Unavailable(error.to_string())),
+            }
+        })
     }
 }

@@ -4,6 +4,7 @@
 //! committed. `causal`: an event stamped after its member received another's comes after it on
 //! every member, even from a member whose wall clock is behind. Following the log: a reader gets
 //! every committed event with its position, resumes from one, and is woken by what commits next.
+//! The leader removed through a follower steps down and the two left commit without it.
 
 use std::{
     collections::BTreeMap,
@@ -35,6 +36,7 @@ fn config(
         node_id: id,
         listen: peers[&id.to_string()],
         peers: peers.clone(),
+        join: false,
         data_dir: base.join(format!("node{id}")),
         consistency,
         secret_file: secret,
@@ -250,4 +252,56 @@ fn a_follower_gets_every_event_with_its_position_resumes_from_one_and_is_woken_b
     let woken = waiting.join().unwrap();
     assert_eq!(woken.iter().map(|e| e.2).collect::<Vec<_>>(), vec![10, 11, 12]);
     member.stage.finish();
+}
+
+/// Waits for `future` on a runtime of the test's own (the member's view answers on its runtime).
+fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(future)
+}
+
+fn view(member: &Member) -> serde_json::Value {
+    block_on(member.counters.cluster.get().expect("a cluster member").status())
+}
+
+#[test]
+fn the_leader_removed_through_a_follower_steps_down_and_the_others_commit_without_it() {
+    use crate::telemetry::{MemberChange, MemberChangeError};
+    let base = tempfile::tempdir().unwrap();
+    let peers = loopback_peers();
+    let mut members: Vec<Member> =
+        (1..=3).map(|id| start(base.path(), id, &peers, Consistency::Strong)).collect();
+    let leader_seen = |m: &Member| view(m)["leader"].as_u64();
+    {
+        let [one, two, three] = &mut members[..] else { unreachable!() };
+        wait(&mut [one, two, three], "a leader", |m| leader_seen(m).is_some());
+    }
+    let leader = leader_seen(&members[0]).unwrap();
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    let ask = |id: u64, change| {
+        block_on(members[usize::try_from(id).unwrap() - 1].counters.cluster.get().unwrap().change(change))
+    };
+    assert_eq!(
+        ask(follower, MemberChange::Remove { id: 9 }),
+        Err(MemberChangeError::Refused("no member 9 in the cluster (members: 1, 2, 3)".into()))
+    );
+    let done = ask(follower, MemberChange::Remove { id: leader }).unwrap();
+    assert!(done.contains(&format!("member {leader} removed")), "{done}");
+    let removed = members.remove(usize::try_from(leader).unwrap() - 1);
+    let why = view(&removed)["writes_refused"].as_str().unwrap_or_default().to_owned();
+    assert!(why.contains("was removed from the cluster"), "{why}");
+    assert!(base.path().join(format!("node{leader}/removed")).exists(), "its data_dir says so");
+    let [a, b] = &mut members[..] else { unreachable!() };
+    wait(&mut [a, b], "a new leader among the two left", |m| leader_seen(m).is_some_and(|l| l != leader));
+    let mut batch = captured("m0", 0..3, 0);
+    a.stage.process(&mut batch);
+    wait(&mut [a, b], "the two left to commit", |m| m.delivered.len() >= 3);
+    for member in [a, b] {
+        let ids: Vec<u64> =
+            view(member)["members"].as_array().unwrap().iter().filter_map(|m| m["id"].as_u64()).collect();
+        assert_eq!(ids.len(), 2, "{ids:?}");
+        assert!(!ids.contains(&leader), "{ids:?}");
+    }
+    for member in members.into_iter().chain([removed]) {
+        member.stage.finish();
+    }
 }

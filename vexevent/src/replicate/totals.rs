@@ -161,19 +161,20 @@ fn own_values(counters: &Counters) -> BTreeMap<String, u64> {
 
 /// Sets this run's entry from its counters and sends each peer what it has not acknowledged,
 /// every [`GOSSIP_PERIOD`], until the runtime stops.
-pub async fn gossip(
-    shared: Arc<SharedTotals>,
-    node: String,
-    peers: Peers,
-    members: Vec<RaftId>,
-    counters: Arc<Counters>,
-) {
+pub async fn gossip(shared: Arc<SharedTotals>, node: String, peers: Peers, counters: Arc<Counters>) {
     let own = (node, shared.run);
     // Per peer: the version it acknowledged, and its run then.
-    let mut acked: HashMap<RaftId, (u64, u64)> = members.iter().map(|&id| (id, (0, 0))).collect();
+    let mut acked: HashMap<RaftId, (u64, u64)> = HashMap::new();
     let mut tick = tokio::time::interval(GOSSIP_PERIOD);
     loop {
         tick.tick().await;
+        // The members as the membership says now: a new one gets everything, a removed one
+        // nothing more.
+        let members = peers.others();
+        acked.retain(|id, _| members.contains(id));
+        for id in members {
+            acked.entry(id).or_default();
+        }
         let sends: Vec<(RaftId, Delta, u64)> = {
             let mut totals = shared.lock();
             let refused = totals.merge(own.clone(), own_values(&counters));

@@ -34,6 +34,34 @@ impl LogEntry {
     }
 }
 
+/// A change of the cluster's membership (`vexevent cluster add` / `remove`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberChange {
+    /// Add member `id` listening at `addr` (started with `join = true`) as a voter.
+    Add {
+        id: u64,
+        addr: std::net::SocketAddr,
+    },
+    Remove {
+        id: u64,
+    },
+}
+
+/// Why a membership change was not made.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MemberChangeError {
+    /// It does not fit the membership (an unknown member, the last voter, a member to add that
+    /// does not answer): asking again does not help.
+    #[error("{0}")]
+    Refused(String),
+    /// It cannot be made now (no leader, another change under way): ask again.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// What a membership change did, as text.
+pub type ChangeFuture = Pin<Box<dyn Future<Output = Result<String, MemberChangeError>> + Send>>;
+
 /// Committed events read back from the replicated log.
 #[derive(Debug)]
 pub struct LogPage {
@@ -62,6 +90,9 @@ pub trait ClusterView: Send + Sync + std::fmt::Debug {
 
     /// The cluster's counters: every member's (every run's) summed, as merged here.
     fn totals(&self) -> BTreeMap<String, u64>;
+
+    /// Adds or removes a member (through the leader).
+    fn change(&self, change: MemberChange) -> ChangeFuture;
 }
 
 /// Where the running cluster member is, once the `replicate` stage started.

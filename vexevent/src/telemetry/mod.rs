@@ -14,7 +14,10 @@ mod stages;
 pub use analytics::{
     Analytics, LATENCY_BOUNDS_SECONDS, LATENCY_MAX_NS, LatencyHistogram, latency_histogram, seconds_buckets,
 };
-pub use cluster::{AppliedFuture, ClusterSlot, ClusterView, LogEntry, LogPage, StatusFuture};
+pub use cluster::{
+    AppliedFuture, ChangeFuture, ClusterSlot, ClusterView, LogEntry, LogPage, MemberChange,
+    MemberChangeError, StatusFuture,
+};
 pub use health::{Check, Health, HealthConfig, HealthConfigError, HealthReport};
 pub use outputs::{OutputCounters, SinkCounters, SinkSummary};
 pub use prometheus::prometheus_text;
@@ -160,6 +163,9 @@ counters! {
     /// Cluster: peer handshakes that broke off or timed out (the network, a stopped or cut-off
     /// peer, or a peer with another secret, which hangs up on this member's proof).
     cluster_handshakes_failed,
+    /// Cluster: proposals and counters refused because the member that sent them is not in the
+    /// membership (it was removed, or is not added yet).
+    cluster_not_member_refused,
     /// Cluster: the raft term (a gauge).
     cluster_term,
     /// Cluster: times the leader changed, as seen here.
