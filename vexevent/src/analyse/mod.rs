@@ -37,12 +37,15 @@ use crate::{
     event::{PathBytes, Run, SemanticEvent},
     pipeline::{EventBatch, Stage},
     telemetry::Counters,
-    window::{WindowSpec, Windows},
+    window::{Losses, WindowSpec, Windows},
 };
 
 /// How long after a window's end an idle pipeline closes it (the source had nothing for a tick):
 /// longer than correlate holds a FUSE request waiting for its syscall (20 ms by default).
 const IDLE_CLOSE_DELAY_NS: u64 = 50_000_000;
+
+/// Gaps kept apart for the windows still to report (see [`Losses`]).
+const MAX_GAPS: usize = 4_096;
 
 /// The key every event is counted under (the window's totals).
 const ALL: u64 = 0;
@@ -118,6 +121,8 @@ pub struct AnalyseStage {
     keyed: Windows<u64, KeyAgg>,
     series: Windows<Series, Hdr>,
     slowest: Windows<(), Slowest>,
+    /// The kernel's losses, for the windows still to report (each gap once per window).
+    losses: Losses,
     names: HashMap<u64, Name, FixedState>,
     cgroups: CgroupNames,
     pending: Pending,
@@ -161,6 +166,7 @@ impl AnalyseStage {
             // Operations, mounts and stages: a few dozen series.
             series: Windows::new(spec, 4_096),
             slowest: Windows::new(spec, 1),
+            losses: Losses::new(MAX_GAPS),
             names: HashMap::with_hasher(FixedState::default()),
             cgroups: CgroupNames::from_mounts(),
             pending: Pending::default(),
@@ -193,7 +199,7 @@ impl AnalyseStage {
             self.next_start = Some(time - time % self.slide_ns);
         }
         if let Some(gap) = &event.context.gap {
-            self.keyed.record_loss(gap.lost_from_ns, gap.lost_to_ns, gap.count);
+            self.losses.record(gap.lost_from_ns, gap.lost_to_ns, gap.count);
         }
         let filesystem = event.context.filesystem.as_ref();
         let path = filesystem.and_then(|f| f.path.as_ref()).map(PathBytes::as_bytes);

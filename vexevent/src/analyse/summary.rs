@@ -106,9 +106,6 @@ pub struct SinkRow {
 #[derive(Default)]
 pub(super) struct Parts {
     keys: Vec<(u64, KeyAgg)>,
-    /// Records lost while the pane was open (a window: the sum over its panes, so a loss that
-    /// spans two panes of a sliding window is counted twice: a bound, never short).
-    lost: u64,
     series: Vec<(Series, super::Hdr)>,
     slowest: Vec<SlowOp>,
 }
@@ -120,7 +117,6 @@ impl Parts {
         let mut series: HashMap<Series, super::Hdr> = HashMap::new();
         let mut merged = Parts::default();
         for pane in panes {
-            merged.lost += pane.lost;
             for (key, agg) in &pane.keys {
                 keys.entry(*key).or_default().merge(agg);
             }
@@ -142,6 +138,7 @@ impl AnalyseStage {
     /// ends by then, empty windows included, up to the last one with events (`u64::MAX`: all,
     /// at the end; the last windows are then partial).
     pub(super) fn close(&mut self, watermark_ns: u64, out: &mut Vec<SemanticEvent>) {
+        self.rename_cgroups();
         let Some(mut start) = self.next_start else { return };
         if start.saturating_add(self.window_ns) > watermark_ns {
             return;
@@ -170,8 +167,9 @@ impl AnalyseStage {
             start += slide;
         }
         self.next_start = Some(start);
-        // No later window needs the panes before its start.
+        // No later window needs the panes before its start, nor the losses that ended before.
         self.panes = self.panes.split_off(&start);
+        self.losses.forget_before(start);
         // Names of keys no open window, top list or baseline holds any more.
         let Self { names, totals, detector, .. } = self;
         names.retain(|key, name| {
@@ -188,7 +186,6 @@ impl AnalyseStage {
         self.keyed.close(watermark_ns, &mut keyed);
         for closed in keyed {
             let pane = self.panes.entry(closed.start_ns).or_default();
-            pane.lost = closed.lost;
             if let Some(dimension) = super::dimension_of(closed.key) {
                 if let Some((_, summary)) = self.totals.iter_mut().find(|(d, _)| *d == dimension) {
                     summary.add(closed.key, closed.value.count);
@@ -210,6 +207,15 @@ impl AnalyseStage {
         self.slowest.close(watermark_ns, &mut slowest);
         for closed in slowest {
             self.panes.entry(closed.start_ns).or_default().slowest = closed.value.ops;
+        }
+    }
+
+    /// Keys of cgroups shown by number take the names a walk found for them.
+    fn rename_cgroups(&mut self) {
+        for (id, text) in self.cgroups.poll().into_iter().flatten() {
+            if let Some(name) = self.names.get_mut(&super::hash(Dimension::Cgroup, &id.to_le_bytes())) {
+                name.text = text.into();
+            }
         }
     }
 
@@ -291,7 +297,7 @@ impl AnalyseStage {
             events: totals.count,
             bytes: totals.bytes,
             errors: totals.errors,
-            lost: window.lost,
+            lost: self.losses.within(start, end),
             late,
             evicted,
             by_type,

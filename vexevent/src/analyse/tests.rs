@@ -165,7 +165,7 @@ fn ten_minutes_of_a_steady_noisy_workload_raise_no_anomaly() {
 }
 
 #[test]
-fn sliding_windows_merge_their_panes_and_each_event_is_exported_once() {
+fn sliding_windows_merge_their_panes_count_each_loss_once_and_export_each_event_once() {
     let config =
         AnalyseConfig { enabled: true, window_secs: 3, slide_secs: Some(1), ..AnalyseConfig::default() };
     let (mut stage, counters) = stage(config);
@@ -179,6 +179,15 @@ fn sliding_windows_merge_their_panes_and_each_event_is_exported_once() {
         ..GapContext::default()
     });
     gap.result = None;
+    events.push(gap.clone());
+    // A second gap spans seconds 11 and 12 (second 12 has no event at all).
+    gap.timestamp.monotonic_ns = 10 * SECOND + 900;
+    gap.context.gap = Some(GapContext {
+        count: 4,
+        lost_from_ns: 11 * SECOND + 900_000_000,
+        lost_to_ns: 12 * SECOND + 200_000_000,
+        ..GapContext::default()
+    });
     events.push(gap);
     events.extend((0..2).map(|i| event("/s/a", "c", 13 * SECOND + i, 1_000)));
     run(&mut stage, events, 12 * SECOND + 1);
@@ -192,8 +201,9 @@ fn sliding_windows_merge_their_panes_and_each_event_is_exported_once() {
             (n("start_ns") / SECOND, n("end_ns") / SECOND, n("events"), n("lost"))
         })
         .collect();
-    // Window [10, 13) holds seconds 10 to 12: 5 + 7 events and the gap event; [11, 14) 7 + 1 + 2.
-    assert_eq!(windows, [(10, 13, 13, 3), (11, 14, 10, 3), (12, 15, 2, 0), (13, 16, 2, 0)]);
+    // Window [10, 13) holds seconds 10 to 12: 5 + 7 events and the two gap events; [11, 14) 7 + 1
+    // + 2. Each gap is counted once in each window it overlaps, the one spanning two panes too.
+    assert_eq!(windows, [(10, 13, 14, 7), (11, 14, 10, 7), (12, 15, 2, 4), (13, 16, 2, 0)]);
     assert!(frames.iter().all(|f| f["window_secs"] == 3 && f["slide_secs"] == 1));
     assert_eq!(frames[0]["top"]["path"][0]["key"], "/s/b");
     assert_eq!(

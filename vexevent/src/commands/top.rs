@@ -1,6 +1,6 @@
 //! `vexevent top`: a `filetop` in the terminal: follows a running instance's window summaries
 //! (the dashboard's stream, `GET /dashboard/events` on its control address) and redraws the top
-//! files, processes, slowest operations and anomalies once per window.
+//! files, processes, cgroups (containers), slowest operations and anomalies once per window.
 
 use std::{
     fmt::Write as _,
@@ -68,7 +68,7 @@ fn screen(frame: &Value, rows: usize) -> String {
         number(&frame["lost"]),
         number(&frame["late"]),
     );
-    for (title, dimension) in [("FILE", "path"), ("PROCESS", "pid")] {
+    for (title, dimension) in [("FILE", "path"), ("PROCESS", "pid"), ("CGROUP", "cgroup")] {
         let _ = writeln!(
             out,
             "\n{title:<60} {:>8} {:>10} {:>6} {:>10} {:>8}",

@@ -1,8 +1,9 @@
 //! Keyed event-time windows, shared by the stages that aggregate over time (rules, analytics):
 //! tumbling or sliding windows on the kernel timestamp, per key, with a bounded number of keys,
-//! closed when the pipeline's watermark passes their end. Each window carries the records the
-//! kernel lost while it was open (from the gap events' time spans), so a count or an absence over
-//! it is known to be complete or not. Keys hash with foldhash, seeded per process (keys such as
+//! closed when the pipeline's watermark passes their end. [`Losses`] keeps the records the
+//! kernel lost by time span (the gap events'), so that a count or an absence over a window is
+//! known to be complete or not (each gap counted once per window, however many panes the window
+//! was built from). Keys hash with foldhash, seeded per process (keys such as
 //! paths come from outside). A window's map holds only each key's slot; the aggregates live in
 //! a vector beside it (the map stays small enough to stay in the cache with 100,000 keys, and a
 //! window closes by draining the vector in order). A closed window's emptied map and vector are
@@ -15,7 +16,7 @@
 //! windows.add(&"a", 1_700, |count| *count += 1);
 //! let mut closed = Vec::new();
 //! windows.close(2_000, &mut closed);
-//! assert_eq!((closed[0].start_ns, closed[0].value, closed[0].lost), (1_000, 2, 0));
+//! assert_eq!((closed[0].start_ns, closed[0].value), (1_000, 2));
 //! ```
 
 use std::{
@@ -26,7 +27,9 @@ use std::{
 use foldhash::fast::RandomState;
 
 mod keyed;
+mod losses;
 pub use keyed::KeyedWindows;
+pub use losses::Losses;
 
 /// A window's keys: where each one's aggregate is in its `slots`.
 type KeyMap<K> = HashMap<K, u32, RandomState>;
@@ -64,23 +67,19 @@ impl WindowSpec {
     }
 }
 
-/// A window that has closed: its key, its aggregate, and what was lost while it was open.
+/// A window that has closed: its key and its aggregate.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Closed<K, A> {
     pub key: K,
     pub start_ns: u64,
     pub end_ns: u64,
     pub value: A,
-    /// Records the kernel reported lost (of any key) within the window's time: when not 0, the
-    /// aggregate may be short by up to that many events.
-    pub lost: u64,
 }
 
 /// One window's keys and their aggregates.
 struct Open<K, A> {
     keys: KeyMap<K>,
     slots: Vec<(K, A)>,
-    lost: u64,
 }
 
 /// Open windows by start, each holding an aggregate `A` per key.
@@ -120,7 +119,7 @@ impl<K: Hash + Eq + Clone, A: Default> Windows<K, A> {
         self.open.entry(start).or_insert_with(|| {
             let (keys, slots) =
                 spare.pop().unwrap_or_else(|| (HashMap::with_hasher(RandomState::default()), Vec::new()));
-            Open { keys, slots, lost: 0 }
+            Open { keys, slots }
         })
     }
 
@@ -147,19 +146,6 @@ impl<K: Hash + Eq + Clone, A: Default> Windows<K, A> {
         }
     }
 
-    /// Records `count` records lost between `from_ns` and `to_ns` (a gap event's span): every
-    /// window overlapping it, open now or opened later, carries them.
-    pub fn record_loss(&mut self, from_ns: u64, to_ns: u64, count: u64) {
-        let slide = self.spec.slide_ns.max(1);
-        let first = (from_ns + 1).saturating_sub(self.spec.size_ns).div_ceil(slide) * slide;
-        let last = to_ns - to_ns % slide;
-        let mut start = first.max(self.closed_up_to.div_ceil(slide) * slide);
-        while start <= last {
-            self.window(start).lost += count;
-            start += slide;
-        }
-    }
-
     /// Closes, in time order, every window that ends at or before `watermark_ns`.
     pub fn close(&mut self, watermark_ns: u64, out: &mut Vec<Closed<K, A>>) {
         while let Some(entry) = self.open.first_entry() {
@@ -168,15 +154,9 @@ impl<K: Hash + Eq + Clone, A: Default> Windows<K, A> {
             if end > watermark_ns {
                 break;
             }
-            let Open { mut keys, mut slots, lost } = entry.remove();
+            let Open { mut keys, mut slots } = entry.remove();
             keys.clear();
-            out.extend(slots.drain(..).map(|(key, value)| Closed {
-                key,
-                start_ns: start,
-                end_ns: end,
-                value,
-                lost,
-            }));
+            out.extend(slots.drain(..).map(|(key, value)| Closed { key, start_ns: start, end_ns: end, value }));
             if (self.spare.len() as u64) < self.spec.size_ns.div_ceil(self.spec.slide_ns.max(1)) {
                 self.spare.push((keys, slots));
             }

@@ -88,6 +88,7 @@ function showTables(frame) {
   fill("top-files", top.path || [], topColumns);
   fill("top-processes", top.pid || [], topColumns);
   fill("top-dirs", top.dir || [], topColumns);
+  fill("top-cgroups", top.cgroup || [], topColumns);
   fill("top-total", (frame.top_total.path || []), [["key", "key"], ["count", "n"], ["error", "n"]]);
   fill("slowest", frame.slowest, [["operation"], ["path", "key"], ["comm"], ["pid", "n"], ["duration_us", "n"]]);
   fill("anomalies", anomalies, [["at"], [(a) => a.dimension + " " + a.name], ["key", "key"], [(a) => a.baseline.toFixed(1), "n"], [(a) => a.observed.toFixed(1), "n"], [(a) => a.z.toFixed(1), "n"]]);
