@@ -3,7 +3,9 @@
 //! the busiest file, `/readyz` passes, `/metrics` passes `promtool check metrics` for the
 //! histograms and holds every metric the Grafana dashboard queries, and a tenfold rate change on
 //! one file is flagged within 10 s of event time while the steady phase before it raises nothing;
-//! a headless Chromium opens the dashboard while a workload runs and shows its files and counts.
+//! a headless Chromium opens the dashboard while a workload runs and shows its files, counts and
+//! cgroup; the FUSE daemon's time per mount and handler is a series of its own; `vexevent top` in
+//! tmux; a workload in a fresh cgroup is counted under its cgroup's path.
 
 mod support;
 
@@ -135,6 +137,22 @@ fn windows_and_top_lists_follow_a_fuse_workload_and_the_metrics_check_out() {
     assert_eq!(frame["top_total"]["path"][0]["error"], 0);
     assert_eq!(frame["top_total"]["path"][1]["key"], warm.to_str().unwrap());
 
+    // The daemon's time per mount and handler: every WRITE request whose daemon side was seen
+    // (read of the request to its reply) is in the WRITE handler's series of bindfs's connection.
+    let daemon_writes: Vec<&Value> = events
+        .iter()
+        .flat_map(|e| e["context"]["fuse"].as_array().into_iter().flatten())
+        .filter(|r| r["opcode_name"] == "WRITE" && r["daemon_replied_ns"].is_u64())
+        .collect();
+    assert!(!daemon_writes.is_empty(), "bindfs's WRITE requests have their daemon side");
+    let connection = daemon_writes[0]["connection"].as_u64().unwrap();
+    let function = format!("{connection}:WRITE");
+    let frame = frame_where(&control, &token, Duration::from_secs(30), |frame| {
+        frame["daemon_functions"].as_array().is_some_and(|rows| rows.iter().any(|r| r["name"] == function.as_str()))
+    });
+    let row = frame["daemon_functions"].as_array().unwrap().iter().find(|r| r["name"] == function.as_str()).unwrap();
+    assert!(row["count"].as_u64() > Some(0) && row["p99_us"].as_u64() >= row["p50_us"].as_u64(), "{row}");
+
     let (status, ready) = get(&format!("http://{control}/readyz"), &token);
     assert_eq!(status, 200, "{ready}");
     let ready: Value = serde_json::from_str(&ready).unwrap();
@@ -152,6 +170,7 @@ fn windows_and_top_lists_follow_a_fuse_workload_and_the_metrics_check_out() {
         "operation_latency_seconds",
         "fuse_stage_latency_seconds",
         "fuse_mount_latency_seconds",
+        "fuse_daemon_function_latency_seconds",
     ] {
         assert!(
             metrics.contains(&format!("# TYPE vexevent_{histogram} histogram")),
@@ -159,6 +178,11 @@ fn windows_and_top_lists_follow_a_fuse_workload_and_the_metrics_check_out() {
         );
     }
     assert!(!metrics.contains("quantile="), "no gauge with a quantile label");
+    let written = format!(
+        "vexevent_fuse_daemon_function_latency_seconds_count{{connection=\"{connection}\",function=\"WRITE\"}} {}",
+        daemon_writes.len()
+    );
+    assert!(metrics.contains(&written), "{written} in:\n{metrics}");
     promtool_finds_no_problem_with_the_histograms(&metrics);
     every_metric_of_the_grafana_dashboard_is_served(&metrics);
     drop(vexevent.stop());

@@ -2,7 +2,8 @@
 //! time (panes of the shared [`window`](crate::window) module, closed by the batch watermark,
 //! carrying the loss in each window) aggregate counts, bytes, errors, time and log-bucketed
 //! latency per key (path, directory, pid, comm, uid, operation, event type, cgroup), with full
-//! HDR histograms per operation, FUSE mount and FUSE stage (the operation's timeline). Each
+//! HDR histograms per operation, FUSE mount, FUSE stage (the operation's timeline) and FUSE daemon
+//! function (the daemon's handler of an opcode, per mount). Each
 //! closed window gives the top keys (exact within the window, to within the events evicted past
 //! `max_keys`) and the top keys since start (Space-Saving, with its error bound), the slowest operations, anomalies (EWMA and z-score
 //! per key, raised as `ObservabilityAlertTriggered` events `anomaly:NAME`) and health alerts
@@ -59,6 +60,9 @@ enum Series {
     Mount(u32),
     /// A stage of a FUSE operation's timeline.
     FuseStage(FuseStage),
+    /// A FUSE daemon's time serving requests (read of a request to its reply), by mount
+    /// (connection) and the handler serving them, named by its opcode.
+    DaemonFunction { connection: u32, opcode: u32 },
 }
 
 /// Where a FUSE operation's time went (the event's `timeline`).
@@ -265,6 +269,12 @@ impl AnalyseStage {
         series.entry((start, Series::Operation(operation))).or_default().push(duration);
         if let Some(request) = event.context.fuse.first() {
             series.entry((start, Series::Mount(request.connection))).or_default().push(duration);
+        }
+        for request in &event.context.fuse {
+            if let (Some(received), Some(replied)) = (request.daemon_received_ns, request.daemon_replied_ns) {
+                let function = Series::DaemonFunction { connection: request.connection, opcode: request.opcode };
+                series.entry((start, function)).or_default().push(replied.saturating_sub(received));
+            }
         }
         if let Some(timeline) = &event.timeline {
             let stages = [

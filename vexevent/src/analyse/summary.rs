@@ -1,5 +1,5 @@
 //! Closing windows: each closed window becomes a summary (totals, top keys, top keys since
-//! start, latency per operation, mount and FUSE stage, the slowest operations, anomalies, health,
+//! start, latency per operation, mount, FUSE stage and FUSE daemon function, the slowest operations, anomalies, health,
 //! sinks), published to the dashboard and `/metrics`, and the events derived from it (anomalies,
 //! health alerts, and the windows asked for in `analyse.emit`).
 
@@ -44,6 +44,8 @@ pub struct Frame {
     pub operations: Vec<LatencyRow>,
     pub mounts: Vec<LatencyRow>,
     pub fuse_stages: Vec<LatencyRow>,
+    /// The FUSE daemons' time per mount and handler (`CONNECTION:OPCODE`), busiest first.
+    pub daemon_functions: Vec<LatencyRow>,
     /// The window's top keys per dimension, by events.
     pub top: BTreeMap<&'static str, Vec<TopRow>>,
     /// Top keys since start per dimension (Space-Saving: `count - error <= true count <= count`).
@@ -282,7 +284,7 @@ impl AnalyseStage {
             })
             .collect();
         let anomalies = self.anomalies(&by_dimension);
-        let (operations, mounts, fuse_stages) = self.latency_rows(window.series);
+        let [operations, mounts, fuse_stages, daemon_functions] = self.latency_rows(window.series);
         let mut slowest = window.slowest;
         slowest.sort_by_key(|op| std::cmp::Reverse(op.duration_us));
         let health = self.counters.health.check(&self.counters);
@@ -304,6 +306,7 @@ impl AnalyseStage {
             operations,
             mounts,
             fuse_stages,
+            daemon_functions,
             top,
             top_total,
             slowest,
@@ -359,24 +362,25 @@ impl AnalyseStage {
             Series::Operation(key) => ("operation", self.name(key)),
             Series::Mount(connection) => ("mount", connection.to_string()),
             Series::FuseStage(stage) => ("fuse_stage", stage.name().to_owned()),
+            Series::DaemonFunction { connection, opcode } => {
+                ("daemon_function", format!("{connection}:{}", crate::translate::opcode_name(opcode)))
+            }
         }
     }
 
-    /// Latency rows of the operations, mounts and FUSE stages.
-    fn latency_rows(
-        &self,
-        series: Vec<(Series, super::Hdr)>,
-    ) -> (Vec<LatencyRow>, Vec<LatencyRow>, Vec<LatencyRow>) {
-        let (mut operations, mut mounts, mut fuse_stages) = (Vec::new(), Vec::new(), Vec::new());
+    /// Latency rows of the operations, mounts, FUSE stages and FUSE daemon functions.
+    fn latency_rows(&self, series: Vec<(Series, super::Hdr)>) -> [Vec<LatencyRow>; 4] {
+        let mut rows: [Vec<LatencyRow>; 4] = Default::default();
         for (key, hdr) in series {
             let Some(histogram) = hdr.0 else { continue };
             let (_, name) = self.series_name(key);
-            let rows = match key {
-                Series::Operation(_) => &mut operations,
-                Series::Mount(_) => &mut mounts,
-                Series::FuseStage(_) => &mut fuse_stages,
+            let family = match key {
+                Series::Operation(_) => 0,
+                Series::Mount(_) => 1,
+                Series::FuseStage(_) => 2,
+                Series::DaemonFunction { .. } => 3,
             };
-            rows.push(LatencyRow {
+            rows[family].push(LatencyRow {
                 name,
                 count: histogram.len(),
                 p50_us: histogram.value_at_quantile(0.5) / 1_000,
@@ -384,8 +388,9 @@ impl AnalyseStage {
                 max_us: histogram.max() / 1_000,
             });
         }
-        operations.sort_by_key(|row| std::cmp::Reverse(row.count));
-        (operations, mounts, fuse_stages)
+        rows[0].sort_by_key(|row| std::cmp::Reverse(row.count));
+        rows[3].sort_by_key(|row| std::cmp::Reverse(row.count));
+        rows
     }
 
     /// The events a window gives: anomalies, health alerts (a check that started failing) and,

@@ -226,3 +226,39 @@ fn sliding_windows_merge_their_panes_count_each_loss_once_and_export_each_event_
     run(&mut stage, vec![event("/s/a", "c", 12 * SECOND, 1)], 16 * SECOND + 1);
     assert_eq!(stage.late_events, 1, "an event in a closed pane is late");
 }
+
+#[test]
+fn a_fuse_daemons_time_is_a_series_per_mount_and_handler() {
+    use vexevent_common::fuse_opcode::{LOOKUP, WRITE};
+    let (mut stage, counters) = stage(AnalyseConfig { enabled: true, ..AnalyseConfig::default() });
+    let request = |opcode: u32, received: u64, replied: Option<u64>| crate::event::FuseRequest {
+        connection: 57,
+        opcode,
+        daemon_received_ns: Some(received),
+        daemon_replied_ns: replied,
+        ..crate::event::FuseRequest::default()
+    };
+    let mut write = event("/f/a", "app", 10 * SECOND, 90_000);
+    // A write served by LOOKUP then WRITE (2 and 40 us in the daemon), another WRITE of 60 us,
+    // and a request whose reply was not seen (no daemon time).
+    write.context.fuse = vec![request(LOOKUP, 100, Some(2_100)), request(WRITE, 5_000, Some(45_000))];
+    let mut second = event("/f/a", "app", 10 * SECOND + 10, 90_000);
+    second.context.fuse = vec![request(WRITE, 0, Some(60_000)), request(WRITE, 7, None)];
+    run(&mut stage, vec![write, second], 11 * SECOND);
+    let [frame] = frames(&counters).try_into().unwrap();
+    let rows: Vec<(&str, u64, u64)> = frame["daemon_functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["name"].as_str().unwrap(), r["count"].as_u64().unwrap(), r["max_us"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(rows, [("57:WRITE", 2, 60), ("57:LOOKUP", 1, 2)], "busiest first");
+    let exported: Vec<(String, u64)> = counters
+        .analytics
+        .latency_histograms()
+        .into_iter()
+        .filter(|h| h.family == "daemon_function")
+        .map(|h| (h.label, h.count))
+        .collect();
+    assert_eq!(exported, [("57:LOOKUP".to_owned(), 1), ("57:WRITE".to_owned(), 2)]);
+}
