@@ -148,9 +148,16 @@ fn windows_and_top_lists_follow_a_fuse_workload_and_the_metrics_check_out() {
     let connection = daemon_writes[0]["connection"].as_u64().unwrap();
     let function = format!("{connection}:WRITE");
     let frame = frame_where(&control, &token, Duration::from_secs(30), |frame| {
-        frame["daemon_functions"].as_array().is_some_and(|rows| rows.iter().any(|r| r["name"] == function.as_str()))
+        frame["daemon_functions"]
+            .as_array()
+            .is_some_and(|rows| rows.iter().any(|r| r["name"] == function.as_str()))
     });
-    let row = frame["daemon_functions"].as_array().unwrap().iter().find(|r| r["name"] == function.as_str()).unwrap();
+    let row = frame["daemon_functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == function.as_str())
+        .unwrap();
     assert!(row["count"].as_u64() > Some(0) && row["p99_us"].as_u64() >= row["p50_us"].as_u64(), "{row}");
 
     let (status, ready) = get(&format!("http://{control}/readyz"), &token);
@@ -517,7 +524,10 @@ fn vexevent_top_shows_the_busiest_file_in_a_terminal() {
     let row = screen.lines().find(|line| line.contains("top-hot.txt") && !line.starts_with("write")).unwrap();
     let ops: u64 = row.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert!(ops > 0, "{screen}");
-    assert!(screen.contains("PROCESS") && screen.contains("CGROUP") && screen.contains("SLOWEST"), "{screen}");
+    assert!(
+        screen.contains("PROCESS") && screen.contains("CGROUP") && screen.contains("SLOWEST"),
+        "{screen}"
+    );
     eprintln!("{screen}");
     drop(vexevent.stop());
 }

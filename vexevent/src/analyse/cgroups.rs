@@ -88,13 +88,10 @@ impl CgroupNames {
             }
         };
         self.names = names;
-        let named = self
-            .unnamed
-            .drain()
-            .filter_map(|id| Some((id, String::from(&**self.names.get(&id)?))))
-            .collect();
+        let found =
+            self.unnamed.drain().filter_map(|id| Some((id, String::from(&**self.names.get(&id)?)))).collect();
         // Ids the walk did not find (a cgroup already gone) stay numbers.
-        Some(named)
+        Some(found)
     }
 
     /// Asks the worker (started if need be) for a walk; one already asked for is enough.
@@ -104,8 +101,9 @@ impl CgroupNames {
             let (requests, asked) = crossbeam_channel::bounded(1);
             let (done, results) = crossbeam_channel::bounded(1);
             let max = self.max;
-            let spawned =
-                std::thread::Builder::new().name("cgroup-names".into()).spawn(move || walker(&root, max, &asked, &done));
+            let spawned = std::thread::Builder::new()
+                .name("cgroup-names".into())
+                .spawn(move || walker(&root, max, &asked, &done));
             if let Err(error) = spawned {
                 tracing::warn!(%error, "cannot start the cgroup walker; cgroups are shown by number");
                 self.root = None;

@@ -4,10 +4,11 @@
 //! kernel lost by time span (the gap events'), so that a count or an absence over a window is
 //! known to be complete or not (each gap counted once per window, however many panes the window
 //! was built from). Keys hash with foldhash, seeded per process (keys such as
-//! paths come from outside). A window's map holds only each key's slot; the aggregates live in
-//! a vector beside it (the map stays small enough to stay in the cache with 100,000 keys, and a
-//! window closes by draining the vector in order). A closed window's emptied map and vector are
-//! kept for a later window, so a window does not grow them from empty again.
+//! paths come from outside). A window's index holds only each key's hash and slot (its own open
+//! addressing, so that a caller can prefetch a key's place a few events ahead: `prefetch`); the
+//! aggregates live in a vector beside it (a window closes by draining the vector in order). A
+//! closed window's emptied index and vector are kept for a later window, so a window does not
+//! grow them from empty again.
 //!
 //! ```
 //! use vexevent::window::{WindowSpec, Windows};
@@ -20,22 +21,21 @@
 //! ```
 
 use std::{
-    collections::{BTreeMap, HashMap},
-    hash::Hash,
+    collections::BTreeMap,
+    hash::{BuildHasher as _, Hash},
 };
 
 use foldhash::fast::RandomState;
 
+mod index;
 mod keyed;
 mod losses;
+use index::KeyIndex;
 pub use keyed::KeyedWindows;
 pub use losses::Losses;
 
-/// A window's keys: where each one's aggregate is in its `slots`.
-type KeyMap<K> = HashMap<K, u32, RandomState>;
-
 /// A window's keys and its aggregates (a closed window's, emptied, kept for the next one).
-type Storage<K, A> = (KeyMap<K>, Vec<(K, A)>);
+type Storage<K, A> = (KeyIndex, Vec<(K, A)>);
 
 /// Window length and step, in nanoseconds of kernel time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,13 +78,15 @@ pub struct Closed<K, A> {
 
 /// One window's keys and their aggregates.
 struct Open<K, A> {
-    keys: KeyMap<K>,
+    keys: KeyIndex,
     slots: Vec<(K, A)>,
 }
 
 /// Open windows by start, each holding an aggregate `A` per key.
 pub struct Windows<K, A> {
     spec: WindowSpec,
+    /// Hashes keys for every window (seeded per process).
+    hasher: RandomState,
     open: BTreeMap<u64, Open<K, A>>,
     /// Emptied maps and vectors of closed windows (at most one per window an event is in), reused.
     spare: Vec<Storage<K, A>>,
@@ -104,6 +106,7 @@ impl<K: Hash + Eq + Clone, A: Default> Windows<K, A> {
     pub fn new(spec: WindowSpec, max_keys: usize) -> Self {
         Self {
             spec,
+            hasher: RandomState::default(),
             open: BTreeMap::new(),
             spare: Vec::new(),
             max_keys: max_keys.min(u32::MAX as usize),
@@ -117,14 +120,25 @@ impl<K: Hash + Eq + Clone, A: Default> Windows<K, A> {
     fn window(&mut self, start: u64) -> &mut Open<K, A> {
         let spare = &mut self.spare;
         self.open.entry(start).or_insert_with(|| {
-            let (keys, slots) =
-                spare.pop().unwrap_or_else(|| (HashMap::with_hasher(RandomState::default()), Vec::new()));
+            let (keys, slots) = spare.pop().unwrap_or_else(|| (KeyIndex::new(), Vec::new()));
             Open { keys, slots }
         })
     }
 
     /// Updates `key`'s aggregate in every window containing `time_ns` with `update`.
-    pub fn add(&mut self, key: &K, time_ns: u64, mut update: impl FnMut(&mut A)) {
+    pub fn add(&mut self, key: &K, time_ns: u64, update: impl FnMut(&mut A)) {
+        let hash = self.hash(key);
+        self.add_hashed(key, hash, time_ns, update);
+    }
+
+    /// `key`'s hash, as [`add_hashed`](Self::add_hashed) and [`prefetch`](Self::prefetch) take it.
+    #[must_use]
+    pub fn hash(&self, key: &K) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// [`add`](Self::add) with `key`'s hash already computed (by [`hash`](Self::hash)).
+    pub fn add_hashed(&mut self, key: &K, hash: u64, time_ns: u64, mut update: impl FnMut(&mut A)) {
         for start in self.spec.starts(time_ns) {
             if start < self.closed_up_to {
                 self.late += 1;
@@ -132,11 +146,12 @@ impl<K: Hash + Eq + Clone, A: Default> Windows<K, A> {
             }
             let max_keys = self.max_keys;
             let window = self.window(start);
-            if let Some(&slot) = window.keys.get(key) {
+            let slots = &window.slots;
+            if let Some(slot) = window.keys.get(hash, |slot| slots[slot as usize].0 == *key) {
                 update(&mut window.slots[slot as usize].1);
             } else if window.slots.len() < max_keys {
                 #[expect(clippy::cast_possible_truncation, reason = "below max_keys, at most u32::MAX")]
-                window.keys.insert(key.clone(), window.slots.len() as u32);
+                window.keys.insert(hash, window.slots.len() as u32);
                 let mut value = A::default();
                 update(&mut value);
                 window.slots.push((key.clone(), value));
@@ -144,6 +159,32 @@ impl<K: Hash + Eq + Clone, A: Default> Windows<K, A> {
                 self.evicted += 1;
             }
         }
+    }
+
+    /// Asks the CPU to fetch where the key of `hash` is looked up when added at `time_ns` (a
+    /// hint, a few events ahead, for the first window containing `time_ns`).
+    pub fn prefetch_place(&self, hash: u64, time_ns: u64) {
+        if let Some(window) = self.first_open(time_ns) {
+            window.keys.prefetch(hash);
+        }
+    }
+
+    /// Asks the CPU to fetch `key`'s aggregate (its first two cache lines) when the key is in the
+    /// first window containing `time_ns` (a hint, once [`prefetch_place`](Self::prefetch_place)
+    /// has fetched its place).
+    pub fn prefetch_value(&self, key: &K, hash: u64, time_ns: u64) {
+        let Some(window) = self.first_open(time_ns) else { return };
+        if let Some(slot) = window.keys.get(hash, |slot| window.slots[slot as usize].0 == *key) {
+            let value = &raw const window.slots[slot as usize];
+            index::prefetch(value);
+            if size_of::<(K, A)>() > 64 {
+                index::prefetch(value.cast::<u8>().wrapping_add(64));
+            }
+        }
+    }
+
+    fn first_open(&self, time_ns: u64) -> Option<&Open<K, A>> {
+        self.open.get(&self.spec.starts(time_ns).next()?)
     }
 
     /// Closes, in time order, every window that ends at or before `watermark_ns`.
@@ -156,7 +197,12 @@ impl<K: Hash + Eq + Clone, A: Default> Windows<K, A> {
             }
             let Open { mut keys, mut slots } = entry.remove();
             keys.clear();
-            out.extend(slots.drain(..).map(|(key, value)| Closed { key, start_ns: start, end_ns: end, value }));
+            out.extend(slots.drain(..).map(|(key, value)| Closed {
+                key,
+                start_ns: start,
+                end_ns: end,
+                value,
+            }));
             if (self.spare.len() as u64) < self.spec.size_ns.div_ceil(self.spec.slide_ns.max(1)) {
                 self.spare.push((keys, slots));
             }
