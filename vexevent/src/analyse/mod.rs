@@ -245,7 +245,7 @@ impl AnalyseStage {
                     continue;
                 }
                 if value {
-                    self.keyed.prefetch_value(&key.key, key.hash, time);
+                    self.keyed.prefetch_value(key.hash, time);
                 } else {
                     self.keyed.prefetch_place(key.hash, time);
                 }

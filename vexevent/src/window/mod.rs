@@ -169,12 +169,13 @@ impl<K: Hash + Eq + Clone, A: Default> Windows<K, A> {
         }
     }
 
-    /// Asks the CPU to fetch `key`'s aggregate (its first two cache lines) when the key is in the
-    /// first window containing `time_ns` (a hint, once [`prefetch_place`](Self::prefetch_place)
-    /// has fetched its place).
-    pub fn prefetch_value(&self, key: &K, hash: u64, time_ns: u64) {
+    /// Asks the CPU to fetch the aggregate (its first two cache lines) of the key of `hash` when
+    /// it is in the first window containing `time_ns` (a hint, once
+    /// [`prefetch_place`](Self::prefetch_place) has fetched its place; the key itself is not
+    /// compared, which would wait for that very line: a 64-bit hash match is taken for it).
+    pub fn prefetch_value(&self, hash: u64, time_ns: u64) {
         let Some(window) = self.first_open(time_ns) else { return };
-        if let Some(slot) = window.keys.get(hash, |slot| window.slots[slot as usize].0 == *key) {
+        if let Some(slot) = window.keys.get(hash, |_| true) {
             let value = &raw const window.slots[slot as usize];
             index::prefetch(value);
             if size_of::<(K, A)>() > 64 {

@@ -61,3 +61,16 @@ fn a_closed_windows_map_is_reused_empty() {
     assert!(windows.spare.is_empty(), "and taken by the next window");
     assert_eq!(closed(&mut windows, 20), [(10, 7, 1)], "holding none of the old keys");
 }
+
+#[test]
+fn prefetching_a_key_changes_nothing() {
+    let mut windows: Windows<u32, u64> = Windows::new(WindowSpec::tumbling(10), 100);
+    windows.add(&1, 3, |n| *n += 1);
+    for (key, time) in [(1, 3), (2, 3), (1, 50)] {
+        let hash = windows.hash(&key);
+        windows.prefetch_place(hash, time);
+        windows.prefetch_value(hash, time);
+        windows.add_hashed(&key, hash, time, |n| *n += 1);
+    }
+    assert_eq!(closed(&mut windows, 100), [(0, 1, 2), (0, 2, 1), (50, 1, 1)]);
+}
