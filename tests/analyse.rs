@@ -3,7 +3,9 @@
 //! the busiest file, `/readyz` passes, `/metrics` passes `promtool check metrics` for the
 //! histograms and holds every metric the Grafana dashboard queries, and a tenfold rate change on
 //! one file is flagged within 10 s of event time while the steady phase before it raises nothing;
-//! a headless Chromium opens the dashboard while a workload runs and shows its files and counts.
+//! a headless Chromium opens the dashboard while a workload runs and shows its files, counts and
+//! cgroup; the FUSE daemon's time per mount and handler is a series of its own; `vexevent top` in
+//! tmux; a workload in a fresh cgroup is counted under its cgroup's path.
 
 mod support;
 
@@ -135,6 +137,29 @@ fn windows_and_top_lists_follow_a_fuse_workload_and_the_metrics_check_out() {
     assert_eq!(frame["top_total"]["path"][0]["error"], 0);
     assert_eq!(frame["top_total"]["path"][1]["key"], warm.to_str().unwrap());
 
+    // The daemon's time per mount and handler: every WRITE request whose daemon side was seen
+    // (read of the request to its reply) is in the WRITE handler's series of bindfs's connection.
+    let daemon_writes: Vec<&Value> = events
+        .iter()
+        .flat_map(|e| e["context"]["fuse"].as_array().into_iter().flatten())
+        .filter(|r| r["opcode_name"] == "WRITE" && r["daemon_replied_ns"].is_u64())
+        .collect();
+    assert!(!daemon_writes.is_empty(), "bindfs's WRITE requests have their daemon side");
+    let connection = daemon_writes[0]["connection"].as_u64().unwrap();
+    let function = format!("{connection}:WRITE");
+    let frame = frame_where(&control, &token, Duration::from_secs(30), |frame| {
+        frame["daemon_functions"]
+            .as_array()
+            .is_some_and(|rows| rows.iter().any(|r| r["name"] == function.as_str()))
+    });
+    let row = frame["daemon_functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == function.as_str())
+        .unwrap();
+    assert!(row["count"].as_u64() > Some(0) && row["p99_us"].as_u64() >= row["p50_us"].as_u64(), "{row}");
+
     let (status, ready) = get(&format!("http://{control}/readyz"), &token);
     assert_eq!(status, 200, "{ready}");
     let ready: Value = serde_json::from_str(&ready).unwrap();
@@ -152,6 +177,7 @@ fn windows_and_top_lists_follow_a_fuse_workload_and_the_metrics_check_out() {
         "operation_latency_seconds",
         "fuse_stage_latency_seconds",
         "fuse_mount_latency_seconds",
+        "fuse_daemon_function_latency_seconds",
     ] {
         assert!(
             metrics.contains(&format!("# TYPE vexevent_{histogram} histogram")),
@@ -159,6 +185,11 @@ fn windows_and_top_lists_follow_a_fuse_workload_and_the_metrics_check_out() {
         );
     }
     assert!(!metrics.contains("quantile="), "no gauge with a quantile label");
+    let written = format!(
+        "vexevent_fuse_daemon_function_latency_seconds_count{{connection=\"{connection}\",function=\"WRITE\"}} {}",
+        daemon_writes.len()
+    );
+    assert!(metrics.contains(&written), "{written} in:\n{metrics}");
     promtool_finds_no_problem_with_the_histograms(&metrics);
     every_metric_of_the_grafana_dashboard_is_served(&metrics);
     drop(vexevent.stop());
@@ -405,11 +436,18 @@ fn the_dashboard_shows_a_running_workload_in_chromium() {
     let mut browser = Browser::start();
     browser.call("Page.navigate", &serde_json::json!({ "url": login }));
     let wanted = file.to_str().unwrap().to_owned();
+    // The workload's cgroup (this process's), as the cgroup table names it once walked.
+    let own_cgroup = std::fs::read_to_string("/proc/self/cgroup")
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("0::").map(str::to_owned))
+        .unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(30);
     let shown = loop {
         let shown = browser.eval(
             "JSON.stringify({ files: [...document.querySelectorAll('#top-files td.key')].map(e => e.textContent), \
              counts: [...document.querySelectorAll('#top-files tbody tr')].map(r => Number(r.children[1].textContent)), \
+             cgroups: [...document.querySelectorAll('#top-cgroups tbody tr')].map(r => [r.children[0].textContent, Number(r.children[1].textContent)]), \
              events: Number(document.getElementById('status')?.dataset.events || 0), \
              charts: document.querySelectorAll('.uplot').length, path: location.pathname })",
         );
@@ -419,12 +457,17 @@ fn the_dashboard_shows_a_running_workload_in_chromium() {
         if shown["files"].as_array().is_some_and(|f| f.iter().any(|f| f == wanted.as_str()))
             && shown["events"].as_u64() > Some(0)
             && shown["counts"][0].as_u64() > Some(10)
+            && (own_cgroup.is_empty()
+                || shown["cgroups"].as_array().is_some_and(|rows| {
+                    rows.iter().any(|row| row[0] == own_cgroup.as_str() && row[1].as_u64() > Some(10))
+                }))
         {
             break shown;
         }
         assert!(
             Instant::now() < deadline,
-            "the dashboard never showed {wanted} with more than 10 writes (50 a second) counted: {shown}"
+            "the dashboard never showed {wanted} with more than 10 writes (50 a second) counted, nor \
+             the cgroup {own_cgroup} with them: {shown}"
         );
         std::thread::sleep(Duration::from_millis(200));
     };
@@ -481,7 +524,10 @@ fn vexevent_top_shows_the_busiest_file_in_a_terminal() {
     let row = screen.lines().find(|line| line.contains("top-hot.txt") && !line.starts_with("write")).unwrap();
     let ops: u64 = row.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert!(ops > 0, "{screen}");
-    assert!(screen.contains("PROCESS") && screen.contains("SLOWEST"), "{screen}");
+    assert!(
+        screen.contains("PROCESS") && screen.contains("CGROUP") && screen.contains("SLOWEST"),
+        "{screen}"
+    );
     eprintln!("{screen}");
     drop(vexevent.stop());
 }
@@ -527,24 +573,32 @@ fn a_workload_in_a_fresh_cgroup_is_counted_under_its_cgroup_path() {
         file.display()
     );
     assert!(Command::new("sh").arg("-c").arg(&script).status().unwrap().success());
-    let key = format!("/{name}");
-    let counted = |events: &[Value]| -> u64 {
+    // The cgroup is walked on a worker when first seen: its first window may name it by number.
+    let (key, number) = (format!("/{name}"), format!("cgroup:{id}"));
+    let counted = |events: &[Value], keys: &[&str]| -> u64 {
         events
             .iter()
             .filter(|e| {
-                e["event_subtype"] == "window:cgroup" && e["context"]["parameters"]["key"] == key.as_str()
+                e["event_subtype"] == "window:cgroup"
+                    && keys.iter().any(|k| e["context"]["parameters"]["key"] == *k)
             })
             .map(|e| e["context"]["parameters"]["count"].as_str().unwrap().parse::<u64>().unwrap())
             .sum()
     };
-    vexevent.wait_for("the cgroup's windows", Duration::from_secs(30), |events| counted(events) >= 50);
+    let both = [key.as_str(), number.as_str()];
+    vexevent.wait_for("the cgroup's windows", Duration::from_secs(30), |events| counted(events, &both) >= 50);
+    // Later windows name it by its path (the walk has come back by then).
+    assert!(Command::new("sh").arg("-c").arg(&script).status().unwrap().success());
+    vexevent.wait_for("a window naming the cgroup by its path", Duration::from_secs(30), |events| {
+        counted(events, &[&key]) > 0 && counted(events, &both) >= 100
+    });
     let finished = vexevent.stop();
     let writes: Vec<&Value> = finished.events.iter().filter(|e| path_is(e, &file)).collect();
-    assert!(writes.len() >= 50, "{} events on the file", writes.len());
+    assert!(writes.len() >= 100, "{} events on the file", writes.len());
     assert!(
         writes.iter().all(|e| e["process"]["cgroup_id"] == id),
         "every event on the file carries the cgroup's id {id}: {:?}",
         writes.iter().map(|e| &e["process"]).collect::<Vec<_>>()
     );
-    assert_eq!(counted(&finished.events), writes.len() as u64, "the cgroup's windows count them all");
+    assert_eq!(counted(&finished.events, &both), writes.len() as u64, "the cgroup's windows count them all");
 }

@@ -73,7 +73,7 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         tls_ca: Option<PathBuf>,
     },
-    /// Show a running instance's busiest files and processes, slowest operations and anomalies,
+    /// Show a running instance's busiest files, processes and cgroups, slowest operations and anomalies,
     /// redrawn once per window (it must run with --control-addr and [analyse] enabled).
     Top {
         #[command(flatten)]

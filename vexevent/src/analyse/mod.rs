@@ -2,7 +2,8 @@
 //! time (panes of the shared [`window`](crate::window) module, closed by the batch watermark,
 //! carrying the loss in each window) aggregate counts, bytes, errors, time and log-bucketed
 //! latency per key (path, directory, pid, comm, uid, operation, event type, cgroup), with full
-//! HDR histograms per operation, FUSE mount and FUSE stage (the operation's timeline). Each
+//! HDR histograms per operation, FUSE mount, FUSE stage (the operation's timeline) and FUSE daemon
+//! function (the daemon's handler of an opcode, per mount). Each
 //! closed window gives the top keys (exact within the window, to within the events evicted past
 //! `max_keys`) and the top keys since start (Space-Saving, with its error bound), the slowest operations, anomalies (EWMA and z-score
 //! per key, raised as `ObservabilityAlertTriggered` events `anomaly:NAME`) and health alerts
@@ -19,7 +20,7 @@ mod topn;
 use std::{
     collections::{BTreeMap, HashMap},
     hash::BuildHasher as _,
-    sync::Arc,
+    sync::{Arc, LazyLock},
 };
 
 pub use aggregate::{KeyAgg, SlowOp};
@@ -37,15 +38,34 @@ use crate::{
     event::{PathBytes, Run, SemanticEvent},
     pipeline::{EventBatch, Stage},
     telemetry::Counters,
-    window::{WindowSpec, Windows},
+    window::{Losses, WindowSpec, Windows},
 };
 
 /// How long after a window's end an idle pipeline closes it (the source had nothing for a tick):
 /// longer than correlate holds a FUSE request waiting for its syscall (20 ms by default).
 const IDLE_CLOSE_DELAY_NS: u64 = 50_000_000;
 
+/// Gaps kept apart for the windows still to report (see [`Losses`]).
+const MAX_GAPS: usize = 4_096;
+
 /// The key every event is counted under (the window's totals).
 const ALL: u64 = 0;
+
+/// No key in this dimension (a key's top 4 bits are a dimension's tag, 1 to 8: never all ones).
+const NO_KEY: u64 = u64::MAX;
+
+/// Events ahead of the one aggregated whose keys' places in the window are prefetched, and
+/// whose keys' aggregates are (their places fetched by then).
+const PLACE_AHEAD: usize = 16;
+const VALUE_AHEAD: usize = 8;
+
+/// One event's key in one dimension, and its hash in the keyed windows: a batch's keys are
+/// computed first, so that the windows can fetch them a few events ahead.
+#[derive(Clone, Copy)]
+struct BatchKey {
+    key: u64,
+    hash: u64,
+}
 
 /// A latency series with a full histogram.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -56,6 +76,9 @@ enum Series {
     Mount(u32),
     /// A stage of a FUSE operation's timeline.
     FuseStage(FuseStage),
+    /// A FUSE daemon's time serving requests (read of a request to its reply), by mount
+    /// (connection) and the handler serving them, named by its opcode.
+    DaemonFunction { connection: u32, opcode: u32 },
 }
 
 /// Where a FUSE operation's time went (the event's `timeline`).
@@ -116,8 +139,12 @@ pub struct AnalyseStage {
     window_ns: u64,
     slide_ns: u64,
     keyed: Windows<u64, KeyAgg>,
+    /// The batch's keys: per event, the totals' then each of `config.dimensions`'.
+    batch_keys: Vec<BatchKey>,
     series: Windows<Series, Hdr>,
     slowest: Windows<(), Slowest>,
+    /// The kernel's losses, for the windows still to report (each gap once per window).
+    losses: Losses,
     names: HashMap<u64, Name, FixedState>,
     cgroups: CgroupNames,
     pending: Pending,
@@ -158,9 +185,11 @@ impl AnalyseStage {
             .collect();
         Self {
             keyed: Windows::new(spec, config.max_keys),
+            batch_keys: Vec::new(),
             // Operations, mounts and stages: a few dozen series.
             series: Windows::new(spec, 4_096),
             slowest: Windows::new(spec, 1),
+            losses: Losses::new(MAX_GAPS),
             names: HashMap::with_hasher(FixedState::default()),
             cgroups: CgroupNames::from_mounts(),
             pending: Pending::default(),
@@ -183,32 +212,75 @@ impl AnalyseStage {
         }
     }
 
-    /// Aggregates one event into its windows: the totals and each dimension's key directly (one
-    /// lookup in the window's compact key map each), its latency series and the slowest list
-    /// into the batch's pending values.
-    fn observe(&mut self, event: &SemanticEvent) {
+    /// Computes the keys of a batch's events and their hashes (`batch_keys`).
+    fn key_batch(&mut self, events: &[SemanticEvent]) {
+        let Self { batch_keys, keyed, config, .. } = self;
+        batch_keys.clear();
+        let all = BatchKey { key: ALL, hash: keyed.hash(&ALL) };
+        for event in events {
+            let path = path_of(event);
+            batch_keys.push(all);
+            batch_keys.extend(config.dimensions.iter().map(|&dimension| {
+                key_of(dimension, event, path)
+                    .map_or(BatchKey { key: NO_KEY, hash: 0 }, |key| BatchKey { key, hash: keyed.hash(&key) })
+            }));
+        }
+    }
+
+    /// Prefetches what aggregating the events `PLACE_AHEAD` and `VALUE_AHEAD` after `at` will
+    /// read, for the dimensions whose keys may be many (paths, directories, pids, cgroups: the
+    /// others' few keys stay in the cache).
+    fn prefetch(&self, events: &[SemanticEvent], at: usize) {
+        let stride = self.config.dimensions.len() + 1;
+        for (ahead, value) in [(PLACE_AHEAD, false), (VALUE_AHEAD, true)] {
+            let Some(event) = events.get(at + ahead) else { continue };
+            let time = event.timestamp.monotonic_ns;
+            let keys = &self.batch_keys[(at + ahead) * stride + 1..][..stride - 1];
+            for (dimension, key) in self.config.dimensions.iter().zip(keys) {
+                let many = matches!(
+                    dimension,
+                    Dimension::Path | Dimension::Dir | Dimension::Pid | Dimension::Cgroup
+                );
+                if !many || key.key == NO_KEY {
+                    continue;
+                }
+                if value {
+                    self.keyed.prefetch_value(key.hash, time);
+                } else {
+                    self.keyed.prefetch_place(key.hash, time);
+                }
+            }
+        }
+    }
+
+    /// Aggregates one event (its keys from `batch_keys[first_key..]`) into its windows: the
+    /// totals and each dimension's key directly (one lookup in the window's index each), its
+    /// latency series and the slowest list into the batch's pending values.
+    fn observe(&mut self, event: &SemanticEvent, first_key: usize) {
         let time = event.timestamp.monotonic_ns;
         self.wall_offset_ns = i128::from(event.timestamp.wall_ns) - i128::from(time);
         if self.next_start.is_none() {
             self.next_start = Some(time - time % self.slide_ns);
         }
         if let Some(gap) = &event.context.gap {
-            self.keyed.record_loss(gap.lost_from_ns, gap.lost_to_ns, gap.count);
+            self.losses.record(gap.lost_from_ns, gap.lost_to_ns, gap.count);
         }
-        let filesystem = event.context.filesystem.as_ref();
-        let path = filesystem.and_then(|f| f.path.as_ref()).map(PathBytes::as_bytes);
-        let bytes = filesystem.and_then(|f| f.bytes).unwrap_or(0);
+        let path = path_of(event);
+        let bytes = event.context.filesystem.as_ref().and_then(|f| f.bytes).unwrap_or(0);
         let error = event.result.as_ref().is_some_and(|r| !r.ok);
         let duration = event.duration_ns;
         let pane = time - time % self.slide_ns;
-        let Self { keyed, config, names, cgroups, .. } = self;
+        let Self { keyed, config, names, cgroups, batch_keys, .. } = self;
+        let keys = &batch_keys[first_key..=first_key + config.dimensions.len()];
         let (late, evicted) = (keyed.late, keyed.evicted);
-        keyed.add(&ALL, time, |agg| agg.record(bytes, error, duration));
+        keyed.add_hashed(&ALL, keys[0].hash, time, |agg| agg.record(bytes, error, duration));
         self.late_events += keyed.late - late;
-        for &dimension in &config.dimensions {
-            let Some(key) = key_of(dimension, event, path) else { continue };
+        for (&dimension, &BatchKey { key, hash }) in config.dimensions.iter().zip(&keys[1..]) {
+            if key == NO_KEY {
+                continue;
+            }
             let mut new = false;
-            keyed.add(&key, time, |agg| {
+            keyed.add_hashed(&key, hash, time, |agg| {
                 new = agg.count == 0;
                 agg.record(bytes, error, duration);
             });
@@ -260,6 +332,13 @@ impl AnalyseStage {
         if let Some(request) = event.context.fuse.first() {
             series.entry((start, Series::Mount(request.connection))).or_default().push(duration);
         }
+        for request in &event.context.fuse {
+            if let (Some(received), Some(replied)) = (request.daemon_received_ns, request.daemon_replied_ns) {
+                let function =
+                    Series::DaemonFunction { connection: request.connection, opcode: request.opcode };
+                series.entry((start, function)).or_default().push(replied.saturating_sub(received));
+            }
+        }
         if let Some(timeline) = &event.timeline {
             let stages = [
                 (FuseStage::BeforeRequest, Some(timeline.before_fuse_ns)),
@@ -305,12 +384,21 @@ impl AnalyseStage {
 /// Bits of a key that say its dimension (its index in [`Dimension::ALL`] plus one; 0: the totals).
 const DIMENSION_SHIFT: u32 = 60;
 
+/// The seed of the keys' hashes, random per process: keys such as paths come from outside, and
+/// nobody who does not know it can craft two that collide.
+static KEY_SEED: LazyLock<u64> = LazyLock::new(|| foldhash::fast::RandomState::default().hash_one(0_u64));
+
 /// A key's hash: its dimension and bytes (the dimension in the top 4 bits, the bytes' hash in the
 /// other 60: a collision between two live keys is vanishingly unlikely, and would merge two rows
 /// of a summary).
 fn hash(dimension: Dimension, bytes: &[u8]) -> u64 {
     let tag = dimension.index() as u64 + 1;
-    (FixedState::with_seed(tag).hash_one(bytes) >> 4) | (tag << DIMENSION_SHIFT)
+    (FixedState::with_seed(*KEY_SEED ^ tag).hash_one(bytes) >> 4) | (tag << DIMENSION_SHIFT)
+}
+
+/// The event's path, if it has one.
+fn path_of(event: &SemanticEvent) -> Option<&[u8]> {
+    event.context.filesystem.as_ref().and_then(|f| f.path.as_ref()).map(PathBytes::as_bytes)
 }
 
 /// The dimension of a key made by [`hash`] (none for the totals).
@@ -336,7 +424,7 @@ fn key_of(dimension: Dimension, event: &SemanticEvent, path: Option<&[u8]>) -> O
 
 /// The name summaries show for `event`'s key in `dimension`.
 fn text_of(dimension: Dimension, event: &SemanticEvent, cgroups: &mut CgroupNames) -> String {
-    let path = event.context.filesystem.as_ref().and_then(|f| f.path.as_ref()).map(PathBytes::as_bytes);
+    let path = path_of(event);
     let process = event.process.as_ref();
     match dimension {
         Dimension::Path => String::from_utf8_lossy(path.unwrap_or_default()).into_owned(),
@@ -365,8 +453,11 @@ impl Stage for AnalyseStage {
     }
 
     fn process(&mut self, batch: &mut EventBatch) {
-        for event in &batch.events {
-            self.observe(event);
+        self.key_batch(&batch.events);
+        let stride = self.config.dimensions.len() + 1;
+        for (at, event) in batch.events.iter().enumerate() {
+            self.prefetch(&batch.events, at);
+            self.observe(event, at * stride);
         }
         self.merge_pending();
         let mut derived = Vec::new();

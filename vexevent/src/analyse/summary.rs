@@ -1,5 +1,5 @@
 //! Closing windows: each closed window becomes a summary (totals, top keys, top keys since
-//! start, latency per operation, mount and FUSE stage, the slowest operations, anomalies, health,
+//! start, latency per operation, mount, FUSE stage and FUSE daemon function, the slowest operations, anomalies, health,
 //! sinks), published to the dashboard and `/metrics`, and the events derived from it (anomalies,
 //! health alerts, and the windows asked for in `analyse.emit`).
 
@@ -44,6 +44,8 @@ pub struct Frame {
     pub operations: Vec<LatencyRow>,
     pub mounts: Vec<LatencyRow>,
     pub fuse_stages: Vec<LatencyRow>,
+    /// The FUSE daemons' time per mount and handler (`CONNECTION:OPCODE`), busiest first.
+    pub daemon_functions: Vec<LatencyRow>,
     /// The window's top keys per dimension, by events.
     pub top: BTreeMap<&'static str, Vec<TopRow>>,
     /// Top keys since start per dimension (Space-Saving: `count - error <= true count <= count`).
@@ -106,9 +108,6 @@ pub struct SinkRow {
 #[derive(Default)]
 pub(super) struct Parts {
     keys: Vec<(u64, KeyAgg)>,
-    /// Records lost while the pane was open (a window: the sum over its panes, so a loss that
-    /// spans two panes of a sliding window is counted twice: a bound, never short).
-    lost: u64,
     series: Vec<(Series, super::Hdr)>,
     slowest: Vec<SlowOp>,
 }
@@ -120,7 +119,6 @@ impl Parts {
         let mut series: HashMap<Series, super::Hdr> = HashMap::new();
         let mut merged = Parts::default();
         for pane in panes {
-            merged.lost += pane.lost;
             for (key, agg) in &pane.keys {
                 keys.entry(*key).or_default().merge(agg);
             }
@@ -142,6 +140,7 @@ impl AnalyseStage {
     /// ends by then, empty windows included, up to the last one with events (`u64::MAX`: all,
     /// at the end; the last windows are then partial).
     pub(super) fn close(&mut self, watermark_ns: u64, out: &mut Vec<SemanticEvent>) {
+        self.rename_cgroups();
         let Some(mut start) = self.next_start else { return };
         if start.saturating_add(self.window_ns) > watermark_ns {
             return;
@@ -170,8 +169,9 @@ impl AnalyseStage {
             start += slide;
         }
         self.next_start = Some(start);
-        // No later window needs the panes before its start.
+        // No later window needs the panes before its start, nor the losses that ended before.
         self.panes = self.panes.split_off(&start);
+        self.losses.forget_before(start);
         // Names of keys no open window, top list or baseline holds any more.
         let Self { names, totals, detector, .. } = self;
         names.retain(|key, name| {
@@ -188,7 +188,6 @@ impl AnalyseStage {
         self.keyed.close(watermark_ns, &mut keyed);
         for closed in keyed {
             let pane = self.panes.entry(closed.start_ns).or_default();
-            pane.lost = closed.lost;
             if let Some(dimension) = super::dimension_of(closed.key) {
                 if let Some((_, summary)) = self.totals.iter_mut().find(|(d, _)| *d == dimension) {
                     summary.add(closed.key, closed.value.count);
@@ -210,6 +209,15 @@ impl AnalyseStage {
         self.slowest.close(watermark_ns, &mut slowest);
         for closed in slowest {
             self.panes.entry(closed.start_ns).or_default().slowest = closed.value.ops;
+        }
+    }
+
+    /// Keys of cgroups shown by number take the names a walk found for them.
+    fn rename_cgroups(&mut self) {
+        for (id, text) in self.cgroups.poll().into_iter().flatten() {
+            if let Some(name) = self.names.get_mut(&super::hash(Dimension::Cgroup, &id.to_le_bytes())) {
+                name.text = text.into();
+            }
         }
     }
 
@@ -276,7 +284,7 @@ impl AnalyseStage {
             })
             .collect();
         let anomalies = self.anomalies(&by_dimension);
-        let (operations, mounts, fuse_stages) = self.latency_rows(window.series);
+        let [operations, mounts, fuse_stages, daemon_functions] = self.latency_rows(window.series);
         let mut slowest = window.slowest;
         slowest.sort_by_key(|op| std::cmp::Reverse(op.duration_us));
         let health = self.counters.health.check(&self.counters);
@@ -291,13 +299,14 @@ impl AnalyseStage {
             events: totals.count,
             bytes: totals.bytes,
             errors: totals.errors,
-            lost: window.lost,
+            lost: self.losses.within(start, end),
             late,
             evicted,
             by_type,
             operations,
             mounts,
             fuse_stages,
+            daemon_functions,
             top,
             top_total,
             slowest,
@@ -353,24 +362,25 @@ impl AnalyseStage {
             Series::Operation(key) => ("operation", self.name(key)),
             Series::Mount(connection) => ("mount", connection.to_string()),
             Series::FuseStage(stage) => ("fuse_stage", stage.name().to_owned()),
+            Series::DaemonFunction { connection, opcode } => {
+                ("daemon_function", format!("{connection}:{}", crate::translate::opcode_name(opcode)))
+            }
         }
     }
 
-    /// Latency rows of the operations, mounts and FUSE stages.
-    fn latency_rows(
-        &self,
-        series: Vec<(Series, super::Hdr)>,
-    ) -> (Vec<LatencyRow>, Vec<LatencyRow>, Vec<LatencyRow>) {
-        let (mut operations, mut mounts, mut fuse_stages) = (Vec::new(), Vec::new(), Vec::new());
+    /// Latency rows of the operations, mounts, FUSE stages and FUSE daemon functions.
+    fn latency_rows(&self, series: Vec<(Series, super::Hdr)>) -> [Vec<LatencyRow>; 4] {
+        let mut rows: [Vec<LatencyRow>; 4] = Default::default();
         for (key, hdr) in series {
             let Some(histogram) = hdr.0 else { continue };
             let (_, name) = self.series_name(key);
-            let rows = match key {
-                Series::Operation(_) => &mut operations,
-                Series::Mount(_) => &mut mounts,
-                Series::FuseStage(_) => &mut fuse_stages,
+            let family = match key {
+                Series::Operation(_) => 0,
+                Series::Mount(_) => 1,
+                Series::FuseStage(_) => 2,
+                Series::DaemonFunction { .. } => 3,
             };
-            rows.push(LatencyRow {
+            rows[family].push(LatencyRow {
                 name,
                 count: histogram.len(),
                 p50_us: histogram.value_at_quantile(0.5) / 1_000,
@@ -378,8 +388,9 @@ impl AnalyseStage {
                 max_us: histogram.max() / 1_000,
             });
         }
-        operations.sort_by_key(|row| std::cmp::Reverse(row.count));
-        (operations, mounts, fuse_stages)
+        rows[0].sort_by_key(|row| std::cmp::Reverse(row.count));
+        rows[3].sort_by_key(|row| std::cmp::Reverse(row.count));
+        rows
     }
 
     /// The events a window gives: anomalies, health alerts (a check that started failing) and,

@@ -165,7 +165,7 @@ fn ten_minutes_of_a_steady_noisy_workload_raise_no_anomaly() {
 }
 
 #[test]
-fn sliding_windows_merge_their_panes_and_each_event_is_exported_once() {
+fn sliding_windows_merge_their_panes_count_each_loss_once_and_export_each_event_once() {
     let config =
         AnalyseConfig { enabled: true, window_secs: 3, slide_secs: Some(1), ..AnalyseConfig::default() };
     let (mut stage, counters) = stage(config);
@@ -179,6 +179,15 @@ fn sliding_windows_merge_their_panes_and_each_event_is_exported_once() {
         ..GapContext::default()
     });
     gap.result = None;
+    events.push(gap.clone());
+    // A second gap spans seconds 11 and 12 (second 12 has no event at all).
+    gap.timestamp.monotonic_ns = 10 * SECOND + 900;
+    gap.context.gap = Some(GapContext {
+        count: 4,
+        lost_from_ns: 11 * SECOND + 900_000_000,
+        lost_to_ns: 12 * SECOND + 200_000_000,
+        ..GapContext::default()
+    });
     events.push(gap);
     events.extend((0..2).map(|i| event("/s/a", "c", 13 * SECOND + i, 1_000)));
     run(&mut stage, events, 12 * SECOND + 1);
@@ -192,8 +201,9 @@ fn sliding_windows_merge_their_panes_and_each_event_is_exported_once() {
             (n("start_ns") / SECOND, n("end_ns") / SECOND, n("events"), n("lost"))
         })
         .collect();
-    // Window [10, 13) holds seconds 10 to 12: 5 + 7 events and the gap event; [11, 14) 7 + 1 + 2.
-    assert_eq!(windows, [(10, 13, 13, 3), (11, 14, 10, 3), (12, 15, 2, 0), (13, 16, 2, 0)]);
+    // Window [10, 13) holds seconds 10 to 12: 5 + 7 events and the two gap events; [11, 14) 7 + 1
+    // + 2. Each gap is counted once in each window it overlaps, the one spanning two panes too.
+    assert_eq!(windows, [(10, 13, 14, 7), (11, 14, 10, 7), (12, 15, 2, 4), (13, 16, 2, 0)]);
     assert!(frames.iter().all(|f| f["window_secs"] == 3 && f["slide_secs"] == 1));
     assert_eq!(frames[0]["top"]["path"][0]["key"], "/s/b");
     assert_eq!(
@@ -215,4 +225,40 @@ fn sliding_windows_merge_their_panes_and_each_event_is_exported_once() {
     assert_eq!(a["count"], 7, "the top since start is fed once per pane, not once per window");
     run(&mut stage, vec![event("/s/a", "c", 12 * SECOND, 1)], 16 * SECOND + 1);
     assert_eq!(stage.late_events, 1, "an event in a closed pane is late");
+}
+
+#[test]
+fn a_fuse_daemons_time_is_a_series_per_mount_and_handler() {
+    use vexevent_common::fuse_opcode::{LOOKUP, WRITE};
+    let (mut stage, counters) = stage(AnalyseConfig { enabled: true, ..AnalyseConfig::default() });
+    let request = |opcode: u32, received: u64, replied: Option<u64>| crate::event::FuseRequest {
+        connection: 57,
+        opcode,
+        daemon_received_ns: Some(received),
+        daemon_replied_ns: replied,
+        ..crate::event::FuseRequest::default()
+    };
+    let mut write = event("/f/a", "app", 10 * SECOND, 90_000);
+    // A write served by LOOKUP then WRITE (2 and 40 us in the daemon), another WRITE of 60 us,
+    // and a request whose reply was not seen (no daemon time).
+    write.context.fuse = vec![request(LOOKUP, 100, Some(2_100)), request(WRITE, 5_000, Some(45_000))];
+    let mut second = event("/f/a", "app", 10 * SECOND + 10, 90_000);
+    second.context.fuse = vec![request(WRITE, 0, Some(60_000)), request(WRITE, 7, None)];
+    run(&mut stage, vec![write, second], 11 * SECOND);
+    let [frame] = frames(&counters).try_into().unwrap();
+    let rows: Vec<(&str, u64, u64)> = frame["daemon_functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["name"].as_str().unwrap(), r["count"].as_u64().unwrap(), r["max_us"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(rows, [("57:WRITE", 2, 60), ("57:LOOKUP", 1, 2)], "busiest first");
+    let exported: Vec<(String, u64)> = counters
+        .analytics
+        .latency_histograms()
+        .into_iter()
+        .filter(|h| h.family == "daemon_function")
+        .map(|h| (h.label, h.count))
+        .collect();
+    assert_eq!(exported, [("57:LOOKUP".to_owned(), 1), ("57:WRITE".to_owned(), 2)]);
 }

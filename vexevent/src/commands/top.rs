@@ -1,6 +1,7 @@
 //! `vexevent top`: a `filetop` in the terminal: follows a running instance's window summaries
 //! (the dashboard's stream, `GET /dashboard/events` on its control address) and redraws the top
-//! files, processes, slowest operations and anomalies once per window.
+//! files, processes, cgroups (containers), FUSE daemon functions, slowest operations and anomalies
+//! once per window.
 
 use std::{
     fmt::Write as _,
@@ -68,7 +69,7 @@ fn screen(frame: &Value, rows: usize) -> String {
         number(&frame["lost"]),
         number(&frame["late"]),
     );
-    for (title, dimension) in [("FILE", "path"), ("PROCESS", "pid")] {
+    for (title, dimension) in [("FILE", "path"), ("PROCESS", "pid"), ("CGROUP", "cgroup")] {
         let _ = writeln!(
             out,
             "\n{title:<60} {:>8} {:>10} {:>6} {:>10} {:>8}",
@@ -84,6 +85,25 @@ fn screen(frame: &Value, rows: usize) -> String {
                 number(&row["errors"]),
                 number(&row["time_us"]),
                 number(&row["p99_us"])
+            );
+        }
+    }
+    let functions = frame["daemon_functions"].as_array().filter(|rows| !rows.is_empty());
+    if let Some(functions) = functions {
+        let _ = writeln!(
+            out,
+            "\n{:<40} {:>8} {:>10} {:>10} {:>10}",
+            "FUSE DAEMON FUNCTION (MOUNT:HANDLER)", "OPS", "P50_US", "P99_US", "MAX_US"
+        );
+        for row in functions.iter().take(rows) {
+            let _ = writeln!(
+                out,
+                "{:<40} {:>8} {:>10} {:>10} {:>10}",
+                key(&row["name"], 40),
+                number(&row["count"]),
+                number(&row["p50_us"]),
+                number(&row["p99_us"]),
+                number(&row["max_us"])
             );
         }
     }
@@ -110,4 +130,27 @@ fn screen(frame: &Value, rows: usize) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_screen_shows_cgroups_and_fuse_daemon_functions_when_there_are_some() {
+        let row = |key: &str| serde_json::json!({ "key": key, "count": 7, "bytes": 10, "time_us": 3 });
+        let mut frame = serde_json::json!({
+            "wall_ms": 3_723_000,
+            "top": { "path": [row("/w/hot")], "cgroup": [row("/system.slice/app.service")] },
+            "daemon_functions": [{ "name": "57:WRITE", "count": 4, "p50_us": 20, "p99_us": 90, "max_us": 95 }],
+        });
+        let text = screen(&frame, 10);
+        assert!(text.starts_with("vexevent top - 01:02:03 UTC"), "{text}");
+        let cgroup = text.lines().find(|l| l.starts_with("/system.slice/app.service")).unwrap();
+        assert_eq!(cgroup.split_whitespace().nth(1), Some("7"), "{text}");
+        let function = text.lines().find(|l| l.starts_with("57:WRITE")).unwrap();
+        assert_eq!(function.split_whitespace().collect::<Vec<_>>(), ["57:WRITE", "4", "20", "90", "95"]);
+        frame["daemon_functions"] = serde_json::json!([]);
+        assert!(!screen(&frame, 10).contains("FUSE DAEMON"), "no FUSE daemon seen: no table");
+    }
 }

@@ -1,7 +1,7 @@
 //! What the analyse stage publishes for the rest of the instance: one summary (a JSON frame) per
 //! closed window, kept for the last minutes and sent live to dashboards; latency histograms per
-//! operation, FUSE mount and FUSE stage, merged at each window's close, for Prometheus; and the
-//! stage's own counts (windows, late and evicted events, anomalies).
+//! operation, FUSE mount, FUSE stage and FUSE daemon function, merged at each window's close, for
+//! Prometheus; and the stage's own counts (windows, late and evicted events, anomalies).
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -17,8 +17,8 @@ use super::lock;
 const LIVE_FRAMES: usize = 64;
 /// Longest latency the histograms track: an hour, in nanoseconds (more counts as this).
 pub const LATENCY_MAX_NS: u64 = 3_600_000_000_000;
-/// Histogram families (`operation`, `mount`, `fuse_stage`) times their labels, at most: a
-/// label beyond it is not exported (counted in `histograms_dropped`).
+/// Histogram families (`operation`, `mount`, `fuse_stage`, `daemon_function`) times their labels,
+/// at most: a label beyond it is not exported (counted in `histograms_dropped`).
 const MAX_HISTOGRAMS: usize = 1_024;
 
 /// A latency histogram for nanosecond values with 2 significant digits (a few KiB).
@@ -77,7 +77,7 @@ impl std::fmt::Debug for Analytics {
 /// One exported latency histogram: cumulative counts at each bound, in seconds.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LatencyHistogram {
-    /// `operation`, `mount`, `fuse_stage` (the label's name).
+    /// `operation`, `mount`, `fuse_stage`, `daemon_function` (its label `CONNECTION:OPCODE`).
     pub family: &'static str,
     pub label: String,
     pub sum_seconds: f64,

@@ -206,6 +206,12 @@ fn encode_histograms(s: &StatsSnapshot, encoder: &mut DescriptorEncoder) -> Resu
             "stage",
             "Time in each stage of FUSE operations (before request, kernel queue, daemon, reply, after reply; analyse stage)",
         ),
+        (
+            "daemon_function",
+            "fuse_daemon_function_latency",
+            "connection,function",
+            "Time FUSE daemons took to serve requests (read to reply), per connection and handler (the opcode it serves; analyse stage)",
+        ),
     ] {
         let mut values = s.histograms.iter().filter(|h| h.family == family).peekable();
         if values.peek().is_none() {
@@ -215,7 +221,12 @@ fn encode_histograms(s: &StatsSnapshot, encoder: &mut DescriptorEncoder) -> Resu
             encoder.encode_descriptor(name, help, Some(&Unit::Seconds), MetricType::Histogram)?;
         for histogram in values {
             let metric = SecondsHistogram(histogram);
-            if label.is_empty() {
+            // Two labels: their names and values joined by a comma and a colon.
+            if let (Some((first, second)), Some((value, other))) =
+                (label.split_once(','), histogram.label.split_once(':'))
+            {
+                metric.encode(metric_encoder.encode_family(&[(first, value), (second, other)])?)?;
+            } else if label.is_empty() {
                 metric.encode(metric_encoder.encode_family(&NoLabels)?)?;
             } else {
                 metric.encode(metric_encoder.encode_family(&[(label, histogram.label.as_str())])?)?;
@@ -333,6 +344,9 @@ mod tests {
         let counters = crate::telemetry::Counters::default();
         counters.record_latencies([3, 700]);
         snapshot.histograms.push(counters.latency_histogram_seconds());
+        let mut daemon = counters.latency_histogram_seconds();
+        (daemon.family, daemon.label) = ("daemon_function", "57:WRITE".into());
+        snapshot.histograms.push(daemon);
         snapshot.rings =
             vec![RingSummary::default(), RingSummary { used_bytes: 5, peak_bytes: 9, size_bytes: 16 }];
         let text = prometheus_text(snapshot).unwrap();
@@ -349,6 +363,7 @@ mod tests {
             r#"vexevent_delivery_latency_seconds_bucket{le="0.001"} 2"#,
             r#"vexevent_delivery_latency_seconds_bucket{le="+Inf"} 2"#,
             "vexevent_delivery_latency_seconds_count 2",
+            r#"vexevent_fuse_daemon_function_latency_seconds_count{connection="57",function="WRITE"} 2"#,
             "vexevent_records_unaccounted 0",
             r#"vexevent_ring_used_bytes{ring="1"} 5"#,
             r#"vexevent_ring_peak_used_bytes{ring="1"} 9"#,

@@ -15,6 +15,7 @@ mod vexfs;
 
 pub use config::VexfsConfig;
 pub use errno::errno_name;
+pub use fuse::opcode_name;
 pub use ioctl::{VexfsIoctl, decode_vexfs_ioctl};
 pub use paths::{normalize, resolve};
 pub use process::{FileInfo, PathStat, ProcessTable, file_type_of, stat_path};

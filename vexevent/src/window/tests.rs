@@ -1,14 +1,14 @@
-//! Windows on synthetic times: assignment, closing on the watermark, loss, bounds.
+//! Windows on synthetic times: assignment, closing on the watermark, bounds.
 
 use super::*;
 
 fn closed<K: Hash + Eq + Clone + Ord, A: Default + Clone>(
     windows: &mut Windows<K, A>,
     watermark: u64,
-) -> Vec<(u64, K, A, u64)> {
+) -> Vec<(u64, K, A)> {
     let mut out = Vec::new();
     windows.close(watermark, &mut out);
-    let mut rows: Vec<_> = out.into_iter().map(|c| (c.start_ns, c.key, c.value, c.lost)).collect();
+    let mut rows: Vec<_> = out.into_iter().map(|c| (c.start_ns, c.key, c.value)).collect();
     rows.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
     rows
 }
@@ -20,8 +20,8 @@ fn tumbling_windows_close_when_the_watermark_passes_their_end() {
         windows.add(&key, time, |n| *n += 1);
     }
     assert!(closed(&mut windows, 9).is_empty(), "the first window ends at 10");
-    assert_eq!(closed(&mut windows, 10), [(0, "a", 2, 0), (0, "b", 1, 0)]);
-    assert_eq!(closed(&mut windows, 30), [(10, "a", 1, 0), (20, "b", 1, 0)]);
+    assert_eq!(closed(&mut windows, 10), [(0, "a", 2), (0, "b", 1)]);
+    assert_eq!(closed(&mut windows, 30), [(10, "a", 1), (20, "b", 1)]);
     windows.add(&"a", 5, |n| *n += 1);
     assert_eq!(windows.late, 1, "an event in a closed window is late, not lost silently");
 }
@@ -30,19 +30,9 @@ fn tumbling_windows_close_when_the_watermark_passes_their_end() {
 fn sliding_windows_hold_each_event_in_size_over_slide_windows() {
     let mut windows: Windows<u8, u64> = Windows::new(WindowSpec::sliding(10, 5), 100);
     windows.add(&1, 7, |n| *n += 1);
-    assert_eq!(closed(&mut windows, 100), [(0, 1, 1, 0), (5, 1, 1, 0)]);
+    assert_eq!(closed(&mut windows, 100), [(0, 1, 1), (5, 1, 1)]);
     assert_eq!(WindowSpec::sliding(10, 5).starts(4).collect::<Vec<_>>(), [0]);
     assert_eq!(WindowSpec::sliding(10, 5).starts(10).collect::<Vec<_>>(), [5, 10]);
-}
-
-#[test]
-fn loss_marks_every_window_it_overlaps_and_no_other() {
-    let mut windows: Windows<&str, u64> = Windows::new(WindowSpec::tumbling(10), 100);
-    windows.add(&"a", 1, |n| *n += 1);
-    windows.add(&"a", 15, |n| *n += 1);
-    windows.add(&"a", 25, |n| *n += 1);
-    windows.record_loss(12, 18, 4);
-    assert_eq!(closed(&mut windows, 30), [(0, "a", 1, 0), (10, "a", 1, 4), (20, "a", 1, 0)]);
 }
 
 #[test]
@@ -69,5 +59,18 @@ fn a_closed_windows_map_is_reused_empty() {
     assert_eq!(windows.spare.len(), 1, "the emptied map is kept");
     windows.add(&7, 12, |n| *n += 1);
     assert!(windows.spare.is_empty(), "and taken by the next window");
-    assert_eq!(closed(&mut windows, 20), [(10, 7, 1, 0)], "holding none of the old keys");
+    assert_eq!(closed(&mut windows, 20), [(10, 7, 1)], "holding none of the old keys");
+}
+
+#[test]
+fn prefetching_a_key_changes_nothing() {
+    let mut windows: Windows<u32, u64> = Windows::new(WindowSpec::tumbling(10), 100);
+    windows.add(&1, 3, |n| *n += 1);
+    for (key, time) in [(1, 3), (2, 3), (1, 50)] {
+        let hash = windows.hash(&key);
+        windows.prefetch_place(hash, time);
+        windows.prefetch_value(hash, time);
+        windows.add_hashed(&key, hash, time, |n| *n += 1);
+    }
+    assert_eq!(closed(&mut windows, 100), [(0, 1, 2), (0, 2, 1), (50, 1, 1)]);
 }

@@ -43,6 +43,7 @@ const charts = {
   delivery: new Chart("chart-delivery"),
   operations: new Chart("chart-operations"),
   fuse: new Chart("chart-fuse"),
+  daemon: new Chart("chart-daemon"),
 };
 const anomalies = [];
 
@@ -79,6 +80,9 @@ function show(frame) {
   const stages = {};
   for (const row of frame.fuse_stages) stages[row.name] = row.p99_us;
   charts.fuse.push(time, stages);
+  const functions = {};
+  for (const row of frame.daemon_functions.slice(0, 8)) functions[row.name] = row.p99_us;
+  charts.daemon.push(time, functions);
   for (const anomaly of frame.anomalies) anomalies.unshift(Object.assign({ at: new Date(frame.wall_ms).toLocaleTimeString() }, anomaly));
   anomalies.splice(50);
 }
@@ -88,6 +92,7 @@ function showTables(frame) {
   fill("top-files", top.path || [], topColumns);
   fill("top-processes", top.pid || [], topColumns);
   fill("top-dirs", top.dir || [], topColumns);
+  fill("top-cgroups", top.cgroup || [], topColumns);
   fill("top-total", (frame.top_total.path || []), [["key", "key"], ["count", "n"], ["error", "n"]]);
   fill("slowest", frame.slowest, [["operation"], ["path", "key"], ["comm"], ["pid", "n"], ["duration_us", "n"]]);
   fill("anomalies", anomalies, [["at"], [(a) => a.dimension + " " + a.name], ["key", "key"], [(a) => a.baseline.toFixed(1), "n"], [(a) => a.observed.toFixed(1), "n"], [(a) => a.z.toFixed(1), "n"]]);
