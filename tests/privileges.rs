@@ -112,11 +112,19 @@ fn every_thread_keeps_only_the_printed_capabilities_and_capture_still_sees_other
         ambient: 0,
         no_new_privs: 1,
     };
-    let threads = threads(vexevent.pid());
-    let names: Vec<&str> = threads.iter().map(|(name, _)| name.as_str()).collect();
-    for wanted in ["vexevent", "probe-log", "vexevent-captur", "vexevent-pipeli", "vexevent-stream"] {
-        assert!(names.contains(&wanted), "no thread {wanted} in {names:?}");
-    }
+    // The drop is printed before the worker threads start: wait for them (deadline).
+    let wanted = ["vexevent", "probe-log", "vexevent-captur", "vexevent-pipeli", "vexevent-stream"];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let threads = loop {
+        let threads = threads(vexevent.pid());
+        let missing: Vec<&str> =
+            wanted.into_iter().filter(|w| !threads.iter().any(|(name, _)| name == w)).collect();
+        if missing.is_empty() {
+            break threads;
+        }
+        assert!(std::time::Instant::now() < deadline, "no thread {missing:?} in {threads:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
     for (name, privileges) in &threads {
         if name == "probe-log" {
             // Started before the drop, it dropped everything for itself.
