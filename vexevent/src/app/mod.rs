@@ -201,6 +201,7 @@ fn start_capture(
     let drainer = RingDrainer::new(
         probes.take_rings()?,
         probes.take_pending_loss()?,
+        probes.take_consumer_polling()?,
         &settings.drain,
         probes.layout().cpus_per_shard == 1,
         Arc::clone(counters),

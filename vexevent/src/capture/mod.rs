@@ -1,10 +1,11 @@
-//! The only code that reads the ring buffers: waits for the kernel's wakeup (sent when a ring goes
-//! from empty to non-empty, or fills past a threshold), lets a short batch window pass, drains
-//! every shard, validates each record, merges the shards by timestamp and hands ordered batches on.
+//! The only code that reads the ring buffers: drains every shard on a short timer while records
+//! come (waits for the kernel's wakeup once nothing came for a while, see `pace`), validates each
+//! record, merges the shards by timestamp and hands ordered batches on.
 
 mod decode;
 mod fill;
 mod merge;
+mod pace;
 mod sequence;
 
 pub use decode::{
@@ -23,10 +24,11 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use crossbeam_channel::Sender;
 use vexevent_common::{OpKind, PendingLoss};
 
+use self::pace::Pace;
 use crate::telemetry::{Counters, add, monotonic_ns};
 
 /// Records drained and merged together, in timestamp order.
@@ -63,16 +65,19 @@ pub struct RingDrainer {
     pending_loss: PerCpuArray<MapData, PendingLoss>,
     sequences: SequenceTracker,
     merger: Merger,
+    pace: Pace,
     counters: Arc<Counters>,
 }
 
 impl RingDrainer {
     /// A drainer of `rings`; `one_cpu_per_shard` when each ring is a single CPU's (its records
-    /// then arrive in timestamp order).
+    /// then arrive in timestamp order); `polling` is the probes' flag of whether the drainer
+    /// polls (see `pace`).
     #[must_use]
     pub fn new(
         rings: Vec<RingBuf<MapData>>,
         pending_loss: PerCpuArray<MapData, PendingLoss>,
+        polling: Array<MapData, u32>,
         settings: &DrainSettings,
         one_cpu_per_shard: bool,
         counters: Arc<Counters>,
@@ -87,7 +92,8 @@ impl RingDrainer {
                     .ok()
             })
             .collect();
-        Self { rings, fills, pending_loss, sequences: SequenceTracker::default(), merger, counters }
+        let pace = Pace::new(polling, settings.batch_window);
+        Self { rings, fills, pending_loss, sequences: SequenceTracker::default(), merger, pace, counters }
     }
 
     /// After the probes are detached and the rings drained: reports, as gap records, the losses
@@ -135,8 +141,8 @@ impl RingDrainer {
         }
     }
 
-    /// Reads every record available now from every shard into the merge.
-    fn drain(&mut self) {
+    /// Reads every record available now from every shard into the merge; how many.
+    fn drain(&mut self) -> u64 {
         let mut received = 0;
         for (shard, ring) in self.rings.iter_mut().enumerate() {
             while let Some(item) = ring.next() {
@@ -164,10 +170,11 @@ impl RingDrainer {
             }
         }
         add(&self.counters.records_received, received);
+        received
     }
 
-    /// Waits until a ring has data or `timeout` passes.
-    fn wait(&self, timeout: Duration) {
+    /// Waits until a ring has data or `timeout` passes; whether one has.
+    fn wait(&self, timeout: Duration) -> bool {
         let mut fds: Vec<libc::pollfd> = self
             .rings
             .iter()
@@ -181,7 +188,26 @@ impl RingDrainer {
         let count = libc::nfds_t::try_from(fds.len()).unwrap_or(libc::nfds_t::MAX);
         // SAFETY: `fds` is a valid array of `count` pollfds and `timeout` a valid timespec for the
         // duration of the call; no signal mask change.
-        unsafe { libc::ppoll(fds.as_mut_ptr(), count, &raw const timeout, std::ptr::null()) };
+        unsafe { libc::ppoll(fds.as_mut_ptr(), count, &raw const timeout, std::ptr::null()) > 0 }
+    }
+
+    /// Waits for the next drain: the timer period while polling; else the kernel's wakeup (or
+    /// the reorder window while records are held for ordering, or [`IDLE_POLL`]), then the batch
+    /// window.
+    fn wait_for_drain(&mut self, batch_window: Duration, reorder_window: Duration) {
+        if self.pace.polling() {
+            std::thread::sleep(self.pace.period());
+            return;
+        }
+        let timeout = if self.merger.is_empty() { IDLE_POLL } else { reorder_window };
+        if self.wait(timeout) {
+            add(&self.counters.drainer_wakeups, 1);
+            // From now on the probes let the timer drain their records.
+            self.pace.busy();
+            if !batch_window.is_zero() {
+                std::thread::sleep(batch_window);
+            }
+        }
     }
 
     /// Drains until `stop` is set (after the probes are detached), then drains what is left,
@@ -195,16 +221,12 @@ impl RingDrainer {
         loop {
             let stopping = stop.load(Ordering::Acquire);
             if !stopping {
-                // Records held for ordering are due within the reorder window.
-                let timeout = if self.merger.is_empty() { IDLE_POLL } else { settings.reorder_window };
-                self.wait(timeout);
-                if !settings.batch_window.is_zero() {
-                    std::thread::sleep(settings.batch_window);
-                }
+                self.wait_for_drain(settings.batch_window, settings.reorder_window);
             }
             let drain_started = monotonic_ns();
             self.gauge_fill();
-            self.drain();
+            let received = self.drain();
+            self.pace.drained(received, drain_started);
             let mut records = Vec::new();
             if stopping {
                 self.report_pending_losses();
