@@ -230,6 +230,13 @@ impl Origin {
 }
 
 impl Origin {
+    /// The node, the run in hex and the id's `node:run` prefix: the texts of its serialized
+    /// form (plain ASCII: letters, digits, `.`, `_`, `-`, `:`; nothing to escape in JSON).
+    #[must_use]
+    pub fn texts(&self) -> (&str, &str, &str) {
+        (self.run.node().as_str(), self.run.hex(), &self.run.0.prefix)
+    }
+
     /// Reads an origin back from its id, `node:run:cpu:sequence:part`.
     fn parse(id: &str) -> Option<Self> {
         let mut fields = id.split(':');
