@@ -229,8 +229,10 @@ impl fmt::Display for StatsSnapshot {
         let mut stages: Vec<(&String, &StageSummary)> = self.stages.iter().collect();
         stages.sort_by_key(|(_, stage)| stage.position);
         for (name, stage) in stages {
+            // A source takes nothing in: its time is per event it made.
+            let events = if stage.events_in == 0 { stage.events_out } else { stage.events_in };
             #[expect(clippy::cast_precision_loss, reason = "a ratio for display")]
-            let per_event = stage.busy_ns as f64 / stage.events_in.max(1) as f64;
+            let per_event = stage.busy_ns as f64 / events.max(1) as f64;
             writeln!(
                 f,
                 "  stage {name}: in {}  out {}  busy {} ms  {per_event:.0} ns/event",
