@@ -327,11 +327,11 @@ fn decimal(out: &mut Vec<u8>, mut n: u64) {
         end -= 2;
     }
     if n >= 10 {
-        let pair = n as usize * 2;
+        let pair = (n % 100) as usize * 2;
         digits[end - 2].write(DIGIT_PAIRS[pair]);
         digits[end - 1].write(DIGIT_PAIRS[pair + 1]);
     } else {
-        digits[end - 1].write(b'0' + n as u8);
+        digits[end - 1].write(b'0' + (n % 10) as u8);
     }
     // SAFETY: the `len` bytes after the old length were reserved and have just been written
     // (`len` is the number of decimal digits of `n`: every position from the end down to 0).
