@@ -114,7 +114,7 @@ fn every_thread_keeps_only_the_printed_capabilities_and_capture_still_sees_other
     };
     let threads = threads(vexevent.pid());
     let names: Vec<&str> = threads.iter().map(|(name, _)| name.as_str()).collect();
-    for wanted in ["vexevent", "probe-log", "vexevent-captur", "vexevent-pipeli", "vexevent-stream"] {
+    for wanted in ["vexevent", "probe-log", "vexevent-pipeli", "vexevent-stream"] {
         assert!(names.contains(&wanted), "no thread {wanted} in {names:?}");
     }
     for (name, privileges) in &threads {

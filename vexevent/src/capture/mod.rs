@@ -25,7 +25,7 @@ use std::{
 };
 
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use vexevent_common::{OpKind, PendingLoss};
 
 use self::pace::Pace;
@@ -40,9 +40,11 @@ pub struct Batch {
     pub watermark_ns: u64,
 }
 
-/// Longest sleep when nothing arrives (a safety net: the kernel wakes us when data lands).
-const IDLE_POLL: Duration = Duration::from_millis(100);
-/// Timer slack of the capture thread, in nanoseconds.
+/// Most records taken from one ring per drain when its shard is one CPU (bounds a batch, and so
+/// the memory and the time of one pass through the stages, when the consumer is behind; the
+/// rest waits in the ring for the next drain, which follows at once).
+const DRAIN_MAX_PER_SHARD: usize = 4096;
+/// Timer slack of the thread draining the rings, in nanoseconds.
 const TIMER_SLACK_NS: libc::c_ulong = 1_000;
 
 /// How the drainer batches and orders.
@@ -52,9 +54,6 @@ pub struct DrainSettings {
     pub batch_window: Duration,
     /// Bound on how late a record may arrive relative to another shard's (see `merge`).
     pub reorder_window: Duration,
-    /// Batches that may wait for the pipeline before capture blocks (records then wait in the
-    /// rings).
-    pub channel_batches: usize,
 }
 
 /// Drains the shards' ring buffers.
@@ -67,6 +66,12 @@ pub struct RingDrainer {
     merger: Merger,
     pace: Pace,
     counters: Arc<Counters>,
+    batch_window: Duration,
+    reorder_window: Duration,
+    /// Each shard is one CPU (its records arrive in timestamp order).
+    ordered_shards: bool,
+    /// The last drain left records in a ring: the next one follows at once.
+    backlog: bool,
 }
 
 impl RingDrainer {
@@ -92,8 +97,19 @@ impl RingDrainer {
                     .ok()
             })
             .collect();
-        let pace = Pace::new(polling, settings.batch_window);
-        Self { rings, fills, pending_loss, sequences: SequenceTracker::default(), merger, pace, counters }
+        Self {
+            rings,
+            fills,
+            pending_loss,
+            sequences: SequenceTracker::default(),
+            merger,
+            pace: Pace::new(polling, settings.batch_window),
+            counters,
+            batch_window: settings.batch_window,
+            reorder_window: settings.reorder_window,
+            ordered_shards: one_cpu_per_shard,
+            backlog: false,
+        }
     }
 
     /// After the probes are detached and the rings drained: reports, as gap records, the losses
@@ -141,11 +157,20 @@ impl RingDrainer {
         }
     }
 
-    /// Reads every record available now from every shard into the merge; how many.
-    fn drain(&mut self) -> u64 {
+    /// Reads the records available now from every shard into the merge (up to
+    /// [`DRAIN_MAX_PER_SHARD`] of each ordered shard); how many, and whether a shard has more.
+    fn drain(&mut self) -> (u64, bool) {
         let mut received = 0;
+        let mut backlog = false;
+        let limit = if self.ordered_shards { DRAIN_MAX_PER_SHARD } else { usize::MAX };
         for (shard, ring) in self.rings.iter_mut().enumerate() {
-            while let Some(item) = ring.next() {
+            let mut taken = 0;
+            let full = loop {
+                if taken == limit {
+                    break true;
+                }
+                let Some(item) = ring.next() else { break false };
+                taken += 1;
                 received += 1;
                 match decode(&item) {
                     Ok(captured) => {
@@ -167,10 +192,12 @@ impl RingDrainer {
                         self.counters.record_decode_error(error.reason());
                     }
                 }
-            }
+            };
+            self.merger.set_backlogged(shard, full);
+            backlog |= full;
         }
         add(&self.counters.records_received, received);
-        received
+        (received, backlog)
     }
 
     /// Waits until a ring has data or `timeout` passes; whether one has.
@@ -191,58 +218,122 @@ impl RingDrainer {
         unsafe { libc::ppoll(fds.as_mut_ptr(), count, &raw const timeout, std::ptr::null()) > 0 }
     }
 
-    /// Waits for the next drain: the timer period while polling; else the kernel's wakeup (or
-    /// the reorder window while records are held for ordering, or [`IDLE_POLL`]), then the batch
-    /// window.
-    fn wait_for_drain(&mut self, batch_window: Duration, reorder_window: Duration) {
-        if self.pace.polling() {
-            std::thread::sleep(self.pace.period());
+    /// One drain into `batch` (emptied first): waits up to `idle` for the kernel's wakeup (less
+    /// while records are held for ordering), lets the batch window pass once records are there,
+    /// drains every shard and releases what the watermark allows; after a drain that left
+    /// records in a ring, drains again at once. Once `stopping` (the probes are detached),
+    /// drains everything left, reports the losses still pending and releases everything held.
+    fn step(&mut self, idle: Duration, stopping: bool, batch: &mut Batch) {
+        batch.records.clear();
+        if stopping {
+            self.gauge_fill();
+            while self.drain().1 {}
+            self.report_pending_losses();
+            self.merger.flush(&mut batch.records);
+            self.finish_step(batch);
             return;
         }
-        let timeout = if self.merger.is_empty() { IDLE_POLL } else { reorder_window };
+        if !self.backlog {
+            self.wait_for_drain(idle);
+        }
+        let drain_started = monotonic_ns();
+        self.gauge_fill();
+        let (received, backlog) = self.drain();
+        self.backlog = backlog;
+        self.pace.drained(received, drain_started);
+        self.merger.release(drain_started, &mut batch.records);
+        self.finish_step(batch);
+    }
+
+    /// Waits for the next drain: the timer period while polling (at most `idle`); else the
+    /// kernel's wakeup (at most `idle`, less while records are held for ordering: they are due
+    /// within the reorder window), then the batch window.
+    fn wait_for_drain(&mut self, idle: Duration) {
+        if self.pace.polling() {
+            std::thread::sleep(self.pace.period().min(idle));
+            return;
+        }
+        let timeout = if self.merger.is_empty() { idle } else { self.reorder_window.min(idle) };
         if self.wait(timeout) {
             add(&self.counters.drainer_wakeups, 1);
             // From now on the probes let the timer drain their records.
             self.pace.busy();
-            if !batch_window.is_zero() {
-                std::thread::sleep(batch_window);
+            if !self.batch_window.is_zero() {
+                std::thread::sleep(self.batch_window);
             }
         }
     }
 
-    /// Drains until `stop` is set (after the probes are detached), then drains what is left,
-    /// releases everything held for ordering and returns. Sending blocks when the channel is full
-    /// (backpressure: records wait in the rings).
-    pub fn run(mut self, settings: &DrainSettings, stop: &AtomicBool, out: &Sender<Batch>) {
-        // Sleeps of a few hundred microseconds should not be stretched by the default 50 us
-        // timer slack.
-        // SAFETY: prctl(PR_SET_TIMERSLACK) only affects this thread.
-        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, TIMER_SLACK_NS) };
-        loop {
-            let stopping = stop.load(Ordering::Acquire);
-            if !stopping {
-                self.wait_for_drain(settings.batch_window, settings.reorder_window);
+    fn finish_step(&mut self, batch: &mut Batch) {
+        add(&self.counters.records_late, std::mem::take(&mut self.merger.late));
+        batch.watermark_ns = self.merger.watermark();
+    }
+}
+
+/// What the next batch of captured records is.
+pub enum Next {
+    /// A batch (possibly without records, with an advanced watermark).
+    Ready,
+    /// Nothing came before the timeout.
+    Idle,
+    /// Capture has ended: nothing more will come.
+    Ended,
+}
+
+/// Where the kernel source takes its captured batches from: the rings themselves
+/// ([`LiveCapture`], on the pipeline thread) or batches recorded earlier (a channel: the replay
+/// test, the stages benchmark).
+pub trait Batches: Send {
+    /// Waits up to `timeout` for the next batch and puts it in `batch` (whose allocation is
+    /// reused).
+    fn next_batch(&mut self, timeout: Duration, batch: &mut Batch) -> Next;
+}
+
+impl Batches for Receiver<Batch> {
+    fn next_batch(&mut self, timeout: Duration, batch: &mut Batch) -> Next {
+        match self.recv_timeout(timeout) {
+            Ok(received) => {
+                *batch = received;
+                Next::Ready
             }
-            let drain_started = monotonic_ns();
-            self.gauge_fill();
-            let received = self.drain();
-            self.pace.drained(received, drain_started);
-            let mut records = Vec::new();
-            if stopping {
-                self.report_pending_losses();
-                self.merger.flush(&mut records);
-            } else {
-                self.merger.release(drain_started, &mut records);
-            }
-            add(&self.counters.records_late, std::mem::take(&mut self.merger.late));
-            let batch = Batch { records, watermark_ns: self.merger.watermark() };
-            if !batch.records.is_empty() && out.send(batch).is_err() {
-                tracing::warn!("the pipeline stopped before capture; leaving the rings");
-                return;
-            }
-            if stopping {
-                return;
-            }
+            Err(RecvTimeoutError::Timeout) => Next::Idle,
+            Err(RecvTimeoutError::Disconnected) => Next::Ended,
         }
+    }
+}
+
+/// The rings drained on the thread that translates them (the pipeline's), so that a batch
+/// costs no hand-off between threads: the rings are the queue, and while the pipeline is busy
+/// records wait there (backpressure; a full ring is counted and reported as a gap). Ends after
+/// the drain that follows `stop` (set once the probes are detached).
+pub struct LiveCapture {
+    drainer: RingDrainer,
+    stop: Arc<AtomicBool>,
+    ended: bool,
+    timer_slack_set: bool,
+}
+
+impl LiveCapture {
+    #[must_use]
+    pub fn new(drainer: RingDrainer, stop: Arc<AtomicBool>) -> Self {
+        Self { drainer, stop, ended: false, timer_slack_set: false }
+    }
+}
+
+impl Batches for LiveCapture {
+    fn next_batch(&mut self, timeout: Duration, batch: &mut Batch) -> Next {
+        if self.ended {
+            return Next::Ended;
+        }
+        if !std::mem::replace(&mut self.timer_slack_set, true) {
+            // Sleeps of a few hundred microseconds should not be stretched by the default 50 us
+            // timer slack.
+            // SAFETY: prctl(PR_SET_TIMERSLACK) only affects the calling thread.
+            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, TIMER_SLACK_NS) };
+        }
+        let stopping = self.stop.load(Ordering::Acquire);
+        self.drainer.step(timeout, stopping, batch);
+        self.ended = stopping;
+        if batch.records.is_empty() && !stopping { Next::Idle } else { Next::Ready }
     }
 }

@@ -70,8 +70,6 @@ pub struct CaptureConfig {
     /// Bound on how late a record may reach userspace relative to other shards' records, in
     /// microseconds; events are released in timestamp order once this has passed.
     pub reorder_window_us: u64,
-    /// Batches that may wait between capture and translation before capture blocks.
-    pub channel_batches: usize,
     /// Hook type of the syscall probes: `auto`, `btf` or `tracepoint`.
     pub syscall_hooks: SyscallHooks,
     /// Turn the probes' own diagnostics on and print them (off: they cost nothing).
@@ -90,7 +88,6 @@ impl Default for CaptureConfig {
             shards: 0,
             batch_window_us: 100,
             reorder_window_us: 100,
-            channel_batches: 64,
             syscall_hooks: SyscallHooks::Auto,
             debug_probes: false,
         }
@@ -112,9 +109,6 @@ impl CaptureConfig {
         }
         if self.reorder_window_us == 0 {
             problems.push(CaptureConfigError::Zero { field: "capture.reorder_window_us" });
-        }
-        if self.channel_batches == 0 {
-            problems.push(CaptureConfigError::Zero { field: "capture.channel_batches" });
         }
         problems
     }
@@ -171,7 +165,6 @@ impl CaptureConfig {
             drain: DrainSettings {
                 batch_window: Duration::from_micros(self.batch_window_us),
                 reorder_window: Duration::from_micros(self.reorder_window_us),
-                channel_batches: self.channel_batches,
             },
             ops,
         })
