@@ -70,7 +70,12 @@ fn a_tight_loop_is_drained_on_the_consumers_timer_not_by_a_wakeup_per_batch() {
     let wakeups = finished.stats["userspace"]["drainer_wakeups"].as_u64().unwrap();
     eprintln!("tight loop: {} records, {wakeups} drainer wakeups", 2 * PERFORMED);
     assert!(wakeups >= 1, "the probes woke the sleeping consumer: {}", finished.stats);
-    assert!(wakeups <= PERFORMED / 20, "woken {wakeups} times for {} records: {}", 2 * PERFORMED, finished.stats);
+    assert!(
+        wakeups <= PERFORMED / 20,
+        "woken {wakeups} times for {} records: {}",
+        2 * PERFORMED,
+        finished.stats
+    );
 }
 
 /// Asserts that this process's opens and closes were each delivered or reported lost, exactly

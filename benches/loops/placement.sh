@@ -29,6 +29,6 @@ lines=$(wc -l < "$work/out.jsonl")
 kill -INT "$pid"
 wait "$pid"
 ticks_per_second=$(getconf CLK_TCK)
-echo "lines $lines  vexevent cpu $(( (after - before) * 1000 / ticks_per_second )) ms  $(( (after - before) * 1000000000 / ticks_per_second / lines )) ns per line  $(grep -o '"drainer_wakeups":[0-9]*' "$work/stats.json" || echo 'no drainer_wakeups')"
+echo "lines $lines  vexevent cpu $(( (after - before) * 1000 / ticks_per_second )) ms  $(( (after - before) * 1000000000 / ticks_per_second / lines )) ns per line  $(grep -o '"drainer_wakeups": *[0-9]*' "$work/stats.json" || echo 'no drainer_wakeups')"
 grep -E "lost|latency" "$work/stderr" | tail -2
 perf script -i "$work/perf.data" -F comm,tid,cpu,time,event,trace 2>/dev/null | awk -v loop="$loop" -f "$here/placement.awk"

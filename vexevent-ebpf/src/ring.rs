@@ -15,8 +15,8 @@ use vexevent_common::{
 
 use crate::{
     maps::{
-        CONFIG, CONSUMER_POLLING, EVENTS_0, EVENTS_1, EVENTS_2, EVENTS_3, EVENTS_4, EVENTS_5, EVENTS_6, EVENTS_7, GAP_SCRATCH,
-        LOST_BY_KIND, PENDING_LOSS, count, next_seq,
+        CONFIG, CONSUMER_POLLING, EVENTS_0, EVENTS_1, EVENTS_2, EVENTS_3, EVENTS_4, EVENTS_5, EVENTS_6,
+        EVENTS_7, GAP_SCRATCH, LOST_BY_KIND, PENDING_LOSS, count, next_seq,
     },
     record::{Task, header},
 };
@@ -46,8 +46,8 @@ fn write(ring: &RingBuf, data: *const u8, size: usize) -> bool {
     // costs this task an interrupt and pulls the consumer onto this CPU); it is woken when it
     // sleeps (nothing came for a while) or when a burst fills the ring.
     let polling = CONSUMER_POLLING.get(0).is_some_and(|polling| *polling != 0);
-    let wake = !polling
-        || (waiting < WAKEUP_THRESHOLD_BYTES && waiting + size as u64 >= WAKEUP_THRESHOLD_BYTES);
+    let wake =
+        !polling || (waiting < WAKEUP_THRESHOLD_BYTES && waiting + size as u64 >= WAKEUP_THRESHOLD_BYTES);
     let flags = if wake { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
     // SAFETY: `data` points to at least `size` readable bytes of a map value.
     let written = unsafe {

@@ -31,7 +31,13 @@ impl Pace {
     /// `batch_window` (at least 20 us) while records come.
     #[must_use]
     pub fn new(flag: Array<MapData, u32>, batch_window: Duration) -> Self {
-        let mut pace = Self { flag, polling: true, period: batch_window.max(MIN_PERIOD), quiet_since_ns: None, failed: false };
+        let mut pace = Self {
+            flag,
+            polling: true,
+            period: batch_window.max(MIN_PERIOD),
+            quiet_since_ns: None,
+            failed: false,
+        };
         pace.set(false);
         pace
     }
