@@ -64,8 +64,9 @@ pub struct CaptureConfig {
     pub ring_bytes: u32,
     /// Ring buffers (shards); 0 means one per CPU, at most 8.
     pub shards: usize,
-    /// After the kernel wakes userspace, time to let records accumulate before draining, in
-    /// microseconds (trades a little latency for fewer wakeups under load).
+    /// While records come, the period of the drains (on a timer: the probes do not wake the
+    /// drainer then, at least 20 us); after a wakeup, the time before the first drain. In
+    /// microseconds (a longer one: bigger batches, less CPU per event, more latency).
     pub batch_window_us: u64,
     /// Bound on how late a record may reach userspace relative to other shards' records, in
     /// microseconds; events are released in timestamp order once this has passed.
