@@ -4,7 +4,7 @@
 //! event as a JSON line; then the pipeline `vexevent run` builds (`app::build_pipeline`), per
 //! event, on its own thread: kernel source (translate) -> correlate -> filter -> sequence -> route
 //! (serialize once) -> the queues and workers of four null sinks, for batches of decoded records
-//! (decoding is the capture thread's, measured above). Two inputs: every event reaches the sinks
+//! (decoding is the drainer's, measured above). Two inputs: every event reaches the sinks
 //! (`all_events`), and the 10-clause filter passes half of them (`half_filtered`).
 //! Run: `cargo bench --bench stages`.
 

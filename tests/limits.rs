@@ -4,7 +4,9 @@
 //! events from different CPUs must come out in kernel-timestamp order, so that per-file
 //! causality (create before write before rename) holds even when the writer hops between CPUs.
 //! More watched open files than the kernel's scope table holds are counted (`scope_full`), and
-//! the table has room again once they are closed.
+//! the table has room again once they are closed. A tight loop at default settings is drained
+//! on the consumer's timer: every event delivered, and the probes woke the consumer only when it
+//! slept (not once per batch).
 
 mod support;
 
@@ -43,6 +45,37 @@ fn overload_is_accounted_exactly_per_operation_type() {
 
     let lost = assert_accounted(&finished, PERFORMED);
     assert!(lost > 0, "the ring was meant to overflow: {}", finished.stats);
+}
+
+#[test]
+fn a_tight_loop_is_drained_on_the_consumers_timer_not_by_a_wakeup_per_batch() {
+    const PERFORMED: u64 = 20_000;
+    let Some(_serial) =
+        exclusive_root_test("a_tight_loop_is_drained_on_the_consumers_timer_not_by_a_wakeup_per_batch")
+    else {
+        return;
+    };
+    let mount = Mount::tmpfs();
+    let file = mount.path.join("hot");
+    std::fs::write(&file, b"x").unwrap();
+    let vexevent = Vexevent::start(&[&mount.path], &[]);
+    open_close(&CString::new(file.as_os_str().as_bytes()).unwrap(), PERFORMED);
+    let finished = vexevent.stop();
+    assert!(finished.exit_ok, "{:?}", finished.stderr);
+    let lost = assert_accounted(&finished, PERFORMED);
+    assert_eq!(lost, 0, "default settings keep up with one tight loop: {}", finished.stats);
+    // The consumer slept before the loop, so its first record woke it; from then on it drained on
+    // its timer, and slept (to be woken again) only when the loop was descheduled for 2 ms. A
+    // wakeup per batch (one per batch window: 100 us) would be hundreds to thousands.
+    let wakeups = finished.stats["userspace"]["drainer_wakeups"].as_u64().unwrap();
+    eprintln!("tight loop: {} records, {wakeups} drainer wakeups", 2 * PERFORMED);
+    assert!(wakeups >= 1, "the probes woke the sleeping consumer: {}", finished.stats);
+    assert!(
+        wakeups <= PERFORMED / 20,
+        "woken {wakeups} times for {} records: {}",
+        2 * PERFORMED,
+        finished.stats
+    );
 }
 
 /// Asserts that this process's opens and closes were each delivered or reported lost, exactly

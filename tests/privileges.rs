@@ -113,7 +113,7 @@ fn every_thread_keeps_only_the_printed_capabilities_and_capture_still_sees_other
         no_new_privs: 1,
     };
     // The drop is printed before the worker threads start: wait for them (deadline).
-    let wanted = ["vexevent", "probe-log", "vexevent-captur", "vexevent-pipeli", "vexevent-stream"];
+    let wanted = ["vexevent", "probe-log", "vexevent-pipeli", "vexevent-stream"];
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let threads = loop {
         let threads = threads(vexevent.pid());

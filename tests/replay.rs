@@ -78,7 +78,7 @@ fn a_recorded_stream_replays_into_ordered_joined_events() {
         fuse_mounts: vec![(53, b"/m/f".to_vec())],
         vexfs: VexfsRoots::default(),
     });
-    // What the capture thread would hand over: the decoded records, one batch.
+    // What a drain of the rings would hand over: the decoded records, one batch.
     let mut records = Vec::new();
     for bytes in &stream {
         match decode(bytes) {

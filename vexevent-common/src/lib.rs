@@ -46,6 +46,9 @@ pub mod map_names {
         ["EVENTS_0", "EVENTS_1", "EVENTS_2", "EVENTS_3", "EVENTS_4", "EVENTS_5", "EVENTS_6", "EVENTS_7"];
     /// Per-CPU records lost and not yet reported in a gap record.
     pub const PENDING_LOSS: &str = "PENDING_LOSS";
+    /// Non-zero while the consumer drains the rings on its own timer (the probes then do not wake
+    /// it; see `CONSUMER_POLLING` in the eBPF crate).
+    pub const CONSUMER_POLLING: &str = "CONSUMER_POLLING";
     /// Per-CPU records lost, by `OpKind` value (cumulative).
     pub const LOST_BY_KIND: &str = "LOST_BY_KIND";
     pub const SYSCALL_SPECS: &str = "SYSCALL_SPECS";

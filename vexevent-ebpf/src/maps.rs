@@ -37,6 +37,13 @@ pub static EVENTS_7: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 #[map]
 pub static PENDING_LOSS: PerCpuArray<PendingLoss> = PerCpuArray::with_max_entries(1, 0);
 
+/// Non-zero while the consumer drains the rings on its own short timer: a probe then submits
+/// without waking it (below the wakeup threshold), so the traced task pays no wakeup per record
+/// and the consumer is not pulled onto the traced task's CPU. Zero (at load, and while the
+/// consumer sleeps because nothing came) means every record wakes it.
+#[map]
+pub static CONSUMER_POLLING: Array<u32> = Array::with_max_entries(1, 0);
+
 /// Per-CPU records lost, by `OpKind` value (cumulative, for stats).
 #[map]
 pub static LOST_BY_KIND: PerCpuArray<u64> = PerCpuArray::with_max_entries(GAP_KINDS as u32, 0);

@@ -1,7 +1,7 @@
 //! Submitting records: picks the shard's ring, writes pending gap records first, counts every
 //! record the ring cannot take (by kind, and as a pending gap for the next record to report,
-//! with the span of the lost records' timestamps), and wakes the consumer only when a ring goes
-//! from empty to non-empty or fills past a threshold.
+//! with the span of the lost records' timestamps), and wakes the consumer only while it sleeps
+//! (it drains on its own timer while records keep coming) or when a ring fills past a threshold.
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -15,8 +15,8 @@ use vexevent_common::{
 
 use crate::{
     maps::{
-        CONFIG, EVENTS_0, EVENTS_1, EVENTS_2, EVENTS_3, EVENTS_4, EVENTS_5, EVENTS_6, EVENTS_7, GAP_SCRATCH,
-        LOST_BY_KIND, PENDING_LOSS, count, next_seq,
+        CONFIG, CONSUMER_POLLING, EVENTS_0, EVENTS_1, EVENTS_2, EVENTS_3, EVENTS_4, EVENTS_5, EVENTS_6,
+        EVENTS_7, GAP_SCRATCH, LOST_BY_KIND, PENDING_LOSS, count, next_seq,
     },
     record::{Task, header},
 };
@@ -42,10 +42,12 @@ fn ring(shard: u32) -> &'static RingBuf {
 #[inline(always)]
 fn write(ring: &RingBuf, data: *const u8, size: usize) -> bool {
     let waiting = ring.query(u64::from(BPF_RB_AVAIL_DATA));
-    // The consumer batches: it is woken for the first record after it emptied the ring (it then
-    // waits a short batch window before draining) or when a burst fills the ring.
+    // While records keep coming the consumer drains on its own timer and is not woken (a wakeup
+    // costs this task an interrupt and pulls the consumer onto this CPU); it is woken when it
+    // sleeps (nothing came for a while) or when a burst fills the ring.
+    let polling = CONSUMER_POLLING.get(0).is_some_and(|polling| *polling != 0);
     let wake =
-        waiting == 0 || (waiting < WAKEUP_THRESHOLD_BYTES && waiting + size as u64 >= WAKEUP_THRESHOLD_BYTES);
+        !polling || (waiting < WAKEUP_THRESHOLD_BYTES && waiting + size as u64 >= WAKEUP_THRESHOLD_BYTES);
     let flags = if wake { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
     // SAFETY: `data` points to at least `size` readable bytes of a map value.
     let written = unsafe {

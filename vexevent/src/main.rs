@@ -299,7 +299,8 @@ struct RunArgs {
     /// Ring buffers (shards): 0 is one per CPU (at most 8).
     #[arg(long, value_name = "N")]
     shards: Option<usize>,
-    /// Time to let records accumulate after a wakeup before draining, in microseconds.
+    /// While records come, the rings are drained this often (on a timer: the probes do not wake
+    /// the drainer then); after a wakeup, the time before the first drain. In microseconds.
     #[arg(long, value_name = "US")]
     batch_window_us: Option<u64>,
     /// How late a record may arrive relative to other shards' before order is given up, in

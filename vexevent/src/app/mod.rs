@@ -1,5 +1,5 @@
-//! Wiring of `vexevent run`: probes -> capture thread -> pipeline thread (translate, correlate,
-//! filter, route) -> sink workers and the live stream; signals, the control API, reloads,
+//! Wiring of `vexevent run`: probes -> pipeline thread (drain and merge the rings, translate,
+//! correlate, filter, route) -> sink workers and the live stream; signals, the control API, reloads,
 //! periodic stats and an orderly drain on shutdown.
 
 mod main_loop;
@@ -25,7 +25,7 @@ use std::{
 };
 
 use crate::{
-    capture::{Batch, RingDrainer},
+    capture::{LiveCapture, RingDrainer},
     config::{Compiled, Config, Settings},
     event::Run,
     http::{Keys, StreamServer, control},
@@ -111,10 +111,20 @@ pub fn run(
     let give_up = sinks.give_up_handle();
 
     let stop_capture = Arc::new(AtomicBool::new(false));
-    let (capture, batches_rx) = start_capture(settings, &mut probes, &stop_capture, &counters)?;
+    let capture = LiveCapture::new(
+        RingDrainer::new(
+            probes.take_rings()?,
+            probes.take_pending_loss()?,
+            probes.take_consumer_polling()?,
+            &settings.drain,
+            probes.layout().cpus_per_shard == 1,
+            Arc::clone(&counters),
+        ),
+        Arc::clone(&stop_capture),
+    );
     // One run of this node: every event's origin, kernel or vexevent's own, names it.
     let run = Run::new(settings.node.clone());
-    let kernel = KernelSource::new(batches_rx, translator(settings, &probes, &run), Arc::clone(&counters));
+    let kernel = KernelSource::new(capture, translator(settings, &probes, &run), Arc::clone(&counters));
     let (reloads_tx, reloads_rx) = crossbeam_channel::bounded::<Reconfigure>(1);
     let stream = match (settings.stream.addr, &keys) {
         (Some(addr), Some(keys)) => {
@@ -173,11 +183,8 @@ pub fn run(
     probes.detach();
     stop_capture.store(true, Ordering::Release);
     let _ = give_up.set(Instant::now() + SINK_SHUTDOWN_GRACE);
-    if capture.join().is_err() {
-        tracing::error!("the capture thread panicked");
-    }
-    // The pipeline ends when capture has handed over its last batch: each stage flushes what it
-    // holds, then the outputs deliver what is queued.
+    // The pipeline ends after its last drain of the rings: each stage flushes what it holds, then
+    // the outputs deliver what is queued.
     if pipeline.join().is_err() {
         tracing::error!("the pipeline thread panicked");
     }
@@ -187,31 +194,6 @@ pub fn run(
         tracing::warn!(%error, "cannot write the stats file");
     }
     Ok(last)
-}
-
-/// Starts the capture thread on the probes' rings; it hands merged batches to the returned
-/// channel until `stop` is set.
-fn start_capture(
-    settings: &Settings,
-    probes: &mut Probes,
-    stop: &Arc<AtomicBool>,
-    counters: &Arc<Counters>,
-) -> Result<(thread::JoinHandle<()>, crossbeam_channel::Receiver<Batch>), AppError> {
-    let (batches_tx, batches_rx) = crossbeam_channel::bounded::<Batch>(settings.drain.channel_batches);
-    let drainer = RingDrainer::new(
-        probes.take_rings()?,
-        probes.take_pending_loss()?,
-        &settings.drain,
-        probes.layout().cpus_per_shard == 1,
-        Arc::clone(counters),
-    );
-    let stop = Arc::clone(stop);
-    let drain = settings.drain;
-    let capture = thread::Builder::new()
-        .name("vexevent-capture".into())
-        .spawn(move || drainer.run(&drain, &stop, &batches_tx))
-        .map_err(|source| AppError::Start { what: "capture thread", source })?;
-    Ok((capture, batches_rx))
 }
 
 /// The tokens of the HTTP servers, generated into files beside the stats file, when there is a

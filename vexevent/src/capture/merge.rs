@@ -12,36 +12,23 @@ use std::{cmp::Reverse, collections::BinaryHeap};
 
 use super::Captured;
 
-/// An item waiting for the watermark, ordered by (timestamp, cpu, arrival).
-struct Waiting {
-    key: (u64, u32, u64),
-    item: Captured,
-}
-
-impl PartialEq for Waiting {
-    fn eq(&self, other: &Self) -> bool {
-        self.key == other.key
-    }
-}
-impl Eq for Waiting {}
-impl PartialOrd for Waiting {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Waiting {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.key.cmp(&other.key)
-    }
-}
+/// An item waiting for the watermark: its order, (timestamp, cpu, arrival), and its slot in
+/// [`Merger::slots`] (the heap moves these 32 bytes, never the records themselves).
+type Waiting = Reverse<((u64, u32, u64), usize)>;
 
 /// The reorder buffer.
 pub struct Merger {
-    waiting: BinaryHeap<Reverse<Waiting>>,
+    waiting: BinaryHeap<Waiting>,
+    /// The waiting items, by slot; `free` lists the empty slots.
+    slots: Vec<Option<Captured>>,
+    free: Vec<usize>,
     /// Newest timestamp seen per shard.
     newest: Vec<u64>,
     /// Whether each shard is a single CPU (its records arrive in timestamp order).
     ordered_shards: bool,
+    /// Shards whose last drain stopped before their ring was empty (ordered shards only): what
+    /// is left there is newer than their newest, and may be older than the in-flight bound.
+    backlogged: Vec<bool>,
     window_ns: u64,
     released_up_to: u64,
     /// The highest watermark released under.
@@ -56,7 +43,10 @@ impl Merger {
     pub fn new(shards: usize, ordered_shards: bool, window_ns: u64) -> Self {
         Self {
             waiting: BinaryHeap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
             newest: vec![0; shards],
+            backlogged: vec![false; shards],
             ordered_shards,
             window_ns,
             released_up_to: 0,
@@ -73,7 +63,23 @@ impl Merger {
             *newest = (*newest).max(timestamp);
         }
         self.arrivals += 1;
-        self.waiting.push(Reverse(Waiting { key: (timestamp, item.cpu(), self.arrivals), item }));
+        let key = (timestamp, item.cpu(), self.arrivals);
+        let slot = if let Some(slot) = self.free.pop() {
+            self.slots[slot] = Some(item);
+            slot
+        } else {
+            self.slots.push(Some(item));
+            self.slots.len() - 1
+        };
+        self.waiting.push(Reverse((key, slot)));
+    }
+
+    /// Says whether the last drain of `shard` left records in its ring (it stopped at its
+    /// per-drain limit); only for ordered shards, whose records are in timestamp order.
+    pub fn set_backlogged(&mut self, shard: usize, backlogged: bool) {
+        if let Some(flag) = self.backlogged.get_mut(shard) {
+            *flag = backlogged && self.ordered_shards;
+        }
     }
 
     /// Releases, in order, every item older than the watermark of a drain that began at
@@ -83,7 +89,13 @@ impl Merger {
         let watermark = self
             .newest
             .iter()
-            .map(|&newest| if self.ordered_shards { newest.max(in_flight_bound) } else { in_flight_bound })
+            .zip(&self.backlogged)
+            .map(|(&newest, &backlogged)| match (self.ordered_shards, backlogged) {
+                // Its ring holds records newer than `newest`, possibly older than the bound.
+                (true, true) => newest,
+                (true, false) => newest.max(in_flight_bound),
+                (false, _) => in_flight_bound,
+            })
             .min()
             .unwrap_or(in_flight_bound);
         self.watermark = self.watermark.max(watermark);
@@ -110,13 +122,17 @@ impl Merger {
     }
 
     fn release_below(&mut self, watermark: u64, out: &mut Vec<Captured>) {
-        while self.waiting.peek().is_some_and(|Reverse(w)| w.key.0 < watermark || watermark == u64::MAX) {
-            let Some(Reverse(waiting)) = self.waiting.pop() else { break };
-            if waiting.key.0 < self.released_up_to {
+        while self.waiting.peek().is_some_and(|Reverse((key, _))| key.0 < watermark || watermark == u64::MAX)
+        {
+            let Some(Reverse(((timestamp, _, _), slot))) = self.waiting.pop() else { break };
+            if timestamp < self.released_up_to {
                 self.late += 1;
             }
-            self.released_up_to = self.released_up_to.max(waiting.key.0);
-            out.push(waiting.item);
+            self.released_up_to = self.released_up_to.max(timestamp);
+            self.free.push(slot);
+            if let Some(item) = self.slots[slot].take() {
+                out.push(item);
+            }
         }
     }
 }
@@ -159,6 +175,24 @@ mod tests {
         out.clear();
         merger.flush(&mut out);
         assert_eq!(stamps(&out), vec![40, 50]);
+        assert_eq!(merger.late, 0);
+    }
+
+    #[test]
+    fn a_backlogged_shard_holds_back_what_is_newer_than_its_newest() {
+        let mut merger = Merger::new(2, true, 100);
+        merger.push(0, item(0, 500));
+        merger.push(1, item(1, 300));
+        merger.push(1, item(1, 350));
+        merger.set_backlogged(1, true);
+        let mut out = Vec::new();
+        // Long after the window: shard 1's ring still holds records from 350 on (400, say).
+        merger.release(10_000, &mut out);
+        assert_eq!(stamps(&out), vec![300]);
+        merger.push(1, item(1, 400));
+        merger.set_backlogged(1, false);
+        merger.release(10_000, &mut out);
+        assert_eq!(stamps(&out), vec![300, 350, 400, 500]);
         assert_eq!(merger.late, 0);
     }
 

@@ -1,10 +1,11 @@
-//! The only code that reads the ring buffers: waits for the kernel's wakeup (sent when a ring goes
-//! from empty to non-empty, or fills past a threshold), lets a short batch window pass, drains
-//! every shard, validates each record, merges the shards by timestamp and hands ordered batches on.
+//! The only code that reads the ring buffers: drains every shard on a short timer while records
+//! come (waits for the kernel's wakeup once nothing came for a while, see `pace`), validates each
+//! record, merges the shards by timestamp and hands ordered batches on.
 
 mod decode;
 mod fill;
 mod merge;
+mod pace;
 mod sequence;
 
 pub use decode::{
@@ -23,10 +24,11 @@ use std::{
     time::Duration,
 };
 
-use aya::maps::{MapData, PerCpuArray, RingBuf};
-use crossbeam_channel::Sender;
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use vexevent_common::{OpKind, PendingLoss};
 
+use self::pace::Pace;
 use crate::telemetry::{Counters, add, monotonic_ns};
 
 /// Records drained and merged together, in timestamp order.
@@ -38,9 +40,11 @@ pub struct Batch {
     pub watermark_ns: u64,
 }
 
-/// Longest sleep when nothing arrives (a safety net: the kernel wakes us when data lands).
-const IDLE_POLL: Duration = Duration::from_millis(100);
-/// Timer slack of the capture thread, in nanoseconds.
+/// Most records taken from one ring per drain when its shard is one CPU (bounds a batch, and so
+/// the memory and the time of one pass through the stages, when the consumer is behind; the
+/// rest waits in the ring for the next drain, which follows at once).
+const DRAIN_MAX_PER_SHARD: usize = 4096;
+/// Timer slack of the thread draining the rings, in nanoseconds.
 const TIMER_SLACK_NS: libc::c_ulong = 1_000;
 
 /// How the drainer batches and orders.
@@ -50,9 +54,6 @@ pub struct DrainSettings {
     pub batch_window: Duration,
     /// Bound on how late a record may arrive relative to another shard's (see `merge`).
     pub reorder_window: Duration,
-    /// Batches that may wait for the pipeline before capture blocks (records then wait in the
-    /// rings).
-    pub channel_batches: usize,
 }
 
 /// Drains the shards' ring buffers.
@@ -63,16 +64,25 @@ pub struct RingDrainer {
     pending_loss: PerCpuArray<MapData, PendingLoss>,
     sequences: SequenceTracker,
     merger: Merger,
+    pace: Pace,
     counters: Arc<Counters>,
+    batch_window: Duration,
+    reorder_window: Duration,
+    /// Each shard is one CPU (its records arrive in timestamp order).
+    ordered_shards: bool,
+    /// The last drain left records in a ring: the next one follows at once.
+    backlog: bool,
 }
 
 impl RingDrainer {
     /// A drainer of `rings`; `one_cpu_per_shard` when each ring is a single CPU's (its records
-    /// then arrive in timestamp order).
+    /// then arrive in timestamp order); `polling` is the probes' flag of whether the drainer
+    /// polls (see `pace`).
     #[must_use]
     pub fn new(
         rings: Vec<RingBuf<MapData>>,
         pending_loss: PerCpuArray<MapData, PendingLoss>,
+        polling: Array<MapData, u32>,
         settings: &DrainSettings,
         one_cpu_per_shard: bool,
         counters: Arc<Counters>,
@@ -87,7 +97,19 @@ impl RingDrainer {
                     .ok()
             })
             .collect();
-        Self { rings, fills, pending_loss, sequences: SequenceTracker::default(), merger, counters }
+        Self {
+            rings,
+            fills,
+            pending_loss,
+            sequences: SequenceTracker::default(),
+            merger,
+            pace: Pace::new(polling, settings.batch_window),
+            counters,
+            batch_window: settings.batch_window,
+            reorder_window: settings.reorder_window,
+            ordered_shards: one_cpu_per_shard,
+            backlog: false,
+        }
     }
 
     /// After the probes are detached and the rings drained: reports, as gap records, the losses
@@ -135,11 +157,20 @@ impl RingDrainer {
         }
     }
 
-    /// Reads every record available now from every shard into the merge.
-    fn drain(&mut self) {
+    /// Reads the records available now from every shard into the merge (up to
+    /// [`DRAIN_MAX_PER_SHARD`] of each ordered shard); how many, and whether a shard has more.
+    fn drain(&mut self) -> (u64, bool) {
         let mut received = 0;
+        let mut backlog = false;
+        let limit = if self.ordered_shards { DRAIN_MAX_PER_SHARD } else { usize::MAX };
         for (shard, ring) in self.rings.iter_mut().enumerate() {
-            while let Some(item) = ring.next() {
+            let mut taken = 0;
+            let full = loop {
+                if taken == limit {
+                    break true;
+                }
+                let Some(item) = ring.next() else { break false };
+                taken += 1;
                 received += 1;
                 match decode(&item) {
                     Ok(captured) => {
@@ -161,13 +192,16 @@ impl RingDrainer {
                         self.counters.record_decode_error(error.reason());
                     }
                 }
-            }
+            };
+            self.merger.set_backlogged(shard, full);
+            backlog |= full;
         }
         add(&self.counters.records_received, received);
+        (received, backlog)
     }
 
-    /// Waits until a ring has data or `timeout` passes.
-    fn wait(&self, timeout: Duration) {
+    /// Waits until a ring has data or `timeout` passes; whether one has.
+    fn wait(&self, timeout: Duration) -> bool {
         let mut fds: Vec<libc::pollfd> = self
             .rings
             .iter()
@@ -181,46 +215,125 @@ impl RingDrainer {
         let count = libc::nfds_t::try_from(fds.len()).unwrap_or(libc::nfds_t::MAX);
         // SAFETY: `fds` is a valid array of `count` pollfds and `timeout` a valid timespec for the
         // duration of the call; no signal mask change.
-        unsafe { libc::ppoll(fds.as_mut_ptr(), count, &raw const timeout, std::ptr::null()) };
+        unsafe { libc::ppoll(fds.as_mut_ptr(), count, &raw const timeout, std::ptr::null()) > 0 }
     }
 
-    /// Drains until `stop` is set (after the probes are detached), then drains what is left,
-    /// releases everything held for ordering and returns. Sending blocks when the channel is full
-    /// (backpressure: records wait in the rings).
-    pub fn run(mut self, settings: &DrainSettings, stop: &AtomicBool, out: &Sender<Batch>) {
-        // Sleeps of a few hundred microseconds should not be stretched by the default 50 us
-        // timer slack.
-        // SAFETY: prctl(PR_SET_TIMERSLACK) only affects this thread.
-        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, TIMER_SLACK_NS) };
-        loop {
-            let stopping = stop.load(Ordering::Acquire);
-            if !stopping {
-                // Records held for ordering are due within the reorder window.
-                let timeout = if self.merger.is_empty() { IDLE_POLL } else { settings.reorder_window };
-                self.wait(timeout);
-                if !settings.batch_window.is_zero() {
-                    std::thread::sleep(settings.batch_window);
-                }
-            }
-            let drain_started = monotonic_ns();
+    /// One drain into `batch` (emptied first): waits up to `idle` for the kernel's wakeup (less
+    /// while records are held for ordering), lets the batch window pass once records are there,
+    /// drains every shard and releases what the watermark allows; after a drain that left
+    /// records in a ring, drains again at once. Once `stopping` (the probes are detached),
+    /// drains everything left, reports the losses still pending and releases everything held.
+    fn step(&mut self, idle: Duration, stopping: bool, batch: &mut Batch) {
+        batch.records.clear();
+        if stopping {
             self.gauge_fill();
-            self.drain();
-            let mut records = Vec::new();
-            if stopping {
-                self.report_pending_losses();
-                self.merger.flush(&mut records);
-            } else {
-                self.merger.release(drain_started, &mut records);
-            }
-            add(&self.counters.records_late, std::mem::take(&mut self.merger.late));
-            let batch = Batch { records, watermark_ns: self.merger.watermark() };
-            if !batch.records.is_empty() && out.send(batch).is_err() {
-                tracing::warn!("the pipeline stopped before capture; leaving the rings");
-                return;
-            }
-            if stopping {
-                return;
+            while self.drain().1 {}
+            self.report_pending_losses();
+            self.merger.flush(&mut batch.records);
+            self.finish_step(batch);
+            return;
+        }
+        if !self.backlog {
+            self.wait_for_drain(idle);
+        }
+        let drain_started = monotonic_ns();
+        self.gauge_fill();
+        let (received, backlog) = self.drain();
+        self.backlog = backlog;
+        self.pace.drained(received, drain_started);
+        self.merger.release(drain_started, &mut batch.records);
+        self.finish_step(batch);
+    }
+
+    /// Waits for the next drain: the timer period while polling (at most `idle`); else the
+    /// kernel's wakeup (at most `idle`, less while records are held for ordering: they are due
+    /// within the reorder window), then the batch window.
+    fn wait_for_drain(&mut self, idle: Duration) {
+        if self.pace.polling() {
+            std::thread::sleep(self.pace.period().min(idle));
+            return;
+        }
+        let timeout = if self.merger.is_empty() { idle } else { self.reorder_window.min(idle) };
+        if self.wait(timeout) {
+            add(&self.counters.drainer_wakeups, 1);
+            // From now on the probes let the timer drain their records.
+            self.pace.busy();
+            if !self.batch_window.is_zero() {
+                std::thread::sleep(self.batch_window);
             }
         }
+    }
+
+    fn finish_step(&mut self, batch: &mut Batch) {
+        add(&self.counters.records_late, std::mem::take(&mut self.merger.late));
+        batch.watermark_ns = self.merger.watermark();
+    }
+}
+
+/// What the next batch of captured records is.
+pub enum Next {
+    /// A batch (possibly without records, with an advanced watermark).
+    Ready,
+    /// Nothing came before the timeout.
+    Idle,
+    /// Capture has ended: nothing more will come.
+    Ended,
+}
+
+/// Where the kernel source takes its captured batches from: the rings themselves
+/// ([`LiveCapture`], on the pipeline thread) or batches recorded earlier (a channel: the replay
+/// test, the stages benchmark).
+pub trait Batches: Send {
+    /// Waits up to `timeout` for the next batch and puts it in `batch` (whose allocation is
+    /// reused).
+    fn next_batch(&mut self, timeout: Duration, batch: &mut Batch) -> Next;
+}
+
+impl Batches for Receiver<Batch> {
+    fn next_batch(&mut self, timeout: Duration, batch: &mut Batch) -> Next {
+        match self.recv_timeout(timeout) {
+            Ok(received) => {
+                *batch = received;
+                Next::Ready
+            }
+            Err(RecvTimeoutError::Timeout) => Next::Idle,
+            Err(RecvTimeoutError::Disconnected) => Next::Ended,
+        }
+    }
+}
+
+/// The rings drained on the thread that translates them (the pipeline's), so that a batch
+/// costs no hand-off between threads: the rings are the queue, and while the pipeline is busy
+/// records wait there (backpressure; a full ring is counted and reported as a gap). Ends after
+/// the drain that follows `stop` (set once the probes are detached).
+pub struct LiveCapture {
+    drainer: RingDrainer,
+    stop: Arc<AtomicBool>,
+    ended: bool,
+    timer_slack_set: bool,
+}
+
+impl LiveCapture {
+    #[must_use]
+    pub fn new(drainer: RingDrainer, stop: Arc<AtomicBool>) -> Self {
+        Self { drainer, stop, ended: false, timer_slack_set: false }
+    }
+}
+
+impl Batches for LiveCapture {
+    fn next_batch(&mut self, timeout: Duration, batch: &mut Batch) -> Next {
+        if self.ended {
+            return Next::Ended;
+        }
+        if !std::mem::replace(&mut self.timer_slack_set, true) {
+            // Sleeps of a few hundred microseconds should not be stretched by the default 50 us
+            // timer slack.
+            // SAFETY: prctl(PR_SET_TIMERSLACK) only affects the calling thread.
+            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, TIMER_SLACK_NS) };
+        }
+        let stopping = self.stop.load(Ordering::Acquire);
+        self.drainer.step(timeout, stopping, batch);
+        self.ended = stopping;
+        if batch.records.is_empty() && !stopping { Next::Idle } else { Next::Ready }
     }
 }

@@ -127,7 +127,7 @@ pub struct Settings {
     /// The probes: scope, kernel filters, rings, hooks (`[capture]`, `[fuse]`'s daemon, and what
     /// the filter pushes down).
     pub probes: ProbeSettings,
-    /// The capture thread (`[capture]`'s batching and ordering).
+    /// The drainer of the rings (`[capture]`'s batching and ordering).
     pub drain: DrainSettings,
     /// Operation types to emit events for.
     pub ops: HashSet<OpKind>,
@@ -482,7 +482,6 @@ unmatched = ["gone"]
         "comm",
         "ring_bytes",
         "shards",
-        "channel_batches",
         "expressions",
         "mode",
         "addr",

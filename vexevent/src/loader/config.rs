@@ -64,14 +64,13 @@ pub struct CaptureConfig {
     pub ring_bytes: u32,
     /// Ring buffers (shards); 0 means one per CPU, at most 8.
     pub shards: usize,
-    /// After the kernel wakes userspace, time to let records accumulate before draining, in
-    /// microseconds (trades a little latency for fewer wakeups under load).
+    /// While records come, the period of the drains (on a timer: the probes do not wake the
+    /// drainer then, at least 20 us); after a wakeup, the time before the first drain. In
+    /// microseconds (a longer one: bigger batches, less CPU per event, more latency).
     pub batch_window_us: u64,
     /// Bound on how late a record may reach userspace relative to other shards' records, in
     /// microseconds; events are released in timestamp order once this has passed.
     pub reorder_window_us: u64,
-    /// Batches that may wait between capture and translation before capture blocks.
-    pub channel_batches: usize,
     /// Hook type of the syscall probes: `auto`, `btf` or `tracepoint`.
     pub syscall_hooks: SyscallHooks,
     /// Turn the probes' own diagnostics on and print them (off: they cost nothing).
@@ -90,7 +89,6 @@ impl Default for CaptureConfig {
             shards: 0,
             batch_window_us: 100,
             reorder_window_us: 100,
-            channel_batches: 64,
             syscall_hooks: SyscallHooks::Auto,
             debug_probes: false,
         }
@@ -112,9 +110,6 @@ impl CaptureConfig {
         }
         if self.reorder_window_us == 0 {
             problems.push(CaptureConfigError::Zero { field: "capture.reorder_window_us" });
-        }
-        if self.channel_batches == 0 {
-            problems.push(CaptureConfigError::Zero { field: "capture.channel_batches" });
         }
         problems
     }
@@ -171,7 +166,6 @@ impl CaptureConfig {
             drain: DrainSettings {
                 batch_window: Duration::from_micros(self.batch_window_us),
                 reorder_window: Duration::from_micros(self.reorder_window_us),
-                channel_batches: self.channel_batches,
             },
             ops,
         })

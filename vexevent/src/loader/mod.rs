@@ -448,6 +448,17 @@ impl Probes {
         PerCpuArray::try_from(map).map_err(map_error(map_names::PENDING_LOSS))
     }
 
+    /// Takes the flag by which the capture stage tells the probes it drains on its own timer
+    /// (once).
+    ///
+    /// # Errors
+    /// When the map is missing (already taken).
+    pub fn take_consumer_polling(&mut self) -> Result<Array<MapData, u32>, LoaderError> {
+        let name = map_names::CONSUMER_POLLING;
+        let map = self.ebpf.take_map(name).ok_or_else(missing(name))?;
+        Array::try_from(map).map_err(map_error(name))
+    }
+
     /// Takes the shards' ring buffers for the capture stage (once), in shard order.
     ///
     /// # Errors

@@ -99,6 +99,10 @@ counters! {
     /// Records released by the merge after its watermark had passed them (reorder window too
     /// short).
     records_late,
+    /// Drains that began with a kernel wakeup: the drainer had found nothing for a while and
+    /// slept (while records keep coming it drains on its own timer and the probes do not wake
+    /// it).
+    drainer_wakeups,
     /// Records that only keep path state right (chdir, dup, fork): no event by design.
     bookkeeping_records,
     /// Records of operation types the op filter left out (opens and closes are always captured

@@ -1,4 +1,4 @@
-//! How full each kernel ring is (a gauge): the bytes waiting in it when the capture thread last
+//! How full each kernel ring is (a gauge): the bytes waiting in it when the pipeline thread last
 //! began a drain, the most seen since the start, and its size, so a backlog shows before it
 //! becomes loss.
 
@@ -9,7 +9,7 @@ use std::sync::{
 
 use serde::{Deserialize, Serialize};
 
-/// One ring's gauge, written by the capture thread.
+/// One ring's gauge, written by the thread that drains the rings.
 #[derive(Debug, Default)]
 struct RingGauge {
     used: AtomicU64,

@@ -1,5 +1,6 @@
-//! The kernel as a pipeline source: batches the capture thread drained and merged, translated
-//! into semantic events, with the merge's watermark. A reload sends the operation types to
+//! The kernel as a pipeline source: batches drained from the rings and merged (on the pipeline
+//! thread itself, see [`LiveCapture`](crate::capture::LiveCapture)), translated into semantic
+//! events, with the merge's watermark. A reload sends the operation types to
 //! report (`HashSet<OpKind>`).
 
 use std::{
@@ -8,19 +9,20 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
 use vexevent_common::OpKind;
 
 use super::Translator;
 use crate::{
-    capture::Batch,
+    capture::{Batch, Batches, Next},
     pipeline::{EventBatch, Poll, Source, Update, settings_for},
     telemetry::{Counters, StageCounters},
 };
 
 /// Captured batches in, semantic events out.
 pub struct KernelSource {
-    batches: Receiver<Batch>,
+    batches: Box<dyn Batches>,
+    /// The batch being translated (its allocation reused).
+    captured: Batch,
     translator: Translator,
     counters: Arc<Counters>,
     /// This source's counters (translation time).
@@ -32,9 +34,9 @@ const NAME: &str = "kernel";
 
 impl KernelSource {
     #[must_use]
-    pub fn new(batches: Receiver<Batch>, translator: Translator, counters: Arc<Counters>) -> Self {
+    pub fn new(batches: impl Batches + 'static, translator: Translator, counters: Arc<Counters>) -> Self {
         let stage = counters.stages.register(NAME);
-        Self { batches, translator, counters, stage }
+        Self { batches: Box::new(batches), captured: Batch::default(), translator, counters, stage }
     }
 }
 
@@ -44,18 +46,18 @@ impl Source for KernelSource {
     }
 
     fn next(&mut self, timeout: Duration, batch: &mut EventBatch) -> Poll {
-        match self.batches.recv_timeout(timeout) {
-            Ok(captured) => {
+        match self.batches.next_batch(timeout, &mut self.captured) {
+            Next::Ready => {
                 let started = Instant::now();
-                for record in &captured.records {
+                for record in &self.captured.records {
                     self.translator.translate_captured(record, &mut batch.events, &self.counters);
                 }
-                batch.watermark_ns = captured.watermark_ns;
+                batch.watermark_ns = self.captured.watermark_ns;
                 self.stage.busy_since(started);
                 Poll::Ready
             }
-            Err(RecvTimeoutError::Timeout) => Poll::Idle,
-            Err(RecvTimeoutError::Disconnected) => Poll::Ended,
+            Next::Idle => Poll::Idle,
+            Next::Ended => Poll::Ended,
         }
     }
 
