@@ -3,8 +3,8 @@
 //! API (refused without the token, and a second time by `vexevent rollback`), with the audit log
 //! verified and the same detections replayed from the recorded log (every rollback is an audit
 //! event in the stream); actions with `rollback_after_ms` (SIGSTOP, chmod) are undone by
-//! themselves; a sequence rule on a bindfs FUSE mount detects temporary files renamed over
-//! others (and prints its detection latency); rules replaced by a reload
+//! themselves; a sequence rule on a bindfs FUSE mount and on tmpfs detects temporary files
+//! renamed over others (and prints its detection latency); rules replaced by a reload
 //! stop detecting and the new ones start; `dry_run` acts on
 //! nothing and audits what it would have done; an absence fires (a chmod and a program run as
 //! `nobody`), and after an induced ring overflow reports `gapped` and does not act; what a

@@ -143,9 +143,9 @@ fn a_step_keeps_only_the_fields_later_steps_name() {
     let kept_write = captures.keep(1, &write);
     assert_eq!(&kept_write[..], [Captured::Bytes(Some(b"/d/a.tmp"[..].into()))]);
     assert!(captures.keep(2, &write).is_empty(), "the last step keeps nothing");
-    assert!(matchers[1](&write, &[kept_create.clone()]));
+    assert!(matchers[1](&write, std::slice::from_ref(&kept_create)));
     let other = event(EventType::FilesystemWrite, "/d/a.tmp", 8, "writer", true);
-    assert!(!matchers[1](&other, &[kept_create.clone()]), "another pid");
+    assert!(!matchers[1](&other, std::slice::from_ref(&kept_create)), "another pid");
     let rename = event(EventType::FilesystemRename, "/d/a.tmp", 7, "mv", true);
     assert!(matchers[2](&rename, &[kept_create.clone(), kept_write.clone()]));
     let same_comm = event(EventType::FilesystemRename, "/d/a.tmp", 7, "writer", true);
