@@ -120,13 +120,14 @@ struct Partial {
 }
 
 /// What an absence keeps of its first event: what its detection carries (the event's id, origin,
-/// type, time, process, file and result), not the whole event.
+/// type, time, flags, process, file and result), not the whole event.
 struct Started {
     event_id: u64,
     origin: Origin,
     event_type: EventType,
     subtype: String,
     timestamp: Timestamp,
+    flags: u32,
     process: Option<ProcessInfo>,
     filesystem: Option<Box<FilesystemContext>>,
     result: Option<OpResult>,
@@ -140,6 +141,7 @@ impl Started {
             event_type: event.event_type,
             subtype: event.event_subtype.clone(),
             timestamp: event.timestamp,
+            flags: event.flags,
             process: event.process.clone(),
             filesystem: event.context.filesystem.clone().map(Box::new),
             result: event.result.clone(),
@@ -158,6 +160,7 @@ impl Started {
         event.event_id = self.event_id;
         event.origin = self.origin;
         event.timestamp = self.timestamp;
+        event.flags = self.flags;
         event.process = self.process;
         event.context.filesystem = self.filesystem.map(|f| *f);
         event.result = self.result;
