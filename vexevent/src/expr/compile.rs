@@ -42,6 +42,7 @@ const MAX_MACRO_NESTING: usize = 16;
 const REGEX_BYTES: usize = 1 << 20;
 
 /// What a field yields for one event.
+#[derive(Clone, Copy)]
 pub(super) enum Field {
     Number(fn(&SemanticEvent) -> Option<i64>),
     Bytes(fn(&SemanticEvent) -> Option<&[u8]>),

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 pub use compile::{CompileError, Matcher};
 pub use needs::{Needs, needs};
 pub use parse::{CompareOp, Expr, ParseError, TextOp, Value, parse};
-pub use steps::{StepMatcher, compile_steps};
+pub use steps::{Captured, Captures, Kept, StepMatcher, compile_steps};
 
 use crate::event::SemanticEvent;
 

@@ -113,6 +113,45 @@ fn macros_nest_a_bounded_number_of_levels() {
     assert!(cause.contains("at most 16 may nest"), "{cause}");
 }
 
+#[test]
+fn a_step_keeps_only_the_fields_later_steps_name() {
+    let macros = BTreeMap::new();
+    let mut captures = Captures::default();
+    let steps = [
+        ("create", r#"type == FilesystemCreate and path glob "**/*.tmp""#),
+        ("write", "type == FilesystemWrite and path == create.path and pid == create.pid"),
+        ("rename", "type == FilesystemRename and path == write.path and comm != create.comm"),
+    ];
+    let mut names = Vec::new();
+    let mut matchers = Vec::new();
+    for (name, text) in steps {
+        matchers.push(compile_steps(&parse(text).unwrap(), &names, &macros, &mut captures).unwrap());
+        names.push(name);
+    }
+    let create = event(EventType::FilesystemCreate, "/d/a.tmp", 7, "writer", true);
+    let kept_create = captures.keep(0, &create);
+    assert_eq!(
+        &kept_create[..],
+        [
+            Captured::Bytes(Some(b"/d/a.tmp"[..].into())),
+            Captured::Number(Some(7)),
+            Captured::Bytes(Some(b"writer"[..].into()))
+        ],
+        "path, pid and comm, each once, in the order later steps name them"
+    );
+    let write = event(EventType::FilesystemWrite, "/d/a.tmp", 7, "writer", true);
+    let kept_write = captures.keep(1, &write);
+    assert_eq!(&kept_write[..], [Captured::Bytes(Some(b"/d/a.tmp"[..].into()))]);
+    assert!(captures.keep(2, &write).is_empty(), "the last step keeps nothing");
+    assert!(matchers[1](&write, std::slice::from_ref(&kept_create)));
+    let other = event(EventType::FilesystemWrite, "/d/a.tmp", 8, "writer", true);
+    assert!(!matchers[1](&other, std::slice::from_ref(&kept_create)), "another pid");
+    let rename = event(EventType::FilesystemRename, "/d/a.tmp", 7, "mv", true);
+    assert!(matchers[2](&rename, &[kept_create.clone(), kept_write.clone()]));
+    let same_comm = event(EventType::FilesystemRename, "/d/a.tmp", 7, "writer", true);
+    assert!(!matchers[2](&same_comm, &[kept_create, kept_write]));
+}
+
 proptest::proptest! {
     #![proptest_config(crate::fuzz::config())]
 

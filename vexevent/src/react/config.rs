@@ -10,7 +10,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::expr::{Filter, FilterError, Macros, compile_steps, parse};
+use crate::expr::{Captures, Filter, FilterError, Macros, compile_steps, parse};
 
 /// `[react]`: how rules act.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -417,12 +417,13 @@ pub fn rule_problems(rules: &[RuleConfig], macros: &Macros) -> Vec<RuleError> {
             }
         }
         let mut earlier: Vec<&str> = Vec::new();
+        let mut captures = Captures::default();
         for step in &rule.steps {
             let step_name = name(&format!("steps.{}", step.name));
             match parse(&step.match_expr) {
                 Err(source) => problems.push(FilterError::Parse { name: step_name, source }.into()),
                 Ok(expr) => {
-                    if let Err(source) = compile_steps(&expr, &earlier, macros) {
+                    if let Err(source) = compile_steps(&expr, &earlier, macros, &mut captures) {
                         problems.push(FilterError::Compile { name: step_name, source }.into());
                     }
                 }

@@ -15,15 +15,18 @@ use super::{
     index::RuleIndex,
 };
 use crate::{
-    event::{EventType, ObservabilityContext, Priority, SemanticEvent},
-    expr::{Filter, Needs, StepMatcher, compile_steps, needs, parse, parse_macros},
+    event::{
+        EventType, FilesystemContext, ObservabilityContext, OpResult, Origin, Priority, ProcessInfo,
+        SemanticEvent, Timestamp,
+    },
+    expr::{Captures, Filter, Kept, Needs, StepMatcher, compile_steps, needs, parse, parse_macros},
     telemetry::{RuleCounters, RuleTable, add},
     window::{KeyedWindows, WindowSpec},
 };
 
 /// Sliding windows per rule window: a burst shorter than 3/4 of `within_ms` is always inside one.
 const SLIDES: u64 = 4;
-/// Matched event ids a detection links (the first ones).
+/// Matched event ids a detection links (the latest ones).
 const MAX_LINKS: usize = 64;
 /// Partial matches a sequence keeps per key (the oldest is evicted).
 const MAX_PARTIALS_PER_KEY: usize = 64;
@@ -100,22 +103,74 @@ fn key_of(field: KeyField, event: &SemanticEvent) -> Option<Key> {
 #[derive(Default)]
 struct Tally {
     count: u64,
-    links: Vec<u64>,
     /// Distinct paths (distinct rules only), up to the threshold.
     #[expect(clippy::box_collection, reason = "8 bytes in every tally instead of 48; count rules have none")]
     paths: Option<Box<HashSet<Box<[u8]>>>>,
     fired: bool,
 }
 
-/// A sequence's partial match: the events of the steps so far.
+/// A sequence's partial match: of each step so far, its event's id and the fields later steps
+/// name (not the event).
 struct Partial {
-    events: Vec<SemanticEvent>,
+    ids: Vec<u64>,
+    kept: Vec<Kept>,
+    /// The first step's time (where the matched span starts).
+    first_ns: u64,
     deadline: u64,
+}
+
+/// What an absence keeps of its first event: what its detection carries (the event's id, origin,
+/// type, time, flags, process, file and result), not the whole event.
+struct Started {
+    event_id: u64,
+    origin: Origin,
+    event_type: EventType,
+    subtype: String,
+    timestamp: Timestamp,
+    flags: u32,
+    process: Option<ProcessInfo>,
+    filesystem: Option<Box<FilesystemContext>>,
+    result: Option<OpResult>,
+}
+
+impl Started {
+    fn of(event: &SemanticEvent) -> Self {
+        Self {
+            event_id: event.event_id,
+            origin: event.origin.clone(),
+            event_type: event.event_type,
+            subtype: event.event_subtype.clone(),
+            timestamp: event.timestamp,
+            flags: event.flags,
+            process: event.process.clone(),
+            filesystem: event.context.filesystem.clone().map(Box::new),
+            result: event.result.clone(),
+        }
+    }
+
+    /// The event again, with only what was kept.
+    fn event(self) -> SemanticEvent {
+        let mut event = SemanticEvent::own(
+            &self.origin.run,
+            self.event_type,
+            self.subtype,
+            self.timestamp.monotonic_ns,
+            self.timestamp.wall_ns,
+        );
+        event.event_id = self.event_id;
+        event.origin = self.origin;
+        event.timestamp = self.timestamp;
+        event.flags = self.flags;
+        event.process = self.process;
+        event.context.filesystem = self.filesystem.map(|f| *f);
+        event.result = self.result;
+        event
+    }
 }
 
 /// An absence's first event, waiting for its follower.
 struct Pending {
-    event: SemanticEvent,
+    started: Started,
     links: Vec<u64>,
     deadline: u64,
 }
@@ -125,10 +180,14 @@ enum Pattern {
         condition: Filter,
         at_least: u64,
         distinct: bool,
-        windows: KeyedWindows<Key, Tally>,
+        /// Each key's windows, and its latest matching events' ids (the links of a detection:
+        /// a window reaching `at_least` holds at least the key's latest `at_least` events).
+        windows: KeyedWindows<Key, Tally, VecDeque<u64>>,
     },
     Sequence {
         steps: Vec<StepMatcher>,
+        /// What each step's event keeps for the later steps.
+        captures: Captures,
         /// Event types the steps after the first can match (`None`: any): others never advance a
         /// partial match, so its key is not looked up.
         advancing: Option<HashSet<EventType>>,
@@ -159,15 +218,21 @@ struct Rule {
 }
 
 impl Rule {
+    /// Whether the rule's exceptions cover `event` (its process and path are read only when the
+    /// rule has exceptions about them).
     fn excepts(&self, event: &SemanticEvent) -> bool {
-        if let Some(process) = &event.process {
-            if self.except_uid.contains(&process.uid)
-                || self.except_comm.iter().any(|c| c == process.comm.as_bytes())
-            {
-                return true;
+        if !self.except_uid.is_empty() || !self.except_comm.is_empty() {
+            if let Some(process) = &event.process {
+                if self.except_uid.contains(&process.uid)
+                    || self.except_comm.iter().any(|c| c == process.comm.as_bytes())
+                {
+                    return true;
+                }
             }
         }
-        path_of(event).is_some_and(|path| self.except_paths.iter().any(|prefix| path.starts_with(prefix)))
+        !self.except_paths.is_empty()
+            && path_of(event)
+                .is_some_and(|path| self.except_paths.iter().any(|prefix| path.starts_with(prefix)))
     }
 }
 
@@ -246,6 +311,7 @@ impl Engine {
             }
             RuleKind::Sequence => {
                 let mut steps = Vec::new();
+                let mut captures = Captures::default();
                 let mut advancing = Some(HashSet::new());
                 let mut earlier: Vec<(&str, Needs)> = Vec::new();
                 for step in &rule.steps {
@@ -254,7 +320,7 @@ impl Engine {
                         .map_err(|source| crate::expr::FilterError::Parse { name: name.clone(), source })?;
                     let names: Vec<&str> = earlier.iter().map(|(name, _)| *name).collect();
                     steps.push(
-                        compile_steps(&expr, &names, macros)
+                        compile_steps(&expr, &names, macros, &mut captures)
                             .map_err(|source| crate::expr::FilterError::Compile { name, source })?,
                     );
                     let known: Vec<(&str, &Needs)> = earlier.iter().map(|(name, n)| (*name, n)).collect();
@@ -267,6 +333,7 @@ impl Engine {
                 let needs = earlier.into_iter().map(|(_, n)| n).reduce(Needs::or).unwrap_or_default();
                 let pattern = Pattern::Sequence {
                     steps,
+                    captures,
                     advancing,
                     partials: HashMap::new(),
                     deadlines: VecDeque::new(),
@@ -389,9 +456,10 @@ impl Engine {
                         deadlines.pop_front_if(|(deadline, _)| *deadline < watermark_ns)
                     {
                         if pending.get(&key).is_some_and(|p| p.deadline == deadline) {
-                            let Some(Pending { mut event, links, .. }) = pending.remove(&key) else {
+                            let Some(Pending { started, links, .. }) = pending.remove(&key) else {
                                 continue;
                             };
+                            let mut event = started.event();
                             let from_ns = event.timestamp.monotonic_ns;
                             let verdict = verdict(&self.gaps, from_ns, deadline);
                             let shift = deadline - from_ns;
@@ -457,40 +525,44 @@ fn step(
             add(&counters.matches, 1);
             let (at_least, distinct) = (*at_least, *distinct);
             let path = if distinct { Some(path_of(event)?) } else { None };
-            // Links are kept up to the threshold or MAX_LINKS, allocated once per key and window.
+            // The latest ids, up to the threshold or MAX_LINKS, allocated once per key.
             let links_held = usize::try_from(at_least).unwrap_or(usize::MAX).min(MAX_LINKS);
-            let mut fired = None;
-            windows.add(&key, time, |tally| {
-                match path {
-                    Some(path) => {
-                        let paths = tally.paths.get_or_insert_default();
-                        if paths.len() < usize::try_from(at_least).unwrap_or(usize::MAX)
-                            && !paths.contains(path)
-                        {
-                            paths.insert(path.into());
-                            tally.count += 1;
+            let fired = std::cell::Cell::new(false);
+            let links = windows.add(
+                &key,
+                time,
+                |tally| {
+                    match path {
+                        Some(path) => {
+                            let paths = tally.paths.get_or_insert_default();
+                            if paths.len() < usize::try_from(at_least).unwrap_or(usize::MAX)
+                                && !paths.contains(path)
+                            {
+                                paths.insert(path.into());
+                                tally.count += 1;
+                            }
                         }
+                        None => tally.count += 1,
                     }
-                    None => tally.count += 1,
-                }
-                if tally.links.len() < MAX_LINKS {
-                    if tally.links.capacity() == 0 {
-                        tally.links.reserve_exact(links_held);
+                    fired.set(fired.get() || (tally.count >= at_least && !tally.fired));
+                },
+                |latest| {
+                    if latest.len() == links_held {
+                        latest.pop_front();
+                    } else if latest.capacity() == 0 {
+                        latest.reserve_exact(links_held);
                     }
-                    tally.links.push(event.event_id);
-                }
-                if tally.count >= at_least && !tally.fired && fired.is_none() {
-                    fired = Some(tally.links.clone());
-                }
-            });
-            let links = fired?;
+                    latest.push_back(event.event_id);
+                    fired.get().then(|| latest.iter().copied().collect::<Vec<u64>>())
+                },
+            )??;
             // Every window holding this event has seen the detection: none fires again for it.
             let evicted = windows.evicted;
-            windows.add(&key, time, |tally| tally.fired = true);
+            windows.add(&key, time, |tally| tally.fired = true, |_| ());
             windows.evicted = evicted;
             Some((key, event.clone(), links, time.saturating_sub(rule.within_ns)))
         }
-        Pattern::Sequence { steps, advancing, partials, deadlines, held } => {
+        Pattern::Sequence { steps, captures, advancing, partials, deadlines, held } => {
             let advances =
                 *held > 0 && advancing.as_ref().is_none_or(|types| types.contains(&event.event_type));
             let starts = steps[0](event, &[]);
@@ -503,24 +575,22 @@ fn step(
                 let mut index = 0;
                 while index < list.len() {
                     let partial = &mut list[index];
-                    let next = partial.events.len();
-                    let earlier: Vec<&SemanticEvent> = partial.events.iter().collect();
-                    if partial.deadline >= time && steps[next](event, &earlier) {
+                    let next = partial.ids.len();
+                    if partial.deadline >= time && steps[next](event, &partial.kept) {
                         add(&counters.matches, 1);
-                        partial.events.push(event.clone());
-                        if partial.events.len() == steps.len() {
+                        partial.ids.push(event.event_id);
+                        if partial.ids.len() == steps.len() {
                             complete = Some(list.remove(index));
                             *held -= 1;
                             break;
                         }
+                        partial.kept.push(captures.keep(next, event));
                     }
                     index += 1;
                 }
             }
             if let Some(done) = complete {
-                let from_ns = done.events[0].timestamp.monotonic_ns;
-                let links = done.events.iter().map(|e| e.event_id).collect();
-                return Some((key, event.clone(), links, from_ns));
+                return Some((key, event.clone(), done.ids, done.first_ns));
             }
             if starts {
                 add(&counters.matches, 1);
@@ -536,7 +606,12 @@ fn step(
                     *held += 1;
                 }
                 let deadline = time.saturating_add(rule.within_ns);
-                list.push(Partial { events: vec![event.clone()], deadline });
+                list.push(Partial {
+                    ids: vec![event.event_id],
+                    kept: vec![captures.keep(0, event)],
+                    first_ns: time,
+                    deadline,
+                });
                 deadlines.push_back((deadline, key));
             }
             None
@@ -559,7 +634,7 @@ fn step(
                     let deadline = time.saturating_add(rule.within_ns);
                     pending.insert(
                         key.clone(),
-                        Pending { event: event.clone(), links: vec![event.event_id], deadline },
+                        Pending { started: Started::of(event), links: vec![event.event_id], deadline },
                     );
                     deadlines.push_back((deadline, key));
                 }

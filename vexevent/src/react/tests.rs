@@ -67,19 +67,14 @@ fn param<'a>(detection: &'a Detection, name: &str) -> &'a str {
     &detection.event.context.parameters[name]
 }
 
-const LOCKER: &str = r#"
-[[rules]]
-name = "locker"
-kind = "count"
-match = 'type == FilesystemRename and target glob "**/*.locked"'
-at_least = 10
-within_ms = 1000
-key = "pid"
-"#;
+/// The shared `locker` rule (tests/fixtures/rules), firing at 10 renames.
+fn locker() -> String {
+    include_str!("../../../tests/fixtures/rules/locker.toml").replace("at_least = 200", "at_least = 10")
+}
 
 #[test]
 fn a_count_fires_once_per_burst_per_key_with_its_events_linked() {
-    let (mut engine, table) = engine(LOCKER);
+    let (mut engine, table) = engine(&locker());
     let mut events: Vec<SemanticEvent> =
         (0..30).map(|i| rename(&format!("/d/{i}"), &format!("/d/{i}.locked"), 7, 100 + i)).collect();
     // Another process renames 9 files: under the threshold.
@@ -126,17 +121,8 @@ key = "uid"
 #[test]
 fn a_sequence_joins_steps_by_an_earlier_steps_field_within_its_window() {
     let (mut engine, _) = engine(
-        r#"
-[[rules]]
-name = "replace"
-kind = "sequence"
-within_ms = 100
-key = "pid"
-steps = [
-  { name = "create", match = 'type == FilesystemCreate and path glob "**/*.tmp"' },
-  { name = "rename", match = "type == FilesystemRename and path == create.path" },
-]
-"#,
+        &include_str!("../../../tests/fixtures/rules/replace-over.toml")
+            .replace("within_ms = 5000", "within_ms = 100"),
     );
     let events = [
         create("/d/a.tmp", 5, 10),
@@ -152,15 +138,7 @@ steps = [
     assert_eq!(engine.held(), 0, "expired partial matches are freed on the watermark");
 }
 
-const INDEX: &str = r#"
-[[rules]]
-name = "index-upkeep"
-kind = "absence"
-match = 'type == FilesystemCreate and path glob "**/*.vec"'
-followed_by = 'type == FilesystemCreate and path glob "**/rebuilt"'
-within_ms = 1000
-key = "dir"
-"#;
+const INDEX: &str = include_str!("../../../tests/fixtures/rules/index-upkeep.toml");
 
 #[test]
 fn an_absence_fires_when_the_watermark_passes_unless_followed_and_is_gapped_on_loss() {
@@ -192,7 +170,7 @@ fn an_absence_fires_when_the_watermark_passes_unless_followed_and_is_gapped_on_l
 #[test]
 fn a_detection_is_an_event_other_rules_match() {
     let (mut engine, _) = engine(&format!(
-        "{LOCKER}
+        "{}
 [[rules]]
 name = \"repeat\"
 kind = \"count\"
@@ -200,7 +178,8 @@ match = 'subtype == \"rule:locker\"'
 at_least = 2
 within_ms = 10000
 key = \"none\"
-"
+",
+        locker()
     ));
     let events: Vec<SemanticEvent> = (0..20)
         .map(|i| rename("/d/f", "/d/f.locked", 10 + u32::try_from(i / 10).unwrap(), 100 + i))
@@ -213,12 +192,12 @@ key = \"none\"
 #[test]
 fn exceptions_and_bounds_hold() {
     let (mut engine, table) =
-        engine(&LOCKER.replace("key = \"pid\"", "key = \"pid\"\nexcept = { comm = [\"locker\"] }"));
+        engine(&locker().replace("key = \"pid\"", "key = \"pid\"\nexcept = { comm = [\"locker\"] }"));
     let events: Vec<SemanticEvent> = (0..30).map(|i| rename("/d/f", "/d/f.locked", 7, 100 + i)).collect();
     assert!(run(&mut engine, &events, 1_000).is_empty(), "the excepted task never counts");
     assert_eq!(table.summaries()["locker"].matches, 0);
 
-    let mut config = Config::from_toml(LOCKER).unwrap();
+    let mut config = Config::from_toml(&locker()).unwrap();
     config.react.max_keys = 3;
     let table = RuleTable::default();
     let mut engine = Engine::new(&config.react_settings().unwrap(), &table).unwrap();
@@ -271,7 +250,7 @@ actions = [{ type = "signal", signal = "SIGHUP" }, { type = "chmod", argv = ["x"
 #[test]
 fn a_replayed_log_gives_the_detections_of_the_events_it_holds() {
     let events: Vec<SemanticEvent> = (0..12).map(|i| rename("/d/f", "/d/f.locked", 9, 100 + i)).collect();
-    let (mut live, _) = engine(LOCKER);
+    let (mut live, _) = engine(&locker());
     let detections = run(&mut live, &events, 100);
     // The log as sinks write it, detection included (replay makes its own).
     let mut log = String::new();
@@ -279,11 +258,11 @@ fn a_replayed_log_gives_the_detections_of_the_events_it_holds() {
         log.push_str(&serde_json::to_string(event).unwrap());
         log.push('\n');
     }
-    let replayed = replay(&settings(LOCKER), log.as_bytes(), &Counters::default()).unwrap();
+    let replayed = replay(&settings(&locker()), log.as_bytes(), &Counters::default()).unwrap();
     assert_eq!(replayed.len(), 1);
     assert_eq!(replayed[0].causality_links, detections[0].event.causality_links);
     assert_eq!(replayed[0].context.parameters, detections[0].event.context.parameters);
-    let error = replay(&settings(LOCKER), &b"{}\n"[..], &Counters::default()).unwrap_err();
+    let error = replay(&settings(&locker()), &b"{}\n"[..], &Counters::default()).unwrap_err();
     assert!(error.to_string().contains("line 1"), "{error}");
 }
 
@@ -302,7 +281,7 @@ fn the_readme_examples_validate() {
 #[test]
 fn the_stage_adds_detections_and_audit_events_and_sends_the_chain_head() {
     let dir = tempfile::tempdir().unwrap();
-    let rules = LOCKER
+    let rules = locker()
         .replace("key = \"pid\"", "key = \"pid\"\nactions = [{ type = \"signal\", signal = \"SIGSTOP\" }]");
     let mut config = Config::from_toml(&rules).unwrap();
     config.react.audit_log = dir.path().join("audit.log");
@@ -364,7 +343,7 @@ fn added(stage: &mut ReactStage, events: Vec<SemanticEvent>) -> Vec<SemanticEven
 #[test]
 fn a_detection_replicated_from_another_node_is_audited_and_never_acted_on() {
     let dir = tempfile::tempdir().unwrap();
-    let rules = LOCKER
+    let rules = locker()
         .replace("key = \"pid\"", "key = \"pid\"\nactions = [{ type = \"signal\", signal = \"SIGSTOP\" }]");
     let counters = Arc::new(Counters::default());
     let mut stage = stage(&rules, dir.path(), &counters);
@@ -389,7 +368,7 @@ fn a_detection_replicated_from_another_node_is_audited_and_never_acted_on() {
 fn a_reload_with_other_rules_replaces_them_and_the_same_rules_keep_their_state() {
     let dir = tempfile::tempdir().unwrap();
     let counters = Arc::new(Counters::default());
-    let mut stage = stage(LOCKER, dir.path(), &counters);
+    let mut stage = stage(&locker(), dir.path(), &counters);
     let renames = |from: u64, count: u64| -> Vec<SemanticEvent> {
         (from..from + count).map(|i| rename(&format!("/d/{i}"), &format!("/d/{i}.locked"), 7, i)).collect()
     };
@@ -398,10 +377,10 @@ fn a_reload_with_other_rules_replaces_them_and_the_same_rules_keep_their_state()
     };
     assert!(added(&mut stage, renames(100, 6)).is_empty());
     // The same rules again: nothing changes, the 6 renames still count.
-    stage.reconfigure(Box::new(settings(LOCKER)));
+    stage.reconfigure(Box::new(settings(&locker())));
     assert_eq!(subtypes(&added(&mut stage, renames(106, 4))), ["rule:locker"]);
     // Other rules: they replace the running ones and start empty.
-    let five = LOCKER
+    let five = locker()
         .replace("name = \"locker\"", "name = \"locker-five\"")
         .replace("at_least = 10", "at_least = 5");
     stage.reconfigure(Box::new(settings(&five)));
@@ -414,7 +393,7 @@ fn a_reload_with_other_rules_replaces_them_and_the_same_rules_keep_their_state()
 fn an_xattr_action_needs_a_namespaced_name_and_a_value() {
     let rule = |action: &str| {
         let config = Config::from_toml(
-            &LOCKER.replace("key = \"pid\"", &format!("key = \"pid\"\nactions = [{action}]")),
+            &locker().replace("key = \"pid\"", &format!("key = \"pid\"\nactions = [{action}]")),
         )
         .unwrap();
         config.problems().iter().map(ToString::to_string).collect::<Vec<_>>()
