@@ -6,29 +6,4 @@
 # on, how often the loop was preempted and by whom, and the drainer's kernel wakeups. Needs root,
 # gcc and perf.
 # Usage: benches/loops/placement.sh VEXEVENT_BINARY openclose|mixed ITERATIONS [extra vexevent run args]
-set -euo pipefail
-bin=$1 loop=$2 n=$3
-shift 3
-here=$(cd "$(dirname "$0")" && pwd)
-work=$(mktemp -d /dev/shm/vexevent-placement.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-gcc -O2 -o "$work/$loop" "$here/$loop.c"
-mkdir "$work/watch" && echo x > "$work/watch/f"
-"$bin" run "$@" --watch "$work/watch" -o "$work/out.jsonl" --stats-interval 0 --stats-file "$work/stats.json" \
-  2> "$work/stderr" &
-pid=$!
-until grep -q "ready:" "$work/stderr" 2>/dev/null; do sleep 0.1; done
-cpu() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
-before=$(cpu)
-if [ "$loop" = openclose ]; then target="$work/watch/f"; else target="$work/watch"; fi
-perf record -q -e sched:sched_switch,sched:sched_wakeup -a -o "$work/perf.data" -- "$work/$loop" "$target" "$n"
-previous=-1
-while size=$(stat -c %s "$work/out.jsonl") && [ "$size" != "$previous" ]; do previous=$size; sleep 0.3; done
-after=$(cpu)
-lines=$(wc -l < "$work/out.jsonl")
-kill -INT "$pid"
-wait "$pid"
-ticks_per_second=$(getconf CLK_TCK)
-echo "lines $lines  vexevent cpu $(( (after - before) * 1000 / ticks_per_second )) ms  $(( (after - before) * 1000000000 / ticks_per_second / lines )) ns per line  $(grep -o '"drainer_wakeups": *[0-9]*' "$work/stats.json" || echo 'no drainer_wakeups')"
-grep -E "lost|latency" "$work/stderr" | tail -2
-perf script -i "$work/perf.data" -F comm,tid,cpu,time,event,trace 2>/dev/null | awk -v loop="$loop" -f "$here/placement.awk"
+PLACEMENT=1 exec "$(dirname "$0")/run.sh" "$@"

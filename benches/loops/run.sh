@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Side-by-side consumer measurement (README, Performance): runs `vexevent run --watch DIR -o FILE`
 # (any binary, e.g. two builds alternately), drives it with a C loop, waits until the output has
-# stopped growing (the drain after the workload), and prints vexevent's CPU per delivered line
-# and its final stats (latency, stages, rings). Needs root and gcc.
+# stopped growing (the drain after the workload), and prints vexevent's CPU per delivered line,
+# the drainer's kernel wakeups and its final stats (latency, stages, rings). Needs root and gcc.
+# With PLACEMENT=1 (what placement.sh sets) the loop runs under `perf record` of the scheduler's
+# switches and wakeups, summarised by placement.awk (needs perf).
 # Usage: benches/loops/run.sh VEXEVENT_BINARY openclose|mixed ITERATIONS [extra vexevent run args]
 set -euo pipefail
 bin=$1 loop=$2 n=$3
@@ -12,12 +14,18 @@ work=$(mktemp -d /dev/shm/vexevent-loop.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 gcc -O2 -o "$work/$loop" "$here/$loop.c"
 mkdir "$work/watch" && echo x > "$work/watch/f"
-"$bin" run "$@" --watch "$work/watch" -o "$work/out.jsonl" --stats-interval 0 2> "$work/stderr" &
+"$bin" run "$@" --watch "$work/watch" -o "$work/out.jsonl" --stats-interval 0 --stats-file "$work/stats.json" \
+  2> "$work/stderr" &
 pid=$!
 until grep -q "ready:" "$work/stderr" 2>/dev/null; do sleep 0.1; done
 cpu() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 before=$(cpu)
-if [ "$loop" = openclose ]; then "$work/$loop" "$work/watch/f" "$n"; else "$work/$loop" "$work/watch" "$n"; fi
+if [ "$loop" = openclose ]; then target="$work/watch/f"; else target="$work/watch"; fi
+if [ "${PLACEMENT:-0}" = 1 ]; then
+  perf record -q -e sched:sched_switch,sched:sched_wakeup -a -o "$work/perf.data" -- "$work/$loop" "$target" "$n"
+else
+  "$work/$loop" "$target" "$n"
+fi
 previous=-1
 while size=$(stat -c %s "$work/out.jsonl") && [ "$size" != "$previous" ]; do previous=$size; sleep 0.3; done
 after=$(cpu)
@@ -25,5 +33,8 @@ lines=$(wc -l < "$work/out.jsonl")
 kill -INT "$pid"
 wait "$pid"
 ticks_per_second=$(getconf CLK_TCK)
-echo "lines $lines  vexevent cpu $(( (after - before) * 1000 / ticks_per_second )) ms  $(( (after - before) * 1000000000 / ticks_per_second / lines )) ns per line"
+echo "lines $lines  vexevent cpu $(( (after - before) * 1000 / ticks_per_second )) ms  $(( (after - before) * 1000000000 / ticks_per_second / lines )) ns per line  $(grep -o '"drainer_wakeups": *[0-9]*' "$work/stats.json" || echo 'no drainer_wakeups')"
 grep -E "lost|latency|stage |rings" "$work/stderr" | tail -12
+if [ "${PLACEMENT:-0}" = 1 ]; then
+  perf script -i "$work/perf.data" -F comm,tid,cpu,time,event,trace 2>/dev/null | awk -v loop="$loop" -f "$here/placement.awk"
+fi
