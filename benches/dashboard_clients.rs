@@ -8,7 +8,11 @@
 //! the run fails. It prints vexevent's CPU (percent of one core) per phase, the difference per
 //! round, and the median and spread of the difference: what the viewers cost; and the same for
 //! the main thread alone, which serves the control API and the dashboard (less noisy on a
-//! shared machine).
+//! shared machine). Then the lag of the windows the viewers read live: from a window's end (its
+//! frame's `wall_ms`) to its close in the analyse stage (`closed_wall_us`: the watermark's delay),
+//! to its receipt by a viewer (the system clock at receipt; goal: within 100 ms), and from its close
+//! to its frame handed to each viewer's stream, measured by vexevent (the stats'
+//! `dashboard_close_to_send`; goal: under 1 ms): p50, p99 and max.
 //!
 //! Needs root. Run: `cargo bench --bench dashboard_clients`. Environment:
 //! `VEXEVENT_BENCH_CLIENTS` (viewers, default 20), `VEXEVENT_BENCH_ROUNDS` (default 4),
@@ -21,11 +25,11 @@ use std::{
     io::{BufRead as _, BufReader},
     path::Path,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     thread,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use support::{
@@ -53,34 +57,70 @@ fn paced_writer(file: &Path, per_sec: u64, stop: &AtomicBool) {
     }
 }
 
+/// The system clock, in microseconds since the Unix epoch.
+fn wall_us() -> u64 {
+    u64::try_from(SystemTime::UNIX_EPOCH.elapsed().expect("a clock after 1970").as_micros())
+        .unwrap_or(u64::MAX)
+}
+
+/// The lag of one window read live by one viewer, in microseconds from the window's end.
+#[derive(Clone, Copy)]
+struct Lag {
+    end_ms: u64,
+    closed: u64,
+    received: u64,
+}
+
+impl Lag {
+    /// The lag of the window in `frame` (a summary's JSON) received now, if it closed after
+    /// `connected_us` (not one of the history the viewer reads first).
+    fn of(frame: &str, connected_us: u64) -> Option<Lag> {
+        let received_us = wall_us();
+        let frame: serde_json::Value = serde_json::from_str(frame).expect("a summary is JSON");
+        let (end_ms, closed_us) = (frame["wall_ms"].as_u64()?, frame["closed_wall_us"].as_u64()?);
+        (closed_us >= connected_us).then(|| Lag {
+            end_ms,
+            closed: closed_us.saturating_sub(end_ms * 1_000),
+            received: received_us.saturating_sub(end_ms * 1_000),
+        })
+    }
+}
+
 /// `clients` viewers of the dashboard's summary stream until `stop`; each counts the frames
-/// it read in `frames`.
+/// it read in `frames`, and adds the lag of those closed after it connected to `lags`.
 fn viewers(
     control: &str,
     token: &str,
     clients: usize,
     stop: &Arc<AtomicBool>,
+    lags: &Arc<Mutex<Vec<Lag>>>,
 ) -> Vec<(thread::JoinHandle<()>, Arc<AtomicUsize>)> {
     (0..clients)
         .map(|_| {
             let frames = Arc::new(AtomicUsize::new(0));
-            let (url, token, stop, counted) = (
+            let (url, token, stop, counted, lags) = (
                 format!("http://{control}/dashboard/events"),
                 token.to_owned(),
                 Arc::clone(stop),
                 Arc::clone(&frames),
+                Arc::clone(lags),
             );
             let handle = thread::spawn(move || {
                 let agent: ureq::Agent =
                     ureq::Agent::config_builder().timeout_global(Some(Duration::from_mins(2))).build().into();
+                let connected_us = wall_us();
                 let response = agent
                     .get(&url)
                     .header("authorization", format!("Bearer {token}"))
                     .call()
                     .expect("the dashboard stream answers");
                 for line in BufReader::new(response.into_body().into_reader()).lines() {
-                    if line.expect("the stream reads").starts_with("data:") {
+                    let line = line.expect("the stream reads");
+                    if let Some(frame) = line.strip_prefix("data:") {
                         counted.fetch_add(1, Ordering::Relaxed);
+                        if let Some(lag) = Lag::of(frame, connected_us) {
+                            lags.lock().expect("the lags").push(lag);
+                        }
                     }
                     if stop.load(Ordering::Relaxed) {
                         return;
@@ -104,6 +144,35 @@ fn phase_cpu(pid: u32, length: Duration) -> (f64, f64) {
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
+}
+
+/// `values` (microseconds) as "p50 P us, p99 P us, max M us".
+fn percentiles(mut values: Vec<u64>) -> String {
+    values.sort_unstable();
+    let at = |q: f64| {
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss,
+            reason = "an index"
+        )]
+        let index = ((values.len() - 1) as f64 * q).round() as usize;
+        values[index]
+    };
+    format!("p50 {} us, p99 {} us, max {} us", at(0.5), at(0.99), at(1.0))
+}
+
+/// The analyse stage's window close to a frame handed to a viewer's stream, from vexevent's stats.
+fn close_to_send(control: &str, token: &str) -> serde_json::Value {
+    let body = ureq::get(format!("http://{control}/api/v1/control/stats"))
+        .header("authorization", format!("Bearer {token}"))
+        .call()
+        .expect("the stats answer")
+        .into_body()
+        .read_to_string()
+        .expect("the stats read");
+    let stats: serde_json::Value = serde_json::from_str(&body).expect("the stats are JSON");
+    stats["dashboard_close_to_send"].clone()
 }
 
 fn main() {
@@ -137,13 +206,14 @@ fn main() {
     // Let the pipeline and the first windows settle before measuring.
     thread::sleep(Duration::from_secs(2));
     let (mut differences, mut main_differences) = (Vec::new(), Vec::new());
+    let lags = Arc::new(Mutex::new(Vec::new()));
     for round in 0..rounds {
         let mut without = (0.0, 0.0);
         let mut with = (0.0, 0.0);
         for viewers_first in [round % 2 == 1, round % 2 == 0] {
             if viewers_first {
                 let stop = Arc::new(AtomicBool::new(false));
-                let connected = viewers(&control, &token, clients, &stop);
+                let connected = viewers(&control, &token, clients, &stop, &lags);
                 with = phase_cpu(pid, phase);
                 stop.store(true, Ordering::Relaxed);
                 for (handle, frames) in connected {
@@ -168,6 +238,7 @@ fn main() {
     }
     stop_writer.store(true, Ordering::Relaxed);
     writer.join().expect("the writer");
+    let sent = close_to_send(&control, &token);
     let finished = vexevent.stop();
     assert!(finished.exit_ok, "vexevent failed: {:?}", finished.stderr);
     let spread = |values: &[f64]| {
@@ -180,5 +251,21 @@ fn main() {
         spread(&differences),
         median(&mut main_differences.clone()),
         spread(&main_differences)
+    );
+    let lags = lags.lock().expect("the lags").clone();
+    assert!(!lags.is_empty(), "no viewer read a window live");
+    let mut windows: Vec<u64> = lags.iter().map(|lag| lag.end_ms).collect();
+    windows.sort_unstable();
+    windows.dedup();
+    println!(
+        "dashboard_clients: {} windows read live ({} frames over the viewers): window end to close {}; window end to receipt {} (goal: within 100 ms); close to frame sent {} us p50, {} us p99, {} us max over {} frames (goal: under 1 ms)",
+        windows.len(),
+        lags.len(),
+        percentiles(lags.iter().map(|lag| lag.closed).collect()),
+        percentiles(lags.iter().map(|lag| lag.received).collect()),
+        sent["p50_us"],
+        sent["p99_us"],
+        sent["max_us"],
+        sent["events"]
     );
 }

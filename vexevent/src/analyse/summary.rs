@@ -6,6 +6,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     sync::Arc,
+    time::{Instant, SystemTime},
 };
 
 use foldhash::fast::FixedState;
@@ -28,6 +29,11 @@ pub struct Frame {
     pub end_ns: u64,
     /// Wall-clock time of the window's end, milliseconds since the Unix epoch.
     pub wall_ms: u64,
+    /// Wall-clock time (the system clock) the stage closed the window, microseconds since the
+    /// Unix epoch: `closed_wall_us - 1000 * wall_ms` is how long after its end it closed (the
+    /// watermark's delay), and a viewer's clock at receipt minus `1000 * wall_ms` how long after
+    /// its end the window reached it.
+    pub closed_wall_us: u64,
     pub window_secs: u64,
     /// Seconds between window starts (`window_secs` when the windows are tumbling).
     pub slide_secs: u64,
@@ -103,6 +109,22 @@ pub struct SinkRow {
     pub down: bool,
 }
 
+/// When the stage closed windows: for the time to a viewer (`at`) and in their frames (`wall_us`).
+#[derive(Clone, Copy)]
+pub(super) struct Closed {
+    at: Instant,
+    wall_us: u64,
+}
+
+impl Closed {
+    fn now() -> Self {
+        let wall_us = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |since| u64::try_from(since.as_micros()).unwrap_or(u64::MAX));
+        Self { at: Instant::now(), wall_us }
+    }
+}
+
 /// What closed for one pane (events aggregated over `slide_secs`), or the panes of a window
 /// merged.
 #[derive(Default)]
@@ -145,6 +167,7 @@ impl AnalyseStage {
         if start.saturating_add(self.window_ns) > watermark_ns {
             return;
         }
+        let closed = Closed::now();
         self.close_panes(watermark_ns);
         let slide = self.slide_ns;
         // Windows are reported up to the watermark (empty ones at most a history's worth), or,
@@ -165,7 +188,7 @@ impl AnalyseStage {
             } else {
                 Parts::merge(self.panes.range(start..window_end).map(|(_, p)| p), self.config.slowest)
             };
-            self.report(start, parts, out);
+            self.report(start, parts, closed, out);
             start += slide;
         }
         self.next_start = Some(start);
@@ -226,7 +249,7 @@ impl AnalyseStage {
     }
 
     /// Reports one closed window.
-    fn report(&mut self, start: u64, window: Parts, out: &mut Vec<SemanticEvent>) {
+    fn report(&mut self, start: u64, window: Parts, closed: Closed, out: &mut Vec<SemanticEvent>) {
         let end = start + self.window_ns;
         let counters = Arc::clone(&self.counters);
         let analytics = &counters.analytics;
@@ -294,6 +317,7 @@ impl AnalyseStage {
             start_ns: start,
             end_ns: end,
             wall_ms: wall_ns / 1_000_000,
+            closed_wall_us: closed.wall_us,
             window_secs: self.config.window_secs,
             slide_secs: self.config.slide_secs(),
             events: totals.count,
@@ -320,7 +344,7 @@ impl AnalyseStage {
             Ok(json) => {
                 let keep = usize::try_from(self.config.history_secs / self.config.slide_secs())
                     .unwrap_or(usize::MAX);
-                analytics.publish(Arc::from(json), keep);
+                analytics.publish(Arc::from(json), keep, closed.at);
             }
             Err(error) => tracing::error!(%error, "cannot serialize a window summary"),
         }

@@ -51,8 +51,13 @@ fn a_window_closes_on_the_watermark_with_counts_top_keys_and_loss() {
     let passed = run(&mut stage, events, 10 * SECOND + 900);
     assert_eq!(passed.len(), 36, "events pass through");
     assert!(frames(&counters).is_empty(), "the window has not ended");
+    let wall_us = || u64::try_from(std::time::SystemTime::UNIX_EPOCH.elapsed().unwrap().as_micros()).unwrap();
+    let before_close = wall_us();
     run(&mut stage, vec![event("/w/hot", "cat", 11 * SECOND + 5, 1_000)], 11 * SECOND + 10);
+    let after_close = wall_us();
     let [frame] = frames(&counters).try_into().unwrap();
+    let closed = frame["closed_wall_us"].as_u64().unwrap();
+    assert!((before_close..=after_close).contains(&closed), "the system clock when the window closed");
     assert_eq!((frame["start_ns"].as_u64(), frame["events"].as_u64()), (Some(10 * SECOND), Some(36)));
     assert_eq!(frame["lost"], 7, "the gap's loss is carried by its window");
     assert_eq!(frame["top"]["path"][0]["key"], "/w/hot");

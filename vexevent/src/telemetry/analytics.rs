@@ -1,17 +1,19 @@
 //! What the analyse stage publishes for the rest of the instance: one summary (a JSON frame) per
 //! closed window, kept for the last minutes and sent live to dashboards; latency histograms per
 //! operation, FUSE mount, FUSE stage and FUSE daemon function, merged at each window's close, for
-//! Prometheus; and the stage's own counts (windows, late and evicted events, anomalies).
+//! Prometheus; the stage's own counts (windows, late and evicted events, anomalies); and the time
+//! from a window's close to its frame handed to each live viewer's stream.
 
 use std::{
     collections::{BTreeMap, VecDeque},
     sync::{Arc, Mutex, atomic::AtomicU64},
+    time::Instant,
 };
 
 use hdrhistogram::Histogram;
 use tokio::sync::broadcast;
 
-use super::lock;
+use super::{LatencySummary, lock};
 
 /// Frames a slow live viewer may fall behind by before it skips (it is told it lagged).
 const LIVE_FRAMES: usize = 64;
@@ -30,10 +32,20 @@ pub fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_MAX_NS, 2).expect("valid histogram bounds")
 }
 
+/// A window's frame for live viewers, with when the stage closed the window.
+#[derive(Clone, Debug)]
+pub struct LiveFrame {
+    pub frame: Arc<str>,
+    pub closed: Instant,
+}
+
 /// The analyse stage's output for the instance.
 pub struct Analytics {
     frames: Mutex<VecDeque<Arc<str>>>,
-    live: broadcast::Sender<Arc<str>>,
+    live: broadcast::Sender<LiveFrame>,
+    /// Microseconds from a window's close to its frame handed to a live viewer's stream (one
+    /// value per viewer and frame).
+    close_to_send_us: Mutex<Histogram<u64>>,
     latency: Mutex<BTreeMap<(&'static str, String), Histogram<u64>>>,
     /// Windows closed.
     pub windows_closed: AtomicU64,
@@ -57,6 +69,7 @@ impl Default for Analytics {
             frames: Mutex::new(VecDeque::new()),
             live: broadcast::Sender::new(LIVE_FRAMES),
             latency: Mutex::new(BTreeMap::new()),
+            close_to_send_us: Mutex::new(latency_histogram()),
             windows_closed: AtomicU64::new(0),
             events_late: AtomicU64::new(0),
             events_evicted: AtomicU64::new(0),
@@ -108,15 +121,29 @@ pub fn seconds_buckets(histogram: &Histogram<u64>, unit_ns: f64) -> (f64, Vec<(f
 }
 
 impl Analytics {
-    /// Publishes a window's summary: to live viewers, and into the history (at most `keep`).
-    pub fn publish(&self, frame: Arc<str>, keep: usize) {
+    /// Publishes the summary of a window closed at `closed`: to live viewers, and into the
+    /// history (at most `keep`).
+    pub fn publish(&self, frame: Arc<str>, keep: usize, closed: Instant) {
         let mut frames = lock(&self.frames);
         while frames.len() >= keep.max(1) {
             frames.pop_front();
         }
         frames.push_back(Arc::clone(&frame));
         // No viewer is not an error.
-        let _ = self.live.send(frame);
+        let _ = self.live.send(LiveFrame { frame, closed });
+    }
+
+    /// Records that a live viewer's stream was handed the frame of a window closed at `closed`.
+    pub fn record_sent(&self, closed: Instant) {
+        let micros = u64::try_from(closed.elapsed().as_micros()).unwrap_or(u64::MAX);
+        lock(&self.close_to_send_us).saturating_record(micros);
+    }
+
+    /// Window close to frame handed to a live viewer's stream, in microseconds (`events`: frames
+    /// sent, counted per viewer).
+    #[must_use]
+    pub fn close_to_send(&self) -> LatencySummary {
+        LatencySummary::of(&lock(&self.close_to_send_us))
     }
 
     /// The stage's counts by name.
@@ -142,7 +169,7 @@ impl Analytics {
 
     /// Summaries from now on.
     #[must_use]
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<LiveFrame> {
         self.live.subscribe()
     }
 
@@ -186,11 +213,27 @@ mod tests {
         let analytics = Analytics::default();
         let mut viewer = analytics.subscribe();
         for i in 0..5 {
-            analytics.publish(Arc::from(i.to_string()), 3);
+            analytics.publish(Arc::from(i.to_string()), 3, Instant::now());
         }
         let history: Vec<String> = analytics.history().iter().map(ToString::to_string).collect();
         assert_eq!(history, ["2", "3", "4"]);
-        assert_eq!(&*viewer.try_recv().unwrap(), "0");
+        assert_eq!(&*viewer.try_recv().unwrap().frame, "0");
+    }
+
+    #[test]
+    fn frames_sent_are_summarised_from_their_close() {
+        let analytics = Analytics::default();
+        assert_eq!(analytics.close_to_send(), LatencySummary::default());
+        let closed = Instant::now();
+        analytics.publish(Arc::from("{}"), 1, closed);
+        let mut viewers = [analytics.subscribe(), analytics.subscribe()];
+        analytics.publish(Arc::from("{}"), 1, closed);
+        for viewer in &mut viewers {
+            analytics.record_sent(viewer.try_recv().unwrap().closed);
+        }
+        let summary = analytics.close_to_send();
+        assert_eq!(summary.events, 2, "one per viewer and frame");
+        assert!(summary.p50_us <= summary.p99_us && summary.p99_us <= summary.max_us);
     }
 
     #[test]

@@ -260,12 +260,7 @@ impl Counters {
     /// Latency percentiles so far.
     #[must_use]
     pub fn latency_summary(&self) -> LatencySummary {
-        lock(&self.latency_us).as_ref().map_or_else(LatencySummary::default, |h| LatencySummary {
-            events: h.len(),
-            p50_us: h.value_at_quantile(0.5),
-            p99_us: h.value_at_quantile(0.99),
-            max_us: h.max(),
-        })
+        lock(&self.latency_us).as_ref().map_or_else(LatencySummary::default, LatencySummary::of)
     }
 
     /// The kernel-to-sink latency as a histogram in seconds (for Prometheus).

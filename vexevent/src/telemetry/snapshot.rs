@@ -53,6 +53,10 @@ pub struct StatsSnapshot {
     /// The analyse stage's counts (windows, late, evicted, anomalies, health alerts, emitted).
     #[serde(default)]
     pub analytics: BTreeMap<String, u64>,
+    /// The analyse stage's window close to its frame handed to a live dashboard viewer's stream
+    /// (`GET /dashboard/events`), in microseconds; `events`: frames sent, one per viewer.
+    #[serde(default)]
+    pub dashboard_close_to_send: LatencySummary,
     /// The health checks at the snapshot.
     #[serde(default)]
     pub health: Option<HealthReport>,
@@ -128,6 +132,19 @@ pub struct LatencySummary {
     pub max_us: u64,
 }
 
+impl LatencySummary {
+    /// The count, median, 99th percentile and maximum of `histogram` (values in microseconds).
+    #[must_use]
+    pub fn of(histogram: &hdrhistogram::Histogram<u64>) -> Self {
+        Self {
+            events: histogram.len(),
+            p50_us: histogram.value_at_quantile(0.5),
+            p99_us: histogram.value_at_quantile(0.99),
+            max_us: histogram.max(),
+        }
+    }
+}
+
 impl StatsSnapshot {
     /// Builds a snapshot from the kernel counters and the userspace ones.
     #[must_use]
@@ -168,6 +185,7 @@ impl StatsSnapshot {
             routes: counters.outputs.routes(),
             stages: counters.stages.summaries(),
             analytics: counters.analytics.values().into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            dashboard_close_to_send: counters.analytics.close_to_send(),
             health: Some(counters.health.check(counters)),
             histograms: std::iter::once(counters.latency_histogram_seconds())
                 .chain(counters.analytics.latency_histograms())

@@ -171,14 +171,18 @@ pub(super) async fn events(State(state): State<ControlState>, headers: HeaderMap
     let live = analytics.subscribe();
     let history =
         stream::iter(analytics.history()).map(|frame| Ok::<_, Infallible>(Event::default().data(&*frame)));
-    let live = stream::unfold(live, |mut live| async move {
+    let live = stream::unfold((live, state.counters), |(mut live, counters)| async move {
         let event = match live.recv().await {
-            Ok(frame) => Event::default().data(&*frame),
+            Ok(live) => {
+                // Handed to the response's stream, which writes it to the socket next.
+                counters.analytics.record_sent(live.closed);
+                Event::default().data(&*live.frame)
+            }
             // A viewer too slow for the frames is told how many it missed.
             Err(RecvError::Lagged(missed)) => Event::default().event("lagged").data(missed.to_string()),
             Err(RecvError::Closed) => return None,
         };
-        Some((Ok(event), live))
+        Some((Ok(event), (live, counters)))
     });
     sse(history.chain(live)).into_response()
 }
