@@ -105,6 +105,12 @@ pub fn run(
     // Root's other powers end here, before any thread of the pipeline, the sinks or the servers
     // starts (capabilities belong to threads; new ones inherit the reduced sets).
     let kept = privileges::needed(settings);
+    let boost = settings.drain.priority_boost;
+    if boost > 0 {
+        if let Err(error) = crate::privilege::allow_nice(boost) {
+            tracing::warn!(%error, boost, "cannot allow the pipeline thread a higher priority (RLIMIT_NICE)");
+        }
+    }
     let bounding = crate::privilege::restrict(&kept)?;
     notify(Notice::Privileges { kept: &kept, bounding });
     let sinks = Sinks::start(&settings.outputs.sinks, &counters)?;
@@ -136,7 +142,16 @@ pub fn run(
     let pipeline = build_pipeline(Box::new(kernel), settings, compiled, &run, sinks, broadcaster, &counters)?;
     let pipeline = thread::Builder::new()
         .name("vexevent-pipeline".into())
-        .spawn(move || pipeline.run(&reloads_rx))
+        .spawn(move || {
+            // The drainer on its timer needs its share of the CPU against a workload holding every
+            // CPU (README, Performance).
+            if boost > 0 {
+                if let Err(error) = crate::privilege::boost_this_thread(boost) {
+                    tracing::warn!(%error, nice = -i32::from(boost), "cannot raise the pipeline thread's priority");
+                }
+            }
+            pipeline.run(&reloads_rx)
+        })
         .map_err(|source| AppError::Start { what: "pipeline thread", source })?;
 
     let started = Instant::now();
