@@ -26,35 +26,17 @@ pub fn group_id(name: &str) -> Option<u32> {
         .and_then(|(_, gid)| gid.parse().ok())
 }
 
-/// Lets the process lower a thread's nice value to `-boost` without `CAP_SYS_NICE`: raises
-/// `RLIMIT_NICE` (which needs `CAP_SYS_RESOURCE`), so call it before [`restrict`]. The thread to
-/// boost then calls [`boost_this_thread`].
-///
-/// # Errors
-/// When the limit cannot be set.
-pub fn allow_nice(boost: u8) -> std::io::Result<()> {
-    // RLIMIT_NICE's ceiling is 20 - nice: nice -boost needs 20 + boost.
-    let limit =
-        libc::rlimit { rlim_cur: 20 + libc::rlim_t::from(boost), rlim_max: 20 + libc::rlim_t::from(boost) };
-    // SAFETY: `limit` is a valid rlimit the call only reads.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NICE, &raw const limit) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// Sets the calling thread's nice value to `-boost` (allowed by [`allow_nice`] or
-/// `CAP_SYS_NICE`).
+/// Sets the calling thread's nice value; threads it starts afterwards inherit it. A lower one
+/// than now needs `CAP_SYS_NICE`, so lower it before [`restrict`].
 ///
 /// # Errors
 /// When the kernel refuses it.
-pub fn boost_this_thread(boost: u8) -> std::io::Result<()> {
+pub fn set_thread_nice(nice: i32) -> std::io::Result<()> {
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::gettid() };
     // PRIO_PROCESS with a thread id sets that thread's nice value (Linux).
     // SAFETY: plain syscall on this thread's own id.
-    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid.cast_unsigned(), -i32::from(boost)) } == 0 {
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid.cast_unsigned(), nice) } == 0 {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())

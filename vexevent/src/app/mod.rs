@@ -106,9 +106,11 @@ pub fn run(
     // starts (capabilities belong to threads; new ones inherit the reduced sets).
     let kept = privileges::needed(settings);
     let boost = settings.drain.priority_boost;
+    // The pipeline thread inherits this nice value (lowering it needs CAP_SYS_NICE, so before the
+    // drop); this thread returns to nice 0 once it has started the pipeline thread.
     if boost > 0 {
-        if let Err(error) = crate::privilege::allow_nice(boost) {
-            tracing::warn!(%error, boost, "cannot allow the pipeline thread a higher priority (RLIMIT_NICE)");
+        if let Err(error) = crate::privilege::set_thread_nice(-i32::from(boost)) {
+            tracing::warn!(%error, nice = -i32::from(boost), "cannot raise the pipeline thread's priority");
         }
     }
     let bounding = crate::privilege::restrict(&kept)?;
@@ -142,17 +144,13 @@ pub fn run(
     let pipeline = build_pipeline(Box::new(kernel), settings, compiled, &run, sinks, broadcaster, &counters)?;
     let pipeline = thread::Builder::new()
         .name("vexevent-pipeline".into())
-        .spawn(move || {
-            // The drainer on its timer needs its share of the CPU against a workload holding every
-            // CPU (README, Performance).
-            if boost > 0 {
-                if let Err(error) = crate::privilege::boost_this_thread(boost) {
-                    tracing::warn!(%error, nice = -i32::from(boost), "cannot raise the pipeline thread's priority");
-                }
-            }
-            pipeline.run(&reloads_rx)
-        })
+        .spawn(move || pipeline.run(&reloads_rx))
         .map_err(|source| AppError::Start { what: "pipeline thread", source })?;
+    if boost > 0 {
+        if let Err(error) = crate::privilege::set_thread_nice(0) {
+            tracing::warn!(%error, "cannot return the main thread to nice 0");
+        }
+    }
 
     let started = Instant::now();
     let snapshot = |probes: &Probes| {
