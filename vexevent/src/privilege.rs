@@ -26,6 +26,23 @@ pub fn group_id(name: &str) -> Option<u32> {
         .and_then(|(_, gid)| gid.parse().ok())
 }
 
+/// Sets the calling thread's nice value; threads it starts afterwards inherit it. A lower one
+/// than now needs `CAP_SYS_NICE`, so lower it before [`restrict`].
+///
+/// # Errors
+/// When the kernel refuses it.
+pub fn set_thread_nice(nice: i32) -> std::io::Result<()> {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    // PRIO_PROCESS with a thread id sets that thread's nice value (Linux).
+    // SAFETY: plain syscall on this thread's own id.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid.cast_unsigned(), nice) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// A capability kept after start, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Kept {

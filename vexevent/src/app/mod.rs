@@ -73,6 +73,10 @@ pub enum AppError {
 ///
 /// # Errors
 /// When the probes cannot be loaded or an output cannot be opened.
+#[expect(
+    clippy::too_many_lines,
+    reason = "start-up in its order: probes, privilege drop, threads, servers, main loop"
+)]
 pub fn run(
     settings: &Settings,
     compiled: Compiled,
@@ -102,9 +106,9 @@ pub fn run(
     counters.health.configure(settings.health.clone());
     counters.health.set_probes_attached(probes.hooks().iter().filter(|h| h.missing.is_none()).count());
     let keys = http_keys(settings, notify)?;
-    // Root's other powers end here, before any thread of the pipeline, the sinks or the servers
-    // starts (capabilities belong to threads; new ones inherit the reduced sets).
+    // Root's other powers end here, before any other thread starts (new ones inherit the sets).
     let kept = privileges::needed(settings);
+    renice_when_boosted(settings.drain.priority_boost, true);
     let bounding = crate::privilege::restrict(&kept)?;
     notify(Notice::Privileges { kept: &kept, bounding });
     let sinks = Sinks::start(&settings.outputs.sinks, &counters)?;
@@ -138,6 +142,7 @@ pub fn run(
         .name("vexevent-pipeline".into())
         .spawn(move || pipeline.run(&reloads_rx))
         .map_err(|source| AppError::Start { what: "pipeline thread", source })?;
+    renice_when_boosted(settings.drain.priority_boost, false);
 
     let started = Instant::now();
     let snapshot = |probes: &Probes| {
@@ -227,4 +232,16 @@ fn translator(settings: &Settings, probes: &Probes, run: &Run) -> Translator {
         processes.seed_fd(*pid, *fd, path.clone());
     }
     translator
+}
+
+/// With `capture.priority_boost` on, sets this (the main) thread's nice value: to -boost before
+/// the capability drop (lowering it needs `CAP_SYS_NICE`), so that the pipeline thread it starts
+/// inherits it, and back to 0 once that thread has started. A failure is a warning.
+fn renice_when_boosted(boost: u8, lower: bool) {
+    let nice = if lower { -i32::from(boost) } else { 0 };
+    if boost > 0 {
+        if let Err(error) = crate::privilege::set_thread_nice(nice) {
+            tracing::warn!(%error, nice, "cannot set the nice value for capture.priority_boost");
+        }
+    }
 }

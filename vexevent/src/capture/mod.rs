@@ -54,6 +54,8 @@ pub struct DrainSettings {
     pub batch_window: Duration,
     /// Bound on how late a record may arrive relative to another shard's (see `merge`).
     pub reorder_window: Duration,
+    /// The draining (pipeline) thread runs at nice minus this (0: not changed).
+    pub priority_boost: u8,
 }
 
 /// Drains the shards' ring buffers.

@@ -393,6 +393,12 @@ mod tests {
         config.capture.ops = vec!["write".into()];
         config.capture.ring_bytes = 5000;
         assert!(matches!(config.validate(), Err(ConfigError::Capture(CaptureConfigError::RingSize { .. }))));
+        config.capture.ring_bytes = 4096;
+        config.capture.priority_boost = 21;
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("priority_boost 21") && error.contains("0 (off) to 20"), "{error}");
+        config.capture.priority_boost = 20;
+        assert!(config.validate().is_ok());
     }
 
     #[test]

@@ -35,7 +35,12 @@ pub enum CaptureConfigError {
     RingSize { value: u32 },
     #[error("{field} must be at least 1")]
     Zero { field: &'static str },
+    #[error("capture.priority_boost {value} is out of range: 0 (off) to {max} (nice -{max})")]
+    PriorityBoost { value: u8, max: u8 },
 }
+
+/// The highest `capture.priority_boost`: nice -20, the kernel's lowest nice value.
+const MAX_PRIORITY_BOOST: u8 = 20;
 
 /// What `[capture]` builds: the probes', the drainer's settings and the operation types to emit
 /// events for.
@@ -71,6 +76,9 @@ pub struct CaptureConfig {
     /// Bound on how late a record may reach userspace relative to other shards' records, in
     /// microseconds; events are released in timestamp order once this has passed.
     pub reorder_window_us: u64,
+    /// The draining (pipeline) thread runs at nice minus this, so that it keeps up with a
+    /// workload holding every CPU; 0: off, at most 20.
+    pub priority_boost: u8,
     /// Hook type of the syscall probes: `auto`, `btf` or `tracepoint`.
     pub syscall_hooks: SyscallHooks,
     /// Turn the probes' own diagnostics on and print them (off: they cost nothing).
@@ -89,6 +97,7 @@ impl Default for CaptureConfig {
             shards: 0,
             batch_window_us: 100,
             reorder_window_us: 100,
+            priority_boost: 5,
             syscall_hooks: SyscallHooks::Auto,
             debug_probes: false,
         }
@@ -110,6 +119,12 @@ impl CaptureConfig {
         }
         if self.reorder_window_us == 0 {
             problems.push(CaptureConfigError::Zero { field: "capture.reorder_window_us" });
+        }
+        if self.priority_boost > MAX_PRIORITY_BOOST {
+            problems.push(CaptureConfigError::PriorityBoost {
+                value: self.priority_boost,
+                max: MAX_PRIORITY_BOOST,
+            });
         }
         problems
     }
@@ -166,6 +181,7 @@ impl CaptureConfig {
             drain: DrainSettings {
                 batch_window: Duration::from_micros(self.batch_window_us),
                 reorder_window: Duration::from_micros(self.reorder_window_us),
+                priority_boost: self.priority_boost,
             },
             ops,
         })
